@@ -1,0 +1,125 @@
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// CheckpointFile is the checkpoint's file name inside the state directory.
+const CheckpointFile = "checkpoint.json"
+
+// checkpointFormat is bumped whenever the file's meaning changes, so an old
+// binary refuses a newer file instead of misreading it.
+const checkpointFormat = 1
+
+// Initial sync phases recorded in the checkpoint.
+const (
+	// InitialSyncInProgress is written before the slot is created: if pgpilot
+	// dies before the snapshot is fully delivered, the next start knows the
+	// slot is its own, never confirmed, and can be dropped and made again.
+	InitialSyncInProgress = "in_progress"
+	// InitialSyncDone means every row of the snapshot was delivered and LSN is
+	// a position in the slot's stream.
+	InitialSyncDone = "done"
+)
+
+// Checkpoint is how far pgpilot got: every change of every transaction that
+// ended at or before LSN has been accepted by Userpilot or set aside.
+type Checkpoint struct {
+	// SystemID is the Postgres cluster's system identifier (the same on a
+	// primary and its physical standbys): a checkpoint from another cluster
+	// is refused rather than applied to the wrong slot.
+	SystemID string `json:"system_id"`
+	// Database is the database the slot belongs to.
+	Database string `json:"database"`
+	// Slot is the logical replication slot the LSN refers to.
+	Slot string `json:"slot"`
+	// LSN is the end LSN of the last fully delivered transaction.
+	LSN LSN `json:"lsn"`
+	// InitialSync is InitialSyncInProgress or InitialSyncDone.
+	InitialSync string `json:"initial_sync"`
+	// UpdatedAt is when the checkpoint was written (for status output).
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// envelope is the file: the checkpoint and a checksum of its exact bytes, so
+// a torn or hand-edited file is detected instead of trusted.
+type envelope struct {
+	Format     int             `json:"format"`
+	CRC32C     string          `json:"crc32c"`
+	Checkpoint json.RawMessage `json:"checkpoint"`
+}
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrCorrupt is wrapped by ReadCheckpoint when the file exists but cannot be
+// trusted. pgpilot refuses to start rather than start over silently.
+var ErrCorrupt = errors.New("checkpoint is corrupt")
+
+// ReadCheckpoint reads dir's checkpoint. It returns ok=false, and no error,
+// when there is none yet. It takes no lock, so status can read a running
+// daemon's state.
+func ReadCheckpoint(dir string) (cp Checkpoint, ok bool, err error) {
+	path := filepath.Join(dir, CheckpointFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Checkpoint{}, false, nil
+	}
+	if err != nil {
+		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s: %w", path, err)
+	}
+	corrupt := func(why string) error {
+		return fmt.Errorf("%w: %s: %s; pgpilot will not guess where to resume. "+
+			"Restore the file from a backup, or remove the state directory and run `pgpilot teardown` "+
+			"then `pgpilot run` to start over with a full re-send", ErrCorrupt, path, why)
+	}
+	var env envelope
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		return Checkpoint{}, false, corrupt("not a checkpoint file (" + err.Error() + ")")
+	}
+	if env.Format != checkpointFormat {
+		return Checkpoint{}, false, corrupt(fmt.Sprintf("format %d, this pgpilot reads format %d", env.Format, checkpointFormat))
+	}
+	// The checksum covers the compact form, so indentation is not content.
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, env.Checkpoint); err != nil {
+		return Checkpoint{}, false, corrupt(err.Error())
+	}
+	if env.CRC32C != checksum(compact.Bytes()) {
+		return Checkpoint{}, false, corrupt("checksum mismatch (torn write or edited by hand)")
+	}
+	dec = json.NewDecoder(bytes.NewReader(env.Checkpoint))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cp); err != nil {
+		return Checkpoint{}, false, corrupt(err.Error())
+	}
+	if cp.InitialSync != InitialSyncInProgress && cp.InitialSync != InitialSyncDone {
+		return Checkpoint{}, false, corrupt(fmt.Sprintf("unknown initial_sync %q", cp.InitialSync))
+	}
+	return cp, true, nil
+}
+
+// writeCheckpoint durably replaces dir's checkpoint.
+func writeCheckpoint(dir string, cp Checkpoint) error {
+	body, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	data, err := json.MarshalIndent(envelope{Format: checkpointFormat, CRC32C: checksum(body), Checkpoint: body}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	return WriteFileAtomic(dir, CheckpointFile, append(data, '\n'), 0o600)
+}
+
+func checksum(b []byte) string {
+	return fmt.Sprintf("%08x", crc32.Checksum(b, crcTable))
+}

@@ -1,0 +1,90 @@
+// Package state owns pgpilot's local, durable state: the checkpoint that
+// says how far delivery got, the dead letters Userpilot refused, and the lock
+// that keeps two daemons from sharing one state directory.
+//
+// Every write that a restart depends on goes through WriteFileAtomic (temp
+// file, fsync, rename, fsync of the directory), so a kill -9 or power cut at
+// any instant leaves the previous state or the new one.
+package state
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const lockFile = "lock"
+
+// Dir is an opened, locked state directory.
+type Dir struct {
+	path string
+	lock *os.File
+
+	mu          sync.Mutex
+	deadLetters *os.File
+}
+
+// ErrLocked is returned by Open when another process holds the directory.
+var ErrLocked = errors.New("state directory is in use by another pgpilot")
+
+// Open creates path (mode 0700: it holds customer data) if needed and takes
+// an exclusive lock on it, held until Close or process exit. The kernel drops
+// a flock when its holder dies, so a kill -9 never leaves a stale lock.
+func Open(path string) (*Dir, error) {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", path, err)
+	}
+	f, err := os.OpenFile(filepath.Join(path, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state directory lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(f.Name())
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s (held by pid %s); each pgpilot needs its own state.dir",
+				ErrLocked, path, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("lock state directory %s: %w", path, err)
+	}
+	// The pid is only a hint for the error above; the flock is the lock.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &Dir{path: path, lock: f}, nil
+}
+
+// Path is the directory's path.
+func (d *Dir) Path() string { return d.path }
+
+// Checkpoint reads the directory's checkpoint; ok is false when there is none.
+func (d *Dir) Checkpoint() (Checkpoint, bool, error) { return ReadCheckpoint(d.path) }
+
+// SaveCheckpoint durably records cp. It returns only once cp would survive a
+// crash: only then may its LSN be confirmed to Postgres.
+func (d *Dir) SaveCheckpoint(cp Checkpoint) error {
+	cp.UpdatedAt = time.Now().UTC()
+	return writeCheckpoint(d.path, cp)
+}
+
+// Close releases the lock and closes open files.
+func (d *Dir) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	if d.deadLetters != nil {
+		errs = append(errs, d.deadLetters.Close())
+		d.deadLetters = nil
+	}
+	if d.lock != nil {
+		errs = append(errs, d.lock.Close())
+		d.lock = nil
+	}
+	return errors.Join(errs...)
+}
