@@ -1,0 +1,87 @@
+package mapping_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/mapping"
+)
+
+// The example file is documentation users copy: it must always load, and
+// its mapping must compile against the table it describes.
+func TestExampleFileLoadsAndCompiles(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://pgpilot:secret@localhost:5432/app")
+	t.Setenv("USERPILOT_API_KEY", "example-key")
+	path := filepath.Join("..", "mapping.example.yaml")
+
+	cfg, err := mapping.Load(path)
+	require.NoError(t, err)
+	assert.Equal(t, mapping.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
+	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: mapping.USEndpoint, RateLimit: 10}, cfg.Userpilot)
+	assert.Equal(t, filepath.Join("..", "pgpilot-state"), cfg.State.Dir)
+	assert.Equal(t, "public", cfg.Companies.Schema)
+	assert.Equal(t, "companies", cfg.Companies.Name)
+	assert.Equal(t, "id", cfg.Companies.CompanyID)
+	require.Len(t, cfg.Companies.Metadata, 4)
+
+	m, err := mapping.Compile(cfg.Companies, "public.companies", exampleColumns)
+	require.NoError(t, err)
+	out, err := m.Identify(exampleRow)
+	require.NoError(t, err)
+	body, err := json.Marshal(out)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"company_id": "4711", "metadata": {"name": "Globex", "plan": "pro", "monthly_spend": 1234.50, "created_at": "2024-03-01T09:30:00Z"}}`, string(body))
+}
+
+var exampleColumns = []mapping.Column{
+	{Name: "id", TypeOID: pgtype.Int8OID, TypeName: "bigint"},
+	{Name: "name", TypeOID: pgtype.TextOID, TypeName: "text"},
+	{Name: "plan", TypeOID: pgtype.TextOID, TypeName: "text"}, // an enum, resolved to text by the caller
+	{Name: "monthly_spend", TypeOID: pgtype.NumericOID, TypeName: "numeric(12,2)"},
+	{Name: "created_at", TypeOID: pgtype.TimestamptzOID, TypeName: "timestamp with time zone"},
+}
+
+var exampleRow = []mapping.Value{
+	{Text: []byte("4711")},
+	{Text: []byte("Globex")},
+	{Text: []byte("pro")},
+	{Text: []byte("1234.50")},
+	{Text: []byte("2024-03-01 10:30:00+01")},
+}
+
+func ExampleCompile() {
+	companies := mapping.Companies{
+		CompanyID: "id",
+		Metadata: []mapping.Field{
+			{Key: "name", Column: "name"},
+			{Key: "monthly_spend", Column: "monthly_spend"},
+			{Key: "signed_up_at", Column: "created_at"},
+			{Key: "plan", Column: "plan"},
+		},
+	}
+	m, err := mapping.Compile(companies, "public.companies", exampleColumns)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	out, err := m.Identify([]mapping.Value{
+		{Text: []byte("4711")},
+		{Text: []byte("Globex")},
+		{Unchanged: true}, // plan: not sent by Postgres, so left out
+		{Text: []byte("1234.50")},
+		{Null: true}, // created_at: NULL clears the value in Userpilot
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	body, _ := json.Marshal(out)
+	fmt.Println(string(body))
+	// Output: {"company_id":"4711","metadata":{"monthly_spend":1234.50,"name":"Globex","signed_up_at":null}}
+}

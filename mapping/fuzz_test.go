@@ -1,0 +1,172 @@
+package mapping
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// Secrets the fuzzer's configurations can reach only through ${VAR}.
+const (
+	fuzzDBPassword = "Zq8-fuzz-pw-Q9x"
+	fuzzAPIKey     = "fuzz-api-key-Xk29Lm"
+	fuzzOther      = "other-secret-Vb71"
+)
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	f.Add([]byte("postgres:\n  url: ${SECRET}\n  slot: ${SECRET}\nuserpilot:\n  api_key: x\n  endpoint: ${USERPILOT_API_KEY}\n"))
+
+	vars := map[string]string{
+		"DATABASE_URL":      "postgres://pgpilot:" + fuzzDBPassword + "@db/app",
+		"USERPILOT_API_KEY": fuzzAPIKey,
+		"SECRET":            fuzzOther,
+		"EMPTY":             "",
+	}
+	lookup := env(vars)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.yaml", data, lookup)
+		if err != nil {
+			if cfg != nil {
+				t.Fatal("Parse returned a config with an error")
+			}
+			for _, secret := range []string{fuzzDBPassword, fuzzAPIKey, fuzzOther} {
+				// A secret written in the file itself may be echoed under
+				// a key that does not hold secrets; one from the
+				// environment never is.
+				if strings.Contains(err.Error(), secret) && !bytes.Contains(data, []byte(secret)) {
+					t.Fatalf("error shows the secret %q:\n%v", secret, err)
+				}
+			}
+			var errs []error
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = j.Unwrap()
+			}
+			if len(errs) == 0 {
+				t.Fatalf("error is not a list of problems: %v", err)
+			}
+			for _, e := range errs {
+				var ce *ConfigError
+				if !errors.As(e, &ce) || ce.Line < 1 || ce.File != "fuzz.yaml" {
+					t.Fatalf("problem without file and line: %#v", e)
+				}
+			}
+			return
+		}
+		checkConfig(t, cfg)
+	})
+}
+
+var fuzzSlot = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// checkConfig asserts what a successful Parse promises.
+func checkConfig(t *testing.T, cfg *Config) {
+	t.Helper()
+	switch {
+	case cfg.Postgres.URL == "" || cfg.Userpilot.APIKey == "":
+		t.Fatal("a required secret is empty")
+	case !fuzzSlot.MatchString(cfg.Postgres.Slot):
+		t.Fatalf("bad slot %q accepted", cfg.Postgres.Slot)
+	case cfg.Postgres.Publication == "" || len(cfg.Postgres.Publication) > 63:
+		t.Fatalf("bad publication %q accepted", cfg.Postgres.Publication)
+	case !strings.HasPrefix(cfg.Userpilot.Endpoint, "https://") && !strings.HasPrefix(cfg.Userpilot.Endpoint, "http://"):
+		t.Fatalf("bad endpoint %q accepted", cfg.Userpilot.Endpoint)
+	case strings.HasSuffix(cfg.Userpilot.Endpoint, "/"):
+		t.Fatalf("endpoint %q keeps its slash", cfg.Userpilot.Endpoint)
+	case !(cfg.Userpilot.RateLimit > 0):
+		t.Fatalf("rate limit %v accepted", cfg.Userpilot.RateLimit)
+	case cfg.State.Dir == "":
+		t.Fatal("empty state dir")
+	case cfg.Companies.Name == "" || cfg.Companies.Schema == "" || cfg.Companies.CompanyID == "":
+		t.Fatalf("incomplete companies %+v", cfg.Companies)
+	case len(cfg.Companies.Metadata) == 0:
+		t.Fatal("no metadata accepted")
+	}
+	for _, f := range cfg.Companies.Metadata {
+		if f.Key == "" || f.Column == "" || (f.Type != TypeAuto && !validType(f.Type)) || f.Line < 1 {
+			t.Fatalf("bad field accepted: %+v", f)
+		}
+	}
+}
+
+// fuzzOIDs has at least one type of every class.
+var fuzzOIDs = []uint32{
+	pgtype.Int2OID, pgtype.Int4OID, pgtype.Int8OID, pgtype.OIDOID, pgtype.Float4OID, pgtype.Float8OID, pgtype.NumericOID,
+	pgtype.BoolOID,
+	pgtype.DateOID, pgtype.TimestampOID, pgtype.TimestamptzOID,
+	pgtype.TextOID, pgtype.VarcharOID, pgtype.QCharOID, pgtype.UUIDOID, pgtype.IntervalOID, moneyOID,
+	pgtype.JSONBOID, pgtype.ByteaOID, pgtype.TextArrayOID, 999999,
+}
+
+func FuzzIdentify(f *testing.F) {
+	for _, s := range []string{"42", "-1.5e3", "NaN", "t", "yes", "2024-03-01 09:30:00+02", "0044-03-15 BC", "infinity", ""} {
+		f.Add([]byte(s))
+	}
+
+	var mappers []*Mapper
+	for _, oid := range fuzzOIDs {
+		for _, typ := range []Type{TypeAuto, TypeString, TypeNumber, TypeBoolean, TypeDate} {
+			cols := []Column{{Name: "id", TypeOID: oid}, {Name: "v", TypeOID: oid}}
+			m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "k", Column: "v", Type: typ}}}, "t", cols)
+			if err == nil {
+				mappers = append(mappers, m)
+			}
+		}
+	}
+	if len(mappers) < 40 {
+		f.Fatalf("only %d mappings compiled", len(mappers))
+	}
+
+	f.Fuzz(func(t *testing.T, text []byte) {
+		for _, m := range mappers {
+			for _, row := range [][]Value{
+				{{Text: []byte("1")}, {Text: text}}, // the value
+				{{Text: text}, {Null: true}},        // the company id
+			} {
+				out, err := m.Identify(row)
+				if err != nil {
+					var re *RowError
+					if !errors.As(err, &re) {
+						t.Fatalf("%v: not a *RowError: %v", m.Columns()[0], err)
+					}
+					continue
+				}
+				checkIdentify(t, m, out)
+			}
+		}
+	})
+}
+
+// checkIdentify asserts that a payload is one Userpilot accepts.
+func checkIdentify(t *testing.T, m *Mapper, out Identify) {
+	t.Helper()
+	if out.CompanyID == "" {
+		t.Fatalf("%v: empty company_id accepted", m.Columns())
+	}
+	for k, v := range out.Metadata {
+		switch x := v.(type) {
+		case nil, bool:
+		case string:
+			if m.fields[0].conv == dateFromDate || m.fields[0].conv == dateFromText {
+				if _, err := time.Parse(time.RFC3339Nano, x); err != nil || len(x) < 20 || x[len(x)-1] != 'Z' {
+					t.Fatalf("%s: date %q is not RFC 3339 in UTC", k, x)
+				}
+			}
+		case json.Number:
+			if !json.Valid([]byte(x)) {
+				t.Fatalf("%s: %q is not a JSON number", k, x)
+			}
+		default:
+			t.Fatalf("%s: %T is not a primitive", k, v)
+		}
+	}
+	if _, err := json.Marshal(out); err != nil {
+		t.Fatalf("payload does not marshal: %v", err)
+	}
+}

@@ -1,0 +1,238 @@
+package mapping
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// Column describes one column of the mapped table as the caller found it in Postgres.
+type Column struct {
+	Name     string
+	TypeOID  uint32 // resolved by the caller: domains → their base type, enums and other string-category types (citext) → pgtype.TextOID
+	TypeName string // as format_type() prints it, for messages (e.g. "numeric(38,10)", "jsonb")
+}
+
+// Identify is one identify-company payload.
+type Identify struct {
+	CompanyID string         `json:"company_id"`
+	Metadata  map[string]any `json:"metadata"` // values only: nil, bool, string, json.Number
+}
+
+// RowError says why one row cannot be mapped. It is a problem with the data,
+// not with the mapping: the caller sets the row aside and carries on.
+type RowError struct {
+	Key    string // metadata key; empty for the company_id column
+	Column string
+	Reason string
+}
+
+// Error names the key and column, then the reason.
+func (e *RowError) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("company_id (column %q): %s", e.Column, e.Reason)
+	}
+	return fmt.Sprintf("metadata %q (column %q): %s", e.Key, e.Column, e.Reason)
+}
+
+// Mapper turns rows of one table into Identify payloads. It is immutable
+// after Compile and safe for concurrent use.
+type Mapper struct {
+	columns   []Column
+	companyID int // index into columns
+	fields    []compiledField
+}
+
+type compiledField struct {
+	key    string
+	column int // index into columns
+	converter
+}
+
+// Compile checks the mapping against the table's columns and prepares the
+// conversion of each mapped column. table names the table in messages
+// (e.g. public.companies). Every problem is reported, each a *ConfigError
+// carrying the file and line from c when it has them.
+func Compile(c Companies, table string, columns []Column) (*Mapper, error) {
+	types := pgtype.NewMap()
+	m := &Mapper{columns: append([]Column(nil), columns...), companyID: -1}
+	var errs []error
+	fail := func(line int, key, format string, args ...any) {
+		errs = append(errs, &ConfigError{File: c.File, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	if i, msg := findColumn(columns, c.CompanyID, table); msg != "" {
+		fail(c.CompanyIDLine, "company_id", "%s", msg)
+	} else {
+		col := columns[i]
+		switch classOf(col.TypeOID) {
+		case classNumber, classText:
+			m.companyID = i
+		default:
+			fail(c.CompanyIDLine, "company_id", "column %q is %s, which cannot identify a company; fix: choose a column of an integer, numeric, text or uuid type", col.Name, typeName(col))
+		}
+	}
+
+	for _, f := range c.Metadata {
+		key := "metadata " + strconv.Quote(f.Key)
+		i, msg := findColumn(columns, f.Column, table)
+		if msg != "" {
+			fail(f.Line, key, "%s", msg)
+			continue
+		}
+		conv, msg := chooseConversion(columns[i], f.Type)
+		if msg != "" {
+			fail(f.Line, key, "%s", msg)
+			continue
+		}
+		cv := converter{conv: conv, oid: columns[i].TypeOID, types: types}
+		if t, ok := types.TypeForOID(cv.oid); ok {
+			cv.codec = t.Codec
+		}
+		m.fields = append(m.fields, compiledField{key: f.Key, column: i, converter: cv})
+	}
+
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return m, nil
+}
+
+// findColumn returns the index of the column called name, or a message
+// listing the table's columns (and a differently-cased match, the usual
+// mistake: Postgres folds unquoted names to lower case).
+func findColumn(columns []Column, name, table string) (int, string) {
+	for i, col := range columns {
+		if col.Name == name {
+			return i, ""
+		}
+	}
+	const maxListed = 20
+	names := make([]string, 0, min(len(columns), maxListed)+1)
+	hint := ""
+	for _, col := range columns {
+		if len(names) < maxListed {
+			names = append(names, col.Name)
+		}
+		if hint == "" && strings.EqualFold(col.Name, name) {
+			hint = fmt.Sprintf("; did you mean %q?", col.Name)
+		}
+	}
+	if len(columns) > maxListed {
+		names = append(names, "…")
+	}
+	return -1, fmt.Sprintf("column %q does not exist in %s (columns: %s)%s", name, table, strings.Join(names, ", "), hint)
+}
+
+// chooseConversion decides, once, how the column becomes the requested JSON
+// type, or explains why it cannot.
+func chooseConversion(col Column, t Type) (conversion, string) {
+	cl := classOf(col.TypeOID)
+	switch t {
+	case TypeAuto:
+		switch cl {
+		case classNumber:
+			return numberFromNumber, ""
+		case classBoolean:
+			return boolFromBool, ""
+		case classDate:
+			return dateFromDate, ""
+		case classText:
+			return textAsIs, ""
+		}
+		return 0, fmt.Sprintf("column %q is %s, which is not a primitive value (Userpilot accepts string, number, boolean or null); fix: add type: string to send its text, or map a scalar column", col.Name, typeName(col))
+	case TypeString:
+		if cl == classBoolean {
+			return boolAsText, ""
+		}
+		return textAsIs, ""
+	case TypeNumber:
+		switch {
+		case cl == classNumber:
+			return numberFromNumber, ""
+		case freeText(col.TypeOID):
+			return numberFromText, ""
+		}
+	case TypeBoolean:
+		switch {
+		case cl == classBoolean:
+			return boolFromBool, ""
+		case freeText(col.TypeOID):
+			return boolFromText, ""
+		}
+	case TypeDate:
+		switch {
+		case cl == classDate:
+			return dateFromDate, ""
+		case freeText(col.TypeOID):
+			return dateFromText, ""
+		}
+	default:
+		return 0, fmt.Sprintf("unknown type %q; fix: use string, number, boolean or date, or leave type out", string(t))
+	}
+	return 0, fmt.Sprintf("column %q is %s, which cannot be sent as a %s; fix: %s", col.Name, typeName(col), t, mismatchFix(cl, t))
+}
+
+func mismatchFix(cl class, t Type) string {
+	auto := map[class]string{classNumber: "a number", classBoolean: "a boolean", classDate: "a date", classText: "a string"}[cl]
+	if auto == "" {
+		return fmt.Sprintf("write type: string to send its text, or map a column that holds a %s", t)
+	}
+	return fmt.Sprintf("remove type: %s to send it as %s, write type: string to send its text, or map a column that holds a %s", t, auto, t)
+}
+
+func typeName(col Column) string {
+	if col.TypeName != "" {
+		return col.TypeName
+	}
+	return fmt.Sprintf("of type OID %d", col.TypeOID)
+}
+
+// Columns returns the column list the mapper was compiled for; Identify's
+// values follow its order.
+func (m *Mapper) Columns() []Column {
+	return append([]Column(nil), m.columns...)
+}
+
+// Identify maps one row; values[i] belongs to columns[i] as passed to Compile
+// (positional, no per-row maps). A row that cannot be mapped yields a
+// *RowError; a values slice of the wrong length is the caller's bug (the
+// table changed without a new Compile) and yields a plain error.
+func (m *Mapper) Identify(values []Value) (Identify, error) {
+	if len(values) != len(m.columns) {
+		return Identify{}, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
+	}
+	idCol := m.columns[m.companyID]
+	id := values[m.companyID]
+	switch {
+	case id.Unchanged:
+		return Identify{}, &RowError{Column: idCol.Name, Reason: "Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column"}
+	case id.Null:
+		return Identify{}, &RowError{Column: idCol.Name, Reason: "is NULL; every company needs an id (fix: make the column NOT NULL, or choose another column)"}
+	case len(id.Text) == 0:
+		return Identify{}, &RowError{Column: idCol.Name, Reason: "is empty; every company needs an id (fix: choose a column that always holds one)"}
+	}
+
+	out := Identify{CompanyID: string(id.Text), Metadata: make(map[string]any, len(m.fields))}
+	for _, f := range m.fields {
+		v := values[f.column]
+		switch {
+		case v.Unchanged:
+			// Userpilot merges metadata: leaving the key out keeps the
+			// value it already has, which is the value Postgres kept.
+			continue
+		case v.Null:
+			out.Metadata[f.key] = nil // null clears the value in Userpilot
+			continue
+		}
+		val, err := f.value(v.Text)
+		if err != nil {
+			return Identify{}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
+		}
+		out.Metadata[f.key] = val
+	}
+	return out, nil
+}
