@@ -1,0 +1,92 @@
+// Command userpilot-standin runs the stand-in Userpilot server of package
+// userpilottest as a program, for demos and scripts that cannot reach
+// Userpilot. It prints one line per applied identify to stdout and serves
+// GET /_standin/companies with every profile as JSON.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8089", "address to listen on")
+	apiKey := flag.String("api-key", os.Getenv("USERPILOT_API_KEY"), "API key clients must send (default $USERPILOT_API_KEY)")
+	rateLimit := flag.Float64("rate-limit", 10, "real-time requests per second before 429 (0 = unlimited)")
+	bulkRate := flag.Float64("bulk-records-per-second", 20, "bulk job speed (Userpilot publishes 1,200-1,800/min; 0 = done on first poll)")
+	flag.Parse()
+	if *apiKey == "" {
+		fmt.Fprintln(os.Stderr, "userpilot-standin: no API key: pass -api-key or set USERPILOT_API_KEY")
+		os.Exit(2)
+	}
+	if err := run(*listen, userpilottest.Options{
+		APIKey:               *apiKey,
+		RateLimit:            *rateLimit,
+		BulkRecordsPerSecond: *bulkRate,
+		Logf:                 stdoutLogf(),
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, "userpilot-standin:", err)
+		os.Exit(1)
+	}
+}
+
+func run(listen string, opts userpilottest.Options) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	standin := userpilottest.NewHandler(opts)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_standin/companies", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(standin.Companies())
+	})
+	mux.Handle("/", standin)
+
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (pick another address with -listen)", listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The actual address matters when -listen asked for port 0.
+	fmt.Fprintf(os.Stderr, "userpilot stand-in listening on http://%s\n", ln.Addr())
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shut down: %w", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// stdoutLogf writes whole lines to stdout (unbuffered, so each appears at
+// once), never interleaving two requests' lines.
+func stdoutLogf() func(format string, args ...any) {
+	var mu sync.Mutex
+	return func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(os.Stdout, format+"\n", args...)
+	}
+}

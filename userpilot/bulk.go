@@ -1,0 +1,151 @@
+package userpilot
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+)
+
+// MaxBulkRecords is the most companies Userpilot takes in one JSON bulk request.
+const MaxBulkRecords = 10_000
+
+// Bulk job statuses, as Userpilot reports them.
+const (
+	JobQueued         = "queued"
+	JobValidating     = "validating"
+	JobProcessing     = "processing"
+	JobPendingRefresh = "pending_refresh"
+	JobCompleted      = "completed" // the records are applied
+	JobFailed         = "failed"    // none of the records can be assumed applied
+)
+
+var (
+	// ErrJobRunning means Userpilot is still processing an earlier bulk job
+	// (one at a time per account): wait for it, then submit again.
+	ErrJobRunning = errors.New("a Userpilot bulk job is already running (HTTP 409): wait for it to finish, then submit again")
+	// ErrTooLarge means a bulk request has too many records or bytes
+	// (HTTP 413, or more than MaxBulkRecords): split it and resend.
+	ErrTooLarge = errors.New("bulk request too large for Userpilot (at most 10,000 records and 50 MB): split it and resend")
+)
+
+// Job is a Userpilot background job. Records of a bulk job are applied only
+// once its Status is JobCompleted.
+type Job struct {
+	ID     string
+	Status string
+}
+
+// jobAnswer reads the fields common to both published job shapes.
+type jobAnswer struct {
+	JobID  string `json:"job_id"`
+	Status string `json:"status"`
+}
+
+// BulkIdentifyCompanies submits cos as one bulk job and returns it as
+// Userpilot accepted it (usually queued). It fails with ErrTooLarge for more
+// than MaxBulkRecords records or a 413, ErrJobRunning for a 409, and
+// *RejectedError for another 4xx; 429 and 5xx are retried like
+// IdentifyCompany. Bulk has its own budget with Userpilot: it does not wait
+// on the real-time rate limiter, only on a 429 pause.
+//
+// A submission answered 5xx may still have created a job; its retry then
+// meets ErrJobRunning, and the first job's id is unknown. The records of
+// such a job are applied when it completes, so waiting and submitting the
+// same records again is safe (identify merges).
+func (c *Client) BulkIdentifyCompanies(ctx context.Context, cos []Company) (Job, error) {
+	op := fmt.Sprintf("bulk identify %d companies", len(cos))
+	if len(cos) == 0 {
+		return Job{}, fmt.Errorf("%s: nothing to send", op)
+	}
+	if len(cos) > MaxBulkRecords {
+		return Job{}, fmt.Errorf("%s: %w", op, ErrTooLarge)
+	}
+	payload := struct {
+		Companies []Company `json:"companies"`
+	}{Companies: make([]Company, len(cos))}
+	for i, co := range cos {
+		if co.CompanyID == "" {
+			return Job{}, fmt.Errorf("%s: record %d: %w", op, i, &RejectedError{Body: "company_id is empty"})
+		}
+		payload.Companies[i] = withMetadata(co)
+	}
+	body, err := encodeJSON(payload)
+	if err != nil {
+		return Job{}, fmt.Errorf("%s: %w", op, &RejectedError{Body: "metadata cannot be encoded as JSON: " + err.Error()})
+	}
+	resp, err := c.do(ctx, call{
+		op:               op,
+		logAttrs:         []any{"companies", len(cos)},
+		method:           http.MethodPost,
+		path:             "/v1/companies/bulk_identify",
+		body:             body,
+		conflictIsAnswer: true,
+	})
+	if err != nil {
+		return Job{}, err
+	}
+	switch {
+	case resp.status == http.StatusConflict:
+		return Job{}, fmt.Errorf("%s: %w", op, ErrJobRunning)
+	case resp.status == http.StatusRequestEntityTooLarge:
+		return Job{}, fmt.Errorf("%s: %w", op, ErrTooLarge)
+	case !resp.ok():
+		return Job{}, fmt.Errorf("%s: %w", op, rejected(resp))
+	}
+	job, err := decodeJob(resp)
+	if err != nil {
+		return Job{}, fmt.Errorf("%s: %w", op, err)
+	}
+	if job.ID == "" {
+		// Without an id the job cannot be followed; resubmitting would
+		// only meet a 409 while it runs.
+		return Job{}, fmt.Errorf("%s: Userpilot answered HTTP %d without a job_id", op, resp.status)
+	}
+	return job, nil
+}
+
+// BackgroundJob returns the current state of the background job id. Errors
+// are retried like IdentifyCompany; an unknown id is a *RejectedError (404).
+func (c *Client) BackgroundJob(ctx context.Context, id string) (Job, error) {
+	op := fmt.Sprintf("get background job %q", id)
+	if id == "" {
+		return Job{}, fmt.Errorf("%s: job id is empty", op)
+	}
+	resp, err := c.do(ctx, call{
+		op:       op,
+		logAttrs: []any{"job_id", id},
+		method:   http.MethodGet,
+		// Ids look like "bulk:jobs:NX-1:6f1c…": one path segment, escaped.
+		path: "/v1/background_jobs/" + url.PathEscape(id),
+	})
+	if err != nil {
+		return Job{}, err
+	}
+	if !resp.ok() {
+		return Job{}, fmt.Errorf("%s: %w", op, rejected(resp))
+	}
+	job, err := decodeJob(resp)
+	if err != nil {
+		return Job{}, fmt.Errorf("%s: %w", op, err)
+	}
+	if job.ID == "" {
+		job.ID = id
+	}
+	return job, nil
+}
+
+// decodeJob reads job_id and status from a 2xx answer, ignoring the rest
+// (Userpilot publishes two shapes that share only these).
+func decodeJob(resp response) (Job, error) {
+	var a jobAnswer
+	if err := json.Unmarshal(resp.body, &a); err != nil {
+		return Job{}, fmt.Errorf("read job from Userpilot's answer (HTTP %d): %w", resp.status, err)
+	}
+	if a.Status == "" {
+		return Job{}, fmt.Errorf("Userpilot answered HTTP %d without a job status", resp.status)
+	}
+	return Job{ID: a.JobID, Status: a.Status}, nil
+}

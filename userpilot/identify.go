@@ -1,0 +1,69 @@
+package userpilot
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+)
+
+// Company is one identify-company payload.
+type Company struct {
+	CompanyID string `json:"company_id"`
+	// Metadata holds primitive values only: nil (clears the key in
+	// Userpilot), bool, string, json.Number or any other JSON number.
+	Metadata map[string]any `json:"metadata"`
+}
+
+// IdentifyCompany sends co to Userpilot's real-time identify endpoint and
+// returns nil once Userpilot accepted it (any 2xx). A *RejectedError means
+// the record itself is invalid and must be set aside. Every other failure
+// (network, 5xx, 429, a refused key) is retried until ctx ends; the error
+// then wraps ctx.Err().
+func (c *Client) IdentifyCompany(ctx context.Context, co Company) error {
+	op := fmt.Sprintf("identify company %q", co.CompanyID)
+	if co.CompanyID == "" {
+		return fmt.Errorf("%s: %w", op, &RejectedError{Body: "company_id is empty"})
+	}
+	body, err := encodeJSON(withMetadata(co))
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, &RejectedError{Body: "metadata cannot be encoded as JSON: " + err.Error()})
+	}
+	resp, err := c.do(ctx, call{
+		op:       op,
+		logAttrs: []any{"company_id", co.CompanyID},
+		method:   http.MethodPost,
+		path:     "/v1/companies/identify",
+		body:     body,
+		realTime: true,
+	})
+	if err != nil {
+		return err
+	}
+	if !resp.ok() {
+		return fmt.Errorf("%s: %w", op, rejected(resp))
+	}
+	return nil
+}
+
+// withMetadata returns co with an empty metadata object where it had none:
+// Userpilot expects an object, never null.
+func withMetadata(co Company) Company {
+	if co.Metadata == nil {
+		co.Metadata = map[string]any{}
+	}
+	return co
+}
+
+// encodeJSON marshals v without HTML escaping, so names like "R&D <EU>"
+// travel as written.
+func encodeJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}

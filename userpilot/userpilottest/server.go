@@ -1,0 +1,517 @@
+// Package userpilottest provides a stand-in Userpilot server that enforces the
+// published API contract (userpilot-api.md) as strictly as Userpilot's own
+// documentation, for tests and demos that cannot reach Userpilot. It plays
+// the role net/http/httptest plays for net/http: real HTTP over loopback,
+// with profiles you can inspect and faults you can inject.
+package userpilottest
+
+import (
+	"cmp"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// APIVersion is the X-API-Version every identify, bulk and delete request must carry.
+const APIVersion = "2020-09-22"
+
+const (
+	identifyPath = "/v1/companies/identify"
+	bulkPath     = "/v1/companies/bulk_identify"
+	deletePath   = "/v1/companies"
+	jobsPrefix   = "/v1/background_jobs/"
+
+	maxBulkRecords = 10_000
+	maxBodyBytes   = 50 << 20 // the published cap for bulk uploads, applied to every body
+	deleteInterval = 2 * time.Second
+)
+
+// Options configures a Server.
+type Options struct {
+	// APIKey is the key every request must carry as "Authorization: Token <key>";
+	// anything else is answered 401.
+	APIKey string
+	// SuccessStatus answers an accepted identify: 0 means 202 (the OpenAPI
+	// reading), 200 is the guide's reading. The body is {} either way.
+	SuccessStatus int
+	// RateLimit is the real-time budget in requests per second (token bucket,
+	// burst max(1, int(RateLimit))); beyond it identify answers 429. 0 means
+	// unlimited.
+	RateLimit float64
+	// RetryAfter adds a Retry-After header (whole seconds, rounded up) to 429s.
+	RetryAfter bool
+	// BulkRecordsPerSecond is how fast bulk jobs progress; 0 means a job
+	// completes when it is first polled.
+	BulkRecordsPerSecond float64
+	// Logf, if set, gets one line per applied identify record.
+	Logf func(format string, args ...any)
+}
+
+// Request is what the server saw of one request and how it answered.
+type Request struct {
+	Method     string
+	Path       string // unescaped
+	Header     http.Header
+	Status     int // 0 when no answer was given (connection reset, client gave up)
+	CompanyIDs []string
+	Time       time.Time // when it arrived
+}
+
+// Applied is one identify record as it was applied, metadata exactly as
+// sent (a null stays a nil value here), so tests can check a payload to the
+// letter.
+type Applied struct {
+	Kind      string // "identify" or "bulk identify"
+	CompanyID string
+	Metadata  map[string]any
+}
+
+// Server is a stand-in Userpilot. It is safe for concurrent use; each test
+// should start its own.
+type Server struct {
+	opts    Options
+	limiter *rate.Limiter // nil: unlimited
+	ts      *httptest.Server
+
+	mu               sync.Mutex
+	companies        map[string]map[string]any
+	requests         []Request
+	accepted         int
+	applied          []Applied
+	identifyRequests int
+	faults           faults
+	rejects          map[string]int
+	jobs             map[string]*job
+	currentJob       *job // the latest job: one runs at a time per account
+	jobSeq           int
+	failNextJob      bool
+	lastDelete       time.Time
+	deleted          []string
+	logLines         []string // emitted by unlock, outside the mutex
+}
+
+// NewServer starts a stand-in on 127.0.0.1 with a random port. Close it when done.
+func NewServer(opts Options) *Server {
+	s := NewHandler(opts)
+	s.ts = httptest.NewServer(s)
+	return s
+}
+
+// NewHandler returns a stand-in that does not listen: serve it with your own
+// http.Server (as cmd/userpilot-standin does). URL returns "" and Close does
+// nothing.
+func NewHandler(opts Options) *Server {
+	s := &Server{
+		opts:      opts,
+		companies: map[string]map[string]any{},
+		rejects:   map[string]int{},
+		jobs:      map[string]*job{},
+	}
+	if opts.RateLimit > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
+	}
+	return s
+}
+
+// URL is the base URL to give a client, e.g. http://127.0.0.1:41234.
+func (s *Server) URL() string {
+	if s.ts == nil {
+		return ""
+	}
+	return s.ts.URL
+}
+
+// Close stops a server started by NewServer, waiting for requests in flight.
+func (s *Server) Close() {
+	if s.ts != nil {
+		s.ts.Close()
+	}
+}
+
+// lock takes the mutex after bringing bulk jobs up to date, so every reader
+// sees exactly the records of the jobs finished by now.
+func (s *Server) lock() {
+	s.mu.Lock()
+	s.advanceJobsLocked(time.Now())
+}
+
+// unlock releases the mutex, then emits the log lines gathered under it, so a
+// slow Logf never holds up other requests.
+func (s *Server) unlock() {
+	lines := s.logLines
+	s.logLines = nil
+	s.mu.Unlock()
+	if s.opts.Logf != nil {
+		for _, l := range lines {
+			s.opts.Logf("%s", l)
+		}
+	}
+}
+
+// Companies returns a deep copy of every profile: company_id → metadata.
+// Numbers are json.Number, as sent.
+func (s *Server) Companies() map[string]map[string]any {
+	s.lock()
+	defer s.unlock()
+	out := make(map[string]map[string]any, len(s.companies))
+	for id, md := range s.companies {
+		out[id] = copyMetadata(md)
+	}
+	return out
+}
+
+// Company returns a copy of one profile's metadata and whether it exists.
+func (s *Server) Company(id string) (map[string]any, bool) {
+	s.lock()
+	defer s.unlock()
+	md, ok := s.companies[id]
+	if !ok {
+		return nil, false
+	}
+	return copyMetadata(md), true
+}
+
+// Requests returns every request received so far, in the order they were
+// answered (or dropped).
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Request, len(s.requests))
+	for i, r := range s.requests {
+		r.Header = r.Header.Clone()
+		r.CompanyIDs = append([]string(nil), r.CompanyIDs...)
+		out[i] = r
+	}
+	return out
+}
+
+// Applied returns every identify record applied, in the order applied.
+// It is recorded under the same lock as the merge, so once a test sees a
+// profile change, the record that changed it is here.
+func (s *Server) Applied() []Applied {
+	s.lock()
+	defer s.unlock()
+	out := make([]Applied, len(s.applied))
+	for i, a := range s.applied {
+		a.Metadata = copyMetadata(a.Metadata)
+		out[i] = a
+	}
+	return out
+}
+
+// Accepted counts identify records applied: real-time ones plus the records
+// of completed bulk jobs.
+func (s *Server) Accepted() int {
+	s.lock()
+	defer s.unlock()
+	return s.accepted
+}
+
+// IdentifyRequests counts real-time identify requests received, whatever
+// they were answered.
+func (s *Server) IdentifyRequests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.identifyRequests
+}
+
+// Deleted returns the company ids scheduled for deletion, in order. Profiles
+// stay: Userpilot deletes in a daily batch.
+func (s *Server) Deleted() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.deleted...)
+}
+
+// RejectCompany makes every identify (real-time or bulk) naming id answer
+// status with the documented error body; its records are never applied.
+func (s *Server) RejectCompany(id string, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rejects[id] = status
+}
+
+// FailNextJob makes the next submitted bulk job end "failed", applying nothing.
+func (s *Server) FailNextJob() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failNextJob = true
+}
+
+// ServeHTTP answers Userpilot's API routes; anything else is 404.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := &Request{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Time: time.Now()}
+	// Recorded even when a handler hijacks or aborts the connection.
+	defer func() {
+		s.mu.Lock()
+		s.requests = append(s.requests, *rec)
+		s.mu.Unlock()
+	}()
+	ex := &exchange{w: w, r: r, rec: rec}
+	path := r.URL.EscapedPath()
+	jobID, isJob := strings.CutPrefix(path, jobsPrefix)
+	switch {
+	case path == identifyPath:
+		s.serveIdentify(ex)
+	case path == bulkPath:
+		s.serveBulk(ex)
+	case path == deletePath:
+		s.serveDelete(ex)
+	case isJob && jobID != "":
+		s.serveJob(ex, jobID)
+	default:
+		ex.fail(&apiError{status: http.StatusNotFound, code: "not_found", message: "no such endpoint: " + r.URL.Path})
+	}
+}
+
+// exchange is one request being answered.
+type exchange struct {
+	w   http.ResponseWriter
+	r   *http.Request
+	rec *Request
+}
+
+func (ex *exchange) reply(status int, body any) {
+	data, err := json.Marshal(body)
+	if err != nil {
+		panic(fmt.Sprintf("userpilottest: encode answer: %v", err))
+	}
+	ex.w.Header().Set("Content-Type", "application/json")
+	ex.w.WriteHeader(status)
+	_, _ = ex.w.Write(data)
+	ex.rec.Status = status
+}
+
+func (ex *exchange) fail(e *apiError) {
+	if e.retryAfter != "" {
+		ex.w.Header().Set("Retry-After", e.retryAfter)
+	}
+	if e.allow != "" {
+		ex.w.Header().Set("Allow", e.allow)
+	}
+	ex.reply(e.status, e.body())
+}
+
+// reset drops the connection without answering, with a TCP RST where
+// possible, like a crashed proxy.
+func (ex *exchange) reset() {
+	conn, _, err := http.NewResponseController(ex.w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler) // net/http closes the connection unanswered
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
+// authorize checks method and key, the checks Userpilot makes before it
+// reads a body.
+func (s *Server) authorize(ex *exchange, method string) *apiError {
+	if ex.r.Method != method {
+		return &apiError{status: http.StatusMethodNotAllowed, code: "method_not_allowed", allow: method,
+			message: fmt.Sprintf("%s is not allowed here; use %s", ex.r.Method, method)}
+	}
+	want := "Token " + s.opts.APIKey
+	if got := ex.r.Header.Get("Authorization"); s.opts.APIKey == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		return &apiError{status: http.StatusUnauthorized, code: "unauthorized",
+			message: `missing or invalid API key: send "Authorization: Token <key>"`}
+	}
+	return nil
+}
+
+// retryAfterSeconds renders d as Retry-After delta-seconds, rounded up so a
+// client that honours it is never early.
+func retryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64(math.Ceil(d.Seconds()))), 10)
+}
+
+func (s *Server) rateLimited(wait time.Duration) *apiError {
+	e := &apiError{status: http.StatusTooManyRequests, code: "rate_limited", message: "too many requests"}
+	if s.opts.RetryAfter {
+		e.retryAfter = retryAfterSeconds(wait)
+	}
+	return e
+}
+
+// serveIdentify applies one real-time identify.
+func (s *Server) serveIdentify(ex *exchange) {
+	s.mu.Lock()
+	s.identifyRequests++
+	s.mu.Unlock()
+
+	if e := s.authorize(ex, http.MethodPost); e != nil {
+		ex.fail(e)
+		return
+	}
+	if s.limiter != nil {
+		now := time.Now()
+		res := s.limiter.ReserveN(now, 1)
+		if wait := res.DelayFrom(now); wait > 0 {
+			res.CancelAt(now) // a refused request costs no token
+			ex.fail(s.rateLimited(wait))
+			return
+		}
+	}
+	body, e := readBody(ex)
+	if e != nil {
+		ex.fail(e)
+		return
+	}
+	s.mu.Lock()
+	f := s.faults.nextIdentify()
+	s.mu.Unlock()
+	s.serveWithFault(ex, f, func() (int, any, *apiError) { return s.acceptIdentify(ex, body) })
+}
+
+// acceptIdentify validates and applies one identify.
+func (s *Server) acceptIdentify(ex *exchange, body []byte) (int, any, *apiError) {
+	if e := checkHeaders(ex.r, true); e != nil {
+		return 0, nil, e
+	}
+	co, e := decodeCompany(body, "body")
+	if co.id != "" {
+		ex.rec.CompanyIDs = []string{co.id}
+	}
+	if e != nil {
+		return 0, nil, e
+	}
+	s.lock()
+	defer s.unlock()
+	if status, ok := s.rejects[co.id]; ok {
+		return 0, nil, rejection(status, co.id)
+	}
+	s.applyLocked("identify", co)
+	return cmp.Or(s.opts.SuccessStatus, http.StatusAccepted), struct{}{}, nil
+}
+
+// serveWithFault answers with accept, after playing fault f if there is one.
+// accept validates the request and applies it (or submits the job).
+func (s *Server) serveWithFault(ex *exchange, f *Fault, accept func() (int, any, *apiError)) {
+	if f != nil {
+		if f.Delay > 0 {
+			t := time.NewTimer(f.Delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ex.r.Context().Done():
+				return // the client gave up: nobody to answer
+			}
+		}
+		if f.Reset {
+			ex.reset()
+			return
+		}
+		if f.Status != 0 {
+			if f.Apply {
+				if _, _, e := accept(); e != nil {
+					ex.fail(e)
+					return
+				}
+			}
+			ex.fail(faultAnswer(f))
+			return
+		}
+	}
+	status, answer, e := accept()
+	if e != nil {
+		ex.fail(e)
+		return
+	}
+	ex.reply(status, answer)
+}
+
+// applyLocked merges co into its profile: keys not sent keep their value, a
+// null clears the key.
+func (s *Server) applyLocked(kind string, co company) {
+	md := s.companies[co.id]
+	if md == nil {
+		md = map[string]any{}
+		s.companies[co.id] = md
+	}
+	for k, v := range co.metadata {
+		if v == nil {
+			delete(md, k)
+		} else {
+			md[k] = v
+		}
+	}
+	s.accepted++
+	s.applied = append(s.applied, Applied{Kind: kind, CompanyID: co.id, Metadata: copyMetadata(co.metadata)})
+	if s.opts.Logf != nil {
+		md := co.metadata
+		if md == nil {
+			md = map[string]any{}
+		}
+		sent, _ := json.Marshal(md)
+		s.logLines = append(s.logLines, fmt.Sprintf("%s company_id=%s metadata=%s", kind, co.id, sent))
+	}
+}
+
+// serveDelete schedules companies for deletion, at most once every 2 seconds.
+func (s *Server) serveDelete(ex *exchange) {
+	if e := s.authorize(ex, http.MethodDelete); e != nil {
+		ex.fail(e)
+		return
+	}
+	if e := checkHeaders(ex.r, false); e != nil {
+		ex.fail(e)
+		return
+	}
+	body, e := readBody(ex)
+	if e != nil {
+		ex.fail(e)
+		return
+	}
+	ids, e := decodeDelete(body)
+	ex.rec.CompanyIDs = ids
+	if e != nil {
+		ex.fail(e)
+		return
+	}
+	s.mu.Lock()
+	now := time.Now()
+	if since := now.Sub(s.lastDelete); !s.lastDelete.IsZero() && since < deleteInterval {
+		s.mu.Unlock()
+		ex.fail(s.rateLimited(deleteInterval - since))
+		return
+	}
+	s.lastDelete = now
+	s.deleted = append(s.deleted, ids...)
+	s.mu.Unlock()
+	ex.reply(http.StatusAccepted, map[string]string{"message": fmt.Sprintf("%d companies scheduled for deletion", len(ids))})
+}
+
+// readBody reads the whole body, refusing more than the published 50 MB.
+func readBody(ex *exchange) ([]byte, *apiError) {
+	data, err := io.ReadAll(http.MaxBytesReader(ex.w, ex.r.Body, maxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, &apiError{status: http.StatusRequestEntityTooLarge, code: "payload_too_large",
+			message: "body larger than 50 MB: split it"}
+	case err != nil:
+		return nil, invalid("cannot read body: " + err.Error())
+	}
+	return data, nil
+}
+
+func copyMetadata(md map[string]any) map[string]any {
+	out := make(map[string]any, len(md))
+	for k, v := range md {
+		out[k] = v // primitives only: nothing deeper to copy
+	}
+	return out
+}
