@@ -1,0 +1,71 @@
+package replication
+
+import (
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Op is the kind of a row change.
+type Op uint8
+
+// Row change kinds.
+const (
+	Insert Op = iota + 1
+	Update
+	Delete
+	Truncate
+)
+
+func (o Op) String() string {
+	switch o {
+	case Insert:
+		return "insert"
+	case Update:
+		return "update"
+	case Delete:
+		return "delete"
+	case Truncate:
+		return "truncate"
+	}
+	return "unknown"
+}
+
+// Value is one column's value as Postgres sent it: text in the type's output
+// format, NULL, or "unchanged" for a TOASTed value an UPDATE did not touch
+// (Postgres does not resend it, so its current value is unknown here).
+type Value struct {
+	Text      []byte
+	Null      bool
+	Unchanged bool
+}
+
+// Relation is a table as described by the stream (or the snapshot). A new
+// Relation value is made whenever Postgres describes the table again, so a
+// consumer can tell a schema change by pointer inequality.
+type Relation struct {
+	ID      uint32
+	Table   Table
+	Columns []Column
+}
+
+// Change is one row change. Values is positional, one per Relation column:
+// the new row for inserts and updates, the old key (or old row under
+// REPLICA IDENTITY FULL) for deletes, nil for truncates.
+type Change struct {
+	Op       Op
+	Relation *Relation
+	Values   []Value
+}
+
+// Transaction is the unit of delivery and of checkpointing. EndLSN may be
+// checkpointed once every change in it, and in every earlier Transaction,
+// has been delivered. A Transaction without changes is a position marker
+// (from a keepalive, or a transaction on other tables); one with EndLSN 0
+// is a piece of the initial snapshot, which moves no position.
+type Transaction struct {
+	CommitLSN  pglogrepl.LSN
+	EndLSN     pglogrepl.LSN
+	CommitTime time.Time
+	Changes    []Change
+}

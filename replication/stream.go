@@ -1,0 +1,298 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// StreamOptions configure Stream.
+type StreamOptions struct {
+	Slot        string
+	Publication string
+	// Table is the mapped table; changes to other tables in the publication
+	// are dropped.
+	Table Table
+	// Start is the durable checkpoint. Transactions ending at or before it
+	// were delivered already and are skipped if the server sends them again.
+	Start pglogrepl.LSN
+	// Confirmed returns the durable checkpoint. It is the only position ever
+	// reported to Postgres as flushed, so the slot never passes it.
+	Confirmed func() pglogrepl.LSN
+	// Types resolves column types; it needs an ordinary connection of its own.
+	Types *TypeResolver
+	// StatusInterval is the longest time between two status updates; 0 →
+	// 10s. Use Server.StatusInterval: it stays inside wal_sender_timeout.
+	StatusInterval time.Duration
+	Logger         *slog.Logger
+}
+
+// markerInterval bounds how often an idle position is offered for
+// checkpointing: each one costs the consumer an fsync.
+const markerInterval = time.Second
+
+// Stream starts replication from opts.Start and sends each committed
+// transaction touching opts.Table to out, in commit order, until ctx is
+// done or the connection fails. It owns conn while it runs. While out is
+// full it keeps the connection alive with status updates: back-pressure
+// never makes the walsender time out.
+//
+// When it is between transactions it also offers keepalive positions as
+// empty Transactions (without blocking), so that a quiet table on a busy
+// server lets the slot advance.
+func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out chan<- Transaction) error {
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &streamer{conn: conn, opts: opts, out: out, relations: map[uint32]*Relation{}, lastEmitted: opts.Start}
+	pubNames := quoteLiteral(pgx.Identifier{opts.Publication}.Sanitize())
+	err := pglogrepl.StartReplication(ctx, conn, opts.Slot, opts.Start, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names " + pubNames},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication from slot %q at %s: %w", opts.Slot, opts.Start, err)
+	}
+	opts.Logger.Info("streaming", "slot", opts.Slot, "from", opts.Start.String())
+	return s.loop(ctx)
+}
+
+type streamer struct {
+	conn      *pgconn.PgConn
+	opts      StreamOptions
+	out       chan<- Transaction
+	relations map[uint32]*Relation
+
+	cur          *Transaction // the open transaction, nil between transactions
+	lastEmitted  pglogrepl.LSN
+	lastMarker   time.Time
+	lastStatus   time.Time
+	lastReported pglogrepl.LSN
+}
+
+func (s *streamer) loop(ctx context.Context) error {
+	for {
+		if err := s.maybeSendStatus(ctx, false); err != nil {
+			return err
+		}
+		recvCtx, cancel := context.WithTimeout(ctx, min(time.Second, s.opts.StatusInterval))
+		msg, err := s.conn.ReceiveMessage(recvCtx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive from replication stream: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("replication stream: the server ended it (is Postgres shutting down?)")
+		}
+	}
+}
+
+func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		// Between transactions, everything up to the server's position
+		// has been sent to us: offer it, so an idle table lets WAL go.
+		if s.cur == nil {
+			s.offerMarker(ka.ServerWALEnd)
+		}
+		if ka.ReplyRequested {
+			return s.maybeSendStatus(ctx, true)
+		}
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse XLogData: %w", err)
+		}
+		return s.handleMessage(ctx, xld.WALData)
+	}
+	return nil
+}
+
+func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
+	m, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("decode pgoutput message: %w", err)
+	}
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		rel, err := s.relation(ctx, m)
+		if err != nil {
+			return err
+		}
+		s.relations[m.RelationID] = rel
+	case *pglogrepl.BeginMessage:
+		s.cur = &Transaction{CommitLSN: m.FinalLSN, CommitTime: m.CommitTime}
+	case *pglogrepl.InsertMessage:
+		return s.add(Insert, m.RelationID, m.Tuple)
+	case *pglogrepl.UpdateMessage:
+		return s.add(Update, m.RelationID, m.NewTuple)
+	case *pglogrepl.DeleteMessage:
+		return s.add(Delete, m.RelationID, m.OldTuple)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			if err := s.add(Truncate, id, nil); err != nil {
+				return err
+			}
+		}
+	case *pglogrepl.CommitMessage:
+		if s.cur == nil {
+			return fmt.Errorf("replication stream: commit at %s without begin", m.CommitLSN)
+		}
+		txn := *s.cur
+		s.cur = nil
+		txn.CommitLSN, txn.EndLSN, txn.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		if txn.EndLSN <= s.opts.Start {
+			// Delivered before the restart; the server may send it again.
+			return nil
+		}
+		if len(txn.Changes) == 0 {
+			s.offerMarker(txn.EndLSN)
+			return nil
+		}
+		if err := s.emit(ctx, txn); err != nil {
+			return err
+		}
+		s.lastEmitted = txn.EndLSN
+	}
+	return nil
+}
+
+func (s *streamer) add(op Op, relID uint32, tuple *pglogrepl.TupleData) error {
+	if s.cur == nil {
+		return fmt.Errorf("replication stream: %s outside a transaction", op)
+	}
+	rel, ok := s.relations[relID]
+	if !ok {
+		return fmt.Errorf("replication stream: %s on relation %d before its description", op, relID)
+	}
+	if rel.Table != s.opts.Table {
+		return nil
+	}
+	s.cur.Changes = append(s.cur.Changes, Change{Op: op, Relation: rel, Values: tupleValues(tuple)})
+	return nil
+}
+
+// tupleValues copies a tuple out of the connection's read buffer, which the
+// next receive reuses.
+func tupleValues(t *pglogrepl.TupleData) []Value {
+	if t == nil {
+		return nil
+	}
+	vals := make([]Value, len(t.Columns))
+	for i, c := range t.Columns {
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			vals[i].Null = true
+		case pglogrepl.TupleDataTypeToast:
+			vals[i].Unchanged = true
+		default:
+			vals[i].Text = append([]byte(nil), c.Data...)
+		}
+	}
+	return vals
+}
+
+func (s *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*Relation, error) {
+	rel := &Relation{ID: m.RelationID, Table: Table{Schema: m.Namespace, Name: m.RelationName}}
+	for _, c := range m.Columns {
+		oid, err := s.opts.Types.Resolve(ctx, c.DataType)
+		if err != nil {
+			return nil, fmt.Errorf("describe %s column %q: %w", rel.Table, c.Name, err)
+		}
+		name, err := s.opts.Types.Name(ctx, c.DataType, c.TypeModifier)
+		if err != nil {
+			return nil, fmt.Errorf("describe %s column %q: %w", rel.Table, c.Name, err)
+		}
+		rel.Columns = append(rel.Columns, Column{Name: c.Name, TypeOID: oid, TypeName: name})
+	}
+	return rel, nil
+}
+
+// emit hands txn to the consumer, keeping the connection alive while the
+// consumer is busy.
+func (s *streamer) emit(ctx context.Context, txn Transaction) error {
+	tick := time.NewTicker(min(time.Second, s.opts.StatusInterval))
+	defer tick.Stop()
+	for {
+		select {
+		case s.out <- txn:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if err := s.maybeSendStatus(ctx, false); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// offerMarker offers pos for checkpointing without blocking: if the
+// consumer is busy, a later marker or transaction will carry the position.
+func (s *streamer) offerMarker(pos pglogrepl.LSN) {
+	if pos <= s.lastEmitted || time.Since(s.lastMarker) < markerInterval {
+		return
+	}
+	select {
+	case s.out <- Transaction{EndLSN: pos}:
+		s.lastEmitted = pos
+		s.lastMarker = time.Now()
+	default:
+	}
+}
+
+// maybeSendStatus reports the durable checkpoint as written, flushed and
+// applied: when it moved (at most once a second), when the server asked, or
+// at least every StatusInterval.
+func (s *streamer) maybeSendStatus(ctx context.Context, force bool) error {
+	confirmed := s.opts.Confirmed()
+	since := time.Since(s.lastStatus)
+	if !force && since < s.opts.StatusInterval && (confirmed == s.lastReported || since < min(time.Second, s.opts.StatusInterval)) {
+		return nil
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: confirmed, WALFlushPosition: confirmed, WALApplyPosition: confirmed,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status update: %w", err)
+	}
+	s.lastStatus, s.lastReported = time.Now(), confirmed
+	return nil
+}
+
+// SendFinalStatus reports lsn once more before the connection is closed, so
+// a clean shutdown leaves the slot exactly at the checkpoint.
+func SendFinalStatus(ctx context.Context, conn *pgconn.PgConn, lsn pglogrepl.LSN) error {
+	return pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn,
+	})
+}
