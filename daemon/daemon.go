@@ -1,0 +1,134 @@
+// Package daemon is `pgpilot run`: it composes replication, mapping,
+// delivery, userpilot and state into a long-running process that sets up the
+// publication and slot, sends the initial snapshot when the slot is new,
+// streams until told to stop, reconnects when Postgres goes away, and on
+// shutdown delivers what it holds and checkpoints before it exits.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// Options configure Run.
+type Options struct {
+	Config *mapping.Config
+	Logger *slog.Logger
+	// ShutdownGrace is how long, after a stop signal, pending changes may
+	// still be delivered before pgpilot exits without them (they are not
+	// lost: not checkpointed, they are streamed again at the next start).
+	// 0 → 10s.
+	ShutdownGrace time.Duration
+	// ReconnectMax caps the wait between reconnection attempts; 0 → 30s.
+	ReconnectMax time.Duration
+	// Userpilot overrides client options derived from the config (tests use
+	// it for short backoffs); Endpoint, APIKey and RateLimit always come from
+	// the config.
+	Userpilot userpilot.Options
+}
+
+// ErrConfig is wrapped by errors that the operator fixes in the config file
+// or the database schema; `pgpilot run` exits 2 for them.
+var ErrConfig = errors.New("configuration problem")
+
+// permanentError marks a failure that retrying cannot cure.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+func permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// Run runs the daemon until ctx is done (returns nil after a clean drain) or
+// a permanent failure.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	if opts.ReconnectMax <= 0 {
+		opts.ReconnectMax = 30 * time.Second
+	}
+	cfg := opts.Config
+	dir, err := state.Open(cfg.State.Dir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+
+	uo := opts.Userpilot
+	uo.Endpoint, uo.APIKey, uo.RateLimit = cfg.Userpilot.Endpoint, cfg.Userpilot.APIKey, cfg.Userpilot.RateLimit
+	if uo.Concurrency == 0 {
+		uo.Concurrency = workersFor(cfg.Userpilot.RateLimit)
+	}
+	if uo.Logger == nil {
+		uo.Logger = opts.Logger
+	}
+	client, err := userpilot.New(uo)
+	if err != nil {
+		return fmt.Errorf("%w: userpilot: %w", ErrConfig, err)
+	}
+
+	s := &session{opts: opts, cfg: cfg, dir: dir, sender: client, log: opts.Logger}
+	backoff := time.Second
+	for {
+		started := time.Now()
+		err := s.run(ctx)
+		if ctx.Err() != nil {
+			return err
+		}
+		var perm permanentError
+		if errors.As(err, &perm) {
+			return perm.err
+		}
+		if isCredentialProblem(err) {
+			return fmt.Errorf("%w: %w (fix postgres.url)", ErrConfig, err)
+		}
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		opts.Logger.Warn("replication session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond).String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, opts.ReconnectMax)
+	}
+}
+
+// workersFor sizes the identify concurrency to the rate limit: enough calls
+// in flight to use the budget at ordinary latencies, never a stampede.
+func workersFor(rate float64) int {
+	return int(min(64, max(4, rate/5)))
+}
+
+// isCredentialProblem reports whether Postgres refused who we are or where
+// we asked to go (bad password, no such role or database): waiting will not
+// fix that, the config will.
+func isCredentialProblem(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	return strings.HasPrefix(pgErr.Code, "28") || pgErr.Code == "3D000"
+}

@@ -1,0 +1,320 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/daemon"
+	"github.com/pgpilot/pgpilot/internal/pgtest"
+	"github.com/pgpilot/pgpilot/internal/workload"
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+var pg *pgtest.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	// A short wal_sender_timeout makes keepalives frequent, so the idle-slot
+	// test runs in seconds, and proves status updates keep pace with it.
+	pg, err = pgtest.Start(context.Background(), pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "3s"}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	pg.Stop()
+	os.Exit(code)
+}
+
+const apiKey = "test-key-0123456789"
+
+// env is one test's database, stand-in and config.
+type env struct {
+	t       *testing.T
+	url     string
+	slot    string
+	conn    *pgx.Conn
+	up      *userpilottest.Server
+	cfg     *mapping.Config
+	stateOK string
+}
+
+func newEnv(t *testing.T, up userpilottest.Options) *env {
+	t.Helper()
+	ctx := context.Background()
+	url := pg.NewDatabaseT(t)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	require.NoError(t, workload.Create(ctx, conn))
+	up.APIKey = apiKey
+	srv := userpilottest.NewServer(up)
+	t.Cleanup(srv.Close)
+	e := &env{t: t, url: url, conn: conn, up: srv}
+	e.slot = slotName(url)
+	e.cfg = e.config(filepath.Join(t.TempDir(), "state"))
+	return e
+}
+
+// slotName derives a cluster-unique slot name from the test's database.
+func slotName(url string) string {
+	db := url[strings.LastIndex(url, "/")+1:]
+	if i := strings.Index(db, "?"); i >= 0 {
+		db = db[:i]
+	}
+	if len(db) > 60 {
+		db = db[len(db)-60:]
+	}
+	return "s" + strings.Trim(db, "_")
+}
+
+func (e *env) config(stateDir string) *mapping.Config {
+	path := filepath.Join(e.t.TempDir(), "pgpilot.yaml")
+	require.NoError(e.t, os.WriteFile(path, []byte(workload.Config(e.url, e.slot, e.up.URL(), apiKey, stateDir, 2000)), 0o600))
+	cfg, err := mapping.Load(path)
+	require.NoError(e.t, err)
+	return cfg
+}
+
+// start runs the daemon until the returned stop is called; stop returns
+// Run's error.
+func (e *env) start(ctx context.Context, grace time.Duration) (stop func() error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- daemon.Run(ctx, daemon.Options{
+			Config: e.cfg, Logger: testLogger(e.t), ShutdownGrace: grace, ReconnectMax: time.Second,
+			Userpilot: userpilot.Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+		})
+	}()
+	return func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			e.t.Fatal("daemon did not stop within 30s of cancellation")
+			return nil
+		}
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// converge waits until the stand-in holds exactly what the table says.
+func (e *env) converge(timeout time.Duration) {
+	e.t.Helper()
+	var diff []string
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		want, err := workload.Expected(context.Background(), e.conn)
+		require.NoError(e.t, err)
+		if diff = workload.Diff(want, e.up.Companies()); len(diff) == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(diff) > 10 {
+		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
+	}
+	e.t.Fatalf("Userpilot did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
+}
+
+// waitInitialSync waits until the snapshot is delivered and checkpointed.
+func (e *env) waitInitialSync() {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		cp, ok, err := state.ReadCheckpoint(e.cfg.State.Dir)
+		return err == nil && ok && cp.InitialSync == state.InitialSyncDone
+	}, 60*time.Second, 20*time.Millisecond, "initial sync done")
+}
+
+func TestInitialSnapshotThenStreamConverges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 300))
+	stop := e.start(ctx, 5*time.Second)
+	e.converge(60 * time.Second)
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		_, err := workload.Step(ctx, e.conn, rng, 400)
+		require.NoError(t, err)
+	}
+	e.converge(60 * time.Second)
+	require.NoError(t, stop(), "a stop signal ends Run cleanly")
+
+	cp, ok, err := state.ReadCheckpoint(e.cfg.State.Dir)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, state.InitialSyncDone, cp.InitialSync)
+	assert.NotZero(t, cp.LSN)
+}
+
+func TestSnapshotAndStreamMeetWithoutGapWhileTableIsWritten(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 2000))
+
+	writer, err := pgx.Connect(ctx, e.url)
+	require.NoError(t, err)
+	defer writer.Close(ctx)
+	wctx, stopWriting := context.WithCancel(ctx)
+	written := make(chan int)
+	go func() {
+		rng, n := rand.New(rand.NewPCG(3, 4)), 0
+		for wctx.Err() == nil {
+			if _, err := workload.Step(wctx, writer, rng, 2500); err == nil {
+				n++
+			}
+		}
+		written <- n
+	}()
+	stop := e.start(ctx, 5*time.Second)
+	time.Sleep(3 * time.Second) // writes land before, during and after the snapshot
+	stopWriting()
+	t.Logf("%d transactions written while starting", <-written)
+	e.converge(90 * time.Second)
+	require.NoError(t, stop())
+}
+
+func TestRejectedRecordIsSetAsideAndStreamGoesOn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	e.up.RejectCompany("7", 400)
+	require.NoError(t, workload.Seed(ctx, e.conn, 20))
+	stop := e.start(ctx, 5*time.Second)
+	e.waitInitialSync()
+
+	_, err := e.conn.Exec(ctx, `UPDATE companies SET plan = 'custom-plan' WHERE id IN (7, 8)`)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		c, ok := e.up.Company("8")
+		return ok && c["plan"] == "custom-plan"
+	}, 30*time.Second, 50*time.Millisecond, "company 8, in the same transaction as the rejected 7, is delivered")
+	require.NoError(t, stop())
+
+	_, ok := e.up.Company("7")
+	assert.False(t, ok)
+	raw, err := os.ReadFile(filepath.Join(e.cfg.State.Dir, state.DeadLetterFile))
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	require.Len(t, lines, 2, "company 7 is set aside once from the snapshot and once from the update")
+	for _, l := range lines {
+		assert.Contains(t, l, `"company_id":"7"`)
+		assert.Contains(t, l, `"status":400`)
+	}
+}
+
+func TestTransientFaultsAreRetriedNeverDropped(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 50))
+	e.up.FailNext(10, userpilottest.Fault{Status: 503})
+	e.up.FailNext(5, userpilottest.Fault{Status: 429, RetryAfter: "1"})
+	e.up.FailNext(5, userpilottest.Fault{Status: 500, Apply: true})
+	e.up.FailNext(3, userpilottest.Fault{Reset: true})
+	stop := e.start(ctx, 5*time.Second)
+	e.converge(60 * time.Second)
+	require.NoError(t, stop())
+}
+
+func TestDroppedMappedColumnStopsWithClearError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 5))
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- daemon.Run(ctx, daemon.Options{Config: e.cfg, Logger: testLogger(t)})
+	}()
+	e.converge(30 * time.Second)
+	_, err := e.conn.Exec(ctx, `ALTER TABLE companies DROP COLUMN plan; UPDATE companies SET seats = 1 WHERE id = 1`)
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.ErrorIs(t, err, daemon.ErrConfig)
+		assert.Contains(t, err.Error(), `"plan"`, "the error names the column")
+		assert.Contains(t, err.Error(), "nothing is lost")
+	case <-ctx.Done():
+		t.Fatal("daemon kept running after a mapped column was dropped")
+	}
+}
+
+func TestIdleMappedTableLetsSlotAdvance(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 5))
+	stop := e.start(ctx, 5*time.Second)
+	defer stop()
+	e.converge(30 * time.Second)
+
+	_, err := e.conn.Exec(ctx, `CREATE TABLE other (id serial, pad text); INSERT INTO other (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)`)
+	require.NoError(t, err)
+	var after string
+	require.NoError(t, e.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&after))
+	require.Eventually(t, func() bool {
+		var passed bool
+		err := e.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, e.slot, after).Scan(&passed)
+		return err == nil && passed
+	}, 30*time.Second, 200*time.Millisecond, "the slot's confirmed position passes writes to an unpublished table")
+
+	cp, _, err := state.ReadCheckpoint(e.cfg.State.Dir)
+	require.NoError(t, err)
+	var slotPos string
+	require.NoError(t, e.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, e.slot).Scan(&slotPos))
+	confirmed, err := state.ParseLSN(slotPos)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, confirmed, cp.LSN, "the slot is never confirmed past the local checkpoint")
+}
+
+func TestUnfinishedInitialSyncStartsOverWithNewSlot(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 500))
+	// Slow answers, and almost no grace: the first run stops mid-snapshot.
+	e.up.SetFault(&userpilottest.Fault{Delay: 50 * time.Millisecond})
+	stop := e.start(ctx, time.Millisecond)
+	require.Eventually(t, func() bool { return e.up.Accepted() > 20 }, 30*time.Second, 20*time.Millisecond)
+	require.NoError(t, stop())
+	cp, ok, err := state.ReadCheckpoint(e.cfg.State.Dir)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, state.InitialSyncInProgress, cp.InitialSync, "the first run must stop before the snapshot was delivered")
+
+	e.up.SetFault(nil)
+	_, err = e.conn.Exec(ctx, `UPDATE companies SET plan = 'changed-between-runs' WHERE id <= 10`)
+	require.NoError(t, err)
+	stop = e.start(ctx, 5*time.Second)
+	e.converge(60 * time.Second)
+	require.NoError(t, stop())
+}

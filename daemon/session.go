@@ -1,0 +1,279 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// session is one connection's life: it is run again after each failure.
+type session struct {
+	opts   Options
+	cfg    *mapping.Config
+	dir    *state.Dir
+	sender delivery.Sender
+	log    *slog.Logger
+
+	// confirmed is the durable checkpoint: the only position ever reported
+	// to Postgres.
+	confirmed atomic.Uint64
+}
+
+// start is what setup found: the durable checkpoint, and the new slot when
+// a snapshot is owed first.
+type start struct {
+	lsn      pglogrepl.LSN
+	snapshot *replication.CreatedSlot // non-nil: send the snapshot first
+}
+
+func (s *session) run(ctx context.Context) error {
+	cfg := s.cfg
+	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
+	sqlConn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer sqlConn.Close(context.Background())
+
+	srv, err := replication.ReadServer(ctx, sqlConn)
+	if err != nil {
+		return err
+	}
+	if err := srv.CheckServer(); err != nil {
+		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	cols, err := replication.TableColumns(ctx, sqlConn, table)
+	if err != nil {
+		if errors.Is(err, replication.ErrTableMissing) {
+			return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return err
+	}
+	mapped := replication.PickColumns(cols, cfg.Companies.Columns())
+	if _, err := mapping.Compile(cfg.Companies, table.String(), toMapping(cols)); err != nil {
+		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+
+	rconn, err := replication.ConnectReplication(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer rconn.Close(context.Background())
+	sys, err := pglogrepl.IdentifySystem(ctx, rconn)
+	if err != nil {
+		return fmt.Errorf("identify system: %w", err)
+	}
+	if _, err := replication.EnsurePublication(ctx, sqlConn, cfg.Postgres.Publication, table, srv); err != nil {
+		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+
+	st, err := s.prepare(ctx, sqlConn, rconn, sys, srv)
+	if err != nil {
+		return err
+	}
+	s.confirmed.Store(uint64(st.lsn))
+
+	// Delivery keeps running after a stop signal, for ShutdownGrace, so
+	// what was read is delivered and checkpointed before exit.
+	produceCtx, stopProducing := context.WithCancel(ctx)
+	defer stopProducing()
+	deliverCtx, stopDelivering := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDelivering()
+	stopGrace := context.AfterFunc(ctx, func() {
+		time.AfterFunc(s.opts.ShutdownGrace, stopDelivering)
+	})
+	defer stopGrace()
+
+	pipe := delivery.New(delivery.Options{
+		Companies:    cfg.Companies,
+		Sender:       s.sender,
+		DeadLetters:  s.dir,
+		Checkpoint:   s.checkpointer(sys, srv),
+		Checkpointed: st.lsn,
+		Workers:      workersFor(cfg.Userpilot.RateLimit),
+		Logger:       s.log,
+	})
+	in := make(chan replication.Transaction, 16)
+	pipeDone := make(chan error, 1)
+	go func() {
+		err := pipe.Run(deliverCtx, in)
+		stopProducing() // delivery failed: stop reading too
+		pipeDone <- err
+	}()
+
+	streaming := false
+	prodErr := func() error {
+		if st.snapshot != nil {
+			if err := s.sendSnapshot(produceCtx, table, mapped, *st.snapshot, in); err != nil {
+				return err
+			}
+		}
+		streaming = true
+		from := st.lsn
+		if st.snapshot != nil {
+			from = st.snapshot.ConsistentPoint
+		}
+		return replication.Stream(produceCtx, rconn, replication.StreamOptions{
+			Slot:           cfg.Postgres.Slot,
+			Publication:    cfg.Postgres.Publication,
+			Table:          table,
+			Start:          from,
+			Confirmed:      func() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) },
+			Types:          replication.NewTypeResolver(sqlConn),
+			StatusInterval: srv.StatusInterval(),
+			Logger:         s.log,
+		}, in)
+	}()
+	close(in)
+	pipeErr := <-pipeDone
+
+	if streaming && !rconn.IsClosed() {
+		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := replication.SendFinalStatus(fctx, rconn, pglogrepl.LSN(s.confirmed.Load())); err != nil {
+			s.log.Debug("final status update not sent", "error", err)
+		}
+		cancel()
+	}
+
+	if ctx.Err() != nil { // asked to stop
+		if pipeErr != nil && !errors.Is(pipeErr, context.Canceled) {
+			return pipeErr
+		}
+		if pipeErr != nil {
+			s.log.Warn("stopped before everything read was delivered; it will be sent again at the next start",
+				"grace", s.opts.ShutdownGrace.String())
+		}
+		s.log.Info("stopped", "checkpoint", pglogrepl.LSN(s.confirmed.Load()).String())
+		return nil
+	}
+	if errors.Is(pipeErr, delivery.ErrSchema) {
+		return permanent(fmt.Errorf("%w: %w", ErrConfig, pipeErr))
+	}
+	if pipeErr != nil {
+		return pipeErr
+	}
+	if replication.IsSlotActive(prodErr) {
+		s.log.Info("the slot is in use by another process; standing by", "slot", cfg.Postgres.Slot)
+	}
+	return prodErr
+}
+
+// checkpointer durably records lsn, then lets the stream confirm it.
+func (s *session) checkpointer(sys pglogrepl.IdentifySystemResult, srv replication.Server) func(pglogrepl.LSN) error {
+	return func(lsn pglogrepl.LSN) error {
+		err := s.dir.SaveCheckpoint(state.Checkpoint{
+			SystemID: sys.SystemID, Database: srv.Database, Slot: s.cfg.Postgres.Slot,
+			LSN: state.LSN(lsn), InitialSync: state.InitialSyncDone,
+		})
+		if err != nil {
+			return err
+		}
+		s.confirmed.Store(uint64(lsn))
+		return nil
+	}
+}
+
+// prepare decides where the stream starts, creating the slot (and owing a
+// snapshot) on first start.
+func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.PgConn,
+	sys pglogrepl.IdentifySystemResult, srv replication.Server) (start, error) {
+	cfg := s.cfg
+	slotName := cfg.Postgres.Slot
+	cp, haveCP, err := s.dir.Checkpoint()
+	if err != nil {
+		return start{}, permanent(err)
+	}
+	slot, haveSlot, err := replication.ReadSlot(ctx, sqlConn, slotName)
+	if err != nil {
+		return start{}, err
+	}
+	if haveCP && (cp.SystemID != sys.SystemID || cp.Slot != slotName || cp.Database != srv.Database) {
+		return start{}, permanent(fmt.Errorf("%w: the checkpoint in %s belongs to slot %q of database %q on system %s, not slot %q of %q on system %s; "+
+			"point state.dir at this database's own state directory, or use an empty one to start over with a full re-send",
+			ErrConfig, s.dir.Path(), cp.Slot, cp.Database, cp.SystemID, slotName, srv.Database, sys.SystemID))
+	}
+
+	if haveCP && cp.InitialSync == state.InitialSyncDone {
+		if !haveSlot {
+			return start{}, permanent(fmt.Errorf("replication slot %q is gone (dropped by hand or by another tool) but the checkpoint is at %s: "+
+				"changes since then cannot be streamed. Run `pgpilot teardown`, remove %s, and run again to re-send every row",
+				slotName, cp.LSN, s.dir.Path()))
+		}
+		if err := slot.Usable(srv.Database); err != nil {
+			return start{}, permanent(err)
+		}
+		if slot.ConfirmedFlush > pglogrepl.LSN(cp.LSN) {
+			return start{}, permanent(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
+				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot? "+
+				"Give each its own postgres.slot, then re-sync", slotName, slot.ConfirmedFlush, cp.LSN))
+		}
+		return start{lsn: pglogrepl.LSN(cp.LSN)}, nil
+	}
+
+	if haveSlot {
+		if !haveCP {
+			return start{}, permanent(fmt.Errorf("%w: replication slot %q exists but %s has no checkpoint: either the state directory was lost "+
+				"or another program owns this slot. Restore state.dir, or choose another postgres.slot, "+
+				"or run `pgpilot teardown` to drop it and start over with a full re-send", ErrConfig, slotName, s.dir.Path()))
+		}
+		// Our own slot from an initial sync that did not finish: nothing
+		// was confirmed on it, so a fresh slot and snapshot lose nothing.
+		s.log.Warn("the initial sync did not finish last time; starting it again with a new slot", "slot", slotName)
+		if err := replication.DropSlot(ctx, sqlConn, slotName); err != nil {
+			return start{}, err
+		}
+	}
+	err = s.dir.SaveCheckpoint(state.Checkpoint{SystemID: sys.SystemID, Database: srv.Database, Slot: slotName,
+		InitialSync: state.InitialSyncInProgress})
+	if err != nil {
+		return start{}, permanent(err)
+	}
+	created, err := replication.CreateSlot(ctx, rconn, slotName)
+	if err != nil {
+		return start{}, err
+	}
+	s.log.Info("created replication slot; sending the table's current rows first", "slot", slotName,
+		"consistent_point", created.ConsistentPoint.String())
+	return start{snapshot: &created}, nil
+}
+
+// sendSnapshot sends every current row, then the slot's consistent point:
+// once that is checkpointed the initial sync is done and streaming starts
+// exactly where the snapshot ends.
+func (s *session) sendSnapshot(ctx context.Context, table replication.Table, cols []replication.Column,
+	created replication.CreatedSlot, in chan<- replication.Transaction) error {
+	began := time.Now()
+	rows, err := replication.ReadSnapshot(ctx, replication.SnapshotOptions{
+		URL: s.cfg.Postgres.URL, SnapshotName: created.SnapshotName, Table: table, Columns: cols,
+	}, in)
+	if err != nil {
+		return fmt.Errorf("initial snapshot of %s: %w", table, err)
+	}
+	select {
+	case in <- replication.Transaction{EndLSN: created.ConsistentPoint}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.log.Info("initial snapshot read", "rows", rows, "duration", time.Since(began).Round(time.Millisecond).String())
+	return nil
+}
+
+func toMapping(cols []replication.Column) []mapping.Column {
+	out := make([]mapping.Column, len(cols))
+	for i, c := range cols {
+		out[i] = mapping.Column{Name: c.Name, TypeOID: c.TypeOID, TypeName: c.TypeName}
+	}
+	return out
+}

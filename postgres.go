@@ -1,0 +1,25 @@
+package main
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
+)
+
+// openTable connects and reads all columns of the mapped table.
+func openTable(ctx context.Context, cfg *mapping.Config) (*pgx.Conn, replication.Table, []replication.Column, error) {
+	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
+	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return nil, table, nil, err
+	}
+	cols, err := replication.TableColumns(ctx, conn, table)
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, table, nil, err
+	}
+	return conn, table, cols, nil
+}

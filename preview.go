@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
+)
+
+// previewCommand prints the identify payloads that rows would become, as
+// JSON lines, and sends nothing.
+func previewCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs, path := commandFlags("preview", stderr)
+	limit := fs.Int("limit", 10, "how many rows to read (0: all)")
+	where := fs.String("where", "", "an SQL condition choosing the rows, e.g. \"plan = 'pro'\"")
+	cfg, code := loadConfig(fs, path, args, stderr)
+	if cfg == nil {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	conn, table, cols, err := openTable(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot preview: %v\n", err)
+		return exitFailure
+	}
+	defer conn.Close(context.Background())
+	if _, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols)); err != nil {
+		fmt.Fprintf(stderr, "pgpilot preview: %s: %v\n", cfg.Path, err)
+		return exitUsage
+	}
+	// Read only the columns the mapping uses.
+	cols = replication.PickColumns(cols, cfg.Companies.Columns())
+	m, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols))
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot preview: %s: %v\n", cfg.Path, err)
+		return exitUsage
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	n, bad := 0, 0
+	err = replication.QueryRows(ctx, conn.PgConn(), replication.SelectColumns(table, cols, *where, *limit), func(vals []replication.Value) error {
+		n++
+		id, err := m.Identify(toMappingValues(vals))
+		if err != nil {
+			bad++
+			fmt.Fprintf(stderr, "row %d would be set aside: %v\n", n, err)
+			return nil
+		}
+		return enc.Encode(id)
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot preview: read %s: %v\n", table, err)
+		return exitFailure
+	}
+	fmt.Fprintf(stderr, "%d rows read, %d would be set aside; nothing was sent\n", n, bad)
+	return exitOK
+}
+
+func toMappingColumns(cols []replication.Column) []mapping.Column {
+	out := make([]mapping.Column, len(cols))
+	for i, c := range cols {
+		out[i] = mapping.Column{Name: c.Name, TypeOID: c.TypeOID, TypeName: c.TypeName}
+	}
+	return out
+}
+
+func toMappingValues(vals []replication.Value) []mapping.Value {
+	out := make([]mapping.Value, len(vals))
+	for i, v := range vals {
+		out[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
+	}
+	return out
+}

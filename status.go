@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// statusReport is what `pgpilot status --json` prints. It holds positions
+// and counts only: no URL, no key.
+type statusReport struct {
+	Slot             string     `json:"slot"`
+	SlotExists       bool       `json:"slot_exists"`
+	SlotActive       bool       `json:"slot_active"`
+	WALStatus        string     `json:"wal_status,omitempty"`
+	Checkpoint       string     `json:"checkpoint,omitempty"`
+	CheckpointAt     *time.Time `json:"checkpoint_updated_at,omitempty"`
+	InitialSync      string     `json:"initial_sync,omitempty"`
+	ConfirmedFlush   string     `json:"slot_confirmed_flush,omitempty"`
+	RestartLSN       string     `json:"slot_restart_lsn,omitempty"`
+	ServerLSN        string     `json:"server_lsn,omitempty"`
+	LagBytes         *int64     `json:"lag_bytes,omitempty"`
+	RetainedWALBytes *int64     `json:"retained_wal_bytes,omitempty"`
+	DeadLetters      int        `json:"dead_letters"`
+}
+
+func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs, path := commandFlags("status", stderr)
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	cfg, code := loadConfig(fs, path, args, stderr)
+	if cfg == nil {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	r := statusReport{Slot: cfg.Postgres.Slot}
+	cp, ok, err := state.ReadCheckpoint(cfg.State.Dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
+		return exitFailure
+	}
+	if ok {
+		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
+		r.CheckpointAt = &cp.UpdatedAt
+	}
+	if r.DeadLetters, err = state.CountDeadLetters(cfg.State.Dir); err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
+		return exitFailure
+	}
+	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
+		return exitFailure
+	}
+	defer conn.Close(context.Background())
+	slot, found, err := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
+		return exitFailure
+	}
+	if found {
+		r.SlotExists, r.SlotActive, r.WALStatus = true, slot.Active, slot.WALStatus
+		r.ConfirmedFlush, r.RestartLSN = slot.ConfirmedFlush.String(), slot.Restart.String()
+		pos, err := replication.CurrentLSN(ctx, conn)
+		if err != nil {
+			fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
+			return exitFailure
+		}
+		lag, retained := int64(pos)-int64(slot.ConfirmedFlush), int64(pos)-int64(slot.Restart)
+		r.ServerLSN, r.LagBytes, r.RetainedWALBytes = pos.String(), &lag, &retained
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	row("slot", fmt.Sprintf("%s (exists: %t, active: %t, wal_status: %s)", r.Slot, r.SlotExists, r.SlotActive, orDash(r.WALStatus)))
+	row("checkpoint", fmt.Sprintf("%s (initial sync: %s)", orDash(r.Checkpoint), orDash(r.InitialSync)))
+	if r.CheckpointAt != nil {
+		row("checkpoint written", r.CheckpointAt.Format(time.RFC3339))
+	}
+	row("slot confirmed", orDash(r.ConfirmedFlush))
+	row("server position", orDash(r.ServerLSN))
+	if r.LagBytes != nil {
+		row("lag", fmt.Sprintf("%d bytes", *r.LagBytes))
+		row("retained WAL", fmt.Sprintf("%d bytes", *r.RetainedWALBytes))
+	}
+	row("dead letters", fmt.Sprint(r.DeadLetters))
+	tw.Flush()
+	return exitOK
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

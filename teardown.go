@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// teardownCommand drops the slot (and the publication when pgpilot created
+// it), and sets the checkpoint aside so that the next `run` starts over.
+func teardownCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs, path := commandFlags("teardown", stderr)
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	cfg, code := loadConfig(fs, path, args, stderr)
+	if cfg == nil {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "pgpilot teardown: %v\n", err)
+		return exitFailure
+	}
+	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return fail(err)
+	}
+	defer conn.Close(context.Background())
+	slot, haveSlot, err := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
+	if err != nil {
+		return fail(err)
+	}
+	pub, havePub, err := replication.ReadPublication(ctx, conn, cfg.Postgres.Publication)
+	if err != nil {
+		return fail(err)
+	}
+	if haveSlot && slot.Active {
+		return fail(fmt.Errorf("replication slot %q is in use (pid %d): stop pgpilot first", slot.Name, derefPID(slot.ActivePID)))
+	}
+	dropPub := havePub && pub.CreatedByPgpilot
+	if !haveSlot && !dropPub {
+		fmt.Fprintf(stdout, "nothing to drop: no slot %q, and no publication %q created by pgpilot\n", cfg.Postgres.Slot, cfg.Postgres.Publication)
+		return setCheckpointAside(cfg.State.Dir, stdout, stderr)
+	}
+	fmt.Fprintf(stdout, "This drops replication slot %q", cfg.Postgres.Slot)
+	if dropPub {
+		fmt.Fprintf(stdout, " and publication %q", cfg.Postgres.Publication)
+	}
+	fmt.Fprintln(stdout, ". The next `pgpilot run` re-sends every row.")
+	if !*yes {
+		fmt.Fprint(stdout, "Type yes to go on: ")
+		answer, _ := bufio.NewReader(stdin).ReadString('\n')
+		if strings.TrimSpace(answer) != "yes" {
+			fmt.Fprintln(stderr, "pgpilot teardown: not confirmed; nothing dropped")
+			return exitFailure
+		}
+	}
+	if haveSlot {
+		if err := replication.DropSlot(ctx, conn, slot.Name); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "dropped replication slot %q\n", slot.Name)
+	}
+	if dropPub {
+		if err := replication.DropPublication(ctx, conn, pub.Name); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "dropped publication %q\n", pub.Name)
+	}
+	return setCheckpointAside(cfg.State.Dir, stdout, stderr)
+}
+
+// setCheckpointAside renames the checkpoint, which referred to the dropped
+// slot, so the next run starts a fresh initial sync instead of refusing.
+// It is kept, renamed, for the record.
+func setCheckpointAside(dir string, stdout, stderr io.Writer) int {
+	path := filepath.Join(dir, state.CheckpointFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return exitOK
+	}
+	d, err := state.Open(dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot teardown: %v\n", err)
+		return exitFailure
+	}
+	defer d.Close()
+	aside := path + ".torn-down-" + time.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(path, aside); err != nil {
+		fmt.Fprintf(stderr, "pgpilot teardown: set the checkpoint aside: %v\n", err)
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "checkpoint moved to %s\n", aside)
+	return exitOK
+}
+
+func derefPID(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
