@@ -1,0 +1,201 @@
+// Package e2e tests the pgpilot binary as an operator runs it: a real
+// Postgres, the strict Userpilot stand-in, signals and kill -9.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/internal/pgtest"
+	"github.com/pgpilot/pgpilot/internal/workload"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+var (
+	pg     *pgtest.Server
+	binary string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "pgpilot-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "pgpilot")
+	build := exec.Command("go", "build", "-o", binary, "github.com/pgpilot/pgpilot")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build pgpilot:", err)
+		return 1
+	}
+	pg, err = pgtest.Start(context.Background(), pgtest.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer pg.Stop()
+	return m.Run()
+}
+
+const apiKey = "e2e-secret-key-5b1d9c"
+
+// env is one test's database, stand-in and config file.
+type env struct {
+	t        *testing.T
+	url      string
+	conn     *pgx.Conn
+	up       *userpilottest.Server
+	cfgPath  string
+	stateDir string
+}
+
+func newEnv(t *testing.T, opts userpilottest.Options) *env {
+	t.Helper()
+	ctx := context.Background()
+	url := pg.NewDatabaseT(t)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	require.NoError(t, workload.Create(ctx, conn))
+	opts.APIKey = apiKey
+	up := userpilottest.NewServer(opts)
+	t.Cleanup(up.Close)
+	dir := t.TempDir()
+	e := &env{t: t, url: url, conn: conn, up: up, cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state")}
+	e.writeConfig(workload.Config(url, slotName(url), up.URL(), apiKey, e.stateDir, 2000))
+	return e
+}
+
+func (e *env) writeConfig(cfg string) {
+	require.NoError(e.t, os.WriteFile(e.cfgPath, []byte(cfg), 0o600))
+}
+
+func slotName(url string) string {
+	db := url[strings.LastIndex(url, "/")+1:]
+	if i := strings.Index(db, "?"); i >= 0 {
+		db = db[:i]
+	}
+	if len(db) > 60 {
+		db = db[len(db)-60:]
+	}
+	return "s" + strings.Trim(db, "_")
+}
+
+// proc is a running pgpilot.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (e *env) pgpilot(args ...string) *proc {
+	e.t.Helper()
+	cmd := exec.Command(binary, args...)
+	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	require.NoError(e.t, cmd.Start())
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	e.t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if e.t.Failed() {
+			e.t.Logf("pgpilot %s output:\n%s", strings.Join(args, " "), tail(p.out.String(), 4000))
+		}
+	})
+	return p
+}
+
+func (e *env) run() *proc { return e.pgpilot("run", "--config", e.cfgPath, "--log-level", "debug") }
+
+// kill9 kills p without warning, as a crash or the OOM killer would.
+func (p *proc) kill9() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// stop sends SIGTERM and returns the exit code and how long it took.
+func (p *proc) stop(t *testing.T) (int, time.Duration) {
+	start := time.Now()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("pgpilot did not exit within 60s of SIGTERM")
+	}
+	return p.cmd.ProcessState.ExitCode(), time.Since(start)
+}
+
+// wait waits for p to exit by itself and returns its exit code.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		t.Fatalf("pgpilot still running after %s", timeout)
+		return -1
+	}
+}
+
+func (e *env) converge(timeout time.Duration) {
+	e.t.Helper()
+	var diff []string
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		want, err := workload.Expected(context.Background(), e.conn)
+		require.NoError(e.t, err)
+		if diff = workload.Diff(want, e.up.Companies()); len(diff) == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(diff) > 10 {
+		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
+	}
+	e.t.Fatalf("Userpilot did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
