@@ -1,0 +1,196 @@
+package replication_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/internal/pgtest"
+	"github.com/pgpilot/pgpilot/replication"
+)
+
+var pg *pgtest.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	pg, err = pgtest.Start(context.Background(), pgtest.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	pg.Stop()
+	os.Exit(code)
+}
+
+func connect(t *testing.T) (string, *pgx.Conn) {
+	url := pg.NewDatabaseT(t)
+	conn, err := replication.ConnectSQL(context.Background(), url)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return url, conn
+}
+
+var companies = replication.Table{Schema: "public", Name: "companies"}
+
+func TestPublicationIsNotCreatedWhenItWouldBreakUpdates(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `CREATE TABLE companies (id bigint, name text)`) // no primary key
+	require.NoError(t, err)
+	srv, err := replication.ReadServer(ctx, conn)
+	require.NoError(t, err)
+	_, err = replication.EnsurePublication(ctx, conn, "pgpilot", companies, srv)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `ALTER TABLE "public"."companies" REPLICA IDENTITY FULL`)
+	_, exists, err := replication.ReadPublication(ctx, conn, "pgpilot")
+	require.NoError(t, err)
+	assert.False(t, exists)
+}
+
+func TestPublicationIsCreatedMarkedAndValidated(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `CREATE TABLE companies (id bigint PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY);
+		CREATE PUBLICATION theirs FOR TABLE other`)
+	require.NoError(t, err)
+	srv, err := replication.ReadServer(ctx, conn)
+	require.NoError(t, err)
+
+	created, err := replication.EnsurePublication(ctx, conn, "pgpilot", companies, srv)
+	require.NoError(t, err)
+	assert.True(t, created)
+	p, ok, err := replication.ReadPublication(ctx, conn, "pgpilot")
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.True(t, p.CreatedByPgpilot, "teardown may drop it")
+
+	created, err = replication.EnsurePublication(ctx, conn, "pgpilot", companies, srv)
+	require.NoError(t, err)
+	assert.False(t, created, "an existing publication is used as is")
+
+	_, err = replication.EnsurePublication(ctx, conn, "theirs", companies, srv)
+	require.Error(t, err, "a publication without the table is not altered behind the operator's back")
+	assert.Contains(t, err.Error(), `ALTER PUBLICATION "theirs" ADD TABLE "public"."companies";`)
+	p, _, err = replication.ReadPublication(ctx, conn, "theirs")
+	require.NoError(t, err)
+	assert.False(t, p.CreatedByPgpilot)
+}
+
+func TestSlotOfAnotherKindIsRefused(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot('not_pgoutput', 'test_decoding')`)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Exec(context.Background(), `SELECT pg_drop_replication_slot('not_pgoutput')`) })
+	slot, ok, err := replication.ReadSlot(ctx, conn, "not_pgoutput")
+	require.NoError(t, err)
+	require.True(t, ok)
+	err = slot.Usable(slot.Database)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `uses plugin "test_decoding"`)
+}
+
+func TestTypeResolverDecodesDomainsAndEnumsAsTheirBase(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `CREATE TYPE tier AS ENUM ('free', 'pro');
+		CREATE DOMAIN seats AS integer CHECK (VALUE >= 0);
+		CREATE DOMAIN seats2 AS seats;
+		CREATE TABLE companies (id bigint PRIMARY KEY, tier tier, seats seats2, tags text[])`)
+	require.NoError(t, err)
+	cols, err := replication.TableColumns(ctx, conn, companies)
+	require.NoError(t, err)
+	byName := map[string]replication.Column{}
+	for _, c := range cols {
+		byName[c.Name] = c
+	}
+	assert.Equal(t, uint32(pgtype.TextOID), byName["tier"].TypeOID)
+	assert.Equal(t, uint32(pgtype.Int4OID), byName["seats"].TypeOID, "a domain over a domain over integer decodes as integer")
+	assert.Equal(t, "seats2", byName["seats"].TypeName)
+	assert.Equal(t, uint32(pgtype.TextArrayOID), byName["tags"].TypeOID)
+
+	_, err = replication.TableColumns(ctx, conn, replication.Table{Schema: "public", Name: "nope"})
+	assert.ErrorIs(t, err, replication.ErrTableMissing)
+}
+
+func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	url, conn := connect(t)
+	_, err := conn.Exec(ctx, `CREATE TABLE companies (id bigint PRIMARY KEY, name text); CREATE PUBLICATION p FOR TABLE companies`)
+	require.NoError(t, err)
+	slot := "skip_" + fmt.Sprint(time.Now().UnixNano()%1e9)
+	_, err = conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, `INSERT INTO companies VALUES (1, 'first')`)
+	require.NoError(t, err)
+
+	stream := func(start pglogrepl.LSN) replication.Transaction {
+		t.Helper()
+		rconn, err := replication.ConnectReplication(ctx, url)
+		require.NoError(t, err)
+		typeConn, err := replication.ConnectSQL(ctx, url) // pgx connections are not shared across goroutines
+		require.NoError(t, err)
+		sctx, stop := context.WithCancel(ctx)
+		out := make(chan replication.Transaction, 4)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			replication.Stream(sctx, rconn, replication.StreamOptions{
+				Slot: slot, Publication: "p", Table: companies, Start: start,
+				Confirmed: func() pglogrepl.LSN { return start }, Types: replication.NewTypeResolver(typeConn),
+			}, out)
+		}()
+		defer func() {
+			stop()
+			<-done
+			rconn.Close(context.Background())
+			typeConn.Close(context.Background())
+		}()
+		for {
+			select {
+			case txn := <-out:
+				if len(txn.Changes) > 0 { // skip position markers
+					return txn
+				}
+			case <-ctx.Done():
+				t.Fatal("no transaction streamed")
+			}
+		}
+	}
+	first := stream(0)
+	require.Len(t, first.Changes, 1)
+	assert.Equal(t, "first", string(first.Changes[0].Values[1].Text))
+	assert.Equal(t, replication.Insert, first.Changes[0].Op)
+
+	_, err = conn.Exec(ctx, `UPDATE companies SET name = 'second' WHERE id = 1`)
+	require.NoError(t, err)
+	// The slot was never confirmed, so the server sends "first" again:
+	// starting at its end LSN, the stream must drop it.
+	second := stream(first.EndLSN)
+	assert.Equal(t, "second", string(second.Changes[0].Values[1].Text))
+	assert.Equal(t, replication.Update, second.Changes[0].Op)
+}
+
+func TestStatusIntervalStaysInsideWalSenderTimeout(t *testing.T) {
+	tests := []struct {
+		timeout, want time.Duration
+	}{
+		{0, 10 * time.Second},
+		{60 * time.Second, 10 * time.Second},
+		{3 * time.Second, time.Second},
+		{100 * time.Millisecond, 100 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, replication.Server{WALSenderTimeout: tt.timeout}.StatusInterval(), "timeout %s", tt.timeout)
+	}
+}
