@@ -66,21 +66,9 @@ func newEnv(t *testing.T, up userpilottest.Options) *env {
 	srv := userpilottest.NewServer(up)
 	t.Cleanup(srv.Close)
 	e := &env{t: t, url: url, conn: conn, up: srv}
-	e.slot = slotName(url)
+	e.slot = workload.SlotName(url)
 	e.cfg = e.config(filepath.Join(t.TempDir(), "state"))
 	return e
-}
-
-// slotName derives a cluster-unique slot name from the test's database.
-func slotName(url string) string {
-	db := url[strings.LastIndex(url, "/")+1:]
-	if i := strings.Index(db, "?"); i >= 0 {
-		db = db[:i]
-	}
-	if len(db) > 60 {
-		db = db[len(db)-60:]
-	}
-	return "s" + strings.Trim(db, "_")
 }
 
 func (e *env) config(stateDir string) *mapping.Config {
@@ -124,20 +112,9 @@ func testLogger(t *testing.T) *slog.Logger {
 // converge waits until the stand-in holds exactly what the table says.
 func (e *env) converge(timeout time.Duration) {
 	e.t.Helper()
-	var diff []string
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		want, err := workload.Expected(context.Background(), e.conn)
-		require.NoError(e.t, err)
-		if diff = workload.Diff(want, e.up.Companies()); len(diff) == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := workload.WaitConverged(context.Background(), e.conn, e.up.Companies, timeout); err != nil {
+		e.t.Fatal(err)
 	}
-	if len(diff) > 10 {
-		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
-	}
-	e.t.Fatalf("Userpilot did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
 }
 
 // waitInitialSync waits until the snapshot is delivered and checkpointed.

@@ -80,23 +80,12 @@ func newEnv(t *testing.T, opts userpilottest.Options) *env {
 	t.Cleanup(up.Close)
 	dir := t.TempDir()
 	e := &env{t: t, url: url, conn: conn, up: up, cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state")}
-	e.writeConfig(workload.Config(url, slotName(url), up.URL(), apiKey, e.stateDir, 2000))
+	e.writeConfig(workload.Config(url, workload.SlotName(url), up.URL(), apiKey, e.stateDir, 2000))
 	return e
 }
 
 func (e *env) writeConfig(cfg string) {
 	require.NoError(e.t, os.WriteFile(e.cfgPath, []byte(cfg), 0o600))
-}
-
-func slotName(url string) string {
-	db := url[strings.LastIndex(url, "/")+1:]
-	if i := strings.Index(db, "?"); i >= 0 {
-		db = db[:i]
-	}
-	if len(db) > 60 {
-		db = db[len(db)-60:]
-	}
-	return "s" + strings.Trim(db, "_")
 }
 
 // proc is a running pgpilot.
@@ -177,20 +166,9 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 
 func (e *env) converge(timeout time.Duration) {
 	e.t.Helper()
-	var diff []string
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		want, err := workload.Expected(context.Background(), e.conn)
-		require.NoError(e.t, err)
-		if diff = workload.Diff(want, e.up.Companies()); len(diff) == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := workload.WaitConverged(context.Background(), e.conn, e.up.Companies, timeout); err != nil {
+		e.t.Fatal(err)
 	}
-	if len(diff) > 10 {
-		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
-	}
-	e.t.Fatalf("Userpilot did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
 }
 
 func tail(s string, n int) string {

@@ -150,7 +150,7 @@ func TestRolledBackTransactionIsNeverSent(t *testing.T) {
 func TestFiftyThousandRowTransaction(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, userpilottest.Options{})
-	e.writeConfig(workload.Config(e.url, slotName(e.url), e.up.URL(), apiKey, e.stateDir, 20000))
+	e.writeConfig(workload.Config(e.url, workload.SlotName(e.url), e.up.URL(), apiKey, e.stateDir, 20000))
 	ctx := context.Background()
 	p := e.run()
 	e.converge(60 * time.Second) // empty table: the initial sync is done

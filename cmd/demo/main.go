@@ -127,20 +127,9 @@ func demo(bin string) error {
 }
 
 func waitConverged(ctx context.Context, conn *pgx.Conn, up *userpilottest.Server, what string) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		want, err := workload.Expected(ctx, conn)
-		if err != nil {
-			return err
-		}
-		diff := workload.Diff(want, up.Companies())
-		if len(diff) == 0 {
-			fmt.Printf("    ✓ Userpilot matches the table after %s\n", what)
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("Userpilot did not match the table within 60s: %v", diff)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := workload.WaitConverged(ctx, conn, up.Companies, 60*time.Second); err != nil {
+		return err
 	}
+	fmt.Printf("    ✓ Userpilot matches the table after %s\n", what)
+	return nil
 }

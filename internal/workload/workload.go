@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -249,4 +250,48 @@ func short(v any) any {
 		return fmt.Sprintf("%q…(%d bytes)", s[:40], len(s))
 	}
 	return v
+}
+
+// Profiles reads what Userpilot holds: company_id → metadata.
+type Profiles func() map[string]map[string]any
+
+// WaitConverged polls until profiles equal Expected(conn), or returns an
+// error listing the first differences when timeout passes.
+func WaitConverged(ctx context.Context, conn *pgx.Conn, profiles Profiles, timeout time.Duration) error {
+	var diff []string
+	deadline := time.Now().Add(timeout)
+	for {
+		want, err := Expected(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if diff = Diff(want, profiles()); len(diff) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if len(diff) > 10 {
+		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
+	}
+	return fmt.Errorf("Userpilot did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
+}
+
+// SlotName derives a cluster-unique replication slot name from a test
+// database's URL: slots are per cluster, and tests share one.
+func SlotName(url string) string {
+	db := url[strings.LastIndex(url, "/")+1:]
+	if i := strings.Index(db, "?"); i >= 0 {
+		db = db[:i]
+	}
+	if len(db) > 60 {
+		db = db[len(db)-60:]
+	}
+	return "s" + strings.Trim(db, "_")
 }
