@@ -63,9 +63,14 @@ type Change struct {
 // has been delivered. A Transaction without changes is a position marker
 // (from a keepalive, or a transaction on other tables); one with EndLSN 0
 // is a piece of the initial snapshot, which moves no position.
+//
+// A large transaction comes in pieces: every piece but the last has EndLSN
+// 0, and the last carries the transaction's EndLSN.
 type Transaction struct {
 	CommitLSN  pglogrepl.LSN
 	EndLSN     pglogrepl.LSN
 	CommitTime time.Time
 	Changes    []Change
+
+	chunked bool // pieces of it were sent already
 }

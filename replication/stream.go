@@ -28,9 +28,18 @@ type StreamOptions struct {
 	Confirmed func() pglogrepl.LSN
 	// Types resolves column types; it needs an ordinary connection of its own.
 	Types *TypeResolver
+	// ChunkChanges bounds memory for large transactions: after this many
+	// changes the open transaction's changes are sent on as a piece with
+	// EndLSN 0 (which moves no position); 0 → 1000. pgoutput v1 sends only
+	// committed transactions, so a piece is never rolled back.
+	ChunkChanges int
 	// StatusInterval is the longest time between two status updates; 0 →
 	// 10s. Use Server.StatusInterval: it stays inside wal_sender_timeout.
 	StatusInterval time.Duration
+	// ReceiveTimeout is how long the server may stay silent, even when asked
+	// to reply, before the connection is taken for dead (see liveness.go);
+	// 0 → six StatusIntervals, between 5s and 60s.
+	ReceiveTimeout time.Duration
 	Logger         *slog.Logger
 }
 
@@ -51,8 +60,14 @@ func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out ch
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
 	}
+	if opts.ReceiveTimeout <= 0 {
+		opts.ReceiveTimeout = defaultReceiveTimeout(opts.StatusInterval)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.ChunkChanges <= 0 {
+		opts.ChunkChanges = 1000
 	}
 	s := &streamer{conn: conn, opts: opts, out: out, relations: map[uint32]*Relation{}, lastEmitted: opts.Start}
 	pubNames := quoteLiteral(pgx.Identifier{opts.Publication}.Sanitize())
@@ -63,6 +78,7 @@ func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out ch
 		return fmt.Errorf("start replication from slot %q at %s: %w", opts.Slot, opts.Start, err)
 	}
 	opts.Logger.Info("streaming", "slot", opts.Slot, "from", opts.Start.String())
+	s.heard()
 	return s.loop(ctx)
 }
 
@@ -73,15 +89,20 @@ type streamer struct {
 	relations map[uint32]*Relation
 
 	cur          *Transaction // the open transaction, nil between transactions
+	skipping     bool         // the open transaction was delivered before (resent after a restart)
 	lastEmitted  pglogrepl.LSN
 	lastMarker   time.Time
 	lastStatus   time.Time
 	lastReported pglogrepl.LSN
+	live         liveness
 }
 
 func (s *streamer) loop(ctx context.Context) error {
 	for {
 		if err := s.maybeSendStatus(ctx, false); err != nil {
+			return err
+		}
+		if err := s.checkAlive(ctx); err != nil {
 			return err
 		}
 		recvCtx, cancel := context.WithTimeout(ctx, min(time.Second, s.opts.StatusInterval))
@@ -101,6 +122,9 @@ func (s *streamer) loop(ctx context.Context) error {
 			if err := s.handleCopyData(ctx, msg.Data); err != nil {
 				return err
 			}
+			// After handling: handing a transaction on may have blocked,
+			// and that time is not the server's silence.
+			s.heard()
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
 		case *pgproto3.CopyDone:
@@ -151,15 +175,20 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		s.relations[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
 		s.cur = &Transaction{CommitLSN: m.FinalLSN, CommitTime: m.CommitTime}
+		// FinalLSN is where the commit record starts. A checkpoint is the
+		// end of a commit record or a record boundary, so the transaction
+		// was delivered before exactly when its commit starts before the
+		// checkpoint: drop it without holding its changes.
+		s.skipping = m.FinalLSN < s.opts.Start
 	case *pglogrepl.InsertMessage:
-		return s.add(Insert, m.RelationID, m.Tuple)
+		return s.add(ctx, Insert, m.RelationID, m.Tuple)
 	case *pglogrepl.UpdateMessage:
-		return s.add(Update, m.RelationID, m.NewTuple)
+		return s.add(ctx, Update, m.RelationID, m.NewTuple)
 	case *pglogrepl.DeleteMessage:
-		return s.add(Delete, m.RelationID, m.OldTuple)
+		return s.add(ctx, Delete, m.RelationID, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			if err := s.add(Truncate, id, nil); err != nil {
+			if err := s.add(ctx, Truncate, id, nil); err != nil {
 				return err
 			}
 		}
@@ -170,11 +199,11 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		txn := *s.cur
 		s.cur = nil
 		txn.CommitLSN, txn.EndLSN, txn.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
-		if txn.EndLSN <= s.opts.Start {
+		if s.skipping || txn.EndLSN <= s.opts.Start {
 			// Delivered before the restart; the server may send it again.
 			return nil
 		}
-		if len(txn.Changes) == 0 {
+		if len(txn.Changes) == 0 && !txn.chunked {
 			s.offerMarker(txn.EndLSN)
 			return nil
 		}
@@ -186,9 +215,12 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *streamer) add(op Op, relID uint32, tuple *pglogrepl.TupleData) error {
+func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrepl.TupleData) error {
 	if s.cur == nil {
 		return fmt.Errorf("replication stream: %s outside a transaction", op)
+	}
+	if s.skipping {
+		return nil
 	}
 	rel, ok := s.relations[relID]
 	if !ok {
@@ -198,6 +230,14 @@ func (s *streamer) add(op Op, relID uint32, tuple *pglogrepl.TupleData) error {
 		return nil
 	}
 	s.cur.Changes = append(s.cur.Changes, Change{Op: op, Relation: rel, Values: tupleValues(tuple)})
+	if len(s.cur.Changes) >= s.opts.ChunkChanges {
+		// Send the piece on: a large transaction never sits whole in memory.
+		if err := s.emit(ctx, Transaction{CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Changes: s.cur.Changes}); err != nil {
+			return err
+		}
+		s.cur.Changes = nil
+		s.cur.chunked = true
+	}
 	return nil
 }
 
