@@ -1,0 +1,152 @@
+package state
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// DeliveredFile is the no-op index's file name in the state directory.
+const DeliveredFile = "delivered.db"
+
+var deliveredBucket = []byte("companies")
+
+// recordVersion prefixes each stored record, so its layout can change.
+const recordVersion = 1
+
+// Delivered remembers, for each company, a fingerprint of every metadata
+// value Userpilot last accepted, so that an update changing nothing mapped
+// (say only updated_at) sends nothing. It is bbolt (crash-safe, one record
+// per company: it grows with the number of companies, never with the number
+// of changes). Values are kept per key because an update may leave a key
+// out (an unchanged TOAST value) and must still be comparable.
+//
+// It only ever holds states that were accepted; a lost write just means one
+// redundant send later. A fingerprint is 64 bits of SHA-256 of key and
+// value: a false "unchanged" needs a collision on the same company and key.
+type Delivered struct {
+	db *bolt.DB
+}
+
+// Profile is one company's metadata as delivered.
+type Profile struct {
+	CompanyID string
+	Metadata  map[string]any
+}
+
+// OpenDelivered opens (creating) the no-op index in the state directory.
+func (d *Dir) OpenDelivered() (*Delivered, error) {
+	path := filepath.Join(d.path, DeliveredFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("open no-op index %s: %w (remove the file to rebuild it: it only saves sends)", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(deliveredBucket)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open no-op index %s: %w", path, err)
+	}
+	return &Delivered{db: db}, nil
+}
+
+// Close closes the index.
+func (x *Delivered) Close() error { return x.db.Close() }
+
+// fingerprints is a company's record: key fingerprint → value fingerprint.
+type fingerprints map[uint32]uint64
+
+func fingerprint(key string, value any) (uint32, uint64) {
+	v, err := json.Marshal(value)
+	if err != nil {
+		v = []byte(fmt.Sprint(value))
+	}
+	kh := sha256.Sum256([]byte(key))
+	vh := sha256.Sum256(append(append([]byte(key), 0), v...))
+	return binary.BigEndian.Uint32(kh[:4]), binary.BigEndian.Uint64(vh[:8])
+}
+
+func decode(b []byte) fingerprints {
+	if len(b) < 1 || b[0] != recordVersion || (len(b)-1)%12 != 0 {
+		return nil // unreadable: treated as "never delivered", so it is sent
+	}
+	fp := make(fingerprints, (len(b)-1)/12)
+	for i := 1; i+12 <= len(b); i += 12 {
+		fp[binary.BigEndian.Uint32(b[i:])] = binary.BigEndian.Uint64(b[i+4:])
+	}
+	return fp
+}
+
+func (fp fingerprints) encode() []byte {
+	var buf bytes.Buffer
+	buf.WriteByte(recordVersion)
+	var rec [12]byte
+	for k, v := range fp {
+		binary.BigEndian.PutUint32(rec[:4], k)
+		binary.BigEndian.PutUint64(rec[4:], v)
+		buf.Write(rec[:])
+	}
+	return buf.Bytes()
+}
+
+// Unchanged reports whether every key in metadata has the value Userpilot
+// last accepted for this company. A company never delivered is changed.
+func (x *Delivered) Unchanged(companyID string, metadata map[string]any) (bool, error) {
+	var unchanged bool
+	err := x.db.View(func(tx *bolt.Tx) error {
+		fp := decode(tx.Bucket(deliveredBucket).Get([]byte(companyID)))
+		if fp == nil {
+			return nil
+		}
+		for k, v := range metadata {
+			kh, vh := fingerprint(k, v)
+			if got, ok := fp[kh]; !ok || got != vh {
+				return nil
+			}
+		}
+		unchanged = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("read no-op index: %w", err)
+	}
+	return unchanged, nil
+}
+
+// Record notes that Userpilot accepted these profiles: their keys now hold
+// these values (keys not sent keep theirs, as in Userpilot). It returns once
+// that is durable. Concurrent calls share one write (bbolt's Batch), so
+// many real-time workers recording at once cost one fsync.
+func (x *Delivered) Record(profiles []Profile) error {
+	if len(profiles) == 0 {
+		return nil
+	}
+	err := x.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(deliveredBucket)
+		for _, p := range profiles {
+			fp := decode(b.Get([]byte(p.CompanyID)))
+			if fp == nil {
+				fp = fingerprints{}
+			}
+			for k, v := range p.Metadata {
+				kh, vh := fingerprint(k, v)
+				fp[kh] = vh
+			}
+			if err := b.Put([]byte(p.CompanyID), fp.encode()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("write no-op index: %w", err)
+	}
+	return nil
+}
