@@ -24,6 +24,7 @@ const (
 	DefaultPublication = "pgpilot"
 	DefaultEndpoint    = USEndpoint
 	DefaultRateLimit   = 10.0 // requests per second: Userpilot allows 600 per minute per API key
+	DefaultBulkRate    = 20.0 // records per second in bulk jobs: the lower published figure, 1,200 per minute
 	DefaultStateDir    = "pgpilot-state"
 )
 
@@ -57,6 +58,11 @@ type Userpilot struct {
 	APIKey    string  // sent as "Authorization: Token <key>"; never print it
 	Endpoint  string  // base URL without trailing slash; default https://analytex.userpilot.io
 	RateLimit float64 // requests per second, > 0; default 10
+	// BulkRate is how many records per second Userpilot's bulk jobs process
+	// (>= 0; 0 turns the bulk path off); default 20, the lower published
+	// figure (1,200 per minute). pgpilot uses it to split a backlog between
+	// the real-time and bulk paths.
+	BulkRate float64
 }
 
 // State says where pgpilot keeps its checkpoint.
@@ -152,7 +158,7 @@ func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 var (
 	topKeys       = []string{"postgres", "userpilot", "state", "companies"}
 	postgresKeys  = []string{"url", "slot", "publication"}
-	userpilotKeys = []string{"api_key", "endpoint", "rate_limit"}
+	userpilotKeys = []string{"api_key", "endpoint", "rate_limit", "bulk_rate"}
 	stateKeys     = []string{"dir"}
 	companiesKeys = []string{"table", "company_id", "metadata"}
 	fieldKeys     = []string{"column", "type"}
@@ -585,6 +591,13 @@ func (p *parser) userpilot(s section) Userpilot {
 			p.fail(v.line, s.keyOf("rate_limit"), "%s is not a positive number of requests per second; fix: write e.g. rate_limit: 10 (Userpilot allows 600 requests per minute per API key)", v.show())
 		}
 		up.RateLimit = f
+	}
+	if v, ok := p.optional(s, "bulk_rate", strconv.FormatFloat(DefaultBulkRate, 'g', -1, 64)); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(v.text), 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+			p.fail(v.line, s.keyOf("bulk_rate"), "%s is not a number of records per second; fix: write e.g. bulk_rate: 20 (Userpilot's bulk jobs process 1,200 to 1,800 records per minute), or 0 to send everything on the real-time endpoint", v.show())
+		}
+		up.BulkRate = f
 	}
 	return up
 }

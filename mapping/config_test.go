@@ -64,7 +64,7 @@ func TestParseMinimalFileAppliesDefaults(t *testing.T) {
 	assert.Equal(t, &Config{
 		Path:      "conf/pgpilot.yaml",
 		Postgres:  Postgres{URL: testURL, Slot: "pgpilot", Publication: "pgpilot"},
-		Userpilot: Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex.userpilot.io", RateLimit: 10},
+		Userpilot: Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex.userpilot.io", RateLimit: 10, BulkRate: 20},
 		State:     State{Dir: filepath.Join("conf", "pgpilot-state")},
 		Companies: Companies{
 			Table: "companies", Schema: "public", Name: "companies", CompanyID: "id",
@@ -102,7 +102,7 @@ companies:
 	cfg, err := Parse("/etc/pgpilot.yaml", []byte(data), env(vars))
 	require.NoError(t, err)
 	assert.Equal(t, Postgres{URL: "host=db dbname=app password=pw", Slot: "pgpilot_prod", Publication: "Pgpilot Pub"}, cfg.Postgres)
-	assert.Equal(t, Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex-us.userpilot.io", RateLimit: 2.5}, cfg.Userpilot)
+	assert.Equal(t, Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex-us.userpilot.io", RateLimit: 2.5, BulkRate: DefaultBulkRate}, cfg.Userpilot)
 	assert.Equal(t, State{Dir: "/var/lib/pgpilot"}, cfg.State)
 	assert.Equal(t, "My Schema", cfg.Companies.Schema)
 	assert.Equal(t, "Companies", cfg.Companies.Name)
@@ -396,6 +396,11 @@ func TestParseErrors(t *testing.T) {
 			want: []string{`p.yaml:5: userpilot.rate_limit: "fast" is not a positive number of requests per second; fix: write e.g. rate_limit: 10 (Userpilot allows 600 requests per minute per API key)`},
 		},
 		{
+			name: "bulk rate negative",
+			data: replaceLine(4, "  api_key: k\n  bulk_rate: -1"),
+			want: []string{`p.yaml:5: userpilot.bulk_rate: "-1" is not a number of records per second; fix: write e.g. bulk_rate: 20 (Userpilot's bulk jobs process 1,200 to 1,800 records per minute), or 0 to send everything on the real-time endpoint`},
+		},
+		{
 			name: "bad slot name",
 			data: replaceLine(2, "  url: ${DATABASE_URL}\n  slot: PgPilot-1"),
 			want: []string{`p.yaml:3: postgres.slot: "PgPilot-1" is not a valid replication slot name; fix: use 1 to 63 lower-case letters, digits and underscores, e.g. slot: pgpilot`},
@@ -601,4 +606,12 @@ func TestLoadMissingFileSaysWhatToDo(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 	assert.Contains(t, err.Error(), "nope.yaml")
 	assert.Contains(t, err.Error(), "fix: pass --config with the path of your mapping file")
+}
+
+func TestBulkRateZeroTurnsTheBulkPathOff(t *testing.T) {
+	data := strings.Replace(minimal, "  api_key: ${USERPILOT_API_KEY}\n", "  api_key: ${USERPILOT_API_KEY}\n  bulk_rate: 0\n", 1)
+	require.Contains(t, data, "bulk_rate: 0")
+	cfg, err := Parse("p.yaml", []byte(data), env(baseEnv()))
+	require.NoError(t, err)
+	assert.Zero(t, cfg.Userpilot.BulkRate)
 }

@@ -20,6 +20,7 @@
 //	postgres.publication  pgpilot
 //	userpilot.endpoint    https://analytex.userpilot.io
 //	userpilot.rate_limit  10 (requests per second)
+//	userpilot.bulk_rate   20 (records per second in bulk jobs; 0: no bulk path)
 //	state.dir             pgpilot-state
 //
 // # Environment variables

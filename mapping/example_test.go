@@ -23,7 +23,7 @@ func TestExampleFileLoadsAndCompiles(t *testing.T) {
 	cfg, err := mapping.Load(path)
 	require.NoError(t, err)
 	assert.Equal(t, mapping.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
-	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: mapping.USEndpoint, RateLimit: 10}, cfg.Userpilot)
+	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: mapping.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
 	assert.Equal(t, filepath.Join("..", "pgpilot-state"), cfg.State.Dir)
 	assert.Equal(t, "public", cfg.Companies.Schema)
 	assert.Equal(t, "companies", cfg.Companies.Name)
