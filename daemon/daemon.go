@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -36,6 +37,9 @@ type Options struct {
 	// it for short backoffs); Endpoint, APIKey and RateLimit always come from
 	// the config.
 	Userpilot userpilot.Options
+	// Delivery overrides the delivery tuning (bulk overhead, minimum job,
+	// poll interval, memory bound); what the config sets comes from it.
+	Delivery delivery.Options
 }
 
 // ErrConfig is wrapped by errors that the operator fixes in the config file
@@ -87,7 +91,13 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("%w: userpilot: %w", ErrConfig, err)
 	}
 
-	s := &session{opts: opts, cfg: cfg, dir: dir, sender: client, log: opts.Logger}
+	index, err := dir.OpenDelivered()
+	if err != nil {
+		return err
+	}
+	defer index.Close()
+
+	s := &session{opts: opts, cfg: cfg, dir: dir, index: index, sender: client, log: opts.Logger}
 	backoff := time.Second
 	for {
 		started := time.Now()

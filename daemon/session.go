@@ -23,6 +23,7 @@ type session struct {
 	opts   Options
 	cfg    *mapping.Config
 	dir    *state.Dir
+	index  *state.Delivered
 	sender delivery.Sender
 	log    *slog.Logger
 
@@ -96,15 +97,15 @@ func (s *session) run(ctx context.Context) error {
 	})
 	defer stopGrace()
 
-	pipe := delivery.New(delivery.Options{
-		Companies:    cfg.Companies,
-		Sender:       s.sender,
-		DeadLetters:  s.dir,
-		Checkpoint:   s.checkpointer(sys, srv),
-		Checkpointed: st.lsn,
-		Workers:      workersFor(cfg.Userpilot.RateLimit),
-		Logger:       s.log,
-	})
+	do := s.opts.Delivery
+	do.Companies, do.Sender, do.DeadLetters, do.Index = cfg.Companies, s.sender, s.dir, s.index
+	do.Checkpoint, do.Checkpointed = s.checkpointer(sys, srv), st.lsn
+	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.log
+	do.BulkRate = cfg.Userpilot.BulkRate
+	if do.BulkRate == 0 {
+		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
+	}
+	pipe := delivery.New(do)
 	in := make(chan replication.Transaction, 16)
 	pipeDone := make(chan error, 1)
 	go func() {

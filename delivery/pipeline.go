@@ -1,12 +1,19 @@
-// Package delivery owns the delivery invariant: a transaction's end LSN is
-// checkpointed only after every change in it, and in every transaction
-// before it, was accepted by Userpilot or durably set aside.
+// Package delivery owns the delivery invariant: a position is checkpointed
+// only once every change before it was accepted by Userpilot (for a bulk
+// job: the job completed) or durably set aside.
 //
-// It takes replication.Transactions in commit order, maps each row change
-// with the mapping, merges the changes of one flush per company (newer
-// values win key by key, so per-company order holds), sends one identify per
-// company, and then checkpoints. Flushes never overlap, so a newer state of
-// a company is never overtaken by an older one.
+// It takes replication.Transactions in commit order and keeps, per company,
+// the merged pending state (newer values win key by key). Pending companies
+// go out on the real-time endpoint, or, when the backlog is larger than the
+// real-time budget clears quickly, partly in a bulk job running alongside.
+// An update that changes nothing Userpilot already holds is skipped. A
+// company never has two states on their way at once, so an older state never
+// lands after a newer one, across retries, paths and restarts.
+//
+// The checkpoint is a watermark: entries are kept in the order they were
+// made, and the position that may be checkpointed is the one the oldest
+// undelivered entry recorded when it was made (or, with nothing pending, the
+// last position received).
 package delivery
 
 import (
@@ -14,11 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
@@ -26,11 +33,13 @@ import (
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
-// Sender delivers one company profile to Userpilot. It retries transient
-// failures itself and returns a *userpilot.RejectedError for a record
-// Userpilot refused; any other error means "not delivered".
+// Sender is Userpilot. Calls retry transient failures themselves; a
+// *userpilot.RejectedError means Userpilot refused the record(s); any other
+// error means "not delivered".
 type Sender interface {
 	IdentifyCompany(ctx context.Context, co userpilot.Company) error
+	BulkIdentifyCompanies(ctx context.Context, cos []userpilot.Company) (userpilot.Job, error)
+	BackgroundJob(ctx context.Context, id string) (userpilot.Job, error)
 }
 
 // DeadLetters sets aside records that cannot be delivered. A record counts
@@ -39,23 +48,44 @@ type DeadLetters interface {
 	AppendDeadLetter(state.DeadLetter) error
 }
 
+// Index remembers what Userpilot last accepted per company, so no-op
+// updates are skipped. Optional.
+type Index interface {
+	Unchanged(companyID string, metadata map[string]any) (bool, error)
+	Record([]state.Profile) error
+}
+
 // Options configure a Pipeline.
 type Options struct {
 	Companies   mapping.Companies
 	Sender      Sender
 	DeadLetters DeadLetters
+	Index       Index
 	// Checkpoint durably records that everything up to lsn is delivered.
 	// Only after it returns may lsn be confirmed to Postgres.
 	Checkpoint func(lsn pglogrepl.LSN) error
-	// Checkpointed is the position already checkpointed; older positions are
-	// not written again.
+	// Checkpointed is the position already checkpointed.
 	Checkpointed pglogrepl.LSN
-	// Workers is how many identify calls run at once; 0 → 8.
+	// RealtimeRate is the real-time budget in requests/second (the client
+	// enforces it; here it sizes the bulk share). 0 → 10.
+	RealtimeRate float64
+	// Workers is how many real-time calls run at once; 0 → 8.
 	Workers int
-	// MaxBatch is the most distinct companies gathered into one flush;
-	// 0 → 5000.
-	MaxBatch int
-	Logger   *slog.Logger
+	// BulkRate is Userpilot's bulk processing speed in records/second; 0 →
+	// 20 (1,200/minute, the lower published figure). Negative: no bulk.
+	BulkRate float64
+	// BulkOverhead is what a bulk job costs beyond its records (queueing,
+	// validation, polling); 0 → 10s.
+	BulkOverhead time.Duration
+	// MinBulk is the smallest job worth sending; 0 → 100.
+	MinBulk int
+	// PollInterval is how often a bulk job's status is read; 0 → 2s.
+	PollInterval time.Duration
+	// MaxPending bounds memory: at this many undelivered companies the
+	// pipeline stops reading (the stream keeps the connection alive); 0 →
+	// 100,000.
+	MaxPending int
+	Logger     *slog.Logger
 }
 
 // ErrSchema is wrapped when the table's columns no longer fit the mapping.
@@ -64,7 +94,11 @@ var ErrSchema = errors.New("the table no longer fits the mapping")
 
 // Stats counts what a Pipeline did.
 type Stats struct {
-	Changes, Delivered, DeadLettered, Deletes, Truncates, Flushes atomic.Int64
+	// Changes read; Coalesced merged into a pending state instead of making
+	// a call; Skipped no-ops; Delivered per path; DeadLettered set aside.
+	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered, Deletes, Truncates atomic.Int64
+	// Pending is how many companies are undelivered now.
+	Pending atomic.Int64
 }
 
 // Pipeline delivers transactions. Use New.
@@ -75,7 +109,14 @@ type Pipeline struct {
 
 	rel    *replication.Relation
 	mapper *mapping.Mapper
-	done   pglogrepl.LSN
+
+	companies map[string]*company
+	order     queue // every undelivered entry, oldest first
+	ready     queue // entries that may be sent now, oldest first
+	inflight  int
+	received  pglogrepl.LSN // end of the last whole transaction received
+	done      pglogrepl.LSN // checkpointed
+	bulkBusy  bool
 }
 
 // New makes a Pipeline.
@@ -83,86 +124,153 @@ func New(opts Options) *Pipeline {
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
-	if opts.MaxBatch <= 0 {
-		opts.MaxBatch = 5000
+	if opts.RealtimeRate <= 0 {
+		opts.RealtimeRate = 10
+	}
+	if opts.BulkRate == 0 {
+		opts.BulkRate = 20
+	}
+	if opts.BulkOverhead <= 0 {
+		opts.BulkOverhead = 10 * time.Second
+	}
+	if opts.MinBulk <= 0 {
+		opts.MinBulk = 100
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 2 * time.Second
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = 100_000
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Pipeline{opts: opts, log: opts.Logger, done: opts.Checkpointed}
+	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
+		received: opts.Checkpointed, done: opts.Checkpointed}
 }
 
 // Stats returns the pipeline's counters.
 func (p *Pipeline) Stats() *Stats { return &p.stats }
 
-// Run delivers the transactions read from in until in is closed (nil), ctx
-// is done, or delivery fails for good. Whatever was received but not yet
-// checkpointed when it returns with an error is simply not confirmed: the
-// slot sends it again after a restart.
+type realtimeResult struct {
+	e   *entry
+	err error
+}
+
+type bulkResult struct {
+	entries []*entry
+	// fallback: send these on the real-time path (the job was refused or
+	// kept failing), where a bad record is refused alone.
+	fallback bool
+	err      error
+	took     time.Duration
+}
+
+// Run delivers what it reads from in until in is closed and everything is
+// delivered (nil), ctx is done, or delivery fails for good. Whatever is not
+// checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan *entry)
+	results := make(chan realtimeResult, p.opts.Workers)
+	bulkDone := make(chan bulkResult, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait() // no goroutine outlives Run
+	defer cancel()
+	for range p.opts.Workers {
+		wg.Go(func() {
+			for e := range work {
+				err := p.opts.Sender.IdentifyCompany(ctx, e.co)
+				if err == nil && p.opts.Index != nil {
+					// Recorded before the dispatcher hears of it, so a
+					// later no-op check never reads an older state.
+					err = p.opts.Index.Record([]state.Profile{{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}})
+				}
+				select {
+				case results <- realtimeResult{e, err}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	defer close(work)
+
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	report := newReport()
+	closed := false
 	for {
-		var txn replication.Transaction
-		var ok bool
-		select {
-		case txn, ok = <-in:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if !ok {
-			return nil
-		}
-		b := newBatch()
-		if err := p.add(b, txn); err != nil {
+		if err := p.skipNoOps(report); err != nil {
 			return err
 		}
-		// Take what is already waiting, without waiting for more: a lone
-		// change goes out at once, a burst goes out as one flush.
-		closed := false
-	gather:
-		for len(b.companies) < p.opts.MaxBatch {
-			select {
-			case txn, ok = <-in:
-				if !ok {
-					closed = true
-					break gather
-				}
-				if err := p.add(b, txn); err != nil {
-					return err
-				}
-			default:
-				break gather
+		p.watermark() // drops finished entries, so the counts below are true
+		p.stats.Pending.Store(int64(p.order.len()))
+		if !p.bulkBusy && p.opts.BulkRate > 0 {
+			batch, err := p.takeBulk(report)
+			if err != nil {
+				return err
+			}
+			if len(batch) > 0 {
+				p.bulkBusy = true
+				wg.Go(func() {
+					res := p.runBulk(ctx, batch)
+					bulkDone <- res
+				})
 			}
 		}
-		if err := p.flush(ctx, b); err != nil {
-			return err
+		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy {
+			return p.checkpoint()
 		}
-		if closed {
-			return nil
+		var inCh <-chan replication.Transaction
+		if !closed && p.order.len() < p.opts.MaxPending {
+			inCh = in
+		}
+		var workCh chan<- *entry
+		var next *entry
+		if p.ready.len() > 0 {
+			workCh, next = work, p.ready.front()
+		}
+		select {
+		case txn, ok := <-inCh:
+			if !ok {
+				closed = true
+				continue
+			}
+			if err := p.add(txn); err != nil {
+				return err
+			}
+		case workCh <- next:
+			p.ready.popFront()
+			p.send(next)
+		case r := <-results:
+			if err := p.realtimeDone(r, report); err != nil {
+				return err
+			}
+		case r := <-bulkDone:
+			p.bulkBusy = false
+			if err := p.bulkFinished(r, report); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if err := p.checkpoint(); err != nil {
+				return err
+			}
+			report.maybeLog(p)
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
 
-// batch is what one flush sends: the merged pending state per company.
-type batch struct {
-	companies map[string]*pending
-	order     []*pending
-	changes   int
-	end       pglogrepl.LSN
-}
-
-type pending struct {
-	co  userpilot.Company
-	lsn pglogrepl.LSN // the transaction of the newest change merged in
-}
-
-func newBatch() *batch { return &batch{companies: map[string]*pending{}} }
-
-func (p *Pipeline) add(b *batch, txn replication.Transaction) error {
+// add maps a transaction's changes into pending entries.
+func (p *Pipeline) add(txn replication.Transaction) error {
 	for _, ch := range txn.Changes {
 		p.stats.Changes.Add(1)
 		switch ch.Op {
 		case replication.Insert, replication.Update:
-			if err := p.addRow(b, txn, ch); err != nil {
+			if err := p.addRow(txn, ch); err != nil {
 				return err
 			}
 		case replication.Delete:
@@ -170,21 +278,20 @@ func (p *Pipeline) add(b *batch, txn replication.Transaction) error {
 			// default policy is to leave the profile and say so.
 			p.stats.Deletes.Add(1)
 			p.log.Info("row deleted in Postgres; Userpilot profile left as is (on_delete: ignore)",
-				"table", ch.Relation.Table.String(), "lsn", txn.EndLSN.String())
+				"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
 		case replication.Truncate:
 			p.stats.Truncates.Add(1)
 			p.log.Warn("TRUNCATE is never mirrored to Userpilot: the profiles stay",
-				"table", ch.Relation.Table.String(), "lsn", txn.EndLSN.String())
+				"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
 		}
 	}
-	b.changes += len(txn.Changes)
-	if txn.EndLSN > b.end {
-		b.end = txn.EndLSN
+	if txn.EndLSN > p.received {
+		p.received = txn.EndLSN
 	}
 	return nil
 }
 
-func (p *Pipeline) addRow(b *batch, txn replication.Transaction, ch replication.Change) error {
+func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) error {
 	m, err := p.mapperFor(ch.Relation)
 	if err != nil {
 		return err
@@ -196,24 +303,30 @@ func (p *Pipeline) addRow(b *batch, txn replication.Transaction, ch replication.
 	id, err := m.Identify(vals)
 	if err != nil {
 		// A row that cannot become a payload is set aside; the stream goes on.
-		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.EndLSN), CompanyID: id.CompanyID,
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id.CompanyID,
 			Reason: "not mapped: " + err.Error(), Payload: id})
 	}
-	if e, ok := b.companies[id.CompanyID]; ok {
-		// A newer change to the same company: its values win key by key;
-		// keys it leaves out (unchanged TOAST) keep the pending value.
-		for k, v := range id.Metadata {
-			e.co.Metadata[k] = v
-		}
-		e.lsn = txn.EndLSN
+	c := p.companies[id.CompanyID]
+	if c == nil {
+		c = &company{}
+		p.companies[id.CompanyID] = c
+	}
+	if c.waiting != nil {
+		c.waiting.merge(id.Metadata)
+		c.waiting.lsn = txn.EndLSN
+		p.stats.Coalesced.Add(1)
 		return nil
 	}
-	e := &pending{co: userpilot.Company{CompanyID: id.CompanyID, Metadata: id.Metadata}, lsn: txn.EndLSN}
-	if e.co.Metadata == nil {
-		e.co.Metadata = map[string]any{}
+	md := id.Metadata
+	if md == nil {
+		md = map[string]any{}
 	}
-	b.companies[id.CompanyID] = e
-	b.order = append(b.order, e)
+	e := &entry{co: userpilot.Company{CompanyID: id.CompanyID, Metadata: md}, safe: p.received, lsn: txn.EndLSN, changes: 1}
+	c.waiting = e
+	p.order.push(e)
+	if c.inflight == nil {
+		p.ready.push(e)
+	}
 	return nil
 }
 
@@ -236,6 +349,80 @@ func (p *Pipeline) mapperFor(rel *replication.Relation) (*mapping.Mapper, error)
 	return m, nil
 }
 
+// send marks e as on its way: newer changes for its company now wait.
+func (p *Pipeline) send(e *entry) {
+	c := p.companies[e.co.CompanyID]
+	c.inflight, c.waiting = e, nil
+	p.inflight++
+}
+
+// skipNoOps finishes, without a call, ready entries at the front that hold
+// only values Userpilot already has.
+func (p *Pipeline) skipNoOps(r *report) error {
+	for p.ready.len() > 0 {
+		e := p.ready.front()
+		same, err := p.noOp(e)
+		if err != nil || !same {
+			return err
+		}
+		p.ready.popFront()
+		p.skip(e, r)
+	}
+	return nil
+}
+
+// noOp reports whether e would change nothing in Userpilot. Each entry is
+// looked up once; a merge makes it be looked up again.
+func (p *Pipeline) noOp(e *entry) (bool, error) {
+	if p.opts.Index == nil || e.checked {
+		return false, nil
+	}
+	e.checked = true
+	return p.opts.Index.Unchanged(e.co.CompanyID, e.co.Metadata)
+}
+
+func (p *Pipeline) skip(e *entry, r *report) {
+	p.send(e)
+	p.stats.Skipped.Add(1)
+	r.skipped++
+	p.finish(e)
+}
+
+// finish marks e delivered (or set aside) and lets its company's waiting
+// entry go.
+func (p *Pipeline) finish(e *entry) {
+	e.done = true
+	c := p.companies[e.co.CompanyID]
+	if c.inflight == e {
+		c.inflight = nil
+		p.inflight--
+	}
+	if c.waiting != nil {
+		p.ready.push(c.waiting)
+	} else if c.inflight == nil {
+		delete(p.companies, e.co.CompanyID)
+	}
+}
+
+func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
+	var rej *userpilot.RejectedError
+	switch {
+	case r.err == nil:
+		p.stats.Realtime.Add(1)
+		rep.realtime++
+	case errors.As(r.err, &rej):
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(r.e.lsn), CompanyID: r.e.co.CompanyID,
+			Status: rej.Status, Reason: "rejected by Userpilot", Body: rej.Body, Payload: r.e.co}); err != nil {
+			return err
+		}
+		rep.rejected++
+	default:
+		return fmt.Errorf("deliver company %q: %w", r.e.co.CompanyID, r.err)
+	}
+	p.finish(r.e)
+	return nil
+}
+
 func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	if err := p.opts.DeadLetters.AppendDeadLetter(dl); err != nil {
 		return fmt.Errorf("set aside company %q: %w", dl.CompanyID, err)
@@ -246,48 +433,25 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	return nil
 }
 
-// flush sends every pending company, then checkpoints the batch's end. If
-// any send fails (only cancellation makes the Sender give up), nothing is
-// checkpointed and the error is returned.
-func (p *Pipeline) flush(ctx context.Context, b *batch) error {
-	start := time.Now()
-	var delivered, rejected atomic.Int64
-	if len(b.order) > 0 {
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(p.opts.Workers)
-		for _, e := range b.order {
-			g.Go(func() error {
-				err := p.opts.Sender.IdentifyCompany(gctx, e.co)
-				var rej *userpilot.RejectedError
-				switch {
-				case err == nil:
-					delivered.Add(1)
-					return nil
-				case errors.As(err, &rej):
-					rejected.Add(1)
-					return p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID,
-						Status: rej.Status, Reason: "rejected by Userpilot", Body: rej.Body, Payload: e.co})
-				default:
-					return fmt.Errorf("deliver company %q: %w", e.co.CompanyID, err)
-				}
-			})
-		}
-		if err := g.Wait(); err != nil {
-			return err
-		}
+// watermark is the newest position with nothing undelivered before it.
+func (p *Pipeline) watermark() pglogrepl.LSN {
+	for p.order.len() > 0 && p.order.front().done {
+		p.order.popFront()
 	}
-	p.stats.Delivered.Add(delivered.Load())
-	if b.end > p.done {
-		if err := p.opts.Checkpoint(b.end); err != nil {
-			return fmt.Errorf("checkpoint %s: %w", b.end, err)
-		}
-		p.done = b.end
+	if p.order.len() > 0 {
+		return p.order.front().safe
 	}
-	if b.changes > 0 {
-		p.stats.Flushes.Add(1)
-		p.log.Info("flushed", "changes", b.changes, "companies", len(b.order), "delivered", delivered.Load(),
-			"rejected", rejected.Load(), "path", "realtime", "duration", time.Since(start).Round(time.Millisecond).String(),
-			"checkpoint", p.done.String())
+	return p.received
+}
+
+func (p *Pipeline) checkpoint() error {
+	w := p.watermark()
+	if w <= p.done {
+		return nil
 	}
+	if err := p.opts.Checkpoint(w); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", w, err)
+	}
+	p.done = w
 	return nil
 }

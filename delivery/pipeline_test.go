@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -21,8 +22,9 @@ import (
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
-// The pipeline is tested with the real stand-in and a real state directory;
-// the transactions are built by hand, as replication would emit them.
+// The pipeline is tested with the real stand-in, the real client and a real
+// state directory; the transactions are built by hand, as replication
+// emits them.
 
 var rel = &replication.Relation{
 	Table: replication.Table{Schema: "public", Name: "companies"},
@@ -36,6 +38,7 @@ var rel = &replication.Relation{
 var companies = mapping.Companies{Table: "public.companies", Schema: "public", Name: "companies", CompanyID: "id",
 	Metadata: []mapping.Field{{Key: "plan", Column: "plan"}, {Key: "notes", Column: "notes"}}}
 
+// row is an update of company id; notes nil means "unchanged TOAST".
 func row(id, plan string, notes *string) replication.Change {
 	n := replication.Value{Unchanged: true}
 	if notes != nil {
@@ -44,6 +47,8 @@ func row(id, plan string, notes *string) replication.Change {
 	return replication.Change{Op: replication.Update, Relation: rel,
 		Values: []replication.Value{{Text: []byte(id)}, {Text: []byte(plan)}, n}}
 }
+
+func ptr(s string) *string { return &s }
 
 type harness struct {
 	up          *userpilottest.Server
@@ -56,33 +61,49 @@ type harness struct {
 	pipe       *delivery.Pipeline
 }
 
-func newHarness(t *testing.T) *harness {
-	h := &harness{up: userpilottest.NewServer(userpilottest.Options{APIKey: "k"})}
+type setup struct {
+	standin  userpilottest.Options
+	rate     float64 // client real-time rate limit; 0 → 1000
+	delivery delivery.Options
+}
+
+func newHarness(t *testing.T, s setup) *harness {
+	s.standin.APIKey = "k"
+	h := &harness{up: userpilottest.NewServer(s.standin)}
 	t.Cleanup(h.up.Close)
 	var err error
 	h.dir, err = state.Open(t.TempDir())
 	require.NoError(t, err)
 	t.Cleanup(func() { h.dir.Close() })
-	client, err := userpilot.New(userpilot.Options{Endpoint: h.up.URL(), APIKey: "k", RateLimit: 1000,
-		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	index, err := h.dir.OpenDelivered()
 	require.NoError(t, err)
-	h.pipe = delivery.New(delivery.Options{
-		Companies: companies, Sender: client, DeadLetters: h.dir,
-		Checkpoint: func(lsn pglogrepl.LSN) error {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			h.checkpoints = append(h.checkpoints, lsn)
-			h.acceptedAt = append(h.acceptedAt, h.up.Accepted())
-			return nil
-		},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	t.Cleanup(func() { index.Close() })
+	if s.rate == 0 {
+		s.rate = 1000
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	client, err := userpilot.New(userpilot.Options{Endpoint: h.up.URL(), APIKey: "k", RateLimit: s.rate,
+		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: quiet})
+	require.NoError(t, err)
+	o := s.delivery
+	o.Companies, o.Sender, o.DeadLetters, o.Index, o.Logger = companies, client, h.dir, index, quiet
+	o.RealtimeRate = s.rate
+	if o.BulkRate == 0 {
+		o.BulkRate = -1 // real time only, unless a test asks for bulk
+	}
+	o.Checkpoint = func(lsn pglogrepl.LSN) error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.checkpoints = append(h.checkpoints, lsn)
+		h.acceptedAt = append(h.acceptedAt, h.up.Accepted())
+		return nil
+	}
+	h.pipe = delivery.New(o)
 	return h
 }
 
-// run feeds txns through the pipeline in one go (so they form one flush)
-// and waits for it to finish.
-func (h *harness) run(t *testing.T, ctx context.Context, txns ...replication.Transaction) error {
+// run feeds txns through the pipeline and waits until all is delivered.
+func (h *harness) run(ctx context.Context, txns ...replication.Transaction) error {
 	in := make(chan replication.Transaction, len(txns))
 	for _, txn := range txns {
 		in <- txn
@@ -91,77 +112,212 @@ func (h *harness) run(t *testing.T, ctx context.Context, txns ...replication.Tra
 	return h.pipe.Run(ctx, in)
 }
 
-func ptr(s string) *string { return &s }
+func (h *harness) lastCheckpoint() pglogrepl.LSN {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.checkpoints) == 0 {
+		return 0
+	}
+	return h.checkpoints[len(h.checkpoints)-1]
+}
 
-func TestNewerChangeWinsKeyByKeyAndOmittedKeyKeepsPendingValue(t *testing.T) {
-	h := newHarness(t)
-	err := h.run(t, context.Background(),
-		replication.Transaction{EndLSN: 100, Changes: []replication.Change{row("1", "free", ptr("long note"))}},
-		replication.Transaction{EndLSN: 200, Changes: []replication.Change{row("1", "pro", nil)}}, // notes: unchanged TOAST
-	)
-	require.NoError(t, err)
+func txn(end pglogrepl.LSN, changes ...replication.Change) replication.Transaction {
+	return replication.Transaction{CommitLSN: end - 1, EndLSN: end, Changes: changes}
+}
+
+func TestChangesArrivingWhileCompanyIsInFlightAreMergedKeyByKey(t *testing.T) {
+	// Company 1's first state is held in flight (a slow answer) while the
+	// next two arrive: they wait behind it, merged.
+	h := newHarness(t, setup{})
+	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond, Apply: true, Status: 202})
+	in := make(chan replication.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(context.Background(), in) }()
+	in <- txn(100, row("1", "free", ptr("first note")))
+	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 1 }, 10*time.Second, time.Millisecond, "the first state is in flight")
+	in <- txn(200, row("1", "pro", ptr("long note")))
+	in <- txn(300, row("1", "enterprise", nil)) // notes: unchanged TOAST
+	close(in)
+	require.NoError(t, <-done)
 	applied := h.up.Applied()
-	require.Len(t, applied, 1, "two changes to one company in one flush make one call")
-	assert.Equal(t, map[string]any{"plan": "pro", "notes": "long note"}, applied[0].Metadata)
-	assert.Equal(t, []pglogrepl.LSN{200}, h.checkpoints)
+	require.Len(t, applied, 2, "the two changes that waited behind the first made one call")
+	assert.Equal(t, map[string]any{"plan": "free", "notes": "first note"}, applied[0].Metadata)
+	assert.Equal(t, map[string]any{"plan": "enterprise", "notes": "long note"}, applied[1].Metadata,
+		"the newer plan wins, and the key the newest change left out keeps the pending value")
+	assert.Equal(t, int64(1), h.pipe.Stats().Coalesced.Load())
+	assert.Equal(t, pglogrepl.LSN(300), h.lastCheckpoint())
+}
+
+func TestUpdateChangingNothingMappedSendsNothing(t *testing.T) {
+	h := newHarness(t, setup{})
+	require.NoError(t, h.run(context.Background(), txn(100, row("1", "pro", ptr("n")))))
+	require.Equal(t, 1, h.up.IdentifyRequests())
+	// Only an unmapped column changed: the mapped values are the same.
+	require.NoError(t, h.run(context.Background(), txn(200, row("1", "pro", ptr("n")))))
+	assert.Equal(t, 1, h.up.IdentifyRequests(), "a no-op update makes no call")
+	assert.Equal(t, int64(1), h.pipe.Stats().Skipped.Load())
+	assert.Equal(t, pglogrepl.LSN(200), h.lastCheckpoint(), "a skipped change still moves the checkpoint")
+	// An unchanged TOAST value with the same plan is a no-op too.
+	require.NoError(t, h.run(context.Background(), txn(300, row("1", "pro", nil))))
+	assert.Equal(t, 1, h.up.IdentifyRequests())
+	require.NoError(t, h.run(context.Background(), txn(400, row("1", "free", nil))))
+	assert.Equal(t, 2, h.up.IdentifyRequests())
+}
+
+func TestValueChangedBackWhileInFlightIsStillSent(t *testing.T) {
+	// A → B → A, with A arriving while B is in flight. A no-op check that
+	// compared with the record of the first A (not yet replaced by B's)
+	// would skip it and leave Userpilot at B.
+	h := newHarness(t, setup{})
+	require.NoError(t, h.run(context.Background(), txn(100, row("1", "A", ptr("n")))))
+	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond, Apply: true, Status: 202})
+	in := make(chan replication.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(context.Background(), in) }()
+	in <- txn(200, row("1", "B", ptr("n")))
+	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 2 }, 10*time.Second, time.Millisecond, "B is in flight")
+	in <- txn(300, row("1", "A", ptr("n")))
+	close(in)
+	require.NoError(t, <-done)
+	got, _ := h.up.Company("1")
+	assert.Equal(t, "A", got["plan"])
+	assert.Equal(t, 3, h.up.IdentifyRequests())
 }
 
 func TestCheckpointComesOnlyAfterEveryCompanyWasAccepted(t *testing.T) {
-	h := newHarness(t)
-	h.up.SetFault(&userpilottest.Fault{Delay: 20 * time.Millisecond})
+	h := newHarness(t, setup{})
+	h.up.SetFault(&userpilottest.Fault{Delay: 20 * time.Millisecond, Apply: true, Status: 202})
 	var changes []replication.Change
-	for _, id := range []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"} {
-		changes = append(changes, row(id, "pro", nil))
+	for i := 1; i <= 12; i++ {
+		changes = append(changes, row(fmt.Sprint(i), "pro", nil))
 	}
-	require.NoError(t, h.run(t, context.Background(), replication.Transaction{EndLSN: 300, Changes: changes}))
+	require.NoError(t, h.run(context.Background(), txn(300, changes...)))
 	require.Equal(t, []pglogrepl.LSN{300}, h.checkpoints)
 	assert.Equal(t, []int{12}, h.acceptedAt, "all 12 records were applied before the checkpoint was written")
 }
 
 func TestFailedDeliveryIsNotCheckpointed(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, setup{})
 	h.up.SetFault(&userpilottest.Fault{Status: 503})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err := h.run(t, ctx, replication.Transaction{EndLSN: 400, Changes: []replication.Change{row("1", "pro", nil)}})
+	err := h.run(ctx, txn(400, row("1", "pro", nil)))
 	require.Error(t, err)
 	assert.Empty(t, h.checkpoints, "nothing is checkpointed while Userpilot has not accepted it")
 }
 
-func TestSnapshotChunksMoveNoPositionButTheirEndMarkerDoes(t *testing.T) {
-	h := newHarness(t)
-	require.NoError(t, h.run(t, context.Background(),
-		replication.Transaction{Changes: []replication.Change{row("1", "pro", nil)}}, // EndLSN 0: a snapshot chunk
+func TestSnapshotPiecesMoveNoPositionButTheirEndMarkerDoes(t *testing.T) {
+	h := newHarness(t, setup{})
+	require.NoError(t, h.run(context.Background(),
+		replication.Transaction{Changes: []replication.Change{row("1", "pro", nil)}}, // EndLSN 0: a piece
 	))
 	assert.Empty(t, h.checkpoints)
-	require.NoError(t, h.run(t, context.Background(), replication.Transaction{EndLSN: 500}))
+	require.NoError(t, h.run(context.Background(), replication.Transaction{EndLSN: 500}))
 	assert.Equal(t, []pglogrepl.LSN{500}, h.checkpoints, "a position marker with no changes is checkpointed")
 }
 
 func TestUnmappableRowIsDeadLetteredAndTheRestDelivered(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, setup{})
 	nullID := replication.Change{Op: replication.Insert, Relation: rel,
 		Values: []replication.Value{{Null: true}, {Text: []byte("pro")}, {Null: true}}}
-	require.NoError(t, h.run(t, context.Background(), replication.Transaction{EndLSN: 600,
-		Changes: []replication.Change{nullID, row("2", "free", nil)}}))
+	require.NoError(t, h.run(context.Background(), txn(600, nullID, row("2", "free", nil))))
 	n, err := state.CountDeadLetters(h.dir.Path())
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
 	_, ok := h.up.Company("2")
 	assert.True(t, ok)
-	assert.Equal(t, []pglogrepl.LSN{600}, h.checkpoints)
+	assert.Equal(t, pglogrepl.LSN(600), h.lastCheckpoint())
 	assert.Equal(t, int64(1), h.pipe.Stats().DeadLettered.Load())
 }
 
 func TestDeleteAndTruncateAreCountedNotMirrored(t *testing.T) {
-	h := newHarness(t)
-	require.NoError(t, h.run(t, context.Background(), replication.Transaction{EndLSN: 700, Changes: []replication.Change{
-		{Op: replication.Delete, Relation: rel, Values: []replication.Value{{Text: []byte("1")}, {Null: true}, {Null: true}}},
-		{Op: replication.Truncate, Relation: rel},
-	}}))
+	h := newHarness(t, setup{})
+	require.NoError(t, h.run(context.Background(), txn(700,
+		replication.Change{Op: replication.Delete, Relation: rel, Values: []replication.Value{{Text: []byte("1")}, {Null: true}, {Null: true}}},
+		replication.Change{Op: replication.Truncate, Relation: rel},
+	)))
 	assert.Zero(t, h.up.IdentifyRequests())
 	assert.Empty(t, h.up.Deleted())
 	assert.Equal(t, int64(1), h.pipe.Stats().Deletes.Load())
 	assert.Equal(t, int64(1), h.pipe.Stats().Truncates.Load())
-	assert.Equal(t, []pglogrepl.LSN{700}, h.checkpoints)
+	assert.Equal(t, pglogrepl.LSN(700), h.lastCheckpoint())
+}
+
+// backlog is one transaction updating companies 1..n.
+func backlog(end pglogrepl.LSN, n int, plan string) replication.Transaction {
+	changes := make([]replication.Change, n)
+	for i := range changes {
+		changes[i] = row(fmt.Sprint(i+1), plan, nil)
+	}
+	return txn(end, changes...)
+}
+
+var bulkSetup = setup{
+	standin: userpilottest.Options{BulkRecordsPerSecond: 2000},
+	rate:    20, // a slow real-time budget, so a backlog of 600 is worth a job
+	delivery: delivery.Options{BulkRate: 2000, BulkOverhead: 100 * time.Millisecond, MinBulk: 10,
+		PollInterval: 20 * time.Millisecond},
+}
+
+func TestBacklogGoesMostlyToABulkJobAndCheckpointsOnlyWhenItCompleted(t *testing.T) {
+	h := newHarness(t, bulkSetup)
+	require.NoError(t, h.run(context.Background(), backlog(900, 600, "pro")))
+	assert.Len(t, h.up.Companies(), 600)
+	st := h.pipe.Stats()
+	assert.GreaterOrEqual(t, st.BulkJobs.Load(), int64(1))
+	assert.Greater(t, st.Bulk.Load(), int64(500), "most of the backlog went in a job")
+	assert.Less(t, h.up.IdentifyRequests(), 100, "far fewer real-time calls than companies")
+	require.Equal(t, pglogrepl.LSN(900), h.lastCheckpoint())
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Equal(t, 600, h.acceptedAt[len(h.acceptedAt)-1], "the job had completed (records applied) when the backlog was checkpointed")
+}
+
+func TestBulkConflictStormAndFailedJobLoseNothing(t *testing.T) {
+	h := newHarness(t, bulkSetup)
+	h.up.FailNextBulk(5, userpilottest.Fault{Status: 409})
+	h.up.FailNextJob()
+	require.NoError(t, h.run(context.Background(), backlog(900, 600, "enterprise")))
+	got := h.up.Companies()
+	require.Len(t, got, 600)
+	for id, md := range got {
+		require.Equal(t, "enterprise", md["plan"], "company %s", id)
+	}
+	assert.GreaterOrEqual(t, h.pipe.Stats().BulkJobs.Load(), int64(1))
+}
+
+func TestRejectedBulkFallsBackToRealtimeAndSetsAsideOnlyTheBadRecord(t *testing.T) {
+	s := bulkSetup
+	s.rate = 500 // the fallback sends the job's records one by one
+	h := newHarness(t, s)
+	h.up.RejectCompany("999", 400) // the job takes the newest companies
+	require.NoError(t, h.run(context.Background(), backlog(900, 1000, "pro")))
+	assert.Len(t, h.up.Companies(), 999)
+	refused := 0
+	for _, r := range h.up.Requests() {
+		if r.Path == "/v1/companies/bulk_identify" && r.Status == 400 {
+			refused++
+		}
+	}
+	assert.GreaterOrEqual(t, refused, 1, "the job was refused, then sent record by record")
+	n, err := state.CountDeadLetters(h.dir.Path())
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+}
+
+func TestPendingStateIsBoundedByApplyingBackPressure(t *testing.T) {
+	h := newHarness(t, setup{rate: 200, delivery: delivery.Options{MaxPending: 5}})
+	h.up.SetFault(&userpilottest.Fault{Delay: 5 * time.Millisecond, Apply: true, Status: 202})
+	in := make(chan replication.Transaction) // unbuffered: the pipeline pulls
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(context.Background(), in) }()
+	maxSeen := int64(0)
+	for i := 1; i <= 200; i++ {
+		in <- txn(pglogrepl.LSN(i*10), row(fmt.Sprint(i), "pro", nil))
+		maxSeen = max(maxSeen, h.pipe.Stats().Pending.Load())
+	}
+	close(in)
+	require.NoError(t, <-done)
+	assert.LessOrEqual(t, maxSeen, int64(5+1), "never more than MaxPending companies held (one may be mid-add)")
+	assert.Len(t, h.up.Companies(), 200)
 }

@@ -1,0 +1,185 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// maxBulkBytes keeps a job's JSON body well under Userpilot's 50 MB cap.
+const maxBulkBytes = 40 << 20
+
+// failedJobRetries is how often a job that ended "failed" is resubmitted
+// before its records go out one by one on the real-time path, where a bad
+// record is refused alone instead of failing the whole job.
+const failedJobRetries = 2
+
+// takeBulk chooses the companies for a bulk job (the newest ready ones: the
+// real-time path keeps draining the oldest, so the checkpoint keeps moving)
+// and marks them in flight.
+func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
+	k := bulkShare(p.ready.len(), p.opts.RealtimeRate, p.opts.BulkRate, p.opts.BulkOverhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
+	if k == 0 {
+		return nil, nil
+	}
+	var batch, keep []*entry
+	size := 0
+	for len(batch) < k && p.ready.len() > 0 {
+		e := p.ready.popBack()
+		if e.realtimeOnly {
+			keep = append(keep, e)
+			continue
+		}
+		same, err := p.noOp(e)
+		if err != nil {
+			return nil, err
+		}
+		if same {
+			p.skip(e, r)
+			continue
+		}
+		b, _ := json.Marshal(e.co)
+		if size+len(b) > maxBulkBytes {
+			keep = append(keep, e)
+			break
+		}
+		size += len(b)
+		batch = append(batch, e)
+	}
+	for i := len(keep) - 1; i >= 0; i-- {
+		p.ready.push(keep[i])
+	}
+	for _, e := range batch {
+		p.send(e)
+	}
+	return batch, nil
+}
+
+// runBulk takes a job from submission to completion. It returns when the
+// job completed (the records are applied), when the records should go out
+// on the real-time path instead, or when ctx is done.
+func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
+	start := time.Now()
+	cos := make([]userpilot.Company, len(batch))
+	for i, e := range batch {
+		cos[i] = e.co
+	}
+	for failures := 0; ; {
+		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, cos)
+		var rej *userpilot.RejectedError
+		switch {
+		case errors.Is(err, userpilot.ErrJobRunning):
+			// One job at a time per account: another job (maybe ours from
+			// before a restart) is running. Wait for it, then submit.
+			if err := sleep(ctx, p.opts.PollInterval); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
+			continue
+		case errors.Is(err, userpilot.ErrTooLarge), errors.As(err, &rej):
+			// Too large, or a record in it refused: the real-time path
+			// sends them one by one and sets aside only the bad one.
+			return bulkResult{entries: batch, fallback: true, err: err, took: time.Since(start)}
+		case err != nil:
+			return bulkResult{entries: batch, err: err}
+		}
+		status, err := p.waitJob(ctx, job)
+		if err != nil {
+			return bulkResult{entries: batch, err: err}
+		}
+		if status == userpilot.JobCompleted {
+			return bulkResult{entries: batch, took: time.Since(start)}
+		}
+		failures++
+		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(cos), "failures", failures)
+		if failures > failedJobRetries {
+			return bulkResult{entries: batch, fallback: true, err: fmt.Errorf("bulk job %s failed %d times", job.ID, failures), took: time.Since(start)}
+		}
+	}
+}
+
+// waitJob polls the job until it completed or failed. Accepted is not
+// applied: only a completed job's records count as delivered.
+func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job) (string, error) {
+	for {
+		switch job.Status {
+		case userpilot.JobCompleted, userpilot.JobFailed:
+			return job.Status, nil
+		}
+		if err := sleep(ctx, p.opts.PollInterval); err != nil {
+			return "", err
+		}
+		next, err := p.opts.Sender.BackgroundJob(ctx, job.ID)
+		var rej *userpilot.RejectedError
+		if errors.As(err, &rej) {
+			// The job cannot be read (e.g. 404): treat it as failed, so its
+			// records are sent again rather than assumed applied.
+			return userpilot.JobFailed, nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("read bulk job %s: %w", job.ID, err)
+		}
+		next.ID = job.ID
+		job = next
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// bulkFinished applies a job's outcome.
+func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
+	switch {
+	case r.fallback:
+		p.log.Warn("bulk job not applied; sending its records on the real-time path", "records", len(r.entries), "error", r.err)
+		for i := len(r.entries) - 1; i >= 0; i-- {
+			e := r.entries[i]
+			c := p.companies[e.co.CompanyID]
+			c.inflight = nil
+			p.inflight--
+			e.realtimeOnly = true
+			if c.waiting != nil {
+				// A newer state arrived meanwhile: fold it into this older
+				// entry (newer wins), which keeps its place in the order.
+				for k, v := range c.waiting.co.Metadata {
+					e.co.Metadata[k] = v
+				}
+				e.lsn = c.waiting.lsn
+				c.waiting.done = true
+			}
+			c.waiting = e
+			p.ready.pushFront(e)
+		}
+		return nil
+	case r.err != nil:
+		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
+	}
+	profiles := make([]state.Profile, len(r.entries))
+	for i, e := range r.entries {
+		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}
+	}
+	if p.opts.Index != nil {
+		if err := p.opts.Index.Record(profiles); err != nil {
+			return err
+		}
+	}
+	for _, e := range r.entries {
+		p.finish(e)
+	}
+	p.stats.Bulk.Add(int64(len(r.entries)))
+	p.stats.BulkJobs.Add(1)
+	rep.flush(p, "bulk", len(r.entries), r.took)
+	return nil
+}

@@ -1,0 +1,79 @@
+package delivery
+
+import (
+	"github.com/jackc/pglogrepl"
+
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// entry is the merged pending state of one company: every change merged in
+// since the entry was made, newest values winning key by key.
+type entry struct {
+	co userpilot.Company
+	// safe is the position that may be checkpointed while this entry is
+	// undelivered: the end of the last transaction received before the
+	// entry's first change.
+	safe pglogrepl.LSN
+	// lsn is the end of the newest transaction merged in (0 while that
+	// transaction is still arriving), for dead letters.
+	lsn          pglogrepl.LSN
+	changes      int
+	done         bool
+	checked      bool // looked up in the no-op index since the last merge
+	realtimeOnly bool // a bulk job could not take it: send it alone
+}
+
+// merge folds a newer state in. Keys it leaves out (an unchanged TOAST
+// value) keep the pending value.
+func (e *entry) merge(md map[string]any) {
+	for k, v := range md {
+		e.co.Metadata[k] = v
+	}
+	e.changes++
+	e.checked = false
+}
+
+// company is what is undelivered for one company_id: at most one entry on
+// its way to Userpilot, and at most one waiting behind it. A waiting entry
+// is never sent while one is in flight, so an older state can never land
+// after a newer one.
+type company struct {
+	inflight, waiting *entry
+}
+
+// queue is a FIFO of entries with O(1) push, pop at both ends.
+type queue struct {
+	items []*entry
+	head  int
+}
+
+func (q *queue) len() int      { return len(q.items) - q.head }
+func (q *queue) push(e *entry) { q.items = append(q.items, e) }
+func (q *queue) front() *entry { return q.items[q.head] }
+func (q *queue) back() *entry  { return q.items[len(q.items)-1] }
+func (q *queue) pushFront(e *entry) {
+	if q.head > 0 {
+		q.head--
+		q.items[q.head] = e
+		return
+	}
+	q.items = append([]*entry{e}, q.items...)
+}
+
+func (q *queue) popFront() *entry {
+	e := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head > 1024 && q.head*2 > len(q.items) {
+		q.items = append([]*entry(nil), q.items[q.head:]...)
+		q.head = 0
+	}
+	return e
+}
+
+func (q *queue) popBack() *entry {
+	e := q.items[len(q.items)-1]
+	q.items[len(q.items)-1] = nil
+	q.items = q.items[:len(q.items)-1]
+	return e
+}
