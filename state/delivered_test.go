@@ -1,0 +1,114 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestDeliveredIndexComparesKeyByKey(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenDelivered()
+	require.NoError(t, err)
+	defer x.Close()
+
+	same, err := x.Unchanged("1", map[string]any{"plan": "pro"})
+	require.NoError(t, err)
+	assert.False(t, same, "a company never delivered is a change")
+
+	require.NoError(t, x.Record([]Profile{{CompanyID: "1", Metadata: map[string]any{"plan": "pro", "seats": json.Number("3"), "trial": nil}}}))
+	tests := []struct {
+		name string
+		md   map[string]any
+		want bool
+	}{
+		{"all keys equal", map[string]any{"plan": "pro", "seats": json.Number("3"), "trial": nil}, true},
+		{"a subset equal (a key left out)", map[string]any{"plan": "pro"}, true},
+		{"a value changed", map[string]any{"plan": "free"}, false},
+		{"null to a value", map[string]any{"trial": true}, false},
+		{"a value to null", map[string]any{"plan": nil}, false},
+		{"a key never sent", map[string]any{"name": "x"}, false},
+		{"number vs string", map[string]any{"seats": "3"}, false},
+	}
+	for _, tt := range tests {
+		got, err := x.Unchanged("1", tt.md)
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, got, tt.name)
+	}
+
+	// A later record replaces only the keys it sends, as Userpilot does.
+	require.NoError(t, x.Record([]Profile{{CompanyID: "1", Metadata: map[string]any{"plan": "free"}}}))
+	same, err = x.Unchanged("1", map[string]any{"plan": "free", "seats": json.Number("3")})
+	require.NoError(t, err)
+	assert.True(t, same)
+}
+
+func TestDeliveredIndexSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	d, err := Open(dir)
+	require.NoError(t, err)
+	x, err := d.OpenDelivered()
+	require.NoError(t, err)
+	require.NoError(t, x.Record([]Profile{{CompanyID: "7", Metadata: map[string]any{"plan": "pro"}}}))
+	require.NoError(t, x.Close())
+	require.NoError(t, d.Close())
+
+	d, err = Open(dir)
+	require.NoError(t, err)
+	defer d.Close()
+	x, err = d.OpenDelivered()
+	require.NoError(t, err)
+	defer x.Close()
+	same, err := x.Unchanged("7", map[string]any{"plan": "pro"})
+	require.NoError(t, err)
+	assert.True(t, same)
+}
+
+// BenchmarkDeliveredIndexSize records N companies with seven metadata keys
+// (the README's example table) and reports the index's size on disk per
+// company. PGPILOT_INDEX_COMPANIES=1000000 gives the README's figure.
+func BenchmarkDeliveredIndexSize(b *testing.B) {
+	n := 100_000
+	if v := os.Getenv("PGPILOT_INDEX_COMPANIES"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	for range b.N {
+		d, err := Open(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		x, err := d.OpenDelivered()
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch := make([]Profile, 0, 10_000)
+		for i := 1; i <= n; i++ {
+			batch = append(batch, Profile{CompanyID: fmt.Sprint(i), Metadata: map[string]any{
+				"name": fmt.Sprintf("Company %d", i), "plan": "pro", "seats": json.Number(fmt.Sprint(i % 500)),
+				"monthly_spend": json.Number("1234.5600000000"), "trial": i%2 == 0,
+				"created_at": "2024-01-01T00:00:00Z", "notes": nil}})
+			if len(batch) == cap(batch) || i == n {
+				if err := x.Record(batch); err != nil {
+					b.Fatal(err)
+				}
+				batch = batch[:0]
+			}
+		}
+		x.Close()
+		fi, err := os.Stat(filepath.Join(d.Path(), DeliveredFile))
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Close()
+		b.ReportMetric(float64(fi.Size())/float64(n), "bytes/company")
+		b.ReportMetric(float64(fi.Size())/(1<<20), "MiB")
+		b.Logf("%d companies: no-op index is %.1f MiB (%.0f bytes/company)", n, float64(fi.Size())/(1<<20), float64(fi.Size())/float64(n))
+	}
+}
