@@ -146,7 +146,11 @@ func New(opts Options) (*Client, error) {
 		c.log = slog.Default()
 	}
 	limit := cmp.Or(opts.RateLimit, defaultRateLimit)
-	c.limiter = rate.NewLimiter(rate.Limit(limit), max(1, int(limit)))
+	// A burst of a quarter second's budget, not a whole second's: requests
+	// leave evenly, so jitter on the way cannot bunch them into more than
+	// Userpilot's bucket holds (which is what turned into 429s and
+	// client-wide pauses at full rate).
+	c.limiter = rate.NewLimiter(rate.Limit(limit), max(1, int(limit/4)))
 	concurrency := cmp.Or(opts.Concurrency, defaultConcurrency)
 	c.slots = make(chan struct{}, concurrency)
 	c.http = opts.HTTPClient
