@@ -201,13 +201,14 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 	defer tick.Stop()
 	report := newReport()
 	closed := false
+	var lastInput time.Time
 	for {
 		if err := p.skipNoOps(report); err != nil {
 			return err
 		}
 		p.watermark() // drops finished entries, so the counts below are true
 		p.stats.Pending.Store(int64(p.order.len()))
-		if !p.bulkBusy && p.opts.BulkRate > 0 {
+		if !p.bulkBusy && p.opts.BulkRate > 0 && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -241,6 +242,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 			if err := p.add(txn); err != nil {
 				return err
 			}
+			lastInput = time.Now()
 		case workCh <- next:
 			p.ready.popFront()
 			p.send(next)
@@ -262,6 +264,19 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 			return ctx.Err()
 		}
 	}
+}
+
+// inputQuiet is how long the input must pause before a bulk job is sized:
+// a job cannot take records added after it was submitted, so sizing it in
+// the middle of a burst sends the rest of the burst the slow way.
+const inputQuiet = 100 * time.Millisecond
+
+// bulkTime says whether to consider a bulk job now: the burst has been read
+// (input quiet, or closed), or waiting would not make it better (the backlog
+// fills a whole job, or memory is half full and reading has to go on).
+func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
+	return closed || time.Since(lastInput) >= inputQuiet ||
+		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2
 }
 
 // add maps a transaction's changes into pending entries.
