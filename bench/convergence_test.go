@@ -92,7 +92,7 @@ func convergeOnce(b *testing.B, pg *pgtest.Server, n, writes int, rt, bulk float
 		stop()
 		<-done
 	}()
-	if err := workload.WaitConverged(ctx, conn, up.Companies, time.Minute); err != nil { // empty table
+	if err := workload.WaitInitialSync(ctx, filepath.Join(dir, "state"), time.Minute); err != nil {
 		b.Fatal(err)
 	}
 

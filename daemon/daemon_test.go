@@ -117,13 +117,11 @@ func (e *env) converge(timeout time.Duration) {
 	}
 }
 
-// waitInitialSync waits until the snapshot is delivered and checkpointed.
+// waitInitialSync waits until the snapshot is delivered and checkpointed:
+// from then on, writes are streamed.
 func (e *env) waitInitialSync() {
 	e.t.Helper()
-	require.Eventually(e.t, func() bool {
-		cp, ok, err := state.ReadCheckpoint(e.cfg.State.Dir)
-		return err == nil && ok && cp.InitialSync == state.InitialSyncDone
-	}, 60*time.Second, 20*time.Millisecond, "initial sync done")
+	require.NoError(e.t, workload.WaitInitialSync(context.Background(), e.cfg.State.Dir, 60*time.Second))
 }
 
 func TestInitialSnapshotThenStreamConverges(t *testing.T) {

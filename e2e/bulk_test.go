@@ -26,7 +26,7 @@ func TestKillNineDuringBulkJobLosesNothing(t *testing.T) {
 	e.writeConfig(strings.Replace(cfg, "  rate_limit: 50\n", "  rate_limit: 50\n  bulk_rate: 500\n", 1))
 	ctx := context.Background()
 	p := e.run()
-	e.converge(60 * time.Second) // empty table: initial sync done
+	e.waitInitialSync()
 
 	require.NoError(t, workload.Seed(ctx, e.conn, 1000))
 	require.Eventually(t, func() bool {

@@ -171,6 +171,15 @@ func (e *env) converge(timeout time.Duration) {
 	}
 }
 
+// waitInitialSync waits until pgpilot has sent the table's rows and
+// checkpointed the slot's consistent point: from then on, writes are
+// streamed. (After a teardown the stand-in may already hold every row, so
+// converging proves nothing yet either.)
+func (e *env) waitInitialSync() {
+	e.t.Helper()
+	require.NoError(e.t, workload.WaitInitialSync(context.Background(), e.stateDir, 60*time.Second))
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return "…" + s[len(s)-n:]

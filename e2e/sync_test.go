@@ -153,7 +153,7 @@ func TestFiftyThousandRowTransaction(t *testing.T) {
 	e.writeConfig(workload.Config(e.url, workload.SlotName(e.url), e.up.URL(), apiKey, e.stateDir, 20000))
 	ctx := context.Background()
 	p := e.run()
-	e.converge(60 * time.Second) // empty table: the initial sync is done
+	e.waitInitialSync()
 	start := time.Now()
 	require.NoError(t, workload.Seed(ctx, e.conn, 50_000))
 	e.converge(5 * time.Minute)
@@ -169,7 +169,7 @@ func TestNullsUnicodeAndExactNumbersArriveIntact(t *testing.T) {
 	e := newEnv(t, userpilottest.Options{})
 	ctx := context.Background()
 	p := e.run()
-	e.converge(60 * time.Second)
+	e.waitInitialSync()
 	_, err := e.conn.Exec(ctx, `INSERT INTO companies (id, name, plan, seats, monthly_spend, trial, created_at)
 		VALUES (42, 'Zürich 株式会社 🚀 "q" \ tab	x', NULL, 7, 1234567890123456789012345678.0123456789, false, '2024-03-01 10:30:00+01:00')`)
 	require.NoError(t, err)

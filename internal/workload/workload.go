@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgpilot/pgpilot/state"
 )
 
 // Schema creates the companies table. updated_at is deliberately unmapped;
@@ -294,4 +296,26 @@ func SlotName(url string) string {
 		db = db[len(db)-60:]
 	}
 	return "s" + strings.Trim(db, "_")
+}
+
+// WaitInitialSync waits until the checkpoint in stateDir says the initial
+// sync is done. Waiting for an empty table to "converge" is not enough: it
+// converges before pgpilot has even created its slot, and rows written
+// then arrive through the snapshot, not the stream a test meant to exercise.
+func WaitInitialSync(ctx context.Context, stateDir string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		cp, ok, err := state.ReadCheckpoint(stateDir)
+		if err == nil && ok && cp.InitialSync == state.InitialSyncDone {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("initial sync not done within %s (checkpoint: %+v, %v)", timeout, cp, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
