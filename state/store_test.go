@@ -15,7 +15,7 @@ func TestDeliveredIndexComparesKeyByKey(t *testing.T) {
 	d, err := Open(t.TempDir())
 	require.NoError(t, err)
 	defer d.Close()
-	x, err := d.OpenDelivered()
+	x, err := d.OpenStore()
 	require.NoError(t, err)
 	defer x.Close()
 
@@ -54,7 +54,7 @@ func TestDeliveredIndexSurvivesReopen(t *testing.T) {
 	dir := t.TempDir()
 	d, err := Open(dir)
 	require.NoError(t, err)
-	x, err := d.OpenDelivered()
+	x, err := d.OpenStore()
 	require.NoError(t, err)
 	require.NoError(t, x.Record([]Profile{{CompanyID: "7", Metadata: map[string]any{"plan": "pro"}}}))
 	require.NoError(t, x.Close())
@@ -63,7 +63,7 @@ func TestDeliveredIndexSurvivesReopen(t *testing.T) {
 	d, err = Open(dir)
 	require.NoError(t, err)
 	defer d.Close()
-	x, err = d.OpenDelivered()
+	x, err = d.OpenStore()
 	require.NoError(t, err)
 	defer x.Close()
 	same, err := x.Unchanged("7", map[string]any{"plan": "pro"})
@@ -84,7 +84,7 @@ func BenchmarkDeliveredIndexSize(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		x, err := d.OpenDelivered()
+		x, err := d.OpenStore()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -102,7 +102,7 @@ func BenchmarkDeliveredIndexSize(b *testing.B) {
 			}
 		}
 		x.Close()
-		fi, err := os.Stat(filepath.Join(d.Path(), DeliveredFile))
+		fi, err := os.Stat(filepath.Join(d.Path(), StoreFile))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -12,16 +12,23 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// DeliveredFile is the no-op index's file name in the state directory.
-const DeliveredFile = "delivered.db"
+// StoreFile is the file, in the state directory, holding the no-op index
+// and the outbox.
+const StoreFile = "store.db"
 
-var deliveredBucket = []byte("companies")
+var (
+	deliveredBucket = []byte("delivered")
+	outboxBucket    = []byte("outbox")
+)
 
 // recordVersion prefixes each stored record, so its layout can change.
 const recordVersion = 1
 
-// Delivered remembers, for each company, a fingerprint of every metadata
-// value Userpilot last accepted, so that an update changing nothing mapped
+// Store is pgpilot's embedded database (bbolt: crash-safe, one file): the
+// no-op index and the outbox.
+//
+// The no-op index remembers, for each company, a fingerprint of every
+// metadata value Userpilot last accepted, so that an update changing nothing mapped
 // (say only updated_at) sends nothing. It is bbolt (crash-safe, one record
 // per company: it grows with the number of companies, never with the number
 // of changes). Values are kept per key because an update may leave a key
@@ -30,7 +37,7 @@ const recordVersion = 1
 // It only ever holds states that were accepted; a lost write just means one
 // redundant send later. A fingerprint is 64 bits of SHA-256 of key and
 // value: a false "unchanged" needs a collision on the same company and key.
-type Delivered struct {
+type Store struct {
 	db *bolt.DB
 }
 
@@ -40,25 +47,29 @@ type Profile struct {
 	Metadata  map[string]any
 }
 
-// OpenDelivered opens (creating) the no-op index in the state directory.
-func (d *Dir) OpenDelivered() (*Delivered, error) {
-	path := filepath.Join(d.path, DeliveredFile)
+// OpenStore opens (creating) the store in the state directory.
+func (d *Dir) OpenStore() (*Store, error) {
+	path := filepath.Join(d.path, StoreFile)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true})
 	if err != nil {
-		return nil, fmt.Errorf("open no-op index %s: %w (remove the file to rebuild it: it only saves sends)", path, err)
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(deliveredBucket)
-		return err
+		for _, b := range [][]byte{deliveredBucket, outboxBucket} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open no-op index %s: %w", path, err)
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &Delivered{db: db}, nil
+	return &Store{db: db}, nil
 }
 
-// Close closes the index.
-func (x *Delivered) Close() error { return x.db.Close() }
+// Close closes the store.
+func (x *Store) Close() error { return x.db.Close() }
 
 // fingerprints is a company's record: key fingerprint → value fingerprint.
 type fingerprints map[uint32]uint64
@@ -98,7 +109,7 @@ func (fp fingerprints) encode() []byte {
 
 // Unchanged reports whether every key in metadata has the value Userpilot
 // last accepted for this company. A company never delivered is changed.
-func (x *Delivered) Unchanged(companyID string, metadata map[string]any) (bool, error) {
+func (x *Store) Unchanged(companyID string, metadata map[string]any) (bool, error) {
 	var unchanged bool
 	err := x.db.View(func(tx *bolt.Tx) error {
 		fp := decode(tx.Bucket(deliveredBucket).Get([]byte(companyID)))
@@ -124,7 +135,7 @@ func (x *Delivered) Unchanged(companyID string, metadata map[string]any) (bool, 
 // these values (keys not sent keep theirs, as in Userpilot). It returns once
 // that is durable. Concurrent calls share one write (bbolt's Batch), so
 // many real-time workers recording at once cost one fsync.
-func (x *Delivered) Record(profiles []Profile) error {
+func (x *Store) Record(profiles []Profile) error {
 	if len(profiles) == 0 {
 		return nil
 	}

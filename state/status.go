@@ -1,0 +1,61 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// StatusFile is where a running pgpilot reports its delivery mode and
+// outbox for `pgpilot status` (which cannot open the store while the
+// daemon holds it).
+const StatusFile = "status.json"
+
+// Delivery modes.
+const (
+	// ModeHold: the slot is confirmed only after delivery.
+	ModeHold = "hold"
+	// ModeOutbox: pending changes are written to the outbox and the slot is
+	// confirmed up to what is written there, so Postgres can free its WAL
+	// during a Userpilot outage.
+	ModeOutbox = "outbox"
+)
+
+// Status is what the daemon last reported.
+type Status struct {
+	Mode            string    `json:"mode"`
+	Reason          string    `json:"reason,omitempty"`
+	OutboxCompanies int       `json:"outbox_companies"`
+	OutboxBytes     int64     `json:"outbox_bytes"`
+	OldestPending   time.Time `json:"oldest_pending,omitzero"`
+	Pending         int       `json:"pending_companies"`
+	UpdatedAt       time.Time `json:"updated_at"`
+}
+
+// WriteStatus replaces the status file.
+func (d *Dir) WriteStatus(s Status) error {
+	s.UpdatedAt = time.Now().UTC()
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode status: %w", err)
+	}
+	return WriteFileAtomic(d.path, StatusFile, append(b, '\n'), 0o600)
+}
+
+// ReadStatus reads dir's status file; ok is false when there is none.
+func ReadStatus(dir string) (s Status, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, StatusFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return Status{}, false, nil
+	}
+	if err != nil {
+		return Status{}, false, fmt.Errorf("read status: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Status{}, false, fmt.Errorf("read status %s: %w", filepath.Join(dir, StatusFile), err)
+	}
+	return s, true, nil
+}
