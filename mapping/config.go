@@ -14,18 +14,21 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
 
 // Defaults for the keys that may be left out of the file.
 const (
-	DefaultSlot        = "pgpilot"
-	DefaultPublication = "pgpilot"
-	DefaultEndpoint    = USEndpoint
-	DefaultRateLimit   = 10.0 // requests per second: Userpilot allows 600 per minute per API key
-	DefaultBulkRate    = 20.0 // records per second in bulk jobs: the lower published figure, 1,200 per minute
-	DefaultStateDir    = "pgpilot-state"
+	DefaultSlot           = "pgpilot"
+	DefaultPublication    = "pgpilot"
+	DefaultEndpoint       = USEndpoint
+	DefaultRateLimit      = 10.0            // requests per second: Userpilot allows 600 per minute per API key
+	DefaultMaxRetainedWAL = 256 << 20       // bytes of WAL the slot may hold before outbox mode
+	DefaultOutboxAfter    = 5 * time.Minute // Userpilot failing this long: outbox mode
+	DefaultBulkRate       = 20.0            // records per second in bulk jobs: the lower published figure, 1,200 per minute
+	DefaultStateDir       = "pgpilot-state"
 )
 
 // Userpilot's hosts, selected in the file with the shorthands `us` and `eu`.
@@ -42,6 +45,7 @@ type Config struct {
 	Postgres  Postgres
 	Userpilot Userpilot
 	State     State
+	Delivery  Delivery
 	Companies Companies
 }
 
@@ -63,6 +67,17 @@ type Userpilot struct {
 	// figure (1,200 per minute). pgpilot uses it to split a backlog between
 	// the real-time and bulk paths.
 	BulkRate float64
+}
+
+// Delivery says when pgpilot stops holding the slot back during a Userpilot
+// outage and keeps pending changes in its outbox instead.
+type Delivery struct {
+	// MaxRetainedWAL is the slot's retained WAL, in bytes, above which
+	// outbox mode starts; 0: never for that reason. Default 256 MB.
+	MaxRetainedWAL int64
+	// OutboxAfter is how long Userpilot may accept nothing while changes
+	// wait before outbox mode starts. Default 5 minutes.
+	OutboxAfter time.Duration
 }
 
 // State says where pgpilot keeps its checkpoint.
@@ -156,7 +171,8 @@ func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 }
 
 var (
-	topKeys       = []string{"postgres", "userpilot", "state", "companies"}
+	topKeys       = []string{"postgres", "userpilot", "state", "delivery", "companies"}
+	deliveryKeys  = []string{"max_retained_wal", "outbox_after"}
 	postgresKeys  = []string{"url", "slot", "publication"}
 	userpilotKeys = []string{"api_key", "endpoint", "rate_limit", "bulk_rate"}
 	stateKeys     = []string{"dir"}
@@ -260,10 +276,56 @@ func (p *parser) parse(data []byte) *Config {
 	if s, ok := p.section(top, "state", stateKeys, false, ""); ok {
 		cfg.State = p.state(s)
 	}
+	cfg.Delivery = Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter}
+	if s, ok := p.section(top, "delivery", deliveryKeys, false, ""); ok {
+		cfg.Delivery = p.delivery(s)
+	}
 	if s, ok := p.section(top, "companies", companiesKeys, true, "add a companies: section with table, company_id and metadata"); ok {
 		cfg.Companies = p.companies(s)
 	}
 	return cfg
+}
+
+// delivery reads the outbox thresholds.
+func (p *parser) delivery(s section) Delivery {
+	d := Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter}
+	if v, ok := p.value(s, "max_retained_wal"); ok {
+		n, err := parseBytes(v.text)
+		if err != nil {
+			p.fail(v.line, s.keyOf("max_retained_wal"), "%s is not a size; fix: write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL", v.show())
+		}
+		d.MaxRetainedWAL = n
+	}
+	if v, ok := p.value(s, "outbox_after"); ok {
+		dur, err := time.ParseDuration(strings.TrimSpace(v.text))
+		if err != nil || dur <= 0 {
+			p.fail(v.line, s.keyOf("outbox_after"), "%s is not a positive duration; fix: write e.g. outbox_after: 5m", v.show())
+		}
+		d.OutboxAfter = dur
+	}
+	return d
+}
+
+// parseBytes reads a size the way postgresql.conf writes one: a number
+// with an optional unit B, kB, MB, GB or TB (powers of 1024).
+func parseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("invalid size")
+	}
+	return n * mult, nil
 }
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -66,6 +67,7 @@ func TestParseMinimalFileAppliesDefaults(t *testing.T) {
 		Postgres:  Postgres{URL: testURL, Slot: "pgpilot", Publication: "pgpilot"},
 		Userpilot: Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex.userpilot.io", RateLimit: 10, BulkRate: 20},
 		State:     State{Dir: filepath.Join("conf", "pgpilot-state")},
+		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute},
 		Companies: Companies{
 			Table: "companies", Schema: "public", Name: "companies", CompanyID: "id",
 			Metadata:      []Field{{Key: "name", Column: "name", Line: 9}},
@@ -228,7 +230,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			data: minimal + "postgress:\n  url: x\n",
-			want: []string{`p.yaml:10: postgress: unknown key "postgress"; allowed: postgres, userpilot, state, companies`},
+			want: []string{`p.yaml:10: postgress: unknown key "postgress"; allowed: postgres, userpilot, state, delivery, companies`},
 		},
 		{
 			name: "unknown nested key",
@@ -614,4 +616,31 @@ func TestBulkRateZeroTurnsTheBulkPathOff(t *testing.T) {
 	cfg, err := Parse("p.yaml", []byte(data), env(baseEnv()))
 	require.NoError(t, err)
 	assert.Zero(t, cfg.Userpilot.BulkRate)
+}
+
+func TestDeliverySection(t *testing.T) {
+	tests := []struct {
+		name, section string
+		want          Delivery
+		err           string
+	}{
+		{"sizes in postgresql.conf units", "delivery:\n  max_retained_wal: 1GB\n  outbox_after: 90s\n", Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second}, ""},
+		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute}, ""},
+		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute}, ""},
+		{"bad size", "delivery:\n  max_retained_wal: lots\n", Delivery{}, `p.yaml:11: delivery.max_retained_wal: "lots" is not a size; fix: write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL`},
+		{"bad duration", "delivery:\n  outbox_after: soon\n", Delivery{}, `p.yaml:11: delivery.outbox_after: "soon" is not a positive duration; fix: write e.g. outbox_after: 5m`},
+		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, `p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("p.yaml", []byte(minimal+tt.section), env(baseEnv()))
+			if tt.err != "" {
+				require.Error(t, err)
+				assert.Equal(t, tt.err, err.Error())
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, cfg.Delivery)
+		})
+	}
 }
