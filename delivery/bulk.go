@@ -178,6 +178,7 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 	for _, e := range r.entries {
 		p.finish(e)
 	}
+	p.progress = time.Now()
 	p.stats.Bulk.Add(int64(len(r.entries)))
 	p.stats.BulkJobs.Add(1)
 	rep.flush(p, "bulk", len(r.entries), r.took)

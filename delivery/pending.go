@@ -1,6 +1,8 @@
 package delivery
 
 import (
+	"time"
+
 	"github.com/jackc/pglogrepl"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -17,6 +19,7 @@ type entry struct {
 	// lsn is the end of the newest transaction merged in (0 while that
 	// transaction is still arriving), for dead letters.
 	lsn          pglogrepl.LSN
+	since        time.Time // when its first change arrived
 	changes      int
 	done         bool
 	checked      bool // looked up in the no-op index since the last merge

@@ -83,9 +83,25 @@ type Options struct {
 	PollInterval time.Duration
 	// MaxPending bounds memory: at this many undelivered companies the
 	// pipeline stops reading (the stream keeps the connection alive); 0 →
-	// 100,000.
+	// 100,000. In outbox mode reading goes on: holding WAL back is what
+	// outbox mode exists to avoid.
 	MaxPending int
-	Logger     *slog.Logger
+
+	// Outbox, when set, lets the pipeline switch to outbox mode (see
+	// outbox.go).
+	Outbox Outbox
+	// MaxRetainedWAL is the slot's retained WAL, in bytes, above which
+	// outbox mode starts; 0: never for that reason.
+	MaxRetainedWAL int64
+	// RetainedWAL returns the slot's retained WAL as last measured.
+	RetainedWAL func() int64
+	// OutboxAfter is how long Userpilot may accept nothing while changes
+	// wait before outbox mode starts; 0 → 5 minutes.
+	OutboxAfter time.Duration
+	// Status receives the mode and outbox figures (for `pgpilot status`).
+	Status func(state.Status)
+
+	Logger *slog.Logger
 }
 
 // ErrSchema is wrapped when the table's columns no longer fit the mapping.
@@ -117,6 +133,15 @@ type Pipeline struct {
 	received  pglogrepl.LSN // end of the last whole transaction received
 	done      pglogrepl.LSN // checkpointed
 	bulkBusy  bool
+	// progress is when Userpilot last accepted something, or when changes
+	// started waiting after an idle spell.
+	progress time.Time
+
+	mode, modeReason string
+	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
+	inOutbox         map[string]int      // companies with an outbox record → its size
+	outboxBytes      int64
+	statusAt         time.Time
 }
 
 // New makes a Pipeline.
@@ -142,11 +167,15 @@ func New(opts Options) *Pipeline {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 100_000
 	}
+	if opts.OutboxAfter <= 0 {
+		opts.OutboxAfter = 5 * time.Minute
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
-		received: opts.Checkpointed, done: opts.Checkpointed}
+		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
+		dirty: map[string]struct{}{}, inOutbox: map[string]int{}}
 }
 
 // Stats returns the pipeline's counters.
@@ -170,6 +199,10 @@ type bulkResult struct {
 // delivered (nil), ctx is done, or delivery fails for good. Whatever is not
 // checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) error {
+	p.progress = time.Now()
+	if err := p.loadOutbox(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	work := make(chan *entry)
@@ -222,10 +255,10 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 			}
 		}
 		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy {
-			return p.checkpoint()
+			return p.tick()
 		}
 		var inCh <-chan replication.Transaction
-		if !closed && p.order.len() < p.opts.MaxPending {
+		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
 			inCh = in
 		}
 		var workCh chan<- *entry
@@ -256,7 +289,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 				return err
 			}
 		case <-tick.C:
-			if err := p.checkpoint(); err != nil {
+			if err := p.tick(); err != nil {
 				return err
 			}
 			report.maybeLog(p)
@@ -330,14 +363,19 @@ func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) er
 		c.waiting.merge(id.Metadata)
 		c.waiting.lsn = txn.EndLSN
 		p.stats.Coalesced.Add(1)
+		p.touch(id.CompanyID)
 		return nil
+	}
+	if p.order.len() == 0 {
+		p.progress = time.Now() // the clock for OutboxAfter starts now
 	}
 	md := id.Metadata
 	if md == nil {
 		md = map[string]any{}
 	}
-	e := &entry{co: userpilot.Company{CompanyID: id.CompanyID, Metadata: md}, safe: p.received, lsn: txn.EndLSN, changes: 1}
+	e := &entry{co: companyOf(id.CompanyID, md), safe: p.received, lsn: txn.EndLSN, changes: 1, since: time.Now()}
 	c.waiting = e
+	p.touch(id.CompanyID)
 	p.order.push(e)
 	if c.inflight == nil {
 		p.ready.push(e)
@@ -362,6 +400,10 @@ func (p *Pipeline) mapperFor(rel *replication.Relation) (*mapping.Mapper, error)
 	}
 	p.rel, p.mapper = rel, m
 	return m, nil
+}
+
+func companyOf(id string, md map[string]any) userpilot.Company {
+	return userpilot.Company{CompanyID: id, Metadata: md}
 }
 
 // send marks e as on its way: newer changes for its company now wait.
@@ -407,6 +449,7 @@ func (p *Pipeline) skip(e *entry, r *report) {
 // entry go.
 func (p *Pipeline) finish(e *entry) {
 	e.done = true
+	p.touch(e.co.CompanyID)
 	c := p.companies[e.co.CompanyID]
 	if c.inflight == e {
 		c.inflight = nil
@@ -424,6 +467,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 	switch {
 	case r.err == nil:
 		p.stats.Realtime.Add(1)
+		p.progress = time.Now()
 		rep.realtime++
 	case errors.As(r.err, &rej):
 		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(r.e.lsn), CompanyID: r.e.co.CompanyID,
@@ -459,8 +503,29 @@ func (p *Pipeline) watermark() pglogrepl.LSN {
 	return p.received
 }
 
+// tick saves progress: in outbox mode it writes the outbox and then
+// checkpoints everything received (all of it is delivered or in the
+// outbox); in hold mode it checkpoints the watermark.
+func (p *Pipeline) tick() error {
+	p.watermark()
+	p.updateMode()
+	received := p.received
+	if err := p.persist(); err != nil {
+		return err
+	}
+	p.updateMode() // the write may have emptied the outbox
+	p.reportStatus(false)
+	if p.mode == state.ModeOutbox {
+		return p.checkpointAt(received)
+	}
+	return p.checkpoint()
+}
+
 func (p *Pipeline) checkpoint() error {
-	w := p.watermark()
+	return p.checkpointAt(p.watermark())
+}
+
+func (p *Pipeline) checkpointAt(w pglogrepl.LSN) error {
 	if w <= p.done {
 		return nil
 	}

@@ -53,6 +53,8 @@ func ptr(s string) *string { return &s }
 type harness struct {
 	up          *userpilottest.Server
 	dir         *state.Dir
+	store       *state.Store
+	statuses    []state.Status
 	mu          sync.Mutex
 	checkpoints []pglogrepl.LSN
 	// acceptedAt records how many records Userpilot had applied when each
@@ -75,9 +77,10 @@ func newHarness(t *testing.T, s setup) *harness {
 	h.dir, err = state.Open(t.TempDir())
 	require.NoError(t, err)
 	t.Cleanup(func() { h.dir.Close() })
-	index, err := h.dir.OpenDelivered()
+	index, err := h.dir.OpenStore()
 	require.NoError(t, err)
 	t.Cleanup(func() { index.Close() })
+	h.store = index
 	if s.rate == 0 {
 		s.rate = 1000
 	}
@@ -86,10 +89,15 @@ func newHarness(t *testing.T, s setup) *harness {
 		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: quiet})
 	require.NoError(t, err)
 	o := s.delivery
-	o.Companies, o.Sender, o.DeadLetters, o.Index, o.Logger = companies, client, h.dir, index, quiet
+	o.Companies, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.Logger = companies, client, h.dir, index, index, quiet
 	o.RealtimeRate = s.rate
 	if o.BulkRate == 0 {
 		o.BulkRate = -1 // real time only, unless a test asks for bulk
+	}
+	o.Status = func(st state.Status) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.statuses = append(h.statuses, st)
 	}
 	o.Checkpoint = func(lsn pglogrepl.LSN) error {
 		h.mu.Lock()

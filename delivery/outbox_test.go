@@ -1,0 +1,102 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+// feed runs the pipeline on an unbuffered channel the test writes to.
+func (h *harness) feed(ctx context.Context) (chan<- replication.Transaction, <-chan error) {
+	in := make(chan replication.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(ctx, in) }()
+	return in, done
+}
+
+func (h *harness) lastStatus() state.Status {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.statuses) == 0 {
+		return state.Status{}
+	}
+	return h.statuses[len(h.statuses)-1]
+}
+
+func TestOutageMovesPendingStateToTheOutboxAndConfirmsIt(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{OutboxAfter: 300 * time.Millisecond}})
+	h.up.SetFault(&userpilottest.Fault{Status: 503}) // Userpilot is down
+	in, done := h.feed(context.Background())
+	// 5 rounds of updates to the same 40 companies.
+	lsn := pglogrepl.LSN(0)
+	for round := range 5 {
+		for id := 1; id <= 40; id++ {
+			lsn += 10
+			in <- txn(lsn, row(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil))
+		}
+	}
+	require.Eventually(t, func() bool { return h.lastCheckpoint() == lsn }, 10*time.Second, 10*time.Millisecond,
+		"with nothing delivered, the checkpoint still reaches the last change: it is in the outbox")
+	assert.Zero(t, h.up.Accepted())
+	recs, err := h.store.Outbox()
+	require.NoError(t, err)
+	assert.Len(t, recs, 40, "one record per company, not per change")
+	for _, r := range recs {
+		assert.Equal(t, "plan-4", r.Metadata["plan"], "the record holds the newest state")
+	}
+	assert.Equal(t, state.ModeOutbox, h.lastStatus().Mode)
+
+	h.up.SetFault(nil) // Userpilot is back
+	close(in)
+	require.NoError(t, <-done)
+	for id := 1; id <= 40; id++ {
+		got, _ := h.up.Company(fmt.Sprint(id))
+		assert.Equal(t, "plan-4", got["plan"])
+	}
+	recs, err = h.store.Outbox()
+	require.NoError(t, err)
+	assert.Empty(t, recs, "delivered companies leave the outbox")
+	assert.Equal(t, state.ModeHold, h.lastStatus().Mode, "an empty outbox returns to hold mode")
+}
+
+func TestWhatTheOutboxOwesIsDeliveredAfterARestart(t *testing.T) {
+	h := newHarness(t, setup{})
+	require.NoError(t, h.store.WriteOutbox([]state.OutboxRecord{
+		{CompanyID: "1", Metadata: map[string]any{"plan": "owed"}, LSN: 50},
+		{CompanyID: "2", Metadata: map[string]any{"plan": "owed too"}, LSN: 60},
+	}, nil))
+	// The stream resumes after the checkpoint; a newer change to company 2
+	// arrives while its owed state is pending.
+	require.NoError(t, h.run(context.Background(), txn(100, row("2", "newer", nil))))
+	got1, _ := h.up.Company("1")
+	got2, _ := h.up.Company("2")
+	assert.Equal(t, "owed", got1["plan"])
+	assert.Equal(t, "newer", got2["plan"], "a newer change is never overtaken by an older owed state")
+	recs, err := h.store.Outbox()
+	require.NoError(t, err)
+	assert.Empty(t, recs)
+}
+
+func TestRetainedWALAboveLimitSwitchesToOutboxEvenWhenUserpilotIsUp(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{MaxRetainedWAL: 1 << 20,
+		RetainedWAL: func() int64 { return 1 << 30 }}})
+	h.up.SetFault(&userpilottest.Fault{Delay: 2 * time.Second, Apply: true, Status: 202}) // slow, not down
+	in, done := h.feed(context.Background())
+	in <- txn(10, row("1", "pro", nil))
+	require.Eventually(t, func() bool { return h.lastCheckpoint() == 10 }, 5*time.Second, 10*time.Millisecond,
+		"confirmed while the call is still in flight, because it is in the outbox")
+	assert.Zero(t, h.up.Accepted())
+	assert.Contains(t, h.lastStatus().Reason, "max_retained_wal")
+	close(in)
+	require.NoError(t, <-done)
+}
