@@ -28,6 +28,9 @@ type statusReport struct {
 	LagBytes         *int64     `json:"lag_bytes,omitempty"`
 	RetainedWALBytes *int64     `json:"retained_wal_bytes,omitempty"`
 	DeadLetters      int        `json:"dead_letters"`
+	// Mode, outbox and pending figures, as the running daemon last wrote
+	// them (absent before the first run).
+	Delivery *state.Status `json:"delivery,omitempty"`
 }
 
 func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
@@ -49,6 +52,9 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if ok {
 		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
 		r.CheckpointAt = &cp.UpdatedAt
+	}
+	if st, ok, err := state.ReadStatus(cfg.State.Dir); err == nil && ok {
+		r.Delivery = &st
 	}
 	if r.DeadLetters, err = state.CountDeadLetters(cfg.State.Dir); err != nil {
 		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
@@ -96,6 +102,15 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		row("retained WAL", fmt.Sprintf("%d bytes", *r.RetainedWALBytes))
 	}
 	row("dead letters", fmt.Sprint(r.DeadLetters))
+	if d := r.Delivery; d != nil {
+		row("delivery mode", fmt.Sprintf("%s (%s, as of %s)", d.Mode, orDash(d.Reason), d.UpdatedAt.Format(time.RFC3339)))
+		row("outbox", fmt.Sprintf("%d companies, %d bytes", d.OutboxCompanies, d.OutboxBytes))
+		oldest := "-"
+		if !d.OldestPending.IsZero() {
+			oldest = fmt.Sprintf("%s (%s ago)", d.OldestPending.Format(time.RFC3339), time.Since(d.OldestPending).Round(time.Second))
+		}
+		row("pending", fmt.Sprintf("%d companies, oldest %s", d.Pending, oldest))
+	}
 	tw.Flush()
 	return exitOK
 }

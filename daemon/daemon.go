@@ -37,6 +37,9 @@ type Options struct {
 	// it for short backoffs); Endpoint, APIKey and RateLimit always come from
 	// the config.
 	Userpilot userpilot.Options
+	// RetainedWALInterval is how often the slot's retained WAL is
+	// measured; 0 → 5s.
+	RetainedWALInterval time.Duration
 	// Delivery overrides the delivery tuning (bulk overhead, minimum job,
 	// poll interval, memory bound); what the config sets comes from it.
 	Delivery delivery.Options
@@ -91,13 +94,13 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("%w: userpilot: %w", ErrConfig, err)
 	}
 
-	index, err := dir.OpenDelivered()
+	store, err := dir.OpenStore()
 	if err != nil {
 		return err
 	}
-	defer index.Close()
+	defer store.Close()
 
-	s := &session{opts: opts, cfg: cfg, dir: dir, index: index, sender: client, log: opts.Logger}
+	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: opts.Logger}
 	backoff := time.Second
 	for {
 		started := time.Now()

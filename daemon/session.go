@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +24,7 @@ type session struct {
 	opts   Options
 	cfg    *mapping.Config
 	dir    *state.Dir
-	index  *state.Delivered
+	store  *state.Store
 	sender delivery.Sender
 	log    *slog.Logger
 
@@ -97,8 +98,30 @@ func (s *session) run(ctx context.Context) error {
 	})
 	defer stopGrace()
 
+	// The slot's retained WAL, measured on a connection of its own (pgx
+	// connections are not shared between goroutines): above
+	// delivery.max_retained_wal the pipeline switches to its outbox.
+	var retained atomic.Int64
+	monitorCtx, stopMonitor := context.WithCancel(ctx)
+	monitorDone := make(chan struct{})
+	go func() {
+		defer close(monitorDone)
+		s.monitorRetainedWAL(monitorCtx, &retained)
+	}()
+	defer func() {
+		stopMonitor()
+		<-monitorDone
+	}()
+
 	do := s.opts.Delivery
-	do.Companies, do.Sender, do.DeadLetters, do.Index = cfg.Companies, s.sender, s.dir, s.index
+	do.Companies, do.Sender, do.DeadLetters, do.Index = cfg.Companies, s.sender, s.dir, s.store
+	do.Outbox, do.RetainedWAL, do.Status = s.store, retained.Load, s.writeStatus
+	if do.MaxRetainedWAL == 0 {
+		do.MaxRetainedWAL = cfg.Delivery.MaxRetainedWAL
+	}
+	if do.OutboxAfter == 0 {
+		do.OutboxAfter = cfg.Delivery.OutboxAfter
+	}
 	do.Checkpoint, do.Checkpointed = s.checkpointer(sys, srv), st.lsn
 	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.log
 	do.BulkRate = cfg.Userpilot.BulkRate
@@ -171,6 +194,46 @@ func (s *session) run(ctx context.Context) error {
 	return prodErr
 }
 
+// monitorRetainedWAL keeps retained up to date until ctx is done. A failed
+// measurement keeps the last value: the stream notices a dead server itself.
+func (s *session) monitorRetainedWAL(ctx context.Context, retained *atomic.Int64) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for {
+		if conn == nil {
+			c, err := replication.ConnectSQL(ctx, s.cfg.Postgres.URL)
+			if err == nil {
+				conn = c
+			}
+		}
+		if conn != nil {
+			n, err := replication.RetainedWAL(ctx, conn, s.cfg.Postgres.Slot)
+			if err != nil {
+				conn.Close(context.Background())
+				conn = nil
+			} else {
+				retained.Store(n)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(cmp.Or(s.opts.RetainedWALInterval, 5*time.Second)):
+		}
+	}
+}
+
+// writeStatus hands the delivery mode to `pgpilot status`.
+func (s *session) writeStatus(st state.Status) {
+	if err := s.dir.WriteStatus(st); err != nil {
+		s.log.Warn("could not write the status file", "error", err)
+	}
+}
+
 // checkpointer durably records lsn, then lets the stream confirm it.
 func (s *session) checkpointer(sys pglogrepl.IdentifySystemResult, srv replication.Server) func(pglogrepl.LSN) error {
 	return func(lsn pglogrepl.LSN) error {
@@ -226,8 +289,8 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	if haveSlot {
 		if !haveCP {
 			return start{}, permanent(fmt.Errorf("%w: replication slot %q exists but %s has no checkpoint: either the state directory was lost "+
-				"or another program owns this slot. Restore state.dir, or choose another postgres.slot, "+
-				"or run `pgpilot teardown` to drop it and start over with a full re-send", ErrConfig, slotName, s.dir.Path()))
+				"(and with it any updates its outbox still owed Userpilot) or another program owns this slot. Restore state.dir "+
+				"from its volume, or choose another postgres.slot, or re-sync: run `pgpilot teardown` and `pgpilot run` to re-send every row", ErrConfig, slotName, s.dir.Path()))
 		}
 		// Our own slot from an initial sync that did not finish: nothing
 		// was confirmed on it, so a fresh slot and snapshot lose nothing.
