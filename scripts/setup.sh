@@ -38,6 +38,9 @@ else
     --shell /bin/bash --comment "PostgreSQL administrator" postgres
 fi
 
+# Postgres 17 for the standby tests (Debian 12 has 15); pinned so every
+# machine tests against the same build.
+"$repo_root/scripts/fetch-postgres.sh" 17.10.0-beta.17 >/dev/null
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   export PATH="/usr/local/go/bin:$PATH"
 fi

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -245,4 +246,97 @@ func TestStartFailureCarriesServerLog(t *testing.T) {
 	_, err := pgtest.Start(t.Context(), pgtest.Options{Settings: map[string]string{"no_such_setting": "1"}})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "no_such_setting", "error must quote the server log")
+}
+
+func TestStartRefusesBinariesOfAnotherMajorVersion(t *testing.T) {
+	t.Parallel()
+	_, err := pgtest.Start(t.Context(), pgtest.Options{Major: 17, BinDir: pgtest.DefaultBinDir})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Options.Major is 17 but the binaries in "+pgtest.DefaultBinDir+" are Postgres 15")
+}
+
+func TestStartWithMissingMajorVersionSaysHowToFetchIt(t *testing.T) {
+	t.Parallel()
+	_, err := pgtest.Start(t.Context(), pgtest.Options{Major: 99})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "scripts/fetch-postgres.sh 99")
+	assert.Contains(t, err.Error(), "$PGPILOT_PG99_BIN")
+}
+
+// TestStandbyFollowsPrimaryAndDecodesFromSixteen is the standby harness's
+// contract, for Debian's 15 and the fetched 17: rows committed on the
+// primary are readable on the standby, before and after the standby
+// crashes; a logical slot can be created on a 17 standby and not on a 15
+// one (what the harness is for); Stop drops the standby's slot on the
+// primary.
+func TestStandbyFollowsPrimaryAndDecodesFromSixteen(t *testing.T) {
+	t.Parallel()
+	for _, major := range []int{15, 17} {
+		t.Run(strconv.Itoa(major), func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			primary := pgtest.StartT(t, pgtest.Options{Major: major, Password: "standby-pw"})
+			assert.Equal(t, major, primary.Version())
+			assert.True(t, strings.HasPrefix(queryString(t, primary.URL("postgres"), "SHOW server_version"), strconv.Itoa(major)+"."))
+			require.NoError(t, primary.Exec(ctx, "postgres", "CREATE TABLE companies (id int PRIMARY KEY); INSERT INTO companies VALUES (1)"))
+
+			standby := primary.StartStandbyT(t)
+			assert.False(t, primary.IsStandby())
+			assert.True(t, standby.IsStandby())
+			assert.NotEqual(t, primary.Port, standby.Port)
+			assert.Equal(t, major, standby.Version())
+			assert.Equal(t, "true", queryString(t, standby.URL("postgres"), "SELECT pg_is_in_recovery()::text"))
+			assert.Equal(t, "false", queryString(t, primary.URL("postgres"), "SELECT pg_is_in_recovery()::text"),
+				"the primary is running again after its data directory was copied")
+
+			require.NoError(t, primary.Exec(ctx, "postgres", "INSERT INTO companies VALUES (2)"))
+			require.NoError(t, standby.WaitReplayed(ctx))
+			assert.Equal(t, "1,2", queryString(t, standby.URL("postgres"), "SELECT string_agg(id::text, ',' ORDER BY id) FROM companies"))
+			require.Error(t, standby.Exec(ctx, "postgres", "INSERT INTO companies VALUES (3)"), "a standby is read-only")
+
+			require.NoError(t, standby.Crash(ctx))
+			require.NoError(t, primary.Exec(ctx, "postgres", "INSERT INTO companies VALUES (3)"))
+			require.NoError(t, standby.Restart(ctx))
+			require.NoError(t, standby.WaitReplayed(ctx))
+			assert.Equal(t, "1,2,3", queryString(t, standby.URL("postgres"), "SELECT string_agg(id::text, ',' ORDER BY id) FROM companies"))
+
+			createSlot := func() error {
+				return standby.Exec(ctx, "postgres", "SELECT pg_create_logical_replication_slot('on_standby', 'pgoutput')")
+			}
+			if major < 16 {
+				err := createSlot()
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), "logical decoding cannot be used while in recovery")
+			} else {
+				// Slot creation on a standby waits for a running-xacts record
+				// from the primary; an idle primary logs none by itself.
+				logCtx, stopLogging := context.WithCancel(ctx)
+				logged := make(chan struct{})
+				go func() {
+					defer close(logged)
+					for logCtx.Err() == nil {
+						_ = primary.Exec(logCtx, "postgres", "SELECT pg_log_standby_snapshot()")
+						select {
+						case <-logCtx.Done():
+						case <-time.After(100 * time.Millisecond):
+						}
+					}
+				}()
+				began := time.Now()
+				err := createSlot()
+				stopLogging()
+				<-logged
+				require.NoError(t, err)
+				t.Logf("logical slot created on the standby in %s", time.Since(began).Round(time.Millisecond))
+				assert.Equal(t, "logical", queryString(t, standby.URL("postgres"), "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'on_standby'"))
+			}
+
+			assert.NotContains(t, standby.Log(), "standby-pw", "the password the standby streams with is never logged")
+
+			slots := "SELECT count(*)::text FROM pg_replication_slots WHERE slot_type = 'physical'"
+			assert.Equal(t, "1", queryString(t, primary.URL("postgres"), slots))
+			require.NoError(t, standby.Stop())
+			assert.Equal(t, "0", queryString(t, primary.URL("postgres"), slots), "Stop drops the standby's slot on the primary")
+		})
+	}
 }

@@ -3,6 +3,11 @@
 // and demo program. pgpilot is tested against real servers, never a mock: the
 // behaviour that matters (slots, pgoutput, crash recovery) only exists there.
 //
+// Options.Major picks the version: Debian's Postgres 15 by default, or 16+
+// from the prebuilt binaries scripts/fetch-postgres.sh installs.
+// StartStandby makes a physical standby of a running server, for pgpilot
+// pointed at a read replica (logical decoding on a standby needs 16+).
+//
 // The harness runs in CI as root, and Postgres refuses to run as root, so when
 // the effective user is root the servers run as the OS user "postgres".
 //
@@ -49,9 +54,18 @@ const (
 // Options configures Start. The zero value starts a trust-authenticated
 // server with Postgres 15 from Debian's package.
 type Options struct {
-	// BinDir holds initdb and postgres. Default: $PGPILOT_PG_BIN if set,
-	// else DefaultBinDir.
+	// BinDir holds initdb and postgres; it overrides Major. Default: see
+	// Major.
 	BinDir string
+	// Major picks the Postgres major version when BinDir is empty:
+	//   - 0: $PGPILOT_PG_BIN if set, else DefaultBinDir (Debian's 15);
+	//   - 15: $PGPILOT_PG15_BIN if set, else DefaultBinDir;
+	//   - 16 and later: $PGPILOT_PG<N>_BIN if set, else the binaries that
+	//     scripts/fetch-postgres.sh N installed (.cache/postgres/N/bin in
+	//     the repository, or /var/cache/pgpilot/postgres/N/bin), else
+	//     /usr/lib/postgresql/N/bin.
+	// When set, a server of any other version is an error.
+	Major int
 	// Settings are extra postgresql.conf settings; they override the
 	// defaults (see Start). Setting "port" pins the port and disables the
 	// retry on "address in use".
@@ -83,6 +97,14 @@ type Server struct {
 	owner    *osOwner // nil when not root: run as the current user
 	log      *slog.Logger
 
+	// settings is what pgtest.conf holds (port included), so a standby
+	// starts from its primary's settings.
+	settings map[string]string
+	// primary and primarySlot are set on a standby: the server it streams
+	// from and the physical slot it streams through (dropped by Stop).
+	primary     *Server
+	primarySlot string
+
 	mu      sync.Mutex
 	pm      *postmaster // nil when not running
 	removed bool        // Stop has removed dir; the server is gone for good
@@ -100,23 +122,17 @@ type Server struct {
 // On failure nothing is left behind and the error carries the server log.
 // ctx bounds only the start-up; the server lives until Stop.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	binDir := opts.BinDir
-	if binDir == "" {
-		binDir = os.Getenv(BinDirEnv)
+	owner, err := lookupOwner()
+	if err != nil {
+		return nil, err
 	}
-	if binDir == "" {
-		binDir = DefaultBinDir
-	}
-	if _, err := os.Stat(filepath.Join(binDir, "postgres")); err != nil {
-		return nil, fmt.Errorf("pgtest: postgres binary not found in %s (%w); run scripts/setup.sh or set $%s to the directory holding initdb and postgres", binDir, err, BinDirEnv)
+	binDir, err := findBinDir(opts, owner)
+	if err != nil {
+		return nil, err
 	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
-	}
-	owner, err := lookupOwner()
-	if err != nil {
-		return nil, err
 	}
 	dir, err := newServerDir(owner)
 	if err != nil {
@@ -132,7 +148,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		owner:    owner,
 		log:      logger.With("component", "pgtest", "dir", dir),
 	}
-	if err := s.start(ctx, opts.Settings); err != nil {
+	if err := s.start(ctx, opts.Settings, opts.Major); err != nil {
 		// Stop is safe here: it kills whatever was started and removes dir.
 		_ = s.Stop()
 		return nil, err
@@ -140,16 +156,15 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) start(ctx context.Context, extra map[string]string) error {
+func (s *Server) start(ctx context.Context, extra map[string]string, major int) error {
 	if err := s.initdb(ctx); err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(filepath.Join(s.DataDir, "PG_VERSION"))
-	if err != nil {
-		return fmt.Errorf("pgtest: read PG_VERSION after initdb in %s: %w", s.DataDir, err)
+	if err := s.readVersion(); err != nil {
+		return err
 	}
-	if s.version, err = strconv.Atoi(strings.TrimSpace(string(raw))); err != nil {
-		return fmt.Errorf("pgtest: parse PG_VERSION %q in %s: %w", raw, s.DataDir, err)
+	if major != 0 && s.version != major {
+		return fmt.Errorf("pgtest: Options.Major is %d but the binaries in %s are Postgres %d; fix Options.BinDir or $%s", major, s.BinDir, s.version, majorBinDirEnv(major))
 	}
 	if err := s.writeHBA(); err != nil {
 		return err
@@ -160,14 +175,34 @@ func (s *Server) start(ctx context.Context, extra map[string]string) error {
 	}
 	pinned := false
 	if p, ok := extra["port"]; ok {
+		var err error
 		if s.Port, err = strconv.Atoi(p); err != nil {
 			return fmt.Errorf("pgtest: Settings[\"port\"]=%q is not a port number: %w", p, err)
 		}
 		pinned = true
 	}
+	return s.launch(ctx, settings, pinned)
+}
 
+// readVersion reads the cluster's major version from PG_VERSION.
+func (s *Server) readVersion() error {
+	raw, err := os.ReadFile(filepath.Join(s.DataDir, "PG_VERSION"))
+	if err != nil {
+		return fmt.Errorf("pgtest: read PG_VERSION in %s: %w", s.DataDir, err)
+	}
+	if s.version, err = strconv.Atoi(strings.TrimSpace(string(raw))); err != nil {
+		return fmt.Errorf("pgtest: parse PG_VERSION %q in %s: %w", raw, s.DataDir, err)
+	}
+	return nil
+}
+
+// launch writes settings and starts the postmaster, on a fresh free port
+// unless pinned (then settings["port"] must be s.Port).
+func (s *Server) launch(ctx context.Context, settings map[string]string, pinned bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.settings = settings
+	var err error
 	for attempt := 1; ; attempt++ {
 		if !pinned {
 			if s.Port, err = freePort(); err != nil {
@@ -359,7 +394,8 @@ func (s *Server) logSize() int64 {
 }
 
 // Stop shuts the server down fast (SIGINT: active sessions are cancelled),
-// waits up to 30s before killing it, and removes its directory. It is
+// waits up to 30s before killing it, and removes its directory; for a
+// standby it also drops its physical slot on the primary. It is
 // idempotent, and safe after Crash or StopKeepData.
 func (s *Server) Stop() error {
 	s.mu.Lock()
@@ -376,6 +412,9 @@ func (s *Server) Stop() error {
 	}
 	if err := os.RemoveAll(s.dir); err != nil {
 		errs = append(errs, fmt.Errorf("pgtest: remove server directory %s: %w", s.dir, err))
+	}
+	if s.primary != nil {
+		errs = append(errs, s.dropPrimarySlot())
 	}
 	s.removed = true
 	s.log.Info("postgres stopped and removed", "port", s.Port)

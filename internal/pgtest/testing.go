@@ -27,6 +27,22 @@ func StartT(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// StartStandbyT starts a physical standby of s (see StartStandby) for the
+// test and stops it, dropping its slot on s, when the test ends.
+func (s *Server) StartStandbyT(t testing.TB) *Server {
+	t.Helper()
+	st, err := s.StartStandby(t.Context())
+	if err != nil {
+		t.Fatalf("start test standby: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := st.Stop(); err != nil {
+			t.Logf("stop test standby: %v", err)
+		}
+	})
+	return st
+}
+
 // dbCounter makes database names unique across every server and test of the
 // process, so parallel subtests with the same sanitised name never collide.
 var dbCounter atomic.Int64
