@@ -2,18 +2,47 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 )
 
+// checkProbePath is the one request `check` sends to Userpilot: the status of
+// a background job that does not exist. It changes nothing, and the answer
+// tells a refused key (401/403) from an accepted one (404: no such job).
+const checkProbePath = "/v1/background_jobs/pgpilot-check"
+
+// checker prints one ✓/✗ line per check and counts the failures.
+type checker struct {
+	out    io.Writer
+	failed int
+}
+
+// report prints name with ✓ when err is nil, else ✗ and err (which says the
+// fix), and reports whether the check passed.
+func (c *checker) report(name string, err error) bool {
+	if err != nil {
+		c.failed++
+		fmt.Fprintf(c.out, "✗ %s: %v\n", name, err)
+		return false
+	}
+	fmt.Fprintf(c.out, "✓ %s\n", name)
+	return true
+}
+
 // checkCommand runs the preflight: each line ✓ or ✗ with the fix; exit 0
-// only if every check passed. It changes nothing.
+// only if every check passed. It changes nothing, on Postgres or Userpilot.
 func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs, path := commandFlags("check", stderr)
+	skipUserpilot := fs.Bool("skip-userpilot", false, "do not contact Userpilot (e.g. from a machine without access to it)")
 	cfg, code := loadConfig(fs, path, args, stderr)
 	if cfg == nil {
 		return code
@@ -21,70 +50,227 @@ func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	failed := 0
-	report := func(name string, err error) bool {
-		if err != nil {
-			failed++
-			fmt.Fprintf(stdout, "✗ %s: %v\n", name, err)
-			return false
-		}
-		fmt.Fprintf(stdout, "✓ %s\n", name)
-		return true
+	c := &checker{out: stdout}
+	c.report("config "+cfg.Path, nil)
+	checkPostgres(ctx, cfg, c)
+	if *skipUserpilot {
+		fmt.Fprintln(stdout, "- Userpilot not checked (--skip-userpilot)")
+	} else {
+		checkUserpilot(ctx, cfg, c)
 	}
-	report("config "+cfg.Path, nil)
+	if c.failed > 0 {
+		fmt.Fprintf(stdout, "%d check(s) failed\n", c.failed)
+		return exitFailure
+	}
+	fmt.Fprintln(stdout, "all checks passed")
+	return exitOK
+}
 
+// checkPostgres checks everything `pgpilot run` needs from the database.
+func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
-	if !report("Postgres reachable with the configured credentials", err) {
-		return exitFailure
+	if !c.report("Postgres reachable with the configured credentials", err) {
+		return
 	}
 	defer conn.Close(context.Background())
 	srv, err := replication.ReadServer(ctx, conn)
-	if !report("server settings readable", err) {
-		return exitFailure
+	if !c.report("server settings readable", err) {
+		return
 	}
 	role := "primary"
 	if srv.InRecovery {
 		role = "standby"
 	}
-	report(fmt.Sprintf("Postgres %d (%s), wal_level=%s", srv.Major(), role, srv.WALLevel), srv.CheckServer())
+	serverOK := c.report(fmt.Sprintf("Postgres %d (%s), wal_level=%s", srv.Major(), role, srv.WALLevel), srv.CheckServer())
+	if serverOK && srv.InRecovery {
+		c.report("standby keeps the primary from removing rows the slot needs", standbyFeedbackProblem(ctx, conn))
+	}
+
+	var user string
+	var canReplicate bool
+	err = conn.QueryRow(ctx, `SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user`).
+		Scan(&user, &canReplicate)
+	if err == nil && !canReplicate {
+		err = fmt.Errorf("it has neither the REPLICATION attribute nor superuser; run on the primary, as a superuser: ALTER ROLE %s REPLICATION;",
+			pgx.Identifier{user}.Sanitize())
+	}
+	c.report(fmt.Sprintf("role %q may stream changes (REPLICATION)", user), err)
 
 	cols, err := replication.TableColumns(ctx, conn, table)
-	if report("table "+table.String()+" exists", err) {
+	if c.report("table "+table.String()+" exists", err) {
 		_, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols))
-		report("every mapped column exists and maps to a primitive", err)
+		c.report("every mapped column exists and maps to a primitive", err)
+		var canSelect bool
+		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, table.Schema, table.Name).Scan(&canSelect)
+		if err == nil && !canSelect {
+			err = fmt.Errorf("it may not, so the initial sync cannot read the table; run on the primary: GRANT SELECT ON %s TO %s;",
+				table.Quoted(), pgx.Identifier{user}.Sanitize())
+		}
+		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table), err)
 	}
 	if !srv.InRecovery {
 		problem, err := replication.ReplicaIdentityProblem(ctx, conn, table)
 		if err == nil && problem != "" {
-			err = fmt.Errorf("%s", problem)
+			err = errors.New(problem)
 		}
-		report("replica identity lets "+table.String()+" be published", err)
+		c.report("replica identity lets "+table.String()+" be published", err)
 	}
-	pub, havePub, err := replication.ReadPublication(ctx, conn, cfg.Postgres.Publication)
+	checkPublication(ctx, conn, cfg, table, srv, c)
+
+	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
+	checkHeadroom(ctx, conn, haveSlot, c)
 	switch {
-	case err != nil:
-		report("publication "+cfg.Postgres.Publication, err)
-	case !havePub && srv.InRecovery:
-		report("publication "+cfg.Postgres.Publication, fmt.Errorf("missing, and a standby cannot create it: run on the primary: CREATE PUBLICATION %q FOR TABLE %s;", cfg.Postgres.Publication, table.Quoted()))
-	case !havePub:
-		report(fmt.Sprintf("publication %q will be created by `pgpilot run`", cfg.Postgres.Publication), nil)
-	default:
-		report(fmt.Sprintf("publication %q exists (created by pgpilot: %t)", pub.Name, pub.CreatedByPgpilot), nil)
-	}
-	slot, haveSlot, err := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
-	switch {
-	case err != nil:
-		report("replication slot "+cfg.Postgres.Slot, err)
+	case slotErr != nil:
+		c.report("replication slot "+cfg.Postgres.Slot, slotErr)
 	case !haveSlot:
-		report(fmt.Sprintf("replication slot %q will be created by `pgpilot run`", cfg.Postgres.Slot), nil)
+		c.report(fmt.Sprintf("replication slot %q will be created by `pgpilot run`", cfg.Postgres.Slot), nil)
 	default:
-		report(fmt.Sprintf("replication slot %q (active: %t, wal_status: %s)", slot.Name, slot.Active, slot.WALStatus), slot.Usable(srv.Database))
+		retained := "none (the slot holds no WAL)"
+		pos, err := replication.CurrentLSN(ctx, conn)
+		if err != nil {
+			retained = "unknown (" + err.Error() + ")"
+		} else if slot.Restart != 0 && pos >= slot.Restart {
+			retained = formatBytes(uint64(pos - slot.Restart))
+		}
+		c.report(fmt.Sprintf("replication slot %q (active: %t, wal_status: %s, retained WAL: %s)",
+			slot.Name, slot.Active, orDash(slot.WALStatus), retained), slot.Usable(srv.Database))
 	}
-	if failed > 0 {
-		fmt.Fprintf(stdout, "%d check(s) failed\n", failed)
-		return exitFailure
+}
+
+// standbyFeedbackProblem says why the primary could remove catalog rows a
+// logical slot on this standby needs (Postgres then invalidates the slot,
+// and pgpilot must start over with a full re-send), or returns nil.
+func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
+	var feedback string
+	var slotName *string
+	err := conn.QueryRow(ctx, `SELECT current_setting('hot_standby_feedback'),
+		(SELECT setting FROM pg_settings WHERE name = 'primary_slot_name')`).Scan(&feedback, &slotName)
+	if err != nil {
+		return fmt.Errorf("read hot_standby_feedback: %w", err)
 	}
-	fmt.Fprintln(stdout, "all checks passed")
-	return exitOK
+	if feedback != "on" {
+		return errors.New("hot_standby_feedback is off: the primary may vacuum away catalog rows the logical slot needs, and Postgres then invalidates the slot; " +
+			"set hot_standby_feedback = on on this standby (and primary_slot_name to a physical slot on the primary) and reload")
+	}
+	// A row-less answer means this role may not read the setting: do not
+	// fail on what cannot be seen.
+	if slotName != nil && *slotName == "" {
+		return errors.New("primary_slot_name is empty: hot_standby_feedback protects the slot only while the standby is connected, so a restart of either server can get the slot invalidated; " +
+			"create a physical slot on the primary (SELECT pg_create_physical_replication_slot('standby1');), set primary_slot_name to it on this standby and reload")
+	}
+	return nil
+}
+
+// checkPublication checks that the publication exists and covers the table,
+// or that `pgpilot run` can create it.
+func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table replication.Table, srv replication.Server, c *checker) {
+	name := cfg.Postgres.Publication
+	pub, havePub, err := replication.ReadPublication(ctx, conn, name)
+	switch {
+	case err != nil:
+		c.report("publication "+name, err)
+	case !havePub && srv.InRecovery:
+		c.report("publication "+name, fmt.Errorf("missing, and a standby cannot create it; run on the primary:\n  CREATE PUBLICATION %s FOR TABLE %s;",
+			pgx.Identifier{name}.Sanitize(), table.Quoted()))
+	case !havePub:
+		// CREATE PUBLICATION ... FOR TABLE needs CREATE on the database and
+		// ownership of the table (superusers have both).
+		var mayCreate bool
+		err := conn.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'CREATE')
+			AND coalesce((SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			              WHERE n.nspname = $1 AND c.relname = $2), true)`, table.Schema, table.Name).Scan(&mayCreate)
+		if err == nil && !mayCreate {
+			err = fmt.Errorf("this role may not (it must own %s and have CREATE on the database); run as the table's owner:\n  CREATE PUBLICATION %s FOR TABLE %s;",
+				table, pgx.Identifier{name}.Sanitize(), table.Quoted())
+		}
+		c.report(fmt.Sprintf("publication %q will be created by `pgpilot run`", name), err)
+	default:
+		c.report(fmt.Sprintf("publication %q exists (created by pgpilot: %t)", pub.Name, pub.CreatedByPgpilot), nil)
+	}
+}
+
+// checkHeadroom checks that a replication slot (unless pgpilot's exists)
+// and a WAL sender are free for `pgpilot run`.
+func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, c *checker) {
+	var slotsUsed, slotsMax, sendersUsed, sendersMax int
+	err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots)::int, current_setting('max_replication_slots')::int,
+		(SELECT count(*) FROM pg_stat_replication)::int, current_setting('max_wal_senders')::int`).
+		Scan(&slotsUsed, &slotsMax, &sendersUsed, &sendersMax)
+	if err != nil {
+		c.report("replication slots and WAL senders free", err)
+		return
+	}
+	err = nil
+	if !haveSlot && slotsUsed >= slotsMax {
+		err = errors.New("none is free for pgpilot's: drop a slot nobody uses (see SELECT slot_name, active FROM pg_replication_slots;) " +
+			"or raise max_replication_slots (needs a restart)")
+	}
+	c.report(fmt.Sprintf("replication slots: %d of max_replication_slots=%d in use", slotsUsed, slotsMax), err)
+	err = nil
+	if sendersUsed >= sendersMax {
+		err = errors.New("none is free for pgpilot's stream: raise max_wal_senders (needs a restart)")
+	}
+	c.report(fmt.Sprintf("WAL senders: %d of max_wal_senders=%d in use", sendersUsed, sendersMax), err)
+}
+
+// checkUserpilot sends one harmless request with the configured key: the
+// status of a job that does not exist. The key goes only into the header;
+// no error built here can contain it.
+func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
+	endpoint := cfg.Userpilot.Endpoint
+	name := "Userpilot at " + endpoint + " reachable and the API key accepted"
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+checkProbePath, nil)
+	if err != nil {
+		c.report(name, fmt.Errorf("build the request: %w; check userpilot.endpoint", err))
+		return
+	}
+	req.Header.Set("Authorization", "Token "+strings.TrimSpace(cfg.Userpilot.APIKey))
+	req.Header.Set("Accept", "application/json, text/plain, */*")
+	req.Header.Set("X-API-Version", "2020-09-22")
+	req.Header.Set("User-Agent", "pgpilot check")
+	client := &http.Client{
+		// A redirect means a wrong endpoint: report it rather than follow it
+		// (with the key) somewhere else.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		c.report(name, fmt.Errorf("cannot reach it (%w); check userpilot.endpoint, and that this machine can reach it (proxy, firewall, DNS)", err))
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	status := resp.StatusCode
+	switch {
+	case status == http.StatusNotFound || status/100 == 2:
+		// 404: the key was accepted and the probe job does not exist.
+		c.report(name, nil)
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		c.report(name, fmt.Errorf("Userpilot refused the API key (HTTP %d): fix userpilot.api_key (Userpilot: Settings → Environment; "+
+			"and check that userpilot.endpoint is your account's region)", status))
+	case status/100 == 3:
+		c.report(name, fmt.Errorf("it answered with a redirect (HTTP %d to %q): set userpilot.endpoint to Userpilot's API host (us, eu, or the URL from Settings → Environment)",
+			status, resp.Header.Get("Location")))
+	default:
+		c.report(name, fmt.Errorf("unexpected answer HTTP %d to GET %s (a refused key is 401, an accepted one 404): check userpilot.endpoint, or try again if Userpilot is having trouble",
+			status, checkProbePath))
+	}
+}
+
+// formatBytes prints n in bytes and, from 1 KiB on, in binary units too.
+func formatBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB (%d bytes)", float64(n)/float64(div), "KMGTPE"[exp], n)
 }
