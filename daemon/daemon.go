@@ -106,6 +106,9 @@ func Run(ctx context.Context, opts Options) error {
 		started := time.Now()
 		err := s.run(ctx)
 		if ctx.Err() != nil {
+			if errors.Is(err, context.Canceled) {
+				return nil // stopped while waiting (e.g. for a standby's slot): a clean stop
+			}
 			return err
 		}
 		var perm permanentError

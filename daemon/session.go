@@ -304,6 +304,11 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	if err != nil {
 		return start{}, permanent(err)
 	}
+	if srv.InRecovery {
+		s.log.Info("creating the slot on a standby waits for the primary's next running-transactions record "+
+			"(up to ~15 s on a busy primary, indefinitely on an idle one); run SELECT pg_log_standby_snapshot(); on the primary to hurry it",
+			"slot", slotName)
+	}
 	created, err := replication.CreateSlot(ctx, rconn, slotName)
 	if err != nil {
 		return start{}, err
