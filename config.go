@@ -37,6 +37,9 @@ func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer)
 		fmt.Fprintf(stderr, "%s: invalid configuration:\n%v\n", fs.Name(), err)
 		return nil, exitUsage
 	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", fs.Name(), w)
+	}
 	return cfg, exitOK
 }
 

@@ -41,6 +41,12 @@ const (
 // final value: defaults applied, ${VAR} references replaced, state.dir
 // resolved.
 type Config struct {
+	// Warnings are problems that do not stop pgpilot but that an operator
+	// should hear of (a world-readable file holding a secret).
+	Warnings []string
+
+	literalSecrets []string // secrets written in the file rather than taken from the environment
+
 	Path      string // the file it was loaded from (for messages)
 	Postgres  Postgres
 	Userpilot Userpilot
@@ -62,6 +68,10 @@ type Userpilot struct {
 	APIKey    string  // sent as "Authorization: Token <key>"; never print it
 	Endpoint  string  // base URL without trailing slash; default https://analytex.userpilot.io
 	RateLimit float64 // requests per second, > 0; default 10
+	// APIKeyFile, when set instead of api_key, is a file holding the key
+	// (a Kubernetes secret, say); Load reads it into APIKey.
+	APIKeyFile     string
+	APIKeyFileLine int
 	// BulkRate is how many records per second Userpilot's bulk jobs process
 	// (>= 0; 0 turns the bulk path off); default 20, the lower published
 	// figure (1,200 per minute). pgpilot uses it to split a backlog between
@@ -155,7 +165,29 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config file: %w; fix: pass --config with the path of your mapping file (mapping.example.yaml shows its shape)", err)
 	}
-	return Parse(path, data, os.LookupEnv)
+	cfg, err := Parse(path, data, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	if f := cfg.Userpilot.APIKeyFile; f != "" {
+		key, err := os.ReadFile(f)
+		switch {
+		case err != nil:
+			return nil, &ConfigError{File: path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
+				Msg: fmt.Sprintf("cannot read %s (%v); fix: point it at the file holding the key", f, errors.Unwrap(err))}
+		case strings.TrimSpace(string(key)) == "":
+			return nil, &ConfigError{File: path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
+				Msg: fmt.Sprintf("%s is empty; fix: put the Userpilot API key in it", f)}
+		}
+		// Secret files often end in a newline.
+		cfg.Userpilot.APIKey = strings.TrimSpace(string(key))
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 && len(cfg.literalSecrets) > 0 {
+		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s is readable by every user on this machine and holds %s written in it; "+
+			"fix: chmod 600 %s, or take the secret from an environment variable (${VAR}) or api_key_file",
+			path, strings.Join(cfg.literalSecrets, " and "), path))
+	}
+	return cfg, nil
 }
 
 // Parse validates the configuration in data, which was read from path (used
@@ -167,6 +199,7 @@ func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 	if len(p.problems) > 0 {
 		return nil, p.err()
 	}
+	cfg.literalSecrets = p.literalSecrets
 	return cfg, nil
 }
 
@@ -174,7 +207,7 @@ var (
 	topKeys       = []string{"postgres", "userpilot", "state", "delivery", "companies"}
 	deliveryKeys  = []string{"max_retained_wal", "outbox_after"}
 	postgresKeys  = []string{"url", "slot", "publication"}
-	userpilotKeys = []string{"api_key", "endpoint", "rate_limit", "bulk_rate"}
+	userpilotKeys = []string{"api_key", "api_key_file", "endpoint", "rate_limit", "bulk_rate"}
 	stateKeys     = []string{"dir"}
 	companiesKeys = []string{"table", "company_id", "metadata"}
 	fieldKeys     = []string{"column", "type"}
@@ -183,10 +216,11 @@ var (
 // parser walks the YAML node tree itself, rather than decoding into structs,
 // so that every problem carries its line and dotted key.
 type parser struct {
-	file      string
-	lookupEnv func(string) (string, bool)
-	problems  []*ConfigError
-	secrets   []string // values that must not appear in any message
+	literalSecrets []string
+	file           string
+	lookupEnv      func(string) (string, bool)
+	problems       []*ConfigError
+	secrets        []string // values that must not appear in any message
 }
 
 func (p *parser) fail(line int, key, format string, args ...any) {
@@ -571,6 +605,9 @@ func (p *parser) postgres(s section) Postgres {
 		p.secrets = append(p.secrets, v.text)
 		if pw := urlPassword(v.text); pw != "" {
 			p.secrets = append(p.secrets, pw)
+			if len(v.fromEnv) == 0 {
+				p.literalSecrets = append(p.literalSecrets, "the password in postgres.url")
+			}
 		}
 		if msg := checkPostgresURL(v.text); msg != "" {
 			p.fail(v.line, s.keyOf("url"), "%s", msg)
@@ -636,9 +673,23 @@ func urlPassword(s string) string {
 
 func (p *parser) userpilot(s section) Userpilot {
 	var up Userpilot
-	if v, ok := p.required(s, "api_key", "write api_key: ${USERPILOT_API_KEY}"); ok {
-		p.secrets = append(p.secrets, v.text)
-		up.APIKey = v.text
+	key, haveKey := p.value(s, "api_key")
+	file, haveFile := p.value(s, "api_key_file")
+	switch {
+	case haveKey && haveFile:
+		p.fail(file.line, s.keyOf("api_key_file"), "both api_key and api_key_file are set; fix: keep one")
+	case haveFile:
+		// Read by Load, after parsing: Parse does no I/O.
+		up.APIKeyFile, up.APIKeyFileLine = p.resolveDir(strings.TrimSpace(file.text)), file.line
+	default:
+		if v, ok := p.required(s, "api_key", "write api_key: ${USERPILOT_API_KEY}, or api_key_file: /path/to/secret"); ok {
+			p.secrets = append(p.secrets, v.text)
+			up.APIKey = v.text
+			if len(v.fromEnv) == 0 {
+				p.literalSecrets = append(p.literalSecrets, "userpilot.api_key")
+			}
+		}
+		_ = key
 	}
 	if v, ok := p.optional(s, "endpoint", DefaultEndpoint); ok {
 		endpoint, msg := parseEndpoint(v)

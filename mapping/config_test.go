@@ -262,7 +262,7 @@ func TestParseErrors(t *testing.T) {
 			data: "postgres:\n  slot: s\nuserpilot:\n  endpoint: eu\ncompanies:\n  metadata:\n    name: name\n",
 			want: []string{
 				`p.yaml:1: postgres.url: missing; fix: write url: ${DATABASE_URL} (a libpq URL or key=value string)`,
-				`p.yaml:3: userpilot.api_key: missing; fix: write api_key: ${USERPILOT_API_KEY}`,
+				`p.yaml:3: userpilot.api_key: missing; fix: write api_key: ${USERPILOT_API_KEY}, or api_key_file: /path/to/secret`,
 				`p.yaml:5: companies.table: missing; fix: write table: public.companies (the table to mirror)`,
 				`p.yaml:5: companies.company_id: missing; fix: write company_id: id (the column holding the company's id)`,
 			},
@@ -641,6 +641,64 @@ func TestDeliverySection(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, cfg.Delivery)
+		})
+	}
+}
+
+func TestAPIKeyFileIsReadAndTrimmed(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "key"), []byte("from-a-secret-file\n"), 0o600))
+	path := filepath.Join(dir, "pgpilot.yaml")
+	data := strings.Replace(minimal, "  api_key: ${USERPILOT_API_KEY}\n", "  api_key_file: key\n", 1)
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+	t.Setenv("DATABASE_URL", "postgres://u@h/db")
+	cfg, err := Load(path)
+	require.NoError(t, err)
+	assert.Equal(t, "from-a-secret-file", cfg.Userpilot.APIKey, "relative to the config file, trailing newline dropped")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "key"), []byte("\n"), 0o600))
+	_, err = Load(path)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "pgpilot.yaml:4: userpilot.api_key_file: ")
+	assert.Contains(t, err.Error(), "is empty")
+
+	both := strings.Replace(minimal, "  api_key: ${USERPILOT_API_KEY}\n", "  api_key: ${USERPILOT_API_KEY}\n  api_key_file: key\n", 1)
+	_, err = Parse("p.yaml", []byte(both), env(baseEnv()))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "both api_key and api_key_file are set")
+}
+
+func TestWorldReadableFileWithLiteralSecretIsWarnedAbout(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgpilot.yaml")
+	literal := strings.Replace(strings.Replace(minimal, "${DATABASE_URL}", "postgres://u:s3cret@h/db", 1),
+		"${USERPILOT_API_KEY}", "literal-key", 1)
+	tests := []struct {
+		name, data string
+		perm       os.FileMode
+		warn       bool
+	}{
+		{"literal secrets, world-readable", literal, 0o644, true},
+		{"literal secrets, private file", literal, 0o600, false},
+		{"secrets from the environment", minimal, 0o644, false},
+	}
+	t.Setenv("DATABASE_URL", "postgres://u:pw@h/db")
+	t.Setenv("USERPILOT_API_KEY", "k")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(path, []byte(tt.data), tt.perm))
+			require.NoError(t, os.Chmod(path, tt.perm))
+			cfg, err := Load(path)
+			require.NoError(t, err)
+			if !tt.warn {
+				assert.Empty(t, cfg.Warnings)
+				return
+			}
+			require.Len(t, cfg.Warnings, 1)
+			assert.Contains(t, cfg.Warnings[0], "the password in postgres.url and userpilot.api_key")
+			assert.Contains(t, cfg.Warnings[0], "chmod 600")
+			assert.NotContains(t, cfg.Warnings[0], "s3cret")
+			assert.NotContains(t, cfg.Warnings[0], "literal-key")
 		})
 	}
 }
