@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -75,11 +76,21 @@ func Run(ctx context.Context, opts Options) error {
 		opts.ReconnectMax = 30 * time.Second
 	}
 	cfg := opts.Config
-	dir, err := state.Open(cfg.State.Dir)
+	// Two pgpilots may share a state directory (and so a slot) for high
+	// availability: the second waits for the first's lock and takes over
+	// the moment it dies. The lock, and the slot, ensure only one streams.
+	dir, err := state.OpenWait(ctx, cfg.State.Dir, func(holder string) {
+		opts.Logger.Info("standing by: another pgpilot holds the state directory; taking over when it stops",
+			"state_dir", cfg.State.Dir, "holder_pid", holder)
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while standing by
+		}
 		return err
 	}
 	defer dir.Close()
+	opts.Logger.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
 
 	uo := opts.Userpilot
 	uo.Endpoint, uo.APIKey, uo.RateLimit = cfg.Userpilot.Endpoint, cfg.Userpilot.APIKey, cfg.Userpilot.RateLimit
@@ -122,13 +133,20 @@ func Run(ctx context.Context, opts Options) error {
 			backoff = time.Second
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
+		if replication.IsSlotActive(err) {
+			// Still held by the walsender of a pgpilot that just stopped or
+			// died (Postgres lets go once it notices): try again soon, so a
+			// takeover takes seconds, without growing the backoff.
+			wait = time.Second
+		} else {
+			backoff = min(backoff*2, opts.ReconnectMax)
+		}
 		opts.Logger.Warn("replication session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond).String())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, opts.ReconnectMax)
 	}
 }
 

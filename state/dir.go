@@ -8,6 +8,7 @@
 package state
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -58,6 +59,31 @@ func Open(path string) (*Dir, error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &Dir{path: path, lock: f}, nil
+}
+
+// OpenWait is Open for a standby instance: while another pgpilot holds the
+// directory it waits (calling standingBy once with the holder's pid), and it
+// takes the directory over as soon as the holder stops or dies (the kernel
+// releases a dead process's lock at once). It returns when the directory is
+// locked, or with ctx's error.
+func OpenWait(ctx context.Context, path string, standingBy func(holder string)) (*Dir, error) {
+	told := false
+	for {
+		d, err := Open(path)
+		if !errors.Is(err, ErrLocked) {
+			return d, err
+		}
+		if !told {
+			holder, _ := os.ReadFile(filepath.Join(path, lockFile))
+			standingBy(strings.TrimSpace(string(holder)))
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // Path is the directory's path.

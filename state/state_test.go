@@ -1,6 +1,8 @@
 package state
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -161,4 +163,39 @@ func TestParseLSN(t *testing.T) {
 		assert.Equal(t, tt.want, got)
 		assert.Equal(t, tt.in, got.String())
 	}
+}
+
+func TestOpenWaitStandsByUntilTheHolderLetsGo(t *testing.T) {
+	dir := t.TempDir()
+	first, err := Open(dir)
+	require.NoError(t, err)
+	var told []string
+	got := make(chan *Dir, 1)
+	go func() {
+		d, err := OpenWait(context.Background(), dir, func(holder string) { told = append(told, holder) })
+		require.NoError(t, err)
+		got <- d
+	}()
+	select {
+	case <-got:
+		t.Fatal("took the directory while it was held")
+	case <-time.After(500 * time.Millisecond):
+	}
+	require.NoError(t, first.Close())
+	select {
+	case d := <-got:
+		d.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not take over once the holder let go")
+	}
+	require.Len(t, told, 1, "standing by is said once")
+	assert.Equal(t, fmt.Sprint(os.Getpid()), told[0])
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	held, err := Open(dir)
+	require.NoError(t, err)
+	defer held.Close()
+	_, err = OpenWait(ctx, dir, func(string) {})
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
 }
