@@ -194,3 +194,23 @@ func TestStatusIntervalStaysInsideWalSenderTimeout(t *testing.T) {
 		assert.Equal(t, tt.want, replication.Server{WALSenderTimeout: tt.timeout}.StatusInterval(), "timeout %s", tt.timeout)
 	}
 }
+
+func TestFailoverSlotOnPostgres17(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg17 := pgtest.StartT(t, pgtest.Options{Major: 17})
+	url := pg17.NewDatabaseT(t)
+	conn, err := replication.ConnectSQL(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	rconn, err := replication.ConnectReplication(ctx, url)
+	require.NoError(t, err)
+	defer rconn.Close(ctx)
+
+	created, err := replication.CreateSlotWithOptions(ctx, rconn, "with_failover", replication.SlotOptions{Failover: true})
+	require.NoError(t, err)
+	assert.NotEmpty(t, created.SnapshotName, "the snapshot is still exported")
+	var failover bool
+	require.NoError(t, conn.QueryRow(ctx, `SELECT failover FROM pg_replication_slots WHERE slot_name = 'with_failover'`).Scan(&failover))
+	assert.True(t, failover)
+}

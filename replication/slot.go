@@ -119,12 +119,31 @@ type CreatedSlot struct {
 	SnapshotName string
 }
 
+// SlotOptions are how a slot is created.
+type SlotOptions struct {
+	// Failover (Postgres 17+, on a primary) marks the slot for
+	// synchronisation to standbys that set sync_replication_slots, so it
+	// survives a failover.
+	Failover bool
+}
+
 // CreateSlot creates logical slot name (pgoutput) on conn, exporting its
 // snapshot.
 func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string) (CreatedSlot, error) {
-	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+	return CreateSlotWithOptions(ctx, conn, name, SlotOptions{})
+}
+
+// CreateSlotWithOptions is CreateSlot with options.
+func CreateSlotWithOptions(ctx context.Context, conn *pgconn.PgConn, name string, o SlotOptions) (CreatedSlot, error) {
+	// The option list (Postgres 15+) rather than the old EXPORT_SNAPSHOT
+	// keyword, because FAILOVER exists only there.
+	options := "(SNAPSHOT 'export')"
+	if o.Failover {
+		options = "(SNAPSHOT 'export', FAILOVER true)"
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, pgx.Identifier{name}.Sanitize(), "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 		Mode:           pglogrepl.LogicalReplication,
-		SnapshotAction: "EXPORT_SNAPSHOT",
+		SnapshotAction: options,
 	})
 	if err != nil {
 		return CreatedSlot{}, fmt.Errorf("create replication slot %q: %w", name, err)
