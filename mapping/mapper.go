@@ -197,6 +197,25 @@ func (m *Mapper) Columns() []Column {
 	return append([]Column(nil), m.columns...)
 }
 
+// CompanyID reads only the row's company id: a DELETE carries no more than
+// the old replica identity, so its other columns are not there to map.
+func (m *Mapper) CompanyID(values []Value) (string, error) {
+	if len(values) != len(m.columns) {
+		return "", fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
+	}
+	idCol := m.columns[m.companyID]
+	id := values[m.companyID]
+	switch {
+	case id.Unchanged:
+		return "", &RowError{Column: idCol.Name, Reason: "Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column"}
+	case id.Null:
+		return "", &RowError{Column: idCol.Name, Reason: "is NULL; every company needs an id (fix: make the column NOT NULL, or choose another column)"}
+	case len(id.Text) == 0:
+		return "", &RowError{Column: idCol.Name, Reason: "is empty; every company needs an id (fix: choose a column that always holds one)"}
+	}
+	return string(id.Text), nil
+}
+
 // Identify maps one row; values[i] belongs to columns[i] as passed to Compile
 // (positional, no per-row maps). A row that cannot be mapped yields a
 // *RowError; a values slice of the wrong length is the caller's bug (the
@@ -205,18 +224,11 @@ func (m *Mapper) Identify(values []Value) (Identify, error) {
 	if len(values) != len(m.columns) {
 		return Identify{}, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
 	}
-	idCol := m.columns[m.companyID]
-	id := values[m.companyID]
-	switch {
-	case id.Unchanged:
-		return Identify{}, &RowError{Column: idCol.Name, Reason: "Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column"}
-	case id.Null:
-		return Identify{}, &RowError{Column: idCol.Name, Reason: "is NULL; every company needs an id (fix: make the column NOT NULL, or choose another column)"}
-	case len(id.Text) == 0:
-		return Identify{}, &RowError{Column: idCol.Name, Reason: "is empty; every company needs an id (fix: choose a column that always holds one)"}
+	companyID, err := m.CompanyID(values)
+	if err != nil {
+		return Identify{}, err
 	}
-
-	out := Identify{CompanyID: string(id.Text), Metadata: make(map[string]any, len(m.fields))}
+	out := Identify{CompanyID: companyID, Metadata: make(map[string]any, len(m.fields))}
 	for _, f := range m.fields {
 		v := values[f.column]
 		switch {

@@ -98,6 +98,7 @@ type Client struct {
 	userAgent     string
 	http          *http.Client
 	limiter       *rate.Limiter
+	deletes       *rate.Limiter // Userpilot allows one delete request every 2 s
 	slots         chan struct{} // one token per request allowed in flight
 	timeout       time.Duration
 	minBackoff    time.Duration
@@ -151,6 +152,7 @@ func New(opts Options) (*Client, error) {
 	// Userpilot's bucket holds (which is what turned into 429s and
 	// client-wide pauses at full rate).
 	c.limiter = rate.NewLimiter(rate.Limit(limit), max(1, int(limit/4)))
+	c.deletes = rate.NewLimiter(rate.Every(deleteEvery), 1)
 	concurrency := cmp.Or(opts.Concurrency, defaultConcurrency)
 	c.slots = make(chan struct{}, concurrency)
 	c.http = opts.HTTPClient
@@ -259,6 +261,8 @@ type call struct {
 	// realTime requests wait on the real-time rate limiter; bulk calls have
 	// their own budget with Userpilot.
 	realTime bool
+	// limiter, when set, is waited on too (the delete endpoint's own limit).
+	limiter *rate.Limiter
 	// conflictIsAnswer makes 409 final: for bulk it means "a job is
 	// running", which the caller must handle, not wait out blindly.
 	conflictIsAnswer bool
@@ -370,6 +374,11 @@ func (c *Client) attempt(ctx context.Context, cl call) (resp response, sent bool
 
 	if err := c.waitPause(ctx); err != nil {
 		return response{}, false, err
+	}
+	if cl.limiter != nil {
+		if err := cl.limiter.Wait(ctx); err != nil {
+			return response{}, false, fmt.Errorf("wait for the rate limit: %w", err)
+		}
 	}
 	if cl.realTime {
 		if err := c.limiter.Wait(ctx); err != nil {

@@ -546,3 +546,18 @@ func TestBulkIdentifyRejectedIsRejectedError(t *testing.T) {
 	assert.Equal(t, 400, rejected.Status)
 	assert.Contains(t, err.Error(), "bulk identify 3 companies")
 }
+
+func TestDeleteCompaniesIsSpacedToUserpilotsLimit(t *testing.T) {
+	srv := userpilottest.NewServer(userpilottest.Options{APIKey: "k"})
+	defer srv.Close()
+	c, err := userpilot.New(userpilot.Options{Endpoint: srv.URL(), APIKey: "k", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, c.DeleteCompanies(context.Background(), []string{"1", "2"}))
+	require.NoError(t, c.DeleteCompanies(context.Background(), []string{"3"}))
+	assert.GreaterOrEqual(t, time.Since(start), 2*time.Second, "the second request waited for Userpilot's 2-second limit")
+	assert.Equal(t, []string{"1", "2", "3"}, srv.Deleted())
+	for _, r := range srv.Requests() {
+		assert.NotEqual(t, 429, r.Status, "spaced by the client, never refused")
+	}
+}
