@@ -31,7 +31,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	size := 0
 	for len(batch) < k && p.ready.len() > 0 {
 		e := p.ready.popBack()
-		if e.realtimeOnly {
+		if e.realtimeOnly || e.delete {
 			keep = append(keep, e)
 			continue
 		}

@@ -43,7 +43,7 @@ func (p *Pipeline) loadOutbox() error {
 		if md == nil {
 			md = map[string]any{}
 		}
-		e := &entry{co: companyOf(r.CompanyID, md), safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since}
+		e := &entry{co: companyOf(r.CompanyID, md), safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since, delete: r.Delete}
 		p.companies[r.CompanyID] = &company{waiting: e}
 		p.order.push(e)
 		p.ready.push(e)
@@ -120,6 +120,13 @@ func (p *Pipeline) persist() error {
 		for _, e := range []*entry{c.inflight, c.waiting} {
 			if e == nil {
 				continue
+			}
+			if e.delete {
+				// A deletion supersedes what came before it; what comes
+				// after it (the company created again) supersedes it.
+				r.Delete, r.Metadata = true, map[string]any{}
+			} else {
+				r.Delete = false
 			}
 			maps.Copy(r.Metadata, e.co.Metadata)
 			r.LSN = max(r.LSN, state.LSN(e.lsn))

@@ -24,6 +24,7 @@ type entry struct {
 	done         bool
 	checked      bool // looked up in the no-op index since the last merge
 	realtimeOnly bool // a bulk job could not take it: send it alone
+	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
 }
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ import (
 // error means "not delivered".
 type Sender interface {
 	IdentifyCompany(ctx context.Context, co userpilot.Company) error
+	DeleteCompanies(ctx context.Context, ids []string) error
 	BulkIdentifyCompanies(ctx context.Context, cos []userpilot.Company) (userpilot.Job, error)
 	BackgroundJob(ctx context.Context, id string) (userpilot.Job, error)
 }
@@ -53,6 +55,7 @@ type DeadLetters interface {
 type Index interface {
 	Unchanged(companyID string, metadata map[string]any) (bool, error)
 	Record([]state.Profile) error
+	Forget(companyIDs []string) error
 }
 
 // Options configure a Pipeline.
@@ -101,6 +104,12 @@ type Options struct {
 	// Status receives the mode and outbox figures (for `pgpilot status`).
 	Status func(state.Status)
 
+	// OnDelete is the mapping's policy for deleted rows: "ignore" (or ""),
+	// "mark" (send DeleteMark as metadata) or "delete" (Userpilot's delete
+	// API, a GDPR erasure).
+	OnDelete   string
+	DeleteMark map[string]any
+
 	Logger *slog.Logger
 }
 
@@ -133,6 +142,10 @@ type Pipeline struct {
 	received  pglogrepl.LSN // end of the last whole transaction received
 	done      pglogrepl.LSN // checkpointed
 	bulkBusy  bool
+	// deletes wait for one delete request at a time (Userpilot allows one
+	// every 2 seconds).
+	deletes    []*entry
+	deleteBusy bool
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell.
 	progress time.Time
@@ -208,6 +221,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 	work := make(chan *entry)
 	results := make(chan realtimeResult, p.opts.Workers)
 	bulkDone := make(chan bulkResult, 1)
+	deleteDone := make(chan deleteResult, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait() // no goroutine outlives Run
 	defer cancel()
@@ -239,6 +253,13 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 		if err := p.skipNoOps(report); err != nil {
 			return err
 		}
+		p.collectDeletes()
+		if !p.deleteBusy && len(p.deletes) > 0 {
+			batch := p.deletes[:min(len(p.deletes), userpilot.MaxDeleteIDs)]
+			p.deletes = p.deletes[len(batch):]
+			p.deleteBusy = true
+			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
+		}
 		p.watermark() // drops finished entries, so the counts below are true
 		p.stats.Pending.Store(int64(p.order.len()))
 		if !p.bulkBusy && p.opts.BulkRate > 0 && p.bulkTime(lastInput, closed) {
@@ -254,7 +275,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 				})
 			}
 		}
-		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy {
+		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy {
 			return p.tick()
 		}
 		var inCh <-chan replication.Transaction
@@ -286,6 +307,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 		case r := <-bulkDone:
 			p.bulkBusy = false
 			if err := p.bulkFinished(r, report); err != nil {
+				return err
+			}
+		case r := <-deleteDone:
+			p.deleteBusy = false
+			if err := p.deleteFinished(r); err != nil {
 				return err
 			}
 		case <-tick.C:
@@ -322,11 +348,10 @@ func (p *Pipeline) add(txn replication.Transaction) error {
 				return err
 			}
 		case replication.Delete:
-			// Deleting in Userpilot is a GDPR erasure, not mirroring: the
-			// default policy is to leave the profile and say so.
 			p.stats.Deletes.Add(1)
-			p.log.Info("row deleted in Postgres; Userpilot profile left as is (on_delete: ignore)",
-				"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
+			if err := p.addDelete(txn, ch); err != nil {
+				return err
+			}
 		case replication.Truncate:
 			p.stats.Truncates.Add(1)
 			p.log.Warn("TRUNCATE is never mirrored to Userpilot: the profiles stay",
@@ -354,33 +379,95 @@ func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) er
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id.CompanyID,
 			Reason: "not mapped: " + err.Error(), Payload: id})
 	}
-	c := p.companies[id.CompanyID]
-	if c == nil {
-		c = &company{}
-		p.companies[id.CompanyID] = c
-	}
-	if c.waiting != nil {
-		c.waiting.merge(id.Metadata)
-		c.waiting.lsn = txn.EndLSN
-		p.stats.Coalesced.Add(1)
-		p.touch(id.CompanyID)
-		return nil
-	}
-	if p.order.len() == 0 {
-		p.progress = time.Now() // the clock for OutboxAfter starts now
-	}
 	md := id.Metadata
 	if md == nil {
 		md = map[string]any{}
 	}
-	e := &entry{co: companyOf(id.CompanyID, md), safe: p.received, lsn: txn.EndLSN, changes: 1, since: time.Now()}
+	if p.opts.OnDelete == "mark" {
+		// A row that exists is not deleted: clear a mark a delete left.
+		for k := range p.opts.DeleteMark {
+			if _, ok := md[k]; !ok {
+				md[k] = nil
+			}
+		}
+	}
+	p.pend(id.CompanyID, md, false, txn)
+	return nil
+}
+
+// addDelete applies the on_delete policy to a deleted row. A DELETE carries
+// only the old replica identity, so only the company id is read from it.
+func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change) error {
+	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
+		// Deleting in Userpilot is a GDPR erasure, not mirroring: the
+		// default policy is to leave the profile and say so.
+		p.log.Info("row deleted in Postgres; Userpilot profile left as is (on_delete: ignore)",
+			"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
+		return nil
+	}
+	m, err := p.mapperFor(ch.Relation)
+	if err != nil {
+		return err
+	}
+	vals := make([]mapping.Value, len(ch.Values))
+	for i, v := range ch.Values {
+		vals[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
+	}
+	id, err := m.CompanyID(vals)
+	if err != nil {
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + err.Error() +
+			"; a DELETE carries only the replica identity: make the company_id column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
+	}
+	if p.opts.OnDelete == "mark" {
+		md := make(map[string]any, len(p.opts.DeleteMark))
+		maps.Copy(md, p.opts.DeleteMark)
+		p.pend(id, md, false, txn)
+		return nil
+	}
+	p.pend(id, nil, true, txn)
+	return nil
+}
+
+// pend merges a company's new state (metadata, or a deletion) into what is
+// pending for it.
+func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.Transaction) {
+	c := p.companies[id]
+	if c == nil {
+		c = &company{}
+		p.companies[id] = c
+	}
+	if w := c.waiting; w != nil {
+		switch {
+		case del:
+			// Pending metadata is moot for a company about to be deleted.
+			w.delete, w.co.Metadata = true, map[string]any{}
+			w.changes++
+		case w.delete:
+			// Created again before the deletion went out: it exists.
+			w.delete, w.co.Metadata = false, md
+			w.changes++
+		default:
+			w.merge(md)
+		}
+		w.checked = false
+		w.lsn = txn.EndLSN
+		p.stats.Coalesced.Add(1)
+		p.touch(id)
+		return
+	}
+	if p.order.len() == 0 {
+		p.progress = time.Now() // the clock for OutboxAfter starts now
+	}
+	if md == nil {
+		md = map[string]any{}
+	}
+	e := &entry{co: companyOf(id, md), safe: p.received, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del}
 	c.waiting = e
-	p.touch(id.CompanyID)
+	p.touch(id)
 	p.order.push(e)
 	if c.inflight == nil {
 		p.ready.push(e)
 	}
-	return nil
 }
 
 // mapperFor compiles the mapping against rel's columns whenever Postgres
@@ -431,7 +518,7 @@ func (p *Pipeline) skipNoOps(r *report) error {
 // noOp reports whether e would change nothing in Userpilot. Each entry is
 // looked up once; a merge makes it be looked up again.
 func (p *Pipeline) noOp(e *entry) (bool, error) {
-	if p.opts.Index == nil || e.checked {
+	if p.opts.Index == nil || e.checked || e.delete {
 		return false, nil
 	}
 	e.checked = true

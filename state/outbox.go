@@ -16,6 +16,8 @@ import (
 type OutboxRecord struct {
 	CompanyID string         `json:"-"`
 	Metadata  map[string]any `json:"m"`
+	// Delete: what is owed is a deletion (on_delete: delete), not metadata.
+	Delete bool `json:"delete,omitempty"`
 	// LSN is the newest change merged in (for dead letters).
 	LSN LSN `json:"lsn"`
 	// Since is when the oldest change merged in arrived (for status).

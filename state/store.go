@@ -161,3 +161,24 @@ func (x *Store) Record(profiles []Profile) error {
 	}
 	return nil
 }
+
+// Forget drops what the index knows of these companies (deleted in
+// Userpilot): a company created again is then sent in full.
+func (x *Store) Forget(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := x.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(deliveredBucket)
+		for _, id := range ids {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("write no-op index: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// on_delete: delete. Userpilot's delete API is a GDPR erasure run in a daily
+// batch and limited to one request every 2 seconds, so deletions are sent in
+// batches, one request at a time, each after any state already on its way
+// for the company.
+
+type deleteResult struct {
+	entries []*entry
+	err     error
+}
+
+// collectDeletes takes deletions at the front of the ready queue into the
+// next delete batch.
+func (p *Pipeline) collectDeletes() {
+	for p.ready.len() > 0 && p.ready.front().delete {
+		e := p.ready.popFront()
+		p.send(e)
+		p.deletes = append(p.deletes, e)
+	}
+}
+
+func (p *Pipeline) runDelete(ctx context.Context, batch []*entry) deleteResult {
+	ids := make([]string, len(batch))
+	for i, e := range batch {
+		ids[i] = e.co.CompanyID
+	}
+	err := p.opts.Sender.DeleteCompanies(ctx, ids)
+	if err == nil && p.opts.Index != nil {
+		// A company created again later must be sent in full.
+		err = p.opts.Index.Forget(ids)
+	}
+	return deleteResult{entries: batch, err: err}
+}
+
+func (p *Pipeline) deleteFinished(r deleteResult) error {
+	var rej *userpilot.RejectedError
+	switch {
+	case r.err == nil:
+		p.log.Info("deletion requested from Userpilot (on_delete: delete; Userpilot erases in its daily batch)", "companies", len(r.entries))
+	case errors.As(r.err, &rej):
+		for _, e := range r.entries {
+			if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID, Status: rej.Status,
+				Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("delete %d companies: %w", len(r.entries), r.err)
+	}
+	p.progress = time.Now()
+	for _, e := range r.entries {
+		p.finish(e)
+	}
+	return nil
+}
