@@ -242,7 +242,8 @@ func (m *Mapper) Identify(values []Value) (Identify, error) {
 		}
 		val, err := f.value(v.Text)
 		if err != nil {
-			return Identify{}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
+			// The id is known: keep it, so the row set aside can be found.
+			return Identify{CompanyID: out.CompanyID}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
 		}
 		out.Metadata[f.key] = val
 	}
