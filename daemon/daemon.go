@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -115,6 +116,7 @@ func Run(ctx context.Context, opts Options) error {
 	backoff := time.Second
 	for {
 		started := time.Now()
+		s.progress.Store(false)
 		err := s.run(ctx)
 		if ctx.Err() != nil {
 			if errors.Is(err, context.Canceled) {
@@ -129,7 +131,8 @@ func Run(ctx context.Context, opts Options) error {
 		if isCredentialProblem(err) {
 			return fmt.Errorf("%w: %w (fix postgres.url)", ErrConfig, err)
 		}
-		if time.Since(started) > time.Minute {
+		if time.Since(started) > time.Minute || s.progress.Load() {
+			// It had worked: this is a new failure, not a flapping one.
 			backoff = time.Second
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
@@ -141,7 +144,14 @@ func Run(ctx context.Context, opts Options) error {
 		} else {
 			backoff = min(backoff*2, opts.ReconnectMax)
 		}
-		opts.Logger.Warn("replication session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond).String())
+		if isStateDiskProblem(err) {
+			// Reconnecting to Postgres will not cure this; the operator must.
+			opts.Logger.Error("cannot write the state directory: free space on it or make it writable (state.dir); "+
+				"until then nothing is checkpointed or confirmed to Postgres, and nothing is lost",
+				"state_dir", dir.Path(), "error", err, "retry_in", wait.Round(time.Millisecond).String())
+		} else {
+			opts.Logger.Warn("replication session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond).String())
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -165,4 +175,15 @@ func isCredentialProblem(err error) bool {
 		return false
 	}
 	return strings.HasPrefix(pgErr.Code, "28") || pgErr.Code == "3D000"
+}
+
+// isStateDiskProblem reports a write to the state directory that the file
+// system refused (full, read-only, immutable, over quota).
+func isStateDiskProblem(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EPERM, syscall.EACCES} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
 }

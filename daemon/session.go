@@ -31,6 +31,9 @@ type session struct {
 	// confirmed is the durable checkpoint: the only position ever reported
 	// to Postgres.
 	confirmed atomic.Uint64
+	// progress is set once a session checkpointed something, so the
+	// reconnect backoff starts small again after it fails.
+	progress atomic.Bool
 }
 
 // start is what setup found: the durable checkpoint, and the new slot when
@@ -245,6 +248,7 @@ func (s *session) checkpointer(sys pglogrepl.IdentifySystemResult, srv replicati
 			return err
 		}
 		s.confirmed.Store(uint64(lsn))
+		s.progress.Store(true)
 		return nil
 	}
 }

@@ -40,7 +40,7 @@ const (
 	defaultConcurrency    = 16
 	defaultRequestTimeout = 30 * time.Second
 	defaultMinBackoff     = 500 * time.Millisecond
-	defaultMaxBackoff     = 30 * time.Second
+	defaultMaxBackoff     = 10 * time.Second // recovers within 10 s of Userpilot coming back
 
 	// maxAuthBackoff bounds the wait between attempts while the key is
 	// refused, so that delivery resumes within a minute of the key working.
