@@ -24,6 +24,9 @@ const checkProbePath = "/v1/background_jobs/pgpilot-check"
 type checker struct {
 	out    io.Writer
 	failed int
+	// config is set when a failure is the config file's to fix (the
+	// mapping does not fit the table): check exits 2 then, like run.
+	config bool
 }
 
 // report prints name with ✓ when err is nil, else ✗ and err (which says the
@@ -60,6 +63,9 @@ func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	if c.failed > 0 {
 		fmt.Fprintf(stdout, "%d check(s) failed\n", c.failed)
+		if c.config {
+			return exitUsage
+		}
 		return exitFailure
 	}
 	fmt.Fprintln(stdout, "all checks passed")
@@ -100,7 +106,9 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	cols, err := replication.TableColumns(ctx, conn, table)
 	if c.report("table "+table.String()+" exists", err) {
 		_, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols))
-		c.report("every mapped column exists and maps to a primitive", err)
+		if !c.report("every mapped column exists and maps to a primitive", err) {
+			c.config = true
+		}
 		var canSelect bool
 		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
 			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, table.Schema, table.Name).Scan(&canSelect)

@@ -148,7 +148,7 @@ func TestCheckMissingMappedColumnIsNamed(t *testing.T) {
 	require.NoError(t, err)
 
 	code, out := e.runCheck()
-	assert.Equal(t, 1, code, out)
+	assert.Equal(t, 2, code, "a mapping that does not fit the table is a configuration problem: "+out)
 	requireFailedLine(t, out, "every mapped column exists", `metadata "plan": column "plan" does not exist in public.companies`)
 }
 
