@@ -31,7 +31,8 @@ func TestMain(m *testing.M) {
 	var err error
 	// A short wal_sender_timeout makes keepalives frequent, so the idle-slot
 	// test runs in seconds, and proves status updates keep pace with it.
-	pg, err = pgtest.Start(context.Background(), pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "3s"}})
+	pg, err = pgtest.Start(context.Background(), pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "3s",
+		"max_replication_slots": "64", "max_wal_senders": "64", "max_connections": "300"}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -46,7 +46,9 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build pgpilot:", err)
 		return 1
 	}
-	pg, err = pgtest.Start(context.Background(), pgtest.Options{})
+	// Tests do not drop their slots; many tests share this server.
+	pg, err = pgtest.Start(context.Background(), pgtest.Options{Settings: map[string]string{
+		"max_replication_slots": "64", "max_wal_senders": "64", "max_connections": "300"}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
