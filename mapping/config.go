@@ -29,6 +29,13 @@ const (
 	DefaultOutboxAfter    = 5 * time.Minute // Userpilot failing this long: outbox mode
 	DefaultBulkRate       = 20.0            // records per second in bulk jobs: the lower published figure, 1,200 per minute
 	DefaultStateDir       = "pgpilot-state"
+
+	// DefaultWarnRetainedWAL is the slot's retained WAL, in bytes, above
+	// which pgpilot warns (log and metric).
+	DefaultWarnRetainedWAL = 1 << 30
+	// DefaultUnreadyAfter is how long Userpilot may keep failing before
+	// /readyz says 503.
+	DefaultUnreadyAfter = 5 * time.Minute
 )
 
 // Userpilot's hosts, selected in the file with the shorthands `us` and `eu`.
@@ -52,6 +59,7 @@ type Config struct {
 	Userpilot Userpilot
 	State     State
 	Delivery  Delivery
+	HTTP      HTTP
 	Companies Companies
 }
 
@@ -88,6 +96,20 @@ type Delivery struct {
 	// OutboxAfter is how long Userpilot may accept nothing while changes
 	// wait before outbox mode starts. Default 5 minutes.
 	OutboxAfter time.Duration
+	// WarnRetainedWAL is the slot's retained WAL, in bytes, above which
+	// pgpilot logs a warning (at most once a minute) and sets the
+	// pgpilot_retained_wal_warning metric; 0: never. Default 1 GB.
+	WarnRetainedWAL int64
+}
+
+// HTTP says where pgpilot serves its metrics and health checks.
+type HTTP struct {
+	// Listen is the host:port serving /metrics, /healthz and /readyz; ""
+	// (the default) serves nothing.
+	Listen string
+	// UnreadyAfter is how long Userpilot may keep failing before /readyz
+	// answers 503. Default 5 minutes.
+	UnreadyAfter time.Duration
 }
 
 // State says where pgpilot keeps its checkpoint.
@@ -97,6 +119,11 @@ type State struct {
 
 // Companies is the mapping of one table's rows to Userpilot company profiles.
 type Companies struct {
+	// OnDelete is the policy for deleted rows: ignore (default), mark or
+	// delete; OnDeleteMetadata is what mark sends (default deleted: true).
+	OnDelete         string
+	OnDeleteMetadata map[string]any
+
 	Table     string  // as written
 	Schema    string  // "public" when the table is unqualified
 	Name      string  // unquoted table name
@@ -204,12 +231,13 @@ func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 }
 
 var (
-	topKeys       = []string{"postgres", "userpilot", "state", "delivery", "companies"}
-	deliveryKeys  = []string{"max_retained_wal", "outbox_after"}
+	topKeys       = []string{"postgres", "userpilot", "state", "delivery", "http", "companies"}
+	deliveryKeys  = []string{"max_retained_wal", "outbox_after", "warn_retained_wal"}
+	httpKeys      = []string{"listen", "unready_after"}
 	postgresKeys  = []string{"url", "slot", "publication"}
 	userpilotKeys = []string{"api_key", "api_key_file", "endpoint", "rate_limit", "bulk_rate"}
 	stateKeys     = []string{"dir"}
-	companiesKeys = []string{"table", "company_id", "metadata"}
+	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata"}
 	fieldKeys     = []string{"column", "type"}
 )
 
@@ -310,9 +338,13 @@ func (p *parser) parse(data []byte) *Config {
 	if s, ok := p.section(top, "state", stateKeys, false, ""); ok {
 		cfg.State = p.state(s)
 	}
-	cfg.Delivery = Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter}
+	cfg.Delivery = Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL}
 	if s, ok := p.section(top, "delivery", deliveryKeys, false, ""); ok {
 		cfg.Delivery = p.delivery(s)
+	}
+	cfg.HTTP = HTTP{UnreadyAfter: DefaultUnreadyAfter}
+	if s, ok := p.section(top, "http", httpKeys, false, ""); ok {
+		cfg.HTTP = p.http(s)
 	}
 	if s, ok := p.section(top, "companies", companiesKeys, true, "add a companies: section with table, company_id and metadata"); ok {
 		cfg.Companies = p.companies(s)
@@ -322,7 +354,7 @@ func (p *parser) parse(data []byte) *Config {
 
 // delivery reads the outbox thresholds.
 func (p *parser) delivery(s section) Delivery {
-	d := Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter}
+	d := Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL}
 	if v, ok := p.value(s, "max_retained_wal"); ok {
 		n, err := parseBytes(v.text)
 		if err != nil {
@@ -337,7 +369,47 @@ func (p *parser) delivery(s section) Delivery {
 		}
 		d.OutboxAfter = dur
 	}
+	if v, ok := p.value(s, "warn_retained_wal"); ok {
+		n, err := parseBytes(v.text)
+		if err != nil {
+			p.fail(v.line, s.keyOf("warn_retained_wal"), "%s is not a size; fix: write e.g. warn_retained_wal: 1GB (units B, kB, MB, GB, TB), or 0 to never warn", v.show())
+		}
+		d.WarnRetainedWAL = n
+	}
 	return d
+}
+
+// http reads where metrics and health checks are served.
+func (p *parser) http(s section) HTTP {
+	h := HTTP{UnreadyAfter: DefaultUnreadyAfter}
+	if v, ok := p.value(s, "listen"); ok && v.text != "" {
+		if msg := checkListen(v.text); msg != "" {
+			p.fail(v.line, s.keyOf("listen"), "%s %s; fix: write host:port, e.g. listen: 127.0.0.1:9187 (or :9187 for every interface)", v.show(), msg)
+		}
+		h.Listen = strings.TrimSpace(v.text)
+	}
+	if v, ok := p.value(s, "unready_after"); ok && v.text != "" {
+		dur, err := time.ParseDuration(strings.TrimSpace(v.text))
+		if err != nil || dur <= 0 {
+			p.fail(v.line, s.keyOf("unready_after"), "%s is not a positive duration; fix: write e.g. unready_after: 5m", v.show())
+		}
+		h.UnreadyAfter = dur
+	}
+	return h
+}
+
+// checkListen says what is wrong with a listen address, or "". Port 0
+// (any free port) is refused: nobody could scrape a port nobody knows.
+func checkListen(addr string) string {
+	_, port, err := net.SplitHostPort(strings.TrimSpace(addr))
+	if err != nil {
+		return "is not host:port"
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Sprintf("has the port %q, not a number from 1 to 65535", port)
+	}
+	return ""
 }
 
 // parseBytes reads a size the way postgresql.conf writes one: a number
@@ -789,6 +861,7 @@ func (p *parser) companies(s section) Companies {
 		c.CompanyID, c.CompanyIDLine = v.text, v.line
 	}
 	c.Metadata = p.metadata(s)
+	p.onDelete(s, &c)
 	return c
 }
 

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -67,9 +68,11 @@ func TestParseMinimalFileAppliesDefaults(t *testing.T) {
 		Postgres:  Postgres{URL: testURL, Slot: "pgpilot", Publication: "pgpilot"},
 		Userpilot: Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex.userpilot.io", RateLimit: 10, BulkRate: 20},
 		State:     State{Dir: filepath.Join("conf", "pgpilot-state")},
-		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute},
+		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30},
+		HTTP:      HTTP{UnreadyAfter: 5 * time.Minute},
 		Companies: Companies{
-			Table: "companies", Schema: "public", Name: "companies", CompanyID: "id",
+			OnDelete: OnDeleteIgnore,
+			Table:    "companies", Schema: "public", Name: "companies", CompanyID: "id",
 			Metadata:      []Field{{Key: "name", Column: "name", Line: 9}},
 			File:          "conf/pgpilot.yaml",
 			CompanyIDLine: 7,
@@ -230,7 +233,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			data: minimal + "postgress:\n  url: x\n",
-			want: []string{`p.yaml:10: postgress: unknown key "postgress"; allowed: postgres, userpilot, state, delivery, companies`},
+			want: []string{`p.yaml:10: postgress: unknown key "postgress"; allowed: postgres, userpilot, state, delivery, http, companies`},
 		},
 		{
 			name: "unknown nested key",
@@ -624,12 +627,15 @@ func TestDeliverySection(t *testing.T) {
 		want          Delivery
 		err           string
 	}{
-		{"sizes in postgresql.conf units", "delivery:\n  max_retained_wal: 1GB\n  outbox_after: 90s\n", Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second}, ""},
-		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute}, ""},
-		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute}, ""},
+		{"sizes in postgresql.conf units", "delivery:\n  max_retained_wal: 1GB\n  outbox_after: 90s\n  warn_retained_wal: 512MB\n",
+			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20}, ""},
+		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30}, ""},
+		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30}, ""},
+		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute}, ""},
 		{"bad size", "delivery:\n  max_retained_wal: lots\n", Delivery{}, `p.yaml:11: delivery.max_retained_wal: "lots" is not a size; fix: write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL`},
+		{"bad warning size", "delivery:\n  warn_retained_wal: 1 GiB\n", Delivery{}, `p.yaml:11: delivery.warn_retained_wal: "1 GiB" is not a size; fix: write e.g. warn_retained_wal: 1GB (units B, kB, MB, GB, TB), or 0 to never warn`},
 		{"bad duration", "delivery:\n  outbox_after: soon\n", Delivery{}, `p.yaml:11: delivery.outbox_after: "soon" is not a positive duration; fix: write e.g. outbox_after: 5m`},
-		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, `p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after`},
+		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, `p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after, warn_retained_wal`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -699,6 +705,79 @@ func TestWorldReadableFileWithLiteralSecretIsWarnedAbout(t *testing.T) {
 			assert.Contains(t, cfg.Warnings[0], "chmod 600")
 			assert.NotContains(t, cfg.Warnings[0], "s3cret")
 			assert.NotContains(t, cfg.Warnings[0], "literal-key")
+		})
+	}
+}
+
+func TestHTTPSection(t *testing.T) {
+	const fix = "fix: write host:port, e.g. listen: 127.0.0.1:9187 (or :9187 for every interface)"
+	tests := []struct {
+		name, section string
+		env           map[string]string
+		want          HTTP
+		err           string
+	}{
+		{"absent: no server, default threshold", "", nil, HTTP{UnreadyAfter: 5 * time.Minute}, ""},
+		{"empty section", "http:\n", nil, HTTP{UnreadyAfter: 5 * time.Minute}, ""},
+		{"loopback and a threshold", "http:\n  listen: 127.0.0.1:9187\n  unready_after: 90s\n", nil, HTTP{Listen: "127.0.0.1:9187", UnreadyAfter: 90 * time.Second}, ""},
+		{"every interface", "http:\n  listen: ':9187'\n", nil, HTTP{Listen: ":9187", UnreadyAfter: 5 * time.Minute}, ""},
+		{"IPv6", "http:\n  listen: '[::1]:9187'\n", nil, HTTP{Listen: "[::1]:9187", UnreadyAfter: 5 * time.Minute}, ""},
+		{"from the environment", "http:\n  listen: ${METRICS_ADDR}\n", map[string]string{"METRICS_ADDR": "localhost:9100"}, HTTP{Listen: "localhost:9100", UnreadyAfter: 5 * time.Minute}, ""},
+		{"variable set to empty: no server", "http:\n  listen: ${METRICS_ADDR}\n", map[string]string{"METRICS_ADDR": ""}, HTTP{UnreadyAfter: 5 * time.Minute}, ""},
+		{"no port", "http:\n  listen: 127.0.0.1\n", nil, HTTP{}, `p.yaml:11: http.listen: "127.0.0.1" is not host:port; ` + fix},
+		{"port zero", "http:\n  listen: 127.0.0.1:0\n", nil, HTTP{}, `p.yaml:11: http.listen: "127.0.0.1:0" has the port "0", not a number from 1 to 65535; ` + fix},
+		{"named port", "http:\n  listen: 'localhost:http'\n", nil, HTTP{}, `p.yaml:11: http.listen: "localhost:http" has the port "http", not a number from 1 to 65535; ` + fix},
+		{"bad threshold", "http:\n  unready_after: 0s\n", nil, HTTP{}, `p.yaml:11: http.unready_after: "0s" is not a positive duration; fix: write e.g. unready_after: 5m`},
+		{"unknown key", "http:\n  port: 9187\n", nil, HTTP{}, `p.yaml:11: http.port: unknown key "port"; allowed: listen, unready_after`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vars := baseEnv()
+			for k, v := range tt.env {
+				vars[k] = v
+			}
+			cfg, err := Parse("p.yaml", []byte(minimal+tt.section), env(vars))
+			if tt.err != "" {
+				require.Error(t, err)
+				assert.Equal(t, tt.err, err.Error())
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, cfg.HTTP)
+		})
+	}
+}
+
+func TestOnDeletePolicies(t *testing.T) {
+	tests := []struct {
+		name, extra string
+		policy      string
+		md          map[string]any
+		err         string
+	}{
+		{"default ignore", "", OnDeleteIgnore, nil, ""},
+		{"mark with the default metadata", "  on_delete: mark\n", OnDeleteMark, map[string]any{"deleted": true}, ""},
+		{"mark with typed metadata", "  on_delete: mark\n  on_delete_metadata:\n    status: churned\n    active: false\n    seats: 0\n    plan: null\n",
+			OnDeleteMark, map[string]any{"status": "churned", "active": false, "seats": json.Number("0"), "plan": nil}, ""},
+		{"delete", "  on_delete: delete\n", OnDeleteDelete, nil, ""},
+		{"unknown policy", "  on_delete: erase\n", "", nil,
+			`p.yaml:10: companies.on_delete: "erase" is not a policy; fix: write ignore (log it, the default), mark (send on_delete_metadata) or delete (Userpilot's delete API, a GDPR erasure)`},
+		{"metadata without mark", "  on_delete_metadata:\n    deleted: true\n", "", nil,
+			`p.yaml:10: companies.on_delete_metadata: is used only with on_delete: mark; fix: remove it, or write on_delete: mark`},
+		{"structured metadata value", "  on_delete: mark\n  on_delete_metadata:\n    tags: [a, b]\n", "", nil,
+			`p.yaml:12: companies.on_delete_metadata.tags: must be a string, number, boolean or null (Userpilot takes only primitives), not a list`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("p.yaml", []byte(minimal+tt.extra), env(baseEnv()))
+			if tt.err != "" {
+				require.Error(t, err)
+				assert.Equal(t, tt.err, err.Error())
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.policy, cfg.Companies.OnDelete)
+			assert.Equal(t, tt.md, cfg.Companies.OnDeleteMetadata)
 		})
 	}
 }

@@ -4,10 +4,11 @@
 //
 // # The configuration file
 //
-// The file has four sections: postgres, userpilot, state (optional) and
-// companies. mapping.example.yaml at the repository root documents every
-// key. Unknown keys, at any level, are errors that list the allowed keys;
-// a key written twice is an error. Every problem is reported at once, each
+// The file has six sections: postgres, userpilot, state, delivery, http
+// and companies; state, delivery and http are optional.
+// mapping.example.yaml at the repository root documents every key. Unknown
+// keys, at any level, are errors that list the allowed keys; a key written
+// twice is an error. Every problem is reported at once, each
 // as FILE:LINE: KEY: what is wrong; fix (a *ConfigError, joined with
 // errors.Join, so errors.As finds them).
 //
@@ -23,6 +24,9 @@
 //	userpilot.bulk_rate   20 (records per second in bulk jobs; 0: no bulk path)
 //	delivery.max_retained_wal  256MB (slot's retained WAL before outbox mode; 0: never)
 //	delivery.outbox_after      5m (Userpilot failing this long: outbox mode)
+//	delivery.warn_retained_wal 1GB (slot's retained WAL before a warning; 0: never)
+//	http.listen           none (no HTTP server)
+//	http.unready_after    5m (Userpilot failing this long: /readyz answers 503)
 //	state.dir             pgpilot-state
 //
 // # Environment variables
@@ -67,6 +71,14 @@
 // the configuration file, not the working directory: `pgpilot run --config
 // /etc/pgpilot.yaml` finds the same checkpoint wherever it is started. A
 // leading ~ is not expanded (it is an error); write ${HOME}/... instead.
+//
+// http.listen is host:port (host may be empty for every interface, or an
+// IPv6 address in brackets) with a numeric port from 1 to 65535. It serves
+// /metrics (Prometheus), /healthz and /readyz; see package metrics.
+//
+// delivery.warn_retained_wal and delivery.max_retained_wal are sizes as
+// postgresql.conf writes them: a number with an optional unit B, kB, MB, GB
+// or TB (powers of 1024).
 //
 // companies.table is `name` or `schema.name` (schema public when left out).
 // As in SQL, unquoted parts are folded to lower case and double-quoted parts
