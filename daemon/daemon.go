@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -45,6 +46,9 @@ type Options struct {
 	// Delivery overrides the delivery tuning (bulk overhead, minimum job,
 	// poll interval, memory bound); what the config sets comes from it.
 	Delivery delivery.Options
+	// Metrics receives what the daemon does; nil → Run makes one from the
+	// config (and serves it on http.listen when set).
+	Metrics *metrics.Metrics
 }
 
 // ErrConfig is wrapped by errors that the operator fixes in the config file
@@ -77,10 +81,22 @@ func Run(ctx context.Context, opts Options) error {
 		opts.ReconnectMax = 30 * time.Second
 	}
 	cfg := opts.Config
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New(metrics.Options{Logger: opts.Logger, Slot: cfg.Postgres.Slot,
+			UnreadyAfter: cfg.HTTP.UnreadyAfter, WarnRetainedWAL: cfg.Delivery.WarnRetainedWAL})
+	}
+	if cfg.HTTP.Listen != "" { // before the lock: a standby answers /healthz too
+		srv, err := metrics.Listen(cfg.HTTP.Listen, opts.Metrics)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		defer srv.Close()
+	}
 	// Two pgpilots may share a state directory (and so a slot) for high
 	// availability: the second waits for the first's lock and takes over
 	// the moment it dies. The lock, and the slot, ensure only one streams.
 	dir, err := state.OpenWait(ctx, cfg.State.Dir, func(holder string) {
+		opts.Metrics.StandingBy(holder)
 		opts.Logger.Info("standing by: another pgpilot holds the state directory; taking over when it stops",
 			"state_dir", cfg.State.Dir, "holder_pid", holder)
 	})
@@ -105,6 +121,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("%w: userpilot: %w", ErrConfig, err)
 	}
+	opts.Metrics.SetUserpilot(client)
 
 	store, err := dir.OpenStore()
 	if err != nil {

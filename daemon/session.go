@@ -45,6 +45,9 @@ type start struct {
 
 func (s *session) run(ctx context.Context) error {
 	cfg := s.cfg
+	m := s.opts.Metrics // nil-safe
+	m.SessionStarted()
+	defer m.SessionEnded()
 	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	sqlConn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if err != nil {
@@ -89,6 +92,10 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	s.confirmed.Store(uint64(st.lsn))
+	m.Checkpointed(st.lsn)
+	if st.snapshot != nil {
+		m.InitialSync(st.snapshot.ConsistentPoint, estimateRows(ctx, sqlConn, table))
+	}
 
 	// Delivery keeps running after a stop signal, for ShutdownGrace, so
 	// what was read is delivered and checkpointed before exit.
@@ -128,14 +135,31 @@ func (s *session) run(ctx context.Context) error {
 	do.Checkpoint, do.Checkpointed = s.checkpointer(sys, srv), st.lsn
 	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.log
 	do.BulkRate = cfg.Userpilot.BulkRate
+	do.OnDelete, do.DeleteMark = cfg.Companies.OnDelete, cfg.Companies.OnDeleteMetadata
 	if do.BulkRate == 0 {
 		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
 	}
 	pipe := delivery.New(do)
+	m.AttachPipeline(pipe.Stats())
 	in := make(chan replication.Transaction, 16)
+	// With metrics, what is read passes through a counter on its way to
+	// the pipeline (changes by operation, commit times for the lag).
+	var pipeIn <-chan replication.Transaction = in
+	pipeStopped, forwarded := make(chan struct{}), make(chan struct{})
+	if m != nil {
+		counted := make(chan replication.Transaction)
+		pipeIn = counted
+		go func() {
+			defer close(forwarded)
+			m.Forward(in, counted, pipeStopped)
+		}()
+	} else {
+		close(forwarded)
+	}
 	pipeDone := make(chan error, 1)
 	go func() {
-		err := pipe.Run(deliverCtx, in)
+		err := pipe.Run(deliverCtx, pipeIn)
+		close(pipeStopped)
 		stopProducing() // delivery failed: stop reading too
 		pipeDone <- err
 	}()
@@ -148,6 +172,7 @@ func (s *session) run(ctx context.Context) error {
 			}
 		}
 		streaming = true
+		m.Streaming()
 		from := st.lsn
 		if st.snapshot != nil {
 			from = st.snapshot.ConsistentPoint
@@ -165,6 +190,7 @@ func (s *session) run(ctx context.Context) error {
 	}()
 	close(in)
 	pipeErr := <-pipeDone
+	<-forwarded
 
 	if streaming && !rconn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -215,11 +241,17 @@ func (s *session) monitorRetainedWAL(ctx context.Context, retained *atomic.Int64
 		}
 		if conn != nil {
 			n, err := replication.RetainedWAL(ctx, conn, s.cfg.Postgres.Slot)
+			var pos pglogrepl.LSN
+			if err == nil && s.opts.Metrics != nil {
+				pos, err = replication.CurrentLSN(ctx, conn)
+			}
 			if err != nil {
 				conn.Close(context.Background())
 				conn = nil
 			} else {
 				retained.Store(n)
+				s.opts.Metrics.RetainedWAL(n)
+				s.opts.Metrics.ServerPosition(pos)
 			}
 		}
 		select {
@@ -232,6 +264,7 @@ func (s *session) monitorRetainedWAL(ctx context.Context, retained *atomic.Int64
 
 // writeStatus hands the delivery mode to `pgpilot status`.
 func (s *session) writeStatus(st state.Status) {
+	s.opts.Metrics.Status(st)
 	if err := s.dir.WriteStatus(st); err != nil {
 		s.log.Warn("could not write the status file", "error", err)
 	}
@@ -249,6 +282,7 @@ func (s *session) checkpointer(sys pglogrepl.IdentifySystemResult, srv replicati
 		}
 		s.confirmed.Store(uint64(lsn))
 		s.progress.Store(true)
+		s.opts.Metrics.Checkpointed(lsn)
 		return nil
 	}
 }
@@ -341,6 +375,16 @@ func (s *session) sendSnapshot(ctx context.Context, table replication.Table, col
 	}
 	s.log.Info("initial snapshot read", "rows", rows, "duration", time.Since(began).Round(time.Millisecond).String())
 	return nil
+}
+
+// estimateRows is the planner's estimate of table's row count, for the
+// initial sync's progress; -1 when unknown (never analyzed).
+func estimateRows(ctx context.Context, conn *pgx.Conn, table replication.Table) int64 {
+	var n float64
+	if err := conn.QueryRow(ctx, `SELECT reltuples::float8 FROM pg_class WHERE oid = $1::regclass`, table.Quoted()).Scan(&n); err != nil || n < 0 {
+		return -1
+	}
+	return int64(n)
 }
 
 func toMapping(cols []replication.Column) []mapping.Column {

@@ -1,0 +1,199 @@
+package metrics
+
+import (
+	"sort"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("pgpilot_"+name, help, labels, nil)
+}
+
+// The metrics, each described once. README.md has the same list as a table.
+var (
+	changesReadDesc = desc("changes_read_total",
+		"Row changes read from the replication stream, by operation (insert, update, delete, truncate). The initial sync's rows are pgpilot_snapshot_rows_read_total.", "op")
+	snapshotRowsDesc = desc("snapshot_rows_read_total",
+		"Rows read by initial syncs (the table's rows sent on first start).")
+	syncReadDesc = desc("initial_sync_rows_read",
+		"Rows read so far by the current (or last) initial sync.")
+	syncEstimateDesc = desc("initial_sync_rows_estimate",
+		"The table's row count as the planner estimates it (pg_class.reltuples) when the current (or last) initial sync started; absent when unknown.")
+	syncingDesc = desc("initial_sync_in_progress",
+		"1 while the initial sync runs (its consistent point is not checkpointed yet), else 0.")
+	deliveredDesc = desc("records_delivered_total",
+		"Company records Userpilot accepted, by path (realtime, bulk).", "path")
+	coalescedDesc = desc("changes_coalesced_total",
+		"Changes merged into a company's pending state instead of making a call of their own.")
+	skippedDesc = desc("records_skipped_total",
+		"Company records finished without a call: Userpilot already held these values (no-op).")
+	deadLetteredDesc = desc("records_dead_lettered_total",
+		"Records set aside in the dead-letter file (rows that cannot be mapped, records Userpilot refused).")
+	bulkJobsDesc = desc("bulk_jobs_completed_total",
+		"Bulk identify jobs that completed.")
+	requestsDesc = desc("userpilot_requests_total",
+		"HTTP requests to Userpilot by answer: the status code, or \"error\" for a network error or timeout.", "code")
+	retriesDesc = desc("userpilot_retries_total",
+		"Userpilot requests that were retries of an earlier attempt.")
+	rateLimitedDesc = desc("userpilot_rate_limited_total",
+		"Userpilot answers 429 (rate limited): the client pauses.")
+	lagBytesDesc = desc("replication_lag_bytes",
+		"The server's WAL position minus the checkpoint (during the initial sync: minus the slot's consistent point); absent until the position is first measured.")
+	lagSecondsDesc = desc("replication_lag_seconds",
+		"Age (now minus commit time) of the oldest transaction received and not yet checkpointed; 0 when everything received is checkpointed.")
+	checkpointDesc = desc("checkpoint_lsn",
+		"The durable checkpoint (what the slot is confirmed up to) as a number: the LSN's 64 bits.")
+	serverLSNDesc = desc("server_wal_lsn",
+		"The server's WAL position as a number (the insert position on a primary, the replayed one on a standby), as last measured.")
+	lastDeliveryDesc = desc("last_delivery_timestamp_seconds",
+		"When Userpilot last accepted a record (unix seconds, to within a second); absent until the first since pgpilot started.")
+	retainedDesc = desc("retained_wal_bytes",
+		"WAL the slot holds back on the server (its restart_lsn to the server's position), as last measured.")
+	warningDesc = desc("retained_wal_warning",
+		"1 when the retained WAL is above delivery.warn_retained_wal, else 0.")
+	warnThresholdDesc = desc("retained_wal_warning_threshold_bytes",
+		"delivery.warn_retained_wal in bytes (0: never warns).")
+	modeDesc = desc("delivery_mode",
+		"Delivery mode: 0 hold (the slot waits for Userpilot), 1 outbox (pending changes kept on disk, the slot moves on).")
+	outboxCompaniesDesc = desc("outbox_companies",
+		"Companies whose pending state is in the outbox.")
+	outboxBytesDesc = desc("outbox_bytes",
+		"Size of the outbox's records.")
+	pendingDesc = desc("pending_companies",
+		"Companies with changes not yet delivered.")
+	oldestPendingDesc = desc("oldest_pending_seconds",
+		"How long the oldest undelivered change has waited; 0 when nothing is pending.")
+	streamingDesc = desc("streaming",
+		"1 while the replication stream is connected, else 0.")
+	readyDesc = desc("ready",
+		"1 when /readyz answers 200 (streaming, initial sync done, Userpilot not failing too long), else 0.")
+	failingDesc = desc("userpilot_failing_seconds",
+		"How long Userpilot has been failing (requests failing, none accepted, companies pending); 0 when it is not.")
+)
+
+var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, syncReadDesc, syncEstimateDesc, syncingDesc,
+	deliveredDesc, coalescedDesc, skippedDesc, deadLetteredDesc, bulkJobsDesc, requestsDesc, retriesDesc, rateLimitedDesc,
+	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
+	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
+	readyDesc, failingDesc}
+
+// collector reads the figures when Prometheus scrapes, so nothing on the
+// delivery path does extra work for metrics.
+type collector struct{ m *Metrics }
+
+// Describe sends every metric's description.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range allDescs {
+		ch <- d
+	}
+}
+
+// Collect sends every metric's current value.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ready, _ := c.m.Ready() // samples, too
+	m := c.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	bit := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+
+	for op := replication.Insert; op <= replication.Truncate; op++ {
+		counter(changesReadDesc, m.ops[op], op.String())
+	}
+	counter(snapshotRowsDesc, m.snapshotRows)
+	gauge(syncReadDesc, float64(m.syncRead))
+	if m.syncEstimate >= 0 {
+		gauge(syncEstimateDesc, float64(m.syncEstimate))
+	}
+	gauge(syncingDesc, bit(m.syncing))
+
+	p := m.base.plus(countsOf(m.pipeline))
+	counter(deliveredDesc, p.realtime, "realtime")
+	counter(deliveredDesc, p.bulk, "bulk")
+	counter(coalescedDesc, p.coalesced)
+	counter(skippedDesc, p.skipped)
+	counter(deadLetteredDesc, p.deadLettered)
+	counter(bulkJobsDesc, p.bulkJobs)
+
+	if m.client != nil {
+		st := m.client.Stats()
+		codes := make([]int, 0, len(st.StatusCounts))
+		for code := range st.StatusCounts {
+			codes = append(codes, code)
+		}
+		sort.Ints(codes)
+		for _, code := range codes {
+			label := strconv.Itoa(code)
+			if code == 0 {
+				label = "error"
+			}
+			counter(requestsDesc, st.StatusCounts[code], label)
+		}
+		counter(retriesDesc, st.Retries)
+		counter(rateLimitedDesc, st.RateLimited)
+	}
+
+	if m.haveServer {
+		base := m.checkpoint
+		if base == 0 {
+			base = m.syncTarget
+		}
+		// The position is measured every few seconds and the checkpoint
+		// may have passed it since: never a negative lag.
+		gauge(lagBytesDesc, float64(max(0, int64(m.serverLSN)-int64(base))))
+		gauge(serverLSNDesc, float64(m.serverLSN))
+	}
+	lag := 0.0
+	if len(m.marks) > 0 {
+		lag = max(0, now.Sub(m.marks[0].commit).Seconds())
+	}
+	gauge(lagSecondsDesc, lag)
+	if m.haveCP {
+		gauge(checkpointDesc, float64(m.checkpoint))
+	}
+	if !m.lastDelivery.IsZero() {
+		gauge(lastDeliveryDesc, float64(m.lastDelivery.UnixNano())/1e9)
+	}
+	if m.haveRetained {
+		gauge(retainedDesc, float64(m.retained))
+	}
+	gauge(warningDesc, bit(m.warning()))
+	gauge(warnThresholdDesc, float64(m.opts.WarnRetainedWAL))
+
+	gauge(modeDesc, bit(m.haveStatus && m.status.Mode == state.ModeOutbox))
+	gauge(outboxCompaniesDesc, float64(m.status.OutboxCompanies))
+	gauge(outboxBytesDesc, float64(m.status.OutboxBytes))
+	pending := float64(m.status.Pending)
+	if m.pipeline != nil {
+		pending = float64(m.pipeline.Pending.Load()) // live, where the status is up to 2 s old
+	}
+	gauge(pendingDesc, pending)
+	oldest := 0.0
+	if !m.status.OldestPending.IsZero() && pending > 0 {
+		oldest = max(0, now.Sub(m.status.OldestPending).Seconds())
+	}
+	gauge(oldestPendingDesc, oldest)
+	gauge(streamingDesc, bit(m.connected))
+	gauge(readyDesc, bit(ready))
+	failing := 0.0
+	if !m.failingSince.IsZero() {
+		failing = now.Sub(m.failingSince).Seconds()
+	}
+	gauge(failingDesc, failing)
+}

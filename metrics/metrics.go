@@ -1,0 +1,462 @@
+// Package metrics is how an operator watches a running pgpilot: Prometheus
+// metrics on /metrics, liveness on /healthz and readiness on /readyz (see
+// server.go), and the warning when the slot holds back too much WAL.
+//
+// A Metrics lives as long as the process; the daemon's replication sessions
+// come and go under it and report to it through its nil-safe methods
+// (SessionStarted, InitialSync, Streaming, Checkpointed, Forward, …). The
+// pipeline's and the Userpilot client's counters are not copied: they are
+// read when Prometheus scrapes, by a custom collector (collector.go).
+//
+// Definitions an alert depends on:
+//
+//   - Replication lag in bytes is the server's WAL position (measured every
+//     few seconds, as for the retained WAL) minus the checkpoint: how much
+//     WAL has been written that pgpilot has not durably dealt with.
+//   - Replication lag in seconds is 0 when every transaction received has
+//     been checkpointed, and otherwise the age (now − commit time) of the
+//     oldest transaction received but not yet checkpointed. So it grows from
+//     0 when delivery stalls, rather than jumping to the age of the last
+//     commit after an idle spell.
+//   - Userpilot is failing when requests keep failing (network errors,
+//     timeouts, 401, 403, 408, 429, 5xx) and none succeeds, while companies
+//     are pending; a success or an empty backlog ends it. /readyz answers 503
+//     once it has lasted longer than Options.UnreadyAfter.
+package metrics
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// DefaultUnreadyAfter is how long Userpilot may fail before /readyz says
+// 503, when Options.UnreadyAfter is 0.
+const DefaultUnreadyAfter = 5 * time.Minute
+
+// warnEvery bounds how often the retained-WAL warning is logged.
+const warnEvery = time.Minute
+
+// maxMarks bounds the commit times kept for the lag in seconds; see mark.
+const maxMarks = 10_000
+
+// Options configure a Metrics.
+type Options struct {
+	Logger *slog.Logger
+	// Slot is the replication slot's name, for the warning's log line.
+	Slot string
+	// UnreadyAfter is how long Userpilot may keep failing before /readyz
+	// answers 503; 0 → 5 minutes.
+	UnreadyAfter time.Duration
+	// WarnRetainedWAL is the slot's retained WAL, in bytes, above which a
+	// warning is logged (at most once a minute) and the warning gauge is 1;
+	// 0: never.
+	WarnRetainedWAL int64
+}
+
+// UserpilotStats is the Userpilot client's counters (*userpilot.Client).
+type UserpilotStats interface {
+	Stats() userpilot.Stats
+}
+
+// Metrics gathers what a pgpilot process does. Use New; a nil *Metrics
+// accepts every report and does nothing.
+type Metrics struct {
+	opts Options
+	log  *slog.Logger
+	reg  *prometheus.Registry
+	now  func() time.Time // tests move the clock
+
+	mu sync.Mutex
+
+	// Counters of pipelines that have finished (one per session), so the
+	// process's totals never go back when a session starts over.
+	base     pipelineCounts
+	pipeline *delivery.Stats
+	client   UserpilotStats
+
+	// Changes read from the stream, by replication.Op.
+	ops          [replication.Truncate + 1]int64
+	snapshotRows int64 // rows read by initial syncs, all of them
+
+	// The current session.
+	standingBy   string // the pid of the pgpilot holding the state directory, while this one waits
+	started      bool   // a session has started at least once
+	connected    bool   // streaming (replication connected)
+	syncing      bool   // an initial sync is in progress
+	syncTarget   pglogrepl.LSN
+	syncRead     int64 // rows read by the current (or last) initial sync
+	syncEstimate int64 // the planner's row estimate of the table; < 0 unknown
+	checkpoint   pglogrepl.LSN
+	haveCP       bool
+	marks        []mark // transactions received and not yet checkpointed, oldest first
+
+	status     state.Status
+	haveStatus bool
+
+	serverLSN    pglogrepl.LSN
+	haveServer   bool
+	retained     int64
+	haveRetained bool
+	warnedAt     time.Time
+
+	// Sampled (see sample): when the counters last moved.
+	sampledDelivered int64
+	lastDelivery     time.Time
+	sampledOK        int64
+	sampledFailed    int64
+	failingSince     time.Time
+	failedInEpisode  int64
+	lastAccepted     time.Time
+}
+
+// mark is a transaction whose changes are not all checkpointed yet: done once
+// the checkpoint reaches lsn.
+type mark struct {
+	commitLSN, lsn pglogrepl.LSN
+	commit         time.Time
+}
+
+// pipelineCounts are the delivery.Stats counters that only grow.
+type pipelineCounts struct {
+	changes, coalesced, skipped, realtime, bulk, bulkJobs, deadLettered int64
+}
+
+func countsOf(s *delivery.Stats) pipelineCounts {
+	if s == nil {
+		return pipelineCounts{}
+	}
+	return pipelineCounts{changes: s.Changes.Load(), coalesced: s.Coalesced.Load(), skipped: s.Skipped.Load(),
+		realtime: s.Realtime.Load(), bulk: s.Bulk.Load(), bulkJobs: s.BulkJobs.Load(), deadLettered: s.DeadLettered.Load()}
+}
+
+func (a pipelineCounts) plus(b pipelineCounts) pipelineCounts {
+	return pipelineCounts{changes: a.changes + b.changes, coalesced: a.coalesced + b.coalesced, skipped: a.skipped + b.skipped,
+		realtime: a.realtime + b.realtime, bulk: a.bulk + b.bulk, bulkJobs: a.bulkJobs + b.bulkJobs,
+		deadLettered: a.deadLettered + b.deadLettered}
+}
+
+// New makes a Metrics with its own registry, holding pgpilot's collector
+// and the Go runtime and process collectors.
+func New(opts Options) *Metrics {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.UnreadyAfter <= 0 {
+		opts.UnreadyAfter = DefaultUnreadyAfter
+	}
+	m := &Metrics{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), now: time.Now, syncEstimate: -1}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&collector{m: m})
+	return m
+}
+
+// Registry is where the metrics are registered: /metrics serves it.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// SetUserpilot sets the client whose request counters are exposed.
+func (m *Metrics) SetUserpilot(c UserpilotStats) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.client = c
+}
+
+// AttachPipeline makes s the current pipeline's counters. The previous
+// pipeline must have stopped: its final counts are kept in the totals.
+func (m *Metrics) AttachPipeline(s *delivery.Stats) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.base = m.base.plus(countsOf(m.pipeline))
+	m.pipeline = s
+}
+
+// StandingBy says another pgpilot (process holder) holds the state
+// directory and this one waits to take over.
+func (m *Metrics) StandingBy(holder string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.standingBy = holder
+}
+
+// SessionStarted says a replication session is setting up: not streaming
+// yet. The stream resumes from the checkpoint, so what the last session
+// received and did not checkpoint is forgotten (it comes again).
+func (m *Metrics) SessionStarted() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.started, m.connected, m.standingBy = true, false, ""
+	m.marks = m.marks[:0]
+}
+
+// SessionEnded says the session is over (pgpilot reconnects, or stops).
+func (m *Metrics) SessionEnded() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.connected = false
+}
+
+// InitialSync says the table's rows are being sent first; the sync is done
+// once target (the slot's consistent point) is checkpointed. estimate is
+// the table's row count as far as known (< 0: unknown).
+func (m *Metrics) InitialSync(target pglogrepl.LSN, estimate int64) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.syncing, m.syncTarget, m.syncRead, m.syncEstimate = true, target, 0, estimate
+}
+
+// Streaming says the replication stream is starting.
+func (m *Metrics) Streaming() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.connected = true
+}
+
+// Checkpointed says everything up to lsn is durably delivered or set aside.
+func (m *Metrics) Checkpointed(lsn pglogrepl.LSN) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.checkpoint, m.haveCP = lsn, true
+	if m.syncing && lsn >= m.syncTarget && lsn != 0 {
+		m.syncing = false
+	}
+	i := 0
+	for i < len(m.marks) && m.marks[i].lsn <= lsn {
+		i++
+	}
+	m.marks = append(m.marks[:0], m.marks[i:]...)
+}
+
+// Status keeps the pipeline's latest mode and outbox figures.
+func (m *Metrics) Status(st state.Status) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.status, m.haveStatus = st, true
+}
+
+// ServerPosition records the server's WAL position (the insert position on
+// a primary, the replayed one on a standby).
+func (m *Metrics) ServerPosition(lsn pglogrepl.LSN) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.serverLSN, m.haveServer = lsn, true
+}
+
+// RetainedWAL records the slot's retained WAL in bytes, and warns when it
+// is above Options.WarnRetainedWAL: the database's disk is what fills.
+func (m *Metrics) RetainedWAL(n int64) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.retained, m.haveRetained = n, true
+	warn := m.warning() && m.now().Sub(m.warnedAt) >= warnEvery
+	if warn {
+		m.warnedAt = m.now()
+	}
+	m.mu.Unlock()
+	if warn {
+		m.log.Warn("the replication slot holds back more WAL than delivery.warn_retained_wal: Postgres keeps it on disk until pgpilot "+
+			"confirms it; check that Userpilot accepts deliveries (/readyz, pgpilot status) and that no long transaction is open on the database",
+			"slot", m.opts.Slot, "retained_wal_mb", n>>20, "warn_retained_wal_mb", m.opts.WarnRetainedWAL>>20)
+	}
+}
+
+// warning reports whether the retained WAL is above the threshold. m.mu is
+// held.
+func (m *Metrics) warning() bool {
+	return m.opts.WarnRetainedWAL > 0 && m.haveRetained && m.retained > m.opts.WarnRetainedWAL
+}
+
+// observe counts a transaction read from the stream or the snapshot.
+func (m *Metrics) observe(txn replication.Transaction) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if txn.CommitLSN == 0 && txn.EndLSN == 0 {
+		// A piece of the initial snapshot: rows, not changes.
+		m.snapshotRows += int64(len(txn.Changes))
+		m.syncRead += int64(len(txn.Changes))
+		return
+	}
+	for _, ch := range txn.Changes {
+		if ch.Op <= replication.Truncate {
+			m.ops[ch.Op]++
+		}
+	}
+	if txn.CommitLSN == 0 {
+		return // a position marker: nothing to deliver
+	}
+	// Pieces of a large transaction come with EndLSN 0; its commit record
+	// starts at CommitLSN, and no checkpoint reaches past it before the
+	// whole transaction is delivered.
+	lsn := txn.EndLSN
+	if lsn == 0 {
+		lsn = txn.CommitLSN + 1
+	}
+	if n := len(m.marks); n > 0 && m.marks[n-1].commitLSN == txn.CommitLSN {
+		m.marks[n-1].lsn = max(m.marks[n-1].lsn, lsn) // another piece: the transaction's end is what counts
+		return
+	}
+	if len(m.marks) >= maxMarks {
+		// Thin out rather than grow without bound (hold mode during an
+		// outage), keeping the oldest: once it is checkpointed the lag
+		// may read a little low, never high.
+		kept := m.marks[:0]
+		for i, mk := range m.marks {
+			if i%2 == 0 || i == len(m.marks)-1 {
+				kept = append(kept, mk)
+			}
+		}
+		m.marks = kept
+	}
+	m.marks = append(m.marks, mark{commitLSN: txn.CommitLSN, lsn: lsn, commit: txn.CommitTime})
+}
+
+// Forward passes what the stream and the snapshot read (in) on to the
+// pipeline (out), counting it, until in is closed; it closes out. Once
+// stopped is closed (the pipeline returned), it drains in without passing
+// it on, so the producer is never blocked.
+func (m *Metrics) Forward(in <-chan replication.Transaction, out chan<- replication.Transaction, stopped <-chan struct{}) {
+	defer close(out)
+	for txn := range in {
+		m.observe(txn)
+		select {
+		case out <- txn:
+		case <-stopped:
+			for range in {
+			}
+			return
+		}
+	}
+}
+
+// sample notes when the counters read at scrape time last moved: the last
+// delivery, and whether Userpilot is failing. m.mu is held.
+func (m *Metrics) sample() {
+	now := m.now()
+	p := m.base.plus(countsOf(m.pipeline))
+	if d := p.realtime + p.bulk; d > m.sampledDelivered {
+		m.sampledDelivered, m.lastDelivery = d, now
+	}
+	if m.client == nil {
+		return
+	}
+	ok, failed := classify(m.client.Stats().StatusCounts)
+	switch {
+	case ok > m.sampledOK:
+		m.failingSince, m.failedInEpisode, m.lastAccepted = time.Time{}, 0, now
+	case failed > m.sampledFailed:
+		if m.failingSince.IsZero() {
+			m.failingSince = now
+		}
+		m.failedInEpisode += failed - m.sampledFailed
+	case m.pipeline != nil && m.pipeline.Pending.Load() == 0:
+		// Nothing is owed, so nothing is failing: an episode without
+		// a success (a session that ended mid-retry) is over.
+		m.failingSince, m.failedInEpisode = time.Time{}, 0
+	}
+	m.sampledOK, m.sampledFailed = ok, failed
+}
+
+// classify sums the answers that show Userpilot working (2xx) and those
+// that show it failing. Other answers (400, 404, 409, 413, 422) are
+// Userpilot working and refusing one request.
+func classify(counts map[int]int64) (ok, failed int64) {
+	for status, n := range counts {
+		switch {
+		case status >= 200 && status < 300:
+			ok += n
+		case status == 0, status == 401, status == 403, status == 408, status == 429, status >= 500:
+			failed += n
+		}
+	}
+	return ok, failed
+}
+
+// Sample brings the sampled figures up to date; the server calls it every
+// second, and every scrape and readiness check does too.
+func (m *Metrics) Sample() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sample()
+}
+
+// Ready reports whether pgpilot is doing its job: streaming (connected,
+// the initial sync done) and Userpilot not failing for longer than
+// Options.UnreadyAfter. When not, reason says why in one line.
+func (m *Metrics) Ready() (ready bool, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sample()
+	switch {
+	case m.standingBy != "":
+		return false, fmt.Sprintf("standing by: pgpilot process %s holds the state directory; this one takes over when it stops", m.standingBy)
+	case !m.started:
+		return false, "starting: not connected to Postgres yet"
+	case m.syncing:
+		return false, initialSyncReason(m.syncRead, m.syncEstimate)
+	case !m.connected:
+		return false, "not streaming: connecting to Postgres (reconnecting after a failure, or setting up)"
+	}
+	if !m.failingSince.IsZero() {
+		if d := m.now().Sub(m.failingSince); d > m.opts.UnreadyAfter {
+			last := "nothing accepted since pgpilot started"
+			if !m.lastAccepted.IsZero() {
+				last = fmt.Sprintf("last request accepted %s ago", m.now().Sub(m.lastAccepted).Round(time.Second))
+			}
+			return false, fmt.Sprintf("Userpilot failing for %s, over http.unready_after (%s): %d failed requests, none accepted; %s",
+				d.Round(time.Second), m.opts.UnreadyAfter, m.failedInEpisode, last)
+		}
+	}
+	return true, "ok: streaming"
+}
+
+func initialSyncReason(read, estimate int64) string {
+	s := fmt.Sprintf("initial sync in progress: %d rows read", read)
+	if estimate >= 0 {
+		s += fmt.Sprintf(" of about %d", estimate)
+	}
+	return s
+}

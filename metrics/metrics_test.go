@@ -1,0 +1,569 @@
+package metrics
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// clock is a settable time for Metrics.now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// fakeClient is a Userpilot client's counters.
+type fakeClient struct {
+	mu sync.Mutex
+	st userpilot.Stats
+}
+
+func (f *fakeClient) Stats() userpilot.Stats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	counts := map[int]int64{}
+	for k, v := range f.st.StatusCounts {
+		counts[k] = v
+	}
+	st := f.st
+	st.StatusCounts = counts
+	return st
+}
+
+func (f *fakeClient) answered(status int, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.st.StatusCounts == nil {
+		f.st.StatusCounts = map[int]int64{}
+	}
+	f.st.StatusCounts[status] += n
+	f.st.Requests += n
+}
+
+func newTestMetrics(t *testing.T, opts Options) (*Metrics, *clock) {
+	t.Helper()
+	m := New(opts)
+	c := &clock{t: time.Date(2025, 3, 1, 9, 30, 0, 0, time.UTC)}
+	m.now = c.now
+	return m, c
+}
+
+// value is the metric name{labels} as gathered; ok is false when absent.
+func value(t *testing.T, m *Metrics, name string, labels ...string) (float64, bool) {
+	t.Helper()
+	fams, err := m.Registry().Gather()
+	require.NoError(t, err)
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			if !hasLabels(mt, labels) {
+				continue
+			}
+			switch {
+			case mt.Counter != nil:
+				return mt.Counter.GetValue(), true
+			case mt.Gauge != nil:
+				return mt.Gauge.GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
+func hasLabels(mt *dto.Metric, kv []string) bool {
+	for i := 0; i+1 < len(kv); i += 2 {
+		found := false
+		for _, l := range mt.GetLabel() {
+			if l.GetName() == kv[i] && l.GetValue() == kv[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func must(t *testing.T, m *Metrics, name string, labels ...string) float64 {
+	t.Helper()
+	v, ok := value(t, m, name, labels...)
+	require.True(t, ok, "metric %s%v absent", name, labels)
+	return v
+}
+
+func change(op replication.Op) replication.Change { return replication.Change{Op: op} }
+
+func txn(commit pglogrepl.LSN, end pglogrepl.LSN, at time.Time, ops ...replication.Op) replication.Transaction {
+	t := replication.Transaction{CommitLSN: commit, EndLSN: end, CommitTime: at}
+	for _, op := range ops {
+		t.Changes = append(t.Changes, change(op))
+	}
+	return t
+}
+
+// forward runs Forward over txns and returns what came out.
+func forward(m *Metrics, txns ...replication.Transaction) []replication.Transaction {
+	in := make(chan replication.Transaction, len(txns))
+	out := make(chan replication.Transaction)
+	for _, t := range txns {
+		in <- t
+	}
+	close(in)
+	go m.Forward(in, out, make(chan struct{}))
+	var got []replication.Transaction
+	for t := range out {
+		got = append(got, t)
+	}
+	return got
+}
+
+func TestPipelineCountersKeepGrowingAcrossSessions(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	first := &delivery.Stats{}
+	m.AttachPipeline(first)
+	first.Realtime.Add(5)
+	first.Bulk.Add(100)
+	first.BulkJobs.Add(1)
+	first.Coalesced.Add(7)
+	first.Skipped.Add(3)
+	first.DeadLettered.Add(2)
+	assert.Equal(t, 5.0, must(t, m, "pgpilot_records_delivered_total", "path", "realtime"))
+
+	second := &delivery.Stats{} // the next session's pipeline starts from zero
+	m.AttachPipeline(second)
+	second.Realtime.Add(1)
+	second.Coalesced.Add(1)
+
+	for _, tt := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"pgpilot_records_delivered_total", []string{"path", "realtime"}, 6},
+		{"pgpilot_records_delivered_total", []string{"path", "bulk"}, 100},
+		{"pgpilot_bulk_jobs_completed_total", nil, 1},
+		{"pgpilot_changes_coalesced_total", nil, 8},
+		{"pgpilot_records_skipped_total", nil, 3},
+		{"pgpilot_records_dead_lettered_total", nil, 2},
+	} {
+		assert.Equal(t, tt.want, must(t, m, tt.name, tt.labels...), "%s%v", tt.name, tt.labels)
+	}
+}
+
+func TestForwardCountsChangesByOperationAndPassesEverythingOnInOrder(t *testing.T) {
+	m, c := newTestMetrics(t, Options{})
+	at := c.now()
+	txns := []replication.Transaction{
+		{Changes: []replication.Change{change(replication.Insert), change(replication.Insert), change(replication.Insert)}}, // snapshot piece
+		txn(0x100, 0x110, at, replication.Insert, replication.Update, replication.Update),
+		txn(0x200, 0x210, at, replication.Delete),
+		txn(0x300, 0x310, at, replication.Truncate),
+		{EndLSN: 0x400}, // a keepalive's position
+	}
+	got := forward(m, txns...)
+	assert.Equal(t, txns, got)
+
+	for op, want := range map[string]float64{"insert": 1, "update": 2, "delete": 1, "truncate": 1} {
+		assert.Equal(t, want, must(t, m, "pgpilot_changes_read_total", "op", op), op)
+	}
+	assert.Equal(t, 3.0, must(t, m, "pgpilot_snapshot_rows_read_total"), "snapshot rows are not changes")
+}
+
+func TestForwardDrainsItsInputOnceThePipelineStops(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	in := make(chan replication.Transaction)
+	out := make(chan replication.Transaction)
+	stopped := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Forward(in, out, stopped)
+	}()
+	in <- txn(1, 2, time.Now(), replication.Insert)
+	close(stopped) // the pipeline returned without reading
+	for range 100 {
+		select { // the producer is never blocked
+		case in <- txn(3, 4, time.Now(), replication.Update):
+		case <-time.After(10 * time.Second):
+			t.Fatal("Forward blocked its producer after the pipeline stopped")
+		}
+	}
+	close(in)
+	<-done
+	_, open := <-out
+	assert.False(t, open, "out is closed")
+}
+
+func TestLagInSecondsIsTheAgeOfTheOldestTransactionNotCheckpointed(t *testing.T) {
+	m, c := newTestMetrics(t, Options{})
+	m.SessionStarted()
+	m.Checkpointed(0x100)
+	assert.Zero(t, must(t, m, "pgpilot_replication_lag_seconds"), "nothing received: caught up")
+
+	t0 := c.now()
+	forward(m,
+		txn(0x200, 0x210, t0, replication.Update),
+		// a large transaction in pieces: only the last carries EndLSN
+		txn(0x300, 0, t0.Add(10*time.Second), replication.Update),
+		txn(0x300, 0x320, t0.Add(10*time.Second), replication.Update),
+		txn(0x400, 0x410, t0.Add(20*time.Second), replication.Update),
+	)
+	c.advance(30 * time.Second)
+	assert.Equal(t, 30.0, must(t, m, "pgpilot_replication_lag_seconds"))
+
+	m.Checkpointed(0x210)
+	assert.Equal(t, 20.0, must(t, m, "pgpilot_replication_lag_seconds"), "the next oldest")
+	m.Checkpointed(0x31f) // short of the large transaction's end: not delivered yet
+	assert.Equal(t, 20.0, must(t, m, "pgpilot_replication_lag_seconds"))
+	m.Checkpointed(0x320)
+	assert.Equal(t, 10.0, must(t, m, "pgpilot_replication_lag_seconds"))
+	m.Checkpointed(0x410)
+	assert.Zero(t, must(t, m, "pgpilot_replication_lag_seconds"), "everything checkpointed: caught up")
+	assert.Equal(t, float64(0x410), must(t, m, "pgpilot_checkpoint_lsn"))
+
+	forward(m, txn(0x500, 0x510, c.now(), replication.Update))
+	c.advance(5 * time.Second)
+	assert.Equal(t, 5.0, must(t, m, "pgpilot_replication_lag_seconds"), "after an idle spell the lag grows from 0")
+	m.SessionStarted() // the stream starts again from the checkpoint
+	assert.Zero(t, must(t, m, "pgpilot_replication_lag_seconds"))
+}
+
+func TestLagMemoryIsBoundedAndKeepsTheOldest(t *testing.T) {
+	m, c := newTestMetrics(t, Options{})
+	t0 := c.now()
+	var txns []replication.Transaction
+	for i := range 3 * maxMarks {
+		lsn := pglogrepl.LSN(0x1000 + 0x10*i)
+		txns = append(txns, txn(lsn, lsn+8, t0.Add(time.Duration(i)*time.Millisecond), replication.Update))
+	}
+	forward(m, txns...)
+	m.mu.Lock()
+	n := len(m.marks)
+	m.mu.Unlock()
+	assert.LessOrEqual(t, n, maxMarks)
+	c.advance(time.Hour)
+	assert.Equal(t, time.Hour.Seconds(), must(t, m, "pgpilot_replication_lag_seconds"))
+}
+
+func TestLagInBytesIsTheServerPositionMinusTheCheckpoint(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	m.SessionStarted()
+	m.Checkpointed(0)
+	_, ok := value(t, m, "pgpilot_replication_lag_bytes")
+	assert.False(t, ok, "absent until the server's position is measured")
+
+	m.InitialSync(0x1000, 500)
+	m.ServerPosition(0x1800)
+	assert.Equal(t, float64(0x800), must(t, m, "pgpilot_replication_lag_bytes"), "during the initial sync: from the consistent point")
+	m.Checkpointed(0x1400)
+	assert.Equal(t, float64(0x400), must(t, m, "pgpilot_replication_lag_bytes"))
+	assert.Equal(t, float64(0x1800), must(t, m, "pgpilot_server_wal_lsn"))
+	m.Checkpointed(0x2000) // a keepalive's position, newer than the last measurement
+	assert.Zero(t, must(t, m, "pgpilot_replication_lag_bytes"), "never negative")
+}
+
+func TestUserpilotRequestsAreCountedByStatusCode(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	client := &fakeClient{}
+	m.SetUserpilot(client)
+	client.answered(202, 40)
+	client.answered(503, 3)
+	client.answered(429, 1)
+	client.answered(0, 2)
+	client.mu.Lock()
+	client.st.Retries, client.st.RateLimited = 6, 1
+	client.mu.Unlock()
+
+	assert.Equal(t, 40.0, must(t, m, "pgpilot_userpilot_requests_total", "code", "202"))
+	assert.Equal(t, 3.0, must(t, m, "pgpilot_userpilot_requests_total", "code", "503"))
+	assert.Equal(t, 2.0, must(t, m, "pgpilot_userpilot_requests_total", "code", "error"), "network errors")
+	assert.Equal(t, 6.0, must(t, m, "pgpilot_userpilot_retries_total"))
+	assert.Equal(t, 1.0, must(t, m, "pgpilot_userpilot_rate_limited_total"))
+}
+
+func TestStatusFiguresAreExposed(t *testing.T) {
+	m, c := newTestMetrics(t, Options{})
+	assert.Zero(t, must(t, m, "pgpilot_delivery_mode"))
+	m.Status(state.Status{Mode: state.ModeOutbox, OutboxCompanies: 12, OutboxBytes: 3400, Pending: 15,
+		OldestPending: c.now().Add(-90 * time.Second)})
+	assert.Equal(t, 1.0, must(t, m, "pgpilot_delivery_mode"))
+	assert.Equal(t, 12.0, must(t, m, "pgpilot_outbox_companies"))
+	assert.Equal(t, 3400.0, must(t, m, "pgpilot_outbox_bytes"))
+	assert.Equal(t, 15.0, must(t, m, "pgpilot_pending_companies"))
+	assert.Equal(t, 90.0, must(t, m, "pgpilot_oldest_pending_seconds"))
+
+	stats := &delivery.Stats{}
+	m.AttachPipeline(stats)
+	stats.Pending.Store(4)
+	assert.Equal(t, 4.0, must(t, m, "pgpilot_pending_companies"), "the pipeline's live count wins over the status")
+	m.Status(state.Status{Mode: state.ModeHold})
+	assert.Zero(t, must(t, m, "pgpilot_delivery_mode"))
+}
+
+func TestLastDeliveryIsWhenTheDeliveredCountLastMoved(t *testing.T) {
+	m, c := newTestMetrics(t, Options{})
+	stats := &delivery.Stats{}
+	m.AttachPipeline(stats)
+	_, ok := value(t, m, "pgpilot_last_delivery_timestamp_seconds")
+	assert.False(t, ok, "absent before the first delivery")
+
+	stats.Realtime.Add(1)
+	m.Sample()
+	at := c.now()
+	c.advance(time.Minute)
+	assert.Equal(t, float64(at.Unix()), must(t, m, "pgpilot_last_delivery_timestamp_seconds"), "nothing since")
+
+	stats.Bulk.Add(10)
+	assert.Equal(t, float64(c.now().Unix()), must(t, m, "pgpilot_last_delivery_timestamp_seconds"), "a scrape samples too")
+}
+
+func TestSnapshotProgress(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	m.SessionStarted()
+	m.Checkpointed(0)
+	_, ok := value(t, m, "pgpilot_initial_sync_rows_estimate")
+	assert.False(t, ok, "absent when unknown")
+	m.InitialSync(0x5000, 1000)
+	forward(m, replication.Transaction{Changes: make([]replication.Change, 250)})
+	assert.Equal(t, 1.0, must(t, m, "pgpilot_initial_sync_in_progress"))
+	assert.Equal(t, 250.0, must(t, m, "pgpilot_initial_sync_rows_read"))
+	assert.Equal(t, 1000.0, must(t, m, "pgpilot_initial_sync_rows_estimate"))
+	m.Checkpointed(0x5000)
+	assert.Zero(t, must(t, m, "pgpilot_initial_sync_in_progress"), "done once the consistent point is checkpointed")
+}
+
+func TestReadiness(t *testing.T) {
+	type step struct {
+		do     func(m *Metrics, c *clock, client *fakeClient, stats *delivery.Stats)
+		ready  bool
+		reason string // a part of it
+	}
+	start := func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) {
+		m.SessionStarted()
+		m.Checkpointed(0x100)
+		m.Streaming()
+	}
+	fail := func(status int) func(*Metrics, *clock, *fakeClient, *delivery.Stats) {
+		return func(m *Metrics, _ *clock, client *fakeClient, stats *delivery.Stats) {
+			stats.Pending.Store(3)
+			client.answered(status, 1)
+			m.Sample()
+		}
+	}
+	wait := func(d time.Duration) func(*Metrics, *clock, *fakeClient, *delivery.Stats) {
+		return func(m *Metrics, c *clock, _ *fakeClient, _ *delivery.Stats) {
+			c.advance(d)
+			m.Sample()
+		}
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"not started", []step{{func(*Metrics, *clock, *fakeClient, *delivery.Stats) {}, false, "starting"}}},
+		{"standing by", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.StandingBy("4242") }, false, "standing by: pgpilot process 4242"}}},
+		{"initial sync", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) {
+			m.SessionStarted()
+			m.InitialSync(0x900, 2000)
+			m.Streaming()
+			forward(m, replication.Transaction{Changes: make([]replication.Change, 10)})
+		}, false, "initial sync in progress: 10 rows read of about 2000"}}},
+		{"streaming", []step{{start, true, "ok"}}},
+		{"reconnecting", []step{
+			{start, true, "ok"},
+			{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.SessionEnded() }, false, "not streaming"},
+			{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.SessionStarted() }, false, "not streaming"},
+		}},
+		{"Userpilot failing, under the threshold", []step{
+			{start, true, "ok"},
+			{fail(503), true, "ok"},
+			{wait(4 * time.Minute), true, "ok"},
+		}},
+		{"Userpilot failing, over the threshold, then back", []step{
+			{start, true, "ok"},
+			{fail(503), true, "ok"},
+			{wait(3 * time.Minute), true, "ok"},
+			{fail(0), true, "ok"},
+			{wait(3 * time.Minute), false, "Userpilot failing for 6m0s, over http.unready_after (5m0s): 2 failed requests, none accepted; nothing accepted since pgpilot started"},
+			{fail(202), true, "ok"},
+		}},
+		{"refusals are Userpilot working", []step{
+			{start, true, "ok"},
+			{fail(400), true, "ok"},
+			{wait(10 * time.Minute), true, "ok"},
+		}},
+		{"nothing pending ends the episode", []step{
+			{start, true, "ok"},
+			{fail(401), true, "ok"},
+			{func(m *Metrics, c *clock, _ *fakeClient, stats *delivery.Stats) {
+				stats.Pending.Store(0)
+				m.Sample()
+				c.advance(10 * time.Minute)
+			}, true, "ok"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, c := newTestMetrics(t, Options{})
+			client, stats := &fakeClient{}, &delivery.Stats{}
+			m.SetUserpilot(client)
+			m.AttachPipeline(stats)
+			for i, s := range tt.steps {
+				s.do(m, c, client, stats)
+				ready, reason := m.Ready()
+				assert.Equal(t, s.ready, ready, "step %d: %s", i, reason)
+				assert.Contains(t, reason, s.reason, "step %d", i)
+				assert.NotContains(t, reason, "\n")
+				want := 0.0
+				if s.ready {
+					want = 1
+				}
+				assert.Equal(t, want, must(t, m, "pgpilot_ready"), "step %d", i)
+			}
+		})
+	}
+}
+
+func TestUnreadyAfterIsConfigurable(t *testing.T) {
+	m, c := newTestMetrics(t, Options{UnreadyAfter: 2 * time.Second})
+	client, stats := &fakeClient{}, &delivery.Stats{}
+	m.SetUserpilot(client)
+	m.AttachPipeline(stats)
+	m.SessionStarted()
+	m.Streaming()
+	stats.Pending.Store(1)
+	client.answered(503, 1)
+	m.Sample()
+	c.advance(3 * time.Second)
+	ready, reason := m.Ready()
+	assert.False(t, ready)
+	assert.Contains(t, reason, "Userpilot failing for 3s")
+	assert.Equal(t, 3.0, must(t, m, "pgpilot_userpilot_failing_seconds"))
+}
+
+func TestRetainedWALWarningIsLoggedAtMostOnceAMinute(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	m, c := newTestMetrics(t, Options{Slot: "pgpilot_prod", WarnRetainedWAL: 1 << 30,
+		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))})
+	warnings := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Count(logs.String(), "level=WARN")
+	}
+
+	m.RetainedWAL(512 << 20)
+	assert.Zero(t, warnings())
+	assert.Zero(t, must(t, m, "pgpilot_retained_wal_warning"))
+	assert.Equal(t, float64(512<<20), must(t, m, "pgpilot_retained_wal_bytes"))
+	assert.Equal(t, float64(1<<30), must(t, m, "pgpilot_retained_wal_warning_threshold_bytes"))
+
+	m.RetainedWAL(2 << 30)
+	assert.Equal(t, 1, warnings())
+	assert.Equal(t, 1.0, must(t, m, "pgpilot_retained_wal_warning"))
+	for range 11 { // measured every 5 s for 55 s
+		c.advance(5 * time.Second)
+		m.RetainedWAL(2 << 30)
+	}
+	assert.Equal(t, 1, warnings(), "at most once a minute")
+	c.advance(5 * time.Second)
+	m.RetainedWAL(2 << 30)
+	assert.Equal(t, 2, warnings())
+	mu.Lock()
+	assert.Contains(t, logs.String(), "slot=pgpilot_prod retained_wal_mb=2048 warn_retained_wal_mb=1024")
+	mu.Unlock()
+
+	m.RetainedWAL(1 << 20)
+	assert.Zero(t, must(t, m, "pgpilot_retained_wal_warning"), "back under the threshold")
+}
+
+func TestRetainedWALThresholdZeroNeverWarns(t *testing.T) {
+	var logs bytes.Buffer
+	m, _ := newTestMetrics(t, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	m.RetainedWAL(1 << 40)
+	assert.Empty(t, logs.String())
+	assert.Zero(t, must(t, m, "pgpilot_retained_wal_warning"))
+}
+
+func TestNilMetricsAcceptsEveryReport(t *testing.T) {
+	var m *Metrics
+	assert.NotPanics(t, func() {
+		m.SetUserpilot(&fakeClient{})
+		m.AttachPipeline(&delivery.Stats{})
+		m.StandingBy("1")
+		m.SessionStarted()
+		m.InitialSync(1, 1)
+		m.Streaming()
+		m.Checkpointed(1)
+		m.Status(state.Status{})
+		m.ServerPosition(1)
+		m.RetainedWAL(1)
+		m.Sample()
+		m.SessionEnded()
+	})
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// BenchmarkForward is the cost metrics add to each transaction on its way
+// from the stream to the pipeline.
+func BenchmarkForward(b *testing.B) {
+	m := New(Options{})
+	in := make(chan replication.Transaction, 16)
+	out := make(chan replication.Transaction, 16)
+	go m.Forward(in, out, make(chan struct{}))
+	at := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range out {
+		}
+	}()
+	b.ResetTimer()
+	for i := range b.N {
+		lsn := pglogrepl.LSN(0x1000 + 0x100*i)
+		in <- txn(lsn, lsn+0x10, at, replication.Update, replication.Update)
+		if i%64 == 0 {
+			m.Checkpointed(lsn)
+		}
+	}
+	close(in)
+	<-done
+}
