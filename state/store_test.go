@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -110,5 +111,51 @@ func BenchmarkDeliveredIndexSize(b *testing.B) {
 		b.ReportMetric(float64(fi.Size())/float64(n), "bytes/company")
 		b.ReportMetric(float64(fi.Size())/(1<<20), "MiB")
 		b.Logf("%d companies: no-op index is %.1f MiB (%.0f bytes/company)", n, float64(fi.Size())/(1<<20), float64(fi.Size())/float64(n))
+	}
+}
+
+// BenchmarkOutbox writes N distinct companies' owed state to the outbox in
+// batches of 1,000 (one durable write each, as outbox mode does per tick)
+// and reports the cost per change and the outbox's size on disk.
+// PGPILOT_OUTBOX_COMPANIES=1000000 gives the README's figure.
+func BenchmarkOutbox(b *testing.B) {
+	n := 100_000
+	if v := os.Getenv("PGPILOT_OUTBOX_COMPANIES"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	for range b.N {
+		d, err := Open(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		x, err := d.OpenStore()
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		batch := make([]OutboxRecord, 0, 1000)
+		for i := 1; i <= n; i++ {
+			batch = append(batch, OutboxRecord{CompanyID: fmt.Sprint(i), LSN: LSN(i), Since: start, Metadata: map[string]any{
+				"name": fmt.Sprintf("Company %d", i), "plan": "pro", "seats": json.Number(fmt.Sprint(i % 500)),
+				"monthly_spend": json.Number("1234.5600000000"), "trial": i%2 == 0,
+				"created_at": "2024-01-01T00:00:00Z", "notes": nil}})
+			if len(batch) == cap(batch) || i == n {
+				if err := x.WriteOutbox(batch, nil); err != nil {
+					b.Fatal(err)
+				}
+				batch = batch[:0]
+			}
+		}
+		took := time.Since(start)
+		x.Close()
+		fi, err := os.Stat(filepath.Join(d.Path(), StoreFile))
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Close()
+		b.ReportMetric(float64(took.Nanoseconds())/float64(n), "ns/change")
+		b.ReportMetric(float64(fi.Size())/float64(n), "bytes/company")
+		b.Logf("%d companies: outbox written in %s (%.1f µs per change, batches of 1,000), %.1f MiB on disk (%.0f bytes/company)",
+			n, took.Round(time.Millisecond), float64(took.Microseconds())/float64(n), float64(fi.Size())/(1<<20), float64(fi.Size())/float64(n))
 	}
 }
