@@ -347,7 +347,11 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 			"(up to ~15 s on a busy primary, indefinitely on an idle one); run SELECT pg_log_standby_snapshot(); on the primary to hurry it",
 			"slot", slotName)
 	}
-	created, err := replication.CreateSlot(ctx, rconn, slotName)
+	if cfg.Postgres.FailoverSlot && (srv.InRecovery || srv.Major() < 17) {
+		return start{}, permanent(fmt.Errorf("%w: postgres.failover_slot needs a Postgres 17+ primary (this is Postgres %d, standby: %t); "+
+			"remove it, or point postgres.url at the primary", ErrConfig, srv.Major(), srv.InRecovery))
+	}
+	created, err := replication.CreateSlotWithOptions(ctx, rconn, slotName, replication.SlotOptions{Failover: cfg.Postgres.FailoverSlot})
 	if err != nil {
 		return start{}, err
 	}

@@ -69,6 +69,10 @@ type Postgres struct {
 	URL         string // libpq URL or key=value string; holds the password, never print it
 	Slot        string // logical replication slot name; default "pgpilot"
 	Publication string // publication name, used as written; default "pgpilot"
+	// FailoverSlot creates the slot with FAILOVER true (Postgres 17+, on a
+	// primary), so standbys with sync_replication_slots keep it in step
+	// and it survives a failover.
+	FailoverSlot bool
 }
 
 // Userpilot says where identify calls go and how fast.
@@ -234,7 +238,7 @@ var (
 	topKeys       = []string{"postgres", "userpilot", "state", "delivery", "http", "companies"}
 	deliveryKeys  = []string{"max_retained_wal", "outbox_after", "warn_retained_wal"}
 	httpKeys      = []string{"listen", "unready_after"}
-	postgresKeys  = []string{"url", "slot", "publication"}
+	postgresKeys  = []string{"url", "slot", "publication", "failover_slot"}
 	userpilotKeys = []string{"api_key", "api_key_file", "endpoint", "rate_limit", "bulk_rate"}
 	stateKeys     = []string{"dir"}
 	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata"}
@@ -685,6 +689,15 @@ func (p *parser) postgres(s section) Postgres {
 			p.fail(v.line, s.keyOf("url"), "%s", msg)
 		}
 		pg.URL = v.text
+	}
+	if v, ok := p.value(s, "failover_slot"); ok {
+		switch strings.ToLower(strings.TrimSpace(v.text)) {
+		case "true":
+			pg.FailoverSlot = true
+		case "false":
+		default:
+			p.fail(v.line, s.keyOf("failover_slot"), "%s is not true or false; fix: write failover_slot: true (Postgres 17+ primary) or leave it out", v.show())
+		}
 	}
 	if v, ok := p.optional(s, "slot", DefaultSlot); ok {
 		if !slotName.MatchString(v.text) {

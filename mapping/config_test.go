@@ -238,7 +238,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown nested key",
 			data: replaceLine(2, "  url: ${DATABASE_URL}\n  slots: pgpilot"),
-			want: []string{`p.yaml:3: postgres.slots: unknown key "slots"; allowed: url, slot, publication`},
+			want: []string{`p.yaml:3: postgres.slots: unknown key "slots"; allowed: url, slot, publication, failover_slot`},
 		},
 		{
 			name: "unknown key inside a metadata entry",
@@ -487,7 +487,7 @@ func TestParseErrors(t *testing.T) {
 			want: []string{
 				`p.yaml:5: companies.metadata.a.type: "int" is not a type; allowed: string, number, boolean, date (leave type out to let the column's Postgres type decide)`,
 				`p.yaml:7: postgres.url: environment variable NOPE is not set; export it or write the value in the file`,
-				`p.yaml:8: postgres.bogus: unknown key "bogus"; allowed: url, slot, publication`,
+				`p.yaml:8: postgres.bogus: unknown key "bogus"; allowed: url, slot, publication, failover_slot`,
 				`p.yaml:11: userpilot.endpoint: "ftp://x" uses the scheme "ftp"; fix: write us, eu, or your account's base URL such as https://analytex.userpilot.io`,
 			},
 		},
@@ -780,4 +780,17 @@ func TestOnDeletePolicies(t *testing.T) {
 			assert.Equal(t, tt.md, cfg.Companies.OnDeleteMetadata)
 		})
 	}
+}
+
+func TestFailoverSlot(t *testing.T) {
+	on := strings.Replace(minimal, "  url: ${DATABASE_URL}\n", "  url: ${DATABASE_URL}\n  failover_slot: true\n", 1)
+	cfg, err := Parse("p.yaml", []byte(on), env(baseEnv()))
+	require.NoError(t, err)
+	assert.True(t, cfg.Postgres.FailoverSlot)
+	cfg, err = Parse("p.yaml", []byte(minimal), env(baseEnv()))
+	require.NoError(t, err)
+	assert.False(t, cfg.Postgres.FailoverSlot, "off by default")
+	_, err = Parse("p.yaml", []byte(strings.Replace(on, "true", "yes please", 1)), env(baseEnv()))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `p.yaml:3: postgres.failover_slot: "yes please" is not true or false`)
 }
