@@ -248,6 +248,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 	defer tick.Stop()
 	report := newReport()
 	closed := false
+	// stopFor is a schema problem met in the input: stop reading, but
+	// deliver and checkpoint everything before it first, so that after the
+	// mapping is fixed the stream resumes exactly at the transaction that
+	// needed the fix (older ones would not fit the new mapping).
+	var stopFor error
 	var lastInput time.Time
 	for {
 		if err := p.skipNoOps(report); err != nil {
@@ -276,7 +281,10 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 			}
 		}
 		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy {
-			return p.tick()
+			if err := p.tick(); err != nil {
+				return err
+			}
+			return stopFor
 		}
 		var inCh <-chan replication.Transaction
 		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
@@ -294,6 +302,10 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 				continue
 			}
 			if err := p.add(txn); err != nil {
+				if errors.Is(err, ErrSchema) {
+					stopFor, closed = err, true
+					continue
+				}
 				return err
 			}
 			lastInput = time.Now()
