@@ -21,13 +21,14 @@ import (
 )
 
 // TestKillNineAtRandomMomentsLosesNothing kills pgpilot without warning at
-// random moments of a random workload, again and again, then checks that
-// Userpilot ends equal to the table. PGPILOT_SOAK=1 kills 40 times.
+// random moments of a random workload, 20 times in one workload, then
+// checks that Userpilot ends equal to the table. PGPILOT_SOAK=1 kills 60
+// times.
 func TestKillNineAtRandomMomentsLosesNothing(t *testing.T) {
 	t.Parallel()
-	kills := 8
+	kills := 20
 	if os.Getenv("PGPILOT_SOAK") != "" {
-		kills = 40
+		kills = 60
 	}
 	e := newEnv(t, userpilottest.Options{})
 	ctx := context.Background()
