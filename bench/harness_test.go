@@ -1,0 +1,454 @@
+package bench
+
+// The performance harness: catch-up against pg_recvlogical, memory, latency
+// and CPU of the pgpilot binary. One command runs it all and ends with a
+// table of medians, ready for the README:
+//
+//	go test -run '^$' -bench 'CatchUp$|Snapshot|Latency' -benchtime 1x -count 3 -timeout 2h ./bench/
+//
+// PGPILOT_BENCH_ROWS scales the row count (default 200000; 1000000 for the
+// full-size figures). PGPILOT_BENCH_LATENCY_SECONDS sets how long each
+// latency rate runs (default 15). Profiles come from the in-process variant:
+//
+//	go test -run '^$' -bench 'CatchUpInProcess/batch100' -benchtime 1x -cpuprofile cpu.out -memprofile mem.out ./bench/
+//	go test -run '^$' -bench 'LatencyInProcess/rate=1000' -benchtime 1x -cpuprofile cpu.out ./bench/
+//
+// Nothing here runs in the ordinary test suite: there are no Test
+// functions, and Postgres starts only when a benchmark asks for it.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgpilot/pgpilot/daemon"
+	"github.com/pgpilot/pgpilot/internal/pgtest"
+	"github.com/pgpilot/pgpilot/internal/workload"
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	printMedians(os.Stdout)
+	shared.stop()
+	os.Exit(code)
+}
+
+// harness is what every harness benchmark of one `go test` run shares: one
+// Postgres and one pgpilot binary, made on first use only.
+type harness struct {
+	pgOnce  sync.Once
+	pg      *pgtest.Server
+	pgErr   error
+	binOnce sync.Once
+	binDir  string
+	binary  string
+	binErr  error
+}
+
+var shared harness
+
+func (h *harness) stop() {
+	if h.pg != nil {
+		_ = h.pg.Stop()
+	}
+	if h.binDir != "" {
+		_ = os.RemoveAll(h.binDir)
+	}
+}
+
+// benchPG is the shared Postgres 15. Its defaults (fsync off, 32 MB shared
+// buffers) are the test harness's; the pg_recvlogical baseline reads the
+// same server, so the comparison is fair.
+func benchPG(b *testing.B) *pgtest.Server {
+	b.Helper()
+	shared.pgOnce.Do(func() {
+		shared.pg, shared.pgErr = pgtest.Start(context.Background(), pgtest.Options{
+			// A 1M-row backlog is ~400 MB of WAL: keep checkpoints from
+			// running in the middle of a measurement.
+			Settings: map[string]string{"max_wal_size": "4GB"},
+		})
+	})
+	if shared.pgErr != nil {
+		b.Fatal(shared.pgErr)
+	}
+	return shared.pg
+}
+
+// pgpilotBinary builds the binary once: RSS and CPU are measured on the
+// process an operator runs, not on the benchmark's own.
+func pgpilotBinary(b *testing.B) string {
+	b.Helper()
+	shared.binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pgpilot-bench-")
+		if err != nil {
+			shared.binErr = err
+			return
+		}
+		shared.binDir, shared.binary = dir, filepath.Join(dir, "pgpilot")
+		out, err := exec.Command("go", "build", "-o", shared.binary, "github.com/pgpilot/pgpilot").CombinedOutput()
+		if err != nil {
+			shared.binErr = fmt.Errorf("build pgpilot: %w\n%s", err, out)
+		}
+	})
+	if shared.binErr != nil {
+		b.Fatal(shared.binErr)
+	}
+	return shared.binary
+}
+
+// benchRows is N, the size of a backlog.
+func benchRows() int { return envInt("PGPILOT_BENCH_ROWS", 200_000) }
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+const benchAPIKey = "bench-key"
+
+// env is one measurement's database, stand-in and config.
+type env struct {
+	b        *testing.B
+	pg       *pgtest.Server
+	db       string
+	url      string
+	conn     *pgx.Conn
+	up       *userpilottest.Server
+	slot     string
+	dir      string
+	cfgPath  string
+	stateDir string
+}
+
+// newEnv makes a database with the companies table, an unlimited stand-in
+// and a config whose budget never throttles: rate_limit 100000, bulk off,
+// so every company is one real-time HTTP call.
+func newEnv(b *testing.B) *env {
+	b.Helper()
+	ctx := context.Background()
+	pg := benchPG(b)
+	url := pg.NewDatabaseT(b)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := workload.Create(ctx, conn); err != nil {
+		b.Fatal(err)
+	}
+	up := userpilottest.NewServer(userpilottest.Options{APIKey: benchAPIKey})
+	dir := b.TempDir()
+	e := &env{b: b, pg: pg, url: url, conn: conn, up: up, slot: workload.SlotName(url), dir: dir,
+		cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state")}
+	e.db = url[strings.LastIndex(url, "/")+1:]
+	e.db = e.db[:strings.Index(e.db, "?")]
+	cfg := workload.Config(url, e.slot, up.URL(), benchAPIKey, e.stateDir, 100_000)
+	cfg = strings.Replace(cfg, "  rate_limit: 100000\n", "  rate_limit: 100000\n  bulk_rate: 0\n", 1)
+	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(e.close)
+	return e
+}
+
+// close drops the database and its slots, so WAL is not kept for them and
+// slots do not run out over many runs.
+func (e *env) close() {
+	ctx := context.Background()
+	e.up.Close()
+	_, _ = e.conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+		WHERE database = current_database() AND NOT active`)
+	e.conn.Close(ctx)
+	_ = e.pg.Exec(ctx, "postgres", fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", pgx.Identifier{e.db}.Sanitize()))
+}
+
+// insertSQL inserts companies lo..hi (SQL expressions) with the values
+// workload.Seed uses: every mapped type (text, integer, numeric(38,10),
+// boolean, timestamptz) on every row.
+const insertSQL = `INSERT INTO companies (id, name, plan, seats, monthly_spend, trial, created_at, notes)
+	SELECT g, 'Company ' || g, (ARRAY['free','pro','enterprise'])[1 + g %% 3], g %% 500,
+	       (g * 12.34)::numeric(38,10), g %% 2 = 0, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour', NULL
+	FROM generate_series(%s, %s) g`
+
+// writeRows inserts companies 1..n in transactions of perTxn rows (the
+// last may be shorter), all server-side so the writer costs no round trips,
+// and returns the WAL position after the last commit.
+func (e *env) writeRows(n, perTxn int) pglogrepl.LSN {
+	e.b.Helper()
+	ctx := context.Background()
+	var err error
+	if perTxn >= n {
+		_, err = e.conn.Exec(ctx, fmt.Sprintf(insertSQL, "1", strconv.Itoa(n)))
+	} else {
+		// COMMIT inside DO: one transaction per batch, no client round trips.
+		_, err = e.conn.Exec(ctx, fmt.Sprintf(`DO $$
+			BEGIN
+				FOR b IN 0..%d LOOP
+					`+insertSQL+`;
+					COMMIT;
+				END LOOP;
+			END $$`, (n-1)/perTxn, fmt.Sprintf("b * %d + 1", perTxn), fmt.Sprintf("least((b + 1) * %d, %d)", perTxn, n)))
+	}
+	if err != nil {
+		e.b.Fatalf("write %d rows in transactions of %d: %v", n, perTxn, err)
+	}
+	return e.walLSN()
+}
+
+func (e *env) walLSN() pglogrepl.LSN {
+	e.b.Helper()
+	var s string
+	if err := e.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+		e.b.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	return lsn
+}
+
+// checkpointLSN is pgpilot's durable checkpoint, 0 until there is one.
+func (e *env) checkpointLSN() pglogrepl.LSN {
+	cp, ok, err := state.ReadCheckpoint(e.stateDir)
+	if err != nil || !ok || cp.InitialSync != state.InitialSyncDone {
+		return 0
+	}
+	return pglogrepl.LSN(cp.LSN)
+}
+
+// waitFor polls cond every few milliseconds and returns when it held.
+func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) time.Time {
+	e.b.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.b.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Now()
+}
+
+// proc is a running pgpilot binary.
+type proc struct {
+	b    *testing.B
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// startPgpilot runs `pgpilot run` on e's config; its log goes to a file
+// shown if the benchmark fails.
+func (e *env) startPgpilot() *proc {
+	e.b.Helper()
+	logPath := filepath.Join(e.dir, fmt.Sprintf("pgpilot-%d.log", time.Now().UnixNano()))
+	f, err := os.Create(logPath)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	cmd := exec.Command(pgpilotBinary(e.b), "run", "--config", e.cfgPath)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		e.b.Fatal(err)
+	}
+	p := &proc{b: e.b, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	e.b.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if e.b.Failed() {
+			out, _ := os.ReadFile(logPath)
+			e.b.Logf("pgpilot log:\n%s", tail(string(out), 4000))
+		}
+	})
+	return p
+}
+
+// usage is what a process cost.
+type usage struct {
+	cpu     time.Duration // user + system, from the kernel's accounting of the child
+	peakRSS int64         // bytes: VmHWM just before the stop
+}
+
+// stop sends SIGTERM, waits for exit 0 and returns the process's whole CPU
+// time and its peak RSS. The peak is VmHWM, not the child's ru_maxrss:
+// a child forked with vfork inherits its parent's high-water mark into
+// ru_maxrss at exec, so ru_maxrss would report this benchmark's own size.
+func (p *proc) stop() usage {
+	p.b.Helper()
+	hwm := p.peakRSS()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		p.b.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		p.b.Fatal("pgpilot did not exit within 60s of SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		out, _ := os.ReadFile(p.log)
+		p.b.Fatalf("pgpilot exited %d:\n%s", code, tail(string(out), 4000))
+	}
+	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), peakRSS: hwm}
+}
+
+// peakRSS reads VmHWM, the peak resident set, from /proc.
+func (p *proc) peakRSS() int64 {
+	kb, _ := procStatusKB(p.cmd.Process.Pid, "VmHWM:")
+	return kb * 1024
+}
+
+func procStatusKB(pid int, field string) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not in /proc/%d/status", field, pid)
+}
+
+// inProcess is pgpilot run inside the benchmark (daemon.Run), so that
+// -cpuprofile and -memprofile see it; the stand-in shares the process.
+type inProcess struct {
+	b      *testing.B
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (e *env) startInProcess() *inProcess {
+	e.b.Helper()
+	cfg, err := mapping.Load(e.cfgPath)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ip := &inProcess{b: e.b, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		ip.done <- daemon.Run(ctx, daemon.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	}()
+	e.b.Cleanup(func() {
+		cancel()
+		<-ip.done
+	})
+	return ip
+}
+
+// stop stops it as SIGTERM would and waits for it.
+func (ip *inProcess) stop() {
+	ip.b.Helper()
+	ip.cancel()
+	err := <-ip.done
+	ip.done <- nil // for the cleanup
+	if err != nil {
+		ip.b.Fatal(err)
+	}
+}
+
+// initialSync starts pgpilot on the (empty or pre-filled) table, waits for
+// the initial sync to be done and every row to be delivered, and stops it:
+// from then on the slot holds everything written.
+func (e *env) initialSync(rows int) {
+	e.b.Helper()
+	p := e.startPgpilot()
+	e.waitFor("initial sync", 10*time.Minute, func() bool { return e.checkpointLSN() != 0 })
+	e.waitFor("initial rows delivered", 10*time.Minute, func() bool { return e.up.Accepted() >= rows })
+	p.stop()
+}
+
+// medians collects every run's metrics so TestMain can print the median of
+// each over -count runs.
+var medians struct {
+	mu    sync.Mutex
+	order []string
+	runs  map[string]map[string][]float64 // benchmark → unit → values
+	units map[string][]string
+}
+
+// report is b.ReportMetric that also keeps the value for the median table.
+func report(b *testing.B, value float64, unit string) {
+	b.ReportMetric(value, unit)
+	medians.mu.Lock()
+	defer medians.mu.Unlock()
+	if medians.runs == nil {
+		medians.runs, medians.units = map[string]map[string][]float64{}, map[string][]string{}
+	}
+	name := b.Name()
+	if medians.runs[name] == nil {
+		medians.runs[name] = map[string][]float64{}
+		medians.order = append(medians.order, name)
+	}
+	if _, ok := medians.runs[name][unit]; !ok {
+		medians.units[name] = append(medians.units[name], unit)
+	}
+	medians.runs[name][unit] = append(medians.runs[name][unit], value)
+}
+
+func printMedians(w io.Writer) {
+	medians.mu.Lock()
+	defer medians.mu.Unlock()
+	if len(medians.order) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nMedians over runs (min–max):")
+	for _, name := range medians.order {
+		fmt.Fprintf(w, "%s\n", name)
+		for _, unit := range medians.units[name] {
+			vals := slices.Clone(medians.runs[name][unit])
+			sort.Float64s(vals)
+			fmt.Fprintf(w, "    %-22s %12s   (%s–%s, %d runs)\n", unit, num(median(vals)), num(vals[0]), num(vals[len(vals)-1]), len(vals))
+		}
+	}
+}
+
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 1000:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 3, 64)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}

@@ -1,0 +1,58 @@
+package bench
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/pgpilot/pgpilot/internal/workload"
+)
+
+// BenchmarkSnapshot is the first start on a table that already holds N
+// rows: the pgpilot binary reads them in the slot's exported snapshot and
+// sends each to an unlimited stand-in. Reported: rows/s until the stand-in
+// has every row, pgpilot's CPU seconds per 100k rows and its peak RSS.
+func BenchmarkSnapshot(b *testing.B) {
+	n := benchRows()
+	for range b.N {
+		snapshotOnce(b, n)
+	}
+}
+
+func snapshotOnce(b *testing.B, n int) {
+	b.StopTimer()
+	e := newEnv(b)
+	if err := workload.Seed(context.Background(), e.conn, n); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.conn.Exec(context.Background(), `VACUUM ANALYZE companies`); err != nil {
+		b.Fatal(err)
+	}
+	waitQuiet(b, e.pg.DataDir)
+	before := sampleMachine(e.pg.DataDir)
+	selfBefore := selfCPU()
+	b.StartTimer()
+	began := time.Now()
+	p := e.startPgpilot()
+	delivered := e.waitFor("every row delivered", 30*time.Minute, func() bool { return e.up.Accepted() >= n })
+	b.StopTimer()
+	standIn := selfCPU() - selfBefore
+	others := before.foreignCores(e.pg.DataDir)
+	synced := e.waitFor("initial sync checkpointed", 5*time.Minute, func() bool { return e.checkpointLSN() != 0 })
+	u := p.stop()
+	if got := len(e.up.Companies()); got != n {
+		b.Fatalf("stand-in holds %d companies, want %d", got, n)
+	}
+
+	took := delivered.Sub(began)
+	report(b, float64(n)/took.Seconds(), "pgpilot_rows/s")
+	report(b, took.Seconds(), "pgpilot_s")
+	report(b, synced.Sub(began).Seconds(), "ckpt_s")
+	report(b, u.cpu.Seconds()/float64(n)*100_000, "cpu_s/100k")
+	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
+	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
+	report(b, others, "others_cores")
+	b.Logf("initial sync of %d rows: delivered in %s (%.0f rows/s), checkpointed after %s; pgpilot CPU %s, peak RSS %.1f MB; other processes %.2f cores",
+		n, took.Round(time.Millisecond), float64(n)/took.Seconds(), synced.Sub(began).Round(time.Millisecond),
+		u.cpu.Round(time.Millisecond), float64(u.peakRSS)/(1<<20), others)
+}
