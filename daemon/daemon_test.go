@@ -20,6 +20,7 @@ import (
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
@@ -253,8 +254,17 @@ func TestIdleMappedTableLetsSlotAdvance(t *testing.T) {
 	defer stop()
 	e.converge(30 * time.Second)
 
-	_, err := e.conn.Exec(ctx, `CREATE TABLE other (id serial, pad text); INSERT INTO other (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)`)
+	// ≈ 200 MB of WAL in a table pgpilot does not publish.
+	var before string
+	require.NoError(t, e.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&before))
+	_, err := e.conn.Exec(ctx, `CREATE TABLE other (id serial, pad text)`)
 	require.NoError(t, err)
+	for range 10 {
+		_, err = e.conn.Exec(ctx, `INSERT INTO other (pad) SELECT repeat('x', 500) FROM generate_series(1, 40000)`)
+		require.NoError(t, err)
+	}
+	var written int64
+	require.NoError(t, e.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - $1::pg_lsn)::bigint`, before).Scan(&written))
 	var after string
 	require.NoError(t, e.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&after))
 	require.Eventually(t, func() bool {
@@ -262,6 +272,14 @@ func TestIdleMappedTableLetsSlotAdvance(t *testing.T) {
 		err := e.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, e.slot, after).Scan(&passed)
 		return err == nil && passed
 	}, 30*time.Second, 200*time.Millisecond, "the slot's confirmed position passes writes to an unpublished table")
+	var retained int64
+	require.Eventually(t, func() bool {
+		_, err := e.conn.Exec(ctx, `CHECKPOINT`) // a restart point for the slot, as the bgwriter logs every 15 s
+		require.NoError(t, err)
+		retained, err = replication.RetainedWAL(ctx, e.conn, e.slot)
+		return err == nil && retained < 16<<20
+	}, 30*time.Second, 200*time.Millisecond, "the slot retains little of the WAL written to other tables")
+	t.Logf("%d MB of WAL written to another table; the slot retains %d kB", written>>20, retained>>10)
 
 	cp, _, err := state.ReadCheckpoint(e.cfg.State.Dir)
 	require.NoError(t, err)
