@@ -21,7 +21,8 @@ Usage:
   pgpilot run      --config FILE   stream changes to Userpilot until SIGTERM/SIGINT
   pgpilot check    --config FILE   preflight: config, Postgres and slot, each problem with its fix
   pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
-  pgpilot status   --config FILE [--json]   checkpoint, slot position and lag
+  pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
+  pgpilot resync   --config FILE [--company ID | --where SQL]   send rows again, alongside the stream
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
@@ -43,6 +44,7 @@ func cli(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"preview":  previewCommand,
 		"status":   statusCommand,
 		"teardown": teardownCommand,
+		"resync":   resyncCommand,
 	}
 	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stdout, usage)

@@ -30,7 +30,11 @@ func runCommand(args []string, _ io.Reader, _, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err := daemon.Run(ctx, daemon.Options{Config: cfg, Logger: log, ShutdownGrace: *grace})
+	opts := daemon.Options{Config: cfg, Logger: log, ShutdownGrace: *grace}
+	if isTerminal(stderr) {
+		opts.Progress = stderr // a snapshot's progress bar
+	}
+	err := daemon.Run(ctx, opts)
 	switch {
 	case err == nil:
 		return exitOK

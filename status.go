@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +30,10 @@ type statusReport struct {
 	LagBytes         *int64     `json:"lag_bytes,omitempty"`
 	RetainedWALBytes *int64     `json:"retained_wal_bytes,omitempty"`
 	DeadLetters      int        `json:"dead_letters"`
+	// Snapshot is the running snapshot (initial sync or re-sync) as far as
+	// it is delivered; ResyncRequested a `pgpilot resync` not started yet.
+	Snapshot        *state.Snapshot `json:"snapshot,omitempty"`
+	ResyncRequested bool            `json:"resync_requested"`
 	// Mode, outbox and pending figures, as the running daemon last wrote
 	// them (absent before the first run).
 	Delivery *state.Status `json:"delivery,omitempty"`
@@ -52,6 +58,10 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if ok {
 		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
 		r.CheckpointAt = &cp.UpdatedAt
+		r.Snapshot = cp.Snapshot
+	}
+	if _, err := os.Stat(filepath.Join(cfg.State.Dir, state.ResyncFile)); err == nil {
+		r.ResyncRequested = true
 	}
 	if st, ok, err := state.ReadStatus(cfg.State.Dir); err == nil && ok {
 		r.Delivery = &st
@@ -102,6 +112,23 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		row("retained WAL", fmt.Sprintf("%d bytes", *r.RetainedWALBytes))
 	}
 	row("dead letters", fmt.Sprint(r.DeadLetters))
+	if s := r.Snapshot; s != nil {
+		total := "?"
+		if s.Total >= 0 {
+			total = fmt.Sprint(s.Total)
+		}
+		what := "every row"
+		switch {
+		case s.CompanyID != "":
+			what = "company " + s.CompanyID
+		case s.Where != "":
+			what = "where " + s.Where
+		}
+		row("snapshot", fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what, s.Rows, total, s.Began.Format(time.RFC3339)))
+	}
+	if r.ResyncRequested {
+		row("re-sync", "requested, not started yet")
+	}
 	if d := r.Delivery; d != nil {
 		row("delivery mode", fmt.Sprintf("%s (%s, as of %s)", d.Mode, orDash(d.Reason), d.UpdatedAt.Format(time.RFC3339)))
 		row("outbox", fmt.Sprintf("%d companies, %d bytes", d.OutboxCompanies, d.OutboxBytes))

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -46,6 +47,12 @@ type Options struct {
 	// Delivery overrides the delivery tuning (bulk overhead, minimum job,
 	// poll interval, memory bound); what the config sets comes from it.
 	Delivery delivery.Options
+	// SnapshotChunkRows is how many rows a snapshot reads at a time; 0 →
+	// 5,000.
+	SnapshotChunkRows int
+	// Progress, when set (a terminal), shows a running snapshot's progress
+	// bar.
+	Progress io.Writer
 	// Metrics receives what the daemon does; nil → Run makes one from the
 	// config (and serves it on http.listen when set).
 	Metrics *metrics.Metrics

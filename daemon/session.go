@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -34,13 +36,19 @@ type session struct {
 	// progress is set once a session checkpointed something, so the
 	// reconnect backoff starts small again after it fails.
 	progress atomic.Bool
+
+	// mu guards the checkpoint as last written: its identity, position and
+	// snapshot job (nil: none runs), which the pipeline's checkpoints and
+	// a re-sync request both update.
+	mu sync.Mutex
+	cp state.Checkpoint
 }
 
-// start is what setup found: the durable checkpoint, and the new slot when
-// a snapshot is owed first.
+// start is what setup found: the durable checkpoint, with the snapshot job
+// to run or resume, if any.
 type start struct {
-	lsn      pglogrepl.LSN
-	snapshot *replication.CreatedSlot // non-nil: send the snapshot first
+	lsn pglogrepl.LSN
+	job *state.Snapshot
 }
 
 func (s *session) run(ctx context.Context) error {
@@ -69,10 +77,18 @@ func (s *session) run(ctx context.Context) error {
 		}
 		return err
 	}
-	mapped := replication.PickColumns(cols, cfg.Companies.Columns())
 	if _, err := mapping.Compile(cfg.Companies, table.String(), toMapping(cols)); err != nil {
 		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 	}
+	key, err := replication.KeyColumns(ctx, sqlConn, table)
+	if err != nil {
+		if errors.Is(err, replication.ErrNoKey) {
+			return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return err
+	}
+	// A snapshot reads the mapped columns and the key it pages by.
+	readCols := replication.PickColumns(cols, append(cfg.Companies.Columns(), key...))
 
 	rconn, err := replication.ConnectReplication(ctx, cfg.Postgres.URL)
 	if err != nil {
@@ -91,10 +107,16 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	stage, err := snapshot.New(snapshot.Options{URL: cfg.Postgres.URL, Start: st.lsn, Table: table, Columns: readCols, Key: key,
+		CompanyID: cfg.Companies.CompanyID, ChunkRows: s.opts.SnapshotChunkRows, Logger: s.log})
+	if err != nil {
+		return err
+	}
 	s.confirmed.Store(uint64(st.lsn))
 	m.Checkpointed(st.lsn)
-	if st.snapshot != nil {
-		m.InitialSync(st.snapshot.ConsistentPoint, estimateRows(ctx, sqlConn, table))
+	m.SnapshotProgress(st.job)
+	if st.job != nil {
+		stage.Start(*st.job)
 	}
 
 	// Delivery keeps running after a stop signal, for ShutdownGrace, so
@@ -132,7 +154,7 @@ func (s *session) run(ctx context.Context) error {
 	if do.OutboxAfter == 0 {
 		do.OutboxAfter = cfg.Delivery.OutboxAfter
 	}
-	do.Checkpoint, do.Checkpointed = s.checkpointer(sys, srv), st.lsn
+	do.Checkpoint, do.Checkpointed = s.checkpointer(), st.lsn
 	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.log
 	do.BulkRate = cfg.Userpilot.BulkRate
 	do.OnDelete, do.DeleteMark = cfg.Companies.OnDelete, cfg.Companies.OnDeleteMetadata
@@ -142,16 +164,28 @@ func (s *session) run(ctx context.Context) error {
 	pipe := delivery.New(do)
 	m.AttachPipeline(pipe.Stats())
 	in := make(chan replication.Transaction, 16)
+	// The snapshot's stage puts its chunks between the stream's
+	// transactions (see package snapshot).
+	staged := make(chan replication.Transaction, 16)
+	stageDone := make(chan error, 1)
+	go func() {
+		err := stage.Run(produceCtx, in, staged)
+		close(staged)
+		if err != nil && produceCtx.Err() == nil {
+			stopProducing() // the snapshot failed: stop reading too, and start over
+		}
+		stageDone <- err
+	}()
 	// With metrics, what is read passes through a counter on its way to
 	// the pipeline (changes by operation, commit times for the lag).
-	var pipeIn <-chan replication.Transaction = in
+	var pipeIn <-chan replication.Transaction = staged
 	pipeStopped, forwarded := make(chan struct{}), make(chan struct{})
 	if m != nil {
 		counted := make(chan replication.Transaction)
 		pipeIn = counted
 		go func() {
 			defer close(forwarded)
-			m.Forward(in, counted, pipeStopped)
+			m.Forward(staged, counted, pipeStopped)
 		}()
 	} else {
 		close(forwarded)
@@ -164,33 +198,36 @@ func (s *session) run(ctx context.Context) error {
 		pipeDone <- err
 	}()
 
-	streaming := false
-	prodErr := func() error {
-		if st.snapshot != nil {
-			if err := s.sendSnapshot(produceCtx, table, mapped, *st.snapshot, in); err != nil {
-				return err
-			}
-		}
-		streaming = true
-		m.Streaming()
-		from := st.lsn
-		if st.snapshot != nil {
-			from = st.snapshot.ConsistentPoint
-		}
-		return replication.Stream(produceCtx, rconn, replication.StreamOptions{
-			Slot:           cfg.Postgres.Slot,
-			Publication:    cfg.Postgres.Publication,
-			Table:          table,
-			Start:          from,
-			Confirmed:      func() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) },
-			Types:          replication.NewTypeResolver(sqlConn),
-			StatusInterval: srv.StatusInterval(),
-			Logger:         s.log,
-		}, in)
+	// Re-sync requests (`pgpilot resync`) and the snapshot's progress.
+	resyncCtx, stopResync := context.WithCancel(produceCtx)
+	resyncDone := make(chan struct{})
+	go func() {
+		defer close(resyncDone)
+		s.watchSnapshots(resyncCtx, stage, table)
 	}()
+
+	streaming := true
+	m.Streaming()
+	prodErr := replication.Stream(produceCtx, rconn, replication.StreamOptions{
+		Slot:           cfg.Postgres.Slot,
+		Publication:    cfg.Postgres.Publication,
+		Table:          table,
+		Start:          st.lsn,
+		Confirmed:      func() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) },
+		Types:          replication.NewTypeResolver(sqlConn),
+		StatusInterval: srv.StatusInterval(),
+		WantPosition:   stage.WantPosition,
+		Logger:         s.log,
+	}, in)
+	stopResync()
+	<-resyncDone
 	close(in)
+	stageErr := <-stageDone
 	pipeErr := <-pipeDone
 	<-forwarded
+	if prodErr == nil || (errors.Is(prodErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
+		prodErr = stageErr
+	}
 
 	if streaming && !rconn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -270,21 +307,64 @@ func (s *session) writeStatus(st state.Status) {
 	}
 }
 
-// checkpointer durably records lsn, then lets the stream confirm it.
-func (s *session) checkpointer(sys pglogrepl.IdentifySystemResult, srv replication.Server) func(pglogrepl.LSN) error {
-	return func(lsn pglogrepl.LSN) error {
-		err := s.dir.SaveCheckpoint(state.Checkpoint{
-			SystemID: sys.SystemID, Database: srv.Database, Slot: s.cfg.Postgres.Slot,
-			LSN: state.LSN(lsn), InitialSync: state.InitialSyncDone,
-		})
-		if err != nil {
+// checkpointer durably records lsn and the snapshot's delivered progress,
+// then lets the stream confirm lsn.
+func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
+	return func(lsn pglogrepl.LSN, mark any) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		cp := s.cp
+		cp.LSN = state.LSN(lsn)
+		finished := false
+		if p, ok := mark.(*snapshot.Progress); ok && cp.Snapshot != nil && p.Job.ID == cp.Snapshot.ID {
+			// A mark of an older job is stale: its Done was checkpointed.
+			if p.Done {
+				cp.Snapshot, finished = nil, true
+			} else {
+				job := p.Job
+				cp.Snapshot = &job
+			}
+		}
+		if err := s.dir.SaveCheckpoint(cp); err != nil {
 			return err
 		}
+		if finished {
+			s.log.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
+				"duration", time.Since(s.cp.Snapshot.Began).Round(time.Second).String())
+		}
+		s.cp = cp
 		s.confirmed.Store(uint64(lsn))
 		s.progress.Store(true)
 		s.opts.Metrics.Checkpointed(lsn)
+		s.opts.Metrics.SnapshotProgress(cp.Snapshot)
 		return nil
 	}
+}
+
+// job returns the running snapshot job, as checkpointed (nil: none).
+func (s *session) job() *state.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cp.Snapshot == nil {
+		return nil
+	}
+	j := *s.cp.Snapshot
+	return &j
+}
+
+// beginJob checkpoints a new snapshot job before it starts, so that a
+// crash from here on resumes it.
+func (s *session) beginJob(job state.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := s.cp
+	cp.Snapshot = &job
+	if err := s.dir.SaveCheckpoint(cp); err != nil {
+		return err
+	}
+	s.cp = cp
+	s.opts.Metrics.SnapshotProgress(&job)
+	return nil
 }
 
 // prepare decides where the stream starts, creating the slot (and owing a
@@ -316,12 +396,13 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 		if err := slot.Usable(srv.Database); err != nil {
 			return start{}, permanent(err)
 		}
+		s.cp = cp
 		if slot.ConfirmedFlush > pglogrepl.LSN(cp.LSN) {
 			return start{}, permanent(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
 				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot? "+
 				"Give each its own postgres.slot, then re-sync", slotName, slot.ConfirmedFlush, cp.LSN))
 		}
-		return start{lsn: pglogrepl.LSN(cp.LSN)}, nil
+		return start{lsn: pglogrepl.LSN(cp.LSN), job: cp.Snapshot}, nil
 	}
 
 	if haveSlot {
@@ -337,9 +418,8 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 			return start{}, err
 		}
 	}
-	err = s.dir.SaveCheckpoint(state.Checkpoint{SystemID: sys.SystemID, Database: srv.Database, Slot: slotName,
-		InitialSync: state.InitialSyncInProgress})
-	if err != nil {
+	s.cp = state.Checkpoint{SystemID: sys.SystemID, Database: srv.Database, Slot: slotName, InitialSync: state.InitialSyncInProgress}
+	if err := s.dir.SaveCheckpoint(s.cp); err != nil {
 		return start{}, permanent(err)
 	}
 	if srv.InRecovery {
@@ -355,30 +435,23 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	if err != nil {
 		return start{}, err
 	}
-	s.log.Info("created replication slot; sending the table's current rows first", "slot", slotName,
-		"consistent_point", created.ConsistentPoint.String())
-	return start{snapshot: &created}, nil
+	// From here the slot is ours and streams from its consistent point;
+	// the table's rows are sent alongside, chunk by chunk, by a snapshot
+	// job the checkpoint carries until it is done.
+	job := &state.Snapshot{ID: state.InitialSnapshot, Total: estimateRows(ctx, sqlConn, s.table()), Began: time.Now().UTC()}
+	cp = s.cp
+	cp.LSN, cp.InitialSync, cp.Snapshot = state.LSN(created.ConsistentPoint), state.InitialSyncDone, job
+	if err := s.dir.SaveCheckpoint(cp); err != nil {
+		return start{}, permanent(err)
+	}
+	s.cp = cp
+	s.log.Info("created replication slot; sending the table's current rows alongside the stream", "slot", slotName,
+		"consistent_point", created.ConsistentPoint.String(), "rows_estimate", job.Total)
+	return start{lsn: created.ConsistentPoint, job: job}, nil
 }
 
-// sendSnapshot sends every current row, then the slot's consistent point:
-// once that is checkpointed the initial sync is done and streaming starts
-// exactly where the snapshot ends.
-func (s *session) sendSnapshot(ctx context.Context, table replication.Table, cols []replication.Column,
-	created replication.CreatedSlot, in chan<- replication.Transaction) error {
-	began := time.Now()
-	rows, err := replication.ReadSnapshot(ctx, replication.SnapshotOptions{
-		URL: s.cfg.Postgres.URL, SnapshotName: created.SnapshotName, Table: table, Columns: cols,
-	}, in)
-	if err != nil {
-		return fmt.Errorf("initial snapshot of %s: %w", table, err)
-	}
-	select {
-	case in <- replication.Transaction{EndLSN: created.ConsistentPoint}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	s.log.Info("initial snapshot read", "rows", rows, "duration", time.Since(began).Round(time.Millisecond).String())
-	return nil
+func (s *session) table() replication.Table {
+	return replication.Table{Schema: s.cfg.Companies.Schema, Name: s.cfg.Companies.Name}
 }
 
 // estimateRows is the planner's estimate of table's row count, for the

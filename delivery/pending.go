@@ -16,6 +16,7 @@ type entry struct {
 	// undelivered: the end of the last transaction received before the
 	// entry's first change.
 	safe pglogrepl.LSN
+	seq  uint64 // order of making, for marks
 	// lsn is the end of the newest transaction merged in (0 while that
 	// transaction is still arriving), for dead letters.
 	lsn          pglogrepl.LSN
@@ -23,6 +24,7 @@ type entry struct {
 	changes      int
 	done         bool
 	checked      bool // looked up in the no-op index since the last merge
+	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
 }

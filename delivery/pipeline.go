@@ -64,9 +64,11 @@ type Options struct {
 	Sender      Sender
 	DeadLetters DeadLetters
 	Index       Index
-	// Checkpoint durably records that everything up to lsn is delivered.
-	// Only after it returns may lsn be confirmed to Postgres.
-	Checkpoint func(lsn pglogrepl.LSN) error
+	// Checkpoint durably records that everything up to lsn is delivered,
+	// and, when mark is not nil, that the Transaction carrying that Mark
+	// and everything before it is. Only after it returns may lsn be
+	// confirmed to Postgres. It is called when either moves.
+	Checkpoint func(lsn pglogrepl.LSN, mark any) error
 	// Checkpointed is the position already checkpointed.
 	Checkpointed pglogrepl.LSN
 	// RealtimeRate is the real-time budget in requests/second (the client
@@ -132,8 +134,9 @@ type Pipeline struct {
 	log   *slog.Logger
 	stats Stats
 
-	rel    *replication.Relation
-	mapper *mapping.Mapper
+	// mappers holds the mapping compiled for each description of the
+	// table in use: the stream's and the snapshot's take turns.
+	mappers map[*replication.Relation]*mapping.Mapper
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first
@@ -141,6 +144,12 @@ type Pipeline struct {
 	inflight  int
 	received  pglogrepl.LSN // end of the last whole transaction received
 	done      pglogrepl.LSN // checkpointed
+	// seq numbers entries in the order they are made; marks wait, oldest
+	// first, for every entry made before them to be delivered.
+	seq       uint64
+	marks     []pendingMark
+	markDone  any // the newest mark with everything before it delivered
+	markSaved any // the mark last passed to Checkpoint
 	bulkBusy  bool
 	// deletes wait for one delete request at a time (Userpilot allows one
 	// every 2 seconds).
@@ -186,7 +195,7 @@ func New(opts Options) *Pipeline {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
+	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{}, mappers: map[*replication.Relation]*mapping.Mapper{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
 		dirty: map[string]struct{}{}, inOutbox: map[string]int{}}
 }
@@ -373,7 +382,17 @@ func (p *Pipeline) add(txn replication.Transaction) error {
 	if txn.EndLSN > p.received {
 		p.received = txn.EndLSN
 	}
+	if txn.Mark != nil {
+		p.marks = append(p.marks, pendingMark{seq: p.seq, mark: txn.Mark})
+	}
 	return nil
+}
+
+// pendingMark is a Transaction's Mark, waiting for the entries made before
+// it (seq below its own) to be delivered.
+type pendingMark struct {
+	seq  uint64
+	mark any
 }
 
 func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) error {
@@ -462,6 +481,7 @@ func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.
 			w.merge(md)
 		}
 		w.checked = false
+		w.resend = w.resend || txn.Resend
 		w.lsn = txn.EndLSN
 		p.stats.Coalesced.Add(1)
 		p.touch(id)
@@ -473,7 +493,8 @@ func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.
 	if md == nil {
 		md = map[string]any{}
 	}
-	e := &entry{co: companyOf(id, md), safe: p.received, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del}
+	e := &entry{co: companyOf(id, md), safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del, resend: txn.Resend}
+	p.seq++
 	c.waiting = e
 	p.touch(id)
 	p.order.push(e)
@@ -486,8 +507,8 @@ func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.
 // describes the table anew (a new Relation), so a schema change is met with
 // a clear stop rather than values in the wrong keys.
 func (p *Pipeline) mapperFor(rel *replication.Relation) (*mapping.Mapper, error) {
-	if rel == p.rel && p.mapper != nil {
-		return p.mapper, nil
+	if m, ok := p.mappers[rel]; ok {
+		return m, nil
 	}
 	cols := make([]mapping.Column, len(rel.Columns))
 	for i, c := range rel.Columns {
@@ -497,7 +518,10 @@ func (p *Pipeline) mapperFor(rel *replication.Relation) (*mapping.Mapper, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
 	}
-	p.rel, p.mapper = rel, m
+	if len(p.mappers) >= 8 {
+		clear(p.mappers) // old descriptions are not used again
+	}
+	p.mappers[rel] = m
 	return m, nil
 }
 
@@ -530,7 +554,7 @@ func (p *Pipeline) skipNoOps(r *report) error {
 // noOp reports whether e would change nothing in Userpilot. Each entry is
 // looked up once; a merge makes it be looked up again.
 func (p *Pipeline) noOp(e *entry) (bool, error) {
-	if p.opts.Index == nil || e.checked || e.delete {
+	if p.opts.Index == nil || e.checked || e.delete || e.resend {
 		return false, nil
 	}
 	e.checked = true
@@ -596,6 +620,12 @@ func (p *Pipeline) watermark() pglogrepl.LSN {
 	for p.order.len() > 0 && p.order.front().done {
 		p.order.popFront()
 	}
+	// A merge into an older entry keeps that entry's seq, so a mark never
+	// passes a state it was made after.
+	for len(p.marks) > 0 && (p.order.len() == 0 || p.order.front().seq >= p.marks[0].seq) {
+		p.markDone = p.marks[0].mark
+		p.marks = p.marks[1:]
+	}
 	if p.order.len() > 0 {
 		return p.order.front().safe
 	}
@@ -615,6 +645,11 @@ func (p *Pipeline) tick() error {
 	p.updateMode() // the write may have emptied the outbox
 	p.reportStatus(false)
 	if p.mode == state.ModeOutbox {
+		// Everything received is delivered or in the outbox: so are the
+		// marks received.
+		if n := len(p.marks); n > 0 {
+			p.markDone, p.marks = p.marks[n-1].mark, nil
+		}
 		return p.checkpointAt(received)
 	}
 	return p.checkpoint()
@@ -625,12 +660,13 @@ func (p *Pipeline) checkpoint() error {
 }
 
 func (p *Pipeline) checkpointAt(w pglogrepl.LSN) error {
-	if w <= p.done {
+	if w <= p.done && p.markDone == p.markSaved {
 		return nil
 	}
-	if err := p.opts.Checkpoint(w); err != nil {
+	w = max(w, p.done)
+	if err := p.opts.Checkpoint(w, p.markDone); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", w, err)
 	}
-	p.done = w
+	p.done, p.markSaved = w, p.markDone
 	return nil
 }

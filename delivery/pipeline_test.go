@@ -99,7 +99,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		defer h.mu.Unlock()
 		h.statuses = append(h.statuses, st)
 	}
-	o.Checkpoint = func(lsn pglogrepl.LSN) error {
+	o.Checkpoint = func(lsn pglogrepl.LSN, _ any) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		h.checkpoints = append(h.checkpoints, lsn)

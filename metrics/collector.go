@@ -26,6 +26,12 @@ var (
 		"The table's row count as the planner estimates it (pg_class.reltuples) when the current (or last) initial sync started; absent when unknown.")
 	syncingDesc = desc("initial_sync_in_progress",
 		"1 while the initial sync runs (its consistent point is not checkpointed yet), else 0.")
+	snapDoneDesc = desc("snapshot_rows_done",
+		"Rows of the running snapshot (initial sync or re-sync) delivered and checkpointed.")
+	snapTotalDesc = desc("snapshot_rows_total",
+		"Rows the running snapshot will read, as estimated when it began; absent when unknown.")
+	snapActiveDesc = desc("snapshot_in_progress",
+		"1 while a snapshot (initial sync or re-sync) runs, else 0.")
 	deliveredDesc = desc("records_delivered_total",
 		"Company records Userpilot accepted, by path (realtime, bulk).", "path")
 	coalescedDesc = desc("changes_coalesced_total",
@@ -76,7 +82,7 @@ var (
 		"How long Userpilot has been failing (requests failing, none accepted, companies pending); 0 when it is not.")
 )
 
-var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, syncReadDesc, syncEstimateDesc, syncingDesc,
+var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, snapDoneDesc, snapTotalDesc, snapActiveDesc, syncReadDesc, syncEstimateDesc, syncingDesc,
 	deliveredDesc, coalescedDesc, skippedDesc, deadLetteredDesc, bulkJobsDesc, requestsDesc, retriesDesc, rateLimitedDesc,
 	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
 	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
@@ -122,6 +128,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(syncEstimateDesc, float64(m.syncEstimate))
 	}
 	gauge(syncingDesc, bit(m.syncing))
+	gauge(snapActiveDesc, bit(m.snapActive))
+	gauge(snapDoneDesc, float64(m.snapDone))
+	if m.snapActive && m.snapTotal >= 0 {
+		gauge(snapTotalDesc, float64(m.snapTotal))
+	}
 
 	p := m.base.plus(countsOf(m.pipeline))
 	counter(deliveredDesc, p.realtime, "realtime")

@@ -99,6 +99,9 @@ type Metrics struct {
 	syncEstimate int64 // the planner's row estimate of the table; < 0 unknown
 	checkpoint   pglogrepl.LSN
 	haveCP       bool
+	// The running snapshot job, as checkpointed.
+	snapActive          bool
+	snapDone, snapTotal int64
 	marks        []mark // transactions received and not yet checkpointed, oldest first
 
 	status     state.Status
@@ -230,6 +233,28 @@ func (m *Metrics) InitialSync(target pglogrepl.LSN, estimate int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.syncing, m.syncTarget, m.syncRead, m.syncEstimate = true, target, 0, estimate
+}
+
+// SnapshotProgress reports the running snapshot job as checkpointed (nil:
+// none runs). The initial sync is the job with ID "initial": pgpilot is
+// not ready until it is done.
+func (m *Metrics) SnapshotProgress(job *state.Snapshot) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if job == nil {
+		m.snapActive, m.syncing = false, false
+		return
+	}
+	m.snapActive, m.snapDone, m.snapTotal = true, job.Rows, job.Total
+	if job.ID == state.InitialSnapshot {
+		if !m.syncing {
+			m.syncRead = job.Rows
+		}
+		m.syncing, m.syncTarget, m.syncEstimate = true, pglogrepl.LSN(^uint64(0)), job.Total
+	}
 }
 
 // Streaming says the replication stream is starting.

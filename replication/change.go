@@ -70,7 +70,16 @@ type Transaction struct {
 	CommitLSN  pglogrepl.LSN
 	EndLSN     pglogrepl.LSN
 	CommitTime time.Time
-	Changes    []Change
+	// Xid is the transaction's id, as pgoutput's BEGIN carries it (32 bits).
+	Xid     uint32
+	Changes []Change
+	// Resend asks for its rows to be delivered even where Userpilot is
+	// believed to hold them already (a re-sync).
+	Resend bool
+	// Mark, when set, is handed back to the consumer's checkpoint once this
+	// Transaction and everything before it is delivered: a snapshot chunk
+	// records its progress so.
+	Mark any
 
 	chunked bool // pieces of it were sent already
 }

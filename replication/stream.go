@@ -40,7 +40,13 @@ type StreamOptions struct {
 	// to reply, before the connection is taken for dead (see liveness.go);
 	// 0 → six StatusIntervals, between 5s and 60s.
 	ReceiveTimeout time.Duration
-	Logger         *slog.Logger
+	// WantPosition, if set, returns a position the consumer is waiting to
+	// see passed (a snapshot chunk waits for it; 0: none). Once the stream
+	// knows everything up to it was sent, it offers a marker at once, and
+	// until then it answers every keepalive at once, so that the walsender
+	// reports its position again as soon as it moves.
+	WantPosition func() pglogrepl.LSN
+	Logger       *slog.Logger
 }
 
 // markerInterval bounds how often an idle position is offered for
@@ -94,7 +100,10 @@ type streamer struct {
 	lastMarker   time.Time
 	lastStatus   time.Time
 	lastReported pglogrepl.LSN
-	live         liveness
+	// known is the newest position up to which everything was received;
+	// offered the last wanted position a marker was offered for.
+	known, offered pglogrepl.LSN
+	live           liveness
 }
 
 func (s *streamer) loop(ctx context.Context) error {
@@ -105,7 +114,14 @@ func (s *streamer) loop(ctx context.Context) error {
 		if err := s.checkAlive(ctx); err != nil {
 			return err
 		}
-		recvCtx, cancel := context.WithTimeout(ctx, min(time.Second, s.opts.StatusInterval))
+		if err := s.offerWanted(ctx); err != nil {
+			return err
+		}
+		wait := min(time.Second, s.opts.StatusInterval)
+		if s.wanting() {
+			wait = 20 * time.Millisecond
+		}
+		recvCtx, cancel := context.WithTimeout(ctx, wait)
 		msg, err := s.conn.ReceiveMessage(recvCtx)
 		cancel()
 		if err != nil {
@@ -145,10 +161,12 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 		}
 		// Between transactions, everything up to the server's position
 		// has been sent to us: offer it, so an idle table lets WAL go.
+
 		if s.cur == nil {
+			s.known = max(s.known, ka.ServerWALEnd)
 			s.offerMarker(ka.ServerWALEnd)
 		}
-		if ka.ReplyRequested {
+		if ka.ReplyRequested || (s.wanting() && time.Since(s.lastStatus) >= 10*time.Millisecond) {
 			return s.maybeSendStatus(ctx, true)
 		}
 	case pglogrepl.XLogDataByteID:
@@ -174,7 +192,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		}
 		s.relations[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
-		s.cur = &Transaction{CommitLSN: m.FinalLSN, CommitTime: m.CommitTime}
+		s.cur = &Transaction{CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}
 		// FinalLSN is where the commit record starts. A checkpoint is the
 		// end of a commit record or a record boundary, so the transaction
 		// was delivered before exactly when its commit starts before the
@@ -199,6 +217,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		txn := *s.cur
 		s.cur = nil
 		txn.CommitLSN, txn.EndLSN, txn.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		s.known = max(s.known, txn.EndLSN)
 		if s.skipping || txn.EndLSN <= s.opts.Start {
 			// Delivered before the restart; the server may send it again.
 			return nil
@@ -232,7 +251,7 @@ func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrep
 	s.cur.Changes = append(s.cur.Changes, Change{Op: op, Relation: rel, Values: tupleValues(tuple)})
 	if len(s.cur.Changes) >= s.opts.ChunkChanges {
 		// Send the piece on: a large transaction never sits whole in memory.
-		if err := s.emit(ctx, Transaction{CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Changes: s.cur.Changes}); err != nil {
+		if err := s.emit(ctx, Transaction{CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Xid: s.cur.Xid, Changes: s.cur.Changes}); err != nil {
 			return err
 		}
 		s.cur.Changes = nil
@@ -308,6 +327,35 @@ func (s *streamer) offerMarker(pos pglogrepl.LSN) {
 		s.lastMarker = time.Now()
 	default:
 	}
+}
+
+// wanting reports whether the consumer waits for a position not known yet.
+func (s *streamer) wanting() bool {
+	if s.opts.WantPosition == nil {
+		return false
+	}
+	want := s.opts.WantPosition()
+	return want > 0 && (s.known < want || want != s.offered)
+}
+
+// offerWanted sends, between transactions, a marker for the known position
+// when the consumer waits for it; unlike offerMarker it waits for the
+// consumer to take it.
+func (s *streamer) offerWanted(ctx context.Context) error {
+	if s.opts.WantPosition == nil || s.cur != nil {
+		return nil
+	}
+	want := s.opts.WantPosition()
+	if want == 0 || s.known < want || want == s.offered {
+		return nil
+	}
+	// Even a position sent before (the start, a transaction's end): the
+	// consumer may have begun waiting after it went by.
+	if err := s.emit(ctx, Transaction{EndLSN: s.known}); err != nil {
+		return err
+	}
+	s.lastEmitted, s.offered = s.known, want
+	return nil
 }
 
 // maybeSendStatus reports the durable checkpoint as written, flushed and

@@ -15,8 +15,9 @@ import (
 const CheckpointFile = "checkpoint.json"
 
 // checkpointFormat is bumped whenever the file's meaning changes, so an old
-// binary refuses a newer file instead of misreading it.
-const checkpointFormat = 1
+// binary refuses a newer file instead of misreading it. Format 2 added the
+// snapshot's progress; format 1 files are read as having none.
+const checkpointFormat = 2
 
 // Initial sync phases recorded in the checkpoint.
 const (
@@ -44,8 +45,34 @@ type Checkpoint struct {
 	LSN LSN `json:"lsn"`
 	// InitialSync is InitialSyncInProgress or InitialSyncDone.
 	InitialSync string `json:"initial_sync"`
+	// Snapshot is the snapshot (initial sync or re-sync) in progress, as
+	// far as it is delivered; nil when none runs.
+	Snapshot *Snapshot `json:"snapshot,omitempty"`
 	// UpdatedAt is when the checkpoint was written (for status output).
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// InitialSnapshot is the ID of the initial sync's snapshot job.
+const InitialSnapshot = "initial"
+
+// Snapshot is a snapshot job's delivered progress: every row up to After,
+// in key order, is delivered, and a restart reads on from there.
+type Snapshot struct {
+	// ID names the job: "initial" for the initial sync, "resync-…" for a
+	// re-sync.
+	ID string `json:"id"`
+	// Where restricts a re-sync to the rows it selects (SQL); CompanyID to
+	// one company. Both empty: every row.
+	Where     string `json:"where,omitempty"`
+	CompanyID string `json:"company_id,omitempty"`
+	// After is the key of the last row delivered (text, one per key
+	// column); nil: none yet.
+	After []string `json:"after,omitempty"`
+	// Rows is how many rows are delivered; Total the estimate of all (-1:
+	// unknown).
+	Rows  int64     `json:"rows"`
+	Total int64     `json:"total"`
+	Began time.Time `json:"began"`
 }
 
 // envelope is the file: the checkpoint and a checksum of its exact bytes, so
@@ -85,7 +112,7 @@ func ReadCheckpoint(dir string) (cp Checkpoint, ok bool, err error) {
 	if err := dec.Decode(&env); err != nil {
 		return Checkpoint{}, false, corrupt("not a checkpoint file (" + err.Error() + ")")
 	}
-	if env.Format != checkpointFormat {
+	if env.Format != checkpointFormat && env.Format != 1 {
 		return Checkpoint{}, false, corrupt(fmt.Sprintf("format %d, this pgpilot reads format %d", env.Format, checkpointFormat))
 	}
 	// The checksum covers the compact form, so indentation is not content.

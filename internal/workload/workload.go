@@ -306,7 +306,8 @@ func WaitInitialSync(ctx context.Context, stateDir string, timeout time.Duration
 	deadline := time.Now().Add(timeout)
 	for {
 		cp, ok, err := state.ReadCheckpoint(stateDir)
-		if err == nil && ok && cp.InitialSync == state.InitialSyncDone {
+		// Done: the slot is set up and the snapshot job is delivered.
+		if err == nil && ok && cp.InitialSync == state.InitialSyncDone && cp.Snapshot == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {

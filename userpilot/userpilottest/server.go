@@ -172,6 +172,14 @@ func (s *Server) Companies() map[string]map[string]any {
 	return out
 }
 
+// Wipe forgets every profile, as a Userpilot workspace that lost its data
+// (or a new one) would: only a re-sync brings them back.
+func (s *Server) Wipe() {
+	s.lock()
+	defer s.unlock()
+	clear(s.companies)
+}
+
 // Company returns a copy of one profile's metadata and whether it exists.
 func (s *Server) Company(id string) (map[string]any, bool) {
 	s.lock()

@@ -1,0 +1,203 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/snapshot"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// progressLogEvery is how often a running snapshot logs its progress.
+const progressLogEvery = 5 * time.Second
+
+// watchSnapshots starts the re-syncs `pgpilot resync` asks for (one at a
+// time, once no snapshot runs) and reports a running snapshot's progress,
+// until ctx is done.
+func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, table replication.Table) {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var rate rateMeter
+	var lastLog, lastPoll time.Time
+	var lastJob string
+	for {
+		select {
+		case <-ctx.Done():
+			if s.opts.Progress != nil && lastJob != "" {
+				fmt.Fprintln(s.opts.Progress)
+			}
+			return
+		case <-tick.C:
+		}
+		job := s.job()
+		if job == nil && !stage.Busy() && time.Since(lastPoll) >= time.Second {
+			lastPoll = time.Now()
+			if err := s.takeResync(ctx, stage, table); err != nil {
+				s.log.Error("re-sync request not started", "error", err)
+			}
+			continue
+		}
+		if job == nil {
+			continue
+		}
+		if job.ID != lastJob {
+			lastJob, rate = job.ID, rateMeter{}
+		}
+		rate.add(time.Now(), job.Rows)
+		p := progressOf(*job, stage.RowsRead(), rate.perSecond(), s.cfg.Userpilot.BulkRate+s.cfg.Userpilot.RateLimit)
+		if s.opts.Progress != nil {
+			fmt.Fprintf(s.opts.Progress, "\r%s", p.bar())
+		}
+		if time.Since(lastLog) >= progressLogEvery {
+			lastLog = time.Now()
+			s.log.Info("snapshot progress", p.attrs()...)
+		}
+	}
+}
+
+// takeResync starts the re-sync request waiting in the state directory, if
+// any: the job is checkpointed first, then the request removed, so that a
+// crash in between runs it (at worst twice), never loses it.
+func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table replication.Table) error {
+	job, ok, err := s.dir.PendingResync()
+	if err != nil || !ok {
+		return err
+	}
+	job.ID = "resync-" + time.Now().UTC().Format("20060102T150405.000Z")
+	job.After, job.Rows, job.Began = nil, 0, time.Now().UTC()
+	job.Total = s.countRows(ctx, table, job)
+	if err := s.beginJob(job); err != nil {
+		return err
+	}
+	if err := s.dir.TakeResync(); err != nil {
+		return err
+	}
+	s.log.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
+		"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
+	stage.Start(job)
+	return nil
+}
+
+// countRows estimates how many rows a job will read: the planner's estimate
+// for the whole table, a count (bounded in time) for a subset; -1: unknown.
+func (s *session) countRows(ctx context.Context, table replication.Table, job state.Snapshot) int64 {
+	conn, err := replication.ConnectSQL(ctx, s.cfg.Postgres.URL)
+	if err != nil {
+		return -1
+	}
+	defer conn.Close(context.Background())
+	if job.Where == "" && job.CompanyID == "" {
+		return estimateRows(ctx, conn, table)
+	}
+	q, args := "SELECT count(*) FROM "+table.Quoted()+" WHERE "+job.Where, []any(nil)
+	if job.CompanyID != "" {
+		q, args = "SELECT count(*) FROM "+table.Quoted()+" WHERE "+pgx.Identifier{s.cfg.Companies.CompanyID}.Sanitize()+"::text = $1", []any{job.CompanyID}
+	}
+	var n int64
+	err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = '10s'"); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, q, args...).Scan(&n)
+	})
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// rateMeter measures a rate over the last half minute.
+type rateMeter struct {
+	samples []rateSample
+}
+
+type rateSample struct {
+	at   time.Time
+	rows int64
+}
+
+func (r *rateMeter) add(at time.Time, rows int64) {
+	r.samples = append(r.samples, rateSample{at, rows})
+	for len(r.samples) > 2 && at.Sub(r.samples[0].at) > 30*time.Second {
+		r.samples = r.samples[1:]
+	}
+}
+
+func (r *rateMeter) perSecond() float64 {
+	if len(r.samples) < 2 {
+		return 0
+	}
+	first, last := r.samples[0], r.samples[len(r.samples)-1]
+	d := last.at.Sub(first.at).Seconds()
+	if d < 1 {
+		return 0
+	}
+	return float64(last.rows-first.rows) / d
+}
+
+// progress is a running snapshot as shown to the operator.
+type progress struct {
+	job       state.Snapshot
+	read      int64   // rows read (delivered or on their way)
+	rate      float64 // rows delivered per second lately
+	capacity  float64 // what Userpilot's limits allow, records per second
+	remaining time.Duration
+	known     bool // remaining is an estimate worth showing
+}
+
+// progressOf estimates the time left from the delivered rate; before there
+// is one, from Userpilot's configured limits: reading is never what bounds
+// a snapshot for long, Userpilot's bulk rate is.
+func progressOf(job state.Snapshot, read int64, rate, capacity float64) progress {
+	p := progress{job: job, read: max(read, job.Rows), rate: rate, capacity: capacity}
+	if job.Total > 0 && job.Rows < job.Total {
+		speed := rate
+		if speed <= 0 {
+			speed = capacity
+		}
+		if speed > 0 {
+			p.remaining = time.Duration(float64(job.Total-job.Rows) / speed * float64(time.Second))
+			p.known = true
+		}
+	}
+	return p
+}
+
+func (p progress) percent() float64 {
+	if p.job.Total <= 0 {
+		return 0
+	}
+	return min(100, 100*float64(p.job.Rows)/float64(p.job.Total))
+}
+
+func (p progress) attrs() []any {
+	a := []any{"job", p.job.ID, "rows_delivered", p.job.Rows, "rows_read", p.read, "rows_per_second", int64(p.rate)}
+	if p.job.Total >= 0 {
+		a = append(a, "rows_estimate", p.job.Total, "percent", int(p.percent()))
+	}
+	if p.known {
+		a = append(a, "eta", p.remaining.Round(time.Second).String())
+	}
+	return a
+}
+
+// bar is one terminal line: [#####.....] 45% 450000/1000000 rows 12000 rows/s ETA 1m20s.
+func (p progress) bar() string {
+	const width = 30
+	filled := int(p.percent() / 100 * width)
+	total := "?"
+	if p.job.Total >= 0 {
+		total = fmt.Sprint(p.job.Total)
+	}
+	eta := "ETA ?"
+	if p.known {
+		eta = "ETA " + p.remaining.Round(time.Second).String()
+	}
+	return fmt.Sprintf("snapshot %s [%s%s] %3.0f%% %d/%s rows %.0f rows/s %s   ", p.job.ID,
+		strings.Repeat("#", filled), strings.Repeat(".", width-filled), p.percent(), p.job.Rows, total, p.rate, eta)
+}

@@ -1,0 +1,77 @@
+package replication_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/replication"
+)
+
+func TestKeyColumnsFollowThePrimaryKeyOrTheReplicaIdentityIndex(t *testing.T) {
+	_, conn := connect(t)
+	ctx := context.Background()
+	_, err := conn.Exec(ctx, `
+		CREATE TABLE pk (region text, id int, name text, PRIMARY KEY (region, id));
+		CREATE TABLE ri (code text NOT NULL, name text);
+		CREATE UNIQUE INDEX ri_code ON ri (code);
+		ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_code;
+		CREATE TABLE nokey (id int, name text);
+		ALTER TABLE nokey REPLICA IDENTITY FULL;`)
+	require.NoError(t, err)
+	tests := []struct {
+		table string
+		want  []string
+	}{
+		{"pk", []string{"region", "id"}},
+		{"ri", []string{"code"}},
+	}
+	for _, tt := range tests {
+		got, err := replication.KeyColumns(ctx, conn, replication.Table{Schema: "public", Name: tt.table})
+		require.NoError(t, err, tt.table)
+		assert.Equal(t, tt.want, got, tt.table)
+	}
+	_, err = replication.KeyColumns(ctx, conn, replication.Table{Schema: "public", Name: "nokey"})
+	require.ErrorIs(t, err, replication.ErrNoKey)
+	assert.Contains(t, err.Error(), "ADD PRIMARY KEY", "the error says how to fix it")
+}
+
+func TestReadChunkPagesByKeyInTextFormat(t *testing.T) {
+	_, conn := connect(t)
+	ctx := context.Background()
+	_, err := conn.Exec(ctx, `
+		CREATE TABLE pk (region text, id int, seats int, PRIMARY KEY (region, id));
+		INSERT INTO pk SELECT r, i, i * 10 FROM unnest(ARRAY['eu', 'us', 'ap']) r, generate_series(1, 4) i;`)
+	require.NoError(t, err)
+	tbl := replication.Table{Schema: "public", Name: "pk"}
+	cols, err := replication.TableColumns(ctx, conn, tbl)
+	require.NoError(t, err)
+	before, err := replication.CurrentLSN(ctx, conn)
+	require.NoError(t, err)
+
+	read := func(where string, args ...any) []string {
+		var got []string
+		q := replication.ChunkQuery{Table: tbl, Columns: cols, Key: []int{0, 1}, Limit: 5, Where: where, Args: args}
+		for {
+			c, err := replication.ReadChunk(ctx, conn, q)
+			require.NoError(t, err)
+			assert.GreaterOrEqual(t, c.High, before, "H is at or after the position before the read")
+			assert.NotZero(t, c.Snapshot.Xmax)
+			for _, r := range c.Rows {
+				got = append(got, fmt.Sprintf("%s/%s=%s", r[0].Text, r[1].Text, r[2].Text))
+			}
+			if len(c.Rows) < q.Limit {
+				return got
+			}
+			last := c.Rows[len(c.Rows)-1]
+			q.After = []replication.Value{last[0], last[1]}
+		}
+	}
+	all := read("")
+	assert.Equal(t, []string{"ap/1=10", "ap/2=20", "ap/3=30", "ap/4=40", "eu/1=10", "eu/2=20", "eu/3=30", "eu/4=40",
+		"us/1=10", "us/2=20", "us/3=30", "us/4=40"}, all, "every row once, in key order, as text")
+	assert.Equal(t, []string{"ap/4=40", "eu/4=40", "us/4=40"}, read("seats > $1", 30), "a subset, with its own parameter")
+}

@@ -1,0 +1,545 @@
+// Package snapshot sends a table's current rows alongside the live stream,
+// for the initial sync and for a re-sync, so that a snapshot never holds a
+// transaction (or the slot) for its whole length, resumes after a crash
+// where it stopped, and never overwrites a newer streamed value with an
+// older row.
+//
+// The table is read in chunks, in key order (keyset pagination). Each chunk
+// is read in a short transaction of its own, and noted with the position H
+// the stream must pass before every change the chunk saw has been streamed
+// (see replication.ReadChunk). The chunk then waits, in memory, between the
+// stream and the pipeline:
+//
+//   - a streamed change to a row the chunk holds takes that row out of the
+//     chunk (for an UPDATE that left TOASTed columns out, only the columns
+//     it carried): the stream delivers that row, at least as new;
+//   - the chunk goes into the pipeline just before the first streamed
+//     transaction ending after H (or at a position marker at or past H):
+//     every transaction the chunk saw is then ahead of it, and every one it
+//     did not see but that touched its rows took those rows out of it.
+//
+// A transaction streamed before the chunk reached the stage, but that the
+// chunk's snapshot did not see (it committed while the chunk was being
+// read, or its commit was written but not yet visible, as under
+// synchronous replication), escapes the first rule. So the stage keeps the
+// last transactions it passed on, and applies to an arriving chunk those
+// its snapshot did not see (by transaction id); should one of them be too
+// large to have been kept, it reads the chunk again.
+//
+// This is the watermark scheme of Netflix's DBLog and Debezium's incremental
+// snapshots, with the server's own positions as watermarks, so it writes
+// nothing to the database and works on a read replica.
+//
+// Each chunk carries a Progress mark; once the pipeline has delivered the
+// chunk and everything before it, the mark reaches the checkpoint, which is
+// where a restart resumes: at most the chunks in flight are sent again.
+package snapshot
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// Progress is the Mark a chunk carries: the job as it stands once the chunk
+// is delivered.
+type Progress struct {
+	Job state.Snapshot
+	// Done: this was the job's last chunk.
+	Done bool
+}
+
+// Options configure a Stage.
+type Options struct {
+	// URL is the database; the stage reads chunks on a connection of its own.
+	URL string
+	// Start is where the stream starts: everything before it was streamed
+	// (and delivered) already.
+	Start pglogrepl.LSN
+	Table replication.Table
+	// Columns are read for each row (the mapped ones and the key); Key
+	// names the key columns, in key order.
+	Columns []replication.Column
+	Key     []string
+	// CompanyID is the company id column, for a one-company re-sync.
+	CompanyID string
+	// ChunkRows is how many rows a chunk holds; 0 → 5,000.
+	ChunkRows int
+	// Read, if set, replaces replication.ReadChunk (tests).
+	Read   func(ctx context.Context, conn *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error)
+	Logger *slog.Logger
+}
+
+// Stage is the snapshot's place between the stream and the pipeline. Use
+// New, then Run; Start gives it a job.
+type Stage struct {
+	opts Options
+	log  *slog.Logger
+	rel  *replication.Relation
+	key  []int // positions of the key columns in rel
+
+	want  atomic.Uint64 // the front chunk's H, for the stream
+	start chan state.Snapshot
+
+	mu       sync.Mutex
+	read     int64 // rows read by the current job
+	active   bool
+	inFlight int // chunks read but not passed on
+
+	// keysOf caches, per streamed description of the table, where the key
+	// columns are and how its columns map onto the chunk's.
+	keysOf map[*replication.Relation]relMap
+	recent recent
+
+	// readConn opens the connection chunks are read on (tests replace it).
+	readConn func(context.Context) (*pgx.Conn, error)
+}
+
+type relMap struct {
+	key []int // positions of the key columns in the streamed relation
+	col []int // for each streamed column, its position in the chunk (or -1)
+}
+
+// New makes a Stage.
+func New(opts Options) (*Stage, error) {
+	if opts.ChunkRows <= 0 {
+		opts.ChunkRows = 5000
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Read == nil {
+		opts.Read = replication.ReadChunk
+	}
+	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1),
+		rel:    &replication.Relation{Table: opts.Table, Columns: opts.Columns},
+		keysOf: map[*replication.Relation]relMap{}}
+	s.readConn = func(ctx context.Context) (*pgx.Conn, error) { return replication.ConnectSQL(ctx, opts.URL) }
+	for _, k := range opts.Key {
+		i := columnIndex(opts.Columns, k)
+		if i < 0 {
+			return nil, fmt.Errorf("snapshot of %s: key column %q is not read", opts.Table, k)
+		}
+		s.key = append(s.key, i)
+	}
+	return s, nil
+}
+
+func columnIndex(cols []replication.Column, name string) int {
+	for i, c := range cols {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// WantPosition is the position the front chunk waits for (0: none): give it
+// to replication.StreamOptions.WantPosition.
+func (s *Stage) WantPosition() pglogrepl.LSN { return pglogrepl.LSN(s.want.Load()) }
+
+// Start gives the stage a job to run (a new one, or one to resume). One job
+// runs at a time: start the next once the last one's Done mark is
+// checkpointed.
+func (s *Stage) Start(job state.Snapshot) {
+	s.start <- job
+}
+
+// Busy reports whether a job is running in the stage.
+func (s *Stage) Busy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// RowsRead is how many rows the running job has read so far, its resumed
+// start included.
+func (s *Stage) RowsRead() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.read
+}
+
+// pending is a chunk waiting for the stream to pass its High position.
+type pending struct {
+	replication.Chunk
+	index map[string]int // key → row; a row taken out is nil
+	mark  *Progress
+}
+
+// arrival is a chunk handed from the reader to the stage, which answers
+// whether to keep it or read it again.
+type arrival struct {
+	chunk   replication.Chunk
+	mark    *Progress
+	verdict chan bool
+}
+
+// maxPending bounds memory: chunks waiting for the stream, beyond the one
+// being read.
+const maxPending = 2
+
+// Run passes src on to dst, putting each chunk of the running job in its
+// place, until src is closed (chunks not passed on yet are read again
+// after a restart: their marks were not delivered) or ctx is done.
+func (s *Stage) Run(ctx context.Context, src <-chan replication.Transaction, dst chan<- replication.Transaction) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	arrivals := make(chan arrival)
+	readerDone := make(chan error, 1)
+	var queue []*pending
+	reading := false
+	// passed is the newest position the stream has shown all of.
+	passed := s.opts.Start
+	defer func() {
+		cancel()
+		if reading {
+			<-readerDone
+		}
+	}()
+	for {
+		s.want.Store(0)
+		if len(queue) > 0 {
+			s.want.Store(uint64(queue[0].High))
+		}
+		var arrCh <-chan arrival
+		if len(queue) < maxPending {
+			arrCh = arrivals
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case job := <-s.start:
+			if reading {
+				return fmt.Errorf("snapshot: job %s started while another runs", job.ID)
+			}
+			reading = true
+			s.mu.Lock()
+			s.active, s.read = true, job.Rows
+			s.mu.Unlock()
+			go func() { readerDone <- s.readJob(ctx, job, arrivals) }()
+		case err := <-readerDone:
+			reading = false
+			if err != nil {
+				return err
+			}
+		case a := <-arrCh:
+			p := s.index(a)
+			// Passed on before the chunk got here, yet not seen by it: the
+			// chunk may hold rows older than these.
+			unseen, complete := s.recent.unseen(a.chunk.Snapshot)
+			if !complete {
+				s.log.Debug("a large transaction raced a snapshot chunk; reading the chunk again")
+				a.verdict <- false
+				continue
+			}
+			for _, txn := range unseen {
+				s.takeOut(p, txn)
+			}
+			a.verdict <- true
+			s.log.Debug("snapshot chunk read", "rows", len(p.Rows), "high", p.High.String())
+			queue = append(queue, p)
+			// Already passed: it goes now.
+			var err error
+			if queue, err = s.emitDue(ctx, queue, dst, func(h pglogrepl.LSN) bool { return h <= passed }); err != nil {
+				return err
+			}
+		case txn, ok := <-src:
+			if !ok {
+				return nil
+			}
+			var err error
+			if queue, err = s.pass(ctx, txn, queue, dst); err != nil {
+				return err
+			}
+			passed = max(passed, txn.EndLSN)
+		}
+	}
+}
+
+// pass forwards one streamed transaction, with the chunks due before and
+// after it.
+func (s *Stage) pass(ctx context.Context, txn replication.Transaction, queue []*pending, dst chan<- replication.Transaction) ([]*pending, error) {
+	var err error
+	if txn.EndLSN != 0 {
+		// It ends after the chunks' H: it is newer than anything they saw.
+		if queue, err = s.emitDue(ctx, queue, dst, func(h pglogrepl.LSN) bool { return h < txn.EndLSN }); err != nil {
+			return queue, err
+		}
+	}
+	for _, p := range queue {
+		s.takeOut(p, txn)
+	}
+	if err := send(ctx, dst, txn); err != nil {
+		return queue, err
+	}
+	if len(txn.Changes) > 0 {
+		s.recent.add(txn)
+	}
+	if txn.EndLSN != 0 {
+		queue, err = s.emitDue(ctx, queue, dst, func(h pglogrepl.LSN) bool { return h <= txn.EndLSN })
+	}
+	return queue, err
+}
+
+func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- replication.Transaction, due func(pglogrepl.LSN) bool) ([]*pending, error) {
+	for len(queue) > 0 && due(queue[0].High) {
+		p := queue[0]
+		changes := make([]replication.Change, 0, len(p.Rows))
+		for _, row := range p.Rows {
+			if row != nil {
+				changes = append(changes, replication.Change{Op: replication.Insert, Relation: s.rel, Values: row})
+			}
+		}
+		// A re-sync re-sends what Userpilot is believed to hold: that
+		// belief is what the operator doubts. A resumed initial sync
+		// skips what it delivered before the restart.
+		resend := p.mark.Job.ID != state.InitialSnapshot
+		if err := send(ctx, dst, replication.Transaction{Changes: changes, Mark: p.mark, Resend: resend}); err != nil {
+			return queue, err
+		}
+		queue[0] = nil
+		queue = queue[1:]
+		s.log.Debug("snapshot chunk sent", "rows", len(changes), "high", p.High.String())
+		s.mu.Lock()
+		s.inFlight--
+		if p.mark.Done {
+			s.active = false
+		}
+		s.mu.Unlock()
+	}
+	return queue, nil
+}
+
+func send(ctx context.Context, dst chan<- replication.Transaction, txn replication.Transaction) error {
+	select {
+	case dst <- txn:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// index makes an arrived chunk a pending one.
+func (s *Stage) index(a arrival) *pending {
+	p := &pending{Chunk: a.chunk, mark: a.mark, index: make(map[string]int, len(a.chunk.Rows))}
+	for i, row := range p.Rows {
+		p.index[keyOf(row, s.key)] = i
+	}
+	return p
+}
+
+// takeOut removes from p what txn streams anew: whole rows, or, for an
+// UPDATE that left unchanged TOASTed columns out, the columns it carried.
+func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
+	for _, ch := range txn.Changes {
+		if ch.Op == replication.Truncate {
+			if ch.Relation.Table == s.opts.Table {
+				clear(p.Rows)
+			}
+			continue
+		}
+		m, ok := s.mapFor(ch.Relation)
+		if !ok {
+			continue
+		}
+		i, ok := p.index[keyOf(ch.Values, m.key)]
+		if !ok || p.Rows[i] == nil {
+			continue
+		}
+		partial := false
+		if ch.Op != replication.Delete {
+			for _, v := range ch.Values {
+				partial = partial || v.Unchanged
+			}
+		}
+		if !partial {
+			p.Rows[i] = nil
+			continue
+		}
+		row := p.Rows[i]
+		for j, v := range ch.Values {
+			if !v.Unchanged && m.col[j] >= 0 && !isKey(s.key, m.col[j]) {
+				row[m.col[j]] = replication.Value{Unchanged: true}
+			}
+		}
+	}
+}
+
+func isKey(key []int, i int) bool {
+	for _, k := range key {
+		if k == i {
+			return true
+		}
+	}
+	return false
+}
+
+// mapFor finds the key and the columns of a streamed description of the
+// table in the chunk's columns (they may differ after a schema change).
+func (s *Stage) mapFor(rel *replication.Relation) (relMap, bool) {
+	if m, ok := s.keysOf[rel]; ok {
+		return m, m.key != nil
+	}
+	var m relMap
+	if rel.Table == s.opts.Table {
+		m.col = make([]int, len(rel.Columns))
+		for j, c := range rel.Columns {
+			m.col[j] = columnIndex(s.opts.Columns, c.Name)
+		}
+		for _, k := range s.opts.Key {
+			i := columnIndex(rel.Columns, k)
+			if i < 0 {
+				m.key = nil
+				break
+			}
+			m.key = append(m.key, i)
+		}
+	}
+	if len(s.keysOf) > 8 {
+		clear(s.keysOf)
+	}
+	s.keysOf[rel] = m
+	return m, m.key != nil
+}
+
+// keyOf joins a row's key values; text output never holds a NUL byte.
+func keyOf(row []replication.Value, key []int) string {
+	var b strings.Builder
+	for n, i := range key {
+		if n > 0 {
+			b.WriteByte(0)
+		}
+		if i < len(row) {
+			b.Write(row[i].Text)
+		}
+	}
+	return b.String()
+}
+
+// readJob reads the job's chunks in key order and hands them to Run, until
+// the table (or the job's subset) is exhausted.
+func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<- arrival) error {
+	conn, err := s.readConn(ctx)
+	if err != nil {
+		return err
+	}
+	if conn != nil {
+		defer conn.Close(context.Background())
+	}
+	q := replication.ChunkQuery{Table: s.opts.Table, Columns: s.opts.Columns, Key: s.key, Limit: s.opts.ChunkRows}
+	switch {
+	case job.CompanyID != "":
+		q.Where, q.Args = pgx.Identifier{s.opts.CompanyID}.Sanitize()+"::text = $1", []any{job.CompanyID}
+	case job.Where != "":
+		q.Where = job.Where
+	}
+	if job.After != nil {
+		q.After = make([]replication.Value, len(job.After))
+		for i, t := range job.After {
+			q.After[i] = replication.Value{Text: []byte(t)}
+		}
+		s.log.Info("resuming the snapshot where it stopped", "job", job.ID, "rows_done", job.Rows)
+	}
+	verdict := make(chan bool)
+	for {
+		c, err := s.opts.Read(ctx, conn, q)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", job.ID, err)
+		}
+		next := job
+		next.Rows += int64(len(c.Rows))
+		done := len(c.Rows) < q.Limit
+		if n := len(c.Rows); n > 0 {
+			last := c.Rows[n-1]
+			next.After = make([]string, len(s.key))
+			for i, k := range s.key {
+				next.After[i] = string(last[k].Text)
+			}
+		}
+		select {
+		case arrivals <- arrival{chunk: c, mark: &Progress{Job: next, Done: done}, verdict: verdict}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !<-verdict {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		s.mu.Lock()
+		s.read = next.Rows
+		s.inFlight++
+		s.mu.Unlock()
+		if done {
+			return nil
+		}
+		job = next
+		q.After = make([]replication.Value, len(s.key))
+		for i, t := range next.After {
+			q.After[i] = replication.Value{Text: []byte(t)}
+		}
+	}
+}
+
+// recent keeps the last transactions passed on, with their changes while
+// they are few.
+type recent struct {
+	txns    []kept // oldest first
+	changes int    // changes held
+}
+
+type kept struct {
+	xid     uint32
+	changes []replication.Change
+	lost    bool // changes let go to bound memory
+}
+
+const (
+	recentTxns    = 1024
+	recentChanges = 20_000
+)
+
+func (r *recent) add(txn replication.Transaction) {
+	if txn.Xid == 0 {
+		return
+	}
+	k := kept{xid: txn.Xid, changes: txn.Changes}
+	if len(k.changes) > recentChanges {
+		k.changes, k.lost = nil, true
+	}
+	r.txns = append(r.txns, k)
+	r.changes += len(k.changes)
+	if len(r.txns) > recentTxns {
+		r.changes -= len(r.txns[0].changes)
+		r.txns = r.txns[1:]
+	}
+	for i := 0; r.changes > recentChanges; i++ {
+		r.changes -= len(r.txns[i].changes)
+		r.txns[i].changes, r.txns[i].lost = nil, true
+	}
+}
+
+// unseen returns the changes of the kept transactions snap did not see;
+// complete is false when one of them was let go.
+func (r *recent) unseen(snap replication.Snapshot) (txns []replication.Transaction, complete bool) {
+	for _, t := range r.txns {
+		if snap.Sees(t.xid) {
+			continue
+		}
+		if t.lost {
+			return nil, false
+		}
+		txns = append(txns, replication.Transaction{Xid: t.xid, Changes: t.changes})
+	}
+	return txns, true
+}

@@ -1,0 +1,212 @@
+package snapshot
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// These tests drive the stage with scripted chunks and transactions: the
+// ordering rules are the whole point, and here each one is pinned to an
+// exact interleaving. The real-database tests are in the daemon and e2e
+// packages.
+
+var (
+	table = replication.Table{Schema: "public", Name: "companies"}
+	cols  = []replication.Column{{Name: "id"}, {Name: "name"}, {Name: "notes"}}
+	// The stream describes the table itself, with its own Relation.
+	streamRel = &replication.Relation{ID: 1, Table: table, Columns: cols}
+)
+
+func row(id int, name, notes string) []replication.Value {
+	return []replication.Value{{Text: []byte(strconv.Itoa(id))}, {Text: []byte(name)}, {Text: []byte(notes)}}
+}
+
+func change(op replication.Op, vals []replication.Value) replication.Change {
+	return replication.Change{Op: op, Relation: streamRel, Values: vals}
+}
+
+// script is a fake chunk source: each Read returns the next chunk.
+type script struct {
+	mu     sync.Mutex
+	chunks []replication.Chunk
+	reads  int
+}
+
+func (s *script) read(ctx context.Context, _ *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reads >= len(s.chunks) {
+		return replication.Chunk{}, nil
+	}
+	c := s.chunks[s.reads]
+	s.reads++
+	return c, nil
+}
+
+// run starts a stage on the script with chunks of limit rows, and returns
+// its input, its output and a stop function.
+func run(t *testing.T, sc *script, limit int) (chan<- replication.Transaction, <-chan replication.Transaction, *Stage) {
+	t.Helper()
+	st, err := New(Options{Table: table, Columns: cols, Key: []string{"id"}, ChunkRows: limit, Read: sc.read,
+		Start: 10})
+	require.NoError(t, err)
+	st.readConn = func(context.Context) (*pgx.Conn, error) { return nil, nil }
+	src, dst := make(chan replication.Transaction), make(chan replication.Transaction, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- st.Run(ctx, src, dst) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return src, dst, st
+}
+
+func next(t *testing.T, dst <-chan replication.Transaction) replication.Transaction {
+	t.Helper()
+	select {
+	case txn := <-dst:
+		return txn
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing came out of the stage")
+		return replication.Transaction{}
+	}
+}
+
+func ids(txn replication.Transaction) []string {
+	var out []string
+	for _, ch := range txn.Changes {
+		v := string(ch.Values[0].Text)
+		for _, c := range ch.Values[1:] {
+			if c.Unchanged {
+				v += "~"
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// waitPending waits until the stage holds n chunks waiting for the stream.
+func waitWant(t *testing.T, st *Stage, want pglogrepl.LSN) {
+	t.Helper()
+	require.Eventually(t, func() bool { return st.WantPosition() == want }, 10*time.Second, time.Millisecond)
+}
+
+func TestChunkWaitsForItsHighPositionAndGivesWayToNewerChanges(t *testing.T) {
+	sc := &script{chunks: []replication.Chunk{{
+		Rows:     [][]replication.Value{row(1, "a", "x"), row(2, "b", "x"), row(3, "c", "x"), row(4, "d", "x")},
+		Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100},
+		High:     50,
+	}}}
+	src, dst, st := run(t, sc, 10)
+	st.Start(state.Snapshot{ID: state.InitialSnapshot})
+	waitWant(t, st, 50)
+
+	// Ends before H: the chunk saw it, but takes row 2 out anyway (the
+	// stream carries it); row 3's UPDATE left a TOASTed column out: only
+	// the columns it carried leave the chunk.
+	toast := row(3, "c2", "")
+	toast[2] = replication.Value{Unchanged: true}
+	src <- replication.Transaction{Xid: 90, EndLSN: 40, Changes: []replication.Change{change(replication.Update, row(2, "b2", "x")), change(replication.Update, toast)}}
+	got := next(t, dst)
+	assert.Equal(t, []string{"2", "3~"}, ids(got), "the streamed transaction passes first")
+	// Ends after H: the chunk goes before it, with row 4 still in it.
+	src <- replication.Transaction{Xid: 120, EndLSN: 60, Changes: []replication.Change{change(replication.Update, row(4, "d2", "x"))}}
+	chunk := next(t, dst)
+	assert.Equal(t, []string{"1", "3~", "4"}, ids(chunk), "the chunk, without row 2, with row 3's untouched column only")
+	assert.Equal(t, "x", string(chunk.Changes[1].Values[2].Text), "row 3's untouched TOAST column is still sent")
+	require.NotNil(t, chunk.Mark)
+	p := chunk.Mark.(*Progress)
+	assert.True(t, p.Done, "4 rows of a 10-row chunk: the last chunk")
+	assert.Equal(t, int64(4), p.Job.Rows)
+	assert.Equal(t, []string{"4"}, p.Job.After)
+	assert.False(t, chunk.Resend, "the initial sync lets the no-op index skip what it sent before a restart")
+	assert.Equal(t, []string{"4"}, ids(next(t, dst)), "then the newer change to row 4")
+}
+
+func TestChunkGoesAtAMarkerAtItsHighPosition(t *testing.T) {
+	sc := &script{chunks: []replication.Chunk{{
+		Rows: [][]replication.Value{row(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 50,
+	}}}
+	src, dst, st := run(t, sc, 10)
+	st.Start(state.Snapshot{ID: "resync-1"})
+	waitWant(t, st, 50)
+	src <- replication.Transaction{EndLSN: 49} // a marker short of H: nothing yet
+	assert.Empty(t, next(t, dst).Changes)
+	src <- replication.Transaction{EndLSN: 50}
+	assert.Empty(t, next(t, dst).Changes, "the marker passes")
+	chunk := next(t, dst)
+	assert.Equal(t, []string{"1"}, ids(chunk))
+	assert.True(t, chunk.Resend, "a re-sync sends even what the no-op index says Userpilot holds")
+}
+
+func TestChunkAlreadyPassedGoesAtOnce(t *testing.T) {
+	// H at or before where the stream started: nothing to wait for.
+	sc := &script{chunks: []replication.Chunk{{
+		Rows: [][]replication.Value{row(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 10,
+	}}}
+	_, dst, st := run(t, sc, 10)
+	st.Start(state.Snapshot{ID: state.InitialSnapshot})
+	assert.Equal(t, []string{"1"}, ids(next(t, dst)))
+}
+
+func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
+	// Transaction 150 commits while the chunk is being read: the stream
+	// passes it on before the chunk reaches the stage, and the chunk's
+	// snapshot (xmax 150) did not see it. Its row must not be overwritten
+	// by the chunk's older copy.
+	sc := &script{chunks: []replication.Chunk{{
+		Rows:     [][]replication.Value{row(1, "a", "x"), row(2, "b", "x")},
+		Snapshot: replication.Snapshot{Xmin: 140, Xmax: 150},
+		High:     50,
+	}}}
+	src, dst, st := run(t, sc, 10)
+	src <- replication.Transaction{Xid: 150, EndLSN: 45, Changes: []replication.Change{change(replication.Update, row(2, "b-new", "x"))}}
+	next(t, dst)
+	src <- replication.Transaction{Xid: 130, EndLSN: 46, Changes: []replication.Change{change(replication.Update, row(1, "a-seen", "x"))}}
+	next(t, dst)
+	st.Start(state.Snapshot{ID: state.InitialSnapshot})
+	waitWant(t, st, 50)
+	src <- replication.Transaction{EndLSN: 55}
+	chunk := next(t, dst)
+	assert.Equal(t, []string{"1"}, ids(chunk), "row 2 is left to the newer streamed value; row 1's change was seen, so the chunk's copy is as new")
+	assert.Equal(t, pglogrepl.LSN(55), next(t, dst).EndLSN, "then the marker past H")
+}
+
+func TestSnapshotSees(t *testing.T) {
+	snap := replication.Snapshot{Xmin: 100, Xmax: 110, Xip: []uint64{103, 105}}
+	wrapped := replication.Snapshot{Xmin: 1<<32 - 5, Xmax: 1<<32 + 5, Xip: []uint64{1<<32 + 2}}
+	tests := []struct {
+		name string
+		snap replication.Snapshot
+		xid  uint32
+		sees bool
+	}{
+		{"before xmin", snap, 99, true},
+		{"in progress", snap, 103, false},
+		{"committed between", snap, 104, true},
+		{"at xmax", snap, 110, false},
+		{"after xmax", snap, 200, false},
+		{"previous epoch, just before the wrap", wrapped, 1<<32 - 3, true},
+		{"this epoch, committed", wrapped, 1, true},
+		{"this epoch, in progress", wrapped, 2, false},
+		{"this epoch, after xmax", wrapped, 9, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.sees, tt.snap.Sees(tt.xid))
+		})
+	}
+}
