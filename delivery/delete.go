@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -63,4 +65,37 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 		p.finish(e)
 	}
 	return nil
+}
+
+// addKeyChange applies the on_delete policy to the company an UPDATE took
+// its row away from: when the company_id changed, the old company's row is
+// gone as surely as after a DELETE. Postgres sends the old key only when
+// the key changed (or the whole old row under REPLICA IDENTITY FULL); when
+// the company_id column is not part of what it sent, the change cannot be
+// seen, as for a DELETE.
+func (p *Pipeline) addKeyChange(txn replication.Transaction, ch replication.Change) error {
+	if ch.Old == nil || (p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete") {
+		return nil
+	}
+	m, err := p.mapperFor(ch.Relation)
+	if err != nil {
+		return err
+	}
+	oldID, err := m.CompanyID(mappingValues(ch.Old))
+	if err != nil {
+		return nil
+	}
+	if newID, err := m.CompanyID(mappingValues(ch.Values)); err != nil || newID == oldID {
+		return nil // a row without a company id is set aside by addRow
+	}
+	p.stats.Deletes.Add(1)
+	return p.addDelete(txn, replication.Change{Op: replication.Delete, Relation: ch.Relation, Values: ch.Old})
+}
+
+func mappingValues(vals []replication.Value) []mapping.Value {
+	out := make([]mapping.Value, len(vals))
+	for i, v := range vals {
+		out[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
+	}
+	return out
 }

@@ -365,6 +365,9 @@ func (p *Pipeline) add(txn replication.Transaction) error {
 		p.stats.Changes.Add(1)
 		switch ch.Op {
 		case replication.Insert, replication.Update:
+			if err := p.addKeyChange(txn, ch); err != nil {
+				return err
+			}
 			if err := p.addRow(txn, ch); err != nil {
 				return err
 			}

@@ -117,7 +117,17 @@ func (s *syncBuffer) String() string {
 
 func (e *env) pgpilot(args ...string) *proc {
 	e.t.Helper()
-	cmd := exec.Command(binary, args...)
+	return e.start(binary, nil, args...)
+}
+
+// start runs bin (pgpilot, or a build of it with other tags) with extra
+// environment variables; it is killed when the test ends.
+func (e *env) start(bin string, environ []string, args ...string) *proc {
+	e.t.Helper()
+	cmd := exec.Command(bin, args...)
+	if environ != nil {
+		cmd.Env = append(os.Environ(), environ...)
+	}
 	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	require.NoError(e.t, cmd.Start())

@@ -56,6 +56,9 @@ type Change struct {
 	Op       Op
 	Relation *Relation
 	Values   []Value
+	// Old is, for an update, the old key when the update changed it, or the
+	// old row under REPLICA IDENTITY FULL; nil otherwise (positional too).
+	Old []Value
 }
 
 // Transaction is the unit of delivery and of checkpointing. EndLSN may be

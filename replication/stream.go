@@ -180,13 +180,16 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 }
 
 func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
-	m, err := pglogrepl.Parse(data)
+	m, err := decodeMessage(data)
 	if err != nil {
-		return fmt.Errorf("decode pgoutput message: %w", err)
+		return err
+	}
+	if r, ok := rowOf(m); ok {
+		return s.add(ctx, r)
 	}
 	switch m := m.(type) {
 	case *pglogrepl.RelationMessage:
-		rel, err := s.relation(ctx, m)
+		rel, err := decodeRelation(ctx, m, s.opts.Types)
 		if err != nil {
 			return err
 		}
@@ -198,15 +201,9 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		// was delivered before exactly when its commit starts before the
 		// checkpoint: drop it without holding its changes.
 		s.skipping = m.FinalLSN < s.opts.Start
-	case *pglogrepl.InsertMessage:
-		return s.add(ctx, Insert, m.RelationID, m.Tuple)
-	case *pglogrepl.UpdateMessage:
-		return s.add(ctx, Update, m.RelationID, m.NewTuple)
-	case *pglogrepl.DeleteMessage:
-		return s.add(ctx, Delete, m.RelationID, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			if err := s.add(ctx, Truncate, id, nil); err != nil {
+			if err := s.add(ctx, row{op: Truncate, relation: id}); err != nil {
 				return err
 			}
 		}
@@ -234,21 +231,21 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrepl.TupleData) error {
+func (s *streamer) add(ctx context.Context, r row) error {
 	if s.cur == nil {
-		return fmt.Errorf("replication stream: %s outside a transaction", op)
+		return fmt.Errorf("replication stream: %s outside a transaction", r.op)
 	}
 	if s.skipping {
 		return nil
 	}
-	rel, ok := s.relations[relID]
+	rel, ok := s.relations[r.relation]
 	if !ok {
-		return fmt.Errorf("replication stream: %s on relation %d before its description", op, relID)
+		return fmt.Errorf("replication stream: %s on relation %d before its description", r.op, r.relation)
 	}
 	if rel.Table != s.opts.Table {
 		return nil
 	}
-	s.cur.Changes = append(s.cur.Changes, Change{Op: op, Relation: rel, Values: tupleValues(tuple)})
+	s.cur.Changes = append(s.cur.Changes, r.change(rel))
 	if len(s.cur.Changes) >= s.opts.ChunkChanges {
 		// Send the piece on: a large transaction never sits whole in memory.
 		if err := s.emit(ctx, Transaction{CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Xid: s.cur.Xid, Changes: s.cur.Changes}); err != nil {
@@ -258,42 +255,6 @@ func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrep
 		s.cur.chunked = true
 	}
 	return nil
-}
-
-// tupleValues copies a tuple out of the connection's read buffer, which the
-// next receive reuses.
-func tupleValues(t *pglogrepl.TupleData) []Value {
-	if t == nil {
-		return nil
-	}
-	vals := make([]Value, len(t.Columns))
-	for i, c := range t.Columns {
-		switch c.DataType {
-		case pglogrepl.TupleDataTypeNull:
-			vals[i].Null = true
-		case pglogrepl.TupleDataTypeToast:
-			vals[i].Unchanged = true
-		default:
-			vals[i].Text = append([]byte(nil), c.Data...)
-		}
-	}
-	return vals
-}
-
-func (s *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*Relation, error) {
-	rel := &Relation{ID: m.RelationID, Table: Table{Schema: m.Namespace, Name: m.RelationName}}
-	for _, c := range m.Columns {
-		oid, err := s.opts.Types.Resolve(ctx, c.DataType)
-		if err != nil {
-			return nil, fmt.Errorf("describe %s column %q: %w", rel.Table, c.Name, err)
-		}
-		name, err := s.opts.Types.Name(ctx, c.DataType, c.TypeModifier)
-		if err != nil {
-			return nil, fmt.Errorf("describe %s column %q: %w", rel.Table, c.Name, err)
-		}
-		rel.Columns = append(rel.Columns, Column{Name: c.Name, TypeOID: oid, TypeName: name})
-	}
-	return rel, nil
 }
 
 // emit hands txn to the consumer, keeping the connection alive while the

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgpilot/pgpilot/internal/failpoint"
 )
 
 const lockFile = "lock"
@@ -96,6 +98,9 @@ func (d *Dir) Checkpoint() (Checkpoint, bool, error) { return ReadCheckpoint(d.p
 // crash: only then may its LSN be confirmed to Postgres.
 func (d *Dir) SaveCheckpoint(cp Checkpoint) error {
 	cp.UpdatedAt = time.Now().UTC()
+	// A crash here, after Userpilot accepted everything up to cp.LSN, must
+	// cost no more than sending it again.
+	failpoint.Hit(failpoint.CheckpointBeforeWrite, cp.InitialSync)
 	return writeCheckpoint(d.path, cp)
 }
 

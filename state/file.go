@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/pgpilot/pgpilot/internal/failpoint"
 )
 
 // WriteFileAtomic replaces dir/name with data so that a crash at any moment
@@ -40,6 +42,8 @@ func WriteFileAtomic(dir, name string, data []byte, perm os.FileMode) error {
 		os.Remove(tmpName)
 		return fmt.Errorf("write %s: %w", target, err)
 	}
+	// A crash here leaves the new file in place, its rename not yet durable.
+	failpoint.Hit(failpoint.AtomicAfterRename, name)
 	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("write %s: %w", target, err)
 	}
