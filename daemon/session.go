@@ -108,7 +108,7 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	stage, err := snapshot.New(snapshot.Options{URL: cfg.Postgres.URL, Start: st.lsn, Table: table, Columns: readCols, Key: key,
-		CompanyID: cfg.Companies.CompanyID, ChunkRows: s.opts.SnapshotChunkRows, Logger: s.log})
+		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows), Logger: s.log})
 	if err != nil {
 		return err
 	}

@@ -104,7 +104,14 @@ type Delivery struct {
 	// pgpilot logs a warning (at most once a minute) and sets the
 	// pgpilot_retained_wal_warning metric; 0: never. Default 1 GB.
 	WarnRetainedWAL int64
+	// SnapshotChunkRows is how many rows a snapshot (initial sync or
+	// re-sync) reads at a time: the memory a snapshot holds is a few
+	// chunks. Default 5,000.
+	SnapshotChunkRows int
 }
+
+// DefaultSnapshotChunkRows is delivery.snapshot_chunk_rows's default.
+const DefaultSnapshotChunkRows = 5000
 
 // HTTP says where pgpilot serves its metrics and health checks.
 type HTTP struct {
@@ -236,7 +243,7 @@ func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 
 var (
 	topKeys       = []string{"postgres", "userpilot", "state", "delivery", "http", "companies"}
-	deliveryKeys  = []string{"max_retained_wal", "outbox_after", "warn_retained_wal"}
+	deliveryKeys  = []string{"max_retained_wal", "outbox_after", "warn_retained_wal", "snapshot_chunk_rows"}
 	httpKeys      = []string{"listen", "unready_after"}
 	postgresKeys  = []string{"url", "slot", "publication", "failover_slot"}
 	userpilotKeys = []string{"api_key", "api_key_file", "endpoint", "rate_limit", "bulk_rate"}
@@ -342,7 +349,8 @@ func (p *parser) parse(data []byte) *Config {
 	if s, ok := p.section(top, "state", stateKeys, false, ""); ok {
 		cfg.State = p.state(s)
 	}
-	cfg.Delivery = Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL}
+	cfg.Delivery = Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL,
+		SnapshotChunkRows: DefaultSnapshotChunkRows}
 	if s, ok := p.section(top, "delivery", deliveryKeys, false, ""); ok {
 		cfg.Delivery = p.delivery(s)
 	}
@@ -358,7 +366,15 @@ func (p *parser) parse(data []byte) *Config {
 
 // delivery reads the outbox thresholds.
 func (p *parser) delivery(s section) Delivery {
-	d := Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL}
+	d := Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL,
+		SnapshotChunkRows: DefaultSnapshotChunkRows}
+	if v, ok := p.value(s, "snapshot_chunk_rows"); ok {
+		n, err := strconv.Atoi(strings.TrimSpace(v.text))
+		if err != nil || n < 1 || n > 100_000 {
+			p.fail(v.line, s.keyOf("snapshot_chunk_rows"), "%s is not a row count from 1 to 100000; fix: write e.g. snapshot_chunk_rows: 5000", v.show())
+		}
+		d.SnapshotChunkRows = n
+	}
 	if v, ok := p.value(s, "max_retained_wal"); ok {
 		n, err := parseBytes(v.text)
 		if err != nil {

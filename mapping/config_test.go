@@ -68,7 +68,7 @@ func TestParseMinimalFileAppliesDefaults(t *testing.T) {
 		Postgres:  Postgres{URL: testURL, Slot: "pgpilot", Publication: "pgpilot"},
 		Userpilot: Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex.userpilot.io", RateLimit: 10, BulkRate: 20},
 		State:     State{Dir: filepath.Join("conf", "pgpilot-state")},
-		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30},
+		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 5000},
 		HTTP:      HTTP{UnreadyAfter: 5 * time.Minute},
 		Companies: Companies{
 			OnDelete: OnDeleteIgnore,
@@ -628,14 +628,16 @@ func TestDeliverySection(t *testing.T) {
 		err           string
 	}{
 		{"sizes in postgresql.conf units", "delivery:\n  max_retained_wal: 1GB\n  outbox_after: 90s\n  warn_retained_wal: 512MB\n",
-			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20}, ""},
-		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30}, ""},
-		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30}, ""},
-		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute}, ""},
+			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20, SnapshotChunkRows: 5000}, ""},
+		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 5000}, ""},
+		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 5000}, ""},
+		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, SnapshotChunkRows: 5000}, ""},
+		{"snapshot chunk size", "delivery:\n  snapshot_chunk_rows: 200\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 200}, ""},
+		{"bad chunk size", "delivery:\n  snapshot_chunk_rows: 0\n", Delivery{}, `p.yaml:11: delivery.snapshot_chunk_rows: "0" is not a row count from 1 to 100000; fix: write e.g. snapshot_chunk_rows: 5000`},
 		{"bad size", "delivery:\n  max_retained_wal: lots\n", Delivery{}, `p.yaml:11: delivery.max_retained_wal: "lots" is not a size; fix: write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL`},
 		{"bad warning size", "delivery:\n  warn_retained_wal: 1 GiB\n", Delivery{}, `p.yaml:11: delivery.warn_retained_wal: "1 GiB" is not a size; fix: write e.g. warn_retained_wal: 1GB (units B, kB, MB, GB, TB), or 0 to never warn`},
 		{"bad duration", "delivery:\n  outbox_after: soon\n", Delivery{}, `p.yaml:11: delivery.outbox_after: "soon" is not a positive duration; fix: write e.g. outbox_after: 5m`},
-		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, `p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after, warn_retained_wal`},
+		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, `p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after, warn_retained_wal, snapshot_chunk_rows`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

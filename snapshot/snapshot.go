@@ -353,7 +353,16 @@ func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
 		if !ok {
 			continue
 		}
-		i, ok := p.index[keyOf(ch.Values, m.key)]
+		key := keyOf(ch.Values, m.key)
+		if ch.Old != nil {
+			// An UPDATE that changed the key: the old row is gone.
+			if old := keyOf(ch.Old, m.key); old != key {
+				if i, ok := p.index[old]; ok {
+					p.Rows[i] = nil
+				}
+			}
+		}
+		i, ok := p.index[key]
 		if !ok || p.Rows[i] == nil {
 			continue
 		}
