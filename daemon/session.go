@@ -116,7 +116,9 @@ func (s *session) run(ctx context.Context) error {
 	m.Checkpointed(st.lsn)
 	m.SnapshotProgress(st.job)
 	if st.job != nil {
-		stage.Start(*st.job)
+		if err := stage.Start(ctx, *st.job); err != nil {
+			return err
+		}
 	}
 
 	// Delivery keeps running after a stop signal, for ShutdownGrace, so

@@ -79,8 +79,7 @@ func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table r
 	}
 	s.log.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
 		"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
-	stage.Start(job)
-	return nil
+	return stage.Start(ctx, job)
 }
 
 // countRows estimates how many rows a job will read: the planner's estimate

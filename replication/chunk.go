@@ -147,16 +147,7 @@ func collectText(rows pgx.Rows) ([][]Value, error) {
 	defer rows.Close()
 	var out [][]Value
 	for rows.Next() {
-		raw := rows.RawValues()
-		vals := make([]Value, len(raw))
-		for i, b := range raw {
-			if b == nil {
-				vals[i].Null = true
-			} else {
-				vals[i].Text = append([]byte(nil), b...)
-			}
-		}
-		out = append(out, vals)
+		out = append(out, textValues(rows.RawValues()))
 	}
 	return out, rows.Err()
 }

@@ -100,20 +100,25 @@ func SelectColumns(t Table, cols []Column, where string, limit int) string {
 func QueryRows(ctx context.Context, pg *pgconn.PgConn, query string, fn func([]Value) error) error {
 	rr := pg.ExecParams(ctx, query, nil, nil, nil, []int16{pgx.TextFormatCode})
 	for rr.NextRow() {
-		raw := rr.Values()
-		vals := make([]Value, len(raw))
-		for i, b := range raw {
-			if b == nil {
-				vals[i].Null = true
-			} else {
-				vals[i].Text = append([]byte(nil), b...)
-			}
-		}
-		if err := fn(vals); err != nil {
+		if err := fn(textValues(rr.Values())); err != nil {
 			rr.Close()
 			return err
 		}
 	}
 	_, err := rr.Close()
 	return err
+}
+
+// textValues copies a row's text values out of the connection's buffer,
+// which the next row reuses.
+func textValues(raw [][]byte) []Value {
+	vals := make([]Value, len(raw))
+	for i, b := range raw {
+		if b == nil {
+			vals[i].Null = true
+		} else {
+			vals[i].Text = append([]byte(nil), b...)
+		}
+	}
+	return vals
 }

@@ -151,8 +151,13 @@ func (s *Stage) WantPosition() pglogrepl.LSN { return pglogrepl.LSN(s.want.Load(
 // Start gives the stage a job to run (a new one, or one to resume). One job
 // runs at a time: start the next once the last one's Done mark is
 // checkpointed.
-func (s *Stage) Start(job state.Snapshot) {
-	s.start <- job
+func (s *Stage) Start(ctx context.Context, job state.Snapshot) error {
+	select {
+	case s.start <- job:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Busy reports whether a job is running in the stage.

@@ -111,7 +111,7 @@ func TestChunkWaitsForItsHighPositionAndGivesWayToNewerChanges(t *testing.T) {
 		High:     50,
 	}}}
 	src, dst, st := run(t, sc, 10)
-	st.Start(state.Snapshot{ID: state.InitialSnapshot})
+	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
 	waitWant(t, st, 50)
 
 	// Ends before H: the chunk saw it, but takes row 2 out anyway (the
@@ -141,7 +141,7 @@ func TestChunkGoesAtAMarkerAtItsHighPosition(t *testing.T) {
 		Rows: [][]replication.Value{row(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 50,
 	}}}
 	src, dst, st := run(t, sc, 10)
-	st.Start(state.Snapshot{ID: "resync-1"})
+	st.Start(context.Background(), state.Snapshot{ID: "resync-1"})
 	waitWant(t, st, 50)
 	src <- replication.Transaction{EndLSN: 49} // a marker short of H: nothing yet
 	assert.Empty(t, next(t, dst).Changes)
@@ -158,7 +158,7 @@ func TestChunkAlreadyPassedGoesAtOnce(t *testing.T) {
 		Rows: [][]replication.Value{row(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 10,
 	}}}
 	_, dst, st := run(t, sc, 10)
-	st.Start(state.Snapshot{ID: state.InitialSnapshot})
+	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
 	assert.Equal(t, []string{"1"}, ids(next(t, dst)))
 }
 
@@ -177,7 +177,7 @@ func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
 	next(t, dst)
 	src <- replication.Transaction{Xid: 130, EndLSN: 46, Changes: []replication.Change{change(replication.Update, row(1, "a-seen", "x"))}}
 	next(t, dst)
-	st.Start(state.Snapshot{ID: state.InitialSnapshot})
+	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
 	waitWant(t, st, 50)
 	src <- replication.Transaction{EndLSN: 55}
 	chunk := next(t, dst)
