@@ -107,8 +107,12 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The stage reads no further while the pipeline holds a backlog (the
+	// pipeline is made below, before the stage runs).
+	var pipe *delivery.Pipeline
 	stage, err := snapshot.New(snapshot.Options{URL: cfg.Postgres.URL, Start: st.lsn, Table: table, Columns: readCols, Key: key,
-		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows), Logger: s.log})
+		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
+		Backlog: func() int64 { return pipe.Stats().Pending.Load() }, Logger: s.log})
 	if err != nil {
 		return err
 	}
@@ -163,7 +167,7 @@ func (s *session) run(ctx context.Context) error {
 	if do.BulkRate == 0 {
 		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
 	}
-	pipe := delivery.New(do)
+	pipe = delivery.New(do)
 	m.AttachPipeline(pipe.Stats())
 	in := make(chan replication.Transaction, 16)
 	// The snapshot's stage puts its chunks between the stream's

@@ -75,6 +75,12 @@ type Options struct {
 	CompanyID string
 	// ChunkRows is how many rows a chunk holds; 0 → 5,000.
 	ChunkRows int
+	// Backlog, if set, is how many companies wait in the pipeline: no new
+	// chunk is taken while it is at MaxBacklog or more, so a snapshot's
+	// memory stays flat however large the table (Userpilot's limits, not
+	// Postgres, set its pace). MaxBacklog 0 → 20,000 (two bulk jobs).
+	Backlog    func() int64
+	MaxBacklog int64
 	// Read, if set, replaces replication.ReadChunk (tests).
 	Read   func(ctx context.Context, conn *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error)
 	Logger *slog.Logger
@@ -120,6 +126,9 @@ func New(opts Options) (*Stage, error) {
 	}
 	if opts.Read == nil {
 		opts.Read = replication.ReadChunk
+	}
+	if opts.MaxBacklog <= 0 {
+		opts.MaxBacklog = 20_000
 	}
 	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1),
 		rel:    &replication.Relation{Table: opts.Table, Columns: opts.Columns},
@@ -206,6 +215,10 @@ func (s *Stage) Run(ctx context.Context, src <-chan replication.Transaction, dst
 	reading := false
 	// passed is the newest position the stream has shown all of.
 	passed := s.opts.Start
+	// While the pipeline is full, the backlog is looked at again now and
+	// then: nothing else wakes the loop when it drains.
+	recheck := time.NewTicker(50 * time.Millisecond)
+	defer recheck.Stop()
 	defer func() {
 		cancel()
 		if reading {
@@ -218,12 +231,13 @@ func (s *Stage) Run(ctx context.Context, src <-chan replication.Transaction, dst
 			s.want.Store(uint64(queue[0].High))
 		}
 		var arrCh <-chan arrival
-		if len(queue) < maxPending {
+		if len(queue) < maxPending && (s.opts.Backlog == nil || s.opts.Backlog() < s.opts.MaxBacklog) {
 			arrCh = arrivals
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-recheck.C:
 		case job := <-s.start:
 			if reading {
 				return fmt.Errorf("snapshot: job %s started while another runs", job.ID)

@@ -30,6 +30,10 @@ type job struct {
 	ended     time.Time
 }
 
+// orphanJobAfter is when a job completes at the latest with
+// BulkRecordsPerSecond 0.
+const orphanJobAfter = time.Second
+
 func (j *job) running() bool { return j.status != jobCompleted && j.status != jobFailed }
 
 // advanceJobsLocked moves the running job along to now, applying its records
@@ -44,7 +48,9 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 	if rps := s.opts.BulkRecordsPerSecond; rps > 0 {
 		done = min(total, int(now.Sub(j.submitted).Seconds()*rps))
 		end = j.submitted.Add(time.Duration(float64(total) / rps * float64(time.Second)))
-	} else if j.polled {
+	} else if j.polled || now.Sub(j.submitted) >= orphanJobAfter {
+		// Userpilot works through a job whether or not anyone asks: a job
+		// whose submitter was killed before polling it still completes.
 		done = total
 	}
 	if done < total {

@@ -53,7 +53,7 @@ type Options struct {
 	// RetryAfter adds a Retry-After header (whole seconds, rounded up) to 429s.
 	RetryAfter bool
 	// BulkRecordsPerSecond is how fast bulk jobs progress; 0 means a job
-	// completes when it is first polled.
+	// completes when it is first polled, or a second after submission.
 	BulkRecordsPerSecond float64
 	// Logf, if set, gets one line per applied identify record.
 	Logf func(format string, args ...any)

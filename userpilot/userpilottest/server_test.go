@@ -427,6 +427,24 @@ func TestBulkSecondJobWhileOneRunsIs409(t *testing.T) {
 	assert.Contains(t, id2, "NX-2:")
 }
 
+func TestBulkJobNobodyPollsStillCompletes(t *testing.T) {
+	t.Parallel()
+	s := userpilottest.NewServer(userpilottest.Options{APIKey: key})
+	t.Cleanup(s.Close)
+	// Submitted by a process killed before it polled: Userpilot finishes
+	// the job anyway, so the next submission is taken after a while.
+	got, _ := submit(t, s, bulkBody("a"))
+	require.Equal(t, 202, got.status)
+	got, _ = submit(t, s, bulkBody("b"))
+	assert.Equal(t, 409, got.status)
+	require.Eventually(t, func() bool {
+		got, _ := submit(t, s, bulkBody("b"))
+		return got.status == 202
+	}, 10*time.Second, 100*time.Millisecond)
+	_, ok := s.Company("a")
+	assert.True(t, ok, "the orphan job's record was applied")
+}
+
 func TestBulkOverTenThousandRecordsIs413(t *testing.T) {
 	t.Parallel()
 	s := userpilottest.NewServer(userpilottest.Options{APIKey: key})
