@@ -43,6 +43,11 @@ type StreamOptions struct {
 	Logger         *slog.Logger
 }
 
+// receiveWake is the longest a receive waits before the loop looks at its
+// timers (status updates, liveness); a variable so that a test can stretch
+// it and see that a stop does not wait for it.
+var receiveWake = time.Second
+
 // markerInterval bounds how often an idle position is offered for
 // checkpointing: each one costs the consumer an fsync.
 const markerInterval = time.Second
@@ -98,6 +103,16 @@ type streamer struct {
 }
 
 func (s *streamer) loop(ctx context.Context) error {
+	// The loop must wake at least once a second for status updates, and
+	// when a liveness check is due. A read deadline on the socket, renewed
+	// when it passes, does that; a context per receive would cost a timer,
+	// a registration and a channel for every message of the stream. A stop
+	// moves the deadline to now, so it is heard at once.
+	netConn := s.conn.Conn()
+	stopWaking := context.AfterFunc(ctx, func() { _ = netConn.SetReadDeadline(time.Now()) })
+	defer stopWaking()
+	defer func() { _ = netConn.SetReadDeadline(time.Time{}) }()
+	var deadline time.Time
 	for {
 		if err := s.maybeSendStatus(ctx, false); err != nil {
 			return err
@@ -105,9 +120,21 @@ func (s *streamer) loop(ctx context.Context) error {
 		if err := s.checkAlive(ctx); err != nil {
 			return err
 		}
-		recvCtx, cancel := context.WithTimeout(ctx, min(time.Second, s.opts.StatusInterval))
-		msg, err := s.conn.ReceiveMessage(recvCtx)
-		cancel()
+		if now := time.Now(); !now.Before(deadline) {
+			deadline = now.Add(min(receiveWake, s.opts.StatusInterval))
+			if c := s.nextCheck(); c.After(now) && c.Before(deadline) {
+				deadline = c
+			}
+			if err := netConn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("receive from replication stream: %w", err)
+			}
+			// A stop that came before this deadline was set has been
+			// overwritten by it: look for it here.
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -162,6 +189,13 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 }
 
 func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case 'I', 'U', 'D':
+		return s.addRow(ctx, data)
+	}
 	m, err := pglogrepl.Parse(data)
 	if err != nil {
 		return fmt.Errorf("decode pgoutput message: %w", err)
@@ -180,12 +214,6 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		// was delivered before exactly when its commit starts before the
 		// checkpoint: drop it without holding its changes.
 		s.skipping = m.FinalLSN < s.opts.Start
-	case *pglogrepl.InsertMessage:
-		return s.add(ctx, Insert, m.RelationID, m.Tuple)
-	case *pglogrepl.UpdateMessage:
-		return s.add(ctx, Update, m.RelationID, m.NewTuple)
-	case *pglogrepl.DeleteMessage:
-		return s.add(ctx, Delete, m.RelationID, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if err := s.add(ctx, Truncate, id, nil); err != nil {
@@ -215,7 +243,19 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrepl.TupleData) error {
+// addRow adds an Insert, Update or Delete to the open transaction. Its
+// tuple is decoded only when the change is kept.
+func (s *streamer) addRow(ctx context.Context, data []byte) error {
+	op, relID, tuple, err := rowMessage(data)
+	if err != nil {
+		return fmt.Errorf("decode pgoutput message: %w", err)
+	}
+	return s.add(ctx, op, relID, tuple)
+}
+
+// add adds a change to the open transaction; tuple is the row's encoded
+// tuple (nil for a truncate).
+func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple []byte) error {
 	if s.cur == nil {
 		return fmt.Errorf("replication stream: %s outside a transaction", op)
 	}
@@ -229,7 +269,14 @@ func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrep
 	if rel.Table != s.opts.Table {
 		return nil
 	}
-	s.cur.Changes = append(s.cur.Changes, Change{Op: op, Relation: rel, Values: tupleValues(tuple)})
+	var vals []Value
+	if tuple != nil {
+		var err error
+		if vals, err = tupleValues(tuple); err != nil {
+			return fmt.Errorf("decode pgoutput %s on %s: %w", op, rel.Table, err)
+		}
+	}
+	s.cur.Changes = append(s.cur.Changes, Change{Op: op, Relation: rel, Values: vals})
 	if len(s.cur.Changes) >= s.opts.ChunkChanges {
 		// Send the piece on: a large transaction never sits whole in memory.
 		if err := s.emit(ctx, Transaction{CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Changes: s.cur.Changes}); err != nil {
@@ -239,26 +286,6 @@ func (s *streamer) add(ctx context.Context, op Op, relID uint32, tuple *pglogrep
 		s.cur.chunked = true
 	}
 	return nil
-}
-
-// tupleValues copies a tuple out of the connection's read buffer, which the
-// next receive reuses.
-func tupleValues(t *pglogrepl.TupleData) []Value {
-	if t == nil {
-		return nil
-	}
-	vals := make([]Value, len(t.Columns))
-	for i, c := range t.Columns {
-		switch c.DataType {
-		case pglogrepl.TupleDataTypeNull:
-			vals[i].Null = true
-		case pglogrepl.TupleDataTypeToast:
-			vals[i].Unchanged = true
-		default:
-			vals[i].Text = append([]byte(nil), c.Data...)
-		}
-	}
-	return vals
 }
 
 func (s *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*Relation, error) {
@@ -280,6 +307,11 @@ func (s *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (
 // emit hands txn to the consumer, keeping the connection alive while the
 // consumer is busy.
 func (s *streamer) emit(ctx context.Context, txn Transaction) error {
+	select {
+	case s.out <- txn: // the usual case, without a ticker
+		return nil
+	default:
+	}
 	tick := time.NewTicker(min(time.Second, s.opts.StatusInterval))
 	defer tick.Stop()
 	for {
