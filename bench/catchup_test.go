@@ -2,8 +2,11 @@ package bench
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -131,6 +134,12 @@ func catchUpInProcessOnce(b *testing.B, n, perTxn int) {
 	b.StartTimer()
 	began := time.Now()
 	ip = e.startInProcess()
+	if path := os.Getenv("PGPILOT_BENCH_HEAPPROFILE"); path != "" {
+		// What is live halfway through the drain: the backlog at its
+		// largest. (-memprofile is written at the end, when it is gone.)
+		e.waitFor("half the rows delivered", 30*time.Minute, func() bool { return e.up.Accepted() >= n/2 })
+		writeHeapProfile(b, path)
+	}
 	delivered := e.waitFor("every row delivered", 30*time.Minute, func() bool { return e.up.Accepted() >= n })
 	b.StopTimer()
 	e.waitFor("checkpoint past the end", 5*time.Minute, func() bool { return e.checkpointLSN() >= end })
@@ -138,4 +147,17 @@ func catchUpInProcessOnce(b *testing.B, n, perTxn int) {
 	took := delivered.Sub(began)
 	report(b, float64(n)/took.Seconds(), "pgpilot_rows/s")
 	b.Logf("in-process drain of %d rows: %s", n, took.Round(time.Millisecond))
+}
+
+func writeHeapProfile(b *testing.B, path string) {
+	b.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	runtime.GC() // the profile shows the heap as of the last collection
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
 }

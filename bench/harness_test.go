@@ -8,10 +8,16 @@ package bench
 //
 // PGPILOT_BENCH_ROWS scales the row count (default 200000; 1000000 for the
 // full-size figures). PGPILOT_BENCH_LATENCY_SECONDS sets how long each
-// latency rate runs (default 15). Profiles come from the in-process variant:
+// latency rate runs (default 15). PGPILOT_BENCH_GOMEMLIMIT, if set, is
+// given to the pgpilot binary as GOMEMLIMIT. Each measurement first waits
+// (up to PGPILOT_BENCH_QUIET_WAIT seconds, default 600) for other processes
+// to leave the machine quiet, and reports the cores they used meanwhile. Profiles come from the in-process variant:
 //
 //	go test -run '^$' -bench 'CatchUpInProcess/batch100' -benchtime 1x -cpuprofile cpu.out -memprofile mem.out ./bench/
 //	go test -run '^$' -bench 'LatencyInProcess/rate=1000' -benchtime 1x -cpuprofile cpu.out ./bench/
+//
+// (PGPILOT_BENCH_HEAPPROFILE=FILE makes CatchUpInProcess write a heap
+// profile halfway through the drain, when the backlog in memory is largest.)
 //
 // Nothing here runs in the ordinary test suite: there are no Test
 // functions, and Postgres starts only when a benchmark asks for it.
@@ -268,6 +274,10 @@ func (e *env) startPgpilot() *proc {
 	}
 	cmd := exec.Command(pgpilotBinary(e.b), "run", "--config", e.cfgPath)
 	cmd.Stdout, cmd.Stderr = f, f
+	if limit := os.Getenv("PGPILOT_BENCH_GOMEMLIMIT"); limit != "" {
+		// For pgpilot only: the benchmark and its stand-in keep theirs.
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+limit)
+	}
 	if err := cmd.Start(); err != nil {
 		e.b.Fatal(err)
 	}

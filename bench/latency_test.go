@@ -32,12 +32,12 @@ func BenchmarkLatency(b *testing.B) { benchmarkLatency(b, false) }
 // the benchmark (daemon.Run), for -cpuprofile; it reports no CPU figures.
 func BenchmarkLatencyInProcess(b *testing.B) { benchmarkLatency(b, true) }
 
-func benchmarkLatency(b *testing.B, inProcess bool) {
+func benchmarkLatency(b *testing.B, inProc bool) {
 	seconds := envInt("PGPILOT_BENCH_LATENCY_SECONDS", 15)
 	for _, rate := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("rate=%d", rate), func(b *testing.B) {
 			for range b.N {
-				latencyOnce(b, rate, time.Duration(seconds)*time.Second, inProcess)
+				latencyOnce(b, rate, time.Duration(seconds)*time.Second, inProc)
 			}
 		})
 	}
@@ -45,7 +45,7 @@ func benchmarkLatency(b *testing.B, inProcess bool) {
 
 const latencyWriters = 8
 
-func latencyOnce(b *testing.B, rate int, d time.Duration, inProcess bool) {
+func latencyOnce(b *testing.B, rate int, d time.Duration, inProc bool) {
 	b.StopTimer()
 	ctx := context.Background()
 	e := newEnv(b)
@@ -60,7 +60,7 @@ func latencyOnce(b *testing.B, rate int, d time.Duration, inProcess bool) {
 	}
 	var p *proc
 	var ip *inProcess
-	if inProcess {
+	if inProc {
 		ip = e.startInProcess()
 	} else {
 		p = e.startPgpilot()
@@ -114,7 +114,7 @@ func latencyOnce(b *testing.B, rate int, d time.Duration, inProcess bool) {
 	b.StopTimer()
 	cpu := pgpilotCPU() - cpu0
 	others := before.foreignCores(e.pg.DataDir)
-	if inProcess {
+	if inProc {
 		ip.stop()
 	} else {
 		p.stop()
@@ -147,7 +147,7 @@ func latencyOnce(b *testing.B, rate int, d time.Duration, inProcess bool) {
 	report(b, percentile(lat, 50), "p50_ms")
 	report(b, percentile(lat, 99), "p99_ms")
 	report(b, lat[n-1], "max_ms")
-	if !inProcess {
+	if !inProc {
 		report(b, cpu.Seconds()/float64(n)*100_000, "cpu_s/100k")
 		report(b, 100*cpu.Seconds()/d.Seconds(), "cpu_%")
 	}
