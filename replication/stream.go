@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -109,9 +110,25 @@ func (s *streamer) loop(ctx context.Context) error {
 	// a registration and a channel for every message of the stream. A stop
 	// moves the deadline to now, so it is heard at once.
 	netConn := s.conn.Conn()
-	stopWaking := context.AfterFunc(ctx, func() { _ = netConn.SetReadDeadline(time.Now()) })
-	defer stopWaking()
-	defer func() { _ = netConn.SetReadDeadline(time.Time{}) }()
+	var wake sync.Mutex
+	returned := false
+	stopWaking := context.AfterFunc(ctx, func() {
+		wake.Lock()
+		defer wake.Unlock()
+		if !returned {
+			_ = netConn.SetReadDeadline(time.Now())
+		}
+	})
+	defer func() {
+		// A stop that comes as the loop returns must not leave a deadline
+		// in the past behind it on a connection the caller still uses
+		// (the final status update): mark the loop gone first, then clear.
+		stopWaking()
+		wake.Lock()
+		returned = true
+		wake.Unlock()
+		_ = netConn.SetReadDeadline(time.Time{})
+	}()
 	var deadline time.Time
 	for {
 		if err := s.maybeSendStatus(ctx, false); err != nil {
