@@ -48,7 +48,7 @@ const latencyWriters = 8
 func latencyOnce(b *testing.B, rate int, d time.Duration, inProc bool) {
 	b.StopTimer()
 	ctx := context.Background()
-	e := newEnv(b)
+	e := newEnv(b, realtimeOnly)
 	conns := make([]*pgx.Conn, latencyWriters)
 	for i := range conns {
 		c, err := pgx.Connect(ctx, e.url)

@@ -21,7 +21,7 @@ func BenchmarkSnapshot(b *testing.B) {
 
 func snapshotOnce(b *testing.B, n int) {
 	b.StopTimer()
-	e := newEnv(b)
+	e := newEnv(b, bulkAllowed)
 	if err := workload.Seed(context.Background(), e.conn, n); err != nil {
 		b.Fatal(err)
 	}

@@ -23,7 +23,8 @@ const failedJobRetries = 2
 // real-time path keeps draining the oldest, so the checkpoint keeps moving)
 // and marks them in flight.
 func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
-	k := bulkShare(p.ready.len(), p.opts.RealtimeRate, p.opts.BulkRate, p.opts.BulkOverhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
+	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
+		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
 	if k == 0 {
 		return nil, nil
 	}
@@ -87,7 +88,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 		case err != nil:
 			return bulkResult{entries: batch, err: err}
 		}
-		status, err := p.waitJob(ctx, job)
+		status, err := p.waitJob(ctx, job, firstPoll(len(cos), p.opts.BulkRate, p.opts.PollInterval))
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
@@ -102,17 +103,19 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 	}
 }
 
-// waitJob polls the job until it completed or failed. Accepted is not
+// waitJob polls the job until it completed or failed, first after wait,
+// then at twice the previous wait up to PollInterval. Accepted is not
 // applied: only a completed job's records count as delivered.
-func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job) (string, error) {
+func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Duration) (string, error) {
 	for {
 		switch job.Status {
 		case userpilot.JobCompleted, userpilot.JobFailed:
 			return job.Status, nil
 		}
-		if err := sleep(ctx, p.opts.PollInterval); err != nil {
+		if err := sleep(ctx, wait); err != nil {
 			return "", err
 		}
+		wait = min(2*wait, p.opts.PollInterval)
 		next, err := p.opts.Sender.BackgroundJob(ctx, job.ID)
 		var rej *userpilot.RejectedError
 		if errors.As(err, &rej) {
@@ -166,6 +169,7 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 	case r.err != nil:
 		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
 	}
+	p.sizing.jobDone(len(r.entries), r.took, p.opts.BulkRate)
 	profiles := make([]state.Profile, len(r.entries))
 	for i, e := range r.entries {
 		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}

@@ -142,6 +142,7 @@ type Pipeline struct {
 	received  pglogrepl.LSN // end of the last whole transaction received
 	done      pglogrepl.LSN // checkpointed
 	bulkBusy  bool
+	sizing    sizing // what the real-time path and bulk jobs achieve, for bulkShare
 	// deletes wait for one delete request at a time (Userpilot allows one
 	// every 2 seconds).
 	deletes    []*entry
@@ -565,6 +566,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 	var rej *userpilot.RejectedError
 	switch {
 	case r.err == nil:
+		p.sizing.realtimeSent(time.Now(), p.ready.len() > 0)
 		p.stats.Realtime.Add(1)
 		p.progress = time.Now()
 		rep.realtime++
