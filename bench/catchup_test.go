@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/pgpilot/pgpilot/state"
 )
 
 // backlogs are the shapes of WAL a catch-up drains: the same N rows written
@@ -87,6 +89,10 @@ func catchUpOnce(b *testing.B, n, perTxn int) {
 	report(b, recvCPU.Seconds()/float64(n)*100_000, "recv_cpu_s/100k")
 	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
 	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
+	report(b, float64(u.peakAnon)/(1<<20), "peak_anon_MB")
+	if fi, err := os.Stat(filepath.Join(e.stateDir, state.StoreFile)); err == nil {
+		report(b, float64(fi.Size())/(1<<20), "store_MB") // the no-op index, mapped by bbolt
+	}
 	calls, jobs := deliveries(e)
 	report(b, float64(calls), "realtime_calls")
 	report(b, float64(jobs), "bulk_jobs")

@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -276,6 +277,10 @@ type proc struct {
 	cmd  *exec.Cmd
 	log  string
 	done chan struct{}
+	// peakAnon is the largest RssAnon seen (bytes), sampled every 50ms:
+	// VmHWM also counts the pages of the no-op index that bbolt maps,
+	// which the kernel can drop at will; the Go heap and runtime cannot be.
+	peakAnon atomic.Int64
 }
 
 // startPgpilot runs `pgpilot run` on e's config; its log goes to a file
@@ -298,6 +303,20 @@ func (e *env) startPgpilot() *proc {
 	}
 	p := &proc{b: e.b, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.done:
+				return
+			case <-tick.C:
+				if kb, err := procStatusKB(cmd.Process.Pid, "RssAnon:"); err == nil && kb*1024 > p.peakAnon.Load() {
+					p.peakAnon.Store(kb * 1024)
+				}
+			}
+		}
+	}()
+	go func() {
 		_ = cmd.Wait()
 		f.Close()
 		close(p.done)
@@ -315,8 +334,9 @@ func (e *env) startPgpilot() *proc {
 
 // usage is what a process cost.
 type usage struct {
-	cpu     time.Duration // user + system, from the kernel's accounting of the child
-	peakRSS int64         // bytes: VmHWM just before the stop
+	cpu      time.Duration // user + system, from the kernel's accounting of the child
+	peakRSS  int64         // bytes: VmHWM just before the stop
+	peakAnon int64         // bytes: the largest RssAnon sampled
 }
 
 // stop sends SIGTERM, waits for exit 0 and returns the process's whole CPU
@@ -338,7 +358,7 @@ func (p *proc) stop() usage {
 		out, _ := os.ReadFile(p.log)
 		p.b.Fatalf("pgpilot exited %d:\n%s", code, tail(string(out), 4000))
 	}
-	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), peakRSS: hwm}
+	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), peakRSS: hwm, peakAnon: p.peakAnon.Load()}
 }
 
 // peakRSS reads VmHWM, the peak resident set, from /proc.

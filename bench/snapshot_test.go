@@ -51,6 +51,7 @@ func snapshotOnce(b *testing.B, n int) {
 	report(b, u.cpu.Seconds()/float64(n)*100_000, "cpu_s/100k")
 	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
 	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
+	report(b, float64(u.peakAnon)/(1<<20), "peak_anon_MB")
 	report(b, others, "others_cores")
 	b.Logf("initial sync of %d rows: delivered in %s (%.0f rows/s), checkpointed after %s; pgpilot CPU %s, peak RSS %.1f MB; other processes %.2f cores",
 		n, took.Round(time.Millisecond), float64(n)/took.Seconds(), synced.Sub(began).Round(time.Millisecond),

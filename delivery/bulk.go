@@ -44,12 +44,12 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 			p.skip(e, r)
 			continue
 		}
-		b, _ := json.Marshal(e.co)
-		if size+len(b) > maxBulkBytes {
+		n := maxJSONSize(e.co)
+		if size+n > maxBulkBytes {
 			keep = append(keep, e)
 			break
 		}
-		size += len(b)
+		size += n
 		batch = append(batch, e)
 	}
 	for i := len(keep) - 1; i >= 0; i-- {
@@ -59,6 +59,47 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		p.send(e)
 	}
 	return batch, nil
+}
+
+// maxJSONSize is at least the size of co in a job's JSON body, counted
+// without encoding it (encoding each record once to size the job and again
+// to send it was a tenth of a catch-up's CPU). Every byte of text that is
+// not plain ASCII counts as a six-byte escape, so the bound holds whatever
+// the encoder escapes; for the usual ASCII text it is exact to a few bytes.
+func maxJSONSize(co userpilot.Company) int {
+	n := len(`{"company_id":,"metadata":null},`) + maxStringSize(co.CompanyID)
+	for k, v := range co.Metadata {
+		n += maxStringSize(k) + len(":,")
+		switch v := v.(type) {
+		case nil:
+			n += len("null")
+		case bool:
+			n += len("false")
+		case string:
+			n += maxStringSize(v)
+		case json.Number:
+			n += len(v)
+		default:
+			b, err := json.Marshal(v)
+			if err != nil {
+				return maxBulkBytes // cannot be encoded: it goes alone, and is refused alone
+			}
+			n += len(b)
+		}
+	}
+	return n
+}
+
+func maxStringSize(s string) int {
+	n := len(`""`)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			n += len(`\u0000`)
+		} else {
+			n++
+		}
+	}
+	return n
 }
 
 // runBulk takes a job from submission to completion. It returns when the
@@ -93,6 +134,12 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			return bulkResult{entries: batch, err: err}
 		}
 		if status == userpilot.JobCompleted {
+			// Recorded here rather than by the dispatcher, as the real-time
+			// workers do: writing 10,000 profiles to the index would stall
+			// reading and the real-time path meanwhile.
+			if err := p.record(batch); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, took: time.Since(start)}
 		}
 		failures++
@@ -101,6 +148,19 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			return bulkResult{entries: batch, fallback: true, err: fmt.Errorf("bulk job %s failed %d times", job.ID, failures), took: time.Since(start)}
 		}
 	}
+}
+
+// record notes a completed job's profiles in the no-op index. In-flight
+// entries are not changed by the dispatcher, so this may run beside it.
+func (p *Pipeline) record(batch []*entry) error {
+	if p.opts.Index == nil {
+		return nil
+	}
+	profiles := make([]state.Profile, len(batch))
+	for i, e := range batch {
+		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}
+	}
+	return p.opts.Index.Record(profiles)
 }
 
 // waitJob polls the job until it completed or failed, first after wait,
@@ -170,15 +230,6 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
 	}
 	p.sizing.jobDone(len(r.entries), r.took, p.opts.BulkRate)
-	profiles := make([]state.Profile, len(r.entries))
-	for i, e := range r.entries {
-		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}
-	}
-	if p.opts.Index != nil {
-		if err := p.opts.Index.Record(profiles); err != nil {
-			return err
-		}
-	}
 	for _, e := range r.entries {
 		p.finish(e)
 	}

@@ -132,8 +132,9 @@ type Pipeline struct {
 	log   *slog.Logger
 	stats Stats
 
-	rel    *replication.Relation
-	mapper *mapping.Mapper
+	rel     *replication.Relation
+	mapper  *mapping.Mapper
+	scratch []mapping.Value // see values
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first
@@ -382,10 +383,7 @@ func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) er
 	if err != nil {
 		return err
 	}
-	vals := make([]mapping.Value, len(ch.Values))
-	for i, v := range ch.Values {
-		vals[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
-	}
+	vals := p.values(ch.Values)
 	id, err := m.Identify(vals)
 	if err != nil {
 		// A row that cannot become a payload is set aside; the stream goes on.
@@ -422,10 +420,7 @@ func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change)
 	if err != nil {
 		return err
 	}
-	vals := make([]mapping.Value, len(ch.Values))
-	for i, v := range ch.Values {
-		vals[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
-	}
+	vals := p.values(ch.Values)
 	id, err := m.CompanyID(vals)
 	if err != nil {
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + err.Error() +
@@ -439,6 +434,16 @@ func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change)
 	}
 	p.pend(id, nil, true, txn)
 	return nil
+}
+
+// values is a row as the mapping reads it, in a slice reused row after
+// row: the mapping copies what it keeps.
+func (p *Pipeline) values(row []replication.Value) []mapping.Value {
+	p.scratch = p.scratch[:0]
+	for _, v := range row {
+		p.scratch = append(p.scratch, mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged})
+	}
+	return p.scratch
 }
 
 // pend merges a company's new state (metadata, or a deletion) into what is
