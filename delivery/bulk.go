@@ -25,6 +25,13 @@ const failedJobRetries = 2
 func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
 		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
+	if p.order.len() >= p.opts.MaxPending {
+		// Reading is held back at the memory bound: the backlog goes on in
+		// the slot past what is in memory, and the real-time path will
+		// not clear what it cannot see before more arrives. Sized for a
+		// backlog without end, a job is full.
+		k = userpilot.MaxBulkRecords
+	}
 	if k == 0 {
 		return nil, nil
 	}

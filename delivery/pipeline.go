@@ -86,8 +86,9 @@ type Options struct {
 	PollInterval time.Duration
 	// MaxPending bounds memory: at this many undelivered companies the
 	// pipeline stops reading (the stream keeps the connection alive); 0 →
-	// 100,000. In outbox mode reading goes on: holding WAL back is what
-	// outbox mode exists to avoid.
+	// 25,000: a bulk job of 10,000 in flight and the next one filling, at
+	// under 1 kB a company. In outbox mode reading goes on: holding WAL
+	// back is what outbox mode exists to avoid.
 	MaxPending int
 
 	// Outbox, when set, lets the pipeline switch to outbox mode (see
@@ -180,7 +181,7 @@ func New(opts Options) *Pipeline {
 		opts.PollInterval = 2 * time.Second
 	}
 	if opts.MaxPending <= 0 {
-		opts.MaxPending = 100_000
+		opts.MaxPending = 25_000
 	}
 	if opts.OutboxAfter <= 0 {
 		opts.OutboxAfter = 5 * time.Minute
