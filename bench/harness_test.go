@@ -4,7 +4,7 @@ package bench
 // and CPU of the pgpilot binary. One command runs it all and ends with a
 // table of medians, ready for the README:
 //
-//	go test -run '^$' -bench 'CatchUp$|Snapshot|Latency' -benchtime 1x -count 3 -timeout 2h ./bench/
+//	go test -run '^$' -bench 'CatchUp$|Snapshot|Latency$' -benchtime 1x -count 3 -timeout 2h ./bench/
 //
 // PGPILOT_BENCH_ROWS scales the row count (default 200000; 1000000 for the
 // full-size figures). PGPILOT_BENCH_LATENCY_SECONDS sets how long each
