@@ -2,12 +2,17 @@ package bench
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/pgpilot/pgpilot/state"
 )
 
 // backlogs are the shapes of WAL a catch-up drains: the same N rows written
@@ -25,9 +30,10 @@ var backlogs = []struct {
 // (its slot made and the initial sync of an empty table done), N rows are
 // written; then the same WAL is drained once by pg_recvlogical (pgoutput,
 // to /dev/null, from a second slot made at the same point) and once by the
-// pgpilot binary into an unlimited stand-in (one real-time HTTP call per
-// company). Reported: rows/s of each and their ratio (goal ≥ 1), pgpilot's
-// CPU seconds per 100k changes and its peak RSS (VmHWM).
+// pgpilot binary into an unlimited stand-in (real-time calls and bulk jobs,
+// as pgpilot sizes them; see newEnv). Reported: rows/s of each and their
+// ratio (goal ≥ 1), pgpilot's CPU seconds per 100k changes, its peak RSS
+// (VmHWM), and how the rows went out (real-time calls, bulk jobs).
 //
 // pgpilot's time is until the stand-in has accepted every row; ckpt_s is
 // until its durable checkpoint has passed the end position as well.
@@ -44,7 +50,7 @@ func BenchmarkCatchUp(b *testing.B) {
 
 func catchUpOnce(b *testing.B, n, perTxn int) {
 	b.StopTimer()
-	e := newEnv(b)
+	e := newEnv(b, bulkAllowed)
 	e.initialSync(0)
 	recvSlot := e.slot + "_recv"
 	if _, err := e.conn.Exec(context.Background(), `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, recvSlot); err != nil {
@@ -83,11 +89,35 @@ func catchUpOnce(b *testing.B, n, perTxn int) {
 	report(b, recvCPU.Seconds()/float64(n)*100_000, "recv_cpu_s/100k")
 	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
 	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
+	report(b, float64(u.peakAnon)/(1<<20), "peak_anon_MB")
+	if fi, err := os.Stat(filepath.Join(e.stateDir, state.StoreFile)); err == nil {
+		report(b, float64(fi.Size())/(1<<20), "store_MB") // the no-op index, mapped by bbolt
+	}
+	calls, jobs := deliveries(e)
+	report(b, float64(calls), "realtime_calls")
+	report(b, float64(jobs), "bulk_jobs")
 	report(b, others, "others_cores")
 	b.Logf("pgpilot %s (%.0f rows/s, checkpoint %s), pg_recvlogical %s (%.0f rows/s): ratio %.3f; pgpilot CPU %s, peak RSS %.1f MB; other processes %.2f cores",
 		took.Round(time.Millisecond), float64(n)/took.Seconds(), checkpointed.Sub(began).Round(time.Millisecond),
 		recvTook.Round(time.Millisecond), float64(n)/recvTook.Seconds(), recvTook.Seconds()/took.Seconds(),
 		u.cpu.Round(time.Millisecond), float64(u.peakRSS)/(1<<20), others)
+}
+
+// deliveries counts the real-time identify calls and bulk jobs the
+// stand-in accepted.
+func deliveries(e *env) (calls, jobs int) {
+	for _, r := range e.up.Requests() {
+		if r.Status/100 != 2 {
+			continue
+		}
+		switch r.Path {
+		case "/v1/companies/identify":
+			calls++
+		case "/v1/companies/bulk_identify":
+			jobs++
+		}
+	}
+	return calls, jobs
 }
 
 // recvlogical drains slot up to end with pg_recvlogical into /dev/null:
@@ -122,7 +152,7 @@ func BenchmarkCatchUpInProcess(b *testing.B) {
 
 func catchUpInProcessOnce(b *testing.B, n, perTxn int) {
 	b.StopTimer()
-	e := newEnv(b)
+	e := newEnv(b, bulkAllowed)
 	ip := e.startInProcess()
 	e.waitFor("initial sync", 10*time.Minute, func() bool { return e.checkpointLSN() != 0 })
 	ip.stop()
@@ -131,6 +161,12 @@ func catchUpInProcessOnce(b *testing.B, n, perTxn int) {
 	b.StartTimer()
 	began := time.Now()
 	ip = e.startInProcess()
+	if path := os.Getenv("PGPILOT_BENCH_HEAPPROFILE"); path != "" {
+		// What is live halfway through the drain: the backlog at its
+		// largest. (-memprofile is written at the end, when it is gone.)
+		e.waitFor("half the rows delivered", 30*time.Minute, func() bool { return e.up.Accepted() >= n/2 })
+		writeHeapProfile(b, path)
+	}
 	delivered := e.waitFor("every row delivered", 30*time.Minute, func() bool { return e.up.Accepted() >= n })
 	b.StopTimer()
 	e.waitFor("checkpoint past the end", 5*time.Minute, func() bool { return e.checkpointLSN() >= end })
@@ -138,4 +174,17 @@ func catchUpInProcessOnce(b *testing.B, n, perTxn int) {
 	took := delivered.Sub(began)
 	report(b, float64(n)/took.Seconds(), "pgpilot_rows/s")
 	b.Logf("in-process drain of %d rows: %s", n, took.Round(time.Millisecond))
+}
+
+func writeHeapProfile(b *testing.B, path string) {
+	b.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	runtime.GC() // the profile shows the heap as of the last collection
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
 }

@@ -24,7 +24,7 @@ func BenchmarkSnapshot(b *testing.B) {
 
 func snapshotOnce(b *testing.B, n int) {
 	b.StopTimer()
-	e := newEnv(b)
+	e := newEnv(b, bulkAllowed)
 	if err := workload.Seed(context.Background(), e.conn, n); err != nil {
 		b.Fatal(err)
 	}
@@ -59,6 +59,7 @@ func snapshotOnce(b *testing.B, n int) {
 	report(b, u.cpu.Seconds()/float64(n)*100_000, "cpu_s/100k")
 	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
 	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
+	report(b, float64(u.peakAnon)/(1<<20), "peak_anon_MB")
 	report(b, others, "others_cores")
 	b.Logf("COPY TO STDOUT: %.0f rows/s; ratio %.3f", copyRate, float64(n)/took.Seconds()/copyRate)
 	b.Logf("initial sync of %d rows: delivered in %s (%.0f rows/s), checkpointed after %s; pgpilot CPU %s, peak RSS %.1f MB; other processes %.2f cores",

@@ -23,7 +23,15 @@ const failedJobRetries = 2
 // real-time path keeps draining the oldest, so the checkpoint keeps moving)
 // and marks them in flight.
 func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
-	k := bulkShare(p.ready.len(), p.opts.RealtimeRate, p.opts.BulkRate, p.opts.BulkOverhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
+	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
+		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
+	if p.order.len() >= p.opts.MaxPending {
+		// Reading is held back at the memory bound: the backlog goes on in
+		// the slot past what is in memory, and the real-time path will
+		// not clear what it cannot see before more arrives. Sized for a
+		// backlog without end, a job is full.
+		k = userpilot.MaxBulkRecords
+	}
 	if k == 0 {
 		return nil, nil
 	}
@@ -43,12 +51,12 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 			p.skip(e, r)
 			continue
 		}
-		b, _ := json.Marshal(e.co)
-		if size+len(b) > maxBulkBytes {
+		n := maxJSONSize(e.co)
+		if size+n > maxBulkBytes {
 			keep = append(keep, e)
 			break
 		}
-		size += len(b)
+		size += n
 		batch = append(batch, e)
 	}
 	for i := len(keep) - 1; i >= 0; i-- {
@@ -58,6 +66,47 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		p.send(e)
 	}
 	return batch, nil
+}
+
+// maxJSONSize is at least the size of co in a job's JSON body, counted
+// without encoding it (encoding each record once to size the job and again
+// to send it was a tenth of a catch-up's CPU). Every byte of text that is
+// not plain ASCII counts as a six-byte escape, so the bound holds whatever
+// the encoder escapes; for the usual ASCII text it is exact to a few bytes.
+func maxJSONSize(co userpilot.Company) int {
+	n := len(`{"company_id":,"metadata":null},`) + maxStringSize(co.CompanyID)
+	for k, v := range co.Metadata {
+		n += maxStringSize(k) + len(":,")
+		switch v := v.(type) {
+		case nil:
+			n += len("null")
+		case bool:
+			n += len("false")
+		case string:
+			n += maxStringSize(v)
+		case json.Number:
+			n += len(v)
+		default:
+			b, err := json.Marshal(v)
+			if err != nil {
+				return maxBulkBytes // cannot be encoded: it goes alone, and is refused alone
+			}
+			n += len(b)
+		}
+	}
+	return n
+}
+
+func maxStringSize(s string) int {
+	n := len(`""`)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			n += len(`\u0000`)
+		} else {
+			n++
+		}
+	}
+	return n
 }
 
 // runBulk takes a job from submission to completion. It returns when the
@@ -87,11 +136,17 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 		case err != nil:
 			return bulkResult{entries: batch, err: err}
 		}
-		status, err := p.waitJob(ctx, job)
+		status, err := p.waitJob(ctx, job, firstPoll(len(cos), p.opts.BulkRate, p.opts.PollInterval))
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
 		if status == userpilot.JobCompleted {
+			// Recorded here rather than by the dispatcher, as the real-time
+			// workers do: writing 10,000 profiles to the index would stall
+			// reading and the real-time path meanwhile.
+			if err := p.record(batch); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, took: time.Since(start)}
 		}
 		failures++
@@ -102,17 +157,32 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 	}
 }
 
-// waitJob polls the job until it completed or failed. Accepted is not
+// record notes a completed job's profiles in the no-op index. In-flight
+// entries are not changed by the dispatcher, so this may run beside it.
+func (p *Pipeline) record(batch []*entry) error {
+	if p.opts.Index == nil {
+		return nil
+	}
+	profiles := make([]state.Profile, len(batch))
+	for i, e := range batch {
+		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}
+	}
+	return p.opts.Index.Record(profiles)
+}
+
+// waitJob polls the job until it completed or failed, first after wait,
+// then at twice the previous wait up to PollInterval. Accepted is not
 // applied: only a completed job's records count as delivered.
-func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job) (string, error) {
+func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Duration) (string, error) {
 	for {
 		switch job.Status {
 		case userpilot.JobCompleted, userpilot.JobFailed:
 			return job.Status, nil
 		}
-		if err := sleep(ctx, p.opts.PollInterval); err != nil {
+		if err := sleep(ctx, wait); err != nil {
 			return "", err
 		}
+		wait = min(2*wait, p.opts.PollInterval)
 		next, err := p.opts.Sender.BackgroundJob(ctx, job.ID)
 		var rej *userpilot.RejectedError
 		if errors.As(err, &rej) {
@@ -166,15 +236,7 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 	case r.err != nil:
 		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
 	}
-	profiles := make([]state.Profile, len(r.entries))
-	for i, e := range r.entries {
-		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}
-	}
-	if p.opts.Index != nil {
-		if err := p.opts.Index.Record(profiles); err != nil {
-			return err
-		}
-	}
+	p.sizing.jobDone(len(r.entries), r.took, p.opts.BulkRate)
 	for _, e := range r.entries {
 		p.finish(e)
 	}

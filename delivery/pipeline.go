@@ -88,8 +88,9 @@ type Options struct {
 	PollInterval time.Duration
 	// MaxPending bounds memory: at this many undelivered companies the
 	// pipeline stops reading (the stream keeps the connection alive); 0 →
-	// 100,000. In outbox mode reading goes on: holding WAL back is what
-	// outbox mode exists to avoid.
+	// 25,000: a bulk job of 10,000 in flight and the next one filling, at
+	// under 1 kB a company. In outbox mode reading goes on: holding WAL
+	// back is what outbox mode exists to avoid.
 	MaxPending int
 
 	// Outbox, when set, lets the pipeline switch to outbox mode (see
@@ -137,6 +138,7 @@ type Pipeline struct {
 	// mappers holds the mapping compiled for each description of the
 	// table in use: the stream's and the snapshot's take turns.
 	mappers map[*replication.Relation]*mapping.Mapper
+	scratch []mapping.Value // see values
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first
@@ -151,6 +153,7 @@ type Pipeline struct {
 	markDone  any // the newest mark with everything before it delivered
 	markSaved any // the mark last passed to Checkpoint
 	bulkBusy  bool
+	sizing    sizing // what the real-time path and bulk jobs achieve, for bulkShare
 	// deletes wait for one delete request at a time (Userpilot allows one
 	// every 2 seconds).
 	deletes    []*entry
@@ -187,7 +190,7 @@ func New(opts Options) *Pipeline {
 		opts.PollInterval = 2 * time.Second
 	}
 	if opts.MaxPending <= 0 {
-		opts.MaxPending = 100_000
+		opts.MaxPending = 25_000
 	}
 	if opts.OutboxAfter <= 0 {
 		opts.OutboxAfter = 5 * time.Minute
@@ -403,10 +406,7 @@ func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) er
 	if err != nil {
 		return err
 	}
-	vals := make([]mapping.Value, len(ch.Values))
-	for i, v := range ch.Values {
-		vals[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
-	}
+	vals := p.values(ch.Values)
 	id, err := m.Identify(vals)
 	if err != nil {
 		// A row that cannot become a payload is set aside; the stream goes on.
@@ -443,10 +443,7 @@ func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change)
 	if err != nil {
 		return err
 	}
-	vals := make([]mapping.Value, len(ch.Values))
-	for i, v := range ch.Values {
-		vals[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
-	}
+	vals := p.values(ch.Values)
 	id, err := m.CompanyID(vals)
 	if err != nil {
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + err.Error() +
@@ -460,6 +457,16 @@ func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change)
 	}
 	p.pend(id, nil, true, txn)
 	return nil
+}
+
+// values is a row as the mapping reads it, in a slice reused row after
+// row: the mapping copies what it keeps.
+func (p *Pipeline) values(row []replication.Value) []mapping.Value {
+	p.scratch = p.scratch[:0]
+	for _, v := range row {
+		p.scratch = append(p.scratch, mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged})
+	}
+	return p.scratch
 }
 
 // pend merges a company's new state (metadata, or a deletion) into what is
@@ -592,6 +599,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 	var rej *userpilot.RejectedError
 	switch {
 	case r.err == nil:
+		p.sizing.realtimeSent(time.Now(), p.ready.len() > 0)
 		p.stats.Realtime.Add(1)
 		p.progress = time.Now()
 		rep.realtime++

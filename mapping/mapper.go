@@ -219,7 +219,9 @@ func (m *Mapper) CompanyID(values []Value) (string, error) {
 // Identify maps one row; values[i] belongs to columns[i] as passed to Compile
 // (positional, no per-row maps). A row that cannot be mapped yields a
 // *RowError; a values slice of the wrong length is the caller's bug (the
-// table changed without a new Compile) and yields a plain error.
+// table changed without a new Compile) and yields a plain error. Nothing
+// of values is kept (every string in the result is a copy), so the caller
+// may reuse them.
 func (m *Mapper) Identify(values []Value) (Identify, error) {
 	if len(values) != len(m.columns) {
 		return Identify{}, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))

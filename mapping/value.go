@@ -91,6 +91,15 @@ type converter struct {
 
 // value converts text. The error is a reason for a RowError.
 func (c converter) value(text []byte) (any, error) {
+	if v, ok := c.fast(text); ok {
+		return v, nil
+	}
+	return c.decode(text)
+}
+
+// decode converts text the long way: pgx decodes it, and the result is
+// written out for JSON. It is the reference the fast paths must match.
+func (c converter) decode(text []byte) (any, error) {
 	switch c.conv {
 	case textAsIs:
 		return string(text), nil

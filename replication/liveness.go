@@ -63,3 +63,13 @@ func (s *streamer) checkAlive(ctx context.Context) error {
 	s.lastStatus, s.lastReported = time.Now(), confirmed
 	return nil
 }
+
+// nextCheck is when checkAlive next has something to do: ask for a reply
+// at half of ReceiveTimeout, give up at all of it. The stream's receive
+// deadline never passes it, so a check is never a whole wake-up late.
+func (s *streamer) nextCheck() time.Time {
+	if !s.live.pinged {
+		return s.live.lastHeard.Add(s.opts.ReceiveTimeout / 2)
+	}
+	return s.live.lastHeard.Add(s.opts.ReceiveTimeout)
+}

@@ -136,16 +136,24 @@ func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
 
 	stream := func(start pglogrepl.LSN) replication.Transaction {
 		t.Helper()
+		// The previous stream's walsender may not have let go of the slot
+		// yet (it exits after its client has gone): starting now would be
+		// refused with "replication slot is active".
+		for active := true; active; {
+			require.NoError(t, conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active))
+			if active {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 		rconn, err := replication.ConnectReplication(ctx, url)
 		require.NoError(t, err)
 		typeConn, err := replication.ConnectSQL(ctx, url) // pgx connections are not shared across goroutines
 		require.NoError(t, err)
 		sctx, stop := context.WithCancel(ctx)
 		out := make(chan replication.Transaction, 4)
-		done := make(chan struct{})
+		done := make(chan error, 1)
 		go func() {
-			defer close(done)
-			replication.Stream(sctx, rconn, replication.StreamOptions{
+			done <- replication.Stream(sctx, rconn, replication.StreamOptions{
 				Slot: slot, Publication: "p", Table: companies, Start: start,
 				Confirmed: func() pglogrepl.LSN { return start }, Types: replication.NewTypeResolver(typeConn),
 			}, out)
@@ -162,6 +170,9 @@ func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
 				if len(txn.Changes) > 0 { // skip position markers
 					return txn
 				}
+			case err := <-done:
+				done <- err // for the deferred stop
+				t.Fatalf("stream from %s ended before a transaction: %v", start, err)
 			case <-ctx.Done():
 				t.Fatal("no transaction streamed")
 			}

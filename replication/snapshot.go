@@ -96,7 +96,9 @@ func SelectColumns(t Table, cols []Column, where string, limit int) string {
 // QueryRows runs query and calls fn with each row's values in text format:
 // the types' output functions, exactly what pgoutput sends, so a row maps
 // the same whether it came from a query or from the stream. The values are
-// fn's to keep.
+// fn's to keep. As in the stream, a row costs two allocations: its Values,
+// and one buffer shared by its columns' text (each Text capped at its own
+// length); an empty text is nil.
 func QueryRows(ctx context.Context, pg *pgconn.PgConn, query string, fn func([]Value) error) error {
 	rr := pg.ExecParams(ctx, query, nil, nil, nil, []int16{pgx.TextFormatCode})
 	for rr.NextRow() {
@@ -110,14 +112,23 @@ func QueryRows(ctx context.Context, pg *pgconn.PgConn, query string, fn func([]V
 }
 
 // textValues copies a row's text values out of the connection's buffer,
-// which the next row reuses.
+// which the next row reuses: into one allocation for the row, not one per
+// value.
 func textValues(raw [][]byte) []Value {
+	size := 0
+	for _, b := range raw {
+		size += len(b)
+	}
+	buf := make([]byte, 0, size)
 	vals := make([]Value, len(raw))
 	for i, b := range raw {
-		if b == nil {
+		switch {
+		case b == nil:
 			vals[i].Null = true
-		} else {
-			vals[i].Text = append([]byte(nil), b...)
+		case len(b) > 0:
+			start := len(buf)
+			buf = append(buf, b...)
+			vals[i].Text = buf[start:len(buf):len(buf)]
 		}
 	}
 	return vals

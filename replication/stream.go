@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -48,6 +49,11 @@ type StreamOptions struct {
 	WantPosition func() pglogrepl.LSN
 	Logger       *slog.Logger
 }
+
+// receiveWake is the longest a receive waits before the loop looks at its
+// timers (status updates, liveness); a variable so that a test can stretch
+// it and see that a stop does not wait for it.
+var receiveWake = time.Second
 
 // markerInterval bounds how often an idle position is offered for
 // checkpointing: each one costs the consumer an fsync.
@@ -107,6 +113,32 @@ type streamer struct {
 }
 
 func (s *streamer) loop(ctx context.Context) error {
+	// The loop must wake at least once a second for status updates, and
+	// when a liveness check is due. A read deadline on the socket, renewed
+	// when it passes, does that; a context per receive would cost a timer,
+	// a registration and a channel for every message of the stream. A stop
+	// moves the deadline to now, so it is heard at once.
+	netConn := s.conn.Conn()
+	var wake sync.Mutex
+	returned := false
+	stopWaking := context.AfterFunc(ctx, func() {
+		wake.Lock()
+		defer wake.Unlock()
+		if !returned {
+			_ = netConn.SetReadDeadline(time.Now())
+		}
+	})
+	defer func() {
+		// A stop that comes as the loop returns must not leave a deadline
+		// in the past behind it on a connection the caller still uses
+		// (the final status update): mark the loop gone first, then clear.
+		stopWaking()
+		wake.Lock()
+		returned = true
+		wake.Unlock()
+		_ = netConn.SetReadDeadline(time.Time{})
+	}()
+	var deadline time.Time
 	for {
 		if err := s.maybeSendStatus(ctx, false); err != nil {
 			return err
@@ -117,13 +149,35 @@ func (s *streamer) loop(ctx context.Context) error {
 		if err := s.offerWanted(ctx); err != nil {
 			return err
 		}
-		wait := min(time.Second, s.opts.StatusInterval)
+		every := min(receiveWake, s.opts.StatusInterval)
 		if s.wanting() {
-			wait = 20 * time.Millisecond
+			// A chunk waits for a position: look again soon.
+			every = 20 * time.Millisecond
+			if soon := time.Now().Add(every); soon.Before(deadline) {
+				deadline = soon
+				if err := netConn.SetReadDeadline(deadline); err != nil {
+					return fmt.Errorf("receive from replication stream: %w", err)
+				}
+				if ctx.Err() != nil {
+					return ctx.Err() // a stop overwritten by this deadline
+				}
+			}
 		}
-		recvCtx, cancel := context.WithTimeout(ctx, wait)
-		msg, err := s.conn.ReceiveMessage(recvCtx)
-		cancel()
+		if now := time.Now(); !now.Before(deadline) {
+			deadline = now.Add(every)
+			if c := s.nextCheck(); c.After(now) && c.Before(deadline) {
+				deadline = c
+			}
+			if err := netConn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("receive from replication stream: %w", err)
+			}
+			// A stop that came before this deadline was set has been
+			// overwritten by it: look for it here.
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -161,7 +215,6 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 		}
 		// Between transactions, everything up to the server's position
 		// has been sent to us: offer it, so an idle table lets WAL go.
-
 		if s.cur == nil {
 			s.known = max(s.known, ka.ServerWALEnd)
 			s.offerMarker(ka.ServerWALEnd)
@@ -260,6 +313,11 @@ func (s *streamer) add(ctx context.Context, r row) error {
 // emit hands txn to the consumer, keeping the connection alive while the
 // consumer is busy.
 func (s *streamer) emit(ctx context.Context, txn Transaction) error {
+	select {
+	case s.out <- txn: // the usual case, without a ticker
+		return nil
+	default:
+	}
 	tick := time.NewTicker(min(time.Second, s.opts.StatusInterval))
 	defer tick.Stop()
 	for {

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -74,14 +76,87 @@ func (x *Store) Close() error { return x.db.Close() }
 // fingerprints is a company's record: key fingerprint → value fingerprint.
 type fingerprints map[uint32]uint64
 
+// keyHashes caches the fingerprint of each metadata key: there are only
+// the mapping's few, and every company repeats them.
+var keyHashes sync.Map // string → uint32
+
 func fingerprint(key string, value any) (uint32, uint64) {
+	kh, ok := keyHashes.Load(key)
+	if !ok {
+		h := sha256.Sum256([]byte(key))
+		kh, _ = keyHashes.LoadOrStore(key, binary.BigEndian.Uint32(h[:4]))
+	}
+	var buf [256]byte
+	b := append(append(buf[:0], key...), 0)
+	b = appendJSON(b, value)
+	vh := sha256.Sum256(b)
+	return kh.(uint32), binary.BigEndian.Uint64(vh[:8])
+}
+
+// appendJSON appends value as json.Marshal writes it (what fingerprints
+// were always made of, so a stored index stays valid), writing the usual
+// values (null, a boolean, a plain number, text that needs no escape)
+// without reflection.
+func appendJSON(b []byte, value any) []byte {
+	switch v := value.(type) {
+	case nil:
+		return append(b, "null"...)
+	case bool:
+		return strconv.AppendBool(b, v)
+	case string:
+		if plainText(v) {
+			return append(append(append(b, '"'), v...), '"')
+		}
+	case json.Number:
+		if plainNumber(string(v)) {
+			return append(b, v...)
+		}
+	}
 	v, err := json.Marshal(value)
 	if err != nil {
 		v = []byte(fmt.Sprint(value))
 	}
-	kh := sha256.Sum256([]byte(key))
-	vh := sha256.Sum256(append(append([]byte(key), 0), v...))
-	return binary.BigEndian.Uint32(kh[:4]), binary.BigEndian.Uint64(vh[:8])
+	return append(b, v...)
+}
+
+// plainText reports whether json.Marshal writes s as is between quotes:
+// printable ASCII without '"', '\\' or the HTML characters it escapes.
+func plainText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+// plainNumber reports whether s is an optional '-', digits without a
+// leading zero (or a single 0), and optionally '.' and digits: a valid
+// JSON number, which json.Marshal writes as is.
+func plainNumber(s string) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	start := i
+	for i < len(s) && '0' <= s[i] && s[i] <= '9' {
+		i++
+	}
+	if i == start || s[start] == '0' && i-start > 1 {
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		frac := i
+		for i < len(s) && '0' <= s[i] && s[i] <= '9' {
+			i++
+		}
+		if i == frac {
+			return false
+		}
+	}
+	return i == len(s)
 }
 
 func decode(b []byte) fingerprints {

@@ -1,0 +1,38 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+// TestBacklogBeyondTheMemoryBoundGoesOutInJobs: what is in memory (300
+// companies) looks small next to the real-time path, so sizing by it alone
+// never sends a job; but reading is held back there and 2,000 companies
+// wait. One call at a time, 10ms each, would take 20s.
+func TestBacklogBeyondTheMemoryBoundGoesOutInJobs(t *testing.T) {
+	h := newHarness(t, setup{
+		rate: 1000, // the budget; the path achieves 100/s
+		delivery: delivery.Options{Workers: 1, MaxPending: 300, BulkRate: 1_000_000, MinBulk: 10,
+			PollInterval: 20 * time.Millisecond},
+	})
+	h.up.SetFault(&userpilottest.Fault{Delay: 10 * time.Millisecond, Apply: true, Status: 202})
+	txns := make([]replication.Transaction, 2000)
+	for i := range txns {
+		txns[i] = txn(pglogrepl.LSN(10*(i+1)), row(fmt.Sprint(i+1), "pro", nil))
+	}
+	require.NoError(t, h.run(context.Background(), txns...))
+	assert.Len(t, h.up.Companies(), 2000)
+	st := h.pipe.Stats()
+	assert.Greater(t, st.Bulk.Load(), int64(1000), "most of the backlog went in jobs")
+	assert.Equal(t, pglogrepl.LSN(20000), h.lastCheckpoint())
+}

@@ -1,0 +1,4 @@
+package replication
+
+// ReceiveWake lets tests stretch how long a receive waits.
+var ReceiveWake = &receiveWake

@@ -1,0 +1,56 @@
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// fingerprintByMarshal is how fingerprints were first made: stored indexes
+// hold these, so fingerprint must give the same for every value.
+func fingerprintByMarshal(key string, value any) (uint32, uint64) {
+	v, err := json.Marshal(value)
+	if err != nil {
+		v = []byte(fmt.Sprint(value))
+	}
+	kh := sha256.Sum256([]byte(key))
+	vh := sha256.Sum256(append(append([]byte(key), 0), v...))
+	return binary.BigEndian.Uint32(kh[:4]), binary.BigEndian.Uint64(vh[:8])
+}
+
+var fingerprintValues = []any{
+	nil, true, false, "", "Globex", "Company 123456", "2024-03-01T09:30:00Z", "R&D <EU>", `Quote "Co"`,
+	`back\slash`, "Tab\tNewline\nCo", "\x00\x1f\x7f", "Ünïcødé GmbH", "株式会社テスト", "Emoji 🚀", "a\u2028b",
+	"\xff\xfe", json.Number("0"), json.Number("42"), json.Number("-7"), json.Number("1523447.0400000000"),
+	json.Number("-0.5"), json.Number("007"), json.Number("1e5"), json.Number(""), json.Number("NaN"),
+	json.Number("1."), json.Number(".5"), 42, 1.5, int64(-3), map[string]any{"x": 1}, make(chan int),
+}
+
+func TestFingerprintIsWhatItAlwaysWas(t *testing.T) {
+	for _, key := range []string{"plan", "", "ünï", "a\x00b"} {
+		for _, v := range fingerprintValues {
+			wantK, wantV := fingerprintByMarshal(key, v)
+			gotK, gotV := fingerprint(key, v)
+			assert.Equal(t, wantK, gotK, "key %q", key)
+			assert.Equal(t, wantV, gotV, "key %q, value %#v", key, v)
+		}
+	}
+}
+
+func FuzzFingerprintIsWhatItAlwaysWas(f *testing.F) {
+	f.Add("name", "Globex", "12.50")
+	f.Add("k", "<&>\"\\", "-0")
+	f.Fuzz(func(t *testing.T, key, text, number string) {
+		for _, v := range []any{text, json.Number(number)} {
+			wantK, wantV := fingerprintByMarshal(key, v)
+			gotK, gotV := fingerprint(key, v)
+			if wantK != gotK || wantV != gotV {
+				t.Fatalf("key %q value %#v: fingerprint differs from json.Marshal's", key, v)
+			}
+		}
+	})
+}
