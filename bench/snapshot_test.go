@@ -60,6 +60,14 @@ func snapshotOnce(b *testing.B, n int) {
 	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
 	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
 	report(b, float64(u.peakAnon)/(1<<20), "peak_anon_MB")
+	// Memory must not grow with the table: the stage waits for the
+	// pipeline's backlog, whatever N. Not a timing: a slow machine reads
+	// the same number of chunks ahead. (Before that wait, 1M rows peaked
+	// at 317 MB.)
+	if limit := envInt("PGPILOT_BENCH_MAX_ANON_MB", 160); u.peakAnon > int64(limit)<<20 {
+		b.Errorf("pgpilot's heap (RssAnon) peaked at %.0f MB snapshotting %d rows, over %d MB: memory is not flat",
+			float64(u.peakAnon)/(1<<20), n, limit)
+	}
 	report(b, others, "others_cores")
 	b.Logf("COPY TO STDOUT: %.0f rows/s; ratio %.3f", copyRate, float64(n)/took.Seconds()/copyRate)
 	b.Logf("initial sync of %d rows: delivered in %s (%.0f rows/s), checkpointed after %s; pgpilot CPU %s, peak RSS %.1f MB; other processes %.2f cores",
