@@ -125,6 +125,11 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		}
 		c.report("replica identity lets "+table.String()+" be published", err)
 	}
+	if key, err := replication.KeyColumns(ctx, conn, table); err == nil {
+		c.report(fmt.Sprintf("snapshots page %s by its key (%s)", table, strings.Join(key, ", ")), nil)
+	} else {
+		c.report("snapshots can page "+table.String()+" by a unique key", err)
+	}
 	checkPublication(ctx, conn, cfg, table, srv, c)
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)

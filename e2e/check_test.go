@@ -103,6 +103,7 @@ func TestCheckHealthySetupPassesAndShowsRetainedWAL(t *testing.T) {
 		`✓ role "postgres" may SELECT from public.companies`,
 		"✓ replication slots: ",
 		"✓ WAL senders: ",
+		"✓ snapshots page public.companies by its key (id)",
 		"reachable and the API key accepted",
 	} {
 		assert.Contains(t, out, want)
@@ -150,6 +151,17 @@ func TestCheckMissingMappedColumnIsNamed(t *testing.T) {
 	code, out := e.runCheck()
 	assert.Equal(t, 2, code, "a mapping that does not fit the table is a configuration problem: "+out)
 	requireFailedLine(t, out, "every mapped column exists", `metadata "plan": column "plan" does not exist in public.companies`)
+}
+
+func TestCheckTableWithoutKeySaysAddOne(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	_, err := e.conn.Exec(context.Background(), `ALTER TABLE companies REPLICA IDENTITY FULL; ALTER TABLE companies DROP CONSTRAINT companies_pkey`)
+	require.NoError(t, err)
+
+	code, out := e.runCheck()
+	assert.NotEqual(t, 0, code, out)
+	requireFailedLine(t, out, "snapshots can page public.companies by a unique key", "ADD PRIMARY KEY")
 }
 
 func TestCheckInvalidatedSlotSaysStartOver(t *testing.T) {
