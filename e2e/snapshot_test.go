@@ -149,12 +149,40 @@ func TestResyncWhileStreamingResendsWithoutStaleOverwrites(t *testing.T) {
 
 	e.up.Wipe()
 	stopWriting := e.writeWhile(rows)
+	// And changes Userpilot never sees (no mapped column changes): the
+	// no-op index skips them, so a row they touch while its chunk waits
+	// must still be re-sent by the chunk.
+	stopTouching := e.touchWhile(rows)
 	resync()
-	written := stopWriting()
+	written := stopWriting() + stopTouching()
 	e.converge(60 * time.Second)
 	t.Logf("full re-sync of %d rows with %d update transactions running", rows, written)
 	code, _ := p.stop(t)
 	assert.Equal(t, 0, code)
+}
+
+// touchWhile updates only updated_at (unmapped) of random rows until stop
+// is called; it returns how many updates it committed.
+func (e *env) touchWhile(maxID int) (stop func() int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	conn := e.connect()
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rng := rand.New(rand.NewPCG(3, 5))
+		for ctx.Err() == nil {
+			lo := 1 + rng.IntN(maxID)
+			if _, err := conn.Exec(ctx, `UPDATE companies SET updated_at = now() WHERE id BETWEEN $1 AND $1 + 20`, lo); err == nil {
+				n.Add(1)
+			}
+		}
+	}()
+	return func() int64 {
+		cancel()
+		<-done
+		return n.Load()
+	}
 }
 
 func keys(m map[string]map[string]any) []string {

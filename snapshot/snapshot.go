@@ -10,13 +10,17 @@
 // (see replication.ReadChunk). The chunk then waits, in memory, between the
 // stream and the pipeline:
 //
-//   - a streamed change to a row the chunk holds takes that row out of the
-//     chunk (for an UPDATE that left TOASTed columns out, only the columns
-//     it carried): the stream delivers that row, at least as new;
+//   - a streamed change to a row the chunk holds brings that row up to date:
+//     it takes the streamed values (for an UPDATE that left TOASTed columns
+//     out, only the columns it carried), a DELETE takes it out;
 //   - the chunk goes into the pipeline just before the first streamed
 //     transaction ending after H (or at a position marker at or past H):
 //     every transaction the chunk saw is then ahead of it, and every one it
-//     did not see but that touched its rows took those rows out of it.
+//     did not see but that touched its rows brought those rows up to date.
+//
+// So what the chunk sends is never older than what the stream sent before
+// it, and it still sends every row it read (a re-sync must: the no-op
+// index would skip a streamed change to a profile Userpilot has lost).
 //
 // A transaction streamed before the chunk reached the stage, but that the
 // chunk's snapshot did not see (it committed while the chunk was being
@@ -358,8 +362,14 @@ func (s *Stage) index(a arrival) *pending {
 	return p
 }
 
-// takeOut removes from p what txn streams anew: whole rows, or, for an
-// UPDATE that left unchanged TOASTed columns out, the columns it carried.
+// takeOut brings p's rows up to what txn streams anew: a streamed change
+// to a row the chunk holds is newer than, or as new as, the chunk's copy,
+// so the row takes the streamed values (for an UPDATE that left unchanged
+// TOASTed columns out, only the columns it carried; the chunk's copy of
+// the others is current), and a deleted row, or the old key of a row that
+// moved, leaves the chunk. The chunk is then never older than the stream
+// before it, and still carries every row it read: a re-sync re-sends each
+// of them, even those the stream touched but the no-op index would skip.
 func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
 	for _, ch := range txn.Changes {
 		if ch.Op == replication.Truncate {
@@ -385,33 +395,19 @@ func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
 		if !ok || p.Rows[i] == nil {
 			continue
 		}
-		partial := false
-		if ch.Op != replication.Delete {
-			for _, v := range ch.Values {
-				partial = partial || v.Unchanged
-			}
-		}
-		if !partial {
+		if ch.Op == replication.Delete {
 			p.Rows[i] = nil
 			continue
 		}
 		row := p.Rows[i]
 		for j, v := range ch.Values {
-			if !v.Unchanged && m.col[j] >= 0 && !isKey(s.key, m.col[j]) {
-				row[m.col[j]] = replication.Value{Unchanged: true}
+			if !v.Unchanged && m.col[j] >= 0 {
+				row[m.col[j]] = v
 			}
 		}
 	}
 }
 
-func isKey(key []int, i int) bool {
-	for _, k := range key {
-		if k == i {
-			return true
-		}
-	}
-	return false
-}
 
 // mapFor finds the key and the columns of a streamed description of the
 // table in the chunk's columns (they may differ after a schema change).

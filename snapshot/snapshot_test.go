@@ -84,16 +84,12 @@ func next(t *testing.T, dst <-chan replication.Transaction) replication.Transact
 	}
 }
 
-func ids(txn replication.Transaction) []string {
+// rows shows a transaction's rows as id=name/notes.
+func rows(txn replication.Transaction) []string {
 	var out []string
 	for _, ch := range txn.Changes {
-		v := string(ch.Values[0].Text)
-		for _, c := range ch.Values[1:] {
-			if c.Unchanged {
-				v += "~"
-			}
-		}
-		out = append(out, v)
+		v := ch.Values
+		out = append(out, string(v[0].Text)+"="+string(v[1].Text)+"/"+string(v[2].Text))
 	}
 	return out
 }
@@ -104,36 +100,41 @@ func waitWant(t *testing.T, st *Stage, want pglogrepl.LSN) {
 	require.Eventually(t, func() bool { return st.WantPosition() == want }, 10*time.Second, time.Millisecond)
 }
 
-func TestChunkWaitsForItsHighPositionAndGivesWayToNewerChanges(t *testing.T) {
+func TestChunkWaitsForItsHighPositionAndTakesNewerStreamedValues(t *testing.T) {
 	sc := &script{chunks: []replication.Chunk{{
-		Rows:     [][]replication.Value{row(1, "a", "x"), row(2, "b", "x"), row(3, "c", "x"), row(4, "d", "x")},
+		Rows: [][]replication.Value{row(1, "a", "x"), row(2, "b", "x"), row(3, "c", "x"), row(4, "d", "x"),
+			row(5, "e", "x"), row(6, "f", "x")},
 		Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100},
 		High:     50,
 	}}}
 	src, dst, st := run(t, sc, 10)
-	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
+	require.NoError(t, st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot}))
 	waitWant(t, st, 50)
 
-	// Ends before H: the chunk saw it, but takes row 2 out anyway (the
-	// stream carries it); row 3's UPDATE left a TOASTed column out: only
-	// the columns it carried leave the chunk.
+	// Ends before H: row 2's new values replace the chunk's; row 3's
+	// UPDATE left its TOASTed notes out: only its name is replaced; row 5
+	// is deleted; row 6 moves to key 60.
 	toast := row(3, "c2", "")
 	toast[2] = replication.Value{Unchanged: true}
-	src <- replication.Transaction{Xid: 90, EndLSN: 40, Changes: []replication.Change{change(replication.Update, row(2, "b2", "x")), change(replication.Update, toast)}}
+	moved := change(replication.Update, row(60, "f", "x"))
+	moved.Old = row(6, "f", "x")
+	src <- replication.Transaction{Xid: 90, EndLSN: 40, Changes: []replication.Change{
+		change(replication.Update, row(2, "b2", "y")), change(replication.Update, toast),
+		change(replication.Delete, row(5, "", "")), moved}}
 	got := next(t, dst)
-	assert.Equal(t, []string{"2", "3~"}, ids(got), "the streamed transaction passes first")
-	// Ends after H: the chunk goes before it, with row 4 still in it.
+	assert.Equal(t, []string{"2=b2/y", "3=c2/", "5=/", "60=f/x"}, rows(got), "the streamed transaction passes first")
+	// Ends after H: the chunk goes before it, with row 4's older copy.
 	src <- replication.Transaction{Xid: 120, EndLSN: 60, Changes: []replication.Change{change(replication.Update, row(4, "d2", "x"))}}
 	chunk := next(t, dst)
-	assert.Equal(t, []string{"1", "3~", "4"}, ids(chunk), "the chunk, without row 2, with row 3's untouched column only")
-	assert.Equal(t, "x", string(chunk.Changes[1].Values[2].Text), "row 3's untouched TOAST column is still sent")
+	assert.Equal(t, []string{"1=a/x", "2=b2/y", "3=c2/x", "4=d/x"}, rows(chunk),
+		"every row it read and still exists, none older than the stream before it; row 3 keeps its untouched TOAST column")
 	require.NotNil(t, chunk.Mark)
 	p := chunk.Mark.(*Progress)
-	assert.True(t, p.Done, "4 rows of a 10-row chunk: the last chunk")
-	assert.Equal(t, int64(4), p.Job.Rows)
-	assert.Equal(t, []string{"4"}, p.Job.After)
+	assert.True(t, p.Done, "6 rows of a 10-row chunk: the last chunk")
+	assert.Equal(t, int64(6), p.Job.Rows)
+	assert.Equal(t, []string{"6"}, p.Job.After)
 	assert.False(t, chunk.Resend, "the initial sync lets the no-op index skip what it sent before a restart")
-	assert.Equal(t, []string{"4"}, ids(next(t, dst)), "then the newer change to row 4")
+	assert.Equal(t, []string{"4=d2/x"}, rows(next(t, dst)), "then the newer change to row 4")
 }
 
 func TestChunkGoesAtAMarkerAtItsHighPosition(t *testing.T) {
@@ -148,7 +149,7 @@ func TestChunkGoesAtAMarkerAtItsHighPosition(t *testing.T) {
 	src <- replication.Transaction{EndLSN: 50}
 	assert.Empty(t, next(t, dst).Changes, "the marker passes")
 	chunk := next(t, dst)
-	assert.Equal(t, []string{"1"}, ids(chunk))
+	assert.Equal(t, []string{"1=a/x"}, rows(chunk))
 	assert.True(t, chunk.Resend, "a re-sync sends even what the no-op index says Userpilot holds")
 }
 
@@ -159,7 +160,7 @@ func TestChunkAlreadyPassedGoesAtOnce(t *testing.T) {
 	}}}
 	_, dst, st := run(t, sc, 10)
 	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
-	assert.Equal(t, []string{"1"}, ids(next(t, dst)))
+	assert.Equal(t, []string{"1=a/x"}, rows(next(t, dst)))
 }
 
 func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
@@ -168,7 +169,7 @@ func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
 	// snapshot (xmax 150) did not see it. Its row must not be overwritten
 	// by the chunk's older copy.
 	sc := &script{chunks: []replication.Chunk{{
-		Rows:     [][]replication.Value{row(1, "a", "x"), row(2, "b", "x")},
+		Rows:     [][]replication.Value{row(1, "a-seen", "x"), row(2, "b", "x")},
 		Snapshot: replication.Snapshot{Xmin: 140, Xmax: 150},
 		High:     50,
 	}}}
@@ -181,7 +182,8 @@ func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
 	waitWant(t, st, 50)
 	src <- replication.Transaction{EndLSN: 55}
 	chunk := next(t, dst)
-	assert.Equal(t, []string{"1"}, ids(chunk), "row 2 is left to the newer streamed value; row 1's change was seen, so the chunk's copy is as new")
+	assert.Equal(t, []string{"1=a-seen/x", "2=b-new/x"}, rows(chunk),
+		"row 2 takes the newer streamed value it did not see; row 1 the one it saw (as new as its copy)")
 	assert.Equal(t, pglogrepl.LSN(55), next(t, dst).EndLSN, "then the marker past H")
 }
 
