@@ -99,6 +99,15 @@ func setCheckpointAside(dir string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	fmt.Fprintf(stdout, "checkpoint moved to %s\n", aside)
+	// The next run's initial sync sends every row: a re-sync still asked
+	// for would send them all a second time.
+	if _, ok, _ := d.PendingResync(); ok {
+		if err := d.TakeResync(); err != nil {
+			fmt.Fprintf(stderr, "pgpilot teardown: %v\n", err)
+			return exitFailure
+		}
+		fmt.Fprintln(stdout, "pending re-sync request dropped: the next run sends every row anyway")
+	}
 	return exitOK
 }
 

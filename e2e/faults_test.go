@@ -480,8 +480,14 @@ func TestInvalidatedSlotStopsWithRecoverySteps(t *testing.T) {
 	assert.Contains(t, check.out.String(), "wal_status: lost")
 	assert.Equal(t, []string{e.slot()}, e.slotsOfDatabase(), "the lost slot is left for the operator, not replaced")
 
+	// A re-sync asked for now would only send every row a second time
+	// after the fresh initial sync: teardown drops it.
+	rs := e.pgpilot("resync", "--config", e.cfgPath)
+	require.Equal(t, 0, rs.wait(t, 60*time.Second), rs.out.String())
 	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
 	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
+	assert.Contains(t, td.out.String(), "pending re-sync request dropped")
+	assert.NoFileExists(t, filepath.Join(e.stateDir, state.ResyncFile))
 	p = e.run()
 	e.waitInitialSync()
 	e.converge(60 * time.Second)
