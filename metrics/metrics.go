@@ -102,7 +102,7 @@ type Metrics struct {
 	// The running snapshot job, as checkpointed.
 	snapActive          bool
 	snapDone, snapTotal int64
-	marks        []mark // transactions received and not yet checkpointed, oldest first
+	marks               []mark // transactions received and not yet checkpointed, oldest first
 
 	status     state.Status
 	haveStatus bool

@@ -408,7 +408,6 @@ func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
 	}
 }
 
-
 // mapFor finds the key and the columns of a streamed description of the
 // table in the chunk's columns (they may differ after a schema change).
 func (s *Stage) mapFor(rel *replication.Relation) (relMap, bool) {
