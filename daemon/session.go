@@ -212,7 +212,6 @@ func (s *session) run(ctx context.Context) error {
 		s.watchSnapshots(resyncCtx, stage, table)
 	}()
 
-	streaming := true
 	m.Streaming()
 	prodErr := replication.Stream(produceCtx, rconn, replication.StreamOptions{
 		Slot:           cfg.Postgres.Slot,
@@ -235,7 +234,7 @@ func (s *session) run(ctx context.Context) error {
 		prodErr = stageErr
 	}
 
-	if streaming && !rconn.IsClosed() {
+	if !rconn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := replication.SendFinalStatus(fctx, rconn, pglogrepl.LSN(s.confirmed.Load())); err != nil {
 			s.log.Debug("final status update not sent", "error", err)

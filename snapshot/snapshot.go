@@ -101,10 +101,9 @@ type Stage struct {
 	want  atomic.Uint64 // the front chunk's H, for the stream
 	start chan state.Snapshot
 
-	mu       sync.Mutex
-	read     int64 // rows read by the current job
-	active   bool
-	inFlight int // chunks read but not passed on
+	mu     sync.Mutex
+	read   int64 // rows read by the current job
+	active bool
 
 	// keysOf caches, per streamed description of the table, where the key
 	// columns are and how its columns map onto the chunk's.
@@ -334,12 +333,11 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- replic
 		queue[0] = nil
 		queue = queue[1:]
 		s.log.Debug("snapshot chunk sent", "rows", len(changes), "high", p.High.String())
-		s.mu.Lock()
-		s.inFlight--
 		if p.mark.Done {
+			s.mu.Lock()
 			s.active = false
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
 	}
 	return queue, nil
 }
@@ -501,7 +499,6 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 		}
 		s.mu.Lock()
 		s.read = next.Rows
-		s.inFlight++
 		s.mu.Unlock()
 		if done {
 			return nil
