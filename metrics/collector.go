@@ -25,7 +25,7 @@ var (
 	syncEstimateDesc = desc("initial_sync_rows_estimate",
 		"The table's row count as the planner estimates it (pg_class.reltuples) when the current (or last) initial sync started; absent when unknown.")
 	syncingDesc = desc("initial_sync_in_progress",
-		"1 while the initial sync runs (its consistent point is not checkpointed yet), else 0.")
+		"1 while the initial sync runs (its snapshot job is not delivered yet), else 0.")
 	snapDoneDesc = desc("snapshot_rows_done",
 		"Rows of the running snapshot (initial sync or re-sync) delivered and checkpointed.")
 	snapTotalDesc = desc("snapshot_rows_total",
@@ -162,9 +162,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 	if m.haveServer {
 		base := m.checkpoint
-		if base == 0 {
-			base = m.syncTarget
-		}
 		// The position is measured every few seconds and the checkpoint
 		// may have passed it since: never a negative lag.
 		gauge(lagBytesDesc, float64(max(0, int64(m.serverLSN)-int64(base))))

@@ -94,7 +94,6 @@ type Metrics struct {
 	started      bool   // a session has started at least once
 	connected    bool   // streaming (replication connected)
 	syncing      bool   // an initial sync is in progress
-	syncTarget   pglogrepl.LSN
 	syncRead     int64 // rows read by the current (or last) initial sync
 	syncEstimate int64 // the planner's row estimate of the table; < 0 unknown
 	checkpoint   pglogrepl.LSN
@@ -223,18 +222,6 @@ func (m *Metrics) SessionEnded() {
 	m.connected = false
 }
 
-// InitialSync says the table's rows are being sent first; the sync is done
-// once target (the slot's consistent point) is checkpointed. estimate is
-// the table's row count as far as known (< 0: unknown).
-func (m *Metrics) InitialSync(target pglogrepl.LSN, estimate int64) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.syncing, m.syncTarget, m.syncRead, m.syncEstimate = true, target, 0, estimate
-}
-
 // SnapshotProgress reports the running snapshot job as checkpointed (nil:
 // none runs). The initial sync is the job with ID "initial": pgpilot is
 // not ready until it is done.
@@ -253,7 +240,7 @@ func (m *Metrics) SnapshotProgress(job *state.Snapshot) {
 		if !m.syncing {
 			m.syncRead = job.Rows
 		}
-		m.syncing, m.syncTarget, m.syncEstimate = true, pglogrepl.LSN(^uint64(0)), job.Total
+		m.syncing, m.syncEstimate = true, job.Total
 	}
 }
 
@@ -275,9 +262,6 @@ func (m *Metrics) Checkpointed(lsn pglogrepl.LSN) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.checkpoint, m.haveCP = lsn, true
-	if m.syncing && lsn >= m.syncTarget && lsn != 0 {
-		m.syncing = false
-	}
 	i := 0
 	for i < len(m.marks) && m.marks[i].lsn <= lsn {
 		i++

@@ -280,7 +280,8 @@ func TestLagInBytesIsTheServerPositionMinusTheCheckpoint(t *testing.T) {
 	_, ok := value(t, m, "pgpilot_replication_lag_bytes")
 	assert.False(t, ok, "absent until the server's position is measured")
 
-	m.InitialSync(0x1000, 500)
+	m.Checkpointed(0x1000) // the slot's consistent point, checkpointed when the slot is made
+	m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Total: 500})
 	m.ServerPosition(0x1800)
 	assert.Equal(t, float64(0x800), must(t, m, "pgpilot_replication_lag_bytes"), "during the initial sync: from the consistent point")
 	m.Checkpointed(0x1400)
@@ -351,13 +352,22 @@ func TestSnapshotProgress(t *testing.T) {
 	m.Checkpointed(0)
 	_, ok := value(t, m, "pgpilot_initial_sync_rows_estimate")
 	assert.False(t, ok, "absent when unknown")
-	m.InitialSync(0x5000, 1000)
+	m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Total: 1000})
 	forward(m, replication.Transaction{Changes: make([]replication.Change, 250)})
 	assert.Equal(t, 1.0, must(t, m, "pgpilot_initial_sync_in_progress"))
+	assert.Equal(t, 1.0, must(t, m, "pgpilot_snapshot_in_progress"))
 	assert.Equal(t, 250.0, must(t, m, "pgpilot_initial_sync_rows_read"))
 	assert.Equal(t, 1000.0, must(t, m, "pgpilot_initial_sync_rows_estimate"))
-	m.Checkpointed(0x5000)
-	assert.Zero(t, must(t, m, "pgpilot_initial_sync_in_progress"), "done once the consistent point is checkpointed")
+	assert.Equal(t, 1000.0, must(t, m, "pgpilot_snapshot_rows_total"))
+	m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Rows: 200, Total: 1000})
+	assert.Equal(t, 200.0, must(t, m, "pgpilot_snapshot_rows_done"), "delivered and checkpointed")
+	m.SnapshotProgress(nil)
+	assert.Zero(t, must(t, m, "pgpilot_initial_sync_in_progress"), "done once the job is delivered")
+	assert.Zero(t, must(t, m, "pgpilot_snapshot_in_progress"))
+
+	m.SnapshotProgress(&state.Snapshot{ID: "resync-1", Total: 10})
+	assert.Equal(t, 1.0, must(t, m, "pgpilot_snapshot_in_progress"))
+	assert.Zero(t, must(t, m, "pgpilot_initial_sync_in_progress"), "a re-sync is not the initial sync: still ready")
 }
 
 func TestReadiness(t *testing.T) {
@@ -392,7 +402,7 @@ func TestReadiness(t *testing.T) {
 		{"standing by", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.StandingBy("4242") }, false, "standing by: pgpilot process 4242"}}},
 		{"initial sync", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) {
 			m.SessionStarted()
-			m.InitialSync(0x900, 2000)
+			m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Total: 2000})
 			m.Streaming()
 			forward(m, replication.Transaction{Changes: make([]replication.Change, 10)})
 		}, false, "initial sync in progress: 10 rows read of about 2000"}}},
@@ -520,7 +530,7 @@ func TestNilMetricsAcceptsEveryReport(t *testing.T) {
 		m.AttachPipeline(&delivery.Stats{})
 		m.StandingBy("1")
 		m.SessionStarted()
-		m.InitialSync(1, 1)
+		m.SnapshotProgress(&state.Snapshot{})
 		m.Streaming()
 		m.Checkpointed(1)
 		m.Status(state.Status{})
