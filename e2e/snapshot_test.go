@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -41,21 +42,39 @@ func (e *env) checkpointSnapshot() *state.Snapshot {
 	return cp.Snapshot
 }
 
-// writeWhile updates random rows until stop is called; it returns how many
-// transactions it committed.
+// writeWhile runs the workload's random transactions until stop is
+// called; it returns how many it committed.
 func (e *env) writeWhile(maxID int) (stop func() int64) {
+	return e.repeatWhile(7, func(ctx context.Context, conn *pgx.Conn, rng *rand.Rand) error {
+		_, err := workload.Step(ctx, conn, rng, maxID)
+		time.Sleep(2 * time.Millisecond)
+		return err
+	})
+}
+
+// touchWhile updates only updated_at (unmapped) of random rows until stop
+// is called; it returns how many updates it committed.
+func (e *env) touchWhile(maxID int) (stop func() int64) {
+	return e.repeatWhile(3, func(ctx context.Context, conn *pgx.Conn, rng *rand.Rand) error {
+		_, err := conn.Exec(ctx, `UPDATE companies SET updated_at = now() WHERE id BETWEEN $1 AND $1 + 20`, 1+rng.IntN(maxID))
+		return err
+	})
+}
+
+// repeatWhile runs step on a connection of its own until stop is called,
+// and counts the steps that succeeded.
+func (e *env) repeatWhile(seed uint64, step func(context.Context, *pgx.Conn, *rand.Rand) error) (stop func() int64) {
 	ctx, cancel := context.WithCancel(context.Background())
 	conn := e.connect()
 	var n atomic.Int64
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		rng := rand.New(rand.NewPCG(7, 11))
+		rng := rand.New(rand.NewPCG(seed, seed+4))
 		for ctx.Err() == nil {
-			if _, err := workload.Step(ctx, conn, rng, maxID); err == nil {
+			if step(ctx, conn, rng) == nil {
 				n.Add(1)
 			}
-			time.Sleep(2 * time.Millisecond)
 		}
 	}()
 	return func() int64 {
@@ -159,30 +178,6 @@ func TestResyncWhileStreamingResendsWithoutStaleOverwrites(t *testing.T) {
 	t.Logf("full re-sync of %d rows with %d update transactions running", rows, written)
 	code, _ := p.stop(t)
 	assert.Equal(t, 0, code)
-}
-
-// touchWhile updates only updated_at (unmapped) of random rows until stop
-// is called; it returns how many updates it committed.
-func (e *env) touchWhile(maxID int) (stop func() int64) {
-	ctx, cancel := context.WithCancel(context.Background())
-	conn := e.connect()
-	var n atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		rng := rand.New(rand.NewPCG(3, 5))
-		for ctx.Err() == nil {
-			lo := 1 + rng.IntN(maxID)
-			if _, err := conn.Exec(ctx, `UPDATE companies SET updated_at = now() WHERE id BETWEEN $1 AND $1 + 20`, lo); err == nil {
-				n.Add(1)
-			}
-		}
-	}()
-	return func() int64 {
-		cancel()
-		<-done
-		return n.Load()
-	}
 }
 
 func keys(m map[string]map[string]any) []string {
