@@ -94,8 +94,8 @@ type Metrics struct {
 	started      bool   // a session has started at least once
 	connected    bool   // streaming (replication connected)
 	syncing      bool   // an initial sync is in progress
-	syncRead     int64 // rows read by the current (or last) initial sync
-	syncEstimate int64 // the planner's row estimate of the table; < 0 unknown
+	syncRead     int64  // rows read by the current (or last) initial sync
+	syncEstimate int64  // the planner's row estimate of the table; < 0 unknown
 	checkpoint   pglogrepl.LSN
 	haveCP       bool
 	// The running snapshot job, as checkpointed.
