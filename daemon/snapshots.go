@@ -90,13 +90,11 @@ func (s *session) countRows(ctx context.Context, table replication.Table, job st
 		return -1
 	}
 	defer conn.Close(context.Background())
-	if job.Where == "" && job.CompanyID == "" {
+	where, args := snapshot.Filter(job, s.cfg.Companies.CompanyID)
+	if where == "" {
 		return estimateRows(ctx, conn, table)
 	}
-	q, args := "SELECT count(*) FROM "+table.Quoted()+" WHERE "+job.Where, []any(nil)
-	if job.CompanyID != "" {
-		q, args = "SELECT count(*) FROM "+table.Quoted()+" WHERE "+pgx.Identifier{s.cfg.Companies.CompanyID}.Sanitize()+"::text = $1", []any{job.CompanyID}
-	}
+	q := "SELECT count(*) FROM " + table.Quoted() + " WHERE " + where
 	var n int64
 	err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = '10s'"); err != nil {

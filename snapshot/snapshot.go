@@ -448,6 +448,19 @@ func keyOf(row []replication.Value, key []int) string {
 	return b.String()
 }
 
+// Filter is the SQL condition (with its parameters, numbered from $1) that
+// selects a job's rows: one company's (by the company id column, as text),
+// the operator's WHERE, or "" for every row.
+func Filter(job state.Snapshot, companyIDColumn string) (where string, args []any) {
+	switch {
+	case job.CompanyID != "":
+		return pgx.Identifier{companyIDColumn}.Sanitize() + "::text = $1", []any{job.CompanyID}
+	case job.Where != "":
+		return job.Where, nil
+	}
+	return "", nil
+}
+
 // readJob reads the job's chunks in key order and hands them to Run, until
 // the table (or the job's subset) is exhausted.
 func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<- arrival) error {
@@ -459,12 +472,7 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 		defer conn.Close(context.Background())
 	}
 	q := replication.ChunkQuery{Table: s.opts.Table, Columns: s.opts.Columns, Key: s.key, Limit: s.opts.ChunkRows}
-	switch {
-	case job.CompanyID != "":
-		q.Where, q.Args = pgx.Identifier{s.opts.CompanyID}.Sanitize()+"::text = $1", []any{job.CompanyID}
-	case job.Where != "":
-		q.Where = job.Where
-	}
+	q.Where, q.Args = Filter(job, s.opts.CompanyID)
 	if job.After != nil {
 		q.After = make([]replication.Value, len(job.After))
 		for i, t := range job.After {
