@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // checkProbePath is the one request `check` sends to Userpilot: the status of
@@ -74,7 +75,7 @@ func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 
 // checkPostgres checks everything `pgpilot run` needs from the database.
 func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
-	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
+	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if !c.report("Postgres reachable with the configured credentials", err) {
 		return
@@ -105,7 +106,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 
 	cols, err := replication.TableColumns(ctx, conn, table)
 	if c.report("table "+table.String()+" exists", err) {
-		_, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols))
+		_, err := mapping.Compile(cfg.Companies, table.String(), cols)
 		if !c.report("every mapped column exists and maps to a primitive", err) {
 			c.config = true
 		}
@@ -178,7 +179,7 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
 
 // checkPublication checks that the publication exists and covers the table,
 // or that `pgpilot run` can create it.
-func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table replication.Table, srv replication.Server, c *checker) {
+func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker) {
 	name := cfg.Postgres.Publication
 	pub, havePub, err := replication.ReadPublication(ctx, conn, name)
 	switch {

@@ -7,11 +7,12 @@ import (
 
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // openTable connects and reads all columns of the mapped table.
-func openTable(ctx context.Context, cfg *mapping.Config) (*pgx.Conn, replication.Table, []replication.Column, error) {
-	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
+func openTable(ctx context.Context, cfg *mapping.Config) (*pgx.Conn, row.Table, []row.Column, error) {
+	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if err != nil {
 		return nil, table, nil, err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // previewCommand prints the identify payloads that rows would become, as
@@ -31,13 +32,9 @@ func previewCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	defer conn.Close(context.Background())
-	if _, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols)); err != nil {
-		fmt.Fprintf(stderr, "pgpilot preview: %s: %v\n", cfg.Path, err)
-		return exitUsage
-	}
-	// Read only the columns the mapping uses.
-	cols = replication.PickColumns(cols, cfg.Companies.Columns())
-	m, err := mapping.Compile(cfg.Companies, table.String(), toMappingColumns(cols))
+	// Compiled once, against every column, so a mistake names the columns
+	// there are; the rows are read whole for it.
+	m, err := mapping.Compile(cfg.Companies, table.String(), cols)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgpilot preview: %s: %v\n", cfg.Path, err)
 		return exitUsage
@@ -45,9 +42,9 @@ func previewCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false)
 	n, bad := 0, 0
-	err = replication.QueryRows(ctx, conn.PgConn(), replication.SelectColumns(table, cols, *where, *limit), func(vals []replication.Value) error {
+	err = replication.QueryRows(ctx, conn.PgConn(), replication.SelectColumns(table, cols, *where, *limit), func(vals []row.Value) error {
 		n++
-		id, err := m.Identify(toMappingValues(vals))
+		id, err := m.Identify(vals)
 		if err != nil {
 			bad++
 			fmt.Fprintf(stderr, "row %d would be set aside: %v\n", n, err)
@@ -61,20 +58,4 @@ func previewCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "%d rows read, %d would be set aside; nothing was sent\n", n, bad)
 	return exitOK
-}
-
-func toMappingColumns(cols []replication.Column) []mapping.Column {
-	out := make([]mapping.Column, len(cols))
-	for i, c := range cols {
-		out[i] = mapping.Column{Name: c.Name, TypeOID: c.TypeOID, TypeName: c.TypeName}
-	}
-	return out
-}
-
-func toMappingValues(vals []replication.Value) []mapping.Value {
-	out := make([]mapping.Value, len(vals))
-	for i, v := range vals {
-		out[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
-	}
-	return out
 }

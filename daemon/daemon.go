@@ -128,7 +128,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("%w: userpilot: %w", ErrConfig, err)
 	}
-	opts.Metrics.SetUserpilot(client)
+	opts.Metrics.SetUserpilot(userpilotCounts(client))
 
 	store, err := dir.OpenStore()
 	if err != nil {

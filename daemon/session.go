@@ -17,8 +17,10 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // session is one connection's life: it is run again after each failure.
@@ -56,7 +58,7 @@ func (s *session) run(ctx context.Context) error {
 	m := s.opts.Metrics // nil-safe
 	m.SessionStarted()
 	defer m.SessionEnded()
-	table := replication.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
+	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	sqlConn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if err != nil {
 		return err
@@ -77,7 +79,7 @@ func (s *session) run(ctx context.Context) error {
 		}
 		return err
 	}
-	if _, err := mapping.Compile(cfg.Companies, table.String(), toMapping(cols)); err != nil {
+	if _, err := mapping.Compile(cfg.Companies, table.String(), cols); err != nil {
 		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 	}
 	key, err := replication.KeyColumns(ctx, sqlConn, table)
@@ -118,7 +120,7 @@ func (s *session) run(ctx context.Context) error {
 	}
 	s.confirmed.Store(uint64(st.lsn))
 	m.Checkpointed(st.lsn)
-	m.SnapshotProgress(st.job)
+	m.SnapshotProgress(snapshotJob(st.job))
 	if st.job != nil {
 		if err := stage.Start(ctx, *st.job); err != nil {
 			return err
@@ -161,18 +163,22 @@ func (s *session) run(ctx context.Context) error {
 		do.OutboxAfter = cfg.Delivery.OutboxAfter
 	}
 	do.Checkpoint, do.Checkpointed = s.checkpointer(), st.lsn
+	do.Recorder = readRecorder{m}
 	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.log
 	do.BulkRate = cfg.Userpilot.BulkRate
-	do.OnDelete, do.DeleteMark = cfg.Companies.OnDelete, cfg.Companies.OnDeleteMetadata
+	do.OnDelete = cfg.Companies.OnDelete
+	if do.DeleteMark, err = userpilot.MetadataOf(cfg.Companies.OnDeleteMetadata); err != nil {
+		return permanent(fmt.Errorf("%w: companies.on_delete_metadata: %w", ErrConfig, err))
+	}
 	if do.BulkRate == 0 {
 		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
 	}
 	pipe = delivery.New(do)
-	m.AttachPipeline(pipe.Stats())
-	in := make(chan replication.Transaction, 16)
+	m.AttachPipeline(deliveryCounts(pipe.Stats()))
+	in := make(chan row.Transaction, 16)
 	// The snapshot's stage puts its chunks between the stream's
 	// transactions (see package snapshot).
-	staged := make(chan replication.Transaction, 16)
+	staged := make(chan row.Transaction, 16)
 	stageDone := make(chan error, 1)
 	go func() {
 		err := stage.Run(produceCtx, in, staged)
@@ -182,24 +188,9 @@ func (s *session) run(ctx context.Context) error {
 		}
 		stageDone <- err
 	}()
-	// With metrics, what is read passes through a counter on its way to
-	// the pipeline (changes by operation, commit times for the lag).
-	var pipeIn <-chan replication.Transaction = staged
-	pipeStopped, forwarded := make(chan struct{}), make(chan struct{})
-	if m != nil {
-		counted := make(chan replication.Transaction)
-		pipeIn = counted
-		go func() {
-			defer close(forwarded)
-			m.Forward(staged, counted, pipeStopped)
-		}()
-	} else {
-		close(forwarded)
-	}
 	pipeDone := make(chan error, 1)
 	go func() {
-		err := pipe.Run(deliverCtx, pipeIn)
-		close(pipeStopped)
+		err := pipe.Run(deliverCtx, staged)
 		stopProducing() // delivery failed: stop reading too
 		pipeDone <- err
 	}()
@@ -229,7 +220,6 @@ func (s *session) run(ctx context.Context) error {
 	close(in)
 	stageErr := <-stageDone
 	pipeErr := <-pipeDone
-	<-forwarded
 	if prodErr == nil || (errors.Is(prodErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
 		prodErr = stageErr
 	}
@@ -306,7 +296,7 @@ func (s *session) monitorRetainedWAL(ctx context.Context, retained *atomic.Int64
 
 // writeStatus hands the delivery mode to `pgpilot status`.
 func (s *session) writeStatus(st state.Status) {
-	s.opts.Metrics.Status(st)
+	s.opts.Metrics.Status(deliveryStatus(st))
 	if err := s.dir.WriteStatus(st); err != nil {
 		s.log.Warn("could not write the status file", "error", err)
 	}
@@ -341,7 +331,7 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		s.confirmed.Store(uint64(lsn))
 		s.progress.Store(true)
 		s.opts.Metrics.Checkpointed(lsn)
-		s.opts.Metrics.SnapshotProgress(cp.Snapshot)
+		s.opts.Metrics.SnapshotProgress(snapshotJob(cp.Snapshot))
 		return nil
 	}
 }
@@ -368,7 +358,7 @@ func (s *session) beginJob(job state.Snapshot) error {
 		return err
 	}
 	s.cp = cp
-	s.opts.Metrics.SnapshotProgress(&job)
+	s.opts.Metrics.SnapshotProgress(snapshotJob(&job))
 	return nil
 }
 
@@ -436,7 +426,7 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 		return start{}, permanent(fmt.Errorf("%w: postgres.failover_slot needs a Postgres 17+ primary (this is Postgres %d, standby: %t); "+
 			"remove it, or point postgres.url at the primary", ErrConfig, srv.Major(), srv.InRecovery))
 	}
-	created, err := replication.CreateSlotWithOptions(ctx, rconn, slotName, replication.SlotOptions{Failover: cfg.Postgres.FailoverSlot})
+	created, err := replication.CreateSlot(ctx, rconn, slotName, replication.SlotOptions{Failover: cfg.Postgres.FailoverSlot})
 	if err != nil {
 		return start{}, err
 	}
@@ -455,24 +445,16 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	return start{lsn: created.ConsistentPoint, job: job}, nil
 }
 
-func (s *session) table() replication.Table {
-	return replication.Table{Schema: s.cfg.Companies.Schema, Name: s.cfg.Companies.Name}
+func (s *session) table() row.Table {
+	return row.Table{Schema: s.cfg.Companies.Schema, Name: s.cfg.Companies.Name}
 }
 
 // estimateRows is the planner's estimate of table's row count, for the
 // initial sync's progress; -1 when unknown (never analyzed).
-func estimateRows(ctx context.Context, conn *pgx.Conn, table replication.Table) int64 {
+func estimateRows(ctx context.Context, conn *pgx.Conn, table row.Table) int64 {
 	var n float64
 	if err := conn.QueryRow(ctx, `SELECT reltuples::float8 FROM pg_class WHERE oid = $1::regclass`, table.Quoted()).Scan(&n); err != nil || n < 0 {
 		return -1
 	}
 	return int64(n)
-}
-
-func toMapping(cols []replication.Column) []mapping.Column {
-	out := make([]mapping.Column, len(cols))
-	for i, c := range cols {
-		out[i] = mapping.Column{Name: c.Name, TypeOID: c.TypeOID, TypeName: c.TypeName}
-	}
-	return out
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
 )
@@ -19,7 +20,7 @@ const progressLogEvery = 5 * time.Second
 // watchSnapshots starts the re-syncs `pgpilot resync` asks for (one at a
 // time, once no snapshot runs) and reports a running snapshot's progress,
 // until ctx is done.
-func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, table replication.Table) {
+func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, table row.Table) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var rate rateMeter
@@ -63,7 +64,7 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 // takeResync starts the re-sync request waiting in the state directory, if
 // any: the job is checkpointed first, then the request removed, so that a
 // crash in between runs it (at worst twice), never loses it.
-func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table replication.Table) error {
+func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table row.Table) error {
 	job, ok, err := s.dir.PendingResync()
 	if err != nil || !ok {
 		return err
@@ -84,7 +85,7 @@ func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table r
 
 // countRows estimates how many rows a job will read: the planner's estimate
 // for the whole table, a count (bounded in time) for a subset; -1: unknown.
-func (s *session) countRows(ctx context.Context, table replication.Table, job state.Snapshot) int64 {
+func (s *session) countRows(ctx context.Context, table row.Table, job state.Snapshot) int64 {
 	conn, err := replication.ConnectSQL(ctx, s.cfg.Postgres.URL)
 	if err != nil {
 		return -1

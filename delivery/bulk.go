@@ -2,12 +2,10 @@ package delivery
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -51,7 +49,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 			p.skip(e, r)
 			continue
 		}
-		n := maxJSONSize(e.co)
+		n := e.co.JSONSize() + len(",")
 		if size+n > maxBulkBytes {
 			keep = append(keep, e)
 			break
@@ -66,47 +64,6 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		p.send(e)
 	}
 	return batch, nil
-}
-
-// maxJSONSize is at least the size of co in a job's JSON body, counted
-// without encoding it (encoding each record once to size the job and again
-// to send it was a tenth of a catch-up's CPU). Every byte of text that is
-// not plain ASCII counts as a six-byte escape, so the bound holds whatever
-// the encoder escapes; for the usual ASCII text it is exact to a few bytes.
-func maxJSONSize(co userpilot.Company) int {
-	n := len(`{"company_id":,"metadata":null},`) + maxStringSize(co.CompanyID)
-	for k, v := range co.Metadata {
-		n += maxStringSize(k) + len(":,")
-		switch v := v.(type) {
-		case nil:
-			n += len("null")
-		case bool:
-			n += len("false")
-		case string:
-			n += maxStringSize(v)
-		case json.Number:
-			n += len(v)
-		default:
-			b, err := json.Marshal(v)
-			if err != nil {
-				return maxBulkBytes // cannot be encoded: it goes alone, and is refused alone
-			}
-			n += len(b)
-		}
-	}
-	return n
-}
-
-func maxStringSize(s string) int {
-	n := len(`""`)
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			n += len(`\u0000`)
-		} else {
-			n++
-		}
-	}
-	return n
 }
 
 // runBulk takes a job from submission to completion. It returns when the
@@ -163,11 +120,11 @@ func (p *Pipeline) record(batch []*entry) error {
 	if p.opts.Index == nil {
 		return nil
 	}
-	profiles := make([]state.Profile, len(batch))
+	cos := make([]userpilot.Company, len(batch))
 	for i, e := range batch {
-		profiles[i] = state.Profile{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}
+		cos[i] = e.co
 	}
-	return p.opts.Index.Record(profiles)
+	return p.opts.Index.Record(cos)
 }
 
 // waitJob polls the job until it completed or failed, first after wait,

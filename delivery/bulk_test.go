@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/delivery"
-	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -26,9 +26,9 @@ func TestBacklogBeyondTheMemoryBoundGoesOutInJobs(t *testing.T) {
 			PollInterval: 20 * time.Millisecond},
 	})
 	h.up.SetFault(&userpilottest.Fault{Delay: 10 * time.Millisecond, Apply: true, Status: 202})
-	txns := make([]replication.Transaction, 2000)
+	txns := make([]row.Transaction, 2000)
 	for i := range txns {
-		txns[i] = txn(pglogrepl.LSN(10*(i+1)), row(fmt.Sprint(i+1), "pro", nil))
+		txns[i] = txn(pglogrepl.LSN(10*(i+1)), update(fmt.Sprint(i+1), "pro", nil))
 	}
 	require.NoError(t, h.run(context.Background(), txns...))
 	assert.Len(t, h.up.Companies(), 2000)

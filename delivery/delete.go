@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pgpilot/pgpilot/mapping"
-	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -73,7 +72,7 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 // the key changed (or the whole old row under REPLICA IDENTITY FULL); when
 // the company_id column is not part of what it sent, the change cannot be
 // seen, as for a DELETE.
-func (p *Pipeline) addKeyChange(txn replication.Transaction, ch replication.Change) error {
+func (p *Pipeline) addKeyChange(txn row.Transaction, ch row.Change) error {
 	if ch.Old == nil || (p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete") {
 		return nil
 	}
@@ -81,21 +80,13 @@ func (p *Pipeline) addKeyChange(txn replication.Transaction, ch replication.Chan
 	if err != nil {
 		return err
 	}
-	oldID, err := m.CompanyID(mappingValues(ch.Old))
+	oldID, err := m.CompanyID(ch.Old)
 	if err != nil {
 		return nil
 	}
-	if newID, err := m.CompanyID(mappingValues(ch.Values)); err != nil || newID == oldID {
+	if newID, err := m.CompanyID(ch.Values); err != nil || newID == oldID {
 		return nil // a row without a company id is set aside by addRow
 	}
 	p.stats.Deletes.Add(1)
-	return p.addDelete(txn, replication.Change{Op: replication.Delete, Relation: ch.Relation, Values: ch.Old})
-}
-
-func mappingValues(vals []replication.Value) []mapping.Value {
-	out := make([]mapping.Value, len(vals))
-	for i, v := range vals {
-		out[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
-	}
-	return out
+	return p.addDelete(txn, row.Change{Op: row.Delete, Relation: ch.Relation, Values: ch.Old})
 }

@@ -10,21 +10,21 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/delivery"
-	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
 // del is a DELETE of company id under REPLICA IDENTITY DEFAULT: only the key
 // is sent, the other columns are NULL.
-func del(id string) replication.Change {
-	return replication.Change{Op: replication.Delete, Relation: rel,
-		Values: []replication.Value{{Text: []byte(id)}, {Null: true}, {Null: true}}}
+func del(id string) row.Change {
+	return row.Change{Op: row.Delete, Relation: rel,
+		Values: []row.Value{{Text: []byte(id)}, {Null: true}, {Null: true}}}
 }
 
 func TestOnDeleteIgnoreLeavesTheProfile(t *testing.T) {
 	h := newHarness(t, setup{})
-	require.NoError(t, h.run(context.Background(), txn(10, row("1", "pro", nil)), txn(20, del("1"))))
+	require.NoError(t, h.run(context.Background(), txn(10, update("1", "pro", nil)), txn(20, del("1"))))
 	got, ok := h.up.Company("1")
 	require.True(t, ok)
 	assert.Equal(t, "pro", got["plan"])
@@ -32,13 +32,13 @@ func TestOnDeleteIgnoreLeavesTheProfile(t *testing.T) {
 }
 
 func TestOnDeleteMarkSendsTheMarkAndARowCreatedAgainClearsIt(t *testing.T) {
-	h := newHarness(t, setup{delivery: delivery.Options{OnDelete: "mark", DeleteMark: map[string]any{"deleted": true}}})
-	require.NoError(t, h.run(context.Background(), txn(10, row("1", "pro", nil))))
+	h := newHarness(t, setup{delivery: delivery.Options{OnDelete: "mark", DeleteMark: userpilottest.Metadata(map[string]any{"deleted": true})}})
+	require.NoError(t, h.run(context.Background(), txn(10, update("1", "pro", nil))))
 	require.NoError(t, h.run(context.Background(), txn(20, del("1"))))
 	got, _ := h.up.Company("1")
 	assert.Equal(t, true, got["deleted"])
 	assert.Equal(t, "pro", got["plan"], "a mark merges: the other keys stay")
-	require.NoError(t, h.run(context.Background(), txn(30, row("1", "free", nil))))
+	require.NoError(t, h.run(context.Background(), txn(30, update("1", "free", nil))))
 	got, _ = h.up.Company("1")
 	assert.NotContains(t, got, "deleted", "the row exists again: the mark is cleared")
 	assert.Empty(t, h.up.Deleted(), "mark never calls the delete API")
@@ -47,7 +47,7 @@ func TestOnDeleteMarkSendsTheMarkAndARowCreatedAgainClearsIt(t *testing.T) {
 func TestOnDeleteDeleteCallsTheDeleteAPIAfterPendingState(t *testing.T) {
 	h := newHarness(t, setup{delivery: delivery.Options{OnDelete: "delete"}})
 	require.NoError(t, h.run(context.Background(),
-		txn(10, row("1", "pro", nil), row("2", "pro", nil)),
+		txn(10, update("1", "pro", nil), update("2", "pro", nil)),
 		txn(20, del("1")),
 	))
 	assert.Equal(t, []string{"1"}, h.up.Deleted())
@@ -57,10 +57,10 @@ func TestOnDeleteDeleteCallsTheDeleteAPIAfterPendingState(t *testing.T) {
 	h2 := newHarness(t, setup{delivery: delivery.Options{OnDelete: "delete"}})
 	h2.up.FailNext(1, faultDelay(300*time.Millisecond))
 	in, done := h2.feed(context.Background())
-	in <- txn(10, row("3", "pro", nil))
+	in <- txn(10, update("3", "pro", nil))
 	require.Eventually(t, func() bool { return h2.up.IdentifyRequests() == 1 }, 10*time.Second, time.Millisecond)
 	in <- txn(20, del("3"))
-	in <- txn(30, row("3", "enterprise", nil))
+	in <- txn(30, update("3", "enterprise", nil))
 	close(in)
 	require.NoError(t, <-done)
 	assert.Empty(t, h2.up.Deleted(), "the deletion was superseded before it was sent")
@@ -70,7 +70,7 @@ func TestOnDeleteDeleteCallsTheDeleteAPIAfterPendingState(t *testing.T) {
 
 func TestDeleteThatCannotBeMappedIsSetAside(t *testing.T) {
 	h := newHarness(t, setup{delivery: delivery.Options{OnDelete: "delete"}})
-	noKey := replication.Change{Op: replication.Delete, Relation: rel, Values: []replication.Value{{Null: true}, {Null: true}, {Null: true}}}
+	noKey := row.Change{Op: row.Delete, Relation: rel, Values: []row.Value{{Null: true}, {Null: true}, {Null: true}}}
 	require.NoError(t, h.run(context.Background(), txn(10, noKey)))
 	n, err := state.CountDeadLetters(h.dir.Path())
 	require.NoError(t, err)

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // Outbox is the durable per-company store of what is owed to Userpilot.
@@ -41,9 +42,9 @@ func (p *Pipeline) loadOutbox() error {
 	for _, r := range recs {
 		md := r.Metadata
 		if md == nil {
-			md = map[string]any{}
+			md = userpilot.Metadata{}
 		}
-		e := &entry{co: companyOf(r.CompanyID, md), safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since, delete: r.Delete}
+		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since, delete: r.Delete}
 		p.companies[r.CompanyID] = &company{waiting: e}
 		p.order.push(e)
 		p.ready.push(e)
@@ -116,7 +117,7 @@ func (p *Pipeline) persist() error {
 		}
 		// What is owed is everything not yet accepted: the state in flight
 		// with the waiting one merged over it (newer wins).
-		r := state.OutboxRecord{CompanyID: id, Metadata: map[string]any{}}
+		r := state.OutboxRecord{CompanyID: id, Metadata: userpilot.Metadata{}}
 		for _, e := range []*entry{c.inflight, c.waiting} {
 			if e == nil {
 				continue
@@ -124,7 +125,7 @@ func (p *Pipeline) persist() error {
 			if e.delete {
 				// A deletion supersedes what came before it; what comes
 				// after it (the company created again) supersedes it.
-				r.Delete, r.Metadata = true, map[string]any{}
+				r.Delete, r.Metadata = true, userpilot.Metadata{}
 			} else {
 				r.Delete = false
 			}

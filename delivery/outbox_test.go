@@ -11,14 +11,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/delivery"
-	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
 // feed runs the pipeline on an unbuffered channel the test writes to.
-func (h *harness) feed(ctx context.Context) (chan<- replication.Transaction, <-chan error) {
-	in := make(chan replication.Transaction)
+func (h *harness) feed(ctx context.Context) (chan<- row.Transaction, <-chan error) {
+	in := make(chan row.Transaction)
 	done := make(chan error, 1)
 	go func() { done <- h.pipe.Run(ctx, in) }()
 	return in, done
@@ -42,7 +42,7 @@ func TestOutageMovesPendingStateToTheOutboxAndConfirmsIt(t *testing.T) {
 	for round := range 5 {
 		for id := 1; id <= 40; id++ {
 			lsn += 10
-			in <- txn(lsn, row(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil))
+			in <- txn(lsn, update(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil))
 		}
 	}
 	require.Eventually(t, func() bool { return h.lastCheckpoint() == lsn }, 10*time.Second, 10*time.Millisecond,
@@ -52,7 +52,7 @@ func TestOutageMovesPendingStateToTheOutboxAndConfirmsIt(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, recs, 40, "one record per company, not per change")
 	for _, r := range recs {
-		assert.Equal(t, "plan-4", r.Metadata["plan"], "the record holds the newest state")
+		assert.Equal(t, "plan-4", r.Metadata.Values()["plan"], "the record holds the newest state")
 	}
 	assert.Equal(t, state.ModeOutbox, h.lastStatus().Mode)
 
@@ -72,12 +72,12 @@ func TestOutageMovesPendingStateToTheOutboxAndConfirmsIt(t *testing.T) {
 func TestWhatTheOutboxOwesIsDeliveredAfterARestart(t *testing.T) {
 	h := newHarness(t, setup{})
 	require.NoError(t, h.store.WriteOutbox([]state.OutboxRecord{
-		{CompanyID: "1", Metadata: map[string]any{"plan": "owed"}, LSN: 50},
-		{CompanyID: "2", Metadata: map[string]any{"plan": "owed too"}, LSN: 60},
+		{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "owed"}), LSN: 50},
+		{CompanyID: "2", Metadata: userpilottest.Metadata(map[string]any{"plan": "owed too"}), LSN: 60},
 	}, nil))
 	// The stream resumes after the checkpoint; a newer change to company 2
 	// arrives while its owed state is pending.
-	require.NoError(t, h.run(context.Background(), txn(100, row("2", "newer", nil))))
+	require.NoError(t, h.run(context.Background(), txn(100, update("2", "newer", nil))))
 	got1, _ := h.up.Company("1")
 	got2, _ := h.up.Company("2")
 	assert.Equal(t, "owed", got1["plan"])
@@ -92,7 +92,7 @@ func TestRetainedWALAboveLimitSwitchesToOutboxEvenWhenUserpilotIsUp(t *testing.T
 		RetainedWAL: func() int64 { return 1 << 30 }}})
 	h.up.SetFault(&userpilottest.Fault{Delay: 2 * time.Second, Apply: true, Status: 202}) // slow, not down
 	in, done := h.feed(context.Background())
-	in <- txn(10, row("1", "pro", nil))
+	in <- txn(10, update("1", "pro", nil))
 	require.Eventually(t, func() bool { return h.lastCheckpoint() == 10 }, 5*time.Second, 10*time.Millisecond,
 		"confirmed while the call is still in flight, because it is in the outbox")
 	assert.Zero(t, h.up.Accepted())

@@ -31,7 +31,7 @@ type entry struct {
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST
 // value) keep the pending value.
-func (e *entry) merge(md map[string]any) {
+func (e *entry) merge(md userpilot.Metadata) {
 	for k, v := range md {
 		e.co.Metadata[k] = v
 	}

@@ -29,7 +29,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/pgpilot/pgpilot/mapping"
-	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -50,11 +50,17 @@ type DeadLetters interface {
 	AppendDeadLetter(state.DeadLetter) error
 }
 
+// Recorder hears of each transaction the pipeline takes in, where it takes
+// it in (for metrics). Optional.
+type Recorder interface {
+	Took(row.Transaction)
+}
+
 // Index remembers what Userpilot last accepted per company, so no-op
 // updates are skipped. Optional.
 type Index interface {
-	Unchanged(companyID string, metadata map[string]any) (bool, error)
-	Record([]state.Profile) error
+	Unchanged(companyID string, metadata userpilot.Metadata) (bool, error)
+	Record([]userpilot.Company) error
 	Forget(companyIDs []string) error
 }
 
@@ -111,7 +117,10 @@ type Options struct {
 	// "mark" (send DeleteMark as metadata) or "delete" (Userpilot's delete
 	// API, a GDPR erasure).
 	OnDelete   string
-	DeleteMark map[string]any
+	DeleteMark userpilot.Metadata
+
+	// Recorder, when set, hears of every transaction taken in.
+	Recorder Recorder
 
 	Logger *slog.Logger
 }
@@ -137,8 +146,7 @@ type Pipeline struct {
 
 	// mappers holds the mapping compiled for each description of the
 	// table in use: the stream's and the snapshot's take turns.
-	mappers map[*replication.Relation]*mapping.Mapper
-	scratch []mapping.Value // see values
+	mappers row.PerRelation[*mapping.Mapper]
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first
@@ -198,7 +206,7 @@ func New(opts Options) *Pipeline {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{}, mappers: map[*replication.Relation]*mapping.Mapper{},
+	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
 		dirty: map[string]struct{}{}, inOutbox: map[string]int{}}
 }
@@ -223,7 +231,7 @@ type bulkResult struct {
 // Run delivers what it reads from in until in is closed and everything is
 // delivered (nil), ctx is done, or delivery fails for good. Whatever is not
 // checkpointed when it returns is simply streamed again after a restart.
-func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) error {
+func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	p.progress = time.Now()
 	if err := p.loadOutbox(); err != nil {
 		return err
@@ -244,7 +252,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 				if err == nil && p.opts.Index != nil {
 					// Recorded before the dispatcher hears of it, so a
 					// later no-op check never reads an older state.
-					err = p.opts.Index.Record([]state.Profile{{CompanyID: e.co.CompanyID, Metadata: e.co.Metadata}})
+					err = p.opts.Index.Record([]userpilot.Company{e.co})
 				}
 				select {
 				case results <- realtimeResult{e, err}:
@@ -298,7 +306,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan replication.Transaction) e
 			}
 			return stopFor
 		}
-		var inCh <-chan replication.Transaction
+		var inCh <-chan row.Transaction
 		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
 			inCh = in
 		}
@@ -363,23 +371,26 @@ func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
 }
 
 // add maps a transaction's changes into pending entries.
-func (p *Pipeline) add(txn replication.Transaction) error {
+func (p *Pipeline) add(txn row.Transaction) error {
+	if p.opts.Recorder != nil {
+		p.opts.Recorder.Took(txn)
+	}
 	for _, ch := range txn.Changes {
 		p.stats.Changes.Add(1)
 		switch ch.Op {
-		case replication.Insert, replication.Update:
+		case row.Insert, row.Update:
 			if err := p.addKeyChange(txn, ch); err != nil {
 				return err
 			}
 			if err := p.addRow(txn, ch); err != nil {
 				return err
 			}
-		case replication.Delete:
+		case row.Delete:
 			p.stats.Deletes.Add(1)
 			if err := p.addDelete(txn, ch); err != nil {
 				return err
 			}
-		case replication.Truncate:
+		case row.Truncate:
 			p.stats.Truncates.Add(1)
 			p.log.Warn("TRUNCATE is never mirrored to Userpilot: the profiles stay",
 				"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
@@ -401,27 +412,23 @@ type pendingMark struct {
 	mark any
 }
 
-func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) error {
+func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 	m, err := p.mapperFor(ch.Relation)
 	if err != nil {
 		return err
 	}
-	vals := p.values(ch.Values)
-	id, err := m.Identify(vals)
+	id, err := m.Identify(ch.Values)
 	if err != nil {
 		// A row that cannot become a payload is set aside; the stream goes on.
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id.CompanyID,
 			Reason: "not mapped: " + err.Error(), Payload: id})
 	}
 	md := id.Metadata
-	if md == nil {
-		md = map[string]any{}
-	}
 	if p.opts.OnDelete == "mark" {
 		// A row that exists is not deleted: clear a mark a delete left.
 		for k := range p.opts.DeleteMark {
 			if _, ok := md[k]; !ok {
-				md[k] = nil
+				md[k] = userpilot.Null
 			}
 		}
 	}
@@ -431,7 +438,7 @@ func (p *Pipeline) addRow(txn replication.Transaction, ch replication.Change) er
 
 // addDelete applies the on_delete policy to a deleted row. A DELETE carries
 // only the old replica identity, so only the company id is read from it.
-func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change) error {
+func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
 		// Deleting in Userpilot is a GDPR erasure, not mirroring: the
 		// default policy is to leave the profile and say so.
@@ -443,15 +450,13 @@ func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change)
 	if err != nil {
 		return err
 	}
-	vals := p.values(ch.Values)
-	id, err := m.CompanyID(vals)
+	id, err := m.CompanyID(ch.Values)
 	if err != nil {
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + err.Error() +
 			"; a DELETE carries only the replica identity: make the company_id column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
 	}
 	if p.opts.OnDelete == "mark" {
-		md := make(map[string]any, len(p.opts.DeleteMark))
-		maps.Copy(md, p.opts.DeleteMark)
+		md := maps.Clone(p.opts.DeleteMark)
 		p.pend(id, md, false, txn)
 		return nil
 	}
@@ -459,19 +464,9 @@ func (p *Pipeline) addDelete(txn replication.Transaction, ch replication.Change)
 	return nil
 }
 
-// values is a row as the mapping reads it, in a slice reused row after
-// row: the mapping copies what it keeps.
-func (p *Pipeline) values(row []replication.Value) []mapping.Value {
-	p.scratch = p.scratch[:0]
-	for _, v := range row {
-		p.scratch = append(p.scratch, mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged})
-	}
-	return p.scratch
-}
-
 // pend merges a company's new state (metadata, or a deletion) into what is
 // pending for it.
-func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.Transaction) {
+func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
 	c := p.companies[id]
 	if c == nil {
 		c = &company{}
@@ -481,7 +476,7 @@ func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.
 		switch {
 		case del:
 			// Pending metadata is moot for a company about to be deleted.
-			w.delete, w.co.Metadata = true, map[string]any{}
+			w.delete, w.co.Metadata = true, userpilot.Metadata{}
 			w.changes++
 		case w.delete:
 			// Created again before the deletion went out: it exists.
@@ -501,9 +496,9 @@ func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.
 		p.progress = time.Now() // the clock for OutboxAfter starts now
 	}
 	if md == nil {
-		md = map[string]any{}
+		md = userpilot.Metadata{}
 	}
-	e := &entry{co: companyOf(id, md), safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del, resend: txn.Resend}
+	e := &entry{co: userpilot.Company{CompanyID: id, Metadata: md}, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del, resend: txn.Resend}
 	p.seq++
 	c.waiting = e
 	p.touch(id)
@@ -516,27 +511,14 @@ func (p *Pipeline) pend(id string, md map[string]any, del bool, txn replication.
 // mapperFor compiles the mapping against rel's columns whenever Postgres
 // describes the table anew (a new Relation), so a schema change is met with
 // a clear stop rather than values in the wrong keys.
-func (p *Pipeline) mapperFor(rel *replication.Relation) (*mapping.Mapper, error) {
-	if m, ok := p.mappers[rel]; ok {
+func (p *Pipeline) mapperFor(rel *row.Relation) (*mapping.Mapper, error) {
+	return p.mappers.Get(rel, func(rel *row.Relation) (*mapping.Mapper, error) {
+		m, err := mapping.Compile(p.opts.Companies, rel.Table.String(), rel.Columns)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
+		}
 		return m, nil
-	}
-	cols := make([]mapping.Column, len(rel.Columns))
-	for i, c := range rel.Columns {
-		cols[i] = mapping.Column{Name: c.Name, TypeOID: c.TypeOID, TypeName: c.TypeName}
-	}
-	m, err := mapping.Compile(p.opts.Companies, rel.Table.String(), cols)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
-	}
-	if len(p.mappers) >= 8 {
-		clear(p.mappers) // old descriptions are not used again
-	}
-	p.mappers[rel] = m
-	return m, nil
-}
-
-func companyOf(id string, md map[string]any) userpilot.Company {
-	return userpilot.Company{CompanyID: id, Metadata: md}
+	})
 }
 
 // send marks e as on its way: newer changes for its company now wait.

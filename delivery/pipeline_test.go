@@ -16,7 +16,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
-	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
@@ -26,9 +26,9 @@ import (
 // state directory; the transactions are built by hand, as replication
 // emits them.
 
-var rel = &replication.Relation{
-	Table: replication.Table{Schema: "public", Name: "companies"},
-	Columns: []replication.Column{
+var rel = &row.Relation{
+	Table: row.Table{Schema: "public", Name: "companies"},
+	Columns: []row.Column{
 		{Name: "id", TypeOID: pgtype.Int8OID, TypeName: "bigint"},
 		{Name: "plan", TypeOID: pgtype.TextOID, TypeName: "text"},
 		{Name: "notes", TypeOID: pgtype.TextOID, TypeName: "text"},
@@ -38,14 +38,14 @@ var rel = &replication.Relation{
 var companies = mapping.Companies{Table: "public.companies", Schema: "public", Name: "companies", CompanyID: "id",
 	Metadata: []mapping.Field{{Key: "plan", Column: "plan"}, {Key: "notes", Column: "notes"}}}
 
-// row is an update of company id; notes nil means "unchanged TOAST".
-func row(id, plan string, notes *string) replication.Change {
-	n := replication.Value{Unchanged: true}
+// update is an update of company id; notes nil means "unchanged TOAST".
+func update(id, plan string, notes *string) row.Change {
+	n := row.Value{Unchanged: true}
 	if notes != nil {
-		n = replication.Value{Text: []byte(*notes)}
+		n = row.Value{Text: []byte(*notes)}
 	}
-	return replication.Change{Op: replication.Update, Relation: rel,
-		Values: []replication.Value{{Text: []byte(id)}, {Text: []byte(plan)}, n}}
+	return row.Change{Op: row.Update, Relation: rel,
+		Values: []row.Value{{Text: []byte(id)}, {Text: []byte(plan)}, n}}
 }
 
 func ptr(s string) *string { return &s }
@@ -111,8 +111,8 @@ func newHarness(t *testing.T, s setup) *harness {
 }
 
 // run feeds txns through the pipeline and waits until all is delivered.
-func (h *harness) run(ctx context.Context, txns ...replication.Transaction) error {
-	in := make(chan replication.Transaction, len(txns))
+func (h *harness) run(ctx context.Context, txns ...row.Transaction) error {
+	in := make(chan row.Transaction, len(txns))
 	for _, txn := range txns {
 		in <- txn
 	}
@@ -129,8 +129,8 @@ func (h *harness) lastCheckpoint() pglogrepl.LSN {
 	return h.checkpoints[len(h.checkpoints)-1]
 }
 
-func txn(end pglogrepl.LSN, changes ...replication.Change) replication.Transaction {
-	return replication.Transaction{CommitLSN: end - 1, EndLSN: end, Changes: changes}
+func txn(end pglogrepl.LSN, changes ...row.Change) row.Transaction {
+	return row.Transaction{CommitLSN: end - 1, EndLSN: end, Changes: changes}
 }
 
 func TestChangesArrivingWhileCompanyIsInFlightAreMergedKeyByKey(t *testing.T) {
@@ -138,13 +138,13 @@ func TestChangesArrivingWhileCompanyIsInFlightAreMergedKeyByKey(t *testing.T) {
 	// next two arrive: they wait behind it, merged.
 	h := newHarness(t, setup{})
 	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond, Apply: true, Status: 202})
-	in := make(chan replication.Transaction)
+	in := make(chan row.Transaction)
 	done := make(chan error, 1)
 	go func() { done <- h.pipe.Run(context.Background(), in) }()
-	in <- txn(100, row("1", "free", ptr("first note")))
+	in <- txn(100, update("1", "free", ptr("first note")))
 	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 1 }, 10*time.Second, time.Millisecond, "the first state is in flight")
-	in <- txn(200, row("1", "pro", ptr("long note")))
-	in <- txn(300, row("1", "enterprise", nil)) // notes: unchanged TOAST
+	in <- txn(200, update("1", "pro", ptr("long note")))
+	in <- txn(300, update("1", "enterprise", nil)) // notes: unchanged TOAST
 	close(in)
 	require.NoError(t, <-done)
 	applied := h.up.Applied()
@@ -158,17 +158,17 @@ func TestChangesArrivingWhileCompanyIsInFlightAreMergedKeyByKey(t *testing.T) {
 
 func TestUpdateChangingNothingMappedSendsNothing(t *testing.T) {
 	h := newHarness(t, setup{})
-	require.NoError(t, h.run(context.Background(), txn(100, row("1", "pro", ptr("n")))))
+	require.NoError(t, h.run(context.Background(), txn(100, update("1", "pro", ptr("n")))))
 	require.Equal(t, 1, h.up.IdentifyRequests())
 	// Only an unmapped column changed: the mapped values are the same.
-	require.NoError(t, h.run(context.Background(), txn(200, row("1", "pro", ptr("n")))))
+	require.NoError(t, h.run(context.Background(), txn(200, update("1", "pro", ptr("n")))))
 	assert.Equal(t, 1, h.up.IdentifyRequests(), "a no-op update makes no call")
 	assert.Equal(t, int64(1), h.pipe.Stats().Skipped.Load())
 	assert.Equal(t, pglogrepl.LSN(200), h.lastCheckpoint(), "a skipped change still moves the checkpoint")
 	// An unchanged TOAST value with the same plan is a no-op too.
-	require.NoError(t, h.run(context.Background(), txn(300, row("1", "pro", nil))))
+	require.NoError(t, h.run(context.Background(), txn(300, update("1", "pro", nil))))
 	assert.Equal(t, 1, h.up.IdentifyRequests())
-	require.NoError(t, h.run(context.Background(), txn(400, row("1", "free", nil))))
+	require.NoError(t, h.run(context.Background(), txn(400, update("1", "free", nil))))
 	assert.Equal(t, 2, h.up.IdentifyRequests())
 }
 
@@ -177,14 +177,14 @@ func TestValueChangedBackWhileInFlightIsStillSent(t *testing.T) {
 	// compared with the record of the first A (not yet replaced by B's)
 	// would skip it and leave Userpilot at B.
 	h := newHarness(t, setup{})
-	require.NoError(t, h.run(context.Background(), txn(100, row("1", "A", ptr("n")))))
+	require.NoError(t, h.run(context.Background(), txn(100, update("1", "A", ptr("n")))))
 	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond, Apply: true, Status: 202})
-	in := make(chan replication.Transaction)
+	in := make(chan row.Transaction)
 	done := make(chan error, 1)
 	go func() { done <- h.pipe.Run(context.Background(), in) }()
-	in <- txn(200, row("1", "B", ptr("n")))
+	in <- txn(200, update("1", "B", ptr("n")))
 	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 2 }, 10*time.Second, time.Millisecond, "B is in flight")
-	in <- txn(300, row("1", "A", ptr("n")))
+	in <- txn(300, update("1", "A", ptr("n")))
 	close(in)
 	require.NoError(t, <-done)
 	got, _ := h.up.Company("1")
@@ -195,9 +195,9 @@ func TestValueChangedBackWhileInFlightIsStillSent(t *testing.T) {
 func TestCheckpointComesOnlyAfterEveryCompanyWasAccepted(t *testing.T) {
 	h := newHarness(t, setup{})
 	h.up.SetFault(&userpilottest.Fault{Delay: 20 * time.Millisecond, Apply: true, Status: 202})
-	var changes []replication.Change
+	var changes []row.Change
 	for i := 1; i <= 12; i++ {
-		changes = append(changes, row(fmt.Sprint(i), "pro", nil))
+		changes = append(changes, update(fmt.Sprint(i), "pro", nil))
 	}
 	require.NoError(t, h.run(context.Background(), txn(300, changes...)))
 	require.Equal(t, []pglogrepl.LSN{300}, h.checkpoints)
@@ -209,7 +209,7 @@ func TestFailedDeliveryIsNotCheckpointed(t *testing.T) {
 	h.up.SetFault(&userpilottest.Fault{Status: 503})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err := h.run(ctx, txn(400, row("1", "pro", nil)))
+	err := h.run(ctx, txn(400, update("1", "pro", nil)))
 	require.Error(t, err)
 	assert.Empty(t, h.checkpoints, "nothing is checkpointed while Userpilot has not accepted it")
 }
@@ -217,18 +217,18 @@ func TestFailedDeliveryIsNotCheckpointed(t *testing.T) {
 func TestSnapshotPiecesMoveNoPositionButTheirEndMarkerDoes(t *testing.T) {
 	h := newHarness(t, setup{})
 	require.NoError(t, h.run(context.Background(),
-		replication.Transaction{Changes: []replication.Change{row("1", "pro", nil)}}, // EndLSN 0: a piece
+		row.Transaction{Changes: []row.Change{update("1", "pro", nil)}}, // EndLSN 0: a piece
 	))
 	assert.Empty(t, h.checkpoints)
-	require.NoError(t, h.run(context.Background(), replication.Transaction{EndLSN: 500}))
+	require.NoError(t, h.run(context.Background(), row.Transaction{EndLSN: 500}))
 	assert.Equal(t, []pglogrepl.LSN{500}, h.checkpoints, "a position marker with no changes is checkpointed")
 }
 
 func TestUnmappableRowIsDeadLetteredAndTheRestDelivered(t *testing.T) {
 	h := newHarness(t, setup{})
-	nullID := replication.Change{Op: replication.Insert, Relation: rel,
-		Values: []replication.Value{{Null: true}, {Text: []byte("pro")}, {Null: true}}}
-	require.NoError(t, h.run(context.Background(), txn(600, nullID, row("2", "free", nil))))
+	nullID := row.Change{Op: row.Insert, Relation: rel,
+		Values: []row.Value{{Null: true}, {Text: []byte("pro")}, {Null: true}}}
+	require.NoError(t, h.run(context.Background(), txn(600, nullID, update("2", "free", nil))))
 	n, err := state.CountDeadLetters(h.dir.Path())
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
@@ -241,8 +241,8 @@ func TestUnmappableRowIsDeadLetteredAndTheRestDelivered(t *testing.T) {
 func TestDeleteAndTruncateAreCountedNotMirrored(t *testing.T) {
 	h := newHarness(t, setup{})
 	require.NoError(t, h.run(context.Background(), txn(700,
-		replication.Change{Op: replication.Delete, Relation: rel, Values: []replication.Value{{Text: []byte("1")}, {Null: true}, {Null: true}}},
-		replication.Change{Op: replication.Truncate, Relation: rel},
+		row.Change{Op: row.Delete, Relation: rel, Values: []row.Value{{Text: []byte("1")}, {Null: true}, {Null: true}}},
+		row.Change{Op: row.Truncate, Relation: rel},
 	)))
 	assert.Zero(t, h.up.IdentifyRequests())
 	assert.Empty(t, h.up.Deleted())
@@ -252,10 +252,10 @@ func TestDeleteAndTruncateAreCountedNotMirrored(t *testing.T) {
 }
 
 // backlog is one transaction updating companies 1..n.
-func backlog(end pglogrepl.LSN, n int, plan string) replication.Transaction {
-	changes := make([]replication.Change, n)
+func backlog(end pglogrepl.LSN, n int, plan string) row.Transaction {
+	changes := make([]row.Change, n)
 	for i := range changes {
-		changes[i] = row(fmt.Sprint(i+1), plan, nil)
+		changes[i] = update(fmt.Sprint(i+1), plan, nil)
 	}
 	return txn(end, changes...)
 }
@@ -316,12 +316,12 @@ func TestRejectedBulkFallsBackToRealtimeAndSetsAsideOnlyTheBadRecord(t *testing.
 func TestPendingStateIsBoundedByApplyingBackPressure(t *testing.T) {
 	h := newHarness(t, setup{rate: 200, delivery: delivery.Options{MaxPending: 5}})
 	h.up.SetFault(&userpilottest.Fault{Delay: 5 * time.Millisecond, Apply: true, Status: 202})
-	in := make(chan replication.Transaction) // unbuffered: the pipeline pulls
+	in := make(chan row.Transaction) // unbuffered: the pipeline pulls
 	done := make(chan error, 1)
 	go func() { done <- h.pipe.Run(context.Background(), in) }()
 	maxSeen := int64(0)
 	for i := 1; i <= 200; i++ {
-		in <- txn(pglogrepl.LSN(i*10), row(fmt.Sprint(i), "pro", nil))
+		in <- txn(pglogrepl.LSN(i*10), update(fmt.Sprint(i), "pro", nil))
 		maxSeen = max(maxSeen, h.pipe.Stats().Pending.Load())
 	}
 	close(in)

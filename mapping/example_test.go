@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // The example file is documentation users copy: it must always load, and
@@ -39,7 +40,7 @@ func TestExampleFileLoadsAndCompiles(t *testing.T) {
 	assert.JSONEq(t, `{"company_id": "4711", "metadata": {"name": "Globex", "plan": "pro", "monthly_spend": 1234.50, "created_at": "2024-03-01T09:30:00Z"}}`, string(body))
 }
 
-var exampleColumns = []mapping.Column{
+var exampleColumns = []row.Column{
 	{Name: "id", TypeOID: pgtype.Int8OID, TypeName: "bigint"},
 	{Name: "name", TypeOID: pgtype.TextOID, TypeName: "text"},
 	{Name: "plan", TypeOID: pgtype.TextOID, TypeName: "text"}, // an enum, resolved to text by the caller
@@ -47,7 +48,7 @@ var exampleColumns = []mapping.Column{
 	{Name: "created_at", TypeOID: pgtype.TimestamptzOID, TypeName: "timestamp with time zone"},
 }
 
-var exampleRow = []mapping.Value{
+var exampleRow = []row.Value{
 	{Text: []byte("4711")},
 	{Text: []byte("Globex")},
 	{Text: []byte("pro")},
@@ -70,7 +71,7 @@ func ExampleCompile() {
 		fmt.Println(err)
 		return
 	}
-	out, err := m.Identify([]mapping.Value{
+	out, err := m.Identify([]row.Value{
 		{Text: []byte("4711")},
 		{Text: []byte("Globex")},
 		{Unchanged: true}, // plan: not sent by Postgres, so left out

@@ -52,6 +52,51 @@ func (c converter) fast(text []byte) (v any, ok bool) {
 	return nil, false
 }
 
+// JSON literals shared by every payload: RawMessages are only read.
+var (
+	jsonTrue        = json.RawMessage("true")
+	jsonFalse       = json.RawMessage("false")
+	jsonTrueString  = json.RawMessage(`"true"`)
+	jsonFalseString = json.RawMessage(`"false"`)
+)
+
+// fastJSON writes the JSON of text straight from the row's bytes when it
+// is in canonical form (one allocation at most, none for a boolean); ok is
+// false otherwise, and the value takes the long way (decode, then
+// userpilot.Encode), which gives the same bytes.
+func (c converter) fastJSON(text []byte) (json.RawMessage, bool) {
+	switch c.conv {
+	case textAsIs:
+		if plainASCII(text) {
+			b := make([]byte, 0, len(text)+2)
+			return append(append(append(b, '"'), text...), '"'), true
+		}
+	case numberFromNumber:
+		if _, ok := c.fast(text); ok {
+			return append(json.RawMessage(nil), text...), true
+		}
+	case boolFromBool, boolAsText:
+		if len(text) != 1 || text[0] != 't' && text[0] != 'f' {
+			return nil, false
+		}
+		switch {
+		case c.conv == boolFromBool && text[0] == 't':
+			return jsonTrue, true
+		case c.conv == boolFromBool:
+			return jsonFalse, true
+		case text[0] == 't':
+			return jsonTrueString, true
+		}
+		return jsonFalseString, true
+	case dateFromDate:
+		if s, ok := isoTimestamp(c.oid, text); ok {
+			b := make([]byte, 0, len(s)+2)
+			return append(append(append(b, '"'), s...), '"'), true
+		}
+	}
+	return nil, false
+}
+
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }
 
 // plainInteger reports whether text is an integer as Postgres prints one

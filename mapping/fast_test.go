@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,6 +22,7 @@ func fastConverters(t testing.TB) map[string]converter {
 		oid  uint32
 		typ  Type
 	}{
+		{"text", pgtype.TextOID, TypeAuto},
 		{"int2", pgtype.Int2OID, TypeAuto}, {"int4", pgtype.Int4OID, TypeAuto}, {"int8", pgtype.Int8OID, TypeAuto},
 		{"int4 as number", pgtype.Int4OID, TypeNumber},
 		{"numeric", pgtype.NumericOID, TypeAuto}, {"numeric as number", pgtype.NumericOID, TypeNumber},
@@ -28,7 +31,7 @@ func fastConverters(t testing.TB) map[string]converter {
 		{"timestamptz", pgtype.TimestamptzOID, TypeAuto}, {"timestamptz as date", pgtype.TimestamptzOID, TypeDate},
 	} {
 		m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "k", Column: "v", Type: c.typ}}}, "t",
-			[]Column{{Name: "id", TypeOID: pgtype.TextOID}, {Name: "v", TypeOID: c.oid}})
+			[]row.Column{{Name: "id", TypeOID: pgtype.TextOID}, {Name: "v", TypeOID: c.oid}})
 		require.NoError(t, err, c.name)
 		out[c.name] = m.fields[0].converter
 	}
@@ -39,6 +42,17 @@ func fastConverters(t testing.TB) map[string]converter {
 // the long way gives for text.
 func checkFastMatchesDecode(t *testing.T, name string, c converter, text []byte) (fast bool) {
 	t.Helper()
+	// The JSON written straight from the text is the long way's, encoded.
+	if raw, ok := c.fastJSON(text); ok {
+		v, err := c.decode(text)
+		if err != nil {
+			t.Fatalf("%s: fast JSON took %q, which the long way refuses: %v", name, text, err)
+		}
+		want, err := userpilot.Encode(v)
+		if err != nil || string(raw) != string(want) {
+			t.Fatalf("%s: %q: fast JSON gives %s, the long way %s (%v)", name, text, raw, want, err)
+		}
+	}
 	got, ok := c.fast(text)
 	if !ok {
 		return false

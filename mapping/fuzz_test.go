@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // Secrets the fuzzer's configurations can reach only through ${VAR}.
@@ -112,7 +114,7 @@ func FuzzIdentify(f *testing.F) {
 	var mappers []*Mapper
 	for _, oid := range fuzzOIDs {
 		for _, typ := range []Type{TypeAuto, TypeString, TypeNumber, TypeBoolean, TypeDate} {
-			cols := []Column{{Name: "id", TypeOID: oid}, {Name: "v", TypeOID: oid}}
+			cols := []row.Column{{Name: "id", TypeOID: oid}, {Name: "v", TypeOID: oid}}
 			m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "k", Column: "v", Type: typ}}}, "t", cols)
 			if err == nil {
 				mappers = append(mappers, m)
@@ -125,11 +127,11 @@ func FuzzIdentify(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, text []byte) {
 		for _, m := range mappers {
-			for _, row := range [][]Value{
+			for _, vals := range [][]row.Value{
 				{{Text: []byte("1")}, {Text: text}}, // the value
 				{{Text: text}, {Null: true}},        // the company id
 			} {
-				out, err := m.Identify(row)
+				out, err := m.Identify(vals)
 				if err != nil {
 					var re *RowError
 					if !errors.As(err, &re) {
@@ -144,12 +146,17 @@ func FuzzIdentify(f *testing.F) {
 }
 
 // checkIdentify asserts that a payload is one Userpilot accepts.
-func checkIdentify(t *testing.T, m *Mapper, out Identify) {
+func checkIdentify(t *testing.T, m *Mapper, out userpilot.Company) {
 	t.Helper()
 	if out.CompanyID == "" {
 		t.Fatalf("%v: empty company_id accepted", m.Columns())
 	}
-	for k, v := range out.Metadata {
+	for k, raw := range out.Metadata {
+		if !json.Valid(raw) {
+			t.Fatalf("%s: %q is not JSON", k, raw)
+		}
+	}
+	for k, v := range out.Metadata.Values() {
 		switch x := v.(type) {
 		case nil, bool:
 		case string:

@@ -7,20 +7,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
-
-// Column describes one column of the mapped table as the caller found it in Postgres.
-type Column struct {
-	Name     string
-	TypeOID  uint32 // resolved by the caller: domains → their base type, enums and other string-category types (citext) → pgtype.TextOID
-	TypeName string // as format_type() prints it, for messages (e.g. "numeric(38,10)", "jsonb")
-}
-
-// Identify is one identify-company payload.
-type Identify struct {
-	CompanyID string         `json:"company_id"`
-	Metadata  map[string]any `json:"metadata"` // values only: nil, bool, string, json.Number
-}
 
 // RowError says why one row cannot be mapped. It is a problem with the data,
 // not with the mapping: the caller sets the row aside and carries on.
@@ -38,10 +27,10 @@ func (e *RowError) Error() string {
 	return fmt.Sprintf("metadata %q (column %q): %s", e.Key, e.Column, e.Reason)
 }
 
-// Mapper turns rows of one table into Identify payloads. It is immutable
+// Mapper turns rows of one table into identify-company payloads. It is immutable
 // after Compile and safe for concurrent use.
 type Mapper struct {
-	columns   []Column
+	columns   []row.Column
 	companyID int // index into columns
 	fields    []compiledField
 }
@@ -56,9 +45,9 @@ type compiledField struct {
 // conversion of each mapped column. table names the table in messages
 // (e.g. public.companies). Every problem is reported, each a *ConfigError
 // carrying the file and line from c when it has them.
-func Compile(c Companies, table string, columns []Column) (*Mapper, error) {
+func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 	types := pgtype.NewMap()
-	m := &Mapper{columns: append([]Column(nil), columns...), companyID: -1}
+	m := &Mapper{columns: append([]row.Column(nil), columns...), companyID: -1}
 	var errs []error
 	fail := func(line int, key, format string, args ...any) {
 		errs = append(errs, &ConfigError{File: c.File, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
@@ -104,7 +93,7 @@ func Compile(c Companies, table string, columns []Column) (*Mapper, error) {
 // findColumn returns the index of the column called name, or a message
 // listing the table's columns (and a differently-cased match, the usual
 // mistake: Postgres folds unquoted names to lower case).
-func findColumn(columns []Column, name, table string) (int, string) {
+func findColumn(columns []row.Column, name, table string) (int, string) {
 	for i, col := range columns {
 		if col.Name == name {
 			return i, ""
@@ -129,7 +118,7 @@ func findColumn(columns []Column, name, table string) (int, string) {
 
 // chooseConversion decides, once, how the column becomes the requested JSON
 // type, or explains why it cannot.
-func chooseConversion(col Column, t Type) (conversion, string) {
+func chooseConversion(col row.Column, t Type) (conversion, string) {
 	cl := classOf(col.TypeOID)
 	switch t {
 	case TypeAuto:
@@ -184,7 +173,7 @@ func mismatchFix(cl class, t Type) string {
 	return fmt.Sprintf("remove type: %s to send it as %s, write type: string to send its text, or map a column that holds a %s", t, auto, t)
 }
 
-func typeName(col Column) string {
+func typeName(col row.Column) string {
 	if col.TypeName != "" {
 		return col.TypeName
 	}
@@ -193,13 +182,13 @@ func typeName(col Column) string {
 
 // Columns returns the column list the mapper was compiled for; Identify's
 // values follow its order.
-func (m *Mapper) Columns() []Column {
-	return append([]Column(nil), m.columns...)
+func (m *Mapper) Columns() []row.Column {
+	return append([]row.Column(nil), m.columns...)
 }
 
 // CompanyID reads only the row's company id: a DELETE carries no more than
 // the old replica identity, so its other columns are not there to map.
-func (m *Mapper) CompanyID(values []Value) (string, error) {
+func (m *Mapper) CompanyID(values []row.Value) (string, error) {
 	if len(values) != len(m.columns) {
 		return "", fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
 	}
@@ -222,15 +211,15 @@ func (m *Mapper) CompanyID(values []Value) (string, error) {
 // table changed without a new Compile) and yields a plain error. Nothing
 // of values is kept (every string in the result is a copy), so the caller
 // may reuse them.
-func (m *Mapper) Identify(values []Value) (Identify, error) {
+func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
 	if len(values) != len(m.columns) {
-		return Identify{}, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
+		return userpilot.Company{}, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
 	}
 	companyID, err := m.CompanyID(values)
 	if err != nil {
-		return Identify{}, err
+		return userpilot.Company{}, err
 	}
-	out := Identify{CompanyID: companyID, Metadata: make(map[string]any, len(m.fields))}
+	out := userpilot.Company{CompanyID: companyID, Metadata: make(userpilot.Metadata, len(m.fields))}
 	for _, f := range m.fields {
 		v := values[f.column]
 		switch {
@@ -239,13 +228,13 @@ func (m *Mapper) Identify(values []Value) (Identify, error) {
 			// value it already has, which is the value Postgres kept.
 			continue
 		case v.Null:
-			out.Metadata[f.key] = nil // null clears the value in Userpilot
+			out.Metadata[f.key] = userpilot.Null // null clears the value in Userpilot
 			continue
 		}
-		val, err := f.value(v.Text)
+		val, err := f.json(v.Text)
 		if err != nil {
 			// The id is known: keep it, so the row set aside can be found.
-			return Identify{CompanyID: out.CompanyID}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
+			return userpilot.Company{CompanyID: out.CompanyID}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
 		}
 		out.Metadata[f.key] = val
 	}

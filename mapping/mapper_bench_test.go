@@ -4,10 +4,11 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // benchColumns is internal/workload's companies table.
-var benchColumns = []Column{
+var benchColumns = []row.Column{
 	{Name: "id", TypeOID: pgtype.Int8OID},
 	{Name: "name", TypeOID: pgtype.TextOID},
 	{Name: "plan", TypeOID: pgtype.TextOID},
@@ -20,7 +21,7 @@ var benchColumns = []Column{
 }
 
 // benchRow is one row as pgoutput sends it (text format, session TZ UTC).
-var benchRow = []Value{
+var benchRow = []row.Value{
 	{Text: []byte("123456")},
 	{Text: []byte("Company 123456")},
 	{Text: []byte("enterprise")},

@@ -9,11 +9,12 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-var companiesColumns = []Column{
+var companiesColumns = []row.Column{
 	{Name: "id", TypeOID: pgtype.Int8OID, TypeName: "bigint"},
 	{Name: "name", TypeOID: pgtype.TextOID, TypeName: "text"},
 	{Name: "seats", TypeOID: pgtype.Int4OID, TypeName: "integer"},
@@ -29,7 +30,7 @@ func TestCompileErrors(t *testing.T) {
 		name    string
 		id      string
 		fields  []Field
-		columns []Column
+		columns []row.Column
 		want    []string
 	}{
 		{
@@ -135,10 +136,10 @@ func TestCompileErrors(t *testing.T) {
 	}
 }
 
-func numberedColumns(n int) []Column {
-	cols := []Column{{Name: "id", TypeOID: pgtype.Int8OID}}
+func numberedColumns(n int) []row.Column {
+	cols := []row.Column{{Name: "id", TypeOID: pgtype.Int8OID}}
 	for i := 1; i < n; i++ {
-		cols = append(cols, Column{Name: fmt.Sprintf("c%d", i), TypeOID: pgtype.TextOID})
+		cols = append(cols, row.Column{Name: fmt.Sprintf("c%d", i), TypeOID: pgtype.TextOID})
 	}
 	return cols
 }
@@ -151,27 +152,27 @@ func TestCompileErrorWithoutFileHasNoPrefix(t *testing.T) {
 
 // convert compiles a one-field mapping for a column of the given type and
 // maps one row whose value is text.
-func convert(t *testing.T, oid uint32, typ Type, v Value) (any, bool, error) {
+func convert(t *testing.T, oid uint32, typ Type, v row.Value) (any, bool, error) {
 	t.Helper()
-	cols := []Column{{Name: "id", TypeOID: pgtype.Int8OID}, {Name: "v", TypeOID: oid, TypeName: fmt.Sprintf("oid %d", oid)}}
+	cols := []row.Column{{Name: "id", TypeOID: pgtype.Int8OID}, {Name: "v", TypeOID: oid, TypeName: fmt.Sprintf("oid %d", oid)}}
 	m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "k", Column: "v", Type: typ}}}, "t", cols)
 	require.NoError(t, err)
-	out, err := m.Identify([]Value{{Text: []byte("1")}, v})
+	out, err := m.Identify([]row.Value{{Text: []byte("1")}, v})
 	if err != nil {
 		return nil, false, err
 	}
-	got, present := out.Metadata["k"]
-	return got, present, nil
+	_, present := out.Metadata["k"]
+	return out.Metadata.Values()["k"], present, nil
 }
 
-func text(s string) Value { return Value{Text: []byte(s)} }
+func text(s string) row.Value { return row.Value{Text: []byte(s)} }
 
 func TestIdentifyConvertsValues(t *testing.T) {
 	tests := []struct {
 		name string
 		oid  uint32
 		typ  Type
-		in   Value
+		in   row.Value
 		want any
 	}{
 		// numbers
@@ -246,9 +247,9 @@ func TestIdentifyConvertsValues(t *testing.T) {
 		{"array as string", pgtype.TextArrayOID, TypeString, text(`{a,b}`), `{a,b}`},
 		{"empty text", pgtype.TextOID, TypeAuto, text(""), ""},
 		// NULL
-		{"NULL number", pgtype.Int4OID, TypeAuto, Value{Null: true}, nil},
-		{"NULL text", pgtype.TextOID, TypeAuto, Value{Null: true}, nil},
-		{"NULL jsonb as string", pgtype.JSONBOID, TypeString, Value{Null: true}, nil},
+		{"NULL number", pgtype.Int4OID, TypeAuto, row.Value{Null: true}, nil},
+		{"NULL text", pgtype.TextOID, TypeAuto, row.Value{Null: true}, nil},
+		{"NULL jsonb as string", pgtype.JSONBOID, TypeString, row.Value{Null: true}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -264,7 +265,7 @@ func TestIdentifyConvertsValues(t *testing.T) {
 }
 
 func TestIdentifyOmitsUnchangedValues(t *testing.T) {
-	got, present, err := convert(t, pgtype.TextOID, TypeAuto, Value{Unchanged: true})
+	got, present, err := convert(t, pgtype.TextOID, TypeAuto, row.Value{Unchanged: true})
 	require.NoError(t, err)
 	assert.False(t, present, "an unchanged TOASTed value must be left out, not sent as null")
 	assert.Nil(t, got)
@@ -306,23 +307,23 @@ func TestIdentifyCompanyID(t *testing.T) {
 	tests := []struct {
 		name    string
 		oid     uint32
-		in      Value
+		in      row.Value
 		want    string
 		wantErr string
 	}{
 		{"bigint as a string", pgtype.Int8OID, text("4711"), "4711", ""},
 		{"numeric text as is", pgtype.NumericOID, text("4711.0"), "4711.0", ""},
 		{"uuid", pgtype.UUIDOID, text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", ""},
-		{"NULL", pgtype.Int8OID, Value{Null: true}, "", `company_id (column "id"): is NULL; every company needs an id (fix: make the column NOT NULL, or choose another column)`},
+		{"NULL", pgtype.Int8OID, row.Value{Null: true}, "", `company_id (column "id"): is NULL; every company needs an id (fix: make the column NOT NULL, or choose another column)`},
 		{"empty", pgtype.TextOID, text(""), "", `company_id (column "id"): is empty; every company needs an id (fix: choose a column that always holds one)`},
-		{"unchanged", pgtype.TextOID, Value{Unchanged: true}, "", `company_id (column "id"): Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column`},
+		{"unchanged", pgtype.TextOID, row.Value{Unchanged: true}, "", `company_id (column "id"): Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cols := []Column{{Name: "id", TypeOID: tt.oid}, {Name: "name", TypeOID: pgtype.TextOID}}
+			cols := []row.Column{{Name: "id", TypeOID: tt.oid}, {Name: "name", TypeOID: pgtype.TextOID}}
 			m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "name", Column: "name"}}}, "t", cols)
 			require.NoError(t, err)
-			out, err := m.Identify([]Value{tt.in, text("Globex")})
+			out, err := m.Identify([]row.Value{tt.in, text("Globex")})
 			if tt.wantErr != "" {
 				var re *RowError
 				require.True(t, errors.As(err, &re), "want *RowError, got %v", err)
@@ -350,7 +351,7 @@ func TestIdentifyBuildsThePayload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, companiesColumns, m.Columns())
 
-	out, err := m.Identify([]Value{
+	out, err := m.Identify([]row.Value{
 		text("4711"), text("Globex"), text("42"), text(`["a"]`), text("f"),
 		text("2024-03-01 09:30:00+00"), text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), {Unchanged: true},
 	})
@@ -364,7 +365,7 @@ func TestIdentifyBuildsThePayload(t *testing.T) {
 func TestIdentifyMetadataIsAnObjectWhenEveryValueIsUnchanged(t *testing.T) {
 	m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "name", Column: "name"}}}, "t", companiesColumns[:2])
 	require.NoError(t, err)
-	out, err := m.Identify([]Value{text("1"), {Unchanged: true}})
+	out, err := m.Identify([]row.Value{text("1"), {Unchanged: true}})
 	require.NoError(t, err)
 	body, err := json.Marshal(out)
 	require.NoError(t, err)
@@ -374,7 +375,7 @@ func TestIdentifyMetadataIsAnObjectWhenEveryValueIsUnchanged(t *testing.T) {
 func TestIdentifyRejectsAValueCountThatDoesNotMatchTheColumns(t *testing.T) {
 	m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "name", Column: "name"}}}, "t", companiesColumns[:2])
 	require.NoError(t, err)
-	_, err = m.Identify([]Value{text("1")})
+	_, err = m.Identify([]row.Value{text("1")})
 	require.EqualError(t, err, "map row: got 1 values for 2 columns; the table's columns changed: compile the mapping again")
 	var re *RowError
 	assert.False(t, errors.As(err, &re), "a caller bug is not a row problem")
@@ -403,7 +404,7 @@ func TestIdentifyIsSafeForConcurrentUse(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
-				_, err := m.Identify([]Value{text("1"), text("42"), text("42"), text("{}"), text("t"), text("2024-03-01 09:30:00+00"), text("x"), text("2024-03-01")})
+				_, err := m.Identify([]row.Value{text("1"), text("42"), text("42"), text("{}"), text("t"), text("2024-03-01 09:30:00+00"), text("x"), text("2024-03-01")})
 				assert.NoError(t, err)
 			}
 		}()

@@ -9,16 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
-
-// Value is one column's value in a row, in Postgres's text output format
-// (the session uses DateStyle=ISO, TimeZone=UTC, extra_float_digits=3,
-// IntervalStyle=postgres).
-type Value struct {
-	Text      []byte // valid when !Null && !Unchanged
-	Null      bool
-	Unchanged bool // a TOASTed value Postgres did not send ('u'): the key is OMITTED from metadata, never sent as null
-}
 
 // class groups Postgres types by the JSON value they can become.
 type class int
@@ -95,6 +87,31 @@ func (c converter) value(text []byte) (any, error) {
 		return v, nil
 	}
 	return c.decode(text)
+}
+
+// json converts text into its JSON value, encoded once (the no-op index,
+// the bulk sizing and the body all use these bytes).
+func (c converter) json(text []byte) (json.RawMessage, error) {
+	if b, ok := c.fastJSON(text); ok {
+		return b, nil
+	}
+	v, err := c.value(text)
+	if err != nil {
+		return nil, err
+	}
+	return userpilot.Encode(v)
+}
+
+// plainASCII reports whether JSON writes text as is between quotes:
+// printable ASCII without '"', '\\' or the HTML characters json.Marshal
+// escapes.
+func plainASCII(text []byte) bool {
+	for _, c := range text {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // decode converts text the long way: pgx decodes it, and the result is

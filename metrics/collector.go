@@ -5,9 +5,6 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/pgpilot/pgpilot/replication"
-	"github.com/pgpilot/pgpilot/state"
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -119,8 +116,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 
-	for op := replication.Insert; op <= replication.Truncate; op++ {
-		counter(changesReadDesc, m.ops[op], op.String())
+	for _, op := range []struct {
+		n    int64
+		name string
+	}{{m.inserts, "insert"}, {m.updates, "update"}, {m.deletes, "delete"}, {m.truncates, "truncate"}} {
+		counter(changesReadDesc, op.n, op.name)
 	}
 	counter(snapshotRowsDesc, m.snapshotRows)
 	gauge(syncReadDesc, float64(m.syncRead))
@@ -134,16 +134,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(snapTotalDesc, float64(m.snapTotal))
 	}
 
-	p := m.base.plus(countsOf(m.pipeline))
-	counter(deliveredDesc, p.realtime, "realtime")
-	counter(deliveredDesc, p.bulk, "bulk")
-	counter(coalescedDesc, p.coalesced)
-	counter(skippedDesc, p.skipped)
-	counter(deadLetteredDesc, p.deadLettered)
-	counter(bulkJobsDesc, p.bulkJobs)
+	p := m.base.plus(m.counts())
+	counter(deliveredDesc, p.Realtime, "realtime")
+	counter(deliveredDesc, p.Bulk, "bulk")
+	counter(coalescedDesc, p.Coalesced)
+	counter(skippedDesc, p.Skipped)
+	counter(deadLetteredDesc, p.DeadLettered)
+	counter(bulkJobsDesc, p.BulkJobs)
 
 	if m.client != nil {
-		st := m.client.Stats()
+		st := m.client()
 		codes := make([]int, 0, len(st.StatusCounts))
 		for code := range st.StatusCounts {
 			codes = append(codes, code)
@@ -184,12 +184,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(warningDesc, bit(m.warning()))
 	gauge(warnThresholdDesc, float64(m.opts.WarnRetainedWAL))
 
-	gauge(modeDesc, bit(m.haveStatus && m.status.Mode == state.ModeOutbox))
+	gauge(modeDesc, bit(m.haveStatus && m.status.Outbox))
 	gauge(outboxCompaniesDesc, float64(m.status.OutboxCompanies))
 	gauge(outboxBytesDesc, float64(m.status.OutboxBytes))
 	pending := float64(m.status.Pending)
 	if m.pipeline != nil {
-		pending = float64(m.pipeline.Pending.Load()) // live, where the status is up to 2 s old
+		pending = float64(m.pipeline().Pending) // live, where the status is up to 2 s old
 	}
 	gauge(pendingDesc, pending)
 	oldest := 0.0

@@ -4,9 +4,11 @@
 //
 // A Metrics lives as long as the process; the daemon's replication sessions
 // come and go under it and report to it through its nil-safe methods
-// (SessionStarted, InitialSync, Streaming, Checkpointed, Forward, …). The
-// pipeline's and the Userpilot client's counters are not copied: they are
-// read when Prometheus scrapes, by a custom collector (collector.go).
+// (SessionStarted, Streaming, Checkpointed, Read, …), made where things
+// happen. The delivery engine's and the Userpilot client's counters are not
+// copied: they are read when Prometheus scrapes, by a custom collector
+// (collector.go), through the functions the daemon attaches. It imports no
+// other pgpilot package: what it is told are plain values of its own.
 //
 // Definitions an alert depends on:
 //
@@ -33,11 +35,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-
-	"github.com/pgpilot/pgpilot/delivery"
-	"github.com/pgpilot/pgpilot/replication"
-	"github.com/pgpilot/pgpilot/state"
-	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // DefaultUnreadyAfter is how long Userpilot may fail before /readyz says
@@ -64,9 +61,48 @@ type Options struct {
 	WarnRetainedWAL int64
 }
 
-// UserpilotStats is the Userpilot client's counters (*userpilot.Client).
-type UserpilotStats interface {
-	Stats() userpilot.Stats
+// UserpilotCounts is what the Userpilot client has counted.
+type UserpilotCounts struct {
+	Retries      int64         // attempts that were retries of an earlier one
+	StatusCounts map[int]int64 // answers by HTTP status; 0 counts network errors and timeouts
+	RateLimited  int64         // 429 answers
+}
+
+// DeliveryCounts is what one delivery engine has counted since it started.
+type DeliveryCounts struct {
+	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered int64
+	Pending                                                             int64 // companies undelivered now
+}
+
+// SnapshotJob is the running snapshot job, as checkpointed.
+type SnapshotJob struct {
+	Initial     bool  // the initial sync (pgpilot is not ready until it is done), not a re-sync
+	Rows, Total int64 // rows delivered; the planner's estimate of all (< 0 unknown)
+}
+
+// DeliveryStatus is the delivery engine's mode and outbox figures.
+type DeliveryStatus struct {
+	Outbox          bool // in outbox mode
+	OutboxCompanies int
+	OutboxBytes     int64
+	Pending         int
+	OldestPending   time.Time
+}
+
+// Read is what one transaction taken in by delivery carried.
+type Read struct {
+	// ChunkRows is a snapshot chunk's rows (read, not changed).
+	ChunkRows int
+	// Inserts, Updates, Deletes and Truncates count a transaction's changes.
+	Inserts, Updates, Deletes, Truncates int64
+	// Deliverable is set for a committed transaction or a piece of one (not a
+	// position marker, not a chunk): its commit time counts in the lag until
+	// the checkpoint reaches End.
+	Deliverable bool
+	// Commit is where the transaction's commit record starts; End is its
+	// end, 0 for a piece of a large transaction still arriving.
+	Commit, End pglogrepl.LSN
+	CommitTime  time.Time
 }
 
 // Metrics gathers what a pgpilot process does. Use New; a nil *Metrics
@@ -81,13 +117,13 @@ type Metrics struct {
 
 	// Counters of pipelines that have finished (one per session), so the
 	// process's totals never go back when a session starts over.
-	base     pipelineCounts
-	pipeline *delivery.Stats
-	client   UserpilotStats
+	base     DeliveryCounts
+	pipeline func() DeliveryCounts
+	client   func() UserpilotCounts
 
-	// Changes read from the stream, by replication.Op.
-	ops          [replication.Truncate + 1]int64
-	snapshotRows int64 // rows read by initial syncs, all of them
+	// Changes read from the stream.
+	inserts, updates, deletes, truncates int64
+	snapshotRows                         int64 // rows read by initial syncs, all of them
 
 	// The current session.
 	standingBy   string // the pid of the pgpilot holding the state directory, while this one waits
@@ -103,7 +139,7 @@ type Metrics struct {
 	snapDone, snapTotal int64
 	marks               []mark // transactions received and not yet checkpointed, oldest first
 
-	status     state.Status
+	status     DeliveryStatus
 	haveStatus bool
 
 	serverLSN    pglogrepl.LSN
@@ -129,23 +165,19 @@ type mark struct {
 	commit         time.Time
 }
 
-// pipelineCounts are the delivery.Stats counters that only grow.
-type pipelineCounts struct {
-	changes, coalesced, skipped, realtime, bulk, bulkJobs, deadLettered int64
-}
-
-func countsOf(s *delivery.Stats) pipelineCounts {
-	if s == nil {
-		return pipelineCounts{}
+// counts reads the attached engine's counters (zero: none attached).
+func (m *Metrics) counts() DeliveryCounts {
+	if m.pipeline == nil {
+		return DeliveryCounts{}
 	}
-	return pipelineCounts{changes: s.Changes.Load(), coalesced: s.Coalesced.Load(), skipped: s.Skipped.Load(),
-		realtime: s.Realtime.Load(), bulk: s.Bulk.Load(), bulkJobs: s.BulkJobs.Load(), deadLettered: s.DeadLettered.Load()}
+	return m.pipeline()
 }
 
-func (a pipelineCounts) plus(b pipelineCounts) pipelineCounts {
-	return pipelineCounts{changes: a.changes + b.changes, coalesced: a.coalesced + b.coalesced, skipped: a.skipped + b.skipped,
-		realtime: a.realtime + b.realtime, bulk: a.bulk + b.bulk, bulkJobs: a.bulkJobs + b.bulkJobs,
-		deadLettered: a.deadLettered + b.deadLettered}
+// plus adds b's counters that only grow to a's.
+func (a DeliveryCounts) plus(b DeliveryCounts) DeliveryCounts {
+	return DeliveryCounts{Changes: a.Changes + b.Changes, Coalesced: a.Coalesced + b.Coalesced, Skipped: a.Skipped + b.Skipped,
+		Realtime: a.Realtime + b.Realtime, Bulk: a.Bulk + b.Bulk, BulkJobs: a.BulkJobs + b.BulkJobs,
+		DeadLettered: a.DeadLettered + b.DeadLettered}
 }
 
 // New makes a Metrics with its own registry, holding pgpilot's collector
@@ -166,8 +198,8 @@ func New(opts Options) *Metrics {
 // Registry is where the metrics are registered: /metrics serves it.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// SetUserpilot sets the client whose request counters are exposed.
-func (m *Metrics) SetUserpilot(c UserpilotStats) {
+// SetUserpilot sets how the Userpilot client's counters are read.
+func (m *Metrics) SetUserpilot(c func() UserpilotCounts) {
 	if m == nil {
 		return
 	}
@@ -176,16 +208,17 @@ func (m *Metrics) SetUserpilot(c UserpilotStats) {
 	m.client = c
 }
 
-// AttachPipeline makes s the current pipeline's counters. The previous
-// pipeline must have stopped: its final counts are kept in the totals.
-func (m *Metrics) AttachPipeline(s *delivery.Stats) {
+// AttachPipeline makes counts how the current delivery engine's counters
+// are read. The previous engine must have stopped: its final counts are
+// kept in the totals.
+func (m *Metrics) AttachPipeline(counts func() DeliveryCounts) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.base = m.base.plus(countsOf(m.pipeline))
-	m.pipeline = s
+	m.base = m.base.plus(m.counts())
+	m.pipeline = counts
 }
 
 // StandingBy says another pgpilot (process holder) holds the state
@@ -223,9 +256,8 @@ func (m *Metrics) SessionEnded() {
 }
 
 // SnapshotProgress reports the running snapshot job as checkpointed (nil:
-// none runs). The initial sync is the job with ID "initial": pgpilot is
-// not ready until it is done.
-func (m *Metrics) SnapshotProgress(job *state.Snapshot) {
+// none runs). pgpilot is not ready until the initial sync is done.
+func (m *Metrics) SnapshotProgress(job *SnapshotJob) {
 	if m == nil {
 		return
 	}
@@ -236,7 +268,7 @@ func (m *Metrics) SnapshotProgress(job *state.Snapshot) {
 		return
 	}
 	m.snapActive, m.snapDone, m.snapTotal = true, job.Rows, job.Total
-	if job.ID == state.InitialSnapshot {
+	if job.Initial {
 		if !m.syncing {
 			m.syncRead = job.Rows
 		}
@@ -270,7 +302,7 @@ func (m *Metrics) Checkpointed(lsn pglogrepl.LSN) {
 }
 
 // Status keeps the pipeline's latest mode and outbox figures.
-func (m *Metrics) Status(st state.Status) {
+func (m *Metrics) Status(st DeliveryStatus) {
 	if m == nil {
 		return
 	}
@@ -316,32 +348,34 @@ func (m *Metrics) warning() bool {
 	return m.opts.WarnRetainedWAL > 0 && m.haveRetained && m.retained > m.opts.WarnRetainedWAL
 }
 
-// observe counts a transaction read from the stream or the snapshot.
-func (m *Metrics) observe(txn replication.Transaction) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if txn.CommitLSN == 0 && txn.EndLSN == 0 {
-		// A piece of the initial snapshot: rows, not changes.
-		m.snapshotRows += int64(len(txn.Changes))
-		m.syncRead += int64(len(txn.Changes))
+// Read counts a transaction delivery took in from the stream or a
+// snapshot.
+func (m *Metrics) Read(r Read) {
+	if m == nil {
 		return
 	}
-	for _, ch := range txn.Changes {
-		if ch.Op <= replication.Truncate {
-			m.ops[ch.Op]++
-		}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.ChunkRows > 0 {
+		// A piece of a snapshot: rows, not changes.
+		m.snapshotRows += int64(r.ChunkRows)
+		m.syncRead += int64(r.ChunkRows)
 	}
-	if txn.CommitLSN == 0 {
-		return // a position marker: nothing to deliver
+	m.inserts += r.Inserts
+	m.updates += r.Updates
+	m.deletes += r.Deletes
+	m.truncates += r.Truncates
+	if !r.Deliverable {
+		return
 	}
-	// Pieces of a large transaction come with EndLSN 0; its commit record
-	// starts at CommitLSN, and no checkpoint reaches past it before the
-	// whole transaction is delivered.
-	lsn := txn.EndLSN
+	// Pieces of a large transaction come with End 0; its commit record
+	// starts at Commit, and no checkpoint reaches past it before the whole
+	// transaction is delivered.
+	lsn := r.End
 	if lsn == 0 {
-		lsn = txn.CommitLSN + 1
+		lsn = r.Commit + 1
 	}
-	if n := len(m.marks); n > 0 && m.marks[n-1].commitLSN == txn.CommitLSN {
+	if n := len(m.marks); n > 0 && m.marks[n-1].commitLSN == r.Commit {
 		m.marks[n-1].lsn = max(m.marks[n-1].lsn, lsn) // another piece: the transaction's end is what counts
 		return
 	}
@@ -357,39 +391,21 @@ func (m *Metrics) observe(txn replication.Transaction) {
 		}
 		m.marks = kept
 	}
-	m.marks = append(m.marks, mark{commitLSN: txn.CommitLSN, lsn: lsn, commit: txn.CommitTime})
-}
-
-// Forward passes what the stream and the snapshot read (in) on to the
-// pipeline (out), counting it, until in is closed; it closes out. Once
-// stopped is closed (the pipeline returned), it drains in without passing
-// it on, so the producer is never blocked.
-func (m *Metrics) Forward(in <-chan replication.Transaction, out chan<- replication.Transaction, stopped <-chan struct{}) {
-	defer close(out)
-	for txn := range in {
-		m.observe(txn)
-		select {
-		case out <- txn:
-		case <-stopped:
-			for range in {
-			}
-			return
-		}
-	}
+	m.marks = append(m.marks, mark{commitLSN: r.Commit, lsn: lsn, commit: r.CommitTime})
 }
 
 // sample notes when the counters read at scrape time last moved: the last
 // delivery, and whether Userpilot is failing. m.mu is held.
 func (m *Metrics) sample() {
 	now := m.now()
-	p := m.base.plus(countsOf(m.pipeline))
-	if d := p.realtime + p.bulk; d > m.sampledDelivered {
+	p := m.base.plus(m.counts())
+	if d := p.Realtime + p.Bulk; d > m.sampledDelivered {
 		m.sampledDelivered, m.lastDelivery = d, now
 	}
 	if m.client == nil {
 		return
 	}
-	ok, failed := classify(m.client.Stats().StatusCounts)
+	ok, failed := classify(m.client().StatusCounts)
 	switch {
 	case ok > m.sampledOK:
 		m.failingSince, m.failedInEpisode, m.lastAccepted = time.Time{}, 0, now
@@ -398,7 +414,7 @@ func (m *Metrics) sample() {
 			m.failingSince = now
 		}
 		m.failedInEpisode += failed - m.sampledFailed
-	case m.pipeline != nil && m.pipeline.Pending.Load() == 0:
+	case m.pipeline != nil && m.pipeline().Pending == 0:
 		// Nothing is owed, so nothing is failing: an episode without
 		// a success (a session that ended mid-retry) is over.
 		m.failingSince, m.failedInEpisode = time.Time{}, 0

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,11 +13,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/pgpilot/pgpilot/delivery"
-	"github.com/pgpilot/pgpilot/replication"
-	"github.com/pgpilot/pgpilot/state"
-	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // clock is a settable time for Metrics.now.
@@ -40,10 +36,10 @@ func (c *clock) advance(d time.Duration) {
 // fakeClient is a Userpilot client's counters.
 type fakeClient struct {
 	mu sync.Mutex
-	st userpilot.Stats
+	st UserpilotCounts
 }
 
-func (f *fakeClient) Stats() userpilot.Stats {
+func (f *fakeClient) counts() UserpilotCounts {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	counts := map[int]int64{}
@@ -62,7 +58,6 @@ func (f *fakeClient) answered(status int, n int64) {
 		f.st.StatusCounts = map[int]int64{}
 	}
 	f.st.StatusCounts[status] += n
-	f.st.Requests += n
 }
 
 func newTestMetrics(t *testing.T, opts Options) (*Metrics, *clock) {
@@ -119,36 +114,47 @@ func must(t *testing.T, m *Metrics, name string, labels ...string) float64 {
 	return v
 }
 
-func change(op replication.Op) replication.Change { return replication.Change{Op: op} }
-
-func txn(commit pglogrepl.LSN, end pglogrepl.LSN, at time.Time, ops ...replication.Op) replication.Transaction {
-	t := replication.Transaction{CommitLSN: commit, EndLSN: end, CommitTime: at}
+// txn is what delivery reports of a committed transaction (end 0: a piece
+// of one still arriving) with changes of the given operations.
+func txn(commit pglogrepl.LSN, end pglogrepl.LSN, at time.Time, ops ...string) Read {
+	r := Read{Deliverable: true, Commit: commit, End: end, CommitTime: at}
 	for _, op := range ops {
-		t.Changes = append(t.Changes, change(op))
+		switch op {
+		case "insert":
+			r.Inserts++
+		case "update":
+			r.Updates++
+		case "delete":
+			r.Deletes++
+		case "truncate":
+			r.Truncates++
+		}
 	}
-	return t
+	return r
 }
 
-// forward runs Forward over txns and returns what came out.
-func forward(m *Metrics, txns ...replication.Transaction) []replication.Transaction {
-	in := make(chan replication.Transaction, len(txns))
-	out := make(chan replication.Transaction)
-	for _, t := range txns {
-		in <- t
+// observe reports reads in order.
+func observe(m *Metrics, reads ...Read) {
+	for _, r := range reads {
+		m.Read(r)
 	}
-	close(in)
-	go m.Forward(in, out, make(chan struct{}))
-	var got []replication.Transaction
-	for t := range out {
-		got = append(got, t)
-	}
-	return got
+}
+
+// stats is a delivery engine's counters.
+type stats struct {
+	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered, Pending atomic.Int64
+}
+
+func (s *stats) counts() DeliveryCounts {
+	return DeliveryCounts{Changes: s.Changes.Load(), Coalesced: s.Coalesced.Load(), Skipped: s.Skipped.Load(),
+		Realtime: s.Realtime.Load(), Bulk: s.Bulk.Load(), BulkJobs: s.BulkJobs.Load(), DeadLettered: s.DeadLettered.Load(),
+		Pending: s.Pending.Load()}
 }
 
 func TestPipelineCountersKeepGrowingAcrossSessions(t *testing.T) {
 	m, _ := newTestMetrics(t, Options{})
-	first := &delivery.Stats{}
-	m.AttachPipeline(first)
+	first := &stats{}
+	m.AttachPipeline(first.counts)
 	first.Realtime.Add(5)
 	first.Bulk.Add(100)
 	first.BulkJobs.Add(1)
@@ -157,8 +163,8 @@ func TestPipelineCountersKeepGrowingAcrossSessions(t *testing.T) {
 	first.DeadLettered.Add(2)
 	assert.Equal(t, 5.0, must(t, m, "pgpilot_records_delivered_total", "path", "realtime"))
 
-	second := &delivery.Stats{} // the next session's pipeline starts from zero
-	m.AttachPipeline(second)
+	second := &stats{} // the next session's pipeline starts from zero
+	m.AttachPipeline(second.counts)
 	second.Realtime.Add(1)
 	second.Coalesced.Add(1)
 
@@ -178,48 +184,20 @@ func TestPipelineCountersKeepGrowingAcrossSessions(t *testing.T) {
 	}
 }
 
-func TestForwardCountsChangesByOperationAndPassesEverythingOnInOrder(t *testing.T) {
+func TestReadCountsChangesByOperationAndSnapshotRowsApart(t *testing.T) {
 	m, c := newTestMetrics(t, Options{})
 	at := c.now()
-	txns := []replication.Transaction{
-		{Changes: []replication.Change{change(replication.Insert), change(replication.Insert), change(replication.Insert)}}, // snapshot piece
-		txn(0x100, 0x110, at, replication.Insert, replication.Update, replication.Update),
-		txn(0x200, 0x210, at, replication.Delete),
-		txn(0x300, 0x310, at, replication.Truncate),
-		{EndLSN: 0x400}, // a keepalive's position
-	}
-	got := forward(m, txns...)
-	assert.Equal(t, txns, got)
-
+	observe(m,
+		Read{ChunkRows: 3}, // a snapshot chunk
+		txn(0x100, 0x110, at, "insert", "update", "update"),
+		txn(0x200, 0x210, at, "delete"),
+		txn(0x300, 0x310, at, "truncate"),
+		Read{End: 0x400}, // a keepalive's position
+	)
 	for op, want := range map[string]float64{"insert": 1, "update": 2, "delete": 1, "truncate": 1} {
 		assert.Equal(t, want, must(t, m, "pgpilot_changes_read_total", "op", op), op)
 	}
 	assert.Equal(t, 3.0, must(t, m, "pgpilot_snapshot_rows_read_total"), "snapshot rows are not changes")
-}
-
-func TestForwardDrainsItsInputOnceThePipelineStops(t *testing.T) {
-	m, _ := newTestMetrics(t, Options{})
-	in := make(chan replication.Transaction)
-	out := make(chan replication.Transaction)
-	stopped := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		m.Forward(in, out, stopped)
-	}()
-	in <- txn(1, 2, time.Now(), replication.Insert)
-	close(stopped) // the pipeline returned without reading
-	for range 100 {
-		select { // the producer is never blocked
-		case in <- txn(3, 4, time.Now(), replication.Update):
-		case <-time.After(10 * time.Second):
-			t.Fatal("Forward blocked its producer after the pipeline stopped")
-		}
-	}
-	close(in)
-	<-done
-	_, open := <-out
-	assert.False(t, open, "out is closed")
 }
 
 func TestLagInSecondsIsTheAgeOfTheOldestTransactionNotCheckpointed(t *testing.T) {
@@ -229,12 +207,12 @@ func TestLagInSecondsIsTheAgeOfTheOldestTransactionNotCheckpointed(t *testing.T)
 	assert.Zero(t, must(t, m, "pgpilot_replication_lag_seconds"), "nothing received: caught up")
 
 	t0 := c.now()
-	forward(m,
-		txn(0x200, 0x210, t0, replication.Update),
+	observe(m,
+		txn(0x200, 0x210, t0, "update"),
 		// a large transaction in pieces: only the last carries EndLSN
-		txn(0x300, 0, t0.Add(10*time.Second), replication.Update),
-		txn(0x300, 0x320, t0.Add(10*time.Second), replication.Update),
-		txn(0x400, 0x410, t0.Add(20*time.Second), replication.Update),
+		txn(0x300, 0, t0.Add(10*time.Second), "update"),
+		txn(0x300, 0x320, t0.Add(10*time.Second), "update"),
+		txn(0x400, 0x410, t0.Add(20*time.Second), "update"),
 	)
 	c.advance(30 * time.Second)
 	assert.Equal(t, 30.0, must(t, m, "pgpilot_replication_lag_seconds"))
@@ -249,7 +227,7 @@ func TestLagInSecondsIsTheAgeOfTheOldestTransactionNotCheckpointed(t *testing.T)
 	assert.Zero(t, must(t, m, "pgpilot_replication_lag_seconds"), "everything checkpointed: caught up")
 	assert.Equal(t, float64(0x410), must(t, m, "pgpilot_checkpoint_lsn"))
 
-	forward(m, txn(0x500, 0x510, c.now(), replication.Update))
+	observe(m, txn(0x500, 0x510, c.now(), "update"))
 	c.advance(5 * time.Second)
 	assert.Equal(t, 5.0, must(t, m, "pgpilot_replication_lag_seconds"), "after an idle spell the lag grows from 0")
 	m.SessionStarted() // the stream starts again from the checkpoint
@@ -259,12 +237,12 @@ func TestLagInSecondsIsTheAgeOfTheOldestTransactionNotCheckpointed(t *testing.T)
 func TestLagMemoryIsBoundedAndKeepsTheOldest(t *testing.T) {
 	m, c := newTestMetrics(t, Options{})
 	t0 := c.now()
-	var txns []replication.Transaction
+	var txns []Read
 	for i := range 3 * maxMarks {
 		lsn := pglogrepl.LSN(0x1000 + 0x10*i)
-		txns = append(txns, txn(lsn, lsn+8, t0.Add(time.Duration(i)*time.Millisecond), replication.Update))
+		txns = append(txns, txn(lsn, lsn+8, t0.Add(time.Duration(i)*time.Millisecond), "update"))
 	}
-	forward(m, txns...)
+	observe(m, txns...)
 	m.mu.Lock()
 	n := len(m.marks)
 	m.mu.Unlock()
@@ -281,7 +259,7 @@ func TestLagInBytesIsTheServerPositionMinusTheCheckpoint(t *testing.T) {
 	assert.False(t, ok, "absent until the server's position is measured")
 
 	m.Checkpointed(0x1000) // the slot's consistent point, checkpointed when the slot is made
-	m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Total: 500})
+	m.SnapshotProgress(&SnapshotJob{Initial: true, Total: 500})
 	m.ServerPosition(0x1800)
 	assert.Equal(t, float64(0x800), must(t, m, "pgpilot_replication_lag_bytes"), "during the initial sync: from the consistent point")
 	m.Checkpointed(0x1400)
@@ -294,7 +272,7 @@ func TestLagInBytesIsTheServerPositionMinusTheCheckpoint(t *testing.T) {
 func TestUserpilotRequestsAreCountedByStatusCode(t *testing.T) {
 	m, _ := newTestMetrics(t, Options{})
 	client := &fakeClient{}
-	m.SetUserpilot(client)
+	m.SetUserpilot(client.counts)
 	client.answered(202, 40)
 	client.answered(503, 3)
 	client.answered(429, 1)
@@ -313,7 +291,7 @@ func TestUserpilotRequestsAreCountedByStatusCode(t *testing.T) {
 func TestStatusFiguresAreExposed(t *testing.T) {
 	m, c := newTestMetrics(t, Options{})
 	assert.Zero(t, must(t, m, "pgpilot_delivery_mode"))
-	m.Status(state.Status{Mode: state.ModeOutbox, OutboxCompanies: 12, OutboxBytes: 3400, Pending: 15,
+	m.Status(DeliveryStatus{Outbox: true, OutboxCompanies: 12, OutboxBytes: 3400, Pending: 15,
 		OldestPending: c.now().Add(-90 * time.Second)})
 	assert.Equal(t, 1.0, must(t, m, "pgpilot_delivery_mode"))
 	assert.Equal(t, 12.0, must(t, m, "pgpilot_outbox_companies"))
@@ -321,18 +299,18 @@ func TestStatusFiguresAreExposed(t *testing.T) {
 	assert.Equal(t, 15.0, must(t, m, "pgpilot_pending_companies"))
 	assert.Equal(t, 90.0, must(t, m, "pgpilot_oldest_pending_seconds"))
 
-	stats := &delivery.Stats{}
-	m.AttachPipeline(stats)
+	stats := &stats{}
+	m.AttachPipeline(stats.counts)
 	stats.Pending.Store(4)
 	assert.Equal(t, 4.0, must(t, m, "pgpilot_pending_companies"), "the pipeline's live count wins over the status")
-	m.Status(state.Status{Mode: state.ModeHold})
+	m.Status(DeliveryStatus{})
 	assert.Zero(t, must(t, m, "pgpilot_delivery_mode"))
 }
 
 func TestLastDeliveryIsWhenTheDeliveredCountLastMoved(t *testing.T) {
 	m, c := newTestMetrics(t, Options{})
-	stats := &delivery.Stats{}
-	m.AttachPipeline(stats)
+	stats := &stats{}
+	m.AttachPipeline(stats.counts)
 	_, ok := value(t, m, "pgpilot_last_delivery_timestamp_seconds")
 	assert.False(t, ok, "absent before the first delivery")
 
@@ -352,44 +330,44 @@ func TestSnapshotProgress(t *testing.T) {
 	m.Checkpointed(0)
 	_, ok := value(t, m, "pgpilot_initial_sync_rows_estimate")
 	assert.False(t, ok, "absent when unknown")
-	m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Total: 1000})
-	forward(m, replication.Transaction{Changes: make([]replication.Change, 250)})
+	m.SnapshotProgress(&SnapshotJob{Initial: true, Total: 1000})
+	observe(m, Read{ChunkRows: 250})
 	assert.Equal(t, 1.0, must(t, m, "pgpilot_initial_sync_in_progress"))
 	assert.Equal(t, 1.0, must(t, m, "pgpilot_snapshot_in_progress"))
 	assert.Equal(t, 250.0, must(t, m, "pgpilot_initial_sync_rows_read"))
 	assert.Equal(t, 1000.0, must(t, m, "pgpilot_initial_sync_rows_estimate"))
 	assert.Equal(t, 1000.0, must(t, m, "pgpilot_snapshot_rows_total"))
-	m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Rows: 200, Total: 1000})
+	m.SnapshotProgress(&SnapshotJob{Initial: true, Rows: 200, Total: 1000})
 	assert.Equal(t, 200.0, must(t, m, "pgpilot_snapshot_rows_done"), "delivered and checkpointed")
 	m.SnapshotProgress(nil)
 	assert.Zero(t, must(t, m, "pgpilot_initial_sync_in_progress"), "done once the job is delivered")
 	assert.Zero(t, must(t, m, "pgpilot_snapshot_in_progress"))
 
-	m.SnapshotProgress(&state.Snapshot{ID: "resync-1", Total: 10})
+	m.SnapshotProgress(&SnapshotJob{Total: 10})
 	assert.Equal(t, 1.0, must(t, m, "pgpilot_snapshot_in_progress"))
 	assert.Zero(t, must(t, m, "pgpilot_initial_sync_in_progress"), "a re-sync is not the initial sync: still ready")
 }
 
 func TestReadiness(t *testing.T) {
 	type step struct {
-		do     func(m *Metrics, c *clock, client *fakeClient, stats *delivery.Stats)
+		do     func(m *Metrics, c *clock, client *fakeClient, stats *stats)
 		ready  bool
 		reason string // a part of it
 	}
-	start := func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) {
+	start := func(m *Metrics, _ *clock, _ *fakeClient, _ *stats) {
 		m.SessionStarted()
 		m.Checkpointed(0x100)
 		m.Streaming()
 	}
-	fail := func(status int) func(*Metrics, *clock, *fakeClient, *delivery.Stats) {
-		return func(m *Metrics, _ *clock, client *fakeClient, stats *delivery.Stats) {
+	fail := func(status int) func(*Metrics, *clock, *fakeClient, *stats) {
+		return func(m *Metrics, _ *clock, client *fakeClient, stats *stats) {
 			stats.Pending.Store(3)
 			client.answered(status, 1)
 			m.Sample()
 		}
 	}
-	wait := func(d time.Duration) func(*Metrics, *clock, *fakeClient, *delivery.Stats) {
-		return func(m *Metrics, c *clock, _ *fakeClient, _ *delivery.Stats) {
+	wait := func(d time.Duration) func(*Metrics, *clock, *fakeClient, *stats) {
+		return func(m *Metrics, c *clock, _ *fakeClient, _ *stats) {
 			c.advance(d)
 			m.Sample()
 		}
@@ -398,19 +376,19 @@ func TestReadiness(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"not started", []step{{func(*Metrics, *clock, *fakeClient, *delivery.Stats) {}, false, "starting"}}},
-		{"standing by", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.StandingBy("4242") }, false, "standing by: pgpilot process 4242"}}},
-		{"initial sync", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) {
+		{"not started", []step{{func(*Metrics, *clock, *fakeClient, *stats) {}, false, "starting"}}},
+		{"standing by", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *stats) { m.StandingBy("4242") }, false, "standing by: pgpilot process 4242"}}},
+		{"initial sync", []step{{func(m *Metrics, _ *clock, _ *fakeClient, _ *stats) {
 			m.SessionStarted()
-			m.SnapshotProgress(&state.Snapshot{ID: state.InitialSnapshot, Total: 2000})
+			m.SnapshotProgress(&SnapshotJob{Initial: true, Total: 2000})
 			m.Streaming()
-			forward(m, replication.Transaction{Changes: make([]replication.Change, 10)})
+			observe(m, Read{ChunkRows: 10})
 		}, false, "initial sync in progress: 10 rows read of about 2000"}}},
 		{"streaming", []step{{start, true, "ok"}}},
 		{"reconnecting", []step{
 			{start, true, "ok"},
-			{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.SessionEnded() }, false, "not streaming"},
-			{func(m *Metrics, _ *clock, _ *fakeClient, _ *delivery.Stats) { m.SessionStarted() }, false, "not streaming"},
+			{func(m *Metrics, _ *clock, _ *fakeClient, _ *stats) { m.SessionEnded() }, false, "not streaming"},
+			{func(m *Metrics, _ *clock, _ *fakeClient, _ *stats) { m.SessionStarted() }, false, "not streaming"},
 		}},
 		{"Userpilot failing, under the threshold", []step{
 			{start, true, "ok"},
@@ -433,7 +411,7 @@ func TestReadiness(t *testing.T) {
 		{"nothing pending ends the episode", []step{
 			{start, true, "ok"},
 			{fail(401), true, "ok"},
-			{func(m *Metrics, c *clock, _ *fakeClient, stats *delivery.Stats) {
+			{func(m *Metrics, c *clock, _ *fakeClient, stats *stats) {
 				stats.Pending.Store(0)
 				m.Sample()
 				c.advance(10 * time.Minute)
@@ -443,9 +421,9 @@ func TestReadiness(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m, c := newTestMetrics(t, Options{})
-			client, stats := &fakeClient{}, &delivery.Stats{}
-			m.SetUserpilot(client)
-			m.AttachPipeline(stats)
+			client, stats := &fakeClient{}, &stats{}
+			m.SetUserpilot(client.counts)
+			m.AttachPipeline(stats.counts)
 			for i, s := range tt.steps {
 				s.do(m, c, client, stats)
 				ready, reason := m.Ready()
@@ -464,9 +442,9 @@ func TestReadiness(t *testing.T) {
 
 func TestUnreadyAfterIsConfigurable(t *testing.T) {
 	m, c := newTestMetrics(t, Options{UnreadyAfter: 2 * time.Second})
-	client, stats := &fakeClient{}, &delivery.Stats{}
-	m.SetUserpilot(client)
-	m.AttachPipeline(stats)
+	client, stats := &fakeClient{}, &stats{}
+	m.SetUserpilot(client.counts)
+	m.AttachPipeline(stats.counts)
 	m.SessionStarted()
 	m.Streaming()
 	stats.Pending.Store(1)
@@ -526,14 +504,14 @@ func TestRetainedWALThresholdZeroNeverWarns(t *testing.T) {
 func TestNilMetricsAcceptsEveryReport(t *testing.T) {
 	var m *Metrics
 	assert.NotPanics(t, func() {
-		m.SetUserpilot(&fakeClient{})
-		m.AttachPipeline(&delivery.Stats{})
+		m.SetUserpilot((&fakeClient{}).counts)
+		m.AttachPipeline((&stats{}).counts)
 		m.StandingBy("1")
 		m.SessionStarted()
-		m.SnapshotProgress(&state.Snapshot{})
+		m.SnapshotProgress(&SnapshotJob{})
 		m.Streaming()
 		m.Checkpointed(1)
-		m.Status(state.Status{})
+		m.Status(DeliveryStatus{})
 		m.ServerPosition(1)
 		m.RetainedWAL(1)
 		m.Sample()
@@ -552,28 +530,16 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// BenchmarkForward is the cost metrics add to each transaction on its way
-// from the stream to the pipeline.
-func BenchmarkForward(b *testing.B) {
+// BenchmarkRead is the cost metrics add to each transaction delivery
+// takes in.
+func BenchmarkRead(b *testing.B) {
 	m := New(Options{})
-	in := make(chan replication.Transaction, 16)
-	out := make(chan replication.Transaction, 16)
-	go m.Forward(in, out, make(chan struct{}))
 	at := time.Now()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for range out {
-		}
-	}()
-	b.ResetTimer()
 	for i := range b.N {
 		lsn := pglogrepl.LSN(0x1000 + 0x100*i)
-		in <- txn(lsn, lsn+0x10, at, replication.Update, replication.Update)
+		m.Read(txn(lsn, lsn+0x10, at, "update", "update"))
 		if i%64 == 0 {
 			m.Checkpointed(lsn)
 		}
 	}
-	close(in)
-	<-done
 }

@@ -12,8 +12,6 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/pgpilot/pgpilot/delivery"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -28,9 +26,9 @@ func get(t *testing.T, url string) (int, string) {
 
 func TestServerServesMetricsHealthAndReadiness(t *testing.T) {
 	m := New(Options{})
-	stats := &delivery.Stats{}
-	m.AttachPipeline(stats)
-	m.SetUserpilot(&fakeClient{})
+	stats := &stats{}
+	m.AttachPipeline(stats.counts)
+	m.SetUserpilot((&fakeClient{}).counts)
 	srv, err := Listen("127.0.0.1:0", m)
 	require.NoError(t, err)
 	base := "http://" + srv.Addr().String()
@@ -78,8 +76,8 @@ func TestServerServesMetricsHealthAndReadiness(t *testing.T) {
 
 func TestServerSamplesEverySecond(t *testing.T) {
 	m := New(Options{})
-	stats := &delivery.Stats{}
-	m.AttachPipeline(stats)
+	stats := &stats{}
+	m.AttachPipeline(stats.counts)
 	srv, err := Listen("127.0.0.1:0", m)
 	require.NoError(t, err)
 	defer srv.Close()

@@ -10,29 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgpilot/pgpilot/row"
 )
-
-// Table names a table.
-type Table struct {
-	Schema, Name string
-}
-
-// String is the table as an operator would write it.
-func (t Table) String() string { return t.Schema + "." + t.Name }
-
-// Quoted is the table as a safely quoted SQL identifier.
-func (t Table) Quoted() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize() }
-
-// Column is one column of a table.
-type Column struct {
-	Name string
-	// TypeOID is the type to decode the column's text with: a domain is
-	// resolved to its base type, and enums and other string-category types
-	// (citext) to text, so the decoder only meets types it knows.
-	TypeOID uint32
-	// TypeName is the declared type as format_type prints it, for messages.
-	TypeName string
-}
 
 // Server is what pgpilot needs to know about the Postgres it talks to.
 type Server struct {
@@ -90,7 +69,7 @@ var ErrTableMissing = errors.New("table does not exist")
 
 // TableColumns lists t's columns in attribute order, with their types
 // resolved for decoding.
-func TableColumns(ctx context.Context, conn *pgx.Conn, t Table) ([]Column, error) {
+func TableColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]row.Column, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a
@@ -101,9 +80,9 @@ func TableColumns(ctx context.Context, conn *pgx.Conn, t Table) ([]Column, error
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", t, err)
 	}
-	var cols []Column
+	var cols []row.Column
 	for rows.Next() {
-		var c Column
+		var c row.Column
 		if err := rows.Scan(&c.Name, &c.TypeOID, &c.TypeName); err != nil {
 			return nil, fmt.Errorf("read columns of %s: %w", t, err)
 		}
@@ -196,7 +175,7 @@ func (r *TypeResolver) Name(ctx context.Context, oid uint32, typmod int32) (stri
 // publication, or returns "" when they would not. Creating a publication on
 // a table with no replica identity makes the application's own UPDATEs and
 // DELETEs fail, so pgpilot checks before it creates one.
-func ReplicaIdentityProblem(ctx context.Context, conn *pgx.Conn, t Table) (string, error) {
+func ReplicaIdentityProblem(ctx context.Context, conn *pgx.Conn, t row.Table) (string, error) {
 	var ident string
 	var hasPK bool
 	err := conn.QueryRow(ctx, `
@@ -224,8 +203,8 @@ func quoteLiteral(s string) string {
 }
 
 // PickColumns keeps the columns named in names, in table order.
-func PickColumns(cols []Column, names []string) []Column {
-	var out []Column
+func PickColumns(cols []row.Column, names []string) []row.Column {
+	var out []row.Column
 	for _, c := range cols {
 		if slices.Contains(names, c.Name) {
 			out = append(out, c)

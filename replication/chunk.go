@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // ErrNoKey is wrapped when the table has no key to read it by in chunks.
@@ -19,7 +20,7 @@ var ErrNoKey = errors.New("table has no primary key or replica identity index")
 // the primary key, or else the unique index chosen as replica identity
 // (REPLICA IDENTITY USING INDEX). The snapshot reads the table in chunks
 // ordered by them, and matches streamed changes to snapshot rows with them.
-func KeyColumns(ctx context.Context, conn *pgx.Conn, t Table) ([]string, error) {
+func KeyColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]string, error) {
 	var names []string
 	err := conn.QueryRow(ctx, `
 		SELECT array_agg(a.attname ORDER BY k.ord)
@@ -48,21 +49,21 @@ func KeyColumns(ctx context.Context, conn *pgx.Conn, t Table) ([]string, error) 
 // ChunkQuery is one chunk of a keyset read: the rows after After (nil: from
 // the start), in key order, at most Limit of them.
 type ChunkQuery struct {
-	Table Table
+	Table row.Table
 	// Columns are read in this order; Key indexes the key columns in it.
-	Columns []Column
+	Columns []row.Column
 	Key     []int
 	// Where is an optional filter (the operator's own SQL, for a partial
 	// re-sync); Args are its parameters, numbered from $1.
 	Where string
 	Args  []any
-	After []Value
+	After []row.Value
 	Limit int
 }
 
 // Chunk is what ReadChunk read.
 type Chunk struct {
-	Rows [][]Value
+	Rows [][]row.Value
 	// Snapshot is the MVCC snapshot the rows were read in.
 	Snapshot Snapshot
 	// High is a WAL position at or after the commit of every transaction
@@ -143,9 +144,9 @@ func chunkSQL(q ChunkQuery) (string, []any) {
 
 // collectText reads rows as text, the types' output functions: exactly what
 // pgoutput sends, so a row maps the same from a chunk and from the stream.
-func collectText(rows pgx.Rows) ([][]Value, error) {
+func collectText(rows pgx.Rows) ([][]row.Value, error) {
 	defer rows.Close()
-	var out [][]Value
+	var out [][]row.Value
 	for rows.Next() {
 		out = append(out, textValues(rows.RawValues()))
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 func TestKeyColumnsFollowThePrimaryKeyOrTheReplicaIdentityIndex(t *testing.T) {
@@ -30,11 +31,11 @@ func TestKeyColumnsFollowThePrimaryKeyOrTheReplicaIdentityIndex(t *testing.T) {
 		{"ri", []string{"code"}},
 	}
 	for _, tt := range tests {
-		got, err := replication.KeyColumns(ctx, conn, replication.Table{Schema: "public", Name: tt.table})
+		got, err := replication.KeyColumns(ctx, conn, row.Table{Schema: "public", Name: tt.table})
 		require.NoError(t, err, tt.table)
 		assert.Equal(t, tt.want, got, tt.table)
 	}
-	_, err = replication.KeyColumns(ctx, conn, replication.Table{Schema: "public", Name: "nokey"})
+	_, err = replication.KeyColumns(ctx, conn, row.Table{Schema: "public", Name: "nokey"})
 	require.ErrorIs(t, err, replication.ErrNoKey)
 	assert.Contains(t, err.Error(), "ADD PRIMARY KEY", "the error says how to fix it")
 }
@@ -46,7 +47,7 @@ func TestReadChunkPagesByKeyInTextFormat(t *testing.T) {
 		CREATE TABLE pk (region text, id int, seats int, PRIMARY KEY (region, id));
 		INSERT INTO pk SELECT r, i, i * 10 FROM unnest(ARRAY['eu', 'us', 'ap']) r, generate_series(1, 4) i;`)
 	require.NoError(t, err)
-	tbl := replication.Table{Schema: "public", Name: "pk"}
+	tbl := row.Table{Schema: "public", Name: "pk"}
 	cols, err := replication.TableColumns(ctx, conn, tbl)
 	require.NoError(t, err)
 	before, err := replication.CurrentLSN(ctx, conn)
@@ -67,7 +68,7 @@ func TestReadChunkPagesByKeyInTextFormat(t *testing.T) {
 				return got
 			}
 			last := c.Rows[len(c.Rows)-1]
-			q.After = []replication.Value{last[0], last[1]}
+			q.After = []row.Value{last[0], last[1]}
 		}
 	}
 	all := read("")

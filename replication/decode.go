@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // Decoding pgoutput messages into Relations and Changes, kept free of the
@@ -102,8 +103,8 @@ type ColumnTypes interface {
 }
 
 // decodeRelation describes a table from a pgoutput Relation message.
-func decodeRelation(ctx context.Context, m *pglogrepl.RelationMessage, types ColumnTypes) (*Relation, error) {
-	rel := &Relation{ID: m.RelationID, Table: Table{Schema: m.Namespace, Name: m.RelationName}}
+func decodeRelation(ctx context.Context, m *pglogrepl.RelationMessage, types ColumnTypes) (*row.Relation, error) {
+	rel := &row.Relation{ID: m.RelationID, Table: row.Table{Schema: m.Namespace, Name: m.RelationName}}
 	for _, c := range m.Columns {
 		oid, err := types.Resolve(ctx, c.DataType)
 		if err != nil {
@@ -113,50 +114,50 @@ func decodeRelation(ctx context.Context, m *pglogrepl.RelationMessage, types Col
 		if err != nil {
 			return nil, fmt.Errorf("describe %s column %q: %w", rel.Table, c.Name, err)
 		}
-		rel.Columns = append(rel.Columns, Column{Name: c.Name, TypeOID: oid, TypeName: name})
+		rel.Columns = append(rel.Columns, row.Column{Name: c.Name, TypeOID: oid, TypeName: name})
 	}
 	return rel, nil
 }
 
-// row is what a pgoutput Insert, Update or Delete message carries: the new
+// rowMessage is what a pgoutput Insert, Update or Delete message carries: the new
 // row of an INSERT or UPDATE, the old replica identity of a DELETE, and the
 // old replica identity of an UPDATE when Postgres sent one (the key
 // changed, or REPLICA IDENTITY FULL).
-type row struct {
-	op       Op
+type rowMessage struct {
+	op       row.Op
 	relation uint32
 	tuple    *pglogrepl.TupleData
 	old      *pglogrepl.TupleData
 }
 
 // rowOf returns the row m carries; ok is false for other messages.
-func rowOf(m pglogrepl.Message) (r row, ok bool) {
+func rowOf(m pglogrepl.Message) (r rowMessage, ok bool) {
 	switch m := m.(type) {
 	case *pglogrepl.InsertMessage:
-		return row{op: Insert, relation: m.RelationID, tuple: m.Tuple}, true
+		return rowMessage{op: row.Insert, relation: m.RelationID, tuple: m.Tuple}, true
 	case *pglogrepl.UpdateMessage:
-		return row{op: Update, relation: m.RelationID, tuple: m.NewTuple, old: m.OldTuple}, true
+		return rowMessage{op: row.Update, relation: m.RelationID, tuple: m.NewTuple, old: m.OldTuple}, true
 	case *pglogrepl.DeleteMessage:
-		return row{op: Delete, relation: m.RelationID, tuple: m.OldTuple}, true
+		return rowMessage{op: row.Delete, relation: m.RelationID, tuple: m.OldTuple}, true
 	}
-	return row{}, false
+	return rowMessage{}, false
 }
 
 // change is r as a Change of rel, its values copied out of the message
 // (whose bytes the connection's next receive reuses).
-func (r row) change(rel *Relation) Change {
-	ch := Change{Op: r.op, Relation: rel, Values: tupleValues(r.tuple)}
+func (r rowMessage) change(rel *row.Relation) row.Change {
+	ch := row.Change{Op: r.op, Relation: rel, Values: tupleValues(r.tuple)}
 	if r.old != nil {
 		ch.Old = tupleValues(r.old)
 	}
 	return ch
 }
 
-func tupleValues(t *pglogrepl.TupleData) []Value {
+func tupleValues(t *pglogrepl.TupleData) []row.Value {
 	if t == nil {
 		return nil
 	}
-	vals := make([]Value, len(t.Columns))
+	vals := make([]row.Value, len(t.Columns))
 	for i, c := range t.Columns {
 		switch c.DataType {
 		case pglogrepl.TupleDataTypeNull:

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -38,16 +39,16 @@ func seed(t *testing.T, name string) (relation, row []byte) {
 func TestDecodeMessageReadsEveryRowKind(t *testing.T) {
 	tests := []struct {
 		seed        string
-		op          Op
+		op          row.Op
 		id, oldID   string // the first column of Values and Old; "" for none
 		values, old int
 	}{
-		{"insert", Insert, "42", "", 9, 0},
-		{"update", Update, "43", "", 9, 0},
-		{"update_key_changed", Update, "105", "42", 9, 9},
-		{"update_full", Update, "43", "42", 9, 9},
-		{"delete_key", Delete, "42", "", 9, 0},
-		{"delete_full", Delete, "42", "", 9, 0},
+		{"insert", row.Insert, "42", "", 9, 0},
+		{"update", row.Update, "43", "", 9, 0},
+		{"update_key_changed", row.Update, "105", "42", 9, 9},
+		{"update_full", row.Update, "43", "42", 9, 9},
+		{"delete_key", row.Delete, "42", "", 9, 0},
+		{"delete_full", row.Delete, "42", "", 9, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.seed, func(t *testing.T) {
@@ -58,7 +59,7 @@ func TestDecodeMessageReadsEveryRowKind(t *testing.T) {
 			require.True(t, ok)
 			rel, err := decodeRelation(t.Context(), rm, fuzzTypes{})
 			require.NoError(t, err)
-			assert.Equal(t, Table{Schema: "public", Name: "companies"}, rel.Table)
+			assert.Equal(t, row.Table{Schema: "public", Name: "companies"}, rel.Table)
 			require.Len(t, rel.Columns, 9)
 			assert.Equal(t, "monthly_spend", rel.Columns[4].Name)
 

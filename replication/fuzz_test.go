@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -57,19 +58,19 @@ func FuzzDecodeToPayload(f *testing.F) {
 		ch := r.change(rel)
 		for _, typ := range []mapping.Type{mapping.TypeAuto, mapping.TypeString} {
 			c := mapping.Companies{CompanyID: rel.Columns[0].Name}
-			cols := make([]mapping.Column, len(rel.Columns))
+			cols := make([]row.Column, len(rel.Columns))
 			for i, col := range rel.Columns {
-				cols[i] = mapping.Column{Name: col.Name, TypeOID: col.TypeOID, TypeName: col.TypeName}
+				cols[i] = row.Column{Name: col.Name, TypeOID: col.TypeOID, TypeName: col.TypeName}
 				c.Metadata = append(c.Metadata, mapping.Field{Key: fmt.Sprintf("c%d", i), Column: col.Name, Type: typ})
 			}
 			mapper, err := mapping.Compile(c, rel.Table.String(), cols)
 			if err != nil {
 				continue // refused at start, with a message: never reaches a row
 			}
-			for _, vals := range [][]Value{ch.Values, ch.Old} {
-				mv := make([]mapping.Value, len(vals))
+			for _, vals := range [][]row.Value{ch.Values, ch.Old} {
+				mv := make([]row.Value, len(vals))
 				for i, v := range vals {
-					mv[i] = mapping.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
+					mv[i] = row.Value{Text: v.Text, Null: v.Null, Unchanged: v.Unchanged}
 				}
 				id, err := mapper.Identify(mv)
 				if err != nil {

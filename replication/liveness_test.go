@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/internal/faultproxy"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // TestStreamGivesUpOnASilentlyDeadConnectionButNotOnAQuietOne streams an
@@ -51,7 +52,7 @@ func TestStreamGivesUpOnASilentlyDeadConnectionButNotOnAQuietOne(t *testing.T) {
 			Confirmed:      func() pglogrepl.LSN { return 0 },
 			Types:          replication.NewTypeResolver(conn),
 			StatusInterval: 10 * time.Second, ReceiveTimeout: receiveTimeout,
-		}, make(chan replication.Transaction, 16))
+		}, make(chan row.Transaction, 16))
 	}()
 	select {
 	case err := <-done:

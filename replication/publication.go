@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // publicationComment marks publications pgpilot created, so teardown drops
@@ -25,7 +26,7 @@ type Publication struct {
 // standby (which cannot write): then it returns the statement to run on the
 // primary. A publication that exists but misses t is not altered behind the
 // operator's back: the error says what to run.
-func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t Table, srv Server) (created bool, err error) {
+func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t row.Table, srv Server) (created bool, err error) {
 	var allTables, pubInsert, pubUpdate bool
 	err = conn.QueryRow(ctx, `SELECT puballtables, pubinsert, pubupdate FROM pg_publication WHERE pubname = $1`, name).
 		Scan(&allTables, &pubInsert, &pubUpdate)
@@ -73,7 +74,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t Table
 	return false, nil
 }
 
-func createPublication(ctx context.Context, conn *pgx.Conn, name string, t Table) error {
+func createPublication(ctx context.Context, conn *pgx.Conn, name string, t row.Table) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 var pg *pgtest.Server
@@ -39,7 +40,7 @@ func connect(t *testing.T) (string, *pgx.Conn) {
 	return url, conn
 }
 
-var companies = replication.Table{Schema: "public", Name: "companies"}
+var companies = row.Table{Schema: "public", Name: "companies"}
 
 func TestPublicationIsNotCreatedWhenItWouldBreakUpdates(t *testing.T) {
 	ctx := context.Background()
@@ -109,7 +110,7 @@ func TestTypeResolverDecodesDomainsAndEnumsAsTheirBase(t *testing.T) {
 	require.NoError(t, err)
 	cols, err := replication.TableColumns(ctx, conn, companies)
 	require.NoError(t, err)
-	byName := map[string]replication.Column{}
+	byName := map[string]row.Column{}
 	for _, c := range cols {
 		byName[c.Name] = c
 	}
@@ -118,7 +119,7 @@ func TestTypeResolverDecodesDomainsAndEnumsAsTheirBase(t *testing.T) {
 	assert.Equal(t, "seats2", byName["seats"].TypeName)
 	assert.Equal(t, uint32(pgtype.TextArrayOID), byName["tags"].TypeOID)
 
-	_, err = replication.TableColumns(ctx, conn, replication.Table{Schema: "public", Name: "nope"})
+	_, err = replication.TableColumns(ctx, conn, row.Table{Schema: "public", Name: "nope"})
 	assert.ErrorIs(t, err, replication.ErrTableMissing)
 }
 
@@ -134,7 +135,7 @@ func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
 	_, err = conn.Exec(ctx, `INSERT INTO companies VALUES (1, 'first')`)
 	require.NoError(t, err)
 
-	stream := func(start pglogrepl.LSN) replication.Transaction {
+	stream := func(start pglogrepl.LSN) row.Transaction {
 		t.Helper()
 		// The previous stream's walsender may not have let go of the slot
 		// yet (it exits after its client has gone): starting now would be
@@ -150,7 +151,7 @@ func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
 		typeConn, err := replication.ConnectSQL(ctx, url) // pgx connections are not shared across goroutines
 		require.NoError(t, err)
 		sctx, stop := context.WithCancel(ctx)
-		out := make(chan replication.Transaction, 4)
+		out := make(chan row.Transaction, 4)
 		done := make(chan error, 1)
 		go func() {
 			done <- replication.Stream(sctx, rconn, replication.StreamOptions{
@@ -181,7 +182,7 @@ func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
 	first := stream(0)
 	require.Len(t, first.Changes, 1)
 	assert.Equal(t, "first", string(first.Changes[0].Values[1].Text))
-	assert.Equal(t, replication.Insert, first.Changes[0].Op)
+	assert.Equal(t, row.Insert, first.Changes[0].Op)
 
 	_, err = conn.Exec(ctx, `UPDATE companies SET name = 'second' WHERE id = 1`)
 	require.NoError(t, err)
@@ -189,7 +190,7 @@ func TestStreamSkipsTransactionsAtOrBeforeItsStart(t *testing.T) {
 	// starting at its end LSN, the stream must drop it.
 	second := stream(first.EndLSN)
 	assert.Equal(t, "second", string(second.Changes[0].Values[1].Text))
-	assert.Equal(t, replication.Update, second.Changes[0].Op)
+	assert.Equal(t, row.Update, second.Changes[0].Op)
 }
 
 func TestStatusIntervalStaysInsideWalSenderTimeout(t *testing.T) {
@@ -218,7 +219,7 @@ func TestFailoverSlotOnPostgres17(t *testing.T) {
 	require.NoError(t, err)
 	defer rconn.Close(ctx)
 
-	created, err := replication.CreateSlotWithOptions(ctx, rconn, "with_failover", replication.SlotOptions{Failover: true})
+	created, err := replication.CreateSlot(ctx, rconn, "with_failover", replication.SlotOptions{Failover: true})
 	require.NoError(t, err)
 	assert.NotEmpty(t, created.SnapshotName, "the snapshot is still exported")
 	var failover bool

@@ -129,12 +129,7 @@ type SlotOptions struct {
 
 // CreateSlot creates logical slot name (pgoutput) on conn, exporting its
 // snapshot.
-func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string) (CreatedSlot, error) {
-	return CreateSlotWithOptions(ctx, conn, name, SlotOptions{})
-}
-
-// CreateSlotWithOptions is CreateSlot with options.
-func CreateSlotWithOptions(ctx context.Context, conn *pgconn.PgConn, name string, o SlotOptions) (CreatedSlot, error) {
+func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string, o SlotOptions) (CreatedSlot, error) {
 	// The option list (Postgres 15+) rather than the old EXPORT_SNAPSHOT
 	// keyword, because FAILOVER exists only there.
 	options := "(SNAPSHOT 'export')"

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // TestStreamStopsAtOnceWhileWaitingForTheServer stops a stream that waits
@@ -40,7 +41,7 @@ func TestStreamStopsAtOnceWhileWaitingForTheServer(t *testing.T) {
 			Confirmed:      func() pglogrepl.LSN { return 0 },
 			Types:          replication.NewTypeResolver(conn),
 			StatusInterval: time.Hour, ReceiveTimeout: 2 * time.Hour,
-		}, make(chan replication.Transaction, 16))
+		}, make(chan row.Transaction, 16))
 	}()
 	time.Sleep(500 * time.Millisecond) // waiting in a receive by now
 	stopped := time.Now()

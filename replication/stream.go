@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // StreamOptions configure Stream.
@@ -20,7 +21,7 @@ type StreamOptions struct {
 	Publication string
 	// Table is the mapped table; changes to other tables in the publication
 	// are dropped.
-	Table Table
+	Table row.Table
 	// Start is the durable checkpoint. Transactions ending at or before it
 	// were delivered already and are skipped if the server sends them again.
 	Start pglogrepl.LSN
@@ -68,7 +69,7 @@ const markerInterval = time.Second
 // When it is between transactions it also offers keepalive positions as
 // empty Transactions (without blocking), so that a quiet table on a busy
 // server lets the slot advance.
-func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out chan<- Transaction) error {
+func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out chan<- row.Transaction) error {
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
 	}
@@ -81,7 +82,7 @@ func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out ch
 	if opts.ChunkChanges <= 0 {
 		opts.ChunkChanges = 1000
 	}
-	s := &streamer{conn: conn, opts: opts, out: out, relations: map[uint32]*Relation{}, lastEmitted: opts.Start}
+	s := &streamer{conn: conn, opts: opts, out: out, relations: map[uint32]*row.Relation{}, lastEmitted: opts.Start}
 	pubNames := quoteLiteral(pgx.Identifier{opts.Publication}.Sanitize())
 	err := pglogrepl.StartReplication(ctx, conn, opts.Slot, opts.Start, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names " + pubNames},
@@ -97,11 +98,12 @@ func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out ch
 type streamer struct {
 	conn      *pgconn.PgConn
 	opts      StreamOptions
-	out       chan<- Transaction
-	relations map[uint32]*Relation
+	out       chan<- row.Transaction
+	relations map[uint32]*row.Relation
 
-	cur          *Transaction // the open transaction, nil between transactions
-	skipping     bool         // the open transaction was delivered before (resent after a restart)
+	cur          *row.Transaction // the open transaction, nil between transactions
+	curPieces    bool             // pieces of cur were sent on already (a large transaction)
+	skipping     bool             // the open transaction was delivered before (resent after a restart)
 	lastEmitted  pglogrepl.LSN
 	lastMarker   time.Time
 	lastStatus   time.Time
@@ -248,7 +250,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		}
 		s.relations[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
-		s.cur = &Transaction{CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}
+		s.cur, s.curPieces = &row.Transaction{Kind: row.Commit, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, false
 		// FinalLSN is where the commit record starts. A checkpoint is the
 		// end of a commit record or a record boundary, so the transaction
 		// was delivered before exactly when its commit starts before the
@@ -256,7 +258,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		s.skipping = m.FinalLSN < s.opts.Start
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			if err := s.add(ctx, row{op: Truncate, relation: id}); err != nil {
+			if err := s.add(ctx, rowMessage{op: row.Truncate, relation: id}); err != nil {
 				return err
 			}
 		}
@@ -272,7 +274,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 			// Delivered before the restart; the server may send it again.
 			return nil
 		}
-		if len(txn.Changes) == 0 && !txn.chunked {
+		if len(txn.Changes) == 0 && !s.curPieces {
 			s.offerMarker(txn.EndLSN)
 			return nil
 		}
@@ -284,7 +286,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *streamer) add(ctx context.Context, r row) error {
+func (s *streamer) add(ctx context.Context, r rowMessage) error {
 	if s.cur == nil {
 		return fmt.Errorf("replication stream: %s outside a transaction", r.op)
 	}
@@ -301,18 +303,18 @@ func (s *streamer) add(ctx context.Context, r row) error {
 	s.cur.Changes = append(s.cur.Changes, r.change(rel))
 	if len(s.cur.Changes) >= s.opts.ChunkChanges {
 		// Send the piece on: a large transaction never sits whole in memory.
-		if err := s.emit(ctx, Transaction{CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Xid: s.cur.Xid, Changes: s.cur.Changes}); err != nil {
+		if err := s.emit(ctx, row.Transaction{Kind: row.Piece, CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Xid: s.cur.Xid, Changes: s.cur.Changes}); err != nil {
 			return err
 		}
 		s.cur.Changes = nil
-		s.cur.chunked = true
+		s.curPieces = true
 	}
 	return nil
 }
 
 // emit hands txn to the consumer, keeping the connection alive while the
 // consumer is busy.
-func (s *streamer) emit(ctx context.Context, txn Transaction) error {
+func (s *streamer) emit(ctx context.Context, txn row.Transaction) error {
 	select {
 	case s.out <- txn: // the usual case, without a ticker
 		return nil
@@ -341,7 +343,7 @@ func (s *streamer) offerMarker(pos pglogrepl.LSN) {
 		return
 	}
 	select {
-	case s.out <- Transaction{EndLSN: pos}:
+	case s.out <- row.Transaction{Kind: row.Marker, EndLSN: pos}:
 		s.lastEmitted = pos
 		s.lastMarker = time.Now()
 	default:
@@ -370,7 +372,7 @@ func (s *streamer) offerWanted(ctx context.Context) error {
 	}
 	// Even a position sent before (the start, a transaction's end): the
 	// consumer may have begun waiting after it went by.
-	if err := s.emit(ctx, Transaction{EndLSN: s.known}); err != nil {
+	if err := s.emit(ctx, row.Transaction{Kind: row.Marker, EndLSN: s.known}); err != nil {
 		return err
 	}
 	s.lastEmitted, s.offered = s.known, want

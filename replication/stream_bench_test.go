@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 // benchStreamRows is how many rows BenchmarkStreamDecode streams per op.
@@ -78,7 +79,7 @@ func BenchmarkStreamDecode(b *testing.B) {
 					b.Fatal(err)
 				}
 				sctx, cancel := context.WithCancel(ctx)
-				out := make(chan replication.Transaction, 16)
+				out := make(chan row.Transaction, 16)
 				done := make(chan error, 1)
 				runtime.ReadMemStats(&ms0)
 				cpu0 := processCPU()

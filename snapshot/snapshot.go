@@ -52,6 +52,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -70,10 +71,10 @@ type Options struct {
 	// Start is where the stream starts: everything before it was streamed
 	// (and delivered) already.
 	Start pglogrepl.LSN
-	Table replication.Table
+	Table row.Table
 	// Columns are read for each row (the mapped ones and the key); Key
 	// names the key columns, in key order.
-	Columns []replication.Column
+	Columns []row.Column
 	Key     []string
 	// CompanyID is the company id column, for a one-company re-sync.
 	CompanyID string
@@ -95,7 +96,7 @@ type Options struct {
 type Stage struct {
 	opts Options
 	log  *slog.Logger
-	rel  *replication.Relation
+	rel  *row.Relation
 	key  []int // positions of the key columns in rel
 
 	want  atomic.Uint64 // the front chunk's H, for the stream
@@ -107,7 +108,7 @@ type Stage struct {
 
 	// keysOf caches, per streamed description of the table, where the key
 	// columns are and how its columns map onto the chunk's.
-	keysOf map[*replication.Relation]relMap
+	keysOf row.PerRelation[relMap]
 	recent recent
 
 	// readConn opens the connection chunks are read on (tests replace it).
@@ -134,8 +135,7 @@ func New(opts Options) (*Stage, error) {
 		opts.MaxBacklog = 20_000
 	}
 	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1),
-		rel:    &replication.Relation{Table: opts.Table, Columns: opts.Columns},
-		keysOf: map[*replication.Relation]relMap{}}
+		rel: &row.Relation{Table: opts.Table, Columns: opts.Columns}}
 	s.readConn = func(ctx context.Context) (*pgx.Conn, error) { return replication.ConnectSQL(ctx, opts.URL) }
 	for _, k := range opts.Key {
 		i := columnIndex(opts.Columns, k)
@@ -147,7 +147,7 @@ func New(opts Options) (*Stage, error) {
 	return s, nil
 }
 
-func columnIndex(cols []replication.Column, name string) int {
+func columnIndex(cols []row.Column, name string) int {
 	for i, c := range cols {
 		if c.Name == name {
 			return i
@@ -209,7 +209,7 @@ const maxPending = 2
 // Run passes src on to dst, putting each chunk of the running job in its
 // place, until src is closed (chunks not passed on yet are read again
 // after a restart: their marks were not delivered) or ctx is done.
-func (s *Stage) Run(ctx context.Context, src <-chan replication.Transaction, dst chan<- replication.Transaction) error {
+func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- row.Transaction) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	arrivals := make(chan arrival)
@@ -291,7 +291,7 @@ func (s *Stage) Run(ctx context.Context, src <-chan replication.Transaction, dst
 
 // pass forwards one streamed transaction, with the chunks due before and
 // after it.
-func (s *Stage) pass(ctx context.Context, txn replication.Transaction, queue []*pending, dst chan<- replication.Transaction) ([]*pending, error) {
+func (s *Stage) pass(ctx context.Context, txn row.Transaction, queue []*pending, dst chan<- row.Transaction) ([]*pending, error) {
 	var err error
 	if txn.EndLSN != 0 {
 		// It ends after the chunks' H: it is newer than anything they saw.
@@ -314,20 +314,20 @@ func (s *Stage) pass(ctx context.Context, txn replication.Transaction, queue []*
 	return queue, err
 }
 
-func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- replication.Transaction, due func(pglogrepl.LSN) bool) ([]*pending, error) {
+func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Transaction, due func(pglogrepl.LSN) bool) ([]*pending, error) {
 	for len(queue) > 0 && due(queue[0].High) {
 		p := queue[0]
-		changes := make([]replication.Change, 0, len(p.Rows))
-		for _, row := range p.Rows {
-			if row != nil {
-				changes = append(changes, replication.Change{Op: replication.Insert, Relation: s.rel, Values: row})
+		changes := make([]row.Change, 0, len(p.Rows))
+		for _, vals := range p.Rows {
+			if vals != nil {
+				changes = append(changes, row.Change{Op: row.Insert, Relation: s.rel, Values: vals})
 			}
 		}
 		// A re-sync re-sends what Userpilot is believed to hold: that
 		// belief is what the operator doubts. A resumed initial sync
 		// skips what it delivered before the restart.
 		resend := p.mark.Job.ID != state.InitialSnapshot
-		if err := send(ctx, dst, replication.Transaction{Changes: changes, Mark: p.mark, Resend: resend}); err != nil {
+		if err := send(ctx, dst, row.Transaction{Kind: row.Chunk, Changes: changes, Mark: p.mark, Resend: resend}); err != nil {
 			return queue, err
 		}
 		queue[0] = nil
@@ -342,7 +342,7 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- replic
 	return queue, nil
 }
 
-func send(ctx context.Context, dst chan<- replication.Transaction, txn replication.Transaction) error {
+func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) error {
 	select {
 	case dst <- txn:
 		return nil
@@ -368,9 +368,9 @@ func (s *Stage) index(a arrival) *pending {
 // moved, leaves the chunk. The chunk is then never older than the stream
 // before it, and still carries every row it read: a re-sync re-sends each
 // of them, even those the stream touched but the no-op index would skip.
-func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
+func (s *Stage) takeOut(p *pending, txn row.Transaction) {
 	for _, ch := range txn.Changes {
-		if ch.Op == replication.Truncate {
+		if ch.Op == row.Truncate {
 			if ch.Relation.Table == s.opts.Table {
 				clear(p.Rows)
 			}
@@ -393,7 +393,7 @@ func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
 		if !ok || p.Rows[i] == nil {
 			continue
 		}
-		if ch.Op == replication.Delete {
+		if ch.Op == row.Delete {
 			p.Rows[i] = nil
 			continue
 		}
@@ -408,10 +408,12 @@ func (s *Stage) takeOut(p *pending, txn replication.Transaction) {
 
 // mapFor finds the key and the columns of a streamed description of the
 // table in the chunk's columns (they may differ after a schema change).
-func (s *Stage) mapFor(rel *replication.Relation) (relMap, bool) {
-	if m, ok := s.keysOf[rel]; ok {
-		return m, m.key != nil
-	}
+func (s *Stage) mapFor(rel *row.Relation) (relMap, bool) {
+	m, _ := s.keysOf.Get(rel, s.relMapOf)
+	return m, m.key != nil
+}
+
+func (s *Stage) relMapOf(rel *row.Relation) (relMap, error) {
 	var m relMap
 	if rel.Table == s.opts.Table {
 		m.col = make([]int, len(rel.Columns))
@@ -427,15 +429,11 @@ func (s *Stage) mapFor(rel *replication.Relation) (relMap, bool) {
 			m.key = append(m.key, i)
 		}
 	}
-	if len(s.keysOf) > 8 {
-		clear(s.keysOf)
-	}
-	s.keysOf[rel] = m
-	return m, m.key != nil
+	return m, nil
 }
 
 // keyOf joins a row's key values; text output never holds a NUL byte.
-func keyOf(row []replication.Value, key []int) string {
+func keyOf(row []row.Value, key []int) string {
 	var b strings.Builder
 	for n, i := range key {
 		if n > 0 {
@@ -474,9 +472,9 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 	q := replication.ChunkQuery{Table: s.opts.Table, Columns: s.opts.Columns, Key: s.key, Limit: s.opts.ChunkRows}
 	q.Where, q.Args = Filter(job, s.opts.CompanyID)
 	if job.After != nil {
-		q.After = make([]replication.Value, len(job.After))
+		q.After = make([]row.Value, len(job.After))
 		for i, t := range job.After {
-			q.After[i] = replication.Value{Text: []byte(t)}
+			q.After[i] = row.Value{Text: []byte(t)}
 		}
 		s.log.Info("resuming the snapshot where it stopped", "job", job.ID, "rows_done", job.Rows)
 	}
@@ -512,9 +510,9 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 			return nil
 		}
 		job = next
-		q.After = make([]replication.Value, len(s.key))
+		q.After = make([]row.Value, len(s.key))
 		for i, t := range next.After {
-			q.After[i] = replication.Value{Text: []byte(t)}
+			q.After[i] = row.Value{Text: []byte(t)}
 		}
 	}
 }
@@ -528,7 +526,7 @@ type recent struct {
 
 type kept struct {
 	xid     uint32
-	changes []replication.Change
+	changes []row.Change
 	lost    bool // changes let go to bound memory
 }
 
@@ -537,7 +535,7 @@ const (
 	recentChanges = 20_000
 )
 
-func (r *recent) add(txn replication.Transaction) {
+func (r *recent) add(txn row.Transaction) {
 	if txn.Xid == 0 {
 		return
 	}
@@ -559,7 +557,7 @@ func (r *recent) add(txn replication.Transaction) {
 
 // unseen returns the changes of the kept transactions snap did not see;
 // complete is false when one of them was let go.
-func (r *recent) unseen(snap replication.Snapshot) (txns []replication.Transaction, complete bool) {
+func (r *recent) unseen(snap replication.Snapshot) (txns []row.Transaction, complete bool) {
 	for _, t := range r.txns {
 		if snap.Sees(t.xid) {
 			continue
@@ -567,7 +565,7 @@ func (r *recent) unseen(snap replication.Snapshot) (txns []replication.Transacti
 		if t.lost {
 			return nil, false
 		}
-		txns = append(txns, replication.Transaction{Xid: t.xid, Changes: t.changes})
+		txns = append(txns, row.Transaction{Kind: row.Commit, Xid: t.xid, Changes: t.changes})
 	}
 	return txns, true
 }

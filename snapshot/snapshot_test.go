@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -22,18 +23,18 @@ import (
 // packages.
 
 var (
-	table = replication.Table{Schema: "public", Name: "companies"}
-	cols  = []replication.Column{{Name: "id"}, {Name: "name"}, {Name: "notes"}}
+	table = row.Table{Schema: "public", Name: "companies"}
+	cols  = []row.Column{{Name: "id"}, {Name: "name"}, {Name: "notes"}}
 	// The stream describes the table itself, with its own Relation.
-	streamRel = &replication.Relation{ID: 1, Table: table, Columns: cols}
+	streamRel = &row.Relation{ID: 1, Table: table, Columns: cols}
 )
 
-func row(id int, name, notes string) []replication.Value {
-	return []replication.Value{{Text: []byte(strconv.Itoa(id))}, {Text: []byte(name)}, {Text: []byte(notes)}}
+func values(id int, name, notes string) []row.Value {
+	return []row.Value{{Text: []byte(strconv.Itoa(id))}, {Text: []byte(name)}, {Text: []byte(notes)}}
 }
 
-func change(op replication.Op, vals []replication.Value) replication.Change {
-	return replication.Change{Op: op, Relation: streamRel, Values: vals}
+func change(op row.Op, vals []row.Value) row.Change {
+	return row.Change{Op: op, Relation: streamRel, Values: vals}
 }
 
 // script is a fake chunk source: each Read returns the next chunk.
@@ -56,13 +57,13 @@ func (s *script) read(ctx context.Context, _ *pgx.Conn, q replication.ChunkQuery
 
 // run starts a stage on the script with chunks of limit rows, and returns
 // its input, its output and a stop function.
-func run(t *testing.T, sc *script, limit int) (chan<- replication.Transaction, <-chan replication.Transaction, *Stage) {
+func run(t *testing.T, sc *script, limit int) (chan<- row.Transaction, <-chan row.Transaction, *Stage) {
 	t.Helper()
 	st, err := New(Options{Table: table, Columns: cols, Key: []string{"id"}, ChunkRows: limit, Read: sc.read,
 		Start: 10})
 	require.NoError(t, err)
 	st.readConn = func(context.Context) (*pgx.Conn, error) { return nil, nil }
-	src, dst := make(chan replication.Transaction), make(chan replication.Transaction, 100)
+	src, dst := make(chan row.Transaction), make(chan row.Transaction, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- st.Run(ctx, src, dst) }()
@@ -73,19 +74,19 @@ func run(t *testing.T, sc *script, limit int) (chan<- replication.Transaction, <
 	return src, dst, st
 }
 
-func next(t *testing.T, dst <-chan replication.Transaction) replication.Transaction {
+func next(t *testing.T, dst <-chan row.Transaction) row.Transaction {
 	t.Helper()
 	select {
 	case txn := <-dst:
 		return txn
 	case <-time.After(10 * time.Second):
 		t.Fatal("nothing came out of the stage")
-		return replication.Transaction{}
+		return row.Transaction{}
 	}
 }
 
 // rows shows a transaction's rows as id=name/notes.
-func rows(txn replication.Transaction) []string {
+func rows(txn row.Transaction) []string {
 	var out []string
 	for _, ch := range txn.Changes {
 		v := ch.Values
@@ -102,8 +103,8 @@ func waitWant(t *testing.T, st *Stage, want pglogrepl.LSN) {
 
 func TestChunkWaitsForItsHighPositionAndTakesNewerStreamedValues(t *testing.T) {
 	sc := &script{chunks: []replication.Chunk{{
-		Rows: [][]replication.Value{row(1, "a", "x"), row(2, "b", "x"), row(3, "c", "x"), row(4, "d", "x"),
-			row(5, "e", "x"), row(6, "f", "x")},
+		Rows: [][]row.Value{values(1, "a", "x"), values(2, "b", "x"), values(3, "c", "x"), values(4, "d", "x"),
+			values(5, "e", "x"), values(6, "f", "x")},
 		Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100},
 		High:     50,
 	}}}
@@ -114,17 +115,17 @@ func TestChunkWaitsForItsHighPositionAndTakesNewerStreamedValues(t *testing.T) {
 	// Ends before H: row 2's new values replace the chunk's; row 3's
 	// UPDATE left its TOASTed notes out: only its name is replaced; row 5
 	// is deleted; row 6 moves to key 60.
-	toast := row(3, "c2", "")
-	toast[2] = replication.Value{Unchanged: true}
-	moved := change(replication.Update, row(60, "f", "x"))
-	moved.Old = row(6, "f", "x")
-	src <- replication.Transaction{Xid: 90, EndLSN: 40, Changes: []replication.Change{
-		change(replication.Update, row(2, "b2", "y")), change(replication.Update, toast),
-		change(replication.Delete, row(5, "", "")), moved}}
+	toast := values(3, "c2", "")
+	toast[2] = row.Value{Unchanged: true}
+	moved := change(row.Update, values(60, "f", "x"))
+	moved.Old = values(6, "f", "x")
+	src <- row.Transaction{Xid: 90, EndLSN: 40, Changes: []row.Change{
+		change(row.Update, values(2, "b2", "y")), change(row.Update, toast),
+		change(row.Delete, values(5, "", "")), moved}}
 	got := next(t, dst)
 	assert.Equal(t, []string{"2=b2/y", "3=c2/", "5=/", "60=f/x"}, rows(got), "the streamed transaction passes first")
 	// Ends after H: the chunk goes before it, with row 4's older copy.
-	src <- replication.Transaction{Xid: 120, EndLSN: 60, Changes: []replication.Change{change(replication.Update, row(4, "d2", "x"))}}
+	src <- row.Transaction{Xid: 120, EndLSN: 60, Changes: []row.Change{change(row.Update, values(4, "d2", "x"))}}
 	chunk := next(t, dst)
 	assert.Equal(t, []string{"1=a/x", "2=b2/y", "3=c2/x", "4=d/x"}, rows(chunk),
 		"every row it read and still exists, none older than the stream before it; row 3 keeps its untouched TOAST column")
@@ -139,14 +140,14 @@ func TestChunkWaitsForItsHighPositionAndTakesNewerStreamedValues(t *testing.T) {
 
 func TestChunkGoesAtAMarkerAtItsHighPosition(t *testing.T) {
 	sc := &script{chunks: []replication.Chunk{{
-		Rows: [][]replication.Value{row(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 50,
+		Rows: [][]row.Value{values(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 50,
 	}}}
 	src, dst, st := run(t, sc, 10)
 	st.Start(context.Background(), state.Snapshot{ID: "resync-1"})
 	waitWant(t, st, 50)
-	src <- replication.Transaction{EndLSN: 49} // a marker short of H: nothing yet
+	src <- row.Transaction{EndLSN: 49} // a marker short of H: nothing yet
 	assert.Empty(t, next(t, dst).Changes)
-	src <- replication.Transaction{EndLSN: 50}
+	src <- row.Transaction{EndLSN: 50}
 	assert.Empty(t, next(t, dst).Changes, "the marker passes")
 	chunk := next(t, dst)
 	assert.Equal(t, []string{"1=a/x"}, rows(chunk))
@@ -156,7 +157,7 @@ func TestChunkGoesAtAMarkerAtItsHighPosition(t *testing.T) {
 func TestChunkAlreadyPassedGoesAtOnce(t *testing.T) {
 	// H at or before where the stream started: nothing to wait for.
 	sc := &script{chunks: []replication.Chunk{{
-		Rows: [][]replication.Value{row(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 10,
+		Rows: [][]row.Value{values(1, "a", "x")}, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 10,
 	}}}
 	_, dst, st := run(t, sc, 10)
 	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
@@ -169,18 +170,18 @@ func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
 	// snapshot (xmax 150) did not see it. Its row must not be overwritten
 	// by the chunk's older copy.
 	sc := &script{chunks: []replication.Chunk{{
-		Rows:     [][]replication.Value{row(1, "a-seen", "x"), row(2, "b", "x")},
+		Rows:     [][]row.Value{values(1, "a-seen", "x"), values(2, "b", "x")},
 		Snapshot: replication.Snapshot{Xmin: 140, Xmax: 150},
 		High:     50,
 	}}}
 	src, dst, st := run(t, sc, 10)
-	src <- replication.Transaction{Xid: 150, EndLSN: 45, Changes: []replication.Change{change(replication.Update, row(2, "b-new", "x"))}}
+	src <- row.Transaction{Xid: 150, EndLSN: 45, Changes: []row.Change{change(row.Update, values(2, "b-new", "x"))}}
 	next(t, dst)
-	src <- replication.Transaction{Xid: 130, EndLSN: 46, Changes: []replication.Change{change(replication.Update, row(1, "a-seen", "x"))}}
+	src <- row.Transaction{Xid: 130, EndLSN: 46, Changes: []row.Change{change(row.Update, values(1, "a-seen", "x"))}}
 	next(t, dst)
 	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
 	waitWant(t, st, 50)
-	src <- replication.Transaction{EndLSN: 55}
+	src <- row.Transaction{EndLSN: 55}
 	chunk := next(t, dst)
 	assert.Equal(t, []string{"1=a-seen/x", "2=b-new/x"}, rows(chunk),
 		"row 2 takes the newer streamed value it did not see; row 1 the one it saw (as new as its copy)")

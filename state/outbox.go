@@ -1,11 +1,11 @@
 package state
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
 
+	"github.com/pgpilot/pgpilot/userpilot"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -14,8 +14,8 @@ import (
 // grows with the number of distinct pending companies, never with the
 // number of changes.
 type OutboxRecord struct {
-	CompanyID string         `json:"-"`
-	Metadata  map[string]any `json:"m"`
+	CompanyID string             `json:"-"`
+	Metadata  userpilot.Metadata `json:"m"`
 	// Delete: what is owed is a deletion (on_delete: delete), not metadata.
 	Delete bool `json:"delete,omitempty"`
 	// LSN is the newest change merged in (for dead letters).
@@ -62,9 +62,7 @@ func (x *Store) Outbox() ([]OutboxRecord, error) {
 	err := x.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(outboxBucket).ForEach(func(k, v []byte) error {
 			var r OutboxRecord
-			dec := json.NewDecoder(bytes.NewReader(v))
-			dec.UseNumber() // numbers stay exact
-			if err := dec.Decode(&r); err != nil {
+			if err := json.Unmarshal(v, &r); err != nil { // values stay as their JSON, numbers exact
 				return fmt.Errorf("outbox record of company %q: %w", k, err)
 			}
 			r.CompanyID = string(k)

@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
+	"github.com/pgpilot/pgpilot/userpilot"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -41,12 +41,6 @@ const recordVersion = 1
 // value: a false "unchanged" needs a collision on the same company and key.
 type Store struct {
 	db *bolt.DB
-}
-
-// Profile is one company's metadata as delivered.
-type Profile struct {
-	CompanyID string
-	Metadata  map[string]any
 }
 
 // OpenStore opens (creating) the store in the state directory.
@@ -80,83 +74,19 @@ type fingerprints map[uint32]uint64
 // the mapping's few, and every company repeats them.
 var keyHashes sync.Map // string → uint32
 
-func fingerprint(key string, value any) (uint32, uint64) {
+// fingerprint hashes a key and its value's JSON, the bytes the body
+// carries (userpilot.Encode: what json.Marshal writes, what fingerprints
+// were always made of, so a stored index stays valid).
+func fingerprint(key string, value json.RawMessage) (uint32, uint64) {
 	kh, ok := keyHashes.Load(key)
 	if !ok {
 		h := sha256.Sum256([]byte(key))
 		kh, _ = keyHashes.LoadOrStore(key, binary.BigEndian.Uint32(h[:4]))
 	}
 	var buf [256]byte
-	b := append(append(buf[:0], key...), 0)
-	b = appendJSON(b, value)
+	b := append(append(append(buf[:0], key...), 0), value...)
 	vh := sha256.Sum256(b)
 	return kh.(uint32), binary.BigEndian.Uint64(vh[:8])
-}
-
-// appendJSON appends value as json.Marshal writes it (what fingerprints
-// were always made of, so a stored index stays valid), writing the usual
-// values (null, a boolean, a plain number, text that needs no escape)
-// without reflection.
-func appendJSON(b []byte, value any) []byte {
-	switch v := value.(type) {
-	case nil:
-		return append(b, "null"...)
-	case bool:
-		return strconv.AppendBool(b, v)
-	case string:
-		if plainText(v) {
-			return append(append(append(b, '"'), v...), '"')
-		}
-	case json.Number:
-		if plainNumber(string(v)) {
-			return append(b, v...)
-		}
-	}
-	v, err := json.Marshal(value)
-	if err != nil {
-		v = []byte(fmt.Sprint(value))
-	}
-	return append(b, v...)
-}
-
-// plainText reports whether json.Marshal writes s as is between quotes:
-// printable ASCII without '"', '\\' or the HTML characters it escapes.
-func plainText(s string) bool {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c < 0x20, c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
-			return false
-		}
-	}
-	return true
-}
-
-// plainNumber reports whether s is an optional '-', digits without a
-// leading zero (or a single 0), and optionally '.' and digits: a valid
-// JSON number, which json.Marshal writes as is.
-func plainNumber(s string) bool {
-	i := 0
-	if i < len(s) && s[i] == '-' {
-		i++
-	}
-	start := i
-	for i < len(s) && '0' <= s[i] && s[i] <= '9' {
-		i++
-	}
-	if i == start || s[start] == '0' && i-start > 1 {
-		return false
-	}
-	if i < len(s) && s[i] == '.' {
-		i++
-		frac := i
-		for i < len(s) && '0' <= s[i] && s[i] <= '9' {
-			i++
-		}
-		if i == frac {
-			return false
-		}
-	}
-	return i == len(s)
 }
 
 func decode(b []byte) fingerprints {
@@ -184,7 +114,7 @@ func (fp fingerprints) encode() []byte {
 
 // Unchanged reports whether every key in metadata has the value Userpilot
 // last accepted for this company. A company never delivered is changed.
-func (x *Store) Unchanged(companyID string, metadata map[string]any) (bool, error) {
+func (x *Store) Unchanged(companyID string, metadata userpilot.Metadata) (bool, error) {
 	var unchanged bool
 	err := x.db.View(func(tx *bolt.Tx) error {
 		fp := decode(tx.Bucket(deliveredBucket).Get([]byte(companyID)))
@@ -210,7 +140,7 @@ func (x *Store) Unchanged(companyID string, metadata map[string]any) (bool, erro
 // these values (keys not sent keep theirs, as in Userpilot). It returns once
 // that is durable. Concurrent calls share one write (bbolt's Batch), so
 // many real-time workers recording at once cost one fsync.
-func (x *Store) Record(profiles []Profile) error {
+func (x *Store) Record(profiles []userpilot.Company) error {
 	if len(profiles) == 0 {
 		return nil
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgpilot/pgpilot/userpilot"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,11 +22,11 @@ func TestDeliveredIndexComparesKeyByKey(t *testing.T) {
 	require.NoError(t, err)
 	defer x.Close()
 
-	same, err := x.Unchanged("1", map[string]any{"plan": "pro"})
+	same, err := x.Unchanged("1", userpilottest.Metadata(map[string]any{"plan": "pro"}))
 	require.NoError(t, err)
 	assert.False(t, same, "a company never delivered is a change")
 
-	require.NoError(t, x.Record([]Profile{{CompanyID: "1", Metadata: map[string]any{"plan": "pro", "seats": json.Number("3"), "trial": nil}}}))
+	require.NoError(t, x.Record([]userpilot.Company{{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "pro", "seats": json.Number("3"), "trial": nil})}}))
 	tests := []struct {
 		name string
 		md   map[string]any
@@ -39,14 +41,14 @@ func TestDeliveredIndexComparesKeyByKey(t *testing.T) {
 		{"number vs string", map[string]any{"seats": "3"}, false},
 	}
 	for _, tt := range tests {
-		got, err := x.Unchanged("1", tt.md)
+		got, err := x.Unchanged("1", userpilottest.Metadata(tt.md))
 		require.NoError(t, err)
 		assert.Equal(t, tt.want, got, tt.name)
 	}
 
 	// A later record replaces only the keys it sends, as Userpilot does.
-	require.NoError(t, x.Record([]Profile{{CompanyID: "1", Metadata: map[string]any{"plan": "free"}}}))
-	same, err = x.Unchanged("1", map[string]any{"plan": "free", "seats": json.Number("3")})
+	require.NoError(t, x.Record([]userpilot.Company{{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "free"})}}))
+	same, err = x.Unchanged("1", userpilottest.Metadata(map[string]any{"plan": "free", "seats": json.Number("3")}))
 	require.NoError(t, err)
 	assert.True(t, same)
 }
@@ -57,7 +59,7 @@ func TestDeliveredIndexSurvivesReopen(t *testing.T) {
 	require.NoError(t, err)
 	x, err := d.OpenStore()
 	require.NoError(t, err)
-	require.NoError(t, x.Record([]Profile{{CompanyID: "7", Metadata: map[string]any{"plan": "pro"}}}))
+	require.NoError(t, x.Record([]userpilot.Company{{CompanyID: "7", Metadata: userpilottest.Metadata(map[string]any{"plan": "pro"})}}))
 	require.NoError(t, x.Close())
 	require.NoError(t, d.Close())
 
@@ -67,7 +69,7 @@ func TestDeliveredIndexSurvivesReopen(t *testing.T) {
 	x, err = d.OpenStore()
 	require.NoError(t, err)
 	defer x.Close()
-	same, err := x.Unchanged("7", map[string]any{"plan": "pro"})
+	same, err := x.Unchanged("7", userpilottest.Metadata(map[string]any{"plan": "pro"}))
 	require.NoError(t, err)
 	assert.True(t, same)
 }
@@ -89,12 +91,12 @@ func BenchmarkDeliveredIndexSize(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		batch := make([]Profile, 0, 10_000)
+		batch := make([]userpilot.Company, 0, 10_000)
 		for i := 1; i <= n; i++ {
-			batch = append(batch, Profile{CompanyID: fmt.Sprint(i), Metadata: map[string]any{
+			batch = append(batch, userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: userpilottest.Metadata(map[string]any{
 				"name": fmt.Sprintf("Company %d", i), "plan": "pro", "seats": json.Number(fmt.Sprint(i % 500)),
 				"monthly_spend": json.Number("1234.5600000000"), "trial": i%2 == 0,
-				"created_at": "2024-01-01T00:00:00Z", "notes": nil}})
+				"created_at": "2024-01-01T00:00:00Z", "notes": nil})})
 			if len(batch) == cap(batch) || i == n {
 				if err := x.Record(batch); err != nil {
 					b.Fatal(err)
@@ -135,10 +137,10 @@ func BenchmarkOutbox(b *testing.B) {
 		start := time.Now()
 		batch := make([]OutboxRecord, 0, 1000)
 		for i := 1; i <= n; i++ {
-			batch = append(batch, OutboxRecord{CompanyID: fmt.Sprint(i), LSN: LSN(i), Since: start, Metadata: map[string]any{
+			batch = append(batch, OutboxRecord{CompanyID: fmt.Sprint(i), LSN: LSN(i), Since: start, Metadata: userpilottest.Metadata(map[string]any{
 				"name": fmt.Sprintf("Company %d", i), "plan": "pro", "seats": json.Number(fmt.Sprint(i % 500)),
 				"monthly_spend": json.Number("1234.5600000000"), "trial": i%2 == 0,
-				"created_at": "2024-01-01T00:00:00Z", "notes": nil}})
+				"created_at": "2024-01-01T00:00:00Z", "notes": nil})})
 			if len(batch) == cap(batch) || i == n {
 				if err := x.WriteOutbox(batch, nil); err != nil {
 					b.Fatal(err)

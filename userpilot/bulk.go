@@ -63,19 +63,21 @@ func (c *Client) BulkIdentifyCompanies(ctx context.Context, cos []Company) (Job,
 	if len(cos) > MaxBulkRecords {
 		return Job{}, fmt.Errorf("%s: %w", op, ErrTooLarge)
 	}
-	payload := struct {
-		Companies []Company `json:"companies"`
-	}{Companies: make([]Company, len(cos))}
+	size := len(`{"companies":[]}`)
 	for i, co := range cos {
 		if co.CompanyID == "" {
 			return Job{}, fmt.Errorf("%s: record %d: %w", op, i, &RejectedError{Body: "company_id is empty"})
 		}
-		payload.Companies[i] = withMetadata(co)
+		size += co.JSONSize() + 1
 	}
-	body, err := encodeJSON(payload)
-	if err != nil {
-		return Job{}, fmt.Errorf("%s: %w", op, &RejectedError{Body: "metadata cannot be encoded as JSON: " + err.Error()})
+	body := append(make([]byte, 0, size), `{"companies":[`...)
+	for i, co := range cos {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = co.AppendJSON(body)
 	}
+	body = append(body, "]}"...)
 	resp, err := c.do(ctx, call{
 		op:               op,
 		logAttrs:         []any{"companies", len(cos)},

@@ -80,9 +80,9 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-var globex = userpilot.Company{CompanyID: "4711", Metadata: map[string]any{
+var globex = userpilot.Company{CompanyID: "4711", Metadata: userpilottest.Metadata(map[string]any{
 	"name": "Globex", "seats": json.Number("42"), "trial": false, "churned_at": nil,
-}}
+})}
 
 func TestIdentifySendsDocumentedHeadersAndBody(t *testing.T) {
 	t.Parallel()
@@ -124,7 +124,7 @@ func TestIdentifySendsEmptyObjectForNilOrEmptyMetadata(t *testing.T) {
 	ctx := testContext(t, 3*time.Second)
 	// The stand-in answers 400 to "metadata": null, as Userpilot documents an object.
 	require.NoError(t, c.IdentifyCompany(ctx, userpilot.Company{CompanyID: "a"}))
-	require.NoError(t, c.IdentifyCompany(ctx, userpilot.Company{CompanyID: "b", Metadata: map[string]any{}}))
+	require.NoError(t, c.IdentifyCompany(ctx, userpilot.Company{CompanyID: "b", Metadata: userpilottest.Metadata(map[string]any{})}))
 	assert.Equal(t, 2, s.Accepted())
 }
 
@@ -428,7 +428,7 @@ func TestNewValidatesOptionsWithoutEchoingKey(t *testing.T) {
 func bulkCompanies(n int) []userpilot.Company {
 	cos := make([]userpilot.Company, n)
 	for i := range cos {
-		cos[i] = userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: map[string]any{"plan": "pro"}}
+		cos[i] = userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: userpilottest.Metadata(map[string]any{"plan": "pro"})}
 	}
 	return cos
 }

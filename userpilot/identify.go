@@ -10,14 +10,6 @@ import (
 	"github.com/pgpilot/pgpilot/internal/failpoint"
 )
 
-// Company is one identify-company payload.
-type Company struct {
-	CompanyID string `json:"company_id"`
-	// Metadata holds primitive values only: nil (clears the key in
-	// Userpilot), bool, string, json.Number or any other JSON number.
-	Metadata map[string]any `json:"metadata"`
-}
-
 // IdentifyCompany sends co to Userpilot's real-time identify endpoint and
 // returns nil once Userpilot accepted it (any 2xx). A *RejectedError means
 // the record itself is invalid and must be set aside. Every other failure
@@ -28,10 +20,7 @@ func (c *Client) IdentifyCompany(ctx context.Context, co Company) error {
 	if co.CompanyID == "" {
 		return fmt.Errorf("%s: %w", op, &RejectedError{Body: "company_id is empty"})
 	}
-	body, err := encodeJSON(withMetadata(co))
-	if err != nil {
-		return fmt.Errorf("%s: %w", op, &RejectedError{Body: "metadata cannot be encoded as JSON: " + err.Error()})
-	}
+	body := co.AppendJSON(make([]byte, 0, co.JSONSize()))
 	resp, err := c.do(ctx, call{
 		op:       op,
 		logAttrs: []any{"company_id", co.CompanyID},
@@ -50,15 +39,6 @@ func (c *Client) IdentifyCompany(ctx context.Context, co Company) error {
 	// more than sending it again.
 	failpoint.Hit(failpoint.IdentifyAccepted, co.CompanyID)
 	return nil
-}
-
-// withMetadata returns co with an empty metadata object where it had none:
-// Userpilot expects an object, never null.
-func withMetadata(co Company) Company {
-	if co.Metadata == nil {
-		co.Metadata = map[string]any{}
-	}
-	return co
 }
 
 // encodeJSON marshals v without HTML escaping, so names like "R&D <EU>"

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // apiError is an answer in Userpilot's only documented error shape:
@@ -211,4 +213,15 @@ func decodeDelete(data []byte) ([]string, *apiError) {
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// Metadata encodes plain values as a company's metadata, as the mapping
+// would (for tests that build payloads by hand); it panics on a value that
+// has no JSON form.
+func Metadata(values map[string]any) userpilot.Metadata {
+	md, err := userpilot.MetadataOf(values)
+	if err != nil {
+		panic(err)
+	}
+	return md
 }

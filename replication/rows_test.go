@@ -10,23 +10,24 @@ import (
 
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 )
 
 func TestQueryRowsValuesAreTheTextAndOwnTheirBytes(t *testing.T) {
 	ctx := context.Background()
 	_, conn := connect(t)
-	var rows [][]replication.Value
+	var rows [][]row.Value
 	err := replication.QueryRows(ctx, conn.PgConn(),
 		`SELECT * FROM (VALUES ('abc', NULL::text, '', 42::int, 'Ünïcødé'), ('def', 'x', 'y', -1, '')) v`,
-		func(vals []replication.Value) error {
+		func(vals []row.Value) error {
 			rows = append(rows, vals)
 			return nil
 		})
 	require.NoError(t, err)
 	require.Len(t, rows, 2)
-	assert.Equal(t, []replication.Value{{Text: []byte("abc")}, {Null: true}, {}, {Text: []byte("42")}, {Text: []byte("Ünïcødé")}}, rows[0],
+	assert.Equal(t, []row.Value{{Text: []byte("abc")}, {Null: true}, {}, {Text: []byte("42")}, {Text: []byte("Ünïcødé")}}, rows[0],
 		"NULL is Null; an empty text is nil, not NULL")
-	assert.Equal(t, []replication.Value{{Text: []byte("def")}, {Text: []byte("x")}, {Text: []byte("y")}, {Text: []byte("-1")}, {}}, rows[1],
+	assert.Equal(t, []row.Value{{Text: []byte("def")}, {Text: []byte("x")}, {Text: []byte("y")}, {Text: []byte("-1")}, {}}, rows[1],
 		"a later row does not overwrite an earlier one")
 
 	_ = append(rows[1][1].Text, "ZZZ"...) // a consumer appending to one value
@@ -60,7 +61,7 @@ func BenchmarkQueryRows(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		n := 0
-		if err := replication.QueryRows(ctx, conn.PgConn(), query, func([]replication.Value) error { n++; return nil }); err != nil {
+		if err := replication.QueryRows(ctx, conn.PgConn(), query, func([]row.Value) error { n++; return nil }); err != nil {
 			b.Fatal(err)
 		}
 		if n != rows {

@@ -1,0 +1,59 @@
+package userpilot_test
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/userpilot"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+// The bulk path sizes a job from JSONSize without writing the records, so
+// it must be the body's length exactly, whatever the text escapes to.
+func TestJSONSizeIsTheLengthOfTheBody(t *testing.T) {
+	for _, co := range []userpilot.Company{
+		{CompanyID: "4711", Metadata: userpilottest.Metadata(map[string]any{"name": "Globex", "plan": "pro", "seats": json.Number("42"),
+			"trial": false, "signed_up_at": "2024-03-01T09:30:00Z", "notes": nil})},
+		{CompanyID: `Quote "Co"`, Metadata: userpilottest.Metadata(map[string]any{"name": "R&D <EU>", "tabs": "Tab\tNewline\nCo\x00"})},
+		{CompanyID: "7", Metadata: userpilottest.Metadata(map[string]any{"ünï": "Ünïcødé GmbH 株式会社テスト Emoji 🚀", "sep": "a\u2028b\u2029c"})},
+		{CompanyID: "8", Metadata: userpilottest.Metadata(map[string]any{"bad utf-8": "\xff\xfe\xfd", "int": 42, "float": 1.5, "big": 1e300})},
+		{CompanyID: "9", Metadata: userpilottest.Metadata(map[string]any{})},
+		{CompanyID: "10"},
+	} {
+		body := co.AppendJSON(nil)
+		assert.Equal(t, len(body), co.JSONSize(), "%s", body)
+		var decoded struct {
+			CompanyID string         `json:"company_id"`
+			Metadata  map[string]any `json:"metadata"`
+		}
+		require.NoError(t, json.Unmarshal(body, &decoded), "%s", body)
+		assert.Equal(t, co.CompanyID, decoded.CompanyID)
+		assert.NotNil(t, decoded.Metadata, "metadata is an object, never null: %s", body)
+	}
+}
+
+// The body carries each value as json.Marshal writes it: the same bytes
+// the no-op index fingerprints.
+func TestEncodeWritesWhatJSONMarshalWrites(t *testing.T) {
+	for _, v := range []any{nil, true, false, "", "Globex", "R&D <EU>", `Quote "Co"`, "Tab\tNewline\nCo", "\x7f", "Ünïcødé",
+		"\xff\xfe", "a\u2028b", json.Number("0"), json.Number("42"), json.Number("-7"), json.Number("1523447.0400000000"),
+		json.Number("1e5"), 42, 1.5, int64(-3)} {
+		want, err := json.Marshal(v)
+		require.NoError(t, err)
+		got, err := userpilot.Encode(v)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), string(got), "%#v", v)
+	}
+}
+
+// A value with no JSON form never becomes metadata: it is refused where
+// it is encoded (the mapping sets such a row aside), not in a job's body.
+func TestEncodeRefusesAValueWithoutJSONForm(t *testing.T) {
+	_, err := userpilot.Encode(make(chan int))
+	assert.Error(t, err)
+	_, err = userpilot.MetadataOf(map[string]any{"x": make(chan int)})
+	assert.ErrorContains(t, err, `metadata "x"`)
+}
