@@ -88,8 +88,10 @@ func Run(ctx context.Context, opts Options) error {
 		opts.ReconnectMax = 30 * time.Second
 	}
 	cfg := opts.Config
+	// Each log line says which part of pgpilot wrote it.
+	stateLog := opts.Logger.With("subsystem", "state")
 	if opts.Metrics == nil {
-		opts.Metrics = metrics.New(metrics.Options{Logger: opts.Logger, Slot: cfg.Postgres.Slot,
+		opts.Metrics = metrics.New(metrics.Options{Logger: opts.Logger.With("subsystem", "http"), Slot: cfg.Postgres.Slot,
 			UnreadyAfter: cfg.HTTP.UnreadyAfter, WarnRetainedWAL: cfg.Delivery.WarnRetainedWAL})
 	}
 	if cfg.HTTP.Listen != "" { // before the lock: a standby answers /healthz too
@@ -104,7 +106,7 @@ func Run(ctx context.Context, opts Options) error {
 	// the moment it dies. The lock, and the slot, ensure only one streams.
 	dir, err := state.OpenWait(ctx, cfg.State.Dir, func(holder string) {
 		opts.Metrics.StandingBy(holder)
-		opts.Logger.Info("standing by: another pgpilot holds the state directory; taking over when it stops",
+		stateLog.Info("standing by: another pgpilot holds the state directory; taking over when it stops",
 			"state_dir", cfg.State.Dir, "holder_pid", holder)
 	})
 	if err != nil {
@@ -114,7 +116,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer dir.Close()
-	opts.Logger.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
+	stateLog.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
 
 	uo := opts.Userpilot
 	uo.Endpoint, uo.APIKey, uo.RateLimit = cfg.Userpilot.Endpoint, cfg.Userpilot.APIKey, cfg.Userpilot.RateLimit
@@ -122,7 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 		uo.Concurrency = workersFor(cfg.Userpilot.RateLimit)
 	}
 	if uo.Logger == nil {
-		uo.Logger = opts.Logger
+		uo.Logger = opts.Logger.With("subsystem", "userpilot")
 	}
 	client, err := userpilot.New(uo)
 	if err != nil {
@@ -136,7 +138,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer store.Close()
 
-	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: opts.Logger}
+	streamLog := opts.Logger.With("subsystem", "stream")
+	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
+		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger}
 	backoff := time.Second
 	for {
 		started := time.Now()
@@ -170,11 +174,11 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		if isStateDiskProblem(err) {
 			// Reconnecting to Postgres will not cure this; the operator must.
-			opts.Logger.Error("cannot write the state directory: free space on it or make it writable (state.dir); "+
+			stateLog.Error("cannot write the state directory: free space on it or make it writable (state.dir); "+
 				"until then nothing is checkpointed or confirmed to Postgres, and nothing is lost",
 				"state_dir", dir.Path(), "error", err, "retry_in", wait.Round(time.Millisecond).String())
 		} else {
-			opts.Logger.Warn("replication session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond).String())
+			streamLog.Warn("replication session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond).String())
 		}
 		select {
 		case <-ctx.Done():

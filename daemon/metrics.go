@@ -15,8 +15,6 @@ import (
 // readRecorder tells metrics what delivery takes in (delivery.Recorder).
 type readRecorder struct{ m *metrics.Metrics }
 
-var _ delivery.Recorder = readRecorder{}
-
 // Took counts txn: a chunk's rows, or a transaction's changes by operation
 // and its commit time for the lag.
 func (r readRecorder) Took(txn row.Transaction) {

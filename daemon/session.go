@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -30,7 +31,10 @@ type session struct {
 	dir    *state.Dir
 	store  *state.Store
 	sender delivery.Sender
-	log    *slog.Logger
+	// Each log line says which part of pgpilot wrote it: log is the
+	// stream's (the session's own lines), snapLog the snapshot's.
+	log, snapLog *slog.Logger
+	base         *slog.Logger // without a subsystem, for the stages'
 
 	// confirmed is the durable checkpoint: the only position ever reported
 	// to Postgres.
@@ -53,82 +57,115 @@ type start struct {
 	job *state.Snapshot
 }
 
+// source is what a session found in Postgres before streaming: the
+// connections, the server, and the table as the mapping and the snapshot
+// read it.
+type source struct {
+	sqlConn  *pgx.Conn
+	rconn    *pgconn.PgConn
+	srv      replication.Server
+	sys      pglogrepl.IdentifySystemResult
+	table    row.Table
+	key      []string     // the columns a snapshot pages by
+	readCols []row.Column // what a snapshot reads: the mapped columns and the key
+}
+
+func (src *source) close() {
+	if src.rconn != nil {
+		src.rconn.Close(context.Background())
+	}
+	if src.sqlConn != nil {
+		src.sqlConn.Close(context.Background())
+	}
+}
+
+// run is one replication session: set up, wire the stages, run them until
+// the stream ends, and say what the end means.
 func (s *session) run(ctx context.Context) error {
-	cfg := s.cfg
 	m := s.opts.Metrics // nil-safe
 	m.SessionStarted()
 	defer m.SessionEnded()
-	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
-	sqlConn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	src, err := s.connect(ctx)
+	defer src.close()
 	if err != nil {
 		return err
 	}
-	defer sqlConn.Close(context.Background())
-
-	srv, err := replication.ReadServer(ctx, sqlConn)
-	if err != nil {
-		return err
-	}
-	if err := srv.CheckServer(); err != nil {
-		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-	}
-	cols, err := replication.TableColumns(ctx, sqlConn, table)
-	if err != nil {
-		if errors.Is(err, replication.ErrTableMissing) {
-			return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-		}
-		return err
-	}
-	if _, err := mapping.Compile(cfg.Companies, table.String(), cols); err != nil {
-		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-	}
-	key, err := replication.KeyColumns(ctx, sqlConn, table)
-	if err != nil {
-		if errors.Is(err, replication.ErrNoKey) {
-			return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-		}
-		return err
-	}
-	// A snapshot reads the mapped columns and the key it pages by.
-	readCols := replication.PickColumns(cols, append(cfg.Companies.Columns(), key...))
-
-	rconn, err := replication.ConnectReplication(ctx, cfg.Postgres.URL)
-	if err != nil {
-		return err
-	}
-	defer rconn.Close(context.Background())
-	sys, err := pglogrepl.IdentifySystem(ctx, rconn)
-	if err != nil {
-		return fmt.Errorf("identify system: %w", err)
-	}
-	if _, err := replication.EnsurePublication(ctx, sqlConn, cfg.Postgres.Publication, table, srv); err != nil {
-		return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-	}
-
-	st, err := s.prepare(ctx, sqlConn, rconn, sys, srv)
-	if err != nil {
-		return err
-	}
-	// The stage reads no further while the pipeline holds a backlog (the
-	// pipeline is made below, before the stage runs).
-	var pipe *delivery.Pipeline
-	stage, err := snapshot.New(snapshot.Options{URL: cfg.Postgres.URL, Start: st.lsn, Table: table, Columns: readCols, Key: key,
-		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
-		Backlog: func() int64 { return pipe.Stats().Pending.Load() }, Logger: s.log})
+	st, err := s.prepare(ctx, src.sqlConn, src.rconn, src.sys, src.srv)
 	if err != nil {
 		return err
 	}
 	s.confirmed.Store(uint64(st.lsn))
 	m.Checkpointed(st.lsn)
 	m.SnapshotProgress(snapshotJob(st.job))
-	if st.job != nil {
-		if err := stage.Start(ctx, *st.job); err != nil {
-			return err
-		}
-	}
+	pipeErr, streamErr := s.stream(ctx, src, st)
 
-	// Delivery keeps running after a stop signal, for ShutdownGrace, so
-	// what was read is delivered and checkpointed before exit.
+	if !src.rconn.IsClosed() {
+		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := replication.SendFinalStatus(fctx, src.rconn, pglogrepl.LSN(s.confirmed.Load())); err != nil {
+			s.log.Debug("final status update not sent", "error", err)
+		}
+		cancel()
+	}
+	return s.classify(ctx, pipeErr, streamErr)
+}
+
+// connect opens the session's connections and checks what it streams from:
+// the server, the table, the mapping against the table's columns, the key
+// and the publication. A problem the operator must fix is permanent.
+func (s *session) connect(ctx context.Context) (*source, error) {
+	cfg := s.cfg
+	src := &source{table: row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}}
+	var err error
+	if src.sqlConn, err = replication.ConnectSQL(ctx, cfg.Postgres.URL); err != nil {
+		return src, err
+	}
+	if src.srv, err = replication.ReadServer(ctx, src.sqlConn); err != nil {
+		return src, err
+	}
+	if err := src.srv.CheckServer(); err != nil {
+		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	cols, err := replication.TableColumns(ctx, src.sqlConn, src.table)
+	if err != nil {
+		if errors.Is(err, replication.ErrTableMissing) {
+			return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return src, err
+	}
+	// Checked here, before anything streams, so a mapping that does not
+	// fit the table stops pgpilot at once (exit 2); delivery compiles it
+	// for each description of the table it meets.
+	if _, err := mapping.Compile(cfg.Companies, src.table.String(), cols); err != nil {
+		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	if src.key, err = replication.KeyColumns(ctx, src.sqlConn, src.table); err != nil {
+		if errors.Is(err, replication.ErrNoKey) {
+			return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return src, err
+	}
+	src.readCols = replication.PickColumns(cols, append(cfg.Companies.Columns(), src.key...))
+	if src.rconn, err = replication.ConnectReplication(ctx, cfg.Postgres.URL); err != nil {
+		return src, err
+	}
+	if src.sys, err = pglogrepl.IdentifySystem(ctx, src.rconn); err != nil {
+		return src, fmt.Errorf("identify system: %w", err)
+	}
+	if _, err := replication.EnsurePublication(ctx, src.sqlConn, cfg.Postgres.Publication, src.table, src.srv); err != nil {
+		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	return src, nil
+}
+
+// stream runs the stages, each owned by one errgroup, until the stream
+// ends: the stream (Postgres in) → the snapshot stage (chunks put in their
+// place) → delivery, with the retained-WAL monitor and the re-sync watcher
+// beside them. Reading stops when the context is done or a stage fails;
+// delivery goes on, after a stop signal, for ShutdownGrace, so what was
+// read is delivered and checkpointed before exit. It returns delivery's
+// error and the stream's (or the snapshot stage's) error.
+func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, streamErr error) {
+	cfg := s.cfg
 	produceCtx, stopProducing := context.WithCancel(ctx)
 	defer stopProducing()
 	deliverCtx, stopDelivering := context.WithCancel(context.WithoutCancel(ctx))
@@ -142,96 +179,90 @@ func (s *session) run(ctx context.Context) error {
 	// connections are not shared between goroutines): above
 	// delivery.max_retained_wal the pipeline switches to its outbox.
 	var retained atomic.Int64
-	monitorCtx, stopMonitor := context.WithCancel(ctx)
-	monitorDone := make(chan struct{})
-	go func() {
-		defer close(monitorDone)
-		s.monitorRetainedWAL(monitorCtx, &retained)
-	}()
-	defer func() {
-		stopMonitor()
-		<-monitorDone
-	}()
+	do, err := s.deliveryOptions(st.lsn, retained.Load)
+	if err != nil {
+		return nil, err
+	}
+	pipe := delivery.New(do)
+	s.opts.Metrics.AttachPipeline(deliveryCounts(pipe.Stats()))
+	// The stage reads no further while the pipeline holds a backlog.
+	stage, err := snapshot.New(snapshot.Options{URL: cfg.Postgres.URL, Start: st.lsn, Table: src.table, Columns: src.readCols, Key: src.key,
+		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
+		Backlog: func() int64 { return pipe.Stats().Pending.Load() }, Logger: s.snapLog})
+	if err != nil {
+		return nil, err
+	}
+	if st.job != nil {
+		if err := stage.Start(ctx, *st.job); err != nil {
+			return nil, err
+		}
+	}
 
-	do := s.opts.Delivery
-	do.Companies, do.Sender, do.DeadLetters, do.Index = cfg.Companies, s.sender, s.dir, s.store
-	do.Outbox, do.RetainedWAL, do.Status = s.store, retained.Load, s.writeStatus
-	if do.MaxRetainedWAL == 0 {
-		do.MaxRetainedWAL = cfg.Delivery.MaxRetainedWAL
-	}
-	if do.OutboxAfter == 0 {
-		do.OutboxAfter = cfg.Delivery.OutboxAfter
-	}
-	do.Checkpoint, do.Checkpointed = s.checkpointer(), st.lsn
-	do.Recorder = readRecorder{m}
-	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.log
-	do.BulkRate = cfg.Userpilot.BulkRate
-	do.OnDelete = cfg.Companies.OnDelete
-	if do.DeleteMark, err = userpilot.MetadataOf(cfg.Companies.OnDeleteMetadata); err != nil {
-		return permanent(fmt.Errorf("%w: companies.on_delete_metadata: %w", ErrConfig, err))
-	}
-	if do.BulkRate == 0 {
-		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
-	}
-	pipe = delivery.New(do)
-	m.AttachPipeline(deliveryCounts(pipe.Stats()))
+	var g errgroup.Group // owns every goroutine of the session: none outlives it
+	defer g.Wait()
+	// The monitor measures for as long as delivery runs (it decides the
+	// outbox mode, and metrics show the lag while a backlog drains).
+	monitorCtx, stopMonitor := context.WithCancel(ctx)
+	defer stopMonitor()
+	g.Go(func() error {
+		s.monitorRetainedWAL(monitorCtx, &retained)
+		return nil
+	})
+	// Re-sync requests (`pgpilot resync`) and the snapshot's progress, for
+	// as long as the stream runs.
+	resyncCtx, stopResync := context.WithCancel(produceCtx)
+	defer stopResync()
+	g.Go(func() error {
+		s.watchSnapshots(resyncCtx, stage, src.table)
+		return nil
+	})
 	in := make(chan row.Transaction, 16)
 	// The snapshot's stage puts its chunks between the stream's
 	// transactions (see package snapshot).
 	staged := make(chan row.Transaction, 16)
-	stageDone := make(chan error, 1)
-	go func() {
-		err := stage.Run(produceCtx, in, staged)
-		close(staged)
-		if err != nil && produceCtx.Err() == nil {
+	var stageErr error
+	g.Go(func() error {
+		defer close(staged)
+		stageErr = stage.Run(produceCtx, in, staged)
+		if stageErr != nil && produceCtx.Err() == nil {
 			stopProducing() // the snapshot failed: stop reading too, and start over
 		}
-		stageDone <- err
-	}()
-	pipeDone := make(chan error, 1)
-	go func() {
-		err := pipe.Run(deliverCtx, staged)
-		stopProducing() // delivery failed: stop reading too
-		pipeDone <- err
-	}()
+		return nil
+	})
+	g.Go(func() error {
+		pipeErr = pipe.Run(deliverCtx, staged)
+		stopProducing() // delivery ended: stop reading too
+		stopMonitor()
+		return nil
+	})
 
-	// Re-sync requests (`pgpilot resync`) and the snapshot's progress.
-	resyncCtx, stopResync := context.WithCancel(produceCtx)
-	resyncDone := make(chan struct{})
-	go func() {
-		defer close(resyncDone)
-		s.watchSnapshots(resyncCtx, stage, table)
-	}()
-
-	m.Streaming()
-	prodErr := replication.Stream(produceCtx, rconn, replication.StreamOptions{
+	s.opts.Metrics.Streaming()
+	streamErr = replication.Stream(produceCtx, src.rconn, replication.StreamOptions{
 		Slot:           cfg.Postgres.Slot,
 		Publication:    cfg.Postgres.Publication,
-		Table:          table,
+		Table:          src.table,
 		Start:          st.lsn,
 		Confirmed:      func() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) },
-		Types:          replication.NewTypeResolver(sqlConn),
-		StatusInterval: srv.StatusInterval(),
+		Types:          replication.NewTypeResolver(src.sqlConn),
+		StatusInterval: src.srv.StatusInterval(),
 		WantPosition:   stage.WantPosition,
 		Logger:         s.log,
 	}, in)
+	// The shutdown order: the re-sync watcher first (it uses the SQL
+	// connection and starts snapshot jobs), then the input closes, so the
+	// stage passes what it holds and delivery drains it.
 	stopResync()
-	<-resyncDone
 	close(in)
-	stageErr := <-stageDone
-	pipeErr := <-pipeDone
-	if prodErr == nil || (errors.Is(prodErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
-		prodErr = stageErr
+	g.Wait()
+	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
+		streamErr = stageErr
 	}
+	return pipeErr, streamErr
+}
 
-	if !rconn.IsClosed() {
-		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := replication.SendFinalStatus(fctx, rconn, pglogrepl.LSN(s.confirmed.Load())); err != nil {
-			s.log.Debug("final status update not sent", "error", err)
-		}
-		cancel()
-	}
-
+// classify says what a session's end means: a clean stop, a configuration
+// problem (permanent), or a failure to reconnect after.
+func (s *session) classify(ctx context.Context, pipeErr, streamErr error) error {
 	if ctx.Err() != nil { // asked to stop
 		if pipeErr != nil && !errors.Is(pipeErr, context.Canceled) {
 			return pipeErr
@@ -249,10 +280,39 @@ func (s *session) run(ctx context.Context) error {
 	if pipeErr != nil {
 		return pipeErr
 	}
-	if replication.IsSlotActive(prodErr) {
-		s.log.Info("the slot is in use by another process; standing by", "slot", cfg.Postgres.Slot)
+	if replication.IsSlotActive(streamErr) {
+		s.log.Info("the slot is in use by another process; standing by", "slot", s.cfg.Postgres.Slot)
 	}
-	return prodErr
+	return streamErr
+}
+
+// deliveryOptions turns the config into the pipeline's options: what the
+// config sets, what the daemon's caller overrides (tests), and the
+// session's checkpoint, store and metrics.
+func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() int64) (delivery.Options, error) {
+	cfg := s.cfg
+	do := s.opts.Delivery
+	do.Companies, do.Sender, do.DeadLetters, do.Index = cfg.Companies, s.sender, s.dir, s.store
+	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
+	if do.MaxRetainedWAL == 0 {
+		do.MaxRetainedWAL = cfg.Delivery.MaxRetainedWAL
+	}
+	if do.OutboxAfter == 0 {
+		do.OutboxAfter = cfg.Delivery.OutboxAfter
+	}
+	do.Checkpoint, do.Checkpointed = s.checkpointer(), checkpointed
+	do.Recorder = readRecorder{s.opts.Metrics}
+	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.base.With("subsystem", "delivery")
+	do.BulkRate = cfg.Userpilot.BulkRate
+	do.OnDelete = cfg.Companies.OnDelete
+	var err error
+	if do.DeleteMark, err = userpilot.MetadataOf(cfg.Companies.OnDeleteMetadata); err != nil {
+		return do, permanent(fmt.Errorf("%w: companies.on_delete_metadata: %w", ErrConfig, err))
+	}
+	if do.BulkRate == 0 {
+		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
+	}
+	return do, nil
 }
 
 // monitorRetainedWAL keeps retained up to date until ctx is done. A failed
@@ -324,7 +384,7 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 			return err
 		}
 		if finished {
-			s.log.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
+			s.snapLog.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
 				"duration", time.Since(s.cp.Snapshot.Began).Round(time.Second).String())
 		}
 		s.cp = cp

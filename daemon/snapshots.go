@@ -39,7 +39,7 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 		if job == nil && !stage.Busy() && time.Since(lastPoll) >= time.Second {
 			lastPoll = time.Now()
 			if err := s.takeResync(ctx, stage, table); err != nil {
-				s.log.Error("re-sync request not started", "error", err)
+				s.snapLog.Error("re-sync request not started", "error", err)
 			}
 			continue
 		}
@@ -56,7 +56,7 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 		}
 		if time.Since(lastLog) >= progressLogEvery {
 			lastLog = time.Now()
-			s.log.Info("snapshot progress", p.attrs()...)
+			s.snapLog.Info("snapshot progress", p.attrs()...)
 		}
 	}
 }
@@ -78,7 +78,7 @@ func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table r
 	if err := s.dir.TakeResync(); err != nil {
 		return err
 	}
-	s.log.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
+	s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
 		"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
 	return stage.Start(ctx, job)
 }

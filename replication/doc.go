@@ -1,7 +1,9 @@
 // Package replication reads the mapped table out of Postgres: it owns the
-// connection in replication mode, the publication and the logical slot, the
-// initial snapshot taken in the slot's exported snapshot, and the stream loop
-// that decodes pgoutput into Transactions of row Changes.
+// connections (replication mode and SQL), the publication and the logical
+// slot, the catalog look-ups (columns, types, key, replica identity), the
+// chunk reads a snapshot is made of (keyset pages, each with its MVCC
+// snapshot and the WAL position after it), and the stream loop that decodes
+// pgoutput into row.Transactions of row.Changes.
 //
 // It knows nothing of Userpilot. It never confirms to Postgres a position it
 // was not given: the caller says, through StreamOptions.Confirmed, what has

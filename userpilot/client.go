@@ -1,7 +1,7 @@
 // Package userpilot is pgpilot's client for Userpilot's HTTP API: real-time
 // and bulk identify of companies, background job status, with the retries,
 // rate limiting and back-off that Userpilot's published limits ask for
-// (see userpilot-api.md). It knows nothing of Postgres.
+// (see docs/design.md, "Userpilot's API"). It knows nothing of Postgres.
 //
 // The client never gives up on a transient failure: a record is either
 // accepted (2xx), rejected as invalid (*RejectedError, to be set aside), or
@@ -82,7 +82,7 @@ type Options struct {
 	// MinBackoff is the first retry delay for transient failures; 0 means 500ms.
 	MinBackoff time.Duration
 	// MaxBackoff caps retry delays (except for a refused key, capped at 60s,
-	// and a Retry-After header, capped at 10 minutes); 0 means 30s.
+	// and a Retry-After header, capped at 10 minutes); 0 means 10s.
 	MaxBackoff time.Duration
 	// Logger receives retry warnings and key errors; nil means slog.Default().
 	Logger *slog.Logger

@@ -1,5 +1,5 @@
 // Package userpilottest provides a stand-in Userpilot server that enforces the
-// published API contract (userpilot-api.md) as strictly as Userpilot's own
+// published API contract (docs/design.md, "Userpilot's API") as strictly as Userpilot's own
 // documentation, for tests and demos that cannot reach Userpilot. It plays
 // the role net/http/httptest plays for net/http: real HTTP over loopback,
 // with profiles you can inspect and faults you can inject.
