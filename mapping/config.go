@@ -1,11 +1,12 @@
 package mapping
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
 // Defaults for the keys that may be left out of the file.
@@ -158,16 +159,20 @@ const (
 )
 
 // ConfigError is one problem in the configuration file, with the line and
-// the dotted key to edit. Msg says what is wrong and how to fix it. Compile
-// reports its problems as ConfigErrors too, keyed by metadata key.
+// the dotted key to edit. Msg says what is wrong, Fix what to do about it
+// ("" when Msg says it all). Compile reports its problems as ConfigErrors
+// too, keyed by metadata key.
 type ConfigError struct {
 	File string
 	Line int
 	Key  string
 	Msg  string
+	Fix  string
 }
 
-// Error formats the problem as FILE:LINE: KEY: MSG, leaving out what is unknown.
+// Error formats the problem as FILE:LINE: KEY: MSG, leaving out what is
+// unknown. The fix is not part of it: a list of problems (ConfigErrors)
+// prints each fix on a line of its own.
 func (e *ConfigError) Error() string {
 	var b strings.Builder
 	switch {
@@ -185,41 +190,60 @@ func (e *ConfigError) Error() string {
 	return b.String()
 }
 
+// ConfigErrors is every problem found in one configuration file, in line
+// order: what Parse and Load return when the file is bad.
+type ConfigErrors []*ConfigError
+
+// Error prints one problem a line, each followed by its fix, indented, on a
+// line of its own:
+//
+//	p.yaml:3: postgres.slot: "PgPilot-1" is not a valid replication slot name
+//	  fix: use 1 to 63 lower-case letters, digits and underscores, e.g. slot: pgpilot
+func (es ConfigErrors) Error() string {
+	var b strings.Builder
+	for i, e := range es {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.Error())
+		if e.Fix != "" {
+			b.WriteString("\n  fix: " + e.Fix)
+		}
+	}
+	return b.String()
+}
+
+// Unwrap returns the problems, so that errors.As finds each *ConfigError.
+func (es ConfigErrors) Unwrap() []error {
+	errs := make([]error, len(es))
+	for i, e := range es {
+		errs[i] = e
+	}
+	return errs
+}
+
 // Load reads and validates the configuration file at path, taking ${VAR}
 // values from the process environment.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config file: %w; fix: pass --config with the path of your mapping file (mapping.example.yaml shows its shape)", err)
+		return nil, fix.With(fmt.Errorf("read config file: %w", err),
+			"pass --config with the path of your mapping file (mapping.example.yaml shows its shape)")
 	}
 	cfg, err := Parse(path, data, os.LookupEnv)
 	if err != nil {
 		return nil, err
 	}
-	if f := cfg.Userpilot.APIKeyFile; f != "" {
-		key, err := os.ReadFile(f)
-		switch {
-		case err != nil:
-			return nil, &ConfigError{File: path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
-				Msg: fmt.Sprintf("cannot read %s (%v); fix: point it at the file holding the key", f, errors.Unwrap(err))}
-		case strings.TrimSpace(string(key)) == "":
-			return nil, &ConfigError{File: path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
-				Msg: fmt.Sprintf("%s is empty; fix: put the Userpilot API key in it", f)}
-		}
-		// Secret files often end in a newline.
-		cfg.Userpilot.APIKey = strings.TrimSpace(string(key))
+	if err := readAPIKeyFile(cfg); err != nil {
+		return nil, ConfigErrors{err}
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 && len(cfg.literalSecrets) > 0 {
-		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s is readable by every user on this machine and holds %s written in it; "+
-			"fix: chmod 600 %s, or take the secret from an environment variable (${VAR}) or api_key_file",
-			path, strings.Join(cfg.literalSecrets, " and "), path))
-	}
+	warnLiteralSecrets(cfg)
 	return cfg, nil
 }
 
 // Parse validates the configuration in data, which was read from path (used
 // in messages and to resolve a relative state.dir). lookupEnv resolves ${VAR}
-// references. All problems are returned together, each a *ConfigError.
+// references. All problems are returned together, as ConfigErrors.
 func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
 	p := &parser{file: path, lookupEnv: lookupEnv}
 	cfg := p.parse(data)

@@ -17,9 +17,9 @@ var (
 func (p *parser) companies(s section) Companies {
 	c := Companies{File: p.file}
 	if v, ok := p.required(s, "table", "write table: public.companies (the table to mirror)"); ok {
-		schema, name, msg := parseTable(v.text)
-		if msg != "" {
-			p.fail(v.line, s.keyOf("table"), "%s %s", v.show(), msg)
+		schema, name, pr := parseTable(v.text)
+		if pr.msg != "" {
+			p.fail(v.line, s.keyOf("table"), v.show()+" "+pr.msg, pr.fix)
 		}
 		c.Table, c.Schema, c.Name = v.text, schema, name
 	}
@@ -33,30 +33,30 @@ func (p *parser) companies(s section) Companies {
 
 // parseTable splits `name` or `schema.name`, folding unquoted parts to lower
 // case and unquoting "quoted" parts as Postgres does.
-func parseTable(s string) (schema, name, msg string) {
-	const fix = `fix: write name or schema.name; quote parts that have capitals or other characters, e.g. table: '"My Schema"."Companies"'`
+func parseTable(s string) (schema, name string, pr problem) {
+	const fix = `write name or schema.name; quote parts that have capitals or other characters, e.g. table: '"My Schema"."Companies"'`
 	var parts []string
 	for i := 0; ; {
-		part, next, problem := parseIdent(s, i)
-		if problem != "" {
-			return "", "", problem + "; " + fix
+		part, next, msg := parseIdent(s, i)
+		if msg != "" {
+			return "", "", problem{msg, fix}
 		}
 		parts = append(parts, part)
 		if next == len(s) {
 			break
 		}
 		if s[next] != '.' {
-			return "", "", "is not a table name; " + fix
+			return "", "", problem{"is not a table name", fix}
 		}
 		i = next + 1
 	}
 	switch len(parts) {
 	case 1:
-		return "public", parts[0], ""
+		return "public", parts[0], problem{}
 	case 2:
-		return parts[0], parts[1], ""
+		return parts[0], parts[1], problem{}
 	default:
-		return "", "", "has more than two parts; fix: write name or schema.name (the database comes from postgres.url)"
+		return "", "", problem{"has more than two parts", "write name or schema.name (the database comes from postgres.url)"}
 	}
 }
 
@@ -121,7 +121,7 @@ func (p *parser) metadata(parent section) []Field {
 		return nil
 	}
 	if len(s.node.Content) == 0 {
-		p.fail(s.line, s.path, "has no entries; fix: %s", fix)
+		p.fail(s.line, s.path, "has no entries", fix)
 		return nil
 	}
 	var fields []Field
@@ -142,7 +142,7 @@ func (p *parser) metadata(parent section) []Field {
 func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
 	key := parent.keyOf(k.Value)
 	if k.Value == "" {
-		p.fail(k.Line, key, "a metadata key must not be empty; fix: name the key as Userpilot should show it")
+		p.fail(k.Line, key, "a metadata key must not be empty", "name the key as Userpilot should show it")
 		return Field{}, false
 	}
 	col := plainColumn(k.Value)
@@ -160,7 +160,7 @@ func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
 		c, ok := p.value(inner, "column")
 		if !ok {
 			if _, written := inner.entries["column"]; !written || c.null {
-				p.fail(c.line, inner.keyOf("column"), "missing; fix: %s", shape)
+				p.fail(c.line, inner.keyOf("column"), "missing", shape)
 			}
 			return f, false
 		}
@@ -176,12 +176,12 @@ func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
 		} else if t.text != "" {
 			f.Type = Type(t.text)
 			if !validType(f.Type) {
-				p.fail(t.line, inner.keyOf("type"), "%s is not a type; allowed: string, number, boolean, date (leave type out to let the column's Postgres type decide)", t.show())
+				p.fail(t.line, inner.keyOf("type"), t.show()+" is not a type; allowed: string, number, boolean, date (leave type out to let the column's Postgres type decide)", "")
 				return f, false
 			}
 		}
 	default:
-		p.fail(k.Line, key, "column must be a string (%s)", shape)
+		p.fail(k.Line, key, "column must be a string ("+shape+")", "")
 		return f, false
 	}
 	return f, true

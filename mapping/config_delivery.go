@@ -24,28 +24,30 @@ func (p *parser) delivery(s section) Delivery {
 	if v, ok := p.value(s, "snapshot_chunk_rows"); ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v.text))
 		if err != nil || n < 1 || n > 100_000 {
-			p.fail(v.line, s.keyOf("snapshot_chunk_rows"), "%s is not a row count from 1 to 100000; fix: write e.g. snapshot_chunk_rows: 5000", v.show())
+			p.fail(v.line, s.keyOf("snapshot_chunk_rows"), v.show()+" is not a row count from 1 to 100000", "write e.g. snapshot_chunk_rows: 5000")
 		}
 		d.SnapshotChunkRows = n
 	}
 	if v, ok := p.value(s, "max_retained_wal"); ok {
 		n, err := parseBytes(v.text)
 		if err != nil {
-			p.fail(v.line, s.keyOf("max_retained_wal"), "%s is not a size; fix: write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL", v.show())
+			p.fail(v.line, s.keyOf("max_retained_wal"), v.show()+" is not a size",
+				"write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL")
 		}
 		d.MaxRetainedWAL = n
 	}
 	if v, ok := p.value(s, "outbox_after"); ok {
 		dur, err := time.ParseDuration(strings.TrimSpace(v.text))
 		if err != nil || dur <= 0 {
-			p.fail(v.line, s.keyOf("outbox_after"), "%s is not a positive duration; fix: write e.g. outbox_after: 5m", v.show())
+			p.fail(v.line, s.keyOf("outbox_after"), v.show()+" is not a positive duration", "write e.g. outbox_after: 5m")
 		}
 		d.OutboxAfter = dur
 	}
 	if v, ok := p.value(s, "warn_retained_wal"); ok {
 		n, err := parseBytes(v.text)
 		if err != nil {
-			p.fail(v.line, s.keyOf("warn_retained_wal"), "%s is not a size; fix: write e.g. warn_retained_wal: 1GB (units B, kB, MB, GB, TB), or 0 to never warn", v.show())
+			p.fail(v.line, s.keyOf("warn_retained_wal"), v.show()+" is not a size",
+				"write e.g. warn_retained_wal: 1GB (units B, kB, MB, GB, TB), or 0 to never warn")
 		}
 		d.WarnRetainedWAL = n
 	}
@@ -57,14 +59,14 @@ func (p *parser) http(s section) HTTP {
 	h := HTTP{UnreadyAfter: DefaultUnreadyAfter}
 	if v, ok := p.value(s, "listen"); ok && v.text != "" {
 		if msg := checkListen(v.text); msg != "" {
-			p.fail(v.line, s.keyOf("listen"), "%s %s; fix: write host:port, e.g. listen: 127.0.0.1:9187 (or :9187 for every interface)", v.show(), msg)
+			p.fail(v.line, s.keyOf("listen"), v.show()+" "+msg, "write host:port, e.g. listen: 127.0.0.1:9187 (or :9187 for every interface)")
 		}
 		h.Listen = strings.TrimSpace(v.text)
 	}
 	if v, ok := p.value(s, "unready_after"); ok && v.text != "" {
 		dur, err := time.ParseDuration(strings.TrimSpace(v.text))
 		if err != nil || dur <= 0 {
-			p.fail(v.line, s.keyOf("unready_after"), "%s is not a positive duration; fix: write e.g. unready_after: 5m", v.show())
+			p.fail(v.line, s.keyOf("unready_after"), v.show()+" is not a positive duration", "write e.g. unready_after: 5m")
 		}
 		h.UnreadyAfter = dur
 	}
@@ -113,7 +115,7 @@ func (p *parser) state(s section) State {
 		return State{}
 	}
 	if strings.HasPrefix(v.text, "~") {
-		p.fail(v.line, s.keyOf("dir"), "%s starts with ~, which is not expanded; fix: write the full path, or ${HOME}/...", v.show())
+		p.fail(v.line, s.keyOf("dir"), v.show()+" starts with ~, which is not expanded", "write the full path, or ${HOME}/...")
 	}
 	return State{Dir: p.resolveDir(v.text)}
 }

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
@@ -19,8 +20,8 @@ func (p *parser) postgres(s section) Postgres {
 				p.literalSecrets = append(p.literalSecrets, "the password in postgres.url")
 			}
 		}
-		if msg := checkPostgresURL(v.text); msg != "" {
-			p.fail(v.line, s.keyOf("url"), "%s", msg)
+		if pr := checkPostgresURL(v.text); pr.msg != "" {
+			p.fail(v.line, s.keyOf("url"), pr.msg, pr.fix)
 		}
 		pg.URL = v.text
 	}
@@ -30,21 +31,23 @@ func (p *parser) postgres(s section) Postgres {
 			pg.FailoverSlot = true
 		case "false":
 		default:
-			p.fail(v.line, s.keyOf("failover_slot"), "%s is not true or false; fix: write failover_slot: true (Postgres 17+ primary) or leave it out", v.show())
+			p.fail(v.line, s.keyOf("failover_slot"), v.show()+" is not true or false", "write failover_slot: true (Postgres 17+ primary) or leave it out")
 		}
 	}
 	if v, ok := p.optional(s, "slot", DefaultSlot); ok {
 		if !slotName.MatchString(v.text) {
-			p.fail(v.line, s.keyOf("slot"), "%s is not a valid replication slot name; fix: use 1 to 63 lower-case letters, digits and underscores, e.g. slot: %s", v.show(), DefaultSlot)
+			p.fail(v.line, s.keyOf("slot"), v.show()+" is not a valid replication slot name",
+				"use 1 to 63 lower-case letters, digits and underscores, e.g. slot: "+DefaultSlot)
 		}
 		pg.Slot = v.text
 	}
 	if v, ok := p.optional(s, "publication", DefaultPublication); ok {
 		switch {
 		case len(v.text) > 63:
-			p.fail(v.line, s.keyOf("publication"), "%s is %d bytes long; Postgres names hold at most 63; fix: choose a shorter name, e.g. publication: %s", v.show(), len(v.text), DefaultPublication)
+			p.fail(v.line, s.keyOf("publication"), fmt.Sprintf("%s is %d bytes long; Postgres names hold at most 63", v.show(), len(v.text)),
+				"choose a shorter name, e.g. publication: "+DefaultPublication)
 		case strings.IndexByte(v.text, 0) >= 0:
-			p.fail(v.line, s.keyOf("publication"), "contains a NUL character; fix: choose a plain name, e.g. publication: %s", DefaultPublication)
+			p.fail(v.line, s.keyOf("publication"), "contains a NUL character", "choose a plain name, e.g. publication: "+DefaultPublication)
 		}
 		pg.Publication = v.text
 	}
@@ -56,21 +59,23 @@ var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 // checkPostgresURL validates the connection string lightly: pgx parses it
 // for real when connecting. The result never contains the string, nor the
 // parser's error, which quotes pieces of it.
-func checkPostgresURL(s string) string {
+func checkPostgresURL(s string) problem {
 	if strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://") {
 		u, err := url.Parse(s)
 		if err != nil || u.Fragment != "" {
 			// libpq URLs have no #fragment: a # there is an unencoded
 			// character in the password that cut the URL short.
-			return "is not a valid URL (value not shown: it may hold a password); fix: percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)"
+			return problem{"is not a valid URL (value not shown: it may hold a password)",
+				"percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)"}
 		}
-		return ""
+		return problem{}
 	}
 	if strings.Contains(s, "://") {
-		return "has an unsupported scheme (value not shown: it may hold a password); fix: start the URL with postgres:// or postgresql://"
+		return problem{"has an unsupported scheme (value not shown: it may hold a password)", "start the URL with postgres:// or postgresql://"}
 	}
 	if !strings.Contains(s, "=") {
-		return "is neither a libpq URL nor a key=value string (value not shown: it may hold a password); fix: write postgres://user:password@host:5432/dbname or host=... dbname=... user=..."
+		return problem{"is neither a libpq URL nor a key=value string (value not shown: it may hold a password)",
+			"write postgres://user:password@host:5432/dbname or host=... dbname=... user=..."}
 	}
-	return ""
+	return problem{}
 }

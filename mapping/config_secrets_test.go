@@ -47,60 +47,60 @@ func TestParseErrorsNeverShowSecrets(t *testing.T) {
 		name string
 		data string
 		env  map[string]string
-		want []string
+		want []problem
 	}{
 		{
 			name: "malformed URL from the environment",
 			env:  map[string]string{"DATABASE_URL": "postgres://pgpilot:p%ss#word@db/app"},
 			data: minimal,
-			want: []string{`p.yaml:2: postgres.url: is not a valid URL (value not shown: it may hold a password); fix: percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)`},
+			want: []problem{{`p.yaml:2: postgres.url: is not a valid URL (value not shown: it may hold a password)`, `percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)`}},
 		},
 		{
 			name: "URL cut short by a # in the password",
 			env:  map[string]string{"DATABASE_URL": "postgres://pgpilot:p@ss#word@db/app"},
 			data: minimal,
-			want: []string{`p.yaml:2: postgres.url: is not a valid URL (value not shown: it may hold a password); fix: percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)`},
+			want: []problem{{`p.yaml:2: postgres.url: is not a valid URL (value not shown: it may hold a password)`, `percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)`}},
 		},
 		{
 			name: "malformed URL written in the file",
 			data: replaceLine(2, "  url: postgres://pgpilot:topsecret@db:port/app"),
-			want: []string{`p.yaml:2: postgres.url: is not a valid URL (value not shown: it may hold a password); fix: percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)`},
+			want: []problem{{`p.yaml:2: postgres.url: is not a valid URL (value not shown: it may hold a password)`, `percent-encode special characters in the user name and password (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)`}},
 		},
 		{
 			name: "password with ${ in it",
 			data: replaceLine(2, "  url: postgres://u:top${secret@x}@db/app"),
-			want: []string{`p.yaml:2: postgres.url: a ${...} (value not shown: it may hold a password) is not an environment variable name; fix: write ${NAME} with letters, digits and underscores, or $${ for a literal ${`},
+			want: []problem{{`p.yaml:2: postgres.url: a ${...} (value not shown: it may hold a password) is not an environment variable name`, `write ${NAME} with letters, digits and underscores, or $${ for a literal ${`}},
 		},
 		{
 			name: "URL with a foreign scheme",
 			data: replaceLine(2, "  url: mysql://root:topsecret@db/app"),
-			want: []string{`p.yaml:2: postgres.url: has an unsupported scheme (value not shown: it may hold a password); fix: start the URL with postgres:// or postgresql://`},
+			want: []problem{{`p.yaml:2: postgres.url: has an unsupported scheme (value not shown: it may hold a password)`, `start the URL with postgres:// or postgresql://`}},
 		},
 		{
 			name: "URL that is no connection string",
 			data: replaceLine(2, "  url: topsecret"),
-			want: []string{`p.yaml:2: postgres.url: is neither a libpq URL nor a key=value string (value not shown: it may hold a password); fix: write postgres://user:password@host:5432/dbname or host=... dbname=... user=...`},
+			want: []problem{{`p.yaml:2: postgres.url: is neither a libpq URL nor a key=value string (value not shown: it may hold a password)`, `write postgres://user:password@host:5432/dbname or host=... dbname=... user=...`}},
 		},
 		{
 			name: "several variables are named once each",
 			env:  map[string]string{"SCHEMA": "Sales-EU"},
 			data: replaceLine(6, "  table: ${SCHEMA}.${USERPILOT_API_KEY}_${SCHEMA}"),
-			want: []string{`p.yaml:6: companies.table: the value from ${SCHEMA} and ${USERPILOT_API_KEY} has the character '-', which needs quotes; fix: write name or schema.name; quote parts that have capitals or other characters, e.g. table: '"My Schema"."Companies"'`},
+			want: []problem{{`p.yaml:6: companies.table: the value from ${SCHEMA} and ${USERPILOT_API_KEY} has the character '-', which needs quotes`, `write name or schema.name; quote parts that have capitals or other characters, e.g. table: '"My Schema"."Companies"'`}},
 		},
 		{
 			name: "API key pasted into another key",
 			data: replaceLine(4, "  api_key: topsecretkey\n  endpoint: topsecretkey"),
-			want: []string{`p.yaml:5: userpilot.endpoint: "[redacted]" is not an absolute URL; fix: write us, eu, or your account's base URL such as https://analytex.userpilot.io`},
+			want: []problem{{`p.yaml:5: userpilot.endpoint: "[redacted]" is not an absolute URL`, `write us, eu, or your account's base URL such as https://analytex.userpilot.io`}},
 		},
 		{
 			name: "database password pasted into another key",
 			data: replaceLine(2, "  url: postgres://u:topsecretpw@db/app\n  slot: topsecretpw!"),
-			want: []string{`p.yaml:3: postgres.slot: "[redacted]!" is not a valid replication slot name; fix: use 1 to 63 lower-case letters, digits and underscores, e.g. slot: pgpilot`},
+			want: []problem{{`p.yaml:3: postgres.slot: "[redacted]!" is not a valid replication slot name`, `use 1 to 63 lower-case letters, digits and underscores, e.g. slot: pgpilot`}},
 		},
 		{
 			name: "secret variable used in another key",
 			data: replaceLine(6, "  table: ${USERPILOT_API_KEY}!"),
-			want: []string{`p.yaml:6: companies.table: the value from ${USERPILOT_API_KEY} has the character '-', which needs quotes; fix: write name or schema.name; quote parts that have capitals or other characters, e.g. table: '"My Schema"."Companies"'`},
+			want: []problem{{`p.yaml:6: companies.table: the value from ${USERPILOT_API_KEY} has the character '-', which needs quotes`, `write name or schema.name; quote parts that have capitals or other characters, e.g. table: '"My Schema"."Companies"'`}},
 		},
 	}
 	for _, tt := range tests {
@@ -110,7 +110,7 @@ func TestParseErrorsNeverShowSecrets(t *testing.T) {
 				vars[k] = v
 			}
 			_, err := Parse("p.yaml", []byte(tt.data), env(vars))
-			got := problems(t, err)
+			got := fixedProblems(t, err)
 			assert.Equal(t, tt.want, got)
 			for _, secret := range []string{testAPIKey, "hunter2", "p@ss", "p%ss", "topsecret"} {
 				assert.NotContains(t, err.Error(), secret)

@@ -23,25 +23,24 @@ type parser struct {
 	secrets        []string // values that must not appear in any message
 }
 
-func (p *parser) fail(line int, key, format string, args ...any) {
-	p.problems = append(p.problems, &ConfigError{File: p.file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+// fail records a problem at line under key: msg says what is wrong, fix
+// what to do about it ("" when msg says it all).
+func (p *parser) fail(line int, key, msg, fix string) {
+	p.problems = append(p.problems, &ConfigError{File: p.file, Line: line, Key: key, Msg: msg, Fix: fix})
 }
 
-// err joins the problems in file order. As a last line of defence it blanks
-// out any secret that reached a message through a value echoed under another
-// key (an API key pasted into slot:, say).
+// problem is what is wrong with a value and what to do about it, before the
+// parser adds the file, line and key; the zero problem is none.
+type problem struct{ msg, fix string }
+
+// err returns the problems in file order, with any secret that reached a
+// message blanked out.
 func (p *parser) err() error {
 	sort.SliceStable(p.problems, func(i, j int) bool { return p.problems[i].Line < p.problems[j].Line })
-	errs := make([]error, len(p.problems))
-	for i, e := range p.problems {
-		for _, s := range p.secrets {
-			if len(s) >= minRedactLen {
-				e.Msg = strings.ReplaceAll(e.Msg, s, "[redacted]")
-			}
-		}
-		errs[i] = e
+	for _, e := range p.problems {
+		e.Msg, e.Fix = p.redact(e.Msg), p.redact(e.Fix)
 	}
-	return errors.Join(errs...)
+	return ConfigErrors(p.problems)
 }
 
 // section is a YAML mapping whose keys have been checked.
@@ -96,7 +95,7 @@ func (p *parser) document(data []byte) *yaml.Node {
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			p.fail(1, "", "the file is empty; fix: start from mapping.example.yaml")
+			p.fail(1, "", "the file is empty", "start from mapping.example.yaml")
 			return nil
 		}
 		p.yamlError(err)
@@ -109,12 +108,12 @@ func (p *parser) document(data []byte) *yaml.Node {
 		p.yamlError(err)
 		return nil
 	default:
-		p.fail(extra.Line, "", "the file holds a second YAML document (after ---); fix: keep one document per file")
+		p.fail(extra.Line, "", "the file holds a second YAML document (after ---)", "keep one document per file")
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode {
 		if len(root.Content) == 0 {
-			p.fail(1, "", "the file is empty; fix: start from mapping.example.yaml")
+			p.fail(1, "", "the file is empty", "start from mapping.example.yaml")
 			return nil
 		}
 		root = root.Content[0]
@@ -122,10 +121,11 @@ func (p *parser) document(data []byte) *yaml.Node {
 	root = resolve(root)
 	if root.Kind != yaml.MappingNode {
 		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-			p.fail(1, "", "the file is empty; fix: start from mapping.example.yaml")
+			p.fail(1, "", "the file is empty", "start from mapping.example.yaml")
 			return nil
 		}
-		p.fail(root.Line, "", "the file must be a mapping of sections (postgres:, userpilot:, state:, companies:), not %s; fix: start from mapping.example.yaml", kindName(root))
+		p.fail(root.Line, "", fmt.Sprintf("the file must be a mapping of sections (postgres:, userpilot:, state:, companies:), not %s", kindName(root)),
+			"start from mapping.example.yaml")
 		return nil
 	}
 	return root
@@ -138,7 +138,7 @@ func (p *parser) yamlError(err error) {
 		line, _ = strconv.Atoi(m[1])
 		msg = m[2]
 	}
-	p.fail(line, "", "the file is not valid YAML: %s; fix: check indentation and quoting near this line (quote values that start with \" or contain \": \")", msg)
+	p.fail(line, "", "the file is not valid YAML: "+msg, `check indentation and quoting near this line (quote values that start with " or contain ": ")`)
 }
 
 // resolve follows an alias to the node it names.
@@ -167,16 +167,16 @@ func (p *parser) mappingEntries(n *yaml.Node, path string, line int, allowed []s
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
 		if k.Kind != yaml.ScalarNode {
-			p.fail(k.Line, path, "a key must be a plain name, not %s; fix: write name: value", kindName(k))
+			p.fail(k.Line, path, "a key must be a plain name, not "+kindName(k), "write name: value")
 			continue
 		}
 		key := s.keyOf(k.Value)
 		if prev, dup := s.entries[k.Value]; dup {
-			p.fail(k.Line, key, "duplicate key (first at line %d); fix: keep one of them", prev.key.Line)
+			p.fail(k.Line, key, fmt.Sprintf("duplicate key (first at line %d)", prev.key.Line), "keep one of them")
 			continue
 		}
 		if allowed != nil && !contains(allowed, k.Value) {
-			p.fail(k.Line, key, "unknown key %q; allowed: %s", k.Value, strings.Join(allowed, ", "))
+			p.fail(k.Line, key, fmt.Sprintf("unknown key %q; allowed: %s", k.Value, strings.Join(allowed, ", ")), "")
 			continue
 		}
 		s.entries[k.Value] = entry{key: k, value: v}
@@ -206,11 +206,11 @@ func (p *parser) section(parent section, name string, allowed []string, required
 		if ok {
 			line = e.key.Line
 		}
-		p.fail(line, key, "missing; fix: %s", fix)
+		p.fail(line, key, "missing", fix)
 		return section{}, false
 	}
 	if e.value.Kind != yaml.MappingNode {
-		p.fail(e.key.Line, key, "must be a mapping of keys, not %s; fix: indent its keys under %s:", kindName(e.value), name)
+		p.fail(e.key.Line, key, "must be a mapping of keys, not "+kindName(e.value), "indent its keys under "+name+":")
 		return section{}, false
 	}
 	return p.mappingEntries(e.value, key, e.key.Line, allowed), true
@@ -231,15 +231,15 @@ func (p *parser) value(s section, name string) (v scalar, present bool) {
 func (p *parser) scalarOf(e entry, key, fix string) (scalar, bool) {
 	n := e.value
 	if n.Kind != yaml.ScalarNode {
-		p.fail(e.key.Line, key, "must be a single value, not %s; fix: %s", kindName(n), fix)
+		p.fail(e.key.Line, key, "must be a single value, not "+kindName(n), fix)
 		return scalar{line: e.key.Line}, false
 	}
 	if n.Tag == "!!null" && n.Style == 0 {
 		return scalar{line: e.key.Line, null: true}, false
 	}
 	text, vars, problems := expand(n.Value, p.lookupEnv, secretKeys[key])
-	for _, msg := range problems {
-		p.fail(n.Line, key, "%s", msg)
+	for _, pr := range problems {
+		p.fail(n.Line, key, pr.msg, pr.fix)
 	}
 	if len(problems) > 0 {
 		return scalar{line: n.Line}, false
@@ -253,7 +253,7 @@ func (p *parser) required(s section, name, fix string) (scalar, bool) {
 	v, ok := p.value(s, name)
 	if !ok {
 		if _, written := s.entries[name]; !written || v.null {
-			p.fail(v.line, s.keyOf(name), "missing; fix: %s", fix)
+			p.fail(v.line, s.keyOf(name), "missing", fix)
 		}
 		return v, false
 	}
@@ -279,9 +279,9 @@ func (p *parser) nonEmpty(v scalar, key, fix string) bool {
 	case v.text != "":
 		return true
 	case len(v.fromEnv) > 0:
-		p.fail(v.line, key, "environment variable %s is set but empty; fix: export it with a value", strings.Join(v.fromEnv, ", "))
+		p.fail(v.line, key, "environment variable "+strings.Join(v.fromEnv, ", ")+" is set but empty", "export it with a value")
 	default:
-		p.fail(v.line, key, "is empty; fix: %s", fix)
+		p.fail(v.line, key, "is empty", fix)
 	}
 	return false
 }
