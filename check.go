@@ -41,16 +41,17 @@ func (c *checker) report(name string, err error) bool {
 	return true
 }
 
-// checkCommand runs the preflight: each line ✓ or ✗ with the fix; exit 0
-// only if every check passed. It changes nothing, on Postgres or Userpilot.
-func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+// checkCommand runs the preflight: each line ✓ or ✗ with the fix. It
+// returns nil only if every check passed, and changes nothing, on Postgres
+// or Userpilot.
+func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("check", stderr)
 	skipUserpilot := fs.Bool("skip-userpilot", false, "do not contact Userpilot (e.g. from a machine without access to it)")
-	cfg, code := loadConfig(fs, path, args, stderr)
-	if cfg == nil {
-		return code
+	cfg, err := loadConfig(fs, path, args, stderr)
+	if err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 
 	c := &checker{out: stdout}
@@ -62,14 +63,16 @@ func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		checkUserpilot(ctx, cfg, c)
 	}
 	if c.failed > 0 {
-		fmt.Fprintf(stdout, "%d check(s) failed\n", c.failed)
+		// The ✗ lines said what failed; this line ends the list.
+		err := fmt.Errorf("%d check(s) failed", c.failed)
+		fmt.Fprintln(stdout, err)
 		if c.config {
-			return exitUsage
+			return shownError{usageError{err}}
 		}
-		return exitFailure
+		return shownError{err}
 	}
 	fmt.Fprintln(stdout, "all checks passed")
-	return exitOK
+	return nil
 }
 
 // checkPostgres checks everything `pgpilot run` needs from the database.
