@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 )
@@ -40,7 +41,7 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 		return err
 	}
 	if haveSlot && slot.Active {
-		return fmt.Errorf("replication slot %q is in use (pid %d): stop pgpilot first", slot.Name, derefPID(slot.ActivePID))
+		return fix.With(fmt.Errorf("replication slot %q is in use (pid %d)", slot.Name, derefPID(slot.ActivePID)), "stop pgpilot first")
 	}
 	dropPub := havePub && pub.CreatedByPgpilot
 	if !haveSlot && !dropPub {
