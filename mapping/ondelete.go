@@ -6,7 +6,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// On-delete policies (DESIGN.md, "Deletes and truncates").
+// On-delete policies (README.md, "Deletes and truncates").
 const (
 	// OnDeleteIgnore logs and counts a deleted row; the profile stays.
 	OnDeleteIgnore = "ignore"
