@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -30,28 +31,32 @@ type checker struct {
 	config bool
 }
 
-// report prints name with ✓ when err is nil, else ✗ and err (which says the
-// fix), and reports whether the check passed.
+// report prints name with ✓ when err is nil, else ✗ and err, with the fix
+// err carries on a line of its own, and reports whether the check passed.
 func (c *checker) report(name string, err error) bool {
 	if err != nil {
 		c.failed++
 		fmt.Fprintf(c.out, "✗ %s: %v\n", name, err)
+		if f := fix.Of(err); f != "" {
+			fmt.Fprintf(c.out, "  fix: %s\n", f)
+		}
 		return false
 	}
 	fmt.Fprintf(c.out, "✓ %s\n", name)
 	return true
 }
 
-// checkCommand runs the preflight: each line ✓ or ✗ with the fix; exit 0
-// only if every check passed. It changes nothing, on Postgres or Userpilot.
-func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+// checkCommand runs the preflight: each line ✓ or ✗ with the fix. It
+// returns nil only if every check passed, and changes nothing, on Postgres
+// or Userpilot.
+func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("check", stderr)
 	skipUserpilot := fs.Bool("skip-userpilot", false, "do not contact Userpilot (e.g. from a machine without access to it)")
-	cfg, code := loadConfig(fs, path, args, stderr)
-	if cfg == nil {
-		return code
+	cfg, err := loadConfig(fs, path, args, stderr)
+	if err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 
 	c := &checker{out: stdout}
@@ -63,14 +68,16 @@ func checkCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		checkUserpilot(ctx, cfg, c)
 	}
 	if c.failed > 0 {
-		fmt.Fprintf(stdout, "%d check(s) failed\n", c.failed)
+		// The ✗ lines said what failed; this line ends the list.
+		err := fmt.Errorf("%d check(s) failed", c.failed)
+		fmt.Fprintln(stdout, err)
 		if c.config {
-			return exitUsage
+			return shownError{usageError{err}}
 		}
-		return exitFailure
+		return shownError{err}
 	}
 	fmt.Fprintln(stdout, "all checks passed")
-	return exitOK
+	return nil
 }
 
 // checkPostgres checks everything `pgpilot run` needs from the database.
@@ -99,8 +106,8 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	err = conn.QueryRow(ctx, `SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user`).
 		Scan(&user, &canReplicate)
 	if err == nil && !canReplicate {
-		err = fmt.Errorf("it has neither the REPLICATION attribute nor superuser; run on the primary, as a superuser: ALTER ROLE %s REPLICATION;",
-			pgx.Identifier{user}.Sanitize())
+		err = fix.With(errors.New("it has neither the REPLICATION attribute nor superuser"),
+			"run on the primary, as a superuser: ALTER ROLE "+pgx.Identifier{user}.Sanitize()+" REPLICATION;")
 	}
 	c.report(fmt.Sprintf("role %q may stream changes (REPLICATION)", user), err)
 
@@ -114,8 +121,8 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
 			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, table.Schema, table.Name).Scan(&canSelect)
 		if err == nil && !canSelect {
-			err = fmt.Errorf("it may not, so the initial sync cannot read the table; run on the primary: GRANT SELECT ON %s TO %s;",
-				table.Quoted(), pgx.Identifier{user}.Sanitize())
+			err = fix.With(errors.New("it may not, so the initial sync cannot read the table"),
+				fmt.Sprintf("run on the primary: GRANT SELECT ON %s TO %s;", table.Quoted(), pgx.Identifier{user}.Sanitize()))
 		}
 		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table), err)
 	}
@@ -165,13 +172,13 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("read hot_standby_feedback: %w", err)
 	}
 	if feedback != "on" {
-		return errors.New("hot_standby_feedback is off: the primary may vacuum away catalog rows the logical slot needs, and Postgres then invalidates the slot; " +
+		return fix.With(errors.New("hot_standby_feedback is off: the primary may vacuum away catalog rows the logical slot needs, and Postgres then invalidates the slot"),
 			"set hot_standby_feedback = on on this standby (and primary_slot_name to a physical slot on the primary) and reload")
 	}
 	// A row-less answer means this role may not read the setting: do not
 	// fail on what cannot be seen.
 	if slotName != nil && *slotName == "" {
-		return errors.New("primary_slot_name is empty: hot_standby_feedback protects the slot only while the standby is connected, so a restart of either server can get the slot invalidated; " +
+		return fix.With(errors.New("primary_slot_name is empty: hot_standby_feedback protects the slot only while the standby is connected, so a restart of either server can get the slot invalidated"),
 			"create a physical slot on the primary (SELECT pg_create_physical_replication_slot('standby1');), set primary_slot_name to it on this standby and reload")
 	}
 	return nil
@@ -196,8 +203,8 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, 
 			AND coalesce((SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			              WHERE n.nspname = $1 AND c.relname = $2), true)`, table.Schema, table.Name).Scan(&mayCreate)
 		if err == nil && !mayCreate {
-			err = fmt.Errorf("this role may not (it must own %s and have CREATE on the database); run as the table's owner:\n  CREATE PUBLICATION %s FOR TABLE %s;",
-				table, pgx.Identifier{name}.Sanitize(), table.Quoted())
+			err = fix.With(fmt.Errorf("this role may not (it must own %s and have CREATE on the database)", table),
+				fmt.Sprintf("run as the table's owner:\n  CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), table.Quoted()))
 		}
 		c.report(fmt.Sprintf("publication %q will be created by `pgpilot run`", name), err)
 	default:
@@ -218,13 +225,13 @@ func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, c *checke
 	}
 	err = nil
 	if !haveSlot && slotsUsed >= slotsMax {
-		err = errors.New("none is free for pgpilot's: drop a slot nobody uses (see SELECT slot_name, active FROM pg_replication_slots;) " +
-			"or raise max_replication_slots (needs a restart)")
+		err = fix.With(errors.New("none is free for pgpilot's"),
+			"drop a slot nobody uses (see SELECT slot_name, active FROM pg_replication_slots;) or raise max_replication_slots (needs a restart)")
 	}
 	c.report(fmt.Sprintf("replication slots: %d of max_replication_slots=%d in use", slotsUsed, slotsMax), err)
 	err = nil
 	if sendersUsed >= sendersMax {
-		err = errors.New("none is free for pgpilot's stream: raise max_wal_senders (needs a restart)")
+		err = fix.With(errors.New("none is free for pgpilot's stream"), "raise max_wal_senders (needs a restart)")
 	}
 	c.report(fmt.Sprintf("WAL senders: %d of max_wal_senders=%d in use", sendersUsed, sendersMax), err)
 }
@@ -239,7 +246,7 @@ func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+checkProbePath, nil)
 	if err != nil {
-		c.report(name, fmt.Errorf("build the request: %w; check userpilot.endpoint", err))
+		c.report(name, fix.With(fmt.Errorf("build the request: %w", err), "check userpilot.endpoint"))
 		return
 	}
 	req.Header.Set("Authorization", "Token "+strings.TrimSpace(cfg.Userpilot.APIKey))
@@ -253,7 +260,7 @@ func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		c.report(name, fmt.Errorf("cannot reach it (%w); check userpilot.endpoint, and that this machine can reach it (proxy, firewall, DNS)", err))
+		c.report(name, fix.With(fmt.Errorf("cannot reach it (%w)", err), "check userpilot.endpoint, and that this machine can reach it (proxy, firewall, DNS)"))
 		return
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -267,11 +274,11 @@ func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
 		c.report(name, fmt.Errorf("Userpilot refused the API key (HTTP %d): fix userpilot.api_key (Userpilot: Settings → Environment; "+
 			"and check that userpilot.endpoint is your account's region)", status))
 	case status/100 == 3:
-		c.report(name, fmt.Errorf("it answered with a redirect (HTTP %d to %q): set userpilot.endpoint to Userpilot's API host (us, eu, or the URL from Settings → Environment)",
-			status, resp.Header.Get("Location")))
+		c.report(name, fix.With(fmt.Errorf("it answered with a redirect (HTTP %d to %q)", status, resp.Header.Get("Location")),
+			"set userpilot.endpoint to Userpilot's API host (us, eu, or the URL from Settings → Environment)"))
 	default:
-		c.report(name, fmt.Errorf("unexpected answer HTTP %d to GET %s (a refused key is 401, an accepted one 404): check userpilot.endpoint, or try again if Userpilot is having trouble",
-			status, checkProbePath))
+		c.report(name, fix.With(fmt.Errorf("unexpected answer HTTP %d to GET %s (a refused key is 401, an accepted one 404)", status, checkProbePath),
+			"check userpilot.endpoint, or try again if Userpilot is having trouble"))
 	}
 }
 

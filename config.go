@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,29 +19,28 @@ func commandFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 	return fs, cfg
 }
 
-// loadConfig parses flags and loads the config, printing the problem and
-// returning exitUsage when either is bad. Nothing has touched Postgres yet.
-func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer) (*mapping.Config, int) {
+// loadConfig parses flags and loads the config; a problem with either is a
+// usageError, found before anything touches Postgres. It prints the
+// config's warnings.
+func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer) (*mapping.Config, error) {
 	if err := fs.Parse(args); err != nil {
-		return nil, exitUsage
+		return nil, shownError{usageError{err}} // the flag package printed it, with the usage
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return nil, exitUsage
+		return nil, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *path == "" {
-		fmt.Fprintf(stderr, "%s: --config FILE is required (see mapping.example.yaml)\n", fs.Name())
-		return nil, exitUsage
+		return nil, usageError{errors.New("--config FILE is required (see mapping.example.yaml)")}
 	}
 	cfg, err := mapping.Load(*path)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: invalid configuration:\n%v\n", fs.Name(), err)
-		return nil, exitUsage
+		// A list of problems prints one a line, each fix under its problem.
+		return nil, usageError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(stderr, "%s: warning: %s\n", fs.Name(), w)
 	}
-	return cfg, exitOK
+	return cfg, nil
 }
 
 // newLogger logs text on a terminal and JSON lines otherwise (for log

@@ -3,12 +3,17 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/pgpilot/pgpilot/daemon"
+	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
-// Exit codes, as DESIGN.md promises them.
+// Exit codes, as the README promises them.
 const (
 	exitOK      = 0
 	exitFailure = 1
@@ -28,32 +33,81 @@ Usage:
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 `
 
+// command is one subcommand. It returns nil when it did its work, or an
+// error for report to print and classify (see exitCode).
+type command func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+
+var commands = map[string]command{
+	"run":      runCommand,
+	"check":    checkCommand,
+	"preview":  previewCommand,
+	"status":   statusCommand,
+	"teardown": teardownCommand,
+	"resync":   resyncCommand,
+}
+
 func main() {
-	os.Exit(cli(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	os.Exit(cli(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // cli dispatches to one subcommand and returns the process exit code.
-func cli(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func cli(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
-	}
-	cmds := map[string]func([]string, io.Reader, io.Writer, io.Writer) int{
-		"run":      runCommand,
-		"check":    checkCommand,
-		"preview":  previewCommand,
-		"status":   statusCommand,
-		"teardown": teardownCommand,
-		"resync":   resyncCommand,
 	}
 	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
-	cmd, ok := cmds[args[0]]
+	cmd, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "pgpilot: unknown command %q\n\n%s", args[0], usage)
 		return exitUsage
 	}
-	return cmd(args[1:], stdin, stdout, stderr)
+	return report(stderr, args[0], cmd(ctx, args[1:], stdin, stdout, stderr))
 }
+
+// report prints what a command returned, as `pgpilot NAME: ERROR` and, for
+// an error that carries its fix, `  fix: FIX` on a line of its own, and
+// returns the exit code. An error the command has shown already (see
+// shownError) is not printed again.
+func report(stderr io.Writer, name string, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	if !errors.As(err, new(shownError)) {
+		fmt.Fprintf(stderr, "pgpilot %s: %v\n", name, err)
+		if f := fix.Of(err); f != "" {
+			fmt.Fprintf(stderr, "  fix: %s\n", f)
+		}
+	}
+	return exitCode(err)
+}
+
+// exitCode is 0 for no error, 2 for a mistake in the command line or the
+// configuration (a usageError, or daemon.ErrConfig from the daemon), and 1
+// for anything else.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, new(usageError)), errors.Is(err, daemon.ErrConfig):
+		return exitUsage
+	default:
+		return exitFailure
+	}
+}
+
+// usageError is a mistake the operator corrects on the command line or in
+// the config file, before pgpilot touches anything: exit code 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// shownError is an error the command has already shown the operator (the
+// flag package's complaint, check's ✗ lines, run's last log line): report
+// only turns it into the exit code.
+type shownError struct{ error }
+
+func (e shownError) Unwrap() error { return e.error }

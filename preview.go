@@ -15,29 +15,27 @@ import (
 
 // previewCommand prints the identify payloads that rows would become, as
 // JSON lines, and sends nothing.
-func previewCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+func previewCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("preview", stderr)
 	limit := fs.Int("limit", 10, "how many rows to read (0: all)")
 	where := fs.String("where", "", "an SQL condition choosing the rows, e.g. \"plan = 'pro'\"")
-	cfg, code := loadConfig(fs, path, args, stderr)
-	if cfg == nil {
-		return code
+	cfg, err := loadConfig(fs, path, args, stderr)
+	if err != nil {
+		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	conn, table, cols, err := openTable(ctx, cfg)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgpilot preview: %v\n", err)
-		return exitFailure
+		return err
 	}
 	defer conn.Close(context.Background())
 	// Compiled once, against every column, so a mistake names the columns
 	// there are; the rows are read whole for it.
 	m, err := mapping.Compile(cfg.Companies, table.String(), cols)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgpilot preview: %s: %v\n", cfg.Path, err)
-		return exitUsage
+		return usageError{fmt.Errorf("%s: %w", cfg.Path, err)}
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false)
@@ -53,9 +51,8 @@ func previewCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return enc.Encode(id)
 	})
 	if err != nil {
-		fmt.Fprintf(stderr, "pgpilot preview: read %s: %v\n", table, err)
-		return exitFailure
+		return fmt.Errorf("read %s: %w", table, err)
 	}
 	fmt.Fprintf(stderr, "%d rows read, %d would be set aside; nothing was sent\n", n, bad)
-	return exitOK
+	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -15,46 +16,40 @@ import (
 // company's, or those a WHERE clause selects. The request is a file in the
 // state directory; the running daemon (or the next `pgpilot run`) takes it
 // and sends the rows alongside the live stream.
-func resyncCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("resync", stderr)
 	company := fs.String("company", "", "re-send this company only (its company_id)")
 	where := fs.String("where", "", "re-send the rows this SQL condition selects, e.g. \"plan = 'pro'\"")
-	cfg, code := loadConfig(fs, path, args, stderr)
-	if cfg == nil {
-		return code
+	cfg, err := loadConfig(fs, path, args, stderr)
+	if err != nil {
+		return err
 	}
 	if *company != "" && *where != "" {
-		fmt.Fprintln(stderr, "pgpilot resync: give --company or --where, not both")
-		return exitUsage
+		return usageError{errors.New("give --company or --where, not both")}
 	}
 	if _, ok, err := state.ReadCheckpoint(cfg.State.Dir); err != nil || !ok {
 		if err != nil {
-			fmt.Fprintf(stderr, "pgpilot resync: %v\n", err)
-			return exitFailure
+			return err
 		}
-		fmt.Fprintf(stderr, "pgpilot resync: %s has no checkpoint: pgpilot has not run yet, and its first run sends every row anyway\n", cfg.State.Dir)
-		return exitUsage
+		return usageError{fmt.Errorf("%s has no checkpoint: pgpilot has not run yet, and its first run sends every row anyway", cfg.State.Dir)}
 	}
 	if *where != "" {
 		// Refuse a condition Postgres refuses now, not in the daemon later.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		conn, table, _, err := openTable(ctx, cfg)
 		if err != nil {
-			fmt.Fprintf(stderr, "pgpilot resync: %v\n", err)
-			return exitFailure
+			return err
 		}
 		defer conn.Close(context.Background())
 		// The extended protocol runs one statement only: the condition
 		// cannot smuggle in another.
 		if _, err := conn.Exec(ctx, "EXPLAIN SELECT 1 FROM "+table.Quoted()+" WHERE "+*where, pgx.QueryExecModeDescribeExec); err != nil {
-			fmt.Fprintf(stderr, "pgpilot resync: --where %q does not work on %s: %v\n", *where, table, err)
-			return exitUsage
+			return usageError{fmt.Errorf("--where %q does not work on %s: %w", *where, table, err)}
 		}
 	}
 	if err := state.RequestResync(cfg.State.Dir, state.Snapshot{Where: *where, CompanyID: *company}); err != nil {
-		fmt.Fprintf(stderr, "pgpilot resync: %v\n", err)
-		return exitFailure
+		return err
 	}
 	what := "every row"
 	switch {
@@ -65,5 +60,5 @@ func resyncCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "re-sync of %s requested. The running pgpilot starts it within a second, once no other snapshot runs "+
 		"(or the next `pgpilot run` does); `pgpilot status` shows its progress.\n", what)
-	return exitOK
+	return nil
 }

@@ -11,38 +11,48 @@ import (
 	"time"
 
 	"github.com/pgpilot/pgpilot/daemon"
+	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
-func runCommand(args []string, _ io.Reader, _, stderr io.Writer) int {
+// runCommand runs the daemon until SIGTERM or SIGINT. Its last error goes
+// to the log, where the operator (or the log collector) watches.
+func runCommand(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
 	fs, path := commandFlags("run", stderr)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long to keep delivering after SIGTERM before exiting")
-	cfg, code := loadConfig(fs, path, args, stderr)
-	if cfg == nil {
-		return code
+	cfg, err := loadConfig(fs, path, args, stderr)
+	if err != nil {
+		return err
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "pgpilot run: --log-level %q: want debug, info, warn or error\n", *level)
-		return exitUsage
+		return usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)}
 	}
 	log := newLogger(stderr, lvl)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	opts := daemon.Options{Config: cfg, Logger: log, ShutdownGrace: *grace}
 	if isTerminal(stderr) {
 		opts.Progress = stderr // a snapshot's progress bar
 	}
-	err := daemon.Run(ctx, opts)
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.Is(err, daemon.ErrConfig):
-		log.Error("pgpilot cannot run with this configuration", "error", err)
-		return exitUsage
-	default:
-		log.Error("pgpilot stopped", "error", err)
-		return exitFailure
+	if err := daemon.Run(ctx, opts); err != nil {
+		logStopped(log, err)
+		return shownError{err}
 	}
+	return nil
+}
+
+// logStopped logs why the daemon stopped, with the fix, when the error
+// carries one, as the "fix" attribute.
+func logStopped(log *slog.Logger, err error) {
+	msg := "pgpilot stopped"
+	if errors.Is(err, daemon.ErrConfig) {
+		msg = "pgpilot cannot run with this configuration"
+	}
+	attrs := []any{"error", err}
+	if f := fix.Of(err); f != "" {
+		attrs = append(attrs, "fix", f)
+	}
+	log.Error(msg, attrs...)
 }

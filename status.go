@@ -39,21 +39,22 @@ type statusReport struct {
 	Delivery *state.Status `json:"delivery,omitempty"`
 }
 
-func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+// statusCommand prints the checkpoint, the slot's position and lag, and
+// what the running daemon last wrote of its delivery.
+func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
-	cfg, code := loadConfig(fs, path, args, stderr)
-	if cfg == nil {
-		return code
+	cfg, err := loadConfig(fs, path, args, stderr)
+	if err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
 	r := statusReport{Slot: cfg.Postgres.Slot}
 	cp, ok, err := state.ReadCheckpoint(cfg.State.Dir)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
-		return exitFailure
+		return err
 	}
 	if ok {
 		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
@@ -67,27 +68,23 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		r.Delivery = &st
 	}
 	if r.DeadLetters, err = state.CountDeadLetters(cfg.State.Dir); err != nil {
-		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
-		return exitFailure
+		return err
 	}
 	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
-		return exitFailure
+		return err
 	}
 	defer conn.Close(context.Background())
 	slot, found, err := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
-		return exitFailure
+		return err
 	}
 	if found {
 		r.SlotExists, r.SlotActive, r.WALStatus = true, slot.Active, slot.WALStatus
 		r.ConfirmedFlush, r.RestartLSN = slot.ConfirmedFlush.String(), slot.Restart.String()
 		pos, err := replication.CurrentLSN(ctx, conn)
 		if err != nil {
-			fmt.Fprintf(stderr, "pgpilot status: %v\n", err)
-			return exitFailure
+			return err
 		}
 		lag, retained := int64(pos)-int64(slot.ConfirmedFlush), int64(pos)-int64(slot.Restart)
 		r.ServerLSN, r.LagBytes, r.RetainedWALBytes = pos.String(), &lag, &retained
@@ -96,7 +93,7 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(r)
-		return exitOK
+		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
@@ -139,7 +136,7 @@ func statusCommand(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		row("pending", fmt.Sprintf("%d companies, oldest %s", d.Pending, oldest))
 	}
 	tw.Flush()
-	return exitOK
+	return nil
 }
 
 func orDash(s string) string {

@@ -9,8 +9,9 @@
 // mapping.example.yaml at the repository root documents every key. Unknown
 // keys, at any level, are errors that list the allowed keys; a key written
 // twice is an error. Every problem is reported at once, each
-// as FILE:LINE: KEY: what is wrong; fix (a *ConfigError, joined with
-// errors.Join, so errors.As finds them).
+// as FILE:LINE: KEY: what is wrong, with its fix on the line below (a
+// *ConfigError, whose Fix field holds the fix, in a ConfigErrors list, so
+// errors.As finds each).
 //
 // Required: postgres.url, userpilot.api_key, companies.table,
 // companies.company_id and companies.metadata with at least one entry.

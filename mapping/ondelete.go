@@ -24,7 +24,8 @@ func (p *parser) onDelete(s section, c *Companies) {
 		case OnDeleteIgnore, OnDeleteMark, OnDeleteDelete:
 			c.OnDelete = v.text
 		default:
-			p.fail(v.line, s.keyOf("on_delete"), "%s is not a policy; fix: write ignore (log it, the default), mark (send on_delete_metadata) or delete (Userpilot's delete API, a GDPR erasure)", v.show())
+			p.fail(v.line, s.keyOf("on_delete"), v.show()+" is not a policy",
+				"write ignore (log it, the default), mark (send on_delete_metadata) or delete (Userpilot's delete API, a GDPR erasure)")
 		}
 	}
 	md, ok := p.section(s, "on_delete_metadata", nil, false, "")
@@ -35,13 +36,13 @@ func (p *parser) onDelete(s section, c *Companies) {
 		return
 	}
 	if c.OnDelete != OnDeleteMark {
-		p.fail(md.line, md.path, "is used only with on_delete: mark; fix: remove it, or write on_delete: mark")
+		p.fail(md.line, md.path, "is used only with on_delete: mark", "remove it, or write on_delete: mark")
 	}
 	c.OnDeleteMetadata = map[string]any{}
 	for name, e := range md.entries {
 		key := md.keyOf(name)
 		if e.value.Kind != yaml.ScalarNode {
-			p.fail(e.key.Line, key, "must be a string, number, boolean or null (Userpilot takes only primitives), not %s", kindName(e.value))
+			p.fail(e.key.Line, key, "must be a string, number, boolean or null (Userpilot takes only primitives), not "+kindName(e.value), "")
 			continue
 		}
 		if e.value.Tag == "!!null" {
