@@ -91,8 +91,7 @@ func Run(ctx context.Context, opts Options) error {
 	// Each log line says which part of pgpilot wrote it.
 	stateLog := opts.Logger.With("subsystem", "state")
 	if opts.Metrics == nil {
-		opts.Metrics = metrics.New(metrics.Options{Logger: opts.Logger.With("subsystem", "http"), Slot: cfg.Postgres.Slot,
-			UnreadyAfter: cfg.HTTP.UnreadyAfter, WarnRetainedWAL: cfg.Delivery.WarnRetainedWAL})
+		opts.Metrics = metrics.New(metricsOptions(cfg, opts.Logger))
 	}
 	if cfg.HTTP.Listen != "" { // before the lock: a standby answers /healthz too
 		srv, err := metrics.Listen(cfg.HTTP.Listen, opts.Metrics)
@@ -118,15 +117,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer dir.Close()
 	stateLog.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
 
-	uo := opts.Userpilot
-	uo.Endpoint, uo.APIKey, uo.RateLimit = cfg.Userpilot.Endpoint, cfg.Userpilot.APIKey, cfg.Userpilot.RateLimit
-	if uo.Concurrency == 0 {
-		uo.Concurrency = workersFor(cfg.Userpilot.RateLimit)
-	}
-	if uo.Logger == nil {
-		uo.Logger = opts.Logger.With("subsystem", "userpilot")
-	}
-	client, err := userpilot.New(uo)
+	client, err := userpilot.New(userpilotOptions(cfg, opts.Userpilot, opts.Logger))
 	if err != nil {
 		return fmt.Errorf("%w: userpilot: %w", ErrConfig, err)
 	}

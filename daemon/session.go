@@ -21,7 +21,6 @@ import (
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
-	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // session is one connection's life: it is run again after each failure.
@@ -186,9 +185,7 @@ func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, s
 	pipe := delivery.New(do)
 	s.opts.Metrics.AttachPipeline(deliveryCounts(pipe.Stats()))
 	// The stage reads no further while the pipeline holds a backlog.
-	stage, err := snapshot.New(snapshot.Options{URL: cfg.Postgres.URL, Start: st.lsn, Table: src.table, Columns: src.readCols, Key: src.key,
-		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
-		Backlog: func() int64 { return pipe.Stats().Pending.Load() }, Logger: s.snapLog})
+	stage, err := snapshot.New(s.snapshotOptions(src, st.lsn, func() int64 { return pipe.Stats().Pending.Load() }))
 	if err != nil {
 		return nil, err
 	}
@@ -284,35 +281,6 @@ func (s *session) classify(ctx context.Context, pipeErr, streamErr error) error 
 		s.log.Info("the slot is in use by another process; standing by", "slot", s.cfg.Postgres.Slot)
 	}
 	return streamErr
-}
-
-// deliveryOptions turns the config into the pipeline's options: what the
-// config sets, what the daemon's caller overrides (tests), and the
-// session's checkpoint, store and metrics.
-func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() int64) (delivery.Options, error) {
-	cfg := s.cfg
-	do := s.opts.Delivery
-	do.Companies, do.Sender, do.DeadLetters, do.Index = cfg.Companies, s.sender, s.dir, s.store
-	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
-	if do.MaxRetainedWAL == 0 {
-		do.MaxRetainedWAL = cfg.Delivery.MaxRetainedWAL
-	}
-	if do.OutboxAfter == 0 {
-		do.OutboxAfter = cfg.Delivery.OutboxAfter
-	}
-	do.Checkpoint, do.Checkpointed = s.checkpointer(), checkpointed
-	do.Recorder = readRecorder{s.opts.Metrics}
-	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.base.With("subsystem", "delivery")
-	do.BulkRate = cfg.Userpilot.BulkRate
-	do.OnDelete = cfg.Companies.OnDelete
-	var err error
-	if do.DeleteMark, err = userpilot.MetadataOf(cfg.Companies.OnDeleteMetadata); err != nil {
-		return do, permanent(fmt.Errorf("%w: companies.on_delete_metadata: %w", ErrConfig, err))
-	}
-	if do.BulkRate == 0 {
-		do.BulkRate = -1 // bulk_rate: 0 turns the bulk path off
-	}
-	return do, nil
 }
 
 // monitorRetainedWAL keeps retained up to date until ctx is done. A failed

@@ -28,7 +28,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -50,6 +49,16 @@ type DeadLetters interface {
 	AppendDeadLetter(state.DeadLetter) error
 }
 
+// Mapper turns rows of one description of the table into payloads
+// (*mapping.Mapper).
+type Mapper interface {
+	// Identify maps a row; a *mapping.RowError means the row cannot be
+	// mapped (it is set aside), any other error a bug.
+	Identify(values []row.Value) (userpilot.Company, error)
+	// CompanyID reads only the company id (a DELETE carries no more).
+	CompanyID(values []row.Value) (string, error)
+}
+
 // Recorder hears of each transaction the pipeline takes in, where it takes
 // it in (for metrics). Optional.
 type Recorder interface {
@@ -66,7 +75,10 @@ type Index interface {
 
 // Options configure a Pipeline.
 type Options struct {
-	Companies   mapping.Companies
+	// Mapping compiles the mapping for a description of the table; it is
+	// called once for each description met (Postgres describes the table
+	// anew after a schema change, and a snapshot has its own).
+	Mapping     func(*row.Relation) (Mapper, error)
 	Sender      Sender
 	DeadLetters DeadLetters
 	Index       Index
@@ -78,13 +90,16 @@ type Options struct {
 	// Checkpointed is the position already checkpointed.
 	Checkpointed pglogrepl.LSN
 	// RealtimeRate is the real-time budget in requests/second (the client
-	// enforces it; here it sizes the bulk share). 0 → 10.
+	// enforces it; here it sizes the bulk share). 0 →
+	// userpilot.DefaultRateLimit.
 	RealtimeRate float64
 	// Workers is how many real-time calls run at once; 0 → 8.
 	Workers int
 	// BulkRate is Userpilot's bulk processing speed in records/second; 0 →
-	// 20 (1,200/minute, the lower published figure). Negative: no bulk.
+	// userpilot.DefaultBulkRate.
 	BulkRate float64
+	// NoBulk sends everything on the real-time endpoint (bulk_rate: 0).
+	NoBulk bool
 	// BulkOverhead is what a bulk job costs beyond its records (queueing,
 	// validation, polling); 0 → 10s.
 	BulkOverhead time.Duration
@@ -108,7 +123,7 @@ type Options struct {
 	// RetainedWAL returns the slot's retained WAL as last measured.
 	RetainedWAL func() int64
 	// OutboxAfter is how long Userpilot may accept nothing while changes
-	// wait before outbox mode starts; 0 → 5 minutes.
+	// wait before outbox mode starts; 0 → DefaultOutboxAfter.
 	OutboxAfter time.Duration
 	// Status receives the mode and outbox figures (for `pgpilot status`).
 	Status func(state.Status)
@@ -124,6 +139,17 @@ type Options struct {
 
 	Logger *slog.Logger
 }
+
+// Defaults of the delivery settings the config file sets
+// (delivery.max_retained_wal, delivery.outbox_after).
+const (
+	// DefaultMaxRetainedWAL is the slot's retained WAL, in bytes, above
+	// which outbox mode starts.
+	DefaultMaxRetainedWAL = 256 << 20
+	// DefaultOutboxAfter is how long Userpilot may accept nothing while
+	// changes wait before outbox mode starts.
+	DefaultOutboxAfter = 5 * time.Minute
+)
 
 // ErrSchema is wrapped when the table's columns no longer fit the mapping.
 // It is permanent: retrying cannot help until the mapping is fixed.
@@ -146,7 +172,7 @@ type Pipeline struct {
 
 	// mappers holds the mapping compiled for each description of the
 	// table in use: the stream's and the snapshot's take turns.
-	mappers row.PerRelation[*mapping.Mapper]
+	mappers row.PerRelation[Mapper]
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first
@@ -183,10 +209,10 @@ func New(opts Options) *Pipeline {
 		opts.Workers = 8
 	}
 	if opts.RealtimeRate <= 0 {
-		opts.RealtimeRate = 10
+		opts.RealtimeRate = userpilot.DefaultRateLimit
 	}
-	if opts.BulkRate == 0 {
-		opts.BulkRate = 20
+	if opts.BulkRate <= 0 {
+		opts.BulkRate = userpilot.DefaultBulkRate
 	}
 	if opts.BulkOverhead <= 0 {
 		opts.BulkOverhead = 10 * time.Second
@@ -201,7 +227,7 @@ func New(opts Options) *Pipeline {
 		opts.MaxPending = 25_000
 	}
 	if opts.OutboxAfter <= 0 {
-		opts.OutboxAfter = 5 * time.Minute
+		opts.OutboxAfter = DefaultOutboxAfter
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -287,7 +313,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		}
 		p.watermark() // drops finished entries, so the counts below are true
 		p.stats.Pending.Store(int64(p.order.len()))
-		if !p.bulkBusy && p.opts.BulkRate > 0 && p.bulkTime(lastInput, closed) {
+		if !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -511,9 +537,9 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 // mapperFor compiles the mapping against rel's columns whenever Postgres
 // describes the table anew (a new Relation), so a schema change is met with
 // a clear stop rather than values in the wrong keys.
-func (p *Pipeline) mapperFor(rel *row.Relation) (*mapping.Mapper, error) {
-	return p.mappers.Get(rel, func(rel *row.Relation) (*mapping.Mapper, error) {
-		m, err := mapping.Compile(p.opts.Companies, rel.Table.String(), rel.Columns)
+func (p *Pipeline) mapperFor(rel *row.Relation) (Mapper, error) {
+	return p.mappers.Get(rel, func(rel *row.Relation) (Mapper, error) {
+		m, err := p.opts.Mapping(rel)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
 		}

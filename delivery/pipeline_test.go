@@ -50,6 +50,16 @@ func update(id, plan string, notes *string) row.Change {
 
 func ptr(s string) *string { return &s }
 
+// compile is the mapping for a description of the table, as the daemon
+// hands it to the pipeline.
+func compile(rel *row.Relation) (delivery.Mapper, error) {
+	m, err := mapping.Compile(companies, rel.Table.String(), rel.Columns)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 type harness struct {
 	up          *userpilottest.Server
 	dir         *state.Dir
@@ -89,11 +99,9 @@ func newHarness(t *testing.T, s setup) *harness {
 		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: quiet})
 	require.NoError(t, err)
 	o := s.delivery
-	o.Companies, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.Logger = companies, client, h.dir, index, index, quiet
+	o.Mapping, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.Logger = compile, client, h.dir, index, index, quiet
 	o.RealtimeRate = s.rate
-	if o.BulkRate == 0 {
-		o.BulkRate = -1 // real time only, unless a test asks for bulk
-	}
+	o.NoBulk = o.BulkRate == 0 // real time only, unless a test asks for bulk
 	o.Status = func(st state.Status) {
 		h.mu.Lock()
 		defer h.mu.Unlock()

@@ -7,31 +7,17 @@ import (
 	"time"
 
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/state"
 )
 
-// Defaults for the keys that may be left out of the file.
+// Each setting's default is declared by the package it configures (e.g.
+// userpilot.DefaultRateLimit, delivery.DefaultOutboxAfter) and used both
+// here, for a key left out of the file, and by that package, for a zero
+// option: one value each. The slot and publication names are only the
+// file's (no package names them otherwise), so they are declared here.
 const (
-	DefaultSlot           = "pgpilot"
-	DefaultPublication    = "pgpilot"
-	DefaultEndpoint       = USEndpoint
-	DefaultRateLimit      = 10.0            // requests per second: Userpilot allows 600 per minute per API key
-	DefaultMaxRetainedWAL = 256 << 20       // bytes of WAL the slot may hold before outbox mode
-	DefaultOutboxAfter    = 5 * time.Minute // Userpilot failing this long: outbox mode
-	DefaultBulkRate       = 20.0            // records per second in bulk jobs: the lower published figure, 1,200 per minute
-	DefaultStateDir       = "pgpilot-state"
-
-	// DefaultWarnRetainedWAL is the slot's retained WAL, in bytes, above
-	// which pgpilot warns (log and metric).
-	DefaultWarnRetainedWAL = 1 << 30
-	// DefaultUnreadyAfter is how long Userpilot may keep failing before
-	// /readyz says 503.
-	DefaultUnreadyAfter = 5 * time.Minute
-)
-
-// Userpilot's hosts, selected in the file with the shorthands `us` and `eu`.
-const (
-	USEndpoint = "https://analytex.userpilot.io"
-	EUEndpoint = "https://analytex-eu.userpilot.io"
+	DefaultSlot        = "pgpilot"
+	DefaultPublication = "pgpilot"
 )
 
 // Config is a loaded and validated configuration file. Every field holds its
@@ -99,9 +85,6 @@ type Delivery struct {
 	// chunks. Default 5,000.
 	SnapshotChunkRows int
 }
-
-// DefaultSnapshotChunkRows is delivery.snapshot_chunk_rows's default.
-const DefaultSnapshotChunkRows = 5000
 
 // HTTP says where pgpilot serves its metrics and health checks.
 type HTTP struct {
@@ -273,16 +256,15 @@ func (p *parser) parse(data []byte) *Config {
 	if s, ok := p.section(top, "userpilot", userpilotKeys, true, "add a userpilot: section with api_key: ${USERPILOT_API_KEY}"); ok {
 		cfg.Userpilot = p.userpilot(s)
 	}
-	cfg.State = State{Dir: p.resolveDir(DefaultStateDir)}
+	cfg.State = State{Dir: p.resolveDir(state.DefaultDir)}
 	if s, ok := p.section(top, "state", stateKeys, false, ""); ok {
 		cfg.State = p.state(s)
 	}
-	cfg.Delivery = Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL,
-		SnapshotChunkRows: DefaultSnapshotChunkRows}
+	cfg.Delivery = defaultDelivery()
 	if s, ok := p.section(top, "delivery", deliveryKeys, false, ""); ok {
 		cfg.Delivery = p.delivery(s)
 	}
-	cfg.HTTP = HTTP{UnreadyAfter: DefaultUnreadyAfter}
+	cfg.HTTP = defaultHTTP()
 	if s, ok := p.section(top, "http", httpKeys, false, ""); ok {
 		cfg.HTTP = p.http(s)
 	}

@@ -8,6 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/metrics"
+	"github.com/pgpilot/pgpilot/snapshot"
+	"github.com/pgpilot/pgpilot/state"
 )
 
 // The keys of the delivery:, http: and state: sections.
@@ -19,8 +24,7 @@ var (
 
 // delivery reads the outbox thresholds.
 func (p *parser) delivery(s section) Delivery {
-	d := Delivery{MaxRetainedWAL: DefaultMaxRetainedWAL, OutboxAfter: DefaultOutboxAfter, WarnRetainedWAL: DefaultWarnRetainedWAL,
-		SnapshotChunkRows: DefaultSnapshotChunkRows}
+	d := defaultDelivery()
 	if v, ok := p.value(s, "snapshot_chunk_rows"); ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v.text))
 		if err != nil || n < 1 || n > 100_000 {
@@ -56,7 +60,7 @@ func (p *parser) delivery(s section) Delivery {
 
 // http reads where metrics and health checks are served.
 func (p *parser) http(s section) HTTP {
-	h := HTTP{UnreadyAfter: DefaultUnreadyAfter}
+	h := defaultHTTP()
 	if v, ok := p.value(s, "listen"); ok && v.text != "" {
 		if msg := checkListen(v.text); msg != "" {
 			p.fail(v.line, s.keyOf("listen"), v.show()+" "+msg, "write host:port, e.g. listen: 127.0.0.1:9187 (or :9187 for every interface)")
@@ -110,7 +114,7 @@ func parseBytes(s string) (int64, error) {
 }
 
 func (p *parser) state(s section) State {
-	v, ok := p.optional(s, "dir", DefaultStateDir)
+	v, ok := p.optional(s, "dir", state.DefaultDir)
 	if !ok {
 		return State{}
 	}
@@ -128,4 +132,15 @@ func (p *parser) resolveDir(dir string) string {
 		return filepath.Clean(dir)
 	}
 	return filepath.Join(filepath.Dir(p.file), dir)
+}
+
+// defaultDelivery is the delivery section when the file leaves keys out.
+func defaultDelivery() Delivery {
+	return Delivery{MaxRetainedWAL: delivery.DefaultMaxRetainedWAL, OutboxAfter: delivery.DefaultOutboxAfter,
+		WarnRetainedWAL: metrics.DefaultWarnRetainedWAL, SnapshotChunkRows: snapshot.DefaultChunkRows}
+}
+
+// defaultHTTP is the http section when the file leaves keys out.
+func defaultHTTP() HTTP {
+	return HTTP{UnreadyAfter: metrics.DefaultUnreadyAfter}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -118,7 +119,7 @@ companies:
 	cfg, err := Parse("/etc/pgpilot.yaml", []byte(data), env(vars))
 	require.NoError(t, err)
 	assert.Equal(t, Postgres{URL: "host=db dbname=app password=pw", Slot: "pgpilot_prod", Publication: "Pgpilot Pub"}, cfg.Postgres)
-	assert.Equal(t, Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex-us.userpilot.io", RateLimit: 2.5, BulkRate: DefaultBulkRate}, cfg.Userpilot)
+	assert.Equal(t, Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex-us.userpilot.io", RateLimit: 2.5, BulkRate: userpilot.DefaultBulkRate}, cfg.Userpilot)
 	assert.Equal(t, State{Dir: "/var/lib/pgpilot"}, cfg.State)
 	assert.Equal(t, "My Schema", cfg.Companies.Schema)
 	assert.Equal(t, "Companies", cfg.Companies.Name)

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // userpilotKeys are the keys of the userpilot: section.
@@ -32,14 +34,14 @@ func (p *parser) userpilot(s section) Userpilot {
 		}
 		_ = key
 	}
-	if v, ok := p.optional(s, "endpoint", DefaultEndpoint); ok {
+	if v, ok := p.optional(s, "endpoint", userpilot.USEndpoint); ok {
 		endpoint, pr := parseEndpoint(v)
 		if pr.msg != "" {
 			p.fail(v.line, s.keyOf("endpoint"), pr.msg, pr.fix)
 		}
 		up.Endpoint = endpoint
 	}
-	if v, ok := p.optional(s, "rate_limit", strconv.FormatFloat(DefaultRateLimit, 'g', -1, 64)); ok {
+	if v, ok := p.optional(s, "rate_limit", strconv.FormatFloat(userpilot.DefaultRateLimit, 'g', -1, 64)); ok {
 		f, err := strconv.ParseFloat(strings.TrimSpace(v.text), 64)
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
 			p.fail(v.line, s.keyOf("rate_limit"), v.show()+" is not a positive number of requests per second",
@@ -47,7 +49,7 @@ func (p *parser) userpilot(s section) Userpilot {
 		}
 		up.RateLimit = f
 	}
-	if v, ok := p.optional(s, "bulk_rate", strconv.FormatFloat(DefaultBulkRate, 'g', -1, 64)); ok {
+	if v, ok := p.optional(s, "bulk_rate", strconv.FormatFloat(userpilot.DefaultBulkRate, 'g', -1, 64)); ok {
 		f, err := strconv.ParseFloat(strings.TrimSpace(v.text), 64)
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
 			p.fail(v.line, s.keyOf("bulk_rate"), v.show()+" is not a number of records per second",
@@ -63,9 +65,9 @@ func (p *parser) userpilot(s section) Userpilot {
 func parseEndpoint(v scalar) (string, problem) {
 	switch strings.ToLower(strings.TrimSpace(v.text)) {
 	case "us":
-		return USEndpoint, problem{}
+		return userpilot.USEndpoint, problem{}
 	case "eu":
-		return EUEndpoint, problem{}
+		return userpilot.EUEndpoint, problem{}
 	}
 	const fix = "write us, eu, or your account's base URL such as https://analytex.userpilot.io"
 	u, err := url.Parse(strings.TrimSpace(v.text))

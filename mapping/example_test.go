@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // The example file is documentation users copy: it must always load, and
@@ -24,7 +25,7 @@ func TestExampleFileLoadsAndCompiles(t *testing.T) {
 	cfg, err := mapping.Load(path)
 	require.NoError(t, err)
 	assert.Equal(t, mapping.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
-	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: mapping.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
+	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: userpilot.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
 	assert.Equal(t, filepath.Join("..", "pgpilot-state"), cfg.State.Dir)
 	assert.Equal(t, "public", cfg.Companies.Schema)
 	assert.Equal(t, "companies", cfg.Companies.Name)

@@ -1,7 +1,6 @@
 package mapping
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -48,9 +47,12 @@ type compiledField struct {
 func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 	types := pgtype.NewMap()
 	m := &Mapper{columns: append([]row.Column(nil), columns...), companyID: -1}
-	var errs []error
+	var errs ConfigErrors
 	fail := func(line int, key, format string, args ...any) {
-		errs = append(errs, &ConfigError{File: c.File, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+		// The messages below end in "; fix: …": the fix travels as its
+		// own field, printed on a line of its own.
+		msg, fix, _ := strings.Cut(fmt.Sprintf(format, args...), "; fix: ")
+		errs = append(errs, &ConfigError{File: c.File, Line: line, Key: key, Msg: msg, Fix: fix})
 	}
 
 	if i, msg := findColumn(columns, c.CompanyID, table); msg != "" {
@@ -85,7 +87,7 @@ func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 	}
 
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, errs
 	}
 	return m, nil
 }

@@ -131,9 +131,23 @@ func TestCompileErrors(t *testing.T) {
 			c := Companies{CompanyID: tt.id, Metadata: tt.fields, File: "p.yaml", CompanyIDLine: 7}
 			m, err := Compile(c, "public.companies", cols)
 			assert.Nil(t, m)
-			assert.Equal(t, tt.want, problems(t, err))
+			assert.Equal(t, tt.want, problemsAndFixes(t, err))
 		})
 	}
+}
+
+// problemsAndFixes is each problem in err with its fix (the field) after
+// "; fix: ", as one string, so a table of expectations checks both.
+func problemsAndFixes(t *testing.T, err error) []string {
+	t.Helper()
+	var out []string
+	for _, p := range fixedProblems(t, err) {
+		if p.fix != "" {
+			p.msg += "; fix: " + p.fix
+		}
+		out = append(out, p.msg)
+	}
+	return out
 }
 
 func numberedColumns(n int) []row.Column {

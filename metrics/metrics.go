@@ -37,9 +37,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// DefaultUnreadyAfter is how long Userpilot may fail before /readyz says
-// 503, when Options.UnreadyAfter is 0.
-const DefaultUnreadyAfter = 5 * time.Minute
+// Defaults of the settings the config file names after them.
+const (
+	// DefaultUnreadyAfter is how long Userpilot may fail before /readyz
+	// says 503 (http.unready_after).
+	DefaultUnreadyAfter = 5 * time.Minute
+	// DefaultWarnRetainedWAL is the slot's retained WAL, in bytes, above
+	// which pgpilot warns, in the log and a metric
+	// (delivery.warn_retained_wal).
+	DefaultWarnRetainedWAL = 1 << 30
+)
 
 // warnEvery bounds how often the retained-WAL warning is logged.
 const warnEvery = time.Minute

@@ -57,7 +57,7 @@ func TestDecodeMessageReadsEveryRowKind(t *testing.T) {
 			require.NoError(t, err)
 			rm, ok := m.(*pglogrepl.RelationMessage)
 			require.True(t, ok)
-			rel, err := decodeRelation(t.Context(), rm, fuzzTypes{})
+			rel, err := decodeRelation(t.Context(), rm, IdentityTypes{})
 			require.NoError(t, err)
 			assert.Equal(t, row.Table{Schema: "public", Name: "companies"}, rel.Table)
 			require.Len(t, rel.Columns, 9)

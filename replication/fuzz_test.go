@@ -1,4 +1,4 @@
-package replication
+package replication_test
 
 import (
 	"bytes"
@@ -7,22 +7,11 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/jackc/pglogrepl"
-
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
-
-// fuzzTypes resolves every type to itself, as the stream's TypeResolver
-// does for the types pgx knows; unknown OIDs stay unknown, and the mapping
-// must refuse them or send their text.
-type fuzzTypes struct{}
-
-func (fuzzTypes) Resolve(_ context.Context, oid uint32) (uint32, error) { return oid, nil }
-func (fuzzTypes) Name(_ context.Context, oid uint32, typmod int32) (string, error) {
-	return fmt.Sprintf("type %d(%d)", oid, typmod), nil
-}
 
 // FuzzDecodeToPayload feeds arbitrary bytes as a pgoutput Relation message
 // and a row message (Insert, Update, Delete) through the stream's decoding,
@@ -33,29 +22,13 @@ func (fuzzTypes) Name(_ context.Context, oid uint32, typmod int32) (string, erro
 func FuzzDecodeToPayload(f *testing.F) {
 	f.Fuzz(func(t *testing.T, relationMsg, rowMsg []byte) {
 		ctx := context.Background()
-		m, err := decodeMessage(relationMsg)
-		if err != nil {
-			return
-		}
-		rm, ok := m.(*pglogrepl.RelationMessage)
-		if !ok || len(rm.Columns) == 0 {
-			return
-		}
-		rel, err := decodeRelation(ctx, rm, fuzzTypes{})
+		rel, ch, ok, err := replication.DecodeRow(ctx, relationMsg, rowMsg, replication.IdentityTypes{})
 		if err != nil {
 			t.Fatalf("decodeRelation: %v", err)
 		}
-		m, err = decodeMessage(rowMsg)
-		if err != nil {
-			return
-		}
-		r, ok := rowOf(m)
 		if !ok {
 			return
 		}
-		// The stream would refuse a row of another relation; mapping it
-		// anyway reaches more of the mapping.
-		ch := r.change(rel)
 		for _, typ := range []mapping.Type{mapping.TypeAuto, mapping.TypeString} {
 			c := mapping.Companies{CompanyID: rel.Columns[0].Name}
 			cols := make([]row.Column, len(rel.Columns))

@@ -56,6 +56,10 @@ import (
 	"github.com/pgpilot/pgpilot/state"
 )
 
+// DefaultChunkRows is how many rows a chunk reads at a time
+// (delivery.snapshot_chunk_rows).
+const DefaultChunkRows = 5000
+
 // Progress is the Mark a chunk carries: the job as it stands once the chunk
 // is delivered.
 type Progress struct {
@@ -123,7 +127,7 @@ type relMap struct {
 // New makes a Stage.
 func New(opts Options) (*Stage, error) {
 	if opts.ChunkRows <= 0 {
-		opts.ChunkRows = 5000
+		opts.ChunkRows = DefaultChunkRows
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

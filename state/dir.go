@@ -24,6 +24,10 @@ import (
 
 const lockFile = "lock"
 
+// DefaultDir is state.dir's default, relative to the config file's
+// directory.
+const DefaultDir = "pgpilot-state"
+
 // Dir is an opened, locked state directory.
 type Dir struct {
 	path string

@@ -35,8 +35,22 @@ import (
 // endpoint forbids it.
 const apiVersion = "2020-09-22"
 
+// Userpilot's published figures, the defaults of the settings the config
+// file names after them (userpilot.endpoint, rate_limit, bulk_rate).
 const (
-	defaultRateLimit      = 10 // Userpilot's 600 real-time requests per minute per token
+	// USEndpoint and EUEndpoint are Userpilot's hosts (the file's `us` and
+	// `eu`); USEndpoint is the default.
+	USEndpoint = "https://analytex.userpilot.io"
+	EUEndpoint = "https://analytex-eu.userpilot.io"
+	// DefaultRateLimit is the real-time budget in requests per second:
+	// Userpilot allows 600 per minute per API token.
+	DefaultRateLimit = 10.0
+	// DefaultBulkRate is the bulk jobs' processing speed in records per
+	// second to plan with: the lower published figure, 1,200 per minute.
+	DefaultBulkRate = 20.0
+)
+
+const (
 	defaultConcurrency    = 16
 	defaultRequestTimeout = 30 * time.Second
 	defaultMinBackoff     = 500 * time.Millisecond
@@ -146,7 +160,7 @@ func New(opts Options) (*Client, error) {
 	if c.log == nil {
 		c.log = slog.Default()
 	}
-	limit := cmp.Or(opts.RateLimit, defaultRateLimit)
+	limit := cmp.Or(opts.RateLimit, DefaultRateLimit)
 	// A burst of a quarter second's budget, not a whole second's: requests
 	// leave evenly, so jitter on the way cannot bunch them into more than
 	// Userpilot's bucket holds (which is what turned into 429s and

@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/metrics"
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/snapshot"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// The config file becomes each stage's options here, and only here: the
+// loader (package mapping) has applied every default the stages declare,
+// and what Options overrides (tests) wins.
+
+// metricsOptions are the metrics' options from the config.
+func metricsOptions(cfg *mapping.Config, log *slog.Logger) metrics.Options {
+	return metrics.Options{Logger: log.With("subsystem", "http"), Slot: cfg.Postgres.Slot,
+		UnreadyAfter: cfg.HTTP.UnreadyAfter, WarnRetainedWAL: cfg.Delivery.WarnRetainedWAL}
+}
+
+// userpilotOptions are the client's options: endpoint, key and budget from
+// the config, the rest from override.
+func userpilotOptions(cfg *mapping.Config, override userpilot.Options, log *slog.Logger) userpilot.Options {
+	uo := override
+	uo.Endpoint, uo.APIKey, uo.RateLimit = cfg.Userpilot.Endpoint, cfg.Userpilot.APIKey, cfg.Userpilot.RateLimit
+	if uo.Concurrency == 0 {
+		uo.Concurrency = workersFor(cfg.Userpilot.RateLimit)
+	}
+	if uo.Logger == nil {
+		uo.Logger = log.With("subsystem", "userpilot")
+	}
+	return uo
+}
+
+// snapshotOptions are the snapshot stage's: what it reads (src), where the
+// stream starts, and the pipeline's backlog it waits for.
+func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func() int64) snapshot.Options {
+	cfg := s.cfg
+	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key,
+		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
+		Backlog: backlog, Logger: s.snapLog}
+}
+
+// deliveryOptions are the pipeline's: the tuning the config sets (and
+// Options.Delivery overrides), the mapping, and the session's checkpoint,
+// store and metrics.
+func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() int64) (delivery.Options, error) {
+	cfg := s.cfg
+	do := s.opts.Delivery
+	do.Mapping = compiler(cfg.Companies)
+	do.Sender, do.DeadLetters, do.Index = s.sender, s.dir, s.store
+	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
+	do.MaxRetainedWAL = cmp.Or(do.MaxRetainedWAL, cfg.Delivery.MaxRetainedWAL)
+	do.OutboxAfter = cmp.Or(do.OutboxAfter, cfg.Delivery.OutboxAfter)
+	do.Checkpoint, do.Checkpointed = s.checkpointer(), checkpointed
+	do.Recorder = readRecorder{s.opts.Metrics}
+	do.RealtimeRate, do.Workers, do.Logger = cfg.Userpilot.RateLimit, workersFor(cfg.Userpilot.RateLimit), s.base.With("subsystem", "delivery")
+	// bulk_rate: 0 in the file turns the bulk path off.
+	do.BulkRate, do.NoBulk = cfg.Userpilot.BulkRate, cfg.Userpilot.BulkRate == 0
+	do.OnDelete = cfg.Companies.OnDelete
+	var err error
+	if do.DeleteMark, err = userpilot.MetadataOf(cfg.Companies.OnDeleteMetadata); err != nil {
+		return do, permanent(fmt.Errorf("%w: companies.on_delete_metadata: %w", ErrConfig, err))
+	}
+	return do, nil
+}
+
+// compiler compiles the mapping for a description of the table.
+func compiler(c mapping.Companies) func(*row.Relation) (delivery.Mapper, error) {
+	return func(rel *row.Relation) (delivery.Mapper, error) {
+		m, err := mapping.Compile(c, rel.Table.String(), rel.Columns)
+		if err != nil {
+			return nil, err // not a nil *Mapper in an interface
+		}
+		return m, nil
+	}
+}
