@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/replication"
@@ -148,7 +149,7 @@ func Run(ctx context.Context, opts Options) error {
 			return perm.err
 		}
 		if isCredentialProblem(err) {
-			return fmt.Errorf("%w: %w (fix postgres.url)", ErrConfig, err)
+			return fix.With(fmt.Errorf("%w: %w", ErrConfig, err), "fix postgres.url (the role, its password, the database name)")
 		}
 		if time.Since(started) > time.Minute || s.progress.Load() {
 			// It had worked: this is a new failure, not a flapping one.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -405,34 +406,34 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 		return start{}, err
 	}
 	if haveCP && (cp.SystemID != sys.SystemID || cp.Slot != slotName || cp.Database != srv.Database) {
-		return start{}, permanent(fmt.Errorf("%w: the checkpoint in %s belongs to slot %q of database %q on system %s, not slot %q of %q on system %s; "+
-			"point state.dir at this database's own state directory, or use an empty one to start over with a full re-send",
-			ErrConfig, s.dir.Path(), cp.Slot, cp.Database, cp.SystemID, slotName, srv.Database, sys.SystemID))
+		return start{}, permanent(fix.With(fmt.Errorf("%w: the checkpoint in %s belongs to slot %q of database %q on system %s, not slot %q of %q on system %s",
+			ErrConfig, s.dir.Path(), cp.Slot, cp.Database, cp.SystemID, slotName, srv.Database, sys.SystemID),
+			"point state.dir at this database's own state directory, or use an empty one to start over with a full re-send"))
 	}
 
 	if haveCP && cp.InitialSync == state.InitialSyncDone {
 		if !haveSlot {
-			return start{}, permanent(fmt.Errorf("replication slot %q is gone (dropped by hand or by another tool) but the checkpoint is at %s: "+
-				"changes since then cannot be streamed. Run `pgpilot teardown`, remove %s, and run again to re-send every row",
-				slotName, cp.LSN, s.dir.Path()))
+			return start{}, permanent(fix.With(fmt.Errorf("replication slot %q is gone (dropped by hand or by another tool) but the checkpoint is at %s: "+
+				"changes since then cannot be streamed", slotName, cp.LSN),
+				fmt.Sprintf("run `pgpilot teardown`, remove %s, and run again to re-send every row", s.dir.Path())))
 		}
 		if err := slot.Usable(srv.Database); err != nil {
 			return start{}, permanent(err)
 		}
 		s.cp = cp
 		if slot.ConfirmedFlush > pglogrepl.LSN(cp.LSN) {
-			return start{}, permanent(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
-				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot? "+
-				"Give each its own postgres.slot, then re-sync", slotName, slot.ConfirmedFlush, cp.LSN))
+			return start{}, permanent(fix.With(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
+				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot?", slotName, slot.ConfirmedFlush, cp.LSN),
+				"give each pgpilot its own postgres.slot, then re-sync"))
 		}
 		return start{lsn: pglogrepl.LSN(cp.LSN), job: cp.Snapshot}, nil
 	}
 
 	if haveSlot {
 		if !haveCP {
-			return start{}, permanent(fmt.Errorf("%w: replication slot %q exists but %s has no checkpoint: either the state directory was lost "+
-				"(and with it any updates its outbox still owed Userpilot) or another program owns this slot. Restore state.dir "+
-				"from its volume, or choose another postgres.slot, or re-sync: run `pgpilot teardown` and `pgpilot run` to re-send every row", ErrConfig, slotName, s.dir.Path()))
+			return start{}, permanent(fix.With(fmt.Errorf("%w: replication slot %q exists but %s has no checkpoint: either the state directory was lost "+
+				"(and with it any updates its outbox still owed Userpilot) or another program owns this slot", ErrConfig, slotName, s.dir.Path()),
+				"restore state.dir from its volume, or choose another postgres.slot, or re-sync: run `pgpilot teardown` and `pgpilot run` to re-send every row"))
 		}
 		// Our own slot from an initial sync that did not finish: nothing
 		// was confirmed on it, so a fresh slot and snapshot lose nothing.
@@ -451,8 +452,8 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 			"slot", slotName)
 	}
 	if cfg.Postgres.FailoverSlot && (srv.InRecovery || srv.Major() < 17) {
-		return start{}, permanent(fmt.Errorf("%w: postgres.failover_slot needs a Postgres 17+ primary (this is Postgres %d, standby: %t); "+
-			"remove it, or point postgres.url at the primary", ErrConfig, srv.Major(), srv.InRecovery))
+		return start{}, permanent(fix.With(fmt.Errorf("%w: postgres.failover_slot needs a Postgres 17+ primary (this is Postgres %d, standby: %t)",
+			ErrConfig, srv.Major(), srv.InRecovery), "remove postgres.failover_slot, or point postgres.url at the primary"))
 	}
 	created, err := replication.CreateSlot(ctx, rconn, slotName, replication.SlotOptions{Failover: cfg.Postgres.FailoverSlot})
 	if err != nil {
