@@ -93,6 +93,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 		case err != nil:
 			return bulkResult{entries: batch, err: err}
 		}
+		p.jobAnswered.Store(time.Now().UnixNano())
 		status, err := p.waitJob(ctx, job, firstPoll(len(cos), p.opts.BulkRate, p.opts.PollInterval))
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
@@ -152,6 +153,9 @@ func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Dur
 		}
 		next.ID = job.ID
 		job = next
+		if job.Status != userpilot.JobFailed {
+			p.jobAnswered.Store(time.Now().UnixNano())
+		}
 	}
 }
 
@@ -177,14 +181,19 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 			c.inflight = nil
 			p.inflight--
 			e.realtimeOnly = true
-			if c.waiting != nil {
+			if w := c.waiting; w != nil {
 				// A newer state arrived meanwhile: fold it into this older
-				// entry (newer wins), which keeps its place in the order.
-				for k, v := range c.waiting.co.Metadata {
-					e.co.Metadata[k] = v
+				// entry (newer wins), which keeps its place in the order. A
+				// deletion supersedes the older state whole.
+				if w.delete {
+					e.delete, e.co.Metadata = true, userpilot.Metadata{}
+				} else {
+					for k, v := range w.co.Metadata {
+						e.co.Metadata[k] = v
+					}
 				}
-				e.lsn = c.waiting.lsn
-				c.waiting.done = true
+				e.lsn, e.resend = w.lsn, e.resend || w.resend
+				p.setDone(w)
 			}
 			c.waiting = e
 			p.ready.pushFront(e)

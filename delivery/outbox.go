@@ -44,9 +44,11 @@ func (p *Pipeline) loadOutbox() error {
 		if md == nil {
 			md = userpilot.Metadata{}
 		}
-		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since, delete: r.Delete}
+		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since,
+			delete: r.Delete, resend: r.Resend}
 		p.companies[r.CompanyID] = &company{waiting: e}
 		p.order.push(e)
+		p.undelivered++
 		p.ready.push(e)
 		p.inOutbox[r.CompanyID] = recordSize(r)
 		p.outboxBytes += int64(p.inOutbox[r.CompanyID])
@@ -71,8 +73,12 @@ func (p *Pipeline) updateMode() {
 				reason = fmt.Sprintf("the slot retains %d MB of WAL, above delivery.max_retained_wal (%d MB)", r>>20, p.opts.MaxRetainedWAL>>20)
 			}
 		}
-		if reason == "" && p.order.len() > 0 && time.Since(p.progress) > p.opts.OutboxAfter {
-			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", time.Since(p.progress).Round(time.Second))
+		last := p.progress
+		if answered := time.Unix(0, p.jobAnswered.Load()); p.bulkBusy && answered.After(last) {
+			last = answered // a job Userpilot is working through
+		}
+		if reason == "" && p.undelivered > 0 && time.Since(last) > p.opts.OutboxAfter {
+			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", time.Since(last).Round(time.Second))
 		}
 		if reason == "" {
 			return
@@ -130,6 +136,7 @@ func (p *Pipeline) persist() error {
 				r.Delete = false
 			}
 			maps.Copy(r.Metadata, e.co.Metadata)
+			r.Resend = r.Resend || e.resend
 			r.LSN = max(r.LSN, state.LSN(e.lsn))
 			if r.Since.IsZero() || e.since.Before(r.Since) {
 				r.Since = e.since
@@ -171,7 +178,7 @@ func (p *Pipeline) reportStatus(force bool) {
 	}
 	p.statusAt = time.Now()
 	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: len(p.inOutbox),
-		OutboxBytes: p.outboxBytes, Pending: p.order.len()}
+		OutboxBytes: p.outboxBytes, Pending: p.undelivered}
 	if p.order.len() > 0 {
 		st.OldestPending = p.order.front().since
 	}

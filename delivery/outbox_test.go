@@ -100,3 +100,49 @@ func TestRetainedWALAboveLimitSwitchesToOutboxEvenWhenUserpilotIsUp(t *testing.T
 	close(in)
 	require.NoError(t, <-done)
 }
+
+// A re-sync asks for rows to be sent even where the no-op index says
+// Userpilot holds them; that request must survive in the outbox across a
+// restart, or the re-sent rows are skipped as unchanged.
+func TestAReSyncWaitingInTheOutboxIsStillSentAfterARestart(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{OutboxAfter: 100 * time.Millisecond}})
+	require.NoError(t, h.run(context.Background(), txn(10, update("1", "pro", nil))))
+	require.Equal(t, 1, h.up.IdentifyRequests())
+
+	h.up.SetFault(&userpilottest.Fault{Status: 503}) // Userpilot is down while the re-sync runs
+	ctx, cancel := context.WithCancel(context.Background())
+	in, done := h.feed(ctx)
+	in <- row.Transaction{Kind: row.Chunk, Resend: true, Changes: []row.Change{update("1", "pro", nil)}}
+	require.Eventually(t, func() bool {
+		recs, err := h.store.Outbox()
+		return err == nil && len(recs) == 1
+	}, 10*time.Second, 10*time.Millisecond, "the re-sent row waits in the outbox")
+	cancel() // pgpilot stops
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	h.up.SetFault(nil)
+	before := h.up.IdentifyRequests()
+	h.restart()
+	require.NoError(t, h.run(context.Background()))
+	assert.Greater(t, h.up.IdentifyRequests(), before, "the re-sync's row is sent, not skipped as unchanged")
+}
+
+// A bulk job that Userpilot is visibly working through is progress: it must
+// not count as "Userpilot has accepted nothing" and send pgpilot to its
+// outbox while the job runs.
+func TestAHealthyLongBulkJobIsNotAnOutage(t *testing.T) {
+	h := newHarness(t, setup{standin: userpilottest.Options{BulkRecordsPerSecond: 200},
+		delivery: delivery.Options{OutboxAfter: 300 * time.Millisecond, BulkRate: 1_000_000_000, MinBulk: 10,
+			BulkOverhead: 100 * time.Microsecond, PollInterval: 50 * time.Millisecond}})
+	var changes []row.Change
+	for i := range 400 { // a job of ~400 records at 200/s: about 2 s
+		changes = append(changes, update(fmt.Sprint(i+1), "pro", nil))
+	}
+	require.NoError(t, h.run(context.Background(), txn(10, changes...)))
+	require.Positive(t, h.pipe.Stats().BulkJobs.Load(), "the backlog went in a job")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, st := range h.statuses {
+		assert.NotEqual(t, state.ModeOutbox, st.Mode, "outbox mode during a healthy job: %s", st.Reason)
+	}
+}

@@ -175,7 +175,10 @@ type Pipeline struct {
 	mappers row.PerRelation[Mapper]
 
 	companies map[string]*company
-	order     queue // every undelivered entry, oldest first
+	order     queue // every undelivered entry, oldest first (and finished ones until they reach the front)
+	// undelivered counts the entries not finished: what is pending (order
+	// also holds finished entries behind an older undelivered one).
+	undelivered int
 	ready     queue // entries that may be sent now, oldest first
 	inflight  int
 	received  pglogrepl.LSN // end of the last whole transaction received
@@ -195,6 +198,10 @@ type Pipeline struct {
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell.
 	progress time.Time
+	// jobAnswered is when Userpilot last answered for a running bulk job
+	// (submitted, or its status read): a job it is working through is
+	// progress too. Unix nanoseconds; written by the job's goroutine.
+	jobAnswered atomic.Int64
 
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
@@ -312,7 +319,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}
 		p.watermark() // drops finished entries, so the counts below are true
-		p.stats.Pending.Store(int64(p.order.len()))
+		p.stats.Pending.Store(int64(p.undelivered))
 		if !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
@@ -336,6 +343,10 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
 			inCh = in
 		}
+		// A bulk job just sized may have taken everything around a
+		// deletion, leaving it at the front: it goes to the delete batch,
+		// never to a real-time worker (which would identify it).
+		p.collectDeletes()
 		var workCh chan<- *entry
 		var next *entry
 		if p.ready.len() > 0 {
@@ -529,6 +540,7 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 	c.waiting = e
 	p.touch(id)
 	p.order.push(e)
+	p.undelivered++
 	if c.inflight == nil {
 		p.ready.push(e)
 	}
@@ -589,7 +601,7 @@ func (p *Pipeline) skip(e *entry, r *report) {
 // finish marks e delivered (or set aside) and lets its company's waiting
 // entry go.
 func (p *Pipeline) finish(e *entry) {
-	e.done = true
+	p.setDone(e)
 	p.touch(e.co.CompanyID)
 	c := p.companies[e.co.CompanyID]
 	if c.inflight == e {
@@ -632,6 +644,14 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	p.log.Warn("record set aside in the dead-letter file", "company_id", dl.CompanyID, "status", dl.Status,
 		"reason", dl.Reason, "lsn", dl.LSN.String())
 	return nil
+}
+
+// setDone finishes e for the checkpoint's order and the pending count.
+func (p *Pipeline) setDone(e *entry) {
+	if !e.done {
+		e.done = true
+		p.undelivered--
+	}
 }
 
 // watermark is the newest position with nothing undelivered before it.

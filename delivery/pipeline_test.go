@@ -71,7 +71,12 @@ type harness struct {
 	// checkpoint was written.
 	acceptedAt []int
 	pipe       *delivery.Pipeline
+	opts       delivery.Options // what pipe was made with, for restart
 }
+
+// restart makes a new pipeline on the same state directory and store, as a
+// new process would.
+func (h *harness) restart() { h.pipe = delivery.New(h.opts) }
 
 type setup struct {
 	standin  userpilottest.Options
@@ -114,6 +119,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		h.acceptedAt = append(h.acceptedAt, h.up.Accepted())
 		return nil
 	}
+	h.opts = o
 	h.pipe = delivery.New(o)
 	return h
 }
@@ -336,4 +342,23 @@ func TestPendingStateIsBoundedByApplyingBackPressure(t *testing.T) {
 	require.NoError(t, <-done)
 	assert.LessOrEqual(t, maxSeen, int64(5+1), "never more than MaxPending companies held (one may be mid-add)")
 	assert.Len(t, h.up.Companies(), 200)
+}
+
+// The pending count is what is undelivered, not what the checkpoint's
+// order still holds: companies delivered behind a slow one are not pending.
+func TestPendingCountsOnlyWhatIsUndelivered(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{Workers: 4}})
+	h.up.FailNext(1, userpilottest.Fault{Delay: 2 * time.Second, Apply: true, Status: 202}) // company 1 is slow
+	in, done := h.feed(context.Background())
+	in <- txn(10, update("1", "pro", nil))
+	require.Eventually(t, func() bool { return h.pipe.Stats().Pending.Load() == 1 }, 5*time.Second, time.Millisecond)
+	for i := 2; i <= 11; i++ {
+		in <- txn(pglogrepl.LSN(10*i), update(fmt.Sprint(i), "pro", nil))
+	}
+	require.Eventually(t, func() bool { return h.up.Accepted() >= 10 }, 5*time.Second, time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // a few ticks
+	assert.Equal(t, int64(1), h.pipe.Stats().Pending.Load(), "only company 1 is still on its way")
+	close(in)
+	require.NoError(t, <-done)
+	assert.Zero(t, h.pipe.Stats().Pending.Load())
 }

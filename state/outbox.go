@@ -18,6 +18,9 @@ type OutboxRecord struct {
 	Metadata  userpilot.Metadata `json:"m"`
 	// Delete: what is owed is a deletion (on_delete: delete), not metadata.
 	Delete bool `json:"delete,omitempty"`
+	// Resend: a re-sync asked for it, so it is sent even where the no-op
+	// index says Userpilot holds it.
+	Resend bool `json:"resend,omitempty"`
 	// LSN is the newest change merged in (for dead letters).
 	LSN LSN `json:"lsn"`
 	// Since is when the oldest change merged in arrived (for status).
