@@ -57,6 +57,7 @@ func (q *queue) len() int      { return len(q.items) - q.head }
 func (q *queue) push(e *entry) { q.items = append(q.items, e) }
 func (q *queue) front() *entry { return q.items[q.head] }
 func (q *queue) back() *entry  { return q.items[len(q.items)-1] }
+
 // pushFront puts e first. Without room before the head it makes as much
 // room again as the queue holds, so a run of pushes to the front (a refused
 // job's records going back) costs amortised O(1) each.

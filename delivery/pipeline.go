@@ -179,10 +179,10 @@ type Pipeline struct {
 	// undelivered counts the entries not finished: what is pending (order
 	// also holds finished entries behind an older undelivered one).
 	undelivered int
-	ready     queue // entries that may be sent now, oldest first
-	inflight  int
-	received  pglogrepl.LSN // end of the last whole transaction received
-	done      pglogrepl.LSN // checkpointed
+	ready       queue // entries that may be sent now, oldest first
+	inflight    int
+	received    pglogrepl.LSN // end of the last whole transaction received
+	done        pglogrepl.LSN // checkpointed
 	// seq numbers entries in the order they are made; marks wait, oldest
 	// first, for every entry made before them to be delivered.
 	seq       uint64
