@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/delivery"
@@ -133,16 +134,33 @@ func Run(ctx context.Context, opts Options) error {
 	streamLog := opts.Logger.With("subsystem", "stream")
 	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
 		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger}
+	// The delivery engine outlives the sessions: whatever ends the loop,
+	// it delivers and checkpoints what it holds (for at most the grace
+	// period) before Run returns.
+	defer func() {
+		if s.eng != nil {
+			s.eng.stop(opts.ShutdownGrace)
+		}
+	}()
 	backoff := time.Second
 	for {
 		started := time.Now()
 		s.progress.Store(false)
 		err := s.run(ctx)
 		if ctx.Err() != nil {
-			if errors.Is(err, context.Canceled) {
-				return nil // stopped while waiting (e.g. for a standby's slot): a clean stop
+			return s.stop(err)
+		}
+		if s.eng != nil && s.eng.failed() {
+			// Delivery stopped. A schema problem is the operator's to fix;
+			// anything else starts a new engine with the next session, from
+			// the durable checkpoint.
+			pipeErr := s.eng.err
+			s.eng.stop(0)
+			s.eng = nil
+			if errors.Is(pipeErr, delivery.ErrSchema) {
+				return fmt.Errorf("%w: %w", ErrConfig, pipeErr)
 			}
-			return err
+			err = pipeErr
 		}
 		var perm permanentError
 		if errors.As(err, &perm) {
@@ -178,6 +196,27 @@ func Run(ctx context.Context, opts Options) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// stop ends the daemon after a stop signal: the engine delivers what it
+// holds for the grace period, then checkpoints.
+func (s *session) stop(sessionErr error) error {
+	var pipeErr error
+	if s.eng != nil {
+		pipeErr = s.eng.stop(s.opts.ShutdownGrace)
+		s.eng = nil
+	}
+	switch {
+	case pipeErr != nil && !errors.Is(pipeErr, context.Canceled):
+		return pipeErr
+	case pipeErr != nil:
+		s.log.Warn("stopped before everything read was delivered; it will be sent again at the next start",
+			"grace", s.opts.ShutdownGrace.String())
+	case sessionErr != nil && !errors.Is(sessionErr, context.Canceled):
+		return sessionErr
+	}
+	s.log.Info("stopped", "checkpoint", pglogrepl.LSN(s.confirmed.Load()).String())
+	return nil
 }
 
 // workersFor sizes the identify concurrency to the rate limit: enough calls

@@ -409,6 +409,9 @@ func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
 
 // add maps a transaction's changes into pending entries.
 func (p *Pipeline) add(txn row.Transaction) error {
+	if p.seen(txn) {
+		return nil
+	}
 	if p.opts.Recorder != nil {
 		p.opts.Recorder.Took(txn)
 	}
@@ -440,6 +443,23 @@ func (p *Pipeline) add(txn row.Transaction) error {
 		p.marks = append(p.marks, pendingMark{seq: p.seq, mark: txn.Mark})
 	}
 	return nil
+}
+
+// seen reports whether txn was received before: the pipeline outlives
+// replication sessions, and a new session streams again from the durable
+// checkpoint, which may be behind what was received. What was received is
+// merged already (merging it again could put an older value over a newer
+// one), so it is dropped. A piece of a large transaction is a repeat when
+// its transaction committed before the last whole one received; a chunk
+// never is (a snapshot's rows are read anew, in a newer MVCC snapshot).
+func (p *Pipeline) seen(txn row.Transaction) bool {
+	switch txn.Kind {
+	case row.Commit, row.Marker:
+		return txn.EndLSN != 0 && txn.EndLSN <= p.received
+	case row.Piece:
+		return txn.CommitLSN < p.received
+	}
+	return false
 }
 
 // pendingMark is a Transaction's Mark, waiting for the entries made before

@@ -144,7 +144,7 @@ func (h *harness) lastCheckpoint() pglogrepl.LSN {
 }
 
 func txn(end pglogrepl.LSN, changes ...row.Change) row.Transaction {
-	return row.Transaction{CommitLSN: end - 1, EndLSN: end, Changes: changes}
+	return row.Transaction{Kind: row.Commit, CommitLSN: end - 1, EndLSN: end, Changes: changes}
 }
 
 func TestChangesArrivingWhileCompanyIsInFlightAreMergedKeyByKey(t *testing.T) {
@@ -361,4 +361,28 @@ func TestPendingCountsOnlyWhatIsUndelivered(t *testing.T) {
 	close(in)
 	require.NoError(t, <-done)
 	assert.Zero(t, h.pipe.Stats().Pending.Load())
+}
+
+// A new replication session streams again from the durable checkpoint,
+// which may be behind what the pipeline (which outlives sessions) already
+// received: those transactions are dropped, or an older value would be
+// merged over a newer pending one.
+func TestTransactionsReceivedBeforeAreNotMergedAgain(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.up.SetFault(&userpilottest.Fault{Status: 503}) // nothing is delivered: all stays pending
+	in, done := h.feed(context.Background())
+	in <- txn(10, update("1", "old", nil))
+	in <- txn(20, update("1", "new", nil))
+	// The session ends and the next one streams from the checkpoint (0).
+	in <- txn(10, update("1", "old", nil))
+	in <- row.Transaction{Kind: row.Piece, CommitLSN: 15, Changes: []row.Change{update("1", "old", nil)}}
+	in <- txn(20, update("1", "new", nil))
+	in <- txn(30, update("2", "pro", nil)) // new: taken
+	h.up.SetFault(nil)
+	close(in)
+	require.NoError(t, <-done)
+	got, _ := h.up.Company("1")
+	assert.Equal(t, "new", got["plan"])
+	assert.Equal(t, int64(3), h.pipe.Stats().Changes.Load(), "the three repeats were dropped")
+	assert.Equal(t, pglogrepl.LSN(30), h.lastCheckpoint())
 }
