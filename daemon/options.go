@@ -45,7 +45,7 @@ func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func
 	cfg := s.cfg
 	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key,
 		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
-		Backlog: backlog, Logger: s.snapLog}
+		Backlog: backlog, ResumedJob: s.resumedJob, Logger: s.snapLog}
 }
 
 // deliveryOptions are the pipeline's: the tuning the config sets (and
@@ -55,7 +55,7 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	cfg := s.cfg
 	do := s.opts.Delivery
 	do.Mapping = compiler(cfg.Companies)
-	do.Sender, do.DeadLetters, do.Index = s.sender, s.dir, s.store
+	do.Sender, do.DeadLetters, do.Index, do.InFlight = s.sender, s.dir, s.store, s.store
 	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
 	do.MaxRetainedWAL = cmp.Or(do.MaxRetainedWAL, cfg.Delivery.MaxRetainedWAL)
 	do.OutboxAfter = cmp.Or(do.OutboxAfter, cfg.Delivery.OutboxAfter)

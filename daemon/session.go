@@ -47,6 +47,10 @@ type session struct {
 	// checkpoint and kept across sessions (see engine.go); nil before, and
 	// after it failed (the next session makes a new one).
 	eng *engine
+	// resumedJob is the snapshot job the checkpoint carried when this
+	// process started (see snapshot.Options.ResumedJob).
+	resumedJob string
+	started    bool // a session has prepared once in this process
 
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
@@ -60,6 +64,9 @@ type session struct {
 type start struct {
 	lsn pglogrepl.LSN
 	job *state.Snapshot
+	// resumed: the job was in the checkpoint already (not made by this
+	// start).
+	resumed bool
 }
 
 // source is what a session found in Postgres before streaming: the
@@ -100,6 +107,10 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	if s.eng == nil {
+		if st.job != nil && st.resumed && !s.started {
+			s.resumedJob = st.job.ID
+		}
+		s.started = true
 		s.confirmed.Store(uint64(st.lsn))
 		m.Checkpointed(st.lsn)
 		m.SnapshotProgress(snapshotJob(st.job))
@@ -382,6 +393,14 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	if err != nil {
 		return start{}, permanent(err)
 	}
+	if s.eng != nil {
+		// The engine checkpoints while this session sets up: what it last
+		// wrote, in memory, is the checkpoint (never an older read of the
+		// file over it).
+		s.mu.Lock()
+		cp, haveCP = s.cp, true
+		s.mu.Unlock()
+	}
 	slot, haveSlot, err := replication.ReadSlot(ctx, sqlConn, slotName)
 	if err != nil {
 		return start{}, err
@@ -401,13 +420,15 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 		if err := slot.Usable(srv.Database); err != nil {
 			return start{}, permanent(err)
 		}
-		s.cp = cp
+		if s.eng == nil {
+			s.cp = cp // before the engine runs, nothing else writes it
+		}
 		if slot.ConfirmedFlush > pglogrepl.LSN(cp.LSN) {
 			return start{}, permanent(fix.With(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
 				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot?", slotName, slot.ConfirmedFlush, cp.LSN),
 				"give each pgpilot its own postgres.slot, then re-sync"))
 		}
-		return start{lsn: pglogrepl.LSN(cp.LSN), job: cp.Snapshot}, nil
+		return start{lsn: pglogrepl.LSN(cp.LSN), job: cp.Snapshot, resumed: cp.Snapshot != nil}, nil
 	}
 
 	if haveSlot {

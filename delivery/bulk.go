@@ -75,6 +75,13 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 	for i, e := range batch {
 		cos[i] = e.co
 	}
+	// Recorded before it is submitted: killed from here on, the next run
+	// knows Userpilot may be applying these states, and holds their
+	// companies until the job ends.
+	key, err := p.beginJob(cos)
+	if err != nil {
+		return bulkResult{entries: batch, err: err}
+	}
 	for failures := 0; ; {
 		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, cos)
 		var rej *userpilot.RejectedError
@@ -89,8 +96,14 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 		case errors.Is(err, userpilot.ErrTooLarge), errors.As(err, &rej):
 			// Too large, or a record in it refused: the real-time path
 			// sends them one by one and sets aside only the bad one.
+			if err := p.endJob(key); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, fallback: true, err: err, took: time.Since(start)}
 		case err != nil:
+			return bulkResult{entries: batch, err: err}
+		}
+		if err := p.jobSubmitted(key, job.ID); err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
 		p.jobAnswered.Store(time.Now().UnixNano())
@@ -105,11 +118,17 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			if err := p.record(batch); err != nil {
 				return bulkResult{entries: batch, err: err}
 			}
+			if err := p.endJob(key); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, took: time.Since(start)}
 		}
 		failures++
 		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(cos), "failures", failures)
 		if failures > failedJobRetries {
+			if err := p.endJob(key); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, fallback: true, err: fmt.Errorf("bulk job %s failed %d times", job.ID, failures), took: time.Since(start)}
 		}
 	}

@@ -27,6 +27,7 @@ type entry struct {
 	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
+	held         bool // in a bulk job from before a restart, which may still be running
 }
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST

@@ -136,6 +136,9 @@ type Options struct {
 
 	// Recorder, when set, hears of every transaction taken in.
 	Recorder Recorder
+	// InFlight, when set, makes what may reach Userpilot unseen durable
+	// (see inflight.go).
+	InFlight InFlight
 
 	Logger *slog.Logger
 }
@@ -203,6 +206,15 @@ type Pipeline struct {
 	// progress too. Unix nanoseconds; written by the job's goroutine.
 	jobAnswered atomic.Int64
 
+	// The send horizon as durable (nothing sent comes from past it), the
+	// one found at start (changes up to it may have reached Userpilot
+	// unrecorded), and how far the changes taken in go.
+	horizon, doubtful, heard pglogrepl.LSN
+	// held are bulk jobs from before the restart, oldest first, waited for
+	// before any new job.
+	held           []*heldJob
+	inFlightLoaded bool
+
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
 	inOutbox         map[string]int      // companies with an outbox record → its size
@@ -259,6 +271,10 @@ type bulkResult struct {
 	fallback bool
 	err      error
 	took     time.Duration
+	// held is set for a job from before the restart (resumeHeld), with
+	// the status it ended with ("unknown" when its id was never learnt).
+	held        *heldJob
+	heldOutcome string
 }
 
 // Run delivers what it reads from in until in is closed and everything is
@@ -266,6 +282,9 @@ type bulkResult struct {
 // checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	p.progress = time.Now()
+	if err := p.loadInFlight(); err != nil {
+		return err
+	}
 	if err := p.loadOutbox(); err != nil {
 		return err
 	}
@@ -308,6 +327,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	var stopFor error
 	var lastInput time.Time
 	for {
+		if err := p.coverSends(); err != nil {
+			return err
+		}
 		if err := p.skipNoOps(report); err != nil {
 			return err
 		}
@@ -320,6 +342,12 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		}
 		p.watermark() // drops finished entries, so the counts below are true
 		p.stats.Pending.Store(int64(p.undelivered))
+		if !p.bulkBusy && len(p.held) > 0 {
+			hj := p.held[0]
+			p.held = p.held[1:]
+			p.bulkBusy = true
+			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
+		}
 		if !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
@@ -375,7 +403,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			}
 		case r := <-bulkDone:
 			p.bulkBusy = false
-			if err := p.bulkFinished(r, report); err != nil {
+			finish := p.bulkFinished
+			if r.held != nil {
+				finish = p.heldFinished
+			}
+			if err := finish(r, report); err != nil {
 				return err
 			}
 		case r := <-deleteDone:
@@ -411,6 +443,10 @@ func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
 func (p *Pipeline) add(txn row.Transaction) error {
 	if p.seen(txn) {
 		return nil
+	}
+	p.hear(txn)
+	if p.inDoubt(txn) {
+		txn.Resend = true
 	}
 	if p.opts.Recorder != nil {
 		p.opts.Recorder.Took(txn)

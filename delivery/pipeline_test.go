@@ -104,7 +104,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: quiet})
 	require.NoError(t, err)
 	o := s.delivery
-	o.Mapping, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.Logger = compile, client, h.dir, index, index, quiet
+	o.Mapping, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.InFlight, o.Logger = compile, client, h.dir, index, index, index, quiet
 	o.RealtimeRate = s.rate
 	o.NoBulk = o.BulkRate == 0 // real time only, unless a test asks for bulk
 	o.Status = func(st state.Status) {

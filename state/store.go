@@ -51,7 +51,7 @@ func (d *Dir) OpenStore() (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{deliveredBucket, outboxBucket} {
+		for _, b := range [][]byte{deliveredBucket, outboxBucket, jobsBucket, metaBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
