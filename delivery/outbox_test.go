@@ -3,6 +3,7 @@ package delivery_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,4 +146,71 @@ func TestAHealthyLongBulkJobIsNotAnOutage(t *testing.T) {
 	for _, st := range h.statuses {
 		assert.NotEqual(t, state.ModeOutbox, st.Mode, "outbox mode during a healthy job: %s", st.Reason)
 	}
+}
+
+// readCounter is the store, counting how many outbox records are read at
+// once: the most a pipeline holds of what is owed.
+type readCounter struct {
+	*state.Store
+	mu      sync.Mutex
+	maxRead int
+}
+
+func (r *readCounter) ReadOutbox(ids []string) ([]state.OutboxRecord, error) {
+	r.mu.Lock()
+	r.maxRead = max(r.maxRead, len(ids))
+	r.mu.Unlock()
+	return r.Store.ReadOutbox(ids)
+}
+
+// During an outage memory is a window over what is owed: past it, changes
+// to companies not in memory are folded into their outbox records on disk,
+// and the checkpoint still reaches the last change; a restart loads no more
+// than the window; once Userpilot is back, all of it is delivered, newest
+// values winning.
+func TestMemoryIsAWindowOverWhatIsOwed(t *testing.T) {
+	const window, companies = 50, 500
+	h := newHarness(t, setup{delivery: delivery.Options{MaxPending: window, OutboxAfter: 100 * time.Millisecond}})
+	h.up.SetFault(&userpilottest.Fault{Status: 503})
+	ctx, cancel := context.WithCancel(context.Background())
+	in, done := h.feed(ctx)
+	lsn := pglogrepl.LSN(0)
+	for round := range 2 {
+		for id := 1; id <= companies; id++ {
+			lsn += 10
+			in <- txn(lsn, update(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil))
+		}
+	}
+	require.Eventually(t, func() bool { return h.lastCheckpoint() == lsn }, 20*time.Second, 10*time.Millisecond,
+		"every change is owed durably: the checkpoint reaches the last")
+	assert.LessOrEqual(t, h.pipe.Stats().InMemory.Load(), int64(window), "memory holds the window, the rest is on disk")
+	recs, err := h.store.Outbox()
+	require.NoError(t, err)
+	require.Len(t, recs, companies)
+	for _, r := range recs {
+		require.Equal(t, "plan-1", r.Metadata.Values()["plan"], "company %s: the record holds the newest state", r.CompanyID)
+	}
+	assert.Equal(t, int64(companies), h.pipe.Stats().Pending.Load(), "those only on disk count as pending")
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	// A restart with that backlog on disk loads a window of it at a time.
+	counter := &readCounter{Store: h.store}
+	h.opts.Outbox = counter
+	h.restart()
+	in, done = h.feed(context.Background())
+	require.Eventually(t, func() bool { return h.pipe.Stats().Pending.Load() == companies }, 10*time.Second, time.Millisecond)
+	assert.LessOrEqual(t, h.pipe.Stats().InMemory.Load(), int64(window), "a restart loads a window of the backlog, not all of it")
+	h.up.SetFault(nil)
+	close(in)
+	require.NoError(t, <-done)
+	assert.LessOrEqual(t, counter.maxRead, window, "never more than the window read into memory")
+	assert.Len(t, h.up.Companies(), companies)
+	for id := 1; id <= companies; id++ {
+		got, _ := h.up.Company(fmt.Sprint(id))
+		assert.Equal(t, "plan-1", got["plan"])
+	}
+	recs, err = h.store.Outbox()
+	require.NoError(t, err)
+	assert.Empty(t, recs)
 }

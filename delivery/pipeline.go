@@ -163,8 +163,9 @@ type Stats struct {
 	// Changes read; Coalesced merged into a pending state instead of making
 	// a call; Skipped no-ops; Delivered per path; DeadLettered set aside.
 	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered, Deletes, Truncates atomic.Int64
-	// Pending is how many companies are undelivered now.
-	Pending atomic.Int64
+	// Pending is how many companies are undelivered now; InMemory how
+	// many of them memory holds (the rest are only in the outbox).
+	Pending, InMemory atomic.Int64
 }
 
 // Pipeline delivers transactions. Use New.
@@ -218,6 +219,9 @@ type Pipeline struct {
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
 	inOutbox         map[string]int      // companies with an outbox record → its size
+	overflow         map[string]*spilled // newer states of companies only on disk, until the next write
+	overflowNew      int                 // companies in overflow with no outbox record yet
+	diskOnly         int                 // companies owed in the outbox and not in memory
 	outboxBytes      int64
 	statusAt         time.Time
 }
@@ -253,7 +257,7 @@ func New(opts Options) *Pipeline {
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
-		dirty: map[string]struct{}{}, inOutbox: map[string]int{}}
+		dirty: map[string]struct{}{}, inOutbox: map[string]int{}, overflow: map[string]*spilled{}}
 }
 
 // Stats returns the pipeline's counters.
@@ -341,7 +345,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}
 		p.watermark() // drops finished entries, so the counts below are true
-		p.stats.Pending.Store(int64(p.undelivered))
+		p.stats.Pending.Store(int64(p.pending()))
+		p.stats.InMemory.Store(int64(len(p.companies)))
 		if !p.bulkBusy && len(p.held) > 0 {
 			hj := p.held[0]
 			p.held = p.held[1:]
@@ -361,7 +366,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				})
 			}
 		}
-		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy {
+		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy && p.diskOnly == 0 && len(p.overflow) == 0 {
 			if err := p.tick(); err != nil {
 				return err
 			}
@@ -561,6 +566,10 @@ func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 // pending for it.
 func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
 	c := p.companies[id]
+	if c == nil && p.spilling() {
+		p.spill(id, md, del, txn) // memory is full: the change waits on disk
+		return
+	}
 	if c == nil {
 		c = &company{}
 		p.companies[id] = c
@@ -702,6 +711,11 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	return nil
 }
 
+// pending is how many companies are owed: those in memory with a state
+// undelivered (or held for a job from before a restart), and those only on
+// disk.
+func (p *Pipeline) pending() int { return len(p.companies) + p.diskOnly + p.overflowNew }
+
 // setDone finishes e for the checkpoint's order and the pending count.
 func (p *Pipeline) setDone(e *entry) {
 	if !e.done {
@@ -738,6 +752,11 @@ func (p *Pipeline) tick() error {
 		return err
 	}
 	p.updateMode() // the write may have emptied the outbox
+	if p.order.len() < p.opts.MaxPending/2 {
+		if err := p.refill(); err != nil {
+			return err
+		}
+	}
 	p.reportStatus(false)
 	if p.mode == state.ModeOutbox {
 		// Everything received is delivered or in the outbox: so are the
