@@ -45,7 +45,7 @@ func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func
 	cfg := s.cfg
 	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key,
 		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
-		Backlog: backlog, ResumedJob: s.resumedJob, Logger: s.snapLog}
+		Backlog: backlog, Logger: s.snapLog}
 }
 
 // deliveryOptions are the pipeline's: the tuning the config sets (and

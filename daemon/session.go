@@ -47,10 +47,6 @@ type session struct {
 	// checkpoint and kept across sessions (see engine.go); nil before, and
 	// after it failed (the next session makes a new one).
 	eng *engine
-	// resumedJob is the snapshot job the checkpoint carried when this
-	// process started (see snapshot.Options.ResumedJob).
-	resumedJob string
-	started    bool // a session has prepared once in this process
 
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
@@ -64,9 +60,6 @@ type session struct {
 type start struct {
 	lsn pglogrepl.LSN
 	job *state.Snapshot
-	// resumed: the job was in the checkpoint already (not made by this
-	// start).
-	resumed bool
 }
 
 // source is what a session found in Postgres before streaming: the
@@ -107,10 +100,6 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	if s.eng == nil {
-		if st.job != nil && st.resumed && !s.started {
-			s.resumedJob = st.job.ID
-		}
-		s.started = true
 		s.confirmed.Store(uint64(st.lsn))
 		m.Checkpointed(st.lsn)
 		m.SnapshotProgress(snapshotJob(st.job))
@@ -428,7 +417,7 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot?", slotName, slot.ConfirmedFlush, cp.LSN),
 				"give each pgpilot its own postgres.slot, then re-sync"))
 		}
-		return start{lsn: pglogrepl.LSN(cp.LSN), job: cp.Snapshot, resumed: cp.Snapshot != nil}, nil
+		return start{lsn: pglogrepl.LSN(cp.LSN), job: cp.Snapshot}, nil
 	}
 
 	if haveSlot {

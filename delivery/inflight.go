@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pglogrepl"
-
-	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -23,26 +20,20 @@ import (
 //     once the job's end is seen (EndJob). After a restart its companies are
 //     held in flight, on every path, until that job ends (it is polled by
 //     id) — so an older job can never complete over newer values.
-//   - Before any state is sent, the send horizon (a position past every
-//     change a sent state comes from) is made durable. After a restart, a
-//     change streamed again at or before it may have reached Userpilot
-//     unrecorded (killed between Userpilot's answer and the index's write;
-//     a call cancelled at the end of the grace period), so its company's
-//     next state is sent, never skipped as unchanged.
+//   - Before a real-time identify or a delete request, its companies are
+//     marked as being sent (MarkSending); the no-op index's write of the
+//     outcome unmarks them. After a restart a company still marked may
+//     have reached Userpilot unrecorded (killed between Userpilot's answer
+//     and the index's write; a call cancelled at the end of the grace
+//     period), so its next state is sent, never skipped as unchanged.
 type InFlight interface {
 	BeginJob(companies []userpilot.Company) (key uint64, err error)
 	JobSubmitted(key uint64, id string) error
 	EndJob(key uint64) error
 	Jobs() ([]state.Job, error)
-	SendHorizon() (state.LSN, error)
-	RaiseSendHorizon(state.LSN) error
+	MarkSending(ids []string) error
+	Sending() ([]string, error)
 }
-
-// horizonSlack is how far past what was heard the send horizon is moved at
-// a time: one durable write per 16 MB of WAL, at the cost of not skipping
-// as unchanged, after a crash, the changes up to 16 MB past the last one
-// sent.
-const horizonSlack = 16 << 20
 
 // heldJob is a bulk job from before the restart that Userpilot may still
 // be applying: its companies wait for its end.
@@ -52,7 +43,8 @@ type heldJob struct {
 }
 
 // loadInFlight reads what an earlier run may have sent without seeing the
-// outcome: the send horizon, and the jobs not seen end, whose companies
+// outcome: the companies marked as being sent, whose next state is then
+// sent whatever the index says, and the jobs not seen end, whose companies
 // are held until those jobs end. It runs before the outbox is loaded, so
 // that owed states wait behind the held ones.
 func (p *Pipeline) loadInFlight() error {
@@ -60,13 +52,12 @@ func (p *Pipeline) loadInFlight() error {
 		return nil // once per pipeline: what an earlier process left
 	}
 	p.inFlightLoaded = true
-	h, err := p.opts.InFlight.SendHorizon()
+	sending, err := p.opts.InFlight.Sending()
 	if err != nil {
 		return err
 	}
-	p.horizon = pglogrepl.LSN(h)
-	if p.horizon > p.done {
-		p.doubtful = p.horizon
+	for _, id := range sending {
+		p.doubt[id] = true
 	}
 	jobs, err := p.opts.InFlight.Jobs()
 	if err != nil {
@@ -101,41 +92,23 @@ func (p *Pipeline) loadInFlight() error {
 	return nil
 }
 
-// inDoubt reports whether txn was heard by an earlier run before a send it
-// did not see the end of: its company is then sent, not skipped.
-func (p *Pipeline) inDoubt(txn row.Transaction) bool {
-	if p.doubtful == 0 {
+// inDoubt reports, once, whether an earlier run may have sent a state of
+// company id without seeing the outcome: its next state is then sent, not
+// skipped as unchanged (the entry keeps its resend until it is sent).
+func (p *Pipeline) inDoubt(id string) bool {
+	if !p.doubt[id] {
 		return false
 	}
-	switch txn.Kind {
-	case row.Commit, row.Marker:
-		return txn.EndLSN != 0 && txn.EndLSN <= p.doubtful
-	case row.Piece:
-		return txn.CommitLSN < p.doubtful
-	}
-	return false
+	delete(p.doubt, id)
+	return true
 }
 
-// hear notes how far the changes taken in go, for the send horizon.
-func (p *Pipeline) hear(txn row.Transaction) {
-	p.heard = max(p.heard, txn.EndLSN)
-	if txn.CommitLSN != 0 {
-		p.heard = max(p.heard, txn.CommitLSN+1)
-	}
-}
-
-// coverSends makes the send horizon durable past every change heard, before
-// any state from them is handed to a sender.
-func (p *Pipeline) coverSends() error {
-	if p.opts.InFlight == nil || p.heard <= p.horizon {
+// markSending durably marks companies as being sent, before the call.
+func (p *Pipeline) markSending(ids ...string) error {
+	if p.opts.InFlight == nil {
 		return nil
 	}
-	h := p.heard + horizonSlack
-	if err := p.opts.InFlight.RaiseSendHorizon(state.LSN(h)); err != nil {
-		return err
-	}
-	p.horizon = h
-	return nil
+	return p.opts.InFlight.MarkSending(ids)
 }
 
 // resumeHeld waits for a held job's end: polled by id, or, with no id (the

@@ -31,8 +31,11 @@ func TestAStateSentButNotRecordedBeforeARestartIsNotTrusted(t *testing.T) {
 	h := newHarness(t, setup{})
 	ctx := context.Background()
 	require.NoError(t, h.run(ctx, txn(10, update("1", "A", nil))))
+	// The earlier run marks company 1 as being sent, sends B, and dies
+	// before recording it.
+	require.NoError(t, h.store.MarkSending([]string{"1"}))
 	require.NoError(t, h.client(t).IdentifyCompany(ctx, userpilot.Company{CompanyID: "1",
-		Metadata: userpilottest.Metadata(map[string]any{"plan": "B"})})) // the unrecorded send
+		Metadata: userpilottest.Metadata(map[string]any{"plan": "B"})}))
 	got, _ := h.up.Company("1")
 	require.Equal(t, "B", got["plan"])
 

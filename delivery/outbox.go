@@ -81,7 +81,7 @@ func (p *Pipeline) spill(id string, md userpilot.Metadata, del bool, txn row.Tra
 		}
 	}
 	s.rec.LSN = max(s.rec.LSN, state.LSN(txn.EndLSN))
-	s.rec.Resend = s.rec.Resend || txn.Resend
+	s.rec.Resend = s.rec.Resend || txn.Resend || p.inDoubt(id)
 }
 
 // flushOverflow folds the overflow into the outbox records, durably.
@@ -176,7 +176,7 @@ func (p *Pipeline) refill() error {
 			md = userpilot.Metadata{}
 		}
 		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since,
-			delete: r.Delete, resend: r.Resend}
+			delete: r.Delete, resend: r.Resend || p.inDoubt(r.CompanyID)}
 		c := p.companies[r.CompanyID]
 		if c == nil {
 			c = &company{}

@@ -207,10 +207,9 @@ type Pipeline struct {
 	// progress too. Unix nanoseconds; written by the job's goroutine.
 	jobAnswered atomic.Int64
 
-	// The send horizon as durable (nothing sent comes from past it), the
-	// one found at start (changes up to it may have reached Userpilot
-	// unrecorded), and how far the changes taken in go.
-	horizon, doubtful, heard pglogrepl.LSN
+	// doubt holds the companies an earlier run may have sent without
+	// seeing the outcome (see inDoubt).
+	doubt map[string]bool
 	// held are bulk jobs from before the restart, oldest first, waited for
 	// before any new job.
 	held           []*heldJob
@@ -257,7 +256,7 @@ func New(opts Options) *Pipeline {
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
-		dirty: map[string]struct{}{}, inOutbox: map[string]int{}, overflow: map[string]*spilled{}}
+		dirty: map[string]struct{}{}, inOutbox: map[string]int{}, overflow: map[string]*spilled{}, doubt: map[string]bool{}}
 }
 
 // Stats returns the pipeline's counters.
@@ -304,7 +303,12 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	for range p.opts.Workers {
 		wg.Go(func() {
 			for e := range work {
-				err := p.opts.Sender.IdentifyCompany(ctx, e.co)
+				// Marked before the call, unmarked by the index's write of
+				// its outcome: killed in between, the next run knows.
+				err := p.markSending(e.co.CompanyID)
+				if err == nil {
+					err = p.opts.Sender.IdentifyCompany(ctx, e.co)
+				}
 				if err == nil && p.opts.Index != nil {
 					// Recorded before the dispatcher hears of it, so a
 					// later no-op check never reads an older state.
@@ -331,9 +335,6 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	var stopFor error
 	var lastInput time.Time
 	for {
-		if err := p.coverSends(); err != nil {
-			return err
-		}
 		if err := p.skipNoOps(report); err != nil {
 			return err
 		}
@@ -448,10 +449,6 @@ func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
 func (p *Pipeline) add(txn row.Transaction) error {
 	if p.seen(txn) {
 		return nil
-	}
-	p.hear(txn)
-	if p.inDoubt(txn) {
-		txn.Resend = true
 	}
 	if p.opts.Recorder != nil {
 		p.opts.Recorder.Took(txn)
@@ -588,7 +585,7 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 			w.merge(md)
 		}
 		w.checked = false
-		w.resend = w.resend || txn.Resend
+		w.resend = w.resend || txn.Resend || p.inDoubt(id)
 		w.lsn = txn.EndLSN
 		p.stats.Coalesced.Add(1)
 		p.touch(id)
@@ -600,7 +597,8 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 	if md == nil {
 		md = userpilot.Metadata{}
 	}
-	e := &entry{co: userpilot.Company{CompanyID: id, Metadata: md}, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del, resend: txn.Resend}
+	e := &entry{co: userpilot.Company{CompanyID: id, Metadata: md}, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del,
+		resend: txn.Resend || p.inDoubt(id)}
 	p.seq++
 	c.waiting = e
 	p.touch(id)

@@ -91,12 +91,7 @@ type Options struct {
 	Backlog    func() int64
 	MaxBacklog int64
 	// Read, if set, replaces replication.ReadChunk (tests).
-	Read func(ctx context.Context, conn *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error)
-	// ResumedJob is the job an earlier process was running when it
-	// stopped: its rows are sent even where the no-op index says Userpilot
-	// holds them.
-	ResumedJob string
-
+	Read   func(ctx context.Context, conn *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error)
 	Logger *slog.Logger
 }
 
@@ -333,10 +328,9 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 			}
 		}
 		// A re-sync re-sends what Userpilot is believed to hold: that
-		// belief is what the operator doubts. A job resumed after a restart
-		// does too: the earlier process may have sent some of these rows
-		// without seeing the outcome, so the index cannot vouch for them.
-		resend := p.mark.Job.ID != state.InitialSnapshot || p.mark.Job.ID == s.opts.ResumedJob
+		// belief is what the operator doubts. A resumed initial sync
+		// skips what it delivered before the restart.
+		resend := p.mark.Job.ID != state.InitialSnapshot
 		if err := send(ctx, dst, row.Transaction{Kind: row.Chunk, Changes: changes, Mark: p.mark, Resend: resend}); err != nil {
 			return queue, err
 		}

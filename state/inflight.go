@@ -19,14 +19,15 @@ import (
 //
 //   - the bulk jobs submitted and not seen end, with the companies and states
 //     they carry and, once known, their ids;
-//   - the send horizon: a position no state was sent beyond. After a restart,
-//     a change streamed again at or before it may have reached Userpilot
-//     unrecorded, so its company is sent, never skipped as unchanged.
+//   - the companies being sent: marked before a call, unmarked in the same
+//     write that records the call's success in the no-op index (Record,
+//     Forget). After a restart a company still marked may have reached
+//     Userpilot unrecorded, so its next state is sent, never skipped as
+//     unchanged.
 
 var (
-	jobsBucket = []byte("jobs")
-	metaBucket = []byte("meta")
-	horizonKey = []byte("send_horizon")
+	jobsBucket    = []byte("jobs")
+	sendingBucket = []byte("sending")
 )
 
 // Job is a bulk job pgpilot submitted (or was about to) and has not seen
@@ -113,33 +114,41 @@ func (x *Store) Jobs() ([]Job, error) {
 	return out, nil
 }
 
-// SendHorizon is the position no state was sent beyond (0: none recorded).
-func (x *Store) SendHorizon() (LSN, error) {
-	var h LSN
-	err := x.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(metaBucket).Get(horizonKey); len(v) == 8 {
-			h = LSN(binary.BigEndian.Uint64(v))
+// MarkSending durably marks companies about to be sent. Concurrent calls
+// share one write (bbolt's Batch), as Record's do.
+func (x *Store) MarkSending(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := x.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(sendingBucket)
+		for _, id := range ids {
+			if err := b.Put([]byte(id), nil); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("read send horizon: %w", err)
-	}
-	return h, nil
-}
-
-// RaiseSendHorizon durably moves the send horizon to h. Only after it
-// returns may states from changes up to h be sent.
-func (x *Store) RaiseSendHorizon(h LSN) error {
-	err := x.db.Update(func(tx *bolt.Tx) error {
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(h))
-		return tx.Bucket(metaBucket).Put(horizonKey, v[:])
-	})
-	if err != nil {
-		return fmt.Errorf("write send horizon: %w", err)
+		return fmt.Errorf("mark companies as being sent: %w", err)
 	}
 	return nil
+}
+
+// Sending returns the companies marked as being sent: at a start, those an
+// earlier process may have sent without recording the outcome.
+func (x *Store) Sending() ([]string, error) {
+	var out []string
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(sendingBucket).ForEach(func(k, _ []byte) error {
+			out = append(out, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read companies being sent: %w", err)
+	}
+	return out, nil
 }
 
 func jobKey(k uint64) []byte {
