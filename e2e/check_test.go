@@ -300,3 +300,24 @@ func TestCheckOnStandby(t *testing.T) {
 			"set hot_standby_feedback = on on the standby", "pgpilot teardown")
 	})
 }
+
+// TestCheckSaysWhetherTheConnectionIsEncrypted runs check against the test
+// Postgres, which has no TLS: it says the connection is not encrypted, with
+// the sslmode pgx used (the URL's disable, then none at all: prefer, whose
+// silent fallback to plaintext is what the line shows). On loopback that
+// is no warning; the warning for another host is TestTLSWarningForEverySSLModeAndHost's.
+func TestCheckSaysWhetherTheConnectionIsEncrypted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	code, out := e.runCheck()
+	assert.Equal(t, 0, code, out)
+	assert.Contains(t, out, "✓ connection to Postgres encrypted: no (sslmode=disable)\n")
+	assert.NotContains(t, out, "! TLS")
+
+	e.writeCheckConfig(strings.Replace(e.url, "sslmode=disable", "application_name=pgpilot-check", 1), "")
+	code, out = e.runCheck()
+	assert.Equal(t, 0, code, out)
+	assert.Contains(t, out, "✓ connection to Postgres encrypted: no (sslmode=prefer)\n", "prefer fell back to plaintext")
+	assert.NotContains(t, out, "! TLS", "loopback: the connection never leaves the machine")
+	assert.True(t, strings.HasSuffix(out, "all checks passed\n"), out)
+}
