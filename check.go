@@ -134,6 +134,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		if !c.report("every mapped column exists and maps to a primitive", err) {
 			c.config = true
 		}
+		checkPersonalData(cfg, cols, c)
 		var canSelect bool
 		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
 			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, table.Schema, table.Name).Scan(&canSelect)
@@ -219,6 +220,20 @@ func tlsProblem(p replication.TLSPolicy) error {
 	return fix.With(fmt.Errorf("%s, and %s is not this machine: the rows can cross the network unencrypted", why, strings.Join(p.Remote, ", ")),
 		"require TLS in postgres.url: sslmode=verify-full&sslrootcert=/path/to/the-server-ca.crt (or sslrootcert=system for a public CA); "+
 			"sslmode=require encrypts but does not check the server's certificate")
+}
+
+// checkPersonalData warns of each mapped key whose column looks like
+// personal data (by its name or type) and is not acknowledged with
+// pii: true. It blocks nothing: whether to send it is the operator's call.
+func checkPersonalData(cfg *mapping.Config, cols []row.Column, c *checker) {
+	found := cfg.Companies.PersonalData(cols)
+	if len(found) == 0 {
+		c.report("no mapped column looks like personal data (or each is acknowledged with pii: true)", nil)
+		return
+	}
+	for _, pd := range found {
+		c.warn("personal data", fix.With(errors.New(pd.Problem(cfg.Path)), pd.Fix()))
+	}
 }
 
 // standbyFeedbackProblem says why the primary could remove catalog rows a
