@@ -128,6 +128,9 @@ func Run(ctx context.Context, opts Options) error {
 		if err := web.bound(ctx); err != nil {
 			return err
 		}
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the port
+		}
 	}
 	stateLog.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
 
