@@ -180,9 +180,9 @@ func warnOutbox(w io.Writer, owed state.OutboxSummary, gone []string, lookupErr 
 // and the store (the no-op index, which would skip rows the re-send must
 // send, and the outbox, which would deliver stale states ahead of it) out
 // of the way, so the next run starts a fresh initial sync. Both are kept,
-// renamed, for the record.
+// renamed, for the record; bulk jobs not seen end carry over.
 func setStateAside(d *state.Dir, suffix string, stdout io.Writer) error {
-	moved, err := d.SetAside(suffix)
+	moved, jobs, err := d.SetAside(suffix)
 	for _, name := range moved {
 		what := "checkpoint"
 		if name == state.StoreFile {
@@ -192,6 +192,11 @@ func setStateAside(d *state.Dir, suffix string, stdout io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if jobs > 0 {
+		fmt.Fprintf(stdout, "%d bulk job(s) the last run submitted and did not see end are kept in a new %s: "+
+			"the next run holds their companies until Userpilot says the job ended, so an older job cannot land over the re-send\n",
+			jobs, state.StoreFile)
 	}
 	// The next run's initial sync sends every row: a re-sync still asked
 	// for would send them all a second time.

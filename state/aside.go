@@ -2,6 +2,7 @@ package state
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,12 +121,25 @@ func ExportOutbox(dir, file string) error {
 
 // SetAside moves what ties the directory to a slot and to what Userpilot
 // was sent out of the way, for a fresh start (`pgpilot teardown`): the
-// checkpoint and the store (no-op index and outbox) are renamed to
-// NAME.torn-down-SUFFIX, kept for the record, and the status report of the
-// last run is removed. Dead letters and the lock stay. It returns the
-// names of the files it renamed.
-func (d *Dir) SetAside(suffix string) ([]string, error) {
-	var moved []string
+// checkpoint and the store (no-op index, outbox, send horizon) are renamed
+// to NAME.torn-down-SUFFIX, kept for the record, and the status report of
+// the last run is removed. Dead letters and the lock stay. It returns the
+// names of the files it renamed, and how many bulk jobs it carried over.
+//
+// The bulk jobs the last run submitted and did not see end are the one
+// thing of the old store the next run needs: Userpilot may still be
+// applying one, and the next run must hold its companies until it ends, or
+// its older values could land over the re-send. They are copied into a new
+// store.
+func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
+	storePath := filepath.Join(d.path, StoreFile)
+	var kept []keptJob
+	var seq uint64
+	if _, err := os.Stat(storePath); err == nil {
+		if kept, seq, err = readJobs(storePath); err != nil {
+			return nil, 0, err
+		}
+	}
 	for _, name := range []string{CheckpointFile, StoreFile} {
 		from := filepath.Join(d.path, name)
 		if _, err := os.Stat(from); errors.Is(err, os.ErrNotExist) {
@@ -133,14 +147,70 @@ func (d *Dir) SetAside(suffix string) ([]string, error) {
 		}
 		to := from + ".torn-down-" + suffix
 		if err := os.Rename(from, to); err != nil {
-			return moved, fmt.Errorf("set %s aside: %w", name, err)
+			return moved, 0, fmt.Errorf("set %s aside: %w", name, err)
 		}
 		moved = append(moved, name)
 	}
 	if err := os.Remove(filepath.Join(d.path, StatusFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return moved, fmt.Errorf("remove the last run's status report: %w", err)
+		return moved, 0, fmt.Errorf("remove the last run's status report: %w", err)
 	}
 	// The renames must survive a crash, or the next run would find the old
 	// checkpoint, or an index that skips rows it means to send again.
-	return moved, syncDir(d.path)
+	if err := syncDir(d.path); err != nil {
+		return moved, 0, err
+	}
+	if len(kept) == 0 {
+		return moved, 0, nil
+	}
+	store, err := d.OpenStore()
+	if err != nil {
+		return moved, 0, err
+	}
+	err = store.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		for _, j := range kept {
+			if err := b.Put(j.key, j.value); err != nil {
+				return err
+			}
+		}
+		// New jobs are numbered after the kept ones.
+		return b.SetSequence(seq)
+	})
+	if cerr := store.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return moved, 0, fmt.Errorf("keep the bulk jobs not seen end in a new %s: %w", storePath, err)
+	}
+	return moved, len(kept), nil
+}
+
+// keptJob is a bulk job's record, as the store holds it.
+type keptJob struct{ key, value []byte }
+
+// readJobs reads the bulk jobs on record in the store at path, and the
+// bucket's sequence.
+func readJobs(path string) ([]keptJob, uint64, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, 0, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	var jobs []keptJob
+	var seq uint64
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		if b == nil {
+			return nil
+		}
+		seq = b.Sequence()
+		return b.ForEach(func(k, v []byte) error {
+			jobs = append(jobs, keptJob{bytes.Clone(k), bytes.Clone(v)})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the bulk jobs in %s: %w", path, err)
+	}
+	return jobs, seq, nil
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
-func TestSetAsideMovesCheckpointAndStoreAndKeepsDeadLetters(t *testing.T) {
+func TestSetAsideMovesCheckpointAndStoreKeepsDeadLettersAndJobsNotSeenEnd(t *testing.T) {
 	d, err := Open(t.TempDir())
 	require.NoError(t, err)
 	defer d.Close()
@@ -25,6 +25,10 @@ func TestSetAsideMovesCheckpointAndStoreAndKeepsDeadLetters(t *testing.T) {
 		{CompanyID: "2", Metadata: userpilot.Metadata{"plan": json.RawMessage(`"owed"`)}, LSN: 9},
 		{CompanyID: "3", Delete: true, LSN: 10},
 	}, nil))
+	job, err := store.BeginJob([]userpilot.Company{{CompanyID: "5", Metadata: userpilot.Metadata{"plan": json.RawMessage(`"in-a-job"`)}}})
+	require.NoError(t, err)
+	require.NoError(t, store.JobSubmitted(job, "job:1"))
+	require.NoError(t, store.RaiseSendHorizon(77))
 	require.NoError(t, store.Close())
 	require.NoError(t, d.AppendDeadLetter(DeadLetter{CompanyID: "4", Status: 400}))
 	require.NoError(t, d.WriteStatus(Status{Mode: ModeOutbox, OutboxCompanies: 2}))
@@ -41,10 +45,11 @@ func TestSetAsideMovesCheckpointAndStoreAndKeepsDeadLetters(t *testing.T) {
 	assert.Contains(t, lines[0], `"m":{"plan":"owed"}`)
 	assert.Contains(t, lines[1], `"delete":true`)
 
-	moved, err := d.SetAside("T")
+	moved, jobs, err := d.SetAside("T")
 	require.NoError(t, err)
 	assert.Equal(t, []string{CheckpointFile, StoreFile}, moved)
-	for _, name := range []string{CheckpointFile, StoreFile, StatusFile} {
+	assert.Equal(t, 1, jobs, "the bulk job not seen end carries over")
+	for _, name := range []string{CheckpointFile, StatusFile} {
 		assert.NoFileExists(t, filepath.Join(d.Path(), name))
 	}
 	assert.FileExists(t, filepath.Join(d.Path(), StoreFile+".torn-down-T"))
@@ -62,6 +67,17 @@ func TestSetAsideMovesCheckpointAndStoreAndKeepsDeadLetters(t *testing.T) {
 	owed, err := store.Outbox()
 	require.NoError(t, err)
 	assert.Empty(t, owed, "and owes nothing stale")
+	horizon, err := store.SendHorizon()
+	require.NoError(t, err)
+	assert.Zero(t, horizon)
+	kept, err := store.Jobs()
+	require.NoError(t, err)
+	require.Len(t, kept, 1, "the next run holds the job's companies until it ends")
+	assert.Equal(t, job, kept[0].Key)
+	assert.Equal(t, "job:1", kept[0].ID)
+	next, err := store.BeginJob(nil)
+	require.NoError(t, err)
+	assert.Greater(t, next, job, "new jobs are numbered after the kept one")
 	sum, err = SummarizeOutbox(t.TempDir())
 	require.NoError(t, err)
 	assert.Zero(t, sum.Companies, "no store owes nothing")
