@@ -95,12 +95,13 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New(metricsOptions(cfg, opts.Logger))
 	}
+	var web *httpServer
 	if cfg.HTTP.Listen != "" { // before the lock: a standby answers /healthz too
-		srv, err := metrics.Listen(cfg.HTTP.Listen, opts.Metrics)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
+		var err error
+		if web, err = serveHTTP(cfg.HTTP.Listen, opts.Metrics, opts.Logger.With("subsystem", "http")); err != nil {
+			return err
 		}
-		defer srv.Close()
+		defer web.Close()
 	}
 	// Two pgpilots may share a state directory (and so a slot) for high
 	// availability: the second waits for the first's lock and takes over
@@ -109,6 +110,10 @@ func Run(ctx context.Context, opts Options) error {
 		opts.Metrics.StandingBy(holder)
 		stateLog.Info("standing by: another pgpilot holds the state directory; taking over when it stops",
 			"state_dir", cfg.State.Dir, "holder_pid", holder)
+		if web != nil && web.Waiting() {
+			stateLog.Info("http.listen is in use, likely by the pgpilot standing in front of this one: serving it as soon as it is free",
+				"listen", cfg.HTTP.Listen)
+		}
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -117,6 +122,16 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer dir.Close()
+	if web != nil {
+		// The instance that holds the directory answers on http.listen; a
+		// port still taken now is not another pgpilot's.
+		if err := web.bound(ctx); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the port
+		}
+	}
 	stateLog.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
 
 	client, err := userpilot.New(userpilotOptions(cfg, opts.Userpilot, opts.Logger))
