@@ -21,7 +21,7 @@ type Outbox interface {
 	// ScanOutbox and ReadOutbox read what is owed a part at a time (a
 	// start, and refilling memory, never load it whole); MergeOutbox folds
 	// newer states into records on disk (companies not in memory).
-	ScanOutbox(fn func(state.OutboxSummary) error) error
+	ScanOutbox(fn func(state.OutboxEntry) error) error
 	ReadOutbox(ids []string) ([]state.OutboxRecord, error)
 	MergeOutbox([]state.OutboxMerge) ([]int, error)
 }
@@ -118,7 +118,7 @@ func (p *Pipeline) loadOutbox() error {
 		return nil
 	}
 	n := 0
-	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxSummary) error {
+	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
 		if _, ok := p.inOutbox[s.CompanyID]; !ok {
 			n++
 			p.inOutbox[s.CompanyID] = s.Size
@@ -143,7 +143,7 @@ func (p *Pipeline) refill() error {
 		return nil
 	}
 	oldest := &byAge{}
-	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxSummary) error {
+	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
 		if _, inMemory := p.companies[s.CompanyID]; inMemory {
 			return nil
 		}
@@ -195,12 +195,12 @@ func (p *Pipeline) refill() error {
 
 // byAge is a max-heap of outbox records by age: the youngest on top, so
 // that keeping n means popping it.
-type byAge []state.OutboxSummary
+type byAge []state.OutboxEntry
 
 func (h byAge) Len() int           { return len(h) }
 func (h byAge) Less(i, j int) bool { return h[i].Since.After(h[j].Since) }
 func (h byAge) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *byAge) Push(x any)        { *h = append(*h, x.(state.OutboxSummary)) }
+func (h *byAge) Push(x any)        { *h = append(*h, x.(state.OutboxEntry)) }
 func (h *byAge) Pop() any {
 	old := *h
 	x := old[len(old)-1]

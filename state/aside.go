@@ -121,7 +121,7 @@ func ExportOutbox(dir, file string) error {
 
 // SetAside moves what ties the directory to a slot and to what Userpilot
 // was sent out of the way, for a fresh start (`pgpilot teardown`): the
-// checkpoint and the store (no-op index, outbox, send horizon) are renamed
+// checkpoint and the store (no-op index, outbox, the companies being sent) are renamed
 // to NAME.torn-down-SUFFIX, kept for the record, and the status report of
 // the last run is removed. Dead letters and the lock stay. It returns the
 // names of the files it renamed, and how many bulk jobs it carried over.

@@ -79,9 +79,9 @@ func (x *Store) Outbox() ([]OutboxRecord, error) {
 	return out, nil
 }
 
-// OutboxSummary is what a scan of the outbox tells of one record, without
+// OutboxEntry is what a scan of the outbox tells of one record, without
 // keeping it.
-type OutboxSummary struct {
+type OutboxEntry struct {
 	CompanyID string
 	Size      int // bytes stored
 	Since     time.Time
@@ -89,7 +89,7 @@ type OutboxSummary struct {
 
 // ScanOutbox calls fn for every record, in key order, keeping none of them
 // in memory: a start reads what is owed without loading it whole.
-func (x *Store) ScanOutbox(fn func(OutboxSummary) error) error {
+func (x *Store) ScanOutbox(fn func(OutboxEntry) error) error {
 	err := x.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(outboxBucket).ForEach(func(k, v []byte) error {
 			var r struct {
@@ -98,7 +98,7 @@ func (x *Store) ScanOutbox(fn func(OutboxSummary) error) error {
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("outbox record of company %q: %w", k, err)
 			}
-			return fn(OutboxSummary{CompanyID: string(k), Size: len(k) + len(v), Since: r.Since})
+			return fn(OutboxEntry{CompanyID: string(k), Size: len(k) + len(v), Since: r.Since})
 		})
 	})
 	if err != nil {
