@@ -67,7 +67,8 @@ type source struct {
 	sys      pglogrepl.IdentifySystemResult
 	table    row.Table
 	key      []string     // the columns a snapshot pages by
-	readCols []row.Column // what a snapshot reads: the mapped columns and the key
+	identity []string     // the replica identity index's columns, when not the key (nil: the key)
+	readCols []row.Column // what a snapshot reads: the mapped columns, the key and the identity
 }
 
 func (src *source) close() {
@@ -144,7 +145,10 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 		}
 		return src, err
 	}
-	src.readCols = replication.PickColumns(cols, append(cfg.Companies.Columns(), src.key...))
+	if src.identity, err = replication.IdentityColumns(ctx, src.sqlConn, src.table); err != nil {
+		return src, err
+	}
+	src.readCols = replication.PickColumns(cols, append(append(cfg.Companies.Columns(), src.key...), src.identity...))
 	if src.rconn, err = replication.ConnectReplication(ctx, cfg.Postgres.URL); err != nil {
 		return src, err
 	}

@@ -46,6 +46,32 @@ func KeyColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]string, err
 	return names, nil
 }
 
+// IdentityColumns returns the columns of t's replica identity index when
+// the table has one (REPLICA IDENTITY USING INDEX), in index order; nil
+// when its identity is the primary key (DEFAULT) or every column (FULL),
+// which carry the key. A streamed DELETE (and the old row of an UPDATE
+// that changed them) carries only these columns: the snapshot matches
+// streamed changes to its rows by them, whatever key it pages by.
+func IdentityColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]string, error) {
+	var names []string
+	err := conn.QueryRow(ctx, `
+		SELECT array_agg(a.attname ORDER BY k.ord)
+		FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_index i ON i.indrelid = c.oid AND i.indisreplident
+		CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relreplident = 'i'
+		GROUP BY i.indexrelid`, t.Schema, t.Name).Scan(&names)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the replica identity of %s: %w", t, err)
+	}
+	return names, nil
+}
+
 // ChunkQuery is one chunk of a keyset read: the rows after After (nil: from
 // the start), in key order, at most Limit of them.
 type ChunkQuery struct {

@@ -76,10 +76,15 @@ type Options struct {
 	// (and delivered) already.
 	Start pglogrepl.LSN
 	Table row.Table
-	// Columns are read for each row (the mapped ones and the key); Key
-	// names the key columns, in key order.
+	// Columns are read for each row (the mapped ones, the key and the
+	// identity); Key names the key columns, in key order.
 	Columns []row.Column
 	Key     []string
+	// Identity names the replica identity's columns when they are not the
+	// key (REPLICA IDENTITY USING INDEX on another unique index): a
+	// streamed DELETE carries only them, so streamed changes are matched
+	// to chunk rows by them. Nil: by the key.
+	Identity []string
 	// CompanyID is the company id column, for a one-company re-sync.
 	CompanyID string
 	// ChunkRows is how many rows a chunk holds; 0 → 5,000.
@@ -102,6 +107,9 @@ type Stage struct {
 	log  *slog.Logger
 	rel  *row.Relation
 	key  []int // positions of the key columns in rel
+	// ident: positions of the columns streamed changes are matched by
+	// (the replica identity; the key unless Options.Identity says).
+	ident []int
 
 	want  atomic.Uint64 // the front chunk's H, for the stream
 	start chan state.Snapshot
@@ -120,7 +128,7 @@ type Stage struct {
 }
 
 type relMap struct {
-	key []int // positions of the key columns in the streamed relation
+	key []int // positions of the identity columns in the streamed relation
 	col []int // for each streamed column, its position in the chunk (or -1)
 }
 
@@ -147,6 +155,17 @@ func New(opts Options) (*Stage, error) {
 			return nil, fmt.Errorf("snapshot of %s: key column %q is not read", opts.Table, k)
 		}
 		s.key = append(s.key, i)
+	}
+	s.ident = s.key
+	if len(opts.Identity) > 0 {
+		s.ident = nil
+		for _, k := range opts.Identity {
+			i := columnIndex(opts.Columns, k)
+			if i < 0 {
+				return nil, fmt.Errorf("snapshot of %s: replica identity column %q is not read", opts.Table, k)
+			}
+			s.ident = append(s.ident, i)
+		}
 	}
 	return s, nil
 }
@@ -194,7 +213,7 @@ func (s *Stage) RowsRead() int64 {
 // pending is a chunk waiting for the stream to pass its High position.
 type pending struct {
 	replication.Chunk
-	index map[string]int // key → row; a row taken out is nil
+	index map[string]int // replica identity → row; a row taken out is nil
 	mark  *Progress
 }
 
@@ -359,7 +378,7 @@ func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) 
 func (s *Stage) index(a arrival) *pending {
 	p := &pending{Chunk: a.chunk, mark: a.mark, index: make(map[string]int, len(a.chunk.Rows))}
 	for i, row := range p.Rows {
-		p.index[keyOf(row, s.key)] = i
+		p.index[keyOf(row, s.ident)] = i
 	}
 	return p
 }
@@ -372,6 +391,11 @@ func (s *Stage) index(a arrival) *pending {
 // moved, leaves the chunk. The chunk is then never older than the stream
 // before it, and still carries every row it read: a re-sync re-sends each
 // of them, even those the stream touched but the no-op index would skip.
+// Rows are matched by the replica identity, the columns every streamed
+// change carries (a DELETE, and the old row of an UPDATE that changed
+// them, carry only those): with REPLICA IDENTITY USING INDEX on another
+// index than the one the snapshot pages by, matching by the paging key
+// would miss every delete.
 func (s *Stage) takeOut(p *pending, txn row.Transaction) {
 	for _, ch := range txn.Changes {
 		if ch.Op == row.Truncate {
@@ -424,8 +448,8 @@ func (s *Stage) relMapOf(rel *row.Relation) (relMap, error) {
 		for j, c := range rel.Columns {
 			m.col[j] = columnIndex(s.opts.Columns, c.Name)
 		}
-		for _, k := range s.opts.Key {
-			i := columnIndex(rel.Columns, k)
+		for _, c := range s.ident {
+			i := columnIndex(rel.Columns, s.opts.Columns[c].Name)
 			if i < 0 {
 				m.key = nil
 				break
