@@ -48,7 +48,8 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 			return usageError{fmt.Errorf("--where %q does not work on %s: %w", *where, table, err)}
 		}
 	}
-	if err := state.RequestResync(cfg.State.Dir, state.Snapshot{Where: *where, CompanyID: *company}); err != nil {
+	job, err := state.RequestResync(cfg.State.Dir, state.Snapshot{Where: *where, CompanyID: *company})
+	if err != nil {
 		return err
 	}
 	what := "every row"
@@ -58,7 +59,7 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	case *where != "":
 		what = fmt.Sprintf("the rows where %s", *where)
 	}
-	fmt.Fprintf(stdout, "re-sync of %s requested. The running pgpilot starts it within a second, once no other snapshot runs "+
-		"(or the next `pgpilot run` does); `pgpilot status` shows its progress.\n", what)
+	fmt.Fprintf(stdout, "re-sync %s of %s requested. The running pgpilot starts it within a second, once no other snapshot runs "+
+		"and the requests queued before it have run (or the next `pgpilot run` does); `pgpilot status` shows the queue and its progress.\n", job.ID, what)
 	return nil
 }

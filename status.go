@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +32,9 @@ type statusReport struct {
 	// it is delivered; ResyncRequested a `pgpilot resync` not started yet.
 	Snapshot        *state.Snapshot `json:"snapshot,omitempty"`
 	ResyncRequested bool            `json:"resync_requested"`
+	// ResyncQueue is the re-sync requests waiting, oldest first: they run
+	// one after another.
+	ResyncQueue []queuedResync `json:"resync_queue,omitempty"`
 	// Mode, outbox and pending figures, as the running daemon last wrote
 	// them (absent before the first run).
 	Delivery *state.Status `json:"delivery,omitempty"`
@@ -52,6 +53,13 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	defer cancel()
 
 	r := statusReport{Slot: cfg.Postgres.Slot}
+	// The queue before the checkpoint: a request the daemon takes in
+	// between then shows as queued and as running (and is shown once),
+	// where the other order would miss it.
+	queue, err := state.QueuedResyncs(cfg.State.Dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: warning: %v\n", err)
+	}
 	cp, ok, err := state.ReadCheckpoint(cfg.State.Dir)
 	if err != nil {
 		return err
@@ -61,9 +69,12 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		r.CheckpointAt = &cp.UpdatedAt
 		r.Snapshot = cp.Snapshot
 	}
-	if _, err := os.Stat(filepath.Join(cfg.State.Dir, state.ResyncFile)); err == nil {
-		r.ResyncRequested = true
+	for _, job := range queue {
+		if r.Snapshot == nil || job.ID != r.Snapshot.ID {
+			r.ResyncQueue = append(r.ResyncQueue, queuedResync{ID: job.ID, Where: job.Where, CompanyID: job.CompanyID})
+		}
 	}
+	r.ResyncRequested = len(r.ResyncQueue) > 0
 	if st, ok, err := state.ReadStatus(cfg.State.Dir); err == nil && ok {
 		r.Delivery = &st
 	}
@@ -114,17 +125,10 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		if s.Total >= 0 {
 			total = fmt.Sprint(s.Total)
 		}
-		what := "every row"
-		switch {
-		case s.CompanyID != "":
-			what = "company " + s.CompanyID
-		case s.Where != "":
-			what = "where " + s.Where
-		}
-		row("snapshot", fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what, s.Rows, total, s.Began.Format(time.RFC3339)))
+		row("snapshot", fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what(s.CompanyID, s.Where), s.Rows, total, s.Began.Format(time.RFC3339)))
 	}
-	if r.ResyncRequested {
-		row("re-sync", "requested, not started yet")
+	for i, q := range r.ResyncQueue {
+		row("re-sync queued", fmt.Sprintf("%d. %s (%s)", i+1, q.ID, what(q.CompanyID, q.Where)))
 	}
 	if d := r.Delivery; d != nil {
 		row("delivery mode", fmt.Sprintf("%s (%s, as of %s)", d.Mode, orDash(d.Reason), d.UpdatedAt.Format(time.RFC3339)))
@@ -137,6 +141,24 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	tw.Flush()
 	return nil
+}
+
+// queuedResync is a re-sync request waiting, as status shows it.
+type queuedResync struct {
+	ID        string `json:"id"`
+	Where     string `json:"where,omitempty"`
+	CompanyID string `json:"company_id,omitempty"`
+}
+
+// what says which rows a job sends.
+func what(companyID, where string) string {
+	switch {
+	case companyID != "":
+		return "company " + companyID
+	case where != "":
+		return "where " + where
+	}
+	return "every row"
 }
 
 func orDash(s string) string {

@@ -95,11 +95,14 @@ func setCheckpointAside(dir string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "checkpoint moved to %s\n", aside)
 	// The next run's initial sync sends every row: a re-sync still asked
 	// for would send them all a second time.
-	if _, ok, _ := d.PendingResync(); ok {
-		if err := d.TakeResync(); err != nil {
+	jobs, _ := state.QueuedResyncs(dir)
+	for _, job := range jobs {
+		if err := d.TakeResync(job.ID); err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, "pending re-sync request dropped: the next run sends every row anyway")
+	}
+	if len(jobs) > 0 {
+		fmt.Fprintf(stdout, "pending re-sync request dropped (%d queued): the next run sends every row anyway\n", len(jobs))
 	}
 	return nil
 }

@@ -46,7 +46,8 @@ func TestDeleteStreamedWhileItsChunkWaitsStaysDeletedUnderAReplicaIdentityIndex(
 
 	// The condition sleeps once per statement (an uncorrelated subquery), so
 	// each chunk's read stays open for a second after its snapshot is taken.
-	require.NoError(t, state.RequestResync(e.cfg.State.Dir, state.Snapshot{Where: "(SELECT true FROM pg_sleep(1))"}))
+	_, err = state.RequestResync(e.cfg.State.Dir, state.Snapshot{Where: "(SELECT true FROM pg_sleep(1))"})
+	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		var n int
 		require.NoError(t, e.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity

@@ -194,6 +194,7 @@ func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, s
 	if err != nil {
 		return nil, err
 	}
+	s.dropStartedRequest(st.job)
 	if st.job != nil {
 		if err := stage.Start(ctx, *st.job); err != nil {
 			return nil, err

@@ -61,26 +61,43 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 	}
 }
 
-// takeResync starts the re-sync request waiting in the state directory, if
-// any: the job is checkpointed first, then the request removed, so that a
-// crash in between runs it (at worst twice), never loses it.
+// takeResync starts the oldest re-sync request queued in the state
+// directory, if any: the job (which keeps the request's ID) is
+// checkpointed first, then that request's file removed, so that a crash
+// in between resumes the job and drops the request (see dropStartedRequest),
+// never loses it; a request queued meanwhile is another file and waits.
 func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table row.Table) error {
 	job, ok, err := s.dir.PendingResync()
-	if err != nil || !ok {
-		return err
+	if err != nil {
+		// A file that cannot be read: say so, and take the others.
+		s.snapLog.Error("a re-sync request cannot be read", "error", err)
 	}
-	job.ID = "resync-" + time.Now().UTC().Format("20060102T150405.000Z")
+	if !ok {
+		return nil
+	}
 	job.After, job.Rows, job.Began = nil, 0, time.Now().UTC()
 	job.Total = s.countRows(ctx, table, job)
 	if err := s.beginJob(job); err != nil {
 		return err
 	}
-	if err := s.dir.TakeResync(); err != nil {
+	if err := s.dir.TakeResync(job.ID); err != nil {
 		return err
 	}
 	s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
 		"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
 	return stage.Start(ctx, job)
+}
+
+// dropStartedRequest removes the request of a job the checkpoint already
+// runs: pgpilot stopped between checkpointing the job and removing its
+// request, and the job resumes from the checkpoint.
+func (s *session) dropStartedRequest(job *state.Snapshot) {
+	if job == nil || job.ID == state.InitialSnapshot {
+		return
+	}
+	if err := s.dir.TakeResync(job.ID); err != nil {
+		s.snapLog.Warn("could not remove the request of a running re-sync", "job", job.ID, "error", err)
+	}
 }
 
 // countRows estimates how many rows a job will read: the planner's estimate

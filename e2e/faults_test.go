@@ -487,7 +487,7 @@ func TestInvalidatedSlotStopsWithRecoverySteps(t *testing.T) {
 	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
 	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
 	assert.Contains(t, td.out.String(), "pending re-sync request dropped")
-	assert.NoFileExists(t, filepath.Join(e.stateDir, state.ResyncFile))
+	assert.False(t, e.resyncQueued(), "no re-sync request left")
 	p = e.run()
 	e.waitInitialSync()
 	e.converge(60 * time.Second)
