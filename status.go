@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -35,6 +36,13 @@ type statusReport struct {
 	// ResyncQueue is the re-sync requests waiting, oldest first: they run
 	// one after another.
 	ResyncQueue []queuedResync `json:"resync_queue,omitempty"`
+	// CancelRequested names the re-syncs a `pgpilot resync --cancel` ends
+	// that are not ended yet.
+	CancelRequested []string `json:"cancel_requested,omitempty"`
+	// LastFailedResync is the last re-sync that ended before its last row
+	// (its condition failed at run time or was refused when taken, or it
+	// was cancelled), with the error, the fix and how far it got.
+	LastFailedResync *state.Snapshot `json:"last_failed_resync,omitempty"`
 	// Mode, outbox and pending figures, as the running daemon last wrote
 	// them (absent before the first run).
 	Delivery *state.Status `json:"delivery,omitempty"`
@@ -67,7 +75,14 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if ok {
 		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
 		r.CheckpointAt = &cp.UpdatedAt
-		r.Snapshot = cp.Snapshot
+		r.Snapshot, r.LastFailedResync = cp.Snapshot, cp.LastFailed
+	}
+	cancels, err := state.PendingCancels(cfg.State.Dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: warning: %v\n", err)
+	}
+	for _, c := range cancels {
+		r.CancelRequested = append(r.CancelRequested, c.IDs...)
 	}
 	for _, job := range queue {
 		if r.Snapshot == nil || job.ID != r.Snapshot.ID {
@@ -129,6 +144,14 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	for i, q := range r.ResyncQueue {
 		row("re-sync queued", fmt.Sprintf("%d. %s (%s)", i+1, q.ID, what(q.CompanyID, q.Where)))
+	}
+	if len(r.CancelRequested) > 0 {
+		row("cancel requested", strings.Join(r.CancelRequested, ", "))
+	}
+	if f := r.LastFailedResync; f != nil {
+		row("re-sync ended early", fmt.Sprintf("%s (%s): ended %s after %d rows delivered: %s",
+			f.ID, what(f.CompanyID, f.Where), f.Ended.Format(time.RFC3339), f.Rows, f.Error))
+		row("  fix", f.Fix)
 	}
 	if d := r.Delivery; d != nil {
 		row("delivery mode", fmt.Sprintf("%s (%s, as of %s)", d.Mode, orDash(d.Reason), d.UpdatedAt.Format(time.RFC3339)))

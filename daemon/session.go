@@ -349,6 +349,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 			// A mark of an older job is stale: its Done was checkpointed.
 			if p.Done {
 				cp.Snapshot, finished = nil, true
+				if p.Job.Error != "" {
+					ended := p.Job
+					ended.Ended = time.Now().UTC()
+					cp.LastFailed = &ended
+				}
 			} else {
 				job := p.Job
 				cp.Snapshot = &job
@@ -357,7 +362,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		if err := s.dir.SaveCheckpoint(cp); err != nil {
 			return err
 		}
-		if finished {
+		switch {
+		case finished && cp.LastFailed != nil && cp.LastFailed.ID == s.cp.Snapshot.ID:
+			s.snapLog.Warn("re-sync ended before its last row; `pgpilot status` shows why", "job", cp.LastFailed.ID,
+				"rows", cp.LastFailed.Rows, "error", cp.LastFailed.Error, "fix", cp.LastFailed.Fix)
+		case finished:
 			s.snapLog.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
 				"duration", time.Since(s.cp.Snapshot.Began).Round(time.Second).String())
 		}
@@ -393,6 +402,21 @@ func (s *session) beginJob(job state.Snapshot) error {
 	}
 	s.cp = cp
 	s.opts.Metrics.SnapshotProgress(snapshotJob(&job))
+	return nil
+}
+
+// failJob records a re-sync that ended before it started (its condition
+// refused when taken, or cancelled while queued), as the last failed one.
+func (s *session) failJob(job state.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := s.cp
+	job.Ended = time.Now().UTC()
+	cp.LastFailed = &job
+	if err := s.dir.SaveCheckpoint(cp); err != nil {
+		return err
+	}
+	s.cp = cp
 	return nil
 }
 

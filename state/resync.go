@@ -37,13 +37,10 @@ func RequestResync(dir string, job Snapshot) (Snapshot, error) {
 	if err := ensureDir(dir, ResyncDir); err != nil {
 		return Snapshot{}, err
 	}
-	var suffix [3]byte
-	if _, err := rand.Read(suffix[:]); err != nil {
-		return Snapshot{}, fmt.Errorf("name re-sync request: %w", err)
+	var err error
+	if job.ID, err = requestName("resync-"); err != nil {
+		return Snapshot{}, err
 	}
-	// Fixed width, so that names sort as times do; the suffix keeps two
-	// requests of the same nanosecond apart.
-	job.ID = "resync-" + time.Now().UTC().Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(suffix[:])
 	data, err := json.MarshalIndent(job, "", "  ")
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("encode re-sync request: %w", err)
@@ -86,7 +83,7 @@ func QueuedResyncs(dir string) ([]Snapshot, error) {
 	var names []string
 	for _, e := range entries {
 		// Temporary files of a write under way start with a dot.
-		if name := e.Name(); !strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".json") && e.Type().IsRegular() {
+		if name := e.Name(); strings.HasPrefix(name, "resync-") && strings.HasSuffix(name, ".json") && e.Type().IsRegular() {
 			names = append(names, name)
 		}
 	}
@@ -141,6 +138,85 @@ func (d *Dir) TakeResync(id string) error {
 			return nil
 		}
 		return fmt.Errorf("remove re-sync request: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// requestName names a request file: fixed width, so that names sort as
+// times do, and a random suffix keeps two of the same nanosecond apart.
+func requestName(prefix string) (string, error) {
+	var suffix [3]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return "", fmt.Errorf("name a re-sync request: %w", err)
+	}
+	return prefix + time.Now().UTC().Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(suffix[:]), nil
+}
+
+// Cancel is a `pgpilot resync --cancel`: the re-syncs it ends, running or
+// queued, by ID.
+type Cancel struct {
+	// Name is the request's file name, for TakeCancel.
+	Name string   `json:"-"`
+	IDs  []string `json:"cancel"`
+}
+
+// RequestCancel queues a cancel of the re-syncs ids for the daemon, the
+// same crash-safe way as a request. Listing the IDs (rather than "all")
+// keeps a re-sync asked for after the cancel out of it.
+func RequestCancel(dir string, ids []string) error {
+	if err := ensureDir(dir, ResyncDir); err != nil {
+		return err
+	}
+	name, err := requestName("cancel-")
+	if err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(Cancel{IDs: ids}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode re-sync cancel: %w", err)
+	}
+	return WriteFileAtomic(filepath.Join(dir, ResyncDir), name+".json", append(data, '\n'), 0o600)
+}
+
+// PendingCancels returns the cancels waiting, oldest first.
+func PendingCancels(dir string) ([]Cancel, error) {
+	entries, err := os.ReadDir(filepath.Join(dir, ResyncDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read re-sync requests: %w", err)
+	}
+	var out []Cancel
+	var errs []error
+	for _, e := range entries { // ReadDir sorts by name
+		name := e.Name()
+		if !strings.HasPrefix(name, "cancel-") || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		path := filepath.Join(dir, ResyncDir, name)
+		data, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		c := Cancel{Name: name}
+		if err == nil {
+			err = json.Unmarshal(data, &c)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read re-sync cancel %s: %w; remove it and run `pgpilot resync --cancel` again", path, err))
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, errors.Join(errs...)
+}
+
+// TakeCancel removes a cancel once everything it names has ended.
+func (d *Dir) TakeCancel(c Cancel) error {
+	dir := filepath.Join(d.path, ResyncDir)
+	if err := os.Remove(filepath.Join(dir, c.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove re-sync cancel: %w", err)
 	}
 	return syncDir(dir)
 }
