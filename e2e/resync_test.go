@@ -255,8 +255,10 @@ func TestResyncCancelEndsTheRunningAndQueuedJobs(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	assert.Contains(t, out, running)
 	require.Eventually(t, func() bool {
-		return e.checkpointSnapshot() == nil && !e.resyncQueued()
-	}, 30*time.Second, 10*time.Millisecond, "the running job ended, the queued one dropped")
+		cancels, err := state.PendingCancels(e.stateDir)
+		require.NoError(t, err)
+		return e.checkpointSnapshot() == nil && !e.resyncQueued() && len(cancels) == 0
+	}, 30*time.Second, 10*time.Millisecond, "the running job ended, the queued one dropped, the cancel done")
 	st := e.status()
 	failed := lastFailed(st, running)
 	require.NotNil(t, failed, "status shows the cancelled job: %v", st)
