@@ -200,11 +200,14 @@ func setStateAside(d *state.Dir, suffix string, stdout io.Writer) error {
 	}
 	// The next run's initial sync sends every row: a re-sync still asked
 	// for would send them all a second time.
-	if _, ok, _ := d.PendingResync(); ok {
-		if err := d.TakeResync(); err != nil {
+	queued, _ := state.QueuedResyncs(d.Path())
+	for _, job := range queued {
+		if err := d.TakeResync(job.ID); err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, "pending re-sync request dropped: the next run sends every row anyway")
+	}
+	if len(queued) > 0 {
+		fmt.Fprintf(stdout, "pending re-sync request dropped (%d queued): the next run sends every row anyway\n", len(queued))
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func userpilotOptions(cfg *mapping.Config, override userpilot.Options, log *slog
 // stream starts, and the pipeline's backlog it waits for.
 func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func() int64) snapshot.Options {
 	cfg := s.cfg
-	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key,
+	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key, Identity: src.identity,
 		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
 		Backlog: backlog, Logger: s.snapLog}
 }

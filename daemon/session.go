@@ -72,7 +72,8 @@ type source struct {
 	sys      pglogrepl.IdentifySystemResult
 	table    row.Table
 	key      []string     // the columns a snapshot pages by
-	readCols []row.Column // what a snapshot reads: the mapped columns and the key
+	identity []string     // the replica identity index's columns, when not the key (nil: the key)
+	readCols []row.Column // what a snapshot reads: the mapped columns, the key and the identity
 }
 
 func (src *source) close() {
@@ -154,7 +155,10 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 		}
 		return src, err
 	}
-	src.readCols = replication.PickColumns(cols, append(cfg.Companies.Columns(), src.key...))
+	if src.identity, err = replication.IdentityColumns(ctx, src.sqlConn, src.table); err != nil {
+		return src, err
+	}
+	src.readCols = replication.PickColumns(cols, append(append(cfg.Companies.Columns(), src.key...), src.identity...))
 	if src.rconn, err = replication.ConnectReplication(ctx, cfg.Postgres.URL); err != nil {
 		return src, err
 	}
@@ -183,6 +187,7 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	if err != nil {
 		return err
 	}
+	s.dropStartedRequest(st.job)
 	if st.job != nil {
 		if err := stage.Start(ctx, *st.job); err != nil {
 			return err
@@ -325,6 +330,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 			// A mark of an older job is stale: its Done was checkpointed.
 			if p.Done {
 				cp.Snapshot, finished = nil, true
+				if p.Job.Error != "" {
+					ended := p.Job
+					ended.Ended = time.Now().UTC()
+					cp.LastFailed = &ended
+				}
 			} else {
 				job := p.Job
 				cp.Snapshot = &job
@@ -333,7 +343,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		if err := s.dir.SaveCheckpoint(cp); err != nil {
 			return err
 		}
-		if finished {
+		switch {
+		case finished && cp.LastFailed != nil && cp.LastFailed.ID == s.cp.Snapshot.ID:
+			s.snapLog.Warn("re-sync ended before its last row; `pgpilot status` shows why", "job", cp.LastFailed.ID,
+				"rows", cp.LastFailed.Rows, "error", cp.LastFailed.Error, "fix", cp.LastFailed.Fix)
+		case finished:
 			s.snapLog.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
 				"duration", time.Since(s.cp.Snapshot.Began).Round(time.Second).String())
 		}
@@ -369,6 +383,21 @@ func (s *session) beginJob(job state.Snapshot) error {
 	}
 	s.cp = cp
 	s.opts.Metrics.SnapshotProgress(snapshotJob(&job))
+	return nil
+}
+
+// failJob records a re-sync that ended before it started (its condition
+// refused when taken, or cancelled while queued), as the last failed one.
+func (s *session) failJob(job state.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := s.cp
+	job.Ended = time.Now().UTC()
+	cp.LastFailed = &job
+	if err := s.dir.SaveCheckpoint(cp); err != nil {
+		return err
+	}
+	s.cp = cp
 	return nil
 }
 
