@@ -61,7 +61,10 @@ func outageOnce(b *testing.B, n int) {
 	_ = p.cmd.Process.Kill() // kill -9, with the backlog on disk
 	<-p.done
 
-	st, _, _ := state.ReadStatus(e.stateDir)
+	owed, err := state.SummarizeOutbox(e.stateDir)
+	if err != nil {
+		b.Fatal(err)
+	}
 	var storeBytes int64
 	if fi, err := os.Stat(filepath.Join(e.stateDir, state.StoreFile)); err == nil {
 		storeBytes = fi.Size()
@@ -82,13 +85,13 @@ func outageOnce(b *testing.B, n int) {
 	report(b, float64(outageHWM)/(1<<20), "outage_peak_rss_MB")
 	report(b, float64(max(restartPeak, u.peakAnon))/(1<<20), "restart_peak_anon_MB")
 	report(b, float64(u.peakRSS)/(1<<20), "restart_peak_rss_MB")
-	report(b, float64(st.OutboxCompanies), "owed_companies")
-	if st.OutboxCompanies > 0 {
-		report(b, float64(storeBytes)/float64(st.OutboxCompanies), "store_bytes/company")
+	report(b, float64(owed.Companies), "owed_companies")
+	if owed.Companies > 0 {
+		report(b, float64(storeBytes)/float64(owed.Companies), "store_bytes/company")
 	}
 	report(b, drained.Seconds(), "drain_s")
 	b.Logf("%d companies owed during the outage: peak anonymous memory %.0f MB (RSS %.0f MB); after kill -9 and restart %.0f MB; store %.1f MB; drained in %s",
-		st.OutboxCompanies, float64(outagePeak)/(1<<20), float64(outageHWM)/(1<<20), float64(max(restartPeak, u.peakAnon))/(1<<20),
+		owed.Companies, float64(outagePeak)/(1<<20), float64(outageHWM)/(1<<20), float64(max(restartPeak, u.peakAnon))/(1<<20),
 		float64(storeBytes)/(1<<20), drained.Round(time.Millisecond))
 }
 

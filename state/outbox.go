@@ -34,6 +34,21 @@ func (x *Store) WriteOutbox(put []OutboxRecord, remove []string) error {
 	if len(put) == 0 && len(remove) == 0 {
 		return nil
 	}
+	// In writes of a bounded size: a write transaction holds every node it
+	// touches on the heap until it commits.
+	for len(put) > outboxWriteBatch {
+		if err := x.writeOutbox(put[:outboxWriteBatch], nil); err != nil {
+			return err
+		}
+		put = put[outboxWriteBatch:]
+	}
+	return x.writeOutbox(put, remove)
+}
+
+// outboxWriteBatch is how many records one outbox write transaction puts.
+const outboxWriteBatch = 2000
+
+func (x *Store) writeOutbox(put []OutboxRecord, remove []string) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(outboxBucket)
 		for _, id := range remove {

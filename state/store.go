@@ -23,6 +23,9 @@ var (
 	outboxBucket    = []byte("outbox")
 )
 
+// initialMmap is the store's first mapping: 1 GiB of address space.
+const initialMmap = 1 << 30
+
 // recordVersion prefixes each stored record, so its layout can change.
 const recordVersion = 1
 
@@ -46,7 +49,11 @@ type Store struct {
 // OpenStore opens (creating) the store in the state directory.
 func (d *Dir) OpenStore() (*Store, error) {
 	path := filepath.Join(d.path, StoreFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true})
+	// A large initial mapping (address space, not memory) spares the
+	// remaps a growing file would need: at each one bbolt copies every node
+	// the open write transaction touched onto the heap, which was most of
+	// an outage's peak memory.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: initialMmap})
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
