@@ -84,6 +84,10 @@ func (p *Pipeline) spill(id string, md userpilot.Metadata, del bool, txn row.Tra
 	s.rec.Resend = s.rec.Resend || txn.Resend || p.inDoubt(id)
 }
 
+// maxOverflow bounds the overflow between outbox writes: past it, it is
+// written at once.
+const maxOverflow = 2000
+
 // flushOverflow folds the overflow into the outbox records, durably.
 func (p *Pipeline) flushOverflow() error {
 	if len(p.overflow) == 0 {

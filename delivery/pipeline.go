@@ -399,6 +399,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				}
 				return err
 			}
+			if len(p.overflow) >= maxOverflow {
+				if err := p.flushOverflow(); err != nil {
+					return err
+				}
+			}
 			lastInput = time.Now()
 		case workCh <- next:
 			p.ready.popFront()

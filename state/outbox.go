@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -107,13 +108,11 @@ type OutboxEntry struct {
 func (x *Store) ScanOutbox(fn func(OutboxEntry) error) error {
 	err := x.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(outboxBucket).ForEach(func(k, v []byte) error {
-			var r struct {
-				Since time.Time `json:"since"`
-			}
-			if err := json.Unmarshal(v, &r); err != nil {
+			since, err := recordSince(v)
+			if err != nil {
 				return fmt.Errorf("outbox record of company %q: %w", k, err)
 			}
-			return fn(OutboxEntry{CompanyID: string(k), Size: len(k) + len(v), Since: r.Since})
+			return fn(OutboxEntry{CompanyID: string(k), Size: len(k) + len(v), Since: since})
 		})
 	})
 	if err != nil {
@@ -160,6 +159,19 @@ type OutboxMerge struct {
 // and returns each record's stored size. Only after it returns may the
 // changes they hold be confirmed to Postgres.
 func (x *Store) MergeOutbox(merges []OutboxMerge) ([]int, error) {
+	sizes := make([]int, 0, len(merges))
+	for len(merges) > 0 { // in writes of a bounded size, as WriteOutbox
+		n := min(len(merges), outboxWriteBatch)
+		s, err := x.mergeOutbox(merges[:n])
+		if err != nil {
+			return nil, err
+		}
+		sizes, merges = append(sizes, s...), merges[n:]
+	}
+	return sizes, nil
+}
+
+func (x *Store) mergeOutbox(merges []OutboxMerge) ([]int, error) {
 	sizes := make([]int, len(merges))
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(outboxBucket)
@@ -210,4 +222,26 @@ func mergeInto(older, newer userpilot.Metadata) userpilot.Metadata {
 		older[k] = v
 	}
 	return older
+}
+
+// recordSince reads a record's "since" without decoding the record: a scan
+// of a large outbox then makes no garbage. A record written otherwise is
+// decoded the long way.
+func recordSince(v []byte) (time.Time, error) {
+	const field = `"since":"`
+	if i := bytes.LastIndex(v, []byte(field)); i >= 0 {
+		rest := v[i+len(field):]
+		if j := bytes.IndexByte(rest, '"'); j > 0 {
+			if t, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
+				return t, nil
+			}
+		}
+	}
+	var r struct {
+		Since time.Time `json:"since"`
+	}
+	if err := json.Unmarshal(v, &r); err != nil {
+		return time.Time{}, err
+	}
+	return r.Since, nil
 }

@@ -161,3 +161,15 @@ func BenchmarkOutbox(b *testing.B) {
 			n, took.Round(time.Millisecond), float64(took.Microseconds())/float64(n), float64(fi.Size())/(1<<20), float64(fi.Size())/float64(n))
 	}
 }
+
+// A scan reads each record's since without decoding the record; it must
+// read what decoding would.
+func TestRecordSinceReadsWhatDecodingWould(t *testing.T) {
+	for _, since := range []time.Time{time.Date(2026, 12, 1, 9, 30, 0, 123456789, time.UTC), {}, time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))} {
+		v, err := json.Marshal(OutboxRecord{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"since": `"since":"1999"`}), LSN: 7, Since: since})
+		require.NoError(t, err)
+		got, err := recordSince(v)
+		require.NoError(t, err)
+		assert.True(t, since.Equal(got), "%s: got %s", since, got)
+	}
+}
