@@ -192,6 +192,9 @@ type Pipeline struct {
 	// every 2 seconds).
 	deletes    []*entry
 	deleteBusy bool
+	// deleteSplits are the halves of refused delete batches, sent (one
+	// request at a time too) before any other deletion; see delete.go.
+	deleteSplits [][]*entry
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell.
 	progress time.Time
@@ -305,9 +308,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			return err
 		}
 		p.collectDeletes()
-		if !p.deleteBusy && len(p.deletes) > 0 {
-			batch := p.deletes[:min(len(p.deletes), userpilot.MaxDeleteIDs)]
-			p.deletes = p.deletes[len(batch):]
+		if !p.deleteBusy && len(p.deletes)+len(p.deleteSplits) > 0 {
+			batch := p.nextDeletes()
 			p.deleteBusy = true
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}

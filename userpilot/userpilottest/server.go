@@ -93,6 +93,7 @@ type Server struct {
 	identifyRequests int
 	faults           faults
 	rejects          map[string]int
+	deleteRejects    map[string]int
 	jobs             map[string]*job
 	currentJob       *job // the latest job: one runs at a time per account
 	jobSeq           int
@@ -114,10 +115,11 @@ func NewServer(opts Options) *Server {
 // nothing.
 func NewHandler(opts Options) *Server {
 	s := &Server{
-		opts:      opts,
-		companies: map[string]map[string]any{},
-		rejects:   map[string]int{},
-		jobs:      map[string]*job{},
+		opts:          opts,
+		companies:     map[string]map[string]any{},
+		rejects:       map[string]int{},
+		deleteRejects: map[string]int{},
+		jobs:          map[string]*job{},
 	}
 	if opts.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
@@ -249,6 +251,16 @@ func (s *Server) RejectCompany(id string, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rejects[id] = status
+}
+
+// RejectDeletion makes every delete request naming id answer status with
+// the documented error body: the whole request is refused and none of its
+// companies is scheduled, as Userpilot refuses an invalid body. The request
+// still counts against the one-every-2-seconds limit.
+func (s *Server) RejectDeletion(id string, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deleteRejects[id] = status
 }
 
 // FailNextJob makes the next submitted bulk job end "failed", applying nothing.
@@ -497,6 +509,13 @@ func (s *Server) serveDelete(ex *exchange) {
 		return
 	}
 	s.lastDelete = now
+	for _, id := range ids {
+		if status, ok := s.deleteRejects[id]; ok {
+			s.mu.Unlock()
+			ex.fail(rejection(status, id))
+			return
+		}
+	}
 	s.deleted = append(s.deleted, ids...)
 	s.mu.Unlock()
 	ex.reply(http.StatusAccepted, map[string]string{"message": fmt.Sprintf("%d companies scheduled for deletion", len(ids))})
