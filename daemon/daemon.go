@@ -132,7 +132,8 @@ func Run(ctx context.Context, opts Options) error {
 
 	streamLog := opts.Logger.With("subsystem", "stream")
 	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
-		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger}
+		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
+		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
 	backoff := time.Second
 	for {
 		started := time.Now()

@@ -43,6 +43,10 @@ type session struct {
 	// reconnect backoff starts small again after it fails.
 	progress atomic.Bool
 
+	// breaker outlives sessions: once Userpilot's endpoint is found to
+	// refuse every record, no later session sends until a restart.
+	breaker *delivery.Breaker
+
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
 	// a re-sync request both update.
@@ -262,7 +266,7 @@ func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, s
 // problem (permanent), or a failure to reconnect after.
 func (s *session) classify(ctx context.Context, pipeErr, streamErr error) error {
 	if ctx.Err() != nil { // asked to stop
-		if pipeErr != nil && !errors.Is(pipeErr, context.Canceled) {
+		if pipeErr != nil && !errors.Is(pipeErr, context.Canceled) && !errors.Is(pipeErr, delivery.ErrRefusing) {
 			return pipeErr
 		}
 		if pipeErr != nil {
@@ -275,9 +279,11 @@ func (s *session) classify(ctx context.Context, pipeErr, streamErr error) error 
 	if errors.Is(pipeErr, delivery.ErrSchema) {
 		return permanent(fmt.Errorf("%w: %w", ErrConfig, pipeErr))
 	}
-	if pipeErr != nil {
+	if pipeErr != nil && !errors.Is(pipeErr, delivery.ErrRefusing) {
 		return pipeErr
 	}
+	// A stopped pipeline ends only when its input does: the stream's end
+	// is the news (the next session stays stopped, see session.breaker).
 	if replication.IsSlotActive(streamErr) {
 		s.log.Info("the slot is in use by another process; standing by", "slot", s.cfg.Postgres.Slot)
 	}

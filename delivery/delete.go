@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/pgpilot/pgpilot/row"
-	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -68,7 +68,7 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 	switch {
 	case r.err == nil:
 		p.log.Info("deletion requested from Userpilot (on_delete: delete; Userpilot erases in its daily batch)", "companies", len(r.entries))
-	case errors.As(r.err, &rej) && len(r.entries) > 1:
+	case errors.As(r.err, &rej) && len(r.entries) > 1 && rej.Status != http.StatusNotFound:
 		// Which id Userpilot refuses is not said: find it by halves. The
 		// halves go before deletions that arrived since, and are never
 		// merged with them again.
@@ -78,11 +78,14 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 			"companies", len(r.entries), "status", rej.Status)
 		return nil
 	case errors.As(r.err, &rej):
-		e := r.entries[0]
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID, Status: rej.Status,
-			Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
-			return err
+		// One id refused alone (or a 404: no Userpilot there to split
+		// for): the breaker decides whether it is set aside.
+		for _, e := range r.entries {
+			if err := p.refused(e, rej, "DELETE /v1/companies", "deletion refused by Userpilot"); err != nil {
+				return err
+			}
 		}
+		return nil
 	default:
 		return fmt.Errorf("delete %d companies: %w", len(r.entries), r.err)
 	}
@@ -90,7 +93,7 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 	for _, e := range r.entries {
 		p.finish(e)
 	}
-	return nil
+	return p.accepted()
 }
 
 // addKeyChange applies the on_delete policy to the company an UPDATE took

@@ -137,6 +137,10 @@ type Options struct {
 	// Recorder, when set, hears of every transaction taken in.
 	Recorder Recorder
 
+	// Breaker tells bad records from a refusing endpoint (see
+	// breaker.go); nil → one with the defaults, for this pipeline alone.
+	Breaker *Breaker
+
 	Logger *slog.Logger
 }
 
@@ -199,6 +203,11 @@ type Pipeline struct {
 	// started waiting after an idle spell.
 	progress time.Time
 
+	// held are refused records waiting for the breaker's verdict, oldest
+	// first; streak counts the refusals since the last acceptance.
+	held   []held
+	streak streak
+
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
 	inOutbox         map[string]int      // companies with an outbox record → its size
@@ -234,6 +243,9 @@ func New(opts Options) *Pipeline {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Breaker == nil {
+		opts.Breaker = &Breaker{}
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
@@ -308,14 +320,15 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			return err
 		}
 		p.collectDeletes()
-		if !p.deleteBusy && len(p.deletes)+len(p.deleteSplits) > 0 {
+		stopped := p.stopped() // the breaker tripped: send nothing more
+		if !stopped && !p.deleteBusy && len(p.deletes)+len(p.deleteSplits) > 0 {
 			batch := p.nextDeletes()
 			p.deleteBusy = true
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}
 		p.watermark() // drops finished entries, so the counts below are true
 		p.stats.Pending.Store(int64(p.order.len()))
-		if !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
+		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -334,13 +347,21 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			}
 			return stopFor
 		}
+		if closed && stopped && p.inflight == p.parked() && !p.bulkBusy && !p.deleteBusy {
+			// What is held is never delivered by this process: the
+			// stream (or the outbox) has it for the next start.
+			if err := p.tick(); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: %s", ErrRefusing, p.opts.Breaker.Reason())
+		}
 		var inCh <-chan row.Transaction
 		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
 			inCh = in
 		}
 		var workCh chan<- *entry
 		var next *entry
-		if p.ready.len() > 0 {
+		if p.ready.len() > 0 && !stopped {
 			workCh, next = work, p.ready.front()
 		}
 		select {
@@ -613,17 +634,15 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 		p.stats.Realtime.Add(1)
 		p.progress = time.Now()
 		rep.realtime++
+		p.finish(r.e)
+		return p.accepted()
 	case errors.As(r.err, &rej):
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(r.e.lsn), CompanyID: r.e.co.CompanyID,
-			Status: rej.Status, Reason: "rejected by Userpilot", Body: rej.Body, Payload: r.e.co}); err != nil {
-			return err
-		}
 		rep.rejected++
+		// Set aside, or kept, once the breaker knows which it is.
+		return p.refused(r.e, rej, "POST /v1/companies/identify", "rejected by Userpilot")
 	default:
 		return fmt.Errorf("deliver company %q: %w", r.e.co.CompanyID, r.err)
 	}
-	p.finish(r.e)
-	return nil
 }
 
 func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
@@ -657,6 +676,9 @@ func (p *Pipeline) watermark() pglogrepl.LSN {
 // checkpoints everything received (all of it is delivered or in the
 // outbox); in hold mode it checkpoints the watermark.
 func (p *Pipeline) tick() error {
+	if err := p.expireHeld(); err != nil {
+		return err
+	}
 	p.watermark()
 	p.updateMode()
 	received := p.received

@@ -94,6 +94,7 @@ type Server struct {
 	faults           faults
 	rejects          map[string]int
 	deleteRejects    map[string]int
+	answerAll        int // every request, whatever its path, gets this status: not Userpilot answering
 	jobs             map[string]*job
 	currentJob       *job // the latest job: one runs at a time per account
 	jobSeq           int
@@ -270,6 +271,16 @@ func (s *Server) FailNextJob() {
 	s.failNextJob = true
 }
 
+// AnswerAll makes every request, on any path and whatever its key, answer
+// status with a plain-text body, as a server that is not Userpilot's API
+// does (a wrong base URL, a proxy, a web site): AnswerAll(404) is "not
+// found" for everything. 0 ends it.
+func (s *Server) AnswerAll(status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.answerAll = status
+}
+
 // ServeHTTP answers Userpilot's API routes; anything else is 404.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &Request{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Time: time.Now()}
@@ -279,6 +290,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.requests = append(s.requests, *rec)
 		s.mu.Unlock()
 	}()
+	s.mu.Lock()
+	all := s.answerAll
+	s.mu.Unlock()
+	if all != 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(all)
+		fmt.Fprintf(w, "%d %s\n", all, strings.ToLower(http.StatusText(all)))
+		rec.Status = all
+		return
+	}
 	ex := &exchange{w: w, r: r, rec: rec}
 	path := r.URL.EscapedPath()
 	jobID, isJob := strings.CutPrefix(path, jobsPrefix)

@@ -1,0 +1,120 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
+)
+
+// companiesUpdated is n transactions, one company each, ending at 100, 200, …
+func companiesUpdated(n int) []row.Transaction {
+	txns := make([]row.Transaction, n)
+	for i := range txns {
+		txns[i] = txn(pglogrepl.LSN((i+1)*100), update(fmt.Sprint(i+1), "pro", nil))
+	}
+	return txns
+}
+
+// trips records what a breaker reported.
+type trips struct {
+	mu      sync.Mutex
+	reasons []string
+}
+
+func (tr *trips) add(reason string) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.reasons = append(tr.reasons, reason)
+}
+
+func (tr *trips) all() []string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return append([]string(nil), tr.reasons...)
+}
+
+func TestBreakerStopsDeliveryWithoutDeadLettersWhenTheEndpointRefusesEverything(t *testing.T) {
+	tests := []struct {
+		name   string
+		fault  func(*userpilottest.Server)
+		reason string
+		// maxCalls bounds the identify calls before delivery stops: what
+		// trips it, and the calls already in flight (8 workers).
+		maxCalls int
+	}{
+		{"404 on every path: not Userpilot's API", func(s *userpilottest.Server) { s.AnswerAll(404) },
+			"answers 404 on POST /v1/companies/identify", 1 + 8},
+		{"400 to every record", func(s *userpilottest.Server) { s.SetFault(&userpilottest.Fault{Status: 400}) },
+			"refused 20 different companies in a row with HTTP 400", 20 + 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := &trips{}
+			h := newHarness(t, setup{delivery: delivery.Options{Breaker: &delivery.Breaker{Endpoint: "http://wrong", OnTrip: tr.add}}})
+			tt.fault(h.up)
+			err := h.run(context.Background(), companiesUpdated(200)...)
+			require.ErrorIs(t, err, delivery.ErrRefusing)
+			assert.Contains(t, err.Error(), tt.reason)
+			assert.Contains(t, err.Error(), "http://wrong", "the reason names the endpoint")
+
+			n, err := state.CountDeadLetters(h.dir.Path())
+			require.NoError(t, err)
+			assert.Zero(t, n, "nothing is set aside")
+			assert.Zero(t, h.pipe.Stats().DeadLettered.Load())
+			assert.Less(t, h.lastCheckpoint(), pglogrepl.LSN(100), "the checkpoint never passes a refused record")
+			assert.LessOrEqual(t, h.up.IdentifyRequests(), tt.maxCalls, "delivery stops")
+			require.Len(t, tr.all(), 1, "the reason is reported once")
+			assert.Contains(t, tr.all()[0], tt.reason)
+		})
+	}
+}
+
+func TestBreakerOfAnEarlierSessionKeepsTheNextOneFromSending(t *testing.T) {
+	tr := &trips{}
+	b := &delivery.Breaker{OnTrip: tr.add}
+	h := newHarness(t, setup{delivery: delivery.Options{Breaker: b}})
+	h.up.AnswerAll(404)
+	require.ErrorIs(t, h.run(context.Background(), companiesUpdated(10)...), delivery.ErrRefusing)
+	sent := len(h.up.Requests())
+
+	h.up.AnswerAll(0) // fixed behind pgpilot's back: only a restart (a new Breaker) sends again
+	next := newHarness(t, setup{delivery: delivery.Options{Breaker: b}})
+	require.ErrorIs(t, next.run(context.Background(), companiesUpdated(10)...), delivery.ErrRefusing)
+	assert.Empty(t, next.up.Requests(), "a tripped breaker sends nothing")
+	assert.Equal(t, sent, len(h.up.Requests()))
+	assert.Len(t, tr.all(), 1, "logged and reported once")
+}
+
+func TestRefusedRecordAmongAcceptedOnesIsSetAsideAtOnce(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{Breaker: &delivery.Breaker{Hold: time.Hour}}})
+	h.up.RejectCompany("7", 400)
+	require.NoError(t, h.run(context.Background(), companiesUpdated(50)...))
+	n, err := state.CountDeadLetters(h.dir.Path())
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "company 7 is a bad record: others were accepted")
+	assert.Len(t, h.up.Companies(), 49)
+	assert.Equal(t, pglogrepl.LSN(5000), h.lastCheckpoint())
+}
+
+func TestLoneRefusedRecordIsSetAsideAfterTheHold(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{Breaker: &delivery.Breaker{Hold: 300 * time.Millisecond}}})
+	h.up.RejectCompany("1", 400)
+	start := time.Now()
+	require.NoError(t, h.run(context.Background(), companiesUpdated(1)...))
+	assert.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "held for evidence first")
+	n, err := state.CountDeadLetters(h.dir.Path())
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, pglogrepl.LSN(100), h.lastCheckpoint())
+}
