@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,4 +62,28 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	fmt.Fprintf(stdout, "re-sync of %s requested. The running pgpilot starts it within a second, once no other snapshot runs "+
 		"(or the next `pgpilot run` does); `pgpilot status` shows its progress.\n", what)
 	return nil
+}
+
+// requestCompanyResync asks the daemon to send these companies' current
+// rows again, as `pgpilot resync --company` does: one request, selecting
+// them by the company id column (compared as text, as the daemon does for
+// one company). It is the one way other commands queue a re-sync.
+func requestCompanyResync(stateDir, companyIDColumn string, ids []string) error {
+	job := state.Snapshot{}
+	if len(ids) == 1 {
+		job.CompanyID = ids[0]
+	} else {
+		quoted := make([]string, len(ids))
+		for i, id := range ids {
+			quoted[i] = quoteLiteral(id)
+		}
+		job.Where = pgx.Identifier{companyIDColumn}.Sanitize() + "::text IN (" + strings.Join(quoted, ", ") + ")"
+	}
+	return state.RequestResync(stateDir, job)
+}
+
+// quoteLiteral is s as an SQL string literal. The E” form reads
+// backslashes the same whatever standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
 }

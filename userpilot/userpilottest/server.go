@@ -248,9 +248,14 @@ func (s *Server) Deleted() []string {
 
 // RejectCompany makes every identify (real-time or bulk) naming id answer
 // status with the documented error body; its records are never applied.
+// Status 0 accepts the company again.
 func (s *Server) RejectCompany(id string, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if status == 0 {
+		delete(s.rejects, id)
+		return
+	}
 	s.rejects[id] = status
 }
 
