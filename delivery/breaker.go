@@ -116,9 +116,20 @@ type held struct {
 	at     time.Time
 }
 
-// streak counts the distinct companies refused in a row with one status.
+// streak counts the distinct companies refused in a row with one status:
+// a lone bad company refused again after its hold counts once.
 type streak struct {
-	status, n int
+	status    int
+	companies map[string]struct{}
+}
+
+// add counts a refusal and returns the streak's length.
+func (s *streak) add(status int, companyID string) int {
+	if status != s.status || s.companies == nil {
+		*s = streak{status: status, companies: map[string]struct{}{}}
+	}
+	s.companies[companyID] = struct{}{}
+	return len(s.companies)
 }
 
 // refused takes a record Userpilot refused on path (with its dead-letter
@@ -138,11 +149,7 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 	if p.stopped() {
 		return nil
 	}
-	if rej.Status == p.streak.status {
-		p.streak.n++
-	} else {
-		p.streak = streak{status: rej.Status, n: 1}
-	}
+	n := p.streak.add(rej.Status, e.co.CompanyID)
 	b := p.opts.Breaker
 	switch {
 	case rej.Status == http.StatusNotFound:
@@ -150,11 +157,11 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 			"(a wrong base URL, a proxy, or an API change); check the base URL (us, eu, or the host Userpilot's Settings → Environment shows) "+
 			"and restart pgpilot. Delivery is stopped: nothing was set aside, and the slot keeps every change",
 			b.Endpoint, path))
-	case p.streak.n >= b.threshold():
+	case n >= b.threshold():
 		p.trip(fmt.Sprintf("userpilot.endpoint %s refused %d different companies in a row with HTTP %d and accepted none in between: "+
 			"not bad records but the endpoint or the mapping (last answer: %s); check userpilot.endpoint and the mapping, "+
 			"then restart pgpilot. Delivery is stopped: nothing was set aside, and the slot keeps every change",
-			b.Endpoint, p.streak.n, rej.Status, truncate(strings.TrimSpace(rej.Body), 200)))
+			b.Endpoint, n, rej.Status, truncate(strings.TrimSpace(rej.Body), 200)))
 	}
 	return nil
 }
@@ -203,6 +210,7 @@ func (p *Pipeline) trip(reason string) {
 	if p.opts.Breaker.trip(reason) {
 		p.log.Error("delivery stopped: "+reason, "held_records", len(p.held))
 	}
+	p.reportStatus(true) // `pgpilot status` says so too
 }
 
 // stopped reports whether the breaker has tripped (in this session or an

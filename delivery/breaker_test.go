@@ -118,3 +118,22 @@ func TestLoneRefusedRecordIsSetAsideAfterTheHold(t *testing.T) {
 	assert.Equal(t, 1, n)
 	assert.Equal(t, pglogrepl.LSN(100), h.lastCheckpoint())
 }
+
+func TestLoneBadCompanyRefusedAgainAndAgainNeverTripsTheBreaker(t *testing.T) {
+	tr := &trips{}
+	h := newHarness(t, setup{delivery: delivery.Options{Breaker: &delivery.Breaker{Threshold: 3, Hold: 100 * time.Millisecond, OnTrip: tr.add}}})
+	h.up.RejectCompany("1", 400)
+	in := make(chan row.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(context.Background(), in) }()
+	for i := 1; i <= 5; i++ {
+		in <- txn(pglogrepl.LSN(i*100), update("1", fmt.Sprint("plan ", i), nil))
+		require.Eventually(t, func() bool {
+			n, err := state.CountDeadLetters(h.dir.Path())
+			return err == nil && n == i
+		}, 10*time.Second, 10*time.Millisecond, "update %d is set aside after the hold", i)
+	}
+	close(in)
+	require.NoError(t, <-done)
+	assert.Empty(t, tr.all(), "one company refused 5 times is one bad record, not a refusing endpoint")
+}

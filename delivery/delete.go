@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -73,9 +74,24 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 		// halves go before deletions that arrived since, and are never
 		// merged with them again.
 		half := len(r.entries) / 2
+		for _, e := range r.entries {
+			if e.splitAt.IsZero() {
+				e.splitAt = time.Now()
+			}
+		}
 		p.deleteSplits = append([][]*entry{r.entries[:half], r.entries[half:]}, p.deleteSplits...)
 		p.log.Info("deletion batch refused by Userpilot; sending it again in halves to find the refused id",
 			"companies", len(r.entries), "status", rej.Status)
+		return nil
+	case errors.As(r.err, &rej) && len(r.entries) == 1 && !r.entries[0].splitAt.IsZero() && p.deleteAccepted.After(r.entries[0].splitAt):
+		// Isolated from a batch of which Userpilot has accepted a part
+		// since: Userpilot works, and this is the id it refuses.
+		e := r.entries[0]
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID, Status: rej.Status,
+			Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
+			return err
+		}
+		p.finish(e)
 		return nil
 	case errors.As(r.err, &rej):
 		// One id refused alone (or a 404: no Userpilot there to split
@@ -89,7 +105,7 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 	default:
 		return fmt.Errorf("delete %d companies: %w", len(r.entries), r.err)
 	}
-	p.progress = time.Now()
+	p.progress, p.deleteAccepted = time.Now(), time.Now()
 	for _, e := range r.entries {
 		p.finish(e)
 	}

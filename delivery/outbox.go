@@ -171,7 +171,7 @@ func (p *Pipeline) reportStatus(force bool) {
 	}
 	p.statusAt = time.Now()
 	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: len(p.inOutbox),
-		OutboxBytes: p.outboxBytes, Pending: p.order.len()}
+		OutboxBytes: p.outboxBytes, Pending: p.order.len(), Stopped: p.opts.Breaker.Reason()}
 	if p.order.len() > 0 {
 		st.OldestPending = p.order.front().since
 	}

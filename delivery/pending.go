@@ -27,6 +27,9 @@ type entry struct {
 	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
+	// splitAt is when the delete batch it was in was first refused and
+	// split (zero: never); see delete.go.
+	splitAt time.Time
 }
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST

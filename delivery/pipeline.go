@@ -199,6 +199,8 @@ type Pipeline struct {
 	// deleteSplits are the halves of refused delete batches, sent (one
 	// request at a time too) before any other deletion; see delete.go.
 	deleteSplits [][]*entry
+	// deleteAccepted is when Userpilot last accepted a delete request.
+	deleteAccepted time.Time
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell.
 	progress time.Time

@@ -40,7 +40,7 @@ func TestWrongEndpointStopsDeliveryKeepsTheWALAndResumesAfterTheFix(t *testing.T
 	ctx := context.Background()
 	require.NoError(t, workload.Seed(ctx, e.conn, 300))
 
-	code, out := e.runCheck("--skip-userpilot=false")
+	code, out := e.runCheck()
 	assert.Equal(t, 1, code, out)
 	requireFailedLine(t, out, "Userpilot at "+wrong.URL(), "not Userpilot's API", "answered HTTP 404", "fix: set userpilot.endpoint")
 	assert.NotContains(t, out, apiKey)
@@ -84,9 +84,13 @@ func TestWrongEndpointStopsDeliveryKeepsTheWALAndResumesAfterTheFix(t *testing.T
 	require.Equal(t, 0, st.wait(t, 60*time.Second))
 	var report struct {
 		DeadLetters int `json:"dead_letters"`
+		Delivery    struct {
+			Stopped string `json:"stopped"`
+		} `json:"delivery"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(st.out.String()), &report))
 	assert.Zero(t, report.DeadLetters)
+	assert.Contains(t, report.Delivery.Stopped, "answers 404 on POST /v1/companies/identify", "`status` says why delivery stopped")
 
 	// The operator fixes the endpoint and restarts: every row arrives.
 	e.writeConfig(configFor(e.up.URL()))
