@@ -98,6 +98,7 @@ func TestDeadLettersAreListedReplayedFromTheCurrentRowAndDropped(t *testing.T) {
 			e.conn.Exec(ctx, `UPDATE companies SET seats = $1 WHERE id <= 5`, i)
 		}
 	}()
+	replayed := time.Now()
 	code, out = e.cli("", "deadletters", "replay", "--config", e.cfgPath, "--all")
 	require.Equal(t, 0, code, out)
 	assert.Contains(t, out, "replay of 3 company(ies) requested")
@@ -106,6 +107,7 @@ func TestDeadLettersAreListedReplayedFromTheCurrentRowAndDropped(t *testing.T) {
 		md9, _ := e.up.Company("9")
 		return md["plan"] == "current" && md9["plan"] == "current"
 	}, 60*time.Second, 100*time.Millisecond, "the rows as they are now reach Userpilot")
+	t.Logf("replayed rows in Userpilot %s after `deadletters replay` started", time.Since(replayed).Round(10*time.Millisecond))
 	require.Eventually(t, func() bool { return e.outstandingDeadLetters() == 1 }, 60*time.Second, 100*time.Millisecond,
 		"8, still refused, is set aside again; the rest is resolved")
 	close(stopWriting)
