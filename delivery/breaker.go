@@ -21,7 +21,9 @@ import (
 // held, neither delivered nor set aside, until the evidence decides:
 //
 //   - anything accepted (a 2xx: identify, a completed bulk job, a deletion)
-//     shows Userpilot working: the records held are set aside, as before;
+//     shows Userpilot working when it was sent: a refusal of a call sent
+//     before it (held, or answered later) is a bad record, set aside as
+//     before;
 //   - a 404 on a path Userpilot serves (identify, delete) means the
 //     endpoint is not Userpilot's API: the breaker trips at once;
 //   - Threshold distinct companies refused in a row with the same status,
@@ -145,6 +147,16 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 		p.finish(e)
 		return nil
 	}
+	if !p.stopped() && !e.sentAt.After(p.vouched) {
+		// A call sent after this one was accepted: Userpilot was working
+		// after this one left, so this is a bad record.
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID,
+			Status: rej.Status, Reason: reason, Body: rej.Body, Payload: payloadOf(e)}); err != nil {
+			return err
+		}
+		p.finish(e)
+		return nil
+	}
 	p.held = append(p.held, held{e: e, rej: rej, reason: reason, at: time.Now()})
 	if p.stopped() {
 		return nil
@@ -166,33 +178,45 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 	return nil
 }
 
-// accepted is Userpilot accepting something: the refusals held are bad
-// records after all, and are set aside.
-func (p *Pipeline) accepted() error {
+// accepted is Userpilot accepting a request sent at sent: the refusals of
+// requests sent before it are bad records after all, and are set aside.
+// Those sent after it stay held: the endpoint may have broken since.
+func (p *Pipeline) accepted(sent time.Time) error {
 	if p.stopped() {
 		// A call sent before the trip: the verdict stands until a restart.
 		return nil
 	}
+	if sent.After(p.vouched) {
+		p.vouched = sent
+	}
+	if err := p.setAsideHeld(func(h held) bool { return !h.e.sentAt.After(sent) }); err != nil {
+		return err
+	}
+	// The streak is the refusals since, in the order they came.
 	p.streak = streak{}
-	return p.setAsideHeld(time.Time{})
+	for _, h := range p.held {
+		p.streak.add(h.rej.Status, h.e.co.CompanyID)
+	}
+	return nil
 }
 
-// setAsideHeld dead-letters the refused records held since before cutoff
-// (all of them when cutoff is zero).
-func (p *Pipeline) setAsideHeld(cutoff time.Time) error {
-	n := 0
-	for _, h := range p.held {
-		if !cutoff.IsZero() && h.at.After(cutoff) {
-			break
+// setAsideHeld dead-letters the refused records held that match.
+func (p *Pipeline) setAsideHeld(match func(held) bool) error {
+	kept := p.held[:0]
+	for i, h := range p.held {
+		if !match(h) {
+			kept = append(kept, h)
+			continue
 		}
 		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.co.CompanyID,
 			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: payloadOf(h.e)}); err != nil {
+			p.held = append(kept, p.held[i:]...)
 			return err
 		}
 		p.finish(h.e)
-		n++
 	}
-	p.held = p.held[n:]
+	clear(p.held[len(kept):])
+	p.held = kept
 	return nil
 }
 
@@ -202,7 +226,8 @@ func (p *Pipeline) expireHeld() error {
 	if p.stopped() || len(p.held) == 0 {
 		return nil
 	}
-	return p.setAsideHeld(time.Now().Add(-p.opts.Breaker.hold()))
+	cutoff := time.Now().Add(-p.opts.Breaker.hold())
+	return p.setAsideHeld(func(h held) bool { return !h.at.After(cutoff) })
 }
 
 // trip stops delivery; the first trip of the process logs the reason.

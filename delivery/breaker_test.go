@@ -50,13 +50,14 @@ func TestBreakerStopsDeliveryWithoutDeadLettersWhenTheEndpointRefusesEverything(
 		fault  func(*userpilottest.Server)
 		reason string
 		// maxCalls bounds the identify calls before delivery stops: what
-		// trips it, and the calls already in flight (8 workers).
+		// trips it, the calls in flight (8 workers) and those answered
+		// whose results wait for the dispatcher (8 more).
 		maxCalls int
 	}{
 		{"404 on every path: not Userpilot's API", func(s *userpilottest.Server) { s.AnswerAll(404) },
-			"answers 404 on POST /v1/companies/identify", 1 + 8},
+			"answers 404 on POST /v1/companies/identify", 1 + 2*8},
 		{"400 to every record", func(s *userpilottest.Server) { s.SetFault(&userpilottest.Fault{Status: 400}) },
-			"refused 20 different companies in a row with HTTP 400", 20 + 8},
+			"refused 20 different companies in a row with HTTP 400", 20 + 2*8},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,4 +138,59 @@ func TestLoneBadCompanyRefusedAgainAndAgainNeverTripsTheBreaker(t *testing.T) {
 	close(in)
 	require.NoError(t, <-done)
 	assert.Empty(t, tr.all(), "one company refused 5 times is one bad record, not a refusing endpoint")
+}
+
+func TestAcceptanceVouchesOnlyForRefusalsSentBeforeIt(t *testing.T) {
+	// The first call is accepted slowly; the endpoint breaks (400 to
+	// everything) while it is in flight. Its late 202 says nothing about
+	// the calls sent after it: they stay held, none is set aside.
+	h := newHarness(t, setup{delivery: delivery.Options{Breaker: &delivery.Breaker{Threshold: 1000, Hold: 2 * time.Second}}})
+	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond, Apply: true, Status: 202})
+	h.up.SetFault(&userpilottest.Fault{Status: 400})
+	in := make(chan row.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(context.Background(), in) }()
+	in <- txn(100, update("1", "pro", nil))
+	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 1 }, 10*time.Second, time.Millisecond, "company 1 is in flight")
+	// The stand-in takes the fault once it has read the body: let it,
+	// before the next requests arrive.
+	time.Sleep(100 * time.Millisecond)
+	for _, tx := range companiesUpdated(20)[1:] {
+		in <- tx
+	}
+	require.Eventually(t, func() bool { _, ok := h.up.Company("1"); return ok }, 10*time.Second, time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // the dispatcher hears of the 202
+	n, err := state.CountDeadLetters(h.dir.Path())
+	require.NoError(t, err)
+	assert.Zero(t, n, "refusals sent after the accepted call are not vouched for by it")
+	close(in)
+	require.NoError(t, <-done, "after the hold, they are set aside")
+	n, err = state.CountDeadLetters(h.dir.Path())
+	require.NoError(t, err)
+	assert.Equal(t, 19, n)
+}
+
+func TestRefusalAnsweredAfterALaterCallWasAcceptedIsSetAsideAtOnce(t *testing.T) {
+	// Company 1's refusal comes slowly; company 2, sent after it, is
+	// accepted first. Userpilot worked after 1 left: 1 is a bad record,
+	// set aside without waiting for the hold. (The stand-in gives the
+	// delay to whichever request reads its body first; should that be 2,
+	// 2's later acceptance must resolve 1 as well.)
+	h := newHarness(t, setup{delivery: delivery.Options{Breaker: &delivery.Breaker{Hold: time.Hour}}})
+	h.up.RejectCompany("1", 400)
+	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	in := make(chan row.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(ctx, in) }()
+	in <- txn(100, update("1", "pro", nil))
+	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 1 }, 10*time.Second, time.Millisecond, "company 1 is in flight")
+	in <- txn(200, update("2", "pro", nil))
+	close(in)
+	require.NoError(t, <-done)
+	n, err := state.CountDeadLetters(h.dir.Path())
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, pglogrepl.LSN(200), h.lastCheckpoint())
 }

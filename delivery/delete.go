@@ -109,7 +109,7 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 	for _, e := range r.entries {
 		p.finish(e)
 	}
-	return p.accepted()
+	return p.accepted(r.entries[0].sentAt)
 }
 
 // addKeyChange applies the on_delete policy to the company an UPDATE took

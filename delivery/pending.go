@@ -27,6 +27,9 @@ type entry struct {
 	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
+	// sentAt is when it was last handed to a call, for the breaker: an
+	// acceptance vouches for refusals sent before it.
+	sentAt time.Time
 	// splitAt is when the delete batch it was in was first refused and
 	// split (zero: never); see delete.go.
 	splitAt time.Time

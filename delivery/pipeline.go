@@ -209,6 +209,9 @@ type Pipeline struct {
 	// first; streak counts the refusals since the last acceptance.
 	held   []held
 	streak streak
+	// vouched is when the newest accepted call was sent: Userpilot worked
+	// then, so a refusal of a call sent before it is a bad record.
+	vouched time.Time
 
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
@@ -326,6 +329,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		if !stopped && !p.deleteBusy && len(p.deletes)+len(p.deleteSplits) > 0 {
 			batch := p.nextDeletes()
 			p.deleteBusy = true
+			for _, e := range batch {
+				e.sentAt = time.Now() // collected earlier, sent now
+			}
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}
 		p.watermark() // drops finished entries, so the counts below are true
@@ -577,6 +583,7 @@ func (p *Pipeline) send(e *entry) {
 	c := p.companies[e.co.CompanyID]
 	c.inflight, c.waiting = e, nil
 	p.inflight++
+	e.sentAt = time.Now()
 }
 
 // skipNoOps finishes, without a call, ready entries at the front that hold
@@ -637,7 +644,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 		p.progress = time.Now()
 		rep.realtime++
 		p.finish(r.e)
-		return p.accepted()
+		return p.accepted(r.e.sentAt)
 	case errors.As(r.err, &rej):
 		rep.rejected++
 		// Set aside, or kept, once the breaker knows which it is.
