@@ -24,10 +24,12 @@ import (
 // job).
 const checkProbePath = "/v1/background_jobs/pgpilot-check"
 
-// checker prints one ✓/✗ line per check and counts the failures.
+// checker prints one ✓/✗ line per check and counts the failures; a
+// warning (!) is printed and counted but fails nothing.
 type checker struct {
 	out    io.Writer
 	failed int
+	warned int
 	// config is set when a failure is the config file's to fix (the
 	// mapping does not fit the table): check exits 2 then, like run.
 	config bool
@@ -46,6 +48,16 @@ func (c *checker) report(name string, err error) bool {
 	}
 	fmt.Fprintf(c.out, "✓ %s\n", name)
 	return true
+}
+
+// warn prints name with ! and why it deserves a look, the fix on a line of
+// its own. It fails nothing.
+func (c *checker) warn(name string, why error) {
+	c.warned++
+	fmt.Fprintf(c.out, "! %s: %v\n", name, why)
+	if f := fix.Of(why); f != "" {
+		fmt.Fprintf(c.out, "  fix: %s\n", f)
+	}
 }
 
 // checkCommand runs the preflight: each line ✓ or ✗ with the fix. It
@@ -78,6 +90,10 @@ func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		}
 		return shownError{err}
 	}
+	if c.warned > 0 {
+		fmt.Fprintf(stdout, "all checks passed, with %d warning(s) above\n", c.warned)
+		return nil
+	}
 	fmt.Fprintln(stdout, "all checks passed")
 	return nil
 }
@@ -90,6 +106,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		return
 	}
 	defer conn.Close(context.Background())
+	checkTLS(ctx, cfg, conn, c)
 	srv, err := replication.ReadServer(ctx, conn)
 	if !c.report("server settings readable", err) {
 		return
@@ -119,6 +136,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		if !c.report("every mapped column exists and maps to a primitive", err) {
 			c.config = true
 		}
+		checkPersonalData(cfg, cols, c)
 		var canSelect bool
 		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
 			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, table.Schema, table.Name).Scan(&canSelect)
@@ -159,6 +177,64 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		}
 		c.report(fmt.Sprintf("replication slot %q (active: %t, wal_status: %s, retained WAL: %s)",
 			slot.Name, slot.Active, orDash(slot.WALStatus), retained), slot.Usable(srv.Database))
+	}
+}
+
+// checkTLS reports whether the connection is encrypted, as the server
+// sees it, and warns when postgres.url lets a connection to another machine
+// run in plaintext: pgx's default, sslmode=prefer, falls back to it without
+// a word.
+func checkTLS(ctx context.Context, cfg *mapping.Config, conn *pgx.Conn, c *checker) {
+	policy, err := replication.ReadTLSPolicy(cfg.Postgres.URL)
+	if err != nil {
+		c.report("TLS settings of postgres.url", err)
+		return
+	}
+	enc, err := replication.ReadEncryption(ctx, conn)
+	switch {
+	case err != nil:
+		c.report("connection encryption readable", err)
+	case enc.SSL:
+		c.report(fmt.Sprintf("connection to Postgres encrypted: yes (%s, %s; sslmode=%s)", enc.Version, enc.Cipher, policy.Mode), nil)
+	default:
+		c.report(fmt.Sprintf("connection to Postgres encrypted: no (sslmode=%s)", policy.Mode), nil)
+	}
+	if err := tlsProblem(policy); err != nil {
+		c.warn("TLS is not required", err)
+	}
+}
+
+// tlsProblem says why policy lets pgpilot's connections (the rows, and the
+// password's exchange) cross a network in plaintext, or returns nil.
+func tlsProblem(p replication.TLSPolicy) error {
+	if !p.Plaintext || len(p.Remote) == 0 {
+		return nil
+	}
+	var why string
+	switch p.Mode {
+	case "disable":
+		why = "sslmode=disable never encrypts"
+	case "allow":
+		why = "sslmode=allow tries without TLS first, and stays plaintext whenever the server accepts that"
+	default:
+		why = "sslmode=prefer (pgx's default when postgres.url names none) falls back to plaintext without a word when TLS fails or the server offers none"
+	}
+	return fix.With(fmt.Errorf("%s, and %s is not this machine: the rows can cross the network unencrypted", why, strings.Join(p.Remote, ", ")),
+		"require TLS in postgres.url: sslmode=verify-full&sslrootcert=/path/to/the-server-ca.crt (or sslrootcert=system for a public CA); "+
+			"sslmode=require encrypts but does not check the server's certificate")
+}
+
+// checkPersonalData warns of each mapped key whose column looks like
+// personal data (by its name or type) and is not acknowledged with
+// pii: true. It blocks nothing: whether to send it is the operator's call.
+func checkPersonalData(cfg *mapping.Config, cols []row.Column, c *checker) {
+	found := cfg.Companies.PersonalData(cols)
+	if len(found) == 0 {
+		c.report("no mapped column looks like personal data (or each is acknowledged with pii: true)", nil)
+		return
+	}
+	for _, pd := range found {
+		c.warn("personal data", fix.With(errors.New(pd.Problem(cfg.Path)), pd.Fix()))
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -13,23 +12,19 @@ import (
 func TestReplayOfSeveralCompaniesIsOneResyncSelectingThemAsText(t *testing.T) {
 	dir := t.TempDir()
 	require.NoError(t, requestCompanyResync(dir, "Id", []string{"7", `O'Brien\`}))
-	d, err := state.Open(dir)
+	jobs, err := state.QueuedResyncs(dir)
 	require.NoError(t, err)
-	defer d.Close()
-	job, ok, err := d.PendingResync()
-	require.NoError(t, err)
-	require.True(t, ok)
-	assert.Equal(t, `"Id"::text IN (E'7', E'O''Brien\\')`, job.Where)
-	assert.Empty(t, job.CompanyID)
+	require.Len(t, jobs, 1, "one request for all of them")
+	assert.Equal(t, `"Id"::text IN (E'7', E'O''Brien\\')`, jobs[0].Where)
+	assert.Empty(t, jobs[0].CompanyID)
 
-	one := filepath.Join(t.TempDir())
+	one := t.TempDir()
 	require.NoError(t, requestCompanyResync(one, "id", []string{"7"}))
-	d1, err := state.Open(one)
+	jobs, err = state.QueuedResyncs(one)
 	require.NoError(t, err)
-	defer d1.Close()
-	job, _, err = d1.PendingResync()
-	require.NoError(t, err)
-	assert.Equal(t, state.Snapshot{CompanyID: "7"}, job, "one company: the same request as `resync --company`")
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "7", jobs[0].CompanyID, "one company: the same request as `resync --company`")
+	assert.Empty(t, jobs[0].Where)
 }
 
 func TestOneLineKeepsValidUTF8(t *testing.T) {

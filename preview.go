@@ -37,6 +37,10 @@ func previewCommand(ctx context.Context, args []string, _ io.Reader, stdout, std
 	if err != nil {
 		return usageError{fmt.Errorf("%s: %w", cfg.Path, err)}
 	}
+	// Seeing the payloads is when to notice what they carry.
+	for _, pd := range cfg.Companies.PersonalData(cols) {
+		fmt.Fprintf(stderr, "preview: warning: %s\n  fix: %s\n", pd.Problem(cfg.Path), pd.Fix())
+	}
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false)
 	n, bad := 0, 0

@@ -5,8 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +33,16 @@ type statusReport struct {
 	// it is delivered; ResyncRequested a `pgpilot resync` not started yet.
 	Snapshot        *state.Snapshot `json:"snapshot,omitempty"`
 	ResyncRequested bool            `json:"resync_requested"`
+	// ResyncQueue is the re-sync requests waiting, oldest first: they run
+	// one after another.
+	ResyncQueue []queuedResync `json:"resync_queue,omitempty"`
+	// CancelRequested names the re-syncs a `pgpilot resync --cancel` ends
+	// that are not ended yet.
+	CancelRequested []string `json:"cancel_requested,omitempty"`
+	// LastFailedResync is the last re-sync that ended before its last row
+	// (its condition failed at run time or was refused when taken, or it
+	// was cancelled), with the error, the fix and how far it got.
+	LastFailedResync *state.Snapshot `json:"last_failed_resync,omitempty"`
 	// Mode, outbox and pending figures, as the running daemon last wrote
 	// them (absent before the first run).
 	Delivery *state.Status `json:"delivery,omitempty"`
@@ -52,6 +61,13 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	defer cancel()
 
 	r := statusReport{Slot: cfg.Postgres.Slot}
+	// The queue before the checkpoint: a request the daemon takes in
+	// between then shows as queued and as running (and is shown once),
+	// where the other order would miss it.
+	queue, err := state.QueuedResyncs(cfg.State.Dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: warning: %v\n", err)
+	}
 	cp, ok, err := state.ReadCheckpoint(cfg.State.Dir)
 	if err != nil {
 		return err
@@ -59,11 +75,21 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if ok {
 		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
 		r.CheckpointAt = &cp.UpdatedAt
-		r.Snapshot = cp.Snapshot
+		r.Snapshot, r.LastFailedResync = cp.Snapshot, cp.LastFailed
 	}
-	if _, err := os.Stat(filepath.Join(cfg.State.Dir, state.ResyncFile)); err == nil {
-		r.ResyncRequested = true
+	cancels, err := state.PendingCancels(cfg.State.Dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgpilot status: warning: %v\n", err)
 	}
+	for _, c := range cancels {
+		r.CancelRequested = append(r.CancelRequested, c.IDs...)
+	}
+	for _, job := range queue {
+		if r.Snapshot == nil || job.ID != r.Snapshot.ID {
+			r.ResyncQueue = append(r.ResyncQueue, queuedResync{ID: job.ID, Where: job.Where, CompanyID: job.CompanyID})
+		}
+	}
+	r.ResyncRequested = len(r.ResyncQueue) > 0
 	if st, ok, err := state.ReadStatus(cfg.State.Dir); err == nil && ok {
 		r.Delivery = &st
 	}
@@ -114,17 +140,18 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		if s.Total >= 0 {
 			total = fmt.Sprint(s.Total)
 		}
-		what := "every row"
-		switch {
-		case s.CompanyID != "":
-			what = "company " + s.CompanyID
-		case s.Where != "":
-			what = "where " + s.Where
-		}
-		row("snapshot", fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what, s.Rows, total, s.Began.Format(time.RFC3339)))
+		row("snapshot", fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what(s.CompanyID, s.Where), s.Rows, total, s.Began.Format(time.RFC3339)))
 	}
-	if r.ResyncRequested {
-		row("re-sync", "requested, not started yet")
+	for i, q := range r.ResyncQueue {
+		row("re-sync queued", fmt.Sprintf("%d. %s (%s)", i+1, q.ID, what(q.CompanyID, q.Where)))
+	}
+	if len(r.CancelRequested) > 0 {
+		row("cancel requested", strings.Join(r.CancelRequested, ", "))
+	}
+	if f := r.LastFailedResync; f != nil {
+		row("re-sync ended early", fmt.Sprintf("%s (%s): ended %s after %d rows delivered: %s",
+			f.ID, what(f.CompanyID, f.Where), f.Ended.Format(time.RFC3339), f.Rows, f.Error))
+		row("  fix", f.Fix)
 	}
 	if d := r.Delivery; d != nil {
 		if d.Stopped != "" {
@@ -140,6 +167,24 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	tw.Flush()
 	return nil
+}
+
+// queuedResync is a re-sync request waiting, as status shows it.
+type queuedResync struct {
+	ID        string `json:"id"`
+	Where     string `json:"where,omitempty"`
+	CompanyID string `json:"company_id,omitempty"`
+}
+
+// what says which rows a job sends.
+func what(companyID, where string) string {
+	switch {
+	case companyID != "":
+		return "company " + companyID
+	case where != "":
+		return "where " + where
+	}
+	return "every row"
 }
 
 func orDash(s string) string {

@@ -11,13 +11,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 )
 
 // teardownCommand drops the slot (and the publication when pgpilot created
-// it), and sets the checkpoint aside so that the next `run` starts over.
+// it), and sets the checkpoint and the store (no-op index and outbox) aside
+// so that the next `run` starts over and sends every row: none skipped as
+// already delivered, no stale outbox state ahead of them. What the outbox
+// still owed is told, and kept as JSON lines.
 func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("teardown", stderr)
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
@@ -43,17 +50,41 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 	if haveSlot && slot.Active {
 		return fix.With(fmt.Errorf("replication slot %q is in use (pid %d)", slot.Name, derefPID(slot.ActivePID)), "stop pgpilot first")
 	}
+	// Hold the state directory from here on: a pgpilot that has it (between
+	// two sessions, say) must not see its slot and store vanish.
+	dir, err := lockStateDir(cfg.State.Dir)
+	if err != nil {
+		return err
+	}
+	if dir != nil {
+		defer dir.Close()
+	}
+	suffix := stamp(time.Now())
+	owed, err := state.SummarizeOutbox(cfg.State.Dir)
+	if err != nil {
+		return err
+	}
 	dropPub := havePub && pub.CreatedByPgpilot
 	if !haveSlot && !dropPub {
 		fmt.Fprintf(stdout, "nothing to drop: no slot %q, and no publication %q created by pgpilot\n", cfg.Postgres.Slot, cfg.Postgres.Publication)
-		return setCheckpointAside(cfg.State.Dir, stdout)
+	} else {
+		fmt.Fprintf(stdout, "This drops replication slot %q", cfg.Postgres.Slot)
+		if dropPub {
+			fmt.Fprintf(stdout, " and publication %q", cfg.Postgres.Publication)
+		}
+		fmt.Fprintln(stdout, ". The next `pgpilot run` re-sends every row.")
+		if cfg.Companies.OnDelete != mapping.OnDeleteIgnore {
+			// They are in the slot's WAL past the checkpoint, or in the outbox.
+			fmt.Fprintf(stdout, "Deleted rows whose deletion (on_delete: %s) is not yet delivered are not redone.\n", cfg.Companies.OnDelete)
+		}
 	}
-	fmt.Fprintf(stdout, "This drops replication slot %q", cfg.Postgres.Slot)
-	if dropPub {
-		fmt.Fprintf(stdout, " and publication %q", cfg.Postgres.Publication)
+	var exported string
+	if owed.Companies > 0 {
+		gone, err := companiesWithoutRow(ctx, conn, cfg, owed.IDs)
+		exported = "outbox.torn-down-" + suffix + ".jsonl"
+		warnOutbox(stdout, owed, gone, err, exported)
 	}
-	fmt.Fprintln(stdout, ". The next `pgpilot run` re-sends every row.")
-	if !*yes {
+	if !*yes && (haveSlot || dropPub || owed.Companies > 0) {
 		fmt.Fprint(stdout, "Type yes to go on: ")
 		answer, _ := bufio.NewReader(stdin).ReadString('\n')
 		if strings.TrimSpace(answer) != "yes" {
@@ -72,34 +103,111 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 		}
 		fmt.Fprintf(stdout, "dropped publication %q\n", pub.Name)
 	}
-	return setCheckpointAside(cfg.State.Dir, stdout)
+	if dir == nil {
+		return nil // no state directory: nothing to set aside
+	}
+	if exported != "" {
+		if err := state.ExportOutbox(dir.Path(), exported); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "what the outbox owed is written to %s (JSON lines)\n", filepath.Join(dir.Path(), exported))
+	}
+	return setStateAside(dir, suffix, stdout)
 }
 
-// setCheckpointAside renames the checkpoint, which referred to the dropped
-// slot, so the next run starts a fresh initial sync instead of refusing.
-// It is kept, renamed, for the record.
-func setCheckpointAside(dir string, stdout io.Writer) error {
-	path := filepath.Join(dir, state.CheckpointFile)
+// lockStateDir takes the state directory, or returns nil when there is
+// none (teardown creates nothing).
+func lockStateDir(path string) (*state.Dir, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
-	d, err := state.Open(dir)
+	d, err := state.Open(path)
+	if errors.Is(err, state.ErrLocked) {
+		return nil, fix.With(err, "stop pgpilot first (every instance using this state directory)")
+	}
+	return d, err
+}
+
+// stamp is the suffix of what teardown sets aside.
+func stamp(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
+
+// companiesWithoutRow returns those of ids that no row of the table holds
+// any more: the next run's initial sync sends every row still there, which
+// covers what the outbox owed them, but nothing for these.
+func companiesWithoutRow(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, ids []string) ([]string, error) {
+	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT id FROM unnest($1::text[]) AS owed(id)
+		WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.%s::text = owed.id) ORDER BY id`,
+		table.Quoted(), pgx.Identifier{cfg.Companies.CompanyID}.Sanitize()), ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up the outbox's companies in %s: %w", table, err)
+	}
+	gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("look up the outbox's companies in %s: %w", table, err)
+	}
+	return gone, nil
+}
+
+// warnOutbox says what the outbox still owes Userpilot and what of it the
+// next run's full re-send does not cover.
+func warnOutbox(w io.Writer, owed state.OutboxSummary, gone []string, lookupErr error, exported string) {
+	fmt.Fprintf(w, "Warning: the outbox holds changes of %d companies not yet delivered to Userpilot", owed.Companies)
+	if owed.Deletes > 0 {
+		fmt.Fprintf(w, " (%d of them deletions)", owed.Deletes)
+	}
+	fmt.Fprintln(w, ".")
+	switch {
+	case lookupErr != nil:
+		fmt.Fprintf(w, "  Rows still in the table are sent again by the next run, with their current values; "+
+			"which companies have no row any more could not be told (%v): what the outbox owed those is lost.\n", lookupErr)
+	case len(gone) == 0:
+		fmt.Fprintln(w, "  Every one still has its row in the table: the next run sends it again, with its current values. Nothing is lost.")
+	default:
+		const show = 10
+		list := strings.Join(gone[:min(show, len(gone))], ", ")
+		if len(gone) > show {
+			list += fmt.Sprintf(", and %d more", len(gone)-show)
+		}
+		fmt.Fprintf(w, "  Companies whose row is gone from the table (%d): %s. The next run does not send them, "+
+			"so what the outbox owed them (a deletion, a mark, a last update) is lost.\n", len(gone), list)
+		fmt.Fprintln(w, "  The others still have their row: the next run sends it again, with its current values.")
+	}
+	fmt.Fprintf(w, "  The records are kept in %s, to replay by hand.\n", exported)
+}
+
+// setStateAside moves the checkpoint (which referred to the dropped slot)
+// and the store (the no-op index, which would skip rows the re-send must
+// send, and the outbox, which would deliver stale states ahead of it) out
+// of the way, so the next run starts a fresh initial sync. Both are kept,
+// renamed, for the record; bulk jobs not seen end carry over.
+func setStateAside(d *state.Dir, suffix string, stdout io.Writer) error {
+	moved, jobs, err := d.SetAside(suffix)
+	for _, name := range moved {
+		what := "checkpoint"
+		if name == state.StoreFile {
+			what = "no-op index and outbox"
+		}
+		fmt.Fprintf(stdout, "%s moved to %s\n", what, filepath.Join(d.Path(), name+".torn-down-"+suffix))
+	}
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	aside := path + ".torn-down-" + time.Now().UTC().Format("20060102T150405Z")
-	if err := os.Rename(path, aside); err != nil {
-		return fmt.Errorf("set the checkpoint aside: %w", err)
+	if jobs > 0 {
+		fmt.Fprintf(stdout, "%d bulk job(s) the last run submitted and did not see end are kept in a new %s: "+
+			"the next run holds their companies until Userpilot says the job ended, so an older job cannot land over the re-send\n",
+			jobs, state.StoreFile)
 	}
-	fmt.Fprintf(stdout, "checkpoint moved to %s\n", aside)
 	// The next run's initial sync sends every row: a re-sync still asked
 	// for would send them all a second time.
-	if _, ok, _ := d.PendingResync(); ok {
-		if err := d.TakeResync(); err != nil {
+	queued, _ := state.QueuedResyncs(d.Path())
+	for _, job := range queued {
+		if err := d.TakeResync(job.ID); err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, "pending re-sync request dropped: the next run sends every row anyway")
+	}
+	if len(queued) > 0 {
+		fmt.Fprintf(stdout, "pending re-sync request dropped (%d queued): the next run sends every row anyway\n", len(queued))
 	}
 	return nil
 }

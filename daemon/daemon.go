@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/delivery"
@@ -94,12 +95,13 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New(metricsOptions(cfg, opts.Logger))
 	}
+	var web *httpServer
 	if cfg.HTTP.Listen != "" { // before the lock: a standby answers /healthz too
-		srv, err := metrics.Listen(cfg.HTTP.Listen, opts.Metrics)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
+		var err error
+		if web, err = serveHTTP(cfg.HTTP.Listen, opts.Metrics, opts.Logger.With("subsystem", "http")); err != nil {
+			return err
 		}
-		defer srv.Close()
+		defer web.Close()
 	}
 	// Two pgpilots may share a state directory (and so a slot) for high
 	// availability: the second waits for the first's lock and takes over
@@ -108,6 +110,10 @@ func Run(ctx context.Context, opts Options) error {
 		opts.Metrics.StandingBy(holder)
 		stateLog.Info("standing by: another pgpilot holds the state directory; taking over when it stops",
 			"state_dir", cfg.State.Dir, "holder_pid", holder)
+		if web != nil && web.Waiting() {
+			stateLog.Info("http.listen is in use, likely by the pgpilot standing in front of this one: serving it as soon as it is free",
+				"listen", cfg.HTTP.Listen)
+		}
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -116,6 +122,16 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer dir.Close()
+	if web != nil {
+		// The instance that holds the directory answers on http.listen; a
+		// port still taken now is not another pgpilot's.
+		if err := web.bound(ctx); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the port
+		}
+	}
 	stateLog.Info("state directory locked; starting", "state_dir", cfg.State.Dir)
 
 	client, err := userpilot.New(userpilotOptions(cfg, opts.Userpilot, opts.Logger))
@@ -134,16 +150,33 @@ func Run(ctx context.Context, opts Options) error {
 	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
 		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
 		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
+	// The delivery engine outlives the sessions: whatever ends the loop,
+	// it delivers and checkpoints what it holds (for at most the grace
+	// period) before Run returns.
+	defer func() {
+		if s.eng != nil {
+			s.eng.stop(opts.ShutdownGrace)
+		}
+	}()
 	backoff := time.Second
 	for {
 		started := time.Now()
 		s.progress.Store(false)
 		err := s.run(ctx)
 		if ctx.Err() != nil {
-			if errors.Is(err, context.Canceled) {
-				return nil // stopped while waiting (e.g. for a standby's slot): a clean stop
+			return s.stop(err)
+		}
+		if s.eng != nil && s.eng.failed() {
+			// Delivery stopped. A schema problem is the operator's to fix;
+			// anything else starts a new engine with the next session, from
+			// the durable checkpoint.
+			pipeErr := s.eng.err
+			s.eng.stop(0)
+			s.eng = nil
+			if errors.Is(pipeErr, delivery.ErrSchema) {
+				return fmt.Errorf("%w: %w", ErrConfig, pipeErr)
 			}
-			return err
+			err = pipeErr
 		}
 		var perm permanentError
 		if errors.As(err, &perm) {
@@ -179,6 +212,27 @@ func Run(ctx context.Context, opts Options) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// stop ends the daemon after a stop signal: the engine delivers what it
+// holds for the grace period, then checkpoints.
+func (s *session) stop(sessionErr error) error {
+	var pipeErr error
+	if s.eng != nil {
+		pipeErr = s.eng.stop(s.opts.ShutdownGrace)
+		s.eng = nil
+	}
+	switch {
+	case pipeErr != nil && !errors.Is(pipeErr, context.Canceled) && !errors.Is(pipeErr, delivery.ErrRefusing):
+		return pipeErr
+	case pipeErr != nil:
+		s.log.Warn("stopped before everything read was delivered; it will be sent again at the next start",
+			"grace", s.opts.ShutdownGrace.String())
+	case sessionErr != nil && !errors.Is(sessionErr, context.Canceled):
+		return sessionErr
+	}
+	s.log.Info("stopped", "checkpoint", pglogrepl.LSN(s.confirmed.Load()).String())
+	return nil
 }
 
 // workersFor sizes the identify concurrency to the rate limit: enough calls

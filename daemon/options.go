@@ -43,7 +43,7 @@ func userpilotOptions(cfg *mapping.Config, override userpilot.Options, log *slog
 // stream starts, and the pipeline's backlog it waits for.
 func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func() int64) snapshot.Options {
 	cfg := s.cfg
-	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key,
+	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key, Identity: src.identity,
 		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
 		Backlog: backlog, Logger: s.snapLog}
 }
@@ -55,7 +55,7 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	cfg := s.cfg
 	do := s.opts.Delivery
 	do.Mapping = compiler(cfg.Companies)
-	do.Sender, do.DeadLetters, do.Index = s.sender, s.dir, s.store
+	do.Sender, do.DeadLetters, do.Index, do.InFlight = s.sender, s.dir, s.store, s.store
 	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
 	do.MaxRetainedWAL = cmp.Or(do.MaxRetainedWAL, cfg.Delivery.MaxRetainedWAL)
 	do.OutboxAfter = cmp.Or(do.OutboxAfter, cfg.Delivery.OutboxAfter)

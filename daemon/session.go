@@ -47,6 +47,11 @@ type session struct {
 	// refuse every record, no later session sends until a restart.
 	breaker *delivery.Breaker
 
+	// eng is the delivery engine, made by the first session that knew the
+	// checkpoint and kept across sessions (see engine.go); nil before, and
+	// after it failed (the next session makes a new one).
+	eng *engine
+
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
 	// a re-sync request both update.
@@ -71,7 +76,8 @@ type source struct {
 	sys      pglogrepl.IdentifySystemResult
 	table    row.Table
 	key      []string     // the columns a snapshot pages by
-	readCols []row.Column // what a snapshot reads: the mapped columns and the key
+	identity []string     // the replica identity index's columns, when not the key (nil: the key)
+	readCols []row.Column // what a snapshot reads: the mapped columns, the key and the identity
 }
 
 func (src *source) close() {
@@ -98,10 +104,15 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.confirmed.Store(uint64(st.lsn))
-	m.Checkpointed(st.lsn)
-	m.SnapshotProgress(snapshotJob(st.job))
-	pipeErr, streamErr := s.stream(ctx, src, st)
+	if s.eng == nil {
+		s.confirmed.Store(uint64(st.lsn))
+		m.Checkpointed(st.lsn)
+		m.SnapshotProgress(snapshotJob(st.job))
+		if s.eng, err = s.startEngine(ctx, st.lsn); err != nil {
+			return err
+		}
+	}
+	streamErr := s.stream(ctx, src, st)
 
 	if !src.rconn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -110,7 +121,7 @@ func (s *session) run(ctx context.Context) error {
 		}
 		cancel()
 	}
-	return s.classify(ctx, pipeErr, streamErr)
+	return s.classify(ctx, streamErr)
 }
 
 // connect opens the session's connections and checks what it streams from:
@@ -148,7 +159,10 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 		}
 		return src, err
 	}
-	src.readCols = replication.PickColumns(cols, append(cfg.Companies.Columns(), src.key...))
+	if src.identity, err = replication.IdentityColumns(ctx, src.sqlConn, src.table); err != nil {
+		return src, err
+	}
+	src.readCols = replication.PickColumns(cols, append(append(cfg.Companies.Columns(), src.key...), src.identity...))
 	if src.rconn, err = replication.ConnectReplication(ctx, cfg.Postgres.URL); err != nil {
 		return src, err
 	}
@@ -161,53 +175,45 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 	return src, nil
 }
 
-// stream runs the stages, each owned by one errgroup, until the stream
-// ends: the stream (Postgres in) → the snapshot stage (chunks put in their
-// place) → delivery, with the retained-WAL monitor and the re-sync watcher
-// beside them. Reading stops when the context is done or a stage fails;
-// delivery goes on, after a stop signal, for ShutdownGrace, so what was
-// read is delivered and checkpointed before exit. It returns delivery's
-// error and the stream's (or the snapshot stage's) error.
-func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, streamErr error) {
+// stream runs the session's stages, each owned by one errgroup, until the
+// stream ends: the stream (Postgres in) → the snapshot stage (chunks put in
+// their place) → the delivery engine, which outlives the session, with the
+// retained-WAL monitor and the re-sync watcher beside them. Reading stops
+// when the context is done, a stage fails, or the engine has stopped. It
+// returns the stream's (or the snapshot stage's) error.
+func (s *session) stream(ctx context.Context, src *source, st start) (streamErr error) {
 	cfg := s.cfg
+	eng := s.eng
 	produceCtx, stopProducing := context.WithCancel(ctx)
 	defer stopProducing()
-	deliverCtx, stopDelivering := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopDelivering()
-	stopGrace := context.AfterFunc(ctx, func() {
-		time.AfterFunc(s.opts.ShutdownGrace, stopDelivering)
-	})
-	defer stopGrace()
-
-	// The slot's retained WAL, measured on a connection of its own (pgx
-	// connections are not shared between goroutines): above
-	// delivery.max_retained_wal the pipeline switches to its outbox.
-	var retained atomic.Int64
-	do, err := s.deliveryOptions(st.lsn, retained.Load)
-	if err != nil {
-		return nil, err
-	}
-	pipe := delivery.New(do)
-	s.opts.Metrics.AttachPipeline(deliveryCounts(pipe.Stats()))
 	// The stage reads no further while the pipeline holds a backlog.
-	stage, err := snapshot.New(s.snapshotOptions(src, st.lsn, func() int64 { return pipe.Stats().Pending.Load() }))
+	stage, err := snapshot.New(s.snapshotOptions(src, st.lsn, func() int64 { return eng.pipe.Stats().Pending.Load() }))
 	if err != nil {
-		return nil, err
+		return err
 	}
+	s.dropStartedRequest(st.job)
 	if st.job != nil {
 		if err := stage.Start(ctx, *st.job); err != nil {
-			return nil, err
+			return err
 		}
 	}
 
 	var g errgroup.Group // owns every goroutine of the session: none outlives it
 	defer g.Wait()
-	// The monitor measures for as long as delivery runs (it decides the
-	// outbox mode, and metrics show the lag while a backlog drains).
-	monitorCtx, stopMonitor := context.WithCancel(ctx)
-	defer stopMonitor()
+	// Delivery stopped (it failed, or found a schema problem): stop reading.
 	g.Go(func() error {
-		s.monitorRetainedWAL(monitorCtx, &retained)
+		select {
+		case <-eng.done:
+			stopProducing()
+		case <-produceCtx.Done():
+		}
+		return nil
+	})
+	// The slot's retained WAL, measured on a connection of its own (pgx
+	// connections are not shared between goroutines): above
+	// delivery.max_retained_wal the pipeline switches to its outbox.
+	g.Go(func() error {
+		s.monitorRetainedWAL(produceCtx, &eng.retained)
 		return nil
 	})
 	// Re-sync requests (`pgpilot resync`) and the snapshot's progress, for
@@ -220,21 +226,13 @@ func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, s
 	})
 	in := make(chan row.Transaction, 16)
 	// The snapshot's stage puts its chunks between the stream's
-	// transactions (see package snapshot).
-	staged := make(chan row.Transaction, 16)
+	// transactions (see package snapshot), into the engine.
 	var stageErr error
 	g.Go(func() error {
-		defer close(staged)
-		stageErr = stage.Run(produceCtx, in, staged)
+		stageErr = stage.Run(produceCtx, in, eng.in)
 		if stageErr != nil && produceCtx.Err() == nil {
 			stopProducing() // the snapshot failed: stop reading too, and start over
 		}
-		return nil
-	})
-	g.Go(func() error {
-		pipeErr = pipe.Run(deliverCtx, staged)
-		stopProducing() // delivery ended: stop reading too
-		stopMonitor()
 		return nil
 	})
 
@@ -251,39 +249,25 @@ func (s *session) stream(ctx context.Context, src *source, st start) (pipeErr, s
 		Logger:         s.log,
 	}, in)
 	// The shutdown order: the re-sync watcher first (it uses the SQL
-	// connection and starts snapshot jobs), then the input closes, so the
-	// stage passes what it holds and delivery drains it.
+	// connection and starts snapshot jobs), then the stage, without waiting
+	// for the engine to take what it holds: that is streamed again by the
+	// next session, which starts at once while delivery goes on.
 	stopResync()
+	stopProducing()
 	close(in)
 	g.Wait()
 	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
 		streamErr = stageErr
 	}
-	return pipeErr, streamErr
+	return streamErr
 }
 
-// classify says what a session's end means: a clean stop, a configuration
-// problem (permanent), or a failure to reconnect after.
-func (s *session) classify(ctx context.Context, pipeErr, streamErr error) error {
+// classify says what a session's end means for the stream: a clean stop,
+// or a failure to reconnect after (the daemon looks at the engine).
+func (s *session) classify(ctx context.Context, streamErr error) error {
 	if ctx.Err() != nil { // asked to stop
-		if pipeErr != nil && !errors.Is(pipeErr, context.Canceled) && !errors.Is(pipeErr, delivery.ErrRefusing) {
-			return pipeErr
-		}
-		if pipeErr != nil {
-			s.log.Warn("stopped before everything read was delivered; it will be sent again at the next start",
-				"grace", s.opts.ShutdownGrace.String())
-		}
-		s.log.Info("stopped", "checkpoint", pglogrepl.LSN(s.confirmed.Load()).String())
 		return nil
 	}
-	if errors.Is(pipeErr, delivery.ErrSchema) {
-		return permanent(fmt.Errorf("%w: %w", ErrConfig, pipeErr))
-	}
-	if pipeErr != nil && !errors.Is(pipeErr, delivery.ErrRefusing) {
-		return pipeErr
-	}
-	// A stopped pipeline ends only when its input does: the stream's end
-	// is the news (the next session stays stopped, see session.breaker).
 	if replication.IsSlotActive(streamErr) {
 		s.log.Info("the slot is in use by another process; standing by", "slot", s.cfg.Postgres.Slot)
 	}
@@ -350,6 +334,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 			// A mark of an older job is stale: its Done was checkpointed.
 			if p.Done {
 				cp.Snapshot, finished = nil, true
+				if p.Job.Error != "" {
+					ended := p.Job
+					ended.Ended = time.Now().UTC()
+					cp.LastFailed = &ended
+				}
 			} else {
 				job := p.Job
 				cp.Snapshot = &job
@@ -358,7 +347,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		if err := s.dir.SaveCheckpoint(cp); err != nil {
 			return err
 		}
-		if finished {
+		switch {
+		case finished && cp.LastFailed != nil && cp.LastFailed.ID == s.cp.Snapshot.ID:
+			s.snapLog.Warn("re-sync ended before its last row; `pgpilot status` shows why", "job", cp.LastFailed.ID,
+				"rows", cp.LastFailed.Rows, "error", cp.LastFailed.Error, "fix", cp.LastFailed.Fix)
+		case finished:
 			s.snapLog.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
 				"duration", time.Since(s.cp.Snapshot.Began).Round(time.Second).String())
 		}
@@ -397,6 +390,21 @@ func (s *session) beginJob(job state.Snapshot) error {
 	return nil
 }
 
+// failJob records a re-sync that ended before it started (its condition
+// refused when taken, or cancelled while queued), as the last failed one.
+func (s *session) failJob(job state.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := s.cp
+	job.Ended = time.Now().UTC()
+	cp.LastFailed = &job
+	if err := s.dir.SaveCheckpoint(cp); err != nil {
+		return err
+	}
+	s.cp = cp
+	return nil
+}
+
 // prepare decides where the stream starts, creating the slot (and owing a
 // snapshot) on first start.
 func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.PgConn,
@@ -406,6 +414,14 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	cp, haveCP, err := s.dir.Checkpoint()
 	if err != nil {
 		return start{}, permanent(err)
+	}
+	if s.eng != nil {
+		// The engine checkpoints while this session sets up: what it last
+		// wrote, in memory, is the checkpoint (never an older read of the
+		// file over it).
+		s.mu.Lock()
+		cp, haveCP = s.cp, true
+		s.mu.Unlock()
 	}
 	slot, haveSlot, err := replication.ReadSlot(ctx, sqlConn, slotName)
 	if err != nil {
@@ -426,7 +442,9 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 		if err := slot.Usable(srv.Database); err != nil {
 			return start{}, permanent(err)
 		}
-		s.cp = cp
+		if s.eng == nil {
+			s.cp = cp // before the engine runs, nothing else writes it
+		}
 		if slot.ConfirmedFlush > pglogrepl.LSN(cp.LSN) {
 			return start{}, permanent(fix.With(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
 				"changes in between would never reach Userpilot. Is another pgpilot with another state.dir using this slot?", slotName, slot.ConfirmedFlush, cp.LSN),

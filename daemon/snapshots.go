@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -36,12 +38,18 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 		case <-tick.C:
 		}
 		job := s.job()
-		if job == nil && !stage.Busy() && time.Since(lastPoll) >= time.Second {
+		if time.Since(lastPoll) >= time.Second {
 			lastPoll = time.Now()
-			if err := s.takeResync(ctx, stage, table); err != nil {
-				s.snapLog.Error("re-sync request not started", "error", err)
+			// Cancels first: a request they name is never started.
+			if err := s.applyCancels(ctx, stage, job); err != nil {
+				s.snapLog.Error("re-sync cancel not applied", "error", err)
 			}
-			continue
+			if job == nil && !stage.Busy() {
+				if err := s.takeResync(ctx, stage, table); err != nil {
+					s.snapLog.Error("re-sync request not started", "error", err)
+				}
+				continue
+			}
 		}
 		if job == nil {
 			continue
@@ -61,26 +69,108 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 	}
 }
 
-// takeResync starts the re-sync request waiting in the state directory, if
-// any: the job is checkpointed first, then the request removed, so that a
-// crash in between runs it (at worst twice), never loses it.
+// takeResync starts the oldest re-sync request queued in the state
+// directory, if any: the job (which keeps the request's ID) is
+// checkpointed first, then that request's file removed, so that a crash
+// in between resumes the job and drops the request (see dropStartedRequest),
+// never loses it; a request queued meanwhile is another file and waits.
 func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table row.Table) error {
 	job, ok, err := s.dir.PendingResync()
-	if err != nil || !ok {
-		return err
+	if err != nil {
+		// A file that cannot be read: say so, and take the others.
+		s.snapLog.Error("a re-sync request cannot be read", "error", err)
 	}
-	job.ID = "resync-" + time.Now().UTC().Format("20060102T150405.000Z")
+	if !ok {
+		return nil
+	}
 	job.After, job.Rows, job.Began = nil, 0, time.Now().UTC()
+	// The condition as chunks will run it: a request written by an older
+	// pgpilot, or a table changed since, may no longer fit.
+	if err := s.checkJob(ctx, stage, job); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) && !errors.Is(err, replication.ErrCondition) {
+			return err // Postgres unreachable: try again at the next poll
+		}
+		job.Error, job.Fix = err.Error(), "fix the condition, then run `pgpilot resync` again"
+		s.snapLog.Error("re-sync request refused: its condition does not work as a chunk query", "job", job.ID,
+			"where", job.Where, "error", err, "fix", job.Fix)
+		if err := s.failJob(job); err != nil {
+			return err
+		}
+		return s.dir.TakeResync(job.ID)
+	}
 	job.Total = s.countRows(ctx, table, job)
 	if err := s.beginJob(job); err != nil {
 		return err
 	}
-	if err := s.dir.TakeResync(); err != nil {
+	if err := s.dir.TakeResync(job.ID); err != nil {
 		return err
 	}
 	s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
 		"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
 	return stage.Start(ctx, job)
+}
+
+// checkJob has Postgres plan the job's chunk queries.
+func (s *session) checkJob(ctx context.Context, stage *snapshot.Stage, job state.Snapshot) error {
+	conn, err := replication.ConnectSQL(ctx, s.cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return stage.Check(ctx, conn, job)
+}
+
+// applyCancels applies the `pgpilot resync --cancel` requests waiting: a
+// queued request they name is removed, the running job they name (job,
+// as checkpointed) is cancelled in the stage. A cancel is removed once
+// nothing it names is queued or running: until its job's end is
+// checkpointed it is applied again at each poll, and after a restart.
+func (s *session) applyCancels(ctx context.Context, stage *snapshot.Stage, job *state.Snapshot) error {
+	cancels, err := state.PendingCancels(s.dir.Path())
+	if len(cancels) == 0 {
+		return err
+	}
+	queue, qerr := state.QueuedResyncs(s.dir.Path())
+	err = errors.Join(err, qerr)
+	for _, c := range cancels {
+		waiting := false
+		for _, id := range c.IDs {
+			for _, q := range queue {
+				if q.ID != id || (job != nil && job.ID == id) {
+					continue
+				}
+				if err := s.dir.TakeResync(id); err != nil {
+					return errors.Join(err, qerr)
+				}
+				s.snapLog.Info("queued re-sync cancelled", "job", id, "where", q.Where, "company_id", q.CompanyID)
+			}
+			if job != nil && job.ID == id {
+				waiting = true
+				if err := stage.Cancel(ctx, id); err != nil {
+					return err
+				}
+			}
+		}
+		if !waiting {
+			if err := s.dir.TakeCancel(c); err != nil {
+				return err
+			}
+		}
+	}
+	return err
+}
+
+// dropStartedRequest removes the request of a job the checkpoint already
+// runs: pgpilot stopped between checkpointing the job and removing its
+// request, and the job resumes from the checkpoint.
+func (s *session) dropStartedRequest(job *state.Snapshot) {
+	if job == nil || job.ID == state.InitialSnapshot {
+		return
+	}
+	if err := s.dir.TakeResync(job.ID); err != nil {
+		s.snapLog.Warn("could not remove the request of a running re-sync", "job", job.ID, "error", err)
+	}
 }
 
 // countRows estimates how many rows a job will read: the planner's estimate

@@ -13,5 +13,6 @@ var (
 	_ delivery.DeadLetters = (*state.Dir)(nil)
 	_ delivery.Index       = (*state.Store)(nil)
 	_ delivery.Outbox      = (*state.Store)(nil)
+	_ delivery.InFlight    = (*state.Store)(nil)
 	_ delivery.Recorder    = readRecorder{}
 )

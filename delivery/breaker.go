@@ -110,8 +110,8 @@ func (b *Breaker) hold() time.Duration {
 	return DefaultBreakerHold
 }
 
-// held is a refused record waiting for the breaker's verdict.
-type held struct {
+// refusal is a refused record waiting for the breaker's verdict.
+type refusal struct {
 	e      *entry
 	rej    *userpilot.RejectedError
 	reason string // for its dead letter
@@ -157,7 +157,7 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 		p.finish(e)
 		return nil
 	}
-	p.held = append(p.held, held{e: e, rej: rej, reason: reason, at: time.Now()})
+	p.refusals = append(p.refusals, refusal{e: e, rej: rej, reason: reason, at: time.Now()})
 	if p.stopped() {
 		return nil
 	}
@@ -189,51 +189,51 @@ func (p *Pipeline) accepted(sent time.Time) error {
 	if sent.After(p.vouched) {
 		p.vouched = sent
 	}
-	if err := p.setAsideHeld(func(h held) bool { return !h.e.sentAt.After(sent) }); err != nil {
+	if err := p.setAsideHeld(func(h refusal) bool { return !h.e.sentAt.After(sent) }); err != nil {
 		return err
 	}
 	// The streak is the refusals since, in the order they came.
 	p.streak = streak{}
-	for _, h := range p.held {
+	for _, h := range p.refusals {
 		p.streak.add(h.rej.Status, h.e.co.CompanyID)
 	}
 	return nil
 }
 
 // setAsideHeld dead-letters the refused records held that match.
-func (p *Pipeline) setAsideHeld(match func(held) bool) error {
-	kept := p.held[:0]
-	for i, h := range p.held {
+func (p *Pipeline) setAsideHeld(match func(refusal) bool) error {
+	kept := p.refusals[:0]
+	for i, h := range p.refusals {
 		if !match(h) {
 			kept = append(kept, h)
 			continue
 		}
 		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.co.CompanyID,
 			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: payloadOf(h.e)}); err != nil {
-			p.held = append(kept, p.held[i:]...)
+			p.refusals = append(kept, p.refusals[i:]...)
 			return err
 		}
 		p.finish(h.e)
 	}
-	clear(p.held[len(kept):])
-	p.held = kept
+	clear(p.refusals[len(kept):])
+	p.refusals = kept
 	return nil
 }
 
 // expireHeld sets aside refused records held longer than the breaker's
 // Hold: nothing else came to decide (a lone bad record on a quiet table).
 func (p *Pipeline) expireHeld() error {
-	if p.stopped() || len(p.held) == 0 {
+	if p.stopped() || len(p.refusals) == 0 {
 		return nil
 	}
 	cutoff := time.Now().Add(-p.opts.Breaker.hold())
-	return p.setAsideHeld(func(h held) bool { return !h.at.After(cutoff) })
+	return p.setAsideHeld(func(h refusal) bool { return !h.at.After(cutoff) })
 }
 
 // trip stops delivery; the first trip of the process logs the reason.
 func (p *Pipeline) trip(reason string) {
 	if p.opts.Breaker.trip(reason) {
-		p.log.Error("delivery stopped: "+reason, "held_records", len(p.held))
+		p.log.Error("delivery stopped: "+reason, "held_records", len(p.refusals))
 	}
 	p.reportStatus(true) // `pgpilot status` says so too
 }
@@ -246,7 +246,7 @@ func (p *Pipeline) stopped() bool { return p.opts.Breaker.Reason() != "" }
 // refusals held and the deletions waiting for a request. Once tripped,
 // nothing else is in flight when it equals p.inflight.
 func (p *Pipeline) parked() int {
-	n := len(p.held) + len(p.deletes)
+	n := len(p.refusals) + len(p.deletes)
 	for _, b := range p.deleteSplits {
 		n += len(b)
 	}

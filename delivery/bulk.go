@@ -75,6 +75,13 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 	for i, e := range batch {
 		cos[i] = e.co
 	}
+	// Recorded before it is submitted: killed from here on, the next run
+	// knows Userpilot may be applying these states, and holds their
+	// companies until the job ends.
+	key, err := p.beginJob(cos)
+	if err != nil {
+		return bulkResult{entries: batch, err: err}
+	}
 	for failures := 0; ; {
 		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, cos)
 		var rej *userpilot.RejectedError
@@ -89,10 +96,17 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 		case errors.Is(err, userpilot.ErrTooLarge), errors.As(err, &rej):
 			// Too large, or a record in it refused: the real-time path
 			// sends them one by one and sets aside only the bad one.
+			if err := p.endJob(key); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, fallback: true, err: err, took: time.Since(start)}
 		case err != nil:
 			return bulkResult{entries: batch, err: err}
 		}
+		if err := p.jobSubmitted(key, job.ID); err != nil {
+			return bulkResult{entries: batch, err: err}
+		}
+		p.jobAnswered.Store(time.Now().UnixNano())
 		status, err := p.waitJob(ctx, job, firstPoll(len(cos), p.opts.BulkRate, p.opts.PollInterval))
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
@@ -104,11 +118,17 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			if err := p.record(batch); err != nil {
 				return bulkResult{entries: batch, err: err}
 			}
+			if err := p.endJob(key); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, took: time.Since(start)}
 		}
 		failures++
 		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(cos), "failures", failures)
 		if failures > failedJobRetries {
+			if err := p.endJob(key); err != nil {
+				return bulkResult{entries: batch, err: err}
+			}
 			return bulkResult{entries: batch, fallback: true, err: fmt.Errorf("bulk job %s failed %d times", job.ID, failures), took: time.Since(start)}
 		}
 	}
@@ -152,6 +172,9 @@ func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Dur
 		}
 		next.ID = job.ID
 		job = next
+		if job.Status != userpilot.JobFailed {
+			p.jobAnswered.Store(time.Now().UnixNano())
+		}
 	}
 }
 
@@ -177,14 +200,19 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 			c.inflight = nil
 			p.inflight--
 			e.realtimeOnly = true
-			if c.waiting != nil {
+			if w := c.waiting; w != nil {
 				// A newer state arrived meanwhile: fold it into this older
-				// entry (newer wins), which keeps its place in the order.
-				for k, v := range c.waiting.co.Metadata {
-					e.co.Metadata[k] = v
+				// entry (newer wins), which keeps its place in the order. A
+				// deletion supersedes the older state whole.
+				if w.delete {
+					e.delete, e.co.Metadata = true, userpilot.Metadata{}
+				} else {
+					for k, v := range w.co.Metadata {
+						e.co.Metadata[k] = v
+					}
 				}
-				e.lsn = c.waiting.lsn
-				c.waiting.done = true
+				e.lsn, e.resend = w.lsn, e.resend || w.resend
+				p.setDone(w)
 			}
 			c.waiting = e
 			p.ready.pushFront(e)

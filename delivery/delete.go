@@ -56,7 +56,10 @@ func (p *Pipeline) runDelete(ctx context.Context, batch []*entry) deleteResult {
 	for i, e := range batch {
 		ids[i] = e.co.CompanyID
 	}
-	err := p.opts.Sender.DeleteCompanies(ctx, ids)
+	err := p.markSending(ids...) // unmarked by the index's Forget
+	if err == nil {
+		err = p.opts.Sender.DeleteCompanies(ctx, ids)
+	}
 	if err == nil && p.opts.Index != nil {
 		// A company created again later must be sent in full.
 		err = p.opts.Index.Forget(ids)

@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -79,4 +80,44 @@ func TestDeleteThatCannotBeMappedIsSetAside(t *testing.T) {
 
 func faultDelay(d time.Duration) userpilottest.Fault {
 	return userpilottest.Fault{Delay: d, Apply: true, Status: 202}
+}
+
+// A bulk job that takes every update around a deletion leaves the deletion
+// alone in the ready queue: it goes to the delete API, never to a worker as
+// an identify with no metadata.
+func TestADeletionLeftBesideABulkJobIsDeletedNotIdentified(t *testing.T) {
+	for round := range 5 { // the hand-off races the next loop: try it a few times
+		h := newHarness(t, setup{delivery: delivery.Options{OnDelete: "delete", BulkRate: 1_000_000_000, MinBulk: 10,
+			BulkOverhead: 100 * time.Microsecond, PollInterval: 10 * time.Millisecond}})
+		var txns []row.Transaction
+		for i := range 500 {
+			txns = append(txns, txn(pglogrepl.LSN(10*(i+1)), update(fmt.Sprint(i+1), "pro", nil)))
+		}
+		txns = append(txns, txn(10*501, del("9999")))
+		require.NoError(t, h.run(context.Background(), txns...))
+		assert.Contains(t, h.up.Deleted(), "9999", "round %d", round)
+		_, identified := h.up.Company("9999")
+		require.False(t, identified, "round %d: a deletion went out as an identify", round)
+	}
+}
+
+// A company deleted while the bulk job holding its older state is being
+// refused: the job's records fall back to the real-time path, and the
+// deletion, newer, must win over the older state it is folded into.
+func TestADeletionWaitingBehindARefusedJobIsStillDeleted(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{OnDelete: "delete", BulkRate: 1_000_000_000, MinBulk: 10,
+		BulkOverhead: 100 * time.Microsecond, PollInterval: 10 * time.Millisecond}})
+	h.up.FailNextBulk(1, userpilottest.Fault{Delay: time.Second, Status: 400})
+	in, done := h.feed(context.Background())
+	var changes []row.Change
+	for i := range 200 {
+		changes = append(changes, update(fmt.Sprint(i+1), "pro", nil))
+	}
+	in <- txn(10, changes...)
+	time.Sleep(500 * time.Millisecond) // the job is submitted and not answered yet
+	in <- txn(20, del("200"))          // the newest company: a job takes the newest
+	close(in)
+	require.NoError(t, <-done)
+	assert.Equal(t, []string{"200"}, h.up.Deleted(), "the deletion came after the state in the refused job")
+	assert.Equal(t, pglogrepl.LSN(20), h.lastCheckpoint())
 }

@@ -1,13 +1,16 @@
 package delivery
 
 import (
+	"container/heap"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"sort"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -15,7 +18,12 @@ import (
 // Outbox is the durable per-company store of what is owed to Userpilot.
 type Outbox interface {
 	WriteOutbox(put []state.OutboxRecord, remove []string) error
-	Outbox() ([]state.OutboxRecord, error)
+	// ScanOutbox and ReadOutbox read what is owed a part at a time (a
+	// start, and refilling memory, never load it whole); MergeOutbox folds
+	// newer states into records on disk (companies not in memory).
+	ScanOutbox(fn func(state.OutboxEntry) error) error
+	ReadOutbox(ids []string) ([]state.OutboxRecord, error)
+	MergeOutbox([]state.OutboxMerge) ([]int, error)
 }
 
 // In hold mode (the default) the slot is confirmed only once changes are
@@ -29,13 +37,136 @@ type Outbox interface {
 // retained WAL passes MaxRetainedWAL or Userpilot has accepted nothing for
 // OutboxAfter, and ends when the outbox is empty.
 
+// Memory is a window over what is owed. In outbox mode, once the window
+// (MaxPending companies) is full, a change to a company not in memory is not
+// kept there: it waits in a small overflow until the next write, which
+// folds it into the company's outbox record on disk (MergeOutbox). When the
+// window has room again it is refilled from the outbox, oldest owed first.
+// A company is either in memory or only on disk, never both, so it never
+// has two states on their way.
+
+// spilled is a newer state of a company that is only on disk, until the
+// next outbox write folds it in.
+type spilled struct {
+	rec     state.OutboxRecord
+	replace bool // supersedes the record whole (a deletion, or created again after one)
+}
+
+// spilling reports whether a change to a company not in memory goes to disk.
+func (p *Pipeline) spilling() bool {
+	return p.opts.Outbox != nil && p.mode == state.ModeOutbox && p.order.len() >= p.opts.MaxPending
+}
+
+// spill merges a change of a company not in memory into the overflow.
+func (p *Pipeline) spill(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
+	s := p.overflow[id]
+	if s == nil {
+		s = &spilled{rec: state.OutboxRecord{CompanyID: id, Metadata: userpilot.Metadata{}, Since: time.Now()}}
+		p.overflow[id] = s
+		if _, ok := p.inOutbox[id]; !ok {
+			p.overflowNew++
+		}
+	} else {
+		p.stats.Coalesced.Add(1)
+	}
+	switch {
+	case del:
+		s.rec.Delete, s.rec.Metadata, s.replace = true, userpilot.Metadata{}, true
+	case s.rec.Delete:
+		// Created again before the deletion went out: it exists.
+		s.rec.Delete, s.rec.Metadata = false, maps.Clone(md)
+	default:
+		for k, v := range md {
+			s.rec.Metadata[k] = v
+		}
+	}
+	s.rec.LSN = max(s.rec.LSN, state.LSN(txn.EndLSN))
+	s.rec.Resend = s.rec.Resend || txn.Resend || p.inDoubt(id)
+}
+
+// flushOverflow folds the overflow into the outbox records, durably.
+func (p *Pipeline) flushOverflow() error {
+	if len(p.overflow) == 0 {
+		return nil
+	}
+	merges := make([]state.OutboxMerge, 0, len(p.overflow))
+	for _, s := range p.overflow {
+		merges = append(merges, state.OutboxMerge{Record: s.rec, Replace: s.replace})
+	}
+	sizes, err := p.opts.Outbox.MergeOutbox(merges)
+	if err != nil {
+		return err
+	}
+	for i, m := range merges {
+		id := m.Record.CompanyID
+		if _, ok := p.inOutbox[id]; !ok {
+			p.diskOnly++ // not in memory, now on disk
+		}
+		p.outboxBytes += int64(sizes[i] - p.inOutbox[id])
+		p.inOutbox[id] = sizes[i]
+	}
+	clear(p.overflow)
+	p.overflowNew = 0
+	return nil
+}
+
 // loadOutbox makes what a previous run left in the outbox pending again,
-// ahead of the stream (which resumes after it).
+// ahead of the stream (which resumes after it): as much as the window
+// holds, oldest first; the rest is refilled as the window empties.
 func (p *Pipeline) loadOutbox() error {
 	if p.opts.Outbox == nil {
 		return nil
 	}
-	recs, err := p.opts.Outbox.Outbox()
+	n := 0
+	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
+		if _, ok := p.inOutbox[s.CompanyID]; !ok {
+			n++
+			p.inOutbox[s.CompanyID] = s.Size
+			p.outboxBytes += int64(s.Size)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if n > 0 {
+		p.setMode(state.ModeOutbox, fmt.Sprintf("the outbox holds %d companies from before the restart", n))
+	}
+	p.diskOnly += n
+	return p.refill()
+}
+
+// refill loads, while the window has room, the companies owed only on
+// disk, oldest first.
+func (p *Pipeline) refill() error {
+	room := p.opts.MaxPending - p.order.len()
+	if p.opts.Outbox == nil || p.diskOnly == 0 || room <= 0 {
+		return nil
+	}
+	oldest := &byAge{}
+	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
+		if _, inMemory := p.companies[s.CompanyID]; inMemory {
+			return nil
+		}
+		if _, waiting := p.overflow[s.CompanyID]; waiting {
+			return nil // folded in at the next write; refilled after it
+		}
+		heap.Push(oldest, s)
+		if oldest.Len() > room {
+			heap.Pop(oldest) // the youngest
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if oldest.Len() == 0 {
+		return nil
+	}
+	sort.Sort(sort.Reverse(oldest)) // oldest first
+	ids := make([]string, oldest.Len())
+	for i, s := range *oldest {
+		ids[i] = s.CompanyID
+	}
+	recs, err := p.opts.Outbox.ReadOutbox(ids)
 	if err != nil {
 		return err
 	}
@@ -44,17 +175,37 @@ func (p *Pipeline) loadOutbox() error {
 		if md == nil {
 			md = userpilot.Metadata{}
 		}
-		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since, delete: r.Delete}
-		p.companies[r.CompanyID] = &company{waiting: e}
+		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since,
+			delete: r.Delete, resend: r.Resend || p.inDoubt(r.CompanyID)}
+		c := p.companies[r.CompanyID]
+		if c == nil {
+			c = &company{}
+			p.companies[r.CompanyID] = c
+		}
+		c.waiting = e
 		p.order.push(e)
-		p.ready.push(e)
-		p.inOutbox[r.CompanyID] = recordSize(r)
-		p.outboxBytes += int64(p.inOutbox[r.CompanyID])
-	}
-	if len(recs) > 0 {
-		p.setMode(state.ModeOutbox, fmt.Sprintf("the outbox holds %d companies from before the restart", len(recs)))
+		p.undelivered++
+		p.diskOnly--
+		if c.inflight == nil {
+			p.ready.push(e) // not when a job from before the restart holds it
+		}
 	}
 	return nil
+}
+
+// byAge is a max-heap of outbox records by age: the youngest on top, so
+// that keeping n means popping it.
+type byAge []state.OutboxEntry
+
+func (h byAge) Len() int           { return len(h) }
+func (h byAge) Less(i, j int) bool { return h[i].Since.After(h[j].Since) }
+func (h byAge) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *byAge) Push(x any)        { *h = append(*h, x.(state.OutboxEntry)) }
+func (h *byAge) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // updateMode switches to outbox mode when holding WAL back has become the
@@ -71,8 +222,12 @@ func (p *Pipeline) updateMode() {
 				reason = fmt.Sprintf("the slot retains %d MB of WAL, above delivery.max_retained_wal (%d MB)", r>>20, p.opts.MaxRetainedWAL>>20)
 			}
 		}
-		if reason == "" && p.order.len() > 0 && time.Since(p.progress) > p.opts.OutboxAfter {
-			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", time.Since(p.progress).Round(time.Second))
+		last := p.progress
+		if answered := time.Unix(0, p.jobAnswered.Load()); p.bulkBusy && answered.After(last) {
+			last = answered // a job Userpilot is working through
+		}
+		if reason == "" && p.undelivered > 0 && time.Since(last) > p.opts.OutboxAfter {
+			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", time.Since(last).Round(time.Second))
 		}
 		if reason == "" {
 			return
@@ -83,7 +238,7 @@ func (p *Pipeline) updateMode() {
 		}
 		p.setMode(state.ModeOutbox, reason)
 	case state.ModeOutbox:
-		if p.order.len() == 0 && len(p.inOutbox) == 0 && len(p.dirty) == 0 {
+		if p.order.len() == 0 && len(p.inOutbox) == 0 && len(p.dirty) == 0 && len(p.overflow) == 0 {
 			p.setMode(state.ModeHold, "the outbox is empty")
 		}
 	}
@@ -102,7 +257,13 @@ func (p *Pipeline) setMode(mode, reason string) {
 // persist writes the merged pending state of every company that changed
 // since the last write, and removes delivered ones, in one durable write.
 func (p *Pipeline) persist() error {
-	if p.opts.Outbox == nil || len(p.dirty) == 0 {
+	if p.opts.Outbox == nil {
+		return nil
+	}
+	if err := p.flushOverflow(); err != nil {
+		return err
+	}
+	if len(p.dirty) == 0 {
 		return nil
 	}
 	var put []state.OutboxRecord
@@ -130,6 +291,7 @@ func (p *Pipeline) persist() error {
 				r.Delete = false
 			}
 			maps.Copy(r.Metadata, e.co.Metadata)
+			r.Resend = r.Resend || e.resend
 			r.LSN = max(r.LSN, state.LSN(e.lsn))
 			if r.Since.IsZero() || e.since.Before(r.Since) {
 				r.Since = e.since
@@ -171,7 +333,7 @@ func (p *Pipeline) reportStatus(force bool) {
 	}
 	p.statusAt = time.Now()
 	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: len(p.inOutbox),
-		OutboxBytes: p.outboxBytes, Pending: p.order.len(), Stopped: p.opts.Breaker.Reason()}
+		OutboxBytes: p.outboxBytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
 	if p.order.len() > 0 {
 		st.OldestPending = p.order.front().since
 	}

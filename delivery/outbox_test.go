@@ -3,6 +3,7 @@ package delivery_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -99,4 +100,117 @@ func TestRetainedWALAboveLimitSwitchesToOutboxEvenWhenUserpilotIsUp(t *testing.T
 	assert.Contains(t, h.lastStatus().Reason, "max_retained_wal")
 	close(in)
 	require.NoError(t, <-done)
+}
+
+// A re-sync asks for rows to be sent even where the no-op index says
+// Userpilot holds them; that request must survive in the outbox across a
+// restart, or the re-sent rows are skipped as unchanged.
+func TestAReSyncWaitingInTheOutboxIsStillSentAfterARestart(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{OutboxAfter: 100 * time.Millisecond}})
+	require.NoError(t, h.run(context.Background(), txn(10, update("1", "pro", nil))))
+	require.Equal(t, 1, h.up.IdentifyRequests())
+
+	h.up.SetFault(&userpilottest.Fault{Status: 503}) // Userpilot is down while the re-sync runs
+	ctx, cancel := context.WithCancel(context.Background())
+	in, done := h.feed(ctx)
+	in <- row.Transaction{Kind: row.Chunk, Resend: true, Changes: []row.Change{update("1", "pro", nil)}}
+	require.Eventually(t, func() bool {
+		recs, err := h.store.Outbox()
+		return err == nil && len(recs) == 1
+	}, 10*time.Second, 10*time.Millisecond, "the re-sent row waits in the outbox")
+	cancel() // pgpilot stops
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	h.up.SetFault(nil)
+	before := h.up.IdentifyRequests()
+	h.restart()
+	require.NoError(t, h.run(context.Background()))
+	assert.Greater(t, h.up.IdentifyRequests(), before, "the re-sync's row is sent, not skipped as unchanged")
+}
+
+// A bulk job that Userpilot is visibly working through is progress: it must
+// not count as "Userpilot has accepted nothing" and send pgpilot to its
+// outbox while the job runs.
+func TestAHealthyLongBulkJobIsNotAnOutage(t *testing.T) {
+	h := newHarness(t, setup{standin: userpilottest.Options{BulkRecordsPerSecond: 200},
+		delivery: delivery.Options{OutboxAfter: 300 * time.Millisecond, BulkRate: 1_000_000_000, MinBulk: 10,
+			BulkOverhead: 100 * time.Microsecond, PollInterval: 50 * time.Millisecond}})
+	var changes []row.Change
+	for i := range 400 { // a job of ~400 records at 200/s: about 2 s
+		changes = append(changes, update(fmt.Sprint(i+1), "pro", nil))
+	}
+	require.NoError(t, h.run(context.Background(), txn(10, changes...)))
+	require.Positive(t, h.pipe.Stats().BulkJobs.Load(), "the backlog went in a job")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, st := range h.statuses {
+		assert.NotEqual(t, state.ModeOutbox, st.Mode, "outbox mode during a healthy job: %s", st.Reason)
+	}
+}
+
+// readCounter is the store, counting how many outbox records are read at
+// once: the most a pipeline holds of what is owed.
+type readCounter struct {
+	*state.Store
+	mu      sync.Mutex
+	maxRead int
+}
+
+func (r *readCounter) ReadOutbox(ids []string) ([]state.OutboxRecord, error) {
+	r.mu.Lock()
+	r.maxRead = max(r.maxRead, len(ids))
+	r.mu.Unlock()
+	return r.Store.ReadOutbox(ids)
+}
+
+// During an outage memory is a window over what is owed: past it, changes
+// to companies not in memory are folded into their outbox records on disk,
+// and the checkpoint still reaches the last change; a restart loads no more
+// than the window; once Userpilot is back, all of it is delivered, newest
+// values winning.
+func TestMemoryIsAWindowOverWhatIsOwed(t *testing.T) {
+	const window, companies = 50, 500
+	h := newHarness(t, setup{delivery: delivery.Options{MaxPending: window, OutboxAfter: 100 * time.Millisecond}})
+	h.up.SetFault(&userpilottest.Fault{Status: 503})
+	ctx, cancel := context.WithCancel(context.Background())
+	in, done := h.feed(ctx)
+	lsn := pglogrepl.LSN(0)
+	for round := range 2 {
+		for id := 1; id <= companies; id++ {
+			lsn += 10
+			in <- txn(lsn, update(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil))
+		}
+	}
+	require.Eventually(t, func() bool { return h.lastCheckpoint() == lsn }, 20*time.Second, 10*time.Millisecond,
+		"every change is owed durably: the checkpoint reaches the last")
+	assert.LessOrEqual(t, h.pipe.Stats().InMemory.Load(), int64(window), "memory holds the window, the rest is on disk")
+	recs, err := h.store.Outbox()
+	require.NoError(t, err)
+	require.Len(t, recs, companies)
+	for _, r := range recs {
+		require.Equal(t, "plan-1", r.Metadata.Values()["plan"], "company %s: the record holds the newest state", r.CompanyID)
+	}
+	assert.Equal(t, int64(companies), h.pipe.Stats().Pending.Load(), "those only on disk count as pending")
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	// A restart with that backlog on disk loads a window of it at a time.
+	counter := &readCounter{Store: h.store}
+	h.opts.Outbox = counter
+	h.restart()
+	in, done = h.feed(context.Background())
+	require.Eventually(t, func() bool { return h.pipe.Stats().Pending.Load() == companies }, 10*time.Second, time.Millisecond)
+	assert.LessOrEqual(t, h.pipe.Stats().InMemory.Load(), int64(window), "a restart loads a window of the backlog, not all of it")
+	h.up.SetFault(nil)
+	close(in)
+	require.NoError(t, <-done)
+	assert.LessOrEqual(t, counter.maxRead, window, "never more than the window read into memory")
+	assert.Len(t, h.up.Companies(), companies)
+	for id := 1; id <= companies; id++ {
+		got, _ := h.up.Company(fmt.Sprint(id))
+		assert.Equal(t, "plan-1", got["plan"])
+	}
+	recs, err = h.store.Outbox()
+	require.NoError(t, err)
+	assert.Empty(t, recs)
 }

@@ -27,6 +27,7 @@ type entry struct {
 	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
+	held         bool // in a bulk job from before a restart, which may still be running
 	// sentAt is when it was last handed to a call, for the breaker: an
 	// acceptance vouches for refusals sent before it.
 	sentAt time.Time
@@ -63,20 +64,29 @@ func (q *queue) len() int      { return len(q.items) - q.head }
 func (q *queue) push(e *entry) { q.items = append(q.items, e) }
 func (q *queue) front() *entry { return q.items[q.head] }
 func (q *queue) back() *entry  { return q.items[len(q.items)-1] }
+
+// pushFront puts e first. Without room before the head it makes as much
+// room again as the queue holds, so a run of pushes to the front (a refused
+// job's records going back) costs amortised O(1) each.
 func (q *queue) pushFront(e *entry) {
-	if q.head > 0 {
-		q.head--
-		q.items[q.head] = e
-		return
+	if q.head == 0 {
+		n := len(q.items)
+		room := max(16, n)
+		items := make([]*entry, room+n, room+max(cap(q.items), 16))
+		copy(items[room:], q.items)
+		q.items, q.head = items, room
 	}
-	q.items = append([]*entry{e}, q.items...)
+	q.head--
+	q.items[q.head] = e
 }
 
 func (q *queue) popFront() *entry {
 	e := q.items[q.head]
 	q.items[q.head] = nil
 	q.head++
-	if q.head > 1024 && q.head*2 > len(q.items) {
+	// Compacted once the popped slots are twice what is left: a pushFront
+	// made room ahead of the head on purpose, and is not undone at once.
+	if q.head > 1024 && q.head > 2*q.len() {
 		q.items = append([]*entry(nil), q.items[q.head:]...)
 		q.head = 0
 	}

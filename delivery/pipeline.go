@@ -136,6 +136,9 @@ type Options struct {
 
 	// Recorder, when set, hears of every transaction taken in.
 	Recorder Recorder
+	// InFlight, when set, makes what may reach Userpilot unseen durable
+	// (see inflight.go).
+	InFlight InFlight
 
 	// Breaker tells bad records from a refusing endpoint (see
 	// breaker.go); nil → one with the defaults, for this pipeline alone.
@@ -164,8 +167,9 @@ type Stats struct {
 	// Changes read; Coalesced merged into a pending state instead of making
 	// a call; Skipped no-ops; Delivered per path; DeadLettered set aside.
 	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered, Deletes, Truncates atomic.Int64
-	// Pending is how many companies are undelivered now.
-	Pending atomic.Int64
+	// Pending is how many companies are undelivered now; InMemory how
+	// many of them memory holds (the rest are only in the outbox).
+	Pending, InMemory atomic.Int64
 }
 
 // Pipeline delivers transactions. Use New.
@@ -179,11 +183,14 @@ type Pipeline struct {
 	mappers row.PerRelation[Mapper]
 
 	companies map[string]*company
-	order     queue // every undelivered entry, oldest first
-	ready     queue // entries that may be sent now, oldest first
-	inflight  int
-	received  pglogrepl.LSN // end of the last whole transaction received
-	done      pglogrepl.LSN // checkpointed
+	order     queue // every undelivered entry, oldest first (and finished ones until they reach the front)
+	// undelivered counts the entries not finished: what is pending (order
+	// also holds finished entries behind an older undelivered one).
+	undelivered int
+	ready       queue // entries that may be sent now, oldest first
+	inflight    int
+	received    pglogrepl.LSN // end of the last whole transaction received
+	done        pglogrepl.LSN // checkpointed
 	// seq numbers entries in the order they are made; marks wait, oldest
 	// first, for every entry made before them to be delivered.
 	seq       uint64
@@ -204,11 +211,23 @@ type Pipeline struct {
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell.
 	progress time.Time
+	// jobAnswered is when Userpilot last answered for a running bulk job
+	// (submitted, or its status read): a job it is working through is
+	// progress too. Unix nanoseconds; written by the job's goroutine.
+	jobAnswered atomic.Int64
 
-	// held are refused records waiting for the breaker's verdict, oldest
-	// first; streak counts the refusals since the last acceptance.
-	held   []held
-	streak streak
+	// doubt holds the companies an earlier run may have sent without
+	// seeing the outcome (see inDoubt).
+	doubt map[string]bool
+	// held are bulk jobs from before the restart, oldest first, waited for
+	// before any new job.
+	held           []*heldJob
+	inFlightLoaded bool
+
+	// refusals are refused records waiting for the breaker's verdict,
+	// oldest first; streak counts the refusals since the last acceptance.
+	refusals []refusal
+	streak   streak
 	// vouched is when the newest accepted call was sent: Userpilot worked
 	// then, so a refusal of a call sent before it is a bad record.
 	vouched time.Time
@@ -216,6 +235,9 @@ type Pipeline struct {
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
 	inOutbox         map[string]int      // companies with an outbox record → its size
+	overflow         map[string]*spilled // newer states of companies only on disk, until the next write
+	overflowNew      int                 // companies in overflow with no outbox record yet
+	diskOnly         int                 // companies owed in the outbox and not in memory
 	outboxBytes      int64
 	statusAt         time.Time
 }
@@ -254,7 +276,7 @@ func New(opts Options) *Pipeline {
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
-		dirty: map[string]struct{}{}, inOutbox: map[string]int{}}
+		dirty: map[string]struct{}{}, inOutbox: map[string]int{}, overflow: map[string]*spilled{}, doubt: map[string]bool{}}
 }
 
 // Stats returns the pipeline's counters.
@@ -272,6 +294,10 @@ type bulkResult struct {
 	fallback bool
 	err      error
 	took     time.Duration
+	// held is set for a job from before the restart (resumeHeld), with
+	// the status it ended with ("unknown" when its id was never learnt).
+	held        *heldJob
+	heldOutcome string
 }
 
 // Run delivers what it reads from in until in is closed and everything is
@@ -279,6 +305,9 @@ type bulkResult struct {
 // checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	p.progress = time.Now()
+	if err := p.loadInFlight(); err != nil {
+		return err
+	}
 	if err := p.loadOutbox(); err != nil {
 		return err
 	}
@@ -294,7 +323,12 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	for range p.opts.Workers {
 		wg.Go(func() {
 			for e := range work {
-				err := p.opts.Sender.IdentifyCompany(ctx, e.co)
+				// Marked before the call, unmarked by the index's write of
+				// its outcome: killed in between, the next run knows.
+				err := p.markSending(e.co.CompanyID)
+				if err == nil {
+					err = p.opts.Sender.IdentifyCompany(ctx, e.co)
+				}
 				if err == nil && p.opts.Index != nil {
 					// Recorded before the dispatcher hears of it, so a
 					// later no-op check never reads an older state.
@@ -335,7 +369,14 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}
 		p.watermark() // drops finished entries, so the counts below are true
-		p.stats.Pending.Store(int64(p.order.len()))
+		p.stats.Pending.Store(int64(p.pending()))
+		p.stats.InMemory.Store(int64(len(p.companies)))
+		if !stopped && !p.bulkBusy && len(p.held) > 0 {
+			hj := p.held[0]
+			p.held = p.held[1:]
+			p.bulkBusy = true
+			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
+		}
 		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
@@ -349,7 +390,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				})
 			}
 		}
-		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy {
+		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy && p.diskOnly == 0 && len(p.overflow) == 0 {
 			if err := p.tick(); err != nil {
 				return err
 			}
@@ -367,6 +408,10 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
 			inCh = in
 		}
+		// A bulk job just sized may have taken everything around a
+		// deletion, leaving it at the front: it goes to the delete batch,
+		// never to a real-time worker (which would identify it).
+		p.collectDeletes()
 		var workCh chan<- *entry
 		var next *entry
 		if p.ready.len() > 0 && !stopped {
@@ -395,7 +440,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			}
 		case r := <-bulkDone:
 			p.bulkBusy = false
-			if err := p.bulkFinished(r, report); err != nil {
+			finish := p.bulkFinished
+			if r.held != nil {
+				finish = p.heldFinished
+			}
+			if err := finish(r, report); err != nil {
 				return err
 			}
 		case r := <-deleteDone:
@@ -429,6 +478,9 @@ func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
 
 // add maps a transaction's changes into pending entries.
 func (p *Pipeline) add(txn row.Transaction) error {
+	if p.seen(txn) {
+		return nil
+	}
 	if p.opts.Recorder != nil {
 		p.opts.Recorder.Took(txn)
 	}
@@ -460,6 +512,23 @@ func (p *Pipeline) add(txn row.Transaction) error {
 		p.marks = append(p.marks, pendingMark{seq: p.seq, mark: txn.Mark})
 	}
 	return nil
+}
+
+// seen reports whether txn was received before: the pipeline outlives
+// replication sessions, and a new session streams again from the durable
+// checkpoint, which may be behind what was received. What was received is
+// merged already (merging it again could put an older value over a newer
+// one), so it is dropped. A piece of a large transaction is a repeat when
+// its transaction committed before the last whole one received; a chunk
+// never is (a snapshot's rows are read anew, in a newer MVCC snapshot).
+func (p *Pipeline) seen(txn row.Transaction) bool {
+	switch txn.Kind {
+	case row.Commit, row.Marker:
+		return txn.EndLSN != 0 && txn.EndLSN <= p.received
+	case row.Piece:
+		return txn.CommitLSN < p.received
+	}
+	return false
 }
 
 // pendingMark is a Transaction's Mark, waiting for the entries made before
@@ -525,6 +594,10 @@ func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 // pending for it.
 func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
 	c := p.companies[id]
+	if c == nil && p.spilling() {
+		p.spill(id, md, del, txn) // memory is full: the change waits on disk
+		return
+	}
 	if c == nil {
 		c = &company{}
 		p.companies[id] = c
@@ -543,7 +616,7 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 			w.merge(md)
 		}
 		w.checked = false
-		w.resend = w.resend || txn.Resend
+		w.resend = w.resend || txn.Resend || p.inDoubt(id)
 		w.lsn = txn.EndLSN
 		p.stats.Coalesced.Add(1)
 		p.touch(id)
@@ -555,11 +628,13 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 	if md == nil {
 		md = userpilot.Metadata{}
 	}
-	e := &entry{co: userpilot.Company{CompanyID: id, Metadata: md}, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del, resend: txn.Resend}
+	e := &entry{co: userpilot.Company{CompanyID: id, Metadata: md}, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del,
+		resend: txn.Resend || p.inDoubt(id)}
 	p.seq++
 	c.waiting = e
 	p.touch(id)
 	p.order.push(e)
+	p.undelivered++
 	if c.inflight == nil {
 		p.ready.push(e)
 	}
@@ -621,7 +696,7 @@ func (p *Pipeline) skip(e *entry, r *report) {
 // finish marks e delivered (or set aside) and lets its company's waiting
 // entry go.
 func (p *Pipeline) finish(e *entry) {
-	e.done = true
+	p.setDone(e)
 	p.touch(e.co.CompanyID)
 	c := p.companies[e.co.CompanyID]
 	if c.inflight == e {
@@ -664,6 +739,19 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	return nil
 }
 
+// pending is how many companies are owed: those in memory with a state
+// undelivered (or held for a job from before a restart), and those only on
+// disk.
+func (p *Pipeline) pending() int { return len(p.companies) + p.diskOnly + p.overflowNew }
+
+// setDone finishes e for the checkpoint's order and the pending count.
+func (p *Pipeline) setDone(e *entry) {
+	if !e.done {
+		e.done = true
+		p.undelivered--
+	}
+}
+
 // watermark is the newest position with nothing undelivered before it.
 func (p *Pipeline) watermark() pglogrepl.LSN {
 	for p.order.len() > 0 && p.order.front().done {
@@ -695,6 +783,11 @@ func (p *Pipeline) tick() error {
 		return err
 	}
 	p.updateMode() // the write may have emptied the outbox
+	if p.order.len() < p.opts.MaxPending/2 {
+		if err := p.refill(); err != nil {
+			return err
+		}
+	}
 	p.reportStatus(false)
 	if p.mode == state.ModeOutbox {
 		// Everything received is delivered or in the outbox: so are the

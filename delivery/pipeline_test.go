@@ -71,7 +71,12 @@ type harness struct {
 	// checkpoint was written.
 	acceptedAt []int
 	pipe       *delivery.Pipeline
+	opts       delivery.Options // what pipe was made with, for restart
 }
+
+// restart makes a new pipeline on the same state directory and store, as a
+// new process would.
+func (h *harness) restart() { h.pipe = delivery.New(h.opts) }
 
 type setup struct {
 	standin  userpilottest.Options
@@ -99,7 +104,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: quiet})
 	require.NoError(t, err)
 	o := s.delivery
-	o.Mapping, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.Logger = compile, client, h.dir, index, index, quiet
+	o.Mapping, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.InFlight, o.Logger = compile, client, h.dir, index, index, index, quiet
 	o.RealtimeRate = s.rate
 	o.NoBulk = o.BulkRate == 0 // real time only, unless a test asks for bulk
 	o.Status = func(st state.Status) {
@@ -114,6 +119,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		h.acceptedAt = append(h.acceptedAt, h.up.Accepted())
 		return nil
 	}
+	h.opts = o
 	h.pipe = delivery.New(o)
 	return h
 }
@@ -138,7 +144,7 @@ func (h *harness) lastCheckpoint() pglogrepl.LSN {
 }
 
 func txn(end pglogrepl.LSN, changes ...row.Change) row.Transaction {
-	return row.Transaction{CommitLSN: end - 1, EndLSN: end, Changes: changes}
+	return row.Transaction{Kind: row.Commit, CommitLSN: end - 1, EndLSN: end, Changes: changes}
 }
 
 func TestChangesArrivingWhileCompanyIsInFlightAreMergedKeyByKey(t *testing.T) {
@@ -336,4 +342,47 @@ func TestPendingStateIsBoundedByApplyingBackPressure(t *testing.T) {
 	require.NoError(t, <-done)
 	assert.LessOrEqual(t, maxSeen, int64(5+1), "never more than MaxPending companies held (one may be mid-add)")
 	assert.Len(t, h.up.Companies(), 200)
+}
+
+// The pending count is what is undelivered, not what the checkpoint's
+// order still holds: companies delivered behind a slow one are not pending.
+func TestPendingCountsOnlyWhatIsUndelivered(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{Workers: 4}})
+	h.up.FailNext(1, userpilottest.Fault{Delay: 2 * time.Second, Apply: true, Status: 202}) // company 1 is slow
+	in, done := h.feed(context.Background())
+	in <- txn(10, update("1", "pro", nil))
+	require.Eventually(t, func() bool { return h.pipe.Stats().Pending.Load() == 1 }, 5*time.Second, time.Millisecond)
+	for i := 2; i <= 11; i++ {
+		in <- txn(pglogrepl.LSN(10*i), update(fmt.Sprint(i), "pro", nil))
+	}
+	require.Eventually(t, func() bool { return h.up.Accepted() >= 10 }, 5*time.Second, time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // a few ticks
+	assert.Equal(t, int64(1), h.pipe.Stats().Pending.Load(), "only company 1 is still on its way")
+	close(in)
+	require.NoError(t, <-done)
+	assert.Zero(t, h.pipe.Stats().Pending.Load())
+}
+
+// A new replication session streams again from the durable checkpoint,
+// which may be behind what the pipeline (which outlives sessions) already
+// received: those transactions are dropped, or an older value would be
+// merged over a newer pending one.
+func TestTransactionsReceivedBeforeAreNotMergedAgain(t *testing.T) {
+	h := newHarness(t, setup{})
+	h.up.SetFault(&userpilottest.Fault{Status: 503}) // nothing is delivered: all stays pending
+	in, done := h.feed(context.Background())
+	in <- txn(10, update("1", "old", nil))
+	in <- txn(20, update("1", "new", nil))
+	// The session ends and the next one streams from the checkpoint (0).
+	in <- txn(10, update("1", "old", nil))
+	in <- row.Transaction{Kind: row.Piece, CommitLSN: 15, Changes: []row.Change{update("1", "old", nil)}}
+	in <- txn(20, update("1", "new", nil))
+	in <- txn(30, update("2", "pro", nil)) // new: taken
+	h.up.SetFault(nil)
+	close(in)
+	require.NoError(t, <-done)
+	got, _ := h.up.Company("1")
+	assert.Equal(t, "new", got["plan"])
+	assert.Equal(t, int64(3), h.pipe.Stats().Changes.Load(), "the three repeats were dropped")
+	assert.Equal(t, pglogrepl.LSN(30), h.lastCheckpoint())
 }

@@ -300,3 +300,65 @@ func TestCheckOnStandby(t *testing.T) {
 			"set hot_standby_feedback = on on the standby", "pgpilot teardown")
 	})
 }
+
+// TestCheckSaysWhetherTheConnectionIsEncrypted runs check against the test
+// Postgres, which has no TLS: it says the connection is not encrypted, with
+// the sslmode pgx used (the URL's disable, then none at all: prefer, whose
+// silent fallback to plaintext is what the line shows). On loopback that
+// is no warning; the warning for another host is TestTLSWarningForEverySSLModeAndHost's.
+func TestCheckSaysWhetherTheConnectionIsEncrypted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	code, out := e.runCheck()
+	assert.Equal(t, 0, code, out)
+	assert.Contains(t, out, "✓ connection to Postgres encrypted: no (sslmode=disable)\n")
+	assert.NotContains(t, out, "! TLS")
+
+	e.writeCheckConfig(strings.Replace(e.url, "sslmode=disable", "application_name=pgpilot-check", 1), "")
+	code, out = e.runCheck()
+	assert.Equal(t, 0, code, out)
+	assert.Contains(t, out, "✓ connection to Postgres encrypted: no (sslmode=prefer)\n", "prefer fell back to plaintext")
+	assert.NotContains(t, out, "! TLS", "loopback: the connection never leaves the machine")
+	assert.True(t, strings.HasSuffix(out, "all checks passed\n"), out)
+}
+
+// TestCheckAndPreviewNamePersonalDataUnlessAcknowledged maps columns that
+// look like personal data (by name; by type: a domain named email, inet)
+// and one acknowledged with pii: true: check and preview warn of each of
+// the others, saying why and how to acknowledge it, and block nothing.
+func TestCheckAndPreviewNamePersonalDataUnlessAcknowledged(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	ctx := context.Background()
+	_, err := e.conn.Exec(ctx, `CREATE DOMAIN email AS text CHECK (VALUE LIKE '%@%');
+		ALTER TABLE companies ADD COLUMN contact_email text, ADD COLUMN reach email, ADD COLUMN seen_from inet, ADD COLUMN owner_phone text`)
+	require.NoError(t, err)
+	require.NoError(t, workload.Seed(ctx, e.conn, 3))
+	_, err = e.conn.Exec(ctx, `UPDATE companies SET contact_email = 'ann@example.com', reach = 'bob@example.com', seen_from = '192.0.2.7', owner_phone = '+1 555 0100'`)
+	require.NoError(t, err)
+	e.writeConfig(workload.Config(e.url, workload.SlotName(e.url), e.up.URL(), apiKey, e.stateDir, 100) +
+		"    contact: contact_email\n    reach: reach\n    seen: seen_from\n    phone: {column: owner_phone, pii: true}\n")
+	warnings := []*regexp.Regexp{
+		regexp.MustCompile(`:\d+: metadata "contact": column "contact_email" looks like personal data \(an email address, by its name\); Userpilot's API reference asks you to check with your legal and security teams before sending personal data as metadata\n  fix: once sending it is cleared, acknowledge it: contact: \{column: contact_email, pii: true\}; otherwise remove the key\n`),
+		regexp.MustCompile(`:\d+: metadata "reach": column "reach" looks like personal data \(an email address, by its type email\)`),
+		regexp.MustCompile(`:\d+: metadata "seen": column "seen_from" looks like personal data \(an IP address, by its type inet\)`),
+	}
+
+	code, out := e.runCheck()
+	assert.Equal(t, 0, code, "a warning blocks nothing:\n%s", out)
+	for _, w := range warnings {
+		assert.Regexp(t, regexp.MustCompile(`! personal data: `+regexp.QuoteMeta(e.cfgPath)+w.String()), out)
+	}
+	assert.NotContains(t, out, "owner_phone", "pii: true silences the warning for its key")
+	assert.True(t, strings.HasSuffix(out, "all checks passed, with 3 warning(s) above\n"), out)
+
+	p := e.pgpilot("preview", "--config", e.cfgPath, "--limit", "2")
+	require.Equal(t, 0, p.wait(t, 60*time.Second), p.out.String())
+	out = p.out.String()
+	for _, w := range warnings {
+		assert.Regexp(t, regexp.MustCompile(`preview: warning: `+regexp.QuoteMeta(e.cfgPath)+w.String()), out)
+	}
+	assert.NotContains(t, out, "owner_phone")
+	assert.Contains(t, out, `"contact":"ann@example.com"`, "nothing is blocked: the payloads carry the keys")
+	assert.Contains(t, out, "2 rows read, 0 would be set aside; nothing was sent")
+}

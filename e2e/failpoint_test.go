@@ -124,3 +124,47 @@ func TestKillNineAtEachFailpointLosesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestAnIdentifyAcceptedButNotRecordedIsNeverTrusted: company 7 is "A" in
+// Userpilot and in the no-op index. It is set to "B"; Userpilot applies it
+// and pgpilot dies before recording it (failpoint identify.accepted); while
+// pgpilot is down the company is set back to "A". After the restart both
+// changes merge into "A", which the index (still "A") would call
+// unchanged, leaving Userpilot at "B" for good. A send whose outcome
+// pgpilot did not see must make the next state be sent, not skipped.
+func TestAnIdentifyAcceptedButNotRecordedIsNeverTrusted(t *testing.T) {
+	t.Parallel()
+	bin := failpointBinary(t)
+	e := newEnv(t, userpilottest.Options{})
+	e.dropSlotAtEnd()
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 20))
+	_, err := e.conn.Exec(ctx, `UPDATE companies SET plan = 'A' WHERE id = 7`)
+	require.NoError(t, err)
+	p := e.run()
+	e.waitInitialSync()
+	e.converge(60 * time.Second)
+	code, _ := p.stop(t)
+	require.Equal(t, 0, code)
+
+	p = e.start(bin, []string{failpoint.EnvVar + "=" + failpoint.IdentifyAccepted + "@7"}, "run", "--config", e.cfgPath, "--log-level", "debug")
+	e.waitWalsender(0, 30*time.Second)
+	_, err = e.conn.Exec(ctx, `UPDATE companies SET plan = 'B' WHERE id = 7`)
+	require.NoError(t, err)
+	select {
+	case <-p.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the failpoint never fired")
+	}
+	ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "pgpilot ended with %v:\n%s", p.cmd.ProcessState, tail(p.out.String(), 3000))
+	got, _ := e.up.Company("7")
+	require.Equal(t, "B", got["plan"], "Userpilot applied B before pgpilot died")
+
+	_, err = e.conn.Exec(ctx, `UPDATE companies SET plan = 'A' WHERE id = 7`) // back, while pgpilot is down
+	require.NoError(t, err)
+	p = e.run()
+	e.converge(60 * time.Second)
+	code, _ = p.stop(t)
+	assert.Equal(t, 0, code)
+}

@@ -487,7 +487,7 @@ func TestInvalidatedSlotStopsWithRecoverySteps(t *testing.T) {
 	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
 	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
 	assert.Contains(t, td.out.String(), "pending re-sync request dropped")
-	assert.NoFileExists(t, filepath.Join(e.stateDir, state.ResyncFile))
+	assert.False(t, e.resyncQueued(), "no re-sync request left")
 	p = e.run()
 	e.waitInitialSync()
 	e.converge(60 * time.Second)
@@ -553,8 +553,8 @@ func TestDamagedOrForeignCheckpointIsRefused(t *testing.T) {
 		{"garbage", raw([]byte("\x00\x01\xfe not json at all\n")), 1, []string{"checkpoint is corrupt", corruptFix}},
 		{"edited by hand", raw([]byte(strings.Replace(string(good), cp.LSN.String(), state.LSN(uint64(cp.LSN)+8).String(), 1))), 1,
 			[]string{"checksum mismatch", corruptFix}},
-		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 2`, `"format": 3`, 1))), 1,
-			[]string{"format 3, this pgpilot reads format 2", corruptFix}},
+		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 3`, `"format": 4`, 1))), 1,
+			[]string{"format 4, this pgpilot reads format 3", corruptFix}},
 		{"another slot", foreign(func(c *state.Checkpoint) { c.Slot = "someone_elses_slot" }), 2,
 			[]string{`belongs to slot \"someone_elses_slot\"`, foreignFix}},
 		{"another database", foreign(func(c *state.Checkpoint) { c.Database = "another_db" }), 2,

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -150,14 +151,24 @@ func httpGet(url string) (int, string) {
 // scrape reads /metrics with Prometheus's own text parser.
 func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
+	fams, err := scrapeErr(base)
 	require.NoError(t, err)
 	return fams
+}
+
+// scrapeErr is scrape for a goroutine: it returns what went wrong.
+func scrapeErr(base string) (map[string]*dto.MetricFamily, error) {
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(base + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics answered %d", resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
 }
 
 // value is the sample of name whose labels include labels (name, value

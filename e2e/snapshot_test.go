@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -149,8 +147,7 @@ func TestResyncWhileStreamingResendsWithoutStaleOverwrites(t *testing.T) {
 		r := e.pgpilot(append([]string{"resync", "--config", e.cfgPath}, args...)...)
 		require.Equal(t, 0, r.wait(t, 30*time.Second), r.out.String())
 		require.Eventually(t, func() bool {
-			_, err := os.Stat(filepath.Join(e.stateDir, state.ResyncFile))
-			return os.IsNotExist(err) && e.checkpointSnapshot() == nil
+			return !e.resyncQueued() && e.checkpointSnapshot() == nil
 		}, 60*time.Second, 10*time.Millisecond, "the re-sync is taken and finished")
 	}
 

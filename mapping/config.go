@@ -127,6 +127,10 @@ type Field struct {
 	Column string // column name, as Postgres spells it
 	Type   Type   // TypeAuto: the column's Postgres type decides
 	Line   int    // line of the key in the file, 0 when built in code
+	// PII acknowledges (pii: true) that the column holds personal data and
+	// that sending it to Userpilot is cleared: no warning for it (see
+	// PersonalData).
+	PII bool
 }
 
 // Type is the JSON type a metadata value is sent as.

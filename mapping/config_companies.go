@@ -11,7 +11,7 @@ import (
 // of a metadata entry's {column, type} form.
 var (
 	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata"}
-	fieldKeys     = []string{"column", "type"}
+	fieldKeys     = []string{"column", "type", "pii"}
 )
 
 func (p *parser) companies(s section) Companies {
@@ -138,7 +138,8 @@ func (p *parser) metadata(parent section) []Field {
 	return fields
 }
 
-// field reads one metadata entry: `key: column` or `key: {column, type}`.
+// field reads one metadata entry: `key: column` or `key: {column, type,
+// pii}`.
 func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
 	key := parent.keyOf(k.Value)
 	if k.Value == "" {
@@ -179,6 +180,22 @@ func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
 				p.fail(t.line, inner.keyOf("type"), t.show()+" is not a type; allowed: string, number, boolean, date (leave type out to let the column's Postgres type decide)", "")
 				return f, false
 			}
+		}
+		if v, ok := p.value(inner, "pii"); ok {
+			// Acknowledges that the column holds personal data and that
+			// sending it to Userpilot was cleared: check and preview stop
+			// warning about it.
+			switch strings.ToLower(strings.TrimSpace(v.text)) {
+			case "true":
+				f.PII = true
+			case "false":
+			default:
+				p.fail(v.line, inner.keyOf("pii"), v.show()+" is not true or false",
+					"write pii: true once sending this personal data to Userpilot is cleared, or leave it out")
+				return f, false
+			}
+		} else if _, written := inner.entries["pii"]; written && !v.null {
+			return f, false // a bad value, already reported
 		}
 	default:
 		p.fail(k.Line, key, "column must be a string ("+shape+")", "")

@@ -93,8 +93,16 @@
 //
 //	name: name                                   # key: column
 //	monthly_spend: {column: spend, type: number} # key: {column, type}
+//	contact: {column: contact_email, pii: true}  # key: {column, type, pii}
 //
 // type is optional; two keys may read the same column.
+//
+// pii: true (default false) acknowledges that the column holds personal
+// data and that sending it to Userpilot is cleared. check and preview warn
+// of every other key whose column looks like personal data (see
+// LooksPersonal and Companies.PersonalData: email, phone, address, birth
+// date, national id, passport, IP address, a person's name; or a domain
+// type named so, or inet). Nothing is refused either way.
 //
 // # Types
 //

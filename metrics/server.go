@@ -60,7 +60,7 @@ type Server struct {
 func Listen(addr string, m *Metrics) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("serve metrics and health checks on http.listen %s: %w; fix: choose a free port, or remove http.listen", addr, err)
+		return nil, fmt.Errorf("serve metrics and health checks on http.listen %s: %w", addr, err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{ln: ln, stop: stop, srv: &http.Server{

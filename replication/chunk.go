@@ -46,6 +46,32 @@ func KeyColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]string, err
 	return names, nil
 }
 
+// IdentityColumns returns the columns of t's replica identity index when
+// the table has one (REPLICA IDENTITY USING INDEX), in index order; nil
+// when its identity is the primary key (DEFAULT) or every column (FULL),
+// which carry the key. A streamed DELETE (and the old row of an UPDATE
+// that changed them) carries only these columns: the snapshot matches
+// streamed changes to its rows by them, whatever key it pages by.
+func IdentityColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]string, error) {
+	var names []string
+	err := conn.QueryRow(ctx, `
+		SELECT array_agg(a.attname ORDER BY k.ord)
+		FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_index i ON i.indrelid = c.oid AND i.indisreplident
+		CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relreplident = 'i'
+		GROUP BY i.indexrelid`, t.Schema, t.Name).Scan(&names)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the replica identity of %s: %w", t, err)
+	}
+	return names, nil
+}
+
 // ChunkQuery is one chunk of a keyset read: the rows after After (nil: from
 // the start), in key order, at most Limit of them.
 type ChunkQuery struct {
@@ -240,4 +266,119 @@ func (s Snapshot) Sees(xid uint32) bool {
 		return true
 	}
 	return !slices.Contains(s.Xip, full)
+}
+
+// ErrCondition is wrapped when a WHERE condition is not one plain SQL
+// condition that chunk queries can hold.
+var ErrCondition = errors.New("not one SQL condition")
+
+// CheckCondition refuses a WHERE condition that would change the chunk
+// query's shape rather than filter its rows: a comment (which comments out
+// the rest of the query, the keyset bound and the parenthesis pgpilot
+// closes), a semicolon (a second statement), or a parenthesis closed that
+// it did not open (which would let an OR escape the keyset bound, so every
+// chunk read the same rows), or an unterminated string or quoted name.
+// Strings, quoted names and dollar-quoted strings may hold anything.
+func CheckCondition(where string) error {
+	fail := func(why string) error { return fmt.Errorf("%w: %s", ErrCondition, why) }
+	depth := 0
+	for i := 0; i < len(where); i++ {
+		c := where[i]
+		next := byte(0)
+		if i+1 < len(where) {
+			next = where[i+1]
+		}
+		switch {
+		case c == '\'' || c == '"':
+			// E'...' strings escape with backslashes; every kind doubles
+			// its quote.
+			backslash := c == '\'' && i > 0 && (where[i-1] == 'E' || where[i-1] == 'e') && (i == 1 || !isNameByte(where[i-2]))
+			j := i + 1
+			for ; j < len(where); j++ {
+				if backslash && where[j] == '\\' {
+					j++
+					continue
+				}
+				if where[j] == c {
+					if j+1 < len(where) && where[j+1] == c {
+						j++
+						continue
+					}
+					break
+				}
+			}
+			if j >= len(where) {
+				return fail(fmt.Sprintf("the %c opened at character %d is never closed", c, i+1))
+			}
+			i = j
+		case c == '$' && (i == 0 || !isNameByte(where[i-1])):
+			tag := dollarTag(where[i:])
+			if tag == "" {
+				continue // a parameter ($1), which Postgres refuses itself
+			}
+			end := strings.Index(where[i+len(tag):], tag)
+			if end < 0 {
+				return fail(fmt.Sprintf("the dollar-quoted string opened at character %d is never closed", i+1))
+			}
+			i += len(tag) + end + len(tag) - 1
+		case c == '-' && next == '-', c == '/' && next == '*':
+			return fail("it holds a comment (" + string([]byte{c, next}) + "), which would comment out the rest of pgpilot's chunk query")
+		case c == ';':
+			return fail("it holds a semicolon: one condition, not statements")
+		case c == '(':
+			depth++
+		case c == ')':
+			if depth--; depth < 0 {
+				return fail(fmt.Sprintf("the parenthesis at character %d closes one it did not open", i+1))
+			}
+		}
+	}
+	if depth > 0 {
+		return fail("a parenthesis it opens is never closed")
+	}
+	return nil
+}
+
+func isNameByte(c byte) bool {
+	return c == '_' || c == '$' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
+}
+
+// dollarTag returns the $tag$ s starts with, or "".
+func dollarTag(s string) string {
+	for j := 1; j < len(s); j++ {
+		c := s[j]
+		switch {
+		case c == '$':
+			return s[:j+1]
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80 || (j > 1 && c >= '0' && c <= '9'):
+		default:
+			return ""
+		}
+	}
+	return ""
+}
+
+// CheckChunkQuery has Postgres plan exactly the queries a snapshot's
+// chunks run, the first one and those after a key (EXPLAIN of chunkSQL's
+// text, nothing executed), in a read-only transaction, after
+// CheckCondition. What only running it can find (a cast that fails on
+// some row, a statement_timeout) fails the job at run time instead.
+func CheckChunkQuery(ctx context.Context, conn *pgx.Conn, q ChunkQuery) error {
+	if err := CheckCondition(q.Where); err != nil {
+		return err
+	}
+	return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		for _, after := range [][]row.Value{nil, make([]row.Value, len(q.Key))} {
+			q.After = after
+			sql, args := chunkSQL(q)
+			// The bound's value does not matter to the plan's validity.
+			for i := range args {
+				args[i] = nil
+			}
+			if _, err := tx.Exec(ctx, "EXPLAIN "+sql, append(append([]any{}, q.Args...), args...)...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

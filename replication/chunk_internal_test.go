@@ -18,3 +18,33 @@ func TestRecordBoundaryMatchesTheWalsendersForm(t *testing.T) {
 		assert.Equal(t, tt.want, recordBoundary(tt.in, block, segment), tt.in.String())
 	}
 }
+
+func TestCheckConditionRefusesWhatWouldReshapeTheChunkQuery(t *testing.T) {
+	tests := []struct {
+		where string
+		ok    bool
+	}{
+		{"plan = 'pro'", true},
+		{"plan = 'a -- b; c /* d ) ('", true},
+		{`"odd -- name;" = 1`, true},
+		{"notes = $$it's -- fine; )$$ OR notes = $x$;$x$", true},
+		{`name = E'it\'s -- fine'`, true},
+		{"(id > 0 AND (plan = 'pro'))", true},
+		{"id = $1", true}, // Postgres refuses it itself
+		{"id > 0 -- every row", false},
+		{"id > 0 /* every row */", false},
+		{"id > 0; DELETE FROM companies", false},
+		{"id > 0) OR (true", false},
+		{"(id > 0", false},
+		{"plan = 'pro", false},
+		{"notes = $$open", false},
+	}
+	for _, tt := range tests {
+		err := CheckCondition(tt.where)
+		if tt.ok {
+			assert.NoError(t, err, tt.where)
+		} else {
+			assert.ErrorIs(t, err, ErrCondition, tt.where)
+		}
+	}
+}

@@ -76,3 +76,51 @@ func TestReadChunkPagesByKeyInTextFormat(t *testing.T) {
 		"us/1=10", "us/2=20", "us/3=30", "us/4=40"}, all, "every row once, in key order, as text")
 	assert.Equal(t, []string{"ap/4=40", "eu/4=40", "us/4=40"}, read("seats > $1", 30), "a subset, with its own parameter")
 }
+
+func TestIdentityColumnsAreTheReplicaIdentityIndexWhenItIsNotTheKey(t *testing.T) {
+	_, conn := connect(t)
+	ctx := context.Background()
+	_, err := conn.Exec(ctx, `
+		CREATE TABLE pkri (id int PRIMARY KEY, code text NOT NULL, name text);
+		CREATE UNIQUE INDEX pkri_code ON pkri (code);
+		ALTER TABLE pkri REPLICA IDENTITY USING INDEX pkri_code;
+		CREATE TABLE pkdefault (id int PRIMARY KEY, name text);
+		CREATE TABLE pkfull (id int PRIMARY KEY, name text);
+		ALTER TABLE pkfull REPLICA IDENTITY FULL;`)
+	require.NoError(t, err)
+	tests := []struct {
+		table     string
+		key, want []string
+	}{
+		{"pkri", []string{"id"}, []string{"code"}},
+		{"pkdefault", []string{"id"}, nil},
+		{"pkfull", []string{"id"}, nil},
+	}
+	for _, tt := range tests {
+		tbl := row.Table{Schema: "public", Name: tt.table}
+		key, err := replication.KeyColumns(ctx, conn, tbl)
+		require.NoError(t, err)
+		assert.Equal(t, tt.key, key, tt.table)
+		got, err := replication.IdentityColumns(ctx, conn, tbl)
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, got, tt.table)
+	}
+}
+
+func TestCheckChunkQueryPlansTheExactChunkQueries(t *testing.T) {
+	_, conn := connect(t)
+	ctx := context.Background()
+	_, err := conn.Exec(ctx, `CREATE TABLE plans (id bigint PRIMARY KEY, plan text); INSERT INTO plans VALUES (1, 'pro')`)
+	require.NoError(t, err)
+	tbl := row.Table{Schema: "public", Name: "plans"}
+	cols, err := replication.TableColumns(ctx, conn, tbl)
+	require.NoError(t, err)
+	check := func(where string) error {
+		return replication.CheckChunkQuery(ctx, conn, replication.ChunkQuery{Table: tbl, Columns: cols, Key: []int{0}, Limit: 10, Where: where})
+	}
+	assert.NoError(t, check("plan = 'pro'"))
+	assert.NoError(t, check("plan::int > 0"), "planned, not run: it fails only on rows, at run time")
+	assert.ErrorContains(t, check("no_such_column = 1"), "no_such_column")
+	assert.ErrorIs(t, check("id > 0 -- every row"), replication.ErrCondition)
+	assert.ErrorIs(t, check("id > 0) OR (true"), replication.ErrCondition)
+}

@@ -37,10 +37,19 @@
 // Each chunk carries a Progress mark; once the pipeline has delivered the
 // chunk and everything before it, the mark reaches the checkpoint, which is
 // where a restart resumes: at most the chunks in flight are sent again.
+//
+// A chunk that cannot be read never ends the stream. A re-sync whose
+// condition Postgres refuses at run time (a cast that fails on some row, a
+// statement_timeout) ends: a last mark, Done with Job.Error and Job.Fix,
+// follows the chunks read before, and the checkpoint records the job as
+// failed. Anything else, and any failure of the initial sync (which must
+// finish, and whose query is pgpilot's own), is read again with backoff.
+// Cancel ends a re-sync the same way, dropping its waiting chunks.
 package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -50,6 +59,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -64,7 +74,8 @@ const DefaultChunkRows = 5000
 // is delivered.
 type Progress struct {
 	Job state.Snapshot
-	// Done: this was the job's last chunk.
+	// Done: the job ended with this mark: it was its last chunk, or (with
+	// Job.Error set) the job failed or was cancelled, as far as Job says.
 	Done bool
 }
 
@@ -76,10 +87,15 @@ type Options struct {
 	// (and delivered) already.
 	Start pglogrepl.LSN
 	Table row.Table
-	// Columns are read for each row (the mapped ones and the key); Key
-	// names the key columns, in key order.
+	// Columns are read for each row (the mapped ones, the key and the
+	// identity); Key names the key columns, in key order.
 	Columns []row.Column
 	Key     []string
+	// Identity names the replica identity's columns when they are not the
+	// key (REPLICA IDENTITY USING INDEX on another unique index): a
+	// streamed DELETE carries only them, so streamed changes are matched
+	// to chunk rows by them. Nil: by the key.
+	Identity []string
 	// CompanyID is the company id column, for a one-company re-sync.
 	CompanyID string
 	// ChunkRows is how many rows a chunk holds; 0 → 5,000.
@@ -90,6 +106,9 @@ type Options struct {
 	// Postgres, set its pace). MaxBacklog 0 → 20,000 (two bulk jobs).
 	Backlog    func() int64
 	MaxBacklog int64
+	// RetryWait is the first wait before a chunk that could not be read
+	// is read again (doubling to 30 s); 0 → 1 s.
+	RetryWait time.Duration
 	// Read, if set, replaces replication.ReadChunk (tests).
 	Read   func(ctx context.Context, conn *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error)
 	Logger *slog.Logger
@@ -102,9 +121,13 @@ type Stage struct {
 	log  *slog.Logger
 	rel  *row.Relation
 	key  []int // positions of the key columns in rel
+	// ident: positions of the columns streamed changes are matched by
+	// (the replica identity; the key unless Options.Identity says).
+	ident []int
 
-	want  atomic.Uint64 // the front chunk's H, for the stream
-	start chan state.Snapshot
+	want    atomic.Uint64 // the front chunk's H, for the stream
+	start   chan state.Snapshot
+	cancels chan string
 
 	mu     sync.Mutex
 	read   int64 // rows read by the current job
@@ -114,13 +137,16 @@ type Stage struct {
 	// columns are and how its columns map onto the chunk's.
 	keysOf row.PerRelation[relMap]
 	recent recent
+	// sent is the running job as far as its chunks were passed on (Run's
+	// goroutine only).
+	sent state.Snapshot
 
 	// readConn opens the connection chunks are read on (tests replace it).
 	readConn func(context.Context) (*pgx.Conn, error)
 }
 
 type relMap struct {
-	key []int // positions of the key columns in the streamed relation
+	key []int // positions of the identity columns in the streamed relation
 	col []int // for each streamed column, its position in the chunk (or -1)
 }
 
@@ -138,7 +164,7 @@ func New(opts Options) (*Stage, error) {
 	if opts.MaxBacklog <= 0 {
 		opts.MaxBacklog = 20_000
 	}
-	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1),
+	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1), cancels: make(chan string),
 		rel: &row.Relation{Table: opts.Table, Columns: opts.Columns}}
 	s.readConn = func(ctx context.Context) (*pgx.Conn, error) { return replication.ConnectSQL(ctx, opts.URL) }
 	for _, k := range opts.Key {
@@ -147,6 +173,17 @@ func New(opts Options) (*Stage, error) {
 			return nil, fmt.Errorf("snapshot of %s: key column %q is not read", opts.Table, k)
 		}
 		s.key = append(s.key, i)
+	}
+	s.ident = s.key
+	if len(opts.Identity) > 0 {
+		s.ident = nil
+		for _, k := range opts.Identity {
+			i := columnIndex(opts.Columns, k)
+			if i < 0 {
+				return nil, fmt.Errorf("snapshot of %s: replica identity column %q is not read", opts.Table, k)
+			}
+			s.ident = append(s.ident, i)
+		}
 	}
 	return s, nil
 }
@@ -176,6 +213,22 @@ func (s *Stage) Start(ctx context.Context, job state.Snapshot) error {
 	}
 }
 
+// Cancel ends the running job if its ID is id: it reads no further, its
+// waiting chunks are dropped, and a last mark, with the job as far as it
+// was passed on and Error saying it was cancelled, ends it (the rows
+// already passed on are delivered). Any other id is ignored.
+func (s *Stage) Cancel(ctx context.Context, id string) error {
+	select {
+	case s.cancels <- id:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Cancelled is the Error of a cancelled job.
+const Cancelled = "cancelled by `pgpilot resync --cancel`"
+
 // Busy reports whether a job is running in the stage.
 func (s *Stage) Busy() bool {
 	s.mu.Lock()
@@ -194,7 +247,7 @@ func (s *Stage) RowsRead() int64 {
 // pending is a chunk waiting for the stream to pass its High position.
 type pending struct {
 	replication.Chunk
-	index map[string]int // key → row; a row taken out is nil
+	index map[string]int // replica identity → row; a row taken out is nil
 	mark  *Progress
 }
 
@@ -220,6 +273,9 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 	readerDone := make(chan error, 1)
 	var queue []*pending
 	reading := false
+	// The running job (nil: none, or it ended), and what stops its reader.
+	var running *state.Snapshot
+	stopReading := func() {}
 	// passed is the newest position the stream has shown all of.
 	passed := s.opts.Start
 	// While the pipeline is full, the backlog is looked at again now and
@@ -228,10 +284,23 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 	defer recheck.Stop()
 	defer func() {
 		cancel()
+		stopReading()
 		if reading {
 			<-readerDone
 		}
 	}()
+	// end closes the running job with a last mark after the chunks queued
+	// (nil: dropped): failed or cancelled, as far as job says.
+	end := func(job state.Snapshot, keep bool) error {
+		if !keep {
+			queue = nil
+		}
+		s.log.Debug("snapshot job ends early", "job", job.ID, "error", job.Error)
+		queue = append(queue, &pending{mark: &Progress{Job: job, Done: true}})
+		var err error
+		queue, err = s.emitDue(ctx, queue, dst, func(h pglogrepl.LSN) bool { return h <= passed })
+		return err
+	}
 	for {
 		s.want.Store(0)
 		if len(queue) > 0 {
@@ -253,9 +322,41 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 			s.mu.Lock()
 			s.active, s.read = true, job.Rows
 			s.mu.Unlock()
-			go func() { readerDone <- s.readJob(ctx, job, arrivals) }()
+			running, s.sent = &job, job
+			jobCtx, stop := context.WithCancel(ctx)
+			stopReading = stop
+			go func() { readerDone <- s.readJob(jobCtx, job, arrivals) }()
+		case id := <-s.cancels:
+			if running == nil || running.ID != id || !s.Busy() {
+				continue // not this job, or every chunk of it passed on already
+			}
+			stopReading()
+			if reading {
+				<-readerDone
+				reading = false
+			}
+			// As far as its chunks were passed on: the waiting ones are
+			// dropped.
+			job := s.sent
+			job.Error, job.Fix = Cancelled, "request the re-sync again to send the rows it did not reach"
+			running = nil
+			if err := end(job, false); err != nil {
+				return err
+			}
 		case err := <-readerDone:
 			reading = false
+			var failed *jobError
+			if errors.As(err, &failed) {
+				// Its condition fails at run time: that job ends, the
+				// stream goes on. The chunks read before go out first.
+				running = nil
+				s.log.Error("re-sync failed: its condition fails at run time; the stream goes on", "job", failed.job.ID,
+					"where", failed.job.Where, "rows_read", failed.job.Rows, "error", failed.job.Error, "fix", failed.job.Fix)
+				if err := end(failed.job, true); err != nil {
+					return err
+				}
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -336,6 +437,7 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		}
 		queue[0] = nil
 		queue = queue[1:]
+		s.sent = p.mark.Job
 		s.log.Debug("snapshot chunk sent", "rows", len(changes), "high", p.High.String())
 		if p.mark.Done {
 			s.mu.Lock()
@@ -359,7 +461,7 @@ func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) 
 func (s *Stage) index(a arrival) *pending {
 	p := &pending{Chunk: a.chunk, mark: a.mark, index: make(map[string]int, len(a.chunk.Rows))}
 	for i, row := range p.Rows {
-		p.index[keyOf(row, s.key)] = i
+		p.index[keyOf(row, s.ident)] = i
 	}
 	return p
 }
@@ -372,6 +474,11 @@ func (s *Stage) index(a arrival) *pending {
 // moved, leaves the chunk. The chunk is then never older than the stream
 // before it, and still carries every row it read: a re-sync re-sends each
 // of them, even those the stream touched but the no-op index would skip.
+// Rows are matched by the replica identity, the columns every streamed
+// change carries (a DELETE, and the old row of an UPDATE that changed
+// them, carry only those): with REPLICA IDENTITY USING INDEX on another
+// index than the one the snapshot pages by, matching by the paging key
+// would miss every delete.
 func (s *Stage) takeOut(p *pending, txn row.Transaction) {
 	for _, ch := range txn.Changes {
 		if ch.Op == row.Truncate {
@@ -424,8 +531,8 @@ func (s *Stage) relMapOf(rel *row.Relation) (relMap, error) {
 		for j, c := range rel.Columns {
 			m.col[j] = columnIndex(s.opts.Columns, c.Name)
 		}
-		for _, k := range s.opts.Key {
-			i := columnIndex(rel.Columns, k)
+		for _, c := range s.ident {
+			i := columnIndex(rel.Columns, s.opts.Columns[c].Name)
 			if i < 0 {
 				m.key = nil
 				break
@@ -464,30 +571,72 @@ func Filter(job state.Snapshot, companyIDColumn string) (where string, args []an
 }
 
 // readJob reads the job's chunks in key order and hands them to Run, until
-// the table (or the job's subset) is exhausted.
+// the table (or the job's subset) is exhausted. A chunk that cannot be read
+// never ends the stream: a re-sync whose condition fails at run time ends
+// with a *jobError; anything else (Postgres restarting, a recovery conflict
+// on a standby, a lost connection, and every failure of the initial sync,
+// which must finish: it is no operator's condition) is tried again with
+// backoff, on a new connection when the old one broke.
 func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<- arrival) error {
-	conn, err := s.readConn(ctx)
-	if err != nil {
-		return err
-	}
-	if conn != nil {
-		defer conn.Close(context.Background())
-	}
-	q := replication.ChunkQuery{Table: s.opts.Table, Columns: s.opts.Columns, Key: s.key, Limit: s.opts.ChunkRows}
-	q.Where, q.Args = Filter(job, s.opts.CompanyID)
-	if job.After != nil {
-		q.After = make([]row.Value, len(job.After))
-		for i, t := range job.After {
-			q.After[i] = row.Value{Text: []byte(t)}
+	var conn *pgx.Conn
+	connected := false
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
 		}
+	}()
+	q := s.query(job)
+	if job.After != nil {
 		s.log.Info("resuming the snapshot where it stopped", "job", job.ID, "rows_done", job.Rows)
 	}
 	verdict := make(chan bool)
+	wait := s.retryMin()
+	retry := func(err error) error {
+		s.log.Error("a snapshot chunk could not be read; trying again, the stream goes on", "job", job.ID, "error", err,
+			"fix", readFix(err), "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, maxRetryWait)
+		return nil
+	}
 	for {
+		if !connected {
+			var err error
+			if conn, err = s.readConn(ctx); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err := retry(err); err != nil {
+					return err
+				}
+				continue
+			}
+			connected = true
+		}
 		c, err := s.opts.Read(ctx, conn, q)
 		if err != nil {
-			return fmt.Errorf("snapshot %s: %w", job.ID, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if job.ID != state.InitialSnapshot && conditionFails(err) {
+				failed := job
+				failed.Error, failed.Fix = err.Error(), conditionFix(failed, err)
+				return &jobError{job: failed}
+			}
+			var pgErr *pgconn.PgError
+			if conn != nil && (!errors.As(err, &pgErr) || conn.IsClosed()) {
+				conn.Close(context.Background())
+				conn, connected = nil, false
+			}
+			if err := retry(fmt.Errorf("snapshot %s: %w", job.ID, err)); err != nil {
+				return err
+			}
+			continue
 		}
+		wait = s.retryMin()
 		next := job
 		next.Rows += int64(len(c.Rows))
 		done := len(c.Rows) < q.Limit
@@ -504,7 +653,11 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 			return ctx.Err()
 		}
 		if !<-verdict {
-			time.Sleep(20 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
 			continue
 		}
 		s.mu.Lock()
@@ -519,6 +672,107 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 			q.After[i] = row.Value{Text: []byte(t)}
 		}
 	}
+}
+
+// query is the chunk query of job, from where it stands.
+func (s *Stage) query(job state.Snapshot) replication.ChunkQuery {
+	q := replication.ChunkQuery{Table: s.opts.Table, Columns: s.opts.Columns, Key: s.key, Limit: s.opts.ChunkRows}
+	q.Where, q.Args = Filter(job, s.opts.CompanyID)
+	if job.After != nil {
+		q.After = make([]row.Value, len(job.After))
+		for i, t := range job.After {
+			q.After[i] = row.Value{Text: []byte(t)}
+		}
+	}
+	return q
+}
+
+// Check has Postgres plan exactly the chunk queries job would run (see
+// replication.CheckChunkQuery), on conn.
+func (s *Stage) Check(ctx context.Context, conn *pgx.Conn, job state.Snapshot) error {
+	return replication.CheckChunkQuery(ctx, conn, s.query(job))
+}
+
+// maxRetryWait caps the wait between attempts to read a chunk.
+const maxRetryWait = 30 * time.Second
+
+func (s *Stage) retryMin() time.Duration {
+	if s.opts.RetryWait > 0 {
+		return s.opts.RetryWait
+	}
+	return time.Second
+}
+
+// jobError ends a re-sync whose chunk query fails at run time; job is as
+// far as it got (every chunk before the failing one), with Error and Fix.
+type jobError struct{ job state.Snapshot }
+
+func (e *jobError) Error() string { return "snapshot " + e.job.ID + ": " + e.job.Error }
+
+// SQLSTATEs the stage tells apart.
+const (
+	queryCanceled         = "57014" // a statement_timeout, or pg_cancel_backend
+	insufficientPrivilege = "42501"
+)
+
+// conditionFails reports whether Postgres refused the chunk query itself
+// (a value its condition cannot take, a statement_timeout, a missing
+// privilege, an error a function raised): reading it again fails again.
+// Connection failures and the classes a retry cures (transaction rollback,
+// such as a recovery conflict on a standby; insufficient resources; an
+// object in use; an operator or crash shutdown; an I/O error) are not.
+func conditionFails(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "08", "40", "53", "55", "58":
+		return false
+	case "57":
+		return pgErr.Code == queryCanceled
+	}
+	return true
+}
+
+// conditionFix says what to do about a re-sync that failed at run time.
+func conditionFix(job state.Snapshot, err error) string {
+	var pgErr *pgconn.PgError
+	errors.As(err, &pgErr)
+	sent := "the rows before it were sent"
+	if job.After != nil {
+		sent = fmt.Sprintf("the %d rows up to key (%s) were sent", job.Rows, strings.Join(job.After, ", "))
+	}
+	switch {
+	case pgErr != nil && pgErr.Code == queryCanceled:
+		return "the condition is slower than statement_timeout: chunks are read in key order with a LIMIT, so a selective " +
+			"condition no index serves scans far for each chunk; index what it tests, or raise statement_timeout for pgpilot's role, " +
+			"then run `pgpilot resync` again (" + sent + ")"
+	case pgErr != nil && pgErr.Code == insufficientPrivilege:
+		return "grant pgpilot's role SELECT on what the condition reads, then run `pgpilot resync` again (" + sent + ")"
+	case pgErr != nil && strings.HasPrefix(pgErr.Code, "22"):
+		return "the condition fails on some rows' values (e.g. a cast of a column that does not always hold a number): " +
+			"guard it (e.g. plan ~ '^[0-9]+$' AND plan::int > 0), then run `pgpilot resync` again (" + sent + ")"
+	}
+	return "fix the condition, then run `pgpilot resync` again (" + sent + ")"
+}
+
+// readFix says what to do about a chunk that cannot be read and is tried
+// again, if the operator can do anything.
+func readFix(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return "none needed if Postgres is restarting; otherwise check that it is reachable"
+	}
+	switch {
+	case pgErr.Code == queryCanceled:
+		return "the initial sync must finish: raise statement_timeout for pgpilot's role (a chunk is one keyset read of delivery.snapshot_chunk_rows rows)"
+	case pgErr.Code == insufficientPrivilege:
+		return "the initial sync must finish: grant pgpilot's role SELECT on the table"
+	case conditionFails(err):
+		return "the initial sync must finish: fix what Postgres says"
+	}
+	return "none needed: it is tried again"
 }
 
 // recent keeps the last transactions passed on, with their changes while

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -37,16 +38,38 @@ func change(op row.Op, vals []row.Value) row.Change {
 	return row.Change{Op: op, Relation: streamRel, Values: vals}
 }
 
-// script is a fake chunk source: each Read returns the next chunk.
+// script is a fake chunk source: each Read returns the next chunk, after
+// failing with each of fail first.
 type script struct {
 	mu     sync.Mutex
 	chunks []replication.Chunk
 	reads  int
+	fail   []error
+	// failFrom: the failures come once this many chunks were read.
+	failFrom int
+	// block, if set, holds every read after the first until it is closed.
+	block chan struct{}
 }
 
 func (s *script) read(ctx context.Context, _ *pgx.Conn, q replication.ChunkQuery) (replication.Chunk, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.fail) > 0 && s.reads >= s.failFrom {
+		err := s.fail[0]
+		s.fail = s.fail[1:]
+		return replication.Chunk{}, err
+	}
+	if s.block != nil && s.reads > 0 {
+		s.mu.Unlock()
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		if ctx.Err() != nil {
+			return replication.Chunk{}, ctx.Err()
+		}
+	}
 	if s.reads >= len(s.chunks) {
 		return replication.Chunk{}, nil
 	}
@@ -60,7 +83,7 @@ func (s *script) read(ctx context.Context, _ *pgx.Conn, q replication.ChunkQuery
 func run(t *testing.T, sc *script, limit int) (chan<- row.Transaction, <-chan row.Transaction, *Stage) {
 	t.Helper()
 	st, err := New(Options{Table: table, Columns: cols, Key: []string{"id"}, ChunkRows: limit, Read: sc.read,
-		Start: 10})
+		Start: 10, RetryWait: time.Millisecond})
 	require.NoError(t, err)
 	st.readConn = func(context.Context) (*pgx.Conn, error) { return nil, nil }
 	src, dst := make(chan row.Transaction), make(chan row.Transaction, 100)
@@ -212,4 +235,57 @@ func TestSnapshotSees(t *testing.T) {
 			assert.Equal(t, tt.sees, tt.snap.Sees(tt.xid))
 		})
 	}
+}
+
+func TestInitialSyncRetriesAChunkItCannotReadAndNeverEndsTheStream(t *testing.T) {
+	sc := &script{chunks: []replication.Chunk{{Rows: [][]row.Value{values(1, "a", "x")}, High: 5}},
+		fail: []error{&pgconn.PgError{Code: "57014", Message: "canceling statement due to statement timeout"},
+			&pgconn.PgError{Code: "40001", Message: "canceling statement due to conflict with recovery"}}}
+	_, dst, st := run(t, sc, 10)
+	require.NoError(t, st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot}))
+	chunk := next(t, dst)
+	assert.Equal(t, []string{"1=a/x"}, rows(chunk))
+	p := chunk.Mark.(*Progress)
+	assert.True(t, p.Done)
+	assert.Empty(t, p.Job.Error, "the initial sync finished, after two failed reads")
+}
+
+func TestResyncWhoseConditionFailsEndsItsJobAndTheStreamGoesOn(t *testing.T) {
+	sc := &script{chunks: []replication.Chunk{{Rows: [][]row.Value{values(1, "a", "x"), values(2, "b", "x")}, High: 5}, {}},
+		failFrom: 1, fail: []error{&pgconn.PgError{Code: "22P02", Message: `invalid input syntax for type integer: "pro"`}}}
+	src, dst, st := run(t, sc, 2)
+	require.NoError(t, st.Start(context.Background(), state.Snapshot{ID: "resync-1", Where: "plan::int > 0"}))
+	first := next(t, dst)
+	assert.Equal(t, []string{"1=a/x", "2=b/x"}, rows(first), "the chunk read before the failure goes out")
+	last := next(t, dst)
+	p := last.Mark.(*Progress)
+	require.True(t, p.Done, "a last mark ends the job")
+	assert.Empty(t, last.Changes)
+	assert.Contains(t, p.Job.Error, "invalid input syntax")
+	assert.Contains(t, p.Job.Fix, "guard it")
+	assert.Equal(t, int64(2), p.Job.Rows, "as far as it got")
+	assert.False(t, st.Busy())
+	src <- row.Transaction{Xid: 200, EndLSN: 70, Changes: []row.Change{change(row.Update, values(3, "c", "x"))}}
+	assert.Equal(t, []string{"3=c/x"}, rows(next(t, dst)), "the stream goes on")
+}
+
+func TestCancelledJobDropsItsWaitingChunksAndEnds(t *testing.T) {
+	sc := &script{block: make(chan struct{}), chunks: []replication.Chunk{
+		{Rows: [][]row.Value{values(1, "a", "x"), values(2, "b", "x")}, High: 50},
+		{Rows: [][]row.Value{values(3, "c", "x"), values(4, "d", "x")}, High: 50}}}
+	defer close(sc.block)
+	src, dst, st := run(t, sc, 2)
+	require.NoError(t, st.Start(context.Background(), state.Snapshot{ID: "resync-2"}))
+	waitWant(t, st, 50) // the first chunk waits for the stream; the second read hangs
+	require.NoError(t, st.Cancel(context.Background(), "other"))
+	require.NoError(t, st.Cancel(context.Background(), "resync-2"))
+	last := next(t, dst)
+	p := last.Mark.(*Progress)
+	require.True(t, p.Done)
+	assert.Empty(t, last.Changes, "the waiting chunk is dropped")
+	assert.Equal(t, Cancelled, p.Job.Error)
+	assert.Zero(t, p.Job.Rows, "as far as it was passed on")
+	assert.False(t, st.Busy())
+	src <- row.Transaction{Xid: 200, EndLSN: 70, Changes: []row.Change{change(row.Update, values(3, "c", "x"))}}
+	assert.Equal(t, []string{"3=c/x"}, rows(next(t, dst)), "the stream goes on")
 }

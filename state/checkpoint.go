@@ -16,8 +16,9 @@ const CheckpointFile = "checkpoint.json"
 
 // checkpointFormat is bumped whenever the file's meaning changes, so an old
 // binary refuses a newer file instead of misreading it. Format 2 added the
-// snapshot's progress; format 1 files are read as having none.
-const checkpointFormat = 2
+// snapshot's progress; format 3 the failed re-sync. Older files are read
+// as having none.
+const checkpointFormat = 3
 
 // Initial sync phases recorded in the checkpoint.
 const (
@@ -48,6 +49,10 @@ type Checkpoint struct {
 	// Snapshot is the snapshot (initial sync or re-sync) in progress, as
 	// far as it is delivered; nil when none runs.
 	Snapshot *Snapshot `json:"snapshot,omitempty"`
+	// LastFailed is the last re-sync that ended before its last row
+	// (failed at run time, refused when taken, or cancelled), with its
+	// Error and Fix: kept, for status, until another one fails.
+	LastFailed *Snapshot `json:"last_failed,omitempty"`
 	// UpdatedAt is when the checkpoint was written (for status output).
 	UpdatedAt time.Time `json:"updated_at"`
 }
@@ -73,6 +78,11 @@ type Snapshot struct {
 	Rows  int64     `json:"rows"`
 	Total int64     `json:"total"`
 	Began time.Time `json:"began"`
+	// Error says why the job ended before its last row, Fix what to do,
+	// Ended when; set only in Checkpoint.LastFailed.
+	Error string    `json:"error,omitempty"`
+	Fix   string    `json:"fix,omitempty"`
+	Ended time.Time `json:"ended,omitzero"`
 }
 
 // envelope is the file: the checkpoint and a checksum of its exact bytes, so
@@ -112,7 +122,7 @@ func ReadCheckpoint(dir string) (cp Checkpoint, ok bool, err error) {
 	if err := dec.Decode(&env); err != nil {
 		return Checkpoint{}, false, corrupt("not a checkpoint file (" + err.Error() + ")")
 	}
-	if env.Format != checkpointFormat && env.Format != 1 {
+	if env.Format < 1 || env.Format > checkpointFormat {
 		return Checkpoint{}, false, corrupt(fmt.Sprintf("format %d, this pgpilot reads format %d", env.Format, checkpointFormat))
 	}
 	// The checksum covers the compact form, so indentation is not content.

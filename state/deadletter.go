@@ -40,29 +40,67 @@ func (d *Dir) AppendDeadLetter(dl DeadLetter) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.deadLetters == nil {
-		path := filepath.Join(d.path, DeadLetterFile)
-		_, statErr := os.Stat(path)
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	// The file may be removed or rotated between the look at its name and
+	// the fsync: then the line went to an inode nobody will read, so it is
+	// written again to the file now under the name (a rotation that kept
+	// the old file gets it twice, never none).
+	for attempt := 0; ; attempt++ {
+		f, err := d.deadLetterFile()
 		if err != nil {
-			return fmt.Errorf("open dead-letter file %s: %w", path, err)
+			return err
 		}
-		if errors.Is(statErr, os.ErrNotExist) {
-			// A newly created file's directory entry must be durable too.
-			if err := syncDir(d.path); err != nil {
-				f.Close()
-				return err
-			}
+		if _, err := f.Write(append(line, '\n')); err != nil {
+			return fmt.Errorf("write dead letter to %s: %w", f.Name(), err)
 		}
-		d.deadLetters = f
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync dead-letter file %s: %w", f.Name(), err)
+		}
+		if attempt > 0 || d.named(f) {
+			return nil
+		}
 	}
-	if _, err := d.deadLetters.Write(append(line, '\n')); err != nil {
-		return fmt.Errorf("write dead letter to %s: %w", d.deadLetters.Name(), err)
+}
+
+// deadLetterFile returns the open dead-letter file, opening it again when
+// the name no longer leads to it: after an operator's rm, or a logrotate
+// that renamed it, a line written to the old inode would be durable yet
+// invisible (status counts 0, and the checkpoint passes the record). One
+// stat per dead letter is nothing next to its fsync. d.mu is held.
+func (d *Dir) deadLetterFile() (*os.File, error) {
+	path := filepath.Join(d.path, DeadLetterFile)
+	_, statErr := os.Stat(path)
+	if d.deadLetters != nil {
+		if d.named(d.deadLetters) {
+			return d.deadLetters, nil
+		}
+		// Removed or replaced: what the old inode holds is already durable
+		// (each line was fsynced), and whoever moved it has it.
+		d.deadLetters.Close()
+		d.deadLetters = nil
 	}
-	if err := d.deadLetters.Sync(); err != nil {
-		return fmt.Errorf("fsync dead-letter file %s: %w", d.deadLetters.Name(), err)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open dead-letter file %s: %w", path, err)
 	}
-	return nil
+	if errors.Is(statErr, os.ErrNotExist) {
+		// A newly created file's directory entry must be durable too.
+		if err := syncDir(d.path); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	d.deadLetters = f
+	return f, nil
+}
+
+// named reports whether the dead-letter file's name still leads to f.
+func (d *Dir) named(f *os.File) bool {
+	onDisk, err := os.Stat(filepath.Join(d.path, DeadLetterFile))
+	if err != nil {
+		return false
+	}
+	open, err := f.Stat()
+	return err == nil && os.SameFile(open, onDisk)
 }
 
 // CountDeadLetters counts the outstanding dead letters in dir: those not

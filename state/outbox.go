@@ -18,6 +18,9 @@ type OutboxRecord struct {
 	Metadata  userpilot.Metadata `json:"m"`
 	// Delete: what is owed is a deletion (on_delete: delete), not metadata.
 	Delete bool `json:"delete,omitempty"`
+	// Resend: a re-sync asked for it, so it is sent even where the no-op
+	// index says Userpilot holds it.
+	Resend bool `json:"resend,omitempty"`
 	// LSN is the newest change merged in (for dead letters).
 	LSN LSN `json:"lsn"`
 	// Since is when the oldest change merged in arrived (for status).
@@ -74,4 +77,122 @@ func (x *Store) Outbox() ([]OutboxRecord, error) {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
 	return out, nil
+}
+
+// OutboxEntry is what a scan of the outbox tells of one record, without
+// keeping it.
+type OutboxEntry struct {
+	CompanyID string
+	Size      int // bytes stored
+	Since     time.Time
+}
+
+// ScanOutbox calls fn for every record, in key order, keeping none of them
+// in memory: a start reads what is owed without loading it whole.
+func (x *Store) ScanOutbox(fn func(OutboxEntry) error) error {
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(outboxBucket).ForEach(func(k, v []byte) error {
+			var r struct {
+				Since time.Time `json:"since"`
+			}
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("outbox record of company %q: %w", k, err)
+			}
+			return fn(OutboxEntry{CompanyID: string(k), Size: len(k) + len(v), Since: r.Since})
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("read outbox: %w", err)
+	}
+	return nil
+}
+
+// ReadOutbox returns the records of these companies (those that have one).
+func (x *Store) ReadOutbox(ids []string) ([]OutboxRecord, error) {
+	out := make([]OutboxRecord, 0, len(ids))
+	err := x.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(outboxBucket)
+		for _, id := range ids {
+			v := b.Get([]byte(id))
+			if v == nil {
+				continue
+			}
+			var r OutboxRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("outbox record of company %q: %w", id, err)
+			}
+			r.CompanyID = id
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	return out, nil
+}
+
+// OutboxMerge is a newer state to fold into a company's outbox record.
+type OutboxMerge struct {
+	Record OutboxRecord
+	// Replace: the newer state supersedes the record whole (a deletion, or
+	// a company created again after one); otherwise its keys are merged
+	// over the record's, newer winning.
+	Replace bool
+}
+
+// MergeOutbox folds newer states into the records, in one durable write,
+// and returns each record's stored size. Only after it returns may the
+// changes they hold be confirmed to Postgres.
+func (x *Store) MergeOutbox(merges []OutboxMerge) ([]int, error) {
+	sizes := make([]int, len(merges))
+	err := x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(outboxBucket)
+		for i, m := range merges {
+			id := []byte(m.Record.CompanyID)
+			r := m.Record
+			if v := b.Get(id); v != nil {
+				var old OutboxRecord
+				if err := json.Unmarshal(v, &old); err != nil {
+					return fmt.Errorf("outbox record of company %q: %w", id, err)
+				}
+				// Merged over what is owed already, newer keys winning, unless
+				// the newer state supersedes it whole, or the company was
+				// created again after the deletion it owes (it exists, with
+				// only what the newer changes say).
+				if !m.Replace && !(old.Delete && !r.Delete) {
+					r.Metadata = mergeInto(old.Metadata, r.Metadata)
+				}
+				r.LSN = max(r.LSN, old.LSN)
+				r.Resend = r.Resend || old.Resend
+				if !old.Since.IsZero() && (r.Since.IsZero() || old.Since.Before(r.Since)) {
+					r.Since = old.Since
+				}
+			}
+			v, err := json.Marshal(r)
+			if err != nil {
+				return fmt.Errorf("encode outbox record of company %q: %w", id, err)
+			}
+			if err := b.Put(id, v); err != nil {
+				return err
+			}
+			sizes[i] = len(id) + len(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("write outbox: %w", err)
+	}
+	return sizes, nil
+}
+
+// mergeInto puts newer's keys over older's and returns it.
+func mergeInto(older, newer userpilot.Metadata) userpilot.Metadata {
+	if older == nil {
+		older = userpilot.Metadata{}
+	}
+	for k, v := range newer {
+		older[k] = v
+	}
+	return older
 }

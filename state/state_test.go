@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,7 +61,7 @@ func TestCorruptCheckpointIsRefusedNotIgnored(t *testing.T) {
 			return []byte(replaceOnce(string(b), `0/2A`, `0/2B`))
 		}, "checksum mismatch"},
 		{"future format", func(b []byte) []byte {
-			return []byte(replaceOnce(string(b), `"format": 2`, `"format": 9`))
+			return []byte(replaceOnce(string(b), `"format": 3`, `"format": 9`))
 		}, "format 9"},
 	}
 	for _, tt := range tests {
@@ -123,6 +124,43 @@ func TestDeadLettersAppendAndCount(t *testing.T) {
 	n, err = CountDeadLetters(d.Path())
 	require.NoError(t, err)
 	assert.Equal(t, 3, n)
+}
+
+// TestRemovedOrRotatedDeadLetterFileIsCreatedAgain removes the dead-letter
+// file (rm) and renames it (logrotate without copytruncate) between dead
+// letters: each next one lands in a new file under the name, which status
+// counts, and the rotated file keeps what it had.
+func TestRemovedOrRotatedDeadLetterFileIsCreatedAgain(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	path := filepath.Join(d.Path(), DeadLetterFile)
+	count := func() int {
+		n, err := CountDeadLetters(d.Path())
+		require.NoError(t, err)
+		return n
+	}
+	require.NoError(t, d.AppendDeadLetter(DeadLetter{CompanyID: "first", Status: 400}))
+	require.Equal(t, 1, count())
+
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, d.AppendDeadLetter(DeadLetter{CompanyID: "after-rm", Status: 400}))
+	assert.Equal(t, 1, count(), "the dead letter after rm is in a new file")
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Contains(t, string(raw), `"company_id":"after-rm"`)
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	require.NoError(t, os.Rename(path, path+".1"))
+	require.NoError(t, d.AppendDeadLetter(DeadLetter{CompanyID: "after-rotate", Status: 400}))
+	require.NoError(t, d.AppendDeadLetter(DeadLetter{CompanyID: "and-on", Status: 400}))
+	assert.Equal(t, 2, count(), "the dead letters after the rotation are in a new file")
+	rotated, err := os.ReadFile(path + ".1")
+	require.NoError(t, err)
+	assert.Equal(t, 1, strings.Count(string(rotated), "\n"))
+	assert.Contains(t, string(rotated), `"company_id":"after-rm"`)
 }
 
 func TestSaveCheckpointInReadOnlyDirectoryFailsAndKeepsOldOne(t *testing.T) {

@@ -51,7 +51,7 @@ func (d *Dir) OpenStore() (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{deliveredBucket, outboxBucket} {
+		for _, b := range [][]byte{deliveredBucket, outboxBucket, jobsBucket, sendingBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -145,8 +145,12 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 		return nil
 	}
 	err := x.db.Batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket(deliveredBucket)
+		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
 		for _, p := range profiles {
+			// The send's outcome is seen: no longer in doubt.
+			if err := sending.Delete([]byte(p.CompanyID)); err != nil {
+				return err
+			}
 			fp := decode(b.Get([]byte(p.CompanyID)))
 			if fp == nil {
 				fp = fingerprints{}
@@ -174,9 +178,12 @@ func (x *Store) Forget(ids []string) error {
 		return nil
 	}
 	err := x.db.Batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket(deliveredBucket)
+		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
 		for _, id := range ids {
 			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+			if err := sending.Delete([]byte(id)); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,55 @@
+package delivery
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The fallback of a refused 10,000-record job puts every record back at the
+// front, one by one: that must cost a few allocations, not one copy of the
+// queue each (quadratic).
+func TestPushFrontIsAmortisedConstant(t *testing.T) {
+	e := &entry{}
+	allocs := testing.AllocsPerRun(1, func() {
+		var q queue
+		for range 10_000 {
+			q.pushFront(e)
+		}
+	})
+	assert.Less(t, allocs, 50.0)
+}
+
+func TestQueueKeepsOrderAtBothEnds(t *testing.T) {
+	var q queue
+	var ref []*entry // the same operations on a plain slice
+	es := make([]*entry, 3000)
+	for i := range es {
+		es[i] = &entry{seq: uint64(i)}
+	}
+	for i, e := range es {
+		switch i % 5 {
+		case 0, 1:
+			q.push(e)
+			ref = append(ref, e)
+		case 2:
+			q.pushFront(e)
+			ref = append([]*entry{e}, ref...)
+		case 3:
+			require.Equal(t, ref[0], q.popFront())
+			ref = ref[1:]
+		case 4:
+			q.pushFront(e)
+			ref = append([]*entry{e}, ref...)
+			require.Equal(t, ref[len(ref)-1], q.popBack())
+			ref = ref[:len(ref)-1]
+		}
+		require.Equal(t, len(ref), q.len())
+	}
+	for len(ref) > 0 {
+		require.Equal(t, ref[0], q.front())
+		require.Equal(t, ref[0], q.popFront())
+		ref = ref[1:]
+	}
+}

@@ -1,0 +1,216 @@
+package state
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// OutboxSummary is what a store's outbox owes, read without loading it
+// whole (it may hold a million companies).
+type OutboxSummary struct {
+	// Companies is how many companies the outbox owes something.
+	Companies int
+	// Deletes is how many of them are owed a deletion (on_delete: delete).
+	Deletes int
+	// IDs are their company ids, in key order.
+	IDs []string
+}
+
+// SummarizeOutbox reads what the store in dir owes Userpilot, opening the
+// store only for reading; a directory without a store owes nothing. The
+// caller holds the directory (Open), so no daemon has the store open.
+func SummarizeOutbox(dir string) (OutboxSummary, error) {
+	var sum OutboxSummary
+	path := filepath.Join(dir, StoreFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return sum, nil
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return sum, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(outboxBucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r OutboxRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("outbox record of company %q: %w", k, err)
+			}
+			sum.Companies++
+			if r.Delete {
+				sum.Deletes++
+			}
+			sum.IDs = append(sum.IDs, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return OutboxSummary{}, fmt.Errorf("read outbox in %s: %w", path, err)
+	}
+	return sum, nil
+}
+
+// ExportOutbox writes every record the store in dir owes Userpilot to
+// file (in dir) as JSON lines an operator can read: company_id, delete,
+// metadata, lsn, since. Durable (fsynced, and the directory) when it
+// returns; mode 0600, as the records hold customer data.
+func ExportOutbox(dir, file string) error {
+	path := filepath.Join(dir, StoreFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	out := filepath.Join(dir, file)
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write the outbox to %s: %w", out, err)
+	}
+	w := bufio.NewWriter(f)
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(outboxBucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r OutboxRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("outbox record of company %q: %w", k, err)
+			}
+			line, err := json.Marshal(struct {
+				CompanyID string `json:"company_id"`
+				OutboxRecord
+			}{string(k), r})
+			if err != nil {
+				return err
+			}
+			_, err = w.Write(append(line, '\n'))
+			return err
+		})
+	})
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		os.Remove(out)
+		return fmt.Errorf("write the outbox to %s: %w", out, err)
+	}
+	return nil
+}
+
+// SetAside moves what ties the directory to a slot and to what Userpilot
+// was sent out of the way, for a fresh start (`pgpilot teardown`): the
+// checkpoint and the store (no-op index, outbox, the companies being sent) are renamed
+// to NAME.torn-down-SUFFIX, kept for the record, and the status report of
+// the last run is removed. Dead letters and the lock stay. It returns the
+// names of the files it renamed, and how many bulk jobs it carried over.
+//
+// The bulk jobs the last run submitted and did not see end are the one
+// thing of the old store the next run needs: Userpilot may still be
+// applying one, and the next run must hold its companies until it ends, or
+// its older values could land over the re-send. They are copied into a new
+// store.
+func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
+	storePath := filepath.Join(d.path, StoreFile)
+	var kept []keptJob
+	var seq uint64
+	if _, err := os.Stat(storePath); err == nil {
+		if kept, seq, err = readJobs(storePath); err != nil {
+			return nil, 0, err
+		}
+	}
+	for _, name := range []string{CheckpointFile, StoreFile} {
+		from := filepath.Join(d.path, name)
+		if _, err := os.Stat(from); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		to := from + ".torn-down-" + suffix
+		if err := os.Rename(from, to); err != nil {
+			return moved, 0, fmt.Errorf("set %s aside: %w", name, err)
+		}
+		moved = append(moved, name)
+	}
+	if err := os.Remove(filepath.Join(d.path, StatusFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return moved, 0, fmt.Errorf("remove the last run's status report: %w", err)
+	}
+	// The renames must survive a crash, or the next run would find the old
+	// checkpoint, or an index that skips rows it means to send again.
+	if err := syncDir(d.path); err != nil {
+		return moved, 0, err
+	}
+	if len(kept) == 0 {
+		return moved, 0, nil
+	}
+	store, err := d.OpenStore()
+	if err != nil {
+		return moved, 0, err
+	}
+	err = store.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		for _, j := range kept {
+			if err := b.Put(j.key, j.value); err != nil {
+				return err
+			}
+		}
+		// New jobs are numbered after the kept ones.
+		return b.SetSequence(seq)
+	})
+	if cerr := store.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return moved, 0, fmt.Errorf("keep the bulk jobs not seen end in a new %s: %w", storePath, err)
+	}
+	return moved, len(kept), nil
+}
+
+// keptJob is a bulk job's record, as the store holds it.
+type keptJob struct{ key, value []byte }
+
+// readJobs reads the bulk jobs on record in the store at path, and the
+// bucket's sequence.
+func readJobs(path string) ([]keptJob, uint64, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, 0, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	var jobs []keptJob
+	var seq uint64
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		if b == nil {
+			return nil
+		}
+		seq = b.Sequence()
+		return b.ForEach(func(k, v []byte) error {
+			jobs = append(jobs, keptJob{bytes.Clone(k), bytes.Clone(v)})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the bulk jobs in %s: %w", path, err)
+	}
+	return jobs, seq, nil
+}

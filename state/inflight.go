@@ -1,0 +1,158 @@
+package state
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// What pgpilot may have sent without seeing the outcome. A kill can fall
+// between a call reaching Userpilot and pgpilot recording what it did, so
+// the store remembers, before sending, enough for a restart not to trust
+// the no-op index where it may be wrong, and not to let an older bulk job
+// still running at Userpilot land after newer values:
+//
+//   - the bulk jobs submitted and not seen end, with the companies and states
+//     they carry and, once known, their ids;
+//   - the companies being sent: marked before a call, unmarked in the same
+//     write that records the call's success in the no-op index (Record,
+//     Forget). After a restart a company still marked may have reached
+//     Userpilot unrecorded, so its next state is sent, never skipped as
+//     unchanged.
+
+var (
+	jobsBucket    = []byte("jobs")
+	sendingBucket = []byte("sending")
+)
+
+// Job is a bulk job pgpilot submitted (or was about to) and has not seen
+// end: Userpilot may still be applying it.
+type Job struct {
+	Key       uint64              `json:"-"`  // pgpilot's own number for it
+	ID        string              `json:"id"` // Userpilot's job id; "" until the submission was answered
+	Began     time.Time           `json:"began"`
+	Companies []userpilot.Company `json:"companies"`
+}
+
+// BeginJob durably records a job about to be submitted, before it is.
+func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
+	var key uint64
+	err := x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		var err error
+		if key, err = b.NextSequence(); err != nil {
+			return err
+		}
+		v, err := json.Marshal(Job{Began: time.Now().UTC(), Companies: companies})
+		if err != nil {
+			return err
+		}
+		return b.Put(jobKey(key), v)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record bulk job: %w", err)
+	}
+	return key, nil
+}
+
+// JobSubmitted records the id Userpilot gave the job.
+func (x *Store) JobSubmitted(key uint64, id string) error {
+	err := x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		v := b.Get(jobKey(key))
+		if v == nil {
+			return fmt.Errorf("no job %d", key)
+		}
+		var j Job
+		if err := json.Unmarshal(v, &j); err != nil {
+			return err
+		}
+		j.ID = id
+		v, err := json.Marshal(j)
+		if err != nil {
+			return err
+		}
+		return b.Put(jobKey(key), v)
+	})
+	if err != nil {
+		return fmt.Errorf("record bulk job %s: %w", id, err)
+	}
+	return nil
+}
+
+// EndJob forgets a job whose end pgpilot has seen (completed, failed,
+// refused).
+func (x *Store) EndJob(key uint64) error {
+	if err := x.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(jobsBucket).Delete(jobKey(key)) }); err != nil {
+		return fmt.Errorf("forget bulk job: %w", err)
+	}
+	return nil
+}
+
+// Jobs returns the jobs not seen end, oldest first.
+func (x *Store) Jobs() ([]Job, error) {
+	var out []Job
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(jobsBucket).ForEach(func(k, v []byte) error {
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return fmt.Errorf("job %x: %w", k, err)
+			}
+			j.Key = binary.BigEndian.Uint64(k)
+			out = append(out, j)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read bulk jobs: %w", err)
+	}
+	return out, nil
+}
+
+// MarkSending durably marks companies about to be sent. Concurrent calls
+// share one write (bbolt's Batch), as Record's do.
+func (x *Store) MarkSending(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := x.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(sendingBucket)
+		for _, id := range ids {
+			if err := b.Put([]byte(id), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mark companies as being sent: %w", err)
+	}
+	return nil
+}
+
+// Sending returns the companies marked as being sent: at a start, those an
+// earlier process may have sent without recording the outcome.
+func (x *Store) Sending() ([]string, error) {
+	var out []string
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(sendingBucket).ForEach(func(k, _ []byte) error {
+			out = append(out, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read companies being sent: %w", err)
+	}
+	return out, nil
+}
+
+func jobKey(k uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], k)
+	return b[:]
+}
