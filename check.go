@@ -17,9 +17,11 @@ import (
 	"github.com/pgpilot/pgpilot/row"
 )
 
-// checkProbePath is the one request `check` sends to Userpilot: the status of
-// a background job that does not exist. It changes nothing, and the answer
-// tells a refused key (401/403) from an accepted one (404: no such job).
+// checkProbePath is what `check` asks Userpilot, without a key and with
+// it: the status of a background job that does not exist. It changes
+// nothing; the answers tell Userpilot (401 without a key) from another
+// server, and a refused key (401/403) from an accepted one (404: no such
+// job).
 const checkProbePath = "/v1/background_jobs/pgpilot-check"
 
 // checker prints one ✓/✗ line per check and counts the failures; a
@@ -312,20 +314,63 @@ func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, c *checke
 	c.report(fmt.Sprintf("WAL senders: %d of max_wal_senders=%d in use", sendersUsed, sendersMax), err)
 }
 
-// checkUserpilot sends one harmless request with the configured key: the
-// status of a job that does not exist. The key goes only into the header;
-// no error built here can contain it.
+// checkUserpilot sends two harmless requests for the status of a job that
+// does not exist: first without a key, which Userpilot refuses (401: its
+// published answer to a missing key), then with the configured one, which
+// it accepts (404: no such job). A server that answers 404 without a key
+// does not serve Userpilot's paths (a wrong base URL, a proxy, a web site),
+// so its 404 with the key says nothing about the key. The key goes only
+// into the header; no error built here can contain it.
 func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
 	endpoint := cfg.Userpilot.Endpoint
 	name := "Userpilot at " + endpoint + " reachable and the API key accepted"
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+checkProbePath, nil)
-	if err != nil {
-		c.report(name, fix.With(fmt.Errorf("build the request: %w", err), "check userpilot.endpoint"))
+	wrongEndpoint := "set userpilot.endpoint to Userpilot's API host and nothing more: us, eu, or the URL Userpilot's Settings → Environment shows (no path, no proxy in between)"
+
+	status, location, err := probeUserpilot(ctx, endpoint, "")
+	switch {
+	case err != nil:
+		c.report(name, err)
+		return
+	case status/100 == 3:
+		c.report(name, fix.With(fmt.Errorf("it answered with a redirect (HTTP %d to %q)", status, location), wrongEndpoint))
+		return
+	case status != http.StatusUnauthorized && status != http.StatusForbidden:
+		c.report(name, fix.With(fmt.Errorf("it is not Userpilot's API: GET %s without a key answered HTTP %d, where Userpilot answers 401",
+			checkProbePath, status), wrongEndpoint))
 		return
 	}
-	req.Header.Set("Authorization", "Token "+strings.TrimSpace(cfg.Userpilot.APIKey))
+
+	status, location, err = probeUserpilot(ctx, endpoint, strings.TrimSpace(cfg.Userpilot.APIKey))
+	switch {
+	case err != nil:
+		c.report(name, err)
+	case status == http.StatusNotFound || status/100 == 2:
+		// 404: the key was accepted and the probe job does not exist.
+		c.report(name, nil)
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		c.report(name, fmt.Errorf("Userpilot refused the API key (HTTP %d): fix userpilot.api_key (Userpilot: Settings → Environment; "+
+			"and check that userpilot.endpoint is your account's region)", status))
+	case status/100 == 3:
+		c.report(name, fix.With(fmt.Errorf("it answered with a redirect (HTTP %d to %q)", status, location), wrongEndpoint))
+	default:
+		c.report(name, fix.With(fmt.Errorf("unexpected answer HTTP %d to GET %s (a refused key is 401, an accepted one 404)", status, checkProbePath),
+			"check userpilot.endpoint, or try again if Userpilot is having trouble"))
+	}
+}
+
+// probeUserpilot asks for the status of the probe job, with key when it
+// is not "", and returns the answer's status (and Location, for a
+// redirect). Its errors carry their fix and never the key.
+func probeUserpilot(ctx context.Context, endpoint, key string) (status int, location string, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+checkProbePath, nil)
+	if err != nil {
+		return 0, "", fix.With(fmt.Errorf("build the request: %w", err), "check userpilot.endpoint")
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Token "+key)
+	}
 	req.Header.Set("Accept", "application/json, text/plain, */*")
 	req.Header.Set("X-API-Version", "2020-09-22")
 	req.Header.Set("User-Agent", "pgpilot check")
@@ -336,26 +381,11 @@ func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		c.report(name, fix.With(fmt.Errorf("cannot reach it (%w)", err), "check userpilot.endpoint, and that this machine can reach it (proxy, firewall, DNS)"))
-		return
+		return 0, "", fix.With(fmt.Errorf("cannot reach it (%w)", err), "check userpilot.endpoint, and that this machine can reach it (proxy, firewall, DNS)")
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	status := resp.StatusCode
-	switch {
-	case status == http.StatusNotFound || status/100 == 2:
-		// 404: the key was accepted and the probe job does not exist.
-		c.report(name, nil)
-	case status == http.StatusUnauthorized || status == http.StatusForbidden:
-		c.report(name, fmt.Errorf("Userpilot refused the API key (HTTP %d): fix userpilot.api_key (Userpilot: Settings → Environment; "+
-			"and check that userpilot.endpoint is your account's region)", status))
-	case status/100 == 3:
-		c.report(name, fix.With(fmt.Errorf("it answered with a redirect (HTTP %d to %q)", status, resp.Header.Get("Location")),
-			"set userpilot.endpoint to Userpilot's API host (us, eu, or the URL from Settings → Environment)"))
-	default:
-		c.report(name, fix.With(fmt.Errorf("unexpected answer HTTP %d to GET %s (a refused key is 401, an accepted one 404)", status, checkProbePath),
-			"check userpilot.endpoint, or try again if Userpilot is having trouble"))
-	}
+	return resp.StatusCode, resp.Header.Get("Location"), nil
 }
 
 // formatBytes prints n in bytes and, from 1 KiB on, in binary units too.

@@ -28,6 +28,7 @@ Usage:
   pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
   pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)
+  pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]   the records set aside
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
@@ -38,12 +39,13 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 type command func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error
 
 var commands = map[string]command{
-	"run":      runCommand,
-	"check":    checkCommand,
-	"preview":  previewCommand,
-	"status":   statusCommand,
-	"teardown": teardownCommand,
-	"resync":   resyncCommand,
+	"run":         runCommand,
+	"check":       checkCommand,
+	"preview":     previewCommand,
+	"status":      statusCommand,
+	"teardown":    teardownCommand,
+	"resync":      resyncCommand,
+	"deadletters": deadlettersCommand,
 }
 
 func main() {

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
-
 	"slices"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -135,4 +136,29 @@ func cancelResyncs(dir string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "cancel of %s requested. The running pgpilot ends them within a second (or the next `pgpilot run` does); "+
 		"rows already sent stay sent; `pgpilot status` shows the cancelled job.\n", strings.Join(ids, ", "))
 	return nil
+}
+
+// requestCompanyResync asks the daemon to send these companies' current
+// rows again, as `pgpilot resync --company` does: one request, selecting
+// them by the company id column (compared as text, as the daemon does for
+// one company). It is the one way other commands queue a re-sync.
+func requestCompanyResync(stateDir, companyIDColumn string, ids []string) error {
+	job := state.Snapshot{}
+	if len(ids) == 1 {
+		job.CompanyID = ids[0]
+	} else {
+		quoted := make([]string, len(ids))
+		for i, id := range ids {
+			quoted[i] = quoteLiteral(id)
+		}
+		job.Where = pgx.Identifier{companyIDColumn}.Sanitize() + "::text IN (" + strings.Join(quoted, ", ") + ")"
+	}
+	_, err := state.RequestResync(stateDir, job)
+	return err
+}
+
+// quoteLiteral is s as an SQL string literal. The E” form reads
+// backslashes the same whatever standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
 }

@@ -154,6 +154,9 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		row("  fix", f.Fix)
 	}
 	if d := r.Delivery; d != nil {
+		if d.Stopped != "" {
+			row("delivery stopped", d.Stopped)
+		}
 		row("delivery mode", fmt.Sprintf("%s (%s, as of %s)", d.Mode, orDash(d.Reason), d.UpdatedAt.Format(time.RFC3339)))
 		row("outbox", fmt.Sprintf("%d companies, %d bytes", d.OutboxCompanies, d.OutboxBytes))
 		oldest := "-"

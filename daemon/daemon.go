@@ -148,7 +148,8 @@ func Run(ctx context.Context, opts Options) error {
 
 	streamLog := opts.Logger.With("subsystem", "stream")
 	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
-		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger}
+		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
+		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
 	// The delivery engine outlives the sessions: whatever ends the loop,
 	// it delivers and checkpoints what it holds (for at most the grace
 	// period) before Run returns.
@@ -222,7 +223,7 @@ func (s *session) stop(sessionErr error) error {
 		s.eng = nil
 	}
 	switch {
-	case pipeErr != nil && !errors.Is(pipeErr, context.Canceled):
+	case pipeErr != nil && !errors.Is(pipeErr, context.Canceled) && !errors.Is(pipeErr, delivery.ErrRefusing):
 		return pipeErr
 	case pipeErr != nil:
 		s.log.Warn("stopped before everything read was delivered; it will be sent again at the next start",

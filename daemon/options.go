@@ -65,6 +65,9 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	// bulk_rate: 0 in the file turns the bulk path off.
 	do.BulkRate, do.NoBulk = cfg.Userpilot.BulkRate, cfg.Userpilot.BulkRate == 0
 	do.OnDelete = cfg.Companies.OnDelete
+	if do.Breaker == nil {
+		do.Breaker = s.breaker
+	}
 	var err error
 	if do.DeleteMark, err = userpilot.MetadataOf(cfg.Companies.OnDeleteMetadata); err != nil {
 		return do, permanent(fmt.Errorf("%w: companies.on_delete_metadata: %w", ErrConfig, err))

@@ -43,6 +43,10 @@ type session struct {
 	// reconnect backoff starts small again after it fails.
 	progress atomic.Bool
 
+	// breaker outlives sessions: once Userpilot's endpoint is found to
+	// refuse every record, no later session sends until a restart.
+	breaker *delivery.Breaker
+
 	// eng is the delivery engine, made by the first session that knew the
 	// checkpoint and kept across sessions (see engine.go); nil before, and
 	// after it failed (the next session makes a new one).

@@ -229,5 +229,5 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 	p.stats.Bulk.Add(int64(len(r.entries)))
 	p.stats.BulkJobs.Add(1)
 	rep.flush(p, "bulk", len(r.entries), r.took)
-	return nil
+	return p.accepted(r.entries[0].sentAt)
 }

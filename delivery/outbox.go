@@ -337,7 +337,7 @@ func (p *Pipeline) reportStatus(force bool) {
 	}
 	p.statusAt = time.Now()
 	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: len(p.inOutbox),
-		OutboxBytes: p.outboxBytes, Pending: p.pending()}
+		OutboxBytes: p.outboxBytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
 	if p.order.len() > 0 {
 		st.OldestPending = p.order.front().since
 	}

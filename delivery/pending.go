@@ -28,6 +28,12 @@ type entry struct {
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
 	held         bool // in a bulk job from before a restart, which may still be running
+	// sentAt is when it was last handed to a call, for the breaker: an
+	// acceptance vouches for refusals sent before it.
+	sentAt time.Time
+	// splitAt is when the delete batch it was in was first refused and
+	// split (zero: never); see delete.go.
+	splitAt time.Time
 }
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST

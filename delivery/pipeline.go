@@ -140,6 +140,10 @@ type Options struct {
 	// (see inflight.go).
 	InFlight InFlight
 
+	// Breaker tells bad records from a refusing endpoint (see
+	// breaker.go); nil → one with the defaults, for this pipeline alone.
+	Breaker *Breaker
+
 	Logger *slog.Logger
 }
 
@@ -199,6 +203,11 @@ type Pipeline struct {
 	// every 2 seconds).
 	deletes    []*entry
 	deleteBusy bool
+	// deleteSplits are the halves of refused delete batches, sent (one
+	// request at a time too) before any other deletion; see delete.go.
+	deleteSplits [][]*entry
+	// deleteAccepted is when Userpilot last accepted a delete request.
+	deleteAccepted time.Time
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell.
 	progress time.Time
@@ -214,6 +223,14 @@ type Pipeline struct {
 	// before any new job.
 	held           []*heldJob
 	inFlightLoaded bool
+
+	// refusals are refused records waiting for the breaker's verdict,
+	// oldest first; streak counts the refusals since the last acceptance.
+	refusals []refusal
+	streak   streak
+	// vouched is when the newest accepted call was sent: Userpilot worked
+	// then, so a refusal of a call sent before it is a bad record.
+	vouched time.Time
 
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
@@ -253,6 +270,9 @@ func New(opts Options) *Pipeline {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Breaker == nil {
+		opts.Breaker = &Breaker{}
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
@@ -339,22 +359,25 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			return err
 		}
 		p.collectDeletes()
-		if !p.deleteBusy && len(p.deletes) > 0 {
-			batch := p.deletes[:min(len(p.deletes), userpilot.MaxDeleteIDs)]
-			p.deletes = p.deletes[len(batch):]
+		stopped := p.stopped() // the breaker tripped: send nothing more
+		if !stopped && !p.deleteBusy && len(p.deletes)+len(p.deleteSplits) > 0 {
+			batch := p.nextDeletes()
 			p.deleteBusy = true
+			for _, e := range batch {
+				e.sentAt = time.Now() // collected earlier, sent now
+			}
 			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
 		}
 		p.watermark() // drops finished entries, so the counts below are true
 		p.stats.Pending.Store(int64(p.pending()))
 		p.stats.InMemory.Store(int64(len(p.companies)))
-		if !p.bulkBusy && len(p.held) > 0 {
+		if !stopped && !p.bulkBusy && len(p.held) > 0 {
 			hj := p.held[0]
 			p.held = p.held[1:]
 			p.bulkBusy = true
 			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
 		}
-		if !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
+		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -373,6 +396,14 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			}
 			return stopFor
 		}
+		if closed && stopped && p.inflight == p.parked() && !p.bulkBusy && !p.deleteBusy {
+			// What is held is never delivered by this process: the
+			// stream (or the outbox) has it for the next start.
+			if err := p.tick(); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: %s", ErrRefusing, p.opts.Breaker.Reason())
+		}
 		var inCh <-chan row.Transaction
 		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
 			inCh = in
@@ -383,7 +414,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		p.collectDeletes()
 		var workCh chan<- *entry
 		var next *entry
-		if p.ready.len() > 0 {
+		if p.ready.len() > 0 && !stopped {
 			workCh, next = work, p.ready.front()
 		}
 		select {
@@ -632,6 +663,7 @@ func (p *Pipeline) send(e *entry) {
 	c := p.companies[e.co.CompanyID]
 	c.inflight, c.waiting = e, nil
 	p.inflight++
+	e.sentAt = time.Now()
 }
 
 // skipNoOps finishes, without a call, ready entries at the front that hold
@@ -691,17 +723,15 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 		p.stats.Realtime.Add(1)
 		p.progress = time.Now()
 		rep.realtime++
+		p.finish(r.e)
+		return p.accepted(r.e.sentAt)
 	case errors.As(r.err, &rej):
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(r.e.lsn), CompanyID: r.e.co.CompanyID,
-			Status: rej.Status, Reason: "rejected by Userpilot", Body: rej.Body, Payload: r.e.co}); err != nil {
-			return err
-		}
 		rep.rejected++
+		// Set aside, or kept, once the breaker knows which it is.
+		return p.refused(r.e, rej, "POST /v1/companies/identify", "rejected by Userpilot")
 	default:
 		return fmt.Errorf("deliver company %q: %w", r.e.co.CompanyID, r.err)
 	}
-	p.finish(r.e)
-	return nil
 }
 
 func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
@@ -748,6 +778,9 @@ func (p *Pipeline) watermark() pglogrepl.LSN {
 // checkpoints everything received (all of it is delivered or in the
 // outbox); in hold mode it checkpoints the watermark.
 func (p *Pipeline) tick() error {
+	if err := p.expireHeld(); err != nil {
+		return err
+	}
 	p.watermark()
 	p.updateMode()
 	received := p.received

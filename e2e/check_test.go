@@ -109,7 +109,7 @@ func TestCheckHealthySetupPassesAndShowsRetainedWAL(t *testing.T) {
 		assert.Contains(t, out, want)
 	}
 	assert.Regexp(t, regexp.MustCompile(`✓ replication slot "[^"]+" \(active: false, wal_status: reserved, retained WAL: [0-9.]+ (bytes|KiB|MiB)`), out)
-	assert.Equal(t, 1, len(e.up.Requests()), "check sends exactly one request to Userpilot")
+	assert.Equal(t, 2, len(e.up.Requests()), "check sends two requests to Userpilot: without the key and with it")
 	assert.NotContains(t, out, apiKey)
 }
 

@@ -134,6 +134,7 @@ type Metrics struct {
 
 	// The current session.
 	standingBy   string // the pid of the pgpilot holding the state directory, while this one waits
+	stopped      string // why delivery is stopped until a restart (the breaker tripped), or ""
 	started      bool   // a session has started at least once
 	connected    bool   // streaming (replication connected)
 	syncing      bool   // an initial sync is in progress
@@ -237,6 +238,18 @@ func (m *Metrics) StandingBy(holder string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.standingBy = holder
+}
+
+// DeliveryStopped says delivery stopped for reason until pgpilot restarts:
+// the Userpilot endpoint refuses every record (a wrong base URL, a proxy).
+// /readyz answers 503 with the reason from then on.
+func (m *Metrics) DeliveryStopped(reason string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stopped = reason
 }
 
 // SessionStarted says a replication session is setting up: not streaming
@@ -463,6 +476,9 @@ func (m *Metrics) Ready() (ready bool, reason string) {
 	defer m.mu.Unlock()
 	m.sample()
 	switch {
+	case m.stopped != "":
+		// Before the initial sync's reason: it will not move either.
+		return false, "delivery stopped: " + m.stopped
 	case m.standingBy != "":
 		return false, fmt.Sprintf("standing by: pgpilot process %s holds the state directory; this one takes over when it stops", m.standingBy)
 	case !m.started:

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -104,21 +103,9 @@ func (d *Dir) named(f *os.File) bool {
 	return err == nil && os.SameFile(open, onDisk)
 }
 
-// CountDeadLetters counts the records set aside in dir (for status output).
+// CountDeadLetters counts the outstanding dead letters in dir: those not
+// replayed or dropped since (for status output).
 func CountDeadLetters(dir string) (int, error) {
-	f, err := os.Open(filepath.Join(dir, DeadLetterFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("open dead-letter file: %w", err)
-	}
-	defer f.Close()
-	n := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
-	for sc.Scan() {
-		n++
-	}
-	return n, sc.Err()
+	dls, err := ReadDeadLetters(dir)
+	return len(dls.Outstanding), err
 }

@@ -26,8 +26,11 @@ const (
 
 // Status is what the daemon last reported.
 type Status struct {
-	Mode            string    `json:"mode"`
-	Reason          string    `json:"reason,omitempty"`
+	Mode   string `json:"mode"`
+	Reason string `json:"reason,omitempty"`
+	// Stopped says why delivery is stopped until a restart (the endpoint
+	// refuses every record), or "".
+	Stopped         string    `json:"stopped,omitempty"`
 	OutboxCompanies int       `json:"outbox_companies"`
 	OutboxBytes     int64     `json:"outbox_bytes"`
 	OldestPending   time.Time `json:"oldest_pending,omitzero"`

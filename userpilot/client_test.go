@@ -561,3 +561,38 @@ func TestDeleteCompaniesIsSpacedToUserpilotsLimit(t *testing.T) {
 		assert.NotEqual(t, 429, r.Status, "spaced by the client, never refused")
 	}
 }
+
+// slowFirst holds up the first request on its way, as a loaded machine or
+// network does.
+type slowFirst struct {
+	mu   sync.Mutex
+	sent int
+	rt   http.RoundTripper
+}
+
+func (s *slowFirst) RoundTrip(r *http.Request) (*http.Response, error) {
+	s.mu.Lock()
+	s.sent++
+	first := s.sent == 1
+	s.mu.Unlock()
+	if first {
+		time.Sleep(300 * time.Millisecond)
+	}
+	return s.rt.RoundTrip(r)
+}
+
+func TestDeleteRequestsArriveTwoSecondsApartEvenWhenOneIsHeldUpOnTheWay(t *testing.T) {
+	srv := userpilottest.NewServer(userpilottest.Options{APIKey: "k"})
+	defer srv.Close()
+	c, err := userpilot.New(userpilot.Options{Endpoint: srv.URL(), APIKey: "k", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		HTTPClient: &http.Client{Transport: &slowFirst{rt: http.DefaultTransport}}})
+	require.NoError(t, err)
+	require.NoError(t, c.DeleteCompanies(context.Background(), []string{"1"}))
+	require.NoError(t, c.DeleteCompanies(context.Background(), []string{"2"}))
+	reqs := srv.Requests()
+	require.Len(t, reqs, 2, "no request refused and retried")
+	assert.GreaterOrEqual(t, reqs[1].Time.Sub(reqs[0].Time), 2*time.Second, "Userpilot counts its limit where requests arrive")
+	for _, r := range reqs {
+		assert.Equal(t, 202, r.Status)
+	}
+}

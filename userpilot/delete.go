@@ -8,7 +8,7 @@ import (
 )
 
 // deleteEvery is Userpilot's limit on the delete endpoint, plus a margin:
-// one request every 2 seconds.
+// one request every 2 seconds, counted from the previous answer.
 const deleteEvery = 2100 * time.Millisecond
 
 // MaxDeleteIDs bounds one delete request (no cap is published; this keeps
@@ -38,7 +38,7 @@ func (c *Client) DeleteCompanies(ctx context.Context, ids []string) error {
 		method:   http.MethodDelete,
 		path:     "/v1/companies",
 		body:     body,
-		limiter:  c.deletes,
+		spacing:  c.deletes,
 	})
 	if err != nil {
 		return err

@@ -93,6 +93,8 @@ type Server struct {
 	identifyRequests int
 	faults           faults
 	rejects          map[string]int
+	deleteRejects    map[string]int
+	answerAll        int // every request, whatever its path, gets this status: not Userpilot answering
 	jobs             map[string]*job
 	currentJob       *job // the latest job: one runs at a time per account
 	jobSeq           int
@@ -114,10 +116,11 @@ func NewServer(opts Options) *Server {
 // nothing.
 func NewHandler(opts Options) *Server {
 	s := &Server{
-		opts:      opts,
-		companies: map[string]map[string]any{},
-		rejects:   map[string]int{},
-		jobs:      map[string]*job{},
+		opts:          opts,
+		companies:     map[string]map[string]any{},
+		rejects:       map[string]int{},
+		deleteRejects: map[string]int{},
+		jobs:          map[string]*job{},
 	}
 	if opts.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
@@ -245,10 +248,25 @@ func (s *Server) Deleted() []string {
 
 // RejectCompany makes every identify (real-time or bulk) naming id answer
 // status with the documented error body; its records are never applied.
+// Status 0 accepts the company again.
 func (s *Server) RejectCompany(id string, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if status == 0 {
+		delete(s.rejects, id)
+		return
+	}
 	s.rejects[id] = status
+}
+
+// RejectDeletion makes every delete request naming id answer status with
+// the documented error body: the whole request is refused and none of its
+// companies is scheduled, as Userpilot refuses an invalid body. The request
+// still counts against the one-every-2-seconds limit.
+func (s *Server) RejectDeletion(id string, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deleteRejects[id] = status
 }
 
 // FailNextJob makes the next submitted bulk job end "failed", applying nothing.
@@ -256,6 +274,16 @@ func (s *Server) FailNextJob() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failNextJob = true
+}
+
+// AnswerAll makes every request, on any path and whatever its key, answer
+// status with a plain-text body, as a server that is not Userpilot's API
+// does (a wrong base URL, a proxy, a web site): AnswerAll(404) is "not
+// found" for everything. 0 ends it.
+func (s *Server) AnswerAll(status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.answerAll = status
 }
 
 // ServeHTTP answers Userpilot's API routes; anything else is 404.
@@ -267,6 +295,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.requests = append(s.requests, *rec)
 		s.mu.Unlock()
 	}()
+	s.mu.Lock()
+	all := s.answerAll
+	s.mu.Unlock()
+	if all != 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(all)
+		fmt.Fprintf(w, "%d %s\n", all, strings.ToLower(http.StatusText(all)))
+		rec.Status = all
+		return
+	}
 	ex := &exchange{w: w, r: r, rec: rec}
 	path := r.URL.EscapedPath()
 	jobID, isJob := strings.CutPrefix(path, jobsPrefix)
@@ -497,6 +535,13 @@ func (s *Server) serveDelete(ex *exchange) {
 		return
 	}
 	s.lastDelete = now
+	for _, id := range ids {
+		if status, ok := s.deleteRejects[id]; ok {
+			s.mu.Unlock()
+			ex.fail(rejection(status, id))
+			return
+		}
+	}
 	s.deleted = append(s.deleted, ids...)
 	s.mu.Unlock()
 	ex.reply(http.StatusAccepted, map[string]string{"message": fmt.Sprintf("%d companies scheduled for deletion", len(ids))})

@@ -613,3 +613,33 @@ func TestDelayFaultEndsWhenClientGivesUp(t *testing.T) {
 	assert.Equal(t, 0, s.Requests()[0].Status)
 	assert.Equal(t, 0, s.Accepted())
 }
+
+func TestAnswerAllAnswersEveryPathLikeAServerThatIsNotUserpilot(t *testing.T) {
+	t.Parallel()
+	s := userpilottest.NewServer(userpilottest.Options{APIKey: key})
+	t.Cleanup(s.Close)
+	s.AnswerAll(404)
+	for _, r := range []struct{ method, path string }{
+		{http.MethodPost, "/v1/companies/identify"}, {http.MethodPost, "/v1/companies/bulk_identify"},
+		{http.MethodDelete, "/v1/companies"}, {http.MethodGet, "/v1/background_jobs/x"},
+	} {
+		got := send(t, r.method, s.URL()+r.path, validHeaders(), `{"company_id": "1"}`)
+		assert.Equal(t, 404, got.status, r.path)
+		assert.NotContains(t, got.body, `"errors"`, "not Userpilot's error body")
+	}
+	assert.Equal(t, 404, send(t, http.MethodGet, s.URL()+"/v1/background_jobs/x", http.Header{}, "").status, "not even a missing key is refused")
+	assert.Zero(t, s.Accepted())
+	s.AnswerAll(0)
+	assert.Equal(t, 202, identify(t, s, `{"company_id": "1"}`).status)
+}
+
+func TestRejectDeletionRefusesTheWholeRequestNamingTheID(t *testing.T) {
+	t.Parallel()
+	s := userpilottest.NewServer(userpilottest.Options{APIKey: key})
+	t.Cleanup(s.Close)
+	s.RejectDeletion("bad", 400)
+	got := send(t, http.MethodDelete, s.URL()+"/v1/companies", validHeaders(), `{"companies": ["good", "bad"]}`)
+	assert.Equal(t, 400, got.status)
+	assert.Contains(t, got.body, `"errors"`)
+	assert.Empty(t, s.Deleted(), "none of the request's companies is scheduled")
+}
