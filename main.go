@@ -24,6 +24,7 @@ Usage:
   pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
   pgpilot resync   --config FILE [--company ID | --where SQL]   send rows again, alongside the stream
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
+  pgpilot version                  version, commit, Go version and build date (also --version)
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 `
@@ -45,6 +46,10 @@ func cli(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		"status":   statusCommand,
 		"teardown": teardownCommand,
 		"resync":   resyncCommand,
+		"version":  versionCommand,
+	}
+	if args[0] == "--version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stdout, usage)
