@@ -34,7 +34,9 @@ func runCommand(args []string, _ io.Reader, _, stderr io.Writer) int {
 	if isTerminal(stderr) {
 		opts.Progress = stderr // a snapshot's progress bar
 	}
+	notified := notifyStartAndStop(ctx, log)
 	err := daemon.Run(ctx, opts)
+	notified()
 	switch {
 	case err == nil:
 		return exitOK
