@@ -45,7 +45,8 @@ packages=()
 need() { # need WHY PACKAGE...
   local why="$1"
   shift
-  step "$*: installing with apt-get ($why)"
+  local IFS=,
+  step "$(printf '%s' "$*" | sed 's/,/, /g'): installing with apt-get ($why)"
   packages+=("$@")
 }
 
