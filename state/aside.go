@@ -182,7 +182,13 @@ func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
 	if err != nil {
 		return moved, 0, fmt.Errorf("keep the bulk jobs not seen end in a new %s: %w", storePath, err)
 	}
-	return moved, len(kept), nil
+	carried := 0
+	for _, j := range kept {
+		if len(j.key) == 8 { // not the id beside a job (see BeginJob)
+			carried++
+		}
+	}
+	return moved, carried, nil
 }
 
 // keptJob is a bulk job's record, as the store holds it.

@@ -39,17 +39,32 @@ type Job struct {
 	Companies []userpilot.Company `json:"companies"`
 }
 
+// A job is two keys: its number (8 bytes) → the companies and states it
+// carries, written once, before submission; and its number followed by
+// 'i' → Userpilot's id for it, once answered. Recording the id does not
+// rewrite the companies (a job of 10,000 is megabytes).
+
 // BeginJob durably records a job about to be submitted, before it is.
 func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
+	size := len(`{"began":"","companies":[]}`) + 40
+	for _, co := range companies {
+		size += co.JSONSize() + 1
+	}
+	v := append(make([]byte, 0, size), `{"began":"`...)
+	v = time.Now().UTC().AppendFormat(v, time.RFC3339Nano)
+	v = append(v, `","companies":[`...)
+	for i, co := range companies {
+		if i > 0 {
+			v = append(v, ',')
+		}
+		v = co.AppendJSON(v) // the bytes the job's body carries
+	}
+	v = append(v, "]}"...)
 	var key uint64
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
 		var err error
 		if key, err = b.NextSequence(); err != nil {
-			return err
-		}
-		v, err := json.Marshal(Job{Began: time.Now().UTC(), Companies: companies})
-		if err != nil {
 			return err
 		}
 		return b.Put(jobKey(key), v)
@@ -64,20 +79,10 @@ func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
 func (x *Store) JobSubmitted(key uint64, id string) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
-		v := b.Get(jobKey(key))
-		if v == nil {
+		if b.Get(jobKey(key)) == nil {
 			return fmt.Errorf("no job %d", key)
 		}
-		var j Job
-		if err := json.Unmarshal(v, &j); err != nil {
-			return err
-		}
-		j.ID = id
-		v, err := json.Marshal(j)
-		if err != nil {
-			return err
-		}
-		return b.Put(jobKey(key), v)
+		return b.Put(jobIDKey(key), []byte(id))
 	})
 	if err != nil {
 		return fmt.Errorf("record bulk job %s: %w", id, err)
@@ -88,7 +93,14 @@ func (x *Store) JobSubmitted(key uint64, id string) error {
 // EndJob forgets a job whose end pgpilot has seen (completed, failed,
 // refused).
 func (x *Store) EndJob(key uint64) error {
-	if err := x.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(jobsBucket).Delete(jobKey(key)) }); err != nil {
+	err := x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		if err := b.Delete(jobIDKey(key)); err != nil {
+			return err
+		}
+		return b.Delete(jobKey(key))
+	})
+	if err != nil {
 		return fmt.Errorf("forget bulk job: %w", err)
 	}
 	return nil
@@ -97,8 +109,13 @@ func (x *Store) EndJob(key uint64) error {
 // Jobs returns the jobs not seen end, oldest first.
 func (x *Store) Jobs() ([]Job, error) {
 	var out []Job
+	ids := map[uint64]string{}
 	err := x.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(jobsBucket).ForEach(func(k, v []byte) error {
+			if len(k) == 9 { // an id
+				ids[binary.BigEndian.Uint64(k)] = string(v)
+				return nil
+			}
 			var j Job
 			if err := json.Unmarshal(v, &j); err != nil {
 				return fmt.Errorf("job %x: %w", k, err)
@@ -110,6 +127,11 @@ func (x *Store) Jobs() ([]Job, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read bulk jobs: %w", err)
+	}
+	for i := range out {
+		if id, ok := ids[out[i].Key]; ok {
+			out[i].ID = id
+		}
 	}
 	return out, nil
 }
@@ -156,3 +178,5 @@ func jobKey(k uint64) []byte {
 	binary.BigEndian.PutUint64(b[:], k)
 	return b[:]
 }
+
+func jobIDKey(k uint64) []byte { return append(jobKey(k), 'i') }

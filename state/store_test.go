@@ -173,3 +173,36 @@ func TestRecordSinceReadsWhatDecodingWould(t *testing.T) {
 		assert.True(t, since.Equal(got), "%s: got %s", since, got)
 	}
 }
+
+// A job's record keeps its companies and states as its body carried them,
+// and its id once answered, until its end.
+func TestABulkJobOnRecordKeepsItsCompaniesAndID(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	defer x.Close()
+	cos := []userpilot.Company{
+		{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "pro", "name": "R&D <EU>"})},
+		{CompanyID: "2", Metadata: userpilottest.Metadata(map[string]any{"seats": json.Number("3"), "trial": nil})},
+	}
+	key, err := x.BeginJob(cos)
+	require.NoError(t, err)
+	jobs, err := x.Jobs()
+	require.NoError(t, err)
+	require.Len(t, jobs, 1)
+	assert.Empty(t, jobs[0].ID, "not answered yet")
+	assert.Equal(t, cos, jobs[0].Companies)
+	require.NoError(t, x.JobSubmitted(key, "bulk:jobs:NX-1:abc"))
+	jobs, err = x.Jobs()
+	require.NoError(t, err)
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "bulk:jobs:NX-1:abc", jobs[0].ID)
+	assert.Equal(t, key, jobs[0].Key)
+	assert.Equal(t, cos, jobs[0].Companies)
+	require.NoError(t, x.EndJob(key))
+	jobs, err = x.Jobs()
+	require.NoError(t, err)
+	assert.Empty(t, jobs)
+}
