@@ -47,14 +47,14 @@ func outageOnce(b *testing.B, n int) {
 		// The outage run inside the benchmark, for a heap profile of what
 		// is live once everything is owed.
 		ip := e.startInProcess()
-		end := e.outageWrites()
+		end := e.outageWrites(n)
 		e.waitFor("every change owed durably", 30*time.Minute, func() bool { return e.checkpointLSN() >= end })
 		writeHeapProfile(b, path)
 		ip.stop()
 		return
 	}
 	p := e.startPgpilot()
-	end := e.outageWrites()
+	end := e.outageWrites(n)
 	e.waitFor("every change owed durably (checkpoint past the end)", 30*time.Minute, func() bool { return e.checkpointLSN() >= end })
 	outagePeak := p.peakAnon.Load()
 	outageHWM := p.peakRSS()
@@ -81,7 +81,6 @@ func outageOnce(b *testing.B, n int) {
 	u := p.stop()
 
 	report(b, float64(outagePeak)/(1<<20), "outage_peak_anon_MB")
-	_ = n
 	report(b, float64(outageHWM)/(1<<20), "outage_peak_rss_MB")
 	report(b, float64(max(restartPeak, u.peakAnon))/(1<<20), "restart_peak_anon_MB")
 	report(b, float64(u.peakRSS)/(1<<20), "restart_peak_rss_MB")
@@ -97,9 +96,9 @@ func outageOnce(b *testing.B, n int) {
 
 // outageWrites inserts N companies and updates each once more, in
 // transactions of 100, and returns the end of that WAL.
-func (e *env) outageWrites() pglogrepl.LSN {
+func (e *env) outageWrites(n int) pglogrepl.LSN {
 	e.b.Helper()
-	e.writeRows(benchRows(), 100)
+	e.writeRows(n, 100)
 	if _, err := e.conn.Exec(context.Background(), `DO $$
 		BEGIN
 			FOR b IN 0..(SELECT max(id) FROM companies) / 100 LOOP
