@@ -43,7 +43,11 @@ const recordVersion = 1
 // redundant send later. A fingerprint is 64 bits of SHA-256 of key and
 // value: a false "unchanged" needs a collision on the same company and key.
 type Store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	stop chan struct{} // ends trimResident
+	done chan struct{}
+	once sync.Once
+	res  resident // see resident.go
 }
 
 // OpenStore opens (creating) the store in the state directory.
@@ -68,11 +72,24 @@ func (d *Dir) OpenStore() (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	x := &Store{db: db, stop: make(chan struct{}), done: make(chan struct{})}
+	if base, ok := residentFileBytes(); ok {
+		x.res.ok = true
+		x.res.base.Store(base)
+	}
+	go func() {
+		defer close(x.done)
+		x.trimResident(x.stop)
+	}()
+	return x, nil
 }
 
 // Close closes the store.
-func (x *Store) Close() error { return x.db.Close() }
+func (x *Store) Close() error {
+	x.once.Do(func() { close(x.stop) })
+	<-x.done
+	return x.db.Close()
+}
 
 // fingerprints is a company's record: key fingerprint → value fingerprint.
 type fingerprints map[uint32]uint64
@@ -148,6 +165,22 @@ func (x *Store) Unchanged(companyID string, metadata userpilot.Metadata) (bool, 
 // that is durable. Concurrent calls share one write (bbolt's Batch), so
 // many real-time workers recording at once cost one fsync.
 func (x *Store) Record(profiles []userpilot.Company) error {
+	// In writes of recordBatch companies: a write transaction holds on the
+	// heap every node it touches until it commits, and a bulk job's 10,000
+	// companies are spread over most of the index's pages (20 MB of nodes).
+	for len(profiles) > recordBatch {
+		if err := x.record(profiles[:recordBatch]); err != nil {
+			return err
+		}
+		profiles = profiles[recordBatch:]
+	}
+	return x.record(profiles)
+}
+
+// recordBatch is how many companies one write of the index records.
+const recordBatch = 1000
+
+func (x *Store) record(profiles []userpilot.Company) error {
 	if len(profiles) == 0 {
 		return nil
 	}
@@ -172,6 +205,7 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 		}
 		return nil
 	})
+	x.trim() // its pages were read through the map
 	if err != nil {
 		return fmt.Errorf("write no-op index: %w", err)
 	}
