@@ -36,8 +36,11 @@ type engine struct {
 // session found and starts its pipeline. After ctx is done, delivery goes
 // on for ShutdownGrace, so what was read is delivered and checkpointed
 // before exit.
+// inputDepth is how many transactions each stage's input holds.
+const inputDepth = 8
+
 func (s *session) startEngine(ctx context.Context, checkpointed pglogrepl.LSN) (*engine, error) {
-	e := &engine{in: make(chan row.Transaction, 16), done: make(chan struct{})}
+	e := &engine{in: make(chan row.Transaction, inputDepth), done: make(chan struct{})}
 	do, err := s.deliveryOptions(checkpointed, e.retained.Load)
 	if err != nil {
 		return nil, err

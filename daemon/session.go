@@ -224,7 +224,9 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 		s.watchSnapshots(resyncCtx, stage, src.table)
 		return nil
 	})
-	in := make(chan row.Transaction, 16)
+	// Transactions (and pieces of large ones, 250 changes each) wait here
+	// and in the engine's input: a few, so that memory is not a queue.
+	in := make(chan row.Transaction, inputDepth)
 	// The snapshot's stage puts its chunks between the stream's
 	// transactions (see package snapshot), into the engine.
 	var stageErr error

@@ -157,6 +157,13 @@ func tupleValues(t *pglogrepl.TupleData) []row.Value {
 	if t == nil {
 		return nil
 	}
+	// The values' bytes are copied into one buffer: one allocation per
+	// tuple rather than per value.
+	size := 0
+	for _, c := range t.Columns {
+		size += len(c.Data)
+	}
+	buf := make([]byte, 0, size)
 	vals := make([]row.Value, len(t.Columns))
 	for i, c := range t.Columns {
 		switch c.DataType {
@@ -165,7 +172,12 @@ func tupleValues(t *pglogrepl.TupleData) []row.Value {
 		case pglogrepl.TupleDataTypeToast:
 			vals[i].Unchanged = true
 		default:
-			vals[i].Text = append([]byte(nil), c.Data...)
+			if len(c.Data) == 0 {
+				continue // an empty value's Text stays nil, as before
+			}
+			start := len(buf)
+			buf = append(buf, c.Data...)
+			vals[i].Text = buf[start:len(buf):len(buf)]
 		}
 	}
 	return vals

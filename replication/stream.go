@@ -32,8 +32,10 @@ type StreamOptions struct {
 	Types *TypeResolver
 	// ChunkChanges bounds memory for large transactions: after this many
 	// changes the open transaction's changes are sent on as a piece with
-	// EndLSN 0 (which moves no position); 0 → 1000. pgoutput v1 sends only
-	// committed transactions, so a piece is never rolled back.
+	// EndLSN 0 (which moves no position); 0 → 250: the stages between the
+	// stream and delivery buffer a few dozen pieces, and pieces of 1,000
+	// were most of the heap draining one large transaction. pgoutput v1
+	// sends only committed transactions, so a piece is never rolled back.
 	ChunkChanges int
 	// StatusInterval is the longest time between two status updates; 0 →
 	// 10s. Use Server.StatusInterval: it stays inside wal_sender_timeout.
@@ -80,7 +82,7 @@ func Stream(ctx context.Context, conn *pgconn.PgConn, opts StreamOptions, out ch
 		opts.Logger = slog.Default()
 	}
 	if opts.ChunkChanges <= 0 {
-		opts.ChunkChanges = 1000
+		opts.ChunkChanges = 250
 	}
 	s := &streamer{conn: conn, opts: opts, out: out, relations: map[uint32]*row.Relation{}, lastEmitted: opts.Start}
 	pubNames := quoteLiteral(pgx.Identifier{opts.Publication}.Sanitize())
