@@ -140,8 +140,8 @@ func (s *streak) add(status int, companyID string) int {
 func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason string) error {
 	if rej.Status == 0 {
 		// Never sent (it cannot be encoded): the record's fault alone.
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID,
-			Reason: reason, Body: rej.Body, Payload: e.co}); err != nil {
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id,
+			Reason: reason, Body: rej.Body, Payload: p.company(e)}); err != nil {
 			return err
 		}
 		p.finish(e)
@@ -150,8 +150,8 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 	if !p.stopped() && !e.sentAt.After(p.vouched) {
 		// A call sent after this one was accepted: Userpilot was working
 		// after this one left, so this is a bad record.
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID,
-			Status: rej.Status, Reason: reason, Body: rej.Body, Payload: payloadOf(e)}); err != nil {
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id,
+			Status: rej.Status, Reason: reason, Body: rej.Body, Payload: p.payloadOf(e)}); err != nil {
 			return err
 		}
 		p.finish(e)
@@ -161,7 +161,7 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 	if p.stopped() {
 		return nil
 	}
-	n := p.streak.add(rej.Status, e.co.CompanyID)
+	n := p.streak.add(rej.Status, e.id)
 	b := p.opts.Breaker
 	switch {
 	case rej.Status == http.StatusNotFound:
@@ -195,7 +195,7 @@ func (p *Pipeline) accepted(sent time.Time) error {
 	// The streak is the refusals since, in the order they came.
 	p.streak = streak{}
 	for _, h := range p.refusals {
-		p.streak.add(h.rej.Status, h.e.co.CompanyID)
+		p.streak.add(h.rej.Status, h.e.id)
 	}
 	return nil
 }
@@ -208,8 +208,8 @@ func (p *Pipeline) setAsideHeld(match func(refusal) bool) error {
 			kept = append(kept, h)
 			continue
 		}
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.co.CompanyID,
-			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: payloadOf(h.e)}); err != nil {
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.id,
+			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: p.payloadOf(h.e)}); err != nil {
 			p.refusals = append(kept, p.refusals[i:]...)
 			return err
 		}
@@ -255,11 +255,11 @@ func (p *Pipeline) parked() int {
 
 // payloadOf is what a dead letter keeps of an entry: the payload, or
 // nothing for a deletion.
-func payloadOf(e *entry) any {
+func (p *Pipeline) payloadOf(e *entry) any {
 	if e.delete {
 		return nil
 	}
-	return e.co
+	return p.company(e)
 }
 
 func truncate(s string, n int) string {

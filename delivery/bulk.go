@@ -23,7 +23,7 @@ const failedJobRetries = 2
 func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
 		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
-	if p.order.len() >= p.opts.MaxPending {
+	if p.full() {
 		// Reading is held back at the memory bound: the backlog goes on in
 		// the slot past what is in memory, and the real-time path will
 		// not clear what it cannot see before more arrives. Sized for a
@@ -49,7 +49,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 			p.skip(e, r)
 			continue
 		}
-		n := e.co.JSONSize() + len(",")
+		n := p.company(e).JSONSize() + len(",")
 		if size+n > maxBulkBytes {
 			keep = append(keep, e)
 			break
@@ -71,19 +71,17 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 // on the real-time path instead, or when ctx is done.
 func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 	start := time.Now()
-	cos := make([]userpilot.Company, len(batch))
-	for i, e := range batch {
-		cos[i] = e.co
-	}
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
 	// companies until the job ends.
-	key, err := p.beginJob(cos)
+	key, err := p.beginJob(p.companiesOf(batch))
 	if err != nil {
 		return bulkResult{entries: batch, err: err}
 	}
 	for failures := 0; ; {
-		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, cos)
+		// Made for each submission, not kept while the job runs: the
+		// entries hold the same states, packed in a third of the memory.
+		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, p.companiesOf(batch))
 		var rej *userpilot.RejectedError
 		switch {
 		case errors.Is(err, userpilot.ErrJobRunning):
@@ -107,7 +105,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			return bulkResult{entries: batch, err: err}
 		}
 		p.jobAnswered.Store(time.Now().UnixNano())
-		status, err := p.waitJob(ctx, job, firstPoll(len(cos), p.opts.BulkRate, p.opts.PollInterval))
+		status, err := p.waitJob(ctx, job, firstPoll(len(batch), p.opts.BulkRate, p.opts.PollInterval))
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
@@ -115,7 +113,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			// Recorded here rather than by the dispatcher, as the real-time
 			// workers do: writing 10,000 profiles to the index would stall
 			// reading and the real-time path meanwhile.
-			if err := p.record(batch); err != nil {
+			if err := p.recordEntries(batch); err != nil {
 				return bulkResult{entries: batch, err: err}
 			}
 			if err := p.endJob(key); err != nil {
@@ -124,7 +122,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			return bulkResult{entries: batch, took: time.Since(start)}
 		}
 		failures++
-		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(cos), "failures", failures)
+		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(batch), "failures", failures)
 		if failures > failedJobRetries {
 			if err := p.endJob(key); err != nil {
 				return bulkResult{entries: batch, err: err}
@@ -136,15 +134,32 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 
 // record notes a completed job's profiles in the no-op index. In-flight
 // entries are not changed by the dispatcher, so this may run beside it.
-func (p *Pipeline) record(batch []*entry) error {
+func (p *Pipeline) record(cos []userpilot.Company) error {
 	if p.opts.Index == nil {
 		return nil
 	}
+	return p.opts.Index.Record(cos)
+}
+
+// recordEntries records a completed job's entries, a part at a time.
+func (p *Pipeline) recordEntries(batch []*entry) error {
+	for len(batch) > 0 {
+		n := min(len(batch), 1000)
+		if err := p.record(p.companiesOf(batch[:n])); err != nil {
+			return err
+		}
+		batch = batch[n:]
+	}
+	return nil
+}
+
+// companiesOf is the entries as Userpilot takes them.
+func (p *Pipeline) companiesOf(batch []*entry) []userpilot.Company {
 	cos := make([]userpilot.Company, len(batch))
 	for i, e := range batch {
-		cos[i] = e.co
+		cos[i] = p.company(e)
 	}
-	return p.opts.Index.Record(cos)
+	return cos
 }
 
 // waitJob polls the job until it completed or failed, first after wait,
@@ -196,7 +211,7 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 		p.log.Warn("bulk job not applied; sending its records on the real-time path", "records", len(r.entries), "error", r.err)
 		for i := len(r.entries) - 1; i >= 0; i-- {
 			e := r.entries[i]
-			c := p.companies[e.co.CompanyID]
+			c := p.companies[e.id]
 			c.inflight = nil
 			p.inflight--
 			e.realtimeOnly = true
@@ -204,13 +219,13 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 				// A newer state arrived meanwhile: fold it into this older
 				// entry (newer wins), which keeps its place in the order. A
 				// deletion supersedes the older state whole.
-				if w.delete {
-					e.delete, e.co.Metadata = true, userpilot.Metadata{}
-				} else {
-					for k, v := range w.co.Metadata {
-						e.co.Metadata[k] = v
+				p.resized(e, func() {
+					if w.delete {
+						e.delete, e.md = true, nil
+					} else {
+						e.md = mergeFields(e.md, w.md)
 					}
-				}
+				})
 				e.lsn, e.resend = w.lsn, e.resend || w.resend
 				p.setDone(w)
 			}

@@ -54,7 +54,7 @@ func (p *Pipeline) nextDeletes() []*entry {
 func (p *Pipeline) runDelete(ctx context.Context, batch []*entry) deleteResult {
 	ids := make([]string, len(batch))
 	for i, e := range batch {
-		ids[i] = e.co.CompanyID
+		ids[i] = e.id
 	}
 	err := p.markSending(ids...) // unmarked by the index's Forget
 	if err == nil {
@@ -78,19 +78,19 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 		// merged with them again.
 		half := len(r.entries) / 2
 		for _, e := range r.entries {
-			if e.splitAt.IsZero() {
-				e.splitAt = time.Now()
+			if _, ok := p.splitAt[e]; !ok {
+				p.splitAt[e] = time.Now()
 			}
 		}
 		p.deleteSplits = append([][]*entry{r.entries[:half], r.entries[half:]}, p.deleteSplits...)
 		p.log.Info("deletion batch refused by Userpilot; sending it again in halves to find the refused id",
 			"companies", len(r.entries), "status", rej.Status)
 		return nil
-	case errors.As(r.err, &rej) && len(r.entries) == 1 && !r.entries[0].splitAt.IsZero() && p.deleteAccepted.After(r.entries[0].splitAt):
+	case errors.As(r.err, &rej) && len(r.entries) == 1 && p.split(r.entries[0]) && p.deleteAccepted.After(p.splitAt[r.entries[0]]):
 		// Isolated from a batch of which Userpilot has accepted a part
 		// since: Userpilot works, and this is the id it refuses.
 		e := r.entries[0]
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.co.CompanyID, Status: rej.Status,
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id, Status: rej.Status,
 			Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
 			return err
 		}
@@ -113,6 +113,12 @@ func (p *Pipeline) deleteFinished(r deleteResult) error {
 		p.finish(e)
 	}
 	return p.accepted(r.entries[0].sentAt)
+}
+
+// split reports whether e was in a refused delete batch that was split.
+func (p *Pipeline) split(e *entry) bool {
+	_, ok := p.splitAt[e]
+	return ok
 }
 
 // addKeyChange applies the on_delete policy to the company an UPDATE took

@@ -72,7 +72,7 @@ func (p *Pipeline) loadInFlight() error {
 			// Done for the checkpoint and the pending count from the start:
 			// what it carries is before the checkpoint, or owed again in the
 			// outbox or the stream.
-			e := &entry{co: co, done: true, held: true}
+			e := &entry{id: co.CompanyID, md: p.keys.pack(co.Metadata), done: true, held: true}
 			c := p.companies[co.CompanyID]
 			if c == nil {
 				c = &company{}
@@ -130,7 +130,7 @@ func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob) bulkResult {
 		}
 		res.heldOutcome = status
 		if status == userpilot.JobCompleted {
-			if err := p.record(hj.entries); err != nil {
+			if err := p.record(hj.job.Companies); err != nil {
 				return bulkResult{entries: hj.entries, held: hj, err: err}
 			}
 		}
@@ -159,7 +159,7 @@ func (p *Pipeline) heldFinished(r bulkResult, _ *report) error {
 	p.log.Info("the bulk job from before the restart ended; its companies' newer states go next",
 		"job", r.held.job.ID, "status", r.heldOutcome, "companies", len(r.entries))
 	for _, e := range r.entries {
-		if c := p.companies[e.co.CompanyID]; c != nil && c.waiting != nil && r.heldOutcome != userpilot.JobCompleted {
+		if c := p.companies[e.id]; c != nil && c.waiting != nil && r.heldOutcome != userpilot.JobCompleted {
 			c.waiting.resend, c.waiting.checked = true, false
 		}
 		p.finish(e)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -98,4 +99,37 @@ func TestABulkJobIsRecordedUntilItsEndIsSeen(t *testing.T) {
 	jobs, err := h.store.Jobs()
 	require.NoError(t, err)
 	assert.Empty(t, jobs)
+}
+
+// The earlier run was in outbox mode: company 1's job was running at
+// Userpilot and its newer state was owed in the outbox when it died. After
+// the restart the job holds company 1 in memory; the outbox record must
+// wait behind it and go once it ends, not be forgotten with the job.
+func TestWhatTheOutboxOwesBehindAJobFromBeforeTheRestartIsSentAfterIt(t *testing.T) {
+	h := newHarness(t, setup{standin: userpilottest.Options{BulkRecordsPerSecond: 2},
+		delivery: delivery.Options{PollInterval: 20 * time.Millisecond}})
+	ctx := context.Background()
+	old := []userpilot.Company{
+		{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "old"})},
+		{CompanyID: "2", Metadata: userpilottest.Metadata(map[string]any{"plan": "old"})},
+	}
+	c := h.client(t)
+	key, err := h.store.BeginJob(old)
+	require.NoError(t, err)
+	job, err := c.BulkIdentifyCompanies(ctx, old) // about a second at Userpilot
+	require.NoError(t, err)
+	require.NoError(t, h.store.JobSubmitted(key, job.ID))
+	require.NoError(t, h.store.WriteOutbox([]state.OutboxRecord{
+		{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "newest"}), LSN: 50},
+	}, nil))
+
+	h.restart()
+	runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	require.NoError(t, h.run(runCtx), "everything owed is delivered, and the run ends")
+	got, _ := h.up.Company("1")
+	assert.Equal(t, "newest", got["plan"], "the owed state went after the old job")
+	recs, err := h.store.Outbox()
+	require.NoError(t, err)
+	assert.Empty(t, recs)
 }

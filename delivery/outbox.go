@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -23,7 +24,7 @@ type Outbox interface {
 	// newer states into records on disk (companies not in memory).
 	ScanOutbox(fn func(state.OutboxEntry) error) error
 	ReadOutbox(ids []string) ([]state.OutboxRecord, error)
-	MergeOutbox([]state.OutboxMerge) ([]int, error)
+	MergeOutbox([]state.OutboxMerge) ([]state.Merged, error)
 }
 
 // In hold mode (the default) the slot is confirmed only once changes are
@@ -54,7 +55,7 @@ type spilled struct {
 
 // spilling reports whether a change to a company not in memory goes to disk.
 func (p *Pipeline) spilling() bool {
-	return p.opts.Outbox != nil && p.mode == state.ModeOutbox && p.order.len() >= p.opts.MaxPending
+	return p.opts.Outbox != nil && p.mode == state.ModeOutbox && p.full()
 }
 
 // spill merges a change of a company not in memory into the overflow.
@@ -63,9 +64,6 @@ func (p *Pipeline) spill(id string, md userpilot.Metadata, del bool, txn row.Tra
 	if s == nil {
 		s = &spilled{rec: state.OutboxRecord{CompanyID: id, Metadata: userpilot.Metadata{}, Since: time.Now()}}
 		p.overflow[id] = s
-		if _, ok := p.inOutbox[id]; !ok {
-			p.overflowNew++
-		}
 	} else {
 		p.stats.Coalesced.Add(1)
 	}
@@ -97,20 +95,19 @@ func (p *Pipeline) flushOverflow() error {
 	for _, s := range p.overflow {
 		merges = append(merges, state.OutboxMerge{Record: s.rec, Replace: s.replace})
 	}
-	sizes, err := p.opts.Outbox.MergeOutbox(merges)
+	merged, err := p.opts.Outbox.MergeOutbox(merges)
 	if err != nil {
 		return err
 	}
-	for i, m := range merges {
-		id := m.Record.CompanyID
-		if _, ok := p.inOutbox[id]; !ok {
-			p.diskOnly++ // not in memory, now on disk
+	for _, m := range merged {
+		if m.Was == 0 {
+			// Not in memory, and now on disk.
+			p.diskOnly++
+			p.outboxCompanies++
 		}
-		p.outboxBytes += int64(sizes[i] - p.inOutbox[id])
-		p.inOutbox[id] = sizes[i]
+		p.outboxBytes += int64(m.Size - m.Was)
 	}
 	clear(p.overflow)
-	p.overflowNew = 0
 	return nil
 }
 
@@ -122,11 +119,16 @@ func (p *Pipeline) loadOutbox() error {
 		return nil
 	}
 	n := 0
+	// A company in memory now is held by a bulk job from before the
+	// restart: its record (what it owes beyond the job) waits behind the
+	// job, in memory, so that the job's end lets it go rather than
+	// forgetting it.
+	held := map[string]int{}
 	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
-		if _, ok := p.inOutbox[s.CompanyID]; !ok {
-			n++
-			p.inOutbox[s.CompanyID] = s.Size
-			p.outboxBytes += int64(s.Size)
+		n++
+		p.outboxBytes += int64(s.Size)
+		if _, ok := p.companies[s.CompanyID]; ok {
+			held[s.CompanyID] = s.Size
 		}
 		return nil
 	}); err != nil {
@@ -135,8 +137,50 @@ func (p *Pipeline) loadOutbox() error {
 	if n > 0 {
 		p.setMode(state.ModeOutbox, fmt.Sprintf("the outbox holds %d companies from before the restart", n))
 	}
+	p.outboxCompanies += n
 	p.diskOnly += n
+	if err := p.loadRecords(slices.Collect(maps.Keys(held)), held); err != nil {
+		return err
+	}
 	return p.refill()
+}
+
+// loadRecords puts the outbox records of these companies in memory, in
+// this order, as what each owes next; sizes are their stored sizes.
+func (p *Pipeline) loadRecords(ids []string, sizes map[string]int) error {
+	for len(ids) > 0 {
+		// A part at a time: decoded, the records are twice what they are
+		// once packed.
+		n := min(len(ids), persistBatch)
+		if err := p.loadSome(ids[:n], sizes); err != nil {
+			return err
+		}
+		ids = ids[n:]
+	}
+	return nil
+}
+
+func (p *Pipeline) loadSome(ids []string, sizes map[string]int) error {
+	recs, err := p.opts.Outbox.ReadOutbox(ids)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		e := &entry{id: r.CompanyID, md: p.keys.pack(r.Metadata), safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since,
+			delete: r.Delete, resend: r.Resend || p.inDoubt(r.CompanyID)}
+		c := p.companies[r.CompanyID]
+		if c == nil {
+			c = p.newCompany(r.CompanyID)
+		}
+		c.disk = sizes[r.CompanyID]
+		c.waiting = e
+		p.enqueue(e)
+		p.diskOnly--
+		if c.inflight == nil {
+			p.ready.push(e) // not when a job from before the restart holds it
+		}
+	}
+	return nil
 }
 
 // refill loads, while the window has room, the companies owed only on
@@ -167,34 +211,11 @@ func (p *Pipeline) refill() error {
 	}
 	sort.Sort(sort.Reverse(oldest)) // oldest first
 	ids := make([]string, oldest.Len())
+	sizes := make(map[string]int, oldest.Len())
 	for i, s := range *oldest {
-		ids[i] = s.CompanyID
+		ids[i], sizes[s.CompanyID] = s.CompanyID, s.Size
 	}
-	recs, err := p.opts.Outbox.ReadOutbox(ids)
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		md := r.Metadata
-		if md == nil {
-			md = userpilot.Metadata{}
-		}
-		e := &entry{co: userpilot.Company{CompanyID: r.CompanyID, Metadata: md}, safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since,
-			delete: r.Delete, resend: r.Resend || p.inDoubt(r.CompanyID)}
-		c := p.companies[r.CompanyID]
-		if c == nil {
-			c = &company{}
-			p.companies[r.CompanyID] = c
-		}
-		c.waiting = e
-		p.order.push(e)
-		p.undelivered++
-		p.diskOnly--
-		if c.inflight == nil {
-			p.ready.push(e) // not when a job from before the restart holds it
-		}
-	}
-	return nil
+	return p.loadRecords(ids, sizes)
 }
 
 // byAge is a max-heap of outbox records by age: the youngest on top, so
@@ -242,7 +263,7 @@ func (p *Pipeline) updateMode() {
 		}
 		p.setMode(state.ModeOutbox, reason)
 	case state.ModeOutbox:
-		if p.order.len() == 0 && len(p.inOutbox) == 0 && len(p.dirty) == 0 && len(p.overflow) == 0 {
+		if p.order.len() == 0 && p.outboxCompanies == 0 && len(p.dirty) == 0 && len(p.overflow) == 0 {
 			p.setMode(state.ModeHold, "the outbox is empty")
 		}
 	}
@@ -270,12 +291,15 @@ func (p *Pipeline) persist() error {
 	if len(p.dirty) == 0 {
 		return nil
 	}
-	var put []state.OutboxRecord
+	// In writes of persistBatch records: the records of every company in
+	// memory, made all at once when outbox mode starts, were a third of
+	// that moment's heap.
+	put := make([]state.OutboxRecord, 0, min(len(p.dirty), persistBatch))
 	var remove []string
 	for id := range p.dirty {
 		c := p.companies[id]
 		if c == nil || (c.inflight == nil && c.waiting == nil) {
-			if _, ok := p.inOutbox[id]; ok {
+			if _, ok := p.gone[id]; ok {
 				remove = append(remove, id)
 			}
 			continue
@@ -294,28 +318,50 @@ func (p *Pipeline) persist() error {
 			} else {
 				r.Delete = false
 			}
-			maps.Copy(r.Metadata, e.co.Metadata)
+			maps.Copy(r.Metadata, p.keys.unpack(e.md))
 			r.Resend = r.Resend || e.resend
 			r.LSN = max(r.LSN, state.LSN(e.lsn))
 			if r.Since.IsZero() || e.since.Before(r.Since) {
 				r.Since = e.since
 			}
 		}
-		put = append(put, r)
+		if put = append(put, r); len(put) == persistBatch {
+			if err := p.writeOutbox(put, nil); err != nil {
+				return err
+			}
+			put = put[:0]
+		}
 	}
+	if err := p.writeOutbox(put, remove); err != nil {
+		return err
+	}
+	clear(p.dirty)
+	return nil
+}
+
+// persistBatch is how many records persist makes before it writes them.
+const persistBatch = 1000
+
+// writeOutbox writes records of companies in memory and removes those of
+// companies gone, keeping the counts.
+func (p *Pipeline) writeOutbox(put []state.OutboxRecord, remove []string) error {
 	if err := p.opts.Outbox.WriteOutbox(put, remove); err != nil {
 		return err
 	}
 	for _, id := range remove {
-		p.outboxBytes -= int64(p.inOutbox[id])
-		delete(p.inOutbox, id)
+		p.outboxBytes -= int64(p.gone[id])
+		p.outboxCompanies--
+		delete(p.gone, id)
 	}
 	for _, r := range put {
+		c := p.companies[r.CompanyID]
 		size := recordSize(r)
-		p.outboxBytes += int64(size - p.inOutbox[r.CompanyID])
-		p.inOutbox[r.CompanyID] = size
+		if c.disk == 0 {
+			p.outboxCompanies++
+		}
+		p.outboxBytes += int64(size - c.disk)
+		c.disk = size
 	}
-	clear(p.dirty)
 	return nil
 }
 
@@ -324,7 +370,7 @@ func (p *Pipeline) touch(id string) {
 	if p.opts.Outbox == nil {
 		return
 	}
-	if _, ok := p.inOutbox[id]; ok || p.mode == state.ModeOutbox {
+	if c := p.companies[id]; (c != nil && c.disk > 0) || p.mode == state.ModeOutbox {
 		p.dirty[id] = struct{}{}
 	}
 }
@@ -336,7 +382,7 @@ func (p *Pipeline) reportStatus(force bool) {
 		return
 	}
 	p.statusAt = time.Now()
-	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: len(p.inOutbox),
+	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: p.outboxCompanies,
 		OutboxBytes: p.outboxBytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
 	if p.order.len() > 0 {
 		st.OldestPending = p.order.front().since

@@ -214,3 +214,28 @@ func TestMemoryIsAWindowOverWhatIsOwed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, recs)
 }
+
+// What the outbox owes is refilled oldest first (by when it was first
+// owed, not by company id), a window at a time.
+func TestTheOutboxIsRefilledOldestFirst(t *testing.T) {
+	const window, companies = 5, 40
+	h := newHarness(t, setup{delivery: delivery.Options{MaxPending: window, Workers: 1, NoBulk: true}})
+	var recs []state.OutboxRecord
+	began := time.Now().Add(-time.Hour)
+	for i := range companies {
+		// Company ids sort the other way from their age.
+		recs = append(recs, state.OutboxRecord{CompanyID: fmt.Sprintf("c%03d", companies-i),
+			Metadata: userpilottest.Metadata(map[string]any{"plan": "owed"}), LSN: 50, Since: began.Add(time.Duration(i) * time.Second)})
+	}
+	require.NoError(t, h.store.WriteOutbox(recs, nil))
+	require.NoError(t, h.run(context.Background()))
+	var order []string
+	for _, a := range h.up.Applied() {
+		order = append(order, a.CompanyID)
+	}
+	want := make([]string, companies)
+	for i := range companies {
+		want[i] = fmt.Sprintf("c%03d", companies-i)
+	}
+	assert.Equal(t, want, order, "delivered in the order they were owed")
+}

@@ -11,7 +11,8 @@ import (
 // entry is the merged pending state of one company: every change merged in
 // since the entry was made, newest values winning key by key.
 type entry struct {
-	co userpilot.Company
+	id string
+	md fields // the metadata owed (see fields.go)
 	// safe is the position that may be checkpointed while this entry is
 	// undelivered: the end of the last transaction received before the
 	// entry's first change.
@@ -28,22 +29,41 @@ type entry struct {
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
 	held         bool // in a bulk job from before a restart, which may still be running
+	counted      bool // in order, and so in the window's byte count
 	// sentAt is when it was last handed to a call, for the breaker: an
 	// acceptance vouches for refusals sent before it.
 	sentAt time.Time
-	// splitAt is when the delete batch it was in was first refused and
-	// split (zero: never); see delete.go.
-	splitAt time.Time
 }
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST
 // value) keep the pending value.
-func (e *entry) merge(md userpilot.Metadata) {
-	for k, v := range md {
-		e.co.Metadata[k] = v
-	}
+func (p *Pipeline) merge(e *entry, md userpilot.Metadata) {
+	p.resized(e, func() { e.md = p.keys.over(e.md, md) })
 	e.changes++
 	e.checked = false
+}
+
+// entryOverhead is what an entry costs beside its id and metadata bytes:
+// the entry, its company, their places in the maps and queues
+// (BenchmarkPendingCompanyBytes measures the whole).
+const entryOverhead = 280
+
+// size is what e holds in memory, for the window's byte bound.
+func (e *entry) size() int { return entryOverhead + len(e.id) + cap(e.md) }
+
+// resized applies change to e, keeping the window's byte count true.
+func (p *Pipeline) resized(e *entry, change func()) {
+	before := e.size()
+	change()
+	if e.counted {
+		p.windowBytes += int64(e.size() - before)
+	}
+}
+
+// company is e as Userpilot takes it. Safe to call from a worker while the
+// dispatcher goes on (e is not changed while it is in flight).
+func (p *Pipeline) company(e *entry) userpilot.Company {
+	return userpilot.Company{CompanyID: e.id, Metadata: p.keys.unpack(e.md)}
 }
 
 // company is what is undelivered for one company_id: at most one entry on
@@ -52,6 +72,10 @@ func (e *entry) merge(md userpilot.Metadata) {
 // after a newer one.
 type company struct {
 	inflight, waiting *entry
+	// disk is the size of its outbox record (0: it has none). Only
+	// companies in memory carry it: pgpilot keeps nothing in memory per
+	// company owed only on disk.
+	disk int
 }
 
 // queue is a FIFO of entries with O(1) push, pop at both ends.

@@ -113,6 +113,11 @@ type Options struct {
 	// under 1 kB a company. In outbox mode reading goes on: holding WAL
 	// back is what outbox mode exists to avoid.
 	MaxPending int
+	// MaxPendingBytes bounds it by bytes too (what the entries hold,
+	// estimated; see entry.size): metadata of a few kB a company would
+	// otherwise make 25,000 of them hundreds of MB. 0 →
+	// DefaultMaxPendingBytes.
+	MaxPendingBytes int64
 
 	// Outbox, when set, lets the pipeline switch to outbox mode (see
 	// outbox.go).
@@ -156,6 +161,10 @@ const (
 	// DefaultOutboxAfter is how long Userpilot may accept nothing while
 	// changes wait before outbox mode starts.
 	DefaultOutboxAfter = 5 * time.Minute
+	// DefaultMaxPendingBytes is the memory window's byte bound: 6 MB is
+	// about 16,000 companies of seven keys (BenchmarkPendingCompanyBytes),
+	// a full bulk job in flight and most of the next one.
+	DefaultMaxPendingBytes = 6 << 20
 )
 
 // ErrSchema is wrapped when the table's columns no longer fit the mapping.
@@ -206,6 +215,10 @@ type Pipeline struct {
 	// deleteSplits are the halves of refused delete batches, sent (one
 	// request at a time too) before any other deletion; see delete.go.
 	deleteSplits [][]*entry
+	// splitAt is when the delete batch an entry was in was first refused
+	// and split (see delete.go); kept beside the entries, which are many,
+	// while split ones are few.
+	splitAt map[*entry]time.Time
 	// deleteAccepted is when Userpilot last accepted a delete request.
 	deleteAccepted time.Time
 	// progress is when Userpilot last accepted something, or when changes
@@ -232,14 +245,22 @@ type Pipeline struct {
 	// then, so a refusal of a call sent before it is a bad record.
 	vouched time.Time
 
+	// keys numbers the metadata keys of the entries' packed fields.
+	keys keyTable
+	// windowBytes is what the entries in order hold (entry.size), bounded
+	// by MaxPendingBytes.
+	windowBytes int64
+
 	mode, modeReason string
 	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
-	inOutbox         map[string]int      // companies with an outbox record → its size
 	overflow         map[string]*spilled // newer states of companies only on disk, until the next write
-	overflowNew      int                 // companies in overflow with no outbox record yet
-	diskOnly         int                 // companies owed in the outbox and not in memory
-	outboxBytes      int64
-	statusAt         time.Time
+	// gone are companies delivered and so no longer in memory whose outbox
+	// record (its size) the next write removes.
+	gone            map[string]int
+	diskOnly        int // companies owed in the outbox and not in memory
+	outboxCompanies int // companies with an outbox record
+	outboxBytes     int64
+	statusAt        time.Time
 }
 
 // New makes a Pipeline.
@@ -265,6 +286,9 @@ func New(opts Options) *Pipeline {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 25_000
 	}
+	if opts.MaxPendingBytes <= 0 {
+		opts.MaxPendingBytes = DefaultMaxPendingBytes
+	}
 	if opts.OutboxAfter <= 0 {
 		opts.OutboxAfter = DefaultOutboxAfter
 	}
@@ -276,7 +300,7 @@ func New(opts Options) *Pipeline {
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
-		dirty: map[string]struct{}{}, inOutbox: map[string]int{}, overflow: map[string]*spilled{}, doubt: map[string]bool{}}
+		dirty: map[string]struct{}{}, overflow: map[string]*spilled{}, gone: map[string]int{}, splitAt: map[*entry]time.Time{}, doubt: map[string]bool{}}
 }
 
 // Stats returns the pipeline's counters.
@@ -325,14 +349,15 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			for e := range work {
 				// Marked before the call, unmarked by the index's write of
 				// its outcome: killed in between, the next run knows.
-				err := p.markSending(e.co.CompanyID)
+				co := p.company(e)
+				err := p.markSending(co.CompanyID)
 				if err == nil {
-					err = p.opts.Sender.IdentifyCompany(ctx, e.co)
+					err = p.opts.Sender.IdentifyCompany(ctx, co)
 				}
 				if err == nil && p.opts.Index != nil {
 					// Recorded before the dispatcher hears of it, so a
 					// later no-op check never reads an older state.
-					err = p.opts.Index.Record([]userpilot.Company{e.co})
+					err = p.opts.Index.Record([]userpilot.Company{co})
 				}
 				select {
 				case results <- realtimeResult{e, err}:
@@ -405,7 +430,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			return fmt.Errorf("%w: %s", ErrRefusing, p.opts.Breaker.Reason())
 		}
 		var inCh <-chan row.Transaction
-		if !closed && (p.order.len() < p.opts.MaxPending || p.mode == state.ModeOutbox) {
+		if !closed && (!p.full() || p.mode == state.ModeOutbox) {
 			inCh = in
 		}
 		// A bulk job just sized may have taken everything around a
@@ -478,7 +503,7 @@ const inputQuiet = 100 * time.Millisecond
 // fills a whole job, or memory is half full and reading has to go on).
 func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
 	return closed || time.Since(lastInput) >= inputQuiet ||
-		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2
+		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2 || p.windowBytes >= p.opts.MaxPendingBytes/2
 }
 
 // add maps a transaction's changes into pending entries.
@@ -599,26 +624,28 @@ func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 // pending for it.
 func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
 	c := p.companies[id]
-	if c == nil && p.spilling() {
-		p.spill(id, md, del, txn) // memory is full: the change waits on disk
+	if _, leaving := p.gone[id]; c == nil && !leaving && p.spilling() {
+		// Memory is full: the change waits on disk. (Not for a company just
+		// delivered whose record the next write removes: that write would
+		// remove this change with it.)
+		p.spill(id, md, del, txn)
 		return
 	}
 	if c == nil {
-		c = &company{}
-		p.companies[id] = c
+		c = p.newCompany(id)
 	}
 	if w := c.waiting; w != nil {
 		switch {
 		case del:
 			// Pending metadata is moot for a company about to be deleted.
-			w.delete, w.co.Metadata = true, userpilot.Metadata{}
+			p.resized(w, func() { w.delete, w.md = true, nil })
 			w.changes++
 		case w.delete:
 			// Created again before the deletion went out: it exists.
-			w.delete, w.co.Metadata = false, md
+			p.resized(w, func() { w.delete, w.md = false, p.keys.pack(md) })
 			w.changes++
 		default:
-			w.merge(md)
+			p.merge(w, md)
 		}
 		w.checked = false
 		w.resend = w.resend || txn.Resend || p.inDoubt(id)
@@ -630,19 +657,29 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 	if p.order.len() == 0 {
 		p.progress = time.Now() // the clock for OutboxAfter starts now
 	}
-	if md == nil {
-		md = userpilot.Metadata{}
-	}
-	e := &entry{co: userpilot.Company{CompanyID: id, Metadata: md}, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del,
+	e := &entry{id: id, md: p.keys.pack(md), safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del,
 		resend: txn.Resend || p.inDoubt(id)}
 	p.seq++
 	c.waiting = e
 	p.touch(id)
-	p.order.push(e)
-	p.undelivered++
+	p.enqueue(e)
 	if c.inflight == nil {
 		p.ready.push(e)
 	}
+}
+
+// enqueue puts a new entry last in the order, and in the window.
+func (p *Pipeline) enqueue(e *entry) {
+	p.order.push(e)
+	p.undelivered++
+	e.counted = true
+	p.windowBytes += int64(e.size())
+}
+
+// full reports whether the window holds all memory may: MaxPending
+// entries, or MaxPendingBytes of them.
+func (p *Pipeline) full() bool {
+	return p.order.len() >= p.opts.MaxPending || p.windowBytes >= p.opts.MaxPendingBytes
 }
 
 // mapperFor compiles the mapping against rel's columns whenever Postgres
@@ -660,7 +697,7 @@ func (p *Pipeline) mapperFor(rel *row.Relation) (Mapper, error) {
 
 // send marks e as on its way: newer changes for its company now wait.
 func (p *Pipeline) send(e *entry) {
-	c := p.companies[e.co.CompanyID]
+	c := p.companies[e.id]
 	c.inflight, c.waiting = e, nil
 	p.inflight++
 	e.sentAt = time.Now()
@@ -688,7 +725,7 @@ func (p *Pipeline) noOp(e *entry) (bool, error) {
 		return false, nil
 	}
 	e.checked = true
-	return p.opts.Index.Unchanged(e.co.CompanyID, e.co.Metadata)
+	return p.opts.Index.Unchanged(e.id, p.keys.unpack(e.md))
 }
 
 func (p *Pipeline) skip(e *entry, r *report) {
@@ -702,8 +739,9 @@ func (p *Pipeline) skip(e *entry, r *report) {
 // entry go.
 func (p *Pipeline) finish(e *entry) {
 	p.setDone(e)
-	p.touch(e.co.CompanyID)
-	c := p.companies[e.co.CompanyID]
+	delete(p.splitAt, e)
+	p.touch(e.id)
+	c := p.companies[e.id]
 	if c.inflight == e {
 		c.inflight = nil
 		p.inflight--
@@ -711,8 +749,23 @@ func (p *Pipeline) finish(e *entry) {
 	if c.waiting != nil {
 		p.ready.push(c.waiting)
 	} else if c.inflight == nil {
-		delete(p.companies, e.co.CompanyID)
+		delete(p.companies, e.id)
+		if c.disk > 0 {
+			p.gone[e.id] = c.disk // removed at the next write
+		}
 	}
+}
+
+// newCompany puts a company in memory, taking over what is known of its
+// outbox record.
+func (p *Pipeline) newCompany(id string) *company {
+	c := &company{}
+	if size, ok := p.gone[id]; ok {
+		c.disk = size
+		delete(p.gone, id)
+	}
+	p.companies[id] = c
+	return c
 }
 
 func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
@@ -730,7 +783,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
 		// Set aside, or kept, once the breaker knows which it is.
 		return p.refused(r.e, rej, "POST /v1/companies/identify", "rejected by Userpilot")
 	default:
-		return fmt.Errorf("deliver company %q: %w", r.e.co.CompanyID, r.err)
+		return fmt.Errorf("deliver company %q: %w", r.e.id, r.err)
 	}
 }
 
@@ -746,8 +799,11 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 
 // pending is how many companies are owed: those in memory with a state
 // undelivered (or held for a job from before a restart), and those only on
-// disk.
-func (p *Pipeline) pending() int { return len(p.companies) + p.diskOnly + p.overflowNew }
+// disk. Until the next outbox write (at most a tick or maxOverflow changes
+// away) a company in the overflow that already had a record is counted
+// twice: knowing would take a read of the store per change, or a map of
+// every company on disk.
+func (p *Pipeline) pending() int { return len(p.companies) + p.diskOnly + len(p.overflow) }
 
 // setDone finishes e for the checkpoint's order and the pending count.
 func (p *Pipeline) setDone(e *entry) {
@@ -760,7 +816,9 @@ func (p *Pipeline) setDone(e *entry) {
 // watermark is the newest position with nothing undelivered before it.
 func (p *Pipeline) watermark() pglogrepl.LSN {
 	for p.order.len() > 0 && p.order.front().done {
-		p.order.popFront()
+		e := p.order.popFront()
+		p.windowBytes -= int64(e.size())
+		e.counted = false
 	}
 	// A merge into an older entry keeps that entry's seq, so a mark never
 	// passes a state it was made after.

@@ -68,6 +68,7 @@ func (x *Store) writeOutbox(put []OutboxRecord, remove []string) error {
 		}
 		return nil
 	})
+	x.trim() // its pages were read through the map
 	if err != nil {
 		return fmt.Errorf("write outbox: %w", err)
 	}
@@ -155,11 +156,15 @@ type OutboxMerge struct {
 	Replace bool
 }
 
+// Merged is what a merge left of one record: its stored size, and the size
+// it had before (0: the company had no record).
+type Merged struct{ Size, Was int }
+
 // MergeOutbox folds newer states into the records, in one durable write,
-// and returns each record's stored size. Only after it returns may the
-// changes they hold be confirmed to Postgres.
-func (x *Store) MergeOutbox(merges []OutboxMerge) ([]int, error) {
-	sizes := make([]int, 0, len(merges))
+// and returns what each merge left. Only after it returns may the changes
+// they hold be confirmed to Postgres.
+func (x *Store) MergeOutbox(merges []OutboxMerge) ([]Merged, error) {
+	sizes := make([]Merged, 0, len(merges))
 	for len(merges) > 0 { // in writes of a bounded size, as WriteOutbox
 		n := min(len(merges), outboxWriteBatch)
 		s, err := x.mergeOutbox(merges[:n])
@@ -171,14 +176,15 @@ func (x *Store) MergeOutbox(merges []OutboxMerge) ([]int, error) {
 	return sizes, nil
 }
 
-func (x *Store) mergeOutbox(merges []OutboxMerge) ([]int, error) {
-	sizes := make([]int, len(merges))
+func (x *Store) mergeOutbox(merges []OutboxMerge) ([]Merged, error) {
+	sizes := make([]Merged, len(merges))
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(outboxBucket)
 		for i, m := range merges {
 			id := []byte(m.Record.CompanyID)
 			r := m.Record
 			if v := b.Get(id); v != nil {
+				sizes[i].Was = len(id) + len(v)
 				var old OutboxRecord
 				if err := json.Unmarshal(v, &old); err != nil {
 					return fmt.Errorf("outbox record of company %q: %w", id, err)
@@ -203,10 +209,11 @@ func (x *Store) mergeOutbox(merges []OutboxMerge) ([]int, error) {
 			if err := b.Put(id, v); err != nil {
 				return err
 			}
-			sizes[i] = len(id) + len(v)
+			sizes[i].Size = len(id) + len(v)
 		}
 		return nil
 	})
+	x.trim()
 	if err != nil {
 		return nil, fmt.Errorf("write outbox: %w", err)
 	}

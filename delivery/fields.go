@@ -1,0 +1,141 @@
+package delivery
+
+import (
+	"encoding/binary"
+	"slices"
+	"sync/atomic"
+
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// A pending company's metadata is kept packed, not as a map: a map of
+// json.RawMessage costs about 450 bytes for seven keys before any value,
+// and memory holds a window of thousands of pending companies (see
+// docs/design.md, "Memory"). The values are the JSON the mapping encoded
+// once; the keys are numbered by the pipeline's keyTable.
+
+// keyTable numbers the metadata keys a pipeline has met: those of the
+// mapping and of on_delete's mark, so a handful.
+type keyTable struct {
+	index map[string]uint32 // the dispatcher's only
+	// names is copied on write, so that workers can read a company's
+	// metadata while the dispatcher meets a new key.
+	names atomic.Pointer[[]string]
+}
+
+func (t *keyTable) number(k string) uint32 {
+	if n, ok := t.index[k]; ok {
+		return n
+	}
+	if t.index == nil {
+		t.index = map[string]uint32{}
+	}
+	var names []string
+	if old := t.names.Load(); old != nil {
+		names = *old
+	}
+	names = append(slices.Clip(names), k)
+	n := uint32(len(names) - 1)
+	t.index[k] = n
+	t.names.Store(&names)
+	return n
+}
+
+// fields is packed metadata: for each key, in the order of its number, the
+// number and the value's length (uvarints) and the value's JSON. It is never
+// changed in place (the metadata unpacked from it shares its bytes): a
+// merge makes a new one.
+type fields []byte
+
+type field struct {
+	key uint32
+	val []byte
+}
+
+// pack packs md.
+func (t *keyTable) pack(md userpilot.Metadata) fields {
+	if len(md) == 0 {
+		return nil
+	}
+	fs := make([]field, 0, len(md))
+	for k, v := range md {
+		fs = append(fs, field{t.number(k), v})
+	}
+	slices.SortFunc(fs, func(a, b field) int { return int(a.key) - int(b.key) })
+	return encodeFields(fs)
+}
+
+// over returns f with md's keys over it, newer winning.
+func (t *keyTable) over(f fields, md userpilot.Metadata) fields {
+	return mergeFields(f, t.pack(md))
+}
+
+// unpack makes the metadata f holds, sharing f's bytes.
+func (t *keyTable) unpack(f fields) userpilot.Metadata {
+	md := userpilot.Metadata{}
+	if len(f) == 0 {
+		return md
+	}
+	names := *t.names.Load()
+	f.each(func(fl field) { md[names[fl.key]] = fl.val })
+	return md
+}
+
+func (f fields) each(fn func(field)) {
+	for len(f) > 0 {
+		key, n := binary.Uvarint(f)
+		f = f[n:]
+		size, n := binary.Uvarint(f)
+		f = f[n:]
+		fn(field{uint32(key), f[:size:size]})
+		f = f[size:]
+	}
+}
+
+func encodeFields(fs []field) fields {
+	size := 0
+	for _, fl := range fs {
+		size += uvarintLen(uint64(fl.key)) + uvarintLen(uint64(len(fl.val))) + len(fl.val)
+	}
+	b := make(fields, 0, size)
+	for _, fl := range fs {
+		b = binary.AppendUvarint(b, uint64(fl.key))
+		b = binary.AppendUvarint(b, uint64(len(fl.val)))
+		b = append(b, fl.val...)
+	}
+	return b
+}
+
+// mergeFields returns older with newer's keys over it.
+func mergeFields(older, newer fields) fields {
+	switch {
+	case len(newer) == 0:
+		return older
+	case len(older) == 0:
+		return newer
+	}
+	var a, b []field
+	older.each(func(fl field) { a = append(a, fl) })
+	newer.each(func(fl field) { b = append(b, fl) })
+	out := make([]field, 0, len(a)+len(b))
+	for len(a) > 0 || len(b) > 0 {
+		switch {
+		case len(b) == 0 || (len(a) > 0 && a[0].key < b[0].key):
+			out, a = append(out, a[0]), a[1:]
+		case len(a) == 0 || b[0].key < a[0].key:
+			out, b = append(out, b[0]), b[1:]
+		default: // the same key: the newer value
+			out, a, b = append(out, b[0]), a[1:], b[1:]
+		}
+	}
+	return encodeFields(out)
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}

@@ -1,0 +1,49 @@
+package delivery
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+func md(kv ...string) userpilot.Metadata {
+	m := userpilot.Metadata{}
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = json.RawMessage(kv[i+1])
+	}
+	return m
+}
+
+func TestPackedFieldsMergeKeyByKeyNewerWinning(t *testing.T) {
+	tests := []struct {
+		name          string
+		older, newer  userpilot.Metadata
+		want          userpilot.Metadata
+		newKeysBefore []string // numbered before the merge, to vary the order
+	}{
+		{"empty", md(), md(), md(), nil},
+		{"into nothing", md(), md("plan", `"pro"`), md("plan", `"pro"`), nil},
+		{"nothing new", md("plan", `"pro"`), md(), md("plan", `"pro"`), nil},
+		{"newer wins", md("plan", `"pro"`, "seats", "3"), md("plan", `"free"`), md("plan", `"free"`, "seats", "3"), nil},
+		{"a key left out keeps its value", md("a", "1", "b", "2", "c", "3"), md("b", "20"), md("a", "1", "b", "20", "c", "3"), nil},
+		{"keys numbered out of order", md("z", "1", "a", `"x"`), md("m", "null", "a", `"y"`), md("z", "1", "a", `"y"`, "m", "null"), []string{"m", "z", "a"}},
+		{"long values", md("notes", `"`+string(make([]byte, 300))+`"`), md("n", "1"), md("notes", `"`+string(make([]byte, 300))+`"`, "n", "1"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var keys keyTable
+			for _, k := range tt.newKeysBefore {
+				keys.number(k)
+			}
+			packed := keys.pack(tt.older)
+			assert.Equal(t, tt.older, keys.unpack(packed), "packs and unpacks to the same")
+			merged := keys.over(packed, tt.newer)
+			assert.Equal(t, tt.want, keys.unpack(merged))
+			assert.Equal(t, tt.older, keys.unpack(packed), "the older fields are not changed in place")
+			assert.Equal(t, tt.want, keys.unpack(mergeFields(packed, keys.pack(tt.newer))))
+		})
+	}
+}
