@@ -90,6 +90,7 @@ func catchUpOnce(b *testing.B, n, perTxn int) {
 	report(b, standIn.Seconds()/float64(n)*100_000, "standin_cpu_s/100k")
 	report(b, float64(u.peakRSS)/(1<<20), "peak_MB")
 	report(b, float64(u.peakAnon)/(1<<20), "peak_anon_MB")
+	report(b, float64(u.peakFile)/(1<<20), "peak_file_MB")
 	if fi, err := os.Stat(filepath.Join(e.stateDir, state.StoreFile)); err == nil {
 		report(b, float64(fi.Size())/(1<<20), "store_MB") // the no-op index, mapped by bbolt
 	}

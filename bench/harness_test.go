@@ -23,6 +23,7 @@ package bench
 // functions, and Postgres starts only when a benchmark asks for it.
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -281,13 +282,19 @@ type proc struct {
 	// VmHWM also counts the pages of the no-op index that bbolt maps,
 	// which the kernel can drop at will; the Go heap and runtime cannot be.
 	peakAnon atomic.Int64
+	// peakFile is the largest RssFile seen: the program's text and the
+	// store's pages, which bbolt maps.
+	peakFile atomic.Int64
 }
 
 // startPgpilot runs `pgpilot run` on e's config; its log goes to a file
 // shown if the benchmark fails.
 func (e *env) startPgpilot() *proc {
 	e.b.Helper()
-	logPath := filepath.Join(e.dir, fmt.Sprintf("pgpilot-%d.log", time.Now().UnixNano()))
+	// PGPILOT_BENCH_LOGDIR keeps the logs (e.g. with
+	// PGPILOT_BENCH_CHILD_ENV=GODEBUG=gctrace=1, to see the heap at each
+	// collection).
+	logPath := filepath.Join(cmp.Or(os.Getenv("PGPILOT_BENCH_LOGDIR"), e.dir), fmt.Sprintf("pgpilot-%d.log", time.Now().UnixNano()))
 	f, err := os.Create(logPath)
 	if err != nil {
 		e.b.Fatal(err)
@@ -297,6 +304,12 @@ func (e *env) startPgpilot() *proc {
 	if limit := os.Getenv("PGPILOT_BENCH_GOMEMLIMIT"); limit != "" {
 		// For pgpilot only: the benchmark and its stand-in keep theirs.
 		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+limit)
+	}
+	if extra := os.Getenv("PGPILOT_BENCH_CHILD_ENV"); extra != "" {
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, extra)
 	}
 	if err := cmd.Start(); err != nil {
 		e.b.Fatal(err)
@@ -312,6 +325,9 @@ func (e *env) startPgpilot() *proc {
 			case <-tick.C:
 				if kb, err := procStatusKB(cmd.Process.Pid, "RssAnon:"); err == nil && kb*1024 > p.peakAnon.Load() {
 					p.peakAnon.Store(kb * 1024)
+				}
+				if kb, err := procStatusKB(cmd.Process.Pid, "RssFile:"); err == nil && kb*1024 > p.peakFile.Load() {
+					p.peakFile.Store(kb * 1024)
 				}
 			}
 		}
@@ -337,6 +353,7 @@ type usage struct {
 	cpu      time.Duration // user + system, from the kernel's accounting of the child
 	peakRSS  int64         // bytes: VmHWM just before the stop
 	peakAnon int64         // bytes: the largest RssAnon sampled
+	peakFile int64         // bytes: the largest RssFile sampled
 }
 
 // stop sends SIGTERM, waits for exit 0 and returns the process's whole CPU
@@ -358,7 +375,7 @@ func (p *proc) stop() usage {
 		out, _ := os.ReadFile(p.log)
 		p.b.Fatalf("pgpilot exited %d:\n%s", code, tail(string(out), 4000))
 	}
-	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), peakRSS: hwm, peakAnon: p.peakAnon.Load()}
+	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), peakRSS: hwm, peakAnon: p.peakAnon.Load(), peakFile: p.peakFile.Load()}
 }
 
 // peakRSS reads VmHWM, the peak resident set, from /proc.
@@ -425,6 +442,12 @@ func (e *env) initialSync(rows int) {
 	p := e.startPgpilot()
 	e.waitFor("initial sync", 10*time.Minute, func() bool { return e.checkpointLSN() != 0 })
 	e.waitFor("initial rows delivered", 10*time.Minute, func() bool { return e.up.Accepted() >= rows })
+	// Stopped before the snapshot job's end is checkpointed, the next run
+	// would read the table again beside whatever it measures.
+	e.waitFor("snapshot job ended", 10*time.Minute, func() bool {
+		cp, ok, err := state.ReadCheckpoint(e.stateDir)
+		return err == nil && ok && cp.Snapshot == nil
+	})
 	p.stop()
 }
 
