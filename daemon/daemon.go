@@ -22,6 +22,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
@@ -147,7 +148,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer store.Close()
 
 	streamLog := opts.Logger.With("subsystem", "stream")
-	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
+	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog, relStats: &related.Stats{},
 		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
 		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
 	// The delivery engine outlives the sessions: whatever ends the loop,
