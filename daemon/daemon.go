@@ -151,6 +151,9 @@ func Run(ctx context.Context, opts Options) error {
 	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog, relStats: &related.Stats{},
 		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
 		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
+	if len(cfg.Companies.Related) > 0 {
+		opts.Metrics.SetRelated(s.relatedCounts)
+	}
 	// The delivery engine outlives the sessions: whatever ends the loop,
 	// it delivers and checkpoints what it holds (for at most the grace
 	// period) before Run returns.

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"time"
+
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/row"
@@ -77,4 +79,11 @@ func snapshotJob(job *state.Snapshot) *metrics.SnapshotJob {
 func deliveryStatus(st state.Status) metrics.DeliveryStatus {
 	return metrics.DeliveryStatus{Outbox: st.Mode == state.ModeOutbox, OutboxCompanies: st.OutboxCompanies,
 		OutboxBytes: st.OutboxBytes, Pending: st.Pending, OldestPending: st.OldestPending}
+}
+
+// relatedCounts reads the related stage's counters for metrics and status.
+func (s *session) relatedCounts() metrics.RelatedCounts {
+	r := s.relStats
+	return metrics.RelatedCounts{Reads: r.Reads.Load(), Queries: r.Queries.Load(), Companies: r.Companies.Load(), Rows: r.Rows.Load(),
+		Seconds: time.Duration(r.Nanos.Load()).Seconds()}
 }

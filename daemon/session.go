@@ -360,6 +360,10 @@ func (s *session) monitorRetainedWAL(ctx context.Context, retained *atomic.Int64
 
 // writeStatus hands the delivery mode to `pgpilot status`.
 func (s *session) writeStatus(st state.Status) {
+	if len(s.cfg.Companies.Related) > 0 {
+		n := s.relatedCounts()
+		st.Related = &state.RelatedReads{Reads: n.Reads, Queries: n.Queries, Companies: n.Companies, Rows: n.Rows, Seconds: n.Seconds}
+	}
 	s.opts.Metrics.Status(deliveryStatus(st))
 	if err := s.dir.WriteStatus(st); err != nil {
 		s.log.Warn("could not write the status file", "error", err)
