@@ -136,6 +136,10 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 				fmt.Sprintf("run on the primary: ALTER TABLE %s REPLICA IDENTITY FULL;", companies.Quoted()))
 		}
 	}
+	if len(errs) > 0 {
+		// Every re-read holds the condition: its error would repeat.
+		return nil, errs
+	}
 	rel := &row.Relation{Table: relatedTable, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
 	types := replication.NewTypeResolver(conn)
 	for _, r := range c.Related {
@@ -169,6 +173,9 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 				if errors.As(err, &ces) {
 					for _, ce := range ces {
 						ce.Key = strings.Replace(ce.Key, "metadata ", r.Path()+".metadata ", 1)
+						if ce.Fix == "" {
+							ce.Fix = "name a column of " + t.String()
+						}
 						errs = append(errs, ce)
 					}
 					continue
