@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgpilot/pgpilot/mapping"
-	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/related"
+	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
