@@ -172,3 +172,27 @@ func TestRelatedSchemaProblemsStopWithTheFix(t *testing.T) {
 	assert.ErrorIs(t, err, daemon.ErrConfig)
 	assert.Contains(t, err.Error(), "last_login_at")
 }
+
+// TestAnUnchangedAggregateIsNotSentAgain: a related change that leaves a
+// company's related values as they were (an update of a column no key
+// reads) is re-read, and the no-op index skips it like any other key.
+func TestAnUnchangedAggregateIsNotSentAgain(t *testing.T) {
+	t.Parallel()
+	e := newRelatedEnv(t)
+	ctx := context.Background()
+	require.NoError(t, workload.SeedRelated(ctx, e.conn, 20))
+	stop := e.start(ctx, 5*time.Second)
+	e.waitInitialSync()
+	e.convergeRelated(60 * time.Second)
+	before := e.up.IdentifyRequests()
+
+	_, err := e.conn.Exec(ctx, `UPDATE users SET active = active WHERE company_id = 5`)
+	require.NoError(t, err)
+	_, err = e.conn.Exec(ctx, `INSERT INTO users (id, company_id) VALUES (7001, 6)`)
+	require.NoError(t, err)
+	e.convergeRelated(30 * time.Second)
+	time.Sleep(200 * time.Millisecond) // a call for company 5 would have been made before company 6's
+	// Transactions arrive in commit order: company 5's re-read came first.
+	assert.Equal(t, before+1, e.up.IdentifyRequests(), "only company 6's new user count is sent")
+	require.NoError(t, stop())
+}
