@@ -5,6 +5,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/metrics"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -26,7 +27,11 @@ func (r readRecorder) Took(txn row.Transaction) {
 	rd := metrics.Read{Commit: txn.CommitLSN, End: txn.EndLSN, CommitTime: txn.CommitTime}
 	switch txn.Kind {
 	case row.Chunk:
-		rd.ChunkRows = len(txn.Changes)
+		for _, ch := range txn.Changes {
+			if !related.IsRelated(ch.Relation) {
+				rd.ChunkRows++
+			}
+		}
 		r.m.Read(rd)
 		return
 	case row.Commit:
@@ -35,6 +40,9 @@ func (r readRecorder) Took(txn row.Transaction) {
 		rd.Deliverable, rd.End = true, 0
 	}
 	for _, ch := range txn.Changes {
+		if related.IsRelated(ch.Relation) {
+			continue // re-read values, not changes read: pgpilot_related_*
+		}
 		switch ch.Op {
 		case row.Insert:
 			rd.Inserts++
