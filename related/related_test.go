@@ -340,3 +340,20 @@ func TestCompileRefusesWhatCannotRunWithTheLineAndTheFix(t *testing.T) {
 	assert.Contains(t, err.Error(), "needs REPLICA IDENTITY FULL on public.companies")
 	assert.Contains(t, err.Error(), `ALTER TABLE "public"."companies" REPLICA IDENTITY FULL;`)
 }
+
+// TestADeleteOfACompanyThatNeverMatchedIsNotMirrored: a DELETE alone in its
+// transaction is judged by its old row too.
+func TestADeleteOfACompanyThatNeverMatchedIsNotMirrored(t *testing.T) {
+	url, conn, _, plan := setup(t, 20, config)
+	companies := relation(t, conn, "companies")
+	in, out, stop, _ := run(t, url, plan, nil)
+	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: []row.Change{{Op: row.Delete, Relation: companies,
+		Values: values(companies, map[string]string{"id": "10", "name": "C10", "is_test": "t", "updated_at": "2026-01-01 00:00:00+00"})}}}
+	in <- row.Transaction{Kind: row.Commit, EndLSN: 20, Changes: []row.Change{{Op: row.Delete, Relation: companies,
+		Values: values(companies, map[string]string{"id": "11", "name": "C11", "is_test": "f", "updated_at": "2026-01-01 00:00:00+00"})}}}
+	first, second := receive(t, out), receive(t, out)
+	require.NoError(t, stop())
+	assert.Empty(t, first.Changes, "a test company's delete is not mirrored")
+	require.Len(t, second.Changes, 1, "a synced company's delete is")
+	assert.Equal(t, row.Delete, second.Changes[0].Op)
+}

@@ -220,8 +220,8 @@ func (s *Stage) take(txn *row.Transaction) (bool, error) {
 		if t != s.plan.companies || ch.Op == row.Truncate {
 			continue
 		}
-		if s.plan.where != "" && ch.Op != row.Delete {
-			asks = true // judged at the read
+		if s.plan.where != "" {
+			asks = true // judged at the read (a DELETE by its old row)
 		}
 		if !s.plan.HasRelated() {
 			continue
