@@ -16,6 +16,7 @@ import (
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -194,5 +195,28 @@ func TestAnUnchangedAggregateIsNotSentAgain(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // a call for company 5 would have been made before company 6's
 	// Transactions arrive in commit order: company 5's re-read came first.
 	assert.Equal(t, before+1, e.up.IdentifyRequests(), "only company 6's new user count is sent")
+	require.NoError(t, stop())
+}
+
+// TestResyncSendsRelatedKeysAndStatusCountsTheReReads: after Userpilot
+// loses every profile, a full re-sync brings back the related keys with
+// the rows; the status file counts the re-reads.
+func TestResyncSendsRelatedKeysAndStatusCountsTheReReads(t *testing.T) {
+	t.Parallel()
+	e := newRelatedEnv(t)
+	ctx := context.Background()
+	require.NoError(t, workload.SeedRelated(ctx, e.conn, 120))
+	stop := e.start(ctx, 5*time.Second)
+	e.waitInitialSync()
+	e.convergeRelated(60 * time.Second)
+
+	e.up.Wipe()
+	_, err := state.RequestResync(e.cfg.State.Dir, state.Snapshot{})
+	require.NoError(t, err)
+	e.convergeRelated(60 * time.Second)
+	require.Eventually(t, func() bool {
+		st, ok, err := state.ReadStatus(e.cfg.State.Dir)
+		return err == nil && ok && st.Related != nil && st.Related.Queries >= 2 && st.Related.Companies >= 2*108
+	}, 10*time.Second, 100*time.Millisecond, "status counts the re-reads of the initial sync and the re-sync (108 companies match where)")
 	require.NoError(t, stop())
 }
