@@ -300,7 +300,10 @@ func (s *Stage) flush(ctx context.Context, dst chan<- row.Transaction) error {
 		}
 		wait = min(2*wait, 30*time.Second)
 	}
-	s.stats.Nanos.Add(int64(time.Since(s.lastRead)))
+	took := time.Since(s.lastRead)
+	s.stats.Nanos.Add(int64(took))
+	s.log.Debug("related values re-read", "transactions", len(s.held), "companies", len(s.wanted), "found", len(vals),
+		"duration", took.Round(time.Microsecond).String())
 	last := make([][]string, len(s.held))
 	for id, i := range s.wanted {
 		if _, ok := vals[id]; ok {
