@@ -355,6 +355,14 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 				fmt.Sprintf("run on the primary: GRANT SELECT ON %s TO %s;", t.Quoted(), pgx.Identifier{user}.Sanitize()))
 		}
 		c.report(fmt.Sprintf("role %q may SELECT from %s", user, t), err)
+		if r.IsLookup() {
+			// A lookup sends a related row's columns: the same warning as
+			// for the companies table's.
+			rcols, _ := replication.TableColumns(ctx, conn, t)
+			for _, pd := range (mapping.Companies{Metadata: r.Metadata}).PersonalData(rcols) {
+				c.warn("personal data", fix.With(errors.New(pd.Problem(cfg.Path)), pd.Fix()))
+			}
+		}
 	}
 }
 
