@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -161,4 +163,100 @@ func burstDelivered(e *env, key string, want map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkRelatedLatency is the latency of a related change against a
+// change to the companies table itself, on the real-time path: at a steady
+// 10 and 100 changes/s, each change a single-row INSERT of a user of
+// another company (related: users aggregated into user_count), or a
+// single-row UPDATE of another company's own row (single). Latency is from
+// the scheduled commit to the stand-in receiving that company's identify.
+// PGPILOT_BENCH_LATENCY_SECONDS sets how long each rate runs (default 10).
+func BenchmarkRelatedLatency(b *testing.B) {
+	seconds := envInt("PGPILOT_BENCH_LATENCY_SECONDS", 10)
+	for _, shape := range []string{"related", "single"} {
+		for _, rate := range []int{10, 100} {
+			b.Run(fmt.Sprintf("%s/rate=%d", shape, rate), func(b *testing.B) {
+				for range b.N {
+					relatedLatencyOnce(b, shape == "related", rate, time.Duration(seconds)*time.Second)
+				}
+			})
+		}
+	}
+}
+
+func relatedLatencyOnce(b *testing.B, related bool, rate int, d time.Duration) {
+	b.StopTimer()
+	ctx := context.Background()
+	n := int(float64(rate) * d.Seconds())
+	e := newEnv(b, realtimeOnly)
+	for _, q := range []string{
+		fmt.Sprintf(`INSERT INTO companies (id, name, seats) SELECT i, 'Company ' || i, 0 FROM generate_series(1, %d) i`, n),
+		`CREATE TABLE users (id bigint PRIMARY KEY, company_id bigint NOT NULL)`,
+		`CREATE INDEX ON users (company_id)`,
+		`ALTER TABLE users REPLICA IDENTITY FULL`,
+	} {
+		if _, err := e.conn.Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if related {
+		cfg, err := os.ReadFile(e.cfgPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(e.cfgPath, append(cfg, "  related:\n    - table: public.users\n      company_id: company_id\n      aggregate:\n        user_count: count(*)\n"...), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	e.initialSync(n)
+	p := e.startPgpilot()
+	e.waitFor("streaming", time.Minute, func() bool { return e.checkpointLSN() != 0 })
+	time.Sleep(500 * time.Millisecond)
+	offset := len(e.up.Requests())
+	period := time.Second / time.Duration(rate)
+	start := time.Now().Add(50 * time.Millisecond)
+	due := func(i int) time.Time { return start.Add(time.Duration(i) * period) }
+	b.StartTimer()
+	for i := range n {
+		time.Sleep(time.Until(due(i)))
+		q := `UPDATE companies SET seats = 1 WHERE id = $1`
+		if related {
+			q = `INSERT INTO users (id, company_id) VALUES ($1, $1)`
+		}
+		if _, err := e.conn.Exec(ctx, q, i+1); err != nil {
+			b.Fatal(err)
+		}
+	}
+	received := make([]time.Time, n)
+	e.waitFor("every change delivered", 5*time.Minute, func() bool {
+		reqs := e.up.Requests()[offset:]
+		got := 0
+		for _, r := range reqs {
+			if r.Path != "/v1/companies/identify" || r.Status/100 != 2 || len(r.CompanyIDs) != 1 {
+				continue
+			}
+			if id, err := strconv.Atoi(r.CompanyIDs[0]); err == nil && id >= 1 && id <= n && received[id-1].IsZero() {
+				received[id-1] = r.Time
+			}
+		}
+		for _, t := range received {
+			if !t.IsZero() {
+				got++
+			}
+		}
+		return got == n
+	})
+	b.StopTimer()
+	p.stop()
+	lat := make([]float64, n)
+	for i := range n {
+		lat[i] = float64(received[i].Sub(due(i)).Microseconds()) / 1000
+	}
+	slices.Sort(lat)
+	report(b, percentile(lat, 50), "p50_ms")
+	report(b, percentile(lat, 99), "p99_ms")
+	report(b, lat[n-1], "max_ms")
+	b.Logf("%d changes at %d/s (related: %t): commit → Userpilot p50 %.2f ms, p99 %.2f ms, max %.2f ms",
+		n, rate, related, percentile(lat, 50), percentile(lat, 99), lat[n-1])
 }

@@ -35,8 +35,10 @@ type Options struct {
 	URL  string
 	Plan *Plan
 	// Window is the least time between the starts of two reads while
-	// changes keep coming: what arrives meanwhile is read together. A
-	// change arriving after a quiet Window is read at once. 0 → 50 ms.
+	// changes keep coming: what arrives meanwhile is read together. A read
+	// also waits, after the last one ended, as long as that one took, so
+	// the stage reads at most half of the time however busy the stream.
+	// A change arriving after a quiet spell is read at once. 0 → 5 ms.
 	Window time.Duration
 	// MaxCompanies bounds one read (and what the stage holds): 0 → 10,000.
 	MaxCompanies int
@@ -62,8 +64,9 @@ type Stage struct {
 	held    []held
 	wanted  map[string]int // company id → index in held of the last transaction asking for it
 	changes int
-	// lastRead is when the last read began.
+	// lastRead is when the last read began, lastTook how long it took.
 	lastRead time.Time
+	lastTook time.Duration
 }
 
 type held struct {
@@ -73,7 +76,7 @@ type held struct {
 // New makes a Stage.
 func New(opts Options) *Stage {
 	if opts.Window <= 0 {
-		opts.Window = 50 * time.Millisecond
+		opts.Window = 5 * time.Millisecond
 	}
 	if opts.MaxCompanies <= 0 {
 		opts.MaxCompanies = 10_000
@@ -97,7 +100,8 @@ const maxHeldChanges = 50_000
 // A transaction that asks for no re-read passes at once when nothing is
 // held; otherwise it waits with those before it for the next read, which
 // starts when src has nothing more to give and Window has passed since the
-// last one began (or the batch is full). Transactions still held when src
+// last one began, and as long as that one took since it ended (or the
+// batch is full). Transactions still held when src
 // closes are dropped: they never reached delivery, so nothing past them
 // was checkpointed, and the next session streams them again.
 func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- row.Transaction) error {
@@ -123,7 +127,7 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 				return ctx.Err()
 			case txn, ok = <-src:
 			default:
-				wait := s.opts.Window - time.Since(s.lastRead)
+				wait := max(s.opts.Window-time.Since(s.lastRead), s.lastTook-time.Since(s.lastRead.Add(s.lastTook)))
 				if wait <= 0 {
 					if err := s.flush(ctx, dst); err != nil {
 						return err
@@ -301,6 +305,7 @@ func (s *Stage) flush(ctx context.Context, dst chan<- row.Transaction) error {
 		wait = min(2*wait, 30*time.Second)
 	}
 	took := time.Since(s.lastRead)
+	s.lastTook = took
 	s.stats.Nanos.Add(int64(took))
 	s.log.Debug("related values re-read", "transactions", len(s.held), "companies", len(s.wanted), "found", len(vals),
 		"duration", took.Round(time.Microsecond).String())
