@@ -33,13 +33,13 @@ type Plan struct {
 	// fullIdentity: the companies table has REPLICA IDENTITY FULL, so a
 	// DELETE carries the old row for companies.where to judge.
 	fullIdentity bool
-	// cols are the companies table's columns (for where on streamed rows).
+	// entries are the related entries, in config order, with their query.
 	entries []entry
 	// rel describes the rows Read makes: the company id, then every
 	// related key in config order.
 	rel *row.Relation
-	// Tables are the related tables, each once, with the column a row's
-	// company id is in.
+	// tables are the related tables, each with the column a row's company
+	// id is in.
 	tables map[row.Table]string
 }
 
