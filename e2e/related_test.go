@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -136,4 +138,76 @@ func TestRelatedPreviewShowsRelatedKeys(t *testing.T) {
 	assert.Contains(t, out, `{"company_id":"4","metadata":{"active_users":2,"billing_status":null,`, "no subscription: the lookup's keys are null")
 	assert.Contains(t, out, `{"company_id":"7","metadata":{"active_users":0,`, "no user: count is 0")
 	assert.NotContains(t, out, `"company_id":"10"`, "a test company is left out by companies.where")
+}
+
+// TestRelatedOnAPostgres17StandbyWithKillNines: the random workload on the
+// primary while pgpilot, pointed at a Postgres 17 standby, runs its
+// initial sync and is killed without warning 6 times: Userpilot ends equal
+// to the oracle computed on the primary. check first prints the CREATE
+// PUBLICATION with every table, to run on the primary.
+func TestRelatedOnAPostgres17StandbyWithKillNines(t *testing.T) {
+	t.Parallel()
+	primary := pgtest.StartT(t, pgtest.Options{Major: 17})
+	standby := primary.StartStandbyT(t)
+	e := checkEnvOn(t, primary)
+	ctx := context.Background()
+	require.NoError(t, workload.CreateRelated(ctx, e.conn))
+	require.NoError(t, workload.SeedRelated(ctx, e.conn, 1500))
+	require.NoError(t, standby.WaitReplayed(ctx))
+	u, err := url.Parse(e.url)
+	require.NoError(t, err)
+	primaryURL := e.url
+	e.url = standby.URL(strings.TrimPrefix(u.Path, "/"))
+	cfg := workload.Config(e.url, workload.SlotName(primaryURL), e.up.URL(), apiKey, e.stateDir, 2000)
+	cfg = strings.Replace(cfg, "companies:\n", "delivery:\n  snapshot_chunk_rows: 200\ncompanies:\n", 1)
+	e.writeConfig(cfg + workload.RelatedMapping)
+
+	code, out := e.runCheck("--skip-userpilot")
+	assert.Equal(t, 1, code, out)
+	create := "CREATE PUBLICATION " + pgx.Identifier{workload.SlotName(primaryURL)}.Sanitize() + ` FOR TABLE "public"."companies", "public"."subscriptions", "public"."users";`
+	requireFailedLine(t, out, "publication", "run on the primary", create)
+	_, err = e.conn.Exec(ctx, strings.TrimSuffix(create, ";"))
+	require.NoError(t, err)
+	require.NoError(t, standby.WaitReplayed(ctx))
+
+	// A slot on a standby waits for the primary's running-transactions record.
+	sctx, stopSnapshots := context.WithCancel(ctx)
+	defer stopSnapshots()
+	go func() {
+		for sctx.Err() == nil {
+			_ = primary.Exec(sctx, "postgres", "SELECT pg_log_standby_snapshot()")
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	writer, err := pgx.Connect(ctx, primaryURL)
+	require.NoError(t, err)
+	defer writer.Close(ctx)
+	wctx, stopWriting := context.WithCancel(ctx)
+	var committed atomic.Int64
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		rng := rand.New(rand.NewPCG(19, 20))
+		for wctx.Err() == nil {
+			if ok, err := workload.RelatedStep(wctx, writer, rng, 1700); err == nil && ok {
+				committed.Add(1)
+			}
+			time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+		}
+	}()
+	rng := rand.New(rand.NewPCG(21, 22))
+	for range 6 {
+		p := e.run()
+		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
+		p.kill9()
+	}
+	stopWriting()
+	<-writing
+	require.NoError(t, standby.WaitReplayed(ctx))
+
+	p := e.run()
+	e.convergeRelated(150 * time.Second) // the oracle reads the primary (e.conn)
+	code, _ = p.stop(t)
+	assert.Equal(t, 0, code)
+	t.Logf("6 kill -9s on a standby, %d transactions committed on the primary, %d identify requests", committed.Load(), e.up.IdentifyRequests())
 }
