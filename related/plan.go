@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -38,9 +39,9 @@ type Plan struct {
 	// rel describes the rows Read makes: the company id, then every
 	// related key in config order.
 	rel *row.Relation
-	// tables are the related tables, each with the column a row's company
-	// id is in.
-	tables map[row.Table]string
+	// tables are the related tables, each with the columns a row's
+	// company id is in (two entries may read one table by two columns).
+	tables map[row.Table][]string
 }
 
 type entry struct {
@@ -105,7 +106,7 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{companies: companies, idCol: c.CompanyID, where: c.Where, tables: map[row.Table]string{}}
+	p := &Plan{companies: companies, idCol: c.CompanyID, where: c.Where, tables: map[row.Table][]string{}}
 	for _, col := range cols {
 		if col.Name == c.CompanyID {
 			p.idType = col.TypeName
@@ -163,7 +164,9 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 				"name the column of "+t.String()+" that holds the company's id")
 			continue
 		}
-		p.tables[t] = r.CompanyID
+		if !slices.Contains(p.tables[t], r.CompanyID) {
+			p.tables[t] = append(p.tables[t], r.CompanyID)
+		}
 		e := entry{cfg: r}
 		if r.IsLookup() {
 			// The columns must exist and map to primitives, as
@@ -365,9 +368,10 @@ func (p *Plan) Relation() *row.Relation { return p.rel }
 // Where is companies.where ("" for none).
 func (p *Plan) Where() string { return p.where }
 
-// CompanyColumn returns the column of t whose value is a related row's
-// company id, and whether t is a related table at all.
-func (p *Plan) CompanyColumn(t row.Table) (string, bool) {
+// CompanyColumns returns the columns of t whose values are a related
+// row's company ids (one per entry reading t by another column), and
+// whether t is a related table at all.
+func (p *Plan) CompanyColumns(t row.Table) ([]string, bool) {
 	c, ok := p.tables[t]
 	return c, ok
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -58,8 +59,10 @@ type Stage struct {
 	log   *slog.Logger
 	conn  *pgx.Conn
 	stats *Stats
-	// per description of a table: where its company id column is.
-	idCols row.PerRelation[int]
+	// per description of a table: where its company id column is (the
+	// companies table), or its company id columns are (a related table).
+	idCols  row.PerRelation[int]
+	relCols row.PerRelation[[]int]
 
 	held    []held
 	wanted  map[string]int // company id → index in held of the last transaction asking for it
@@ -196,27 +199,32 @@ func (s *Stage) take(txn *row.Transaction) (bool, error) {
 	kept := txn.Changes[:0:0]
 	for _, ch := range txn.Changes {
 		t := ch.Relation.Table
-		if col, ok := s.plan.CompanyColumn(t); ok && t != s.plan.companies {
+		if cols, ok := s.plan.CompanyColumns(t); ok && t != s.plan.companies {
 			if ch.Op == row.Truncate {
 				s.log.Warn("TRUNCATE of a related table: the related keys of its companies are not re-read; run `pgpilot resync` to send them again",
 					"table", t.String(), "commit_lsn", txn.CommitLSN.String())
 				continue
 			}
-			i, err := s.idCols.Get(ch.Relation, func(rel *row.Relation) (int, error) {
-				for i, c := range rel.Columns {
-					if c.Name == col {
-						return i, nil
+			at, err := s.relCols.Get(ch.Relation, func(rel *row.Relation) ([]int, error) {
+				var at []int
+				for _, col := range cols {
+					i := slices.IndexFunc(rel.Columns, func(c row.Column) bool { return c.Name == col })
+					if i < 0 {
+						return nil, fmt.Errorf("%w: column %q of %s, a related company_id, is gone; fix companies.related and restart pgpilot: nothing is lost, the slot keeps the changes",
+							ErrSchema, col, t)
 					}
+					at = append(at, i)
 				}
-				return -1, fmt.Errorf("%w: column %q of %s, the related company_id, is gone; fix companies.related and restart pgpilot: nothing is lost, the slot keeps the changes",
-					ErrSchema, col, t)
+				return at, nil
 			})
 			if err != nil {
 				return false, err
 			}
-			want(textAt(ch.Values, i))
-			if ch.Old != nil {
-				want(textAt(ch.Old, i))
+			for _, i := range at {
+				want(textAt(ch.Values, i))
+				if ch.Old != nil {
+					want(textAt(ch.Old, i))
+				}
 			}
 			continue
 		}
