@@ -357,3 +357,38 @@ func TestADeleteOfACompanyThatNeverMatchedIsNotMirrored(t *testing.T) {
 	require.Len(t, second.Changes, 1, "a synced company's delete is")
 	assert.Equal(t, row.Delete, second.Changes[0].Op)
 }
+
+// TestTwoEntriesOnOneTableByTwoColumnsAskForBothCompanies: a users row
+// counted for its company and for the company that referred it asks for a
+// read of each.
+func TestTwoEntriesOnOneTableByTwoColumnsAskForBothCompanies(t *testing.T) {
+	text := strings.Replace(config, "  where: not is_test\n", `    - table: public.users
+      company_id: referrer_id
+      aggregate:
+        referred: count(*)
+  where: not is_test
+`, 1)
+	ctx := context.Background()
+	url := pg.NewDatabaseT(t)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	require.NoError(t, workload.Create(ctx, conn))
+	require.NoError(t, workload.CreateRelated(ctx, conn))
+	require.NoError(t, workload.SeedRelated(ctx, conn, 20))
+	_, err = conn.Exec(ctx, `ALTER TABLE users ADD COLUMN referrer_id bigint; CREATE INDEX ON users (referrer_id);
+		INSERT INTO users (id, company_id, referrer_id) VALUES (9000, 3, 4)`)
+	require.NoError(t, err)
+	cfg, err := mapping.Parse("p.yaml", []byte(text), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	plan, err := related.Compile(ctx, conn, cfg.Companies)
+	require.NoError(t, err)
+	users := relation(t, conn, "users")
+	in, out, stop, _ := run(t, url, plan, nil)
+	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: []row.Change{{Op: row.Insert, Relation: users,
+		Values: values(users, map[string]string{"id": "9000", "company_id": "3", "referrer_id": "4"})}}}
+	txn := receive(t, out)
+	require.NoError(t, stop())
+	assert.Equal(t, "4", relatedValues(txn, "3")["user_count"], "three seeded users and the new one")
+	assert.Equal(t, "1", relatedValues(txn, "4")["referred"], "the referrer's count")
+}
