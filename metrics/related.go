@@ -36,8 +36,11 @@ func (m *Metrics) SetRelated(counts func() RelatedCounts) {
 
 type relatedCollector func() RelatedCounts
 
+// relatedDescs are the related stage's metrics.
+var relatedDescs = []*prometheus.Desc{relatedReadsDesc, relatedQueriesDesc, relatedCompaniesDesc, relatedRowsDesc, relatedSecondsDesc}
+
 func (c relatedCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{relatedReadsDesc, relatedQueriesDesc, relatedCompaniesDesc, relatedRowsDesc, relatedSecondsDesc} {
+	for _, d := range relatedDescs {
 		ch <- d
 	}
 }
