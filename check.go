@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 )
@@ -158,6 +159,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	} else {
 		c.report("snapshots can page "+table.String()+" by a unique key", err)
 	}
+	checkRelated(ctx, conn, cfg, c)
 	checkPublication(ctx, conn, cfg, table, srv, c)
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
@@ -266,13 +268,14 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
 // or that `pgpilot run` can create it.
 func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker) {
 	name := cfg.Postgres.Publication
+	tables := append([]row.Table{table}, related.Tables(cfg.Companies)...)
 	pub, havePub, err := replication.ReadPublication(ctx, conn, name)
 	switch {
 	case err != nil:
 		c.report("publication "+name, err)
 	case !havePub && srv.InRecovery:
 		c.report("publication "+name, fmt.Errorf("missing, and a standby cannot create it; run on the primary:\n  CREATE PUBLICATION %s FOR TABLE %s;",
-			pgx.Identifier{name}.Sanitize(), table.Quoted()))
+			pgx.Identifier{name}.Sanitize(), quotedTables(tables)))
 	case !havePub:
 		// CREATE PUBLICATION ... FOR TABLE needs CREATE on the database and
 		// ownership of the table (superusers have both).
@@ -286,7 +289,80 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, 
 		}
 		c.report(fmt.Sprintf("publication %q will be created by `pgpilot run`", name), err)
 	default:
-		c.report(fmt.Sprintf("publication %q exists (created by pgpilot: %t)", pub.Name, pub.CreatedByPgpilot), nil)
+		missing, err := replication.MissingFromPublication(ctx, conn, name, tables)
+		switch {
+		case err != nil:
+		case len(missing) > 0 && pub.CreatedByPgpilot && !srv.InRecovery:
+			c.report(fmt.Sprintf("publication %q exists (created by pgpilot); `pgpilot run` adds %s to it", pub.Name, quotedTables(missing)), nil)
+			return
+		case len(missing) > 0:
+			err = fix.With(fmt.Errorf("it does not publish %s", quotedTables(missing)),
+				fmt.Sprintf("run on the primary:\n  ALTER PUBLICATION %s ADD TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(missing)))
+		}
+		c.report(fmt.Sprintf("publication %q exists (created by pgpilot: %t)", pub.Name, pub.CreatedByPgpilot), err)
+	}
+}
+
+func quotedTables(tables []row.Table) string {
+	q := make([]string, len(tables))
+	for i, t := range tables {
+		q[i] = t.Quoted()
+	}
+	return strings.Join(q, ", ")
+}
+
+// checkRelated checks companies.related and companies.where against the
+// database: the tables, columns and expressions (Postgres plans every
+// query the daemon will run), each related table's replica identity (a
+// DELETE must say which company its row belonged to), an index for the
+// re-reads, and the privilege to read.
+func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *checker) {
+	if !related.Configured(cfg.Companies) {
+		return
+	}
+	_, err := related.Compile(ctx, conn, cfg.Companies)
+	if !c.report("companies.related and companies.where fit the tables (Postgres plans every re-read)", err) {
+		if errors.As(err, new(mapping.ConfigErrors)) {
+			c.config = true
+		}
+	}
+	var user string
+	_ = conn.QueryRow(ctx, `SELECT current_user`).Scan(&user)
+	for _, r := range cfg.Companies.Related {
+		t := row.Table{Schema: r.Schema, Name: r.Name}
+		problem, err := replication.RelatedIdentityProblem(ctx, conn, t, r.CompanyID)
+		if err == nil && problem != "" {
+			err = errors.New(problem)
+			c.config = true
+		}
+		c.report(fmt.Sprintf("%s: a DELETE in %s says which company its row belonged to (replica identity)", r.Path(), t), err)
+		indexed, err := replication.HasIndexOn(ctx, conn, t, r.CompanyID)
+		switch {
+		case err != nil:
+			c.report(fmt.Sprintf("%s: indexes of %s readable", r.Path(), t), err)
+		case !indexed:
+			c.warn(fmt.Sprintf("%s: no index on %s (%s)", r.Path(), t, r.CompanyID), fix.With(
+				fmt.Errorf("each re-read of a company's related values scans the whole table"),
+				fmt.Sprintf("run on the primary: CREATE INDEX CONCURRENTLY ON %s (%s);", t.Quoted(), pgx.Identifier{r.CompanyID}.Sanitize())))
+		default:
+			c.report(fmt.Sprintf("%s: %s is indexed on %s", r.Path(), t, r.CompanyID), nil)
+		}
+		var canSelect bool
+		err = conn.QueryRow(ctx, `SELECT coalesce((SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2), true)`, t.Schema, t.Name).Scan(&canSelect)
+		if err == nil && !canSelect {
+			err = fix.With(errors.New("it may not, so its related values cannot be read"),
+				fmt.Sprintf("run on the primary: GRANT SELECT ON %s TO %s;", t.Quoted(), pgx.Identifier{user}.Sanitize()))
+		}
+		c.report(fmt.Sprintf("role %q may SELECT from %s", user, t), err)
+		if r.IsLookup() {
+			// A lookup sends a related row's columns: the same warning as
+			// for the companies table's.
+			rcols, _ := replication.TableColumns(ctx, conn, t)
+			for _, pd := range (mapping.Companies{Metadata: r.Metadata}).PersonalData(rcols) {
+				c.warn("personal data", fix.With(errors.New(pd.Problem(cfg.Path)), pd.Fix()))
+			}
+		}
 	}
 }
 

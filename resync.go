@@ -91,8 +91,14 @@ func checkWhere(ctx context.Context, cfg *mapping.Config, where string) error {
 	if err != nil {
 		return err
 	}
+	readCols := replication.PickColumns(cols, append(append(cfg.Companies.Columns(), key...), identity...))
+	if cfg.Companies.Where != "" {
+		readCols = cols // as the daemon reads them (companies.where may read any column)
+	}
+	// companies.where holds for a re-sync too: the chunk queries planned
+	// are the daemon's.
 	stage, err := snapshot.New(snapshot.Options{Table: table, Key: key, Identity: identity, CompanyID: cfg.Companies.CompanyID,
-		Columns: replication.PickColumns(cols, append(append(cfg.Companies.Columns(), key...), identity...))})
+		Where: cfg.Companies.Where, Columns: readCols})
 	if err != nil {
 		return err
 	}

@@ -164,6 +164,14 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 			oldest = fmt.Sprintf("%s (%s ago)", d.OldestPending.Format(time.RFC3339), time.Since(d.OldestPending).Round(time.Second))
 		}
 		row("pending", fmt.Sprintf("%d companies, oldest %s", d.Pending, oldest))
+		if rr := d.Related; rr != nil {
+			rate := "-"
+			if rr.Seconds > 0 {
+				rate = fmt.Sprintf("%.0f", float64(rr.Rows)/rr.Seconds)
+			}
+			row("related re-reads", fmt.Sprintf("%d queries in %d batches, %d companies, %d related rows (%s rows/s while reading), since pgpilot started",
+				rr.Queries, rr.Reads, rr.Companies, rr.Rows, rate))
+		}
 	}
 	tw.Flush()
 	return nil

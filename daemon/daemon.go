@@ -23,6 +23,7 @@ import (
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -147,9 +148,12 @@ func Run(ctx context.Context, opts Options) error {
 	defer store.Close()
 
 	streamLog := opts.Logger.With("subsystem", "stream")
-	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog,
+	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog, relStats: &related.Stats{},
 		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
 		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
+	if len(cfg.Companies.Related) > 0 {
+		opts.Metrics.SetRelated(s.relatedCounts)
+	}
 	// The delivery engine outlives the sessions: whatever ends the loop,
 	// it delivers and checkpoints what it holds (for at most the grace
 	// period) before Run returns.

@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"time"
+
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/metrics"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -24,7 +27,11 @@ func (r readRecorder) Took(txn row.Transaction) {
 	rd := metrics.Read{Commit: txn.CommitLSN, End: txn.EndLSN, CommitTime: txn.CommitTime}
 	switch txn.Kind {
 	case row.Chunk:
-		rd.ChunkRows = len(txn.Changes)
+		for _, ch := range txn.Changes {
+			if !related.IsRelated(ch.Relation) {
+				rd.ChunkRows++
+			}
+		}
 		r.m.Read(rd)
 		return
 	case row.Commit:
@@ -33,6 +40,9 @@ func (r readRecorder) Took(txn row.Transaction) {
 		rd.Deliverable, rd.End = true, 0
 	}
 	for _, ch := range txn.Changes {
+		if related.IsRelated(ch.Relation) {
+			continue // re-read values, not changes read: pgpilot_related_*
+		}
 		switch ch.Op {
 		case row.Insert:
 			rd.Inserts++
@@ -77,4 +87,11 @@ func snapshotJob(job *state.Snapshot) *metrics.SnapshotJob {
 func deliveryStatus(st state.Status) metrics.DeliveryStatus {
 	return metrics.DeliveryStatus{Outbox: st.Mode == state.ModeOutbox, OutboxCompanies: st.OutboxCompanies,
 		OutboxBytes: st.OutboxBytes, Pending: st.Pending, OldestPending: st.OldestPending}
+}
+
+// relatedCounts reads the related stage's counters for metrics and status.
+func (s *session) relatedCounts() metrics.RelatedCounts {
+	r := s.relStats
+	return metrics.RelatedCounts{Reads: r.Reads.Load(), Queries: r.Queries.Load(), Companies: r.Companies.Load(), Rows: r.Rows.Load(),
+		Seconds: time.Duration(r.Nanos.Load()).Seconds()}
 }

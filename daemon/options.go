@@ -10,6 +10,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -44,7 +45,7 @@ func userpilotOptions(cfg *mapping.Config, override userpilot.Options, log *slog
 func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func() int64) snapshot.Options {
 	cfg := s.cfg
 	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key, Identity: src.identity,
-		CompanyID: cfg.Companies.CompanyID, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
+		CompanyID: cfg.Companies.CompanyID, Where: cfg.Companies.Where, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
 		Backlog: backlog, Logger: s.snapLog}
 }
 
@@ -75,13 +76,27 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	return do, nil
 }
 
-// compiler compiles the mapping for a description of the table.
+// compiler compiles the mapping for a description of the table, or of
+// the related values the related stage reads.
 func compiler(c mapping.Companies) func(*row.Relation) (delivery.Mapper, error) {
 	return func(rel *row.Relation) (delivery.Mapper, error) {
+		if related.IsRelated(rel) {
+			m, err := related.Mapper(c, rel)
+			if err != nil {
+				return nil, err
+			}
+			return m, nil
+		}
 		m, err := mapping.Compile(c, rel.Table.String(), rel.Columns)
 		if err != nil {
 			return nil, err // not a nil *Mapper in an interface
 		}
 		return m, nil
 	}
+}
+
+// relatedOptions are the related stage's: the plan the session compiled,
+// and the counters that outlive sessions.
+func (s *session) relatedOptions(plan *related.Plan) related.Options {
+	return related.Options{URL: s.cfg.Postgres.URL, Plan: plan, Stats: s.relStats, Logger: s.base.With("subsystem", "related")}
 }

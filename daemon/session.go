@@ -18,6 +18,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/snapshot"
@@ -42,6 +43,9 @@ type session struct {
 	// progress is set once a session checkpointed something, so the
 	// reconnect backoff starts small again after it fails.
 	progress atomic.Bool
+
+	// relStats count the related stage's re-reads, across sessions.
+	relStats *related.Stats
 
 	// breaker outlives sessions: once Userpilot's endpoint is found to
 	// refuse every record, no later session sends until a restart.
@@ -78,6 +82,9 @@ type source struct {
 	key      []string     // the columns a snapshot pages by
 	identity []string     // the replica identity index's columns, when not the key (nil: the key)
 	readCols []row.Column // what a snapshot reads: the mapped columns, the key and the identity
+	// plan is companies.related and companies.where compiled against the
+	// database (nil: neither is configured).
+	plan *related.Plan
 }
 
 func (src *source) close() {
@@ -163,13 +170,23 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 		return src, err
 	}
 	src.readCols = replication.PickColumns(cols, append(append(cfg.Companies.Columns(), src.key...), src.identity...))
+	if related.Configured(cfg.Companies) {
+		if src.plan, err = s.relatedPlan(ctx, src.sqlConn, cfg); err != nil {
+			return src, err
+		}
+		if cfg.Companies.Where != "" {
+			// companies.where may read any column: the related stage
+			// judges a snapshot's rows by it too.
+			src.readCols = cols
+		}
+	}
 	if src.rconn, err = replication.ConnectReplication(ctx, cfg.Postgres.URL); err != nil {
 		return src, err
 	}
 	if src.sys, err = pglogrepl.IdentifySystem(ctx, src.rconn); err != nil {
 		return src, fmt.Errorf("identify system: %w", err)
 	}
-	if _, err := replication.EnsurePublication(ctx, src.sqlConn, cfg.Postgres.Publication, src.table, src.srv); err != nil {
+	if _, err := replication.EnsurePublication(ctx, src.sqlConn, cfg.Postgres.Publication, src.table, src.srv, related.Tables(cfg.Companies)...); err != nil {
 		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 	}
 	return src, nil
@@ -229,9 +246,33 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	in := make(chan row.Transaction, inputDepth)
 	// The snapshot's stage puts its chunks between the stream's
 	// transactions (see package snapshot), into the engine.
-	var stageErr error
+	var stageErr, relErr error
+	out := eng.in
+	if src.plan != nil {
+		// The related stage re-reads the companies the stream's changes
+		// to related tables (and the snapshot's rows) ask for, between the
+		// snapshot's stage and delivery (see package related).
+		relIn := make(chan row.Transaction, 16)
+		rstage := related.New(s.relatedOptions(src.plan))
+		g.Go(func() error {
+			relErr = rstage.Run(produceCtx, relIn, eng.in)
+			if relErr != nil && produceCtx.Err() == nil {
+				stopProducing()
+			}
+			return nil
+		})
+		out = relIn
+		defer func() {
+			if errors.Is(relErr, related.ErrSchema) {
+				streamErr = permanent(fmt.Errorf("%w: %w", ErrConfig, relErr))
+			}
+		}()
+	}
 	g.Go(func() error {
-		stageErr = stage.Run(produceCtx, in, eng.in)
+		stageErr = stage.Run(produceCtx, in, out)
+		if out != eng.in {
+			close(out)
+		}
 		if stageErr != nil && produceCtx.Err() == nil {
 			stopProducing() // the snapshot failed: stop reading too, and start over
 		}
@@ -243,6 +284,7 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 		Slot:           cfg.Postgres.Slot,
 		Publication:    cfg.Postgres.Publication,
 		Table:          src.table,
+		Related:        related.Tables(cfg.Companies),
 		Start:          st.lsn,
 		Confirmed:      func() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) },
 		Types:          replication.NewTypeResolver(src.sqlConn),
@@ -260,6 +302,9 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	g.Wait()
 	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
 		streamErr = stageErr
+	}
+	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && relErr != nil && !errors.Is(relErr, context.Canceled)) {
+		streamErr = relErr
 	}
 	return streamErr
 }
@@ -317,6 +362,10 @@ func (s *session) monitorRetainedWAL(ctx context.Context, retained *atomic.Int64
 
 // writeStatus hands the delivery mode to `pgpilot status`.
 func (s *session) writeStatus(st state.Status) {
+	if len(s.cfg.Companies.Related) > 0 {
+		n := s.relatedCounts()
+		st.Related = &state.RelatedReads{Reads: n.Reads, Queries: n.Queries, Companies: n.Companies, Rows: n.Rows, Seconds: n.Seconds}
+	}
 	s.opts.Metrics.Status(deliveryStatus(st))
 	if err := s.dir.WriteStatus(st); err != nil {
 		s.log.Warn("could not write the status file", "error", err)
@@ -512,4 +561,29 @@ func estimateRows(ctx context.Context, conn *pgx.Conn, table row.Table) int64 {
 		return -1
 	}
 	return int64(n)
+}
+
+// relatedPlan compiles companies.related and companies.where against the
+// database and checks that each related table streams what its re-reads
+// need: a problem is the operator's to fix (exit 2), with the fix.
+func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) (*related.Plan, error) {
+	plan, err := related.Compile(ctx, conn, cfg.Companies)
+	if err != nil {
+		var ces mapping.ConfigErrors
+		if errors.As(err, &ces) {
+			return nil, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return nil, err
+	}
+	for _, r := range cfg.Companies.Related {
+		t := row.Table{Schema: r.Schema, Name: r.Name}
+		problem, err := replication.RelatedIdentityProblem(ctx, conn, t, r.CompanyID)
+		if err != nil {
+			return nil, err
+		}
+		if problem != "" {
+			return nil, permanent(fmt.Errorf("%w: %s: %s", ErrConfig, r.Path(), problem))
+		}
+	}
+	return plan, nil
 }

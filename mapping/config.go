@@ -114,6 +114,14 @@ type Companies struct {
 	CompanyID string  // column name
 	Metadata  []Field // in file order
 
+	// Related are the lookups and aggregates over other tables' rows that
+	// add metadata keys (companies.related), in file order.
+	Related []Related
+	// Where, when not "", is the SQL condition a companies row must match
+	// to be synced (companies.where); WhereLine is its line.
+	Where     string
+	WhereLine int
+
 	// File and CompanyIDLine locate the mapping in its file so that Compile's
 	// messages can point at the line to edit. Both are zero for a Companies
 	// built in code.

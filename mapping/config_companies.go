@@ -10,7 +10,7 @@ import (
 // The keys of the companies: section (on_delete is read in ondelete.go) and
 // of a metadata entry's {column, type} form.
 var (
-	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata"}
+	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata", "related", "where"}
 	fieldKeys     = []string{"column", "type", "pii"}
 )
 
@@ -28,6 +28,9 @@ func (p *parser) companies(s section) Companies {
 	}
 	c.Metadata = p.metadata(s)
 	p.onDelete(s, &c)
+	c.Related = p.related(s)
+	p.where(s, &c)
+	p.uniqueKeys(&c, s)
 	return c
 }
 

@@ -169,4 +169,16 @@
 //
 // A value that cannot be converted (text that is not a number, say) makes the
 // row a *RowError naming the key, the column and the reason.
+//
+// # Related tables and where
+//
+// companies.related is a list of entries, each a table, its company_id
+// column and either metadata: (a lookup of one row, the first in order_by's
+// order; the same forms and types as companies.metadata) or aggregate:
+// (key: expression, or key: {sql: expression, type: ...}). companies.where
+// is one SQL condition on the companies row. Parse checks each expression,
+// order_by and where lexically (one piece of SQL: no comment, semicolon or
+// unbalanced parenthesis, see internal/sqltext) and that every metadata key
+// has one source across metadata, related entries and on_delete_metadata;
+// package related checks the rest against Postgres.
 package mapping

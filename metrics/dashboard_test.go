@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -38,7 +39,7 @@ func TestGrafanaDashboardUsesOnlyMetricsThatExist(t *testing.T) {
 
 	known := map[string]bool{}
 	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
-	for _, d := range allDescs {
+	for _, d := range append(append([]*prometheus.Desc{}, allDescs...), relatedDescs...) {
 		m := fqName.FindStringSubmatch(d.String())
 		require.NotNil(t, m, d.String())
 		known[m[1]] = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,28 +23,34 @@ type Publication struct {
 }
 
 // EnsurePublication makes sure publication name exists and publishes inserts
-// and updates of t. It creates it when missing, unless the server is a
-// standby (which cannot write): then it returns the statement to run on the
-// primary. A publication that exists but misses t is not altered behind the
-// operator's back: the error says what to run.
-func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t row.Table, srv Server) (created bool, err error) {
+// and updates of t (and of the related tables companies.related reads). It
+// creates it when missing, unless the server is a standby (which cannot
+// write): then it returns the statement to run on the primary. A
+// publication pgpilot created that misses a table (related tables added
+// to the config) gets it added, on a primary; one an operator made is not
+// altered behind the operator's back: the error says what to run.
+func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t row.Table, srv Server, related ...row.Table) (created bool, err error) {
+	tables := append([]row.Table{t}, related...)
 	var allTables, pubInsert, pubUpdate bool
 	err = conn.QueryRow(ctx, `SELECT puballtables, pubinsert, pubupdate FROM pg_publication WHERE pubname = $1`, name).
 		Scan(&allTables, &pubInsert, &pubUpdate)
-	createSQL := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), t.Quoted())
+	ident := pgx.Identifier{name}.Sanitize()
+	createSQL := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", ident, quotedList(tables))
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		if srv.InRecovery {
 			return false, fmt.Errorf("publication %q does not exist and this server is a standby, which cannot create it; run on the primary:\n  %s", name, createSQL)
 		}
-		problem, err := ReplicaIdentityProblem(ctx, conn, t)
-		if err != nil {
-			return false, err
+		for _, t := range tables {
+			problem, err := ReplicaIdentityProblem(ctx, conn, t)
+			if err != nil {
+				return false, err
+			}
+			if problem != "" {
+				return false, fmt.Errorf("not creating publication %q: %s", name, problem)
+			}
 		}
-		if problem != "" {
-			return false, fmt.Errorf("not creating publication %q: %s", name, problem)
-		}
-		if err := createPublication(ctx, conn, name, t); err != nil {
+		if err := createPublication(ctx, conn, name, tables); err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "42501" {
 				return false, fmt.Errorf("create publication %q: this role may not (%s); run as a privileged role:\n  %s", name, pgErr.Message, createSQL)
@@ -56,32 +63,81 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t row.T
 	}
 	if !pubInsert || !pubUpdate {
 		return false, fmt.Errorf("publication %q does not publish inserts and updates; run:\n  ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');",
-			name, pgx.Identifier{name}.Sanitize())
+			name, ident)
 	}
 	if allTables {
 		return false, nil
 	}
-	var covers bool
-	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
-		name, t.Schema, t.Name).Scan(&covers)
-	if err != nil {
-		return false, fmt.Errorf("read tables of publication %q: %w", name, err)
+	missing, err := MissingFromPublication(ctx, conn, name, tables)
+	if err != nil || len(missing) == 0 {
+		return false, err
 	}
-	if !covers {
-		return false, fmt.Errorf("publication %q exists but does not include %s; run on the primary:\n  ALTER PUBLICATION %s ADD TABLE %s;",
-			name, t, pgx.Identifier{name}.Sanitize(), t.Quoted())
+	alterSQL := fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", ident, quotedList(missing))
+	pub, _, err := ReadPublication(ctx, conn, name)
+	if err != nil {
+		return false, err
+	}
+	if !pub.CreatedByPgpilot || srv.InRecovery {
+		return false, fmt.Errorf("publication %q exists but does not include %s; run on the primary:\n  %s", name, tableList(missing), alterSQL)
+	}
+	for _, t := range missing {
+		problem, err := ReplicaIdentityProblem(ctx, conn, t)
+		if err != nil {
+			return false, err
+		}
+		if problem != "" {
+			return false, fmt.Errorf("not adding %s to publication %q: %s", t, name, problem)
+		}
+	}
+	if _, err := conn.Exec(ctx, strings.TrimSuffix(alterSQL, ";")); err != nil {
+		return false, fmt.Errorf("add %s to publication %q (run it as a privileged role: %s): %w", tableList(missing), name, alterSQL, err)
 	}
 	return false, nil
 }
 
-func createPublication(ctx context.Context, conn *pgx.Conn, name string, t row.Table) error {
+// MissingFromPublication returns the tables publication name does not
+// publish (none for FOR ALL TABLES).
+func MissingFromPublication(ctx context.Context, conn *pgx.Conn, name string, tables []row.Table) ([]row.Table, error) {
+	var missing []row.Table
+	for _, t := range tables {
+		var covers bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
+			OR coalesce((SELECT puballtables FROM pg_publication WHERE pubname = $1), false)`,
+			name, t.Schema, t.Name).Scan(&covers)
+		if err != nil {
+			return nil, fmt.Errorf("read tables of publication %q: %w", name, err)
+		}
+		if !covers {
+			missing = append(missing, t)
+		}
+	}
+	return missing, nil
+}
+
+func quotedList(tables []row.Table) string {
+	q := make([]string, len(tables))
+	for i, t := range tables {
+		q[i] = t.Quoted()
+	}
+	return strings.Join(q, ", ")
+}
+
+func tableList(tables []row.Table) string {
+	q := make([]string, len(tables))
+	for i, t := range tables {
+		q[i] = t.String()
+	}
+	return strings.Join(q, ", ")
+}
+
+func createPublication(ctx context.Context, conn *pgx.Conn, name string, tables []row.Table) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(ctx)
 	ident := pgx.Identifier{name}.Sanitize()
-	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", ident, t.Quoted())); err != nil {
+	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", ident, quotedList(tables))); err != nil {
 		return err
 	}
 	if _, err := tx.Exec(ctx, fmt.Sprintf("COMMENT ON PUBLICATION %s IS %s", ident, quoteLiteral(publicationComment))); err != nil {

@@ -86,6 +86,46 @@ func TestPublicationIsCreatedMarkedAndValidated(t *testing.T) {
 	assert.False(t, p.CreatedByPgpilot)
 }
 
+// TestRelatedTablesArePublishedWithTheCompanies: pgpilot creates its
+// publication with the related tables, adds one the config gained to the
+// publication it created, and leaves an operator's alone, naming the
+// statement; a related table whose UPDATEs would break is not added.
+func TestRelatedTablesArePublishedWithTheCompanies(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `CREATE TABLE companies (id bigint PRIMARY KEY); CREATE TABLE users (id bigint PRIMARY KEY, company_id bigint);
+		CREATE TABLE subscriptions (id bigint PRIMARY KEY, company_id bigint); CREATE TABLE loose (company_id bigint);
+		CREATE PUBLICATION theirs FOR TABLE companies`)
+	require.NoError(t, err)
+	srv, err := replication.ReadServer(ctx, conn)
+	require.NoError(t, err)
+	users, subs := row.Table{Schema: "public", Name: "users"}, row.Table{Schema: "public", Name: "subscriptions"}
+	published := func(pub string) []string {
+		rows, err := conn.Query(ctx, `SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+		require.NoError(t, err)
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		return names
+	}
+
+	created, err := replication.EnsurePublication(ctx, conn, "pgpilot", companies, srv, users)
+	require.NoError(t, err)
+	assert.True(t, created)
+	assert.Equal(t, []string{"companies", "users"}, published("pgpilot"))
+	_, err = replication.EnsurePublication(ctx, conn, "pgpilot", companies, srv, users, subs)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"companies", "subscriptions", "users"}, published("pgpilot"), "a related table the config gained is added")
+
+	_, err = replication.EnsurePublication(ctx, conn, "pgpilot", companies, srv, row.Table{Schema: "public", Name: "loose"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `ALTER TABLE "public"."loose" REPLICA IDENTITY FULL`)
+
+	_, err = replication.EnsurePublication(ctx, conn, "theirs", companies, srv, users, subs)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `ALTER PUBLICATION "theirs" ADD TABLE "public"."users", "public"."subscriptions";`)
+	assert.Equal(t, []string{"companies"}, published("theirs"))
+}
+
 func TestSlotOfAnotherKindIsRefused(t *testing.T) {
 	ctx := context.Background()
 	_, conn := connect(t)
@@ -225,4 +265,36 @@ func TestFailoverSlotOnPostgres17(t *testing.T) {
 	var failover bool
 	require.NoError(t, conn.QueryRow(ctx, `SELECT failover FROM pg_replication_slots WHERE slot_name = 'with_failover'`).Scan(&failover))
 	assert.True(t, failover)
+}
+
+// TestRelatedIdentityMustCarryTheCompanyID: FULL, a primary key or an
+// identity index that includes company_id pass; any other identity is a
+// problem whose fix is the ALTER TABLE.
+func TestRelatedIdentityMustCarryTheCompanyID(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `
+		CREATE TABLE full_t (id bigint PRIMARY KEY, company_id bigint); ALTER TABLE full_t REPLICA IDENTITY FULL;
+		CREATE TABLE pk_t (id bigint, company_id bigint, PRIMARY KEY (company_id, id));
+		CREATE TABLE idx_t (id bigint PRIMARY KEY, company_id bigint NOT NULL); CREATE UNIQUE INDEX idx_t_i ON idx_t (company_id, id);
+		ALTER TABLE idx_t REPLICA IDENTITY USING INDEX idx_t_i;
+		CREATE TABLE plain_t (id bigint PRIMARY KEY, company_id bigint);
+		CREATE TABLE nokey_t (company_id bigint);
+		CREATE TABLE nothing_t (id bigint PRIMARY KEY, company_id bigint); ALTER TABLE nothing_t REPLICA IDENTITY NOTHING`)
+	require.NoError(t, err)
+	for name, ok := range map[string]bool{"full_t": true, "pk_t": true, "idx_t": true, "plain_t": false, "nokey_t": false, "nothing_t": false} {
+		problem, err := replication.RelatedIdentityProblem(ctx, conn, row.Table{Schema: "public", Name: name}, "company_id")
+		require.NoError(t, err)
+		if ok {
+			assert.Empty(t, problem, name)
+		} else {
+			assert.Contains(t, problem, `ALTER TABLE "public".`+`"`+name+`" REPLICA IDENTITY FULL;`, name)
+		}
+	}
+	indexed, err := replication.HasIndexOn(ctx, conn, row.Table{Schema: "public", Name: "plain_t"}, "company_id")
+	require.NoError(t, err)
+	assert.False(t, indexed)
+	indexed, err = replication.HasIndexOn(ctx, conn, row.Table{Schema: "public", Name: "pk_t"}, "company_id")
+	require.NoError(t, err)
+	assert.True(t, indexed)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +23,10 @@ type StreamOptions struct {
 	// Table is the mapped table; changes to other tables in the publication
 	// are dropped.
 	Table row.Table
+	// Related are other tables whose changes are passed on too (the
+	// tables companies.related reads: package related turns their changes
+	// into re-reads of the companies they belong to).
+	Related []row.Table
 	// Start is the durable checkpoint. Transactions ending at or before it
 	// were delivered already and are skipped if the server sends them again.
 	Start pglogrepl.LSN
@@ -299,7 +304,7 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 	if !ok {
 		return fmt.Errorf("replication stream: %s on relation %d before its description", r.op, r.relation)
 	}
-	if rel.Table != s.opts.Table {
+	if rel.Table != s.opts.Table && !slices.Contains(s.opts.Related, rel.Table) {
 		return nil
 	}
 	s.cur.Changes = append(s.cur.Changes, r.change(rel))

@@ -99,6 +99,9 @@ type Options struct {
 	Identity []string
 	// CompanyID is the company id column, for a one-company re-sync.
 	CompanyID string
+	// Where is companies.where: every job reads only the rows it selects
+	// ("" for all).
+	Where string
 	// ChunkRows is how many rows a chunk holds; 0 → 5,000.
 	ChunkRows int
 	// Backlog, if set, is how many companies wait in the pipeline: no new
@@ -687,6 +690,15 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 func (s *Stage) query(job state.Snapshot) replication.ChunkQuery {
 	q := replication.ChunkQuery{Table: s.opts.Table, Columns: s.opts.Columns, Key: s.key, Limit: s.opts.ChunkRows}
 	q.Where, q.Args = Filter(job, s.opts.CompanyID)
+	if s.opts.Where != "" {
+		// companies.where holds for every job; a re-sync's own condition
+		// narrows it further.
+		if q.Where == "" {
+			q.Where = s.opts.Where
+		} else {
+			q.Where = "(" + s.opts.Where + ") AND (" + q.Where + ")"
+		}
+	}
 	if job.After != nil {
 		q.After = make([]row.Value, len(job.After))
 		for i, t := range job.After {

@@ -35,7 +35,19 @@ type Status struct {
 	OutboxBytes     int64     `json:"outbox_bytes"`
 	OldestPending   time.Time `json:"oldest_pending,omitzero"`
 	Pending         int       `json:"pending_companies"`
-	UpdatedAt       time.Time `json:"updated_at"`
+	// Related counts the re-reads of related values (companies.related)
+	// since the daemon started; nil when none is configured.
+	Related   *RelatedReads `json:"related,omitempty"`
+	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// RelatedReads are the related stage's counters, for `pgpilot status`.
+type RelatedReads struct {
+	Reads     int64   `json:"reads"`
+	Queries   int64   `json:"queries"`
+	Companies int64   `json:"companies"`
+	Rows      int64   `json:"rows"`
+	Seconds   float64 `json:"seconds"`
 }
 
 // WriteStatus replaces the status file.

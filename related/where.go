@@ -1,0 +1,79 @@
+package related
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgpilot/pgpilot/row"
+)
+
+// whereSQL evaluates companies.where on rows the stream (or a snapshot)
+// carries, not on the table: each row version is judged by its own values,
+// so a row that changed again since is judged again when that change
+// arrives. The rows are passed as one text array per column and cast to
+// the column's type; the derived table is named as the companies table, so
+// the condition reads exactly as it does in a chunk query. It returns the
+// ordinals of the rows that match.
+func (p *Plan) whereSQL(rel *row.Relation) string {
+	var from, sel []string
+	from = append(from, "unnest($1::int4[])")
+	sel = append(sel, `u.o AS "pgpilot ord"`)
+	names := []string{"o"}
+	for i, c := range rel.Columns {
+		from = append(from, fmt.Sprintf("unnest($%d::text[])", i+2))
+		names = append(names, "p"+strconv.Itoa(i))
+		sel = append(sel, fmt.Sprintf("u.p%d::%s AS %s", i, c.TypeName, pgx.Identifier{c.Name}.Sanitize()))
+	}
+	return fmt.Sprintf(`SELECT "pgpilot ord" FROM (SELECT %s FROM ROWS FROM (%s) AS u(%s)) AS %s WHERE (%s)`,
+		strings.Join(sel, ", "), strings.Join(from, ", "), strings.Join(names, ", "), pgx.Identifier{p.companies.Name}.Sanitize(), p.where)
+}
+
+// matches reports, for each of rows (values of rel's columns), whether it
+// matches companies.where. A value Postgres did not send (an unchanged
+// TOASTed one) is NULL here: the stage fills it from the old row first.
+func (p *Plan) matches(ctx context.Context, q Querier, rel *row.Relation, rows [][]row.Value) ([]bool, error) {
+	out := make([]bool, len(rows))
+	if len(rows) == 0 {
+		return out, nil
+	}
+	ords := make([]int32, len(rows))
+	cols := make([][]*string, len(rel.Columns))
+	for j := range cols {
+		cols[j] = make([]*string, len(rows))
+	}
+	for i, r := range rows {
+		ords[i] = int32(i)
+		for j := range rel.Columns {
+			if j < len(r) && !r[j].Null && !r[j].Unchanged {
+				s := string(r[j].Text)
+				cols[j][i] = &s
+			}
+		}
+	}
+	args := []any{ords}
+	for _, c := range cols {
+		args = append(args, c)
+	}
+	res, err := q.Query(ctx, p.whereSQL(rel), args...)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate companies.where on %d rows: %w", len(rows), err)
+	}
+	defer res.Close()
+	for res.Next() {
+		var o int32
+		if err := res.Scan(&o); err != nil {
+			return nil, err
+		}
+		if o >= 0 && int(o) < len(out) {
+			out[o] = true
+		}
+	}
+	if err := res.Err(); err != nil {
+		return nil, fmt.Errorf("evaluate companies.where on %d rows: %w", len(rows), err)
+	}
+	return out, nil
+}
