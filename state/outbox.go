@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -35,8 +38,10 @@ func (x *Store) WriteOutbox(put []OutboxRecord, remove []string) error {
 	if len(put) == 0 && len(remove) == 0 {
 		return nil
 	}
-	// In writes of a bounded size: a write transaction holds every node it
-	// touches on the heap until it commits.
+	// In writes of a bounded size, in key order: a write transaction holds
+	// every page it touches on the heap until it commits.
+	put = slices.Clone(put)
+	slices.SortFunc(put, func(a, b OutboxRecord) int { return strings.Compare(a.CompanyID, b.CompanyID) })
 	for len(put) > outboxWriteBatch {
 		if err := x.writeOutbox(put[:outboxWriteBatch], nil); err != nil {
 			return err
@@ -47,7 +52,7 @@ func (x *Store) WriteOutbox(put []OutboxRecord, remove []string) error {
 }
 
 // outboxWriteBatch is how many records one outbox write transaction puts.
-const outboxWriteBatch = 2000
+const outboxWriteBatch = 500
 
 func (x *Store) writeOutbox(put []OutboxRecord, remove []string) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
@@ -164,6 +169,31 @@ type Merged struct{ Size, Was int }
 // and returns what each merge left. Only after it returns may the changes
 // they hold be confirmed to Postgres.
 func (x *Store) MergeOutbox(merges []OutboxMerge) ([]Merged, error) {
+	// In key order: the writes touch neighbouring pages, not one page per
+	// record (a write holds every page it touches on the heap until it
+	// commits: 37 MB for 2,000 records spread over a 200,000-record
+	// outbox).
+	order := make([]int, len(merges))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return merges[order[a]].Record.CompanyID < merges[order[b]].Record.CompanyID })
+	sorted := make([]OutboxMerge, len(merges))
+	for i, j := range order {
+		sorted[i] = merges[j]
+	}
+	merged, err := x.mergeSorted(sorted)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Merged, len(merges))
+	for i, j := range order {
+		out[j] = merged[i]
+	}
+	return out, nil
+}
+
+func (x *Store) mergeSorted(merges []OutboxMerge) ([]Merged, error) {
 	sizes := make([]Merged, 0, len(merges))
 	for len(merges) > 0 { // in writes of a bounded size, as WriteOutbox
 		n := min(len(merges), outboxWriteBatch)
