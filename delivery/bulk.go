@@ -33,6 +33,9 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	if k == 0 {
 		return nil, nil
 	}
+	if err := p.lookUp(p.ready.last(k)); err != nil { // one read for the job
+		return nil, err
+	}
 	var batch, keep []*entry
 	size := 0
 	for len(batch) < k && p.ready.len() > 0 {
