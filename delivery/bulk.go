@@ -19,8 +19,10 @@ const failedJobRetries = 2
 
 // takeBulk chooses the companies for a bulk job (the newest ready ones: the
 // real-time path keeps draining the oldest, so the checkpoint keeps moving)
-// and marks them in flight.
-func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
+// and marks them in flight. It writes the job's body as it goes: each
+// company's JSON is written once, and that is both what sizes the job and
+// what is recorded and sent.
+func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
 		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
 	if p.order.len() >= p.opts.MaxPending {
@@ -30,14 +32,14 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		// backlog without end, a job is full.
 		k = userpilot.MaxBulkRecords
 	}
+	var body userpilot.BulkBody
 	if k == 0 {
-		return nil, nil
+		return nil, body, nil
 	}
 	if err := p.lookUp(p.ready.last(k)); err != nil { // one read for the job
-		return nil, err
+		return nil, body, err
 	}
 	var batch, keep []*entry
-	size := 0
 	for len(batch) < k && p.ready.len() > 0 {
 		e := p.ready.popBack()
 		if e.realtimeOnly || e.delete {
@@ -46,18 +48,16 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		}
 		same, err := p.noOp(e)
 		if err != nil {
-			return nil, err
+			return nil, body, err
 		}
 		if same {
 			p.skip(e, r)
 			continue
 		}
-		n := e.co.JSONSize() + len(",")
-		if size+n > maxBulkBytes {
+		if !body.AddWithin(e.co, maxBulkBytes) {
 			keep = append(keep, e)
 			break
 		}
-		size += n
 		batch = append(batch, e)
 	}
 	for i := len(keep) - 1; i >= 0; i-- {
@@ -66,27 +66,23 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	for _, e := range batch {
 		p.send(e)
 	}
-	return batch, nil
+	return batch, body, nil
 }
 
 // runBulk takes a job from submission to completion. It returns when the
 // job completed (the records are applied), when the records should go out
 // on the real-time path instead, or when ctx is done.
-func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
+func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody) bulkResult {
 	start := time.Now()
-	cos := make([]userpilot.Company, len(batch))
-	for i, e := range batch {
-		cos[i] = e.co
-	}
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
 	// companies until the job ends.
-	key, err := p.beginJob(cos)
+	key, err := p.beginJob(body)
 	if err != nil {
 		return bulkResult{entries: batch, err: err}
 	}
 	for failures := 0; ; {
-		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, cos)
+		job, err := p.opts.Sender.BulkIdentify(ctx, body)
 		var rej *userpilot.RejectedError
 		switch {
 		case errors.Is(err, userpilot.ErrJobRunning):
@@ -110,7 +106,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			return bulkResult{entries: batch, err: err}
 		}
 		p.jobAnswered.Store(time.Now().UnixNano())
-		status, err := p.waitJob(ctx, job, firstPoll(len(cos), p.opts.BulkRate, p.opts.PollInterval))
+		status, err := p.waitJob(ctx, job, firstPoll(len(batch), p.opts.BulkRate, p.opts.PollInterval))
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
@@ -127,7 +123,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
 			return bulkResult{entries: batch, took: time.Since(start)}
 		}
 		failures++
-		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(cos), "failures", failures)
+		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(batch), "failures", failures)
 		if failures > failedJobRetries {
 			if err := p.endJob(key); err != nil {
 				return bulkResult{entries: batch, err: err}

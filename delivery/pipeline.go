@@ -39,7 +39,8 @@ import (
 type Sender interface {
 	IdentifyCompany(ctx context.Context, co userpilot.Company) error
 	DeleteCompanies(ctx context.Context, ids []string) error
-	BulkIdentifyCompanies(ctx context.Context, cos []userpilot.Company) (userpilot.Job, error)
+	// BulkIdentify submits a bulk job of the companies body holds.
+	BulkIdentify(ctx context.Context, body userpilot.BulkBody) (userpilot.Job, error)
 	BackgroundJob(ctx context.Context, id string) (userpilot.Job, error)
 }
 
@@ -380,14 +381,14 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
 		}
 		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
-			batch, err := p.takeBulk(report)
+			batch, body, err := p.takeBulk(report)
 			if err != nil {
 				return err
 			}
 			if len(batch) > 0 {
 				p.bulkBusy = true
 				wg.Go(func() {
-					res := p.runBulk(ctx, batch)
+					res := p.runBulk(ctx, batch, body)
 					bulkDone <- res
 				})
 			}
