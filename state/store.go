@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/pgpilot/pgpilot/userpilot"
 	bolt "go.etcd.io/bbolt"
 )
@@ -27,8 +28,16 @@ var (
 // initialMmap is the store's first mapping: 1 GiB of address space.
 const initialMmap = 1 << 30
 
-// recordVersion prefixes each stored record, so its layout can change.
-const recordVersion = 1
+// A record's first byte says how its value fingerprints were made.
+const (
+	// recordSHA256: 64 bits of SHA-256, the first fingerprints; still
+	// read, and written only where an update leaves keys of such a record
+	// out (their fingerprints cannot be made again without the values).
+	recordSHA256 = 1
+	// recordXXH: xxHash64, written for every other record. A record is
+	// made at every delivery, and SHA-256 was a third of that.
+	recordXXH = 2
+)
 
 // Store is pgpilot's embedded database (bbolt: crash-safe, one file): the
 // no-op index and the outbox.
@@ -41,8 +50,11 @@ const recordVersion = 1
 // out (an unchanged TOAST value) and must still be comparable.
 //
 // It only ever holds states that were accepted; a lost write just means one
-// redundant send later. A fingerprint is 64 bits of SHA-256 of key and
-// value: a false "unchanged" needs a collision on the same company and key.
+// redundant send later. A value's fingerprint is 64 bits of a hash of key
+// and value (xxHash64; SHA-256 in records written before it): a false
+// "unchanged" needs a collision on the same company and key, about one in
+// 2^64 for values not made to collide, and only the table's own writers
+// could make them.
 type Store struct {
 	db *bolt.DB
 }
@@ -81,11 +93,14 @@ var keyHashes sync.Map // string → uint32
 
 // fingerprint hashes a key and its value's JSON, the bytes the body
 // carries (userpilot.Encode: what json.Marshal writes, what fingerprints
-// were always made of, so a stored index stays valid).
-func fingerprint(key string, value json.RawMessage) (uint32, uint64) {
+// were always made of), as a record of version v makes it.
+func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
 	kh, _ := keyHash(key)
 	var buf [256]byte
 	b := append(append(append(buf[:0], key...), 0), value...)
+	if v == recordXXH {
+		return kh, xxhash.Sum64(b)
+	}
 	vh := sha256.Sum256(b)
 	return kh, binary.BigEndian.Uint64(vh[:8])
 }
@@ -132,7 +147,7 @@ func holds(rec []byte, metadata userpilot.Metadata) bool {
 		return false
 	}
 	for k, v := range metadata {
-		kh, vh := fingerprint(k, v)
+		kh, vh := fingerprint(rec[0], k, v)
 		if got, ok := lookup(rec, kh); !ok || got != vh {
 			return false
 		}
@@ -144,7 +159,7 @@ func holds(rec []byte, metadata userpilot.Metadata) bool {
 // (4) and its value's (8). A company has a handful of keys: a scan of the
 // record is quicker than building a map of it.
 func readable(rec []byte) bool {
-	return len(rec) >= 1 && rec[0] == recordVersion && (len(rec)-1)%12 == 0
+	return len(rec) >= 1 && (rec[0] == recordSHA256 || rec[0] == recordXXH) && (len(rec)-1)%12 == 0
 }
 
 func lookup(rec []byte, kh uint32) (uint64, bool) {
@@ -199,16 +214,22 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 				buf = make([]byte, 0, max(need, 64<<10))
 			}
 			start := len(buf)
-			buf = append(buf, recordVersion)
-			// Keys not sent keep what they had.
+			version := byte(recordXXH)
+			kept := len(buf) + 1
+			buf = append(buf, version)
+			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
 				kh := binary.BigEndian.Uint32(old[j:])
 				if !sends(p.Metadata, kh) {
 					buf = append(buf, old[j:j+12]...)
 				}
 			}
+			if len(buf) > kept {
+				version = old[0]
+				buf[start] = version
+			}
 			for k, v := range p.Metadata {
-				kh, vh := fingerprint(k, v)
+				kh, vh := fingerprint(version, k, v)
 				buf = binary.BigEndian.AppendUint32(buf, kh)
 				buf = binary.BigEndian.AppendUint64(buf, vh)
 			}
