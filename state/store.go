@@ -127,10 +127,13 @@ func (x *Store) Unchanged(companyID string, metadata userpilot.Metadata) (bool, 
 // same[i], in one read of the index: a read transaction per company was
 // most of what the look-up cost.
 func (x *Store) UnchangedEach(cos []userpilot.Company, same []bool) error {
+	order := keyOrder(cos)
 	err := x.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(deliveredBucket)
-		for i, co := range cos {
-			same[i] = holds(b.Get([]byte(co.CompanyID)), co.Metadata)
+		// One cursor for all, in key order: a Get makes a cursor of its own
+		// (and its allocations) each time, and neighbours share pages.
+		c := tx.Bucket(deliveredBucket).Cursor()
+		for _, i := range order {
+			same[i] = holds(get(c, cos[i].CompanyID), cos[i].Metadata)
 		}
 		return nil
 	})
@@ -183,15 +186,10 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 	if len(profiles) == 0 {
 		return nil
 	}
-	order := make([]int, len(profiles))
-	for i := range order {
-		order[i] = i
-	}
-	if !slices.IsSortedFunc(order, func(a, b int) int { return strings.Compare(profiles[a].CompanyID, profiles[b].CompanyID) }) {
-		slices.SortFunc(order, func(a, b int) int { return strings.Compare(profiles[a].CompanyID, profiles[b].CompanyID) })
-	}
+	order := keyOrder(profiles)
 	err := x.db.Batch(func(tx *bolt.Tx) error {
 		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
+		c := b.Cursor()
 		// Nothing is marked on the bulk path: an empty bucket needs no
 		// deletes looked up.
 		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
@@ -205,7 +203,7 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 					return err
 				}
 			}
-			old := b.Get(id)
+			old := get(c, p.CompanyID)
 			if !readable(old) {
 				old = nil
 			}
@@ -243,6 +241,28 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 		return fmt.Errorf("write no-op index: %w", err)
 	}
 	return nil
+}
+
+// keyOrder is the order of cos by company id.
+func keyOrder(cos []userpilot.Company) []int {
+	order := make([]int, len(cos))
+	for i := range order {
+		order[i] = i
+	}
+	byID := func(a, b int) int { return strings.Compare(cos[a].CompanyID, cos[b].CompanyID) }
+	if !slices.IsSortedFunc(order, byID) {
+		slices.SortFunc(order, byID)
+	}
+	return order
+}
+
+// get is Bucket.Get through c (positioned anew).
+func get(c *bolt.Cursor, id string) []byte {
+	k, v := c.Seek([]byte(id))
+	if string(k) != id {
+		return nil
+	}
+	return v
 }
 
 // sends reports whether metadata has a key of fingerprint kh.
