@@ -193,7 +193,14 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 		// Nothing is marked on the bulk path: an empty bucket needs no
 		// deletes looked up.
 		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
-		var buf []byte // what Put is given must stay unchanged until the commit: never reused
+		// What Put is given must stay unchanged until the commit: one
+		// buffer, never reused, sized for the profiles as sent (a record
+		// that keeps older keys may need a block more).
+		size := 0
+		for _, p := range profiles {
+			size += 1 + 12*len(p.Metadata)
+		}
+		buf := make([]byte, 0, size)
 		for _, i := range order {
 			p := profiles[i]
 			id := []byte(p.CompanyID)
@@ -209,7 +216,7 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 			}
 			need := 1 + 12*(len(p.Metadata)+(len(old)-min(len(old), 1))/12)
 			if cap(buf)-len(buf) < need {
-				buf = make([]byte, 0, max(need, 64<<10))
+				buf = make([]byte, 0, max(need, min(size, 64<<10)))
 			}
 			start := len(buf)
 			version := byte(recordXXH)
