@@ -58,6 +58,11 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 			keep = append(keep, e)
 			break
 		}
+		if len(batch) == 0 {
+			// The job's companies come from one mapping: the first one's
+			// size, with a margin, is a fair guess for all.
+			body.Grow(min(maxBulkBytes, (body.Size()+64)*k*5/4))
+		}
 		batch = append(batch, e)
 	}
 	for i := len(keep) - 1; i >= 0; i-- {

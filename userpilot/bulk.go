@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 )
 
 // MaxBulkRecords is the most companies Userpilot takes in one JSON bulk request.
@@ -78,6 +79,10 @@ func (b *BulkBody) AddWithin(co Company, limit int) bool {
 	b.n++
 	return true
 }
+
+// Grow makes room for n more bytes, so that a body whose size can be
+// guessed is not copied over and over as it grows.
+func (b *BulkBody) Grow(n int) { b.json = slices.Grow(b.json, n) }
 
 // Size is the body's length in bytes.
 func (b *BulkBody) Size() int { return max(len(b.json), len(`{"companies":[`)) + len("]}") }
