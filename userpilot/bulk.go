@@ -90,9 +90,13 @@ func (b *BulkBody) Size() int { return max(len(b.json), len(`{"companies":[`)) +
 // Len is how many companies it holds.
 func (b *BulkBody) Len() int { return b.n }
 
-// JSON is the body, a copy of its own.
+// JSON is the body. It ends the array in room the body has spare (Grow
+// leaves some), so it is not copied: add nothing after it.
 func (b *BulkBody) JSON() []byte {
-	return append(b.AppendCompanies(append(make([]byte, 0, len(b.json)+len(`{"companies":[]}`)), '{')), '}')
+	if b.n == 0 {
+		return []byte(`{"companies":[]}`)
+	}
+	return append(b.json, "]}"...)
 }
 
 // AppendCompanies appends the body's member, "companies":[…], to dst.
