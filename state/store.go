@@ -250,7 +250,9 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 	return nil
 }
 
-// keyOrder is the order of cos by company id.
+// keyOrder is the order of cos by company id; two profiles of one company
+// (none is sent twice at once, but Record must not depend on it) keep
+// their order, so the newer is written last.
 func keyOrder(cos []userpilot.Company) []int {
 	order := make([]int, len(cos))
 	for i := range order {
@@ -258,7 +260,7 @@ func keyOrder(cos []userpilot.Company) []int {
 	}
 	byID := func(a, b int) int { return strings.Compare(cos[a].CompanyID, cos[b].CompanyID) }
 	if !slices.IsSortedFunc(order, byID) {
-		slices.SortFunc(order, byID)
+		slices.SortStableFunc(order, byID)
 	}
 	return order
 }

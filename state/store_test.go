@@ -250,3 +250,25 @@ func TestIndexAnswersManyAtOnce(t *testing.T) {
 		assert.Equal(t, same[i], one, co.CompanyID)
 	}
 }
+
+// TestRecordOfOneCompanyTwiceKeepsTheNewer: written in key order, two
+// profiles of one company in one call still land in the order given.
+func TestRecordOfOneCompanyTwiceKeepsTheNewer(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	defer x.Close()
+	var batch []userpilot.Company
+	for i := range 40 { // enough for the sort not to be an insertion sort
+		batch = append(batch, userpilot.Company{CompanyID: fmt.Sprint(i % 3), Metadata: userpilottest.Metadata(map[string]any{"plan": fmt.Sprint("p", i)})})
+	}
+	require.NoError(t, x.Record(batch))
+	for c := range 3 {
+		last := 39 - (39-c)%3
+		same, err := x.Unchanged(fmt.Sprint(c), userpilottest.Metadata(map[string]any{"plan": fmt.Sprint("p", last)}))
+		require.NoError(t, err)
+		assert.True(t, same, "company %d holds its last state, p%d", c, last)
+	}
+}
