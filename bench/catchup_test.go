@@ -155,7 +155,7 @@ func catchUpInProcessOnce(b *testing.B, n, perTxn int) {
 	b.StopTimer()
 	e := newEnv(b, bulkAllowed)
 	ip := e.startInProcess()
-	e.waitFor("initial sync", 10*time.Minute, func() bool { return e.checkpointLSN() != 0 })
+	e.waitFor("initial sync", 10*time.Minute, e.initialSyncDone)
 	ip.stop()
 	end := e.writeRows(n, perTxn)
 

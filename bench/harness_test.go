@@ -259,6 +259,16 @@ func (e *env) checkpointLSN() pglogrepl.LSN {
 	return pglogrepl.LSN(cp.LSN)
 }
 
+// initialSyncDone reports whether the initial sync is over: the slot made
+// and the snapshot job delivered. (The checkpoint says "done" as soon as
+// the slot exists, with the job still on it: a benchmark that stopped
+// pgpilot then had its next start snapshot the rows it wrote meanwhile,
+// each row then mapped twice, once from a chunk and once from the stream.)
+func (e *env) initialSyncDone() bool {
+	cp, ok, err := state.ReadCheckpoint(e.stateDir)
+	return err == nil && ok && cp.InitialSync == state.InitialSyncDone && cp.Snapshot == nil
+}
+
 // waitFor polls cond every few milliseconds and returns when it held.
 func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) time.Time {
 	e.b.Helper()
@@ -440,7 +450,7 @@ func (ip *inProcess) stop() {
 func (e *env) initialSync(rows int) {
 	e.b.Helper()
 	p := e.startPgpilot()
-	e.waitFor("initial sync", 10*time.Minute, func() bool { return e.checkpointLSN() != 0 })
+	e.waitFor("initial sync", 10*time.Minute, e.initialSyncDone)
 	e.waitFor("initial rows delivered", 10*time.Minute, func() bool { return e.up.Accepted() >= rows })
 	// Stopped before the snapshot job's end is checkpointed, the next run
 	// would read the table again beside whatever it measures.

@@ -65,7 +65,7 @@ func latencyOnce(b *testing.B, rate int, d time.Duration, inProc bool) {
 	} else {
 		p = e.startPgpilot()
 	}
-	e.waitFor("initial sync", 5*time.Minute, func() bool { return e.checkpointLSN() != 0 })
+	e.waitFor("initial sync", 5*time.Minute, e.initialSyncDone)
 	waitQuiet(b, e.pg.DataDir)
 	before := sampleMachine(e.pg.DataDir)
 	pgpilotCPU := func() time.Duration {

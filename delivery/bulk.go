@@ -19,8 +19,10 @@ const failedJobRetries = 2
 
 // takeBulk chooses the companies for a bulk job (the newest ready ones: the
 // real-time path keeps draining the oldest, so the checkpoint keeps moving)
-// and marks them in flight.
-func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
+// and marks them in flight. It writes the job's body as it goes: each
+// company's JSON is written once, and that is both what sizes the job and
+// what is recorded and sent.
+func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
 		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
 	if p.full() {
@@ -30,11 +32,14 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		// backlog without end, a job is full.
 		k = userpilot.MaxBulkRecords
 	}
+	var body userpilot.BulkBody
 	if k == 0 {
-		return nil, nil
+		return nil, body, nil
+	}
+	if err := p.lookUp(p.ready.last(k)); err != nil { // one read for the job
+		return nil, body, err
 	}
 	var batch, keep []*entry
-	size := 0
 	for len(batch) < k && p.ready.len() > 0 {
 		e := p.ready.popBack()
 		if e.realtimeOnly || e.delete {
@@ -43,18 +48,21 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 		}
 		same, err := p.noOp(e)
 		if err != nil {
-			return nil, err
+			return nil, body, err
 		}
 		if same {
 			p.skip(e, r)
 			continue
 		}
-		n := p.company(e).JSONSize() + len(",")
-		if size+n > maxBulkBytes {
+		if !body.AddWithin(p.company(e), maxBulkBytes) {
 			keep = append(keep, e)
 			break
 		}
-		size += n
+		if len(batch) == 0 {
+			// The job's companies come from one mapping: the first one's
+			// size, with a margin, is a fair guess for all.
+			body.Grow(min(maxBulkBytes, (body.Size()+64)*k*5/4))
+		}
 		batch = append(batch, e)
 	}
 	for i := len(keep) - 1; i >= 0; i-- {
@@ -63,25 +71,23 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	for _, e := range batch {
 		p.send(e)
 	}
-	return batch, nil
+	return batch, body, nil
 }
 
 // runBulk takes a job from submission to completion. It returns when the
 // job completed (the records are applied), when the records should go out
 // on the real-time path instead, or when ctx is done.
-func (p *Pipeline) runBulk(ctx context.Context, batch []*entry) bulkResult {
+func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody) bulkResult {
 	start := time.Now()
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
 	// companies until the job ends.
-	key, err := p.beginJob(p.companiesOf(batch))
+	key, err := p.beginJob(body)
 	if err != nil {
 		return bulkResult{entries: batch, err: err}
 	}
 	for failures := 0; ; {
-		// Made for each submission, not kept while the job runs: the
-		// entries hold the same states, packed in a third of the memory.
-		job, err := p.opts.Sender.BulkIdentifyCompanies(ctx, p.companiesOf(batch))
+		job, err := p.opts.Sender.BulkIdentify(ctx, body)
 		var rej *userpilot.RejectedError
 		switch {
 		case errors.Is(err, userpilot.ErrJobRunning):

@@ -27,7 +27,7 @@ import (
 //     and the index's write; a call cancelled at the end of the grace
 //     period), so its next state is sent, never skipped as unchanged.
 type InFlight interface {
-	BeginJob(companies []userpilot.Company) (key uint64, err error)
+	BeginBulkJob(body userpilot.BulkBody) (key uint64, err error)
 	JobSubmitted(key uint64, id string) error
 	EndJob(key uint64) error
 	Jobs() ([]state.Job, error)
@@ -169,11 +169,11 @@ func (p *Pipeline) heldFinished(r bulkResult, _ *report) error {
 
 // beginJob, jobSubmitted and endJob keep the record of a job, when there is
 // an InFlight to keep it in.
-func (p *Pipeline) beginJob(cos []userpilot.Company) (uint64, error) {
+func (p *Pipeline) beginJob(body userpilot.BulkBody) (uint64, error) {
 	if p.opts.InFlight == nil {
 		return 0, nil
 	}
-	return p.opts.InFlight.BeginJob(cos)
+	return p.opts.InFlight.BeginBulkJob(body)
 }
 
 func (p *Pipeline) jobSubmitted(key uint64, id string) error {

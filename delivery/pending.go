@@ -25,6 +25,7 @@ type entry struct {
 	changes      int
 	done         bool
 	checked      bool // looked up in the no-op index since the last merge
+	same         bool // what the look-up found: Userpilot holds every value (while checked)
 	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)
@@ -88,6 +89,11 @@ func (q *queue) len() int      { return len(q.items) - q.head }
 func (q *queue) push(e *entry) { q.items = append(q.items, e) }
 func (q *queue) front() *entry { return q.items[q.head] }
 func (q *queue) back() *entry  { return q.items[len(q.items)-1] }
+
+// first and last are the n entries at the front and the back (fewer if it
+// holds fewer), to look at without taking them.
+func (q *queue) first(n int) []*entry { return q.items[q.head : q.head+min(n, q.len())] }
+func (q *queue) last(n int) []*entry  { return q.items[len(q.items)-min(n, q.len()):] }
 
 // pushFront puts e first. Without room before the head it makes as much
 // room again as the queue holds, so a run of pushes to the front (a refused

@@ -39,7 +39,8 @@ import (
 type Sender interface {
 	IdentifyCompany(ctx context.Context, co userpilot.Company) error
 	DeleteCompanies(ctx context.Context, ids []string) error
-	BulkIdentifyCompanies(ctx context.Context, cos []userpilot.Company) (userpilot.Job, error)
+	// BulkIdentify submits a bulk job of the companies body holds.
+	BulkIdentify(ctx context.Context, body userpilot.BulkBody) (userpilot.Job, error)
 	BackgroundJob(ctx context.Context, id string) (userpilot.Job, error)
 }
 
@@ -68,7 +69,9 @@ type Recorder interface {
 // Index remembers what Userpilot last accepted per company, so no-op
 // updates are skipped. Optional.
 type Index interface {
-	Unchanged(companyID string, metadata userpilot.Metadata) (bool, error)
+	// UnchangedEach answers, in same[i], whether Userpilot holds every
+	// metadata value of cos[i] already.
+	UnchangedEach(cos []userpilot.Company, same []bool) error
 	Record([]userpilot.Company) error
 	Forget(companyIDs []string) error
 }
@@ -403,14 +406,14 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
 		}
 		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
-			batch, err := p.takeBulk(report)
+			batch, body, err := p.takeBulk(report)
 			if err != nil {
 				return err
 			}
 			if len(batch) > 0 {
 				p.bulkBusy = true
 				wg.Go(func() {
-					res := p.runBulk(ctx, batch)
+					res := p.runBulk(ctx, batch, body)
 					bulkDone <- res
 				})
 			}
@@ -708,6 +711,12 @@ func (p *Pipeline) send(e *entry) {
 func (p *Pipeline) skipNoOps(r *report) error {
 	for p.ready.len() > 0 {
 		e := p.ready.front()
+		if p.needsLookUp(e) {
+			// The entries behind it are looked up in the same read.
+			if err := p.lookUp(p.ready.first(lookAhead)); err != nil {
+				return err
+			}
+		}
 		same, err := p.noOp(e)
 		if err != nil || !same {
 			return err
@@ -718,14 +727,53 @@ func (p *Pipeline) skipNoOps(r *report) error {
 	return nil
 }
 
+// lookAhead is how many ready entries one read of the no-op index looks up.
+const lookAhead = 256
+
 // noOp reports whether e would change nothing in Userpilot. Each entry is
-// looked up once; a merge makes it be looked up again.
+// looked up once; a merge makes it be looked up again. The answer stays
+// true while the entry waits: its company has nothing else on its way, so
+// nothing records a newer state of it in the index meanwhile.
 func (p *Pipeline) noOp(e *entry) (bool, error) {
-	if p.opts.Index == nil || e.checked || e.delete || e.resend {
+	if p.opts.Index == nil || e.delete || e.resend {
 		return false, nil
 	}
-	e.checked = true
-	return p.opts.Index.Unchanged(e.id, p.keys.unpack(e.md))
+	if !e.checked {
+		if err := p.lookUp([]*entry{e}); err != nil {
+			return false, err
+		}
+	}
+	return e.same, nil
+}
+
+func (p *Pipeline) needsLookUp(e *entry) bool {
+	return p.opts.Index != nil && !e.checked && !e.delete && !e.resend
+}
+
+// lookUp asks the index about those of es not looked up yet, in one read:
+// one per company was most of a change's cost in a catch-up.
+func (p *Pipeline) lookUp(es []*entry) error {
+	var ask []*entry
+	for _, e := range es {
+		if p.needsLookUp(e) {
+			ask = append(ask, e)
+		}
+	}
+	if len(ask) == 0 {
+		return nil
+	}
+	cos := make([]userpilot.Company, len(ask))
+	for i, e := range ask {
+		cos[i] = p.company(e)
+	}
+	same := make([]bool, len(ask))
+	if err := p.opts.Index.UnchangedEach(cos, same); err != nil {
+		return err
+	}
+	for i, e := range ask {
+		e.checked, e.same = true, same[i]
+	}
+	return nil
 }
 
 func (p *Pipeline) skip(e *entry, r *report) {

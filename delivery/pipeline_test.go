@@ -186,6 +186,28 @@ func TestUpdateChangingNothingMappedSendsNothing(t *testing.T) {
 	assert.Equal(t, 2, h.up.IdentifyRequests())
 }
 
+// TestLookedUpAheadThenChangedIsSent: the no-op index is read for the
+// entries behind the front too, in one read; a change merged into one of
+// them before it reaches the front must make it be looked up again.
+func TestLookedUpAheadThenChangedIsSent(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{Workers: 1}})
+	require.NoError(t, h.run(context.Background(), txn(100, update("1", "pro", ptr("n")))))
+	h.up.FailNext(1, userpilottest.Fault{Delay: 300 * time.Millisecond, Apply: true, Status: 202})
+	in := make(chan row.Transaction)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(context.Background(), in) }()
+	// 3 goes out (slowly), 4 waits for the one worker, and 1, looked up
+	// with them, holds what Userpilot has.
+	in <- txn(200, update("3", "x", ptr("n")), update("4", "y", ptr("n")), update("1", "pro", ptr("n")))
+	require.Eventually(t, func() bool { return h.up.IdentifyRequests() == 2 }, 10*time.Second, time.Millisecond, "3 is in flight")
+	in <- txn(300, update("1", "free", ptr("n")))
+	close(in)
+	require.NoError(t, <-done)
+	got, _ := h.up.Company("1")
+	assert.Equal(t, "free", got["plan"])
+	assert.Equal(t, 4, h.up.IdentifyRequests())
+}
+
 func TestValueChangedBackWhileInFlightIsStillSent(t *testing.T) {
 	// A → B → A, with A arriving while B is in flight. A no-op check that
 	// compared with the record of the first A (not yet replaced by B's)

@@ -3,7 +3,6 @@ package mapping
 import (
 	"encoding/json"
 	"strconv"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -22,17 +21,7 @@ import (
 func (c converter) fast(text []byte) (v any, ok bool) {
 	switch c.conv {
 	case numberFromNumber:
-		switch c.oid {
-		case pgtype.Int2OID:
-			ok = plainInteger(text, 16)
-		case pgtype.Int4OID:
-			ok = plainInteger(text, 32)
-		case pgtype.Int8OID:
-			ok = plainInteger(text, 64)
-		case pgtype.NumericOID:
-			ok = plainDecimal(text)
-		}
-		if ok {
+		if c.plainNumber(text) {
 			return json.Number(text), true
 		}
 	case boolFromBool, boolAsText:
@@ -52,49 +41,63 @@ func (c converter) fast(text []byte) (v any, ok bool) {
 	return nil, false
 }
 
-// JSON literals shared by every payload: RawMessages are only read.
-var (
-	jsonTrue        = json.RawMessage("true")
-	jsonFalse       = json.RawMessage("false")
-	jsonTrueString  = json.RawMessage(`"true"`)
-	jsonFalseString = json.RawMessage(`"false"`)
-)
-
-// fastJSON writes the JSON of text straight from the row's bytes when it
-// is in canonical form (one allocation at most, none for a boolean); ok is
-// false otherwise, and the value takes the long way (decode, then
-// userpilot.Encode), which gives the same bytes.
+// fastJSON is appendFastJSON into a buffer of its own.
 func (c converter) fastJSON(text []byte) (json.RawMessage, bool) {
+	b, ok := c.appendFastJSON(nil, text)
+	return b, ok
+}
+
+// appendFastJSON appends the JSON of text to dst straight from the row's
+// bytes when it is in canonical form; ok is false otherwise (dst is then
+// returned as it was), and the value takes the long way (decode, then
+// userpilot.Encode), which gives the same bytes.
+func (c converter) appendFastJSON(dst, text []byte) ([]byte, bool) {
 	switch c.conv {
 	case textAsIs:
 		if plainASCII(text) {
-			b := make([]byte, 0, len(text)+2)
-			return append(append(append(b, '"'), text...), '"'), true
+			return append(append(append(dst, '"'), text...), '"'), true
 		}
 	case numberFromNumber:
-		if _, ok := c.fast(text); ok {
-			return append(json.RawMessage(nil), text...), true
+		if c.plainNumber(text) {
+			return append(dst, text...), true
 		}
 	case boolFromBool, boolAsText:
 		if len(text) != 1 || text[0] != 't' && text[0] != 'f' {
-			return nil, false
+			return dst, false
 		}
 		switch {
 		case c.conv == boolFromBool && text[0] == 't':
-			return jsonTrue, true
+			return append(dst, "true"...), true
 		case c.conv == boolFromBool:
-			return jsonFalse, true
+			return append(dst, "false"...), true
 		case text[0] == 't':
-			return jsonTrueString, true
+			return append(dst, `"true"`...), true
 		}
-		return jsonFalseString, true
+		return append(dst, `"false"`...), true
 	case dateFromDate:
-		if s, ok := isoTimestamp(c.oid, text); ok {
-			b := make([]byte, 0, len(s)+2)
-			return append(append(append(b, '"'), s...), '"'), true
+		n := len(dst)
+		if b, ok := appendISOTimestamp(append(dst, '"'), c.oid, text); ok {
+			return append(b, '"'), true
 		}
+		return dst[:n], false
 	}
-	return nil, false
+	return dst, false
+}
+
+// plainNumber reports whether text, of a numberFromNumber column, is a
+// number in the canonical form fast takes as is.
+func (c converter) plainNumber(text []byte) bool {
+	switch c.oid {
+	case pgtype.Int2OID:
+		return plainInteger(text, 16)
+	case pgtype.Int4OID:
+		return plainInteger(text, 32)
+	case pgtype.Int8OID:
+		return plainInteger(text, 64)
+	case pgtype.NumericOID:
+		return plainDecimal(text)
+	}
+	return false
 }
 
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }
@@ -114,6 +117,9 @@ func plainInteger(text []byte, bits int) bool {
 		if !isDigit(b) {
 			return false
 		}
+	}
+	if len(digits) < 18 && bits == 64 || len(digits) < 9 && bits == 32 || len(digits) < 4 && bits == 16 {
+		return true // fits, whatever the digits
 	}
 	_, err := strconv.ParseInt(string(text), 10, bits)
 	return err == nil
@@ -162,29 +168,36 @@ func plainDecimal(text []byte) bool {
 // for a 5-digit or BC year, infinity, an offset other than +00 (TimeZone is
 // not UTC), more than six fractional digits, or an impossible date.
 func isoTimestamp(oid uint32, text []byte) (string, bool) {
+	b, ok := appendISOTimestamp(nil, oid, text)
+	return string(b), ok
+}
+
+// appendISOTimestamp is isoTimestamp appending to dst (dst is returned as
+// it was when ok is false).
+func appendISOTimestamp(dst []byte, oid uint32, text []byte) ([]byte, bool) {
 	if len(text) < 10 || text[4] != '-' || text[7] != '-' {
-		return "", false
+		return dst, false
 	}
 	year, ok1 := number(text[0:4])
 	month, ok2 := number(text[5:7])
 	day, ok3 := number(text[8:10])
 	if !ok1 || !ok2 || !ok3 || year < 1 || month < 1 || month > 12 || day < 1 || day > daysIn(year, month) {
-		return "", false
+		return dst, false
 	}
 	if oid == pgtype.DateOID {
 		if len(text) != 10 {
-			return "", false
+			return dst, false
 		}
-		return string(text) + "T00:00:00Z", true
+		return append(append(dst, text...), "T00:00:00Z"...), true
 	}
 	if len(text) < 19 || text[10] != ' ' || text[13] != ':' || text[16] != ':' {
-		return "", false
+		return dst, false
 	}
 	hour, ok1 := number(text[11:13])
 	minute, ok2 := number(text[14:16])
 	second, ok3 := number(text[17:19])
 	if !ok1 || !ok2 || !ok3 || hour > 23 || minute > 59 || second > 59 {
-		return "", false
+		return dst, false
 	}
 	rest := text[19:]
 	var frac []byte
@@ -194,7 +207,7 @@ func isoTimestamp(oid uint32, text []byte) (string, bool) {
 			n++
 		}
 		if n == 1 || n > 7 {
-			return "", false
+			return dst, false
 		}
 		frac, rest = rest[1:n], rest[n:]
 	}
@@ -202,22 +215,16 @@ func isoTimestamp(oid uint32, text []byte) (string, bool) {
 	case oid == pgtype.TimestamptzOID && string(rest) == "+00":
 	case oid == pgtype.TimestampOID && len(rest) == 0:
 	default:
-		return "", false
+		return dst, false
 	}
 	for len(frac) > 0 && frac[len(frac)-1] == '0' {
 		frac = frac[:len(frac)-1] // RFC 3339 as Go writes it: no trailing zeros
 	}
-	var b strings.Builder
-	b.Grow(21 + len(frac))
-	b.Write(text[:10])
-	b.WriteByte('T')
-	b.Write(text[11:19])
+	dst = append(append(append(dst, text[:10]...), 'T'), text[11:19]...)
 	if len(frac) > 0 {
-		b.WriteByte('.')
-		b.Write(frac)
+		dst = append(append(dst, '.'), frac...)
 	}
-	b.WriteByte('Z')
-	return b.String(), true
+	return append(dst, 'Z'), true
 }
 
 // number reads a fixed-width run of decimal digits.

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -207,6 +208,10 @@ func (m *Mapper) CompanyID(values []row.Value) (string, error) {
 	return string(id.Text), nil
 }
 
+// jsonSlack is what a value's JSON usually adds to its text: the quotes of
+// a string, "T…Z" of a date ("T00:00:00Z" after a bare date).
+const jsonSlack = 12
+
 // Identify maps one row; values[i] belongs to columns[i] as passed to Compile
 // (positional, no per-row maps). A row that cannot be mapped yields a
 // *RowError; a values slice of the wrong length is the caller's bug (the
@@ -222,6 +227,15 @@ func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
 		return userpilot.Company{}, err
 	}
 	out := userpilot.Company{CompanyID: companyID, Metadata: make(userpilot.Metadata, len(m.fields))}
+	// Every value's JSON goes into one buffer, each key's a slice of it
+	// capped at its end: one allocation per row, not one per value. A
+	// value the estimate did not leave room for grows the buffer; the
+	// slices taken before keep the old one, which nothing writes again.
+	size := 0
+	for _, f := range m.fields {
+		size += len(values[f.column].Text) + jsonSlack
+	}
+	buf := make([]byte, 0, size)
 	for _, f := range m.fields {
 		v := values[f.column]
 		switch {
@@ -233,12 +247,14 @@ func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
 			out.Metadata[f.key] = userpilot.Null // null clears the value in Userpilot
 			continue
 		}
-		val, err := f.json(v.Text)
+		start := len(buf)
+		var err error
+		buf, err = f.appendJSON(buf, v.Text)
 		if err != nil {
 			// The id is known: keep it, so the row set aside can be found.
 			return userpilot.Company{CompanyID: out.CompanyID}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
 		}
-		out.Metadata[f.key] = val
+		out.Metadata[f.key] = json.RawMessage(buf[start:len(buf):len(buf)])
 	}
 	return out, nil
 }

@@ -89,17 +89,21 @@ func (c converter) value(text []byte) (any, error) {
 	return c.decode(text)
 }
 
-// json converts text into its JSON value, encoded once (the no-op index,
-// the bulk sizing and the body all use these bytes).
-func (c converter) json(text []byte) (json.RawMessage, error) {
-	if b, ok := c.fastJSON(text); ok {
+// appendJSON appends text's JSON value to dst, encoded once (the no-op
+// index, the bulk sizing and the body all use these bytes).
+func (c converter) appendJSON(dst, text []byte) ([]byte, error) {
+	if b, ok := c.appendFastJSON(dst, text); ok {
 		return b, nil
 	}
 	v, err := c.value(text)
 	if err != nil {
-		return nil, err
+		return dst, err
 	}
-	return userpilot.Encode(v)
+	enc, err := userpilot.Encode(v)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, enc...), nil
 }
 
 // plainASCII reports whether JSON writes text as is between quotes:

@@ -13,15 +13,18 @@ import (
 // Decoding pgoutput messages into Relations and Changes, kept free of the
 // connection so the stream and the fuzz test run the same code.
 
-// decodeMessage parses one pgoutput message (an XLogData payload).
-// pglogrepl trusts the lengths inside a message: on a malformed one it
-// indexes past the end (a panic) or, for a row, allocates whatever a column
-// length or relation count claims (up to 16 GiB). Framing is checked first and any panic
-// becomes an error, so a damaged stream stops with a message instead of
-// crashing the daemon.
+// decodeMessage parses one pgoutput message (an XLogData payload) other
+// than a row (see decodeRow): Relation, Begin, Commit, Truncate and the
+// rest. pglogrepl trusts the lengths inside a message: on a malformed one
+// it indexes past the end (a panic) or allocates whatever a count claims.
+// Framing is checked first and any panic becomes an error, so a damaged
+// stream stops with a message instead of crashing the daemon.
 func decodeMessage(data []byte) (m pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, errors.New("decode pgoutput message: empty")
+	}
+	if isRow(data) {
+		return nil, fmt.Errorf("decode pgoutput message: a %q message is a row: decodeRow reads it", data[0])
 	}
 	if err := checkFraming(data); err != nil {
 		return nil, fmt.Errorf("decode pgoutput message: malformed %q message of %d bytes: %w", data[0], len(data), err)
@@ -38,61 +41,160 @@ func decodeMessage(data []byte) (m pglogrepl.Message, err error) {
 	return m, nil
 }
 
-// checkFraming checks that the lengths and counts inside a Truncate,
-// Insert, Update or Delete message (protocol version 1) fit the message.
+// checkFraming checks that the relation count of a Truncate message fits
+// the message.
 func checkFraming(data []byte) error {
+	if data[0] != 'T' {
+		return nil
+	}
+	if len(data) < 6 {
+		return errors.New("no relation count")
+	}
+	if n := binary.BigEndian.Uint32(data[1:]); uint64(n)*4 > uint64(len(data)-6) {
+		return fmt.Errorf("claims %d relations", n)
+	}
+	return nil
+}
+
+// isRow reports whether data is an Insert, Update or Delete message.
+func isRow(data []byte) bool {
+	return len(data) > 0 && (data[0] == 'I' || data[0] == 'U' || data[0] == 'D')
+}
+
+// decodeRow reads an Insert, Update or Delete message (protocol version 1)
+// straight into row values, checking every length and count against the
+// message as it goes: the bytes are read once and copied once, into a's
+// blocks (the connection reuses its buffer), with no message structs in
+// between. Most of a change's cost was pglogrepl's decoding (an object per
+// column, each value copied twice), so the stream reads rows itself.
+func decodeRow(data []byte, a *arena) (r rowMessage, err error) {
+	malformed := func(format string, args ...any) error {
+		return fmt.Errorf("decode pgoutput message: malformed %q message of %d bytes: %s", data[0], len(data), fmt.Sprintf(format, args...))
+	}
+	if len(data) < 6 {
+		return rowMessage{}, malformed("no relation id and tuple")
+	}
+	r.relation = binary.BigEndian.Uint32(data[1:])
+	rest := data[5:]
+	kind := rest[0]
+	rest = rest[1:]
 	switch data[0] {
-	case 'T':
-		if len(data) < 6 {
-			return errors.New("no relation count")
+	case 'I':
+		r.op = row.Insert
+		if kind != 'N' {
+			return rowMessage{}, malformed("unexpected tuple kind %q", kind)
 		}
-		if n := binary.BigEndian.Uint32(data[1:]); uint64(n)*4 > uint64(len(data)-6) {
-			return fmt.Errorf("claims %d relations", n)
-		}
-		return nil
-	case 'I', 'U', 'D':
-	default:
-		return nil
-	}
-	rest := data[1:]
-	if len(rest) < 4 {
-		return errors.New("no relation id")
-	}
-	rest = rest[4:]
-	for len(rest) > 0 {
-		kind := rest[0] // 'K', 'O' or 'N', each followed by a tuple
-		if kind != 'K' && kind != 'O' && kind != 'N' {
-			return fmt.Errorf("unexpected tuple kind %q", kind)
-		}
-		if len(rest) < 3 {
-			return errors.New("tuple without column count")
-		}
-		n := int(binary.BigEndian.Uint16(rest[1:]))
-		rest = rest[3:]
-		for i := range n {
-			if len(rest) < 1 {
-				return fmt.Errorf("column %d of %d missing", i+1, n)
+	case 'U':
+		r.op = row.Update
+		switch kind {
+		case 'K', 'O':
+			if r.old, rest, err = decodeTuple(rest, a); err != nil {
+				return rowMessage{}, malformed("old tuple: %v", err)
 			}
-			typ := rest[0]
+			if len(rest) == 0 || rest[0] != 'N' {
+				return rowMessage{}, malformed("no new tuple")
+			}
 			rest = rest[1:]
-			if typ != pglogrepl.TupleDataTypeText && typ != pglogrepl.TupleDataTypeBinary {
-				continue
-			}
-			if len(rest) < 4 {
-				return fmt.Errorf("column %d without length", i+1)
-			}
-			size := binary.BigEndian.Uint32(rest)
-			rest = rest[4:]
-			if uint64(size) > uint64(len(rest)) {
-				return fmt.Errorf("column %d claims %d bytes, %d left", i+1, size, len(rest))
-			}
-			rest = rest[size:]
+		case 'N':
+		default:
+			return rowMessage{}, malformed("unexpected tuple kind %q", kind)
 		}
-		if kind == 'N' || data[0] == 'D' {
-			return nil
+	case 'D':
+		r.op = row.Delete
+		if kind != 'K' && kind != 'O' {
+			return rowMessage{}, malformed("unexpected tuple kind %q", kind)
 		}
 	}
-	return errors.New("no new tuple")
+	if r.values, _, err = decodeTuple(rest, a); err != nil {
+		return rowMessage{}, malformed("%v", err)
+	}
+	return r, nil
+}
+
+// decodeTuple reads one TupleData: a column count, then per column its
+// kind and, for text (or binary), a length and the bytes.
+func decodeTuple(b []byte, a *arena) ([]row.Value, []byte, error) {
+	if len(b) < 2 {
+		return nil, nil, errors.New("tuple without column count")
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if n > len(b) {
+		return nil, nil, fmt.Errorf("claims %d columns in %d bytes", n, len(b))
+	}
+	vals := a.values(n)
+	for i := range vals {
+		if len(b) < 1 {
+			return nil, nil, fmt.Errorf("column %d of %d missing", i+1, n)
+		}
+		typ := b[0]
+		b = b[1:]
+		switch typ {
+		case pglogrepl.TupleDataTypeNull:
+			vals[i].Null = true
+		case pglogrepl.TupleDataTypeToast:
+			vals[i].Unchanged = true
+		case pglogrepl.TupleDataTypeText, pglogrepl.TupleDataTypeBinary:
+			if len(b) < 4 {
+				return nil, nil, fmt.Errorf("column %d without length", i+1)
+			}
+			size := binary.BigEndian.Uint32(b)
+			b = b[4:]
+			if uint64(size) > uint64(len(b)) {
+				return nil, nil, fmt.Errorf("column %d claims %d bytes, %d left", i+1, size, len(b))
+			}
+			vals[i].Text = a.copy(b[:size])
+			b = b[size:]
+		default:
+			return nil, nil, fmt.Errorf("column %d of unknown kind %q", i+1, typ)
+		}
+	}
+	return vals, b, nil
+}
+
+// arena is where a stream copies the values it reads: blocks that are
+// handed out in slices and never reused, so a value stays valid for as
+// long as anything holds it (a snapshot chunk may keep a streamed row) and
+// a change costs no allocation of its own. A block lives until the last
+// value in it is dropped; blocks are small beside a piece of a large
+// transaction.
+type arena struct {
+	text []byte
+	vals []row.Value
+}
+
+const (
+	arenaText   = 32 << 10
+	arenaValues = 1024
+)
+
+// values returns n zero values.
+func (a *arena) values(n int) []row.Value {
+	if n == 0 {
+		return []row.Value{}
+	}
+	if cap(a.vals)-len(a.vals) < n {
+		if n > arenaValues/4 {
+			return make([]row.Value, n)
+		}
+		a.vals = make([]row.Value, 0, arenaValues)
+	}
+	i := len(a.vals)
+	a.vals = a.vals[:i+n]
+	return a.vals[i : i+n : i+n]
+}
+
+// copy returns a copy of b.
+func (a *arena) copy(b []byte) []byte {
+	if cap(a.text)-len(a.text) < len(b) {
+		if len(b) > arenaText/4 {
+			return append(make([]byte, 0, len(b)), b...)
+		}
+		a.text = make([]byte, 0, arenaText)
+	}
+	i := len(a.text)
+	a.text = append(a.text, b...)
+	return a.text[i : i+len(b) : i+len(b)]
 }
 
 // ColumnTypes resolves a column's type for decoding (see TypeResolver,
@@ -126,59 +228,11 @@ func decodeRelation(ctx context.Context, m *pglogrepl.RelationMessage, types Col
 type rowMessage struct {
 	op       row.Op
 	relation uint32
-	tuple    *pglogrepl.TupleData
-	old      *pglogrepl.TupleData
+	values   []row.Value
+	old      []row.Value
 }
 
-// rowOf returns the row m carries; ok is false for other messages.
-func rowOf(m pglogrepl.Message) (r rowMessage, ok bool) {
-	switch m := m.(type) {
-	case *pglogrepl.InsertMessage:
-		return rowMessage{op: row.Insert, relation: m.RelationID, tuple: m.Tuple}, true
-	case *pglogrepl.UpdateMessage:
-		return rowMessage{op: row.Update, relation: m.RelationID, tuple: m.NewTuple, old: m.OldTuple}, true
-	case *pglogrepl.DeleteMessage:
-		return rowMessage{op: row.Delete, relation: m.RelationID, tuple: m.OldTuple}, true
-	}
-	return rowMessage{}, false
-}
-
-// change is r as a Change of rel, its values copied out of the message
-// (whose bytes the connection's next receive reuses).
+// change is r as a Change of rel.
 func (r rowMessage) change(rel *row.Relation) row.Change {
-	ch := row.Change{Op: r.op, Relation: rel, Values: tupleValues(r.tuple)}
-	if r.old != nil {
-		ch.Old = tupleValues(r.old)
-	}
-	return ch
-}
-
-func tupleValues(t *pglogrepl.TupleData) []row.Value {
-	if t == nil {
-		return nil
-	}
-	// The values' bytes are copied into one buffer: one allocation per
-	// tuple rather than per value.
-	size := 0
-	for _, c := range t.Columns {
-		size += len(c.Data)
-	}
-	buf := make([]byte, 0, size)
-	vals := make([]row.Value, len(t.Columns))
-	for i, c := range t.Columns {
-		switch c.DataType {
-		case pglogrepl.TupleDataTypeNull:
-			vals[i].Null = true
-		case pglogrepl.TupleDataTypeToast:
-			vals[i].Unchanged = true
-		default:
-			if len(c.Data) == 0 {
-				continue // an empty value's Text stays nil, as before
-			}
-			start := len(buf)
-			buf = append(buf, c.Data...)
-			vals[i].Text = buf[start:len(buf):len(buf)]
-		}
-	}
-	return vals
+	return row.Change{Op: r.op, Relation: rel, Values: r.values, Old: r.old}
 }

@@ -63,10 +63,9 @@ func TestDecodeMessageReadsEveryRowKind(t *testing.T) {
 			require.Len(t, rel.Columns, 9)
 			assert.Equal(t, "monthly_spend", rel.Columns[4].Name)
 
-			m, err = decodeMessage(rowMsg)
+			require.True(t, isRow(rowMsg))
+			r, err := decodeRow(rowMsg, &arena{})
 			require.NoError(t, err)
-			r, ok := rowOf(m)
-			require.True(t, ok)
 			ch := r.change(rel)
 			assert.Equal(t, tt.op, ch.Op)
 			require.Len(t, ch.Values, tt.values)
@@ -79,9 +78,60 @@ func TestDecodeMessageReadsEveryRowKind(t *testing.T) {
 	}
 	for _, name := range []string{"truncated_tuple", "length_past_end"} {
 		_, rowMsg := seed(t, name)
-		_, err := decodeMessage(rowMsg)
+		_, err := decodeRow(rowMsg, &arena{})
 		assert.ErrorContains(t, err, "malformed", name)
 	}
 	_, err := decodeMessage([]byte("T\xff\xff\xff\xff\x00\x00\x00\x00\x01"))
 	assert.ErrorContains(t, err, "claims 4294967295 relations")
+}
+
+// TestDecodeRowCopiesOutOfTheMessage: the connection reuses its buffer for
+// the next message, so every value must be a copy; and values of rows
+// decoded one after another into one arena never share bytes.
+func TestDecodeRowCopiesOutOfTheMessage(t *testing.T) {
+	_, rowMsg := seed(t, "insert")
+	msg := append([]byte(nil), rowMsg...)
+	a := &arena{}
+	first, err := decodeRow(msg, a)
+	require.NoError(t, err)
+	want := make([]string, len(first.values))
+	for i, v := range first.values {
+		want[i] = string(v.Text)
+		assert.Equal(t, len(v.Text), cap(v.Text), "column %d: an append must not reach the next value", i)
+	}
+	second, err := decodeRow(msg, a)
+	require.NoError(t, err)
+	for i := range msg {
+		msg[i] = 0xee // the next message arrives in the same buffer
+	}
+	second.values[0].Text = append(second.values[0].Text, "x"...) // capped: never writes into first's bytes
+	for i, v := range first.values {
+		assert.Equal(t, want[i], string(v.Text), "column %d", i)
+	}
+	assert.Equal(t, want[0]+"x", string(second.values[0].Text))
+}
+
+// TestDecodeRowRefusesMalformedMessages: each length and count is checked
+// against the message, so a damaged one is an error, never a panic or a
+// huge allocation.
+func TestDecodeRowRefusesMalformedMessages(t *testing.T) {
+	tests := []struct{ name, msg, want string }{
+		{"short", "I\x00\x00", "no relation id"},
+		{"insert without new tuple", "I\x00\x00@\x01K\x00\x01n", "unexpected tuple kind 'K'"},
+		{"delete with a new tuple", "D\x00\x00@\x01N\x00\x01n", "unexpected tuple kind 'N'"},
+		{"update old tuple then nothing", "U\x00\x00@\x01K\x00\x01n", "no new tuple"},
+		{"column count past the end", "I\x00\x00@\x01N\xff\xff", "claims 65535 columns"},
+		{"column missing", "I\x00\x00@\x01N\x00\x02t\x00\x00\x00\x00", "column 2 of 2 missing"},
+		{"no length", "I\x00\x00@\x01N\x00\x01t\x00\x00", "column 1 without length"},
+		{"length past the end", "I\x00\x00@\x01N\x00\x01t\x7f\xff\xff\xffab", "claims 2147483647 bytes, 2 left"},
+		{"unknown column kind", "I\x00\x00@\x01N\x00\x01z", "unknown kind 'z'"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := decodeRow([]byte(tt.msg), &arena{})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "malformed")
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
 }

@@ -42,11 +42,11 @@ func DecodeRow(ctx context.Context, relationMsg, rowMsg []byte, types ColumnType
 	if rel, err = decodeRelation(ctx, rm, types); err != nil {
 		return nil, row.Change{}, false, err
 	}
-	if m, err = decodeMessage(rowMsg); err != nil {
+	if !isRow(rowMsg) {
 		return nil, row.Change{}, false, nil
 	}
-	r, isRow := rowOf(m)
-	if !isRow {
+	r, err := decodeRow(rowMsg, &arena{})
+	if err != nil {
 		return nil, row.Change{}, false, nil
 	}
 	// The stream would refuse a row of another relation; mapping it anyway

@@ -119,6 +119,7 @@ type streamer struct {
 	// offered the last wanted position a marker was offered for.
 	known, offered pglogrepl.LSN
 	live           liveness
+	arena          arena // where the values of rows read are copied
 }
 
 func (s *streamer) loop(ctx context.Context) error {
@@ -242,12 +243,19 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 }
 
 func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
+	if isRow(data) {
+		if s.cur != nil && s.skipping {
+			return nil // delivered before: not even decoded
+		}
+		r, err := decodeRow(data, &s.arena)
+		if err != nil {
+			return err
+		}
+		return s.add(ctx, r)
+	}
 	m, err := decodeMessage(data)
 	if err != nil {
 		return err
-	}
-	if r, ok := rowOf(m); ok {
-		return s.add(ctx, r)
 	}
 	switch m := m.(type) {
 	case *pglogrepl.RelationMessage:
@@ -313,7 +321,8 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 		if err := s.emit(ctx, row.Transaction{Kind: row.Piece, CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Xid: s.cur.Xid, Changes: s.cur.Changes}); err != nil {
 			return err
 		}
-		s.cur.Changes = nil
+		// The next piece fills as this one did: sized at once, not grown.
+		s.cur.Changes = make([]row.Change, 0, s.opts.ChunkChanges)
 		s.curPieces = true
 	}
 	return nil

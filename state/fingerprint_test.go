@@ -8,7 +8,10 @@ import (
 	"testing"
 
 	"github.com/pgpilot/pgpilot/userpilot"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 )
 
 // fingerprintByMarshal is how fingerprints were first made: stored indexes
@@ -42,7 +45,7 @@ func TestFingerprintIsWhatItAlwaysWas(t *testing.T) {
 				continue
 			}
 			wantK, wantV := fingerprintByMarshal(key, v)
-			gotK, gotV := fingerprint(key, raw)
+			gotK, gotV := fingerprint(recordSHA256, key, raw)
 			assert.Equal(t, wantK, gotK, "key %q", key)
 			assert.Equal(t, wantV, gotV, "key %q, value %#v", key, v)
 		}
@@ -59,10 +62,56 @@ func FuzzFingerprintIsWhatItAlwaysWas(f *testing.F) {
 				continue // not a valid number: json.Marshal refuses it too
 			}
 			wantK, wantV := fingerprintByMarshal(key, v)
-			gotK, gotV := fingerprint(key, raw)
+			gotK, gotV := fingerprint(recordSHA256, key, raw)
 			if wantK != gotK || wantV != gotV {
 				t.Fatalf("key %q value %#v: fingerprint differs from json.Marshal's", key, v)
 			}
 		}
 	})
+}
+
+// TestRecordsOfTheFirstFingerprintsStayValid: an index written with SHA-256
+// fingerprints is read as it was; a record all of whose keys are sent
+// again is written with xxHash, and one an update leaves keys of out keeps
+// SHA-256 (the kept keys' fingerprints cannot be made again).
+func TestRecordsOfTheFirstFingerprintsStayValid(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	defer x.Close()
+
+	// Company 1 as the first release wrote it: plan "pro", seats 3.
+	v1 := []byte{recordSHA256}
+	for _, kv := range []struct {
+		k string
+		v any
+	}{{"plan", "pro"}, {"seats", json.Number("3")}} {
+		kh, vh := fingerprintByMarshal(kv.k, kv.v)
+		v1 = binary.BigEndian.AppendUint32(v1, kh)
+		v1 = binary.BigEndian.AppendUint64(v1, vh)
+	}
+	require.NoError(t, x.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(deliveredBucket).Put([]byte("1"), v1) }))
+	version := func() byte {
+		var v byte
+		require.NoError(t, x.db.View(func(tx *bolt.Tx) error { v = tx.Bucket(deliveredBucket).Get([]byte("1"))[0]; return nil }))
+		return v
+	}
+	unchanged := func(md map[string]any) bool {
+		same, err := x.Unchanged("1", userpilottest.Metadata(md))
+		require.NoError(t, err)
+		return same
+	}
+	assert.True(t, unchanged(map[string]any{"plan": "pro", "seats": json.Number("3")}))
+	assert.False(t, unchanged(map[string]any{"plan": "free"}))
+
+	require.NoError(t, x.Record([]userpilot.Company{{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "free"})}}))
+	assert.Equal(t, byte(recordSHA256), version(), "seats was kept: the record stays as it was made")
+	assert.True(t, unchanged(map[string]any{"plan": "free", "seats": json.Number("3")}))
+
+	require.NoError(t, x.Record([]userpilot.Company{{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "pro", "seats": json.Number("4")})}}))
+	assert.Equal(t, byte(recordXXH), version(), "every key sent: written anew")
+	assert.True(t, unchanged(map[string]any{"plan": "pro", "seats": json.Number("4")}))
+	assert.False(t, unchanged(map[string]any{"seats": json.Number("3")}))
 }

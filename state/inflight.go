@@ -46,20 +46,19 @@ type Job struct {
 
 // BeginJob durably records a job about to be submitted, before it is.
 func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
-	size := len(`{"began":"","companies":[]}`) + 40
+	var body userpilot.BulkBody
 	for _, co := range companies {
-		size += co.JSONSize() + 1
+		body.Add(co)
 	}
-	v := append(make([]byte, 0, size), `{"began":"`...)
+	return x.BeginBulkJob(body)
+}
+
+// BeginBulkJob is BeginJob for the body about to be submitted: the record
+// is those bytes, copied, with the time in front; nothing is encoded again.
+func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
+	v := append(make([]byte, 0, 64+body.Size()), `{"began":"`...)
 	v = time.Now().UTC().AppendFormat(v, time.RFC3339Nano)
-	v = append(v, `","companies":[`...)
-	for i, co := range companies {
-		if i > 0 {
-			v = append(v, ',')
-		}
-		v = co.AppendJSON(v) // the bytes the job's body carries
-	}
-	v = append(v, "]}"...)
+	v = append(body.AppendCompanies(append(v, `",`...)), '}')
 	var key uint64
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)

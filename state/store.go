@@ -1,15 +1,17 @@
 package state
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/pgpilot/pgpilot/userpilot"
 	bolt "go.etcd.io/bbolt"
 )
@@ -26,8 +28,16 @@ var (
 // initialMmap is the store's first mapping: 1 GiB of address space.
 const initialMmap = 1 << 30
 
-// recordVersion prefixes each stored record, so its layout can change.
-const recordVersion = 1
+// A record's first byte says how its value fingerprints were made.
+const (
+	// recordSHA256: 64 bits of SHA-256, the first fingerprints; still
+	// read, and written only where an update leaves keys of such a record
+	// out (their fingerprints cannot be made again without the values).
+	recordSHA256 = 1
+	// recordXXH: xxHash64, written for every other record. A record is
+	// made at every delivery, and SHA-256 was a third of that.
+	recordXXH = 2
+)
 
 // Store is pgpilot's embedded database (bbolt: crash-safe, one file): the
 // no-op index and the outbox.
@@ -40,8 +50,11 @@ const recordVersion = 1
 // out (an unchanged TOAST value) and must still be comparable.
 //
 // It only ever holds states that were accepted; a lost write just means one
-// redundant send later. A fingerprint is 64 bits of SHA-256 of key and
-// value: a false "unchanged" needs a collision on the same company and key.
+// redundant send later. A value's fingerprint is 64 bits of a hash of key
+// and value (xxHash64; SHA-256 in records written before it): a false
+// "unchanged" needs a collision on the same company and key, about one in
+// 2^64 for values not made to collide, and only the table's own writers
+// could make them.
 type Store struct {
 	db   *bolt.DB
 	stop chan struct{} // ends trimResident
@@ -91,79 +104,101 @@ func (x *Store) Close() error {
 	return x.db.Close()
 }
 
-// fingerprints is a company's record: key fingerprint → value fingerprint.
-type fingerprints map[uint32]uint64
-
 // keyHashes caches the fingerprint of each metadata key: there are only
 // the mapping's few, and every company repeats them.
 var keyHashes sync.Map // string → uint32
 
 // fingerprint hashes a key and its value's JSON, the bytes the body
 // carries (userpilot.Encode: what json.Marshal writes, what fingerprints
-// were always made of, so a stored index stays valid).
-func fingerprint(key string, value json.RawMessage) (uint32, uint64) {
+// were always made of), as a record of version v makes it.
+func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
+	kh, _ := keyHash(key)
+	var buf [256]byte
+	b := append(append(append(buf[:0], key...), 0), value...)
+	if v == recordXXH {
+		return kh, xxhash.Sum64(b)
+	}
+	vh := sha256.Sum256(b)
+	return kh, binary.BigEndian.Uint64(vh[:8])
+}
+
+// keyHash is a key's fingerprint, computed once per key.
+func keyHash(key string) (uint32, bool) {
 	kh, ok := keyHashes.Load(key)
 	if !ok {
 		h := sha256.Sum256([]byte(key))
 		kh, _ = keyHashes.LoadOrStore(key, binary.BigEndian.Uint32(h[:4]))
 	}
-	var buf [256]byte
-	b := append(append(append(buf[:0], key...), 0), value...)
-	vh := sha256.Sum256(b)
-	return kh.(uint32), binary.BigEndian.Uint64(vh[:8])
-}
-
-func decode(b []byte) fingerprints {
-	if len(b) < 1 || b[0] != recordVersion || (len(b)-1)%12 != 0 {
-		return nil // unreadable: treated as "never delivered", so it is sent
-	}
-	fp := make(fingerprints, (len(b)-1)/12)
-	for i := 1; i+12 <= len(b); i += 12 {
-		fp[binary.BigEndian.Uint32(b[i:])] = binary.BigEndian.Uint64(b[i+4:])
-	}
-	return fp
-}
-
-func (fp fingerprints) encode() []byte {
-	var buf bytes.Buffer
-	buf.WriteByte(recordVersion)
-	var rec [12]byte
-	for k, v := range fp {
-		binary.BigEndian.PutUint32(rec[:4], k)
-		binary.BigEndian.PutUint64(rec[4:], v)
-		buf.Write(rec[:])
-	}
-	return buf.Bytes()
+	return kh.(uint32), true
 }
 
 // Unchanged reports whether every key in metadata has the value Userpilot
 // last accepted for this company. A company never delivered is changed.
 func (x *Store) Unchanged(companyID string, metadata userpilot.Metadata) (bool, error) {
-	var unchanged bool
+	same := []bool{false}
+	err := x.UnchangedEach([]userpilot.Company{{CompanyID: companyID, Metadata: metadata}}, same)
+	return same[0], err
+}
+
+// UnchangedEach is Unchanged for each company of cos, answered in
+// same[i], in one read of the index: a read transaction per company was
+// most of what the look-up cost.
+func (x *Store) UnchangedEach(cos []userpilot.Company, same []bool) error {
+	order := keyOrder(cos)
 	err := x.db.View(func(tx *bolt.Tx) error {
-		fp := decode(tx.Bucket(deliveredBucket).Get([]byte(companyID)))
-		if fp == nil {
-			return nil
+		// One cursor for all, in key order: a Get makes a cursor of its own
+		// (and its allocations) each time, and neighbours share pages.
+		c := tx.Bucket(deliveredBucket).Cursor()
+		for _, i := range order {
+			same[i] = holds(get(c, cos[i].CompanyID), cos[i].Metadata)
 		}
-		for k, v := range metadata {
-			kh, vh := fingerprint(k, v)
-			if got, ok := fp[kh]; !ok || got != vh {
-				return nil
-			}
-		}
-		unchanged = true
 		return nil
 	})
 	if err != nil {
-		return false, fmt.Errorf("read no-op index: %w", err)
+		return fmt.Errorf("read no-op index: %w", err)
 	}
-	return unchanged, nil
+	return nil
+}
+
+// holds reports whether the stored record rec has every key of metadata
+// at that value. An unreadable record holds nothing (it is sent).
+func holds(rec []byte, metadata userpilot.Metadata) bool {
+	if !readable(rec) {
+		return false
+	}
+	for k, v := range metadata {
+		kh, vh := fingerprint(rec[0], k, v)
+		if got, ok := lookup(rec, kh); !ok || got != vh {
+			return false
+		}
+	}
+	return true
+}
+
+// A record is its version, then 12 bytes per key: the key's fingerprint
+// (4) and its value's (8). A company has a handful of keys: a scan of the
+// record is quicker than building a map of it.
+func readable(rec []byte) bool {
+	return len(rec) >= 1 && (rec[0] == recordSHA256 || rec[0] == recordXXH) && (len(rec)-1)%12 == 0
+}
+
+func lookup(rec []byte, kh uint32) (uint64, bool) {
+	for i := 1; i+12 <= len(rec); i += 12 {
+		if binary.BigEndian.Uint32(rec[i:]) == kh {
+			return binary.BigEndian.Uint64(rec[i+4:]), true
+		}
+	}
+	return 0, false
 }
 
 // Record notes that Userpilot accepted these profiles: their keys now hold
 // these values (keys not sent keep theirs, as in Userpilot). It returns once
 // that is durable. Concurrent calls share one write (bbolt's Batch), so
 // many real-time workers recording at once cost one fsync.
+//
+// The profiles are written in key order (a bulk job's 10,000 land in
+// neighbouring pages rather than all over the tree), each record built
+// in one buffer shared by the write: no map, no allocation per company.
 func (x *Store) Record(profiles []userpilot.Company) error {
 	// In writes of recordBatch companies: a write transaction holds on the
 	// heap every node it touches until it commits, and a bulk job's 10,000
@@ -184,22 +219,59 @@ func (x *Store) record(profiles []userpilot.Company) error {
 	if len(profiles) == 0 {
 		return nil
 	}
+	order := keyOrder(profiles)
 	err := x.db.Batch(func(tx *bolt.Tx) error {
 		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
+		c := b.Cursor()
+		// Nothing is marked on the bulk path: an empty bucket needs no
+		// deletes looked up.
+		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
+		// What Put is given must stay unchanged until the commit: one
+		// buffer, never reused, sized for the profiles as sent (a record
+		// that keeps older keys may need a block more).
+		size := 0
 		for _, p := range profiles {
+			size += 1 + 12*len(p.Metadata)
+		}
+		buf := make([]byte, 0, size)
+		for _, i := range order {
+			p := profiles[i]
+			id := []byte(p.CompanyID)
 			// The send's outcome is seen: no longer in doubt.
-			if err := sending.Delete([]byte(p.CompanyID)); err != nil {
-				return err
+			if marked {
+				if err := sending.Delete(id); err != nil {
+					return err
+				}
 			}
-			fp := decode(b.Get([]byte(p.CompanyID)))
-			if fp == nil {
-				fp = fingerprints{}
+			old := get(c, p.CompanyID)
+			if !readable(old) {
+				old = nil
+			}
+			need := 1 + 12*(len(p.Metadata)+(len(old)-min(len(old), 1))/12)
+			if cap(buf)-len(buf) < need {
+				buf = make([]byte, 0, max(need, min(size, 64<<10)))
+			}
+			start := len(buf)
+			version := byte(recordXXH)
+			kept := len(buf) + 1
+			buf = append(buf, version)
+			// Keys not sent keep what they had, in the record's version.
+			for j := 1; j+12 <= len(old); j += 12 {
+				kh := binary.BigEndian.Uint32(old[j:])
+				if !sends(p.Metadata, kh) {
+					buf = append(buf, old[j:j+12]...)
+				}
+			}
+			if len(buf) > kept {
+				version = old[0]
+				buf[start] = version
 			}
 			for k, v := range p.Metadata {
-				kh, vh := fingerprint(k, v)
-				fp[kh] = vh
+				kh, vh := fingerprint(version, k, v)
+				buf = binary.BigEndian.AppendUint32(buf, kh)
+				buf = binary.BigEndian.AppendUint64(buf, vh)
 			}
-			if err := b.Put([]byte(p.CompanyID), fp.encode()); err != nil {
+			if err := b.Put(id, buf[start:len(buf):len(buf)]); err != nil {
 				return err
 			}
 		}
@@ -210,6 +282,40 @@ func (x *Store) record(profiles []userpilot.Company) error {
 		return fmt.Errorf("write no-op index: %w", err)
 	}
 	return nil
+}
+
+// keyOrder is the order of cos by company id; two profiles of one company
+// (none is sent twice at once, but Record must not depend on it) keep
+// their order, so the newer is written last.
+func keyOrder(cos []userpilot.Company) []int {
+	order := make([]int, len(cos))
+	for i := range order {
+		order[i] = i
+	}
+	byID := func(a, b int) int { return strings.Compare(cos[a].CompanyID, cos[b].CompanyID) }
+	if !slices.IsSortedFunc(order, byID) {
+		slices.SortStableFunc(order, byID)
+	}
+	return order
+}
+
+// get is Bucket.Get through c (positioned anew).
+func get(c *bolt.Cursor, id string) []byte {
+	k, v := c.Seek([]byte(id))
+	if string(k) != id {
+		return nil
+	}
+	return v
+}
+
+// sends reports whether metadata has a key of fingerprint kh.
+func sends(metadata userpilot.Metadata, kh uint32) bool {
+	for k := range metadata {
+		if h, _ := keyHash(k); h == kh {
+			return true
+		}
+	}
+	return false
 }
 
 // Forget drops what the index knows of these companies (deleted in

@@ -206,3 +206,69 @@ func TestABulkJobOnRecordKeepsItsCompaniesAndID(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, jobs)
 }
+
+// TestIndexAnswersManyAtOnce: a batch of profiles recorded in any order,
+// some marked as being sent, is looked up in one read exactly as one by
+// one; the marked ones are no longer in doubt, and a later partial record
+// keeps the keys it leaves out.
+func TestIndexAnswersManyAtOnce(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	defer x.Close()
+
+	md := func(i int) userpilot.Metadata {
+		return userpilottest.Metadata(map[string]any{"name": fmt.Sprintf("Co %d", i), "seats": json.Number(fmt.Sprint(i)), "trial": i%2 == 0})
+	}
+	var batch []userpilot.Company
+	for _, i := range []int{30, 4, 17, 200, 1, 99} {
+		batch = append(batch, userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: md(i)})
+	}
+	require.NoError(t, x.MarkSending([]string{"17", "1"}))
+	require.NoError(t, x.Record(batch))
+	sending, err := x.Sending()
+	require.NoError(t, err)
+	assert.Empty(t, sending)
+
+	require.NoError(t, x.Record([]userpilot.Company{{CompanyID: "4", Metadata: userpilottest.Metadata(map[string]any{"name": "renamed"})}}))
+	ask := []userpilot.Company{
+		{CompanyID: "30", Metadata: md(30)},
+		{CompanyID: "4", Metadata: md(4)}, // name changed since
+		{CompanyID: "4", Metadata: userpilottest.Metadata(map[string]any{"name": "renamed", "seats": json.Number("4"), "trial": true})},
+		{CompanyID: "5", Metadata: md(5)}, // never recorded
+		{CompanyID: "99", Metadata: md(99)},
+		{CompanyID: "200", Metadata: userpilottest.Metadata(map[string]any{"seats": json.Number("201")})},
+	}
+	same := make([]bool, len(ask))
+	require.NoError(t, x.UnchangedEach(ask, same))
+	assert.Equal(t, []bool{true, false, true, false, true, false}, same)
+	for i, co := range ask {
+		one, err := x.Unchanged(co.CompanyID, co.Metadata)
+		require.NoError(t, err)
+		assert.Equal(t, same[i], one, co.CompanyID)
+	}
+}
+
+// TestRecordOfOneCompanyTwiceKeepsTheNewer: written in key order, two
+// profiles of one company in one call still land in the order given.
+func TestRecordOfOneCompanyTwiceKeepsTheNewer(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	defer x.Close()
+	var batch []userpilot.Company
+	for i := range 40 { // enough for the sort not to be an insertion sort
+		batch = append(batch, userpilot.Company{CompanyID: fmt.Sprint(i % 3), Metadata: userpilottest.Metadata(map[string]any{"plan": fmt.Sprint("p", i)})})
+	}
+	require.NoError(t, x.Record(batch))
+	for c := range 3 {
+		last := 39 - (39-c)%3
+		same, err := x.Unchanged(fmt.Sprint(c), userpilottest.Metadata(map[string]any{"plan": fmt.Sprint("p", last)}))
+		require.NoError(t, err)
+		assert.True(t, same, "company %d holds its last state, p%d", c, last)
+	}
+}

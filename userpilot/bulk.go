@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 )
 
 // MaxBulkRecords is the most companies Userpilot takes in one JSON bulk request.
@@ -44,6 +45,68 @@ type jobAnswer struct {
 	Status string `json:"status"`
 }
 
+// BulkBody is a bulk identify request's body, {"companies":[…]}, written
+// company by company: each company's JSON is written once, and the same
+// bytes are the request and the state's record of the job. The zero value
+// is an empty body.
+type BulkBody struct {
+	json  []byte // without the closing "]}"
+	n     int
+	empty int // the first record without a company_id, or -1 (n > 0)
+}
+
+// Add appends co.
+func (b *BulkBody) Add(co Company) { b.AddWithin(co, 0) }
+
+// AddWithin appends co if the body stays within limit bytes (0: no limit)
+// and reports whether it did; if not, the body is as it was.
+func (b *BulkBody) AddWithin(co Company, limit int) bool {
+	mark := len(b.json)
+	if b.n == 0 {
+		b.json = append(b.json, `{"companies":[`...)
+		b.empty = -1
+	} else {
+		b.json = append(b.json, ',')
+	}
+	b.json = co.AppendJSON(b.json)
+	if limit > 0 && len(b.json)+len("]}") > limit {
+		b.json = b.json[:mark]
+		return false
+	}
+	if co.CompanyID == "" && b.empty < 0 {
+		b.empty = b.n
+	}
+	b.n++
+	return true
+}
+
+// Grow makes room for n more bytes, so that a body whose size can be
+// guessed is not copied over and over as it grows.
+func (b *BulkBody) Grow(n int) { b.json = slices.Grow(b.json, n) }
+
+// Size is the body's length in bytes.
+func (b *BulkBody) Size() int { return max(len(b.json), len(`{"companies":[`)) + len("]}") }
+
+// Len is how many companies it holds.
+func (b *BulkBody) Len() int { return b.n }
+
+// JSON is the body. It ends the array in room the body has spare (Grow
+// leaves some), so it is not copied: add nothing after it.
+func (b *BulkBody) JSON() []byte {
+	if b.n == 0 {
+		return []byte(`{"companies":[]}`)
+	}
+	return append(b.json, "]}"...)
+}
+
+// AppendCompanies appends the body's member, "companies":[…], to dst.
+func (b *BulkBody) AppendCompanies(dst []byte) []byte {
+	if b.n == 0 {
+		return append(dst, `"companies":[]`...)
+	}
+	return append(append(dst, b.json[1:]...), ']')
+}
+
 // BulkIdentifyCompanies submits cos as one bulk job and returns it as
 // Userpilot accepted it (usually queued). It fails with ErrTooLarge for more
 // than MaxBulkRecords records or a 413, ErrJobRunning for a 409, and
@@ -56,34 +119,32 @@ type jobAnswer struct {
 // such a job are applied when it completes, so waiting and submitting the
 // same records again is safe (identify merges).
 func (c *Client) BulkIdentifyCompanies(ctx context.Context, cos []Company) (Job, error) {
-	op := fmt.Sprintf("bulk identify %d companies", len(cos))
-	if len(cos) == 0 {
+	var body BulkBody
+	for _, co := range cos {
+		body.Add(co)
+	}
+	return c.BulkIdentify(ctx, body)
+}
+
+// BulkIdentify is BulkIdentifyCompanies for a body already written: the
+// one delivery wrote once, from which the job's record was made too.
+func (c *Client) BulkIdentify(ctx context.Context, body BulkBody) (Job, error) {
+	op := fmt.Sprintf("bulk identify %d companies", body.n)
+	if body.n == 0 {
 		return Job{}, fmt.Errorf("%s: nothing to send", op)
 	}
-	if len(cos) > MaxBulkRecords {
+	if body.n > MaxBulkRecords {
 		return Job{}, fmt.Errorf("%s: %w", op, ErrTooLarge)
 	}
-	size := len(`{"companies":[]}`)
-	for i, co := range cos {
-		if co.CompanyID == "" {
-			return Job{}, fmt.Errorf("%s: record %d: %w", op, i, &RejectedError{Body: "company_id is empty"})
-		}
-		size += co.JSONSize() + 1
+	if body.empty >= 0 {
+		return Job{}, fmt.Errorf("%s: record %d: %w", op, body.empty, &RejectedError{Body: "company_id is empty"})
 	}
-	body := append(make([]byte, 0, size), `{"companies":[`...)
-	for i, co := range cos {
-		if i > 0 {
-			body = append(body, ',')
-		}
-		body = co.AppendJSON(body)
-	}
-	body = append(body, "]}"...)
 	resp, err := c.do(ctx, call{
 		op:               op,
-		logAttrs:         []any{"companies", len(cos)},
+		logAttrs:         []any{"companies", body.n},
 		method:           http.MethodPost,
 		path:             "/v1/companies/bulk_identify",
-		body:             body,
+		body:             body.JSON(),
 		conflictIsAnswer: true,
 	})
 	if err != nil {

@@ -94,7 +94,8 @@ func (c Company) AppendJSON(b []byte) []byte {
 	b = append(b, `{"company_id":`...)
 	b = appendString(b, c.CompanyID)
 	b = append(b, `,"metadata":{`...)
-	keys := make([]string, 0, len(c.Metadata))
+	var few [16]string // a mapping's keys, usually: sorted without an allocation
+	keys := few[:0]
 	for k := range c.Metadata {
 		keys = append(keys, k)
 	}

@@ -57,3 +57,25 @@ func TestEncodeRefusesAValueWithoutJSONForm(t *testing.T) {
 	_, err = userpilot.MetadataOf(map[string]any{"x": make(chan int)})
 	assert.ErrorContains(t, err, `metadata "x"`)
 }
+
+// TestBulkBodyIsTheCompaniesAsJSON: a body written company by company is
+// {"companies":[…]} with each company as AppendJSON writes it; one that
+// would pass the limit is left out, and the body stays as it was.
+func TestBulkBodyIsTheCompaniesAsJSON(t *testing.T) {
+	var empty userpilot.BulkBody
+	assert.JSONEq(t, `{"companies":[]}`, string(empty.JSON()))
+
+	a := userpilot.Company{CompanyID: "a", Metadata: userpilot.Metadata{"plan": json.RawMessage(`"pro"`)}}
+	b := userpilot.Company{CompanyID: "b<", Metadata: userpilot.Metadata{}}
+	var body userpilot.BulkBody
+	body.Add(a)
+	want := `{"companies":[` + string(a.AppendJSON(nil)) + `]}`
+	assert.Equal(t, want, string(body.JSON()))
+	assert.False(t, body.AddWithin(b, len(want)+3), "b does not fit")
+	assert.Equal(t, want, string(body.JSON()))
+	assert.Equal(t, 1, body.Len())
+	require.True(t, body.AddWithin(b, 1000))
+	assert.Equal(t, `{"companies":[`+string(a.AppendJSON(nil))+`,`+string(b.AppendJSON(nil))+`]}`, string(body.JSON()))
+	assert.Equal(t, `{"began":"x",`+string(body.JSON()[1:]), string(body.AppendCompanies([]byte(`{"began":"x",`)))+"}")
+	assert.Equal(t, 2, body.Len())
+}

@@ -124,6 +124,14 @@ func decodeValue(raw json.RawMessage) (any, error) {
 // decodeCompany validates one identify record: {"company_id": "…", "metadata": {…}}.
 // The id is returned even when the metadata is invalid, for the request log.
 func decodeCompany(data []byte, what string) (company, *apiError) {
+	if co, ok := fastCompany(data); ok {
+		return co, nil
+	}
+	return strictCompany(data, what)
+}
+
+// strictCompany is decodeCompany without the fast path.
+func strictCompany(data []byte, what string) (company, *apiError) {
 	fields, e := decodeObject(data, what, "company_id", "metadata")
 	if e != nil {
 		return company{}, e
@@ -166,6 +174,15 @@ func decodeCompany(data []byte, what string) (company, *apiError) {
 // decodeBulk validates a bulk identify body: {"companies": [record, …]}.
 // The ids read so far are returned even on error, for the request log.
 func decodeBulk(data []byte) ([]company, *apiError) {
+	if cos, ok := fastBulk(data); ok {
+		return cos, nil
+	}
+	return strictBulk(data)
+}
+
+// strictBulk is decodeBulk without the fast path (its records are read
+// with it, and strictly where it gives up).
+func strictBulk(data []byte) ([]company, *apiError) {
 	fields, e := decodeObject(data, "body", "companies")
 	if e != nil {
 		return nil, e
