@@ -93,19 +93,27 @@ type Options struct {
 	// enforces it; here it sizes the bulk share). 0 →
 	// userpilot.DefaultRateLimit.
 	RealtimeRate float64
+	// RealtimeLimit, when set, is the real-time rate the client allows
+	// now (below RealtimeRate while it backs off after 429s).
+	RealtimeLimit func() float64
 	// Workers is how many real-time calls run at once; 0 → 8.
 	Workers int
-	// BulkRate is Userpilot's bulk processing speed in records/second; 0 →
-	// userpilot.DefaultBulkRate.
+	// BulkRate is where the estimate of Userpilot's bulk processing speed
+	// in records/second starts, until a job has been measured (see
+	// policy.go); 0 → userpilot.DefaultBulkRate.
 	BulkRate float64
 	// NoBulk sends everything on the real-time endpoint (bulk_rate: 0).
 	NoBulk bool
-	// BulkOverhead is what a bulk job costs beyond its records (queueing,
-	// validation, polling); 0 → 10s.
+	// BulkOverhead is where the estimate of what a bulk job costs beyond
+	// its records (queueing, validation, polling) starts; 0 → 10s.
 	BulkOverhead time.Duration
+	// Estimates, when set, keeps what was learned of the bulk path across
+	// restarts.
+	Estimates Estimates
 	// MinBulk is the smallest job worth sending; 0 → 100.
 	MinBulk int
-	// PollInterval is how often a bulk job's status is read; 0 → 2s.
+	// PollInterval is the longest wait between two reads of a bulk job's
+	// status; 0 → 2s.
 	PollInterval time.Duration
 	// MaxPending bounds memory: at this many undelivered companies the
 	// pipeline stops reading (the stream keeps the connection alive); 0 →
@@ -198,7 +206,12 @@ type Pipeline struct {
 	markDone  any // the newest mark with everything before it delivered
 	markSaved any // the mark last passed to Checkpoint
 	bulkBusy  bool
-	sizing    sizing // what the real-time path and bulk jobs achieve, for bulkShare
+	sizing    sizing // what the real-time path achieves, for bulkShare
+	// est is what the bulk path is believed to do (the dispatcher's;
+	// learned holds a copy for other goroutines).
+	est       bulkEstimate
+	estLoaded bool
+	learned   learnedView
 	// deletes wait for one delete request at a time (Userpilot allows one
 	// every 2 seconds).
 	deletes    []*entry
@@ -294,6 +307,8 @@ type bulkResult struct {
 	fallback bool
 	err      error
 	took     time.Duration
+	// observed is what a completed job showed of the bulk path.
+	observed *jobObservation
 	// held is set for a job from before the restart (resumeHeld), with
 	// the status it ended with ("unknown" when its id was never learnt).
 	held        *heldJob
@@ -305,6 +320,9 @@ type bulkResult struct {
 // checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	p.progress = time.Now()
+	if err := p.loadEstimate(); err != nil {
+		return err
+	}
 	if err := p.loadInFlight(); err != nil {
 		return err
 	}
@@ -375,7 +393,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			hj := p.held[0]
 			p.held = p.held[1:]
 			p.bulkBusy = true
-			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
+			est := p.est
+			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj, est) })
 		}
 		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
 			batch, err := p.takeBulk(report)
@@ -384,8 +403,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			}
 			if len(batch) > 0 {
 				p.bulkBusy = true
+				est := p.est
 				wg.Go(func() {
-					res := p.runBulk(ctx, batch)
+					res := p.runBulk(ctx, batch, est)
 					bulkDone <- res
 				})
 			}
@@ -458,6 +478,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				return err
 			}
 		case <-tick.C:
+			p.publish()
 			if err := p.tick(); err != nil {
 				return err
 			}

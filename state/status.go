@@ -35,7 +35,17 @@ type Status struct {
 	OutboxBytes     int64     `json:"outbox_bytes"`
 	OldestPending   time.Time `json:"oldest_pending,omitzero"`
 	Pending         int       `json:"pending_companies"`
-	UpdatedAt       time.Time `json:"updated_at"`
+	// What delivery has measured of Userpilot: the bulk speed
+	// (records/s; 0: bulk is off) and a job's overhead, the completed jobs
+	// they come from (0: still the configured start), the real-time rate
+	// (requests/s), and how long the pending companies should take at
+	// those rates.
+	BulkRate            float64   `json:"bulk_records_per_second,omitempty"`
+	BulkOverheadSeconds float64   `json:"bulk_job_overhead_seconds,omitempty"`
+	BulkJobsLearned     int       `json:"bulk_jobs_measured"`
+	RealtimeRate        float64   `json:"realtime_requests_per_second,omitempty"`
+	BacklogETASeconds   float64   `json:"backlog_eta_seconds,omitempty"`
+	UpdatedAt           time.Time `json:"updated_at"`
 }
 
 // WriteStatus replaces the status file.

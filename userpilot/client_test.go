@@ -448,7 +448,11 @@ func TestBulkIdentifyReturnsJobThatBackgroundJobFollows(t *testing.T) {
 	// The id, colons and all, round-trips through the path.
 	polled, err := c.BackgroundJob(ctx, job.ID)
 	require.NoError(t, err)
-	assert.Equal(t, userpilot.Job{ID: job.ID, Status: userpilot.JobCompleted}, polled)
+	assert.Equal(t, job.ID, polled.ID)
+	assert.Equal(t, userpilot.JobCompleted, polled.Status)
+	assert.Equal(t, 3, polled.TotalRows)
+	assert.Equal(t, 3, polled.CompletedRows)
+	assert.False(t, polled.EndTime.Before(polled.StartTime))
 	assert.Len(t, s.Companies(), 3)
 	assert.Equal(t, "/v1/background_jobs/"+job.ID, s.Requests()[1].Path)
 }
