@@ -75,7 +75,7 @@ func TestBulkEstimateConvergesToUserpilotsSpeedAndSurvivesARestart(t *testing.T)
 		speed      float64 // the stand-in's
 		overhead   time.Duration
 	}{
-		{"configured far too slow", 20, 4000, 0},
+		{"configured far too slow", 20, 1000, 0},
 		{"configured far too fast", 1_000_000, 400, 100 * time.Millisecond},
 	}
 	for _, c := range cases {

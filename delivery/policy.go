@@ -192,7 +192,8 @@ const minProgressSpan = 20 * time.Millisecond
 // after that. The ways to tell them apart, best first:
 //   - two polls that saw it part done: their rows over their time, which
 //     no overhead is in (both on pgpilot's clock);
-//   - one such poll: the rest of the records over the rest of the time;
+//   - one such poll (or two close together): the rest of the records
+//     over the rest of the time;
 //   - jobs of different sizes: the line through them (fit);
 //   - otherwise the job's time after its submission is split with the
 //     overhead measured so far (at most half of it counted as overhead),
@@ -206,11 +207,14 @@ func (o jobObservation) measure(prior bulkEstimate) (rate float64, overhead time
 	}
 	up := o.upload()
 	work := max(d-up, time.Millisecond) // after the submission was answered
-	switch {
-	case !o.first.at.IsZero() && o.last.rows > o.first.rows && o.last.at.Sub(o.first.at) >= minProgressSpan:
-		rate = float64(o.last.rows-o.first.rows) / o.last.at.Sub(o.first.at).Seconds()
-	case !o.first.at.IsZero():
-		if rest := o.submitted.Add(d).Sub(o.first.at); rest > 0 {
+	if !o.first.at.IsZero() {
+		// Of the two, the longer baseline: a poll's answer may be held up
+		// on the way, and that matters less over a longer time.
+		span, rest := o.last.at.Sub(o.first.at), o.submitted.Add(d).Sub(o.first.at)
+		switch {
+		case o.last.rows > o.first.rows && span >= minProgressSpan && span >= rest/2:
+			rate = float64(o.last.rows-o.first.rows) / span.Seconds()
+		case rest > 0:
 			rate = float64(o.records-o.first.rows) / rest.Seconds()
 		}
 	}

@@ -351,7 +351,7 @@ func (c *Client) do(ctx context.Context, cl call) (response, error) {
 				// Userpilot's real-time budget is lower than rate_limit
 				// (another program on the key, a smaller plan): slow down.
 				if l, ok := c.realtime.decrease(resp.sent, time.Now()); ok {
-					c.setLimit(l)
+					c.setLimit(l, true)
 					c.log.Warn("userpilot real-time rate lowered after a 429", "requests_per_second", roundRate(l))
 				}
 			}
@@ -376,7 +376,7 @@ func (c *Client) do(ctx context.Context, cl call) (response, error) {
 		default: // 2xx, or a 4xx that is the caller's to interpret
 			if cl.realTime && resp.ok() {
 				if l, ok := c.realtime.raise(time.Now()); ok {
-					c.setLimit(l)
+					c.setLimit(l, false)
 				}
 			}
 			return resp, nil

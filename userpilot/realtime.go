@@ -10,23 +10,31 @@ import (
 
 // The real-time path's rate is measured too. rate_limit is the ceiling,
 // what the operator's plan allows; Userpilot may allow less (another
-// program on the same key, a smaller plan, its own load). Each 429 on a
-// real-time call halves the rate (once per round: a 429 of a request sent
-// before the last decrease says nothing new), and while calls succeed it
-// climbs back toward rate_limit: additive increase, multiplicative
-// decrease (AIMD), as TCP finds a link's capacity. The climb is 5% of the
-// rate at which the last 429 came, per second, so it returns to that rate
-// within about 10 s and probes past it slowly: one 429 per such round
-// against a fixed lower limit, a small fraction of the calls.
+// program on the same key, a smaller plan, its own load). A 429 on a
+// real-time call lowers the rate, once per round (a 429 of a request sent
+// before the last decrease says nothing new): to 90% of what Userpilot
+// accepted over the last second, but by at least a tenth and at most a
+// half. While calls succeed it climbs back toward rate_limit by 5% of the
+// rate at which the last 429 came, per second: additive increase,
+// multiplicative decrease (AIMD), as TCP finds a link's capacity. Against
+// a fixed lower limit that is one round of 429s every several seconds, a
+// small share of the calls.
 
 const (
-	// decreaseFactor is what a 429 leaves of the rate.
-	decreaseFactor = 0.5
+	// maxDecrease and minDecrease are the most and the least a 429 takes
+	// off the rate (as what is left of it).
+	maxDecrease, minDecrease = 0.5, 0.9
+	// acceptedShare of what Userpilot accepted over the last second is
+	// where a 429 sets the rate, within those bounds.
+	acceptedShare = 0.9
 	// increaseShare of the rate at the last 429 is added per second of
 	// successes.
 	increaseShare = 0.05
 	// minIncrease is the least added per second (requests/s).
 	minIncrease = 0.5
+	// acceptedSlots of acceptedSlot each make the last second's window.
+	acceptedSlots = 10
+	acceptedSlot  = 100 * time.Millisecond
 )
 
 // aimd is the real-time rate in force. It is safe for concurrent use.
@@ -38,6 +46,10 @@ type aimd struct {
 	level       float64   // the rate when the last 429 came
 	decreasedAt time.Time // requests sent before it were sent at a higher rate
 	raisedAt    time.Time
+	// accepted counts the successes of the last second, per slot (the
+	// slot of a time is its UnixNano / acceptedSlot, mod acceptedSlots).
+	accepted [acceptedSlots]int
+	slotOf   [acceptedSlots]int64
 }
 
 func newAIMD(ceiling float64, now time.Time) *aimd {
@@ -50,6 +62,18 @@ func (a *aimd) current() float64 {
 	return a.limit
 }
 
+// acceptedLastSecond counts the successes of the second before now.
+func (a *aimd) acceptedLastSecond(now time.Time) int {
+	cur := now.UnixNano() / int64(acceptedSlot)
+	n := 0
+	for i, s := range a.slotOf {
+		if cur-s < acceptedSlots {
+			n += a.accepted[i]
+		}
+	}
+	return n
+}
+
 // decrease takes a 429 of a request sent at sent. It returns the new rate
 // and true when the rate changed.
 func (a *aimd) decrease(sent, now time.Time) (float64, bool) {
@@ -59,7 +83,8 @@ func (a *aimd) decrease(sent, now time.Time) (float64, bool) {
 		return a.limit, false
 	}
 	a.level = a.limit
-	a.limit = max(a.floor, a.limit*decreaseFactor)
+	target := acceptedShare * float64(a.acceptedLastSecond(now))
+	a.limit = max(a.floor, min(minDecrease*a.limit, max(maxDecrease*a.limit, target)))
 	a.decreasedAt, a.raisedAt = now, now
 	return a.limit, true
 }
@@ -69,6 +94,12 @@ func (a *aimd) decrease(sent, now time.Time) (float64, bool) {
 func (a *aimd) raise(now time.Time) (float64, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	slot := now.UnixNano() / int64(acceptedSlot)
+	if i := slot % acceptedSlots; a.slotOf[i] != slot {
+		a.slotOf[i], a.accepted[i] = slot, 1
+	} else {
+		a.accepted[i]++
+	}
 	if a.limit >= a.ceiling {
 		a.raisedAt = now
 		return a.limit, false
@@ -86,10 +117,17 @@ func (a *aimd) raise(now time.Time) (float64, bool) {
 }
 
 // setLimit applies a new real-time rate to the limiter.
-func (c *Client) setLimit(l float64) {
+func (c *Client) setLimit(l float64, lowered bool) {
 	now := time.Now()
 	c.limiter.SetLimitAt(now, rate.Limit(l))
 	c.limiter.SetBurstAt(now, burstFor(l))
+	if lowered {
+		// Tokens saved up at the old rate would go out in one burst into
+		// a budget Userpilot has just said is spent.
+		if n := int(c.limiter.TokensAt(now)); n > 0 {
+			c.limiter.AllowN(now, n)
+		}
+	}
 }
 
 // burstFor is the limiter's bucket for a rate: a quarter second's budget,
