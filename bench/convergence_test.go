@@ -105,7 +105,12 @@ func convergeOnce(b *testing.B, pg *pgtest.Server, c convergeCase) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	opts := daemon.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	// PGPILOT_BENCH_LOG=1 shows pgpilot's debug log (each job measured).
+	var logTo io.Writer = io.Discard
+	if os.Getenv("PGPILOT_BENCH_LOG") != "" {
+		logTo = os.Stderr
+	}
+	opts := daemon.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if c.told {
 		opts.Userpilot = userpilot.Options{MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second}
 		// The stand-in has no queueing: a job's cost beyond its

@@ -38,6 +38,8 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, error) {
 	if k == 0 {
 		return nil, nil
 	}
+	p.log.Debug("bulk job sized", "ready", p.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
+		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
 	var batch, keep []*entry
 	size := 0
 	for len(batch) < k && p.ready.len() > 0 {

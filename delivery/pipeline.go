@@ -371,7 +371,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	// mapping is fixed the stream resumes exactly at the transaction that
 	// needed the fix (older ones would not fit the new mapping).
 	var stopFor error
-	var lastInput time.Time
+	var lastInput, burstStart time.Time
 	for {
 		if err := p.skipNoOps(report); err != nil {
 			return err
@@ -396,7 +396,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			est := p.est
 			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj, est) })
 		}
-		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
+		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, closed) {
 			batch, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -455,7 +455,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 					return err
 				}
 			}
-			lastInput = time.Now()
+			if now := time.Now(); now.Sub(lastInput) >= inputQuiet {
+				burstStart, lastInput = now, now
+			} else {
+				lastInput = now
+			}
 		case workCh <- next:
 			p.ready.popFront()
 			p.send(next)
@@ -491,14 +495,23 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 
 // inputQuiet is how long the input must pause before a bulk job is sized:
 // a job cannot take records added after it was submitted, so sizing it in
-// the middle of a burst sends the rest of the burst the slow way.
-const inputQuiet = 100 * time.Millisecond
+// the middle of a burst sends the rest of the burst the slow way, and the
+// companies in it that the burst changes again go twice. A burst that has
+// lasted longer must pause longer (half its length, up to maxInputQuiet):
+// between two statements that each update many rows, Postgres sends
+// nothing while it runs the next.
+const (
+	inputQuiet    = 100 * time.Millisecond
+	maxInputQuiet = 300 * time.Millisecond
+)
 
-// bulkTime says whether to consider a bulk job now: the burst has been read
-// (input quiet, or closed), or waiting would not make it better (the backlog
-// fills a whole job, or memory is half full and reading has to go on).
-func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
-	return closed || time.Since(lastInput) >= inputQuiet ||
+// bulkTime says whether to consider a bulk job now: the burst (input since
+// burstStart) has been read (input quiet, or closed), or waiting would not
+// make it better (the backlog fills a whole job, or memory is half full
+// and reading has to go on).
+func (p *Pipeline) bulkTime(lastInput, burstStart time.Time, closed bool) bool {
+	quiet := min(maxInputQuiet, max(inputQuiet, lastInput.Sub(burstStart)/2))
+	return closed || time.Since(lastInput) >= quiet ||
 		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2
 }
 
