@@ -128,6 +128,10 @@ func convergeOnce(b *testing.B, pg *pgtest.Server, c convergeCase) {
 		b.Fatal(err)
 	}
 
+	// The machine may be shared: wait for it to be quiet, and say how
+	// busy others kept it meanwhile (see machine_test.go).
+	waitQuiet(b, pg.DataDir)
+	machine := sampleMachine(pg.DataDir)
 	b.ResetTimer()
 	start := time.Now()
 	if err := workload.Seed(ctx, conn, n); err != nil {
@@ -143,6 +147,7 @@ func convergeOnce(b *testing.B, pg *pgtest.Server, c convergeCase) {
 	}
 	took := time.Since(start)
 	b.StopTimer()
+	others := machine.foreignCores(pg.DataDir)
 
 	floor := time.Duration(float64(n) / (rt + bulk) * float64(time.Second))
 	var requests, rtRequests, tooMany, conflicts, jobs int
@@ -168,8 +173,9 @@ func convergeOnce(b *testing.B, pg *pgtest.Server, c convergeCase) {
 	report(b, float64(tooMany), "429s")
 	report(b, 100*float64(tooMany)/float64(max(1, requests)), "pct_429")
 	report(b, float64(conflicts), "409s")
-	b.Logf("%d companies × %d writes: converged in %s, floor %s (%.2f×); %d requests, %d real-time, %d bulk jobs, %d 429s, %d 409s",
-		n, writes, took.Round(time.Millisecond), floor, took.Seconds()/floor.Seconds(), requests, rtRequests, jobs, tooMany, conflicts)
+	report(b, others, "other_cores")
+	b.Logf("%d companies × %d writes: converged in %s, floor %s (%.2f×); %d requests, %d real-time, %d bulk jobs, %d 429s, %d 409s; other processes used %.2f cores",
+		n, writes, took.Round(time.Millisecond), floor, took.Seconds()/floor.Seconds(), requests, rtRequests, jobs, tooMany, conflicts, others)
 }
 
 func insertAfter(s, linePrefix, insert string) string {
