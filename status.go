@@ -172,9 +172,32 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 			row("related re-reads", fmt.Sprintf("%d queries in %d batches, %d companies, %d related rows (%s rows/s while reading), since pgpilot started",
 				rr.Queries, rr.Reads, rr.Companies, rr.Rows, rate))
 		}
+		if d.Pending > 0 && d.BacklogETASeconds > 0 {
+			row("backlog ETA", fmt.Sprintf("%s at the rates below", secs(d.BacklogETASeconds)))
+		}
+		row("bulk path", bulkPath(d))
+		if d.RealtimeRate > 0 {
+			row("real-time path", fmt.Sprintf("%.4g requests/s (rate_limit, or less after 429s or as achieved)", d.RealtimeRate))
+		}
 	}
 	tw.Flush()
 	return nil
+}
+
+// bulkPath says what delivery believes of Userpilot's bulk jobs and
+// where that comes from.
+func bulkPath(d *state.Status) string {
+	switch {
+	case d.BulkRate <= 0:
+		return "off (bulk_rate: 0)"
+	case d.BulkJobsLearned == 0:
+		return fmt.Sprintf("%.4g records/s, %s a job (userpilot.bulk_rate: nothing measured yet)", d.BulkRate, secs(d.BulkOverheadSeconds))
+	}
+	return fmt.Sprintf("%.4g records/s, %s a job beyond its records (measured over %d jobs)", d.BulkRate, secs(d.BulkOverheadSeconds), d.BulkJobsLearned)
+}
+
+func secs(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
 }
 
 // queuedResync is a re-sync request waiting, as status shows it.

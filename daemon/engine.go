@@ -47,6 +47,7 @@ func (s *session) startEngine(ctx context.Context, checkpointed pglogrepl.LSN) (
 	}
 	e.pipe = delivery.New(do)
 	s.opts.Metrics.AttachPipeline(deliveryCounts(e.pipe.Stats()))
+	s.opts.Metrics.AttachEstimates(estimates(e.pipe))
 	deliverCtx, stopDelivering := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopDelivering = stopDelivering
 	e.stopGrace = context.AfterFunc(ctx, func() {

@@ -66,11 +66,21 @@ func deliveryCounts(s *delivery.Stats) func() metrics.DeliveryCounts {
 	}
 }
 
+// estimates reads what a pipeline has measured of Userpilot for metrics.
+func estimates(p *delivery.Pipeline) func() metrics.Estimates {
+	return func() metrics.Estimates {
+		l := p.Learned()
+		return metrics.Estimates{BulkRate: l.BulkRate, BulkOverhead: l.BulkOverhead, BulkJobs: l.BulkJobs,
+			RealtimeRate: l.RealtimeRate, BacklogETA: l.ETA(int(p.Stats().Pending.Load()))}
+	}
+}
+
 // userpilotCounts reads the client's counters for metrics.
 func userpilotCounts(c *userpilot.Client) func() metrics.UserpilotCounts {
 	return func() metrics.UserpilotCounts {
 		st := c.Stats()
-		return metrics.UserpilotCounts{Retries: st.Retries, StatusCounts: st.StatusCounts, RateLimited: st.RateLimited}
+		return metrics.UserpilotCounts{Retries: st.Retries, StatusCounts: st.StatusCounts, RateLimited: st.RateLimited,
+			RealtimeLimit: st.RealtimeLimit}
 	}
 }
 

@@ -56,7 +56,10 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	cfg := s.cfg
 	do := s.opts.Delivery
 	do.Mapping = compiler(cfg.Companies)
-	do.Sender, do.DeadLetters, do.Index, do.InFlight = s.sender, s.dir, s.store, s.store
+	do.Sender, do.DeadLetters, do.Index, do.InFlight, do.Estimates = s.sender, s.dir, s.store, s.store, s.store
+	if l, ok := s.sender.(realtimeLimiter); ok {
+		do.RealtimeLimit = l.RealtimeLimit
+	}
 	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
 	do.MaxRetainedWAL = cmp.Or(do.MaxRetainedWAL, cfg.Delivery.MaxRetainedWAL)
 	do.OutboxAfter = cmp.Or(do.OutboxAfter, cfg.Delivery.OutboxAfter)
@@ -75,6 +78,10 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	}
 	return do, nil
 }
+
+// realtimeLimiter is a sender that lowers its real-time rate after 429s
+// (*userpilot.Client).
+type realtimeLimiter interface{ RealtimeLimit() float64 }
 
 // compiler compiles the mapping for a description of the table, or of
 // the related values the related stage reads.

@@ -58,7 +58,7 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 			lastJob, rate = job.ID, rateMeter{}
 		}
 		rate.add(time.Now(), job.Rows)
-		p := progressOf(*job, stage.RowsRead(), rate.perSecond(), s.cfg.Userpilot.BulkRate+s.cfg.Userpilot.RateLimit)
+		p := progressOf(*job, stage.RowsRead(), rate.perSecond(), s.capacity())
 		if s.opts.Progress != nil {
 			fmt.Fprintf(s.opts.Progress, "\r%s", p.bar())
 		}
@@ -67,6 +67,17 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 			s.snapLog.Info("snapshot progress", p.attrs()...)
 		}
 	}
+}
+
+// capacity is how many rows a second delivery should manage, for an ETA
+// before one is measured: the bulk and real-time rates the engine has
+// measured (the configured ones until it has).
+func (s *session) capacity() float64 {
+	if s.eng == nil {
+		return s.cfg.Userpilot.BulkRate + s.cfg.Userpilot.RateLimit
+	}
+	l := s.eng.pipe.Learned()
+	return l.BulkRate + l.RealtimeRate
 }
 
 // takeResync starts the oldest re-sync request queued in the state

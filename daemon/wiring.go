@@ -14,5 +14,7 @@ var (
 	_ delivery.Index       = (*state.Store)(nil)
 	_ delivery.Outbox      = (*state.Store)(nil)
 	_ delivery.InFlight    = (*state.Store)(nil)
+	_ delivery.Estimates   = (*state.Store)(nil)
+	_ realtimeLimiter      = (*userpilot.Client)(nil)
 	_ delivery.Recorder    = readRecorder{}
 )

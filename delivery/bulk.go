@@ -23,8 +23,13 @@ const failedJobRetries = 2
 // company's JSON is written once, and that is both what sizes the job and
 // what is recorded and sent.
 func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
-	k := bulkShare(p.ready.len(), p.sizing.realtimeRate(p.opts.RealtimeRate), p.opts.BulkRate,
-		p.sizing.jobOverhead(p.opts.BulkOverhead), p.opts.MinBulk, userpilot.MaxBulkRecords)
+	rt := p.sizing.realtimeRate(p.realtimeBudget())
+	k := bulkShare(p.ready.len(), rt, p.est.rate, p.est.overhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
+	if !p.est.learned() {
+		// Nothing measured: a small job first, to learn what the bulk
+		// path does before a large one is sized from a guess.
+		k = probeSize(p.ready.len(), rt, k, p.opts.MinBulk)
+	}
 	if p.full() {
 		// Reading is held back at the memory bound: the backlog goes on in
 		// the slot past what is in memory, and the real-time path will
@@ -39,6 +44,8 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	if err := p.lookUp(p.ready.last(k)); err != nil { // one read for the job
 		return nil, body, err
 	}
+	p.log.Debug("bulk job sized", "ready", p.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
+		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
 	var batch, keep []*entry
 	for len(batch) < k && p.ready.len() > 0 {
 		e := p.ready.popBack()
@@ -77,7 +84,9 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 // runBulk takes a job from submission to completion. It returns when the
 // job completed (the records are applied), when the records should go out
 // on the real-time path instead, or when ctx is done.
-func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody) bulkResult {
+//
+// est is the estimate the job was sized with (the dispatcher owns p.est).
+func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody, est bulkEstimate) bulkResult {
 	start := time.Now()
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
@@ -87,6 +96,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.B
 		return bulkResult{entries: batch, err: err}
 	}
 	for failures := 0; ; {
+		obs := jobObservation{records: len(batch), submitted: time.Now()}
 		job, err := p.opts.Sender.BulkIdentify(ctx, body)
 		var rej *userpilot.RejectedError
 		switch {
@@ -110,8 +120,13 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.B
 		if err := p.jobSubmitted(key, job.ID); err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
-		p.jobAnswered.Store(time.Now().UnixNano())
-		status, err := p.waitJob(ctx, job, firstPoll(len(batch), p.opts.BulkRate, p.opts.PollInterval))
+		obs.answered = time.Now()
+		obs.running = obs.answered
+		p.jobAnswered.Store(obs.answered.UnixNano())
+		// The estimate counts from the submission, which has taken some
+		// of it already.
+		first := max(minPoll, firstPoll(len(batch), est, p.opts.PollInterval)-obs.answered.Sub(obs.submitted))
+		status, err := p.waitJob(ctx, job, first, &obs)
 		if err != nil {
 			return bulkResult{entries: batch, err: err}
 		}
@@ -125,7 +140,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.B
 			if err := p.endJob(key); err != nil {
 				return bulkResult{entries: batch, err: err}
 			}
-			return bulkResult{entries: batch, took: time.Since(start)}
+			return bulkResult{entries: batch, took: time.Since(start), observed: &obs}
 		}
 		failures++
 		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(batch), "failures", failures)
@@ -168,10 +183,17 @@ func (p *Pipeline) companiesOf(batch []*entry) []userpilot.Company {
 	return cos
 }
 
-// waitJob polls the job until it completed or failed, first after wait,
-// then at twice the previous wait up to PollInterval. Accepted is not
-// applied: only a completed job's records count as delivered.
-func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Duration) (string, error) {
+// waitJob polls the job until it completed or failed, first after first,
+// then as nextPoll says: at a tenth of the job's age, sooner when its own
+// progress says it is nearly done. Accepted is not applied: only a
+// completed job's records count as delivered. What the polls show is
+// noted in obs (nil: a job from before a restart, not measured).
+func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, first time.Duration, obs *jobObservation) (string, error) {
+	began := time.Now()
+	if obs != nil {
+		began = obs.submitted
+	}
+	wait := first
 	for {
 		switch job.Status {
 		case userpilot.JobCompleted, userpilot.JobFailed:
@@ -180,7 +202,6 @@ func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Dur
 		if err := sleep(ctx, wait); err != nil {
 			return "", err
 		}
-		wait = min(2*wait, p.opts.PollInterval)
 		next, err := p.opts.Sender.BackgroundJob(ctx, job.ID)
 		var rej *userpilot.RejectedError
 		if errors.As(err, &rej) {
@@ -191,12 +212,47 @@ func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, wait time.Dur
 		if err != nil {
 			return "", fmt.Errorf("read bulk job %s: %w", job.ID, err)
 		}
+		at := time.Now()
 		next.ID = job.ID
 		job = next
 		if job.Status != userpilot.JobFailed {
-			p.jobAnswered.Store(time.Now().UnixNano())
+			p.jobAnswered.Store(at.UnixNano())
 		}
+		var remaining time.Duration
+		if obs != nil {
+			remaining = obs.saw(job, at)
+		}
+		wait = nextPoll(at.Sub(began), remaining, p.opts.PollInterval)
 	}
+}
+
+// saw notes one status answer (received at at) and returns what the job's
+// own progress says is left of it (0: unknown).
+func (o *jobObservation) saw(job userpilot.Job, at time.Time) time.Duration {
+	switch job.Status {
+	case userpilot.JobCompleted:
+		o.ended = at
+		switch {
+		case !job.StartTime.IsZero() && job.EndTime.After(job.StartTime):
+			o.serverTook = job.EndTime.Sub(job.StartTime)
+		case job.Elapsed > 0:
+			o.serverTook = job.Elapsed
+		}
+		return 0
+	case userpilot.JobFailed:
+		return 0
+	}
+	o.running = at
+	if job.CompletedRows < 0 {
+		return 0
+	}
+	o.sawProgress(job.CompletedRows, at)
+	span := o.last.at.Sub(o.first.at)
+	if o.first.at.IsZero() || o.last.rows <= o.first.rows || span <= 0 {
+		return 0
+	}
+	pace := float64(o.last.rows-o.first.rows) / span.Seconds()
+	return time.Duration(float64(o.records-o.last.rows) / pace * float64(time.Second))
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -242,7 +298,11 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 	case r.err != nil:
 		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
 	}
-	p.sizing.jobDone(len(r.entries), r.took, p.opts.BulkRate)
+	if r.observed != nil {
+		if err := p.learnJob(*r.observed); err != nil {
+			return err
+		}
+	}
 	for _, e := range r.entries {
 		p.finish(e)
 	}

@@ -36,3 +36,35 @@ func TestBacklogBeyondTheMemoryBoundGoesOutInJobs(t *testing.T) {
 	assert.Greater(t, st.Bulk.Load(), int64(1000), "most of the backlog went in jobs")
 	assert.Equal(t, pglogrepl.LSN(20000), h.lastCheckpoint())
 }
+
+// TestBulkEstimateFollowsUserpilotsSpeedAsItChanges: Userpilot's speed
+// varies with its load. Fast at first, then ten times slower: each run's
+// backlog goes in a job, and the estimate (kept in the store across the
+// restarts) follows the stand-in both ways.
+func TestBulkEstimateFollowsUserpilotsSpeedAsItChanges(t *testing.T) {
+	h := newHarness(t, setup{
+		standin:  userpilottest.Options{BulkRecordsPerSecond: 2000},
+		rate:     20,
+		delivery: delivery.Options{BulkRate: 20, MinBulk: 10},
+	})
+	end := pglogrepl.LSN(0)
+	round := func(plan string) {
+		end += 1000
+		h.restart() // a new process on the same store
+		require.NoError(t, h.run(context.Background(), backlog(end, 400, plan)))
+	}
+	for i := range 3 {
+		round(fmt.Sprint("fast", i))
+	}
+	fast := h.pipe.Learned()
+	assert.InEpsilon(t, 2000, fast.BulkRate, 0.5, "%+v", fast)
+	assert.GreaterOrEqual(t, fast.BulkJobs, 3)
+
+	h.up.SetBulkSpeed(200, 0)
+	for i := range 4 {
+		round(fmt.Sprint("slow", i))
+	}
+	slow := h.pipe.Learned()
+	assert.InEpsilon(t, 200, slow.BulkRate, 0.5, "%+v", slow)
+	assert.Len(t, h.up.Companies(), 400)
+}

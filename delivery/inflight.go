@@ -113,18 +113,19 @@ func (p *Pipeline) markSending(ids ...string) error {
 
 // resumeHeld waits for a held job's end: polled by id, or, with no id (the
 // submission's answer was lost), for as long as such a job would take.
-func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob) bulkResult {
+//
+// est is the bulk estimate when it started (the dispatcher owns p.est).
+func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob, est bulkEstimate) bulkResult {
 	res := bulkResult{entries: hj.entries, held: hj}
 	if hj.job.ID == "" {
-		wait := p.sizing.jobOverhead(p.opts.BulkOverhead) +
-			time.Duration(float64(len(hj.job.Companies))/p.opts.BulkRate*float64(time.Second))
+		wait := est.expected(len(hj.job.Companies))
 		wait = min(max(0, wait-time.Since(hj.job.Began)), maxHeldWait)
 		if err := sleep(ctx, wait); err != nil {
 			return bulkResult{entries: hj.entries, held: hj, err: err}
 		}
 		res.heldOutcome = "unknown"
 	} else {
-		status, err := p.waitJob(ctx, userpilot.Job{ID: hj.job.ID}, min(50*time.Millisecond, p.opts.PollInterval))
+		status, err := p.waitJob(ctx, userpilot.Job{ID: hj.job.ID}, min(minPoll, p.opts.PollInterval), nil)
 		if err != nil {
 			return bulkResult{entries: hj.entries, held: hj, err: err}
 		}

@@ -387,6 +387,7 @@ func (p *Pipeline) reportStatus(force bool) {
 	if p.order.len() > 0 {
 		st.OldestPending = p.order.front().since
 	}
+	p.learnedStatus(&st)
 	p.opts.Status(st)
 }
 

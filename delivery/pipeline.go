@@ -96,19 +96,27 @@ type Options struct {
 	// enforces it; here it sizes the bulk share). 0 →
 	// userpilot.DefaultRateLimit.
 	RealtimeRate float64
+	// RealtimeLimit, when set, is the real-time rate the client allows
+	// now (below RealtimeRate while it backs off after 429s).
+	RealtimeLimit func() float64
 	// Workers is how many real-time calls run at once; 0 → 8.
 	Workers int
-	// BulkRate is Userpilot's bulk processing speed in records/second; 0 →
-	// userpilot.DefaultBulkRate.
+	// BulkRate is where the estimate of Userpilot's bulk processing speed
+	// in records/second starts, until a job has been measured (see
+	// policy.go); 0 → userpilot.DefaultBulkRate.
 	BulkRate float64
 	// NoBulk sends everything on the real-time endpoint (bulk_rate: 0).
 	NoBulk bool
-	// BulkOverhead is what a bulk job costs beyond its records (queueing,
-	// validation, polling); 0 → 10s.
+	// BulkOverhead is where the estimate of what a bulk job costs beyond
+	// its records (queueing, validation, polling) starts; 0 → 10s.
 	BulkOverhead time.Duration
+	// Estimates, when set, keeps what was learned of the bulk path across
+	// restarts.
+	Estimates Estimates
 	// MinBulk is the smallest job worth sending; 0 → 100.
 	MinBulk int
-	// PollInterval is how often a bulk job's status is read; 0 → 2s.
+	// PollInterval is the longest wait between two reads of a bulk job's
+	// status; 0 → 2s.
 	PollInterval time.Duration
 	// MaxPending bounds memory: at this many undelivered companies the
 	// pipeline stops reading (the stream keeps the connection alive); 0 →
@@ -210,7 +218,12 @@ type Pipeline struct {
 	markDone  any // the newest mark with everything before it delivered
 	markSaved any // the mark last passed to Checkpoint
 	bulkBusy  bool
-	sizing    sizing // what the real-time path and bulk jobs achieve, for bulkShare
+	sizing    sizing // what the real-time path achieves, for bulkShare
+	// est is what the bulk path is believed to do (the dispatcher's;
+	// learned holds a copy for other goroutines).
+	est       bulkEstimate
+	estLoaded bool
+	learned   learnedView
 	// deletes wait for one delete request at a time (Userpilot allows one
 	// every 2 seconds).
 	deletes    []*entry
@@ -321,6 +334,8 @@ type bulkResult struct {
 	fallback bool
 	err      error
 	took     time.Duration
+	// observed is what a completed job showed of the bulk path.
+	observed *jobObservation
 	// held is set for a job from before the restart (resumeHeld), with
 	// the status it ended with ("unknown" when its id was never learnt).
 	held        *heldJob
@@ -332,6 +347,9 @@ type bulkResult struct {
 // checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	p.progress = time.Now()
+	if err := p.loadEstimate(); err != nil {
+		return err
+	}
 	if err := p.loadInFlight(); err != nil {
 		return err
 	}
@@ -381,7 +399,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	// mapping is fixed the stream resumes exactly at the transaction that
 	// needed the fix (older ones would not fit the new mapping).
 	var stopFor error
-	var lastInput time.Time
+	var lastInput, burstStart time.Time
 	for {
 		if err := p.skipNoOps(report); err != nil {
 			return err
@@ -403,17 +421,19 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			hj := p.held[0]
 			p.held = p.held[1:]
 			p.bulkBusy = true
-			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj) })
+			est := p.est
+			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj, est) })
 		}
-		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, closed) {
+		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, closed) {
 			batch, body, err := p.takeBulk(report)
 			if err != nil {
 				return err
 			}
 			if len(batch) > 0 {
 				p.bulkBusy = true
+				est := p.est
 				wg.Go(func() {
-					res := p.runBulk(ctx, batch, body)
+					res := p.runBulk(ctx, batch, body, est)
 					bulkDone <- res
 				})
 			}
@@ -463,7 +483,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 					return err
 				}
 			}
-			lastInput = time.Now()
+			if now := time.Now(); now.Sub(lastInput) >= inputQuiet {
+				burstStart, lastInput = now, now
+			} else {
+				lastInput = now
+			}
 		case workCh <- next:
 			p.ready.popFront()
 			p.send(next)
@@ -486,6 +510,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				return err
 			}
 		case <-tick.C:
+			p.publish()
 			if err := p.tick(); err != nil {
 				return err
 			}
@@ -498,14 +523,23 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 
 // inputQuiet is how long the input must pause before a bulk job is sized:
 // a job cannot take records added after it was submitted, so sizing it in
-// the middle of a burst sends the rest of the burst the slow way.
-const inputQuiet = 100 * time.Millisecond
+// the middle of a burst sends the rest of the burst the slow way, and the
+// companies in it that the burst changes again go twice. A burst that has
+// lasted longer must pause longer (half its length, up to maxInputQuiet):
+// between two statements that each update many rows, Postgres sends
+// nothing while it runs the next.
+const (
+	inputQuiet    = 100 * time.Millisecond
+	maxInputQuiet = 300 * time.Millisecond
+)
 
-// bulkTime says whether to consider a bulk job now: the burst has been read
-// (input quiet, or closed), or waiting would not make it better (the backlog
-// fills a whole job, or memory is half full and reading has to go on).
-func (p *Pipeline) bulkTime(lastInput time.Time, closed bool) bool {
-	return closed || time.Since(lastInput) >= inputQuiet ||
+// bulkTime says whether to consider a bulk job now: the burst (input since
+// burstStart) has been read (input quiet, or closed), or waiting would not
+// make it better (the backlog fills a whole job, or memory is half full
+// and reading has to go on).
+func (p *Pipeline) bulkTime(lastInput, burstStart time.Time, closed bool) bool {
+	quiet := min(maxInputQuiet, max(inputQuiet, lastInput.Sub(burstStart)/2))
+	return closed || time.Since(lastInput) >= quiet ||
 		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2 || p.windowBytes >= p.opts.MaxPendingBytes/2
 }
 

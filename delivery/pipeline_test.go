@@ -105,6 +105,7 @@ func newHarness(t *testing.T, s setup) *harness {
 	require.NoError(t, err)
 	o := s.delivery
 	o.Mapping, o.Sender, o.DeadLetters, o.Index, o.Outbox, o.InFlight, o.Logger = compile, client, h.dir, index, index, index, quiet
+	o.Estimates = index
 	o.RealtimeRate = s.rate
 	o.NoBulk = o.BulkRate == 0 // real time only, unless a test asks for bulk
 	o.Status = func(st state.Status) {

@@ -1,6 +1,9 @@
 package delivery
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // bulkShare decides how many of the ready companies go to a bulk job so the
 // last one reaches Userpilot soonest. The real-time path clears n companies
@@ -36,9 +39,6 @@ type sizing struct {
 	windowStart time.Time
 	windowSent  int
 	realtime    float64 // companies/s the real-time path achieved while busy; 0: not measured yet
-
-	overhead        time.Duration // the last completed job's time beyond its records
-	overheadLearned bool
 }
 
 // realtimeSent counts one real-time delivery. busy says whether more were
@@ -68,28 +68,272 @@ func (s *sizing) realtimeRate(budget float64) float64 {
 	return budget
 }
 
-// jobDone learns a job's overhead from how long it took beyond its
-// records at the configured bulk rate.
-func (s *sizing) jobDone(records int, took time.Duration, bulkRate float64) {
-	work := time.Duration(float64(records) / bulkRate * float64(time.Second))
-	s.overhead, s.overheadLearned = max(0, took-work), true
+// The bulk path is measured, not assumed: Userpilot publishes 1,200 to
+// 1,800 records a minute, its real speed varies with its load and the
+// account, and a stand-in is far faster. Each completed job is one
+// observation of D = overhead + records/rate; the estimate is smoothed
+// over jobs and sizes the next one. The configured bulk_rate (and the
+// overhead default) are where it starts, until a job has completed.
+
+// Smoothing and the probe.
+const (
+	// estimateWeight is the weight of each new job in the smoothed
+	// estimate (of the logarithm of the rate, and of the overhead): a
+	// change of speed is followed within a few jobs, one odd job moves it
+	// only part of the way.
+	estimateWeight = 0.5
+	// probeBacklog: with nothing measured yet, a backlog the real-time
+	// path takes longer than this to clear is worth a small job to measure
+	// the bulk path with.
+	probeBacklog = time.Second
+	// probeShare is the most of the backlog a probe job takes: small
+	// enough to end before the real-time path clears the rest unless bulk
+	// is 9 times slower than real time, large enough to be measured.
+	probeShare = 10
+)
+
+// bulkEstimate is what the bulk path is believed to do.
+type bulkEstimate struct {
+	rate     float64       // records/s
+	overhead time.Duration // a job's time beyond its records
+	jobs     int           // completed jobs it was learned from; 0: the configured start
+	// startedFrom is the configured bulk_rate the learning started from.
+	startedFrom float64
+	// upload is the part of overhead that is the submission, smoothed
+	// alike; recent are the last jobs' sizes and their times after it,
+	// for telling the overhead from the rate when no poll saw a job part
+	// done.
+	upload time.Duration
+	recent []sizeTime
 }
 
-// jobOverhead is the overhead to plan with: the last job's, or the
-// configured estimate before any job completed.
-func (s *sizing) jobOverhead(configured time.Duration) time.Duration {
-	if s.overheadLearned {
-		return s.overhead
+// sizeTime is one job's records and how long it took after its
+// submission was answered.
+type sizeTime struct {
+	records int
+	took    time.Duration
+}
+
+// recentJobs is how many jobs the fit of overhead and rate looks back on.
+const recentJobs = 8
+
+// learned reports whether a job has been measured.
+func (b bulkEstimate) learned() bool { return b.jobs > 0 }
+
+// expected is how long a job of n records should take.
+func (b bulkEstimate) expected(n int) time.Duration {
+	return b.overhead + time.Duration(float64(n)/b.rate*float64(time.Second))
+}
+
+// jobObservation is what one job showed of the bulk path, on pgpilot's
+// clock (submitted, answered, running, ended) and, where Userpilot reports
+// them, its own (serverTook, the rows done at a poll).
+type jobObservation struct {
+	records   int
+	submitted time.Time // just before the submission left
+	answered  time.Time // when the submission was answered
+	running   time.Time // the last answer that saw it not ended
+	ended     time.Time // the answer that saw it completed
+	// serverTook is end_time − start_time (or elapsed_time) as the status
+	// reports it; 0 when it does not.
+	serverTook time.Duration
+	// first and last are the first and the last poll that saw part of the
+	// records processed (0 < rows < records); first.at is zero when none
+	// did.
+	first, last progressSample
+}
+
+// progressSample is a poll's completed_rows and when its answer came.
+type progressSample struct {
+	rows int
+	at   time.Time
+}
+
+// sawProgress notes a poll's completed_rows (at is when its answer came).
+func (o *jobObservation) sawProgress(rows int, at time.Time) {
+	if rows <= 0 || rows >= o.records {
+		return
 	}
-	return configured
+	if o.first.at.IsZero() {
+		o.first = progressSample{rows, at}
+	}
+	o.last = progressSample{rows, at}
 }
 
-// firstPoll is when a job of n records is first worth asking about: when
-// it should have completed at the configured bulk rate, but no later than
-// the poll interval. Against Userpilot's published 20 records/s that is
-// always the poll interval; a faster account is not kept waiting.
-func firstPoll(n int, bulkRate float64, interval time.Duration) time.Duration {
-	const floor = 10 * time.Millisecond
-	expected := time.Duration(float64(n) / bulkRate * float64(time.Second))
-	return min(interval, max(floor, expected))
+// took is how long the job took, from its submission on pgpilot's clock.
+// It ended between the last answer that saw it running and the one that
+// saw it completed; Userpilot's own figure, where given, places it within
+// those bounds. That figure runs from Userpilot's start_time, taken here
+// to be when the submission was answered (Userpilot's clock is not
+// pgpilot's: only its durations are used); if start_time is when
+// processing began instead, the bounds keep the queueing in.
+func (o jobObservation) took() time.Duration {
+	lo, hi := o.running.Sub(o.submitted), o.ended.Sub(o.submitted)
+	lo = min(max(lo, 0), hi)
+	if o.serverTook > 0 {
+		return min(max(o.upload()+o.serverTook, lo), hi)
+	}
+	return lo + (hi-lo)/2
+}
+
+// upload is the submission's time: sending the body, and Userpilot
+// reading and accepting it.
+func (o jobObservation) upload() time.Duration {
+	return min(max(0, o.answered.Sub(o.submitted)), max(0, o.ended.Sub(o.submitted)))
+}
+
+// minProgressSpan is the least time between two polls that saw the job
+// part done for their rows to give its pace.
+const minProgressSpan = 20 * time.Millisecond
+
+// measure turns the observation into a rate and an overhead: the
+// overhead is the submission's time plus Userpilot's before its first
+// record (queueing, validation); the rate how fast records are processed
+// after that. The ways to tell them apart, best first:
+//   - two polls that saw it part done: their rows over their time, which
+//     no overhead is in (both on pgpilot's clock);
+//   - one such poll (or two close together): the rest of the records
+//     over the rest of the time;
+//   - jobs of different sizes: the line through them (fit);
+//   - otherwise the job's time after its submission is split with the
+//     overhead measured so far (at most half of it counted as overhead),
+//     or, with nothing measured, counted as records alone: the rate is
+//     then if anything underestimated, and a job sized from it ends early
+//     rather than late.
+func (o jobObservation) measure(prior bulkEstimate) (rate float64, overhead time.Duration, ok bool) {
+	d := o.took()
+	if o.records <= 0 || d <= 0 {
+		return 0, 0, false
+	}
+	up := o.upload()
+	work := max(d-up, time.Millisecond) // after the submission was answered
+	if !o.first.at.IsZero() {
+		// Of the two, the longer baseline: a poll's answer may be held up
+		// on the way, and that matters less over a longer time.
+		span, rest := o.last.at.Sub(o.first.at), o.submitted.Add(d).Sub(o.first.at)
+		switch {
+		case o.last.rows > o.first.rows && span >= minProgressSpan && span >= rest/2:
+			rate = float64(o.last.rows-o.first.rows) / span.Seconds()
+		case rest > 0:
+			rate = float64(o.records-o.first.rows) / rest.Seconds()
+		}
+	}
+	if rate <= 0 {
+		if r, _, ok := fit(append(prior.recent, sizeTime{o.records, work})); ok {
+			rate = r
+		}
+	}
+	if rate <= 0 {
+		var spent time.Duration
+		if prior.learned() {
+			spent = min(max(0, prior.overhead-prior.upload), work/2)
+		}
+		rate = float64(o.records) / (work - spent).Seconds()
+	}
+	rate = min(max(rate, 1e-3), 1e9)
+	queue := max(0, work-time.Duration(float64(o.records)/rate*float64(time.Second)))
+	return rate, up + queue, true
+}
+
+// fit is the least-squares line took = overhead + records/rate through
+// jobs; ok only when their sizes differ enough (the largest at least 1.5
+// times the smallest) for a slope, and the line is plausible (rate above
+// 0, overhead not below 0).
+func fit(jobs []sizeTime) (rate float64, overhead time.Duration, ok bool) {
+	if len(jobs) < 2 {
+		return 0, 0, false
+	}
+	lo, hi := jobs[0].records, jobs[0].records
+	var sx, sy float64
+	for _, j := range jobs {
+		lo, hi = min(lo, j.records), max(hi, j.records)
+		sx += float64(j.records)
+		sy += j.took.Seconds()
+	}
+	if float64(hi) < 1.5*float64(lo) {
+		return 0, 0, false
+	}
+	n := float64(len(jobs))
+	mx, my := sx/n, sy/n
+	var sxx, sxy float64
+	for _, j := range jobs {
+		dx := float64(j.records) - mx
+		sxx += dx * dx
+		sxy += dx * (j.took.Seconds() - my)
+	}
+	slope := sxy / sxx // seconds per record
+	icept := my - slope*mx
+	if slope <= 0 || icept < 0 {
+		return 0, 0, false
+	}
+	return 1 / slope, time.Duration(icept * float64(time.Second)), true
+}
+
+// learn folds one completed job into the estimate. The first replaces the
+// configured start outright: that was a guess, this is a measurement.
+func (b *bulkEstimate) learn(o jobObservation) bool {
+	rate, overhead, ok := o.measure(*b)
+	if !ok {
+		return false
+	}
+	if b.jobs == 0 {
+		b.rate, b.overhead = rate, overhead
+	} else {
+		// The rate is smoothed on a log scale: a job twice as fast and one
+		// half as fast cancel out.
+		b.rate = math.Exp((1-estimateWeight)*math.Log(b.rate) + estimateWeight*math.Log(rate))
+		b.overhead = time.Duration((1-estimateWeight)*float64(b.overhead) + estimateWeight*float64(overhead))
+	}
+	up := o.upload()
+	if b.jobs == 0 {
+		b.upload = up
+	} else {
+		b.upload = time.Duration((1-estimateWeight)*float64(b.upload) + estimateWeight*float64(up))
+	}
+	b.jobs++
+	b.recent = append(b.recent, sizeTime{o.records, max(0, o.took()-up)})
+	if len(b.recent) > recentJobs {
+		b.recent = b.recent[len(b.recent)-recentJobs:]
+	}
+	return true
+}
+
+// probeSize is the job sent to measure the bulk path while nothing is
+// measured: none while the real-time path clears the backlog quickly,
+// else the share sized from the configured start, but at most a tenth of
+// the backlog (the start may be far too fast) and at least minBulk.
+func probeSize(n int, rt float64, share, minBulk int) int {
+	if rt <= 0 || float64(n)/rt < probeBacklog.Seconds() || n/probeShare < minBulk {
+		return share
+	}
+	return max(minBulk, min(share, n/probeShare))
+}
+
+// Polling: a job is first asked about when it should be done at the
+// estimate; after that at a tenth of its age (so the poll that sees it end
+// comes at most a tenth of its length late), but at least every
+// PollInterval and at most every minPoll. A job of the probe, with nothing
+// measured yet, is asked about from minPoll on: the start may be far too
+// slow.
+const (
+	minPoll      = 50 * time.Millisecond
+	pollFraction = 0.1
+)
+
+// firstPoll is when a job of n records is first worth asking about.
+func firstPoll(n int, est bulkEstimate, interval time.Duration) time.Duration {
+	if !est.learned() {
+		return minPoll
+	}
+	return min(interval, max(minPoll, est.expected(n)))
+}
+
+// nextPoll is the wait before the next poll of a job age old. remaining,
+// when above 0, is what the job's own progress says is left of it.
+func nextPoll(age, remaining, interval time.Duration) time.Duration {
+	wait := min(interval, max(minPoll, time.Duration(pollFraction*float64(age))))
+	if remaining > 0 {
+		wait = min(wait, max(minPoll, remaining))
+	}
+	return wait
 }

@@ -90,7 +90,11 @@ func (e *env) repeatWhile(seed uint64, step func(context.Context, *pgx.Conn, *ra
 // the newer value.
 func TestKillNineMidSnapshotResumesWhereItStopped(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, userpilottest.Options{})
+	// Bulk jobs slower than the real-time budget, as Userpilot's are: the
+	// snapshot is checkpointed a little at a time, so there is a halfway
+	// to kill it at. (A stand-in that completes every job at once is
+	// measured as such, and one job of 10,000 would deliver it whole.)
+	e := newEnv(t, userpilottest.Options{BulkRecordsPerSecond: 50})
 	e.snapshotConfig(400)
 	ctx := context.Background()
 	const rows = 12_000

@@ -60,10 +60,11 @@ type Userpilot struct {
 	// (a Kubernetes secret, say); Load reads it into APIKey.
 	APIKeyFile     string
 	APIKeyFileLine int
-	// BulkRate is how many records per second Userpilot's bulk jobs process
-	// (>= 0; 0 turns the bulk path off); default 20, the lower published
-	// figure (1,200 per minute). pgpilot uses it to split a backlog between
-	// the real-time and bulk paths.
+	// BulkRate is where the estimate of how many records per second
+	// Userpilot's bulk jobs process starts (>= 0; 0 turns the bulk path
+	// off); default 20, the lower published figure (1,200 per minute).
+	// pgpilot splits a backlog between the real-time and bulk paths by the
+	// estimate, which it measures from every completed job.
 	BulkRate float64
 }
 

@@ -22,7 +22,7 @@
 //	postgres.publication  pgpilot
 //	userpilot.endpoint    https://analytex.userpilot.io
 //	userpilot.rate_limit  10 (requests per second)
-//	userpilot.bulk_rate   20 (records per second in bulk jobs; 0: no bulk path)
+//	userpilot.bulk_rate   20 (records per second in bulk jobs, the estimate's start; 0: no bulk path)
 //	delivery.max_retained_wal  256MB (slot's retained WAL before outbox mode; 0: never)
 //	delivery.outbox_after      5m (Userpilot failing this long: outbox mode)
 //	delivery.warn_retained_wal 1GB (slot's retained WAL before a warning; 0: never)

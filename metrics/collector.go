@@ -45,6 +45,18 @@ var (
 		"Userpilot requests that were retries of an earlier attempt.")
 	rateLimitedDesc = desc("userpilot_rate_limited_total",
 		"Userpilot answers 429 (rate limited): the client pauses.")
+	realtimeLimitDesc = desc("userpilot_realtime_rate_limit",
+		"The real-time rate the client allows now, in requests/s: userpilot.rate_limit, or less while it backs off after 429s (halved at each, climbing back while calls succeed).")
+	bulkRateDesc = desc("bulk_rate_estimate",
+		"Userpilot's bulk speed as measured from completed jobs, in records/s, smoothed; userpilot.bulk_rate until a job has completed (pgpilot_bulk_estimate_jobs 0); absent when bulk is off.")
+	bulkOverheadDesc = desc("bulk_job_overhead_estimate_seconds",
+		"What a bulk job costs beyond its records (submission, queueing, validation), as measured, smoothed; absent when bulk is off.")
+	bulkJobsLearnedDesc = desc("bulk_estimate_jobs",
+		"Completed bulk jobs the bulk estimate was learned from, kept across restarts; 0 while it is the configured start.")
+	realtimeRateDesc = desc("realtime_rate_estimate",
+		"The real-time throughput bulk jobs are sized against, in requests/s: the client's current limit, or what the real-time path achieved while busy if less.")
+	backlogETADesc = desc("backlog_eta_seconds",
+		"How long the pending companies should take to deliver at the estimated bulk and real-time rates; 0 when nothing is pending.")
 	lagBytesDesc = desc("replication_lag_bytes",
 		"The server's WAL position minus the checkpoint (during the initial sync: minus the slot's consistent point); absent until the position is first measured.")
 	lagSecondsDesc = desc("replication_lag_seconds",
@@ -83,6 +95,7 @@ var (
 
 var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, snapDoneDesc, snapTotalDesc, snapActiveDesc, syncReadDesc, syncEstimateDesc, syncingDesc,
 	deliveredDesc, coalescedDesc, skippedDesc, deadLetteredDesc, bulkJobsDesc, requestsDesc, retriesDesc, rateLimitedDesc,
+	realtimeLimitDesc, bulkRateDesc, bulkOverheadDesc, bulkJobsLearnedDesc, realtimeRateDesc, backlogETADesc,
 	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
 	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
 	readyDesc, failingDesc, standingByDesc}
@@ -160,6 +173,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(retriesDesc, st.Retries)
 		counter(rateLimitedDesc, st.RateLimited)
+		if st.RealtimeLimit > 0 {
+			gauge(realtimeLimitDesc, st.RealtimeLimit)
+		}
+	}
+	if m.estimates != nil {
+		est := m.estimates()
+		if est.BulkRate > 0 {
+			gauge(bulkRateDesc, est.BulkRate)
+			gauge(bulkOverheadDesc, est.BulkOverhead.Seconds())
+		}
+		gauge(bulkJobsLearnedDesc, float64(est.BulkJobs))
+		gauge(realtimeRateDesc, est.RealtimeRate)
+		gauge(backlogETADesc, est.BacklogETA.Seconds())
 	}
 
 	if m.haveServer {

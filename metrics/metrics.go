@@ -73,6 +73,26 @@ type UserpilotCounts struct {
 	Retries      int64         // attempts that were retries of an earlier one
 	StatusCounts map[int]int64 // answers by HTTP status; 0 counts network errors and timeouts
 	RateLimited  int64         // 429 answers
+	// RealtimeLimit is the real-time rate the client allows now
+	// (requests/s): rate_limit, or less while it backs off after 429s.
+	RealtimeLimit float64
+}
+
+// Estimates is what delivery has measured of Userpilot.
+type Estimates struct {
+	// BulkRate is the estimated bulk speed (records/s; 0: bulk is off),
+	// BulkOverhead a job's estimated cost beyond its records, BulkJobs
+	// the completed jobs they were learned from (0: still the configured
+	// start).
+	BulkRate     float64
+	BulkOverhead time.Duration
+	BulkJobs     int
+	// RealtimeRate is the real-time throughput jobs are sized against
+	// (requests/s).
+	RealtimeRate float64
+	// BacklogETA is how long the pending companies should take at those
+	// rates; 0 when nothing is pending.
+	BacklogETA time.Duration
 }
 
 // DeliveryCounts is what one delivery engine has counted since it started.
@@ -124,9 +144,10 @@ type Metrics struct {
 
 	// Counters of pipelines that have finished (one per session), so the
 	// process's totals never go back when a session starts over.
-	base     DeliveryCounts
-	pipeline func() DeliveryCounts
-	client   func() UserpilotCounts
+	base      DeliveryCounts
+	pipeline  func() DeliveryCounts
+	client    func() UserpilotCounts
+	estimates func() Estimates
 
 	// Changes read from the stream.
 	inserts, updates, deletes, truncates int64
@@ -227,6 +248,17 @@ func (m *Metrics) AttachPipeline(counts func() DeliveryCounts) {
 	defer m.mu.Unlock()
 	m.base = m.base.plus(m.counts())
 	m.pipeline = counts
+}
+
+// AttachEstimates makes est how the current delivery engine's estimates
+// are read.
+func (m *Metrics) AttachEstimates(est func() Estimates) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.estimates = est
 }
 
 // StandingBy says another pgpilot (process holder) holds the state

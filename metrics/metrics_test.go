@@ -288,6 +288,30 @@ func TestUserpilotRequestsAreCountedByStatusCode(t *testing.T) {
 	assert.Equal(t, 1.0, must(t, m, "pgpilot_userpilot_rate_limited_total"))
 }
 
+func TestWhatDeliveryMeasuredIsExposed(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	_, ok := value(t, m, "pgpilot_bulk_rate_estimate")
+	assert.False(t, ok, "nothing attached yet")
+	client := &fakeClient{}
+	m.SetUserpilot(client.counts)
+	client.mu.Lock()
+	client.st.RealtimeLimit = 42.5
+	client.mu.Unlock()
+	est := Estimates{BulkRate: 310, BulkOverhead: 1500 * time.Millisecond, BulkJobs: 7, RealtimeRate: 40, BacklogETA: 90 * time.Second}
+	m.AttachEstimates(func() Estimates { return est })
+
+	assert.Equal(t, 42.5, must(t, m, "pgpilot_userpilot_realtime_rate_limit"))
+	assert.Equal(t, 310.0, must(t, m, "pgpilot_bulk_rate_estimate"))
+	assert.Equal(t, 1.5, must(t, m, "pgpilot_bulk_job_overhead_estimate_seconds"))
+	assert.Equal(t, 7.0, must(t, m, "pgpilot_bulk_estimate_jobs"))
+	assert.Equal(t, 40.0, must(t, m, "pgpilot_realtime_rate_estimate"))
+	assert.Equal(t, 90.0, must(t, m, "pgpilot_backlog_eta_seconds"))
+
+	est = Estimates{RealtimeRate: 10} // bulk_rate: 0
+	_, ok = value(t, m, "pgpilot_bulk_rate_estimate")
+	assert.False(t, ok, "no bulk estimate while bulk is off")
+}
+
 func TestStatusFiguresAreExposed(t *testing.T) {
 	m, c := newTestMetrics(t, Options{})
 	assert.Zero(t, must(t, m, "pgpilot_delivery_mode"))

@@ -35,6 +35,16 @@ type Status struct {
 	OutboxBytes     int64     `json:"outbox_bytes"`
 	OldestPending   time.Time `json:"oldest_pending,omitzero"`
 	Pending         int       `json:"pending_companies"`
+	// What delivery has measured of Userpilot: the bulk speed
+	// (records/s; 0: bulk is off) and a job's overhead, the completed jobs
+	// they come from (0: still the configured start), the real-time rate
+	// (requests/s), and how long the pending companies should take at
+	// those rates.
+	BulkRate            float64 `json:"bulk_records_per_second,omitempty"`
+	BulkOverheadSeconds float64 `json:"bulk_job_overhead_seconds,omitempty"`
+	BulkJobsLearned     int     `json:"bulk_jobs_measured"`
+	RealtimeRate        float64 `json:"realtime_requests_per_second,omitempty"`
+	BacklogETASeconds   float64 `json:"backlog_eta_seconds,omitempty"`
 	// Related counts the re-reads of related values (companies.related)
 	// since the daemon started; nil when none is configured.
 	Related   *RelatedReads `json:"related,omitempty"`

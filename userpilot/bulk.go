@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
+	"strings"
+	"time"
 )
 
 // MaxBulkRecords is the most companies Userpilot takes in one JSON bulk request.
@@ -34,15 +38,67 @@ var (
 
 // Job is a Userpilot background job. Records of a bulk job are applied only
 // once its Status is JobCompleted.
+//
+// Only ID and Status are certain: the other fields are what the status
+// answer published by Userpilot carries, zero (or -1 for CompletedRows)
+// when it does not. pgpilot learns the bulk path's speed from them where
+// they are given, and from its own clock where not.
 type Job struct {
 	ID     string
 	Status string
+	// TotalRows and CompletedRows are the job's records and how many are
+	// processed; CompletedRows is -1 when not reported.
+	TotalRows, CompletedRows int
+	// Elapsed is the job's elapsed_time; StartTime and EndTime its
+	// start_time and end_time (Userpilot's clock).
+	Elapsed            time.Duration
+	StartTime, EndTime time.Time
 }
 
-// jobAnswer reads the fields common to both published job shapes.
+// jobAnswer reads the fields of both published job shapes. Only job_id and
+// status are depended on; the rest is read leniently (a number or a string
+// of one, an RFC 3339 time) and ignored when it is not what was expected.
 type jobAnswer struct {
-	JobID  string `json:"job_id"`
-	Status string `json:"status"`
+	JobID         string          `json:"job_id"`
+	Status        string          `json:"status"`
+	TotalRows     json.RawMessage `json:"total_rows"`
+	CompletedRows json.RawMessage `json:"completed_rows"`
+	ElapsedTime   json.RawMessage `json:"elapsed_time"`
+	StartTime     json.RawMessage `json:"start_time"`
+	EndTime       json.RawMessage `json:"end_time"`
+}
+
+// number reads a JSON number, or a string holding one; ok is false for
+// anything else (absent, null, not a number).
+func number(raw json.RawMessage) (float64, bool) {
+	if len(raw) == 0 {
+		return 0, false
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return 0, false
+	}
+	switch v := v.(type) {
+	case float64:
+		return v, !math.IsNaN(v) && !math.IsInf(v, 0)
+	case string:
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		return f, err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
+	}
+	return 0, false
+}
+
+// timestamp reads an RFC 3339 time; the zero time for anything else.
+func timestamp(raw json.RawMessage) time.Time {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(s))
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }
 
 // BulkBody is a bulk identify request's body, {"companies":[…]}, written
@@ -210,5 +266,16 @@ func decodeJob(resp response) (Job, error) {
 	if a.Status == "" {
 		return Job{}, fmt.Errorf("Userpilot answered HTTP %d without a job status", resp.status)
 	}
-	return Job{ID: a.JobID, Status: a.Status}, nil
+	job := Job{ID: a.JobID, Status: a.Status, CompletedRows: -1,
+		StartTime: timestamp(a.StartTime), EndTime: timestamp(a.EndTime)}
+	if n, ok := number(a.TotalRows); ok && n >= 0 {
+		job.TotalRows = int(n)
+	}
+	if n, ok := number(a.CompletedRows); ok && n >= 0 {
+		job.CompletedRows = int(n)
+	}
+	if secs, ok := number(a.ElapsedTime); ok && secs > 0 && secs < 1e9 {
+		job.Elapsed = time.Duration(secs * float64(time.Second))
+	}
+	return job, nil
 }

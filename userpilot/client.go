@@ -112,6 +112,7 @@ type Client struct {
 	userAgent     string
 	http          *http.Client
 	limiter       *rate.Limiter
+	realtime      *aimd         // what limiter allows: rate_limit, less after 429s
 	deletes       *spacer       // Userpilot allows one delete request every 2 s
 	slots         chan struct{} // one token per request allowed in flight
 	timeout       time.Duration
@@ -161,11 +162,10 @@ func New(opts Options) (*Client, error) {
 		c.log = slog.Default()
 	}
 	limit := cmp.Or(opts.RateLimit, DefaultRateLimit)
-	// A burst of a quarter second's budget, not a whole second's: requests
-	// leave evenly, so jitter on the way cannot bunch them into more than
-	// Userpilot's bucket holds (which is what turned into 429s and
-	// client-wide pauses at full rate).
-	c.limiter = rate.NewLimiter(rate.Limit(limit), max(1, int(limit/4)))
+	// A burst of a quarter second's budget (burstFor), not a whole
+	// second's: that turned into 429s and client-wide pauses at full rate.
+	c.limiter = rate.NewLimiter(rate.Limit(limit), burstFor(limit))
+	c.realtime = newAIMD(limit, time.Now())
 	c.deletes = newSpacer(deleteEvery)
 	concurrency := cmp.Or(opts.Concurrency, defaultConcurrency)
 	c.slots = make(chan struct{}, concurrency)
@@ -234,6 +234,9 @@ type Stats struct {
 	Retries      int64         // attempts that were retries of an earlier one
 	StatusCounts map[int]int64 // answers by HTTP status; 0 counts network errors and timeouts
 	RateLimited  int64         // 429 answers
+	// RealtimeLimit is the real-time rate the client allows now, in
+	// requests/s: RateLimit, or less while it backs off after 429s.
+	RealtimeLimit float64
 }
 
 type counters struct {
@@ -262,8 +265,15 @@ func (c *Client) Stats() Stats {
 		Retries:      c.stats.retries.Load(),
 		StatusCounts: statuses,
 		RateLimited:  c.stats.rateLimited.Load(),
+		// The rate in force now.
+		RealtimeLimit: c.RealtimeLimit(),
 	}
 }
+
+// RealtimeLimit is the real-time rate the client allows now, in
+// requests/s: the configured RateLimit, or less while it backs off after
+// 429s (see aimd).
+func (c *Client) RealtimeLimit() float64 { return c.realtime.current() }
 
 // call describes one logical request, however many attempts it takes.
 type call struct {
@@ -287,6 +297,7 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
+	sent   time.Time // when the request left
 }
 
 func (r response) ok() bool { return r.status >= 200 && r.status < 300 }
@@ -336,6 +347,14 @@ func (c *Client) do(ctx context.Context, cl call) (response, error) {
 			c.log.Error(fmt.Sprintf("Userpilot endpoint answered a redirect (HTTP %d to %q): set userpilot.endpoint to the URL Userpilot documents for your region; delivery is paused and nothing is lost", status, resp.header.Get("Location")),
 				append(attrs, "retry_in", delay)...)
 		case status == http.StatusTooManyRequests:
+			if cl.realTime {
+				// Userpilot's real-time budget is lower than rate_limit
+				// (another program on the key, a smaller plan): slow down.
+				if l, ok := c.realtime.decrease(resp.sent, time.Now()); ok {
+					c.setLimit(l, true)
+					c.log.Warn("userpilot real-time rate lowered after a 429", "requests_per_second", roundRate(l))
+				}
+			}
 			d, fromHeader := parseRetryAfter(resp.header.Get("Retry-After"), time.Now())
 			if !fromHeader {
 				d = equalJitter(attempt, rateLimitedBackoff, c.maxBackoff)
@@ -355,6 +374,11 @@ func (c *Client) do(ctx context.Context, cl call) (response, error) {
 			delay = fullJitter(attempt, c.minBackoff, c.maxBackoff)
 			c.log.Warn("userpilot request failed; retrying", append(attrs, "status", status, "delay", delay)...)
 		default: // 2xx, or a 4xx that is the caller's to interpret
+			if cl.realTime && resp.ok() {
+				if l, ok := c.realtime.raise(time.Now()); ok {
+					c.setLimit(l, false)
+				}
+			}
 			return resp, nil
 		}
 
@@ -430,6 +454,7 @@ func (c *Client) attempt(ctx context.Context, cl call) (resp response, sent bool
 	req.Header.Set("User-Agent", c.userAgent)
 
 	c.stats.requests.Add(1)
+	sentAt := time.Now()
 	hr, err := c.http.Do(req)
 	if err != nil {
 		return response{}, true, err
@@ -443,7 +468,7 @@ func (c *Client) attempt(ctx context.Context, cl call) (resp response, sent bool
 	if err != nil {
 		return response{}, true, fmt.Errorf("read answer (HTTP %d): %w", hr.StatusCode, err)
 	}
-	return response{status: hr.StatusCode, header: hr.Header, body: data}, true, nil
+	return response{status: hr.StatusCode, header: hr.Header, body: data, sent: sentAt}, true, nil
 }
 
 // pause holds every request of the client until d from now (or later, if

@@ -448,7 +448,11 @@ func TestBulkIdentifyReturnsJobThatBackgroundJobFollows(t *testing.T) {
 	// The id, colons and all, round-trips through the path.
 	polled, err := c.BackgroundJob(ctx, job.ID)
 	require.NoError(t, err)
-	assert.Equal(t, userpilot.Job{ID: job.ID, Status: userpilot.JobCompleted}, polled)
+	assert.Equal(t, job.ID, polled.ID)
+	assert.Equal(t, userpilot.JobCompleted, polled.Status)
+	assert.Equal(t, 3, polled.TotalRows)
+	assert.Equal(t, 3, polled.CompletedRows)
+	assert.False(t, polled.EndTime.Before(polled.StartTime))
 	assert.Len(t, s.Companies(), 3)
 	assert.Equal(t, "/v1/background_jobs/"+job.ID, s.Requests()[1].Path)
 }
@@ -594,5 +598,75 @@ func TestDeleteRequestsArriveTwoSecondsApartEvenWhenOneIsHeldUpOnTheWay(t *testi
 	assert.GreaterOrEqual(t, reqs[1].Time.Sub(reqs[0].Time), 2*time.Second, "Userpilot counts its limit where requests arrive")
 	for _, r := range reqs {
 		assert.Equal(t, 202, r.Status)
+	}
+}
+
+// TestRealtimeRateBacksOffToWhatUserpilotAllows: the account allows
+// 100 requests/s, rate_limit says 1,000 (another program on the key, a
+// smaller plan). The client halves its rate at each 429 and ends near
+// what Userpilot allows, so 429s stay a small share of the calls.
+func TestRealtimeRateBacksOffToWhatUserpilotAllows(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, userpilottest.Options{RateLimit: 100})
+	c, _ := newClient(t, s, func(o *userpilot.Options) { o.RateLimit = 1000; o.Concurrency = 8 })
+	ctx := testContext(t, 60*time.Second)
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				assert.NoError(t, c.IdentifyCompany(ctx, userpilot.Company{CompanyID: fmt.Sprint(i)}))
+			}
+		})
+	}
+	for i := range 600 {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	st := c.Stats()
+	t.Logf("%d requests, %d answered 429; rate now %.1f/s", st.Requests, st.RateLimited, st.RealtimeLimit)
+	assert.Less(t, st.RealtimeLimit, 250.0, "well below rate_limit, near what Userpilot allows")
+	assert.LessOrEqual(t, float64(st.RateLimited), 0.05*float64(st.Requests), "429s are a small share of the calls")
+	assert.Equal(t, 600, s.Accepted())
+}
+
+func TestBackgroundJobReadsWhatTheStatusReports(t *testing.T) {
+	t.Parallel()
+	answers := map[string]string{
+		// The OpenAPI's shape, numbers as numbers.
+		"full": `{"job_id":"j","status":"processing","total_rows":1000,"completed_rows":250,"elapsed_time":12.5,
+			"start_time":"2026-01-02T03:04:05Z","end_time":null}`,
+		// Numbers as strings.
+		"strings": `{"job_id":"j","status":"completed","total_rows":"1000","completed_rows":"1000","elapsed_time":"40",
+			"start_time":"2026-01-02T03:04:05Z","end_time":"2026-01-02T03:04:45.5Z"}`,
+		// The short shape: nothing but the id and status.
+		"short": `{"job_id":"j","status":"queued"}`,
+		// Nonsense where numbers belong: ignored, not an error.
+		"odd": `{"job_id":"j","status":"queued","total_rows":{"a":1},"completed_rows":-4,"elapsed_time":"soon","start_time":7}`,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, answers[strings.TrimPrefix(r.URL.Path, "/v1/background_jobs/")])
+	}))
+	t.Cleanup(srv.Close)
+	c, err := userpilot.New(userpilot.Options{Endpoint: srv.URL, APIKey: key, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	ctx := testContext(t, 5*time.Second)
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+	full, err := c.BackgroundJob(ctx, "full")
+	require.NoError(t, err)
+	assert.Equal(t, userpilot.Job{ID: "j", Status: "processing", TotalRows: 1000, CompletedRows: 250,
+		Elapsed: 12500 * time.Millisecond, StartTime: start}, full)
+
+	strs, err := c.BackgroundJob(ctx, "strings")
+	require.NoError(t, err)
+	assert.Equal(t, userpilot.Job{ID: "j", Status: "completed", TotalRows: 1000, CompletedRows: 1000,
+		Elapsed: 40 * time.Second, StartTime: start, EndTime: start.Add(40500 * time.Millisecond)}, strs)
+
+	for _, name := range []string{"short", "odd"} {
+		j, err := c.BackgroundJob(ctx, name)
+		require.NoError(t, err)
+		assert.Equal(t, userpilot.Job{ID: "j", Status: "queued", CompletedRows: -1}, j, name)
 	}
 }

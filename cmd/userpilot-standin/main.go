@@ -26,6 +26,7 @@ func main() {
 	apiKey := flag.String("api-key", os.Getenv("USERPILOT_API_KEY"), "API key clients must send (default $USERPILOT_API_KEY)")
 	rateLimit := flag.Float64("rate-limit", 10, "real-time requests per second before 429 (0 = unlimited)")
 	bulkRate := flag.Float64("bulk-records-per-second", 20, "bulk job speed (Userpilot publishes 1,200-1,800/min; 0 = done on first poll)")
+	jobOverhead := flag.Duration("job-overhead", 0, "how long a bulk job stays queued before its first record is processed")
 	flag.Parse()
 	if *apiKey == "" {
 		fmt.Fprintln(os.Stderr, "userpilot-standin: no API key: pass -api-key or set USERPILOT_API_KEY")
@@ -35,6 +36,7 @@ func main() {
 		APIKey:               *apiKey,
 		RateLimit:            *rateLimit,
 		BulkRecordsPerSecond: *bulkRate,
+		JobOverhead:          *jobOverhead,
 		Logf:                 stdoutLogf(),
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, "userpilot-standin:", err)

@@ -23,8 +23,10 @@ type job struct {
 	id        string
 	records   []company
 	submitted time.Time
-	fail      bool // ends failed, applying nothing
-	polled    bool // with BulkRecordsPerSecond 0, the first poll completes it
+	rps       float64       // records/s, fixed at submission; 0: see Options.BulkRecordsPerSecond
+	overhead  time.Duration // queued this long before the first record is processed
+	fail      bool          // ends failed, applying nothing
+	polled    bool          // with rps 0, the first poll after the overhead completes it
 	status    string
 	doneRows  int
 	ended     time.Time
@@ -45,10 +47,11 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 	}
 	total := len(j.records)
 	done, end := 0, now
-	if rps := s.opts.BulkRecordsPerSecond; rps > 0 {
-		done = min(total, int(now.Sub(j.submitted).Seconds()*rps))
-		end = j.submitted.Add(time.Duration(float64(total) / rps * float64(time.Second)))
-	} else if j.polled || now.Sub(j.submitted) >= orphanJobAfter {
+	began := j.submitted.Add(j.overhead) // the first record is processed from here
+	if rps := j.rps; rps > 0 {
+		done = max(0, min(total, int(now.Sub(began).Seconds()*rps)))
+		end = began.Add(time.Duration(float64(total) / rps * float64(time.Second)))
+	} else if !now.Before(began) && (j.polled || now.Sub(began) >= orphanJobAfter) {
 		// Userpilot works through a job whether or not anyone asks: a job
 		// whose submitter was killed before polling it still completes.
 		done = total
@@ -56,7 +59,7 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 	if done < total {
 		j.doneRows = done
 		j.status = jobQueued
-		if done > 0 {
+		if !now.Before(began) {
 			j.status = jobProcessing
 		}
 		return
@@ -119,6 +122,8 @@ func (s *Server) submitJob(ex *exchange, body []byte) (int, any, *apiError) {
 		id:        fmt.Sprintf("bulk:jobs:NX-%d:%s", s.jobSeq, newUUID()),
 		records:   cos,
 		submitted: time.Now(),
+		rps:       s.bulkSpeed,
+		overhead:  s.jobOverhead,
 		fail:      s.failNextJob,
 		status:    jobQueued,
 	}

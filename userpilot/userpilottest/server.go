@@ -50,11 +50,16 @@ type Options struct {
 	// burst max(1, int(RateLimit))); beyond it identify answers 429. 0 means
 	// unlimited.
 	RateLimit float64
-	// RetryAfter adds a Retry-After header (whole seconds, rounded up) to 429s.
+	// RetryAfter adds a Retry-After header (whole seconds, rounded up) to
+	// 429s. Off by default: no page of Userpilot's says it sends one.
 	RetryAfter bool
 	// BulkRecordsPerSecond is how fast bulk jobs progress; 0 means a job
-	// completes when it is first polled, or a second after submission.
+	// completes when it is first polled (after JobOverhead), or a second
+	// after that.
 	BulkRecordsPerSecond float64
+	// JobOverhead is how long a bulk job stays queued before its first
+	// record is processed (Userpilot's queueing and validation).
+	JobOverhead time.Duration
 	// Logf, if set, gets one line per applied identify record.
 	Logf func(format string, args ...any)
 }
@@ -99,6 +104,8 @@ type Server struct {
 	currentJob       *job // the latest job: one runs at a time per account
 	jobSeq           int
 	failNextJob      bool
+	bulkSpeed        float64       // records/s of jobs submitted from now on
+	jobOverhead      time.Duration // queueing of jobs submitted from now on
 	lastDelete       time.Time
 	deleted          []string
 	logLines         []string // emitted by unlock, outside the mutex
@@ -121,6 +128,8 @@ func NewHandler(opts Options) *Server {
 		rejects:       map[string]int{},
 		deleteRejects: map[string]int{},
 		jobs:          map[string]*job{},
+		bulkSpeed:     opts.BulkRecordsPerSecond,
+		jobOverhead:   opts.JobOverhead,
 	}
 	if opts.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
@@ -267,6 +276,16 @@ func (s *Server) RejectDeletion(id string, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.deleteRejects[id] = status
+}
+
+// SetBulkSpeed changes, mid-run, how fast bulk jobs submitted from now on
+// progress (records/s; 0 as Options.BulkRecordsPerSecond) and how long
+// they stay queued first, as Userpilot's speed varies with its load. A job
+// already submitted keeps the speed it was given.
+func (s *Server) SetBulkSpeed(recordsPerSecond float64, overhead time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bulkSpeed, s.jobOverhead = recordsPerSecond, overhead
 }
 
 // FailNextJob makes the next submitted bulk job end "failed", applying nothing.

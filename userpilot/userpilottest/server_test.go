@@ -643,3 +643,40 @@ func TestRejectDeletionRefusesTheWholeRequestNamingTheID(t *testing.T) {
 	assert.Contains(t, got.body, `"errors"`)
 	assert.Empty(t, s.Deleted(), "none of the request's companies is scheduled")
 }
+
+func TestJobOverheadKeepsAJobQueuedBeforeItsFirstRecord(t *testing.T) {
+	t.Parallel()
+	s := userpilottest.NewServer(userpilottest.Options{APIKey: key, BulkRecordsPerSecond: 1000, JobOverhead: time.Hour})
+	t.Cleanup(s.Close)
+	got, id := submit(t, s, bulkBody("a", "b"))
+	require.Equal(t, 202, got.status)
+	status, st := poll(t, s, id)
+	require.Equal(t, 200, status)
+	assert.Equal(t, "queued", st.Status)
+	assert.Equal(t, 0, st.CompletedRows)
+	assert.Nil(t, st.EndTime)
+	assert.Empty(t, s.Companies())
+}
+
+func TestSetBulkSpeedAppliesToJobsSubmittedAfterIt(t *testing.T) {
+	t.Parallel()
+	s := userpilottest.NewServer(userpilottest.Options{APIKey: key})
+	t.Cleanup(s.Close)
+	got, id := submit(t, s, bulkBody("a"))
+	require.Equal(t, 202, got.status)
+	_, st := poll(t, s, id)
+	require.Equal(t, "completed", st.Status, "speed 0: done at the first poll")
+
+	// Slower mid-run, as Userpilot under load: 1,000 records at 1/s.
+	s.SetBulkSpeed(1, 0)
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprint(i)
+	}
+	got, id = submit(t, s, bulkBody(ids...))
+	require.Equal(t, 202, got.status)
+	s.SetBulkSpeed(0, 0) // a job already submitted keeps its speed
+	_, st = poll(t, s, id)
+	assert.Contains(t, []string{"queued", "processing"}, st.Status)
+	assert.Less(t, st.CompletedRows, 1000)
+}
