@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/pgpilot/pgpilot/state"
@@ -38,8 +39,12 @@ type InFlight interface {
 // heldJob is a bulk job from before the restart that Userpilot may still
 // be applying: its companies wait for its end.
 type heldJob struct {
-	job     state.Job
+	job     state.Job // without its companies, once loaded
 	entries []*entry
+	records int // how many companies the job carries
+	// alsoOlder are its companies held by an older job too, for the index
+	// only.
+	alsoOlder []*entry
 }
 
 // loadInFlight reads what an earlier run may have sent without seeing the
@@ -79,12 +84,18 @@ func (p *Pipeline) loadInFlight() error {
 				p.companies[co.CompanyID] = c
 			}
 			if c.inflight != nil {
-				continue // in an older held job too: it waits for that one
+				// In an older held job too: it waits for that one, and
+				// this job's state is only recorded once this job completes.
+				hj.alsoOlder = append(hj.alsoOlder, e)
+				continue
 			}
 			c.inflight = e
 			p.inflight++
 			hj.entries = append(hj.entries, e)
 		}
+		// The entries hold the job's states, packed: the decoded ones
+		// would be twice that for as long as the job is waited for.
+		hj.records, hj.job.Companies = len(j.Companies), nil
 		p.held = append(p.held, hj)
 		p.log.Warn("a bulk job from before the restart may still be running at Userpilot; its companies wait for it to end",
 			"job", j.ID, "companies", len(j.Companies), "submitted", j.Began.Format(time.RFC3339))
@@ -118,7 +129,7 @@ func (p *Pipeline) markSending(ids ...string) error {
 func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob, est bulkEstimate) bulkResult {
 	res := bulkResult{entries: hj.entries, held: hj}
 	if hj.job.ID == "" {
-		wait := est.expected(len(hj.job.Companies))
+		wait := est.expected(hj.records)
 		wait = min(max(0, wait-time.Since(hj.job.Began)), maxHeldWait)
 		if err := sleep(ctx, wait); err != nil {
 			return bulkResult{entries: hj.entries, held: hj, err: err}
@@ -131,7 +142,7 @@ func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob, est bulkEstimate
 		}
 		res.heldOutcome = status
 		if status == userpilot.JobCompleted {
-			if err := p.record(hj.job.Companies); err != nil {
+			if err := p.recordEntries(append(slices.Clip(hj.entries), hj.alsoOlder...)); err != nil {
 				return bulkResult{entries: hj.entries, held: hj, err: err}
 			}
 		}

@@ -48,6 +48,17 @@ func (x *Store) WriteOutbox(put []OutboxRecord, remove []string) error {
 		}
 		put = put[outboxWriteBatch:]
 	}
+	// Removals too: a completed bulk job's 10,000 companies, removed in one
+	// write, dirtied 40 MB of pages. (Records removed before a crash were
+	// delivered; those left are sent again, which is harmless.)
+	remove = slices.Clone(remove)
+	slices.Sort(remove)
+	for len(remove) > outboxWriteBatch {
+		if err := x.writeOutbox(nil, remove[:outboxWriteBatch]); err != nil {
+			return err
+		}
+		remove = remove[outboxWriteBatch:]
+	}
 	return x.writeOutbox(put, remove)
 }
 

@@ -203,6 +203,14 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 	// In writes of recordBatch companies: a write transaction holds on the
 	// heap every node it touches until it commits, and a bulk job's 10,000
 	// companies are spread over most of the index's pages (20 MB of nodes).
+	if len(profiles) > recordBatch {
+		// In key order across the writes too.
+		sorted := make([]userpilot.Company, len(profiles))
+		for i, j := range keyOrder(profiles) {
+			sorted[i] = profiles[j]
+		}
+		profiles = sorted
+	}
 	for len(profiles) > recordBatch {
 		if err := x.record(profiles[:recordBatch]); err != nil {
 			return err
