@@ -30,15 +30,19 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 		// path does before a large one is sized from a guess.
 		k = probeSize(p.ready.len(), rt, k, p.opts.MinBulk)
 	}
-	if p.full() && p.est.learned() {
+	if p.full() {
 		// Reading is held back at the memory bound: the backlog goes on in
-		// the slot past what is in memory. Sized for a backlog without end
-		// (the overhead spread over all of it), the job takes the bulk
-		// path's share of what is ready, and the real-time path keeps the
+		// the slot past what is in memory. Sized for a backlog without
+		// end, a job is full while bulk is the faster path (or nothing is
+		// measured yet); when the real-time path is faster, the job takes
+		// bulk's share of what is ready and the real-time path keeps the
 		// rest: a full job against a real-time path eight times faster
 		// left that path idle for the job's 200 s.
-		share := float64(p.ready.len()) * p.est.rate / (rt + p.est.rate)
-		k = max(k, min(userpilot.MaxBulkRecords, int(share)))
+		k = userpilot.MaxBulkRecords
+		if p.est.learned() && rt > p.est.rate {
+			share := float64(p.ready.len()) * p.est.rate / (rt + p.est.rate)
+			k = min(userpilot.MaxBulkRecords, max(int(share), p.opts.MinBulk))
+		}
 	}
 	var body userpilot.BulkBody
 	if k == 0 {
