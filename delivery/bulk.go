@@ -40,8 +40,12 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 		// left that path idle for the job's 200 s.
 		k = userpilot.MaxBulkRecords
 		if p.est.learned() && rt > p.est.rate {
+			// Below MinBulk a job is not worth its overhead here either:
+			// with a window of one, every company went as a job of one.
 			share := float64(p.ready.len()) * p.est.rate / (rt + p.est.rate)
-			k = min(userpilot.MaxBulkRecords, max(int(share), p.opts.MinBulk))
+			if k = min(userpilot.MaxBulkRecords, int(share)); k < p.opts.MinBulk {
+				k = 0
+			}
 		}
 	}
 	var body userpilot.BulkBody
