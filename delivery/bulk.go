@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -173,14 +174,13 @@ func (p *Pipeline) record(cos []userpilot.Company) error {
 	return p.opts.Index.Record(cos)
 }
 
-// recordEntries records a completed job's entries, a part at a time.
+// recordEntries records a completed job's entries, a part at a time (each
+// part unpacked only while it is written).
 func (p *Pipeline) recordEntries(batch []*entry) error {
-	for len(batch) > 0 {
-		n := min(len(batch), 1000)
-		if err := p.record(p.companiesOf(batch[:n])); err != nil {
+	for part := range slices.Chunk(batch, persistBatch) {
+		if err := p.record(p.companiesOf(part)); err != nil {
 			return err
 		}
-		batch = batch[n:]
 	}
 	return nil
 }

@@ -80,8 +80,7 @@ func (p *Pipeline) loadInFlight() error {
 			e := &entry{id: co.CompanyID, md: p.keys.pack(co.Metadata), done: true, held: true}
 			c := p.companies[co.CompanyID]
 			if c == nil {
-				c = &company{}
-				p.companies[co.CompanyID] = c
+				c = p.newCompany(co.CompanyID)
 			}
 			if c.inflight != nil {
 				// In an older held job too: it waits for that one, and

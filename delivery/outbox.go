@@ -148,14 +148,12 @@ func (p *Pipeline) loadOutbox() error {
 // loadRecords puts the outbox records of these companies in memory, in
 // this order, as what each owes next; sizes are their stored sizes.
 func (p *Pipeline) loadRecords(ids []string, sizes map[string]int) error {
-	for len(ids) > 0 {
-		// A part at a time: decoded, the records are twice what they are
-		// once packed.
-		n := min(len(ids), persistBatch)
-		if err := p.loadSome(ids[:n], sizes); err != nil {
+	// A part at a time: decoded, the records are twice what they are once
+	// packed.
+	for part := range slices.Chunk(ids, persistBatch) {
+		if err := p.loadSome(part, sizes); err != nil {
 			return err
 		}
-		ids = ids[n:]
 	}
 	return nil
 }

@@ -796,12 +796,8 @@ func (p *Pipeline) lookUp(es []*entry) error {
 	if len(ask) == 0 {
 		return nil
 	}
-	cos := make([]userpilot.Company, len(ask))
-	for i, e := range ask {
-		cos[i] = p.company(e)
-	}
 	same := make([]bool, len(ask))
-	if err := p.opts.Index.UnchangedEach(cos, same); err != nil {
+	if err := p.opts.Index.UnchangedEach(p.companiesOf(ask), same); err != nil {
 		return err
 	}
 	for i, e := range ask {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -184,11 +183,7 @@ func (x *Store) MergeOutbox(merges []OutboxMerge) ([]Merged, error) {
 	// record (a write holds every page it touches on the heap until it
 	// commits: 37 MB for 2,000 records spread over a 200,000-record
 	// outbox).
-	order := make([]int, len(merges))
-	for i := range order {
-		order[i] = i
-	}
-	sort.Slice(order, func(a, b int) bool { return merges[order[a]].Record.CompanyID < merges[order[b]].Record.CompanyID })
+	order := keyOrder(merges, func(m OutboxMerge) string { return m.Record.CompanyID })
 	sorted := make([]OutboxMerge, len(merges))
 	for i, j := range order {
 		sorted[i] = merges[j]

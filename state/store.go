@@ -144,7 +144,7 @@ func (x *Store) Unchanged(companyID string, metadata userpilot.Metadata) (bool, 
 // same[i], in one read of the index: a read transaction per company was
 // most of what the look-up cost.
 func (x *Store) UnchangedEach(cos []userpilot.Company, same []bool) error {
-	order := keyOrder(cos)
+	order := keyOrder(cos, companyID)
 	err := x.db.View(func(tx *bolt.Tx) error {
 		// One cursor for all, in key order: a Get makes a cursor of its own
 		// (and its allocations) each time, and neighbours share pages.
@@ -206,7 +206,7 @@ func (x *Store) Record(profiles []userpilot.Company) error {
 	if len(profiles) > recordBatch {
 		// In key order across the writes too.
 		sorted := make([]userpilot.Company, len(profiles))
-		for i, j := range keyOrder(profiles) {
+		for i, j := range keyOrder(profiles, companyID) {
 			sorted[i] = profiles[j]
 		}
 		profiles = sorted
@@ -227,7 +227,7 @@ func (x *Store) record(profiles []userpilot.Company) error {
 	if len(profiles) == 0 {
 		return nil
 	}
-	order := keyOrder(profiles)
+	order := keyOrder(profiles, companyID)
 	err := x.db.Batch(func(tx *bolt.Tx) error {
 		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
 		c := b.Cursor()
@@ -292,15 +292,17 @@ func (x *Store) record(profiles []userpilot.Company) error {
 	return nil
 }
 
-// keyOrder is the order of cos by company id; two profiles of one company
-// (none is sent twice at once, but Record must not depend on it) keep
-// their order, so the newer is written last.
-func keyOrder(cos []userpilot.Company) []int {
-	order := make([]int, len(cos))
+func companyID(co userpilot.Company) string { return co.CompanyID }
+
+// keyOrder is the order of xs by company id; two of one company (none is
+// sent twice at once, but Record must not depend on it) keep their order,
+// so the newer is written last.
+func keyOrder[T any](xs []T, id func(T) string) []int {
+	order := make([]int, len(xs))
 	for i := range order {
 		order[i] = i
 	}
-	byID := func(a, b int) int { return strings.Compare(cos[a].CompanyID, cos[b].CompanyID) }
+	byID := func(a, b int) int { return strings.Compare(id(xs[a]), id(xs[b])) }
 	if !slices.IsSortedFunc(order, byID) {
 		slices.SortStableFunc(order, byID)
 	}
