@@ -272,3 +272,32 @@ func TestRecordOfOneCompanyTwiceKeepsTheNewer(t *testing.T) {
 		assert.True(t, same, "company %d holds its last state, p%d", c, last)
 	}
 }
+
+// A bulk job's part is written at once: Batch would hold it for others to
+// join (bbolt's MaxBatchDelay, 10 ms by default), and a job's ten parts
+// waited 100 ms. With the delay an hour long, only a write of its own ends.
+func TestALargeRecordDoesNotWaitForOthersToShareItsWrite(t *testing.T) {
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	defer x.Close()
+	x.db.MaxBatchDelay = time.Hour
+
+	cos := make([]userpilot.Company, batchAlone)
+	for i := range cos {
+		cos[i] = userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: userpilottest.Metadata(map[string]any{"plan": "pro"})}
+	}
+	done := make(chan error, 1)
+	go func() { done <- x.Record(cos) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal("Record of a bulk job's part waited for others to share its write")
+	}
+	same, err := x.Unchanged("0", userpilottest.Metadata(map[string]any{"plan": "pro"}))
+	require.NoError(t, err)
+	assert.True(t, same)
+}
