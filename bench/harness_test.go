@@ -134,6 +134,10 @@ func envInt(name string, def int) int {
 
 const benchAPIKey = "bench-key"
 
+// standInBulkRate is the unlimited stand-in's bulk speed (records/s): far
+// beyond what pgpilot can feed it on these two cores.
+const standInBulkRate = 1_000_000
+
 // env is one measurement's database, stand-in and config.
 type env struct {
 	b        *testing.B
@@ -174,7 +178,12 @@ func newEnv(b *testing.B, bulk bool) *env {
 	if err := workload.Create(ctx, conn); err != nil {
 		b.Fatal(err)
 	}
-	up := userpilottest.NewServer(userpilottest.Options{APIKey: benchAPIKey})
+	// Unlimited, with a speed: a job of 10,000 records is done 10 ms after
+	// its submission, polled or not, and says when it ended. (A stand-in
+	// without a speed completes a job at its first poll, so the job lasted
+	// as long as pgpilot chose to wait, and the estimate learned from it
+	// was whatever pgpilot started with.)
+	up := userpilottest.NewServer(userpilottest.Options{APIKey: benchAPIKey, BulkRecordsPerSecond: standInBulkRate})
 	dir := b.TempDir()
 	e := &env{b: b, pg: pg, url: url, conn: conn, up: up, slot: workload.SlotName(url), dir: dir,
 		cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state")}
