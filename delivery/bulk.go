@@ -19,8 +19,9 @@ const maxBulkBytes = 40 << 20
 const failedJobRetries = 2
 
 // takeBulk chooses the companies for a bulk job (the newest ready ones: the
-// real-time path keeps draining the oldest, so the checkpoint keeps moving)
-// and marks them in flight. It writes the job's body as it goes: each
+// real-time path keeps draining the oldest, so the checkpoint keeps moving;
+// the oldest while the backlog is left to bulk jobs alone, for the same
+// reason) and marks them in flight. It writes the job's body as it goes: each
 // company's JSON is written once, and that is both what sizes the job and
 // what is recorded and sent.
 func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
@@ -31,7 +32,12 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 		// path does before a large one is sized from a guess.
 		k = probeSize(p.ready.len(), rt, k, p.opts.MinBulk)
 	}
-	if p.full() {
+	alone := p.bulkAlone(time.Now())
+	if alone && p.ready.len() >= p.opts.MinBulk {
+		// No real-time path to share with: as much as a job takes.
+		k = min(p.ready.len(), userpilot.MaxBulkRecords)
+	}
+	if p.full() && !alone {
 		// Reading is held back at the memory bound: the backlog goes on in
 		// the slot past what is in memory. Sized for a backlog without
 		// end, a job is full while bulk is the faster path (or nothing is
@@ -53,14 +59,18 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	if k == 0 {
 		return nil, body, nil
 	}
-	if err := p.lookUp(p.ready.last(k)); err != nil { // one read for the job
+	take, peek, putBack := p.ready.popBack, p.ready.last, p.ready.push
+	if alone {
+		take, peek, putBack = p.ready.popFront, p.ready.first, p.ready.pushFront
+	}
+	if err := p.lookUp(peek(k)); err != nil { // one read for the job
 		return nil, body, err
 	}
 	p.log.Debug("bulk job sized", "ready", p.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
 	var batch, keep []*entry
 	for len(batch) < k && p.ready.len() > 0 {
-		e := p.ready.popBack()
+		e := take()
 		if e.realtimeOnly || e.delete {
 			keep = append(keep, e)
 			continue
@@ -85,7 +95,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 		batch = append(batch, e)
 	}
 	for i := len(keep) - 1; i >= 0; i-- {
-		p.ready.push(keep[i])
+		putBack(keep[i])
 	}
 	for _, e := range batch {
 		p.send(e)

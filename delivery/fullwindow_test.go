@@ -29,27 +29,35 @@ func TestAFullWindowSizesTheJobFromTheMeasuredRates(t *testing.T) {
 		{"real time faster: bulk's share", 5000, 400, bulkEstimate{rate: 50, overhead: time.Second, jobs: 3}, 5000 * 50 / 450},
 		{"real time faster, share below MinBulk: no job", 500, 400, bulkEstimate{rate: 50, overhead: time.Second, jobs: 3}, 0},
 	}
-	rel := &row.Relation{Table: row.Table{Schema: "public", Name: "companies"}, Columns: []row.Column{
-		{Name: "id", TypeOID: pgtype.Int8OID}, {Name: "name", TypeOID: pgtype.TextOID}, {Name: "plan", TypeOID: pgtype.TextOID},
-		{Name: "seats", TypeOID: pgtype.Int4OID}, {Name: "monthly_spend", TypeOID: pgtype.NumericOID}, {Name: "trial", TypeOID: pgtype.BoolOID},
-		{Name: "created_at", TypeOID: pgtype.TimestamptzOID}, {Name: "notes", TypeOID: pgtype.TextOID},
-	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := New(Options{MaxPending: tt.window, RealtimeRate: tt.realtime, MinBulk: 100,
 				Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
-			for i := range tt.window {
-				id := strconv.Itoa(1 + i)
-				vals := []row.Value{{Text: []byte(id)}, {Text: []byte("c")}, {Text: []byte("pro")}, {Text: []byte("1")},
-					{Text: []byte("1.5")}, {Text: []byte("t")}, {Text: []byte("2024-01-01 00:00:00+00")}, {Null: true}}
-				require.NoError(t, p.add(row.Transaction{Kind: row.Commit, CommitLSN: pglogrepl.LSN(10 * i), EndLSN: pglogrepl.LSN(10*i + 5),
-					Changes: []row.Change{{Op: row.Insert, Relation: rel, Values: vals}}}))
-			}
+			addCompanies(t, p, tt.window)
 			require.True(t, p.full())
 			p.est = tt.bulk
 			batch, _, err := p.takeBulk(newReport())
 			require.NoError(t, err)
 			assert.Len(t, batch, tt.wantInTheJob)
 		})
+	}
+}
+
+// companiesRel is a companies table of the seven mapped types.
+var companiesRel = &row.Relation{Table: row.Table{Schema: "public", Name: "companies"}, Columns: []row.Column{
+	{Name: "id", TypeOID: pgtype.Int8OID}, {Name: "name", TypeOID: pgtype.TextOID}, {Name: "plan", TypeOID: pgtype.TextOID},
+	{Name: "seats", TypeOID: pgtype.Int4OID}, {Name: "monthly_spend", TypeOID: pgtype.NumericOID}, {Name: "trial", TypeOID: pgtype.BoolOID},
+	{Name: "created_at", TypeOID: pgtype.TimestamptzOID}, {Name: "notes", TypeOID: pgtype.TextOID},
+}}
+
+// addCompanies adds companies 1..n to p, one transaction each.
+func addCompanies(t *testing.T, p *Pipeline, n int) {
+	t.Helper()
+	for i := range n {
+		id := strconv.Itoa(1 + i)
+		vals := []row.Value{{Text: []byte(id)}, {Text: []byte("c")}, {Text: []byte("pro")}, {Text: []byte("1")},
+			{Text: []byte("1.5")}, {Text: []byte("t")}, {Text: []byte("2024-01-01 00:00:00+00")}, {Null: true}}
+		require.NoError(t, p.add(row.Transaction{Kind: row.Commit, CommitLSN: pglogrepl.LSN(10 * i), EndLSN: pglogrepl.LSN(10*i + 5),
+			Changes: []row.Change{{Op: row.Insert, Relation: companiesRel, Values: vals}}}))
 	}
 }

@@ -218,7 +218,11 @@ type Pipeline struct {
 	markDone  any // the newest mark with everything before it delivered
 	markSaved any // the mark last passed to Checkpoint
 	bulkBusy  bool
-	sizing    sizing // what the real-time path achieves, for bulkShare
+	// jobStarted and jobRecords are the running job's start and size (for
+	// bulkAlone: is it overdue?).
+	jobStarted time.Time
+	jobRecords int
+	sizing     sizing // what the real-time path achieves, for bulkShare
 	// est is what the bulk path is believed to do (the dispatcher's;
 	// learned holds a copy for other goroutines).
 	est       bulkEstimate
@@ -421,6 +425,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			hj := p.held[0]
 			p.held = p.held[1:]
 			p.bulkBusy = true
+			p.jobStarted, p.jobRecords = time.Now(), len(hj.entries)
 			est := p.est
 			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj, est) })
 		}
@@ -431,6 +436,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			}
 			if len(batch) > 0 {
 				p.bulkBusy = true
+				p.jobStarted, p.jobRecords = time.Now(), len(batch)
 				est := p.est
 				wg.Go(func() {
 					res := p.runBulk(ctx, batch, body, est)
@@ -462,7 +468,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		p.collectDeletes()
 		var workCh chan<- *entry
 		var next *entry
-		if p.ready.len() > 0 && !stopped {
+		if p.ready.len() > 0 && !stopped && p.realtimeWanted(time.Now()) {
 			workCh, next = work, p.ready.front()
 		}
 		select {

@@ -25,6 +25,38 @@ func bulkShare(n int, rt, bulk float64, overhead time.Duration, minBulk, maxReco
 	return min(k, maxRecords)
 }
 
+// bulkAloneRatio: when the bulk path is measured this many times faster than
+// the real-time path, a backlog goes in bulk jobs alone. The real-time
+// share of it would be below 1/(bulkAloneRatio+1), so sending it all in
+// bulk costs at most that much of the floor, while each real-time call is
+// a request to Userpilot and two writes of the state (its sending mark and
+// its outcome) where a job's record is a fraction of one. Against
+// Userpilot's published figures (10 calls/s, 20 records/s) the ratio is 2:
+// both paths stay in use.
+const bulkAloneRatio = 20
+
+// bulkAlone reports whether the ready backlog is left to bulk jobs: the bulk
+// path is measured as far the faster (bulkAloneRatio), and the job it runs,
+// if any, is not overdue (then the real-time path takes up the work again
+// until a job ends as expected).
+func (p *Pipeline) bulkAlone(now time.Time) bool {
+	if p.opts.NoBulk || !p.est.learned() {
+		return false
+	}
+	if p.sizing.realtimeRate(p.realtimeBudget())*bulkAloneRatio > p.est.rate {
+		return false
+	}
+	return !p.bulkBusy || now.Sub(p.jobStarted) <= 2*p.est.expected(p.jobRecords)+p.opts.PollInterval
+}
+
+// realtimeWanted says whether a real-time worker should take the ready
+// front now: always for what a job cannot take (a record a job refused), or
+// while too few are ready for a job; otherwise unless they are left to bulk
+// jobs.
+func (p *Pipeline) realtimeWanted(now time.Time) bool {
+	return p.ready.front().realtimeOnly || p.ready.len() < p.opts.MinBulk || !p.bulkAlone(now)
+}
+
 // realtimeWindow is how long the real-time path must stay busy for its
 // throughput to be measured.
 const realtimeWindow = time.Second
@@ -316,7 +348,7 @@ func probeSize(n int, rt float64, share, minBulk int) int {
 // measured yet, is asked about from minPoll on: the start may be far too
 // slow.
 const (
-	minPoll      = 50 * time.Millisecond
+	minPoll      = 10 * time.Millisecond
 	pollFraction = 0.1
 )
 

@@ -1,0 +1,55 @@
+package delivery
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/row"
+)
+
+// A backlog is left to bulk jobs alone only while the bulk path is measured
+// as far the faster one, and its job is not overdue; then a job takes the
+// oldest ready companies (nothing else moves the checkpoint).
+func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name     string
+		ready    int
+		realtime float64 // achieved, calls/s
+		bulk     bulkEstimate
+		jobAge   time.Duration // of the running job; 0: none runs
+		wantRT   bool          // a real-time worker takes the front
+	}{
+		{"Userpilot's published speeds: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: time.Second, jobs: 3}, 0, true},
+		{"bulk 19 times faster: both paths", 1000, 100, bulkEstimate{rate: 1900, jobs: 3}, 0, true},
+		{"bulk 20 times faster: bulk alone", 1000, 100, bulkEstimate{rate: 2000, jobs: 3}, 0, false},
+		{"nothing measured: both paths", 1000, 100, bulkEstimate{rate: 1e6}, 0, true},
+		{"too few for a job: real time", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, 0, true},
+		{"a job runs as expected: bulk alone", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, time.Second, false},
+		{"the job is overdue: real time takes up the work", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, time.Minute, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := New(Options{RealtimeRate: 100_000, MinBulk: 100, PollInterval: 2 * time.Second,
+				Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
+			addCompanies(t, p, tt.ready)
+			p.est, p.sizing.realtime = tt.bulk, tt.realtime
+			if tt.jobAge > 0 {
+				p.bulkBusy, p.jobStarted, p.jobRecords = true, now.Add(-tt.jobAge), 10_000
+			}
+			assert.Equal(t, tt.wantRT, p.realtimeWanted(now))
+			if tt.jobAge > 0 {
+				return
+			}
+			batch, _, err := p.takeBulk(newReport())
+			require.NoError(t, err)
+			if !tt.wantRT {
+				require.Len(t, batch, tt.ready, "no real-time share is kept back")
+				assert.Equal(t, "1", batch[0].id, "the oldest first")
+			}
+		})
+	}
+}
