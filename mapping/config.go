@@ -83,7 +83,7 @@ type Delivery struct {
 	WarnRetainedWAL int64
 	// SnapshotChunkRows is how many rows a snapshot (initial sync or
 	// re-sync) reads at a time: the memory a snapshot holds is a few
-	// chunks. Default 5,000.
+	// chunks. Default 2,000.
 	SnapshotChunkRows int
 }
 

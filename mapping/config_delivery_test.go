@@ -34,10 +34,10 @@ func TestDeliverySection(t *testing.T) {
 		err           problem
 	}{
 		{"sizes in postgresql.conf units", "delivery:\n  max_retained_wal: 1GB\n  outbox_after: 90s\n  warn_retained_wal: 512MB\n",
-			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20, SnapshotChunkRows: 5000}, problem{}},
-		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 5000}, problem{}},
-		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 5000}, problem{}},
-		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, SnapshotChunkRows: 5000}, problem{}},
+			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20, SnapshotChunkRows: 2000}, problem{}},
+		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000}, problem{}},
+		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000}, problem{}},
+		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, SnapshotChunkRows: 2000}, problem{}},
 		{"snapshot chunk size", "delivery:\n  snapshot_chunk_rows: 200\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 200}, problem{}},
 		{"bad chunk size", "delivery:\n  snapshot_chunk_rows: 0\n", Delivery{}, problem{`p.yaml:11: delivery.snapshot_chunk_rows: "0" is not a row count from 1 to 100000`, `write e.g. snapshot_chunk_rows: 5000`}},
 		{"bad size", "delivery:\n  max_retained_wal: lots\n", Delivery{}, problem{`p.yaml:11: delivery.max_retained_wal: "lots" is not a size`, `write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL`}},

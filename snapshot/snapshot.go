@@ -67,9 +67,14 @@ import (
 	"github.com/pgpilot/pgpilot/state"
 )
 
+// pieceRows is how many of a chunk's rows go on in one transaction (the
+// stream's pieces of a large transaction are as large: replication's
+// ChunkChanges).
+const pieceRows = 250
+
 // DefaultChunkRows is how many rows a chunk reads at a time
 // (delivery.snapshot_chunk_rows).
-const DefaultChunkRows = 5000
+const DefaultChunkRows = 2000
 
 // Progress is the Mark a chunk carries: the job as it stands once the chunk
 // is delivered.
@@ -102,7 +107,7 @@ type Options struct {
 	// Where is companies.where: every job reads only the rows it selects
 	// ("" for all).
 	Where string
-	// ChunkRows is how many rows a chunk holds; 0 → 5,000.
+	// ChunkRows is how many rows a chunk holds; 0 → 2,000.
 	ChunkRows int
 	// Backlog, if set, is how many companies wait in the pipeline: no new
 	// chunk is taken while it is at MaxBacklog or more, so a snapshot's
@@ -434,16 +439,26 @@ func (s *Stage) pass(ctx context.Context, txn row.Transaction, queue []*pending,
 func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Transaction, due func(pglogrepl.LSN) bool) ([]*pending, error) {
 	for len(queue) > 0 && due(queue[0].High) {
 		p := queue[0]
-		changes := make([]row.Change, 0, len(p.Rows))
-		for _, vals := range p.Rows {
-			if vals != nil {
-				changes = append(changes, row.Change{Op: row.Insert, Relation: s.rel, Values: vals})
-			}
-		}
 		// A re-sync re-sends what Userpilot is believed to hold: that
 		// belief is what the operator doubts. A resumed initial sync
 		// skips what it delivered before the restart.
 		resend := p.mark.Job.ID != state.InitialSnapshot
+		// In pieces, as the stream sends a large transaction: each stage
+		// after this one buffers a few transactions, and a buffer of
+		// whole chunks held 40,000 rows (20 MB) per stage. Only the last
+		// piece carries the mark, which waits for every row before it.
+		changes := make([]row.Change, 0, min(len(p.Rows), pieceRows))
+		for i, vals := range p.Rows {
+			if vals != nil {
+				changes = append(changes, row.Change{Op: row.Insert, Relation: s.rel, Values: vals})
+			}
+			if len(changes) == pieceRows && i < len(p.Rows)-1 {
+				if err := send(ctx, dst, row.Transaction{Kind: row.Chunk, Changes: changes, Resend: resend}); err != nil {
+					return queue, err
+				}
+				changes = make([]row.Change, 0, min(len(p.Rows)-i-1, pieceRows))
+			}
+		}
 		if err := send(ctx, dst, row.Transaction{Kind: row.Chunk, Changes: changes, Mark: p.mark, Resend: resend}); err != nil {
 			return queue, err
 		}

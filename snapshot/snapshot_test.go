@@ -291,3 +291,31 @@ func TestCancelledJobDropsItsWaitingChunksAndEnds(t *testing.T) {
 	src <- row.Transaction{Xid: 200, EndLSN: 70, Changes: []row.Change{change(row.Update, values(3, "c", "x"))}}
 	assert.Equal(t, []string{"3=c/x"}, rows(next(t, dst)), "the stream goes on")
 }
+
+// A chunk goes on in pieces of pieceRows, as the stream's large
+// transactions do, so the stages after this one never buffer whole chunks;
+// only the last piece carries the chunk's mark, which then waits for every
+// row before it.
+func TestAChunkGoesOnInPiecesWithTheMarkOnTheLast(t *testing.T) {
+	n := 2*pieceRows + 7
+	var vals [][]row.Value
+	for i := range n {
+		vals = append(vals, values(i+1, "a", "x"))
+	}
+	sc := &script{chunks: []replication.Chunk{{Rows: vals, Snapshot: replication.Snapshot{Xmin: 100, Xmax: 100}, High: 10}}}
+	_, dst, st := run(t, sc, n)
+	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
+	var sizes []int
+	for total := 0; total < n; {
+		txn := next(t, dst)
+		require.Equal(t, row.Chunk, txn.Kind)
+		sizes = append(sizes, len(txn.Changes))
+		total += len(txn.Changes)
+		if total < n {
+			assert.Nil(t, txn.Mark, "a piece before the last carries no mark")
+		} else {
+			require.NotNil(t, txn.Mark, "the last piece carries the chunk's mark")
+		}
+	}
+	assert.Equal(t, []int{pieceRows, pieceRows, 7}, sizes)
+}
