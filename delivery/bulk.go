@@ -108,7 +108,9 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 // on the real-time path instead, or when ctx is done.
 //
 // est is the estimate the job was sized with (the dispatcher owns p.est).
-func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody, est bulkEstimate) bulkResult {
+// free is told when the job completed, before its profiles are written to
+// the index: Userpilot's one bulk job per account is free from then on.
+func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody, est bulkEstimate, free func(jobObservation)) bulkResult {
 	start := time.Now()
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
@@ -155,14 +157,18 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.B
 		if status == userpilot.JobCompleted {
 			// Recorded here rather than by the dispatcher, as the real-time
 			// workers do: writing 10,000 profiles to the index would stall
-			// reading and the real-time path meanwhile.
+			// reading and the real-time path meanwhile. The next job need
+			// not wait for it (its companies are others: these stay in
+			// flight until recorded). Killed meanwhile, the next run finds
+			// this job's record and writes the index from it.
+			free(obs)
 			if err := p.recordEntries(batch); err != nil {
-				return bulkResult{entries: batch, err: err}
+				return bulkResult{entries: batch, freed: true, err: err}
 			}
 			if err := p.endJob(key); err != nil {
-				return bulkResult{entries: batch, err: err}
+				return bulkResult{entries: batch, freed: true, err: err}
 			}
-			return bulkResult{entries: batch, took: time.Since(start), observed: &obs}
+			return bulkResult{entries: batch, freed: true, took: time.Since(start)}
 		}
 		failures++
 		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(batch), "failures", failures)
@@ -318,11 +324,6 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 		return nil
 	case r.err != nil:
 		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
-	}
-	if r.observed != nil {
-		if err := p.learnJob(*r.observed); err != nil {
-			return err
-		}
 	}
 	for _, e := range r.entries {
 		p.finish(e)

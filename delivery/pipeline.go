@@ -222,7 +222,12 @@ type Pipeline struct {
 	// bulkAlone: is it overdue?).
 	jobStarted time.Time
 	jobRecords int
-	sizing     sizing // what the real-time path achieves, for bulkShare
+	// recording counts completed jobs whose profiles are still being
+	// written to the index: their companies stay in flight until then (a
+	// look-up must not read the state before the job), but Userpilot's one
+	// bulk job may already be the next.
+	recording int
+	sizing    sizing // what the real-time path achieves, for bulkShare
 	// est is what the bulk path is believed to do (the dispatcher's;
 	// learned holds a copy for other goroutines).
 	est       bulkEstimate
@@ -338,8 +343,11 @@ type bulkResult struct {
 	fallback bool
 	err      error
 	took     time.Duration
-	// observed is what a completed job showed of the bulk path.
-	observed *jobObservation
+	// completed, in a message of its own, says the job completed at
+	// Userpilot, with what it showed of the bulk path; the job's result
+	// comes after it, with freed set.
+	completed *jobObservation
+	freed     bool
 	// held is set for a job from before the restart (resumeHeld), with
 	// the status it ended with ("unknown" when its id was never learnt).
 	held        *heldJob
@@ -364,7 +372,16 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	defer cancel()
 	work := make(chan *entry)
 	results := make(chan realtimeResult, p.opts.Workers)
-	bulkDone := make(chan bulkResult, 1)
+	// A job's goroutine says here when it completed at Userpilot (see
+	// recording) and when it is done; one channel, so the dispatcher hears
+	// the two in that order.
+	bulkDone := make(chan bulkResult, 2)
+	reply := func(r bulkResult) {
+		select {
+		case bulkDone <- r:
+		case <-ctx.Done():
+		}
+	}
 	deleteDone := make(chan deleteResult, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait() // no goroutine outlives Run
@@ -427,9 +444,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			p.bulkBusy = true
 			p.jobStarted, p.jobRecords = time.Now(), len(hj.entries)
 			est := p.est
-			wg.Go(func() { bulkDone <- p.resumeHeld(ctx, hj, est) })
+			wg.Go(func() { reply(p.resumeHeld(ctx, hj, est)) })
 		}
-		if !stopped && !p.bulkBusy && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, closed) {
+		if !stopped && !p.bulkBusy && p.nextJobNow() && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, closed) {
 			batch, body, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -439,8 +456,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				p.jobStarted, p.jobRecords = time.Now(), len(batch)
 				est := p.est
 				wg.Go(func() {
-					res := p.runBulk(ctx, batch, body, est)
-					bulkDone <- res
+					free := func(o jobObservation) { reply(bulkResult{completed: &o}) }
+					reply(p.runBulk(ctx, batch, body, est, free))
 				})
 			}
 		}
@@ -502,7 +519,22 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				return err
 			}
 		case r := <-bulkDone:
-			p.bulkBusy = false
+			if r.completed != nil {
+				// Completed at Userpilot: the account's one job may be
+				// the next, while this one's profiles are written to the
+				// index.
+				p.bulkBusy = false
+				p.recording++
+				if err := p.learnJob(*r.completed); err != nil {
+					return err
+				}
+				continue
+			}
+			if r.freed {
+				p.recording--
+			} else {
+				p.bulkBusy = false
+			}
 			finish := p.bulkFinished
 			if r.held != nil {
 				finish = p.heldFinished
@@ -717,6 +749,15 @@ func (p *Pipeline) enqueue(e *entry) {
 	p.undelivered++
 	e.counted = true
 	p.windowBytes += int64(e.size())
+}
+
+// nextJobNow says whether a job may be sized while the last one's profiles
+// are still written to the index: only a full one. The companies being
+// recorded hold their place in the window meanwhile, so a job sized then
+// is small, and each job costs its overhead however few it carries; and
+// only one job is recorded beside a running one.
+func (p *Pipeline) nextJobNow() bool {
+	return p.recording == 0 || (p.recording == 1 && p.ready.len() >= userpilot.MaxBulkRecords)
 }
 
 // full reports whether the window holds all memory may: MaxPending
