@@ -110,18 +110,21 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 // est is the estimate the job was sized with (the dispatcher owns p.est).
 // free is told when the job completed, before its profiles are written to
 // the index: Userpilot's one bulk job per account is free from then on.
-func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.BulkBody, est bulkEstimate, free func(jobObservation)) bulkResult {
+//
+// body is let go (set empty) once the job completed: the index write and
+// the next job need not keep a megabyte or two of JSON alive.
+func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body *userpilot.BulkBody, est bulkEstimate, free func(jobObservation)) bulkResult {
 	start := time.Now()
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
 	// companies until the job ends.
-	key, err := p.beginJob(body)
+	key, err := p.beginJob(*body)
 	if err != nil {
 		return bulkResult{entries: batch, err: err}
 	}
 	for failures := 0; ; {
 		obs := jobObservation{records: len(batch), submitted: time.Now()}
-		job, err := p.opts.Sender.BulkIdentify(ctx, body)
+		job, err := p.opts.Sender.BulkIdentify(ctx, *body)
 		var rej *userpilot.RejectedError
 		switch {
 		case errors.Is(err, userpilot.ErrJobRunning):
@@ -161,6 +164,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body userpilot.B
 			// not wait for it (its companies are others: these stay in
 			// flight until recorded). Killed meanwhile, the next run finds
 			// this job's record and writes the index from it.
+			*body = userpilot.BulkBody{}
 			free(obs)
 			if err := p.recordEntries(batch); err != nil {
 				return bulkResult{entries: batch, freed: true, err: err}

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // A backlog is left to bulk jobs alone only while the bulk path is measured
@@ -52,4 +54,28 @@ func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
 			}
 		})
 	}
+}
+
+// doneSender completes every job at once.
+type doneSender struct{ Sender }
+
+func (doneSender) BulkIdentify(context.Context, userpilot.BulkBody) (userpilot.Job, error) {
+	return userpilot.Job{ID: "j", Status: userpilot.JobCompleted}, nil
+}
+
+// A completed job lets its body go before its profiles are written to the
+// index: beside the next job, it would hold a megabyte or two of JSON that
+// nothing reads again.
+func TestACompletedJobLetsItsBodyGoBeforeItIsRecorded(t *testing.T) {
+	p := New(Options{MinBulk: 1, Sender: doneSender{}, Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
+	addCompanies(t, p, 10)
+	p.est = bulkEstimate{rate: 1e6, jobs: 1}
+	batch, body, err := p.takeBulk(newReport())
+	require.NoError(t, err)
+	require.Equal(t, 10, body.Len())
+	var atFree int
+	res := p.runBulk(context.Background(), batch, &body, p.est, func(jobObservation) { atFree = body.Len() })
+	require.NoError(t, res.err)
+	assert.Zero(t, atFree, "the body was still held when the job was reported completed")
+	assert.True(t, res.freed)
 }

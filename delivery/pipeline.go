@@ -457,7 +457,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				est := p.est
 				wg.Go(func() {
 					free := func(o jobObservation) { reply(bulkResult{completed: &o}) }
-					reply(p.runBulk(ctx, batch, body, est, free))
+					reply(p.runBulk(ctx, batch, &body, est, free))
 				})
 			}
 		}
