@@ -249,6 +249,9 @@ func (p *Pipeline) updateMode() {
 		if answered := time.Unix(0, p.jobAnswered.Load()); p.bulkBusy && answered.After(last) {
 			last = answered // a job Userpilot is working through
 		}
+		if p.recording > 0 {
+			last = time.Now() // a job Userpilot completed, written to the index: pgpilot's own work
+		}
 		if reason == "" && p.undelivered > 0 && time.Since(last) > p.opts.OutboxAfter {
 			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", time.Since(last).Round(time.Second))
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -238,4 +239,38 @@ func TestTheOutboxIsRefilledOldestFirst(t *testing.T) {
 		want[i] = fmt.Sprintf("c%03d", companies-i)
 	}
 	assert.Equal(t, want, order, "delivered in the order they were owed")
+}
+
+// sleepyIndex takes its time over the first write of a job's part.
+type sleepyIndex struct {
+	delivery.Index
+	once sync.Once
+}
+
+func (x *sleepyIndex) Record(cos []userpilot.Company) error {
+	if len(cos) >= 100 {
+		x.once.Do(func() { time.Sleep(1500 * time.Millisecond) })
+	}
+	return x.Index.Record(cos)
+}
+
+// Writing a completed job to the index is pgpilot's own work, however long
+// it takes: Userpilot applied the job, and that is no outage.
+func TestRecordingACompletedJobIsNotAnOutage(t *testing.T) {
+	h := newHarness(t, setup{standin: userpilottest.Options{BulkRecordsPerSecond: 1_000_000},
+		delivery: delivery.Options{OutboxAfter: 300 * time.Millisecond, BulkRate: 1_000_000, MinBulk: 10,
+			BulkOverhead: 100 * time.Microsecond, PollInterval: 50 * time.Millisecond}})
+	h.opts.Index = &sleepyIndex{Index: h.opts.Index}
+	h.restart()
+	var changes []row.Change
+	for i := range 400 {
+		changes = append(changes, update(fmt.Sprint(i+1), "pro", nil))
+	}
+	require.NoError(t, h.run(context.Background(), txn(10, changes...)))
+	require.Positive(t, h.pipe.Stats().BulkJobs.Load(), "the backlog went in a job")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, st := range h.statuses {
+		assert.NotEqual(t, state.ModeOutbox, st.Mode, "outbox mode while a completed job was recorded: %s", st.Reason)
+	}
 }

@@ -525,6 +525,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				// index.
 				p.bulkBusy = false
 				p.recording++
+				// Userpilot applied it: that is progress, for the switch
+				// to the outbox, before the index write is done too.
+				p.progress = time.Now()
 				if err := p.learnJob(*r.completed); err != nil {
 					return err
 				}
