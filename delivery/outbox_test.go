@@ -244,12 +244,13 @@ func TestTheOutboxIsRefilledOldestFirst(t *testing.T) {
 // sleepyIndex takes its time over the first write of a job's part.
 type sleepyIndex struct {
 	delivery.Index
-	once sync.Once
+	once  sync.Once
+	slept bool
 }
 
 func (x *sleepyIndex) Record(cos []userpilot.Company) error {
 	if len(cos) >= 100 {
-		x.once.Do(func() { time.Sleep(1500 * time.Millisecond) })
+		x.once.Do(func() { time.Sleep(1500 * time.Millisecond); x.slept = true })
 	}
 	return x.Index.Record(cos)
 }
@@ -260,7 +261,8 @@ func TestRecordingACompletedJobIsNotAnOutage(t *testing.T) {
 	h := newHarness(t, setup{standin: userpilottest.Options{BulkRecordsPerSecond: 1_000_000},
 		delivery: delivery.Options{OutboxAfter: 300 * time.Millisecond, BulkRate: 1_000_000, MinBulk: 10,
 			BulkOverhead: 100 * time.Microsecond, PollInterval: 50 * time.Millisecond}})
-	h.opts.Index = &sleepyIndex{Index: h.opts.Index}
+	idx := &sleepyIndex{Index: h.opts.Index}
+	h.opts.Index = idx
 	h.restart()
 	var changes []row.Change
 	for i := range 400 {
@@ -268,6 +270,7 @@ func TestRecordingACompletedJobIsNotAnOutage(t *testing.T) {
 	}
 	require.NoError(t, h.run(context.Background(), txn(10, changes...)))
 	require.Positive(t, h.pipe.Stats().BulkJobs.Load(), "the backlog went in a job")
+	require.True(t, idx.slept, "the job's index write took its time")
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, st := range h.statuses {
