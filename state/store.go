@@ -190,7 +190,7 @@ func (x *Store) UnchangedProfiles(ps Profiles, same []bool) error {
 		var h holdsCheck // one for all: its yield is made once
 		yield := h.holds
 		for _, i := range order {
-			h.rec, h.same = get(c, ps.CompanyID(i)), true
+			h.rec, h.same, h.n = get(c, ps.CompanyID(i)), true, 0
 			if !readable(h.rec) {
 				// An unreadable record holds nothing (it is sent).
 				same[i] = false
@@ -212,10 +212,13 @@ func (x *Store) UnchangedProfiles(ps Profiles, same []bool) error {
 type holdsCheck struct {
 	rec  []byte // readable
 	same bool
+	n    int // the company's keys seen so far
+	last lastKeys
 }
 
 func (h *holdsCheck) holds(k string, v json.RawMessage) bool {
-	kh, vh := fingerprint(h.rec[0], k, v)
+	kh, vh := h.last.hash(h.n, k), valueHash(h.rec[0], k, v)
+	h.n++
 	got, ok := lookup(h.rec, kh)
 	h.same = ok && got == vh
 	return h.same
@@ -281,12 +284,37 @@ type sent struct {
 
 // sentKeys gathers a profile's keys, in room reused from one profile to
 // the next.
-type sentKeys struct{ keys []sent }
+type sentKeys struct {
+	keys []sent
+	last lastKeys
+}
 
 func (s *sentKeys) add(k string, v json.RawMessage) bool {
-	kh, _ := keyHash(k)
-	s.keys = append(s.keys, sent{k, kh, v})
+	s.keys = append(s.keys, sent{k, s.last.hash(len(s.keys), k), v})
 	return true
+}
+
+// lastKeys are the keys of the company before, by position, with their
+// fingerprints: the companies of one call have the same keys in the same
+// order (the mapping's), and comparing a key with itself is quicker than
+// looking its fingerprint up (keyHash) for every key of every company.
+type lastKeys struct {
+	keys []string
+	khs  []uint32
+}
+
+// hash is the fingerprint of k, the company's n-th key.
+func (l *lastKeys) hash(n int, k string) uint32 {
+	if n < len(l.keys) && l.keys[n] == k {
+		return l.khs[n]
+	}
+	kh, _ := keyHash(k)
+	if n < len(l.keys) {
+		l.keys[n], l.khs[n] = k, kh
+	} else if n == len(l.keys) {
+		l.keys, l.khs = append(l.keys, k), append(l.khs, kh)
+	}
+	return kh
 }
 
 // record writes the profiles of ps at order (in key order).
