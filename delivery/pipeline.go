@@ -637,7 +637,8 @@ func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 		return err
 	}
 	// Mapped into room reused from row to row and packed from there: no
-	// map of the row's metadata (see docs/design.md, "CPU per change").
+	// map of the row's metadata (docs/design.md, "Memory": no map per
+	// change).
 	vals := slices.Grow(p.rowVals[:0], len(m.nums))[:len(m.nums)]
 	id, buf, err := m.Map(ch.Values, p.rowJSON[:0], vals)
 	if cap(buf) <= maxRowRoom {
