@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -69,6 +68,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	p.log.Debug("bulk job sized", "ready", p.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
 	var batch, keep []*entry
+	names := p.keys.all()
 	for len(batch) < k && p.ready.len() > 0 {
 		e := take()
 		if e.realtimeOnly || e.delete {
@@ -83,7 +83,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 			p.skip(e, r)
 			continue
 		}
-		if !body.AddWithin(p.company(e), maxBulkBytes) {
+		if !body.AddSeqWithin(e.id, e.md.seq(names), maxBulkBytes) {
 			keep = append(keep, e)
 			break
 		}
@@ -185,33 +185,15 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body *userpilot.
 	}
 }
 
-// record notes a completed job's profiles in the no-op index. In-flight
-// entries are not changed by the dispatcher, so this may run beside it.
-func (p *Pipeline) record(cos []userpilot.Company) error {
+// recordEntries notes a completed job's profiles in the no-op index, read
+// from the entries' packed fields (the index writes them a part at a time,
+// in key order). In-flight entries are not changed by the dispatcher, so
+// this may run beside it.
+func (p *Pipeline) recordEntries(batch []*entry) error {
 	if p.opts.Index == nil {
 		return nil
 	}
-	return p.opts.Index.Record(cos)
-}
-
-// recordEntries records a completed job's entries, a part at a time (each
-// part unpacked only while it is written).
-func (p *Pipeline) recordEntries(batch []*entry) error {
-	for part := range slices.Chunk(batch, persistBatch) {
-		if err := p.record(p.companiesOf(part)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// companiesOf is the entries as Userpilot takes them.
-func (p *Pipeline) companiesOf(batch []*entry) []userpilot.Company {
-	cos := make([]userpilot.Company, len(batch))
-	for i, e := range batch {
-		cos[i] = p.company(e)
-	}
-	return cos
+	return p.opts.Index.RecordProfiles(p.profilesOf(batch))
 }
 
 // waitJob polls the job until it completed or failed, first after first,

@@ -2,9 +2,12 @@ package delivery
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"iter"
 	"slices"
 	"sync/atomic"
 
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -61,9 +64,32 @@ func (t *keyTable) pack(md userpilot.Metadata) fields {
 	for k, v := range md {
 		fs = append(fs, field{t.number(k), v})
 	}
-	slices.SortFunc(fs, func(a, b field) int { return int(a.key) - int(b.key) })
-	return encodeFields(fs)
+	return packFields(fs)
 }
+
+// packFields packs fs, sorting it by key number; of one key given twice,
+// the last is kept (as the last write to a map would be).
+func packFields(fs []field) fields {
+	if len(fs) == 0 {
+		return nil
+	}
+	// A mapping's keys are usually numbered in its own order: sorted
+	// already.
+	if !slices.IsSortedFunc(fs, byKey) {
+		slices.SortStableFunc(fs, byKey)
+	}
+	kept := fs[:1]
+	for _, fl := range fs[1:] {
+		if fl.key == kept[len(kept)-1].key {
+			kept[len(kept)-1] = fl
+		} else {
+			kept = append(kept, fl)
+		}
+	}
+	return encodeFields(kept)
+}
+
+func byKey(a, b field) int { return int(a.key) - int(b.key) }
 
 // over returns f with md's keys over it, newer winning.
 func (t *keyTable) over(f fields, md userpilot.Metadata) fields {
@@ -76,20 +102,117 @@ func (t *keyTable) unpack(f fields) userpilot.Metadata {
 	if len(f) == 0 {
 		return md
 	}
-	names := *t.names.Load()
+	names := t.all()
 	f.each(func(fl field) { md[names[fl.key]] = fl.val })
 	return md
 }
 
+// all is the names of the keys met so far, by number: every key of the
+// fields packed before it was called. Safe to call from any goroutine.
+func (t *keyTable) all() []string {
+	if names := t.names.Load(); names != nil {
+		return *names
+	}
+	return nil
+}
+
 func (f fields) each(fn func(field)) {
 	for len(f) > 0 {
-		key, n := binary.Uvarint(f)
-		f = f[n:]
-		size, n := binary.Uvarint(f)
-		f = f[n:]
-		fn(field{uint32(key), f[:size:size]})
-		f = f[size:]
+		var fl field
+		fl, f = f.next()
+		fn(fl)
 	}
+}
+
+// next is f's first field, and the fields after it.
+func (f fields) next() (field, fields) {
+	key, n := binary.Uvarint(f)
+	f = f[n:]
+	size, n := binary.Uvarint(f)
+	f = f[n:]
+	return field{uint32(key), f[:size:size]}, f[size:]
+}
+
+// yield calls yield with each key's name (names: keyTable.all) and value
+// until it returns false.
+func (f fields) yield(names []string, yield func(string, json.RawMessage) bool) {
+	for rest := f; len(rest) > 0; {
+		var fl field
+		fl, rest = rest.next()
+		if !yield(names[fl.key], fl.val) {
+			return
+		}
+	}
+}
+
+// seq is f as a sequence of key names and values: for a bulk job's body,
+// written from the packed bytes without a map of them.
+func (f fields) seq(names []string) iter.Seq2[string, json.RawMessage] {
+	return func(yield func(string, json.RawMessage) bool) { f.yield(names, yield) }
+}
+
+// packedProfiles are entries as the no-op index reads them
+// (state.Profiles): straight from their packed fields, no map of each.
+type packedProfiles struct {
+	es    []*entry
+	names []string
+}
+
+func (pp packedProfiles) Len() int               { return len(pp.es) }
+func (pp packedProfiles) CompanyID(i int) string { return pp.es[i].id }
+func (pp packedProfiles) Metadata(i int, yield func(string, json.RawMessage) bool) {
+	pp.es[i].md.yield(pp.names, yield)
+}
+
+// profilesOf is es for the no-op index. The entries' fields must not
+// change until the index's call returns (in-flight and ready entries are
+// changed only by the dispatcher).
+func (p *Pipeline) profilesOf(es []*entry) state.Profiles {
+	return packedProfiles{es: es, names: p.keys.all()}
+}
+
+// rowFields packs a mapped row: vals[i] (nil: left out) is the value of
+// the key numbered nums[i]. With on_delete: mark, the mark's keys the row
+// leaves out are null: a row that exists is not deleted, and that clears a
+// mark a delete left.
+func (p *Pipeline) rowFields(nums []uint32, vals []json.RawMessage) fields {
+	var few [24]field // the mapping's keys and the mark's, usually
+	fs := few[:0]
+	for i, v := range vals {
+		if v != nil {
+			fs = append(fs, field{nums[i], v})
+		}
+	}
+	if p.opts.OnDelete == "mark" {
+		row := len(fs)
+		for _, n := range p.markKeys() {
+			if !slices.ContainsFunc(fs[:row], func(fl field) bool { return fl.key == n }) {
+				fs = append(fs, field{n, userpilot.Null})
+			}
+		}
+	}
+	return packFields(fs)
+}
+
+// markKeys numbers the keys of on_delete's mark (once).
+func (p *Pipeline) markKeys() []uint32 {
+	if p.markNums == nil {
+		p.markNums = make([]uint32, 0, len(p.opts.DeleteMark))
+		for k := range p.opts.DeleteMark {
+			p.markNums = append(p.markNums, p.keys.number(k))
+		}
+	}
+	return p.markNums
+}
+
+// markFields is on_delete's mark, packed (once; fields are never changed
+// in place, so every deleted row's entry may share it).
+func (p *Pipeline) markFields() fields {
+	if p.mark == nil {
+		p.markKeys()
+		p.mark = p.keys.pack(p.opts.DeleteMark)
+	}
+	return p.mark
 }
 
 func encodeFields(fs []field) fields {

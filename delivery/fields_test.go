@@ -47,3 +47,30 @@ func TestPackedFieldsMergeKeyByKeyNewerWinning(t *testing.T) {
 		})
 	}
 }
+
+// TestPackFieldsIsPackOfTheMap: fields given by position (a mapped row:
+// in any order of numbers, a key twice) pack to what the map they would
+// make packs to: sorted by number, the last of a key kept.
+func TestPackFieldsIsPackOfTheMap(t *testing.T) {
+	tests := []struct {
+		name string
+		fs   []field
+		want userpilot.Metadata
+	}{
+		{"none", nil, md()},
+		{"in order", []field{{0, []byte(`"a"`)}, {1, []byte("1")}, {2, []byte("null")}}, md("k0", `"a"`, "k1", "1", "k2", "null")},
+		{"out of order", []field{{2, []byte("null")}, {0, []byte(`"a"`)}, {1, []byte("1")}}, md("k0", `"a"`, "k1", "1", "k2", "null")},
+		{"a key twice: the last", []field{{1, []byte("1")}, {0, []byte(`"a"`)}, {1, []byte("2")}, {1, []byte("3")}}, md("k0", `"a"`, "k1", "3")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var keys keyTable
+			for _, k := range []string{"k0", "k1", "k2"} {
+				keys.number(k)
+			}
+			packed := packFields(tt.fs)
+			assert.Equal(t, tt.want, keys.unpack(packed))
+			assert.Equal(t, keys.pack(tt.want), packed, "the bytes the map packs to")
+		})
+	}
+}

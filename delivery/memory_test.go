@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"encoding/json"
 	"runtime"
 	"strconv"
 	"testing"
@@ -20,21 +21,38 @@ type sevenKeys struct{}
 var keys = []string{"name", "plan", "seats", "monthly_spend", "trial", "created_at", "notes"}
 
 func (sevenKeys) CompanyID(v []row.Value) (string, error) { return string(v[0].Text), nil }
-func (sevenKeys) Identify(v []row.Value) (userpilot.Company, error) {
-	md := make(userpilot.Metadata, len(keys))
-	for i, k := range keys {
+func (sevenKeys) Keys() []string                          { return keys }
+func (sevenKeys) Map(v []row.Value, buf []byte, vals []json.RawMessage) (string, []byte, error) {
+	for i := range keys {
+		start := len(buf)
 		switch val := v[i+1]; {
+		case val.Unchanged:
+			vals[i] = nil
+			continue
 		case val.Null:
-			md[k] = userpilot.Null
+			vals[i] = userpilot.Null
+			continue
 		case i == 2 || i == 3: // numbers
-			md[k] = append([]byte(nil), val.Text...)
+			buf = append(buf, val.Text...)
 		case i == 4:
-			md[k] = []byte("true")
+			buf = append(buf, "true"...)
 		default:
-			md[k] = append(append(append([]byte(nil), '"'), val.Text...), '"')
+			buf = append(append(append(buf, '"'), val.Text...), '"')
+		}
+		vals[i] = buf[start:len(buf):len(buf)]
+	}
+	return string(v[0].Text), buf, nil
+}
+func (s sevenKeys) Identify(v []row.Value) (userpilot.Company, error) {
+	vals := make([]json.RawMessage, len(keys))
+	id, _, err := s.Map(v, nil, vals)
+	md := userpilot.Metadata{}
+	for i, val := range vals {
+		if val != nil {
+			md[keys[i]] = val
 		}
 	}
-	return userpilot.Company{CompanyID: string(v[0].Text), Metadata: md}, nil
+	return userpilot.Company{CompanyID: id, Metadata: md}, err
 }
 
 // BenchmarkPendingCompanyBytes is the heap one pending company costs: N

@@ -38,8 +38,8 @@ type entry struct {
 
 // merge folds a newer state in. Keys it leaves out (an unchanged TOAST
 // value) keep the pending value.
-func (p *Pipeline) merge(e *entry, md userpilot.Metadata) {
-	p.resized(e, func() { e.md = p.keys.over(e.md, md) })
+func (p *Pipeline) merge(e *entry, md fields) {
+	p.resized(e, func() { e.md = mergeFields(e.md, md) })
 	e.changes++
 	e.checked = false
 }

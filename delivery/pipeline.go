@@ -18,10 +18,11 @@ package delivery
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,13 @@ type Mapper interface {
 	Identify(values []row.Value) (userpilot.Company, error)
 	// CompanyID reads only the company id (a DELETE carries no more).
 	CompanyID(values []row.Value) (string, error)
+	// Keys are the metadata keys Map fills, in its order.
+	Keys() []string
+	// Map is Identify without a map (the pipeline packs the values): it
+	// sets vals[i] (len(Keys())) to key i's JSON, nil where the row leaves
+	// the key out, appending the JSON to buf, which it returns; vals share
+	// its bytes.
+	Map(values []row.Value, buf []byte, vals []json.RawMessage) (companyID string, _ []byte, err error)
 }
 
 // Recorder hears of each transaction the pipeline takes in, where it takes
@@ -69,9 +77,14 @@ type Recorder interface {
 // Index remembers what Userpilot last accepted per company, so no-op
 // updates are skipped. Optional.
 type Index interface {
-	// UnchangedEach answers, in same[i], whether Userpilot holds every
-	// metadata value of cos[i] already.
-	UnchangedEach(cos []userpilot.Company, same []bool) error
+	// UnchangedProfiles answers, in same[i], whether Userpilot holds every
+	// metadata value of company i already. The pipeline's profiles are
+	// read from the entries' packed fields (no map of each).
+	UnchangedProfiles(ps state.Profiles, same []bool) error
+	// RecordProfiles notes that Userpilot accepted these profiles.
+	RecordProfiles(ps state.Profiles) error
+	// Record is RecordProfiles for a company unpacked already (for the
+	// real-time call).
 	Record([]userpilot.Company) error
 	Forget(companyIDs []string) error
 }
@@ -200,7 +213,11 @@ type Pipeline struct {
 
 	// mappers holds the mapping compiled for each description of the
 	// table in use: the stream's and the snapshot's take turns.
-	mappers row.PerRelation[Mapper]
+	mappers row.PerRelation[*mapper]
+	// rowJSON and rowVals are room for one row's values while it is mapped
+	// and packed (the dispatcher's).
+	rowJSON []byte
+	rowVals []json.RawMessage
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first (and finished ones until they reach the front)
@@ -270,8 +287,11 @@ type Pipeline struct {
 	// then, so a refusal of a call sent before it is a bad record.
 	vouched time.Time
 
-	// keys numbers the metadata keys of the entries' packed fields.
-	keys keyTable
+	// keys numbers the metadata keys of the entries' packed fields;
+	// markNums and mark are on_delete's mark, numbered and packed once.
+	keys     keyTable
+	markNums []uint32
+	mark     fields
 	// windowBytes is what the entries in order hold (entry.size), bounded
 	// by MaxPendingBytes.
 	windowBytes int64
@@ -651,24 +671,28 @@ func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 	if err != nil {
 		return err
 	}
-	id, err := m.Identify(ch.Values)
+	// Mapped into room reused from row to row and packed from there: no
+	// map of the row's metadata (docs/design.md, "Memory": no map per
+	// change).
+	vals := slices.Grow(p.rowVals[:0], len(m.nums))[:len(m.nums)]
+	id, buf, err := m.Map(ch.Values, p.rowJSON[:0], vals)
+	if cap(buf) <= maxRowRoom {
+		p.rowJSON = buf // a huge row's room is not kept
+	}
+	p.rowVals = vals
 	if err != nil {
 		// A row that cannot become a payload is set aside; the stream goes on.
-		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id.CompanyID,
-			Reason: "not mapped: " + err.Error(), Payload: id})
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
+			Reason: "not mapped: " + err.Error(), Payload: userpilot.Company{CompanyID: id}})
 	}
-	md := id.Metadata
-	if p.opts.OnDelete == "mark" {
-		// A row that exists is not deleted: clear a mark a delete left.
-		for k := range p.opts.DeleteMark {
-			if _, ok := md[k]; !ok {
-				md[k] = userpilot.Null
-			}
-		}
-	}
-	p.pend(id.CompanyID, md, false, txn)
+	md := p.rowFields(m.nums, vals)
+	clear(vals) // keeps nothing of the row alive
+	p.pend(id, md, false, txn)
 	return nil
 }
+
+// maxRowRoom is the most room for a row's JSON kept for the next row.
+const maxRowRoom = 64 << 10
 
 // addDelete applies the on_delete policy to a deleted row. A DELETE carries
 // only the old replica identity, so only the company id is read from it.
@@ -690,8 +714,7 @@ func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 			"; a DELETE carries only the replica identity: make the company_id column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
 	}
 	if p.opts.OnDelete == "mark" {
-		md := maps.Clone(p.opts.DeleteMark)
-		p.pend(id, md, false, txn)
+		p.pend(id, p.markFields(), false, txn)
 		return nil
 	}
 	p.pend(id, nil, true, txn)
@@ -700,13 +723,13 @@ func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 
 // pend merges a company's new state (metadata, or a deletion) into what is
 // pending for it.
-func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
+func (p *Pipeline) pend(id string, md fields, del bool, txn row.Transaction) {
 	c := p.companies[id]
 	if _, leaving := p.gone[id]; c == nil && !leaving && p.spilling() {
 		// Memory is full: the change waits on disk. (Not for a company just
 		// delivered whose record the next write removes: that write would
 		// remove this change with it.)
-		p.spill(id, md, del, txn)
+		p.spill(id, p.keys.unpack(md), del, txn)
 		return
 	}
 	if c == nil {
@@ -720,7 +743,7 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 			w.changes++
 		case w.delete:
 			// Created again before the deletion went out: it exists.
-			p.resized(w, func() { w.delete, w.md = false, p.keys.pack(md) })
+			p.resized(w, func() { w.delete, w.md = false, md })
 			w.changes++
 		default:
 			p.merge(w, md)
@@ -735,7 +758,7 @@ func (p *Pipeline) pend(id string, md userpilot.Metadata, del bool, txn row.Tran
 	if p.order.len() == 0 {
 		p.progress = time.Now() // the clock for OutboxAfter starts now
 	}
-	e := &entry{id: id, md: p.keys.pack(md), safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del,
+	e := &entry{id: id, md: md, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: time.Now(), delete: del,
 		resend: txn.Resend || p.inDoubt(id)}
 	p.seq++
 	c.waiting = e
@@ -772,14 +795,26 @@ func (p *Pipeline) full() bool {
 // mapperFor compiles the mapping against rel's columns whenever Postgres
 // describes the table anew (a new Relation), so a schema change is met with
 // a clear stop rather than values in the wrong keys.
-func (p *Pipeline) mapperFor(rel *row.Relation) (Mapper, error) {
-	return p.mappers.Get(rel, func(rel *row.Relation) (Mapper, error) {
+func (p *Pipeline) mapperFor(rel *row.Relation) (*mapper, error) {
+	return p.mappers.Get(rel, func(rel *row.Relation) (*mapper, error) {
 		m, err := p.opts.Mapping(rel)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
 		}
-		return m, nil
+		keys := m.Keys()
+		nums := make([]uint32, len(keys))
+		for i, k := range keys {
+			nums[i] = p.keys.number(k)
+		}
+		return &mapper{Mapper: m, nums: nums}, nil
 	})
+}
+
+// mapper is a Mapper with its keys' numbers in the pipeline's keyTable,
+// found once per mapping: a row's values are packed by position.
+type mapper struct {
+	Mapper
+	nums []uint32 // nums[i] is Keys()[i]'s
 }
 
 // send marks e as on its way: newer changes for its company now wait.
@@ -847,7 +882,7 @@ func (p *Pipeline) lookUp(es []*entry) error {
 		return nil
 	}
 	same := make([]bool, len(ask))
-	if err := p.opts.Index.UnchangedEach(p.companiesOf(ask), same); err != nil {
+	if err := p.opts.Index.UnchangedProfiles(p.profilesOf(ask), same); err != nil {
 		return err
 	}
 	for i, e := range ask {

@@ -3,6 +3,7 @@ package mapping
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -219,42 +220,84 @@ const jsonSlack = 12
 // of values is kept (every string in the result is a copy), so the caller
 // may reuse them.
 func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
+	var few [16]json.RawMessage
+	vals := few[:0]
+	if len(m.fields) > len(few) {
+		vals = make([]json.RawMessage, 0, len(m.fields))
+	}
+	vals = vals[:len(m.fields)]
+	// Every value's JSON goes into one buffer (Map sizes it): one
+	// allocation per row, not one per value.
+	companyID, _, err := m.Map(values, nil, vals)
+	if err != nil {
+		// The id, when known, is kept, so the row set aside can be found.
+		return userpilot.Company{CompanyID: companyID}, err
+	}
+	out := userpilot.Company{CompanyID: companyID, Metadata: make(userpilot.Metadata, len(m.fields))}
+	for i, v := range vals {
+		if v != nil {
+			out.Metadata[m.fields[i].key] = v
+		}
+	}
+	return out, nil
+}
+
+// Keys returns the metadata keys, in the mapping's order: Map's values
+// follow it.
+func (m *Mapper) Keys() []string {
+	keys := make([]string, len(m.fields))
+	for i, f := range m.fields {
+		keys[i] = f.key
+	}
+	return keys
+}
+
+// Map is Identify without a map, for a caller that keeps metadata in a
+// form of its own (delivery packs it): vals (one per key of Keys) gets each
+// key's JSON, or nil where the row leaves the key out (an unchanged TOAST
+// value: Userpilot keeps what it has); userpilot.Null for NULL. The JSON is
+// appended to buf, which is returned (grown, so that the caller may reuse
+// it for the next row); vals share its bytes until the caller writes it
+// again. The company id is returned with a *RowError when it is known.
+func (m *Mapper) Map(values []row.Value, buf []byte, vals []json.RawMessage) (string, []byte, error) {
 	if len(values) != len(m.columns) {
-		return userpilot.Company{}, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
+		return "", buf, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
+	}
+	if len(vals) != len(m.fields) {
+		return "", buf, fmt.Errorf("map row: room for %d values for %d keys", len(vals), len(m.fields))
 	}
 	companyID, err := m.CompanyID(values)
 	if err != nil {
-		return userpilot.Company{}, err
+		return "", buf, err
 	}
-	out := userpilot.Company{CompanyID: companyID, Metadata: make(userpilot.Metadata, len(m.fields))}
-	// Every value's JSON goes into one buffer, each key's a slice of it
-	// capped at its end: one allocation per row, not one per value. A
-	// value the estimate did not leave room for grows the buffer; the
-	// slices taken before keep the old one, which nothing writes again.
+	// Each key's JSON is a slice of buf capped at its end. A value the
+	// estimate did not leave room for grows the buffer; the slices taken
+	// before keep the old one, which nothing writes again.
 	size := 0
 	for _, f := range m.fields {
 		size += len(values[f.column].Text) + jsonSlack
 	}
-	buf := make([]byte, 0, size)
-	for _, f := range m.fields {
+	buf = slices.Grow(buf, size)
+	for i, f := range m.fields {
 		v := values[f.column]
 		switch {
 		case v.Unchanged:
 			// Userpilot merges metadata: leaving the key out keeps the
 			// value it already has, which is the value Postgres kept.
+			vals[i] = nil
 			continue
 		case v.Null:
-			out.Metadata[f.key] = userpilot.Null // null clears the value in Userpilot
+			vals[i] = userpilot.Null // null clears the value in Userpilot
 			continue
 		}
 		start := len(buf)
 		var err error
 		buf, err = f.appendJSON(buf, v.Text)
 		if err != nil {
-			// The id is known: keep it, so the row set aside can be found.
-			return userpilot.Company{CompanyID: out.CompanyID}, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
+			clear(vals)
+			return companyID, buf, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
 		}
-		out.Metadata[f.key] = json.RawMessage(buf[start:len(buf):len(buf)])
+		vals[i] = json.RawMessage(buf[start:len(buf):len(buf)])
 	}
-	return out, nil
+	return companyID, buf, nil
 }

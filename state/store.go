@@ -113,13 +113,18 @@ var keyHashes sync.Map // string → uint32
 // were always made of), as a record of version v makes it.
 func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
 	kh, _ := keyHash(key)
+	return kh, valueHash(v, key, value)
+}
+
+// valueHash is the value's part of fingerprint.
+func valueHash(v byte, key string, value json.RawMessage) uint64 {
 	var buf [256]byte
 	b := append(append(append(buf[:0], key...), 0), value...)
 	if v == recordXXH {
-		return kh, xxhash.Sum64(b)
+		return xxhash.Sum64(b)
 	}
 	vh := sha256.Sum256(b)
-	return kh, binary.BigEndian.Uint64(vh[:8])
+	return binary.BigEndian.Uint64(vh[:8])
 }
 
 // keyHash is a key's fingerprint, computed once per key.
@@ -130,6 +135,34 @@ func keyHash(key string) (uint32, bool) {
 		kh, _ = keyHashes.LoadOrStore(key, binary.BigEndian.Uint32(h[:4]))
 	}
 	return kh.(uint32), true
+}
+
+// Profiles are companies as a caller keeps them, for the no-op index to
+// read key by key: delivery keeps pending metadata packed, and a map of
+// each company made only for the index was a large part of a change's CPU
+// in a catch-up. A []userpilot.Company is Profiles too (UnchangedEach,
+// Record).
+type Profiles interface {
+	Len() int
+	CompanyID(i int) string
+	// Metadata calls yield with each key of company i and its value's
+	// JSON (each key once, in any order) until yield returns false: an
+	// iter.Seq2 of the company's metadata. The values must stay unchanged
+	// until the call that reads them returns.
+	Metadata(i int, yield func(key string, value json.RawMessage) bool)
+}
+
+// companies is a []userpilot.Company as Profiles.
+type companies []userpilot.Company
+
+func (cs companies) Len() int               { return len(cs) }
+func (cs companies) CompanyID(i int) string { return cs[i].CompanyID }
+func (cs companies) Metadata(i int, yield func(string, json.RawMessage) bool) {
+	for k, v := range cs[i].Metadata {
+		if !yield(k, v) {
+			return
+		}
+	}
 }
 
 // Unchanged reports whether every key in metadata has the value Userpilot
@@ -144,13 +177,27 @@ func (x *Store) Unchanged(companyID string, metadata userpilot.Metadata) (bool, 
 // same[i], in one read of the index: a read transaction per company was
 // most of what the look-up cost.
 func (x *Store) UnchangedEach(cos []userpilot.Company, same []bool) error {
-	order := keyOrder(cos, companyID)
+	return x.UnchangedProfiles(companies(cos), same)
+}
+
+// UnchangedProfiles is UnchangedEach for Profiles.
+func (x *Store) UnchangedProfiles(ps Profiles, same []bool) error {
+	order := keyOrderOf(ps.Len(), ps.CompanyID)
 	err := x.db.View(func(tx *bolt.Tx) error {
 		// One cursor for all, in key order: a Get makes a cursor of its own
 		// (and its allocations) each time, and neighbours share pages.
 		c := tx.Bucket(deliveredBucket).Cursor()
+		var h holdsCheck // one for all: its yield is made once
+		yield := h.holds
 		for _, i := range order {
-			same[i] = holds(get(c, cos[i].CompanyID), cos[i].Metadata)
+			h.rec, h.same, h.n = get(c, ps.CompanyID(i)), true, 0
+			if !readable(h.rec) {
+				// An unreadable record holds nothing (it is sent).
+				same[i] = false
+				continue
+			}
+			ps.Metadata(i, yield)
+			same[i] = h.same
 		}
 		return nil
 	})
@@ -160,19 +207,21 @@ func (x *Store) UnchangedEach(cos []userpilot.Company, same []bool) error {
 	return nil
 }
 
-// holds reports whether the stored record rec has every key of metadata
-// at that value. An unreadable record holds nothing (it is sent).
-func holds(rec []byte, metadata userpilot.Metadata) bool {
-	if !readable(rec) {
-		return false
-	}
-	for k, v := range metadata {
-		kh, vh := fingerprint(rec[0], k, v)
-		if got, ok := lookup(rec, kh); !ok || got != vh {
-			return false
-		}
-	}
-	return true
+// holdsCheck finds whether a stored record holds every key of a company's
+// metadata at that value, a key at a time.
+type holdsCheck struct {
+	rec  []byte // readable
+	same bool
+	n    int // the company's keys seen so far
+	last lastKeys
+}
+
+func (h *holdsCheck) holds(k string, v json.RawMessage) bool {
+	kh, vh := h.last.hash(h.n, k), valueHash(h.rec[0], k, v)
+	h.n++
+	got, ok := lookup(h.rec, kh)
+	h.same = ok && got == vh
+	return h.same
 }
 
 // A record is its version, then 12 bytes per key: the key's fingerprint
@@ -200,24 +249,23 @@ func lookup(rec []byte, kh uint32) (uint64, bool) {
 // neighbouring pages rather than all over the tree), each record built
 // in one buffer shared by the write: no map, no allocation per company.
 func (x *Store) Record(profiles []userpilot.Company) error {
-	// In writes of recordBatch companies: a write transaction holds on the
-	// heap every node it touches until it commits, and a bulk job's 10,000
-	// companies are spread over most of the index's pages (20 MB of nodes).
-	if len(profiles) > recordBatch {
-		// In key order across the writes too.
-		sorted := make([]userpilot.Company, len(profiles))
-		for i, j := range keyOrder(profiles, companyID) {
-			sorted[i] = profiles[j]
-		}
-		profiles = sorted
-	}
-	for len(profiles) > recordBatch {
-		if err := x.record(profiles[:recordBatch]); err != nil {
+	return x.RecordProfiles(companies(profiles))
+}
+
+// RecordProfiles is Record for Profiles.
+func (x *Store) RecordProfiles(ps Profiles) error {
+	// In writes of recordBatch companies, in key order across the writes
+	// too: a write transaction holds on the heap every node it touches
+	// until it commits, and a bulk job's 10,000 companies are spread over
+	// most of the index's pages (20 MB of nodes).
+	order := keyOrderOf(ps.Len(), ps.CompanyID)
+	for len(order) > recordBatch {
+		if err := x.record(ps, order[:recordBatch]); err != nil {
 			return err
 		}
-		profiles = profiles[recordBatch:]
+		order = order[recordBatch:]
 	}
-	return x.record(profiles)
+	return x.record(ps, order)
 }
 
 // recordBatch is how many companies one write of the index records.
@@ -227,18 +275,60 @@ const recordBatch = 1000
 // its transaction.
 const batchAlone = 64
 
-func (x *Store) record(profiles []userpilot.Company) error {
-	if len(profiles) == 0 {
+// sent is one key a profile sends, with the key's fingerprint.
+type sent struct {
+	key   string
+	kh    uint32
+	value json.RawMessage
+}
+
+// sentKeys gathers a profile's keys, in room reused from one profile to
+// the next.
+type sentKeys struct {
+	keys []sent
+	last lastKeys
+}
+
+func (s *sentKeys) add(k string, v json.RawMessage) bool {
+	s.keys = append(s.keys, sent{k, s.last.hash(len(s.keys), k), v})
+	return true
+}
+
+// lastKeys are the keys of the company before, by position, with their
+// fingerprints: the companies of one call have the same keys in the same
+// order (the mapping's), and comparing a key with itself is quicker than
+// looking its fingerprint up (keyHash) for every key of every company.
+type lastKeys struct {
+	keys []string
+	khs  []uint32
+}
+
+// hash is the fingerprint of k, the company's n-th key.
+func (l *lastKeys) hash(n int, k string) uint32 {
+	if n < len(l.keys) && l.keys[n] == k {
+		return l.khs[n]
+	}
+	kh, _ := keyHash(k)
+	if n < len(l.keys) {
+		l.keys[n], l.khs[n] = k, kh
+	} else if n == len(l.keys) {
+		l.keys, l.khs = append(l.keys, k), append(l.khs, kh)
+	}
+	return kh
+}
+
+// record writes the profiles of ps at order (in key order).
+func (x *Store) record(ps Profiles, order []int) error {
+	if len(order) == 0 {
 		return nil
 	}
-	order := keyOrder(profiles, companyID)
 	// A real-time call's outcome (one company) shares a write with the
 	// others' (bbolt's Batch waits up to 10 ms for them to join); a bulk
 	// job's part is a write of its own, with nothing worth waiting for:
 	// through Batch, its ten parts waited 100 ms, half of a job's time
 	// against a fast Userpilot.
 	write := x.db.Batch
-	if len(profiles) >= batchAlone {
+	if len(order) >= batchAlone {
 		write = x.db.Update
 	}
 	err := write(func(tx *bolt.Tx) error {
@@ -249,28 +339,29 @@ func (x *Store) record(profiles []userpilot.Company) error {
 		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
 		// What Put is given must stay unchanged until the commit: one
 		// buffer, never reused, sized for the profiles as sent (a record
-		// that keeps older keys may need a block more).
-		size := 0
-		for _, p := range profiles {
-			size += 1 + 12*len(p.Metadata)
-		}
-		buf := make([]byte, 0, size)
+		// that keeps older keys may need a block more). A batch may run
+		// more than once (bbolt's Batch retries a failed one alone).
+		var s sentKeys
+		add := s.add
+		var buf []byte
 		for _, i := range order {
-			p := profiles[i]
-			id := []byte(p.CompanyID)
+			s.keys = s.keys[:0]
+			ps.Metadata(i, add)
+			id := ps.CompanyID(i)
 			// The send's outcome is seen: no longer in doubt.
 			if marked {
-				if err := sending.Delete(id); err != nil {
+				if err := sending.Delete([]byte(id)); err != nil {
 					return err
 				}
 			}
-			old := get(c, p.CompanyID)
+			old := get(c, id)
 			if !readable(old) {
 				old = nil
 			}
-			need := 1 + 12*(len(p.Metadata)+(len(old)-min(len(old), 1))/12)
+			need := 1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12)
 			if cap(buf)-len(buf) < need {
-				buf = make([]byte, 0, max(need, min(size, 64<<10)))
+				// Sized for the rest of the write as this profile is.
+				buf = make([]byte, 0, max(need, min((1+12*len(s.keys))*len(order), 64<<10)))
 			}
 			start := len(buf)
 			version := byte(recordXXH)
@@ -279,7 +370,7 @@ func (x *Store) record(profiles []userpilot.Company) error {
 			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
 				kh := binary.BigEndian.Uint32(old[j:])
-				if !sends(p.Metadata, kh) {
+				if !sends(s.keys, kh) {
 					buf = append(buf, old[j:j+12]...)
 				}
 			}
@@ -287,15 +378,15 @@ func (x *Store) record(profiles []userpilot.Company) error {
 				version = old[0]
 				buf[start] = version
 			}
-			for k, v := range p.Metadata {
-				kh, vh := fingerprint(version, k, v)
-				buf = binary.BigEndian.AppendUint32(buf, kh)
-				buf = binary.BigEndian.AppendUint64(buf, vh)
+			for _, k := range s.keys {
+				buf = binary.BigEndian.AppendUint32(buf, k.kh)
+				buf = binary.BigEndian.AppendUint64(buf, valueHash(version, k.key, k.value))
 			}
-			if err := b.Put(id, buf[start:len(buf):len(buf)]); err != nil {
+			if err := b.Put([]byte(id), buf[start:len(buf):len(buf)]); err != nil {
 				return err
 			}
 		}
+		clear(s.keys) // keeps no value alive
 		return nil
 	})
 	x.trim() // its pages were read through the map
@@ -305,17 +396,20 @@ func (x *Store) record(profiles []userpilot.Company) error {
 	return nil
 }
 
-func companyID(co userpilot.Company) string { return co.CompanyID }
-
 // keyOrder is the order of xs by company id; two of one company (none is
 // sent twice at once, but Record must not depend on it) keep their order,
 // so the newer is written last.
 func keyOrder[T any](xs []T, id func(T) string) []int {
-	order := make([]int, len(xs))
+	return keyOrderOf(len(xs), func(i int) string { return id(xs[i]) })
+}
+
+// keyOrderOf is keyOrder of n things, the i-th of company id(i).
+func keyOrderOf(n int, id func(int) string) []int {
+	order := make([]int, n)
 	for i := range order {
 		order[i] = i
 	}
-	byID := func(a, b int) int { return strings.Compare(id(xs[a]), id(xs[b])) }
+	byID := func(a, b int) int { return strings.Compare(id(a), id(b)) }
 	if !slices.IsSortedFunc(order, byID) {
 		slices.SortStableFunc(order, byID)
 	}
@@ -331,10 +425,10 @@ func get(c *bolt.Cursor, id string) []byte {
 	return v
 }
 
-// sends reports whether metadata has a key of fingerprint kh.
-func sends(metadata userpilot.Metadata, kh uint32) bool {
-	for k := range metadata {
-		if h, _ := keyHash(k); h == kh {
+// sends reports whether a profile sends a key of fingerprint kh.
+func sends(keys []sent, kh uint32) bool {
+	for _, k := range keys {
+		if k.kh == kh {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"net/http"
 	"net/url"
@@ -115,8 +116,18 @@ type BulkBody struct {
 func (b *BulkBody) Add(co Company) { b.AddWithin(co, 0) }
 
 // AddWithin appends co if the body stays within limit bytes (0: no limit)
-// and reports whether it did; if not, the body is as it was.
+// and reports whether it did; if not, the body is as it was. The keys are
+// sorted, as AppendJSON writes them.
 func (b *BulkBody) AddWithin(co Company, limit int) bool {
+	return b.AddSeqWithin(co.CompanyID, co.Metadata.sorted, limit)
+}
+
+// AddSeqWithin is AddWithin for the company id whose metadata md yields
+// (each key once): a caller that keeps metadata in a form of its own
+// (delivery packs it) need not build a map of it for the body. The keys are
+// written in the order md yields them: a JSON object's order means nothing
+// to Userpilot, and sorting them cost as much as the map did.
+func (b *BulkBody) AddSeqWithin(id string, md iter.Seq2[string, json.RawMessage], limit int) bool {
 	mark := len(b.json)
 	if b.n == 0 {
 		b.json = append(b.json, `{"companies":[`...)
@@ -124,15 +135,24 @@ func (b *BulkBody) AddWithin(co Company, limit int) bool {
 	} else {
 		b.json = append(b.json, ',')
 	}
-	b.json = co.AppendJSON(b.json)
+	b.json = appendCompanyStart(b.json, id)
+	// (md is called, not ranged over: a range loop's own state would be
+	// one more allocation per company.)
+	md(b.addKey)
+	b.json = appendCompanyEnd(b.json)
 	if limit > 0 && len(b.json)+len("]}") > limit {
 		b.json = b.json[:mark]
 		return false
 	}
-	if co.CompanyID == "" && b.empty < 0 {
+	if id == "" && b.empty < 0 {
 		b.empty = b.n
 	}
 	b.n++
+	return true
+}
+
+func (b *BulkBody) addKey(k string, v json.RawMessage) bool {
+	b.json = appendKey(b.json, k, v)
 	return true
 }
 

@@ -91,25 +91,50 @@ func (md Metadata) Values() map[string]any {
 // writes a map), an empty object where there is no metadata (Userpilot
 // expects an object, never null).
 func (c Company) AppendJSON(b []byte) []byte {
-	b = append(b, `{"company_id":`...)
-	b = appendString(b, c.CompanyID)
-	b = append(b, `,"metadata":{`...)
+	b = appendCompanyStart(b, c.CompanyID)
+	for k, v := range c.Metadata.sorted {
+		b = appendKey(b, k, v)
+	}
+	return appendCompanyEnd(b)
+}
+
+// sorted yields md's keys and values in the keys' sorted order (an
+// iter.Seq2).
+func (md Metadata) sorted(yield func(string, json.RawMessage) bool) {
 	var few [16]string // a mapping's keys, usually: sorted without an allocation
 	keys := few[:0]
-	for k := range c.Metadata {
+	for k := range md {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	for i, k := range keys {
-		if i > 0 {
-			b = append(b, ',')
+	for _, k := range keys {
+		if !yield(k, md[k]) {
+			return
 		}
-		b = appendString(b, k)
-		b = append(b, ':')
-		b = append(b, c.Metadata[k]...)
 	}
-	return append(b, "}}"...)
 }
+
+// A company's JSON is written in three steps, from a map (AppendJSON) or
+// from a sequence (BulkBody.AddSeqWithin): its start, each key, its end.
+
+func appendCompanyStart(b []byte, id string) []byte {
+	b = append(b, `{"company_id":`...)
+	b = appendString(b, id)
+	return append(b, `,"metadata":{`...)
+}
+
+// appendKey appends one metadata key and its value, after a comma unless
+// it is the first.
+func appendKey(b []byte, k string, v json.RawMessage) []byte {
+	if b[len(b)-1] != '{' {
+		b = append(b, ',')
+	}
+	b = appendString(b, k)
+	b = append(b, ':')
+	return append(b, v...)
+}
+
+func appendCompanyEnd(b []byte) []byte { return append(b, "}}"...) }
 
 // JSONSize is the exact length of c's AppendJSON, counted without writing it.
 func (c Company) JSONSize() int {

@@ -1,8 +1,11 @@
 package userpilot_test
 
 import (
+	"context"
 	"encoding/json"
+	"sort"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -78,4 +81,78 @@ func TestBulkBodyIsTheCompaniesAsJSON(t *testing.T) {
 	assert.Equal(t, `{"companies":[`+string(a.AppendJSON(nil))+`,`+string(b.AppendJSON(nil))+`]}`, string(body.JSON()))
 	assert.Equal(t, `{"began":"x",`+string(body.JSON()[1:]), string(body.AppendCompanies([]byte(`{"began":"x",`)))+"}")
 	assert.Equal(t, 2, body.Len())
+}
+
+// TestAddSeqWithinIsAddWithinFromASequence: a company added from a
+// sequence of its keys (delivery's packed metadata) is the company
+// AddWithin writes from a map: byte for byte when the sequence yields the
+// keys sorted, the same JSON in the order yielded otherwise; the limit and
+// an empty company_id are met the same way.
+func TestAddSeqWithinIsAddWithinFromASequence(t *testing.T) {
+	type kv struct{ k, v string }
+	tests := []struct {
+		name string
+		id   string
+		kvs  []kv // in the order yielded
+	}{
+		{"sorted keys", "4711", []kv{{"name", `"Globex"`}, {"plan", `"pro"`}, {"seats", "42"}}},
+		{"mapping order", "4712", []kv{{"seats", "42"}, {"name", `"Globex"`}, {"trial", "false"}, {"created_at", `"2024-03-01T00:00:00Z"`}}},
+		{"nulls", "7", []kv{{"plan", "null"}, {"deleted", "null"}}},
+		{"no metadata", "8", nil},
+		{"escapes in the id and keys", `Quote "Co" <&>`, []kv{{"ünï", `"Ünïcødé"`}, {"tab\tkey", "1.50"}}},
+		{"no company_id", "", []kv{{"plan", `"free"`}}},
+	}
+	var seqBody, mapBody userpilot.BulkBody
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			co := userpilot.Company{CompanyID: tt.id, Metadata: userpilot.Metadata{}}
+			for _, kv := range tt.kvs {
+				co.Metadata[kv.k] = json.RawMessage(kv.v)
+			}
+			seq := func(yield func(string, json.RawMessage) bool) {
+				for _, kv := range tt.kvs {
+					if !yield(kv.k, json.RawMessage(kv.v)) {
+						return
+					}
+				}
+			}
+			var one userpilot.BulkBody
+			require.True(t, one.AddSeqWithin(tt.id, seq, 0))
+			want := `{"companies":[` + string(co.AppendJSON(nil)) + `]}`
+			assert.JSONEq(t, want, string(one.JSON()))
+			assert.Equal(t, len(want), one.Size())
+			sorted := sort.SliceIsSorted(tt.kvs, func(i, j int) bool { return tt.kvs[i].k < tt.kvs[j].k })
+			if sorted {
+				assert.Equal(t, want, string(one.JSON()), "keys yielded sorted: the bytes AddWithin writes")
+			}
+
+			// Into a body that holds companies already, against a limit.
+			before := string(seqBody.JSON())
+			after := seqBody.Size() + len(co.AppendJSON(nil)) // its size with co
+			if seqBody.Len() > 0 {
+				after++ // the comma
+			}
+			assert.False(t, seqBody.AddSeqWithin(tt.id, seq, after-1), "one byte past the limit")
+			assert.Equal(t, before, string(seqBody.JSON()), "the body is as it was")
+			require.True(t, seqBody.AddSeqWithin(tt.id, seq, after))
+			require.True(t, mapBody.AddWithin(co, 0))
+			assert.JSONEq(t, string(mapBody.JSON()), string(seqBody.JSON()))
+			assert.Equal(t, mapBody.Size(), seqBody.Size())
+			assert.Equal(t, mapBody.Len(), seqBody.Len())
+		})
+	}
+	// The body with a record without a company_id is refused before it is
+	// sent, as one written by AddWithin is.
+	c, err := userpilot.New(userpilot.Options{APIKey: "k", Endpoint: "http://127.0.0.1:1"})
+	require.NoError(t, err)
+	for _, body := range []userpilot.BulkBody{seqBody, mapBody} {
+		// (Nothing listens there: a body sent would be retried until the
+		// context ends.)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		_, err = c.BulkIdentify(ctx, body)
+		cancel()
+		var rej *userpilot.RejectedError
+		require.ErrorAs(t, err, &rej)
+		assert.ErrorContains(t, err, "record 5")
+	}
 }
