@@ -14,7 +14,6 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
-	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -248,11 +247,11 @@ type sleepyIndex struct {
 	slept bool
 }
 
-func (x *sleepyIndex) Record(cos []userpilot.Company) error {
-	if len(cos) >= 100 {
+func (x *sleepyIndex) RecordProfiles(ps state.Profiles) error {
+	if ps.Len() >= 100 {
 		x.once.Do(func() { time.Sleep(1500 * time.Millisecond); x.slept = true })
 	}
-	return x.Index.Record(cos)
+	return x.Index.RecordProfiles(ps)
 }
 
 // Writing a completed job to the index is pgpilot's own work, however long

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -26,8 +27,8 @@ type slowIndex struct {
 	waited atomic.Bool // the write gave up waiting
 }
 
-func (x *slowIndex) Record(cos []userpilot.Company) error {
-	if jobs := x.jobs(); len(cos) >= 100 && jobs >= 2 && x.held.CompareAndSwap(false, true) {
+func (x *slowIndex) RecordProfiles(ps state.Profiles) error {
+	if jobs := x.jobs(); ps.Len() >= 100 && jobs >= 2 && x.held.CompareAndSwap(false, true) {
 		deadline := time.Now().Add(time.Minute)
 		for x.jobs() == jobs {
 			if time.Now().After(deadline) {
@@ -37,7 +38,7 @@ func (x *slowIndex) Record(cos []userpilot.Company) error {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	return x.Index.Record(cos)
+	return x.Index.RecordProfiles(ps)
 }
 
 // jobs counts the bulk jobs the stand-in took.
