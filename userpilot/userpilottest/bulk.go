@@ -98,9 +98,12 @@ func (s *Server) submitJob(ex *exchange, body []byte) (int, any, *apiError) {
 	if e := checkHeaders(ex.r, true); e != nil {
 		return 0, nil, e
 	}
-	cos, e := decodeBulk(body)
-	for _, co := range cos {
-		ex.rec.CompanyIDs = append(ex.rec.CompanyIDs, co.id)
+	cos, e := receiveBulk(body)
+	if len(cos) > 0 {
+		ex.rec.CompanyIDs = make([]string, len(cos))
+		for i, co := range cos {
+			ex.rec.CompanyIDs[i] = co.id
+		}
 	}
 	if e != nil {
 		return 0, nil, e

@@ -1,6 +1,7 @@
 package userpilottest
 
 import (
+	"bytes"
 	"encoding/json"
 	"unicode/utf8"
 )
@@ -15,14 +16,38 @@ import (
 // answers exactly as before. They never accept what the strict decoders
 // refuse, and give what those give for what they accept
 // (FuzzFastDecodeMatchesStrict checks both).
+//
+// checkBulk and checkCompany are the same reader without building
+// anything: they accept exactly what fastBulk and fastCompany accept, and
+// keep each record's metadata as the bytes sent (company.raw), which
+// company.meta decodes with that reader when a test asks for it. Building
+// a map per record the stand-in only stores cost more CPU, and the
+// collector's scanning of them more still, than everything else it does
+// (FuzzCheckMatchesFast checks the two agree).
 
 // fastBulk reads {"companies":[record,…]}.
-func fastBulk(data []byte) ([]company, bool) {
-	r := reader{b: data}
+func fastBulk(data []byte) ([]company, bool) { return readBulk(data, true) }
+
+// checkBulk is fastBulk keeping metadata undecoded.
+func checkBulk(data []byte) ([]company, bool) { return readBulk(data, false) }
+
+// fastCompany reads one identify record, the whole of data.
+func fastCompany(data []byte) (company, bool) { return readCompany(data, true) }
+
+// checkCompany is fastCompany keeping metadata undecoded.
+func checkCompany(data []byte) (company, bool) { return readCompany(data, false) }
+
+func readBulk(data []byte, build bool) ([]company, bool) {
+	r := reader{b: data, build: build}
 	if !r.lit(`{"companies":[`) {
 		return nil, false
 	}
 	var cos []company
+	if !build {
+		// One allocation for a body of n records: each is at least
+		// `{"company_id":"x"}` and a comma.
+		cos = make([]company, 0, min(maxBulkRecords+1, len(data)/len(`{"company_id":"x"},`)+1))
+	}
 	for {
 		co, ok := r.record()
 		if !ok {
@@ -42,9 +67,8 @@ func fastBulk(data []byte) ([]company, bool) {
 	}
 }
 
-// fastCompany reads one identify record, the whole of data.
-func fastCompany(data []byte) (company, bool) {
-	r := reader{b: data}
+func readCompany(data []byte, build bool) (company, bool) {
+	r := reader{b: data, build: build}
 	co, ok := r.record()
 	if !ok || r.i != len(r.b) {
 		return company{}, false
@@ -52,9 +76,21 @@ func fastCompany(data []byte) (company, bool) {
 	return co, true
 }
 
+// decodeRaw decodes metadata kept by checkBulk or checkCompany: what
+// fastBulk or fastCompany would have given for it.
+func decodeRaw(raw []byte) map[string]any {
+	r := reader{b: raw, build: true}
+	md, ok := r.metadata()
+	if !ok || r.i != len(r.b) {
+		panic("userpilottest: metadata accepted on receipt does not decode: " + string(raw))
+	}
+	return md
+}
+
 type reader struct {
-	b []byte
-	i int
+	b     []byte
+	i     int
+	build bool // decode metadata into maps; else check it and keep its bytes
 }
 
 // lit consumes s if it comes next.
@@ -73,51 +109,112 @@ func (r *reader) record() (company, bool) {
 		return company{}, false
 	}
 	id, ok := r.str()
-	if !ok || id == "" {
+	if !ok || len(id) == 0 {
 		return company{}, false
 	}
-	co := company{id: id}
+	co := company{id: string(id)}
 	if r.lit("}") {
 		return co, true
 	}
-	if !r.lit(`,"metadata":{`) {
+	if !r.lit(`,"metadata":`) {
 		return company{}, false
 	}
-	co.metadata = map[string]any{}
-	if r.lit("}") {
-		return co, r.lit("}")
+	start := r.i
+	md, ok := r.metadata()
+	if !ok {
+		return company{}, false
 	}
+	if r.build {
+		co.metadata = md
+	} else {
+		co.raw = r.b[start:r.i]
+	}
+	return co, r.lit("}")
+}
+
+// metadata reads {"key":primitive,…}, keys unique; built into a map if
+// r.build.
+func (r *reader) metadata() (map[string]any, bool) {
+	if !r.lit("{") {
+		return nil, false
+	}
+	var md map[string]any
+	if r.build {
+		md = map[string]any{}
+	}
+	if r.lit("}") {
+		return md, true
+	}
+	var seen keySet
 	for {
-		k, ok := r.key()
+		k, ok := r.str()
 		if !ok || !r.lit(":") {
-			return company{}, false
+			return nil, false
 		}
-		if _, dup := co.metadata[k]; dup {
-			return company{}, false // the strict decoder says what it makes of it
+		// A key sent twice: the strict decoder says what it makes of it.
+		if r.build {
+			if _, dup := md[string(k)]; dup {
+				return nil, false
+			}
+		} else if !seen.add(k) {
+			return nil, false
 		}
-		v, ok := r.primitive()
+		kind, v, ok := r.primitive()
 		if !ok {
-			return company{}, false
+			return nil, false
 		}
-		co.metadata[k] = v
+		if r.build {
+			md[string(k)] = value(kind, v)
+		}
 		if r.lit(",") {
 			continue
 		}
-		return co, r.lit("}}")
+		return md, r.lit("}")
 	}
 }
 
-// key reads a string without escapes.
-func (r *reader) key() (string, bool) {
-	s, ok := r.str()
-	return s, ok
+// keySet is the keys of one metadata object seen so far, compared as bytes
+// (keys have no escapes, so equal bytes are equal strings): a few in place,
+// a map past that.
+type keySet struct {
+	few  [16][]byte
+	n    int
+	many map[string]struct{}
+}
+
+// add reports whether k was new.
+func (s *keySet) add(k []byte) bool {
+	if s.many != nil {
+		if _, dup := s.many[string(k)]; dup {
+			return false
+		}
+		s.many[string(k)] = struct{}{}
+		return true
+	}
+	for _, seen := range s.few[:s.n] {
+		if bytes.Equal(seen, k) {
+			return false
+		}
+	}
+	if s.n < len(s.few) {
+		s.few[s.n] = k
+		s.n++
+		return true
+	}
+	s.many = make(map[string]struct{}, 2*len(s.few))
+	for _, seen := range s.few {
+		s.many[string(seen)] = struct{}{}
+	}
+	s.many[string(k)] = struct{}{}
+	return true
 }
 
 // str reads a JSON string of printable ASCII or valid UTF-8 without
-// escapes: what encoding/json decodes to the same bytes.
-func (r *reader) str() (string, bool) {
+// escapes: what encoding/json decodes to the same bytes. It returns the
+// bytes between the quotes.
+func (r *reader) str() ([]byte, bool) {
 	if r.i >= len(r.b) || r.b[r.i] != '"' {
-		return "", false
+		return nil, false
 	}
 	start := r.i + 1
 	for j := start; j < len(r.b); j++ {
@@ -125,39 +222,66 @@ func (r *reader) str() (string, bool) {
 		case c == '"':
 			s := r.b[start:j]
 			if !utf8.Valid(s) {
-				return "", false // encoding/json replaces bad bytes: let it
+				return nil, false // encoding/json replaces bad bytes: let it
 			}
 			r.i = j + 1
-			return string(s), true
+			return s, true
 		case c == '\\' || c < 0x20:
-			return "", false
+			return nil, false
 		}
-	}
-	return "", false
-}
-
-// primitive reads a string, a number, true, false or null.
-func (r *reader) primitive() (any, bool) {
-	if r.i >= len(r.b) {
-		return nil, false
-	}
-	switch c := r.b[r.i]; {
-	case c == '"':
-		return r.str()
-	case r.lit("true"):
-		return true, true
-	case r.lit("false"):
-		return false, true
-	case r.lit("null"):
-		return nil, true
-	case c == '-' || '0' <= c && c <= '9':
-		return r.number()
 	}
 	return nil, false
 }
 
-// number reads a JSON number, kept as its text (json.Number).
-func (r *reader) number() (any, bool) {
+// Kinds of primitive.
+const (
+	kindString = iota
+	kindNumber
+	kindTrue
+	kindFalse
+	kindNull
+)
+
+// primitive reads a string, a number, true, false or null: its kind and,
+// for a string or number, its text.
+func (r *reader) primitive() (int, []byte, bool) {
+	if r.i >= len(r.b) {
+		return 0, nil, false
+	}
+	switch c := r.b[r.i]; {
+	case c == '"':
+		s, ok := r.str()
+		return kindString, s, ok
+	case r.lit("true"):
+		return kindTrue, nil, true
+	case r.lit("false"):
+		return kindFalse, nil, true
+	case r.lit("null"):
+		return kindNull, nil, true
+	case c == '-' || '0' <= c && c <= '9':
+		s, ok := r.number()
+		return kindNumber, s, ok
+	}
+	return 0, nil, false
+}
+
+// value is what encoding/json (with UseNumber) decodes a primitive to.
+func value(kind int, text []byte) any {
+	switch kind {
+	case kindString:
+		return string(text)
+	case kindNumber:
+		return json.Number(text)
+	case kindTrue:
+		return true
+	case kindFalse:
+		return false
+	}
+	return nil
+}
+
+// number reads a JSON number and returns its text (kept as json.Number).
+func (r *reader) number() ([]byte, bool) {
 	start := r.i
 	digits := func() int {
 		n := 0
@@ -190,5 +314,5 @@ func (r *reader) number() (any, bool) {
 			return nil, false
 		}
 	}
-	return json.Number(r.b[start:r.i]), true
+	return r.b[start:r.i], true
 }

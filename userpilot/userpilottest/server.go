@@ -91,10 +91,10 @@ type Server struct {
 	ts      *httptest.Server
 
 	mu               sync.Mutex
-	companies        map[string]map[string]any
+	companies        map[string]*profile
 	requests         []Request
 	accepted         int
-	applied          []Applied
+	applied          []applied
 	identifyRequests int
 	faults           faults
 	rejects          map[string]int
@@ -124,7 +124,7 @@ func NewServer(opts Options) *Server {
 func NewHandler(opts Options) *Server {
 	s := &Server{
 		opts:          opts,
-		companies:     map[string]map[string]any{},
+		companies:     map[string]*profile{},
 		rejects:       map[string]int{},
 		deleteRejects: map[string]int{},
 		jobs:          map[string]*job{},
@@ -178,8 +178,8 @@ func (s *Server) Companies() map[string]map[string]any {
 	s.lock()
 	defer s.unlock()
 	out := make(map[string]map[string]any, len(s.companies))
-	for id, md := range s.companies {
-		out[id] = copyMetadata(md)
+	for id, p := range s.companies {
+		out[id] = copyMetadata(s.foldLocked(p))
 	}
 	return out
 }
@@ -196,11 +196,11 @@ func (s *Server) Wipe() {
 func (s *Server) Company(id string) (map[string]any, bool) {
 	s.lock()
 	defer s.unlock()
-	md, ok := s.companies[id]
+	p, ok := s.companies[id]
 	if !ok {
 		return nil, false
 	}
-	return copyMetadata(md), true
+	return copyMetadata(s.foldLocked(p)), true
 }
 
 // Requests returns every request received so far, in the order they were
@@ -225,8 +225,13 @@ func (s *Server) Applied() []Applied {
 	defer s.unlock()
 	out := make([]Applied, len(s.applied))
 	for i, a := range s.applied {
-		a.Metadata = copyMetadata(a.Metadata)
-		out[i] = a
+		md := a.co.meta()
+		if a.co.raw == nil {
+			md = copyMetadata(md) // shared with the record; else decoded afresh
+		} else if md == nil {
+			md = map[string]any{}
+		}
+		out[i] = Applied{Kind: a.kind, CompanyID: a.co.id, Metadata: md}
 	}
 	return out
 }
@@ -446,7 +451,7 @@ func (s *Server) acceptIdentify(ex *exchange, body []byte) (int, any, *apiError)
 	if e := checkHeaders(ex.r, true); e != nil {
 		return 0, nil, e
 	}
-	co, e := decodeCompany(body, "body")
+	co, e := receiveCompany(body)
 	if co.id != "" {
 		ex.rec.CompanyIDs = []string{co.id}
 	}
@@ -498,31 +503,64 @@ func (s *Server) serveWithFault(ex *exchange, f *Fault, accept func() (int, any,
 	ex.reply(status, answer)
 }
 
+// applied is one identify record as applied, kept as received (see Applied).
+type applied struct {
+	kind string
+	co   company
+}
+
+// profile is one company's metadata: md with the records pending applied
+// over it in order. A record is merged when the profile is read (foldLocked),
+// not when it is applied, so a record nobody reads is never decoded.
+type profile struct {
+	md      map[string]any // nil: empty
+	pending []int          // indices into Server.applied
+}
+
+// maxPending bounds the records a profile keeps unmerged, so a company
+// updated many times is merged a few records at a time.
+const maxPending = 16
+
 // applyLocked merges co into its profile: keys not sent keep their value, a
 // null clears the key.
 func (s *Server) applyLocked(kind string, co company) {
-	md := s.companies[co.id]
-	if md == nil {
-		md = map[string]any{}
-		s.companies[co.id] = md
-	}
-	for k, v := range co.metadata {
-		if v == nil {
-			delete(md, k)
-		} else {
-			md[k] = v
-		}
+	p := s.companies[co.id]
+	if p == nil {
+		p = &profile{}
+		s.companies[co.id] = p
 	}
 	s.accepted++
-	s.applied = append(s.applied, Applied{Kind: kind, CompanyID: co.id, Metadata: copyMetadata(co.metadata)})
+	s.applied = append(s.applied, applied{kind: kind, co: co})
+	p.pending = append(p.pending, len(s.applied)-1)
+	if len(p.pending) > maxPending {
+		s.foldLocked(p)
+	}
 	if s.opts.Logf != nil {
-		md := co.metadata
+		md := co.meta()
 		if md == nil {
 			md = map[string]any{}
 		}
 		sent, _ := json.Marshal(md)
 		s.logLines = append(s.logLines, fmt.Sprintf("%s company_id=%s metadata=%s", kind, co.id, sent))
 	}
+}
+
+// foldLocked merges p's pending records into its metadata, which it returns.
+func (s *Server) foldLocked(p *profile) map[string]any {
+	if p.md == nil {
+		p.md = map[string]any{}
+	}
+	for _, i := range p.pending {
+		for k, v := range s.applied[i].co.meta() {
+			if v == nil {
+				delete(p.md, k)
+			} else {
+				p.md[k] = v
+			}
+		}
+	}
+	p.pending = p.pending[:0]
+	return p.md
 }
 
 // serveDelete schedules companies for deletion, at most once every 2 seconds.
