@@ -69,9 +69,7 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 		j.status = jobFailed
 		return
 	}
-	for _, co := range j.records {
-		s.applyLocked("bulk identify", co)
-	}
+	s.applyLocked("bulk identify", j.records)
 	j.doneRows = total
 	j.status = jobCompleted
 }

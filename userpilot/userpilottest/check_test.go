@@ -1,6 +1,7 @@
 package userpilottest
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -102,7 +103,10 @@ func TestProfilesFoldAsMergedOnReceipt(t *testing.T) {
 			clear(want)
 			continue
 		}
-		id := fmt.Sprintf("c%d", rng.IntN(20))
+		id := "c0" // updated more than maxPending times between reads
+		if rng.IntN(2) == 0 {
+			id = fmt.Sprintf("c%d", 1+rng.IntN(19))
+		}
 		var parts []string
 		for _, k := range []string{"a", "b", "c", "d"} {
 			if rng.IntN(2) == 0 {
@@ -124,7 +128,7 @@ func TestProfilesFoldAsMergedOnReceipt(t *testing.T) {
 			co = ref
 		}
 		s.lock()
-		s.applyLocked("identify", co)
+		s.applyLocked("identify", []company{co})
 		s.unlock()
 
 		md := want[id]
@@ -151,4 +155,30 @@ func TestProfilesFoldAsMergedOnReceipt(t *testing.T) {
 		assert.Equal(t, md, got, id)
 	}
 	assert.Equal(t, wantApplied, s.Applied())
+}
+
+// TestProfileMergesPastMaxPending: a company updated many times without a
+// read keeps every update (merged maxPending at a time).
+func TestProfileMergesPastMaxPending(t *testing.T) {
+	s := NewHandler(Options{APIKey: "k"})
+	want := map[string]any{}
+	for i := range 5 * maxPending {
+		body := fmt.Sprintf(`{"company_id":"1","metadata":{"k%d":%d}}`, i, i)
+		if i%5 == 4 { // and a null now and then
+			body = fmt.Sprintf(`{"company_id":"1","metadata":{"k%d":%d,"k%d":null}}`, i, i, i-1)
+		}
+		co, ok := checkCompany([]byte(body))
+		require.True(t, ok, body)
+		s.lock()
+		s.applyLocked("identify", []company{co})
+		s.unlock()
+		want[fmt.Sprintf("k%d", i)] = json.Number(fmt.Sprint(i))
+		if i%5 == 4 {
+			delete(want, fmt.Sprintf("k%d", i-1))
+		}
+	}
+	got, ok := s.Company("1")
+	require.True(t, ok)
+	assert.Equal(t, want, got)
+	assert.Len(t, s.Applied(), 5*maxPending)
 }

@@ -1,7 +1,6 @@
 package userpilottest
 
 import (
-	"bytes"
 	"encoding/json"
 	"unicode/utf8"
 )
@@ -38,7 +37,7 @@ func fastCompany(data []byte) (company, bool) { return readCompany(data, true) }
 func checkCompany(data []byte) (company, bool) { return readCompany(data, false) }
 
 func readBulk(data []byte, build bool) ([]company, bool) {
-	r := reader{b: data, build: build}
+	r := reader{b: string(data), build: build}
 	if !r.lit(`{"companies":[`) {
 		return nil, false
 	}
@@ -68,7 +67,7 @@ func readBulk(data []byte, build bool) ([]company, bool) {
 }
 
 func readCompany(data []byte, build bool) (company, bool) {
-	r := reader{b: data, build: build}
+	r := reader{b: string(data), build: build}
 	co, ok := r.record()
 	if !ok || r.i != len(r.b) {
 		return company{}, false
@@ -78,24 +77,27 @@ func readCompany(data []byte, build bool) (company, bool) {
 
 // decodeRaw decodes metadata kept by checkBulk or checkCompany: what
 // fastBulk or fastCompany would have given for it.
-func decodeRaw(raw []byte) map[string]any {
+func decodeRaw(raw string) map[string]any {
 	r := reader{b: raw, build: true}
 	md, ok := r.metadata()
 	if !ok || r.i != len(r.b) {
-		panic("userpilottest: metadata accepted on receipt does not decode: " + string(raw))
+		panic("userpilottest: metadata accepted on receipt does not decode: " + raw)
 	}
 	return md
 }
 
+// reader reads a body copied once into a string: the ids, keys and
+// values it gives are parts of that string, not each a copy (one object
+// for the collector, not one per record and value).
 type reader struct {
-	b     []byte
+	b     string
 	i     int
 	build bool // decode metadata into maps; else check it and keep its bytes
 }
 
 // lit consumes s if it comes next.
 func (r *reader) lit(s string) bool {
-	if len(r.b)-r.i < len(s) || string(r.b[r.i:r.i+len(s)]) != s {
+	if len(r.b)-r.i < len(s) || r.b[r.i:r.i+len(s)] != s {
 		return false
 	}
 	r.i += len(s)
@@ -112,7 +114,7 @@ func (r *reader) record() (company, bool) {
 	if !ok || len(id) == 0 {
 		return company{}, false
 	}
-	co := company{id: string(id)}
+	co := company{id: id}
 	if r.lit("}") {
 		return co, true
 	}
@@ -153,7 +155,7 @@ func (r *reader) metadata() (map[string]any, bool) {
 		}
 		// A key sent twice: the strict decoder says what it makes of it.
 		if r.build {
-			if _, dup := md[string(k)]; dup {
+			if _, dup := md[k]; dup {
 				return nil, false
 			}
 		} else if !seen.add(k) {
@@ -164,7 +166,7 @@ func (r *reader) metadata() (map[string]any, bool) {
 			return nil, false
 		}
 		if r.build {
-			md[string(k)] = value(kind, v)
+			md[k] = value(kind, v)
 		}
 		if r.lit(",") {
 			continue
@@ -177,22 +179,22 @@ func (r *reader) metadata() (map[string]any, bool) {
 // (keys have no escapes, so equal bytes are equal strings): a few in place,
 // a map past that.
 type keySet struct {
-	few  [16][]byte
+	few  [16]string
 	n    int
 	many map[string]struct{}
 }
 
 // add reports whether k was new.
-func (s *keySet) add(k []byte) bool {
+func (s *keySet) add(k string) bool {
 	if s.many != nil {
-		if _, dup := s.many[string(k)]; dup {
+		if _, dup := s.many[k]; dup {
 			return false
 		}
-		s.many[string(k)] = struct{}{}
+		s.many[k] = struct{}{}
 		return true
 	}
 	for _, seen := range s.few[:s.n] {
-		if bytes.Equal(seen, k) {
+		if seen == k {
 			return false
 		}
 	}
@@ -203,35 +205,48 @@ func (s *keySet) add(k []byte) bool {
 	}
 	s.many = make(map[string]struct{}, 2*len(s.few))
 	for _, seen := range s.few {
-		s.many[string(seen)] = struct{}{}
+		s.many[seen] = struct{}{}
 	}
-	s.many[string(k)] = struct{}{}
+	s.many[k] = struct{}{}
 	return true
 }
 
 // str reads a JSON string of printable ASCII or valid UTF-8 without
 // escapes: what encoding/json decodes to the same bytes. It returns the
 // bytes between the quotes.
-func (r *reader) str() ([]byte, bool) {
+func (r *reader) str() (string, bool) {
 	if r.i >= len(r.b) || r.b[r.i] != '"' {
-		return nil, false
+		return "", false
 	}
 	start := r.i + 1
-	for j := start; j < len(r.b); j++ {
+	j := start
+	for j < len(r.b) && plainASCII[r.b[j]] {
+		j++ // what nearly every key and value is made of: nothing to check
+	}
+	for ; j < len(r.b); j++ {
 		switch c := r.b[j]; {
 		case c == '"':
 			s := r.b[start:j]
-			if !utf8.Valid(s) {
-				return nil, false // encoding/json replaces bad bytes: let it
+			if !utf8.ValidString(s) {
+				return "", false // encoding/json replaces bad bytes: let it
 			}
 			r.i = j + 1
 			return s, true
 		case c == '\\' || c < 0x20:
-			return nil, false
+			return "", false
 		}
 	}
-	return nil, false
+	return "", false
 }
+
+// plainASCII is the bytes that stand for themselves in a JSON string and
+// are valid UTF-8 alone: printable ASCII but the quote and the backslash.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 // Kinds of primitive.
 const (
@@ -244,32 +259,32 @@ const (
 
 // primitive reads a string, a number, true, false or null: its kind and,
 // for a string or number, its text.
-func (r *reader) primitive() (int, []byte, bool) {
+func (r *reader) primitive() (int, string, bool) {
 	if r.i >= len(r.b) {
-		return 0, nil, false
+		return 0, "", false
 	}
 	switch c := r.b[r.i]; {
 	case c == '"':
 		s, ok := r.str()
 		return kindString, s, ok
 	case r.lit("true"):
-		return kindTrue, nil, true
+		return kindTrue, "", true
 	case r.lit("false"):
-		return kindFalse, nil, true
+		return kindFalse, "", true
 	case r.lit("null"):
-		return kindNull, nil, true
+		return kindNull, "", true
 	case c == '-' || '0' <= c && c <= '9':
 		s, ok := r.number()
 		return kindNumber, s, ok
 	}
-	return 0, nil, false
+	return 0, "", false
 }
 
 // value is what encoding/json (with UseNumber) decodes a primitive to.
-func value(kind int, text []byte) any {
+func value(kind int, text string) any {
 	switch kind {
 	case kindString:
-		return string(text)
+		return text
 	case kindNumber:
 		return json.Number(text)
 	case kindTrue:
@@ -281,7 +296,7 @@ func value(kind int, text []byte) any {
 }
 
 // number reads a JSON number and returns its text (kept as json.Number).
-func (r *reader) number() ([]byte, bool) {
+func (r *reader) number() (string, bool) {
 	start := r.i
 	digits := func() int {
 		n := 0
@@ -297,12 +312,12 @@ func (r *reader) number() ([]byte, bool) {
 	first := r.i
 	n := digits()
 	if n == 0 || n > 1 && r.b[first] == '0' {
-		return nil, false
+		return "", false
 	}
 	if r.i < len(r.b) && r.b[r.i] == '.' {
 		r.i++
 		if digits() == 0 {
-			return nil, false
+			return "", false
 		}
 	}
 	if r.i < len(r.b) && (r.b[r.i] == 'e' || r.b[r.i] == 'E') {
@@ -311,7 +326,7 @@ func (r *reader) number() ([]byte, bool) {
 			r.i++
 		}
 		if digits() == 0 {
-			return nil, false
+			return "", false
 		}
 	}
 	return r.b[start:r.i], true

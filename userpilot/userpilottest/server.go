@@ -6,12 +6,12 @@
 package userpilottest
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -94,7 +94,9 @@ type Server struct {
 	companies        map[string]*profile
 	requests         []Request
 	accepted         int
-	applied          []applied
+	applied          []appliedRun
+	appliedCount     int
+	profiles         []profile // where the next new profiles are taken from
 	identifyRequests int
 	faults           faults
 	rejects          map[string]int
@@ -179,7 +181,7 @@ func (s *Server) Companies() map[string]map[string]any {
 	defer s.unlock()
 	out := make(map[string]map[string]any, len(s.companies))
 	for id, p := range s.companies {
-		out[id] = copyMetadata(s.foldLocked(p))
+		out[id] = copyMetadata(p.fold())
 	}
 	return out
 }
@@ -200,7 +202,7 @@ func (s *Server) Company(id string) (map[string]any, bool) {
 	if !ok {
 		return nil, false
 	}
-	return copyMetadata(s.foldLocked(p)), true
+	return copyMetadata(p.fold()), true
 }
 
 // Requests returns every request received so far, in the order they were
@@ -223,15 +225,15 @@ func (s *Server) Requests() []Request {
 func (s *Server) Applied() []Applied {
 	s.lock()
 	defer s.unlock()
-	out := make([]Applied, len(s.applied))
-	for i, a := range s.applied {
-		md := a.co.meta()
-		if a.co.raw == nil {
-			md = copyMetadata(md) // shared with the record; else decoded afresh
-		} else if md == nil {
-			md = map[string]any{}
+	out := make([]Applied, 0, s.appliedCount)
+	for _, run := range s.applied {
+		for _, co := range run.records {
+			md := co.meta()
+			if co.raw == "" {
+				md = copyMetadata(md) // shared with the record; else decoded afresh
+			}
+			out = append(out, Applied{Kind: run.kind, CompanyID: co.id, Metadata: md})
 		}
-		out[i] = Applied{Kind: a.kind, CompanyID: a.co.id, Metadata: md}
 	}
 	return out
 }
@@ -463,7 +465,7 @@ func (s *Server) acceptIdentify(ex *exchange, body []byte) (int, any, *apiError)
 	if status, ok := s.rejects[co.id]; ok {
 		return 0, nil, rejection(status, co.id)
 	}
-	s.applyLocked("identify", co)
+	s.applyLocked("identify", []company{co})
 	return cmp.Or(s.opts.SuccessStatus, http.StatusAccepted), struct{}{}, nil
 }
 
@@ -503,55 +505,72 @@ func (s *Server) serveWithFault(ex *exchange, f *Fault, accept func() (int, any,
 	ex.reply(status, answer)
 }
 
-// applied is one identify record as applied, kept as received (see Applied).
-type applied struct {
-	kind string
-	co   company
+// appliedRun is identify records applied one after the other, of one
+// kind: a real-time identify, or a bulk job's records (the job's own
+// slice, not a copy).
+type appliedRun struct {
+	kind    string
+	records []company
 }
 
 // profile is one company's metadata: md with the records pending applied
-// over it in order. A record is merged when the profile is read (foldLocked),
+// over it in order. A record is merged when the profile is read (fold),
 // not when it is applied, so a record nobody reads is never decoded.
 type profile struct {
 	md      map[string]any // nil: empty
-	pending []int          // indices into Server.applied
+	pending []*company     // into the records of Server.applied
+	first   [1]*company    // pending's room for one record, without an allocation
 }
 
 // maxPending bounds the records a profile keeps unmerged, so a company
 // updated many times is merged a few records at a time.
 const maxPending = 16
 
-// applyLocked merges co into its profile: keys not sent keep their value, a
-// null clears the key.
-func (s *Server) applyLocked(kind string, co company) {
-	p := s.companies[co.id]
-	if p == nil {
-		p = &profile{}
-		s.companies[co.id] = p
-	}
-	s.accepted++
-	s.applied = append(s.applied, applied{kind: kind, co: co})
-	p.pending = append(p.pending, len(s.applied)-1)
-	if len(p.pending) > maxPending {
-		s.foldLocked(p)
-	}
-	if s.opts.Logf != nil {
-		md := co.meta()
-		if md == nil {
-			md = map[string]any{}
+// profileSlab is how many profiles are allocated at once: a catch-up makes
+// one per row, and a few large objects cost the collector less than many
+// small ones.
+const profileSlab = 1024
+
+// applyLocked merges each of cos into its profile, in order: keys not sent
+// keep their value, a null clears the key. cos is kept as the applied log.
+func (s *Server) applyLocked(kind string, cos []company) {
+	s.applied = append(s.applied, appliedRun{kind: kind, records: cos})
+	s.appliedCount += len(cos)
+	s.accepted += len(cos)
+	for i := range cos {
+		co := &cos[i]
+		p := s.companies[co.id]
+		if p == nil {
+			if len(s.profiles) == 0 {
+				s.profiles = make([]profile, profileSlab)
+			}
+			p = &s.profiles[0]
+			s.profiles = s.profiles[1:]
+			p.pending = p.first[:0]
+			s.companies[co.id] = p
 		}
-		sent, _ := json.Marshal(md)
-		s.logLines = append(s.logLines, fmt.Sprintf("%s company_id=%s metadata=%s", kind, co.id, sent))
+		p.pending = append(p.pending, co)
+		if len(p.pending) > maxPending {
+			p.fold()
+		}
+		if s.opts.Logf != nil {
+			md := co.meta()
+			if md == nil {
+				md = map[string]any{}
+			}
+			sent, _ := json.Marshal(md)
+			s.logLines = append(s.logLines, fmt.Sprintf("%s company_id=%s metadata=%s", kind, co.id, sent))
+		}
 	}
 }
 
-// foldLocked merges p's pending records into its metadata, which it returns.
-func (s *Server) foldLocked(p *profile) map[string]any {
+// fold merges p's pending records into its metadata, which it returns.
+func (p *profile) fold() map[string]any {
 	if p.md == nil {
 		p.md = map[string]any{}
 	}
-	for _, i := range p.pending {
-		for k, v := range s.applied[i].co.meta() {
+	for _, co := range p.pending {
+		for k, v := range co.meta() {
 			if v == nil {
 				delete(p.md, k)
 			} else {
@@ -559,6 +578,7 @@ func (s *Server) foldLocked(p *profile) map[string]any {
 			}
 		}
 	}
+	clear(p.pending) // let go of records only the applied log needs
 	p.pending = p.pending[:0]
 	return p.md
 }
@@ -606,7 +626,15 @@ func (s *Server) serveDelete(ex *exchange) {
 
 // readBody reads the whole body, refusing more than the published 50 MB.
 func readBody(ex *exchange) ([]byte, *apiError) {
-	data, err := io.ReadAll(http.MaxBytesReader(ex.w, ex.r.Body, maxBodyBytes))
+	var buf bytes.Buffer
+	if n := ex.r.ContentLength; n > 0 {
+		// Read into one buffer of the announced size, not one doubled
+		// from 512 bytes (a bulk body is megabytes); a false length is
+		// still found out by the read.
+		buf.Grow(int(min(n, maxBodyBytes)) + bytes.MinRead)
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(ex.w, ex.r.Body, maxBodyBytes))
+	data := buf.Bytes()
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):

@@ -51,14 +51,14 @@ type company struct {
 	metadata map[string]any // values: nil, string, bool, json.Number
 	// raw, if set, is the metadata object as sent, checked by checkBulk or
 	// checkCompany and not decoded yet (metadata is nil): see meta.
-	raw []byte
+	raw string
 }
 
 // meta is the record's metadata as sent: nil when it had none. Metadata
 // kept raw is decoded afresh, so the caller owns the map it gets; a
 // decoded one is shared.
 func (co company) meta() map[string]any {
-	if co.raw != nil {
+	if co.raw != "" {
 		return decodeRaw(co.raw)
 	}
 	return co.metadata
