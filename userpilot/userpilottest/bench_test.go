@@ -37,7 +37,8 @@ func benchRequest(method, path string, body []byte) *http.Request {
 
 // BenchmarkBulkRecord is the stand-in's CPU per record of a bulk job of
 // 10,000 new companies: read, checked, kept, applied once the job is done
-// (without the HTTP server around it).
+// (without the HTTP server around it; profiles are built when read, which
+// this does not).
 func BenchmarkBulkRecord(b *testing.B) {
 	s := NewHandler(Options{APIKey: "k", BulkRecordsPerSecond: 1e12})
 	const perJob = maxBulkRecords

@@ -96,6 +96,7 @@ type Server struct {
 	accepted         int
 	applied          []appliedRun
 	appliedCount     int
+	indexed          int       // runs of applied whose records are in companies
 	profiles         []profile // where the next new profiles are taken from
 	identifyRequests int
 	faults           faults
@@ -179,6 +180,7 @@ func (s *Server) unlock() {
 func (s *Server) Companies() map[string]map[string]any {
 	s.lock()
 	defer s.unlock()
+	s.indexLocked()
 	out := make(map[string]map[string]any, len(s.companies))
 	for id, p := range s.companies {
 		out[id] = copyMetadata(p.fold())
@@ -192,12 +194,14 @@ func (s *Server) Wipe() {
 	s.lock()
 	defer s.unlock()
 	clear(s.companies)
+	s.indexed = len(s.applied) // what was applied before is gone with them
 }
 
 // Company returns a copy of one profile's metadata and whether it exists.
 func (s *Server) Company(id string) (map[string]any, bool) {
 	s.lock()
 	defer s.unlock()
+	s.indexLocked()
 	p, ok := s.companies[id]
 	if !ok {
 		return nil, false
@@ -531,29 +535,15 @@ const maxPending = 16
 // small ones.
 const profileSlab = 1024
 
-// applyLocked merges each of cos into its profile, in order: keys not sent
-// keep their value, a null clears the key. cos is kept as the applied log.
+// applyLocked applies cos, in order: each is merged into its profile
+// (keys not sent keep their value, a null clears the key) when profiles
+// are next read (indexLocked). cos is kept as the applied log.
 func (s *Server) applyLocked(kind string, cos []company) {
 	s.applied = append(s.applied, appliedRun{kind: kind, records: cos})
 	s.appliedCount += len(cos)
 	s.accepted += len(cos)
-	for i := range cos {
-		co := &cos[i]
-		p := s.companies[co.id]
-		if p == nil {
-			if len(s.profiles) == 0 {
-				s.profiles = make([]profile, profileSlab)
-			}
-			p = &s.profiles[0]
-			s.profiles = s.profiles[1:]
-			p.pending = p.first[:0]
-			s.companies[co.id] = p
-		}
-		p.pending = append(p.pending, co)
-		if len(p.pending) > maxPending {
-			p.fold()
-		}
-		if s.opts.Logf != nil {
+	if s.opts.Logf != nil {
+		for _, co := range cos {
 			md := co.meta()
 			if md == nil {
 				md = map[string]any{}
@@ -562,6 +552,34 @@ func (s *Server) applyLocked(kind string, cos []company) {
 			s.logLines = append(s.logLines, fmt.Sprintf("%s company_id=%s metadata=%s", kind, co.id, sent))
 		}
 	}
+}
+
+// indexLocked adds the records applied since profiles were last read to
+// their profiles' pending records, in the order applied: the profiles are
+// then as if each record had been merged when applied. Deferred to a read
+// so that a catch-up's hundreds of thousands of records cost no map work
+// while they arrive, only when (and if) a test looks.
+func (s *Server) indexLocked() {
+	for _, run := range s.applied[s.indexed:] {
+		for i := range run.records {
+			co := &run.records[i]
+			p := s.companies[co.id]
+			if p == nil {
+				if len(s.profiles) == 0 {
+					s.profiles = make([]profile, profileSlab)
+				}
+				p = &s.profiles[0]
+				s.profiles = s.profiles[1:]
+				p.pending = p.first[:0]
+				s.companies[co.id] = p
+			}
+			p.pending = append(p.pending, co)
+			if len(p.pending) > maxPending {
+				p.fold()
+			}
+		}
+	}
+	s.indexed = len(s.applied)
 }
 
 // fold merges p's pending records into its metadata, which it returns.
