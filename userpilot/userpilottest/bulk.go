@@ -69,9 +69,7 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 		j.status = jobFailed
 		return
 	}
-	for _, co := range j.records {
-		s.applyLocked("bulk identify", co)
-	}
+	s.applyLocked("bulk identify", j.records)
 	j.doneRows = total
 	j.status = jobCompleted
 }
@@ -98,9 +96,12 @@ func (s *Server) submitJob(ex *exchange, body []byte) (int, any, *apiError) {
 	if e := checkHeaders(ex.r, true); e != nil {
 		return 0, nil, e
 	}
-	cos, e := decodeBulk(body)
-	for _, co := range cos {
-		ex.rec.CompanyIDs = append(ex.rec.CompanyIDs, co.id)
+	cos, e := receiveBulk(body)
+	if len(cos) > 0 {
+		ex.rec.CompanyIDs = make([]string, len(cos))
+		for i, co := range cos {
+			ex.rec.CompanyIDs[i] = co.id
+		}
 	}
 	if e != nil {
 		return 0, nil, e

@@ -15,14 +15,38 @@ import (
 // answers exactly as before. They never accept what the strict decoders
 // refuse, and give what those give for what they accept
 // (FuzzFastDecodeMatchesStrict checks both).
+//
+// checkBulk and checkCompany are the same reader without building
+// anything: they accept exactly what fastBulk and fastCompany accept, and
+// keep each record's metadata as the bytes sent (company.raw), which
+// company.meta decodes with that reader when a test asks for it. Building
+// a map per record the stand-in only stores cost more CPU, and the
+// collector's scanning of them more still, than everything else it does
+// (FuzzCheckMatchesFast checks the two agree).
 
 // fastBulk reads {"companies":[record,…]}.
-func fastBulk(data []byte) ([]company, bool) {
-	r := reader{b: data}
+func fastBulk(data []byte) ([]company, bool) { return readBulk(data, true) }
+
+// checkBulk is fastBulk keeping metadata undecoded.
+func checkBulk(data []byte) ([]company, bool) { return readBulk(data, false) }
+
+// fastCompany reads one identify record, the whole of data.
+func fastCompany(data []byte) (company, bool) { return readCompany(data, true) }
+
+// checkCompany is fastCompany keeping metadata undecoded.
+func checkCompany(data []byte) (company, bool) { return readCompany(data, false) }
+
+func readBulk(data []byte, build bool) ([]company, bool) {
+	r := reader{b: string(data), build: build}
 	if !r.lit(`{"companies":[`) {
 		return nil, false
 	}
 	var cos []company
+	if !build {
+		// One allocation for a body of n records: each is at least
+		// `{"company_id":"x"}` and a comma.
+		cos = make([]company, 0, min(maxBulkRecords+1, len(data)/len(`{"company_id":"x"},`)+1))
+	}
 	for {
 		co, ok := r.record()
 		if !ok {
@@ -42,9 +66,8 @@ func fastBulk(data []byte) ([]company, bool) {
 	}
 }
 
-// fastCompany reads one identify record, the whole of data.
-func fastCompany(data []byte) (company, bool) {
-	r := reader{b: data}
+func readCompany(data []byte, build bool) (company, bool) {
+	r := reader{b: string(data), build: build}
 	co, ok := r.record()
 	if !ok || r.i != len(r.b) {
 		return company{}, false
@@ -52,14 +75,29 @@ func fastCompany(data []byte) (company, bool) {
 	return co, true
 }
 
+// decodeRaw decodes metadata kept by checkBulk or checkCompany: what
+// fastBulk or fastCompany would have given for it.
+func decodeRaw(raw string) map[string]any {
+	r := reader{b: raw, build: true}
+	md, ok := r.metadata()
+	if !ok || r.i != len(r.b) {
+		panic("userpilottest: metadata accepted on receipt does not decode: " + raw)
+	}
+	return md
+}
+
+// reader reads a body copied once into a string: the ids, keys and
+// values it gives are parts of that string, not each a copy (one object
+// for the collector, not one per record and value).
 type reader struct {
-	b []byte
-	i int
+	b     string
+	i     int
+	build bool // decode metadata into maps; else check it and keep its bytes
 }
 
 // lit consumes s if it comes next.
 func (r *reader) lit(s string) bool {
-	if len(r.b)-r.i < len(s) || string(r.b[r.i:r.i+len(s)]) != s {
+	if len(r.b)-r.i < len(s) || r.b[r.i:r.i+len(s)] != s {
 		return false
 	}
 	r.i += len(s)
@@ -73,62 +111,127 @@ func (r *reader) record() (company, bool) {
 		return company{}, false
 	}
 	id, ok := r.str()
-	if !ok || id == "" {
+	if !ok || len(id) == 0 {
 		return company{}, false
 	}
 	co := company{id: id}
 	if r.lit("}") {
 		return co, true
 	}
-	if !r.lit(`,"metadata":{`) {
+	if !r.lit(`,"metadata":`) {
 		return company{}, false
 	}
-	co.metadata = map[string]any{}
-	if r.lit("}") {
-		return co, r.lit("}")
+	start := r.i
+	md, ok := r.metadata()
+	if !ok {
+		return company{}, false
 	}
+	if r.build {
+		co.metadata = md
+	} else {
+		co.raw = r.b[start:r.i]
+	}
+	return co, r.lit("}")
+}
+
+// metadata reads {"key":primitive,…}, keys unique; built into a map if
+// r.build.
+func (r *reader) metadata() (map[string]any, bool) {
+	if !r.lit("{") {
+		return nil, false
+	}
+	var md map[string]any
+	if r.build {
+		md = map[string]any{}
+	}
+	if r.lit("}") {
+		return md, true
+	}
+	var seen keySet
 	for {
-		k, ok := r.key()
+		k, ok := r.str()
 		if !ok || !r.lit(":") {
-			return company{}, false
+			return nil, false
 		}
-		if _, dup := co.metadata[k]; dup {
-			return company{}, false // the strict decoder says what it makes of it
+		// A key sent twice: the strict decoder says what it makes of it.
+		if r.build {
+			if _, dup := md[k]; dup {
+				return nil, false
+			}
+		} else if !seen.add(k) {
+			return nil, false
 		}
-		v, ok := r.primitive()
+		kind, v, ok := r.primitive()
 		if !ok {
-			return company{}, false
+			return nil, false
 		}
-		co.metadata[k] = v
+		if r.build {
+			md[k] = value(kind, v)
+		}
 		if r.lit(",") {
 			continue
 		}
-		return co, r.lit("}}")
+		return md, r.lit("}")
 	}
 }
 
-// key reads a string without escapes.
-func (r *reader) key() (string, bool) {
-	s, ok := r.str()
-	return s, ok
+// keySet is the keys of one metadata object seen so far, compared as bytes
+// (keys have no escapes, so equal bytes are equal strings): a few in place,
+// a map past that.
+type keySet struct {
+	few  [16]string
+	n    int
+	many map[string]struct{}
+}
+
+// add reports whether k was new.
+func (s *keySet) add(k string) bool {
+	if s.many != nil {
+		if _, dup := s.many[k]; dup {
+			return false
+		}
+		s.many[k] = struct{}{}
+		return true
+	}
+	for _, seen := range s.few[:s.n] {
+		if seen == k {
+			return false
+		}
+	}
+	if s.n < len(s.few) {
+		s.few[s.n] = k
+		s.n++
+		return true
+	}
+	s.many = make(map[string]struct{}, 2*len(s.few))
+	for _, seen := range s.few {
+		s.many[seen] = struct{}{}
+	}
+	s.many[k] = struct{}{}
+	return true
 }
 
 // str reads a JSON string of printable ASCII or valid UTF-8 without
-// escapes: what encoding/json decodes to the same bytes.
+// escapes: what encoding/json decodes to the same bytes. It returns the
+// bytes between the quotes.
 func (r *reader) str() (string, bool) {
 	if r.i >= len(r.b) || r.b[r.i] != '"' {
 		return "", false
 	}
 	start := r.i + 1
-	for j := start; j < len(r.b); j++ {
+	j := start
+	for j < len(r.b) && plainASCII[r.b[j]] {
+		j++ // what nearly every key and value is made of: nothing to check
+	}
+	for ; j < len(r.b); j++ {
 		switch c := r.b[j]; {
 		case c == '"':
 			s := r.b[start:j]
-			if !utf8.Valid(s) {
+			if !utf8.ValidString(s) {
 				return "", false // encoding/json replaces bad bytes: let it
 			}
 			r.i = j + 1
-			return string(s), true
+			return s, true
 		case c == '\\' || c < 0x20:
 			return "", false
 		}
@@ -136,28 +239,64 @@ func (r *reader) str() (string, bool) {
 	return "", false
 }
 
-// primitive reads a string, a number, true, false or null.
-func (r *reader) primitive() (any, bool) {
+// plainASCII is the bytes that stand for themselves in a JSON string and
+// are valid UTF-8 alone: printable ASCII but the quote and the backslash.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// Kinds of primitive.
+const (
+	kindString = iota
+	kindNumber
+	kindTrue
+	kindFalse
+	kindNull
+)
+
+// primitive reads a string, a number, true, false or null: its kind and,
+// for a string or number, its text.
+func (r *reader) primitive() (int, string, bool) {
 	if r.i >= len(r.b) {
-		return nil, false
+		return 0, "", false
 	}
 	switch c := r.b[r.i]; {
 	case c == '"':
-		return r.str()
+		s, ok := r.str()
+		return kindString, s, ok
 	case r.lit("true"):
-		return true, true
+		return kindTrue, "", true
 	case r.lit("false"):
-		return false, true
+		return kindFalse, "", true
 	case r.lit("null"):
-		return nil, true
+		return kindNull, "", true
 	case c == '-' || '0' <= c && c <= '9':
-		return r.number()
+		s, ok := r.number()
+		return kindNumber, s, ok
 	}
-	return nil, false
+	return 0, "", false
 }
 
-// number reads a JSON number, kept as its text (json.Number).
-func (r *reader) number() (any, bool) {
+// value is what encoding/json (with UseNumber) decodes a primitive to.
+func value(kind int, text string) any {
+	switch kind {
+	case kindString:
+		return text
+	case kindNumber:
+		return json.Number(text)
+	case kindTrue:
+		return true
+	case kindFalse:
+		return false
+	}
+	return nil
+}
+
+// number reads a JSON number and returns its text (kept as json.Number).
+func (r *reader) number() (string, bool) {
 	start := r.i
 	digits := func() int {
 		n := 0
@@ -173,12 +312,12 @@ func (r *reader) number() (any, bool) {
 	first := r.i
 	n := digits()
 	if n == 0 || n > 1 && r.b[first] == '0' {
-		return nil, false
+		return "", false
 	}
 	if r.i < len(r.b) && r.b[r.i] == '.' {
 		r.i++
 		if digits() == 0 {
-			return nil, false
+			return "", false
 		}
 	}
 	if r.i < len(r.b) && (r.b[r.i] == 'e' || r.b[r.i] == 'E') {
@@ -187,8 +326,8 @@ func (r *reader) number() (any, bool) {
 			r.i++
 		}
 		if digits() == 0 {
-			return nil, false
+			return "", false
 		}
 	}
-	return json.Number(r.b[start:r.i]), true
+	return r.b[start:r.i], true
 }

@@ -49,6 +49,19 @@ func invalid(message string) *apiError {
 type company struct {
 	id       string
 	metadata map[string]any // values: nil, string, bool, json.Number
+	// raw, if set, is the metadata object as sent, checked by checkBulk or
+	// checkCompany and not decoded yet (metadata is nil): see meta.
+	raw string
+}
+
+// meta is the record's metadata as sent: nil when it had none. Metadata
+// kept raw is decoded afresh, so the caller owns the map it gets; a
+// decoded one is shared.
+func (co company) meta() map[string]any {
+	if co.raw != "" {
+		return decodeRaw(co.raw)
+	}
+	return co.metadata
 }
 
 // checkHeaders enforces the headers the identify, bulk and delete pages
@@ -169,6 +182,24 @@ func strictCompany(data []byte, what string) (company, *apiError) {
 	}
 	co.metadata = md
 	return co, nil
+}
+
+// receiveCompany is decodeCompany for a request the server keeps: a body
+// the fast path takes keeps its metadata as sent (company.raw) instead of
+// decoding it, and anything else is read by the strict decoder.
+func receiveCompany(data []byte) (company, *apiError) {
+	if co, ok := checkCompany(data); ok {
+		return co, nil
+	}
+	return strictCompany(data, "body")
+}
+
+// receiveBulk is decodeBulk for a job the server keeps, as receiveCompany.
+func receiveBulk(data []byte) ([]company, *apiError) {
+	if cos, ok := checkBulk(data); ok {
+		return cos, nil
+	}
+	return strictBulk(data)
 }
 
 // decodeBulk validates a bulk identify body: {"companies": [record, …]}.
