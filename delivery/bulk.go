@@ -89,8 +89,10 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 		}
 		if len(batch) == 0 {
 			// The job's companies come from one mapping: the first one's
-			// size, with a margin, is a fair guess for all.
-			body.Grow(min(maxBulkBytes, (body.Size()+64)*k*5/4))
+			// size, with a margin, is a fair guess for all. (A body is
+			// the largest object pgpilot makes; with 64 bytes and a
+			// quarter more, two jobs' bodies held 1.5 MB of spare room.)
+			body.Grow(min(maxBulkBytes, (body.Size()+16)*k*9/8))
 		}
 		batch = append(batch, e)
 	}

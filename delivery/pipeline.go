@@ -185,10 +185,13 @@ const (
 	// DefaultOutboxAfter is how long Userpilot may accept nothing while
 	// changes wait before outbox mode starts.
 	DefaultOutboxAfter = 5 * time.Minute
-	// DefaultMaxPendingBytes is the memory window's byte bound: 6 MB is
-	// about 16,000 companies of seven keys (BenchmarkPendingCompanyBytes),
-	// a full bulk job in flight and most of the next one.
-	DefaultMaxPendingBytes = 6 << 20
+	// DefaultMaxPendingBytes is the memory window's byte bound: 5 MB is
+	// about 14,000 companies of seven keys (BenchmarkPendingCompanyBytes),
+	// a full bulk job in flight and a part of the next one. (At 6 MB the
+	// 1M-row catch-up and initial sync, at the speed the pipelined jobs
+	// reach, peaked at 64.4 and 64.9 MB RSS; at 5 MB, 55.7 and 54.7 MB,
+	// no slower.)
+	DefaultMaxPendingBytes = 5 << 20
 )
 
 // ErrSchema is wrapped when the table's columns no longer fit the mapping.

@@ -19,7 +19,7 @@ import (
 
 // residentSlack is how much more of mapped files may be resident than at
 // the start before the store's pages are let go.
-const residentSlack = 2 << 20
+const residentSlack = 1 << 20
 
 // residentCheck is how often the resident set is looked at (and after each
 // write of the index or the outbox).
