@@ -319,12 +319,17 @@ func (s *Server) AnswerAll(status int) {
 // ServeHTTP answers Userpilot's API routes; anything else is 404.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &Request{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Time: time.Now()}
-	// Recorded even when a handler hijacks or aborts the connection.
-	defer func() {
-		s.mu.Lock()
-		s.requests = append(s.requests, *rec)
-		s.mu.Unlock()
-	}()
+	// Recorded even when a handler hijacks or aborts the connection (a
+	// reset records it before the client can see the connection drop).
+	var once sync.Once
+	logged := func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.requests = append(s.requests, *rec)
+			s.mu.Unlock()
+		})
+	}
+	defer logged()
 	s.mu.Lock()
 	all := s.answerAll
 	s.mu.Unlock()
@@ -335,7 +340,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.Status = all
 		return
 	}
-	ex := &exchange{w: w, r: r, rec: rec}
+	ex := &exchange{w: w, r: r, rec: rec, logged: logged}
 	path := r.URL.EscapedPath()
 	jobID, isJob := strings.CutPrefix(path, jobsPrefix)
 	switch {
@@ -357,6 +362,8 @@ type exchange struct {
 	w   http.ResponseWriter
 	r   *http.Request
 	rec *Request
+	// logged records rec in the request log (once).
+	logged func()
 }
 
 func (ex *exchange) reply(status int, body any) {
@@ -383,6 +390,7 @@ func (ex *exchange) fail(e *apiError) {
 // reset drops the connection without answering, with a TCP RST where
 // possible, like a crashed proxy.
 func (ex *exchange) reset() {
+	ex.logged() // before the client sees the connection drop
 	conn, _, err := http.NewResponseController(ex.w).Hijack()
 	if err != nil {
 		panic(http.ErrAbortHandler) // net/http closes the connection unanswered
