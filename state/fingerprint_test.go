@@ -75,12 +75,7 @@ func FuzzFingerprintIsWhatItAlwaysWas(f *testing.F) {
 // again is written with xxHash, and one an update leaves keys of out keeps
 // SHA-256 (the kept keys' fingerprints cannot be made again).
 func TestRecordsOfTheFirstFingerprintsStayValid(t *testing.T) {
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 
 	// Company 1 as the first release wrote it: plan "pro", seats 3.
 	v1 := []byte{recordSHA256}

@@ -18,12 +18,7 @@ func TestTheStoresMappedPagesDoNotStayResident(t *testing.T) {
 	if _, ok := residentFileBytes(); !ok {
 		t.Skip("resident set not readable here")
 	}
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 	value := strings.Repeat("x", 1000)
 	var put []OutboxRecord
 	for i := range 64_000 {

@@ -15,12 +15,7 @@ import (
 )
 
 func TestDeliveredIndexComparesKeyByKey(t *testing.T) {
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 
 	same, err := x.Unchanged("1", userpilottest.Metadata(map[string]any{"plan": "pro"}))
 	require.NoError(t, err)
@@ -177,12 +172,7 @@ func TestRecordSinceReadsWhatDecodingWould(t *testing.T) {
 // A job's record keeps its companies and states as its body carried them,
 // and its id once answered, until its end.
 func TestABulkJobOnRecordKeepsItsCompaniesAndID(t *testing.T) {
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 	cos := []userpilot.Company{
 		{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "pro", "name": "R&D <EU>"})},
 		{CompanyID: "2", Metadata: userpilottest.Metadata(map[string]any{"seats": json.Number("3"), "trial": nil})},
@@ -212,12 +202,7 @@ func TestABulkJobOnRecordKeepsItsCompaniesAndID(t *testing.T) {
 // one; the marked ones are no longer in doubt, and a later partial record
 // keeps the keys it leaves out.
 func TestIndexAnswersManyAtOnce(t *testing.T) {
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 
 	md := func(i int) userpilot.Metadata {
 		return userpilottest.Metadata(map[string]any{"name": fmt.Sprintf("Co %d", i), "seats": json.Number(fmt.Sprint(i)), "trial": i%2 == 0})
@@ -254,12 +239,7 @@ func TestIndexAnswersManyAtOnce(t *testing.T) {
 // TestRecordOfOneCompanyTwiceKeepsTheNewer: written in key order, two
 // profiles of one company in one call still land in the order given.
 func TestRecordOfOneCompanyTwiceKeepsTheNewer(t *testing.T) {
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 	var batch []userpilot.Company
 	for i := range 40 { // enough for the sort not to be an insertion sort
 		batch = append(batch, userpilot.Company{CompanyID: fmt.Sprint(i % 3), Metadata: userpilottest.Metadata(map[string]any{"plan": fmt.Sprint("p", i)})})
@@ -277,12 +257,7 @@ func TestRecordOfOneCompanyTwiceKeepsTheNewer(t *testing.T) {
 // join (bbolt's MaxBatchDelay, 10 ms by default), and a job's ten parts
 // waited 100 ms. With the delay an hour long, only a write of its own ends.
 func TestALargeRecordDoesNotWaitForOthersToShareItsWrite(t *testing.T) {
-	d, err := Open(t.TempDir())
-	require.NoError(t, err)
-	defer d.Close()
-	x, err := d.OpenStore()
-	require.NoError(t, err)
-	defer x.Close()
+	x := openStore(t)
 	x.db.MaxBatchDelay = time.Hour
 
 	cos := make([]userpilot.Company, batchAlone)
@@ -300,4 +275,17 @@ func TestALargeRecordDoesNotWaitForOthersToShareItsWrite(t *testing.T) {
 	same, err := x.Unchanged("0", userpilottest.Metadata(map[string]any{"plan": "pro"}))
 	require.NoError(t, err)
 	assert.True(t, same)
+}
+
+// openStore opens the store of a new state directory, both closed when
+// the test ends.
+func openStore(t *testing.T) *Store {
+	t.Helper()
+	d, err := Open(t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	x, err := d.OpenStore()
+	require.NoError(t, err)
+	t.Cleanup(func() { x.Close() })
+	return x
 }
