@@ -57,9 +57,17 @@ func (p *Pipeline) realtimeWanted(now time.Time) bool {
 	return p.ready.front().realtimeOnly || p.ready.len() < p.opts.MinBulk || !p.bulkAlone(now)
 }
 
-// realtimeWindow is how long the real-time path must stay busy for its
-// throughput to be measured.
-const realtimeWindow = time.Second
+// The real-time path's throughput is measured once it has stayed busy for
+// realtimeWindow and made realtimeWindowCalls calls meanwhile: the time
+// makes a fast path's pace (a local stand-in: thousands a second) known
+// within a backlog of a few thousand companies, which a whole second never
+// was in a catch-up of 200,000 (the path had drained before one passed, and
+// a generous budget stood for its speed); the count keeps a slow path's
+// (Userpilot's published 10 a second) from being judged on two calls.
+const (
+	realtimeWindow      = 250 * time.Millisecond
+	realtimeWindowCalls = 10
+)
 
 // sizing is what bulkShare is fed besides the configured rates: what the
 // real-time path and bulk jobs have actually achieved. The configured
@@ -84,7 +92,7 @@ func (s *sizing) realtimeSent(now time.Time, busy bool) {
 		s.windowStart, s.windowSent = now, 0
 	default:
 		s.windowSent++
-		if d := now.Sub(s.windowStart); d >= realtimeWindow {
+		if d := now.Sub(s.windowStart); d >= realtimeWindow && s.windowSent >= realtimeWindowCalls {
 			s.realtime = float64(s.windowSent) / d.Seconds()
 			s.windowStart, s.windowSent = now, 0
 		}

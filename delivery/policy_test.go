@@ -33,11 +33,31 @@ func TestAnIdleRealtimePathIsNotMeasured(t *testing.T) {
 		s.realtimeSent(at, false)
 	}
 	assert.Equal(t, 10.0, s.realtimeRate(10))
-	// Busy for 0.9s, idle, busy again for 0.9s: no whole busy second yet.
-	at = sendEvery(&s, at, 900, time.Millisecond, true)
+	// Busy for 90% of the window, idle, busy again as long: no whole
+	// busy window yet.
+	calls := int(realtimeWindow/time.Millisecond) * 9 / 10
+	at = sendEvery(&s, at, calls, time.Millisecond, true)
 	s.realtimeSent(at.Add(time.Millisecond), false)
-	sendEvery(&s, at.Add(time.Second), 900, time.Millisecond, true)
+	sendEvery(&s, at.Add(time.Second), calls, time.Millisecond, true)
 	assert.Equal(t, 100_000.0, s.realtimeRate(100_000))
+}
+
+func TestAFewCallsDoNotMeasureTheRealtimePath(t *testing.T) {
+	var s sizing
+	// Busy for four windows, but one call a window: too few to be a pace.
+	at := sendEvery(&s, time.Unix(0, 0), 4, realtimeWindow, true)
+	assert.Equal(t, 100.0, s.realtimeRate(100), "%d calls in %s", 4, 4*realtimeWindow)
+	// Enough calls, each a window apart: measured (one a window).
+	sendEvery(&s, at, realtimeWindowCalls, realtimeWindow, true)
+	assert.InDelta(t, float64(time.Second/realtimeWindow), s.realtimeRate(100), 0.01)
+}
+
+func TestABusyWindowMeasuresTheRealtimePath(t *testing.T) {
+	var s sizing
+	// 4,000 calls a second, busy for 300 ms: a catch-up's start (1,200
+	// companies), which must not wait a whole second to be measured.
+	sendEvery(&s, time.Unix(0, 0), 1200, 250*time.Microsecond, true)
+	assert.InDelta(t, 4000, s.realtimeRate(100_000), 20)
 }
 
 // job is a synthetic bulk job on a stand-in of a given speed and
