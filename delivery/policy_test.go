@@ -33,13 +33,18 @@ func TestAnIdleRealtimePathIsNotMeasured(t *testing.T) {
 		s.realtimeSent(at, false)
 	}
 	assert.Equal(t, 10.0, s.realtimeRate(10))
-	// Busy for 90% of the window, idle, busy again as long: no whole
-	// busy window yet.
-	calls := int(realtimeWindow/time.Millisecond) * 9 / 10
-	at = sendEvery(&s, at, calls, time.Millisecond, true)
+}
+
+func TestTheRealtimePaceLeavesOutTheTimeThePathSatIdle(t *testing.T) {
+	var s sizing
+	// 1,000/s for 60% of the window, idle for a second, 1,000/s again as
+	// long: 1,000/s, not the 230/s it would be with the idle second.
+	calls := int(realtimeWindow/time.Millisecond) * 6 / 10
+	at := sendEvery(&s, time.Unix(0, 0), calls, time.Millisecond, true)
 	s.realtimeSent(at.Add(time.Millisecond), false)
+	assert.Equal(t, 100_000.0, s.realtimeRate(100_000), "%s of busy time: not measured yet", realtimeWindow*6/10)
 	sendEvery(&s, at.Add(time.Second), calls, time.Millisecond, true)
-	assert.Equal(t, 100_000.0, s.realtimeRate(100_000))
+	assert.InDelta(t, 1000, s.realtimeRate(100_000), 15)
 }
 
 func TestAFewCallsDoNotMeasureTheRealtimePath(t *testing.T) {
