@@ -184,7 +184,7 @@ func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
 	}
 	carried := 0
 	for _, j := range kept {
-		if len(j.key) == 8 { // not the id beside a job (see BeginJob)
+		if len(j.key) == 8 { // not the id or the start beside a job (see BeginJob)
 			carried++
 		}
 	}

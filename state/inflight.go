@@ -39,10 +39,13 @@ type Job struct {
 	Companies []userpilot.Company `json:"companies"`
 }
 
-// A job is two keys: its number (8 bytes) → the companies and states it
-// carries, written once, before submission; and its number followed by
-// 'i' → Userpilot's id for it, once answered. Recording the id does not
-// rewrite the companies (a job of 10,000 is megabytes).
+// A job is up to three keys: its number (8 bytes) → the body submitted
+// (its companies and states), written once, before submission; its number
+// followed by 'b' → when it began (Unix nanoseconds), in the same write;
+// and its number followed by 'i' → Userpilot's id for it, once answered.
+// Recording the id does not rewrite the companies (a job of 10,000 is
+// megabytes). Records written before the 'b' key carry "began" in the
+// body's object; they are still read.
 
 // BeginJob durably records a job about to be submitted, before it is.
 func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
@@ -54,11 +57,11 @@ func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
 }
 
 // BeginBulkJob is BeginJob for the body about to be submitted: the record
-// is those bytes, copied, with the time in front; nothing is encoded again.
+// is those very bytes, neither encoded again nor copied (a copy was a
+// second body's worth of heap, two megabytes, at every job). The body must
+// not change until the job has ended.
 func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
-	v := append(make([]byte, 0, 64+body.Size()), `{"began":"`...)
-	v = time.Now().UTC().AppendFormat(v, time.RFC3339Nano)
-	v = append(body.AppendCompanies(append(v, `",`...)), '}')
+	began := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
 	var key uint64
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
@@ -66,7 +69,10 @@ func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
 		if key, err = b.NextSequence(); err != nil {
 			return err
 		}
-		return b.Put(jobKey(key), v)
+		if err := b.Put(jobBeganKey(key), began); err != nil {
+			return err
+		}
+		return b.Put(jobKey(key), body.JSON())
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record bulk job: %w", err)
@@ -94,10 +100,12 @@ func (x *Store) JobSubmitted(key uint64, id string) error {
 func (x *Store) EndJob(key uint64) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
-		if err := b.Delete(jobIDKey(key)); err != nil {
-			return err
+		for _, k := range [][]byte{jobIDKey(key), jobBeganKey(key), jobKey(key)} {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
 		}
-		return b.Delete(jobKey(key))
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("forget bulk job: %w", err)
@@ -108,11 +116,16 @@ func (x *Store) EndJob(key uint64) error {
 // Jobs returns the jobs not seen end, oldest first.
 func (x *Store) Jobs() ([]Job, error) {
 	var out []Job
-	ids := map[uint64]string{}
+	ids, began := map[uint64]string{}, map[uint64]time.Time{}
 	err := x.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(jobsBucket).ForEach(func(k, v []byte) error {
-			if len(k) == 9 { // an id
-				ids[binary.BigEndian.Uint64(k)] = string(v)
+			if len(k) == 9 {
+				switch n := binary.BigEndian.Uint64(k); {
+				case k[8] == 'i':
+					ids[n] = string(v)
+				case k[8] == 'b' && len(v) == 8:
+					began[n] = time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC()
+				}
 				return nil
 			}
 			var j Job
@@ -130,6 +143,9 @@ func (x *Store) Jobs() ([]Job, error) {
 	for i := range out {
 		if id, ok := ids[out[i].Key]; ok {
 			out[i].ID = id
+		}
+		if t, ok := began[out[i].Key]; ok {
+			out[i].Began = t
 		}
 	}
 	return out, nil
@@ -179,3 +195,5 @@ func jobKey(k uint64) []byte {
 }
 
 func jobIDKey(k uint64) []byte { return append(jobKey(k), 'i') }
+
+func jobBeganKey(k uint64) []byte { return append(jobKey(k), 'b') }
