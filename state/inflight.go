@@ -59,7 +59,8 @@ func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
 // BeginBulkJob is BeginJob for the body about to be submitted: the record
 // is those very bytes, neither encoded again nor copied (a copy was a
 // second body's worth of heap, two megabytes, at every job). The body must
-// not change until the job has ended.
+// not change while the call runs: bbolt copies it into its pages at the
+// commit.
 func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
 	began := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
 	var key uint64
