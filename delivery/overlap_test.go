@@ -2,14 +2,17 @@ package delivery_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
@@ -71,4 +74,36 @@ func TestTheNextJobIsSubmittedWhileTheLastOneIsRecorded(t *testing.T) {
 	assert.GreaterOrEqual(t, h.pipe.Stats().BulkJobs.Load(), int64(3))
 	require.True(t, idx.held.Load(), "a job's write was held")
 	assert.False(t, idx.waited.Load(), "the next job was not submitted while the last one was recorded")
+}
+
+// With a window too small for the next job to fill while the last one's
+// 10,000 companies hold their place, the next job goes with what is ready:
+// nothing more can be read until the write ends, and waiting for it left
+// Userpilot's job slot idle for the write's length at every job (a 5 MB
+// window holds 14,000 companies).
+func TestAFullWindowSendsTheNextJobWhileTheLastOneIsRecorded(t *testing.T) {
+	s := setup{
+		standin: userpilottest.Options{BulkRecordsPerSecond: 1_000_000},
+		delivery: delivery.Options{BulkRate: 1_000_000, MinBulk: 100, PollInterval: 20 * time.Millisecond,
+			MaxPending: userpilot.MaxBulkRecords * 3 / 2, MaxPendingBytes: 256 << 20},
+	}
+	h := newHarness(t, s)
+	idx := &slowIndex{Index: h.opts.Index, up: h.up}
+	h.opts.Index = idx
+	h.restart()
+	// Transactions of 250, as a snapshot's pieces come: the window stops
+	// reading between them.
+	const n, per = 4 * userpilot.MaxBulkRecords, 250
+	var txns []row.Transaction
+	for first := 0; first < n; first += per {
+		changes := make([]row.Change, per)
+		for i := range changes {
+			changes[i] = update(fmt.Sprint(first+i+1), "pro", nil)
+		}
+		txns = append(txns, txn(pglogrepl.LSN(1000+first), changes...))
+	}
+	require.NoError(t, h.run(context.Background(), txns...))
+	assert.Len(t, h.up.Companies(), n)
+	require.True(t, idx.held.Load(), "a job's write was held")
+	assert.False(t, idx.waited.Load(), "the next job waited for the last one's write")
 }

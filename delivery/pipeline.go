@@ -781,12 +781,19 @@ func (p *Pipeline) enqueue(e *entry) {
 }
 
 // nextJobNow says whether a job may be sized while the last one's profiles
-// are still written to the index: only a full one. The companies being
-// recorded hold their place in the window meanwhile, so a job sized then
-// is small, and each job costs its overhead however few it carries; and
-// only one job is recorded beside a running one.
+// are still written to the index: a full one, or, when the window is full,
+// what is ready (at least MinBulk). The companies being recorded hold their
+// place in the window meanwhile, so a job sized then may be small, and
+// each job costs its overhead however few it carries; but with the window
+// full nothing more is read until the write ends, and waiting for it left
+// Userpilot's job slot idle for the write's length at every job (the 5 MB
+// window holds 14,000 companies: one job and part of the next). Only one
+// job is recorded beside a running one.
 func (p *Pipeline) nextJobNow() bool {
-	return p.recording == 0 || (p.recording == 1 && p.ready.len() >= userpilot.MaxBulkRecords)
+	if p.recording == 0 {
+		return true
+	}
+	return p.recording == 1 && (p.ready.len() >= userpilot.MaxBulkRecords || p.full() && p.ready.len() >= p.opts.MinBulk)
 }
 
 // full reports whether the window holds all memory may: MaxPending
