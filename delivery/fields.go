@@ -164,6 +164,12 @@ func (pp packedProfiles) Metadata(i int, yield func(string, json.RawMessage) boo
 	pp.es[i].md.yield(pp.names, yield)
 }
 
+// Absent is what the entry's look-up found (state.KnownAbsent): the index
+// held no record of its company. The answer holds until the entry is
+// recorded, as its same does: nothing else of its company is on its way
+// meanwhile, and a merge has it looked up again.
+func (pp packedProfiles) Absent(i int) bool { return pp.es[i].checked && pp.es[i].absent }
+
 // profilesOf is es for the no-op index. The entries' fields must not
 // change until the index's call returns (in-flight and ready entries are
 // changed only by the dispatcher).

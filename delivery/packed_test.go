@@ -214,7 +214,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 				}
 				// The look-up from the packed fields: every pending state is held.
 				held := make([]bool, len(es))
-				require.NoError(t, x.UnchangedProfiles(p.profilesOf(es), held))
+				require.NoError(t, x.UnchangedProfiles(p.profilesOf(es), held, nil))
 				for i, h := range held {
 					assert.True(t, h, "company %s", es[i].id)
 				}
@@ -223,7 +223,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 			older := openStore(t)
 			require.NoError(t, older.Record([]userpilot.Company{{CompanyID: "1", Metadata: userpilot.Metadata{"name": json.RawMessage(`"Old"`)}}}))
 			same, mapSame := make([]bool, len(es)), make([]bool, len(es))
-			require.NoError(t, older.UnchangedProfiles(p.profilesOf(es), same))
+			require.NoError(t, older.UnchangedProfiles(p.profilesOf(es), same, nil))
 			require.NoError(t, older.UnchangedEach(wantCos, mapSame))
 			assert.Equal(t, mapSame, same)
 		})

@@ -26,6 +26,7 @@ type entry struct {
 	done         bool
 	checked      bool // looked up in the no-op index since the last merge
 	same         bool // what the look-up found: Userpilot holds every value (while checked)
+	absent       bool // what the look-up found: the index holds no record of the company (while checked)
 	resend       bool // never skipped as a no-op: a re-sync asked for it
 	realtimeOnly bool // a bulk job could not take it: send it alone
 	delete       bool // owed is a deletion in Userpilot (on_delete: delete)

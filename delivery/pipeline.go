@@ -78,9 +78,11 @@ type Recorder interface {
 // updates are skipped. Optional.
 type Index interface {
 	// UnchangedProfiles answers, in same[i], whether Userpilot holds every
-	// metadata value of company i already. The pipeline's profiles are
-	// read from the entries' packed fields (no map of each).
-	UnchangedProfiles(ps state.Profiles, same []bool) error
+	// metadata value of company i already, and in absent[i] whether the
+	// index holds nothing of it (for RecordProfiles: state.KnownAbsent).
+	// The pipeline's profiles are read from the entries' packed fields (no
+	// map of each).
+	UnchangedProfiles(ps state.Profiles, same, absent []bool) error
 	// RecordProfiles notes that Userpilot accepted these profiles.
 	RecordProfiles(ps state.Profiles) error
 	// Record is RecordProfiles for a company unpacked already (for the
@@ -891,12 +893,12 @@ func (p *Pipeline) lookUp(es []*entry) error {
 	if len(ask) == 0 {
 		return nil
 	}
-	same := make([]bool, len(ask))
-	if err := p.opts.Index.UnchangedProfiles(p.profilesOf(ask), same); err != nil {
+	same, absent := make([]bool, len(ask)), make([]bool, len(ask))
+	if err := p.opts.Index.UnchangedProfiles(p.profilesOf(ask), same, absent); err != nil {
 		return err
 	}
 	for i, e := range ask {
-		e.checked, e.same = true, same[i]
+		e.checked, e.same, e.absent = true, same[i], absent[i]
 	}
 	return nil
 }

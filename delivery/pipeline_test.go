@@ -409,3 +409,29 @@ func TestTransactionsReceivedBeforeAreNotMergedAgain(t *testing.T) {
 	assert.Equal(t, int64(3), h.pipe.Stats().Changes.Load(), "the three repeats were dropped")
 	assert.Equal(t, pglogrepl.LSN(30), h.lastCheckpoint())
 }
+
+// A bulk job's write trusts the look-up that found no record of a company
+// (state.KnownAbsent) only where it did: a company the index holds keeps
+// the keys an update left out (an unchanged TOAST value), so the same
+// values later are skipped, not sent again.
+func TestABulkJobKeepsTheKeysAnUpdateLeftOutOfARecordedCompany(t *testing.T) {
+	h := newHarness(t, bulkSetup)
+	const n = 600
+	rows := func(plan string, notes *string) row.Transaction {
+		changes := make([]row.Change, n)
+		for i := range changes {
+			changes[i] = update(fmt.Sprint(i+1), plan, notes)
+		}
+		return txn(900, changes...)
+	}
+	require.NoError(t, h.run(context.Background(), rows("pro", ptr("n"))))
+	h.restart()
+	require.NoError(t, h.run(context.Background(), rows("free", nil))) // notes unchanged: left out
+	bulk := h.pipe.Stats().Bulk.Load()
+	require.Greater(t, bulk, int64(n/2), "most went in bulk jobs")
+	sent := len(h.up.Requests())
+	h.restart()
+	require.NoError(t, h.run(context.Background(), rows("free", ptr("n"))))
+	assert.Equal(t, int64(n), h.pipe.Stats().Skipped.Load(), "Userpilot holds these values already")
+	assert.Equal(t, sent, len(h.up.Requests()), "nothing was sent")
+}

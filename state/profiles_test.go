@@ -210,10 +210,57 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 				assert.Equal(t, want, got, "company %s's record, byte for byte", id)
 			}
 			same, mapSame := make([]bool, len(tt.ask)), make([]bool, len(tt.ask))
-			require.NoError(t, seqs.UnchangedProfiles(tt.ask, same))
+			require.NoError(t, seqs.UnchangedProfiles(tt.ask, same, nil))
 			require.NoError(t, maps.UnchangedEach(tt.ask.companies(), mapSame))
 			assert.Equal(t, tt.want, same)
 			assert.Equal(t, mapSame, same, "the answers the maps get")
+		})
+	}
+}
+
+// absentPairs are pairs whose look-up found no record of the companies
+// listed (KnownAbsent).
+type absentPairs struct {
+	pairs
+	absent map[string]bool
+}
+
+func (ps absentPairs) Absent(i int) bool { return ps.absent[ps.pairs[i].id] }
+
+// A look-up says which companies the index holds nothing of, and a write
+// told so looks no older record up: the keys an older record held and the
+// write does not send are not kept. (That is only ever told where the
+// look-up found nothing, and it costs no update where wrong: see
+// KnownAbsent.)
+func TestAWriteTrustsALookUpThatFoundNothing(t *testing.T) {
+	x := openStore(t)
+	require.NoError(t, x.RecordProfiles(pairs{{"1", [][2]string{{"plan", `"pro"`}, {"seats", `3`}}}}))
+
+	ask := pairs{{"1", [][2]string{{"plan", `"pro"`}}}, {"2", [][2]string{{"plan", `"pro"`}}}}
+	same, absent := make([]bool, 2), make([]bool, 2)
+	require.NoError(t, x.UnchangedProfiles(ask, same, absent))
+	assert.Equal(t, []bool{true, false}, same)
+	assert.Equal(t, []bool{false, true}, absent, "company 2 was never recorded")
+
+	for _, tt := range []struct {
+		name      string
+		absent    bool
+		seatsKept bool
+	}{
+		{"looked up: the older record's seats are kept", false, true},
+		{"told absent: nothing is looked up, nothing kept", true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			x := openStore(t)
+			require.NoError(t, x.RecordProfiles(pairs{{"1", [][2]string{{"plan", `"pro"`}, {"seats", `3`}}}}))
+			write := absentPairs{pairs{{"1", [][2]string{{"plan", `"free"`}}}}, map[string]bool{"1": tt.absent}}
+			require.NoError(t, x.RecordProfiles(write))
+			kept, err := x.Unchanged("1", userpilot.Metadata{"seats": json.RawMessage(`3`)})
+			require.NoError(t, err)
+			assert.Equal(t, tt.seatsKept, kept)
+			plan, err := x.Unchanged("1", userpilot.Metadata{"plan": json.RawMessage(`"free"`)})
+			require.NoError(t, err)
+			assert.True(t, plan, "the value written is held either way")
 		})
 	}
 }
