@@ -237,7 +237,7 @@ func TestAJobsRecordIsItsBodyNotACopy(t *testing.T) {
 	for i := range 5000 {
 		body.Add(userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: userpilot.Metadata{"name": json.RawMessage(`"Company ` + fmt.Sprint(i) + `, a name long enough to weigh"`)}})
 	}
-	body.Grow(len("]}")) // as delivery sizes a body: room to close it
+	body.Grow(len("]}"))           // as delivery sizes a body: room to close it
 	_, err := x.BeginBulkJob(body) // the bucket's first pages, once
 	require.NoError(t, err)
 	var m0, m1 runtime.MemStats
