@@ -367,11 +367,14 @@ func (p *Pipeline) writeOutbox(put []state.OutboxRecord, remove []string) error 
 }
 
 // touch notes that a company's owed state changed.
-func (p *Pipeline) touch(id string) {
+//
+// c is the company's, in p.companies (its callers hold it already: a look-up
+// more per change was a measurable part of a catch-up).
+func (p *Pipeline) touch(id string, c *company) {
 	if p.opts.Outbox == nil {
 		return
 	}
-	if c := p.companies[id]; (c != nil && c.disk > 0) || p.mode == state.ModeOutbox {
+	if (c != nil && c.disk > 0) || p.mode == state.ModeOutbox {
 		p.dirty[id] = struct{}{}
 	}
 }

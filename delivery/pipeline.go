@@ -757,7 +757,7 @@ func (p *Pipeline) pend(id string, md fields, del bool, txn row.Transaction) {
 		w.resend = w.resend || txn.Resend || p.inDoubt(id)
 		w.lsn = txn.EndLSN
 		p.stats.Coalesced.Add(1)
-		p.touch(id)
+		p.touch(id, c)
 		return
 	}
 	if p.order.len() == 0 {
@@ -767,7 +767,7 @@ func (p *Pipeline) pend(id string, md fields, del bool, txn row.Transaction) {
 		resend: txn.Resend || p.inDoubt(id)}
 	p.seq++
 	c.waiting = e
-	p.touch(id)
+	p.touch(id, c)
 	p.enqueue(e)
 	if c.inflight == nil {
 		p.ready.push(e)
@@ -915,8 +915,8 @@ func (p *Pipeline) skip(e *entry, r *report) {
 func (p *Pipeline) finish(e *entry) {
 	p.setDone(e)
 	delete(p.splitAt, e)
-	p.touch(e.id)
 	c := p.companies[e.id]
+	p.touch(e.id, c)
 	if c.inflight == e {
 		c.inflight = nil
 		p.inflight--
