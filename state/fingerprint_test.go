@@ -11,7 +11,6 @@ import (
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	bolt "go.etcd.io/bbolt"
 )
 
 // fingerprintByMarshal is how fingerprints were first made: stored indexes
@@ -87,12 +86,8 @@ func TestRecordsOfTheFirstFingerprintsStayValid(t *testing.T) {
 		v1 = binary.BigEndian.AppendUint32(v1, kh)
 		v1 = binary.BigEndian.AppendUint64(v1, vh)
 	}
-	require.NoError(t, x.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(deliveredBucket).Put([]byte("1"), v1) }))
-	version := func() byte {
-		var v byte
-		require.NoError(t, x.db.View(func(tx *bolt.Tx) error { v = tx.Bucket(deliveredBucket).Get([]byte("1"))[0]; return nil }))
-		return v
-	}
+	putRecord(t, x, "1", v1)
+	version := func() byte { return getRecord(t, x, "1")[0] }
 	unchanged := func(md map[string]any) bool {
 		same, err := x.Unchanged("1", userpilottest.Metadata(md))
 		require.NoError(t, err)

@@ -12,7 +12,6 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -61,17 +60,14 @@ func profile(id string, kv ...string) prof {
 // map's records have them in the map's order).
 func records(t *testing.T, x *Store) map[string]string {
 	out := map[string]string{}
-	require.NoError(t, x.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(deliveredBucket).ForEach(func(k, v []byte) error {
-			var chunks []string
-			for i := 1; i+12 <= len(v); i += 12 {
-				chunks = append(chunks, string(v[i:i+12]))
-			}
-			slices.Sort(chunks)
-			out[string(k)] = string(v[:min(1, len(v))]) + strings.Join(chunks, "") + string(v[1+(max(len(v)-1, 0)/12)*12:])
-			return nil
-		})
-	}))
+	eachRecord(t, x, func(k string, v []byte) {
+		var chunks []string
+		for i := 1; i+12 <= len(v); i += 12 {
+			chunks = append(chunks, string(v[i:i+12]))
+		}
+		slices.Sort(chunks)
+		out[k] = string(v[:min(1, len(v))]) + strings.Join(chunks, "") + string(v[1+(max(len(v)-1, 0)/12)*12:])
+	})
 	return out
 }
 
@@ -187,14 +183,9 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			seqs, maps := open(t), open(t)
 			for _, x := range []*Store{seqs, maps} {
-				require.NoError(t, x.db.Update(func(tx *bolt.Tx) error {
-					for id, rec := range tt.stored {
-						if err := tx.Bucket(deliveredBucket).Put([]byte(id), rec); err != nil {
-							return err
-						}
-					}
-					return nil
-				}))
+				for id, rec := range tt.stored {
+					putRecord(t, x, id, rec)
+				}
 			}
 			for _, r := range tt.record {
 				require.NoError(t, seqs.RecordProfiles(r))
@@ -202,12 +193,7 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 			}
 			assert.Equal(t, records(t, maps), records(t, seqs), "the same records")
 			for id, want := range tt.wantRec {
-				var got []byte
-				require.NoError(t, seqs.db.View(func(tx *bolt.Tx) error {
-					got = slices.Clone(tx.Bucket(deliveredBucket).Get([]byte(id)))
-					return nil
-				}))
-				assert.Equal(t, want, got, "company %s's record, byte for byte", id)
+				assert.Equal(t, want, getRecord(t, seqs, id), "company %s's record, byte for byte", id)
 			}
 			same, mapSame := make([]bool, len(tt.ask)), make([]bool, len(tt.ask))
 			require.NoError(t, seqs.UnchangedProfiles(tt.ask, same, nil))

@@ -75,13 +75,17 @@ func (d *Dir) OpenStore() (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{deliveredBucket, outboxBucket, jobsBucket, sendingBucket} {
+		for _, b := range [][]byte{groupsBucket, outboxBucket, jobsBucket, sendingBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
 		return nil
 	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := migrateRecords(db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -200,12 +204,12 @@ func (x *Store) UnchangedProfiles(ps Profiles, same, absent []bool) error {
 	order := keyOrderOf(ps.Len(), ps.CompanyID)
 	err := x.db.View(func(tx *bolt.Tx) error {
 		// One cursor for all, in key order: a Get makes a cursor of its own
-		// (and its allocations) each time, and neighbours share pages.
-		c := tx.Bucket(deliveredBucket).Cursor()
+		// (and its allocations) each time, and neighbours share a group.
+		r := groupReader{c: tx.Bucket(groupsBucket).Cursor()}
 		var h holdsCheck // one for all: its yield is made once
 		yield := h.holds
 		for _, i := range order {
-			h.rec, h.same, h.n = get(c, ps.CompanyID(i)), true, 0
+			h.rec, h.same, h.n = r.get([]byte(ps.CompanyID(i))), true, 0
 			if absent != nil {
 				absent[i] = !readable(h.rec)
 			}
@@ -350,8 +354,7 @@ func (x *Store) record(ps Profiles, order []int) error {
 		write = x.db.Update
 	}
 	err := write(func(tx *bolt.Tx) error {
-		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
-		c := b.Cursor()
+		w, sending := newGroupWriter(tx.Bucket(groupsBucket)), tx.Bucket(sendingBucket)
 		// Nothing is marked on the bulk path: an empty bucket needs no
 		// deletes looked up.
 		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
@@ -375,7 +378,11 @@ func (x *Store) record(ps Profiles, order []int) error {
 			}
 			var old []byte
 			if known == nil || !known.Absent(i) {
-				if old = get(c, id); !readable(old) {
+				var err error
+				if old, err = w.get([]byte(id)); err != nil {
+					return err
+				}
+				if !readable(old) {
 					old = nil
 				}
 			}
@@ -403,12 +410,12 @@ func (x *Store) record(ps Profiles, order []int) error {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
 				buf = binary.BigEndian.AppendUint64(buf, valueHash(version, k.key, k.value))
 			}
-			if err := b.Put([]byte(id), buf[start:len(buf):len(buf)]); err != nil {
+			if err := w.put([]byte(id), buf[start:len(buf):len(buf)]); err != nil {
 				return err
 			}
 		}
 		clear(s.keys) // keeps no value alive
-		return nil
+		return w.flush()
 	})
 	x.trim() // its pages were read through the map
 	if err != nil {
@@ -462,17 +469,18 @@ func (x *Store) Forget(ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	ids = slices.Sorted(slices.Values(ids)) // the groups are read in key order
 	err := x.db.Batch(func(tx *bolt.Tx) error {
-		b, sending := tx.Bucket(deliveredBucket), tx.Bucket(sendingBucket)
+		w, sending := newGroupWriter(tx.Bucket(groupsBucket)), tx.Bucket(sendingBucket)
 		for _, id := range ids {
-			if err := b.Delete([]byte(id)); err != nil {
+			if err := w.delete([]byte(id)); err != nil {
 				return err
 			}
 			if err := sending.Delete([]byte(id)); err != nil {
 				return err
 			}
 		}
-		return nil
+		return w.flush()
 	})
 	if err != nil {
 		return fmt.Errorf("write no-op index: %w", err)

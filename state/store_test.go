@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -343,4 +344,46 @@ func openStore(t *testing.T) *Store {
 	require.NoError(t, err)
 	t.Cleanup(func() { x.Close() })
 	return x
+}
+
+// putRecord writes company id's record straight into the index, as a
+// test's starting point.
+func putRecord(t *testing.T, x *Store, id string, rec []byte) {
+	t.Helper()
+	require.NoError(t, x.db.Update(func(tx *bolt.Tx) error {
+		w := newGroupWriter(tx.Bucket(groupsBucket))
+		if err := w.put([]byte(id), rec); err != nil {
+			return err
+		}
+		return w.flush()
+	}))
+}
+
+// getRecord is company id's record as the index holds it (nil: none).
+func getRecord(t *testing.T, x *Store, id string) []byte {
+	t.Helper()
+	var rec []byte
+	require.NoError(t, x.db.View(func(tx *bolt.Tx) error {
+		r := groupReader{c: tx.Bucket(groupsBucket).Cursor()}
+		rec = bytes.Clone(r.get([]byte(id)))
+		return r.err
+	}))
+	return rec
+}
+
+// eachRecord calls fn with every record of the index, in id order.
+func eachRecord(t *testing.T, x *Store, fn func(id string, rec []byte)) {
+	t.Helper()
+	require.NoError(t, x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(groupsBucket).ForEach(func(k, v []byte) error {
+			es, err := decodeGroup(nil, v)
+			if err != nil {
+				return err
+			}
+			for _, e := range es {
+				fn(string(e.id), e.rec)
+			}
+			return nil
+		})
+	}))
 }

@@ -1,0 +1,353 @@
+package state
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The no-op index keeps its records in groups of neighbouring companies:
+// one bbolt key per group (its first company id), its value the group's
+// companies in id order, each with its record (see readable for a
+// record's form). bbolt's cost is per key: a cursor and a seek for each
+// Put, an element on its page, a node element to spill at the commit; with
+// a key per company those were a third of pgpilot's CPU in a catch-up. A
+// group is rewritten whole when one of its companies changes, but so was
+// the page around a company's own key, and a group is a fraction of one.
+//
+// The records were one key per company in the "delivered" bucket until
+// session 6; OpenStore moves such records into groups (migrateRecords).
+
+var groupsBucket = []byte("profiles")
+
+const (
+	// groupVersion is a group value's first byte.
+	groupVersion = 1
+	// groupMaxBytes is the most a group's value holds: one is split when
+	// a write makes it larger. About ten companies of seven keys, four
+	// groups to a 4 kB page.
+	groupMaxBytes = 1024
+)
+
+// groupEntry is one company of a group: its id and its record.
+type groupEntry struct{ id, rec []byte }
+
+// errGroup is a group value that cannot be read.
+var errGroup = errors.New("unreadable group of the no-op index")
+
+// decodeGroup appends the entries of value v to es. The entries share v's
+// bytes.
+func decodeGroup(es []groupEntry, v []byte) ([]groupEntry, error) {
+	if len(v) == 0 || v[0] != groupVersion {
+		return es, errGroup
+	}
+	v = v[1:]
+	for len(v) > 0 {
+		id, rest, ok := field(v)
+		if !ok {
+			return es, errGroup
+		}
+		rec, rest, ok := field(rest)
+		if !ok {
+			return es, errGroup
+		}
+		es = append(es, groupEntry{id, rec})
+		v = rest
+	}
+	return es, nil
+}
+
+// field reads one length-prefixed field.
+func field(b []byte) (f, rest []byte, ok bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || n > uint64(len(b)-w) {
+		return nil, nil, false
+	}
+	return b[w : w+int(n)], b[w+int(n):], true
+}
+
+// entrySize is what e takes in a group's value.
+func entrySize(e groupEntry) int {
+	return uvarintLen(len(e.id)) + len(e.id) + uvarintLen(len(e.rec)) + len(e.rec)
+}
+
+func uvarintLen(n int) int {
+	w := 1
+	for ; n >= 0x80; n >>= 7 {
+		w++
+	}
+	return w
+}
+
+// appendGroup appends the value of a group of es.
+func appendGroup(dst []byte, es []groupEntry) []byte {
+	dst = append(dst, groupVersion)
+	for _, e := range es {
+		dst = binary.AppendUvarint(dst, uint64(len(e.id)))
+		dst = append(dst, e.id...)
+		dst = binary.AppendUvarint(dst, uint64(len(e.rec)))
+		dst = append(dst, e.rec...)
+	}
+	return dst
+}
+
+// groupReader finds records by company id, ids asked in ascending order,
+// through one cursor: neighbours share a group and its one seek.
+type groupReader struct {
+	c *bolt.Cursor
+	// The group loaded covers the ids from key (nil: from the first) up
+	// to next (nil: to the last): every id in that range is in it or in
+	// no group.
+	loaded    bool
+	key, next []byte
+	entries   []groupEntry
+	err       error // the first unreadable group met
+}
+
+// covers reports whether id falls in the loaded group's range.
+func (r *groupReader) covers(id []byte) bool {
+	return r.loaded && (r.key == nil || bytes.Compare(id, r.key) >= 0) && (r.next == nil || bytes.Compare(id, r.next) < 0)
+}
+
+// load positions the reader on the group whose range holds id.
+func (r *groupReader) load(id []byte) {
+	r.loaded, r.entries = true, r.entries[:0]
+	k, v := r.c.Seek(id)
+	if k != nil && bytes.Equal(k, id) {
+		r.key = k
+		r.next, _ = r.c.Next()
+		r.decode(v)
+		return
+	}
+	r.next = k
+	if k == nil {
+		k, v = r.c.Last()
+	} else {
+		k, v = r.c.Prev()
+	}
+	r.key = k
+	if k != nil {
+		r.decode(v)
+	}
+}
+
+func (r *groupReader) decode(v []byte) {
+	var err error
+	if r.entries, err = decodeGroup(r.entries, v); err != nil {
+		// Read as holding nothing: its companies are sent, and the next
+		// write of the group replaces it.
+		r.entries = r.entries[:0]
+		if r.err == nil {
+			r.err = fmt.Errorf("group %q: %w", r.key, err)
+		}
+	}
+}
+
+// get returns id's record, nil if the index holds none.
+func (r *groupReader) get(id []byte) []byte {
+	if !r.covers(id) {
+		r.load(id)
+	}
+	if i, ok := r.find(id); ok {
+		return r.entries[i].rec
+	}
+	return nil
+}
+
+// find is where id is, or would go, in the loaded entries.
+func (r *groupReader) find(id []byte) (int, bool) {
+	return slices.BinarySearchFunc(r.entries, id, func(e groupEntry, id []byte) int { return bytes.Compare(e.id, id) })
+}
+
+// groupWriter changes records, ids in ascending order, a group at a time:
+// the group whose range holds the id is read once, changed in memory, and
+// written back (split if it grew past groupMaxBytes) when an id beyond its
+// range comes, or at flush.
+type groupWriter struct {
+	b *bolt.Bucket
+	r groupReader
+	// orig is the loaded group's key as stored (nil: none was), copied:
+	// bbolt's slices are not to be trusted once the bucket changes.
+	orig  []byte
+	dirty bool
+	// buf holds copies of what was read and what is written: Put keeps a
+	// reference until the commit, so nothing in it is ever overwritten.
+	buf []byte
+}
+
+func newGroupWriter(b *bolt.Bucket) *groupWriter {
+	return &groupWriter{b: b, r: groupReader{c: b.Cursor()}}
+}
+
+// hold appends p to the writer's buffer and returns the copy.
+func (w *groupWriter) hold(p []byte) []byte {
+	return append(w.reserve(len(p)), p...)
+}
+
+// reserve returns room for n bytes from the writer's buffer, empty, never
+// to be handed out again.
+func (w *groupWriter) reserve(n int) []byte {
+	if cap(w.buf)-len(w.buf) < n {
+		w.buf = make([]byte, 0, max(n, 32<<10))
+	}
+	start := len(w.buf)
+	w.buf = w.buf[:start+n]
+	return w.buf[start : start : start+n]
+}
+
+// at makes the group whose range holds id the one being changed.
+func (w *groupWriter) at(id []byte) error {
+	if w.r.covers(id) {
+		return nil
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	w.r.load(id)
+	w.orig = nil
+	if w.r.key != nil {
+		w.orig = w.hold(w.r.key)
+	}
+	// Copies: the bucket changes under the slices bbolt handed out.
+	for i, e := range w.r.entries {
+		w.r.entries[i] = groupEntry{w.hold(e.id), w.hold(e.rec)}
+	}
+	w.r.key = w.orig
+	if w.r.next != nil {
+		w.r.next = w.hold(w.r.next)
+	}
+	return nil
+}
+
+// get is id's record as the writer holds it (nil: none).
+func (w *groupWriter) get(id []byte) ([]byte, error) {
+	if err := w.at(id); err != nil {
+		return nil, err
+	}
+	if i, ok := w.r.find(id); ok {
+		return w.r.entries[i].rec, nil
+	}
+	return nil, nil
+}
+
+// put sets id's record; rec must stay unchanged until the commit.
+func (w *groupWriter) put(id, rec []byte) error {
+	if err := w.at(id); err != nil {
+		return err
+	}
+	i, ok := w.r.find(id)
+	if ok {
+		w.r.entries[i].rec = rec
+	} else {
+		w.r.entries = slices.Insert(w.r.entries, i, groupEntry{w.hold(id), rec})
+	}
+	w.dirty = true
+	return nil
+}
+
+// delete drops id's record, if any.
+func (w *groupWriter) delete(id []byte) error {
+	if err := w.at(id); err != nil {
+		return err
+	}
+	if i, ok := w.r.find(id); ok {
+		w.r.entries = slices.Delete(w.r.entries, i, i+1)
+		w.dirty = true
+	}
+	return nil
+}
+
+// flush writes the group being changed back: under its first id, in
+// pieces of at most groupMaxBytes; the key it had goes if that is not a
+// first id any more.
+func (w *groupWriter) flush() error {
+	if !w.dirty {
+		return nil
+	}
+	w.dirty, w.r.loaded = false, false
+	es := w.r.entries
+	if w.orig != nil && (len(es) == 0 || !bytes.Equal(es[0].id, w.orig)) {
+		if err := w.b.Delete(w.orig); err != nil {
+			return err
+		}
+	}
+	for len(es) > 0 {
+		n, size := 0, 1
+		for n < len(es) && (n == 0 || size+entrySize(es[n]) <= groupMaxBytes) {
+			size += entrySize(es[n])
+			n++
+		}
+		if n < len(es) && len(es)-n < n/2 {
+			// The rest would be a small group of its own: share evenly.
+			n = (len(es) + 1) / 2
+		}
+		v := appendGroup(w.reserve(size), es[:n])
+		if err := w.b.Put(es[0].id, v); err != nil {
+			return err
+		}
+		es = es[n:]
+	}
+	return nil
+}
+
+// migrateBatch is how many per-company records one write moves into
+// groups.
+const migrateBatch = 10_000
+
+// migrateRecords moves the records of a store written before session 6
+// (one key per company in the "delivered" bucket) into groups, in writes
+// of migrateBatch: each moves records and deletes them in one commit, so a
+// kill between two leaves nothing half moved, and the next open goes on.
+// A record the groups hold already (none should: the groups are written
+// only once the move is done) is the newer and stays.
+func migrateRecords(db *bolt.DB) error {
+	for {
+		done := false
+		err := db.Update(func(tx *bolt.Tx) error {
+			old := tx.Bucket(deliveredBucket)
+			if old == nil {
+				done = true
+				return nil
+			}
+			w := newGroupWriter(tx.Bucket(groupsBucket))
+			var moved [][]byte
+			c := old.Cursor()
+			for k, v := c.First(); k != nil && len(moved) < migrateBatch; k, v = c.Next() {
+				id := w.hold(k)
+				have, err := w.get(id)
+				if err != nil {
+					return err
+				}
+				if have == nil {
+					if err := w.put(id, w.hold(v)); err != nil {
+						return err
+					}
+				}
+				moved = append(moved, id)
+			}
+			if err := w.flush(); err != nil {
+				return err
+			}
+			if len(moved) == 0 {
+				done = true
+				return tx.DeleteBucket(deliveredBucket)
+			}
+			for _, k := range moved {
+				if err := old.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("move the no-op index's records into groups: %w", err)
+		}
+		if done {
+			return nil
+		}
+	}
+}
