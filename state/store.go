@@ -21,6 +21,8 @@ import (
 const StoreFile = "store.db"
 
 var (
+	// deliveredBucket held a record per company before the groups; it is
+	// read only to move them (migrateRecords).
 	deliveredBucket = []byte("delivered")
 	outboxBucket    = []byte("outbox")
 )
@@ -44,10 +46,11 @@ const (
 //
 // The no-op index remembers, for each company, a fingerprint of every
 // metadata value Userpilot last accepted, so that an update changing nothing mapped
-// (say only updated_at) sends nothing. It is bbolt (crash-safe, one record
-// per company: it grows with the number of companies, never with the number
-// of changes). Values are kept per key because an update may leave a key
-// out (an unchanged TOAST value) and must still be comparable.
+// (say only updated_at) sends nothing. It is bbolt (crash-safe, a record
+// per company, kept in groups of neighbours: groups.go; it grows with the
+// number of companies, never with the number of changes). Values are kept
+// per key because an update may leave a key out (an unchanged TOAST value)
+// and must still be comparable.
 //
 // It only ever holds states that were accepted; a lost write just means one
 // redundant send later. A value's fingerprint is 64 bits of a hash of key
