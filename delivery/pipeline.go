@@ -438,6 +438,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	// quiet wakes the loop when the input has paused long enough for a
+	// job to be sized (bulkTime): on the tick alone, the end of every
+	// backlog waited up to 200 ms more.
+	quiet := time.NewTimer(time.Hour)
+	defer quiet.Stop()
 	report := newReport()
 	closed := false
 	// stopFor is a schema problem met in the input: stop reading, but
@@ -446,6 +451,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	// needed the fix (older ones would not fit the new mapping).
 	var stopFor error
 	var lastInput, burstStart time.Time
+	var burstCoalesced int64 // the changes merged into pending ones before the burst
 	for {
 		if err := p.skipNoOps(report); err != nil {
 			return err
@@ -471,7 +477,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			est := p.est
 			wg.Go(func() { reply(p.resumeHeld(ctx, hj, est)) })
 		}
-		if !stopped && !p.bulkBusy && p.nextJobNow() && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, closed) {
+		if !stopped && !p.bulkBusy && p.nextJobNow() && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, p.stats.Coalesced.Load() > burstCoalesced, closed) {
 			batch, body, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -513,12 +519,22 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		if p.ready.len() > 0 && !stopped && p.realtimeWanted(time.Now()) {
 			workCh, next = work, p.ready.front()
 		}
+		var quietC <-chan time.Time
+		if !closed && !stopped && !p.bulkBusy && !p.opts.NoBulk && p.ready.len() > 0 && !lastInput.IsZero() {
+			if wait := quietFor(lastInput, burstStart, p.stats.Coalesced.Load() > burstCoalesced) - time.Since(lastInput); wait > 0 {
+				quiet.Reset(wait)
+				quietC = quiet.C
+			}
+		}
 		select {
+		case <-quietC:
+			// The input paused: a job may be sized, at the loop's top.
 		case txn, ok := <-inCh:
 			if !ok {
 				closed = true
 				continue
 			}
+			coalesced := p.stats.Coalesced.Load()
 			if err := p.add(txn); err != nil {
 				if errors.Is(err, ErrSchema) {
 					stopFor, closed = err, true
@@ -532,7 +548,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 				}
 			}
 			if now := time.Now(); now.Sub(lastInput) >= inputQuiet {
-				burstStart, lastInput = now, now
+				burstStart, lastInput, burstCoalesced = now, now, coalesced
 			} else {
 				lastInput = now
 			}
@@ -593,19 +609,31 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 // companies in it that the burst changes again go twice. A burst that has
 // lasted longer must pause longer (half its length, up to maxInputQuiet):
 // between two statements that each update many rows, Postgres sends
-// nothing while it runs the next.
+// nothing while it runs the next. That longer wait is for companies
+// changed again: a burst that has changed none twice (a catch-up of new
+// rows) waits inputQuiet only, as the end of every catch-up did 300 ms
+// for nothing to merge.
 const (
 	inputQuiet    = 100 * time.Millisecond
 	maxInputQuiet = 300 * time.Millisecond
 )
 
+// quietFor is how long the input must pause, after a burst from burstStart
+// to lastInput, before a bulk job is sized; merged says whether a change of
+// the burst merged into one still pending.
+func quietFor(lastInput, burstStart time.Time, merged bool) time.Duration {
+	if !merged {
+		return inputQuiet
+	}
+	return min(maxInputQuiet, max(inputQuiet, lastInput.Sub(burstStart)/2))
+}
+
 // bulkTime says whether to consider a bulk job now: the burst (input since
 // burstStart) has been read (input quiet, or closed), or waiting would not
 // make it better (the backlog fills a whole job, or memory is half full
 // and reading has to go on).
-func (p *Pipeline) bulkTime(lastInput, burstStart time.Time, closed bool) bool {
-	quiet := min(maxInputQuiet, max(inputQuiet, lastInput.Sub(burstStart)/2))
-	return closed || time.Since(lastInput) >= quiet ||
+func (p *Pipeline) bulkTime(lastInput, burstStart time.Time, merged, closed bool) bool {
+	return closed || time.Since(lastInput) >= quietFor(lastInput, burstStart, merged) ||
 		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2 || p.windowBytes >= p.opts.MaxPendingBytes/2
 }
 

@@ -215,3 +215,26 @@ func TestFirstPollIsWhenTheJobShouldBeDone(t *testing.T) {
 	assert.Equal(t, minPoll, firstPoll(10_000, bulkEstimate{rate: 20, overhead: 10 * time.Second}, 2*time.Second),
 		"nothing measured: the start may be far too slow")
 }
+
+// A burst that merged changes waits longer the longer it lasted (up to
+// maxInputQuiet) before its job is sized, for the next statement's
+// changes to merge too; one that merged none (a catch-up of new rows) has
+// nothing to wait for beyond inputQuiet.
+func TestTheInputPauseAJobWaitsForIsForChangesToMerge(t *testing.T) {
+	start := time.Unix(0, 0)
+	for _, tt := range []struct {
+		name   string
+		lasted time.Duration
+		merged bool
+		want   time.Duration
+	}{
+		{"a short burst", 50 * time.Millisecond, true, inputQuiet},
+		{"a burst of 400 ms: half of it", 400 * time.Millisecond, true, 200 * time.Millisecond},
+		{"a long burst: at most maxInputQuiet", 10 * time.Second, true, maxInputQuiet},
+		{"a long burst that merged nothing", 10 * time.Second, false, inputQuiet},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, quietFor(start.Add(tt.lasted), start, tt.merged))
+		})
+	}
+}
