@@ -170,18 +170,9 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 			want:   []bool{true, false, false},
 		},
 	}
-	open := func(t *testing.T) *Store {
-		d, err := Open(t.TempDir())
-		require.NoError(t, err)
-		t.Cleanup(func() { d.Close() })
-		x, err := d.OpenStore()
-		require.NoError(t, err)
-		t.Cleanup(func() { x.Close() })
-		return x
-	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			seqs, maps := open(t), open(t)
+			seqs, maps := openStore(t), openStore(t)
 			for _, x := range []*Store{seqs, maps} {
 				for id, rec := range tt.stored {
 					putRecord(t, x, id, rec)
