@@ -70,13 +70,31 @@ func TestRemovedDeadLetterFileIsCreatedAgainAndCounted(t *testing.T) {
 			return len(l) > 0
 		}
 	}
+	// status counts the file's lines itself, and a transaction streamed
+	// again may append a duplicate between the two reads: both are read
+	// again until they agree.
+	countedByStatus := func() {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			want := len(lines())
+			got := e.statusDeadLetters()
+			if got == want && len(lines()) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status counts %d dead letters, the file holds %d", got, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	require.NoError(t, os.Remove(path))
 	_, err := e.conn.Exec(ctx, `UPDATE companies SET plan = 'after-rm' WHERE id IN (7, 8)`)
 	require.NoError(t, err)
 	e.convergeExcept(60*time.Second, "7")
 	require.Eventually(t, holdsOnly("after-rm"), 20*time.Second, 20*time.Millisecond,
 		"the dead letter after rm is in a new file: %q", lines())
-	assert.Equal(t, len(lines()), e.statusDeadLetters(), "status counts the dead letters written after rm")
+	countedByStatus() // the dead letters written after rm
 
 	rotatedHad := len(lines())
 	require.NoError(t, os.Rename(path, path+".1"))
@@ -88,7 +106,7 @@ func TestRemovedDeadLetterFileIsCreatedAgainAndCounted(t *testing.T) {
 	rotated, err := os.ReadFile(path + ".1")
 	require.NoError(t, err)
 	assert.Equal(t, rotatedHad, strings.Count(string(rotated), "\n"), "the rotated file keeps what it had")
-	assert.Equal(t, len(lines()), e.statusDeadLetters())
+	countedByStatus()
 
 	code, _ := p.stop(t)
 	assert.Equal(t, 0, code)
