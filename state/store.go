@@ -447,15 +447,6 @@ func keyOrderOf(n int, id func(int) string) []int {
 	return order
 }
 
-// get is Bucket.Get through c (positioned anew).
-func get(c *bolt.Cursor, id string) []byte {
-	k, v := c.Seek([]byte(id))
-	if string(k) != id {
-		return nil
-	}
-	return v
-}
-
 // sends reports whether a profile sends a key of fingerprint kh.
 func sends(keys []sent, kh uint32) bool {
 	for _, k := range keys {
