@@ -453,6 +453,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	var lastInput, burstStart time.Time
 	var burstCoalesced int64 // the changes merged into pending ones before the burst
 	for {
+		// Whether a change of the burst merged into a pending one: the
+		// input pause a job waits for (quietFor). Only add merges.
+		merged := p.stats.Coalesced.Load() > burstCoalesced
 		if err := p.skipNoOps(report); err != nil {
 			return err
 		}
@@ -477,7 +480,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			est := p.est
 			wg.Go(func() { reply(p.resumeHeld(ctx, hj, est)) })
 		}
-		if !stopped && !p.bulkBusy && p.nextJobNow() && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, p.stats.Coalesced.Load() > burstCoalesced, closed) {
+		if !stopped && !p.bulkBusy && p.nextJobNow() && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, merged, closed) {
 			batch, body, err := p.takeBulk(report)
 			if err != nil {
 				return err
@@ -521,7 +524,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		}
 		var quietC <-chan time.Time
 		if !closed && !stopped && !p.bulkBusy && !p.opts.NoBulk && p.ready.len() > 0 && !lastInput.IsZero() {
-			if wait := quietFor(lastInput, burstStart, p.stats.Coalesced.Load() > burstCoalesced) - time.Since(lastInput); wait > 0 {
+			if wait := quietFor(lastInput, burstStart, merged) - time.Since(lastInput); wait > 0 {
 				quiet.Reset(wait)
 				quietC = quiet.C
 			}
