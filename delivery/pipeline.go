@@ -116,6 +116,10 @@ type Options struct {
 	RealtimeLimit func() float64
 	// Workers is how many real-time calls run at once; 0 → 8.
 	Workers int
+	// Tick is how often the dispatcher does its housekeeping (the outbox
+	// write, status, the periodic log) when nothing else wakes it; 0 →
+	// 200 ms. Tests set it long to see that nothing else depends on it.
+	Tick time.Duration
 	// BulkRate is where the estimate of Userpilot's bulk processing speed
 	// in records/second starts, until a job has been measured (see
 	// policy.go); 0 → userpilot.DefaultBulkRate.
@@ -333,6 +337,9 @@ func New(opts Options) *Pipeline {
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = 2 * time.Second
 	}
+	if opts.Tick <= 0 {
+		opts.Tick = 200 * time.Millisecond
+	}
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 25_000
 	}
@@ -436,11 +443,11 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	}
 	defer close(work)
 
-	tick := time.NewTicker(200 * time.Millisecond)
+	tick := time.NewTicker(p.opts.Tick)
 	defer tick.Stop()
 	// quiet wakes the loop when the input has paused long enough for a
 	// job to be sized (bulkTime): on the tick alone, the end of every
-	// backlog waited up to 200 ms more.
+	// backlog waited up to a tick more.
 	quiet := time.NewTimer(time.Hour)
 	defer quiet.Stop()
 	report := newReport()

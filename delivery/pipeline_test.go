@@ -435,3 +435,34 @@ func TestABulkJobKeepsTheKeysAnUpdateLeftOutOfARecordedCompany(t *testing.T) {
 	assert.Equal(t, int64(n), h.pipe.Stats().Skipped.Load(), "Userpilot holds these values already")
 	assert.Equal(t, sent, len(h.up.Requests()), "nothing was sent")
 }
+
+// When the input pauses, the dispatcher wakes on its own to size the job
+// the pause allows: with its housekeeping tick an hour long and the
+// real-time calls held, nothing else happens that would wake it, and the
+// job goes all the same (before, the end of every backlog waited for the
+// next tick).
+func TestTheInputsPauseWakesTheDispatcherForItsJob(t *testing.T) {
+	s := bulkSetup
+	s.delivery.Tick = time.Hour
+	s.delivery.Workers = 2
+	h := newHarness(t, s)
+	h.up.FailNext(2, userpilottest.Fault{Delay: time.Minute}) // both workers' calls hang
+	ctx, cancel := context.WithCancel(context.Background())
+	in := make(chan row.Transaction, 1)
+	done := make(chan error, 1)
+	go func() { done <- h.pipe.Run(ctx, in) }()
+	in <- backlog(900, 600, "pro") // and then nothing: the input stays open
+	jobs := func() int {
+		n := 0
+		for _, r := range h.up.Requests() {
+			if r.Path == "/v1/companies/bulk_identify" {
+				n++
+			}
+		}
+		return n
+	}
+	assert.Eventually(t, func() bool { return jobs() > 0 }, 10*time.Second, 10*time.Millisecond,
+		"no bulk job was submitted while nothing but the input's pause could wake the dispatcher")
+	cancel()
+	<-done
+}
