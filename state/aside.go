@@ -169,7 +169,17 @@ func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
 	err = store.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
 		for _, j := range kept {
-			if err := b.Put(j.key, j.value); err != nil {
+			if j.body == nil {
+				if err := b.Put(j.key, j.value); err != nil {
+					return err
+				}
+				continue
+			}
+			jb, err := b.CreateBucket(j.key)
+			if err != nil {
+				return err
+			}
+			if err := jb.Put(bodyKey, j.body); err != nil {
 				return err
 			}
 		}
@@ -191,8 +201,9 @@ func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
 	return moved, carried, nil
 }
 
-// keptJob is a bulk job's record, as the store holds it.
-type keptJob struct{ key, value []byte }
+// keptJob is a bulk job's record, as the store holds it: a key and its
+// value, or (body set) a job's own bucket, which holds its body.
+type keptJob struct{ key, value, body []byte }
 
 // readJobs reads the bulk jobs on record in the store at path, and the
 // bucket's sequence.
@@ -211,7 +222,13 @@ func readJobs(path string) ([]keptJob, uint64, error) {
 		}
 		seq = b.Sequence()
 		return b.ForEach(func(k, v []byte) error {
-			jobs = append(jobs, keptJob{bytes.Clone(k), bytes.Clone(v)})
+			j := keptJob{key: bytes.Clone(k), value: bytes.Clone(v)}
+			if v == nil {
+				if j.body = bytes.Clone(b.Bucket(k).Get(bodyKey)); j.body == nil {
+					return fmt.Errorf("job %x: no body", k)
+				}
+			}
+			jobs = append(jobs, j)
 			return nil
 		})
 	})

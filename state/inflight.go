@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -39,13 +40,18 @@ type Job struct {
 	Companies []userpilot.Company `json:"companies"`
 }
 
-// A job is up to three keys: its number (8 bytes) → the body submitted
-// (its companies and states), written once, before submission; its number
-// followed by 'b' → when it began (Unix nanoseconds), in the same write;
-// and its number followed by 'i' → Userpilot's id for it, once answered.
-// Recording the id does not rewrite the companies (a job of 10,000 is
-// megabytes). Records written before the 'b' key carry "began" in the
-// body's object; they are still read.
+// A job is up to three keys: its number (8 bytes) → a bucket of its own
+// holding the body submitted (its companies and states) under bodyKey,
+// written once, before submission; its number followed by 'b' → when it
+// began (Unix nanoseconds), in the same write; and its number followed by
+// 'i' → Userpilot's id for it, once answered. The body is a bucket's one
+// value so that no other write rewrites it: bbolt writes a whole leaf
+// again when any key in it changes, and with the body beside the small
+// keys (and the next job's body), recording an id or ending a job wrote
+// megabytes, a tenth of pgpilot's CPU in a catch-up. Earlier releases
+// kept the body as the number's value, and before the 'b' key carried
+// "began" in the body's object; such records are still read.
+var bodyKey = []byte("body")
 
 // BeginJob durably records a job about to be submitted, before it is.
 func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
@@ -73,7 +79,11 @@ func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
 		if err := b.Put(jobBeganKey(key), began); err != nil {
 			return err
 		}
-		return b.Put(jobKey(key), body.JSON())
+		jb, err := b.CreateBucket(jobKey(key))
+		if err != nil {
+			return err
+		}
+		return jb.Put(bodyKey, body.JSON())
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record bulk job: %w", err)
@@ -85,7 +95,7 @@ func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
 func (x *Store) JobSubmitted(key uint64, id string) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
-		if b.Get(jobKey(key)) == nil {
+		if b.Bucket(jobKey(key)) == nil && b.Get(jobKey(key)) == nil {
 			return fmt.Errorf("no job %d", key)
 		}
 		return b.Put(jobIDKey(key), []byte(id))
@@ -102,9 +112,12 @@ func (x *Store) EndJob(key uint64) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
 		for _, k := range [][]byte{jobIDKey(key), jobBeganKey(key), jobKey(key)} {
-			if err := b.Delete(k); err != nil {
+			if err := b.Delete(k); err != nil && !errors.Is(err, bolt.ErrIncompatibleValue) {
 				return err
 			}
+		}
+		if err := b.DeleteBucket(jobKey(key)); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+			return err
 		}
 		return nil
 	})
@@ -119,7 +132,8 @@ func (x *Store) Jobs() ([]Job, error) {
 	var out []Job
 	ids, began := map[uint64]string{}, map[uint64]time.Time{}
 	err := x.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(jobsBucket).ForEach(func(k, v []byte) error {
+		b := tx.Bucket(jobsBucket)
+		return b.ForEach(func(k, v []byte) error {
 			if len(k) == 9 {
 				switch n := binary.BigEndian.Uint64(k); {
 				case k[8] == 'i':
@@ -128,6 +142,11 @@ func (x *Store) Jobs() ([]Job, error) {
 					began[n] = time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC()
 				}
 				return nil
+			}
+			if v == nil { // the job's own bucket
+				if v = b.Bucket(k).Get(bodyKey); v == nil {
+					return fmt.Errorf("job %x: no body", k)
+				}
 			}
 			var j Job
 			if err := json.Unmarshal(v, &j); err != nil {

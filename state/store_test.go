@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -228,6 +229,69 @@ func TestAJobRecordedWithItsStartInsideIsStillRead(t *testing.T) {
 	require.Len(t, jobs, 1)
 	assert.Equal(t, Job{Key: 1, ID: "job:7", Began: began,
 		Companies: []userpilot.Company{{CompanyID: "7", Metadata: userpilot.Metadata{"plan": json.RawMessage(`"pro"`)}}}}, jobs[0])
+}
+
+// A job's body is written once: recording the id of a job, or ending one,
+// while another job's body is on record beside it does not write either
+// body again. (With the bodies beside the small keys, each such write
+// rewrote the leaf holding them: megabytes, a tenth of the catch-up's CPU.)
+func TestRecordingAJobsIDOrEndDoesNotRewriteABody(t *testing.T) {
+	x := openStore(t)
+	body := func(from int) userpilot.BulkBody {
+		var b userpilot.BulkBody
+		for i := from; i < from+2000; i++ {
+			b.Add(userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: userpilot.Metadata{"name": json.RawMessage(`"Company ` + fmt.Sprint(i) + `, a name long enough to weigh"`)}})
+		}
+		return b
+	}
+	first, second := body(0), body(2000)
+	k1, err := x.BeginBulkJob(first)
+	require.NoError(t, err)
+	k2, err := x.BeginBulkJob(second)
+	require.NoError(t, err)
+	written := func(write func() error) int {
+		s0 := x.db.Stats()
+		require.NoError(t, write())
+		s1 := x.db.Stats()
+		return int(s1.TxStats.GetPageAlloc() - s0.TxStats.GetPageAlloc())
+	}
+	assert.Less(t, written(func() error { return x.JobSubmitted(k2, "job:2") }), second.Size()/10, "recording an id")
+	assert.Less(t, written(func() error { return x.EndJob(k1) }), second.Size()/10, "ending a job")
+	jobs, err := x.Jobs()
+	require.NoError(t, err)
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "job:2", jobs[0].ID)
+	assert.Len(t, jobs[0].Companies, 2000)
+}
+
+// A job recorded by an earlier release, its body the value of its number,
+// is read, and ended without a key left behind.
+func TestAJobOfAnEarlierReleaseIsReadAndEnded(t *testing.T) {
+	x := openStore(t)
+	began := time.Date(2026, 3, 4, 5, 6, 7, 8, time.UTC)
+	var key uint64
+	require.NoError(t, x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(jobsBucket)
+		var err error
+		if key, err = b.NextSequence(); err != nil {
+			return err
+		}
+		if err := b.Put(jobKey(key), []byte(`{"companies":[{"company_id":"7","metadata":{"plan":"pro"}}]}`)); err != nil {
+			return err
+		}
+		return b.Put(jobBeganKey(key), binary.BigEndian.AppendUint64(nil, uint64(began.UnixNano())))
+	}))
+	require.NoError(t, x.JobSubmitted(key, "job:7"))
+	jobs, err := x.Jobs()
+	require.NoError(t, err)
+	assert.Equal(t, []Job{{Key: key, ID: "job:7", Began: began,
+		Companies: []userpilot.Company{{CompanyID: "7", Metadata: userpilot.Metadata{"plan": json.RawMessage(`"pro"`)}}}}}, jobs)
+	require.NoError(t, x.EndJob(key))
+	require.NoError(t, x.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(jobsBucket).Cursor().First()
+		assert.Nil(t, k, "an ended job leaves no key behind")
+		return nil
+	}))
 }
 
 // The record of a job is the body as submitted, not a copy of it: a copy
