@@ -99,8 +99,9 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	for i := len(keep) - 1; i >= 0; i-- {
 		putBack(keep[i])
 	}
+	now := time.Now()
 	for _, e := range batch {
-		p.send(e)
+		p.send(e, now)
 	}
 	return batch, body, nil
 }
@@ -288,7 +289,7 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 		p.log.Warn("bulk job not applied; sending its records on the real-time path", "records", len(r.entries), "error", r.err)
 		for i := len(r.entries) - 1; i >= 0; i-- {
 			e := r.entries[i]
-			c := p.companies[e.id]
+			c := e.co
 			c.inflight = nil
 			p.inflight--
 			e.realtimeOnly = true

@@ -33,7 +33,7 @@ type deleteResult struct {
 func (p *Pipeline) collectDeletes() {
 	for p.ready.len() > 0 && p.ready.front().delete {
 		e := p.ready.popFront()
-		p.send(e)
+		p.send(e, time.Now()) // and again when its batch is sent
 		p.deletes = append(p.deletes, e)
 	}
 }

@@ -82,6 +82,7 @@ func (p *Pipeline) loadInFlight() error {
 			if c == nil {
 				c = p.newCompany(co.CompanyID)
 			}
+			e.co = c
 			if c.inflight != nil {
 				// In an older held job too: it waits for that one, and
 				// this job's state is only recorded once this job completes.

@@ -170,6 +170,7 @@ func (p *Pipeline) loadSome(ids []string, sizes map[string]int) error {
 		if c == nil {
 			c = p.newCompany(r.CompanyID)
 		}
+		e.co = c
 		c.disk = sizes[r.CompanyID]
 		c.waiting = e
 		p.enqueue(e)

@@ -12,6 +12,10 @@ import (
 // since the entry was made, newest values winning key by key.
 type entry struct {
 	id string
+	// co is its company, in p.companies while the entry is owed or on its
+	// way (a look-up by id in send and finish was a measurable part of a
+	// change's CPU).
+	co *company
 	md fields // the metadata owed (see fields.go)
 	// safe is the position that may be checkpointed while this entry is
 	// undelivered: the end of the last transaction received before the
