@@ -33,16 +33,17 @@ func defaultReceiveTimeout(statusInterval time.Duration) time.Duration {
 }
 
 // heard records that the server spoke, or that the stream was busy
-// elsewhere (handing a transaction on) and could not have listened.
-func (s *streamer) heard() {
-	s.live.lastHeard = time.Now()
+// elsewhere (handing a transaction on) and could not have listened, at now.
+func (s *streamer) heard(now time.Time) {
+	s.live.lastHeard = now
 	s.live.pinged = false
 }
 
 // checkAlive asks the server for a reply once it has been quiet for half of
-// ReceiveTimeout, and reports the connection dead after all of it.
-func (s *streamer) checkAlive(ctx context.Context) error {
-	silent := time.Since(s.live.lastHeard)
+// ReceiveTimeout, and reports the connection dead after all of it. now is
+// the time.
+func (s *streamer) checkAlive(ctx context.Context, now time.Time) error {
+	silent := now.Sub(s.live.lastHeard)
 	if silent >= s.opts.ReceiveTimeout {
 		return fmt.Errorf("replication stream: nothing from the server for %s, even when asked to reply: "+
 			"the connection is dead (a network partition, or a firewall or NAT that dropped it)",
@@ -60,7 +61,7 @@ func (s *streamer) checkAlive(ctx context.Context) error {
 		return fmt.Errorf("send standby status update: %w", err)
 	}
 	s.live.pinged = true
-	s.lastStatus, s.lastReported = time.Now(), confirmed
+	s.lastStatus, s.lastReported = now, confirmed
 	return nil
 }
 
