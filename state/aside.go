@@ -169,17 +169,7 @@ func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
 	err = store.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
 		for _, j := range kept {
-			if j.body == nil {
-				if err := b.Put(j.key, j.value); err != nil {
-					return err
-				}
-				continue
-			}
-			jb, err := b.CreateBucket(j.key)
-			if err != nil {
-				return err
-			}
-			if err := jb.Put(bodyKey, j.body); err != nil {
+			if err := b.Put(j.key, j.value); err != nil {
 				return err
 			}
 		}
@@ -201,9 +191,9 @@ func (d *Dir) SetAside(suffix string) (moved []string, jobs int, err error) {
 	return moved, carried, nil
 }
 
-// keptJob is a bulk job's record, as the store holds it: a key and its
-// value, or (body set) a job's own bucket, which holds its body.
-type keptJob struct{ key, value, body []byte }
+// keptJob is a bulk job's record, as the store holds it. (Its body file
+// stays where it is, and the record still points to it.)
+type keptJob struct{ key, value []byte }
 
 // readJobs reads the bulk jobs on record in the store at path, and the
 // bucket's sequence.
@@ -222,13 +212,7 @@ func readJobs(path string) ([]keptJob, uint64, error) {
 		}
 		seq = b.Sequence()
 		return b.ForEach(func(k, v []byte) error {
-			j := keptJob{key: bytes.Clone(k), value: bytes.Clone(v)}
-			if v == nil {
-				if j.body = bytes.Clone(b.Bucket(k).Get(bodyKey)); j.body == nil {
-					return fmt.Errorf("job %x: no body", k)
-				}
-			}
-			jobs = append(jobs, j)
+			jobs = append(jobs, keptJob{bytes.Clone(k), bytes.Clone(v)})
 			return nil
 		})
 	})

@@ -78,6 +78,11 @@ func TestSetAsideMovesCheckpointAndStoreKeepsDeadLettersAndJobsNotSeenEnd(t *tes
 	next, err := store.BeginJob(nil)
 	require.NoError(t, err)
 	assert.Greater(t, next, job, "new jobs are numbered after the kept one")
+	kept, err = store.Jobs()
+	require.NoError(t, err)
+	require.Len(t, kept, 2)
+	assert.Equal(t, []userpilot.Company{{CompanyID: "5", Metadata: userpilot.Metadata{"plan": json.RawMessage(`"in-a-job"`)}}}, kept[0].Companies,
+		"the kept job's body is read still, and the next job's went elsewhere")
 	sum, err = SummarizeOutbox(t.TempDir())
 	require.NoError(t, err)
 	assert.Zero(t, sum.Companies, "no store owes nothing")

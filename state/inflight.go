@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -40,18 +44,142 @@ type Job struct {
 	Companies []userpilot.Company `json:"companies"`
 }
 
-// A job is up to three keys: its number (8 bytes) → a bucket of its own
-// holding the body submitted (its companies and states) under bodyKey,
-// written once, before submission; its number followed by 'b' → when it
-// began (Unix nanoseconds), in the same write; and its number followed by
-// 'i' → Userpilot's id for it, once answered. The body is a bucket's one
-// value so that no other write rewrites it: bbolt writes a whole leaf
-// again when any key in it changes, and with the body beside the small
-// keys (and the next job's body), recording an id or ending a job wrote
-// megabytes, a tenth of pgpilot's CPU in a catch-up. Earlier releases
-// kept the body as the number's value, and before the 'b' key carried
-// "began" in the body's object; such records are still read.
-var bodyKey = []byte("body")
+// A job is up to three keys: its number (8 bytes) → where its body is
+// (bodyRef); its number followed by 'b' → when it began (Unix
+// nanoseconds), in the same write; and its number followed by 'i' →
+// Userpilot's id for it, once answered.
+//
+// The body submitted (its companies and states, megabytes for a job of
+// 10,000) is in a file of its own beside the store, job-body.N, written in
+// place over the body of a job that ended. In bbolt it cost a tenth of
+// pgpilot's CPU in a catch-up: bbolt copies a value into pages of its own,
+// and the freed pages of the last body were taken by the index's pages
+// before the next body needed a run of them, so every body went to the
+// end of a growing file; writing where no file was costs the kernel ten
+// times what writing over one does. Earlier releases kept the body as the
+// number's value (and before the 'b' key carried "began" in its object);
+// such records are still read.
+
+// bodyFile is the name, in the state directory, of body file n.
+func bodyFile(n int) string { return fmt.Sprintf("job-body.%d", n) }
+
+// bodyRef is where a job's body is: file, length and xxHash64 of the bytes
+// (a body file holds the body of an older job beyond the length, and a
+// file written over is checked).
+type bodyRef struct {
+	file   int
+	length int
+	sum    uint64
+}
+
+// bodyRefVersion is a bodyRef value's first byte: a body's is '{'.
+const bodyRefVersion = 1
+
+func (r bodyRef) encode() []byte {
+	b := []byte{bodyRefVersion}
+	b = binary.AppendUvarint(b, uint64(r.file))
+	b = binary.AppendUvarint(b, uint64(r.length))
+	return binary.BigEndian.AppendUint64(b, r.sum)
+}
+
+// decodeBodyRef reads a job number's value; ok false means the value is
+// the body itself (an earlier release's record).
+func decodeBodyRef(v []byte) (_ bodyRef, ok bool, _ error) {
+	if len(v) == 0 || v[0] != bodyRefVersion {
+		return bodyRef{}, false, nil
+	}
+	v = v[1:]
+	file, n := binary.Uvarint(v)
+	if n <= 0 {
+		return bodyRef{}, true, errBodyRef
+	}
+	v = v[n:]
+	length, n := binary.Uvarint(v)
+	if n <= 0 || len(v[n:]) != 8 {
+		return bodyRef{}, true, errBodyRef
+	}
+	return bodyRef{file: int(file), length: int(length), sum: binary.BigEndian.Uint64(v[n:])}, true, nil
+}
+
+var errBodyRef = errors.New("unreadable reference to a bulk job's body")
+
+// bodies are the body files in use, so a new body never goes over the
+// body of a job not seen end.
+type bodies struct {
+	mu   sync.Mutex
+	used map[int]bool
+}
+
+// take returns the lowest body file not in use, now in use.
+func (b *bodies) take() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for b.used[n] {
+		n++
+	}
+	b.used[n] = true
+	return n
+}
+
+func (b *bodies) release(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.used, n)
+}
+
+// loadBodies notes the body files the jobs on record use.
+func (x *Store) loadBodies() error {
+	x.bodies.used = map[int]bool{}
+	return x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(jobsBucket).ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return nil
+			}
+			if ref, ok, err := decodeBodyRef(v); ok && err == nil {
+				x.bodies.used[ref.file] = true
+			}
+			return nil
+		})
+	})
+}
+
+// writeBody writes body durably into body file n, from its start.
+func (x *Store) writeBody(n int, body []byte) error {
+	path := filepath.Join(x.dir, bodyFile(n))
+	_, err := os.Stat(path)
+	created := errors.Is(err, os.ErrNotExist)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	// Over what is there, never truncated: the file's blocks are written
+	// again rather than freed and allocated anew.
+	_, err = f.WriteAt(body, 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && created {
+		err = syncDir(x.dir)
+	}
+	return err
+}
+
+// readBody reads the body ref points to.
+func (x *Store) readBody(ref bodyRef) ([]byte, error) {
+	path := filepath.Join(x.dir, bodyFile(ref.file))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < ref.length || xxhash.Sum64(b[:ref.length]) != ref.sum {
+		return nil, fmt.Errorf("%s does not hold the body on record (written over, or damaged)", path)
+	}
+	return b[:ref.length], nil
+}
 
 // BeginJob durably records a job about to be submitted, before it is.
 func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
@@ -62,12 +190,18 @@ func (x *Store) BeginJob(companies []userpilot.Company) (uint64, error) {
 	return x.BeginBulkJob(body)
 }
 
-// BeginBulkJob is BeginJob for the body about to be submitted: the record
-// is those very bytes, neither encoded again nor copied (a copy was a
-// second body's worth of heap, two megabytes, at every job). The body must
-// not change while the call runs: bbolt copies it into its pages at the
-// commit.
+// BeginBulkJob is BeginJob for the body about to be submitted: those very
+// bytes are written, neither encoded again nor copied (a copy was a second
+// body's worth of heap, two megabytes, at every job). The body must not
+// change while the call runs.
 func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
+	file := x.bodies.take()
+	data := body.JSON()
+	if err := x.writeBody(file, data); err != nil {
+		x.bodies.release(file)
+		return 0, fmt.Errorf("record bulk job: write its body: %w", err)
+	}
+	ref := bodyRef{file: file, length: len(data), sum: xxhash.Sum64(data)}
 	began := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
 	var key uint64
 	err := x.db.Update(func(tx *bolt.Tx) error {
@@ -79,13 +213,10 @@ func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
 		if err := b.Put(jobBeganKey(key), began); err != nil {
 			return err
 		}
-		jb, err := b.CreateBucket(jobKey(key))
-		if err != nil {
-			return err
-		}
-		return jb.Put(bodyKey, body.JSON())
+		return b.Put(jobKey(key), ref.encode())
 	})
 	if err != nil {
+		x.bodies.release(file)
 		return 0, fmt.Errorf("record bulk job: %w", err)
 	}
 	return key, nil
@@ -95,7 +226,7 @@ func (x *Store) BeginBulkJob(body userpilot.BulkBody) (uint64, error) {
 func (x *Store) JobSubmitted(key uint64, id string) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
-		if b.Bucket(jobKey(key)) == nil && b.Get(jobKey(key)) == nil {
+		if b.Get(jobKey(key)) == nil {
 			return fmt.Errorf("no job %d", key)
 		}
 		return b.Put(jobIDKey(key), []byte(id))
@@ -107,22 +238,26 @@ func (x *Store) JobSubmitted(key uint64, id string) error {
 }
 
 // EndJob forgets a job whose end pgpilot has seen (completed, failed,
-// refused).
+// refused). Its body file is kept, for the next body to go over.
 func (x *Store) EndJob(key uint64) error {
+	file := -1
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(jobsBucket)
+		if ref, ok, err := decodeBodyRef(b.Get(jobKey(key))); ok && err == nil {
+			file = ref.file
+		}
 		for _, k := range [][]byte{jobIDKey(key), jobBeganKey(key), jobKey(key)} {
-			if err := b.Delete(k); err != nil && !errors.Is(err, bolt.ErrIncompatibleValue) {
+			if err := b.Delete(k); err != nil {
 				return err
 			}
-		}
-		if err := b.DeleteBucket(jobKey(key)); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
-			return err
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("forget bulk job: %w", err)
+	}
+	if file >= 0 {
+		x.bodies.release(file)
 	}
 	return nil
 }
@@ -143,9 +278,11 @@ func (x *Store) Jobs() ([]Job, error) {
 				}
 				return nil
 			}
-			if v == nil { // the job's own bucket
-				if v = b.Bucket(k).Get(bodyKey); v == nil {
-					return fmt.Errorf("job %x: no body", k)
+			if ref, ok, err := decodeBodyRef(v); err != nil {
+				return fmt.Errorf("job %x: %w", k, err)
+			} else if ok {
+				if v, err = x.readBody(ref); err != nil {
+					return fmt.Errorf("job %x: %w", k, err)
 				}
 			}
 			var j Job

@@ -59,11 +59,13 @@ const (
 // 2^64 for values not made to collide, and only the table's own writers
 // could make them.
 type Store struct {
-	db   *bolt.DB
-	stop chan struct{} // ends trimResident
-	done chan struct{}
-	once sync.Once
-	res  resident // see resident.go
+	db     *bolt.DB
+	dir    string        // the state directory, where the bulk jobs' bodies are
+	bodies bodies        // see inflight.go
+	stop   chan struct{} // ends trimResident
+	done   chan struct{}
+	once   sync.Once
+	res    resident // see resident.go
 }
 
 // OpenStore opens (creating) the store in the state directory.
@@ -92,7 +94,11 @@ func (d *Dir) OpenStore() (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	x := &Store{db: db, stop: make(chan struct{}), done: make(chan struct{})}
+	x := &Store{db: db, dir: d.path, stop: make(chan struct{}), done: make(chan struct{})}
+	if err := x.loadBodies(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if base, ok := residentFileBytes(); ok {
 		x.res.ok = true
 		x.res.base.Store(base)
