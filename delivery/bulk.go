@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -58,6 +59,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	if k == 0 {
 		return nil, body, nil
 	}
+	body.Reuse(p.spare.take())
 	take, peek, putBack := p.ready.popBack, p.ready.last, p.ready.push
 	if alone {
 		take, peek, putBack = p.ready.popFront, p.ready.first, p.ready.pushFront
@@ -114,8 +116,9 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 // free is told when the job completed, before its profiles are written to
 // the index: Userpilot's one bulk job per account is free from then on.
 //
-// body is let go (set empty) once the job completed: the index write and
-// the next job need not keep a megabyte or two of JSON alive.
+// body is let go once the job completed: its room goes to the next job's
+// body (spareRoom), and the index write need not keep a megabyte or two
+// of JSON alive.
 func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body *userpilot.BulkBody, est bulkEstimate, free func(jobObservation)) bulkResult {
 	start := time.Now()
 	// Recorded before it is submitted: killed from here on, the next run
@@ -167,7 +170,7 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body *userpilot.
 			// not wait for it (its companies are others: these stay in
 			// flight until recorded). Killed meanwhile, the next run finds
 			// this job's record and writes the index from it.
-			*body = userpilot.BulkBody{}
+			p.spare.put(body.Release())
 			free(obs)
 			if err := p.recordEntries(batch); err != nil {
 				return bulkResult{entries: batch, freed: true, err: err}
@@ -322,4 +325,43 @@ func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
 	p.stats.BulkJobs.Add(1)
 	rep.flush(p, "bulk", len(r.entries), r.took)
 	return p.accepted(r.entries[0].sentAt)
+}
+
+// spareRoom is the room of the last body sent, for the next job's: a body
+// is the largest object pgpilot makes, and a new one at every job was a
+// sixth of what a catch-up allocated (and cleared). Only one is kept, and
+// not for long: held idle, it would be megabytes for nothing.
+type spareRoom struct {
+	mu   sync.Mutex
+	room []byte
+	at   time.Time
+}
+
+// spareFor is how long a spare room is kept without a job to take it.
+const spareFor = 30 * time.Second
+
+func (s *spareRoom) put(room []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cap(room) > cap(s.room) {
+		s.room, s.at = room, time.Now()
+	}
+}
+
+// take returns the spare room (nil: none), no longer spare.
+func (s *spareRoom) take() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	room := s.room
+	s.room = nil
+	return room
+}
+
+// expire lets a room kept for spareFor go.
+func (s *spareRoom) expire(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.room != nil && now.Sub(s.at) >= spareFor {
+		s.room = nil
+	}
 }

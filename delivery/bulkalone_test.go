@@ -79,3 +79,35 @@ func TestACompletedJobLetsItsBodyGoBeforeItIsRecorded(t *testing.T) {
 	assert.Zero(t, atFree, "the body was still held when the job was reported completed")
 	assert.True(t, res.freed)
 }
+
+// The next job's body is written in the room of the last one sent (a new
+// body at every job was a sixth of what a catch-up allocated), and a room
+// no job takes is let go after spareFor.
+func TestTheNextJobsBodyIsWrittenInTheLastOnesRoom(t *testing.T) {
+	p := New(Options{MinBulk: 1, Sender: doneSender{}, Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
+	p.est = bulkEstimate{rate: 1e6, jobs: 1}
+	job := func() (*byte, bulkResult) {
+		addCompanies(t, p, 10)
+		batch, body, err := p.takeBulk(newReport())
+		require.NoError(t, err)
+		require.Equal(t, 10, body.Len())
+		// Held here, the first body's bytes cannot be freed and allocated
+		// again at the same address: only the reuse puts the second there.
+		first := &body.JSON()[0]
+		return first, p.runBulk(context.Background(), batch, &body, p.est, func(jobObservation) {})
+	}
+	first, res := job()
+	require.NoError(t, res.err)
+	for _, e := range res.entries {
+		p.finish(e)
+	}
+	p.received = 0 // addCompanies numbers its transactions from the start again
+	second, res := job()
+	require.NoError(t, res.err)
+	assert.Same(t, first, second, "the second body was written in room of its own")
+
+	p.spare.expire(time.Now().Add(spareFor - time.Second))
+	assert.NotNil(t, p.spare.room, "kept while a job may come")
+	p.spare.expire(time.Now().Add(spareFor))
+	assert.Nil(t, p.spare.room, "let go when none came")
+}

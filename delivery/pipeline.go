@@ -247,6 +247,7 @@ type Pipeline struct {
 	markDone  any // the newest mark with everything before it delivered
 	markSaved any // the mark last passed to Checkpoint
 	bulkBusy  bool
+	spare     spareRoom // a sent body's room, for the next (see bulk.go)
 	// jobStarted and jobRecords are the running job's start and size (for
 	// bulkAlone: is it overdue?).
 	jobStarted time.Time
@@ -1060,6 +1061,7 @@ func (p *Pipeline) tick() error {
 	if err := p.expireHeld(); err != nil {
 		return err
 	}
+	p.spare.expire(time.Now())
 	p.watermark()
 	p.updateMode()
 	received := p.received

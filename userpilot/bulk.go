@@ -160,6 +160,17 @@ func (b *BulkBody) addKey(k string, v json.RawMessage) bool {
 // guessed is not copied over and over as it grows.
 func (b *BulkBody) Grow(n int) { b.json = slices.Grow(b.json, n) }
 
+// Reuse empties the body, to be written in room's space (its bytes are
+// written over): the room of a body that was sent (Release).
+func (b *BulkBody) Reuse(room []byte) { *b = BulkBody{json: room[:0]} }
+
+// Release empties the body and returns its room, for Reuse.
+func (b *BulkBody) Release() []byte {
+	room := b.json
+	*b = BulkBody{}
+	return room
+}
+
 // Size is the body's length in bytes.
 func (b *BulkBody) Size() int { return max(len(b.json), len(`{"companies":[`)) + len("]}") }
 
