@@ -112,6 +112,7 @@ type streamer struct {
 	curPieces    bool             // pieces of cur were sent on already (a large transaction)
 	skipping     bool             // the open transaction was delivered before (resent after a restart)
 	lastEmitted  pglogrepl.LSN
+	lastChanges  int // how many changes the last transaction emitted had (its last piece's, if in pieces)
 	lastMarker   time.Time
 	lastStatus   time.Time
 	lastReported pglogrepl.LSN
@@ -302,7 +303,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		if err := s.emit(ctx, txn); err != nil {
 			return err
 		}
-		s.lastEmitted = txn.EndLSN
+		s.lastEmitted, s.lastChanges = txn.EndLSN, len(txn.Changes)
 	}
 	return nil
 }
@@ -320,6 +321,11 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 	}
 	if rel.Table != s.opts.Table && !slices.Contains(s.opts.Related, rel.Table) {
 		return nil
+	}
+	if s.cur.Changes == nil {
+		// Sized as the last transaction was: grown from nothing, a
+		// transaction of 100 rows allocated 2.5 times its changes.
+		s.cur.Changes = make([]row.Change, 0, min(max(s.lastChanges, 1), s.opts.ChunkChanges))
 	}
 	s.cur.Changes = append(s.cur.Changes, r.change(rel))
 	if len(s.cur.Changes) >= s.opts.ChunkChanges {
