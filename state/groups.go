@@ -31,6 +31,9 @@ const (
 	// a write makes it larger. About ten companies of seven keys, four
 	// groups to a 4 kB page.
 	groupMaxBytes = 1024
+	// groupFill is how full bbolt fills a page of groups before it splits
+	// it (bolt.Bucket.FillPercent).
+	groupFill = 0.9
 )
 
 // groupEntry is one company of a group: its id and its record.
@@ -180,6 +183,12 @@ type groupWriter struct {
 }
 
 func newGroupWriter(b *bolt.Bucket) *groupWriter {
+	// Pages filled to 90% before they split, not bbolt's half: companies
+	// are mostly added in order (a catch-up of new rows, ids ascending
+	// within each write), and a page split in half stays half empty, so
+	// the index was twice the pages to write and map. (A page that grows
+	// later splits as any does.)
+	b.FillPercent = groupFill
 	return &groupWriter{b: b, r: groupReader{c: b.Cursor()}}
 }
 

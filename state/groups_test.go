@@ -206,3 +206,30 @@ func TestAnUnreadableGroupIsReadAsHoldingNothing(t *testing.T) {
 	checkGroups(t, x)
 	assert.True(t, slices.Equal(recordOf(t, co), getRecord(t, x, "5")))
 }
+
+// Companies recorded in order fill the index's pages: split in half, as
+// bbolt splits by default, a page stayed half empty, and the index was
+// twice the pages to write at every commit and to map. (Groups of up to 1
+// kB fill a 4 kB page to about three quarters: 75% measured, 52% split in
+// half.)
+func TestCompaniesRecordedInOrderFillTheIndexsPages(t *testing.T) {
+	x := openStore(t)
+	const n = 20_000
+	batch := make([]userpilot.Company, 0, 1000)
+	for i := 1; i <= n; i++ {
+		batch = append(batch, userpilot.Company{CompanyID: fmt.Sprint(i), Metadata: userpilot.Metadata{
+			"name": json.RawMessage(fmt.Sprintf(`"Company %d"`, i)), "plan": json.RawMessage(`"pro"`),
+			"seats": json.RawMessage(fmt.Sprint(i % 500)), "trial": json.RawMessage(`true`)}})
+		if len(batch) == cap(batch) {
+			require.NoError(t, x.Record(batch))
+			batch = batch[:0]
+		}
+	}
+	var leafBytes, used int
+	require.NoError(t, x.db.View(func(tx *bolt.Tx) error {
+		st := tx.Bucket(groupsBucket).Stats()
+		leafBytes, used = st.LeafAlloc, st.LeafInuse
+		return nil
+	}))
+	assert.Greater(t, float64(used)/float64(leafBytes), 0.7, "%d bytes of leaf pages hold %d", leafBytes, used)
+}
