@@ -198,10 +198,13 @@ func (w *groupWriter) hold(p []byte) []byte {
 }
 
 // reserve returns room for n bytes from the writer's buffer, empty, never
-// to be handed out again.
+// to be handed out again. The buffer starts at a group's size or two and
+// doubles up to 32 kB: a real-time call's write of one company needs a
+// few kB, and a first block of 32 kB for each was most of what the
+// real-time path allocated.
 func (w *groupWriter) reserve(n int) []byte {
 	if cap(w.buf)-len(w.buf) < n {
-		w.buf = make([]byte, 0, max(n, 32<<10))
+		w.buf = make([]byte, 0, max(n, min(32<<10, max(4<<10, 2*cap(w.buf)))))
 	}
 	start := len(w.buf)
 	w.buf = w.buf[:start+n]

@@ -543,3 +543,22 @@ func eachRecord(t *testing.T, x *Store, fn func(id string, rec []byte)) {
 		})
 	}))
 }
+
+// A real-time call's outcome, one company, is written without a block of
+// room sized for a bulk job's: the 32 kB each such write took first was
+// most of what the real-time path allocated.
+func TestRecordingOneCompanyAllocatesLittle(t *testing.T) {
+	x := openStore(t)
+	co := func(i int) []userpilot.Company {
+		return []userpilot.Company{{CompanyID: fmt.Sprint(i), Metadata: userpilot.Metadata{"plan": json.RawMessage(`"pro"`), "seats": json.RawMessage(`3`)}}}
+	}
+	for i := range 100 { // a few groups to read and write
+		require.NoError(t, x.Record(co(i)))
+	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	require.NoError(t, x.Record(co(50)))
+	runtime.ReadMemStats(&m1)
+	allocated := m1.TotalAlloc - m0.TotalAlloc
+	assert.Less(t, allocated, uint64(24<<10), "allocated %d bytes to record one company", allocated)
+}
