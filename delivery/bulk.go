@@ -70,7 +70,7 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 	p.log.Debug("bulk job sized", "ready", p.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
 	var batch, keep []*entry
-	names := p.keys.all()
+	members := p.keys.members
 	for len(batch) < k && p.ready.len() > 0 {
 		e := take()
 		if e.realtimeOnly || e.delete {
@@ -85,7 +85,8 @@ func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
 			p.skip(e, r)
 			continue
 		}
-		if !body.AddSeqWithin(e.id, e.md.seq(names), maxBulkBytes) {
+		p.memberJSON = e.md.appendMembers(p.memberJSON[:0], members)
+		if !body.AddMembersWithin(e.id, p.memberJSON, maxBulkBytes) {
 			keep = append(keep, e)
 			break
 		}

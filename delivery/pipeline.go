@@ -227,6 +227,9 @@ type Pipeline struct {
 	// and packed (the dispatcher's).
 	rowJSON []byte
 	rowVals []json.RawMessage
+	// memberJSON is room for one company's metadata members while a bulk
+	// body is written (the dispatcher's).
+	memberJSON []byte
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first (and finished ones until they reach the front)

@@ -84,12 +84,38 @@ func TestBulkBodyIsTheCompaniesAsJSON(t *testing.T) {
 }
 
 // TestAddSeqWithinIsAddWithinFromASequence: a company added from a
-// sequence of its keys (delivery's packed metadata) is the company
-// AddWithin writes from a map: byte for byte when the sequence yields the
-// keys sorted, the same JSON in the order yielded otherwise; the limit and
-// an empty company_id are met the same way.
+// sequence of its keys (AddSeqWithin), or from its metadata's members
+// written by the caller with MetadataKey (AddMembersWithin, as delivery
+// writes its packed metadata), is the company AddWithin writes from a
+// map: byte for byte when the keys come sorted, the same JSON in the order
+// they come otherwise; the limit and an empty company_id are met the same
+// way.
 func TestAddSeqWithinIsAddWithinFromASequence(t *testing.T) {
 	type kv struct{ k, v string }
+	ways := []struct {
+		name string
+		add  func(b *userpilot.BulkBody, id string, kvs []kv, limit int) bool
+	}{
+		{"AddSeqWithin", func(b *userpilot.BulkBody, id string, kvs []kv, limit int) bool {
+			return b.AddSeqWithin(id, func(yield func(string, json.RawMessage) bool) {
+				for _, kv := range kvs {
+					if !yield(kv.k, json.RawMessage(kv.v)) {
+						return
+					}
+				}
+			}, limit)
+		}},
+		{"AddMembersWithin", func(b *userpilot.BulkBody, id string, kvs []kv, limit int) bool {
+			var members []byte
+			for i, kv := range kvs {
+				if i > 0 {
+					members = append(members, ',')
+				}
+				members = append(append(members, userpilot.MetadataKey(kv.k)...), kv.v...)
+			}
+			return b.AddMembersWithin(id, members, limit)
+		}},
+	}
 	tests := []struct {
 		name string
 		id   string
@@ -102,57 +128,54 @@ func TestAddSeqWithinIsAddWithinFromASequence(t *testing.T) {
 		{"escapes in the id and keys", `Quote "Co" <&>`, []kv{{"ünï", `"Ünïcødé"`}, {"tab\tkey", "1.50"}}},
 		{"no company_id", "", []kv{{"plan", `"free"`}}},
 	}
-	var seqBody, mapBody userpilot.BulkBody
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			co := userpilot.Company{CompanyID: tt.id, Metadata: userpilot.Metadata{}}
-			for _, kv := range tt.kvs {
-				co.Metadata[kv.k] = json.RawMessage(kv.v)
-			}
-			seq := func(yield func(string, json.RawMessage) bool) {
-				for _, kv := range tt.kvs {
-					if !yield(kv.k, json.RawMessage(kv.v)) {
-						return
+	for _, way := range ways {
+		t.Run(way.name, func(t *testing.T) {
+			var seqBody, mapBody userpilot.BulkBody
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					co := userpilot.Company{CompanyID: tt.id, Metadata: userpilot.Metadata{}}
+					for _, kv := range tt.kvs {
+						co.Metadata[kv.k] = json.RawMessage(kv.v)
 					}
-				}
-			}
-			var one userpilot.BulkBody
-			require.True(t, one.AddSeqWithin(tt.id, seq, 0))
-			want := `{"companies":[` + string(co.AppendJSON(nil)) + `]}`
-			assert.JSONEq(t, want, string(one.JSON()))
-			assert.Equal(t, len(want), one.Size())
-			sorted := sort.SliceIsSorted(tt.kvs, func(i, j int) bool { return tt.kvs[i].k < tt.kvs[j].k })
-			if sorted {
-				assert.Equal(t, want, string(one.JSON()), "keys yielded sorted: the bytes AddWithin writes")
-			}
+					var one userpilot.BulkBody
+					require.True(t, way.add(&one, tt.id, tt.kvs, 0))
+					want := `{"companies":[` + string(co.AppendJSON(nil)) + `]}`
+					assert.JSONEq(t, want, string(one.JSON()))
+					assert.Equal(t, len(want), one.Size())
+					sorted := sort.SliceIsSorted(tt.kvs, func(i, j int) bool { return tt.kvs[i].k < tt.kvs[j].k })
+					if sorted {
+						assert.Equal(t, want, string(one.JSON()), "keys yielded sorted: the bytes AddWithin writes")
+					}
 
-			// Into a body that holds companies already, against a limit.
-			before := string(seqBody.JSON())
-			after := seqBody.Size() + len(co.AppendJSON(nil)) // its size with co
-			if seqBody.Len() > 0 {
-				after++ // the comma
+					// Into a body that holds companies already, against a limit.
+					before := string(seqBody.JSON())
+					after := seqBody.Size() + len(co.AppendJSON(nil)) // its size with co
+					if seqBody.Len() > 0 {
+						after++ // the comma
+					}
+					assert.False(t, way.add(&seqBody, tt.id, tt.kvs, after-1), "one byte past the limit")
+					assert.Equal(t, before, string(seqBody.JSON()), "the body is as it was")
+					require.True(t, way.add(&seqBody, tt.id, tt.kvs, after))
+					require.True(t, mapBody.AddWithin(co, 0))
+					assert.JSONEq(t, string(mapBody.JSON()), string(seqBody.JSON()))
+					assert.Equal(t, mapBody.Size(), seqBody.Size())
+					assert.Equal(t, mapBody.Len(), seqBody.Len())
+				})
 			}
-			assert.False(t, seqBody.AddSeqWithin(tt.id, seq, after-1), "one byte past the limit")
-			assert.Equal(t, before, string(seqBody.JSON()), "the body is as it was")
-			require.True(t, seqBody.AddSeqWithin(tt.id, seq, after))
-			require.True(t, mapBody.AddWithin(co, 0))
-			assert.JSONEq(t, string(mapBody.JSON()), string(seqBody.JSON()))
-			assert.Equal(t, mapBody.Size(), seqBody.Size())
-			assert.Equal(t, mapBody.Len(), seqBody.Len())
+			// The body with a record without a company_id is refused before
+			// it is sent, as one written by AddWithin is.
+			c, err := userpilot.New(userpilot.Options{APIKey: "k", Endpoint: "http://127.0.0.1:1"})
+			require.NoError(t, err)
+			for _, body := range []userpilot.BulkBody{seqBody, mapBody} {
+				// (Nothing listens there: a body sent would be retried until
+				// the context ends.)
+				ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+				_, err = c.BulkIdentify(ctx, body)
+				cancel()
+				var rej *userpilot.RejectedError
+				require.ErrorAs(t, err, &rej)
+				assert.ErrorContains(t, err, "record 5")
+			}
 		})
-	}
-	// The body with a record without a company_id is refused before it is
-	// sent, as one written by AddWithin is.
-	c, err := userpilot.New(userpilot.Options{APIKey: "k", Endpoint: "http://127.0.0.1:1"})
-	require.NoError(t, err)
-	for _, body := range []userpilot.BulkBody{seqBody, mapBody} {
-		// (Nothing listens there: a body sent would be retried until the
-		// context ends.)
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		_, err = c.BulkIdentify(ctx, body)
-		cancel()
-		var rej *userpilot.RejectedError
-		require.ErrorAs(t, err, &rej)
-		assert.ErrorContains(t, err, "record 5")
 	}
 }
