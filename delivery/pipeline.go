@@ -228,8 +228,11 @@ type Pipeline struct {
 	rowJSON []byte
 	rowVals []json.RawMessage
 	// memberJSON is room for one company's metadata members while a bulk
-	// body is written (the dispatcher's).
+	// body is written; asked and answers, for a look-up in the no-op index
+	// (the dispatcher's).
 	memberJSON []byte
+	asked      []*entry
+	answers    []bool
 
 	companies map[string]*company
 	order     queue // every undelivered entry, oldest first (and finished ones until they reach the front)
@@ -934,7 +937,10 @@ func (p *Pipeline) needsLookUp(e *entry) bool {
 // lookUp asks the index about those of es not looked up yet, in one read:
 // one per company was most of a change's cost in a catch-up.
 func (p *Pipeline) lookUp(es []*entry) error {
-	var ask []*entry
+	// In room kept from one look-up to the next (the dispatcher's): made
+	// anew, it was a job's 10,000 entries and answers at every job.
+	ask := p.asked[:0]
+	defer func() { clear(ask); p.asked = ask[:0] }() // keeps no entry alive
 	for _, e := range es {
 		if p.needsLookUp(e) {
 			ask = append(ask, e)
@@ -943,7 +949,8 @@ func (p *Pipeline) lookUp(es []*entry) error {
 	if len(ask) == 0 {
 		return nil
 	}
-	same, absent := make([]bool, len(ask)), make([]bool, len(ask))
+	p.answers = slices.Grow(p.answers[:0], 2*len(ask))[:2*len(ask)]
+	same, absent := p.answers[:len(ask)], p.answers[len(ask):]
 	if err := p.opts.Index.UnchangedProfiles(p.profilesOf(ask), same, absent); err != nil {
 		return err
 	}
