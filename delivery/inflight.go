@@ -129,7 +129,15 @@ func (p *Pipeline) markSending(ids ...string) error {
 func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob, est bulkEstimate) bulkResult {
 	res := bulkResult{entries: hj.entries, held: hj}
 	if hj.job.ID == "" {
-		wait := est.expected(hj.records)
+		// As long as such a job would take, with the slack after which a
+		// running job is judged overdue (bulkAlone): the estimate is of
+		// jobs pgpilot polled, and nobody polls a job whose submitter was
+		// killed; Userpilot works through it in its own time (the stand-in
+		// without a speed completes one up to a second after submission,
+		// where a polled one completes at its first poll). Let go sooner,
+		// a company's newer state could be overwritten by the job's older
+		// one, and a company deleted since be created again.
+		wait := 2*est.expected(hj.records) + p.opts.PollInterval
 		wait = min(max(0, wait-time.Since(hj.job.Began)), maxHeldWait)
 		if err := sleep(ctx, wait); err != nil {
 			return bulkResult{entries: hj.entries, held: hj, err: err}

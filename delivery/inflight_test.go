@@ -79,6 +79,36 @@ func TestABulkJobFromBeforeTheRestartHoldsItsCompanies(t *testing.T) {
 	assert.Empty(t, jobs, "the job's end was seen: its record is gone")
 }
 
+// A bulk job the earlier run submitted and died before hearing the answer
+// to has no id to poll: it holds its companies for as long as such a job
+// would take with the slack of an overdue one, not for the estimate alone.
+// The estimate here says a millisecond; the stand-in (no speed) completes a
+// job nobody polls a second after its submission, and a newer state sent
+// before that is overwritten by the old one.
+func TestABulkJobWhoseAnswerWasLostHoldsItsCompaniesPastTheEstimate(t *testing.T) {
+	h := newHarness(t, setup{delivery: delivery.Options{PollInterval: 1500 * time.Millisecond,
+		BulkRate: 1_000_000, BulkOverhead: time.Millisecond}})
+	ctx := context.Background()
+	old := []userpilot.Company{
+		{CompanyID: "1", Metadata: userpilottest.Metadata(map[string]any{"plan": "old"})},
+		{CompanyID: "2", Metadata: userpilottest.Metadata(map[string]any{"plan": "old"})},
+	}
+	_, err := h.store.BeginJob(old)
+	require.NoError(t, err)
+	submitted := time.Now()
+	_, err = h.client(t).BulkIdentifyCompanies(ctx, old) // its answer never recorded
+	require.NoError(t, err)
+
+	h.restart()
+	require.NoError(t, h.run(ctx, txn(10, update("1", "new", nil))))
+	time.Sleep(time.Until(submitted.Add(1200 * time.Millisecond))) // the old job has completed by now
+	got, _ := h.up.Company("1")
+	assert.Equal(t, "new", got["plan"], "the newer state went under the old job, which overwrote it")
+	jobs, err := h.store.Jobs()
+	require.NoError(t, err)
+	assert.Empty(t, jobs)
+}
+
 // Every job the pipeline submits is recorded before it is, and forgotten
 // once its end is seen.
 func TestABulkJobIsRecordedUntilItsEndIsSeen(t *testing.T) {
