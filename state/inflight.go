@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -168,17 +169,22 @@ func (x *Store) writeBody(n int, body []byte) error {
 	return err
 }
 
-// readBody reads the body ref points to.
+// readBody reads the body ref points to: its length only, not the tail of
+// an older, longer body after it.
 func (x *Store) readBody(ref bodyRef) ([]byte, error) {
 	path := filepath.Join(x.dir, bodyFile(ref.file))
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	if len(b) < ref.length || xxhash.Sum64(b[:ref.length]) != ref.sum {
+	defer f.Close()
+	b := make([]byte, ref.length)
+	if _, err := io.ReadFull(f, b); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	} else if err != nil || xxhash.Sum64(b) != ref.sum {
 		return nil, fmt.Errorf("%s does not hold the body on record (written over, or damaged)", path)
 	}
-	return b[:ref.length], nil
+	return b, nil
 }
 
 // BeginJob durably records a job about to be submitted, before it is.

@@ -354,6 +354,12 @@ func TestABodyGoesOverAnEndedJobsNeverOverOneNotSeenEnd(t *testing.T) {
 	_, err = x.Jobs()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "job-body.1 does not hold the body on record")
+
+	require.NoError(t, x.EndJob(k2))                                        // job-body.1's job: only the next file is read
+	require.NoError(t, os.Truncate(filepath.Join(d.path, "job-body.0"), 5)) // shorter than its body
+	_, err = x.Jobs()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "job-body.0 does not hold the body on record")
 }
 
 // A job recorded by an earlier release, its body the value of its number,
