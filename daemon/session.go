@@ -55,6 +55,8 @@ type session struct {
 	// checkpoint and kept across sessions (see engine.go); nil before, and
 	// after it failed (the next session makes a new one).
 	eng *engine
+	// watched is what the liveness watch looks at (see liveness.go).
+	watched watched
 
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
@@ -118,6 +120,7 @@ func (s *session) run(ctx context.Context) error {
 		if s.eng, err = s.startEngine(ctx, st.lsn); err != nil {
 			return err
 		}
+		s.watched.set(s.eng, nil)
 	}
 	streamErr := s.stream(ctx, src, st)
 
@@ -208,6 +211,8 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	if err != nil {
 		return err
 	}
+	s.watched.set(eng, stage)
+	defer s.watched.set(eng, nil)
 	s.dropStartedRequest(st.job)
 	if st.job != nil {
 		if err := stage.Start(ctx, *st.job); err != nil {
