@@ -90,3 +90,36 @@ func compareGolden(t *testing.T, path, got string) {
 	require.NoError(t, err, "run go test ./e2e -run %s -update to write it", t.Name())
 	assert.Equal(t, string(want), got, "check's output differs from %s (go test ./e2e -run %s -update rewrites it)", path, t.Name())
 }
+
+// TestCheckOnAProvidersReadReplicaNamesItsVersionRuleAndTheWriter: a
+// Postgres 15 standby made to look like RDS (its rds_* roles), in one
+// database also like Aurora (aurora_version()): check refuses each with
+// that provider's rule (RDS decodes on a replica from 16.1; Aurora never)
+// and the endpoint to use instead.
+func TestCheckOnAProvidersReadReplicaNamesItsVersionRuleAndTheWriter(t *testing.T) {
+	t.Parallel()
+	primary := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{"rds.logical_replication": "on"}})
+	standby := primary.StartStandbyT(t)
+	ctx := context.Background()
+	require.NoError(t, primary.Exec(ctx, "postgres", `CREATE ROLE rds_superuser NOLOGIN; CREATE ROLE rds_replication NOLOGIN`))
+	for _, tt := range []struct{ name, setup, want, fix string }{
+		{"rds", "", "this server is a read replica running 15.", "point postgres.url at the primary (source) instance's endpoint, or upgrade both to 16.1 or later"},
+		{"aurora", `CREATE FUNCTION public.aurora_version() RETURNS text LANGUAGE sql AS $$ SELECT '15.8.0' $$`,
+			"this server is an Aurora Replica: Aurora serves logical replication from the writer instance only",
+			"point postgres.url at the cluster endpoint (the writer), not the reader endpoint"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := checkEnvOn(t, primary)
+			if tt.setup != "" {
+				_, err := e.conn.Exec(ctx, tt.setup)
+				require.NoError(t, err)
+			}
+			require.NoError(t, standby.WaitReplayed(ctx))
+			db := e.url[strings.LastIndex(e.url, "/")+1 : strings.Index(e.url, "?")]
+			e.writeCheckConfig(standby.URL(db), "")
+			code, out := e.runCheck("--skip-userpilot")
+			assert.Equal(t, 1, code, out)
+			requireFailedLine(t, out, "Postgres 15 (standby), wal_level=logical", tt.want, "fix: "+tt.fix)
+		})
+	}
+}
