@@ -56,7 +56,8 @@ func runCommand(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 // (publication, slot, state). Anything else the probe meets is left to the
 // daemon, which retries what may pass.
 func refusePooler(ctx context.Context, url string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Bounded: a server that does not answer is the daemon's to wait for.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if route := replication.ProbeRoute(ctx, url); route.Pooler != nil {
 		return fmt.Errorf("%w: %w", daemon.ErrConfig, route.Pooler.Err())
