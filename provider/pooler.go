@@ -109,7 +109,7 @@ func PoolerDroppedReplication(err error, e Endpoint) (Pooler, bool) {
 	if !errors.As(err, &pgErr) || pgErr.Code != "42601" {
 		return Pooler{}, false
 	}
-	return Pooler{Name: "a connection pooler (PgBouncer?)", Evidence: "IDENTIFY_SYSTEM reached an ordinary session: the replication startup parameter was dropped on the way",
+	return Pooler{Name: "PgBouncer or another pooler", Evidence: "IDENTIFY_SYSTEM reached an ordinary session: the replication startup parameter was dropped on the way",
 		Direct: directAt(e)}, true
 }
 
