@@ -112,7 +112,11 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		fmt.Fprintln(c.out, "- the other Postgres checks wait for a direct postgres.url")
 		return
 	}
-	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	err := route.SQLErr // the probe's attempt: one wait for a server that does not answer, not two
+	var conn *pgx.Conn
+	if err == nil {
+		conn, err = replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	}
 	if !c.report("Postgres reachable with the configured credentials", err) {
 		return
 	}
