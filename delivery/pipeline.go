@@ -384,35 +384,27 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		if end, err := p.ended(); end {
 			return err
 		}
+		var err error
 		select {
 		case <-p.quietC(lp.quiet):
 			// The input paused: a job may be sized, at the loop's top.
 		case txn, ok := <-p.inputC(in):
-			if err := p.take(txn, ok); err != nil {
-				return err
-			}
+			err = p.take(txn, ok)
 		case p.workC(lp.work) <- p.next.co:
-			p.ledger.ready.popFront()
-			p.ledger.send(p.next.e, time.Now())
-			p.next = nextCall{}
+			p.handedOut()
 		case r := <-lp.results:
-			if err := p.realtimeDone(r); err != nil {
-				return err
-			}
+			err = p.realtimeDone(r)
 		case ev := <-lp.jobEvents:
-			if err := p.jobEvent(ev); err != nil {
-				return err
-			}
-		case err := <-lp.deleteDone:
-			if err := p.deleteDone(err); err != nil {
-				return err
-			}
+			err = p.jobEvent(ev)
+		case answer := <-lp.deleteDone:
+			err = p.deleteDone(answer)
 		case <-lp.tick.C:
-			if err := p.tick(); err != nil {
-				return err
-			}
+			err = p.tick()
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -567,6 +559,13 @@ func (p *Pipeline) workC(work chan userpilot.Company) chan userpilot.Company {
 		p.next = nextCall{e: e, md: e.md, co: p.enc.company(e)}
 	}
 	return work
+}
+
+// handedOut notes that a real-time worker took the ready front.
+func (p *Pipeline) handedOut() {
+	p.ledger.ready.popFront()
+	p.ledger.send(p.next.e, time.Now())
+	p.next = nextCall{}
 }
 
 // sameFields reports whether a and b are the same packed fields (not
