@@ -1,0 +1,168 @@
+package delivery
+
+import (
+	"errors"
+	"time"
+
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// Taking transactions in: each change becomes what a company owes, in
+// the ledger (or, while memory is full in outbox mode, on disk).
+
+// take hands one transaction from the input to the ledger (or the outbox),
+// or notes that the input closed.
+func (p *Pipeline) take(txn row.Transaction, ok bool) error {
+	if !ok {
+		p.in.closed = true
+		return nil
+	}
+	coalesced := p.stats.Coalesced.Load()
+	if err := p.add(txn); err != nil {
+		if errors.Is(err, ErrSchema) {
+			p.in.stopFor, p.in.closed = err, true
+			return nil
+		}
+		return err
+	}
+	if p.outbox.overflowing() {
+		if err := p.outbox.flushOverflow(); err != nil {
+			return err
+		}
+	}
+	p.in.took(time.Now(), coalesced)
+	return nil
+}
+
+// bulkTime says whether to consider a bulk job now: the burst has been
+// read (input quiet, or closed), or waiting would not make it better (the
+// backlog fills a whole job, or memory is half full and reading has to go
+// on).
+func (p *Pipeline) bulkTime(now time.Time, merged bool) bool {
+	l := p.ledger
+	if ok, _ := p.in.paused(now, merged); ok {
+		return true
+	}
+	return l.ready.len() >= userpilot.MaxBulkRecords || l.order.len() >= p.opts.MaxPending/2 || l.windowBytes >= p.opts.MaxPendingBytes/2
+}
+
+// add maps a transaction's changes into what is owed.
+func (p *Pipeline) add(txn row.Transaction) error {
+	if p.ledger.seen(txn) {
+		return nil
+	}
+	if p.opts.Recorder != nil {
+		p.opts.Recorder.Took(txn)
+	}
+	p.takenAt = time.Now()
+	for _, ch := range txn.Changes {
+		p.stats.Changes.Add(1)
+		switch ch.Op {
+		case row.Insert, row.Update:
+			if err := p.addKeyChange(txn, ch); err != nil {
+				return err
+			}
+			if err := p.addRow(txn, ch); err != nil {
+				return err
+			}
+		case row.Delete:
+			p.stats.Deletes.Add(1)
+			if err := p.addDelete(txn, ch); err != nil {
+				return err
+			}
+		case row.Truncate:
+			p.stats.Truncates.Add(1)
+			p.log.Warn("TRUNCATE is never mirrored to Userpilot: the profiles stay",
+				"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
+		}
+	}
+	p.ledger.took(txn)
+	return nil
+}
+
+func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
+	id, md, mapErr, err := p.enc.mapRow(ch.Relation, ch.Values)
+	if err != nil {
+		return err
+	}
+	if mapErr != nil {
+		// A row that cannot become a payload is set aside; the stream goes on.
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
+			Reason: "not mapped: " + mapErr.Error(), Payload: userpilot.Company{CompanyID: id}})
+	}
+	p.pend(id, md, false, txn)
+	return nil
+}
+
+// addDelete applies the on_delete policy to a deleted row. A DELETE carries
+// only the old replica identity, so only the company id is read from it.
+func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
+	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
+		// Deleting in Userpilot is a GDPR erasure, not mirroring: the
+		// default policy is to leave the profile and say so.
+		p.log.Info("row deleted in Postgres; Userpilot profile left as is (on_delete: ignore)",
+			"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
+		return nil
+	}
+	id, readErr, err := p.enc.companyID(ch.Relation, ch.Values)
+	if err != nil {
+		return err
+	}
+	if readErr != nil {
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + readErr.Error() +
+			"; a DELETE carries only the replica identity: make the company_id column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
+	}
+	if p.opts.OnDelete == "mark" {
+		p.pend(id, p.enc.markFields(), false, txn)
+		return nil
+	}
+	p.pend(id, nil, true, txn)
+	return nil
+}
+
+// addKeyChange applies the on_delete policy to the company an UPDATE took
+// its row away from (encoder.changedKey).
+func (p *Pipeline) addKeyChange(txn row.Transaction, ch row.Change) error {
+	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
+		return nil
+	}
+	del, ok, err := p.enc.changedKey(ch)
+	if err != nil || !ok {
+		return err
+	}
+	p.stats.Deletes.Add(1)
+	return p.addDelete(txn, del)
+}
+
+// pend merges a company's new state (metadata, or a deletion) into what is
+// owed for it: in memory, or, while memory is full in outbox mode, on disk.
+func (p *Pipeline) pend(id string, md fields, del bool, txn row.Transaction) {
+	resend := txn.Resend || p.leftover.inDoubt(id)
+	l := p.ledger
+	c := l.company(id)
+	if c == nil && p.outbox.spills(id, l.full()) {
+		if p.outbox.spill(id, p.enc.keys.unpack(md), del, resend, txn.EndLSN, p.takenAt) {
+			p.stats.Coalesced.Add(1)
+		}
+		return
+	}
+	if c == nil {
+		c = l.adopt(id, p.outbox.adopt(id))
+	}
+	if l.order.len() == 0 {
+		p.progress = p.takenAt // the clock for OutboxAfter starts now
+	}
+	if l.pend(id, c, md, del, resend, txn.EndLSN, p.takenAt) {
+		p.stats.Coalesced.Add(1)
+	}
+}
+
+// full reports whether the window holds all memory may.
+func (p *Pipeline) full() bool { return p.ledger.full() }
+
+// pending is how many companies are owed: those in memory with a state
+// undelivered (or held for a job from before a restart), and those only on
+// disk.
+func (p *Pipeline) pending() int { return len(p.ledger.companies) + p.outbox.owed() }

@@ -1,0 +1,96 @@
+package delivery
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/pgpilot/pgpilot/state"
+)
+
+// The tick: every Options.Tick the dispatcher writes the outbox, refills
+// memory from it, checkpoints, and reports.
+
+// tick saves progress: in outbox mode it writes the outbox and then
+// checkpoints everything received (all of it is delivered or in the
+// outbox); in hold mode it checkpoints the watermark. It also refills
+// memory from the outbox, and publishes what the parts wait for.
+func (p *Pipeline) tick() error {
+	now := time.Now()
+	p.publish()
+	// Before this tick's writes: a tick stuck in one still reported what
+	// was owed when it began.
+	p.live.publish(p, now)
+	if err := p.setAside(p.refusals.expired(now)); err != nil {
+		return err
+	}
+	p.enc.expireSpare(now)
+	p.ledger.watermark()
+	p.updateMode(now)
+	if err := p.outbox.persist(p.ledger); err != nil {
+		return err
+	}
+	p.updateMode(now)                                // the write may have emptied the outbox
+	if p.ledger.order.len() <= p.opts.MaxPending/2 { // (<=: a window of one is refilled too)
+		if err := p.outbox.refill(p.ledger, p.owedFrom()); err != nil {
+			return err
+		}
+	}
+	p.reportStatus(false)
+	// In outbox mode everything received is delivered or in the outbox
+	// now: so are the marks received.
+	err := p.checkpoint(p.outbox.mode == ModeOutbox)
+	p.report.maybeLog(p)
+	return err
+}
+
+// updateMode hands the outbox what the choice of mode is made from.
+func (p *Pipeline) updateMode(now time.Time) {
+	last := p.progress
+	if p.jobs.busy() && p.jobs.answered.After(last) {
+		last = p.jobs.answered // a job Userpilot is working through
+	}
+	if len(p.jobs.recording) > 0 {
+		last = now // a job Userpilot completed, written to the index: pgpilot's own work
+	}
+	var retained int64
+	if p.opts.RetainedWAL != nil {
+		retained = p.opts.RetainedWAL()
+	}
+	before := p.outbox.mode
+	p.outbox.updateMode(p.ledger, modeSignals{now: now, retained: retained, maxRetained: p.opts.MaxRetainedWAL,
+		lastProgress: last, outboxAfter: p.opts.OutboxAfter, owed: p.ledger.undelivered > 0})
+	if p.outbox.mode != before {
+		p.reportStatus(true)
+	}
+}
+
+// checkpoint writes what the ledger says is due: everything received (all:
+// outbox mode, after the outbox write), or the watermark. Only after it
+// returns may the position be confirmed to Postgres.
+func (p *Pipeline) checkpoint(all bool) error {
+	w, mark, due := p.ledger.due(all)
+	if !due {
+		return nil
+	}
+	if err := p.opts.Checkpoint(w, mark); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", w, err)
+	}
+	p.ledger.saved(w, mark)
+	return nil
+}
+
+// reportStatus hands the mode and outbox figures to Options.Status, at
+// most every two seconds unless forced.
+func (p *Pipeline) reportStatus(force bool) {
+	if p.opts.Status == nil || (!force && time.Since(p.statusAt) < 2*time.Second) {
+		return
+	}
+	p.statusAt = time.Now()
+	st := state.Status{Mode: p.outbox.mode.String(), Reason: p.outbox.reason, OutboxCompanies: p.outbox.companies,
+		OutboxBytes: p.outbox.bytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
+	if p.ledger.order.len() > 0 {
+		st.OldestPending = p.ledger.order.front().since
+	}
+	p.learnedStatus(&st)
+	p.opts.Status(st)
+}
