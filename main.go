@@ -1,5 +1,5 @@
 // Command pgpilot keeps Userpilot's company profiles in step with a Postgres
-// table, through logical replication. See README.md.
+// table, through logical replication. See README.md and docs/.
 package main
 
 import (
@@ -13,7 +13,7 @@ import (
 	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
-// Exit codes, as the README promises them.
+// Exit codes, as the README and docs/operate.md promise them.
 const (
 	exitOK      = 0
 	exitFailure = 1
