@@ -23,6 +23,7 @@ const (
 const usage = `pgpilot keeps Userpilot company profiles in step with a Postgres table.
 
 Usage:
+  pgpilot init     --table SCHEMA.TABLE [--users-table SCHEMA.TABLE] [--out FILE]   write a starter config from the table (reads $DATABASE_URL)
   pgpilot run      --config FILE   stream changes to Userpilot until SIGTERM/SIGINT
   pgpilot check    --config FILE   preflight: config, Postgres and slot, each problem with its fix
   pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
@@ -41,6 +42,7 @@ type command func(ctx context.Context, args []string, stdin io.Reader, stdout, s
 
 var commands = map[string]command{
 	"run":         runCommand,
+	"init":        initCommand,
 	"check":       checkCommand,
 	"preview":     previewCommand,
 	"status":      statusCommand,
@@ -83,7 +85,7 @@ func report(stderr io.Writer, name string, err error) int {
 	if err == nil {
 		return exitOK
 	}
-	if !errors.As(err, new(shownError)) {
+	if !errors.As(err, new(shownError)) && !errors.As(err, new(helpShown)) {
 		fmt.Fprintf(stderr, "pgpilot %s: %v\n", name, err)
 		if f := fix.Of(err); f != "" {
 			fmt.Fprintf(stderr, "  fix: %s\n", f)
@@ -97,7 +99,7 @@ func report(stderr io.Writer, name string, err error) int {
 // for anything else.
 func exitCode(err error) int {
 	switch {
-	case err == nil:
+	case err == nil, errors.As(err, new(helpShown)):
 		return exitOK
 	case errors.As(err, new(usageError)), errors.Is(err, daemon.ErrConfig):
 		return exitUsage
@@ -111,6 +113,12 @@ func exitCode(err error) int {
 type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
+
+// helpShown is what a command returns when it printed its usage because
+// -h asked for it: nothing to report, exit 0.
+type helpShown struct{}
+
+func (helpShown) Error() string { return "help shown" }
 
 // shownError is an error the command has already shown the operator (the
 // flag package's complaint, check's ✗ lines, run's last log line): report
