@@ -26,16 +26,22 @@ func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer)
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
-	if *path == "" {
+	return readConfig(fs.Name(), *path, stderr)
+}
+
+// readConfig loads the config file at path (--config) for the command
+// name; a problem is a usageError. It prints the config's warnings.
+func readConfig(name, path string, stderr io.Writer) (*mapping.Config, error) {
+	if path == "" {
 		return nil, usageError{errors.New("--config FILE is required (see mapping.example.yaml)")}
 	}
-	cfg, err := mapping.Load(*path)
+	cfg, err := mapping.Load(path)
 	if err != nil {
 		// A list of problems prints one a line, each fix under its problem.
 		return nil, usageError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
 	for _, w := range cfg.Warnings {
-		fmt.Fprintf(stderr, "%s: warning: %s\n", fs.Name(), w)
+		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
 	}
 	return cfg, nil
 }

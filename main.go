@@ -28,6 +28,7 @@ Usage:
   pgpilot check    --config FILE   preflight: config, Postgres and slot, each problem with its fix
   pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
   pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
+  pgpilot why      COMPANY_ID --config FILE [--json]   where one company stands, and what it waits for
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)
   pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]   the records set aside
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
@@ -46,6 +47,7 @@ var commands = map[string]command{
 	"check":       checkCommand,
 	"preview":     previewCommand,
 	"status":      statusCommand,
+	"why":         whyCommand,
 	"teardown":    teardownCommand,
 	"resync":      resyncCommand,
 	"deadletters": deadlettersCommand,

@@ -56,6 +56,9 @@ type session struct {
 	// after it failed (the next session makes a new one).
 	eng *engine
 
+	// where answers `pgpilot why` (see whereabouts.go).
+	where *whereabouts
+
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
 	// a re-sync request both update.

@@ -325,6 +325,10 @@ type Pipeline struct {
 	outboxCompanies int // companies with an outbox record
 	outboxBytes     int64
 	statusAt        time.Time
+
+	// where carries `pgpilot why`'s questions to the dispatcher (see
+	// whereabouts.go).
+	where chan whereRequest
 }
 
 // New makes a Pipeline.
@@ -367,7 +371,8 @@ func New(opts Options) *Pipeline {
 	}
 	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
 		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
-		dirty: map[string]struct{}{}, overflow: map[string]*spilled{}, gone: map[string]int{}, splitAt: map[*entry]time.Time{}, doubt: map[string]bool{}}
+		dirty: map[string]struct{}{}, overflow: map[string]*spilled{}, gone: map[string]int{}, splitAt: map[*entry]time.Time{}, doubt: map[string]bool{},
+		where: make(chan whereRequest)}
 }
 
 // Stats returns the pipeline's counters.
@@ -612,6 +617,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			if err := p.deleteFinished(r); err != nil {
 				return err
 			}
+		case q := <-p.where:
+			p.answerWhere(q)
 		case <-tick.C:
 			p.publish()
 			if err := p.tick(); err != nil {
