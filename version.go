@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"runtime"
@@ -89,9 +90,14 @@ func (b build) String() string {
 	return fmt.Sprintf("pgpilot %s\ncommit:  %s\nbuilt:   %s\ngo:      %s %s\n", b.Version, c, b.BuildDate, b.GoVersion, b.Platform)
 }
 
-func versionCommand(_ context.Context, args []string, _ io.Reader, stdout, _ io.Writer) error {
-	if len(args) > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
+func versionCommand(_ context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pgpilot version", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: pgpilot version (or pgpilot --version)\n\nPrints the version, commit, Go version and build date.")
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	fmt.Fprint(stdout, buildInfo())
 	return nil
