@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"runtime"
@@ -91,13 +90,12 @@ func (b build) String() string {
 }
 
 func versionCommand(_ context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pgpilot version", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: pgpilot version (or pgpilot --version)\n\nPrints the version, commit, Go version and build date.")
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	if len(args) > 0 {
+		if args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+			fmt.Fprintln(stderr, "Usage: pgpilot version (or pgpilot --version)\n\nPrints the version, commit, Go version and build date.")
+			return helpShown{}
+		}
+		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
 	}
 	fmt.Fprint(stdout, buildInfo())
 	return nil
