@@ -23,24 +23,44 @@ func commandFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 // usageError, found before anything touches Postgres. It prints the
 // config's warnings.
 func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer) (*mapping.Config, error) {
-	if err := fs.Parse(args); err != nil {
-		return nil, shownError{usageError{err}} // the flag package printed it, with the usage
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	if *path == "" {
+	return readConfig(fs.Name(), *path, stderr)
+}
+
+// readConfig loads the config file at path (--config) for the command
+// name; a problem is a usageError. It prints the config's warnings.
+func readConfig(name, path string, stderr io.Writer) (*mapping.Config, error) {
+	if path == "" {
 		return nil, usageError{errors.New("--config FILE is required (see mapping.example.yaml)")}
 	}
-	cfg, err := mapping.Load(*path)
+	cfg, err := mapping.Load(path)
 	if err != nil {
 		// A list of problems prints one a line, each fix under its problem.
 		return nil, usageError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
 	for _, w := range cfg.Warnings {
-		fmt.Fprintf(stderr, "%s: warning: %s\n", fs.Name(), w)
+		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
 	}
 	return cfg, nil
+}
+
+// parseFlags parses a command's flags. -h (or --help) has printed the
+// usage and is no error: helpShown, exit 0. A bad flag has been printed
+// with the usage too: a shown usage error, exit 2. So is an argument that
+// is not a flag.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return helpShown{}
+		}
+		return shownError{usageError{err}} // the flag package printed it, with the usage
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
 }
 
 // newLogger logs text on a terminal and JSON lines otherwise (for log

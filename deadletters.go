@@ -29,6 +29,10 @@ const deadlettersUsage = `usage: pgpilot deadletters list|replay|drop --config F
 // company (see state.Resolution): the file stays append-only and
 // readable, and the daemon may keep appending meanwhile.
 func deadlettersCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		fmt.Fprintln(stderr, strings.TrimPrefix(deadlettersUsage, "\n"))
+		return helpShown{}
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usageError{errors.New("say what to do with the dead letters\n" + deadlettersUsage)}
 	}

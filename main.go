@@ -1,5 +1,5 @@
 // Command pgpilot keeps Userpilot's company profiles in step with a Postgres
-// table, through logical replication. See README.md.
+// table, through logical replication. See README.md and docs/.
 package main
 
 import (
@@ -13,7 +13,7 @@ import (
 	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
-// Exit codes, as the README promises them.
+// Exit codes, as the README and docs/operate.md promise them.
 const (
 	exitOK      = 0
 	exitFailure = 1
@@ -23,10 +23,12 @@ const (
 const usage = `pgpilot keeps Userpilot company profiles in step with a Postgres table.
 
 Usage:
+  pgpilot init     --table SCHEMA.TABLE [--users-table SCHEMA.TABLE] [--out FILE]   write a starter config from the table (reads $DATABASE_URL)
   pgpilot run      --config FILE   stream changes to Userpilot until SIGTERM/SIGINT
   pgpilot check    --config FILE   preflight: config, Postgres and slot, each problem with its fix
   pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
   pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
+  pgpilot why      COMPANY_ID --config FILE [--json]   where one company stands, and what it waits for
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)
   pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]   the records set aside
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
@@ -41,9 +43,11 @@ type command func(ctx context.Context, args []string, stdin io.Reader, stdout, s
 
 var commands = map[string]command{
 	"run":         runCommand,
+	"init":        initCommand,
 	"check":       checkCommand,
 	"preview":     previewCommand,
 	"status":      statusCommand,
+	"why":         whyCommand,
 	"teardown":    teardownCommand,
 	"resync":      resyncCommand,
 	"deadletters": deadlettersCommand,
@@ -83,7 +87,7 @@ func report(stderr io.Writer, name string, err error) int {
 	if err == nil {
 		return exitOK
 	}
-	if !errors.As(err, new(shownError)) {
+	if !errors.As(err, new(shownError)) && !errors.As(err, new(helpShown)) {
 		fmt.Fprintf(stderr, "pgpilot %s: %v\n", name, err)
 		if f := fix.Of(err); f != "" {
 			fmt.Fprintf(stderr, "  fix: %s\n", f)
@@ -97,7 +101,7 @@ func report(stderr io.Writer, name string, err error) int {
 // for anything else.
 func exitCode(err error) int {
 	switch {
-	case err == nil:
+	case err == nil, errors.As(err, new(helpShown)):
 		return exitOK
 	case errors.As(err, new(usageError)), errors.Is(err, daemon.ErrConfig):
 		return exitUsage
@@ -111,6 +115,12 @@ func exitCode(err error) int {
 type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
+
+// helpShown is what a command returns when it printed its usage because
+// -h asked for it: nothing to report, exit 0.
+type helpShown struct{}
+
+func (helpShown) Error() string { return "help shown" }
 
 // shownError is an error the command has already shown the operator (the
 // flag package's complaint, check's ✗ lines, run's last log line): report

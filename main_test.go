@@ -146,3 +146,27 @@ func TestHelpGoesToStdoutAndSucceeds(t *testing.T) {
 	assert.Equal(t, usage, stdout.String())
 	assert.Empty(t, stderr.String())
 }
+
+// TestHelpExitsZeroOnEveryCommand: -h asks for the usage, which is no
+// mistake: every command (and every deadletters action) prints it and
+// exits 0, while an unknown flag is still one (exit 2).
+func TestHelpExitsZeroOnEveryCommand(t *testing.T) {
+	var invocations [][]string
+	for name := range commands {
+		invocations = append(invocations, []string{name, "-h"}, []string{name, "--help"})
+	}
+	for _, action := range []string{"list", "replay", "drop"} {
+		invocations = append(invocations, []string{"deadletters", action, "-h"})
+	}
+	for _, args := range invocations {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := cli(context.Background(), args, strings.NewReader(""), &stdout, &stderr)
+			assert.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+			assert.Contains(t, strings.ToLower(stdout.String()+stderr.String()), "usage", "prints its usage")
+			assert.NotContains(t, stderr.String(), "pgpilot "+args[0]+": ", "reports no error")
+		})
+	}
+	var stdout, stderr bytes.Buffer
+	assert.Equal(t, exitUsage, cli(context.Background(), []string{"run", "--no-such-flag"}, strings.NewReader(""), &stdout, &stderr))
+}

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -16,23 +19,30 @@ import (
 // statusReport is what `pgpilot status --json` prints. It holds positions
 // and counts only: no URL, no key.
 type statusReport struct {
-	Slot             string     `json:"slot"`
-	SlotExists       bool       `json:"slot_exists"`
-	SlotActive       bool       `json:"slot_active"`
-	WALStatus        string     `json:"wal_status,omitempty"`
-	Checkpoint       string     `json:"checkpoint,omitempty"`
-	CheckpointAt     *time.Time `json:"checkpoint_updated_at,omitempty"`
-	InitialSync      string     `json:"initial_sync,omitempty"`
-	ConfirmedFlush   string     `json:"slot_confirmed_flush,omitempty"`
-	RestartLSN       string     `json:"slot_restart_lsn,omitempty"`
-	ServerLSN        string     `json:"server_lsn,omitempty"`
-	LagBytes         *int64     `json:"lag_bytes,omitempty"`
-	RetainedWALBytes *int64     `json:"retained_wal_bytes,omitempty"`
-	DeadLetters      int        `json:"dead_letters"`
+	Slot         string     `json:"slot"`
+	SlotExists   bool       `json:"slot_exists"`
+	SlotActive   bool       `json:"slot_active"`
+	WALStatus    string     `json:"wal_status,omitempty"`
+	Checkpoint   string     `json:"checkpoint,omitempty"`
+	CheckpointAt *time.Time `json:"checkpoint_updated_at,omitempty"`
+	// InitialSync is "in progress" until the table's rows are all
+	// delivered, then "done".
+	InitialSync      string `json:"initial_sync,omitempty"`
+	ConfirmedFlush   string `json:"slot_confirmed_flush,omitempty"`
+	RestartLSN       string `json:"slot_restart_lsn,omitempty"`
+	ServerLSN        string `json:"server_lsn,omitempty"`
+	LagBytes         *int64 `json:"lag_bytes,omitempty"`
+	RetainedWALBytes *int64 `json:"retained_wal_bytes,omitempty"`
+	DeadLetters      int    `json:"dead_letters"`
 	// Snapshot is the running snapshot (initial sync or re-sync) as far as
 	// it is delivered; ResyncRequested a `pgpilot resync` not started yet.
-	Snapshot        *state.Snapshot `json:"snapshot,omitempty"`
-	ResyncRequested bool            `json:"resync_requested"`
+	Snapshot *state.Snapshot `json:"snapshot,omitempty"`
+	// SnapshotRate is the running snapshot's rows delivered per second
+	// since it began, and SnapshotETASeconds the time left at that rate
+	// (absent until rows are delivered and the total is known).
+	SnapshotRate       float64 `json:"snapshot_rows_per_second,omitempty"`
+	SnapshotETASeconds float64 `json:"snapshot_eta_seconds,omitempty"`
+	ResyncRequested    bool    `json:"resync_requested"`
 	// ResyncQueue is the re-sync requests waiting, oldest first: they run
 	// one after another.
 	ResyncQueue []queuedResync `json:"resync_queue,omitempty"`
@@ -53,9 +63,14 @@ type statusReport struct {
 func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	watch := fs.Bool("watch", false, "keep showing the running snapshot's progress and what is owed (a bar on a terminal), until Ctrl-C")
+	every := fs.Duration("interval", 0, "with --watch, how often to look (default 1s on a terminal, 5s otherwise)")
 	cfg, err := loadConfig(fs, path, args, stderr)
 	if err != nil {
 		return err
+	}
+	if *watch {
+		return watchStatus(ctx, cfg.State.Dir, stdout, *every)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -76,6 +91,12 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		r.Checkpoint, r.InitialSync = cp.LSN.String(), cp.InitialSync
 		r.CheckpointAt = &cp.UpdatedAt
 		r.Snapshot, r.LastFailedResync = cp.Snapshot, cp.LastFailed
+		if cp.Snapshot != nil && cp.Snapshot.ID == state.InitialSnapshot {
+			// The checkpoint says "done" once the slot exists; the rows
+			// are owed until the snapshot job ends.
+			r.InitialSync = state.InitialSyncInProgress
+		}
+		r.SnapshotRate, r.SnapshotETASeconds = snapshotPace(cp.Snapshot, cp.UpdatedAt)
 	}
 	cancels, err := state.PendingCancels(cfg.State.Dir)
 	if err != nil {
@@ -124,7 +145,7 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
 	row("slot", fmt.Sprintf("%s (exists: %t, active: %t, wal_status: %s)", r.Slot, r.SlotExists, r.SlotActive, orDash(r.WALStatus)))
-	row("checkpoint", fmt.Sprintf("%s (initial sync: %s)", orDash(r.Checkpoint), orDash(r.InitialSync)))
+	row("checkpoint", fmt.Sprintf("%s (initial sync: %s)", orDash(r.Checkpoint), orDash(strings.ReplaceAll(r.InitialSync, "_", " "))))
 	if r.CheckpointAt != nil {
 		row("checkpoint written", r.CheckpointAt.Format(time.RFC3339))
 	}
@@ -140,7 +161,14 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		if s.Total >= 0 {
 			total = fmt.Sprint(s.Total)
 		}
-		row("snapshot", fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what(s.CompanyID, s.Where), s.Rows, total, s.Began.Format(time.RFC3339)))
+		line := fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what(s.CompanyID, s.Where), s.Rows, total, s.Began.Format(time.RFC3339))
+		if r.SnapshotRate > 0 {
+			line += fmt.Sprintf(", %.0f rows/s", r.SnapshotRate)
+		}
+		if r.SnapshotETASeconds > 0 {
+			line += ", ETA " + secs(r.SnapshotETASeconds).String()
+		}
+		row("snapshot", line)
 	}
 	for i, q := range r.ResyncQueue {
 		row("re-sync queued", fmt.Sprintf("%d. %s (%s)", i+1, q.ID, what(q.CompanyID, q.Where)))
@@ -196,8 +224,37 @@ func bulkPath(d *state.Status) string {
 	return fmt.Sprintf("%.4g records/s, %s a job beyond its records (measured over %d jobs)", d.BulkRate, secs(d.BulkOverheadSeconds), d.BulkJobsLearned)
 }
 
-func secs(s float64) string {
-	return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
+func secs(s float64) durationText {
+	return durationText(time.Duration(s * float64(time.Second)).Round(time.Millisecond))
+}
+
+// durationText prints a duration rounded for a person.
+type durationText time.Duration
+
+func (d durationText) String() string {
+	t := time.Duration(d)
+	if t >= time.Minute {
+		t = t.Round(time.Second)
+	}
+	return t.String()
+}
+
+// snapshotPace is a running snapshot's rows delivered per second since it
+// began (as of the checkpoint), and the time left at that pace; zeros
+// while nothing is delivered or the total is unknown.
+func snapshotPace(job *state.Snapshot, asOf time.Time) (rate, eta float64) {
+	if job == nil || job.Rows <= 0 || job.Began.IsZero() {
+		return 0, 0
+	}
+	took := asOf.Sub(job.Began).Seconds()
+	if took <= 0 {
+		return 0, 0
+	}
+	rate = float64(job.Rows) / took
+	if job.Total > job.Rows {
+		eta = float64(job.Total-job.Rows) / rate
+	}
+	return rate, eta
 }
 
 // queuedResync is a re-sync request waiting, as status shows it.
@@ -223,4 +280,90 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// watchStatus shows, until ctx ends (Ctrl-C), the running snapshot's
+// progress (rows delivered of the estimate, the rate over the last half
+// minute, the ETA) and what delivery owes, as the state directory says:
+// one line redrawn in place on a terminal, a line every interval
+// otherwise. It needs no connection.
+func watchStatus(ctx context.Context, dir string, out io.Writer, every time.Duration) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	tty := isTerminal(out)
+	if every <= 0 {
+		every = 5 * time.Second
+		if tty {
+			every = time.Second
+		}
+	}
+	var samples []paceSample
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		cp, _, err := state.ReadCheckpoint(dir)
+		if err != nil {
+			return err
+		}
+		st, _, _ := state.ReadStatus(dir)
+		line := watchLine(cp.Snapshot, st, &samples, time.Now())
+		if tty {
+			fmt.Fprintf(out, "\r%s\033[K", line)
+		} else {
+			fmt.Fprintln(out, line)
+		}
+		select {
+		case <-ctx.Done():
+			if tty {
+				fmt.Fprintln(out)
+			}
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// paceSample is a snapshot's delivered rows at a moment, for its rate.
+type paceSample struct {
+	job  string
+	rows int64
+	at   time.Time
+}
+
+// watchLine is one line of status --watch: the snapshot's bar, or that
+// none runs, and what delivery owes.
+func watchLine(job *state.Snapshot, st state.Status, samples *[]paceSample, now time.Time) string {
+	owed := fmt.Sprintf("owed: %d companies pending, %d in the outbox", st.Pending, st.OutboxCompanies)
+	if st.Stopped != "" {
+		owed += "; delivery stopped: " + st.Stopped
+	}
+	if job == nil {
+		*samples = (*samples)[:0]
+		return "no snapshot running; " + owed
+	}
+	s := *samples
+	if len(s) > 0 && s[0].job != job.ID {
+		s = s[:0]
+	}
+	s = append(s, paceSample{job.ID, job.Rows, now})
+	for len(s) > 2 && now.Sub(s[0].at) > 30*time.Second {
+		s = s[1:]
+	}
+	*samples = s
+	rate := 0.0
+	if first, last := s[0], s[len(s)-1]; last.at.Sub(first.at) >= time.Second {
+		rate = float64(last.rows-first.rows) / last.at.Sub(first.at).Seconds()
+	}
+	const width = 30
+	pct, total, eta := 0.0, "?", "ETA ?"
+	if job.Total > 0 {
+		pct = min(100, 100*float64(job.Rows)/float64(job.Total))
+		total = fmt.Sprint(job.Total)
+		if rate > 0 && job.Rows < job.Total {
+			eta = "ETA " + secs(float64(job.Total-job.Rows)/rate).String()
+		}
+	}
+	filled := int(pct / 100 * width)
+	return fmt.Sprintf("%s [%s%s] %3.0f%% %d of %s rows delivered, %.0f rows/s, %s; %s", job.ID,
+		strings.Repeat("#", filled), strings.Repeat(".", width-filled), pct, job.Rows, total, rate, eta, owed)
 }

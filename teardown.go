@@ -66,14 +66,21 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 		return err
 	}
 	dropPub := havePub && pub.CreatedByPgpilot
-	if !haveSlot && !dropPub {
+	// Say what is dropped, and only that: a slot already gone (dropped by
+	// hand, or by an earlier teardown) is said to be gone.
+	var drops []string
+	if haveSlot {
+		drops = append(drops, fmt.Sprintf("replication slot %q", cfg.Postgres.Slot))
+	} else {
+		fmt.Fprintf(stdout, "replication slot %q is already gone: nothing to drop there\n", cfg.Postgres.Slot)
+	}
+	if dropPub {
+		drops = append(drops, fmt.Sprintf("publication %q", cfg.Postgres.Publication))
+	}
+	if len(drops) == 0 {
 		fmt.Fprintf(stdout, "nothing to drop: no slot %q, and no publication %q created by pgpilot\n", cfg.Postgres.Slot, cfg.Postgres.Publication)
 	} else {
-		fmt.Fprintf(stdout, "This drops replication slot %q", cfg.Postgres.Slot)
-		if dropPub {
-			fmt.Fprintf(stdout, " and publication %q", cfg.Postgres.Publication)
-		}
-		fmt.Fprintln(stdout, ". The next `pgpilot run` re-sends every row.")
+		fmt.Fprintf(stdout, "This drops %s. The next `pgpilot run` re-sends every row.\n", strings.Join(drops, " and "))
 		if cfg.Companies.OnDelete != mapping.OnDeleteIgnore {
 			// They are in the slot's WAL past the checkpoint, or in the outbox.
 			fmt.Fprintf(stdout, "Deleted rows whose deletion (on_delete: %s) is not yet delivered are not redone.\n", cfg.Companies.OnDelete)

@@ -89,8 +89,12 @@ func (b build) String() string {
 	return fmt.Sprintf("pgpilot %s\ncommit:  %s\nbuilt:   %s\ngo:      %s %s\n", b.Version, c, b.BuildDate, b.GoVersion, b.Platform)
 }
 
-func versionCommand(_ context.Context, args []string, _ io.Reader, stdout, _ io.Writer) error {
+func versionCommand(_ context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
+		if args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+			fmt.Fprintln(stderr, "Usage: pgpilot version (or pgpilot --version)\n\nPrints the version, commit, Go version and build date.")
+			return helpShown{}
+		}
 		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
 	}
 	fmt.Fprint(stdout, buildInfo())

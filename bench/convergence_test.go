@@ -36,9 +36,9 @@ import (
 //
 // The "told" cases give pgpilot bulk_rate and tuned job timings, as the
 // benchmark did before pgpilot measured Userpilot. The "learn" cases are
-// issue 14's: pgpilot is told only rate_limit (bulk_rate, the job
-// overhead and the poll interval are the defaults, 20 records/s, 10 s and
-// 2 s), so the bulk path's speed is what it measures, whichever side of
+// docs/performance.md's: pgpilot is told only rate_limit (bulk_rate, the
+// job overhead and the poll interval are the defaults, 20 records/s, 10 s
+// and 2 s), so the bulk path's speed is what it measures, whichever side of
 // the default the stand-in's is. Each run starts from a new state
 // directory: nothing learned before carries over.
 func BenchmarkConvergence(b *testing.B) {

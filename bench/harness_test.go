@@ -2,7 +2,7 @@ package bench
 
 // The performance harness: catch-up against pg_recvlogical, memory, latency
 // and CPU of the pgpilot binary. One command runs it all and ends with a
-// table of medians, ready for the README:
+// table of medians, ready for docs/performance.md:
 //
 //	go test -run '^$' -bench 'CatchUp$|Snapshot|Latency$' -benchtime 1x -count 3 -timeout 2h ./bench/
 //

@@ -21,9 +21,9 @@ const relatedAggregates = `  related:
         active_users: count(*) filter (where active)
 `
 
-// BenchmarkRelatedBurst is issue 15's figure: 100,000 companies and
-// 1,000,000 users (10 a company, aggregated into user_count and
-// active_users), initial sync done, then a burst of 200,000 user changes
+// BenchmarkRelatedBurst is docs/performance.md's related-tables figure:
+// 100,000 companies and 1,000,000 users (10 a company, aggregated into
+// user_count and active_users), initial sync done, then a burst of 200,000 user changes
 // (20,000 companies' users each toggled, in transactions of 1,000 rows)
 // streamed into an unlimited stand-in; against the same burst on a single
 // table (200,000 updates of 20,000 companies' own rows, in transactions of

@@ -155,7 +155,9 @@ func Run(ctx context.Context, opts Options) error {
 	streamLog := opts.Logger.With("subsystem", "stream")
 	s := &session{opts: opts, cfg: cfg, dir: dir, store: store, sender: client, log: streamLog, relStats: &related.Stats{},
 		snapLog: opts.Logger.With("subsystem", "snapshot"), base: opts.Logger,
-		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped}}
+		breaker: &delivery.Breaker{Endpoint: cfg.Userpilot.Endpoint, OnTrip: opts.Metrics.DeliveryStopped},
+		where:   &whereabouts{}}
+	opts.Metrics.SetWhy(s.why)
 	if len(cfg.Companies.Related) > 0 {
 		opts.Metrics.SetRelated(s.relatedCounts)
 	}

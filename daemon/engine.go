@@ -46,6 +46,7 @@ func (s *session) startEngine(ctx context.Context, checkpointed pglogrepl.LSN) (
 		return nil, err
 	}
 	e.pipe = delivery.New(do)
+	s.where.attach(e.pipe)
 	s.opts.Metrics.AttachPipeline(deliveryCounts(e.pipe.Stats()))
 	s.opts.Metrics.AttachEstimates(estimates(e.pipe))
 	deliverCtx, stopDelivering := context.WithCancel(context.WithoutCancel(ctx))

@@ -56,7 +56,7 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	cfg := s.cfg
 	do := s.opts.Delivery
 	do.Mapping = compiler(cfg.Companies)
-	do.Sender, do.DeadLetters, do.Index, do.InFlight, do.Estimates = s.sender, s.dir, s.store, s.store, s.store
+	do.Sender, do.DeadLetters, do.Index, do.InFlight, do.Estimates = s.sender, s.dir, s.where.recent.wrap(s.store), s.store, s.store
 	if l, ok := s.sender.(realtimeLimiter); ok {
 		do.RealtimeLimit = l.RealtimeLimit
 	}

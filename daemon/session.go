@@ -58,6 +58,9 @@ type session struct {
 	// watched is what the liveness watch looks at (see liveness.go).
 	watched watched
 
+	// where answers `pgpilot why` (see whereabouts.go).
+	where *whereabouts
+
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
 	// a re-sync request both update.
@@ -386,10 +389,11 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		cp := s.cp
 		cp.LSN = state.LSN(lsn)
 		finished := false
+		var last state.Snapshot // the job as it ended, when finished
 		if p, ok := mark.(*snapshot.Progress); ok && cp.Snapshot != nil && p.Job.ID == cp.Snapshot.ID {
 			// A mark of an older job is stale: its Done was checkpointed.
 			if p.Done {
-				cp.Snapshot, finished = nil, true
+				cp.Snapshot, finished, last = nil, true, p.Job
 				if p.Job.Error != "" {
 					ended := p.Job
 					ended.Ended = time.Now().UTC()
@@ -408,8 +412,8 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 			s.snapLog.Warn("re-sync ended before its last row; `pgpilot status` shows why", "job", cp.LastFailed.ID,
 				"rows", cp.LastFailed.Rows, "error", cp.LastFailed.Error, "fix", cp.LastFailed.Fix)
 		case finished:
-			s.snapLog.Info("snapshot complete: every row delivered", "job", s.cp.Snapshot.ID, "rows", s.cp.Snapshot.Rows,
-				"duration", time.Since(s.cp.Snapshot.Began).Round(time.Second).String())
+			s.snapLog.Info("snapshot complete: every row delivered", "job", last.ID, "rows", last.Rows,
+				"duration", time.Since(last.Began).Round(time.Second).String())
 		}
 		s.cp = cp
 		s.confirmed.Store(uint64(lsn))

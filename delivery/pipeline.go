@@ -278,6 +278,9 @@ type Pipeline struct {
 
 	// live is what the dispatcher publishes for the liveness watch.
 	live published
+	// where carries `pgpilot why`'s questions to the dispatcher (see
+	// whereabouts.go).
+	where chan whereRequest
 }
 
 // New makes a Pipeline.
@@ -319,7 +322,7 @@ func New(opts Options) *Pipeline {
 		opts.Breaker = &Breaker{}
 	}
 	p := &Pipeline{opts: opts, log: opts.Logger, deletes: newDeleter(), refusals: refusals{breaker: opts.Breaker},
-		leftover: leftover{doubt: map[string]bool{}}, report: newReport()}
+		leftover: leftover{doubt: map[string]bool{}}, report: newReport(), where: make(chan whereRequest)}
 	p.enc = &encoder{compile: opts.Mapping}
 	if opts.OnDelete == "mark" {
 		p.enc.mark = opts.DeleteMark
@@ -398,6 +401,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			err = p.jobEvent(ev)
 		case answer := <-lp.deleteDone:
 			err = p.deleteDone(answer)
+		case q := <-p.where:
+			p.answerWhere(q)
 		case <-lp.tick.C:
 			err = p.tick()
 		case <-ctx.Done():

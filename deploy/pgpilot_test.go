@@ -161,20 +161,21 @@ func isExecutable(p string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
-// readme is the repository's README.md.
-func readme(t *testing.T) string {
+// doc is one of the repository's documentation pages, e.g.
+// "docs/deploy.md".
+func doc(t *testing.T, page string) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	data, err := os.ReadFile(filepath.Join(repoRoot, page))
 	require.NoError(t, err)
 	return string(data)
 }
 
-// readmeAnchors are the anchors GitHub gives the README's headings.
-func readmeAnchors(t *testing.T) map[string]bool {
+// docAnchors are the anchors GitHub gives a documentation page's headings.
+func docAnchors(t *testing.T, page string) map[string]bool {
 	t.Helper()
 	anchors := map[string]bool{}
 	inCode := false
-	for _, line := range strings.Split(readme(t), "\n") {
+	for _, line := range strings.Split(doc(t, page), "\n") {
 		if strings.HasPrefix(line, "```") {
 			inCode = !inCode
 		}

@@ -66,7 +66,7 @@ func TestSystemdUnitAgreesWithPgpilot(t *testing.T) {
 	assert.Equal(t, "notify", svc("Type"))
 	exec := strings.Fields(svc("ExecStart"))
 	require.NotEmpty(t, exec)
-	assert.Equal(t, "/usr/local/bin/pgpilot", exec[0], "where the README installs it")
+	assert.Equal(t, "/usr/local/bin/pgpilot", exec[0], "where docs/deploy.md installs it")
 	args := runArgs(t, exec[1:])
 	grace := shutdownGrace(t, args)
 	stop, err := time.ParseDuration(svc("TimeoutStopSec"))
@@ -100,7 +100,7 @@ func TestSystemdUnitAgreesWithPgpilot(t *testing.T) {
 
 	configPath, ok := args["config"]
 	require.True(t, ok, "--config")
-	assert.Equal(t, "/etc/pgpilot/pgpilot.yaml", configPath, "the path the README installs %s to", unitConfigFile)
+	assert.Equal(t, "/etc/pgpilot/pgpilot.yaml", configPath, "the path docs/deploy.md installs %s to", unitConfigFile)
 	data, err := os.ReadFile(unitConfigFile)
 	require.NoError(t, err)
 	for _, name := range envRefs(string(data)) {
@@ -125,10 +125,10 @@ func TestSystemdUnitAgreesWithPgpilot(t *testing.T) {
 	assert.Equal(t, "password-from-a-credential", pc.Password, "the password from the pgpass credential")
 	assert.Equal(t, "pgpilot", pc.User)
 
-	// The README's commands install the credentials the unit loads.
-	doc := readme(t)
+	// docs/deploy.md's commands install the credentials the unit loads.
+	page := doc(t, "docs/deploy.md")
 	for id, src := range creds {
-		assert.True(t, strings.Contains(doc, src), "README's Deploy section creates %s (credential %s)", src, id)
+		assert.True(t, strings.Contains(page, src), "docs/deploy.md's systemd section creates %s (credential %s)", src, id)
 	}
 }
 

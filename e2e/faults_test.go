@@ -433,6 +433,11 @@ func TestSlotDroppedBehindPgpilotsBackStopsWithRecoverySteps(t *testing.T) {
 
 	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
 	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
+	// It says the slot is gone, and drops only what is there.
+	assert.Contains(t, td.out.String(), fmt.Sprintf("replication slot %q is already gone", e.slot()))
+	assert.NotContains(t, td.out.String(), "drops replication slot")
+	assert.NotContains(t, td.out.String(), "dropped replication slot")
+	assert.Contains(t, td.out.String(), fmt.Sprintf("This drops publication %q.", e.slot()))
 	p = e.run()
 	e.waitInitialSync()
 	e.converge(60 * time.Second)

@@ -47,8 +47,8 @@ func TestSecondInstanceStandsByAndTakesOverWhenTheFirstDies(t *testing.T) {
 
 // TestSecondInstanceWithTheSameHTTPListenStandsByAndServesItAfterTakeover
 // runs two pgpilots with one config file, http.listen included, as the
-// README says: the second does not exit because the port is taken (it did,
-// with exit 2); it stands by, and when the first dies it takes the state
+// docs/deploy.md says: the second does not exit because the port is taken;
+// it stands by, and when the first dies it takes the state
 // directory and the port over, answering /healthz and /readyz there.
 func TestSecondInstanceWithTheSameHTTPListenStandsByAndServesItAfterTakeover(t *testing.T) {
 	t.Parallel()
@@ -116,7 +116,7 @@ func TestHTTPListenTakenByAnotherProgramExitsTwoWithTheFix(t *testing.T) {
 }
 
 // TestTwoInstancesWithAPortEachBothAnswerAndTheStandbySaysSo runs the
-// README's other way: one config file with http.listen: ${PGPILOT_LISTEN},
+// docs/deploy.md's other way: one config file with http.listen: ${PGPILOT_LISTEN},
 // a port per instance. Both answer /healthz; the standby's /readyz is 503
 // and says it stands by, until the first dies.
 func TestTwoInstancesWithAPortEachBothAnswerAndTheStandbySaysSo(t *testing.T) {

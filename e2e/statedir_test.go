@@ -88,6 +88,13 @@ func TestRemovedDeadLetterFileIsCreatedAgainAndCounted(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// The line is visible before the append ends (its fsync, the check
+	// that the name still leads to the file): removed in between, the
+	// append writes it again to a new file, as it must. Remove it once
+	// the append said it is done.
+	require.Eventually(t, func() bool {
+		return strings.Count(p.out.String(), "record set aside in the dead-letter file") >= 1
+	}, 30*time.Second, 20*time.Millisecond, "the first dead letter's append is done")
 	require.NoError(t, os.Remove(path))
 	_, err := e.conn.Exec(ctx, `UPDATE companies SET plan = 'after-rm' WHERE id IN (7, 8)`)
 	require.NoError(t, err)
@@ -97,6 +104,9 @@ func TestRemovedDeadLetterFileIsCreatedAgainAndCounted(t *testing.T) {
 	countedByStatus() // the dead letters written after rm
 
 	rotatedHad := len(lines())
+	require.Eventually(t, func() bool {
+		return strings.Count(p.out.String(), "record set aside in the dead-letter file") >= 1+rotatedHad
+	}, 30*time.Second, 20*time.Millisecond, "the appends after rm are done")
 	require.NoError(t, os.Rename(path, path+".1"))
 	_, err = e.conn.Exec(ctx, `UPDATE companies SET plan = 'after-rotate' WHERE id IN (7, 8)`)
 	require.NoError(t, err)

@@ -180,7 +180,8 @@ func TestNullsUnicodeAndExactNumbersArriveIntact(t *testing.T) {
 	assert.Equal(t, json.Number("7"), got["seats"])
 	assert.Equal(t, false, got["trial"])
 	assert.Equal(t, "2024-03-01T09:30:00Z", got["created_at"])
-	assert.NotContains(t, got, "plan", "NULL clears the key")
+	assert.Contains(t, got, "plan", "NULL is sent as null")
+	assert.Nil(t, got["plan"], "NULL clears the value")
 	applied := e.up.Applied()
 	last := applied[len(applied)-1]
 	require.Equal(t, "42", last.CompanyID)

@@ -254,6 +254,19 @@ func TestParseErrors(t *testing.T) {
 			want: []problem{{`p.yaml:2: postgres.url: environment variable DATABASE_URL is not set; export it or write the value in the file`, ""}},
 		},
 		{
+			// The key is read twice (api_key, then as required): one report.
+			name: "unset API key variable, reported once",
+			env:  map[string]string{"USERPILOT_API_KEY": "-"},
+			data: minimal,
+			want: []problem{{`p.yaml:4: userpilot.api_key: environment variable USERPILOT_API_KEY is not set; export it or write the value in the file`, ""}},
+		},
+		{
+			name: "one unset variable in two values, reported once naming both",
+			env:  map[string]string{"DATABASE_URL": "-"},
+			data: replaceLine(9, "    name: ${DATABASE_URL}"),
+			want: []problem{{`p.yaml:2: postgres.url: environment variable DATABASE_URL is not set (also used by companies.metadata.name at line 9); export it or write the value in the file`, ""}},
+		},
+		{
 			name: "several unset variables in one value",
 			data: replaceLine(9, "    name: ${A}_${B}"),
 			want: []problem{

@@ -24,10 +24,33 @@ type parser struct {
 }
 
 // fail records a problem at line under key: msg says what is wrong, fix
-// what to do about it ("" when msg says it all).
+// what to do about it ("" when msg says it all). A problem found twice
+// (a value read by two checks) is recorded once, and an unset variable
+// once: its other uses are named in the first report.
 func (p *parser) fail(line int, key, msg, fix string) {
+	for _, e := range p.problems {
+		if e.Line == line && e.Key == key && e.Msg == msg {
+			return
+		}
+	}
+	if m := unsetVariable.FindStringSubmatch(msg); m != nil {
+		for _, e := range p.problems {
+			if n := unsetVariable.FindStringSubmatch(e.Msg); n != nil && n[1] == m[1] {
+				also := fmt.Sprintf(" (also used by %s at line %d)", key, line)
+				if i := strings.IndexByte(e.Msg, ';'); i >= 0 {
+					e.Msg = e.Msg[:i] + also + e.Msg[i:]
+				} else {
+					e.Msg += also
+				}
+				return
+			}
+		}
+	}
 	p.problems = append(p.problems, &ConfigError{File: p.file, Line: line, Key: key, Msg: msg, Fix: fix})
 }
+
+// unsetVariable matches expand's report of an unset variable.
+var unsetVariable = regexp.MustCompile(`^environment variable (\w+) is not set`)
 
 // problem is what is wrong with a value and what to do about it, before the
 // parser adds the file, line and key; the zero problem is none.

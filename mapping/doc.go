@@ -6,7 +6,10 @@
 //
 // The file has six sections: postgres, userpilot, state, delivery, http
 // and companies; state, delivery and http are optional.
-// mapping.example.yaml at the repository root documents every key. Unknown
+// docs/configure.md is the reference of every key, default and rule
+// (TestConfigureReferenceMatchesTheLoader holds it to what the parser
+// accepts); mapping.example.yaml at the repository root shows every key
+// with comments. Unknown
 // keys, at any level, are errors that list the allowed keys; a key written
 // twice is an error. Every problem is reported at once, each
 // as FILE:LINE: KEY: what is wrong, with its fix on the line below (a

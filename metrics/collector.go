@@ -11,7 +11,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc("pgpilot_"+name, help, labels, nil)
 }
 
-// The metrics, each described once. README.md has the same list as a table.
+// The metrics, each described once. docs/operate.md has the same list as a table.
 var (
 	changesReadDesc = desc("changes_read_total",
 		"Row changes read from the replication stream, by operation (insert, update, delete, truncate). The initial sync's rows are pgpilot_snapshot_rows_read_total.", "op")

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -148,6 +149,8 @@ type Metrics struct {
 	pipeline  func() DeliveryCounts
 	client    func() UserpilotCounts
 	estimates func() Estimates
+	// why answers /why/{company} (see why.go).
+	why atomic.Pointer[WhyFunc]
 
 	// Changes read from the stream.
 	inserts, updates, deletes, truncates int64

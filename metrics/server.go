@@ -17,8 +17,9 @@ import (
 const sampleEvery = time.Second
 
 // Handler serves /metrics (Prometheus text or protobuf, from m's own
-// registry), /healthz (200 while the process runs: liveness) and /readyz
-// (200 when ready, else 503, each with a one-line reason).
+// registry), /healthz (200 while the process runs: liveness), /readyz
+// (200 when ready, else 503, each with a one-line reason) and
+// /why/{company} (where a company stands, as JSON: see SetWhy).
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -28,6 +29,7 @@ func (m *Metrics) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("GET /why/{company}", m.serveWhy)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		ready, reason := m.Ready()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

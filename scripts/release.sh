@@ -7,7 +7,8 @@
 # a pgpilot-VERSION-linux-ARCH.tar.gz holding pgpilot-VERSION-linux-ARCH/
 # with the static binary (version stamped, scripts/build.sh),
 # mapping.example.yaml, pgpilot.service and the pgpilot.yaml it reads
-# (deploy/systemd/), and README.md; and SHA256SUMS over the archives.
+# (deploy/systemd/), README.md, CHANGELOG.md and docs/; and SHA256SUMS
+# over the archives.
 # Prints the output directory on the last line.
 #
 # Reproducible: the same commit gives the same bytes on any machine with
@@ -45,9 +46,12 @@ for arch in amd64 arm64; do
   dir="$stage/$name"
   mkdir -p "$dir"
   GOOS=linux GOARCH="$arch" ./scripts/build.sh "$dir/pgpilot" "$version"
-  cp mapping.example.yaml README.md deploy/systemd/pgpilot.service deploy/systemd/pgpilot.yaml "$dir/"
-  chmod 0755 "$dir" "$dir/pgpilot"
-  chmod 0644 "$dir/mapping.example.yaml" "$dir/README.md" "$dir/pgpilot.service" "$dir/pgpilot.yaml"
+  cp mapping.example.yaml README.md CHANGELOG.md deploy/systemd/pgpilot.service deploy/systemd/pgpilot.yaml "$dir/"
+  # The README links into docs/: the pages go along, under the same names.
+  mkdir -p "$dir/docs"
+  cp docs/*.md "$dir/docs/"
+  chmod 0755 "$dir" "$dir/pgpilot" "$dir/docs"
+  chmod 0644 "$dir/mapping.example.yaml" "$dir/README.md" "$dir/CHANGELOG.md" "$dir/pgpilot.service" "$dir/pgpilot.yaml" "$dir"/docs/*.md
   tar --create --format=gnu --sort=name --mtime="@$SOURCE_DATE_EPOCH" \
     --owner=0 --group=0 --numeric-owner --directory="$stage" "$name" |
     gzip -9 -n >"$out/$name.tar.gz"

@@ -74,10 +74,22 @@ func TestReleaseBuildsReproducibleStaticArchives(t *testing.T) {
 			got = append(got, name)
 		}
 		sort.Strings(got)
-		assert.Equal(t, []string{base + "/", base + "/README.md", base + "/mapping.example.yaml", base + "/pgpilot",
-			base + "/pgpilot.service", base + "/pgpilot.yaml"}, got, arch)
-		for name, src := range map[string]string{"README.md": "../README.md", "mapping.example.yaml": "../mapping.example.yaml",
-			"pgpilot.service": "../deploy/systemd/pgpilot.service", "pgpilot.yaml": "../deploy/systemd/pgpilot.yaml"} {
+		sources := map[string]string{"README.md": "../README.md", "CHANGELOG.md": "../CHANGELOG.md", "mapping.example.yaml": "../mapping.example.yaml",
+			"pgpilot.service": "../deploy/systemd/pgpilot.service", "pgpilot.yaml": "../deploy/systemd/pgpilot.yaml"}
+		// The README links into docs/: every page goes along.
+		pages, err := filepath.Glob("../docs/*.md")
+		require.NoError(t, err)
+		require.NotEmpty(t, pages)
+		want := []string{base + "/", base + "/docs/", base + "/pgpilot"}
+		for _, p := range pages {
+			sources["docs/"+filepath.Base(p)] = p
+		}
+		for name := range sources {
+			want = append(want, base+"/"+name)
+		}
+		sort.Strings(want)
+		assert.Equal(t, want, got, arch)
+		for name, src := range sources {
 			data, err := os.ReadFile(src)
 			require.NoError(t, err)
 			assert.Equal(t, string(data), string(files[base+"/"+name]), "%s in the %s archive", name, arch)

@@ -445,15 +445,23 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		resend := p.mark.Job.ID != state.InitialSnapshot
 		// In pieces, as the stream sends a large transaction: each stage
 		// after this one buffers a few transactions, and a buffer of
-		// whole chunks held 40,000 rows (20 MB) per stage. Only the last
-		// piece carries the mark, which waits for every row before it.
+		// whole chunks held 40,000 rows (20 MB) per stage. Each piece
+		// carries a mark of the job's progress up to its last row, which
+		// reaches the checkpoint once every row before it is delivered:
+		// progress is counted as rows are delivered, not a chunk at a time
+		// (at Userpilot's limits a chunk takes minutes), and a restart
+		// resumes after the last piece delivered. The last piece's mark is
+		// the chunk's own.
 		changes := make([]row.Change, 0, min(len(p.Rows), pieceRows))
+		last := -1 // the last row of the piece still in the chunk
 		for i, vals := range p.Rows {
 			if vals != nil {
 				changes = append(changes, row.Change{Op: row.Insert, Relation: s.rel, Values: vals})
+				last = i
 			}
 			if len(changes) == pieceRows && i < len(p.Rows)-1 {
-				if err := send(ctx, dst, row.Transaction{Kind: row.Chunk, Changes: changes, Resend: resend}); err != nil {
+				txn := row.Transaction{Kind: row.Chunk, Changes: changes, Resend: resend, Mark: s.pieceMark(p, i, last)}
+				if err := send(ctx, dst, txn); err != nil {
 					return queue, err
 				}
 				changes = make([]row.Change, 0, min(len(p.Rows)-i-1, pieceRows))
@@ -473,6 +481,20 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		}
 	}
 	return queue, nil
+}
+
+// pieceMark is the job's progress once the chunk's rows up to end are
+// delivered: the rows read so far, and the key of last, the last row
+// still in the chunk (a row taken out since has no values to key by;
+// resuming after an earlier key reads a few rows again, nothing more).
+func (s *Stage) pieceMark(p *pending, end, last int) *Progress {
+	job := p.mark.Job
+	job.Rows -= int64(len(p.Rows) - end - 1)
+	job.After = make([]string, len(s.key))
+	for i, k := range s.key {
+		job.After[i] = string(p.Rows[last][k].Text)
+	}
+	return &Progress{Job: job}
 }
 
 func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) error {

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
@@ -293,10 +294,11 @@ func TestCancelledJobDropsItsWaitingChunksAndEnds(t *testing.T) {
 }
 
 // A chunk goes on in pieces of pieceRows, as the stream's large
-// transactions do, so the stages after this one never buffer whole chunks;
-// only the last piece carries the chunk's mark, which then waits for every
-// row before it.
-func TestAChunkGoesOnInPiecesWithTheMarkOnTheLast(t *testing.T) {
+// transactions do, so the stages after this one never buffer whole chunks.
+// Each piece carries a mark of the job's progress up to its last row (the
+// rows so far, the last one's key), so progress is counted as rows are
+// delivered; the last piece carries the chunk's own mark.
+func TestAChunkGoesOnInPiecesEachMarkingItsProgress(t *testing.T) {
 	n := 2*pieceRows + 7
 	var vals [][]row.Value
 	for i := range n {
@@ -311,10 +313,12 @@ func TestAChunkGoesOnInPiecesWithTheMarkOnTheLast(t *testing.T) {
 		require.Equal(t, row.Chunk, txn.Kind)
 		sizes = append(sizes, len(txn.Changes))
 		total += len(txn.Changes)
+		require.NotNil(t, txn.Mark, "every piece marks the job's progress")
+		p := txn.Mark.(*Progress)
+		assert.Equal(t, int64(total), p.Job.Rows, "rows up to this piece's last")
+		assert.Equal(t, []string{fmt.Sprint(total)}, p.Job.After, "after this piece's last row")
 		if total < n {
-			assert.Nil(t, txn.Mark, "a piece before the last carries no mark")
-		} else {
-			require.NotNil(t, txn.Mark, "the last piece carries the chunk's mark")
+			assert.False(t, p.Done, "a piece before the last never ends the job")
 		}
 	}
 	assert.Equal(t, []int{pieceRows, pieceRows, 7}, sizes)

@@ -19,8 +19,8 @@ import (
 // group is rewritten whole when one of its companies changes, but so was
 // the page around a company's own key, and a group is a fraction of one.
 //
-// The records were one key per company in the "delivered" bucket until
-// session 6; OpenStore moves such records into groups (migrateRecords).
+// Stores of an earlier form kept one key per company in the "delivered"
+// bucket; OpenStore moves such records into groups (migrateRecords).
 
 var groupsBucket = []byte("profiles")
 
@@ -310,8 +310,8 @@ func (w *groupWriter) flush() error {
 // groups.
 const migrateBatch = 10_000
 
-// migrateRecords moves the records of a store written before session 6
-// (one key per company in the "delivered" bucket) into groups, in writes
+// migrateRecords moves the records of a store of the earlier form (one
+// key per company in the "delivered" bucket) into groups, in writes
 // of migrateBatch: each moves records and deletes them in one commit, so a
 // kill between two leaves nothing half moved, and the next open goes on.
 // A record the groups hold already (none should: the groups are written

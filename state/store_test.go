@@ -75,10 +75,10 @@ func TestDeliveredIndexSurvivesReopen(t *testing.T) {
 }
 
 // BenchmarkDeliveredIndexSize records N companies with seven metadata keys
-// (the README's example table) in writes of 10,000, as bulk jobs' are,
+// (the example config's table) in writes of 10,000, as bulk jobs' are,
 // and reports the index's size on disk per company, and the process's CPU
 // (user and system: the writes' syscalls are most of it) per company
-// recorded. PGPILOT_INDEX_COMPANIES=1000000 gives the README's figure.
+// recorded. PGPILOT_INDEX_COMPANIES=1000000 gives docs/performance.md's figure.
 func BenchmarkDeliveredIndexSize(b *testing.B) {
 	n := 100_000
 	if v := os.Getenv("PGPILOT_INDEX_COMPANIES"); v != "" {
@@ -138,7 +138,7 @@ func processCPU(b *testing.B) time.Duration {
 // BenchmarkOutbox writes N distinct companies' owed state to the outbox in
 // batches of 1,000 (one durable write each, as outbox mode does per tick)
 // and reports the cost per change and the outbox's size on disk.
-// PGPILOT_OUTBOX_COMPANIES=1000000 gives the README's figure.
+// PGPILOT_OUTBOX_COMPANIES=1000000 gives docs/performance.md's figure.
 func BenchmarkOutbox(b *testing.B) {
 	n := 100_000
 	if v := os.Getenv("PGPILOT_OUTBOX_COMPANIES"); v != "" {

@@ -104,7 +104,7 @@ func TestIdentifySendsDocumentedHeadersAndBody(t *testing.T) {
 	// The stand-in refuses any other body shape, so acceptance proves it.
 	got, ok := s.Company("4711")
 	require.True(t, ok)
-	assert.Equal(t, map[string]any{"name": "Globex", "seats": json.Number("42"), "trial": false}, got)
+	assert.Equal(t, map[string]any{"name": "Globex", "seats": json.Number("42"), "trial": false, "churned_at": nil}, got, "a null is sent, and clears the value")
 }
 
 func TestIdentifyDefaultUserAgentAndEndpointWithTrailingSlash(t *testing.T) {

@@ -1,7 +1,8 @@
 // Command userpilot-standin runs the stand-in Userpilot server of package
 // userpilottest as a program, for demos and scripts that cannot reach
 // Userpilot. It prints one line per applied identify to stdout and serves
-// GET /_standin/companies with every profile as JSON.
+// GET /_standin/companies with every profile as JSON (a value cleared with
+// null shows as null); -h says so.
 package main
 
 import (
@@ -27,6 +28,7 @@ func main() {
 	rateLimit := flag.Float64("rate-limit", 10, "real-time requests per second before 429 (0 = unlimited)")
 	bulkRate := flag.Float64("bulk-records-per-second", 20, "bulk job speed (Userpilot publishes 1,200-1,800/min; 0 = done on first poll)")
 	jobOverhead := flag.Duration("job-overhead", 0, "how long a bulk job stays queued before its first record is processed")
+	flag.Usage = usage
 	flag.Parse()
 	if *apiKey == "" {
 		fmt.Fprintln(os.Stderr, "userpilot-standin: no API key: pass -api-key or set USERPILOT_API_KEY")
@@ -42,6 +44,33 @@ func main() {
 		fmt.Fprintln(os.Stderr, "userpilot-standin:", err)
 		os.Exit(1)
 	}
+}
+
+// usage is -h: the flags, and what the stand-in serves, its read
+// endpoint included.
+func usage() {
+	out := flag.CommandLine.Output()
+	fmt.Fprint(out, `Usage: userpilot-standin [flags]
+
+A stand-in for Userpilot's API, for demos and scripts that cannot reach
+Userpilot: strict about what it accepts, as Userpilot documents it.
+
+It serves Userpilot's endpoints (each needs "Authorization: Token KEY"):
+  POST   /v1/companies/identify          one company (real time, rate limited: 429 beyond -rate-limit)
+  POST   /v1/companies/bulk_identify     a bulk job (one at a time per account: 409 while one runs)
+  GET    /v1/background_jobs/{id}        a bulk job's status
+  DELETE /v1/companies                   a deletion request (one every 2 s)
+and, to read what it holds (no key needed):
+  GET    /_standin/companies             every profile as JSON: company_id -> metadata; a value
+                                         cleared with null shows as null
+It prints one line per applied identify record to stdout.
+
+Point pgpilot at it with userpilot.endpoint: http://127.0.0.1:8089 (http is
+accepted for loopback only).
+
+Flags:
+`)
+	flag.PrintDefaults()
 }
 
 func run(listen string, opts userpilottest.Options) error {

@@ -137,11 +137,7 @@ func TestProfilesFoldAsMergedOnReceipt(t *testing.T) {
 			want[id] = md
 		}
 		for k, v := range ref.metadata {
-			if v == nil {
-				delete(md, k)
-			} else {
-				md[k] = v
-			}
+			md[k] = v // a null clears the value: the key holds null
 		}
 		wantApplied = append(wantApplied, Applied{Kind: "identify", CompanyID: id, Metadata: copyMetadata(ref.metadata)})
 		if rng.IntN(50) == 0 {
@@ -174,7 +170,7 @@ func TestProfileMergesPastMaxPending(t *testing.T) {
 		s.unlock()
 		want[fmt.Sprintf("k%d", i)] = json.Number(fmt.Sprint(i))
 		if i%5 == 4 {
-			delete(want, fmt.Sprintf("k%d", i-1))
+			want[fmt.Sprintf("k%d", i-1)] = nil // cleared: held as null
 		}
 	}
 	got, ok := s.Company("1")

@@ -595,13 +595,11 @@ func (p *profile) fold() map[string]any {
 	if p.md == nil {
 		p.md = map[string]any{}
 	}
+	// A key sent as null holds null, as Userpilot shows a cleared value:
+	// a profile says what was sent, and a demo can show a value cleared.
 	for _, co := range p.pending {
 		for k, v := range co.meta() {
-			if v == nil {
-				delete(p.md, k)
-			} else {
-				p.md[k] = v
-			}
+			p.md[k] = v
 		}
 	}
 	clear(p.pending) // let go of records only the applied log needs

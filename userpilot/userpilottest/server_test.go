@@ -148,7 +148,7 @@ func TestIdentifySuccessAnswersConfiguredStatusWithEmptyObject(t *testing.T) {
 	}
 }
 
-func TestIdentifyMergesMetadataAndNullClearsKey(t *testing.T) {
+func TestIdentifyMergesMetadataAndNullClearsTheValue(t *testing.T) {
 	t.Parallel()
 	var lines []string
 	var mu sync.Mutex
@@ -165,9 +165,9 @@ func TestIdentifyMergesMetadataAndNullClearsKey(t *testing.T) {
 
 	got, ok := s.Company("4711")
 	require.True(t, ok)
-	assert.Equal(t, map[string]any{"name": "Globex", "plan": "enterprise", "trial": false}, got)
+	assert.Equal(t, map[string]any{"name": "Globex", "plan": "enterprise", "seats": nil, "trial": false}, got)
 	assert.Equal(t, map[string]map[string]any{
-		"4711": {"name": "Globex", "plan": "enterprise", "trial": false},
+		"4711": {"name": "Globex", "plan": "enterprise", "seats": nil, "trial": false},
 		"4712": {},
 	}, s.Companies())
 	_, ok = s.Company("nope")
