@@ -169,12 +169,15 @@ func readme(t *testing.T) string {
 	return string(data)
 }
 
-// readmeAnchors are the anchors GitHub gives the README's headings.
-func readmeAnchors(t *testing.T) map[string]bool {
+// markdownAnchors are the anchors GitHub gives the headings of the
+// repository's markdown file at path.
+func markdownAnchors(t *testing.T, path string) map[string]bool {
 	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, path))
+	require.NoError(t, err)
 	anchors := map[string]bool{}
 	inCode := false
-	for _, line := range strings.Split(readme(t), "\n") {
+	for _, line := range strings.Split(string(data), "\n") {
 		if strings.HasPrefix(line, "```") {
 			inCode = !inCode
 		}

@@ -85,7 +85,7 @@ func TestEveryAlertIsTestedFiringAndNotFiring(t *testing.T) {
 		}
 	}
 	rules := readAlerts(t)
-	require.Len(t, rules, 7, "not streaming, nothing delivered, retained WAL, dead letters, backlog, initial sync, standing by")
+	require.Len(t, rules, 8, "not streaming, nothing delivered, retained WAL, dead letters, backlog, initial sync, standing by, fault")
 	for _, r := range rules {
 		assert.True(t, firing[r.Alert], "%s has no case where it fires", r.Alert)
 		assert.True(t, quiet[r.Alert], "%s has no case where it must not fire", r.Alert)
@@ -94,8 +94,8 @@ func TestEveryAlertIsTestedFiringAndNotFiring(t *testing.T) {
 
 // TestAlertsUseRealMetricsAndCiteTheirRunbook: every metric an expression
 // names is one pgpilot exports (a typo would make an alert that never
-// fires), and every summary names its runbook step, an anchor of a README
-// heading.
+// fires), and every summary names its runbook step, an anchor of a heading
+// of the README or of a page in docs/.
 func TestAlertsUseRealMetricsAndCiteTheirRunbook(t *testing.T) {
 	m := metrics.New(metrics.Options{})
 	// Measured figures appear once measured.
@@ -108,18 +108,17 @@ func TestAlertsUseRealMetricsAndCiteTheirRunbook(t *testing.T) {
 	for _, f := range families {
 		exported[f.GetName()] = true
 	}
-	anchors := readmeAnchors(t)
 	name := regexp.MustCompile(`pgpilot_[a-z_]+`)
-	runbook := regexp.MustCompile(`runbook: README\.md#([a-z0-9-]+)`)
+	runbook := regexp.MustCompile(`runbook: (README\.md|docs/[a-z-]+\.md)#([a-z0-9-]+)`)
 	for _, r := range readAlerts(t) {
 		for _, n := range name.FindAllString(r.Expr, -1) {
 			assert.True(t, exported[n], "%s uses %s, which a fresh pgpilot does not export (exported: %s)", r.Alert, n, keys(exported))
 		}
 		assert.Contains(t, []string{"critical", "warning"}, r.Labels["severity"], "%s severity", r.Alert)
 		m := runbook.FindStringSubmatch(r.Annotations["summary"])
-		require.NotNil(t, m, "%s: the summary names its runbook step (runbook: README.md#anchor): %q", r.Alert, r.Annotations["summary"])
-		assert.Equal(t, strings.ToLower(r.Alert), m[1], "%s's runbook anchor is its name", r.Alert)
-		assert.True(t, anchors[m[1]], "README.md has a heading for #%s", m[1])
+		require.NotNil(t, m, "%s: the summary names its runbook step (runbook: README.md#anchor or docs/PAGE.md#anchor): %q", r.Alert, r.Annotations["summary"])
+		assert.Equal(t, strings.ToLower(r.Alert), m[2], "%s's runbook anchor is its name", r.Alert)
+		assert.True(t, markdownAnchors(t, m[1])[m[2]], "%s has a heading for #%s", m[1], m[2])
 		assert.NotEmpty(t, r.Annotations["description"], "%s description", r.Alert)
 	}
 }

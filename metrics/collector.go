@@ -89,6 +89,8 @@ var (
 		"1 while this pgpilot waits for another to release the state directory (an HA standby), else 0.")
 	readyDesc = desc("ready",
 		"1 when /readyz answers 200 (streaming, initial sync done, Userpilot not failing too long), else 0.")
+	faultDesc = desc("fault",
+		"1 while pgpilot is stuck on a fault of this kind that an operator must end (publication_missing, state_dir_unwritable, …), else 0; /readyz and the log's ERROR line say what to do.", "kind")
 	failingDesc = desc("userpilot_failing_seconds",
 		"How long Userpilot has been failing (requests failing, none accepted, companies pending); 0 when it is not.")
 )
@@ -98,7 +100,7 @@ var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, snapDoneDes
 	realtimeLimitDesc, bulkRateDesc, bulkOverheadDesc, bulkJobsLearnedDesc, realtimeRateDesc, backlogETADesc,
 	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
 	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
-	readyDesc, failingDesc, standingByDesc}
+	readyDesc, failingDesc, standingByDesc, faultDesc}
 
 // collector reads the figures when Prometheus scrapes, so nothing on the
 // delivery path does extra work for metrics.
@@ -228,6 +230,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(streamingDesc, bit(m.connected))
 	gauge(standingByDesc, bit(m.standingBy != ""))
 	gauge(readyDesc, bit(ready))
+	for _, kind := range m.exportedFaults() {
+		_, set := m.faults[kind]
+		gauge(faultDesc, bit(set), kind)
+	}
 	failing := 0.0
 	if !m.failingSince.IsZero() {
 		failing = now.Sub(m.failingSince).Seconds()
