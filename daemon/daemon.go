@@ -120,6 +120,9 @@ func Run(ctx context.Context, opts Options) error {
 		if ctx.Err() != nil {
 			return nil // stopped while standing by
 		}
+		if errors.Is(err, state.ErrNotWritable) {
+			return fmt.Errorf("%w: %w", ErrConfig, err) // the volume's to fix, before Postgres is touched
+		}
 		return err
 	}
 	defer dir.Close()
@@ -143,6 +146,9 @@ func Run(ctx context.Context, opts Options) error {
 
 	store, err := dir.OpenStore()
 	if err != nil {
+		if errors.Is(err, state.ErrNotWritable) {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
 		return err
 	}
 	defer store.Close()
@@ -204,6 +210,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		if isStateDiskProblem(err) {
 			// Reconnecting to Postgres will not cure this; the operator must.
+			// The next checkpoint written clears the fault.
+			opts.Metrics.SetFault(metrics.FaultStateDirUnwritable, fmt.Sprintf(
+				"cannot write the state directory %s (%v): free space on it or make it writable; nothing is checkpointed until then, and nothing is lost", dir.Path(), err))
 			stateLog.Error("cannot write the state directory: free space on it or make it writable (state.dir); "+
 				"until then nothing is checkpointed or confirmed to Postgres, and nothing is lost",
 				"state_dir", dir.Path(), "error", err, "retry_in", wait.Round(time.Millisecond).String())

@@ -18,6 +18,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -409,6 +410,7 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		s.cp = cp
 		s.confirmed.Store(uint64(lsn))
 		s.progress.Store(true)
+		s.opts.Metrics.ClearFault(metrics.FaultStateDirUnwritable) // written: the directory is writable again
 		s.opts.Metrics.Checkpointed(lsn)
 		s.opts.Metrics.SnapshotProgress(snapshotJob(cp.Snapshot))
 		return nil

@@ -941,7 +941,8 @@ func TestUnwritableStateDirHoldsTheCheckpointAndLosesNothing(t *testing.T) {
 	code, _ := p.stop(t)
 	require.Equal(t, 0, code)
 
-	// Read-only from the start: refused at once, with the directory named.
+	// Read-only from the start: refused at once, as a setup problem (exit
+	// 2), with the directory named.
 	_, err = e.conn.Exec(ctx, `UPDATE companies SET plan = 'while-read-only' WHERE id <= 5`)
 	require.NoError(t, err)
 	unmount := requireMount(t, e.stateDir, "--bind", e.stateDir)
@@ -950,7 +951,7 @@ func TestUnwritableStateDirHoldsTheCheckpointAndLosesNothing(t *testing.T) {
 	}
 	before = e.checkpoint().LSN
 	p = e.run()
-	assert.Equal(t, 1, p.wait(t, 60*time.Second))
+	assert.Equal(t, 2, p.wait(t, 60*time.Second))
 	assert.Contains(t, p.out.String(), "read-only file system")
 	t.Logf("refused at start with: %s", lineWith(p.out.String(), "read-only file system"))
 	assert.Contains(t, p.out.String(), e.stateDir)

@@ -77,7 +77,7 @@ func (d *Dir) OpenStore() (*Store, error) {
 	// an outage's peak memory.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: initialMmap})
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, notWritable(d.path, fmt.Errorf("open %s: %w", path, err))
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{groupsBucket, outboxBucket, jobsBucket, sendingBucket} {
