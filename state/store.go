@@ -68,9 +68,14 @@ type Store struct {
 	res    resident // see resident.go
 }
 
-// OpenStore opens (creating) the store in the state directory.
+// OpenStore opens (creating) the store in the state directory. A store
+// file bbolt would crash on (cut short, a page overwritten) is refused
+// with a *StoreDamage, before bbolt maps it.
 func (d *Dir) OpenStore() (*Store, error) {
 	path := filepath.Join(d.path, StoreFile)
+	if err := checkStoreFile(path); err != nil {
+		return nil, err
+	}
 	// A large initial mapping (address space, not memory) spares the
 	// remaps a growing file would need: at each one bbolt copies every node
 	// the open write transaction touched onto the heap, which was most of
