@@ -428,11 +428,11 @@ func TestSlotDroppedBehindPgpilotsBackStopsWithRecoverySteps(t *testing.T) {
 	assert.Equal(t, 1, p.wait(t, 60*time.Second))
 	out := p.out.String()
 	assert.Contains(t, out, fmt.Sprintf(`replication slot \"%s\" is gone`, e.slot()))
-	assert.Contains(t, out, "pgpilot teardown")
+	assert.Contains(t, out, "pgpilot recover")
 	assert.Empty(t, e.slotsOfDatabase(), "pgpilot never recreates a slot by itself")
 
-	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
-	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
+	rc := e.pgpilot("recover", "--config", e.cfgPath, "--yes")
+	require.Equal(t, 0, rc.wait(t, 60*time.Second), rc.out.String())
 	p = e.run()
 	e.waitInitialSync()
 	e.converge(60 * time.Second)
@@ -553,8 +553,8 @@ func TestDamagedOrForeignCheckpointIsRefused(t *testing.T) {
 		{"garbage", raw([]byte("\x00\x01\xfe not json at all\n")), 1, []string{"checkpoint is corrupt", corruptFix}},
 		{"edited by hand", raw([]byte(strings.Replace(string(good), cp.LSN.String(), state.LSN(uint64(cp.LSN)+8).String(), 1))), 1,
 			[]string{"checksum mismatch", corruptFix}},
-		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 3`, `"format": 4`, 1))), 1,
-			[]string{"format 4, this pgpilot reads format 3", corruptFix}},
+		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 4`, `"format": 5`, 1))), 1,
+			[]string{"format 5, this pgpilot reads format 4", corruptFix}},
 		{"another slot", foreign(func(c *state.Checkpoint) { c.Slot = "someone_elses_slot" }), 2,
 			[]string{`belongs to slot \"someone_elses_slot\"`, foreignFix}},
 		{"another database", foreign(func(c *state.Checkpoint) { c.Database = "another_db" }), 2,
