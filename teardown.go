@@ -64,6 +64,13 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 	if err != nil {
 		return err
 	}
+	if d := owed.Damage; d != nil {
+		fmt.Fprintf(stdout, "%s is damaged (%s): it is set aside like a whole one, with what can still be read of it", d.Path, d.Problem)
+		if d.Held.Unreadable > 0 {
+			fmt.Fprintf(stdout, " (%d of its pages cannot be read: what the outbox owed there is not in the counts below)", d.Held.Unreadable)
+		}
+		fmt.Fprintln(stdout, ".")
+	}
 	dropPub := havePub && pub.CreatedByPgpilot
 	if !haveSlot && !dropPub {
 		fmt.Fprintf(stdout, "nothing to drop: no slot %q, and no publication %q created by pgpilot\n", cfg.Postgres.Slot, cfg.Postgres.Publication)

@@ -149,6 +149,10 @@ func Run(ctx context.Context, opts Options) error {
 		if errors.Is(err, state.ErrNotWritable) {
 			return fmt.Errorf("%w: %w", ErrConfig, err)
 		}
+		var damage *state.StoreDamage
+		if errors.As(err, &damage) {
+			return StoreDamaged(cfg, damage)
+		}
 		return err
 	}
 	defer store.Close()
@@ -208,7 +212,13 @@ func Run(ctx context.Context, opts Options) error {
 		} else {
 			backoff = min(backoff*2, opts.ReconnectMax)
 		}
-		if isStateDiskProblem(err) {
+		var gone *publicationGone
+		if errors.As(err, &gone) {
+			// Not a failure to back off from: it is looked for again every
+			// few seconds, so the start over follows its creation closely.
+			wait = min(wait, 5*time.Second)
+			s.waitingForPublication(gone)
+		} else if isStateDiskProblem(err) {
 			// Reconnecting to Postgres will not cure this; the operator must.
 			// The next checkpoint written clears the fault.
 			opts.Metrics.SetFault(metrics.FaultStateDirUnwritable, fmt.Sprintf(
