@@ -67,7 +67,7 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 	if d := owed.Damage; d != nil {
 		fmt.Fprintf(stdout, "%s is damaged (%s): it is set aside like a whole one, with what can still be read of it", d.Path, d.Problem)
 		if d.Held.Unreadable > 0 {
-			fmt.Fprintf(stdout, " (%d of its pages cannot be read: what the outbox owed there is not in the counts below)", d.Held.Unreadable)
+			fmt.Fprintf(stdout, " (%d of its pages cannot be read: what they held is not in the counts below)", d.Held.Unreadable)
 		}
 		fmt.Fprintln(stdout, ".")
 	}

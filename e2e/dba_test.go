@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -27,7 +28,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/pgpilot/pgpilot/internal/workload"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -469,6 +473,395 @@ func TestPublicationDroppedWhileStoppedLosesNothing(t *testing.T) {
 	t.Logf("missing at start, created from the fix: %d companies without a row in Userpilot, %d marked deleted", gone, marked)
 	require.Eventually(t, func() bool { code, _ := httpGet(base + "/readyz"); return code == 200 }, 60*time.Second, 50*time.Millisecond)
 	code, _ = p.stop(t)
+	assert.Equal(t, 0, code)
+	assertNoStackTrace(t, p.out.String())
+}
+
+// TestSlotDroppedWhileStoppedMarksOrDeletesWhatWasDeletedMeanwhile drops
+// the slot while pgpilot is stopped and a workload writes and deletes, under
+// on_delete mark and delete. pgpilot refuses (exit 1) with the fix `pgpilot
+// recover`, saying exactly what will be re-sent and how many companies
+// will be marked or deleted (counted, and equal to what the table says),
+// and what cannot be known; following it, Userpilot ends equal to the
+// table with every company deleted meanwhile handled. Before, the fix was
+// teardown: it set the no-op index aside with the knowledge of which
+// companies Userpilot holds, and those deleted meanwhile were never marked
+// or deleted.
+func TestSlotDroppedWhileStoppedMarksOrDeletesWhatWasDeletedMeanwhile(t *testing.T) {
+	t.Parallel()
+	for _, policy := range []string{"mark", "delete"} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			e, _ := dbaEnv(t, policy, false, "")
+			ctx := context.Background()
+			require.NoError(t, workload.Seed(ctx, e.conn, 150))
+			p := e.run()
+			e.waitInitialSync()
+			e.convergeDeleted(policy, 60*time.Second)
+			code, _ := p.stop(t)
+			require.Equal(t, 0, code)
+
+			w := startDeleter(t, e.url, 2831, 200)
+			more := w.committed.Load() + 300
+			require.Eventually(t, func() bool { return w.committed.Load() >= more }, 60*time.Second, 10*time.Millisecond)
+			dropSlot(t, e.conn, e.slot())
+			more = w.committed.Load() + 300
+			require.Eventually(t, func() bool { return w.committed.Load() >= more }, 60*time.Second, 10*time.Millisecond)
+			w.stop()
+			// What the refusal must count: the companies Userpilot holds
+			// with no row now, less those marked or deleted already.
+			gone, handled := e.companiesWithoutRow(policy)
+			t.Logf("%d companies Userpilot holds have no row; %d of them handled before the slot went", gone, handled)
+
+			p = e.run()
+			assert.Equal(t, 1, p.wait(t, 60*time.Second))
+			out := p.out.String()
+			assertNoStackTrace(t, out)
+			fix := fixLine(out)
+			t.Logf("refused with:\n%s\n  fix: %s", lineWith(out, "is gone"), fix)
+			require.Contains(t, fix, "pgpilot recover")
+			require.Contains(t, fix, "What cannot be known")
+			m := regexp.MustCompile(`(\d+) companies Userpilot holds have no row left`).FindStringSubmatch(fix)
+			require.NotNil(t, m, "the fix counts the companies without a row: %s", fix)
+			counted, _ := strconv.Atoi(m[1])
+			// Marked ones are known to the index too: the count is of every
+			// company Userpilot holds without a row (a company marked
+			// already costs no call: its mark is unchanged).
+			if policy == "mark" {
+				assert.Equal(t, gone, counted)
+			} else {
+				// Deleted ones were forgotten by the index: only those not
+				// deleted yet are known.
+				assert.Equal(t, gone-handled, counted)
+			}
+			assert.Empty(t, e.slotsOfDatabase(), "pgpilot never makes a slot by itself")
+
+			rc := e.pgpilot("recover", "--config", e.cfgPath, "--yes")
+			require.Equal(t, 0, rc.wait(t, 60*time.Second), rc.out.String())
+			t.Logf("recover:\n%s", rc.out.String())
+			w = startDeleter(t, e.url, 2832, 200)
+			p = e.run()
+			e.waitWalsender(0, 60*time.Second)
+			more = w.committed.Load() + 200
+			require.Eventually(t, func() bool { return w.committed.Load() >= more }, 60*time.Second, 10*time.Millisecond)
+			w.stop()
+			e.convergeDeleted(policy, 120*time.Second)
+			gone, handled = e.companiesWithoutRow(policy)
+			t.Logf("after recover and run: %d companies without a row in Userpilot, %d handled", gone, handled)
+			code, _ = p.stop(t)
+			assert.Equal(t, 0, code)
+			assertNoStackTrace(t, p.out.String())
+		})
+	}
+}
+
+// startUpdater changes the given companies' mapped values, one a
+// transaction, with long notes (a few pages of JSON each), until stopped.
+func startUpdater(t *testing.T, url string, ids []string) *writer {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &writer{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			return
+		}
+		defer conn.Close(context.Background())
+		for i := 0; ctx.Err() == nil; i++ {
+			id, _ := strconv.Atoi(ids[i%len(ids)])
+			_, err := conn.Exec(ctx, `UPDATE companies SET seats = $2, notes = repeat(md5($3), 300) WHERE id = $1`, id, i, strconv.Itoa(i))
+			if err != nil {
+				t.Logf("update company %d: %v", id, err)
+				w.failed.Add(1)
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			w.committed.Add(1)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(w.stop)
+	return w
+}
+
+// TestDeadLettersOnAFullStateVolumeAreWrittenWholeOnceItGrows puts the
+// state directory on a small tmpfs, has Userpilot refuse a tenth of the
+// companies (each change of theirs is a dead letter) while a workload
+// writes, fills the volume, and grows it (mount -o remount,size=…). Every
+// dead letter the full volume refused is written whole once there is room:
+// the file has no unreadable line, `pgpilot deadletters list` warns of
+// none, and each refused company's last dead letter holds its row as the
+// table has it; the others converge. Before, the line cut by the full
+// volume stayed, the next dead letter was appended onto it, and both were
+// lost (the checkpoint had passed the second).
+func TestDeadLettersOnAFullStateVolumeAreWrittenWholeOnceItGrows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, userpilottest.Options{})
+	e.dropSlotAtEnd()
+	require.NoError(t, os.MkdirAll(e.stateDir, 0o700))
+	requireMount(t, e.stateDir, "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs")
+	var refused []string // ten: fewer than the breaker's twenty refusals in a row
+	for id := 7; id <= 100; id += 10 {
+		refused = append(refused, strconv.Itoa(id))
+		e.up.RejectCompany(strconv.Itoa(id), 400)
+	}
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 100))
+	p := e.run()
+	e.waitInitialSync()
+	e.convergeExcept(60*time.Second, refused...)
+	w := startWriter(t, e.url, 2841, 100)
+	waitWrites := func(w *writer, n int64) {
+		more := w.committed.Load() + n
+		require.Eventually(t, func() bool { return w.committed.Load() >= more }, 60*time.Second, 10*time.Millisecond)
+	}
+	waitWrites(w, 100)
+	w.stop()
+
+	// The volume full, the refused companies change on (each change a dead
+	// letter of a few pages: its notes are long), so dead letters meet it:
+	// the first one takes what room the file's last page has and fails.
+	filler, err := os.Create(filepath.Join(e.stateDir, "filler"))
+	require.NoError(t, err)
+	for {
+		if _, err := filler.Write(make([]byte, 4096)); err != nil {
+			require.ErrorIs(t, err, syscall.ENOSPC)
+			break
+		}
+	}
+	require.NoError(t, filler.Close())
+	filled := time.Now()
+	refusedWriter := startUpdater(t, e.url, refused)
+	require.Eventually(t, func() bool {
+		out := p.out.String()
+		return strings.Contains(lineWith(out, state.DeadLetterFile+": no space left on device"), "no space")
+	}, 60*time.Second, 20*time.Millisecond, "a dead letter meets the full volume")
+	t.Logf("full volume:\n%s", lineWith(p.out.String(), state.DeadLetterFile+": no space left on device"))
+	waitWrites(refusedWriter, 50) // dead letters go on meeting it
+	if out, err := exec.Command("mount", "-o", "remount,size=8m", e.stateDir).CombinedOutput(); err != nil {
+		t.Skipf("cannot grow the tmpfs here (%v: %s)", err, out)
+	}
+	grown := time.Now()
+	w = startWriter(t, e.url, 2842, 100)
+	waitWrites(refusedWriter, 50)
+	waitWrites(w, 100)
+	refusedWriter.stop()
+	w.stop()
+	e.convergeExcept(120*time.Second, refused...)
+
+	// Each refused company's last dead letter is its row as it stands.
+	want, err := workload.Expected(ctx, e.conn)
+	require.NoError(t, err)
+	var dls state.DeadLetters
+	require.Eventually(t, func() bool {
+		dls, err = state.ReadDeadLetters(e.stateDir)
+		require.NoError(t, err)
+		// Read again with numbers kept exact (ReadDeadLetters gives the
+		// payload as float64s).
+		raw, err := os.ReadFile(filepath.Join(e.stateDir, state.DeadLetterFile))
+		require.NoError(t, err)
+		last := map[string]map[string]any{}
+		for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			var dl struct {
+				CompanyID string `json:"company_id"`
+				Payload   struct {
+					Metadata map[string]any `json:"metadata"`
+				} `json:"payload"`
+			}
+			dec := json.NewDecoder(strings.NewReader(line))
+			dec.UseNumber()
+			if dec.Decode(&dl) != nil {
+				continue // counted by ReadDeadLetters
+			}
+			for k, v := range dl.Payload.Metadata {
+				if v == nil {
+					delete(dl.Payload.Metadata, k) // sent as null: cleared
+				}
+			}
+			last[dl.CompanyID] = dl.Payload.Metadata
+		}
+		wantRefused := map[string]map[string]any{}
+		for _, id := range refused {
+			wantRefused[id] = want[id]
+		}
+		diff := workload.Diff(wantRefused, last)
+		if len(diff) > 0 {
+			t.Logf("dead letters not yet as the table: %v", diff[:min(5, len(diff))])
+		}
+		return len(diff) == 0
+	}, 60*time.Second, 200*time.Millisecond, "each refused company's last dead letter is its row")
+	assert.Zero(t, dls.Unreadable, "no line of the dead-letter file is a fragment")
+	list := e.pgpilot("deadletters", "list", "--config", e.cfgPath)
+	require.Equal(t, 0, list.wait(t, 60*time.Second))
+	assert.Empty(t, lineWith(list.out.String(), "not JSON records"), "deadletters list warns of no fragment")
+	t.Logf("%d dead letters outstanding, none unreadable; converged %s after the volume grew (it was full for %s)",
+		len(dls.Outstanding), time.Since(grown).Round(time.Millisecond), grown.Sub(filled).Round(time.Millisecond))
+	require.True(t, p.running(), "a full volume is waited out")
+	code, _ := p.stop(t)
+	assert.Equal(t, 0, code)
+	assertNoStackTrace(t, p.out.String())
+}
+
+// outboxEnv is dbaEnv in outbox mode from the first second of a Userpilot
+// outage (the slot moves on, what is owed waits in store.db).
+func outboxEnv(t *testing.T, policy string) *env {
+	e, _ := dbaEnv(t, policy, false, "delivery:\n  max_retained_wal: 0\n  outbox_after: 1s\n")
+	return e
+}
+
+// oweOutbox runs pgpilot with Userpilot down while w writes, until the
+// outbox owes at least n companies, then kills it (kill -9), leaving the
+// store as a crash leaves it.
+func (e *env) oweOutbox(p *proc, n int) int {
+	e.t.Helper()
+	e.up.SetFault(&userpilottest.Fault{Status: 503})
+	var owed int
+	require.Eventually(e.t, func() bool {
+		st, ok, err := state.ReadStatus(e.stateDir)
+		owed = st.OutboxCompanies
+		return err == nil && ok && st.Mode == state.ModeOutbox && owed >= n
+	}, 60*time.Second, 50*time.Millisecond, "the outbox owes %d companies", n)
+	p.kill9()
+	return owed
+}
+
+// damageStore damages the stopped pgpilot's store.db as a failing disk or
+// a copy of a live file leaves it: cut short, or one live page (the no-op
+// index's root, which the outbox does not use) overwritten.
+func (e *env) damageStore(how string) {
+	e.t.Helper()
+	path := filepath.Join(e.stateDir, state.StoreFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	require.NoError(e.t, err)
+	pageSize := int64(db.Info().PageSize)
+	var used int64
+	var root uint64
+	require.NoError(e.t, db.View(func(tx *bolt.Tx) error {
+		used = int64(tx.Size())
+		root = uint64(tx.Bucket([]byte("profiles")).Root())
+		return nil
+	}))
+	require.NoError(e.t, db.Close())
+	switch how {
+	case "cut short":
+		require.NoError(e.t, os.Truncate(path, used/2))
+		e.t.Logf("store.db cut to %d of its %d bytes", used/2, used)
+	case "page overwritten":
+		require.NotZero(e.t, root, "the index has pages of its own")
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		require.NoError(e.t, err)
+		junk := make([]byte, pageSize)
+		rng := rand.New(rand.NewPCG(28, 5))
+		for i := range junk {
+			junk[i] = byte(rng.IntN(256))
+		}
+		_, err = f.WriteAt(junk, int64(root)*pageSize)
+		require.NoError(e.t, err)
+		require.NoError(e.t, f.Close())
+		e.t.Logf("store.db page %d (the no-op index's root) overwritten", root)
+	}
+}
+
+// TestDamagedStoreWhileAnOutboxIsOwedIsRefusedAndRecovered leaves store.db
+// damaged (cut short; one live page overwritten) after pgpilot was killed
+// with Userpilot down and the outbox owing updates and deletions (on_delete:
+// mark), a workload writing and deleting throughout. `pgpilot run` refuses
+// with exit 1, never a Go crash, naming the file, what it held (the no-op
+// index, how many companies the outbox owed, as far as it can be read) and
+// the way out; `pgpilot check` says the same. Following it (`pgpilot
+// recover`, then `pgpilot run`), Userpilot ends equal to the table, the
+// deleted companies marked. Before, bbolt crashed the process (SIGBUS, or
+// a panic in a goroutine of its own), exit 2, naming neither.
+func TestDamagedStoreWhileAnOutboxIsOwedIsRefusedAndRecovered(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"cut short", "page overwritten"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			e := outboxEnv(t, "mark")
+			ctx := context.Background()
+			require.NoError(t, workload.Seed(ctx, e.conn, 300))
+			p := e.run()
+			e.waitInitialSync()
+			e.convergeDeleted("mark", 60*time.Second)
+			w := startDeleter(t, e.url, 2851, 300)
+			owed := e.oweOutbox(p, 40)
+			e.damageStore(how)
+			t.Logf("the outbox owed %d companies", owed)
+
+			p = e.run()
+			assert.Equal(t, 1, p.wait(t, 60*time.Second), "a damaged store is a runtime failure: exit 1")
+			out := p.out.String()
+			assertNoStackTrace(t, out)
+			refusal := lineWith(out, "is damaged")
+			t.Logf("refused with:\n%s", refusal)
+			assert.Contains(t, refusal, filepath.Join(e.stateDir, state.StoreFile))
+			assert.Contains(t, refusal, "no-op index")
+			if how == "page overwritten" {
+				assert.Contains(t, refusal, fmt.Sprintf("the outbox (%d companies owed", owed), "the outbox is read whole")
+			}
+			fix := fixLine(out)
+			require.Contains(t, fix, "pgpilot recover")
+			chk := e.pgpilot("check", "--config", e.cfgPath, "--skip-userpilot")
+			assert.Equal(t, 1, chk.wait(t, 60*time.Second))
+			assertNoStackTrace(t, chk.out.String())
+			assert.Contains(t, chk.out.String(), "✗ store "+filepath.Join(e.stateDir, state.StoreFile))
+
+			rc := e.pgpilot("recover", "--config", e.cfgPath, "--yes")
+			require.Equal(t, 0, rc.wait(t, 60*time.Second), rc.out.String())
+			assertNoStackTrace(t, rc.out.String())
+			t.Logf("recover:\n%s", rc.out.String())
+			e.up.SetFault(nil)
+			p = e.run()
+			e.waitWalsender(0, 60*time.Second)
+			more := w.committed.Load() + 200
+			require.Eventually(t, func() bool { return w.committed.Load() >= more }, 60*time.Second, 10*time.Millisecond)
+			w.stop()
+			e.convergeDeleted("mark", 120*time.Second)
+			gone, marked := e.companiesWithoutRow("mark")
+			t.Logf("after recover and run: %d companies without a row in Userpilot, %d marked deleted", gone, marked)
+			code, _ := p.stop(t)
+			assert.Equal(t, 0, code)
+			assertNoStackTrace(t, p.out.String())
+		})
+	}
+}
+
+// TestTeardownWorksOnADamagedStore: the other way out of a damaged store,
+// `pgpilot teardown`, sets it aside too, exports what can be read of what
+// its outbox owed, and the next run sends every row. Before, it crashed as
+// run did.
+func TestTeardownWorksOnADamagedStore(t *testing.T) {
+	t.Parallel()
+	e := outboxEnv(t, "ignore")
+	ctx := context.Background()
+	require.NoError(t, workload.Seed(ctx, e.conn, 300))
+	p := e.run()
+	e.waitInitialSync()
+	e.converge(60 * time.Second)
+	w := startWriter(t, e.url, 2861, 300)
+	owed := e.oweOutbox(p, 40)
+	e.damageStore("page overwritten")
+
+	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
+	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
+	out := td.out.String()
+	assertNoStackTrace(t, out)
+	t.Logf("teardown:\n%s", out)
+	assert.Contains(t, out, "is damaged")
+	assert.Contains(t, out, fmt.Sprintf("the outbox holds changes of %d companies", owed))
+	exported, err := filepath.Glob(filepath.Join(e.stateDir, "outbox.torn-down-*.jsonl"))
+	require.NoError(t, err)
+	require.Len(t, exported, 1)
+	raw, err := os.ReadFile(exported[0])
+	require.NoError(t, err)
+	assert.Equal(t, owed, strings.Count(string(raw), "\n"), "every record the outbox owed is exported")
+
+	e.up.SetFault(nil)
+	p = e.run()
+	e.waitInitialSync()
+	w.stop()
+	e.converge(120 * time.Second)
+	code, _ := p.stop(t)
 	assert.Equal(t, 0, code)
 	assertNoStackTrace(t, p.out.String())
 }
