@@ -53,7 +53,7 @@ type StoreDamage struct {
 }
 
 func (e *StoreDamage) Error() string {
-	return fmt.Sprintf("%s: %s is damaged: %s", ErrStoreDamaged, e.Path, e.Problem)
+	return fmt.Sprintf("%s is damaged: %s", e.Path, e.Problem)
 }
 
 // Unwrap makes errors.Is(err, ErrStoreDamaged) hold.
