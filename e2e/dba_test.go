@@ -836,8 +836,9 @@ func TestDamagedStoreWhileAnOutboxIsOwedIsRefusedAndRecovered(t *testing.T) {
 }
 
 // TestTeardownWorksOnADamagedStore: the other way out of a damaged store,
-// `pgpilot teardown`, sets it aside too, exports what can be read of what
-// its outbox owed, and the next run sends every row. Before, it crashed as
+// `pgpilot teardown`, works on one cut short: it sets it aside, exports
+// what can be read of what its outbox owed, says how much could not be
+// read, and the next run sends every row. Before, it crashed (SIGBUS) as
 // run did.
 func TestTeardownWorksOnADamagedStore(t *testing.T) {
 	t.Parallel()
@@ -849,21 +850,26 @@ func TestTeardownWorksOnADamagedStore(t *testing.T) {
 	e.converge(60 * time.Second)
 	w := startWriter(t, e.url, 2861, 300)
 	owed := e.oweOutbox(p, 40)
-	e.damageStore("page overwritten")
+	e.damageStore("cut short")
 
 	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
 	require.Equal(t, 0, td.wait(t, 60*time.Second), td.out.String())
 	out := td.out.String()
 	assertNoStackTrace(t, out)
-	t.Logf("teardown:\n%s", out)
+	t.Logf("teardown (the outbox owed %d companies):\n%s", owed, out)
 	assert.Contains(t, out, "is damaged")
-	assert.Contains(t, out, fmt.Sprintf("the outbox holds changes of %d companies", owed))
+	assert.Contains(t, out, "of its pages cannot be read")
+	m := regexp.MustCompile(`the outbox holds changes of (\d+) companies`).FindStringSubmatch(out)
+	require.NotNil(t, m, "teardown says what it could read of the outbox")
+	read, _ := strconv.Atoi(m[1])
+	assert.Positive(t, read)
+	assert.LessOrEqual(t, read, owed)
 	exported, err := filepath.Glob(filepath.Join(e.stateDir, "outbox.torn-down-*.jsonl"))
 	require.NoError(t, err)
 	require.Len(t, exported, 1)
 	raw, err := os.ReadFile(exported[0])
 	require.NoError(t, err)
-	assert.Equal(t, owed, strings.Count(string(raw), "\n"), "every record the outbox owed is exported")
+	assert.Equal(t, read, strings.Count(string(raw), "\n"), "what could be read of the outbox is exported")
 
 	e.up.SetFault(nil)
 	p = e.run()
