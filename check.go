@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/provider"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -102,7 +104,19 @@ func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stder
 // checkPostgres checks everything `pgpilot run` needs from the database.
 func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
-	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	route := replication.ProbeRoute(ctx, cfg.Postgres.URL)
+	if route.Pooler != nil {
+		// Whatever else is checked through a pooler is about whichever
+		// server session it lends: fix the URL first.
+		c.report("postgres.url reaches Postgres directly, not through a connection pooler", route.Pooler.Err())
+		fmt.Fprintln(c.out, "- the other Postgres checks wait for a direct postgres.url")
+		return
+	}
+	err := route.SQLErr // the probe's attempt: one wait for a server that does not answer, not two
+	var conn *pgx.Conn
+	if err == nil {
+		conn, err = replication.ConnectSQL(ctx, cfg.Postgres.URL)
+	}
 	if !c.report("Postgres reachable with the configured credentials", err) {
 		return
 	}
@@ -112,24 +126,20 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	if !c.report("server settings readable", err) {
 		return
 	}
+	checkRoute(srv.Provider, route, c)
 	role := "primary"
 	if srv.InRecovery {
 		role = "standby"
 	}
 	serverOK := c.report(fmt.Sprintf("Postgres %d (%s), wal_level=%s", srv.Major(), role, srv.WALLevel), srv.CheckServer())
 	if serverOK && srv.InRecovery {
-		c.report("standby keeps the primary from removing rows the slot needs", standbyFeedbackProblem(ctx, conn))
+		c.report("standby keeps the primary from removing rows the slot needs", standbyFeedbackProblem(ctx, conn, srv.Provider.Provider))
 	}
 
-	var user string
-	var canReplicate bool
-	err = conn.QueryRow(ctx, `SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user`).
-		Scan(&user, &canReplicate)
-	if err == nil && !canReplicate {
-		err = fix.With(errors.New("it has neither the REPLICATION attribute nor superuser"),
-			"run on the primary, as a superuser: ALTER ROLE "+pgx.Identifier{user}.Sanitize()+" REPLICATION;")
+	user, canStream := checkStreamingRight(ctx, conn, srv.Provider.Provider, c)
+	if canStream {
+		checkReplicationConnection(srv.Provider.Provider, user, route, c)
 	}
-	c.report(fmt.Sprintf("role %q may stream changes (REPLICATION)", user), err)
 
 	cols, err := replication.TableColumns(ctx, conn, table)
 	if c.report("table "+table.String()+" exists", err) {
@@ -138,14 +148,8 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 			c.config = true
 		}
 		checkPersonalData(cfg, cols, c)
-		var canSelect bool
-		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
-			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, table.Schema, table.Name).Scan(&canSelect)
-		if err == nil && !canSelect {
-			err = fix.With(errors.New("it may not, so the initial sync cannot read the table"),
-				fmt.Sprintf("run on the primary: GRANT SELECT ON %s TO %s;", table.Quoted(), pgx.Identifier{user}.Sanitize()))
-		}
-		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table), err)
+		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table),
+			replication.ReadRight(ctx, conn, table, user, "so the initial sync cannot read the table"))
 	}
 	if !srv.InRecovery {
 		problem, err := replication.ReplicaIdentityProblem(ctx, conn, table)
@@ -165,7 +169,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	checkPublication(ctx, conn, cfg, table, srv, c, st)
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
-	checkHeadroom(ctx, conn, haveSlot, c)
+	checkHeadroom(ctx, conn, haveSlot, srv.Provider.Provider, c)
 	switch {
 	case slotErr != nil:
 		c.report("replication slot "+cfg.Postgres.Slot, slotErr)
@@ -251,8 +255,11 @@ func checkPersonalData(cfg *mapping.Config, cols []row.Column, c *checker) {
 
 // standbyFeedbackProblem says why the primary could remove catalog rows a
 // logical slot on this standby needs (Postgres then invalidates the slot,
-// and pgpilot must start over with a full re-send), or returns nil.
-func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
+// and pgpilot must start over with a full re-send), or returns nil. A
+// managed service runs the link between primary and replica itself
+// (primary_slot_name is its business): only hot_standby_feedback is asked
+// of it.
+func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn, p provider.Provider) error {
 	var feedback string
 	var slotName *string
 	err := conn.QueryRow(ctx, `SELECT current_setting('hot_standby_feedback'),
@@ -261,24 +268,30 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("read hot_standby_feedback: %w", err)
 	}
 	if feedback != "on" {
-		return fix.With(errors.New("hot_standby_feedback is off: the primary may vacuum away catalog rows the logical slot needs, and Postgres then invalidates the slot"),
-			"set hot_standby_feedback = on on this standby (and primary_slot_name to a physical slot on the primary) and reload")
+		f := "set hot_standby_feedback = on on this standby (and primary_slot_name to a physical slot on the primary) and reload"
+		if p.Managed() {
+			f = p.SetParameter("hot_standby_feedback", "on", false) + ", for this read replica"
+		}
+		return fix.With(errors.New("hot_standby_feedback is off: the primary may vacuum away catalog rows the logical slot needs, and Postgres then invalidates the slot"), f)
 	}
 	// A row-less answer means this role may not read the setting: do not
 	// fail on what cannot be seen.
-	if slotName != nil && *slotName == "" {
+	if slotName != nil && *slotName == "" && !p.Managed() {
 		return fix.With(errors.New("primary_slot_name is empty: hot_standby_feedback protects the slot only while the standby is connected, so a restart of either server can get the slot invalidated"),
 			"create a physical slot on the primary (SELECT pg_create_physical_replication_slot('standby1');), set primary_slot_name to it on this standby and reload")
 	}
 	return nil
 }
 
-// checkPublication checks that the publication exists and covers the table,
-// or that `pgpilot run` can create it (on the first setup only), and that
-// it is the one the checkpoint streams through.
+// checkPublication checks that the publication exists, publishes what
+// pgpilot streams and covers the tables, or that `pgpilot run` can create
+// it (on the first setup only), and that it is the one the checkpoint
+// streams through. A role that may not create it (least privilege: it owns
+// no table) gets the exact statement for whoever may.
 func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker, st *stateView) {
 	name := cfg.Postgres.Publication
 	tables := append([]row.Table{table}, related.Tables(cfg.Companies)...)
+	createSQL := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(tables))
 	pub, havePub, err := replication.ReadPublication(ctx, conn, name)
 	switch {
 	case err != nil:
@@ -291,21 +304,24 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, 
 		c.warn(fmt.Sprintf("publication %q was dropped and created again since the checkpoint (oid %d, was %d)", name, pub.OID, st.cp.Publication.OID),
 			fmt.Errorf("the slot cannot decode the changes made while it was missing: `pgpilot run` starts over by itself: %s", st.plan(true)))
 	case !havePub && srv.InRecovery:
-		c.report("publication "+name, fmt.Errorf("missing, and a standby cannot create it; run on the primary:\n  CREATE PUBLICATION %s FOR TABLE %s;",
-			pgx.Identifier{name}.Sanitize(), quotedTables(tables)))
+		c.report("publication "+name, fmt.Errorf("missing, and a standby cannot create it; run on the primary:\n  %s", createSQL))
 	case !havePub:
 		// CREATE PUBLICATION ... FOR TABLE needs CREATE on the database and
-		// ownership of the table (superusers have both).
+		// ownership of the tables (superusers have both).
 		var mayCreate bool
 		err := conn.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'CREATE')
-			AND coalesce((SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			              WHERE n.nspname = $1 AND c.relname = $2), true)`, table.Schema, table.Name).Scan(&mayCreate)
+			AND coalesce((SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			              WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))), true)`,
+			tableSchemas(tables), tableNames(tables)).Scan(&mayCreate)
 		if err == nil && !mayCreate {
-			err = fix.With(fmt.Errorf("this role may not (it must own %s and have CREATE on the database)", table),
-				fmt.Sprintf("run as the table's owner:\n  CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), table.Quoted()))
+			err = fix.With(fmt.Errorf("this role may not create it (that needs CREATE on the database and ownership of %s); pgpilot streams from one a DBA creates", quotedTables(tables)),
+				"run on the primary, as the tables' owner (or a superuser): "+createSQL)
 		}
 		c.report(fmt.Sprintf("publication %q will be created by `pgpilot run`", name), err)
 	default:
+		if err := replication.PublishesChanges(ctx, conn, name); err != nil {
+			c.report(fmt.Sprintf("publication %q publishes inserts, updates and deletes", pub.Name), err)
+		}
 		missing, err := replication.MissingFromPublication(ctx, conn, name, tables)
 		switch {
 		case err != nil:
@@ -314,10 +330,26 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, 
 			return
 		case len(missing) > 0:
 			err = fix.With(fmt.Errorf("it does not publish %s", quotedTables(missing)),
-				fmt.Sprintf("run on the primary:\n  ALTER PUBLICATION %s ADD TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(missing)))
+				fmt.Sprintf("run on the primary, as the publication's owner: ALTER PUBLICATION %s ADD TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(missing)))
 		}
 		c.report(fmt.Sprintf("publication %q exists (created by pgpilot: %t)", pub.Name, pub.CreatedByPgpilot), err)
 	}
+}
+
+func tableSchemas(tables []row.Table) []string {
+	s := make([]string, len(tables))
+	for i, t := range tables {
+		s[i] = t.Schema
+	}
+	return s
+}
+
+func tableNames(tables []row.Table) []string {
+	s := make([]string, len(tables))
+	for i, t := range tables {
+		s[i] = t.Name
+	}
+	return s
 }
 
 func quotedTables(tables []row.Table) string {
@@ -338,7 +370,11 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 		return
 	}
 	_, err := related.Compile(ctx, conn, cfg.Companies)
-	if !c.report("companies.related and companies.where fit the tables (Postgres plans every re-read)", err) {
+	switch {
+	case errors.As(err, new(*replication.ReadRightError)):
+		// Each table's line below names the rights and the GRANTs.
+		fmt.Fprintln(c.out, "- companies.related and companies.where not checked: the role may not read their tables (see below)")
+	case !c.report("companies.related and companies.where fit the tables (Postgres plans every re-read)", err):
 		if errors.As(err, new(mapping.ConfigErrors)) {
 			c.config = true
 		}
@@ -364,14 +400,8 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 		default:
 			c.report(fmt.Sprintf("%s: %s is indexed on %s", r.Path(), t, r.CompanyID), nil)
 		}
-		var canSelect bool
-		err = conn.QueryRow(ctx, `SELECT coalesce((SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
-			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2), true)`, t.Schema, t.Name).Scan(&canSelect)
-		if err == nil && !canSelect {
-			err = fix.With(errors.New("it may not, so its related values cannot be read"),
-				fmt.Sprintf("run on the primary: GRANT SELECT ON %s TO %s;", t.Quoted(), pgx.Identifier{user}.Sanitize()))
-		}
-		c.report(fmt.Sprintf("role %q may SELECT from %s", user, t), err)
+		c.report(fmt.Sprintf("role %q may SELECT from %s", user, t),
+			replication.ReadRight(ctx, conn, t, user, "so its related values cannot be read"))
 		if r.IsLookup() {
 			// A lookup sends a related row's columns: the same warning as
 			// for the companies table's.
@@ -385,7 +415,7 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 
 // checkHeadroom checks that a replication slot (unless pgpilot's exists)
 // and a WAL sender are free for `pgpilot run`.
-func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, c *checker) {
+func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, p provider.Provider, c *checker) {
 	var slotsUsed, slotsMax, sendersUsed, sendersMax int
 	err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots)::int, current_setting('max_replication_slots')::int,
 		(SELECT count(*) FROM pg_stat_replication)::int, current_setting('max_wal_senders')::int`).
@@ -397,12 +427,13 @@ func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, c *checke
 	err = nil
 	if !haveSlot && slotsUsed >= slotsMax {
 		err = fix.With(errors.New("none is free for pgpilot's"),
-			"drop a slot nobody uses (see SELECT slot_name, active FROM pg_replication_slots;) or raise max_replication_slots (needs a restart)")
+			fmt.Sprintf("drop a slot nobody uses (see SELECT slot_name, active FROM pg_replication_slots;), or raise max_replication_slots: %s",
+				p.SetParameter("max_replication_slots", strconv.Itoa(slotsMax+1), true)))
 	}
 	c.report(fmt.Sprintf("replication slots: %d of max_replication_slots=%d in use", slotsUsed, slotsMax), err)
 	err = nil
 	if sendersUsed >= sendersMax {
-		err = fix.With(errors.New("none is free for pgpilot's stream"), "raise max_wal_senders (needs a restart)")
+		err = fix.With(errors.New("none is free for pgpilot's stream"), "raise max_wal_senders: "+p.SetParameter("max_wal_senders", strconv.Itoa(sendersMax+1), true))
 	}
 	c.report(fmt.Sprintf("WAL senders: %d of max_wal_senders=%d in use", sendersUsed, sendersMax), err)
 }

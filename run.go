@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/replication"
 )
 
 // runCommand runs the daemon until SIGTERM or SIGINT. Its last error goes
@@ -32,6 +33,10 @@ func runCommand(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if err := refusePooler(ctx, cfg.Postgres.URL); err != nil {
+		logStopped(log, err)
+		return shownError{err}
+	}
 	opts := daemon.Options{Config: cfg, Logger: log, ShutdownGrace: *grace}
 	if isTerminal(stderr) {
 		opts.Progress = stderr // a snapshot's progress bar
@@ -42,6 +47,20 @@ func runCommand(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 	if err != nil {
 		logStopped(log, err)
 		return shownError{err}
+	}
+	return nil
+}
+
+// refusePooler returns a configuration error when postgres.url goes
+// through a connection pooler, found before the daemon creates anything
+// (publication, slot, state). Anything else the probe meets is left to the
+// daemon, which retries what may pass.
+func refusePooler(ctx context.Context, url string) error {
+	// Bounded: a server that does not answer is the daemon's to wait for.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if route := replication.ProbeRoute(ctx, url); route.Pooler != nil {
+		return fmt.Errorf("%w: %w", daemon.ErrConfig, route.Pooler.Err())
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -100,18 +101,41 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 	}
 	if haveSlot {
 		if err := replication.DropSlot(ctx, conn, slot.Name); err != nil {
+			if isPermissionDenied(err) {
+				// The slot stays, so the checkpoint that follows it must
+				// too: nothing is set aside.
+				return fix.With(fmt.Errorf("this role may not drop replication slot %q (%w); nothing was dropped or set aside", slot.Name, err),
+					fmt.Sprintf("run on the server, as a superuser or a role that may stream changes (see `pgpilot check`): SELECT pg_drop_replication_slot(%s); then run pgpilot teardown again",
+						quoteLiteral(slot.Name)))
+			}
 			return err
 		}
 		fmt.Fprintf(stdout, "dropped replication slot %q\n", slot.Name)
 	}
+	// What this role may not drop is left to whoever may, with the
+	// statement: the slot is gone, so nothing streams into it any more.
+	var left []string
 	if dropPub {
 		if err := replication.DropPublication(ctx, conn, pub.Name); err != nil {
-			return err
+			if !isPermissionDenied(err) {
+				return err
+			}
+			fmt.Fprintf(stdout, "could not drop publication %q: only its owner (%s) or a superuser may\n", pub.Name, pub.Owner)
+			left = append(left, fmt.Sprintf("DROP PUBLICATION %s; (as %s)", pgx.Identifier{pub.Name}.Sanitize(), pgx.Identifier{pub.Owner}.Sanitize()))
+		} else {
+			fmt.Fprintf(stdout, "dropped publication %q\n", pub.Name)
 		}
-		fmt.Fprintf(stdout, "dropped publication %q\n", pub.Name)
+	} else if havePub {
+		fmt.Fprintf(stdout, "publication %q was not created by pgpilot (its owner is %s): left in place; if nothing else uses it, its owner drops it with: DROP PUBLICATION %s;\n",
+			pub.Name, pub.Owner, pgx.Identifier{pub.Name}.Sanitize())
+	}
+	var leftErr error
+	if len(left) > 0 {
+		leftErr = fix.With(fmt.Errorf("teardown left publication %q in place: this role may not drop it", pub.Name),
+			"run on the primary: "+strings.Join(left, " "))
 	}
 	if dir == nil {
-		return nil // no state directory: nothing to set aside
+		return leftErr // no state directory: nothing to set aside
 	}
 	if exported != "" {
 		if err := state.ExportOutbox(dir.Path(), exported); err != nil {
@@ -119,7 +143,17 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 		}
 		fmt.Fprintf(stdout, "what the outbox owed is written to %s (JSON lines)\n", filepath.Join(dir.Path(), exported))
 	}
-	return setStateAside(dir, suffix, stdout)
+	if err := setStateAside(dir, suffix, stdout); err != nil {
+		return err
+	}
+	return leftErr
+}
+
+// isPermissionDenied reports Postgres refusing for want of a right or
+// ownership (SQLSTATE 42501).
+func isPermissionDenied(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42501"
 }
 
 // lockStateDir takes the state directory, or returns nil when there is

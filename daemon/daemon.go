@@ -6,6 +6,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/liveness"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/related"
@@ -59,6 +61,9 @@ type Options struct {
 	// Metrics receives what the daemon does; nil → Run makes one from the
 	// config (and serves it on http.listen when set).
 	Metrics *metrics.Metrics
+	// StallAfter overrides delivery.stall_after: how long work may be
+	// owed with nothing moving before that is a stall.
+	StallAfter time.Duration
 }
 
 // ErrConfig is wrapped by errors that the operator fixes in the config file
@@ -164,6 +169,18 @@ func Run(ctx context.Context, opts Options) error {
 	if len(cfg.Companies.Related) > 0 {
 		opts.Metrics.SetRelated(s.relatedCounts)
 	}
+	// A sync that stops must say so: the watch logs an ERROR, sets
+	// pgpilot_stalled and fails /readyz when work is owed and nothing
+	// moves (package liveness).
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	watch := liveness.New(liveness.Options{Sources: s.watched.list, After: cmp.Or(opts.StallAfter, cfg.Delivery.StallAfter),
+		Alarm: opts.Metrics, Logger: opts.Logger.With("subsystem", "liveness")})
+	watchDone := make(chan struct{})
+	go func() { // owned by Run: stopped and waited for below
+		defer close(watchDone)
+		watch.Run(watchCtx)
+	}()
+	defer func() { stopWatch(); <-watchDone }()
 	// The delivery engine outlives the sessions: whatever ends the loop,
 	// it delivers and checkpoints what it holds (for at most the grace
 	// period) before Run returns.
@@ -187,6 +204,7 @@ func Run(ctx context.Context, opts Options) error {
 			pipeErr := s.eng.err
 			s.eng.stop(0)
 			s.eng = nil
+			s.watched.set(nil, nil)
 			if errors.Is(pipeErr, delivery.ErrSchema) {
 				return fmt.Errorf("%w: %w", ErrConfig, pipeErr)
 			}

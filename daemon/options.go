@@ -60,6 +60,9 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	if l, ok := s.sender.(realtimeLimiter); ok {
 		do.RealtimeLimit = l.RealtimeLimit
 	}
+	if r, ok := s.sender.(retrier); ok {
+		do.Retrying = r.Retrying
+	}
 	do.Outbox, do.RetainedWAL, do.Status = s.store, retained, s.writeStatus
 	do.MaxRetainedWAL = cmp.Or(do.MaxRetainedWAL, cfg.Delivery.MaxRetainedWAL)
 	do.OutboxAfter = cmp.Or(do.OutboxAfter, cfg.Delivery.OutboxAfter)
@@ -82,6 +85,10 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 // realtimeLimiter is a sender that lowers its real-time rate after 429s
 // (*userpilot.Client).
 type realtimeLimiter interface{ RealtimeLimit() float64 }
+
+// retrier is a sender that says how many calls it is retrying now
+// (*userpilot.Client): delivery then waits on Userpilot, not on itself.
+type retrier interface{ Retrying() int }
 
 // compiler compiles the mapping for a description of the table, or of
 // the related values the related stage reads.

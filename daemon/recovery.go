@@ -325,6 +325,7 @@ func (s *session) startOver(ctx context.Context, sqlConn *pgx.Conn, rconn *pgcon
 			s.log.Warn("delivery stopped before starting over; the start over sends it again", "error", err)
 		}
 		s.eng = nil
+		s.watched.set(nil, nil)
 		s.mu.Lock()
 		cp = s.cp
 		s.mu.Unlock()

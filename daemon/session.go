@@ -56,6 +56,8 @@ type session struct {
 	// checkpoint and kept across sessions (see engine.go); nil before, and
 	// after it failed (the next session makes a new one).
 	eng *engine
+	// watched is what the liveness watch looks at (see liveness.go).
+	watched watched
 
 	// mu guards the checkpoint as last written: its identity, position and
 	// snapshot job (nil: none runs), which the pipeline's checkpoints and
@@ -132,6 +134,7 @@ func (s *session) run(ctx context.Context) error {
 		if s.eng, err = s.startEngine(ctx, st.lsn); err != nil {
 			return err
 		}
+		s.watched.set(s.eng, nil)
 	}
 	if err := s.handDeletions(ctx, src); err != nil { // a start over's, before the stream's first change
 		return err
@@ -225,6 +228,8 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	if err != nil {
 		return err
 	}
+	s.watched.set(eng, stage)
+	defer s.watched.set(eng, nil)
 	s.dropStartedRequest(st.job)
 	if st.job != nil {
 		if err := stage.Start(ctx, *st.job); err != nil {

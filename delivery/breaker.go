@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
-	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -134,132 +134,115 @@ func (s *streak) add(status int, companyID string) int {
 	return len(s.companies)
 }
 
-// refused takes a record Userpilot refused on path (with its dead-letter
-// reason); it stays in flight (its company's newer states wait) until
-// accepted() or tick() decide, or for good once tripped.
-func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason string) error {
-	if rej.Status == 0 {
-		// Never sent (it cannot be encoded): the record's fault alone.
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id,
-			Reason: reason, Body: rej.Body, Payload: p.company(e)}); err != nil {
-			return err
-		}
-		p.finish(e)
-		return nil
-	}
-	if !p.stopped() && !e.sentAt.After(p.vouched) {
-		// A call sent after this one was accepted: Userpilot was working
-		// after this one left, so this is a bad record.
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id,
-			Status: rej.Status, Reason: reason, Body: rej.Body, Payload: p.payloadOf(e)}); err != nil {
-			return err
-		}
-		p.finish(e)
-		return nil
-	}
-	p.refusals = append(p.refusals, refusal{e: e, rej: rej, reason: reason, at: time.Now()})
-	if p.stopped() {
-		return nil
-	}
-	n := p.streak.add(rej.Status, e.id)
-	b := p.opts.Breaker
-	switch {
-	case rej.Status == http.StatusNotFound:
-		p.trip(fmt.Sprintf("userpilot.endpoint %s answers 404 on %s, a path Userpilot serves: it is not Userpilot's API "+
-			"(a wrong base URL, a proxy, or an API change); check the base URL (us, eu, or the host Userpilot's Settings → Environment shows) "+
-			"and restart pgpilot. Delivery is stopped: nothing was set aside, and the slot keeps every change",
-			b.Endpoint, path))
-	case n >= b.threshold():
-		p.trip(fmt.Sprintf("userpilot.endpoint %s refused %d different companies in a row with HTTP %d and accepted none in between: "+
-			"not bad records but the endpoint or the mapping (last answer: %s); check userpilot.endpoint and the mapping, "+
-			"then restart pgpilot. Delivery is stopped: nothing was set aside, and the slot keeps every change",
-			b.Endpoint, n, rej.Status, truncate(strings.TrimSpace(rej.Body), 200)))
-	}
-	return nil
-}
-
-// accepted is Userpilot accepting a request sent at sent: the refusals of
-// requests sent before it are bad records after all, and are set aside.
-// Those sent after it stay held: the endpoint may have broken since.
-func (p *Pipeline) accepted(sent time.Time) error {
-	if p.stopped() {
-		// A call sent before the trip: the verdict stands until a restart.
-		return nil
-	}
-	if sent.After(p.vouched) {
-		p.vouched = sent
-	}
-	if err := p.setAsideHeld(func(h refusal) bool { return !h.e.sentAt.After(sent) }); err != nil {
-		return err
-	}
-	// The streak is the refusals since, in the order they came.
-	p.streak = streak{}
-	for _, h := range p.refusals {
-		p.streak.add(h.rej.Status, h.e.id)
-	}
-	return nil
-}
-
-// setAsideHeld dead-letters the refused records held that match.
-func (p *Pipeline) setAsideHeld(match func(refusal) bool) error {
-	kept := p.refusals[:0]
-	for i, h := range p.refusals {
-		if !match(h) {
-			kept = append(kept, h)
-			continue
-		}
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.id,
-			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: p.payloadOf(h.e)}); err != nil {
-			p.refusals = append(kept, p.refusals[i:]...)
-			return err
-		}
-		p.finish(h.e)
-	}
-	clear(p.refusals[len(kept):])
-	p.refusals = kept
-	return nil
-}
-
-// expireHeld sets aside refused records held longer than the breaker's
-// Hold: nothing else came to decide (a lone bad record on a quiet table).
-func (p *Pipeline) expireHeld() error {
-	if p.stopped() || len(p.refusals) == 0 {
-		return nil
-	}
-	cutoff := time.Now().Add(-p.opts.Breaker.hold())
-	return p.setAsideHeld(func(h refusal) bool { return !h.at.After(cutoff) })
-}
-
-// trip stops delivery; the first trip of the process logs the reason.
-func (p *Pipeline) trip(reason string) {
-	if p.opts.Breaker.trip(reason) {
-		p.log.Error("delivery stopped: "+reason, "held_records", len(p.refusals))
-	}
-	p.reportStatus(true) // `pgpilot status` says so too
+// refusals is the dispatcher's part of the breaker: the refused records
+// held for a verdict, the streak, and what vouches for Userpilot. Its
+// methods decide; the dispatcher sets aside (I/O) what they hand back.
+type refusals struct {
+	breaker *Breaker
+	held    []refusal
+	streak  streak
+	// vouched is when the newest accepted call was sent: Userpilot worked
+	// then, so a refusal of a call sent before it is a bad record.
+	vouched time.Time
 }
 
 // stopped reports whether the breaker has tripped (in this session or an
 // earlier one).
-func (p *Pipeline) stopped() bool { return p.opts.Breaker.Reason() != "" }
+func (r *refusals) stopped() bool { return r.breaker.Reason() != "" }
 
-// parked counts the entries in flight that no call is carrying: the
-// refusals held and the deletions waiting for a request. Once tripped,
-// nothing else is in flight when it equals p.inflight.
-func (p *Pipeline) parked() int {
-	n := len(p.refusals) + len(p.deletes)
-	for _, b := range p.deleteSplits {
-		n += len(b)
+// refusalVerdict is what a refusal means.
+type refusalVerdict int
+
+const (
+	setAsideNow    refusalVerdict = iota // a bad record: set aside at once
+	holdForVerdict                       // held until the evidence decides
+)
+
+// refused takes a record Userpilot refused on path (with its dead-letter
+// reason), at now. A record held stays in flight (its company's newer
+// states wait) until accepted or expired decide, or for good once tripped.
+// trip is the reason the breaker trips for, when it does.
+func (r *refusals) refused(e *entry, rej *userpilot.RejectedError, path, reason string, now time.Time) (v refusalVerdict, trip string) {
+	if rej.Status == 0 {
+		// Never sent (it cannot be encoded): the record's fault alone.
+		return setAsideNow, ""
 	}
-	return n
+	if !r.stopped() && !e.sentAt.After(r.vouched) {
+		// A call sent after this one was accepted: Userpilot was working
+		// after this one left, so this is a bad record.
+		return setAsideNow, ""
+	}
+	r.held = append(r.held, refusal{e: e, rej: rej, reason: reason, at: now})
+	if r.stopped() {
+		return holdForVerdict, ""
+	}
+	n := r.streak.add(rej.Status, e.id)
+	b := r.breaker
+	switch {
+	case rej.Status == http.StatusNotFound:
+		trip = fmt.Sprintf("userpilot.endpoint %s answers 404 on %s, a path Userpilot serves: it is not Userpilot's API "+
+			"(a wrong base URL, a proxy, or an API change); check the base URL (us, eu, or the host Userpilot's Settings → Environment shows) "+
+			"and restart pgpilot. Delivery is stopped: nothing was set aside, and the slot keeps every change",
+			b.Endpoint, path)
+	case n >= b.threshold():
+		trip = fmt.Sprintf("userpilot.endpoint %s refused %d different companies in a row with HTTP %d and accepted none in between: "+
+			"not bad records but the endpoint or the mapping (last answer: %s); check userpilot.endpoint and the mapping, "+
+			"then restart pgpilot. Delivery is stopped: nothing was set aside, and the slot keeps every change",
+			b.Endpoint, n, rej.Status, truncate(strings.TrimSpace(rej.Body), 200))
+	}
+	return holdForVerdict, trip
 }
 
-// payloadOf is what a dead letter keeps of an entry: the payload, or
-// nothing for a deletion.
-func (p *Pipeline) payloadOf(e *entry) any {
-	if e.delete {
+// accepted is Userpilot accepting a request sent at sent: the refusals of
+// requests sent before it are bad records after all, and are handed back
+// to be set aside. Those sent after it stay held: the endpoint may have
+// broken since.
+func (r *refusals) accepted(sent time.Time) []refusal {
+	if r.stopped() {
+		// A call sent before the trip: the verdict stands until a restart.
 		return nil
 	}
-	return p.company(e)
+	if sent.After(r.vouched) {
+		r.vouched = sent
+	}
+	out := r.take(func(h refusal) bool { return !h.e.sentAt.After(sent) })
+	// The streak is the refusals since, in the order they came.
+	r.streak = streak{}
+	for _, h := range r.held {
+		r.streak.add(h.rej.Status, h.e.id)
+	}
+	return out
+}
+
+// expired hands back the refused records held longer than the breaker's
+// Hold: nothing else came to decide (a lone bad record on a quiet table).
+func (r *refusals) expired(now time.Time) []refusal {
+	if r.stopped() || len(r.held) == 0 {
+		return nil
+	}
+	cutoff := now.Add(-r.breaker.hold())
+	return r.take(func(h refusal) bool { return !h.at.After(cutoff) })
+}
+
+// take removes the held refusals that match, in their order.
+func (r *refusals) take(match func(refusal) bool) []refusal {
+	var out []refusal
+	kept := r.held[:0]
+	for _, h := range r.held {
+		if match(h) {
+			out = append(out, h)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	clear(r.held[len(kept):])
+	r.held = kept
+	return out
+}
+
+// putBack returns refusals that could not be set aside, first.
+func (r *refusals) putBack(hs []refusal) {
+	r.held = append(slices.Clip(hs), r.held...)
 }
 
 func truncate(s string, n int) string {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
+	"log/slog"
 	"time"
 
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -18,151 +18,166 @@ const maxBulkBytes = 40 << 20
 // record is refused alone instead of failing the whole job.
 const failedJobRetries = 2
 
-// takeBulk chooses the companies for a bulk job (the newest ready ones: the
-// real-time path keeps draining the oldest, so the checkpoint keeps moving;
-// the oldest while the backlog is left to bulk jobs alone, for the same
-// reason) and marks them in flight. It writes the job's body as it goes: each
-// company's JSON is written once, and that is both what sizes the job and
-// what is recorded and sent.
-func (p *Pipeline) takeBulk(r *report) ([]*entry, userpilot.BulkBody, error) {
-	rt := p.sizing.realtimeRate(p.realtimeBudget())
-	k := bulkShare(p.ready.len(), rt, p.est.rate, p.est.overhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
-	if !p.est.learned() {
-		// Nothing measured: a small job first, to learn what the bulk
-		// path does before a large one is sized from a guess.
-		k = probeSize(p.ready.len(), rt, k, p.opts.MinBulk)
-	}
-	alone := p.bulkAlone(time.Now())
-	if alone && p.ready.len() >= p.opts.MinBulk {
-		// No real-time path to share with: as much as a job takes.
-		k = min(p.ready.len(), userpilot.MaxBulkRecords)
-	}
-	if p.full() && !alone {
-		// Reading is held back at the memory bound: the backlog goes on in
-		// the slot past what is in memory. Sized for a backlog without
-		// end, a job is full while bulk is the faster path (or nothing is
-		// measured yet); when the real-time path is faster, the job takes
-		// bulk's share of what is ready and the real-time path keeps the
-		// rest: a full job against a real-time path eight times faster
-		// left that path idle for the job's 200 s.
-		k = userpilot.MaxBulkRecords
-		if p.est.learned() && rt > p.est.rate {
-			// Below MinBulk a job is not worth its overhead here either:
-			// with a window of one, every company went as a job of one.
-			share := float64(p.ready.len()) * p.est.rate / (rt + p.est.rate)
-			if k = min(userpilot.MaxBulkRecords, int(share)); k < p.opts.MinBulk {
-				k = 0
-			}
-		}
-	}
-	var body userpilot.BulkBody
-	if k == 0 {
-		return nil, body, nil
-	}
-	body.Reuse(p.spare.take())
-	take, peek, putBack := p.ready.popBack, p.ready.last, p.ready.push
-	if alone {
-		take, peek, putBack = p.ready.popFront, p.ready.first, p.ready.pushFront
-	}
-	if err := p.lookUp(peek(k)); err != nil { // one read for the job
-		return nil, body, err
-	}
-	p.log.Debug("bulk job sized", "ready", p.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
-		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
-	var batch, keep []*entry
-	members := p.keys.members
-	for len(batch) < k && p.ready.len() > 0 {
-		e := take()
-		if e.realtimeOnly || e.delete {
-			keep = append(keep, e)
-			continue
-		}
-		same, err := p.noOp(e)
-		if err != nil {
-			return nil, body, err
-		}
-		if same {
-			p.skip(e, r)
-			continue
-		}
-		p.memberJSON = e.md.appendMembers(p.memberJSON[:0], members)
-		if !body.AddMembersWithin(e.id, p.memberJSON, maxBulkBytes) {
-			keep = append(keep, e)
-			break
-		}
-		if len(batch) == 0 {
-			// The job's companies come from one mapping: the first one's
-			// size, with a margin, is a fair guess for all. (A body is
-			// the largest object pgpilot makes; with 64 bytes and a
-			// quarter more, two jobs' bodies held 1.5 MB of spare room.)
-			body.Grow(min(maxBulkBytes, (body.Size()+16)*k*9/8))
-		}
-		batch = append(batch, e)
-	}
-	for i := len(keep) - 1; i >= 0; i-- {
-		putBack(keep[i])
-	}
-	now := time.Now()
-	for _, e := range batch {
-		p.send(e, now)
-	}
-	return batch, body, nil
+// A bulk job's goroutine is handed a bulkJob (values only: the body, the
+// profiles to record, the estimate it was sized with) and a jobRunner (what
+// it may call: Userpilot, the job records, the no-op index). It holds
+// nothing of the dispatcher's, and says what happens as typed events on one
+// channel, in the order they happen:
+//
+//	jobAnswered*  (Userpilot answered for it: submitted, or a status read)
+//	jobCompleted  (applied at Userpilot: its one job slot is free; the body's room comes back)
+//	jobEnded      (last: recorded, not applied, or failed)
+
+// bulkJob is a job as its goroutine gets it.
+type bulkJob struct {
+	n        uint64 // the dispatcher's number for it
+	body     userpilot.BulkBody
+	profiles profileValues // written to the index once it completed
+	est      bulkEstimate  // the estimate it was sized with
 }
 
-// runBulk takes a job from submission to completion. It returns when the
-// job completed (the records are applied), when the records should go out
-// on the real-time path instead, or when ctx is done.
-//
-// est is the estimate the job was sized with (the dispatcher owns p.est).
-// free is told when the job completed, before its profiles are written to
-// the index: Userpilot's one bulk job per account is free from then on.
-//
-// body is let go once the job completed: its room goes to the next job's
-// body (spareRoom), and the index write need not keep a megabyte or two
-// of JSON alive.
-func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body *userpilot.BulkBody, est bulkEstimate, free func(jobObservation)) bulkResult {
+// jobEvent is what a job's goroutine says; the dispatcher switches on the
+// concrete type.
+type jobEvent interface{ job() uint64 }
+
+// jobAnswered: Userpilot answered for the job at at (its submission, or a
+// status read that did not say failed): it works through it.
+type jobAnswered struct {
+	n  uint64
+	at time.Time
+}
+
+// jobCompleted: the job completed at Userpilot, with what it showed of
+// the bulk path; room is its body's, for the next job's. Its profiles are
+// being written to the index: the job's jobEnded follows.
+type jobCompleted struct {
+	n    uint64
+	obs  jobObservation
+	room []byte
+}
+
+// jobOutcome is how a job ended.
+type jobOutcome int
+
+const (
+	// jobApplied: completed at Userpilot and recorded in the index.
+	jobApplied jobOutcome = iota
+	// jobNotApplied: refused, too large, or failed too often: its records
+	// go out one by one on the real-time path.
+	jobNotApplied
+	// jobBroken: it could not be carried on (ctx ended, the state could not
+	// be written): delivery fails, and a restart resumes from the records.
+	jobBroken
+	// heldCompleted, heldFailed and heldUnknown end a job from before the
+	// restart: completed (recorded), failed, or its end not knowable (its
+	// id was never learnt: waited for as long as it would take).
+	heldCompleted
+	heldFailed
+	heldUnknown
+)
+
+func (o jobOutcome) String() string {
+	switch o {
+	case jobApplied:
+		return "applied"
+	case jobNotApplied:
+		return "not applied"
+	case jobBroken:
+		return "broken"
+	case heldCompleted:
+		return userpilot.JobCompleted
+	case heldFailed:
+		return userpilot.JobFailed
+	case heldUnknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("jobOutcome(%d)", int(o))
+}
+
+// jobEnded is a job's last event.
+type jobEnded struct {
+	n       uint64
+	outcome jobOutcome
+	err     error // why it was not applied or broke
+	took    time.Duration
+}
+
+func (e jobAnswered) job() uint64  { return e.n }
+func (e jobCompleted) job() uint64 { return e.n }
+func (e jobEnded) job() uint64     { return e.n }
+
+// jobRunner is what a job's goroutine may call.
+type jobRunner struct {
+	sender   Sender
+	inflight InFlight // nil: jobs are not recorded
+	index    Index    // nil: no no-op index
+	poll     time.Duration
+	log      *slog.Logger
+}
+
+// say hands ev to the dispatcher, or gives up when ctx ends (the
+// dispatcher is gone).
+func say(ctx context.Context, events chan<- jobEvent, ev jobEvent) {
+	select {
+	case events <- ev:
+	case <-ctx.Done():
+	}
+}
+
+// run takes a job from submission to its end, saying so on events.
+func (r jobRunner) run(ctx context.Context, job bulkJob, events chan<- jobEvent) {
 	start := time.Now()
+	end := func(outcome jobOutcome, err error) {
+		say(ctx, events, jobEnded{n: job.n, outcome: outcome, err: err, took: time.Since(start)})
+	}
 	// Recorded before it is submitted: killed from here on, the next run
 	// knows Userpilot may be applying these states, and holds their
 	// companies until the job ends.
-	key, err := p.beginJob(*body)
+	key, err := r.begin(job.body)
 	if err != nil {
-		return bulkResult{entries: batch, err: err}
+		end(jobBroken, err)
+		return
 	}
 	for failures := 0; ; {
-		obs := jobObservation{records: len(batch), submitted: time.Now()}
-		job, err := p.opts.Sender.BulkIdentify(ctx, *body)
+		obs := jobObservation{records: job.profiles.Len(), submitted: time.Now()}
+		submitted, err := r.sender.BulkIdentify(ctx, job.body)
 		var rej *userpilot.RejectedError
 		switch {
 		case errors.Is(err, userpilot.ErrJobRunning):
 			// One job at a time per account: another job (maybe ours from
 			// before a restart) is running. Wait for it, then submit.
-			if err := sleep(ctx, p.opts.PollInterval); err != nil {
-				return bulkResult{entries: batch, err: err}
+			if err := sleep(ctx, r.poll); err != nil {
+				end(jobBroken, err)
+				return
 			}
 			continue
 		case errors.Is(err, userpilot.ErrTooLarge), errors.As(err, &rej):
 			// Too large, or a record in it refused: the real-time path
 			// sends them one by one and sets aside only the bad one.
-			if err := p.endJob(key); err != nil {
-				return bulkResult{entries: batch, err: err}
+			if err := r.end(key); err != nil {
+				end(jobBroken, err)
+				return
 			}
-			return bulkResult{entries: batch, fallback: true, err: err, took: time.Since(start)}
+			end(jobNotApplied, err)
+			return
 		case err != nil:
-			return bulkResult{entries: batch, err: err}
+			end(jobBroken, err)
+			return
 		}
-		if err := p.jobSubmitted(key, job.ID); err != nil {
-			return bulkResult{entries: batch, err: err}
+		if err := r.submitted(key, submitted.ID); err != nil {
+			end(jobBroken, err)
+			return
 		}
 		obs.answered = time.Now()
 		obs.running = obs.answered
-		p.jobAnswered.Store(obs.answered.UnixNano())
+		say(ctx, events, jobAnswered{n: job.n, at: obs.answered})
 		// The estimate counts from the submission, which has taken some
 		// of it already.
-		first := max(minPoll, firstPoll(len(batch), est, p.opts.PollInterval)-obs.answered.Sub(obs.submitted))
-		status, err := p.waitJob(ctx, job, first, &obs)
+		first := max(minPoll, firstPoll(obs.records, job.est, r.poll)-obs.answered.Sub(obs.submitted))
+		status, err := r.wait(ctx, submitted, first, &obs, func(at time.Time) { say(ctx, events, jobAnswered{n: job.n, at: at}) })
 		if err != nil {
-			return bulkResult{entries: batch, err: err}
+			end(jobBroken, err)
+			return
 		}
 		if status == userpilot.JobCompleted {
 			// Recorded here rather than by the dispatcher, as the real-time
@@ -170,45 +185,50 @@ func (p *Pipeline) runBulk(ctx context.Context, batch []*entry, body *userpilot.
 			// reading and the real-time path meanwhile. The next job need
 			// not wait for it (its companies are others: these stay in
 			// flight until recorded). Killed meanwhile, the next run finds
-			// this job's record and writes the index from it.
-			p.spare.put(body.Release())
-			free(obs)
-			if err := p.recordEntries(batch); err != nil {
-				return bulkResult{entries: batch, freed: true, err: err}
+			// this job's record and writes the index from it. The body is
+			// let go first: its room goes to the next job's body, and the
+			// index write need not keep a megabyte or two of JSON alive.
+			say(ctx, events, jobCompleted{n: job.n, obs: obs, room: job.body.Release()})
+			if err := r.record(job.profiles); err != nil {
+				end(jobBroken, err)
+				return
 			}
-			if err := p.endJob(key); err != nil {
-				return bulkResult{entries: batch, freed: true, err: err}
+			if err := r.end(key); err != nil {
+				end(jobBroken, err)
+				return
 			}
-			return bulkResult{entries: batch, freed: true, took: time.Since(start)}
+			end(jobApplied, nil)
+			return
 		}
 		failures++
-		p.log.Warn("bulk job failed; its records are sent again", "job", job.ID, "records", len(batch), "failures", failures)
+		r.log.Warn("bulk job failed; its records are sent again", "job", submitted.ID, "records", obs.records, "failures", failures)
 		if failures > failedJobRetries {
-			if err := p.endJob(key); err != nil {
-				return bulkResult{entries: batch, err: err}
+			if err := r.end(key); err != nil {
+				end(jobBroken, err)
+				return
 			}
-			return bulkResult{entries: batch, fallback: true, err: fmt.Errorf("bulk job %s failed %d times", job.ID, failures), took: time.Since(start)}
+			end(jobNotApplied, fmt.Errorf("bulk job %s failed %d times", submitted.ID, failures))
+			return
 		}
 	}
 }
 
-// recordEntries notes a completed job's profiles in the no-op index, read
-// from the entries' packed fields (the index writes them a part at a time,
-// in key order). In-flight entries are not changed by the dispatcher, so
-// this may run beside it.
-func (p *Pipeline) recordEntries(batch []*entry) error {
-	if p.opts.Index == nil {
+// record notes a completed job's profiles in the no-op index (which writes
+// them a part at a time, in key order).
+func (r jobRunner) record(ps profileValues) error {
+	if r.index == nil {
 		return nil
 	}
-	return p.opts.Index.RecordProfiles(p.profilesOf(batch))
+	return r.index.RecordProfiles(ps)
 }
 
-// waitJob polls the job until it completed or failed, first after first,
-// then as nextPoll says: at a tenth of the job's age, sooner when its own
+// wait polls the job until it completed or failed, first after first, then
+// as nextPoll says: at a tenth of the job's age, sooner when its own
 // progress says it is nearly done. Accepted is not applied: only a
-// completed job's records count as delivered. What the polls show is
-// noted in obs (nil: a job from before a restart, not measured).
-func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, first time.Duration, obs *jobObservation) (string, error) {
+// completed job's records count as delivered. What the polls show is noted
+// in obs (nil: a job from before a restart, not measured); answered hears
+// of each answer that did not say failed.
+func (r jobRunner) wait(ctx context.Context, job userpilot.Job, first time.Duration, obs *jobObservation, answered func(time.Time)) (string, error) {
 	began := time.Now()
 	if obs != nil {
 		began = obs.submitted
@@ -222,7 +242,7 @@ func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, first time.Du
 		if err := sleep(ctx, wait); err != nil {
 			return "", err
 		}
-		next, err := p.opts.Sender.BackgroundJob(ctx, job.ID)
+		next, err := r.sender.BackgroundJob(ctx, job.ID)
 		var rej *userpilot.RejectedError
 		if errors.As(err, &rej) {
 			// The job cannot be read (e.g. 404): treat it as failed, so its
@@ -235,15 +255,38 @@ func (p *Pipeline) waitJob(ctx context.Context, job userpilot.Job, first time.Du
 		at := time.Now()
 		next.ID = job.ID
 		job = next
-		if job.Status != userpilot.JobFailed {
-			p.jobAnswered.Store(at.UnixNano())
+		if job.Status != userpilot.JobFailed && answered != nil {
+			answered(at)
 		}
 		var remaining time.Duration
 		if obs != nil {
 			remaining = obs.saw(job, at)
 		}
-		wait = nextPoll(at.Sub(began), remaining, p.opts.PollInterval)
+		wait = nextPoll(at.Sub(began), remaining, r.poll)
 	}
+}
+
+// begin, submitted and end keep the record of a job, when there is an
+// InFlight to keep it in.
+func (r jobRunner) begin(body userpilot.BulkBody) (uint64, error) {
+	if r.inflight == nil {
+		return 0, nil
+	}
+	return r.inflight.BeginBulkJob(body)
+}
+
+func (r jobRunner) submitted(key uint64, id string) error {
+	if r.inflight == nil {
+		return nil
+	}
+	return r.inflight.JobSubmitted(key, id)
+}
+
+func (r jobRunner) end(key uint64) error {
+	if r.inflight == nil {
+		return nil
+	}
+	return r.inflight.EndJob(key)
 }
 
 // saw notes one status answer (received at at) and returns what the job's
@@ -283,86 +326,5 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-t.C:
 		return nil
-	}
-}
-
-// bulkFinished applies a job's outcome.
-func (p *Pipeline) bulkFinished(r bulkResult, rep *report) error {
-	switch {
-	case r.fallback:
-		p.log.Warn("bulk job not applied; sending its records on the real-time path", "records", len(r.entries), "error", r.err)
-		for i := len(r.entries) - 1; i >= 0; i-- {
-			e := r.entries[i]
-			c := e.co
-			c.inflight = nil
-			p.inflight--
-			e.realtimeOnly = true
-			if w := c.waiting; w != nil {
-				// A newer state arrived meanwhile: fold it into this older
-				// entry (newer wins), which keeps its place in the order. A
-				// deletion supersedes the older state whole.
-				p.resized(e, func() {
-					if w.delete {
-						e.delete, e.md = true, nil
-					} else {
-						e.md = mergeFields(e.md, w.md)
-					}
-				})
-				e.lsn, e.resend = w.lsn, e.resend || w.resend
-				p.setDone(w)
-			}
-			c.waiting = e
-			p.ready.pushFront(e)
-		}
-		return nil
-	case r.err != nil:
-		return fmt.Errorf("bulk identify of %d companies: %w", len(r.entries), r.err)
-	}
-	for _, e := range r.entries {
-		p.finish(e)
-	}
-	p.progress = time.Now()
-	p.stats.Bulk.Add(int64(len(r.entries)))
-	p.stats.BulkJobs.Add(1)
-	rep.flush(p, "bulk", len(r.entries), r.took)
-	return p.accepted(r.entries[0].sentAt)
-}
-
-// spareRoom is the room of the last body sent, for the next job's: a body
-// is the largest object pgpilot makes, and a new one at every job was a
-// sixth of what a catch-up allocated (and cleared). Only one is kept, and
-// not for long: held idle, it would be megabytes for nothing.
-type spareRoom struct {
-	mu   sync.Mutex
-	room []byte
-	at   time.Time
-}
-
-// spareFor is how long a spare room is kept without a job to take it.
-const spareFor = 30 * time.Second
-
-func (s *spareRoom) put(room []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cap(room) > cap(s.room) {
-		s.room, s.at = room, time.Now()
-	}
-}
-
-// take returns the spare room (nil: none), no longer spare.
-func (s *spareRoom) take() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	room := s.room
-	s.room = nil
-	return room
-}
-
-// expire lets a room kept for spareFor go.
-func (s *spareRoom) expire(now time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.room != nil && now.Sub(s.at) >= spareFor {
-		s.room = nil
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -40,13 +41,13 @@ func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
 			addCompanies(t, p, tt.ready)
 			p.est, p.sizing.realtime = tt.bulk, tt.realtime
 			if tt.jobAge > 0 {
-				p.bulkBusy, p.jobStarted, p.jobRecords = true, now.Add(-tt.jobAge), 10_000
+				p.jobs.state, p.jobs.slot = JobRunning, &slotJob{started: now.Add(-tt.jobAge), records: 10_000}
 			}
 			assert.Equal(t, tt.wantRT, p.realtimeWanted(now))
 			if tt.jobAge > 0 {
 				return
 			}
-			batch, _, err := p.takeBulk(newReport())
+			batch, _, err := p.takeBulk(now)
 			require.NoError(t, err)
 			if !tt.wantRT {
 				require.Len(t, batch, tt.ready, "no real-time share is kept back")
@@ -65,19 +66,47 @@ func (doneSender) BulkIdentify(context.Context, userpilot.BulkBody) (userpilot.J
 
 // A completed job lets its body go before its profiles are written to the
 // index: beside the next job, it would hold a megabyte or two of JSON that
-// nothing reads again.
+// nothing reads again. Its room comes back to the dispatcher with the
+// completion, before the index write.
 func TestACompletedJobLetsItsBodyGoBeforeItIsRecorded(t *testing.T) {
 	p := New(Options{MinBulk: 1, Sender: doneSender{}, Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
 	addCompanies(t, p, 10)
 	p.est = bulkEstimate{rate: 1e6, jobs: 1}
-	batch, body, err := p.takeBulk(newReport())
+	batch, body, err := p.takeBulk(time.Now())
 	require.NoError(t, err)
 	require.Equal(t, 10, body.Len())
-	var atFree int
-	res := p.runBulk(context.Background(), batch, &body, p.est, func(jobObservation) { atFree = body.Len() })
-	require.NoError(t, res.err)
-	assert.Zero(t, atFree, "the body was still held when the job was reported completed")
-	assert.True(t, res.freed)
+	events := make(chan jobEvent, 8)
+	idx := &heardFirst{events: events}
+	r := jobRunner{sender: doneSender{}, index: idx, poll: time.Second, log: p.log}
+	r.run(context.Background(), bulkJob{n: 1, body: body, profiles: p.enc.profileValues(batch), est: p.est}, events)
+	require.True(t, idx.recorded)
+	assert.True(t, idx.completedFirst, "the index was written before the job said it completed (and gave its body back)")
+	assert.NotZero(t, cap(idx.room), "the completion carries the body's room back")
+}
+
+// heardFirst is an index that notes whether the job's completion (with its
+// body's room) was said before the profiles were written.
+type heardFirst struct {
+	Index
+	events         chan jobEvent
+	recorded       bool
+	completedFirst bool
+	room           []byte
+}
+
+func (h *heardFirst) RecordProfiles(state.Profiles) error {
+	h.recorded = true
+	for {
+		select {
+		case ev := <-h.events:
+			if c, ok := ev.(jobCompleted); ok {
+				h.completedFirst, h.room = true, c.room
+				return nil
+			}
+		default:
+			return nil
+		}
+	}
 }
 
 // The next job's body is written in the room of the last one sent (a new
@@ -86,28 +115,38 @@ func TestACompletedJobLetsItsBodyGoBeforeItIsRecorded(t *testing.T) {
 func TestTheNextJobsBodyIsWrittenInTheLastOnesRoom(t *testing.T) {
 	p := New(Options{MinBulk: 1, Sender: doneSender{}, Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
 	p.est = bulkEstimate{rate: 1e6, jobs: 1}
-	job := func() (*byte, bulkResult) {
+	r := jobRunner{sender: doneSender{}, poll: time.Second, log: p.log}
+	job := func() (*byte, []*entry) {
 		addCompanies(t, p, 10)
-		batch, body, err := p.takeBulk(newReport())
+		batch, body, err := p.takeBulk(time.Now())
 		require.NoError(t, err)
 		require.Equal(t, 10, body.Len())
 		// Held here, the first body's bytes cannot be freed and allocated
 		// again at the same address: only the reuse puts the second there.
 		first := &body.JSON()[0]
-		return first, p.runBulk(context.Background(), batch, &body, p.est, func(jobObservation) {})
+		events := make(chan jobEvent, 8)
+		r.run(context.Background(), bulkJob{n: 1, body: body, profiles: p.enc.profileValues(batch), est: p.est}, events)
+		close(events)
+		for ev := range events {
+			switch ev := ev.(type) {
+			case jobCompleted:
+				p.enc.putSpare(ev.room, time.Now())
+			case jobEnded:
+				require.Equal(t, jobApplied, ev.outcome, "%v", ev.err)
+			}
+		}
+		return first, batch
 	}
-	first, res := job()
-	require.NoError(t, res.err)
-	for _, e := range res.entries {
+	first, batch := job()
+	for _, e := range batch {
 		p.finish(e)
 	}
-	p.received = 0 // addCompanies numbers its transactions from the start again
-	second, res := job()
-	require.NoError(t, res.err)
+	p.ledger.received = 0 // addCompanies numbers its transactions from the start again
+	second, _ := job()
 	assert.Same(t, first, second, "the second body was written in room of its own")
 
-	p.spare.expire(time.Now().Add(spareFor - time.Second))
-	assert.NotNil(t, p.spare.room, "kept while a job may come")
-	p.spare.expire(time.Now().Add(spareFor))
-	assert.Nil(t, p.spare.room, "let go when none came")
+	p.enc.expireSpare(time.Now().Add(spareFor - time.Second))
+	assert.NotNil(t, p.enc.spare, "kept while a job may come")
+	p.enc.expireSpare(time.Now().Add(spareFor))
+	assert.Nil(t, p.enc.spare, "let go when none came")
 }

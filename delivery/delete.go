@@ -3,12 +3,10 @@ package delivery
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/pgpilot/pgpilot/row"
-	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -23,125 +21,149 @@ import (
 // aside. One bad id among n costs about 2·log2(n) more requests: 21 for
 // 1,000, some 45 s at one request every 2.1 s.
 
-type deleteResult struct {
-	entries []*entry
-	err     error
+// deleter is the dispatcher's part for deletions: those waiting for a
+// request, the halves of refused batches, and the one request on its way.
+type deleter struct {
+	waiting []*entry
+	// splits are the halves of refused batches, sent (one request at a
+	// time too) before any other deletion.
+	splits [][]*entry
+	// splitAt is when the batch an entry was in was first refused and
+	// split; kept beside the entries, which are many, while split ones are
+	// few.
+	splitAt map[*entry]time.Time
+	// sending is the batch of the request on its way (nil: none).
+	sending []*entry
+	// accepted is when Userpilot last accepted a delete request.
+	accepted time.Time
 }
 
-// collectDeletes takes deletions at the front of the ready queue into the
-// next delete batch.
-func (p *Pipeline) collectDeletes() {
-	for p.ready.len() > 0 && p.ready.front().delete {
-		e := p.ready.popFront()
-		p.send(e, time.Now()) // and again when its batch is sent
-		p.deletes = append(p.deletes, e)
+func newDeleter() *deleter { return &deleter{splitAt: map[*entry]time.Time{}} }
+
+// collect takes the deletions at the front of the ready queue into the
+// next delete batch, marking them in flight.
+func (d *deleter) collect(l *ledger, now time.Time) {
+	for l.ready.len() > 0 && l.ready.front().delete {
+		e := l.ready.popFront()
+		l.send(e, now) // and again when its batch is sent
+		d.waiting = append(d.waiting, e)
 	}
 }
 
-// nextDeletes is the next delete batch to send: the halves of a refused
-// batch first, else up to MaxDeleteIDs waiting deletions.
-func (p *Pipeline) nextDeletes() []*entry {
-	if len(p.deleteSplits) > 0 {
-		batch := p.deleteSplits[0]
-		p.deleteSplits = p.deleteSplits[1:]
-		return batch
+// busy reports whether a delete request is on its way.
+func (d *deleter) busy() bool { return d.sending != nil }
+
+// next takes the next delete batch to send: the halves of a refused batch
+// first, else up to MaxDeleteIDs waiting deletions; nil when none waits.
+func (d *deleter) next(now time.Time) []*entry {
+	var batch []*entry
+	switch {
+	case len(d.splits) > 0:
+		batch, d.splits = d.splits[0], d.splits[1:]
+	case len(d.waiting) > 0:
+		batch = d.waiting[:min(len(d.waiting), userpilot.MaxDeleteIDs)]
+		d.waiting = d.waiting[len(batch):]
+	default:
+		return nil
 	}
-	batch := p.deletes[:min(len(p.deletes), userpilot.MaxDeleteIDs)]
-	p.deletes = p.deletes[len(batch):]
+	for _, e := range batch {
+		e.sentAt = now // collected earlier, sent now
+	}
+	d.sending = batch
 	return batch
 }
 
-func (p *Pipeline) runDelete(ctx context.Context, batch []*entry) deleteResult {
-	ids := make([]string, len(batch))
-	for i, e := range batch {
-		ids[i] = e.id
+// parked counts the deletions in flight that no request carries.
+func (d *deleter) parked() int {
+	n := len(d.waiting)
+	for _, b := range d.splits {
+		n += len(b)
 	}
-	err := p.markSending(ids...) // unmarked by the index's Forget
-	if err == nil {
-		err = p.opts.Sender.DeleteCompanies(ctx, ids)
-	}
-	if err == nil && p.opts.Index != nil {
-		// A company created again later must be sent in full.
-		err = p.opts.Index.Forget(ids)
-	}
-	return deleteResult{entries: batch, err: err}
+	return n
 }
 
-func (p *Pipeline) deleteFinished(r deleteResult) error {
+// deleteVerdict is what a delete request's answer means for its batch.
+type deleteVerdict int
+
+const (
+	deleteAccepted deleteVerdict = iota // every id in it is deleted
+	deleteSplit                         // refused: its halves go again
+	deleteSetAside                      // the id Userpilot refuses, found alone: a dead letter
+	deleteRefused                       // refused alone, or a 404: for the breaker to judge
+	deleteFailed                        // not answered: delivery fails
+)
+
+// answered takes the answer to the request on its way and says what it
+// means for its batch, which it returns.
+func (d *deleter) answered(err error, now time.Time) ([]*entry, deleteVerdict) {
+	batch := d.sending
+	d.sending = nil
 	var rej *userpilot.RejectedError
 	switch {
-	case r.err == nil:
-		p.log.Info("deletion requested from Userpilot (on_delete: delete; Userpilot erases in its daily batch)", "companies", len(r.entries))
-	case errors.As(r.err, &rej) && len(r.entries) > 1 && rej.Status != http.StatusNotFound:
+	case err == nil:
+		d.accepted = now
+		return batch, deleteAccepted
+	case errors.As(err, &rej) && len(batch) > 1 && rej.Status != http.StatusNotFound:
 		// Which id Userpilot refuses is not said: find it by halves. The
 		// halves go before deletions that arrived since, and are never
 		// merged with them again.
-		half := len(r.entries) / 2
-		for _, e := range r.entries {
-			if _, ok := p.splitAt[e]; !ok {
-				p.splitAt[e] = time.Now()
+		half := len(batch) / 2
+		for _, e := range batch {
+			if _, ok := d.splitAt[e]; !ok {
+				d.splitAt[e] = now
 			}
 		}
-		p.deleteSplits = append([][]*entry{r.entries[:half], r.entries[half:]}, p.deleteSplits...)
-		p.log.Info("deletion batch refused by Userpilot; sending it again in halves to find the refused id",
-			"companies", len(r.entries), "status", rej.Status)
-		return nil
-	case errors.As(r.err, &rej) && len(r.entries) == 1 && p.split(r.entries[0]) && p.deleteAccepted.After(p.splitAt[r.entries[0]]):
+		d.splits = append([][]*entry{batch[:half], batch[half:]}, d.splits...)
+		return batch, deleteSplit
+	case errors.As(err, &rej) && len(batch) == 1 && d.split(batch[0]) && d.accepted.After(d.splitAt[batch[0]]):
 		// Isolated from a batch of which Userpilot has accepted a part
 		// since: Userpilot works, and this is the id it refuses.
-		e := r.entries[0]
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id, Status: rej.Status,
-			Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
-			return err
-		}
-		p.finish(e)
-		return nil
-	case errors.As(r.err, &rej):
-		// One id refused alone (or a 404: no Userpilot there to split
-		// for): the breaker decides whether it is set aside.
-		for _, e := range r.entries {
-			if err := p.refused(e, rej, "DELETE /v1/companies", "deletion refused by Userpilot"); err != nil {
-				return err
-			}
-		}
-		return nil
-	default:
-		return fmt.Errorf("delete %d companies: %w", len(r.entries), r.err)
+		return batch, deleteSetAside
+	case errors.As(err, &rej):
+		return batch, deleteRefused
 	}
-	p.progress, p.deleteAccepted = time.Now(), time.Now()
-	for _, e := range r.entries {
-		p.finish(e)
-	}
-	return p.accepted(r.entries[0].sentAt)
+	return batch, deleteFailed
 }
 
 // split reports whether e was in a refused delete batch that was split.
-func (p *Pipeline) split(e *entry) bool {
-	_, ok := p.splitAt[e]
+func (d *deleter) split(e *entry) bool {
+	_, ok := d.splitAt[e]
 	return ok
 }
 
-// addKeyChange applies the on_delete policy to the company an UPDATE took
-// its row away from: when the company_id changed, the old company's row is
-// gone as surely as after a DELETE. Postgres sends the old key only when
-// the key changed (or the whole old row under REPLICA IDENTITY FULL); when
-// the company_id column is not part of what it sent, the change cannot be
-// seen, as for a DELETE.
-func (p *Pipeline) addKeyChange(txn row.Transaction, ch row.Change) error {
-	if ch.Old == nil || (p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete") {
-		return nil
+// forget drops what is kept of a finished deletion.
+func (d *deleter) forget(e *entry) { delete(d.splitAt, e) }
+
+// deleteCall sends one delete request for ids, marked as being sent before
+// it and forgotten by the no-op index once accepted (a company created
+// again later must be sent in full). It runs on a goroutine of its own.
+func (c caller) deleteCall(ctx context.Context, ids []string) error {
+	err := c.markSending(ids)
+	if err == nil {
+		err = c.sender.DeleteCompanies(ctx, ids)
 	}
-	m, err := p.mapperFor(ch.Relation)
-	if err != nil {
-		return err
+	if err == nil && c.index != nil {
+		err = c.index.Forget(ids)
 	}
-	oldID, err := m.CompanyID(ch.Old)
-	if err != nil {
-		return nil
+	return err
+}
+
+// changedKey is the DELETE an UPDATE amounts to for the company it took its
+// row away from: when the company_id changed, the old company's row is gone
+// as surely as after a DELETE. Postgres sends the old key only when the key
+// changed (or the whole old row under REPLICA IDENTITY FULL); when the
+// company_id column is not part of what it sent, the change cannot be seen,
+// as for a DELETE.
+func (x *encoder) changedKey(ch row.Change) (row.Change, bool, error) {
+	if ch.Old == nil {
+		return row.Change{}, false, nil
 	}
-	if newID, err := m.CompanyID(ch.Values); err != nil || newID == oldID {
-		return nil // a row without a company id is set aside by addRow
+	oldID, readErr, err := x.companyID(ch.Relation, ch.Old)
+	if err != nil || readErr != nil {
+		return row.Change{}, false, err
 	}
-	p.stats.Deletes.Add(1)
-	return p.addDelete(txn, row.Change{Op: row.Delete, Relation: ch.Relation, Values: ch.Old})
+	if newID, readErr, _ := x.companyID(ch.Relation, ch.Values); readErr != nil || newID == oldID {
+		return row.Change{}, false, nil // a row without a company id is set aside by the row's own mapping
+	}
+	return row.Change{Op: row.Delete, Relation: ch.Relation, Values: ch.Old}, true, nil
 }

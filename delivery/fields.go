@@ -6,7 +6,6 @@ import (
 	"slices"
 	"sync/atomic"
 
-	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -161,76 +160,6 @@ func (f fields) appendMembers(dst []byte, members [][]byte) []byte {
 		}
 	}
 	return dst
-}
-
-// packedProfiles are entries as the no-op index reads them
-// (state.Profiles): straight from their packed fields, no map of each.
-type packedProfiles struct {
-	es    []*entry
-	names []string
-}
-
-func (pp packedProfiles) Len() int               { return len(pp.es) }
-func (pp packedProfiles) CompanyID(i int) string { return pp.es[i].id }
-func (pp packedProfiles) Metadata(i int, yield func(string, json.RawMessage) bool) {
-	pp.es[i].md.yield(pp.names, yield)
-}
-
-// Absent is what the entry's look-up found (state.KnownAbsent): the index
-// held no record of its company. The answer holds until the entry is
-// recorded, as its same does: nothing else of its company is on its way
-// meanwhile, and a merge has it looked up again.
-func (pp packedProfiles) Absent(i int) bool { return pp.es[i].checked && pp.es[i].absent }
-
-// profilesOf is es for the no-op index. The entries' fields must not
-// change until the index's call returns (in-flight and ready entries are
-// changed only by the dispatcher).
-func (p *Pipeline) profilesOf(es []*entry) state.Profiles {
-	return packedProfiles{es: es, names: p.keys.all()}
-}
-
-// rowFields packs a mapped row: vals[i] (nil: left out) is the value of
-// the key numbered nums[i]. With on_delete: mark, the mark's keys the row
-// leaves out are null: a row that exists is not deleted, and that clears a
-// mark a delete left.
-func (p *Pipeline) rowFields(nums []uint32, vals []json.RawMessage) fields {
-	var few [24]field // the mapping's keys and the mark's, usually
-	fs := few[:0]
-	for i, v := range vals {
-		if v != nil {
-			fs = append(fs, field{nums[i], v})
-		}
-	}
-	if p.opts.OnDelete == "mark" {
-		row := len(fs)
-		for _, n := range p.markKeys() {
-			if !slices.ContainsFunc(fs[:row], func(fl field) bool { return fl.key == n }) {
-				fs = append(fs, field{n, userpilot.Null})
-			}
-		}
-	}
-	return packFields(fs)
-}
-
-// markKeys numbers the keys of on_delete's mark (once).
-func (p *Pipeline) markKeys() []uint32 {
-	if p.markNums == nil {
-		p.markNums = make([]uint32, 0, len(p.opts.DeleteMark))
-		for k := range p.opts.DeleteMark {
-			p.markNums = append(p.markNums, p.keys.number(k))
-		}
-	}
-	return p.markNums
-}
-
-// markFields is on_delete's mark, packed (once; fields are never changed
-// in place, so every deleted row's entry may share it).
-func (p *Pipeline) markFields() fields {
-	if p.mark == nil {
-		p.markKeys()
-		p.mark = p.keys.pack(p.opts.DeleteMark)
-	}
-	return p.mark
 }
 
 func encodeFields(fs []field) fields {

@@ -36,7 +36,7 @@ func TestAFullWindowSizesTheJobFromTheMeasuredRates(t *testing.T) {
 			addCompanies(t, p, tt.window)
 			require.True(t, p.full())
 			p.est = tt.bulk
-			batch, _, err := p.takeBulk(newReport())
+			batch, _, err := p.takeBulk(time.Now())
 			require.NoError(t, err)
 			assert.Len(t, batch, tt.wantInTheJob)
 		})

@@ -2,9 +2,6 @@ package delivery
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"slices"
 	"time"
 
 	"github.com/pgpilot/pgpilot/state"
@@ -36,6 +33,15 @@ type InFlight interface {
 	Sending() ([]string, error)
 }
 
+// leftover is what an earlier process left that this one must respect:
+// companies it may have sent without seeing the outcome (doubt), and bulk
+// jobs it submitted without seeing their end (held). Loaded once per
+// pipeline, before the outbox, so that owed states wait behind held ones.
+type leftover struct {
+	doubt map[string]bool
+	held  []*heldJob // oldest first, waited for in turn before any new job
+}
+
 // heldJob is a bulk job from before the restart that Userpilot may still
 // be applying: its companies wait for its end.
 type heldJob struct {
@@ -47,26 +53,21 @@ type heldJob struct {
 	alsoOlder []*entry
 }
 
-// loadInFlight reads what an earlier run may have sent without seeing the
+// load reads what an earlier run may have sent without seeing the
 // outcome: the companies marked as being sent, whose next state is then
 // sent whatever the index says, and the jobs not seen end, whose companies
-// are held until those jobs end. It runs before the outbox is loaded, so
-// that owed states wait behind the held ones.
-func (p *Pipeline) loadInFlight() error {
-	if p.opts.InFlight == nil || p.inFlightLoaded {
-		return nil // once per pipeline: what an earlier process left
-	}
-	p.inFlightLoaded = true
-	sending, err := p.opts.InFlight.Sending()
+// are held in the ledger until those jobs end.
+func (lo *leftover) load(src InFlight, l *ledger, keys *keyTable) (jobs []state.Job, err error) {
+	sending, err := src.Sending()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, id := range sending {
-		p.doubt[id] = true
+		lo.doubt[id] = true
 	}
-	jobs, err := p.opts.InFlight.Jobs()
+	jobs, err = src.Jobs()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, j := range jobs {
 		hj := &heldJob{job: j}
@@ -74,61 +75,65 @@ func (p *Pipeline) loadInFlight() error {
 			if co.Metadata == nil {
 				co.Metadata = userpilot.Metadata{}
 			}
-			// Done for the checkpoint and the pending count from the start:
-			// what it carries is before the checkpoint, or owed again in the
-			// outbox or the stream.
-			e := &entry{id: co.CompanyID, md: p.keys.pack(co.Metadata), done: true, held: true}
-			c := p.companies[co.CompanyID]
-			if c == nil {
-				c = p.newCompany(co.CompanyID)
-			}
-			e.co = c
-			if c.inflight != nil {
+			e, alsoOlder := l.hold(co.CompanyID, keys.pack(co.Metadata))
+			if alsoOlder {
 				// In an older held job too: it waits for that one, and
 				// this job's state is only recorded once this job completes.
 				hj.alsoOlder = append(hj.alsoOlder, e)
 				continue
 			}
-			c.inflight = e
-			p.inflight++
 			hj.entries = append(hj.entries, e)
 		}
 		// The entries hold the job's states, packed: the decoded ones
 		// would be twice that for as long as the job is waited for.
 		hj.records, hj.job.Companies = len(j.Companies), nil
-		p.held = append(p.held, hj)
-		p.log.Warn("a bulk job from before the restart may still be running at Userpilot; its companies wait for it to end",
-			"job", j.ID, "companies", len(j.Companies), "submitted", j.Began.Format(time.RFC3339))
+		lo.held = append(lo.held, hj)
 	}
-	return nil
+	return jobs, nil
 }
 
 // inDoubt reports, once, whether an earlier run may have sent a state of
 // company id without seeing the outcome: its next state is then sent, not
 // skipped as unchanged (the entry keeps its resend until it is sent).
-func (p *Pipeline) inDoubt(id string) bool {
-	if !p.doubt[id] {
+func (lo *leftover) inDoubt(id string) bool {
+	if !lo.doubt[id] {
 		return false
 	}
-	delete(p.doubt, id)
+	delete(lo.doubt, id)
 	return true
 }
 
-// markSending durably marks companies as being sent, before the call.
-func (p *Pipeline) markSending(ids ...string) error {
-	if p.opts.InFlight == nil {
+// next takes the oldest held job, if any.
+func (lo *leftover) next() *heldJob {
+	if len(lo.held) == 0 {
 		return nil
 	}
-	return p.opts.InFlight.MarkSending(ids)
+	hj := lo.held[0]
+	lo.held = lo.held[1:]
+	return hj
 }
 
-// resumeHeld waits for a held job's end: polled by id, or, with no id (the
+// heldRun is a held job as the goroutine that waits for it gets it:
+// values only.
+type heldRun struct {
+	n       uint64
+	id      string // "" when its submission's answer was lost
+	key     uint64
+	records int
+	began   time.Time
+	// profiles are written to the index if it completed.
+	profiles profileValues
+	est      bulkEstimate
+}
+
+// resume waits for a held job's end: polled by id, or, with no id (the
 // submission's answer was lost), for as long as such a job would take.
-//
-// est is the bulk estimate when it started (the dispatcher owns p.est).
-func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob, est bulkEstimate) bulkResult {
-	res := bulkResult{entries: hj.entries, held: hj}
-	if hj.job.ID == "" {
+func (r jobRunner) resume(ctx context.Context, hj heldRun, events chan<- jobEvent) {
+	end := func(outcome jobOutcome, err error) {
+		say(ctx, events, jobEnded{n: hj.n, outcome: outcome, err: err})
+	}
+	outcome := heldUnknown
+	if hj.id == "" {
 		// As long as such a job would take, with the slack after which a
 		// running job is judged overdue (bulkAlone): the estimate is of
 		// jobs pgpilot polled, and nobody polls a job whose submitter was
@@ -137,75 +142,35 @@ func (p *Pipeline) resumeHeld(ctx context.Context, hj *heldJob, est bulkEstimate
 		// where a polled one completes at its first poll). Let go sooner,
 		// a company's newer state could be overwritten by the job's older
 		// one, and a company deleted since be created again.
-		wait := 2*est.expected(hj.records) + p.opts.PollInterval
-		wait = min(max(0, wait-time.Since(hj.job.Began)), maxHeldWait)
+		wait := 2*hj.est.expected(hj.records) + r.poll
+		wait = min(max(0, wait-time.Since(hj.began)), maxHeldWait)
 		if err := sleep(ctx, wait); err != nil {
-			return bulkResult{entries: hj.entries, held: hj, err: err}
+			end(jobBroken, err)
+			return
 		}
-		res.heldOutcome = "unknown"
 	} else {
-		status, err := p.waitJob(ctx, userpilot.Job{ID: hj.job.ID}, min(minPoll, p.opts.PollInterval), nil)
+		status, err := r.wait(ctx, userpilot.Job{ID: hj.id}, min(minPoll, r.poll), nil,
+			func(at time.Time) { say(ctx, events, jobAnswered{n: hj.n, at: at}) })
 		if err != nil {
-			return bulkResult{entries: hj.entries, held: hj, err: err}
+			end(jobBroken, err)
+			return
 		}
-		res.heldOutcome = status
+		outcome = heldFailed
 		if status == userpilot.JobCompleted {
-			if err := p.recordEntries(append(slices.Clip(hj.entries), hj.alsoOlder...)); err != nil {
-				return bulkResult{entries: hj.entries, held: hj, err: err}
+			outcome = heldCompleted
+			if err := r.record(hj.profiles); err != nil {
+				end(jobBroken, err)
+				return
 			}
 		}
 	}
-	if err := p.opts.InFlight.EndJob(hj.job.Key); err != nil {
-		return bulkResult{entries: hj.entries, held: hj, err: err}
+	if err := r.inflight.EndJob(hj.key); err != nil {
+		end(jobBroken, err)
+		return
 	}
-	return res
+	end(outcome, nil)
 }
 
 // maxHeldWait bounds the wait for a job from before the restart whose id
 // was never learnt.
 const maxHeldWait = 10 * time.Minute
-
-// heldFinished lets a held job's companies go: their newer states (from
-// the stream or the outbox) are sent next. When the job's outcome is
-// unknown, their next state is sent even if the index says Userpilot
-// holds it.
-func (p *Pipeline) heldFinished(r bulkResult, _ *report) error {
-	if r.err != nil {
-		if errors.Is(r.err, context.Canceled) {
-			return r.err
-		}
-		return fmt.Errorf("wait for bulk job %s from before the restart: %w", r.held.job.ID, r.err)
-	}
-	p.log.Info("the bulk job from before the restart ended; its companies' newer states go next",
-		"job", r.held.job.ID, "status", r.heldOutcome, "companies", len(r.entries))
-	for _, e := range r.entries {
-		if c := p.companies[e.id]; c != nil && c.waiting != nil && r.heldOutcome != userpilot.JobCompleted {
-			c.waiting.resend, c.waiting.checked = true, false
-		}
-		p.finish(e)
-	}
-	return nil
-}
-
-// beginJob, jobSubmitted and endJob keep the record of a job, when there is
-// an InFlight to keep it in.
-func (p *Pipeline) beginJob(body userpilot.BulkBody) (uint64, error) {
-	if p.opts.InFlight == nil {
-		return 0, nil
-	}
-	return p.opts.InFlight.BeginBulkJob(body)
-}
-
-func (p *Pipeline) jobSubmitted(key uint64, id string) error {
-	if p.opts.InFlight == nil {
-		return nil
-	}
-	return p.opts.InFlight.JobSubmitted(key, id)
-}
-
-func (p *Pipeline) endJob(key uint64) error {
-	if p.opts.InFlight == nil {
-		return nil
-	}
-	return p.opts.InFlight.EndJob(key)
-}

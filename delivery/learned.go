@@ -85,10 +85,6 @@ func (p *Pipeline) realtimeBudget() float64 {
 // unless the configured bulk_rate changed since (the operator knows
 // something new), else from the configured figures.
 func (p *Pipeline) loadEstimate() error {
-	if p.estLoaded {
-		return nil
-	}
-	p.estLoaded = true
 	p.est = bulkEstimate{rate: p.opts.BulkRate, overhead: p.opts.BulkOverhead, startedFrom: p.opts.BulkRate}
 	if p.opts.Estimates != nil {
 		stored, ok, err := p.opts.Estimates.BulkEstimate()

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sort"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -27,6 +27,8 @@ type Outbox interface {
 	MergeOutbox([]state.OutboxMerge) ([]state.Merged, error)
 }
 
+// Mode is what the slot's position waits for.
+//
 // In hold mode (the default) the slot is confirmed only once changes are
 // delivered: safe, but during a long Userpilot outage the slot pins WAL on
 // the database until its disk fills. Identify is a last-write-wins merge, so
@@ -34,17 +36,64 @@ type Outbox interface {
 // pending state of each company. In outbox mode every pending company's
 // merged state is written to the outbox each tick, and the checkpoint (so
 // the slot) moves to the last position received: each change before it is
-// delivered or durably in the outbox. Outbox mode starts when the slot's
-// retained WAL passes MaxRetainedWAL or Userpilot has accepted nothing for
-// OutboxAfter, and ends when the outbox is empty.
+// delivered or durably in the outbox.
+//
+//	hold ──(retained WAL > max_retained_wal, or nothing accepted for outbox_after)──▶ outbox
+//	outbox ──(nothing owed in memory or on disk, nothing waiting to be written)──▶ hold
+type Mode int
+
+// The modes.
+const (
+	// ModeHold: the slot waits for delivery; the WAL is the buffer.
+	ModeHold Mode = iota
+	// ModeOutbox: the slot waits for the outbox write; the outbox is the
+	// buffer.
+	ModeOutbox
+)
+
+// String is the mode as `pgpilot status` shows it.
+func (m Mode) String() string {
+	if m == ModeOutbox {
+		return state.ModeOutbox
+	}
+	return state.ModeHold
+}
 
 // Memory is a window over what is owed. In outbox mode, once the window
 // (MaxPending companies) is full, a change to a company not in memory is not
 // kept there: it waits in a small overflow until the next write, which
 // folds it into the company's outbox record on disk (MergeOutbox). When the
 // window has room again it is refilled from the outbox, oldest owed first.
-// A company is either in memory or only on disk, never both, so it never
-// has two states on their way.
+// A company is either in memory or only on disk (the overflow counts as
+// disk), never both, so it never has two states on their way.
+
+// outbox is the part that keeps what is owed on disk: the mode, the
+// records' bookkeeping, the overflow, and the refill of memory. It is the
+// dispatcher's; it reads and fills the ledger, which it is handed.
+type outbox struct {
+	store Outbox // nil: no outbox; hold mode for good
+	log   *slog.Logger
+	keys  *keyTable
+
+	mode   Mode
+	reason string
+	// dirty are companies whose owed state changed since the last write.
+	dirty map[string]struct{}
+	// overflow are newer states of companies only on disk, until the next
+	// write.
+	overflow map[string]*spilled
+	// gone are companies delivered and so no longer in memory whose outbox
+	// record (its size) the next write removes.
+	gone      map[string]int
+	diskOnly  int // companies owed in the outbox and not in memory
+	companies int // companies with an outbox record
+	bytes     int64
+}
+
+func newOutbox(store Outbox, keys *keyTable, log *slog.Logger) *outbox {
+	return &outbox{store: store, keys: keys, log: log, dirty: map[string]struct{}{},
+		overflow: map[string]*spilled{}, gone: map[string]int{}}
+}
 
 // spilled is a newer state of a company that is only on disk, until the
 // next outbox write folds it in.
@@ -53,19 +102,69 @@ type spilled struct {
 	replace bool // supersedes the record whole (a deletion, or created again after one)
 }
 
-// spilling reports whether a change to a company not in memory goes to disk.
-func (p *Pipeline) spilling() bool {
-	return p.opts.Outbox != nil && p.mode == state.ModeOutbox && p.full()
+// changed notes that a company's owed state changed (owedWatcher): in
+// outbox mode, or when it has a record, the next write writes it.
+func (o *outbox) changed(id string, c *company) {
+	if o.store == nil {
+		return
+	}
+	if c.disk > 0 || o.mode == ModeOutbox {
+		o.dirty[id] = struct{}{}
+	}
+}
+
+// left notes that a company left memory (owedWatcher): its record, if it
+// has one, is removed at the next write.
+func (o *outbox) left(id string, c *company) {
+	if c.disk > 0 {
+		o.gone[id] = c.disk
+	}
+}
+
+// adopt is the size of the record of a company coming into memory, which
+// the company takes over: a company delivered whose record the next write
+// was to remove.
+func (o *outbox) adopt(id string) int {
+	size, ok := o.gone[id]
+	if ok {
+		delete(o.gone, id)
+	}
+	return size
+}
+
+// spills reports whether a change to id, a company not in memory, goes to
+// disk (merged into its record, if it has one): in outbox mode while memory
+// is full, and whenever the company may have a state owed only on disk.
+// In memory as well, it would have two states owed, and the older one's
+// record would be written over (losing the keys the newer state leaves
+// out) or sent after it. pgpilot keeps nothing in memory per company owed
+// only on disk, so while any is, every company not in memory may be one:
+// its change is merged into its record, and memory is refilled from there.
+// Not for a company just delivered whose record the next write removes
+// (gone): its record holds nothing owed, and that write would remove this
+// change with it.
+func (o *outbox) spills(id string, full bool) bool {
+	if o.store == nil {
+		return false
+	}
+	if _, waiting := o.overflow[id]; waiting {
+		return true
+	}
+	if _, leaving := o.gone[id]; leaving {
+		return false
+	}
+	return o.diskOnly > 0 || (o.mode == ModeOutbox && full)
 }
 
 // spill merges a change of a company not in memory into the overflow.
-func (p *Pipeline) spill(id string, md userpilot.Metadata, del bool, txn row.Transaction) {
-	s := p.overflow[id]
+// It reports whether it merged into a state there already.
+func (o *outbox) spill(id string, md userpilot.Metadata, del, resend bool, lsn pglogrepl.LSN, at time.Time) (merged bool) {
+	s := o.overflow[id]
 	if s == nil {
-		s = &spilled{rec: state.OutboxRecord{CompanyID: id, Metadata: userpilot.Metadata{}, Since: time.Now()}}
-		p.overflow[id] = s
+		s = &spilled{rec: state.OutboxRecord{CompanyID: id, Metadata: userpilot.Metadata{}, Since: at}}
+		o.overflow[id] = s
 	} else {
-		p.stats.Coalesced.Add(1)
+		merged = true
 	}
 	switch {
 	case del:
@@ -78,44 +177,67 @@ func (p *Pipeline) spill(id string, md userpilot.Metadata, del bool, txn row.Tra
 			s.rec.Metadata[k] = v
 		}
 	}
-	s.rec.LSN = max(s.rec.LSN, state.LSN(txn.EndLSN))
-	s.rec.Resend = s.rec.Resend || txn.Resend || p.inDoubt(id)
+	s.rec.LSN = max(s.rec.LSN, state.LSN(lsn))
+	s.rec.Resend = s.rec.Resend || resend
+	return merged
 }
 
 // maxOverflow bounds the overflow between outbox writes: past it, it is
 // written at once.
 const maxOverflow = 2000
 
+// overflowing reports whether the overflow should be written now.
+func (o *outbox) overflowing() bool { return len(o.overflow) >= maxOverflow }
+
 // flushOverflow folds the overflow into the outbox records, durably.
-func (p *Pipeline) flushOverflow() error {
-	if len(p.overflow) == 0 {
+func (o *outbox) flushOverflow() error {
+	if len(o.overflow) == 0 {
 		return nil
 	}
-	merges := make([]state.OutboxMerge, 0, len(p.overflow))
-	for _, s := range p.overflow {
+	merges := make([]state.OutboxMerge, 0, len(o.overflow))
+	for _, s := range o.overflow {
 		merges = append(merges, state.OutboxMerge{Record: s.rec, Replace: s.replace})
 	}
-	merged, err := p.opts.Outbox.MergeOutbox(merges)
+	merged, err := o.store.MergeOutbox(merges)
 	if err != nil {
 		return err
 	}
 	for _, m := range merged {
 		if m.Was == 0 {
 			// Not in memory, and now on disk.
-			p.diskOnly++
-			p.outboxCompanies++
+			o.diskOnly++
+			o.companies++
 		}
-		p.outboxBytes += int64(m.Size - m.Was)
+		o.bytes += int64(m.Size - m.Was)
 	}
-	clear(p.overflow)
+	clear(o.overflow)
 	return nil
 }
 
-// loadOutbox makes what a previous run left in the outbox pending again,
-// ahead of the stream (which resumes after it): as much as the window
-// holds, oldest first; the rest is refilled as the window empties.
-func (p *Pipeline) loadOutbox() error {
-	if p.opts.Outbox == nil {
+// owed is how many companies are owed only on disk. Until the next write
+// (at most a tick or maxOverflow changes away) a company in the overflow
+// that already had a record is counted twice: knowing would take a read of
+// the store per change, or a map of every company on disk.
+func (o *outbox) owed() int { return o.diskOnly + len(o.overflow) }
+
+// empty reports whether nothing is owed on disk or waiting to be written
+// there.
+func (o *outbox) empty() bool { return o.diskOnly == 0 && len(o.overflow) == 0 }
+
+// owedFrom makes an outbox record a ledger entry's fields.
+type owedFrom struct {
+	// safe is the position that may be checkpointed while it is owed.
+	safe pglogrepl.LSN
+	// doubt says whether an earlier run may have sent company id without
+	// seeing the outcome (leftover.inDoubt).
+	doubt func(id string) bool
+}
+
+// load makes what a previous run left in the outbox pending again, ahead
+// of the stream (which resumes after it): as much as the window holds,
+// oldest first; the rest is refilled as the window empties.
+func (o *outbox) load(l *ledger, from owedFrom) error {
+	if o.store == nil {
 		return nil
 	}
 	n := 0
@@ -124,10 +246,10 @@ func (p *Pipeline) loadOutbox() error {
 	// job, in memory, so that the job's end lets it go rather than
 	// forgetting it.
 	held := map[string]int{}
-	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
+	if err := o.store.ScanOutbox(func(s state.OutboxEntry) error {
 		n++
-		p.outboxBytes += int64(s.Size)
-		if _, ok := p.companies[s.CompanyID]; ok {
+		o.bytes += int64(s.Size)
+		if l.company(s.CompanyID) != nil {
 			held[s.CompanyID] = s.Size
 		}
 		return nil
@@ -135,48 +257,35 @@ func (p *Pipeline) loadOutbox() error {
 		return err
 	}
 	if n > 0 {
-		p.setMode(state.ModeOutbox, fmt.Sprintf("the outbox holds %d companies from before the restart", n))
+		o.setMode(ModeOutbox, fmt.Sprintf("the outbox holds %d companies from before the restart", n))
 	}
-	p.outboxCompanies += n
-	p.diskOnly += n
-	if err := p.loadRecords(slices.Collect(maps.Keys(held)), held); err != nil {
+	o.companies += n
+	o.diskOnly += n
+	if err := o.loadRecords(l, from, slices.Collect(maps.Keys(held)), held); err != nil {
 		return err
 	}
-	return p.refill()
+	return o.refill(l, from)
 }
 
 // loadRecords puts the outbox records of these companies in memory, in
 // this order, as what each owes next; sizes are their stored sizes.
-func (p *Pipeline) loadRecords(ids []string, sizes map[string]int) error {
+func (o *outbox) loadRecords(l *ledger, from owedFrom, ids []string, sizes map[string]int) error {
 	// A part at a time: decoded, the records are twice what they are once
 	// packed.
 	for part := range slices.Chunk(ids, persistBatch) {
-		if err := p.loadSome(part, sizes); err != nil {
+		recs, err := o.store.ReadOutbox(part)
+		if err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func (p *Pipeline) loadSome(ids []string, sizes map[string]int) error {
-	recs, err := p.opts.Outbox.ReadOutbox(ids)
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		e := &entry{id: r.CompanyID, md: p.keys.pack(r.Metadata), safe: p.done, lsn: pglogrepl.LSN(r.LSN), changes: 1, since: r.Since,
-			delete: r.Delete, resend: r.Resend || p.inDoubt(r.CompanyID)}
-		c := p.companies[r.CompanyID]
-		if c == nil {
-			c = p.newCompany(r.CompanyID)
-		}
-		e.co = c
-		c.disk = sizes[r.CompanyID]
-		c.waiting = e
-		p.enqueue(e)
-		p.diskOnly--
-		if c.inflight == nil {
-			p.ready.push(e) // not when a job from before the restart holds it
+		for _, r := range recs {
+			c := l.company(r.CompanyID)
+			if c == nil {
+				c = l.adopt(r.CompanyID, o.adopt(r.CompanyID))
+			}
+			c.disk = sizes[r.CompanyID]
+			l.owe(r.CompanyID, c, o.keys.pack(r.Metadata), r.Delete, r.Resend || from.doubt(r.CompanyID),
+				pglogrepl.LSN(r.LSN), from.safe, r.Since)
+			o.diskOnly--
 		}
 	}
 	return nil
@@ -184,17 +293,17 @@ func (p *Pipeline) loadSome(ids []string, sizes map[string]int) error {
 
 // refill loads, while the window has room, the companies owed only on
 // disk, oldest first.
-func (p *Pipeline) refill() error {
-	room := p.opts.MaxPending - p.order.len()
-	if p.opts.Outbox == nil || p.diskOnly == 0 || room <= 0 {
+func (o *outbox) refill(l *ledger, from owedFrom) error {
+	room := l.maxPending - l.order.len()
+	if o.store == nil || o.diskOnly == 0 || room <= 0 {
 		return nil
 	}
 	oldest := &byAge{}
-	if err := p.opts.Outbox.ScanOutbox(func(s state.OutboxEntry) error {
-		if _, inMemory := p.companies[s.CompanyID]; inMemory {
+	if err := o.store.ScanOutbox(func(s state.OutboxEntry) error {
+		if l.company(s.CompanyID) != nil {
 			return nil
 		}
-		if _, waiting := p.overflow[s.CompanyID]; waiting {
+		if _, waiting := o.overflow[s.CompanyID]; waiting {
 			return nil // folded in at the next write; refilled after it
 		}
 		heap.Push(oldest, s)
@@ -214,7 +323,7 @@ func (p *Pipeline) refill() error {
 	for i, s := range *oldest {
 		ids[i], sizes[s.CompanyID] = s.CompanyID, s.Size
 	}
-	return p.loadRecords(ids, sizes)
+	return o.loadRecords(l, from, ids, sizes)
 }
 
 // byAge is a max-heap of outbox records by age: the youngest on top, so
@@ -232,76 +341,81 @@ func (h *byAge) Pop() any {
 	return x
 }
 
+// modeSignals is what the choice of mode is made from.
+type modeSignals struct {
+	now time.Time
+	// retained is the slot's retained WAL as last measured, and
+	// maxRetained the bound above which the outbox starts (0: never).
+	retained, maxRetained int64
+	// lastProgress is when Userpilot last showed it works (accepted
+	// something, answered for a job it is working through), or when
+	// changes started waiting after an idle spell.
+	lastProgress time.Time
+	outboxAfter  time.Duration
+	// owed: something undelivered is in memory.
+	owed bool
+}
+
 // updateMode switches to outbox mode when holding WAL back has become the
-// danger, and back to hold mode once the outbox is empty.
-func (p *Pipeline) updateMode() {
-	if p.opts.Outbox == nil {
+// danger, and back to hold mode once nothing is owed.
+func (o *outbox) updateMode(l *ledger, s modeSignals) {
+	if o.store == nil {
 		return
 	}
-	switch p.mode {
-	case state.ModeHold:
+	switch o.mode {
+	case ModeHold:
 		var reason string
-		if p.opts.MaxRetainedWAL > 0 && p.opts.RetainedWAL != nil {
-			if r := p.opts.RetainedWAL(); r > p.opts.MaxRetainedWAL {
-				reason = fmt.Sprintf("the slot retains %d MB of WAL, above delivery.max_retained_wal (%d MB)", r>>20, p.opts.MaxRetainedWAL>>20)
-			}
+		if s.maxRetained > 0 && s.retained > s.maxRetained {
+			reason = fmt.Sprintf("the slot retains %d MB of WAL, above delivery.max_retained_wal (%d MB)", s.retained>>20, s.maxRetained>>20)
 		}
-		last := p.progress
-		if answered := time.Unix(0, p.jobAnswered.Load()); p.bulkBusy && answered.After(last) {
-			last = answered // a job Userpilot is working through
-		}
-		if p.recording > 0 {
-			last = time.Now() // a job Userpilot completed, written to the index: pgpilot's own work
-		}
-		if reason == "" && p.undelivered > 0 && time.Since(last) > p.opts.OutboxAfter {
-			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", time.Since(last).Round(time.Second))
+		if idle := s.now.Sub(s.lastProgress); reason == "" && s.owed && idle > s.outboxAfter {
+			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", idle.Round(time.Second))
 		}
 		if reason == "" {
 			return
 		}
 		// Everything undelivered goes to the outbox at the next write.
-		for id := range p.companies {
-			p.dirty[id] = struct{}{}
+		for id := range l.companies {
+			o.dirty[id] = struct{}{}
 		}
-		p.setMode(state.ModeOutbox, reason)
-	case state.ModeOutbox:
-		if p.order.len() == 0 && p.outboxCompanies == 0 && len(p.dirty) == 0 && len(p.overflow) == 0 {
-			p.setMode(state.ModeHold, "the outbox is empty")
+		o.setMode(ModeOutbox, reason)
+	case ModeOutbox:
+		if l.order.len() == 0 && o.companies == 0 && len(o.dirty) == 0 && len(o.overflow) == 0 {
+			o.setMode(ModeHold, "the outbox is empty")
 		}
 	}
 }
 
-func (p *Pipeline) setMode(mode, reason string) {
-	p.mode, p.modeReason = mode, reason
-	if mode == state.ModeOutbox {
-		p.log.Warn("delivery mode: outbox; pending changes are kept on disk so Postgres can free its WAL", "reason", reason)
+func (o *outbox) setMode(mode Mode, reason string) {
+	o.mode, o.reason = mode, reason
+	if mode == ModeOutbox {
+		o.log.Warn("delivery mode: outbox; pending changes are kept on disk so Postgres can free its WAL", "reason", reason)
 	} else {
-		p.log.Info("delivery mode: hold", "reason", reason)
+		o.log.Info("delivery mode: hold", "reason", reason)
 	}
-	p.reportStatus(true)
 }
 
-// persist writes the merged pending state of every company that changed
+// persist writes the merged owed state of every company that changed
 // since the last write, and removes delivered ones, in one durable write.
-func (p *Pipeline) persist() error {
-	if p.opts.Outbox == nil {
+func (o *outbox) persist(l *ledger) error {
+	if o.store == nil {
 		return nil
 	}
-	if err := p.flushOverflow(); err != nil {
+	if err := o.flushOverflow(); err != nil {
 		return err
 	}
-	if len(p.dirty) == 0 {
+	if len(o.dirty) == 0 {
 		return nil
 	}
 	// In writes of persistBatch records: the records of every company in
 	// memory, made all at once when outbox mode starts, were a third of
 	// that moment's heap.
-	put := make([]state.OutboxRecord, 0, min(len(p.dirty), persistBatch))
+	put := make([]state.OutboxRecord, 0, min(len(o.dirty), persistBatch))
 	var remove []string
-	for id := range p.dirty {
-		c := p.companies[id]
+	for id := range o.dirty {
+		c := l.company(id)
 		if c == nil || (c.inflight == nil && c.waiting == nil) {
-			if _, ok := p.gone[id]; ok {
+			if _, ok := o.gone[id]; ok {
 				remove = append(remove, id)
 			}
 			continue
@@ -320,7 +434,7 @@ func (p *Pipeline) persist() error {
 			} else {
 				r.Delete = false
 			}
-			maps.Copy(r.Metadata, p.keys.unpack(e.md))
+			maps.Copy(r.Metadata, o.keys.unpack(e.md))
 			r.Resend = r.Resend || e.resend
 			r.LSN = max(r.LSN, state.LSN(e.lsn))
 			if r.Since.IsZero() || e.since.Before(r.Since) {
@@ -328,72 +442,43 @@ func (p *Pipeline) persist() error {
 			}
 		}
 		if put = append(put, r); len(put) == persistBatch {
-			if err := p.writeOutbox(put, nil); err != nil {
+			if err := o.write(l, put, nil); err != nil {
 				return err
 			}
 			put = put[:0]
 		}
 	}
-	if err := p.writeOutbox(put, remove); err != nil {
+	if err := o.write(l, put, remove); err != nil {
 		return err
 	}
-	clear(p.dirty)
+	clear(o.dirty)
 	return nil
 }
 
 // persistBatch is how many records persist makes before it writes them.
 const persistBatch = 1000
 
-// writeOutbox writes records of companies in memory and removes those of
+// write writes records of companies in memory and removes those of
 // companies gone, keeping the counts.
-func (p *Pipeline) writeOutbox(put []state.OutboxRecord, remove []string) error {
-	if err := p.opts.Outbox.WriteOutbox(put, remove); err != nil {
+func (o *outbox) write(l *ledger, put []state.OutboxRecord, remove []string) error {
+	if err := o.store.WriteOutbox(put, remove); err != nil {
 		return err
 	}
 	for _, id := range remove {
-		p.outboxBytes -= int64(p.gone[id])
-		p.outboxCompanies--
-		delete(p.gone, id)
+		o.bytes -= int64(o.gone[id])
+		o.companies--
+		delete(o.gone, id)
 	}
 	for _, r := range put {
-		c := p.companies[r.CompanyID]
+		c := l.company(r.CompanyID)
 		size := recordSize(r)
 		if c.disk == 0 {
-			p.outboxCompanies++
+			o.companies++
 		}
-		p.outboxBytes += int64(size - c.disk)
+		o.bytes += int64(size - c.disk)
 		c.disk = size
 	}
 	return nil
-}
-
-// touch notes that a company's owed state changed.
-//
-// c is the company's, in p.companies (its callers hold it already: a look-up
-// more per change was a measurable part of a catch-up).
-func (p *Pipeline) touch(id string, c *company) {
-	if p.opts.Outbox == nil {
-		return
-	}
-	if (c != nil && c.disk > 0) || p.mode == state.ModeOutbox {
-		p.dirty[id] = struct{}{}
-	}
-}
-
-// reportStatus hands the mode and outbox figures to Options.Status, at
-// most every two seconds unless forced.
-func (p *Pipeline) reportStatus(force bool) {
-	if p.opts.Status == nil || (!force && time.Since(p.statusAt) < 2*time.Second) {
-		return
-	}
-	p.statusAt = time.Now()
-	st := state.Status{Mode: p.mode, Reason: p.modeReason, OutboxCompanies: p.outboxCompanies,
-		OutboxBytes: p.outboxBytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
-	if p.order.len() > 0 {
-		st.OldestPending = p.order.front().since
-	}
-	p.learnedStatus(&st)
-	p.opts.Status(st)
 }
 
 func recordSize(r state.OutboxRecord) int {

@@ -165,13 +165,13 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 			var es []*entry
 			var wantCos []userpilot.Company
 			for _, id := range ids {
-				e := p.companies[id].waiting
+				e := p.ledger.companies[id].waiting
 				require.NotNil(t, e, id)
 				require.Equal(t, deleted[id], e.delete, id)
 				if e.delete {
 					continue
 				}
-				assert.Equal(t, want[id], p.keys.unpack(e.md), "company %s", id)
+				assert.Equal(t, want[id], p.enc.keys.unpack(e.md), "company %s", id)
 				es = append(es, e)
 				wantCos = append(wantCos, userpilot.Company{CompanyID: id, Metadata: want[id]})
 			}
@@ -179,7 +179,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 			// The body: from the packed fields, the JSON the map writes.
 			var packed, mapped userpilot.BulkBody
 			for i, e := range es {
-				require.True(t, packed.AddMembersWithin(e.id, e.md.appendMembers(nil, p.keys.members), 0))
+				require.True(t, packed.AddMembersWithin(e.id, e.md.appendMembers(nil, p.enc.keys.members), 0))
 				mapped.Add(wantCos[i])
 			}
 			assert.JSONEq(t, string(mapped.JSON()), string(packed.JSON()))
@@ -188,7 +188,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 			// The index: recorded from the packed fields or from the maps,
 			// it answers the same for the same states and for changed ones.
 			fromPacked, fromMaps := openStore(t), openStore(t)
-			require.NoError(t, fromPacked.RecordProfiles(p.profilesOf(es)))
+			require.NoError(t, fromPacked.RecordProfiles(p.enc.profiles(es)))
 			require.NoError(t, fromMaps.Record(wantCos))
 			var ask []userpilot.Company
 			for _, co := range wantCos {
@@ -204,7 +204,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 				same := make([]bool, len(ask))
 				require.NoError(t, x.UnchangedEach(ask, same))
 				for i, co := range ask {
-					_, isWant := p.companies[co.CompanyID]
+					_, isWant := p.ledger.companies[co.CompanyID]
 					changed := false
 					for _, v := range co.Metadata {
 						changed = changed || string(v) == `"changed"`
@@ -213,7 +213,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 				}
 				// The look-up from the packed fields: every pending state is held.
 				held := make([]bool, len(es))
-				require.NoError(t, x.UnchangedProfiles(p.profilesOf(es), held, nil))
+				require.NoError(t, x.UnchangedProfiles(p.enc.profiles(es), held, nil))
 				for i, h := range held {
 					assert.True(t, h, "company %s", es[i].id)
 				}
@@ -222,7 +222,7 @@ func TestPackedPathIsTheMapPath(t *testing.T) {
 			older := openStore(t)
 			require.NoError(t, older.Record([]userpilot.Company{{CompanyID: "1", Metadata: userpilot.Metadata{"name": json.RawMessage(`"Old"`)}}}))
 			same, mapSame := make([]bool, len(es)), make([]bool, len(es))
-			require.NoError(t, older.UnchangedProfiles(p.profilesOf(es), same, nil))
+			require.NoError(t, older.UnchangedProfiles(p.enc.profiles(es), same, nil))
 			require.NoError(t, older.UnchangedEach(wantCos, mapSame))
 			assert.Equal(t, mapSame, same)
 		})

@@ -179,6 +179,11 @@ type Options struct {
 	// breaker.go); nil → one with the defaults, for this pipeline alone.
 	Breaker *Breaker
 
+	// Retrying, when set, is how many calls to Userpilot are being retried
+	// now (its answers fail): while any is, delivery waits on Userpilot,
+	// not on itself (see Liveness).
+	Retrying func() int
+
 	Logger *slog.Logger
 }
 
@@ -215,116 +220,64 @@ type Stats struct {
 }
 
 // Pipeline delivers transactions. Use New.
+//
+// It is made of parts, each owning its state, all of them the dispatcher's
+// (the goroutine running Run) but for what their own goroutines are handed
+// as values:
+//
+//   - ledger: what is owed, sent and done, and how far the checkpoint may
+//     go (no I/O);
+//   - encoder: rows to packed fields, and those to companies, bodies and
+//     profiles;
+//   - outbox: the Mode, and what is owed on disk;
+//   - jobs: Userpilot's one bulk job (JobState), and the jobs being
+//     recorded; their goroutines run a jobRunner;
+//   - deletes: deletions, one request at a time;
+//   - refusals: refused records held for the breaker's verdict;
+//   - leftover: what an earlier process left in flight;
+//   - input: whether reading goes on, and the burst being read.
+//
+// Run is a select whose cases each hand one event to the part it is for.
 type Pipeline struct {
 	opts  Options
 	log   *slog.Logger
 	stats Stats
 
-	// mappers holds the mapping compiled for each description of the
-	// table in use: the stream's and the snapshot's take turns.
-	mappers row.PerRelation[*mapper]
-	// rowJSON and rowVals are room for one row's values while it is mapped
-	// and packed (the dispatcher's).
-	rowJSON []byte
-	rowVals []json.RawMessage
-	// memberJSON is room for one company's metadata members while a bulk
-	// body is written; asked and answers, for a look-up in the no-op index
-	// (the dispatcher's).
-	memberJSON []byte
-	asked      []*entry
-	answers    []bool
+	enc      *encoder
+	ledger   *ledger
+	outbox   *outbox
+	jobs     jobs
+	deletes  *deleter
+	refusals refusals
+	leftover leftover
+	in       input
+	// loaded: what earlier runs left (leftover, outbox, estimate) is
+	// loaded, once per pipeline.
+	loaded bool
 
-	companies map[string]*company
-	order     queue // every undelivered entry, oldest first (and finished ones until they reach the front)
-	// undelivered counts the entries not finished: what is pending (order
-	// also holds finished entries behind an older undelivered one).
-	undelivered int
-	ready       queue // entries that may be sent now, oldest first
-	inflight    int
-	received    pglogrepl.LSN // end of the last whole transaction received
-	done        pglogrepl.LSN // checkpointed
+	sizing sizing // what the real-time path achieves, for bulkShare
+	// est is what the bulk path is believed to do; learned holds a copy
+	// for other goroutines.
+	est     bulkEstimate
+	learned learnedView
+
 	// takenAt is when the transaction being added was taken in: the clock
-	// read once for its changes (see send).
+	// read once for its changes.
 	takenAt time.Time
-	// seq numbers entries in the order they are made; marks wait, oldest
-	// first, for every entry made before them to be delivered.
-	seq       uint64
-	marks     []pendingMark
-	markDone  any // the newest mark with everything before it delivered
-	markSaved any // the mark last passed to Checkpoint
-	bulkBusy  bool
-	spare     spareRoom // a sent body's room, for the next (see bulk.go)
-	// jobStarted and jobRecords are the running job's start and size (for
-	// bulkAlone: is it overdue?).
-	jobStarted time.Time
-	jobRecords int
-	// recording counts completed jobs whose profiles are still being
-	// written to the index: their companies stay in flight until then (a
-	// look-up must not read the state before the job), but Userpilot's one
-	// bulk job may already be the next.
-	recording int
-	sizing    sizing // what the real-time path achieves, for bulkShare
-	// est is what the bulk path is believed to do (the dispatcher's;
-	// learned holds a copy for other goroutines).
-	est       bulkEstimate
-	estLoaded bool
-	learned   learnedView
-	// deletes wait for one delete request at a time (Userpilot allows one
-	// every 2 seconds).
-	deletes    []*entry
-	deleteBusy bool
-	// deleteSplits are the halves of refused delete batches, sent (one
-	// request at a time too) before any other deletion; see delete.go.
-	deleteSplits [][]*entry
-	// splitAt is when the delete batch an entry was in was first refused
-	// and split (see delete.go); kept beside the entries, which are many,
-	// while split ones are few.
-	splitAt map[*entry]time.Time
-	// deleteAccepted is when Userpilot last accepted a delete request.
-	deleteAccepted time.Time
 	// progress is when Userpilot last accepted something, or when changes
-	// started waiting after an idle spell.
+	// started waiting after an idle spell (for outbox_after).
 	progress time.Time
-	// jobAnswered is when Userpilot last answered for a running bulk job
-	// (submitted, or its status read): a job it is working through is
-	// progress too. Unix nanoseconds; written by the job's goroutine.
-	jobAnswered atomic.Int64
+	statusAt time.Time
+	report   *report
+	// asked and answers are room for a look-up in the no-op index.
+	asked   []*entry
+	answers []bool
+	// next is the company unpacked for the ready front, for a real-time
+	// worker (unpacked once, whatever the number of turns it waits).
+	next nextCall
 
-	// doubt holds the companies an earlier run may have sent without
-	// seeing the outcome (see inDoubt).
-	doubt map[string]bool
-	// held are bulk jobs from before the restart, oldest first, waited for
-	// before any new job.
-	held           []*heldJob
-	inFlightLoaded bool
-
-	// refusals are refused records waiting for the breaker's verdict,
-	// oldest first; streak counts the refusals since the last acceptance.
-	refusals []refusal
-	streak   streak
-	// vouched is when the newest accepted call was sent: Userpilot worked
-	// then, so a refusal of a call sent before it is a bad record.
-	vouched time.Time
-
-	// keys numbers the metadata keys of the entries' packed fields;
-	// markNums and mark are on_delete's mark, numbered and packed once.
-	keys     keyTable
-	markNums []uint32
-	mark     fields
-	// windowBytes is what the entries in order hold (entry.size), bounded
-	// by MaxPendingBytes.
-	windowBytes int64
-
-	mode, modeReason string
-	dirty            map[string]struct{} // companies whose owed state changed since the last outbox write
-	overflow         map[string]*spilled // newer states of companies only on disk, until the next write
-	// gone are companies delivered and so no longer in memory whose outbox
-	// record (its size) the next write removes.
-	gone            map[string]int
-	diskOnly        int // companies owed in the outbox and not in memory
-	outboxCompanies int // companies with an outbox record
-	outboxBytes     int64
-	statusAt        time.Time
+	// live is what the dispatcher publishes for the liveness watch.
+	live published
 }
 
 // New makes a Pipeline.
@@ -365,302 +318,317 @@ func New(opts Options) *Pipeline {
 	if opts.Breaker == nil {
 		opts.Breaker = &Breaker{}
 	}
-	return &Pipeline{opts: opts, log: opts.Logger, companies: map[string]*company{},
-		received: opts.Checkpointed, done: opts.Checkpointed, mode: state.ModeHold,
-		dirty: map[string]struct{}{}, overflow: map[string]*spilled{}, gone: map[string]int{}, splitAt: map[*entry]time.Time{}, doubt: map[string]bool{}}
+	p := &Pipeline{opts: opts, log: opts.Logger, deletes: newDeleter(), refusals: refusals{breaker: opts.Breaker},
+		leftover: leftover{doubt: map[string]bool{}}, report: newReport()}
+	p.enc = &encoder{compile: opts.Mapping}
+	if opts.OnDelete == "mark" {
+		p.enc.mark = opts.DeleteMark
+		if p.enc.mark == nil {
+			p.enc.mark = userpilot.Metadata{}
+		}
+	}
+	var store Outbox
+	if opts.Outbox != nil {
+		store = opts.Outbox
+	}
+	p.outbox = newOutbox(store, &p.enc.keys, opts.Logger)
+	p.ledger = newLedger(opts.Checkpointed, opts.MaxPending, opts.MaxPendingBytes, p.outbox)
+	p.live.init(time.Now())
+	return p
 }
 
 // Stats returns the pipeline's counters.
 func (p *Pipeline) Stats() *Stats { return &p.stats }
 
-type realtimeResult struct {
-	e   *entry
-	err error
-}
-
-type bulkResult struct {
-	entries []*entry
-	// fallback: send these on the real-time path (the job was refused or
-	// kept failing), where a bad record is refused alone.
-	fallback bool
-	err      error
-	took     time.Duration
-	// completed, in a message of its own, says the job completed at
-	// Userpilot, with what it showed of the bulk path; the job's result
-	// comes after it, with freed set.
-	completed *jobObservation
-	freed     bool
-	// held is set for a job from before the restart (resumeHeld), with
-	// the status it ended with ("unknown" when its id was never learnt).
-	held        *heldJob
-	heldOutcome string
+// loop is what Run's goroutines talk over.
+type loop struct {
+	work       chan userpilot.Company
+	results    chan realtimeResult
+	jobEvents  chan jobEvent
+	deleteDone chan error
+	tick       *time.Ticker
+	quiet      *time.Timer
 }
 
 // Run delivers what it reads from in until in is closed and everything is
 // delivered (nil), ctx is done, or delivery fails for good. Whatever is not
 // checkpointed when it returns is simply streamed again after a restart.
 func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
+	// What is read, and the log's report, are this Run's.
+	p.in, p.report = input{}, newReport()
 	p.progress = time.Now()
-	if err := p.loadEstimate(); err != nil {
-		return err
-	}
-	if err := p.loadInFlight(); err != nil {
-		return err
-	}
-	if err := p.loadOutbox(); err != nil {
+	if err := p.load(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	work := make(chan *entry)
-	results := make(chan realtimeResult, p.opts.Workers)
-	// A job's goroutine says here when it completed at Userpilot (see
-	// recording) and when it is done; one channel, so the dispatcher hears
-	// the two in that order.
-	bulkDone := make(chan bulkResult, 2)
-	reply := func(r bulkResult) {
-		select {
-		case bulkDone <- r:
-		case <-ctx.Done():
-		}
-	}
-	deleteDone := make(chan deleteResult, 1)
+	lp := loop{work: make(chan userpilot.Company), results: make(chan realtimeResult, p.opts.Workers),
+		// A job's goroutine says what happens in order on one channel; a
+		// completed job and the next one's first answers may overlap.
+		jobEvents: make(chan jobEvent, 4), deleteDone: make(chan error, 1),
+		tick: time.NewTicker(p.opts.Tick), quiet: time.NewTimer(time.Hour)}
+	defer lp.tick.Stop()
+	defer lp.quiet.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait() // no goroutine outlives Run
 	defer cancel()
+	c := p.caller()
 	for range p.opts.Workers {
-		wg.Go(func() {
-			for e := range work {
-				// Marked before the call, unmarked by the index's write of
-				// its outcome: killed in between, the next run knows.
-				co := p.company(e)
-				err := p.markSending(co.CompanyID)
-				if err == nil {
-					err = p.opts.Sender.IdentifyCompany(ctx, co)
-				}
-				if err == nil && p.opts.Index != nil {
-					// Recorded before the dispatcher hears of it, so a
-					// later no-op check never reads an older state.
-					err = p.opts.Index.Record([]userpilot.Company{co})
-				}
-				select {
-				case results <- realtimeResult{e, err}:
-				case <-ctx.Done():
-					return
-				}
-			}
-		})
+		wg.Go(func() { c.work(ctx, lp.work, lp.results) })
 	}
-	defer close(work)
-
-	tick := time.NewTicker(p.opts.Tick)
-	defer tick.Stop()
-	// quiet wakes the loop when the input has paused long enough for a
-	// job to be sized (bulkTime): on the tick alone, the end of every
-	// backlog waited up to a tick more.
-	quiet := time.NewTimer(time.Hour)
-	defer quiet.Stop()
-	report := newReport()
-	closed := false
-	// stopFor is a schema problem met in the input: stop reading, but
-	// deliver and checkpoint everything before it first, so that after the
-	// mapping is fixed the stream resumes exactly at the transaction that
-	// needed the fix (older ones would not fit the new mapping).
-	var stopFor error
-	var lastInput, burstStart time.Time
-	var burstCoalesced int64 // the changes merged into pending ones before the burst
+	defer close(lp.work)
 	for {
-		// Whether a change of the burst merged into a pending one: the
-		// input pause a job waits for (quietFor). Only add merges.
-		merged := p.stats.Coalesced.Load() > burstCoalesced
-		if err := p.skipNoOps(report); err != nil {
+		if err := p.startWork(ctx, &wg, lp); err != nil {
 			return err
 		}
-		p.collectDeletes()
-		stopped := p.stopped() // the breaker tripped: send nothing more
-		if !stopped && !p.deleteBusy && len(p.deletes)+len(p.deleteSplits) > 0 {
-			batch := p.nextDeletes()
-			p.deleteBusy = true
-			now := time.Now()
-			for _, e := range batch {
-				e.sentAt = now // collected earlier, sent now
-			}
-			wg.Go(func() { deleteDone <- p.runDelete(ctx, batch) })
-		}
-		p.watermark() // drops finished entries, so the counts below are true
-		p.stats.Pending.Store(int64(p.pending()))
-		p.stats.InMemory.Store(int64(len(p.companies)))
-		if !stopped && !p.bulkBusy && len(p.held) > 0 {
-			hj := p.held[0]
-			p.held = p.held[1:]
-			p.bulkBusy = true
-			p.jobStarted, p.jobRecords = time.Now(), len(hj.entries)
-			est := p.est
-			wg.Go(func() { reply(p.resumeHeld(ctx, hj, est)) })
-		}
-		if !stopped && !p.bulkBusy && p.nextJobNow() && !p.opts.NoBulk && p.bulkTime(lastInput, burstStart, merged, closed) {
-			batch, body, err := p.takeBulk(report)
-			if err != nil {
-				return err
-			}
-			if len(batch) > 0 {
-				p.bulkBusy = true
-				p.jobStarted, p.jobRecords = time.Now(), len(batch)
-				est := p.est
-				wg.Go(func() {
-					free := func(o jobObservation) { reply(bulkResult{completed: &o}) }
-					reply(p.runBulk(ctx, batch, &body, est, free))
-				})
-			}
-		}
-		if closed && p.order.len() == 0 && p.inflight == 0 && !p.bulkBusy && !p.deleteBusy && p.diskOnly == 0 && len(p.overflow) == 0 {
-			if err := p.tick(); err != nil {
-				return err
-			}
-			return stopFor
-		}
-		if closed && stopped && p.inflight == p.parked() && !p.bulkBusy && !p.deleteBusy {
-			// What is held is never delivered by this process: the
-			// stream (or the outbox) has it for the next start.
-			if err := p.tick(); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: %s", ErrRefusing, p.opts.Breaker.Reason())
-		}
-		var inCh <-chan row.Transaction
-		if !closed && (!p.full() || p.mode == state.ModeOutbox) {
-			inCh = in
-		}
-		// A bulk job just sized may have taken everything around a
-		// deletion, leaving it at the front: it goes to the delete batch,
-		// never to a real-time worker (which would identify it).
-		p.collectDeletes()
-		var workCh chan<- *entry
-		var next *entry
-		if p.ready.len() > 0 && !stopped && p.realtimeWanted(time.Now()) {
-			workCh, next = work, p.ready.front()
-		}
-		var quietC <-chan time.Time
-		if !closed && !stopped && !p.bulkBusy && !p.opts.NoBulk && p.ready.len() > 0 && !lastInput.IsZero() {
-			if wait := quietFor(lastInput, burstStart, merged) - time.Since(lastInput); wait > 0 {
-				quiet.Reset(wait)
-				quietC = quiet.C
-			}
+		if end, err := p.ended(); end {
+			return err
 		}
 		select {
-		case <-quietC:
+		case <-p.quietC(lp.quiet):
 			// The input paused: a job may be sized, at the loop's top.
-		case txn, ok := <-inCh:
-			if !ok {
-				closed = true
-				continue
-			}
-			coalesced := p.stats.Coalesced.Load()
-			if err := p.add(txn); err != nil {
-				if errors.Is(err, ErrSchema) {
-					stopFor, closed = err, true
-					continue
-				}
+		case txn, ok := <-p.inputC(in):
+			if err := p.take(txn, ok); err != nil {
 				return err
 			}
-			if len(p.overflow) >= maxOverflow {
-				if err := p.flushOverflow(); err != nil {
-					return err
-				}
-			}
-			if now := time.Now(); now.Sub(lastInput) >= inputQuiet {
-				burstStart, lastInput, burstCoalesced = now, now, coalesced
-			} else {
-				lastInput = now
-			}
-		case workCh <- next:
-			p.ready.popFront()
-			p.send(next, time.Now())
-		case r := <-results:
-			if err := p.realtimeDone(r, report); err != nil {
+		case p.workC(lp.work) <- p.next.co:
+			p.ledger.ready.popFront()
+			p.ledger.send(p.next.e, time.Now())
+			p.next = nextCall{}
+		case r := <-lp.results:
+			if err := p.realtimeDone(r); err != nil {
 				return err
 			}
-		case r := <-bulkDone:
-			if r.completed != nil {
-				// Completed at Userpilot: the account's one job may be
-				// the next, while this one's profiles are written to the
-				// index.
-				p.bulkBusy = false
-				p.recording++
-				// Userpilot applied it: that is progress, for the switch
-				// to the outbox, before the index write is done too.
-				p.progress = time.Now()
-				if err := p.learnJob(*r.completed); err != nil {
-					return err
-				}
-				continue
-			}
-			if r.freed {
-				p.recording--
-			} else {
-				p.bulkBusy = false
-			}
-			finish := p.bulkFinished
-			if r.held != nil {
-				finish = p.heldFinished
-			}
-			if err := finish(r, report); err != nil {
+		case ev := <-lp.jobEvents:
+			if err := p.jobEvent(ev); err != nil {
 				return err
 			}
-		case r := <-deleteDone:
-			p.deleteBusy = false
-			if err := p.deleteFinished(r); err != nil {
+		case err := <-lp.deleteDone:
+			if err := p.deleteDone(err); err != nil {
 				return err
 			}
-		case <-tick.C:
-			p.publish()
+		case <-lp.tick.C:
 			if err := p.tick(); err != nil {
 				return err
 			}
-			report.maybeLog(p)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// inputQuiet is how long the input must pause before a bulk job is sized:
-// a job cannot take records added after it was submitted, so sizing it in
-// the middle of a burst sends the rest of the burst the slow way, and the
-// companies in it that the burst changes again go twice. A burst that has
-// lasted longer must pause longer (half its length, up to maxInputQuiet):
-// between two statements that each update many rows, Postgres sends
-// nothing while it runs the next. That longer wait is for companies
-// changed again: a burst that has changed none twice (a catch-up of new
-// rows) waits inputQuiet only, as the end of every catch-up did 300 ms
-// for nothing to merge.
-const (
-	inputQuiet    = 100 * time.Millisecond
-	maxInputQuiet = 300 * time.Millisecond
-)
-
-// quietFor is how long the input must pause, after a burst from burstStart
-// to lastInput, before a bulk job is sized; merged says whether a change of
-// the burst merged into one still pending.
-func quietFor(lastInput, burstStart time.Time, merged bool) time.Duration {
-	if !merged {
-		return inputQuiet
+// load reads what earlier runs left, once per pipeline: the estimate, what
+// may be in flight, and the outbox (after what is in flight, so that owed
+// states wait behind held ones).
+func (p *Pipeline) load() error {
+	if p.loaded {
+		return nil
 	}
-	return min(maxInputQuiet, max(inputQuiet, lastInput.Sub(burstStart)/2))
+	p.loaded = true
+	if err := p.loadEstimate(); err != nil {
+		return err
+	}
+	if p.opts.InFlight != nil {
+		jobs, err := p.leftover.load(p.opts.InFlight, p.ledger, &p.enc.keys)
+		if err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			p.log.Warn("a bulk job from before the restart may still be running at Userpilot; its companies wait for it to end",
+				"job", j.ID, "companies", len(j.Companies), "submitted", j.Began.Format(time.RFC3339))
+		}
+	}
+	if err := p.outbox.load(p.ledger, p.owedFrom()); err != nil {
+		return err
+	}
+	p.reportStatus(true)
+	return nil
 }
 
-// bulkTime says whether to consider a bulk job now: the burst (input since
-// burstStart) has been read (input quiet, or closed), or waiting would not
-// make it better (the backlog fills a whole job, or memory is half full
-// and reading has to go on).
-func (p *Pipeline) bulkTime(lastInput, burstStart time.Time, merged, closed bool) bool {
-	return closed || time.Since(lastInput) >= quietFor(lastInput, burstStart, merged) ||
-		p.ready.len() >= userpilot.MaxBulkRecords || p.order.len() >= p.opts.MaxPending/2 || p.windowBytes >= p.opts.MaxPendingBytes/2
+// owedFrom is how outbox records become entries now.
+func (p *Pipeline) owedFrom() owedFrom {
+	return owedFrom{safe: p.ledger.checkpointed, doubt: p.leftover.inDoubt}
 }
 
-// add maps a transaction's changes into pending entries.
+// caller is what the real-time workers and delete requests may call.
+func (p *Pipeline) caller() caller {
+	return caller{sender: p.opts.Sender, inflight: p.opts.InFlight, index: p.opts.Index}
+}
+
+// runner is what a bulk job's goroutine may call.
+func (p *Pipeline) runner() jobRunner {
+	return jobRunner{sender: p.opts.Sender, inflight: p.opts.InFlight, index: p.opts.Index, poll: p.opts.PollInterval, log: p.log}
+}
+
+// startWork is the loop's turn before it waits: what can be decided or
+// started without an event is, in this order: no-ops skipped, deletions
+// collected and sent, a job from before the restart resumed, a bulk job
+// sized and started.
+func (p *Pipeline) startWork(ctx context.Context, wg *sync.WaitGroup, lp loop) error {
+	// Whether a change of the burst merged into a pending one: the input
+	// pause a job waits for (quietFor). Only take merges.
+	merged := p.in.merged(p.stats.Coalesced.Load())
+	if err := p.skipNoOps(); err != nil {
+		return err
+	}
+	now := time.Now()
+	p.deletes.collect(p.ledger, now)
+	stopped := p.refusals.stopped() // the breaker tripped: send nothing more
+	if !stopped && !p.deletes.busy() {
+		if batch := p.deletes.next(now); batch != nil {
+			ids := make([]string, len(batch))
+			for i, e := range batch {
+				ids[i] = e.id
+			}
+			c := p.caller()
+			wg.Go(func() { lp.deleteDone <- c.deleteCall(ctx, ids) })
+		}
+	}
+	p.ledger.watermark() // drops finished entries, so the counts below are true
+	p.stats.Pending.Store(int64(p.pending()))
+	p.stats.InMemory.Store(int64(len(p.ledger.companies)))
+	if !stopped && !p.jobs.busy() {
+		if hj := p.leftover.next(); hj != nil {
+			n := p.jobs.resume(hj, now)
+			run := heldRun{n: n, id: hj.job.ID, key: hj.job.Key, records: hj.records, began: hj.job.Began, est: p.est,
+				profiles: p.enc.profileValues(hj.entries).plus(p.enc.profileValues(hj.alsoOlder))}
+			r := p.runner()
+			wg.Go(func() { r.resume(ctx, run, lp.jobEvents) })
+		}
+	}
+	if !stopped && !p.jobs.busy() && !p.opts.NoBulk && p.jobs.nextNow(p.ledger.ready.len(), p.ledger.full(), p.opts.MinBulk) && p.bulkTime(now, merged) {
+		batch, body, err := p.takeBulk(now)
+		if err != nil {
+			return err
+		}
+		if len(batch) > 0 {
+			job := bulkJob{n: p.jobs.start(batch, now), body: body, profiles: p.enc.profileValues(batch), est: p.est}
+			r := p.runner()
+			wg.Go(func() { r.run(ctx, job, lp.jobEvents) })
+		}
+	}
+	// A bulk job just sized may have taken everything around a deletion,
+	// leaving it at the front: it goes to the delete batch, never to a
+	// real-time worker (which would identify it).
+	p.deletes.collect(p.ledger, now)
+	return nil
+}
+
+// ended says whether Run is done, and with what: nothing left to deliver
+// after the input closed (nil, or the schema problem that closed it), or
+// the breaker tripped with only what it holds left (ErrRefusing: what is
+// held is never delivered by this process; the stream or the outbox has it
+// for the next start).
+func (p *Pipeline) ended() (bool, error) {
+	if !p.in.closed || p.jobs.busy() || p.deletes.busy() {
+		return false, nil
+	}
+	switch {
+	case p.ledger.idle() && p.outbox.empty():
+		if err := p.tick(); err != nil {
+			return true, err
+		}
+		return true, p.in.stopFor
+	case p.refusals.stopped() && p.ledger.inflight == len(p.refusals.held)+p.deletes.parked():
+		if err := p.tick(); err != nil {
+			return true, err
+		}
+		return true, fmt.Errorf("%w: %s", ErrRefusing, p.opts.Breaker.Reason())
+	}
+	return false, nil
+}
+
+// inputC is in while the pipeline reads: not once closed, nor while memory
+// is full in hold mode (in outbox mode reading goes on: holding WAL back is
+// what outbox mode exists to avoid).
+func (p *Pipeline) inputC(in <-chan row.Transaction) <-chan row.Transaction {
+	if p.in.closed || (p.ledger.full() && p.outbox.mode != ModeOutbox) {
+		return nil
+	}
+	return in
+}
+
+// nextCall is the ready front, unpacked for a real-time worker.
+type nextCall struct {
+	e  *entry
+	md fields // what co was unpacked from
+	co userpilot.Company
+}
+
+// workC is work while a real-time worker should take the ready front (then
+// p.next holds it), else nil.
+func (p *Pipeline) workC(work chan userpilot.Company) chan userpilot.Company {
+	l := p.ledger
+	if l.ready.len() == 0 || p.refusals.stopped() || !p.realtimeWanted(time.Now()) {
+		return nil
+	}
+	e := l.ready.front()
+	if p.next.e != e || !sameFields(p.next.md, e.md) {
+		p.next = nextCall{e: e, md: e.md, co: p.enc.company(e)}
+	}
+	return work
+}
+
+// sameFields reports whether a and b are the same packed fields (not
+// equal ones: fields are replaced, never changed in place).
+func sameFields(a, b fields) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// quietC wakes the loop when the input has paused long enough for a job to
+// be sized (bulkTime): on the tick alone, the end of every backlog waited
+// up to a tick more.
+func (p *Pipeline) quietC(quiet *time.Timer) <-chan time.Time {
+	if p.in.closed || p.refusals.stopped() || p.jobs.busy() || p.opts.NoBulk || p.ledger.ready.len() == 0 || p.in.last.IsZero() {
+		return nil
+	}
+	ok, wait := p.in.paused(time.Now(), p.in.merged(p.stats.Coalesced.Load()))
+	if ok {
+		return nil
+	}
+	quiet.Reset(wait)
+	return quiet.C
+}
+
+// take hands one transaction from the input to the ledger (or the outbox),
+// or notes that the input closed.
+func (p *Pipeline) take(txn row.Transaction, ok bool) error {
+	if !ok {
+		p.in.closed = true
+		return nil
+	}
+	coalesced := p.stats.Coalesced.Load()
+	if err := p.add(txn); err != nil {
+		if errors.Is(err, ErrSchema) {
+			p.in.stopFor, p.in.closed = err, true
+			return nil
+		}
+		return err
+	}
+	if p.outbox.overflowing() {
+		if err := p.outbox.flushOverflow(); err != nil {
+			return err
+		}
+	}
+	p.in.took(time.Now(), coalesced)
+	return nil
+}
+
+// bulkTime says whether to consider a bulk job now: the burst has been
+// read (input quiet, or closed), or waiting would not make it better (the
+// backlog fills a whole job, or memory is half full and reading has to go
+// on).
+func (p *Pipeline) bulkTime(now time.Time, merged bool) bool {
+	l := p.ledger
+	if ok, _ := p.in.paused(now, merged); ok {
+		return true
+	}
+	return l.ready.len() >= userpilot.MaxBulkRecords || l.order.len() >= p.opts.MaxPending/2 || l.windowBytes >= p.opts.MaxPendingBytes/2
+}
+
+// add maps a transaction's changes into what is owed.
 func (p *Pipeline) add(txn row.Transaction) error {
-	if p.seen(txn) {
+	if p.ledger.seen(txn) {
 		return nil
 	}
 	if p.opts.Recorder != nil {
@@ -688,66 +656,23 @@ func (p *Pipeline) add(txn row.Transaction) error {
 				"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
 		}
 	}
-	if txn.EndLSN > p.received {
-		p.received = txn.EndLSN
-	}
-	if txn.Mark != nil {
-		p.marks = append(p.marks, pendingMark{seq: p.seq, mark: txn.Mark})
-	}
+	p.ledger.took(txn)
 	return nil
-}
-
-// seen reports whether txn was received before: the pipeline outlives
-// replication sessions, and a new session streams again from the durable
-// checkpoint, which may be behind what was received. What was received is
-// merged already (merging it again could put an older value over a newer
-// one), so it is dropped. A piece of a large transaction is a repeat when
-// its transaction committed before the last whole one received; a chunk
-// never is (a snapshot's rows are read anew, in a newer MVCC snapshot).
-func (p *Pipeline) seen(txn row.Transaction) bool {
-	switch txn.Kind {
-	case row.Commit, row.Marker:
-		return txn.EndLSN != 0 && txn.EndLSN <= p.received
-	case row.Piece:
-		return txn.CommitLSN < p.received
-	}
-	return false
-}
-
-// pendingMark is a Transaction's Mark, waiting for the entries made before
-// it (seq below its own) to be delivered.
-type pendingMark struct {
-	seq  uint64
-	mark any
 }
 
 func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
-	m, err := p.mapperFor(ch.Relation)
+	id, md, mapErr, err := p.enc.mapRow(ch.Relation, ch.Values)
 	if err != nil {
 		return err
 	}
-	// Mapped into room reused from row to row and packed from there: no
-	// map of the row's metadata (docs/design.md, "Memory": no map per
-	// change).
-	vals := slices.Grow(p.rowVals[:0], len(m.nums))[:len(m.nums)]
-	id, buf, err := m.Map(ch.Values, p.rowJSON[:0], vals)
-	if cap(buf) <= maxRowRoom {
-		p.rowJSON = buf // a huge row's room is not kept
-	}
-	p.rowVals = vals
-	if err != nil {
+	if mapErr != nil {
 		// A row that cannot become a payload is set aside; the stream goes on.
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
-			Reason: "not mapped: " + err.Error(), Payload: userpilot.Company{CompanyID: id}})
+			Reason: "not mapped: " + mapErr.Error(), Payload: userpilot.Company{CompanyID: id}})
 	}
-	md := p.rowFields(m.nums, vals)
-	clear(vals) // keeps nothing of the row alive
 	p.pend(id, md, false, txn)
 	return nil
 }
-
-// maxRowRoom is the most room for a row's JSON kept for the next row.
-const maxRowRoom = 64 << 10
 
 // addDelete applies the on_delete policy to a deleted row. A DELETE carries
 // only the old replica identity, so only the company id is read from it.
@@ -759,145 +684,76 @@ func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
 			"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
 		return nil
 	}
-	m, err := p.mapperFor(ch.Relation)
+	id, readErr, err := p.enc.companyID(ch.Relation, ch.Values)
 	if err != nil {
 		return err
 	}
-	id, err := m.CompanyID(ch.Values)
-	if err != nil {
-		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + err.Error() +
+	if readErr != nil {
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + readErr.Error() +
 			"; a DELETE carries only the replica identity: make the company_id column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
 	}
 	if p.opts.OnDelete == "mark" {
-		p.pend(id, p.markFields(), false, txn)
+		p.pend(id, p.enc.markFields(), false, txn)
 		return nil
 	}
 	p.pend(id, nil, true, txn)
 	return nil
 }
 
+// addKeyChange applies the on_delete policy to the company an UPDATE took
+// its row away from (encoder.changedKey).
+func (p *Pipeline) addKeyChange(txn row.Transaction, ch row.Change) error {
+	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
+		return nil
+	}
+	del, ok, err := p.enc.changedKey(ch)
+	if err != nil || !ok {
+		return err
+	}
+	p.stats.Deletes.Add(1)
+	return p.addDelete(txn, del)
+}
+
 // pend merges a company's new state (metadata, or a deletion) into what is
-// pending for it.
+// owed for it: in memory, or, while memory is full in outbox mode, on disk.
 func (p *Pipeline) pend(id string, md fields, del bool, txn row.Transaction) {
-	c := p.companies[id]
-	if _, leaving := p.gone[id]; c == nil && !leaving && p.spilling() {
-		// Memory is full: the change waits on disk. (Not for a company just
-		// delivered whose record the next write removes: that write would
-		// remove this change with it.)
-		p.spill(id, p.keys.unpack(md), del, txn)
+	resend := txn.Resend || p.leftover.inDoubt(id)
+	l := p.ledger
+	c := l.company(id)
+	if c == nil && p.outbox.spills(id, l.full()) {
+		if p.outbox.spill(id, p.enc.keys.unpack(md), del, resend, txn.EndLSN, p.takenAt) {
+			p.stats.Coalesced.Add(1)
+		}
 		return
 	}
 	if c == nil {
-		c = p.newCompany(id)
+		c = l.adopt(id, p.outbox.adopt(id))
 	}
-	if w := c.waiting; w != nil {
-		switch {
-		case del:
-			// Pending metadata is moot for a company about to be deleted.
-			p.resized(w, func() { w.delete, w.md = true, nil })
-			w.changes++
-		case w.delete:
-			// Created again before the deletion went out: it exists.
-			p.resized(w, func() { w.delete, w.md = false, md })
-			w.changes++
-		default:
-			p.merge(w, md)
-		}
-		w.checked = false
-		w.resend = w.resend || txn.Resend || p.inDoubt(id)
-		w.lsn = txn.EndLSN
-		p.stats.Coalesced.Add(1)
-		p.touch(id, c)
-		return
-	}
-	if p.order.len() == 0 {
+	if l.order.len() == 0 {
 		p.progress = p.takenAt // the clock for OutboxAfter starts now
 	}
-	e := &entry{id: id, co: c, md: md, safe: p.received, seq: p.seq, lsn: txn.EndLSN, changes: 1, since: p.takenAt, delete: del,
-		resend: txn.Resend || p.inDoubt(id)}
-	p.seq++
-	c.waiting = e
-	p.touch(id, c)
-	p.enqueue(e)
-	if c.inflight == nil {
-		p.ready.push(e)
+	if l.pend(id, c, md, del, resend, txn.EndLSN, p.takenAt) {
+		p.stats.Coalesced.Add(1)
 	}
 }
 
-// enqueue puts a new entry last in the order, and in the window.
-func (p *Pipeline) enqueue(e *entry) {
-	p.order.push(e)
-	p.undelivered++
-	e.counted = true
-	p.windowBytes += int64(e.size())
-}
+// full reports whether the window holds all memory may.
+func (p *Pipeline) full() bool { return p.ledger.full() }
 
-// nextJobNow says whether a job may be sized while the last one's profiles
-// are still written to the index: a full one, or, when the window is full,
-// what is ready (at least MinBulk). The companies being recorded hold their
-// place in the window meanwhile, so a job sized then may be small, and
-// each job costs its overhead however few it carries; but with the window
-// full nothing more is read until the write ends, and waiting for it left
-// Userpilot's job slot idle for the write's length at every job (the 5 MB
-// window holds 14,000 companies: one job and part of the next). Only one
-// job is recorded beside a running one.
-func (p *Pipeline) nextJobNow() bool {
-	if p.recording == 0 {
-		return true
-	}
-	return p.recording == 1 && (p.ready.len() >= userpilot.MaxBulkRecords || p.full() && p.ready.len() >= p.opts.MinBulk)
-}
-
-// full reports whether the window holds all memory may: MaxPending
-// entries, or MaxPendingBytes of them.
-func (p *Pipeline) full() bool {
-	return p.order.len() >= p.opts.MaxPending || p.windowBytes >= p.opts.MaxPendingBytes
-}
-
-// mapperFor compiles the mapping against rel's columns whenever Postgres
-// describes the table anew (a new Relation), so a schema change is met with
-// a clear stop rather than values in the wrong keys.
-func (p *Pipeline) mapperFor(rel *row.Relation) (*mapper, error) {
-	return p.mappers.Get(rel, func(rel *row.Relation) (*mapper, error) {
-		m, err := p.opts.Mapping(rel)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
-		}
-		keys := m.Keys()
-		nums := make([]uint32, len(keys))
-		for i, k := range keys {
-			nums[i] = p.keys.number(k)
-		}
-		return &mapper{Mapper: m, nums: nums}, nil
-	})
-}
-
-// mapper is a Mapper with its keys' numbers in the pipeline's keyTable,
-// found once per mapping: a row's values are packed by position.
-type mapper struct {
-	Mapper
-	nums []uint32 // nums[i] is Keys()[i]'s
-}
-
-// send marks e as on its way, handed to a call at at: newer changes for
-// its company now wait. (The caller reads the clock once for all the
-// entries of one call: once per entry was a measurable part of a change's
-// CPU.)
-func (p *Pipeline) send(e *entry, at time.Time) {
-	c := e.co
-	c.inflight, c.waiting = e, nil
-	p.inflight++
-	e.sentAt = at
-}
+// pending is how many companies are owed: those in memory with a state
+// undelivered (or held for a job from before a restart), and those only on
+// disk.
+func (p *Pipeline) pending() int { return len(p.ledger.companies) + p.outbox.owed() }
 
 // skipNoOps finishes, without a call, ready entries at the front that hold
 // only values Userpilot already has.
-func (p *Pipeline) skipNoOps(r *report) error {
-	for p.ready.len() > 0 {
-		e := p.ready.front()
+func (p *Pipeline) skipNoOps() error {
+	l := p.ledger
+	for l.ready.len() > 0 {
+		e := l.ready.front()
 		if p.needsLookUp(e) {
 			// The entries behind it are looked up in the same read.
-			if err := p.lookUp(p.ready.first(lookAhead)); err != nil {
+			if err := p.lookUp(l.ready.first(lookAhead)); err != nil {
 				return err
 			}
 		}
@@ -905,8 +761,8 @@ func (p *Pipeline) skipNoOps(r *report) error {
 		if err != nil || !same {
 			return err
 		}
-		p.ready.popFront()
-		p.skip(e, r)
+		l.ready.popFront()
+		p.skip(e)
 	}
 	return nil
 }
@@ -937,8 +793,8 @@ func (p *Pipeline) needsLookUp(e *entry) bool {
 // lookUp asks the index about those of es not looked up yet, in one read:
 // one per company was most of a change's cost in a catch-up.
 func (p *Pipeline) lookUp(es []*entry) error {
-	// In room kept from one look-up to the next (the dispatcher's): made
-	// anew, it was a job's 10,000 entries and answers at every job.
+	// In room kept from one look-up to the next: made anew, it was a job's
+	// 10,000 entries and answers at every job.
 	ask := p.asked[:0]
 	defer func() { clear(ask); p.asked = ask[:0] }() // keeps no entry alive
 	for _, e := range es {
@@ -951,7 +807,7 @@ func (p *Pipeline) lookUp(es []*entry) error {
 	}
 	p.answers = slices.Grow(p.answers[:0], 2*len(ask))[:2*len(ask)]
 	same, absent := p.answers[:len(ask)], p.answers[len(ask):]
-	if err := p.opts.Index.UnchangedProfiles(p.profilesOf(ask), same, absent); err != nil {
+	if err := p.opts.Index.UnchangedProfiles(p.enc.profiles(ask), same, absent); err != nil {
 		return err
 	}
 	for i, e := range ask {
@@ -960,63 +816,200 @@ func (p *Pipeline) lookUp(es []*entry) error {
 	return nil
 }
 
-func (p *Pipeline) skip(e *entry, r *report) {
-	p.send(e, time.Time{}) // no call: finished at once
+// skip finishes e without a call: Userpilot holds it already.
+func (p *Pipeline) skip(e *entry) {
+	p.ledger.send(e, time.Time{})
 	p.stats.Skipped.Add(1)
-	r.skipped++
+	p.report.skipped++
 	p.finish(e)
 }
 
-// finish marks e delivered (or set aside) and lets its company's waiting
-// entry go.
+// finish marks e done: delivered, skipped or set aside.
 func (p *Pipeline) finish(e *entry) {
-	p.setDone(e)
-	delete(p.splitAt, e)
-	c := e.co
-	p.touch(e.id, c)
-	if c.inflight == e {
-		c.inflight = nil
-		p.inflight--
+	if e.delete {
+		p.deletes.forget(e)
 	}
-	if c.waiting != nil {
-		p.ready.push(c.waiting)
-	} else if c.inflight == nil {
-		delete(p.companies, e.id)
-		if c.disk > 0 {
-			p.gone[e.id] = c.disk // removed at the next write
-		}
-	}
+	p.ledger.finish(e)
+	p.live.moves++
 }
 
-// newCompany puts a company in memory, taking over what is known of its
-// outbox record.
-func (p *Pipeline) newCompany(id string) *company {
-	c := &company{}
-	if size, ok := p.gone[id]; ok {
-		c.disk = size
-		delete(p.gone, id)
+// realtimeDone takes a real-time call's outcome.
+func (p *Pipeline) realtimeDone(r realtimeResult) error {
+	c := p.ledger.company(r.id)
+	if c == nil || c.inflight == nil {
+		return fmt.Errorf("a real-time call for company %q returned, but the ledger holds nothing of it in flight", r.id)
 	}
-	p.companies[id] = c
-	return c
-}
-
-func (p *Pipeline) realtimeDone(r realtimeResult, rep *report) error {
+	e := c.inflight
 	var rej *userpilot.RejectedError
 	switch {
 	case r.err == nil:
-		p.sizing.realtimeSent(time.Now(), p.ready.len() > 0)
+		now := time.Now()
+		p.sizing.realtimeSent(now, p.ledger.ready.len() > 0)
 		p.stats.Realtime.Add(1)
-		p.progress = time.Now()
-		rep.realtime++
-		p.finish(r.e)
-		return p.accepted(r.e.sentAt)
+		p.progress = now
+		p.report.realtime++
+		p.finish(e)
+		return p.accepted(e.sentAt)
 	case errors.As(r.err, &rej):
-		rep.rejected++
+		p.report.rejected++
 		// Set aside, or kept, once the breaker knows which it is.
-		return p.refused(r.e, rej, "POST /v1/companies/identify", "rejected by Userpilot")
+		return p.refused(e, rej, "POST /v1/companies/identify", "rejected by Userpilot")
 	default:
-		return fmt.Errorf("deliver company %q: %w", r.e.id, r.err)
+		return fmt.Errorf("deliver company %q: %w", r.id, r.err)
 	}
+}
+
+// jobEvent takes what a bulk job's goroutine says.
+func (p *Pipeline) jobEvent(ev jobEvent) error {
+	switch ev := ev.(type) {
+	case jobAnswered:
+		p.jobs.heard(ev)
+	case jobCompleted:
+		// Completed at Userpilot: the account's one job may be the next,
+		// while this one's profiles are written to the index. Userpilot
+		// applied it: that is progress, for the switch to the outbox,
+		// before the index write is done too.
+		p.jobs.completed(ev.n)
+		now := time.Now()
+		p.progress = now
+		p.enc.putSpare(ev.room, now)
+		p.live.moves++
+		return p.learnJob(ev.obs)
+	case jobEnded:
+		sj := p.jobs.ended(ev.n)
+		if sj == nil {
+			return fmt.Errorf("bulk job %d ended, but the dispatcher knows no such job", ev.n)
+		}
+		if sj.held != nil {
+			return p.heldEnded(sj, ev)
+		}
+		return p.bulkEnded(sj, ev)
+	}
+	return nil
+}
+
+// bulkEnded applies a job's outcome.
+func (p *Pipeline) bulkEnded(sj *slotJob, ev jobEnded) error {
+	switch ev.outcome {
+	case jobNotApplied:
+		p.log.Warn("bulk job not applied; sending its records on the real-time path", "records", len(sj.entries), "error", ev.err)
+		p.ledger.requeue(sj.entries)
+		return nil
+	case jobBroken:
+		return fmt.Errorf("bulk identify of %d companies: %w", len(sj.entries), ev.err)
+	}
+	for _, e := range sj.entries {
+		p.finish(e)
+	}
+	p.progress = time.Now()
+	p.stats.Bulk.Add(int64(len(sj.entries)))
+	p.stats.BulkJobs.Add(1)
+	p.report.flush(p, "bulk", len(sj.entries), ev.took)
+	return p.accepted(sj.entries[0].sentAt)
+}
+
+// heldEnded lets a held job's companies go: their newer states (from the
+// stream or the outbox) are sent next. When the job's outcome is not
+// known to be completed, their next state is sent even if the index says
+// Userpilot holds it.
+func (p *Pipeline) heldEnded(sj *slotJob, ev jobEnded) error {
+	if ev.outcome == jobBroken {
+		if errors.Is(ev.err, context.Canceled) {
+			return ev.err
+		}
+		return fmt.Errorf("wait for bulk job %s from before the restart: %w", sj.held.job.ID, ev.err)
+	}
+	p.log.Info("the bulk job from before the restart ended; its companies' newer states go next",
+		"job", sj.held.job.ID, "status", ev.outcome.String(), "companies", len(sj.entries))
+	for _, e := range sj.entries {
+		if c := e.co; c.waiting != nil && ev.outcome != heldCompleted {
+			c.waiting.resend, c.waiting.checked = true, false
+		}
+		p.finish(e)
+	}
+	return nil
+}
+
+// deleteDone takes a delete request's answer.
+func (p *Pipeline) deleteDone(err error) error {
+	batch, v := p.deletes.answered(err, time.Now())
+	var rej *userpilot.RejectedError
+	errors.As(err, &rej)
+	switch v {
+	case deleteAccepted:
+		p.log.Info("deletion requested from Userpilot (on_delete: delete; Userpilot erases in its daily batch)", "companies", len(batch))
+		p.progress = time.Now()
+		for _, e := range batch {
+			p.finish(e)
+		}
+		return p.accepted(batch[0].sentAt)
+	case deleteSplit:
+		p.log.Info("deletion batch refused by Userpilot; sending it again in halves to find the refused id",
+			"companies", len(batch), "status", rej.Status)
+		return nil
+	case deleteSetAside:
+		e := batch[0]
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id, Status: rej.Status,
+			Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
+			return err
+		}
+		p.finish(e)
+		return nil
+	case deleteRefused:
+		// One id refused alone (or a 404: no Userpilot there to split
+		// for): the breaker decides whether it is set aside.
+		for _, e := range batch {
+			if err := p.refused(e, rej, "DELETE /v1/companies", "deletion refused by Userpilot"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("delete %d companies: %w", len(batch), err)
+}
+
+// refused takes a record Userpilot refused on path: set aside now, or held
+// for the breaker's verdict (and the breaker tripped, when that is it).
+func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason string) error {
+	v, trip := p.refusals.refused(e, rej, path, reason, time.Now())
+	if trip != "" {
+		if p.opts.Breaker.trip(trip) {
+			p.log.Error("delivery stopped: "+trip, "held_records", len(p.refusals.held))
+		}
+		p.reportStatus(true) // `pgpilot status` says so too
+	}
+	if v == holdForVerdict {
+		return nil
+	}
+	dl := state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id, Status: rej.Status, Reason: reason, Body: rej.Body, Payload: p.enc.payload(e)}
+	if rej.Status == 0 {
+		dl.Payload = p.enc.company(e)
+	}
+	if err := p.deadLetter(dl); err != nil {
+		return err
+	}
+	p.finish(e)
+	return nil
+}
+
+// accepted is Userpilot accepting a request sent at sent: the refusals held
+// from before it are bad records, set aside now.
+func (p *Pipeline) accepted(sent time.Time) error {
+	return p.setAside(p.refusals.accepted(sent))
+}
+
+// setAside dead-letters refused records; those it could not are held
+// again.
+func (p *Pipeline) setAside(hs []refusal) error {
+	for i, h := range hs {
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.id,
+			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: p.enc.payload(h.e)}); err != nil {
+			p.refusals.putBack(hs[i:])
+			return err
+		}
+		p.finish(h.e)
+	}
+	return nil
 }
 
 func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
@@ -1029,85 +1022,87 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	return nil
 }
 
-// pending is how many companies are owed: those in memory with a state
-// undelivered (or held for a job from before a restart), and those only on
-// disk. Until the next outbox write (at most a tick or maxOverflow changes
-// away) a company in the overflow that already had a record is counted
-// twice: knowing would take a read of the store per change, or a map of
-// every company on disk.
-func (p *Pipeline) pending() int { return len(p.companies) + p.diskOnly + len(p.overflow) }
-
-// setDone finishes e for the checkpoint's order and the pending count.
-func (p *Pipeline) setDone(e *entry) {
-	if !e.done {
-		e.done = true
-		p.undelivered--
-	}
-}
-
-// watermark is the newest position with nothing undelivered before it.
-func (p *Pipeline) watermark() pglogrepl.LSN {
-	for p.order.len() > 0 && p.order.front().done {
-		e := p.order.popFront()
-		p.windowBytes -= int64(e.size())
-		e.counted = false
-	}
-	// A merge into an older entry keeps that entry's seq, so a mark never
-	// passes a state it was made after.
-	for len(p.marks) > 0 && (p.order.len() == 0 || p.order.front().seq >= p.marks[0].seq) {
-		p.markDone = p.marks[0].mark
-		p.marks = p.marks[1:]
-	}
-	if p.order.len() > 0 {
-		return p.order.front().safe
-	}
-	return p.received
-}
-
 // tick saves progress: in outbox mode it writes the outbox and then
 // checkpoints everything received (all of it is delivered or in the
-// outbox); in hold mode it checkpoints the watermark.
+// outbox); in hold mode it checkpoints the watermark. It also refills
+// memory from the outbox, and publishes what the parts wait for.
 func (p *Pipeline) tick() error {
-	if err := p.expireHeld(); err != nil {
+	now := time.Now()
+	p.publish()
+	// Before this tick's writes: a tick stuck in one still reported what
+	// was owed when it began.
+	p.live.publish(p, now)
+	if err := p.setAside(p.refusals.expired(now)); err != nil {
 		return err
 	}
-	p.spare.expire(time.Now())
-	p.watermark()
-	p.updateMode()
-	received := p.received
-	if err := p.persist(); err != nil {
+	p.enc.expireSpare(now)
+	p.ledger.watermark()
+	p.updateMode(now)
+	if err := p.outbox.persist(p.ledger); err != nil {
 		return err
 	}
-	p.updateMode() // the write may have emptied the outbox
-	if p.order.len() < p.opts.MaxPending/2 {
-		if err := p.refill(); err != nil {
+	p.updateMode(now)                                // the write may have emptied the outbox
+	if p.ledger.order.len() <= p.opts.MaxPending/2 { // (<=: a window of one is refilled too)
+		if err := p.outbox.refill(p.ledger, p.owedFrom()); err != nil {
 			return err
 		}
 	}
 	p.reportStatus(false)
-	if p.mode == state.ModeOutbox {
-		// Everything received is delivered or in the outbox: so are the
-		// marks received.
-		if n := len(p.marks); n > 0 {
-			p.markDone, p.marks = p.marks[n-1].mark, nil
-		}
-		return p.checkpointAt(received)
+	// In outbox mode everything received is delivered or in the outbox
+	// now: so are the marks received.
+	err := p.checkpoint(p.outbox.mode == ModeOutbox)
+	p.report.maybeLog(p)
+	return err
+}
+
+// updateMode hands the outbox what the choice of mode is made from.
+func (p *Pipeline) updateMode(now time.Time) {
+	last := p.progress
+	if p.jobs.busy() && p.jobs.answered.After(last) {
+		last = p.jobs.answered // a job Userpilot is working through
 	}
-	return p.checkpoint()
+	if len(p.jobs.recording) > 0 {
+		last = now // a job Userpilot completed, written to the index: pgpilot's own work
+	}
+	var retained int64
+	if p.opts.RetainedWAL != nil {
+		retained = p.opts.RetainedWAL()
+	}
+	before := p.outbox.mode
+	p.outbox.updateMode(p.ledger, modeSignals{now: now, retained: retained, maxRetained: p.opts.MaxRetainedWAL,
+		lastProgress: last, outboxAfter: p.opts.OutboxAfter, owed: p.ledger.undelivered > 0})
+	if p.outbox.mode != before {
+		p.reportStatus(true)
+	}
 }
 
-func (p *Pipeline) checkpoint() error {
-	return p.checkpointAt(p.watermark())
-}
-
-func (p *Pipeline) checkpointAt(w pglogrepl.LSN) error {
-	if w <= p.done && p.markDone == p.markSaved {
+// checkpoint writes what the ledger says is due: everything received (all:
+// outbox mode, after the outbox write), or the watermark. Only after it
+// returns may the position be confirmed to Postgres.
+func (p *Pipeline) checkpoint(all bool) error {
+	w, mark, due := p.ledger.due(all)
+	if !due {
 		return nil
 	}
-	w = max(w, p.done)
-	if err := p.opts.Checkpoint(w, p.markDone); err != nil {
+	if err := p.opts.Checkpoint(w, mark); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", w, err)
 	}
-	p.done, p.markSaved = w, p.markDone
+	p.ledger.saved(w, mark)
 	return nil
+}
+
+// reportStatus hands the mode and outbox figures to Options.Status, at
+// most every two seconds unless forced.
+func (p *Pipeline) reportStatus(force bool) {
+	if p.opts.Status == nil || (!force && time.Since(p.statusAt) < 2*time.Second) {
+		return
+	}
+	p.statusAt = time.Now()
+	st := state.Status{Mode: p.outbox.mode.String(), Reason: p.outbox.reason, OutboxCompanies: p.outbox.companies,
+		OutboxBytes: p.outbox.bytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
+	if p.ledger.order.len() > 0 {
+		st.OldestPending = p.ledger.order.front().since
+	}
+	p.learnedStatus(&st)
+	p.opts.Status(st)
 }

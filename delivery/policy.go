@@ -3,6 +3,8 @@ package delivery
 import (
 	"math"
 	"time"
+
+	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // bulkShare decides how many of the ready companies go to a bulk job so the
@@ -46,7 +48,7 @@ func (p *Pipeline) bulkAlone(now time.Time) bool {
 	if p.sizing.realtimeRate(p.realtimeBudget())*bulkAloneRatio > p.est.rate {
 		return false
 	}
-	return !p.bulkBusy || now.Sub(p.jobStarted) <= 2*p.est.expected(p.jobRecords)+p.opts.PollInterval
+	return !p.jobs.overdue(now, p.est, p.opts.PollInterval)
 }
 
 // realtimeWanted says whether a real-time worker should take the ready
@@ -54,7 +56,97 @@ func (p *Pipeline) bulkAlone(now time.Time) bool {
 // while too few are ready for a job; otherwise unless they are left to bulk
 // jobs.
 func (p *Pipeline) realtimeWanted(now time.Time) bool {
-	return p.ready.front().realtimeOnly || p.ready.len() < p.opts.MinBulk || !p.bulkAlone(now)
+	r := &p.ledger.ready
+	return r.front().realtimeOnly || r.len() < p.opts.MinBulk || !p.bulkAlone(now)
+}
+
+// takeBulk chooses the companies for a bulk job (the newest ready ones: the
+// real-time path keeps draining the oldest, so the checkpoint keeps moving;
+// the oldest while the backlog is left to bulk jobs alone, for the same
+// reason) and marks them in flight. It writes the job's body as it goes: each
+// company's JSON is written once, and that is both what sizes the job and
+// what is recorded and sent.
+func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error) {
+	l := p.ledger
+	rt := p.sizing.realtimeRate(p.realtimeBudget())
+	k := bulkShare(l.ready.len(), rt, p.est.rate, p.est.overhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
+	if !p.est.learned() {
+		// Nothing measured: a small job first, to learn what the bulk
+		// path does before a large one is sized from a guess.
+		k = probeSize(l.ready.len(), rt, k, p.opts.MinBulk)
+	}
+	alone := p.bulkAlone(now)
+	if alone && l.ready.len() >= p.opts.MinBulk {
+		// No real-time path to share with: as much as a job takes.
+		k = min(l.ready.len(), userpilot.MaxBulkRecords)
+	}
+	if l.full() && !alone {
+		// Reading is held back at the memory bound: the backlog goes on in
+		// the slot past what is in memory. Sized for a backlog without
+		// end, a job is full while bulk is the faster path (or nothing is
+		// measured yet); when the real-time path is faster, the job takes
+		// bulk's share of what is ready and the real-time path keeps the
+		// rest: a full job against a real-time path eight times faster
+		// left that path idle for the job's 200 s.
+		k = userpilot.MaxBulkRecords
+		if p.est.learned() && rt > p.est.rate {
+			// Below MinBulk a job is not worth its overhead here either:
+			// with a window of one, every company went as a job of one.
+			share := float64(l.ready.len()) * p.est.rate / (rt + p.est.rate)
+			if k = min(userpilot.MaxBulkRecords, int(share)); k < p.opts.MinBulk {
+				k = 0
+			}
+		}
+	}
+	var body userpilot.BulkBody
+	if k == 0 {
+		return nil, body, nil
+	}
+	body.Reuse(p.enc.takeSpare())
+	take, peek, putBack := l.ready.popBack, l.ready.last, l.ready.push
+	if alone {
+		take, peek, putBack = l.ready.popFront, l.ready.first, l.ready.pushFront
+	}
+	if err := p.lookUp(peek(k)); err != nil { // one read for the job
+		return nil, body, err
+	}
+	p.log.Debug("bulk job sized", "ready", l.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
+		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
+	var batch, keep []*entry
+	for len(batch) < k && l.ready.len() > 0 {
+		e := take()
+		if e.realtimeOnly || e.delete {
+			keep = append(keep, e)
+			continue
+		}
+		same, err := p.noOp(e)
+		if err != nil {
+			return nil, body, err
+		}
+		if same {
+			p.skip(e)
+			continue
+		}
+		if !p.enc.addMember(&body, e, maxBulkBytes) {
+			keep = append(keep, e)
+			break
+		}
+		if len(batch) == 0 {
+			// The job's companies come from one mapping: the first one's
+			// size, with a margin, is a fair guess for all. (A body is
+			// the largest object pgpilot makes; with 64 bytes and a
+			// quarter more, two jobs' bodies held 1.5 MB of spare room.)
+			body.Grow(min(maxBulkBytes, (body.Size()+16)*k*9/8))
+		}
+		batch = append(batch, e)
+	}
+	for i := len(keep) - 1; i >= 0; i-- {
+		putBack(keep[i])
+	}
+	for _, e := range batch {
+		l.send(e, now)
+	}
+	return batch, body, nil
 }
 
 // The real-time path's throughput is measured over realtimeWindow of busy

@@ -30,6 +30,6 @@ func (r *report) flush(p *Pipeline, path string, records int, took time.Duration
 	changes, coalesced := p.stats.Changes.Load(), p.stats.Coalesced.Load()
 	p.log.Info("flushed", "path", path, "records", records, "changes", changes-r.changes,
 		"coalesced", coalesced-r.coalesced, "skipped", r.skipped, "rejected", r.rejected,
-		"duration", took.Round(time.Millisecond).String(), "checkpoint", p.done.String(), "pending", p.undelivered)
+		"duration", took.Round(time.Millisecond).String(), "checkpoint", p.ledger.checkpointed.String(), "pending", p.ledger.undelivered)
 	r.changes, r.coalesced = changes, coalesced
 }

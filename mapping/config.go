@@ -85,6 +85,10 @@ type Delivery struct {
 	// re-sync) reads at a time: the memory a snapshot holds is a few
 	// chunks. Default 2,000.
 	SnapshotChunkRows int
+	// StallAfter is how long work may be owed with nothing moving before
+	// pgpilot says it is stalled (an ERROR, pgpilot_stalled, /readyz).
+	// Default 1 minute.
+	StallAfter time.Duration
 }
 
 // HTTP says where pgpilot serves its metrics and health checks.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/liveness"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
@@ -17,7 +18,7 @@ import (
 
 // The keys of the delivery:, http: and state: sections.
 var (
-	deliveryKeys = []string{"max_retained_wal", "outbox_after", "warn_retained_wal", "snapshot_chunk_rows"}
+	deliveryKeys = []string{"max_retained_wal", "outbox_after", "warn_retained_wal", "snapshot_chunk_rows", "stall_after"}
 	httpKeys     = []string{"listen", "unready_after"}
 	stateKeys    = []string{"dir"}
 )
@@ -46,6 +47,13 @@ func (p *parser) delivery(s section) Delivery {
 			p.fail(v.line, s.keyOf("outbox_after"), v.show()+" is not a positive duration", "write e.g. outbox_after: 5m")
 		}
 		d.OutboxAfter = dur
+	}
+	if v, ok := p.value(s, "stall_after"); ok {
+		dur, err := time.ParseDuration(strings.TrimSpace(v.text))
+		if err != nil || dur < 10*time.Second {
+			p.fail(v.line, s.keyOf("stall_after"), v.show()+" is not a duration of 10s or more", "write e.g. stall_after: 1m")
+		}
+		d.StallAfter = dur
 	}
 	if v, ok := p.value(s, "warn_retained_wal"); ok {
 		n, err := parseBytes(v.text)
@@ -137,7 +145,7 @@ func (p *parser) resolveDir(dir string) string {
 // defaultDelivery is the delivery section when the file leaves keys out.
 func defaultDelivery() Delivery {
 	return Delivery{MaxRetainedWAL: delivery.DefaultMaxRetainedWAL, OutboxAfter: delivery.DefaultOutboxAfter,
-		WarnRetainedWAL: metrics.DefaultWarnRetainedWAL, SnapshotChunkRows: snapshot.DefaultChunkRows}
+		WarnRetainedWAL: metrics.DefaultWarnRetainedWAL, SnapshotChunkRows: snapshot.DefaultChunkRows, StallAfter: liveness.DefaultAfter}
 }
 
 // defaultHTTP is the http section when the file leaves keys out.

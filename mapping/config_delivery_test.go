@@ -34,16 +34,18 @@ func TestDeliverySection(t *testing.T) {
 		err           problem
 	}{
 		{"sizes in postgresql.conf units", "delivery:\n  max_retained_wal: 1GB\n  outbox_after: 90s\n  warn_retained_wal: 512MB\n",
-			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20, SnapshotChunkRows: 2000}, problem{}},
-		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000}, problem{}},
-		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000}, problem{}},
-		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, SnapshotChunkRows: 2000}, problem{}},
-		{"snapshot chunk size", "delivery:\n  snapshot_chunk_rows: 200\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 200}, problem{}},
+			Delivery{MaxRetainedWAL: 1 << 30, OutboxAfter: 90 * time.Second, WarnRetainedWAL: 512 << 20, SnapshotChunkRows: 2000, StallAfter: time.Minute}, problem{}},
+		{"plain bytes, default duration", "delivery:\n  max_retained_wal: 1048576\n", Delivery{MaxRetainedWAL: 1 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000, StallAfter: time.Minute}, problem{}},
+		{"zero never switches for WAL", "delivery:\n  max_retained_wal: 0\n", Delivery{OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000, StallAfter: time.Minute}, problem{}},
+		{"zero never warns", "delivery:\n  warn_retained_wal: 0\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, SnapshotChunkRows: 2000, StallAfter: time.Minute}, problem{}},
+		{"snapshot chunk size", "delivery:\n  snapshot_chunk_rows: 200\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 200, StallAfter: time.Minute}, problem{}},
 		{"bad chunk size", "delivery:\n  snapshot_chunk_rows: 0\n", Delivery{}, problem{`p.yaml:11: delivery.snapshot_chunk_rows: "0" is not a row count from 1 to 100000`, `write e.g. snapshot_chunk_rows: 5000`}},
 		{"bad size", "delivery:\n  max_retained_wal: lots\n", Delivery{}, problem{`p.yaml:11: delivery.max_retained_wal: "lots" is not a size`, `write e.g. max_retained_wal: 256MB (units B, kB, MB, GB, TB), or 0 to never switch for WAL`}},
 		{"bad warning size", "delivery:\n  warn_retained_wal: 1 GiB\n", Delivery{}, problem{`p.yaml:11: delivery.warn_retained_wal: "1 GiB" is not a size`, `write e.g. warn_retained_wal: 1GB (units B, kB, MB, GB, TB), or 0 to never warn`}},
+		{"stall bound", "delivery:\n  stall_after: 2m\n", Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000, StallAfter: 2 * time.Minute}, problem{}},
+		{"a stall bound too short to mean anything", "delivery:\n  stall_after: 1s\n", Delivery{}, problem{`p.yaml:11: delivery.stall_after: "1s" is not a duration of 10s or more`, `write e.g. stall_after: 1m`}},
 		{"bad duration", "delivery:\n  outbox_after: soon\n", Delivery{}, problem{`p.yaml:11: delivery.outbox_after: "soon" is not a positive duration`, `write e.g. outbox_after: 5m`}},
-		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, problem{`p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after, warn_retained_wal, snapshot_chunk_rows`, ""}},
+		{"unknown key", "delivery:\n  mode: outbox\n", Delivery{}, problem{`p.yaml:11: delivery.mode: unknown key "mode"; allowed: max_retained_wal, outbox_after, warn_retained_wal, snapshot_chunk_rows, stall_after`, ""}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

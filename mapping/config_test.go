@@ -80,7 +80,7 @@ func TestParseMinimalFileAppliesDefaults(t *testing.T) {
 		Postgres:  Postgres{URL: testURL, Slot: "pgpilot", Publication: "pgpilot"},
 		Userpilot: Userpilot{APIKey: testAPIKey, Endpoint: "https://analytex.userpilot.io", RateLimit: 10, BulkRate: 20},
 		State:     State{Dir: filepath.Join("conf", "pgpilot-state")},
-		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000},
+		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000, StallAfter: time.Minute},
 		HTTP:      HTTP{UnreadyAfter: 5 * time.Minute},
 		Companies: Companies{
 			OnDelete: OnDeleteIgnore,

@@ -24,6 +24,7 @@
 //	userpilot.rate_limit  10 (requests per second)
 //	userpilot.bulk_rate   20 (records per second in bulk jobs, the estimate's start; 0: no bulk path)
 //	delivery.max_retained_wal  256MB (slot's retained WAL before outbox mode; 0: never)
+//	delivery.stall_after       1m (work owed and nothing moving before pgpilot says it is stalled)
 //	delivery.outbox_after      5m (Userpilot failing this long: outbox mode)
 //	delivery.warn_retained_wal 1GB (slot's retained WAL before a warning; 0: never)
 //	http.listen           none (no HTTP server)

@@ -91,6 +91,8 @@ var (
 		"1 when /readyz answers 200 (streaming, initial sync done, Userpilot not failing too long), else 0.")
 	faultDesc = desc("fault",
 		"1 while pgpilot is stuck on a fault of this kind that an operator must end (publication_missing, state_dir_unwritable, …), else 0; /readyz and the log's ERROR line say what to do.", "kind")
+	stalledDesc = desc("stalled",
+		"1 while delivery is stalled: work is owed (companies pending, outbox records, snapshot rows, held jobs), nothing has moved for the liveness bound, and nothing outside pgpilot explains it (Userpilot failing, the breaker tripped); else 0.")
 	failingDesc = desc("userpilot_failing_seconds",
 		"How long Userpilot has been failing (requests failing, none accepted, companies pending); 0 when it is not.")
 )
@@ -100,7 +102,7 @@ var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, snapDoneDes
 	realtimeLimitDesc, bulkRateDesc, bulkOverheadDesc, bulkJobsLearnedDesc, realtimeRateDesc, backlogETADesc,
 	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
 	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
-	readyDesc, failingDesc, standingByDesc, faultDesc}
+	readyDesc, failingDesc, standingByDesc, stalledDesc, faultDesc}
 
 // collector reads the figures when Prometheus scrapes, so nothing on the
 // delivery path does extra work for metrics.
@@ -140,6 +142,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(changesReadDesc, op.n, op.name)
 	}
 	counter(snapshotRowsDesc, m.snapshotRows)
+	gauge(stalledDesc, bit(m.stalled != ""))
 	gauge(syncReadDesc, float64(m.syncRead))
 	if m.syncEstimate >= 0 {
 		gauge(syncEstimateDesc, float64(m.syncEstimate))

@@ -161,6 +161,7 @@ type Metrics struct {
 	// The current session.
 	standingBy   string // the pid of the pgpilot holding the state directory, while this one waits
 	stopped      string // why delivery is stopped until a restart (the breaker tripped), or ""
+	stalled      string // what is owed and waited for while delivery is stalled, or ""
 	started      bool   // a session has started at least once
 	connected    bool   // streaming (replication connected)
 	syncing      bool   // an initial sync is in progress
@@ -287,6 +288,28 @@ func (m *Metrics) DeliveryStopped(reason string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.stopped = reason
+}
+
+// Stalled says delivery is stalled (liveness.Alarm): work is owed and
+// nothing moves, with what is owed and what each part waits for. /readyz
+// answers 503 with it, and pgpilot_stalled is 1, until Moving.
+func (m *Metrics) Stalled(reason string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stalled = reason
+}
+
+// Moving says delivery moves again after a stall (liveness.Alarm).
+func (m *Metrics) Moving() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stalled = ""
 }
 
 // SessionStarted says a replication session is setting up: not streaming
@@ -518,7 +541,10 @@ func (m *Metrics) Ready() (ready bool, reason string) {
 		// Before the initial sync's reason: it will not move either.
 		return false, "delivery stopped: " + m.stopped
 	case len(m.faults) > 0:
+		// Before a stall: a fault says why nothing moves, and what to do.
 		return false, "fault: " + m.faultReason()
+	case m.stalled != "":
+		return false, "delivery stalled: nothing moves while work is owed: " + m.stalled
 	case m.standingBy != "":
 		return false, fmt.Sprintf("standing by: pgpilot process %s holds the state directory; this one takes over when it stops", m.standingBy)
 	case !m.started:

@@ -99,11 +99,22 @@ func Tables(c mapping.Companies) []row.Table {
 // mapping.ConfigErrors): a table or column that does not exist, an
 // expression or an order Postgres refuses, a lookup without order_by on a
 // table that may hold several rows per company, a result that is not a
-// primitive value. Postgres plans each query (nothing runs).
+// primitive value. Postgres plans each query (nothing runs). A role that
+// may not read a table gets a *replication.ReadRightError with the GRANTs
+// instead: Postgres would refuse every plan with "permission denied",
+// which is not the config's fault.
 func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, error) {
 	companies := row.Table{Schema: c.Schema, Name: c.Name}
 	cols, err := replication.TableColumns(ctx, conn, companies)
 	if err != nil {
+		return nil, err
+	}
+	var role string
+	if err := conn.QueryRow(ctx, `SELECT current_user::text`).Scan(&role); err != nil {
+		return nil, fmt.Errorf("read the current role: %w", err)
+	}
+	if err := replication.ReadRights(ctx, conn, append([]row.Table{companies}, Tables(c)...), role,
+		"so pgpilot cannot read what companies.related and companies.where name"); err != nil {
 		return nil, err
 	}
 	p := &Plan{companies: companies, idCol: c.CompanyID, where: c.Where, tables: map[row.Table][]string{}}

@@ -10,6 +10,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/provider"
 	"github.com/pgpilot/pgpilot/row"
 )
 
@@ -23,12 +26,16 @@ type Server struct {
 	// WALSenderTimeout is how long the server waits for a status update
 	// before it drops a replication connection; 0: never.
 	WALSenderTimeout time.Duration
+	// Provider is where the server runs, which decides how each problem
+	// is fixed.
+	Provider provider.Server
 }
 
 // Major is the major version, e.g. 15.
 func (s Server) Major() int { return s.Version / 10000 }
 
-// ReadServer reads version, recovery state, wal_level and database.
+// ReadServer reads version, recovery state, wal_level and database, and
+// recognises the provider.
 func ReadServer(ctx context.Context, conn *pgx.Conn) (Server, error) {
 	var s Server
 	var timeoutMS int64
@@ -40,6 +47,9 @@ func ReadServer(ctx context.Context, conn *pgx.Conn) (Server, error) {
 		return Server{}, fmt.Errorf("read server settings: %w", err)
 	}
 	s.WALSenderTimeout = time.Duration(timeoutMS) * time.Millisecond
+	if s.Provider, err = provider.Detect(ctx, conn, conn.Config().Host); err != nil {
+		return Server{}, err
+	}
 	return s, nil
 }
 
@@ -53,13 +63,14 @@ func (s Server) StatusInterval() time.Duration {
 }
 
 // CheckServer refuses servers that cannot serve a logical slot, saying why
-// and how to fix it.
+// and, as the error's fix, how to fix it where the server runs.
 func (s Server) CheckServer() error {
 	if s.WALLevel != "logical" {
-		return fmt.Errorf("wal_level is %q, logical decoding needs \"logical\": run ALTER SYSTEM SET wal_level = logical; and restart Postgres", s.WALLevel)
+		return fix.With(fmt.Errorf("wal_level is %q, logical decoding needs \"logical\"", s.WALLevel),
+			s.Provider.LogicalDecodingFix())
 	}
-	if s.InRecovery && s.Major() < 16 {
-		return fmt.Errorf("this server is a standby running Postgres %d: logical decoding on a standby needs Postgres 16 or later; point postgres.url at the primary, or upgrade the standby to 16+", s.Major())
+	if s.InRecovery {
+		return s.Provider.Provider.ReplicaProblem(s.Version)
 	}
 	return nil
 }

@@ -23,6 +23,9 @@ type Publication struct {
 	OID uint32
 	// CreatedByPgpilot is true when the publication carries pgpilot's comment.
 	CreatedByPgpilot bool
+	// Owner is the role that owns it: only it (or a superuser) may drop
+	// or alter it.
+	Owner string
 }
 
 // EnsurePublication makes sure publication name exists and publishes inserts
@@ -65,8 +68,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t row.T
 		return false, fmt.Errorf("read publication %q: %w", name, err)
 	}
 	if !pubInsert || !pubUpdate {
-		return false, fmt.Errorf("publication %q does not publish inserts and updates; run:\n  ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');",
-			name, ident)
+		return false, publishProblem(name)
 	}
 	if allTables {
 		return false, nil
@@ -96,6 +98,25 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, t row.T
 		return false, fmt.Errorf("add %s to publication %q (run it as a privileged role: %s): %w", tableList(missing), name, alterSQL, err)
 	}
 	return false, nil
+}
+
+// PublishesChanges says why publication name does not carry the changes
+// pgpilot streams (inserts and updates), or returns nil.
+func PublishesChanges(ctx context.Context, conn *pgx.Conn, name string) error {
+	var pubInsert, pubUpdate bool
+	err := conn.QueryRow(ctx, `SELECT pubinsert, pubupdate FROM pg_publication WHERE pubname = $1`, name).Scan(&pubInsert, &pubUpdate)
+	if err != nil {
+		return fmt.Errorf("read publication %q: %w", name, err)
+	}
+	if !pubInsert || !pubUpdate {
+		return publishProblem(name)
+	}
+	return nil
+}
+
+func publishProblem(name string) error {
+	return fmt.Errorf("publication %q does not publish inserts and updates; run:\n  ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');",
+		name, pgx.Identifier{name}.Sanitize())
 }
 
 // MissingFromPublication returns the tables publication name does not
@@ -152,8 +173,9 @@ func createPublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 // ReadPublication reads publication name; ok is false when it does not exist.
 func ReadPublication(ctx context.Context, conn *pgx.Conn, name string) (p Publication, ok bool, err error) {
 	var comment *string
-	err = conn.QueryRow(ctx, `SELECT p.pubname, p.oid, obj_description(p.oid, 'pg_publication') FROM pg_publication p WHERE p.pubname = $1`, name).
-		Scan(&p.Name, &p.OID, &comment)
+	err = conn.QueryRow(ctx, `SELECT p.pubname, p.oid, obj_description(p.oid, 'pg_publication'), pg_get_userbyid(p.pubowner)::text
+		FROM pg_publication p WHERE p.pubname = $1`, name).
+		Scan(&p.Name, &p.OID, &comment, &p.Owner)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Publication{}, false, nil
 	}

@@ -11,7 +11,8 @@
 #                             Node.js and npm fetch it, see
 #                             fetch-postgres.sh), podman + runc (the image
 #                             test), promtool (the alert rules tests),
-#                             systemd-analyze (the unit file test), and the
+#                             systemd-analyze (the unit file test), PgBouncer
+#                             (the connection pooler tests), and the
 #                             deploy/ module's Go modules
 #
 # Idempotent: when everything is present it only checks (no network) and
@@ -93,6 +94,15 @@ if [ "$profile" = test ]; then
     step "systemd-analyze: present"
   else
     need "the unit file test runs systemd-analyze verify" systemd
+  fi
+  # The tests start their own PgBouncer on a free port, as the OS user
+  # postgres (it refuses root, like the servers). Debian's package also
+  # enables a service of its own (localhost:6432, where systemd runs);
+  # the tests never use it.
+  if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then
+    step "pgbouncer: present"
+  else
+    need "the pooler tests put PgBouncer in transaction mode between pgpilot and Postgres" pgbouncer
   fi
 fi
 

@@ -124,6 +124,8 @@ type Client struct {
 	pausedUntil time.Time // no request is sent before it: set by 429 answers
 
 	stats counters
+	// retrying counts the calls waiting to try again (Retrying).
+	retrying atomic.Int64
 }
 
 // New validates opts and returns a Client. Its errors never contain the key.
@@ -275,6 +277,11 @@ func (c *Client) Stats() Stats {
 // 429s (see aimd).
 func (c *Client) RealtimeLimit() float64 { return c.realtime.current() }
 
+// Retrying is how many calls are being retried now: their last attempt
+// failed (a network error, a 5xx, a 429, a refused key) and they wait to
+// try again. While any is, whoever made them waits on Userpilot.
+func (c *Client) Retrying() int { return int(c.retrying.Load()) }
+
 // call describes one logical request, however many attempts it takes.
 type call struct {
 	op       string // what is being done, for errors: `identify company "4711"`
@@ -310,6 +317,7 @@ func (r response) ok() bool { return r.status >= 200 && r.status < 300 }
 // sending the same state twice ("applied but answered 500") changes nothing.
 func (c *Client) do(ctx context.Context, cl call) (response, error) {
 	var last string // how the previous attempt ended, for the error once ctx ends
+	retrying := false
 	for attempt := 1; ; attempt++ {
 		resp, sent, err := c.attempt(ctx, cl)
 		if !sent {
@@ -382,6 +390,13 @@ func (c *Client) do(ctx context.Context, cl call) (response, error) {
 			return resp, nil
 		}
 
+		if !retrying {
+			// Counted while it waits to try again: pgpilot is waiting on
+			// Userpilot, not stuck (Retrying).
+			retrying = true
+			c.retrying.Add(1)
+			defer c.retrying.Add(-1)
+		}
 		if err := sleep(ctx, delay); err != nil {
 			return response{}, c.stopped(cl, attempt, last, err)
 		}

@@ -12,6 +12,13 @@
 // subject when one is given (e.g. atomic.after-rename@checkpoint.json:3).
 // Just before the kill it prints a line starting with Marker to stderr, so a
 // test can tell that the point fired.
+//
+//	PGPILOT_FAILPOINT=freeze/point[@subject][:n]
+//
+// freezes instead: the goroutine that makes the nth hit blocks for good
+// (after a line starting with FreezeMarker), as a stuck part of pgpilot
+// would, while the rest of the process goes on. Tests of the liveness
+// check use it.
 package failpoint
 
 // The points pgpilot has, in the order a delivered change meets them.
@@ -32,3 +39,10 @@ const EnvVar = "PGPILOT_FAILPOINT"
 
 // Marker starts the line printed to stderr just before a failpoint kills.
 const Marker = "failpoint fired:"
+
+// FreezeMarker starts the line printed to stderr when a failpoint freezes
+// the goroutine that hit it.
+const FreezeMarker = "failpoint froze:"
+
+// freezePrefix marks a point that freezes instead of killing.
+const freezePrefix = "freeze/"

@@ -17,6 +17,7 @@ const Enabled = true
 type spec struct {
 	point, subject string
 	n              int64
+	freeze         bool
 }
 
 var (
@@ -41,6 +42,9 @@ func init() {
 
 func parse(v string) (spec, error) {
 	s := spec{n: 1}
+	if rest, ok := strings.CutPrefix(v, freezePrefix); ok {
+		s.freeze, v = true, rest
+	}
 	if i := strings.LastIndexByte(v, ':'); i >= 0 {
 		n, err := strconv.ParseInt(v[i+1:], 10, 64)
 		if err != nil || n < 1 {
@@ -57,7 +61,8 @@ func parse(v string) (spec, error) {
 	return s, nil
 }
 
-// Hit kills the process with SIGKILL if it is the armed point's nth hit.
+// Hit kills the process with SIGKILL (or, for a freeze/ point, blocks the
+// calling goroutine for good) if it is the armed point's nth hit.
 func Hit(point, subject string) {
 	if armed.point != point || (armed.subject != "" && armed.subject != subject) {
 		return
@@ -68,6 +73,11 @@ func Hit(point, subject string) {
 	if hits < armed.n {
 		mu.Unlock()
 		return
+	}
+	if armed.freeze {
+		mu.Unlock()
+		fmt.Fprintf(os.Stderr, "%s %s (%s), hit %d: this goroutine blocks for good\n", FreezeMarker, point, subject, hits)
+		select {}
 	}
 	fmt.Fprintf(os.Stderr, "%s %s (%s), hit %d: SIGKILL\n", Marker, point, subject, hits)
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)

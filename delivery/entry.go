@@ -4,15 +4,14 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-
-	"github.com/pgpilot/pgpilot/userpilot"
 )
 
 // entry is the merged pending state of one company: every change merged in
-// since the entry was made, newest values winning key by key.
+// since the entry was made, newest values winning key by key. The ledger
+// owns entries; other parts read them only on the dispatcher's goroutine.
 type entry struct {
 	id string
-	// co is its company, in p.companies while the entry is owed or on its
+	// co is its company, in the ledger while the entry is owed or on its
 	// way (a look-up by id in send and finish was a measurable part of a
 	// change's CPU).
 	co *company
@@ -41,14 +40,6 @@ type entry struct {
 	sentAt time.Time
 }
 
-// merge folds a newer state in. Keys it leaves out (an unchanged TOAST
-// value) keep the pending value.
-func (p *Pipeline) merge(e *entry, md fields) {
-	p.resized(e, func() { e.md = mergeFields(e.md, md) })
-	e.changes++
-	e.checked = false
-}
-
 // entryOverhead is what an entry costs beside its id and metadata bytes:
 // the entry, its company, their places in the maps and queues
 // (BenchmarkPendingCompanyBytes measures the whole).
@@ -56,21 +47,6 @@ const entryOverhead = 280
 
 // size is what e holds in memory, for the window's byte bound.
 func (e *entry) size() int { return entryOverhead + len(e.id) + cap(e.md) }
-
-// resized applies change to e, keeping the window's byte count true.
-func (p *Pipeline) resized(e *entry, change func()) {
-	before := e.size()
-	change()
-	if e.counted {
-		p.windowBytes += int64(e.size() - before)
-	}
-}
-
-// company is e as Userpilot takes it. Safe to call from a worker while the
-// dispatcher goes on (e is not changed while it is in flight).
-func (p *Pipeline) company(e *entry) userpilot.Company {
-	return userpilot.Company{CompanyID: e.id, Metadata: p.keys.unpack(e.md)}
-}
 
 // company is what is undelivered for one company_id: at most one entry on
 // its way to Userpilot, and at most one waiting behind it. A waiting entry

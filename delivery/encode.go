@@ -1,0 +1,254 @@
+package delivery
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// encoder turns rows into packed fields and packed fields into what
+// Userpilot and the state take: a company, a bulk body's members, the no-op
+// index's profiles. It is the dispatcher's, and so is the room it keeps
+// from one row or body to the next (see docs/design.md, "Memory": no map
+// per change).
+type encoder struct {
+	// compile compiles the mapping for a description of the table.
+	compile func(*row.Relation) (Mapper, error)
+	// mappers holds the mapping compiled for each description of the
+	// table in use: the stream's and the snapshot's take turns.
+	mappers row.PerRelation[*mapper]
+	keys    keyTable
+
+	// mark is on_delete: mark's metadata (nil: not that policy); markNums
+	// and markPacked are it numbered and packed once.
+	mark       userpilot.Metadata
+	markNums   []uint32
+	markPacked fields
+
+	// rowJSON and rowVals are room for one row's values while it is mapped
+	// and packed; memberJSON for one company's members while a bulk body
+	// is written.
+	rowJSON    []byte
+	rowVals    []json.RawMessage
+	memberJSON []byte
+
+	// spare is the room of the last body sent, for the next job's: a body
+	// is the largest object pgpilot makes, and a new one at every job was a
+	// sixth of what a catch-up allocated (and cleared). Only one is kept,
+	// and not for long: held idle, it would be megabytes for nothing.
+	spare   []byte
+	spareAt time.Time
+}
+
+// spareFor is how long a spare room is kept without a job to take it.
+const spareFor = 30 * time.Second
+
+// maxRowRoom is the most room for a row's JSON kept for the next row.
+const maxRowRoom = 64 << 10
+
+// mapper is a Mapper with its keys' numbers in the encoder's keyTable,
+// found once per mapping: a row's values are packed by position.
+type mapper struct {
+	Mapper
+	nums []uint32 // nums[i] is Keys()[i]'s
+}
+
+// mapperFor compiles the mapping against rel's columns whenever Postgres
+// describes the table anew (a new Relation), so a schema change is met with
+// a clear stop rather than values in the wrong keys.
+func (x *encoder) mapperFor(rel *row.Relation) (*mapper, error) {
+	return x.mappers.Get(rel, func(rel *row.Relation) (*mapper, error) {
+		m, err := x.compile(rel)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w; fix the mapping and restart pgpilot: nothing is lost, the slot keeps the changes", ErrSchema, err)
+		}
+		keys := m.Keys()
+		nums := make([]uint32, len(keys))
+		for i, k := range keys {
+			nums[i] = x.keys.number(k)
+		}
+		return &mapper{Mapper: m, nums: nums}, nil
+	})
+}
+
+// mapRow maps a row into packed fields. A *mapping.RowError (wrapped in
+// the returned error, with the company id when it was read) means the row
+// cannot become a payload; ErrSchema that the mapping no longer fits.
+func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (id string, md fields, mapErr, err error) {
+	m, err := x.mapperFor(rel)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	// Mapped into room reused from row to row and packed from there.
+	vals := slices.Grow(x.rowVals[:0], len(m.nums))[:len(m.nums)]
+	id, buf, mapErr := m.Map(values, x.rowJSON[:0], vals)
+	if cap(buf) <= maxRowRoom {
+		x.rowJSON = buf // a huge row's room is not kept
+	}
+	x.rowVals = vals
+	if mapErr != nil {
+		clear(vals)
+		return id, nil, mapErr, nil
+	}
+	md = x.rowFields(m.nums, vals)
+	clear(vals) // keeps nothing of the row alive
+	return id, md, nil, nil
+}
+
+// companyID reads only the company id (a DELETE carries no more).
+func (x *encoder) companyID(rel *row.Relation, values []row.Value) (id string, readErr, err error) {
+	m, err := x.mapperFor(rel)
+	if err != nil {
+		return "", nil, err
+	}
+	id, readErr = m.CompanyID(values)
+	return id, readErr, nil
+}
+
+// rowFields packs a mapped row: vals[i] (nil: left out) is the value of
+// the key numbered nums[i]. With on_delete: mark, the mark's keys the row
+// leaves out are null: a row that exists is not deleted, and that clears a
+// mark a delete left.
+func (x *encoder) rowFields(nums []uint32, vals []json.RawMessage) fields {
+	var few [24]field // the mapping's keys and the mark's, usually
+	fs := few[:0]
+	for i, v := range vals {
+		if v != nil {
+			fs = append(fs, field{nums[i], v})
+		}
+	}
+	if x.mark != nil {
+		row := len(fs)
+		for _, n := range x.markKeys() {
+			if !slices.ContainsFunc(fs[:row], func(fl field) bool { return fl.key == n }) {
+				fs = append(fs, field{n, userpilot.Null})
+			}
+		}
+	}
+	return packFields(fs)
+}
+
+// markKeys numbers the keys of on_delete's mark (once).
+func (x *encoder) markKeys() []uint32 {
+	if x.markNums == nil {
+		x.markNums = make([]uint32, 0, len(x.mark))
+		for k := range x.mark {
+			x.markNums = append(x.markNums, x.keys.number(k))
+		}
+	}
+	return x.markNums
+}
+
+// markFields is on_delete's mark, packed (once; fields are never changed
+// in place, so every deleted row's entry may share it).
+func (x *encoder) markFields() fields {
+	if x.markPacked == nil {
+		x.markKeys()
+		x.markPacked = x.keys.pack(x.mark)
+	}
+	return x.markPacked
+}
+
+// company is e as Userpilot takes it.
+func (x *encoder) company(e *entry) userpilot.Company {
+	return userpilot.Company{CompanyID: e.id, Metadata: x.keys.unpack(e.md)}
+}
+
+// payload is what a dead letter keeps of an entry: the payload, or
+// nothing for a deletion.
+func (x *encoder) payload(e *entry) any {
+	if e.delete {
+		return nil
+	}
+	return x.company(e)
+}
+
+// profiles is es for the no-op index, read in place. The entries' fields
+// must not change until the index's call returns (it is made by the
+// dispatcher, which is the only one to change them).
+func (x *encoder) profiles(es []*entry) state.Profiles {
+	return packedProfiles{es: es, names: x.keys.all()}
+}
+
+// profileValues is es for the no-op index as values, for a goroutine of
+// its own to record: it holds nothing the dispatcher changes (packed
+// fields are never changed in place, only replaced).
+func (x *encoder) profileValues(es []*entry) profileValues {
+	pv := profileValues{ids: make([]string, len(es)), md: make([]fields, len(es)), absent: make([]bool, len(es)), names: x.keys.all()}
+	for i, e := range es {
+		pv.ids[i], pv.md[i], pv.absent[i] = e.id, e.md, e.checked && e.absent
+	}
+	return pv
+}
+
+// addMember writes e into a bulk body, unless it would pass maxBytes.
+func (x *encoder) addMember(body *userpilot.BulkBody, e *entry, maxBytes int) bool {
+	x.memberJSON = e.md.appendMembers(x.memberJSON[:0], x.keys.members)
+	return body.AddMembersWithin(e.id, x.memberJSON, maxBytes)
+}
+
+// takeSpare returns the spare room (nil: none), no longer spare.
+func (x *encoder) takeSpare() []byte {
+	room := x.spare
+	x.spare = nil
+	return room
+}
+
+// putSpare keeps a sent body's room for the next, if it is the larger.
+func (x *encoder) putSpare(room []byte, now time.Time) {
+	if cap(room) > cap(x.spare) {
+		x.spare, x.spareAt = room, now
+	}
+}
+
+// expireSpare lets a room kept for spareFor go.
+func (x *encoder) expireSpare(now time.Time) {
+	if x.spare != nil && now.Sub(x.spareAt) >= spareFor {
+		x.spare = nil
+	}
+}
+
+// packedProfiles are entries as the no-op index reads them
+// (state.Profiles): straight from their packed fields, no map of each.
+type packedProfiles struct {
+	es    []*entry
+	names []string
+}
+
+func (pp packedProfiles) Len() int               { return len(pp.es) }
+func (pp packedProfiles) CompanyID(i int) string { return pp.es[i].id }
+func (pp packedProfiles) Metadata(i int, yield func(string, json.RawMessage) bool) {
+	pp.es[i].md.yield(pp.names, yield)
+}
+
+// Absent is what the entry's look-up found (state.KnownAbsent): the index
+// held no record of its company. The answer holds until the entry is
+// recorded, as its same does: nothing else of its company is on its way
+// meanwhile, and a merge has it looked up again.
+func (pp packedProfiles) Absent(i int) bool { return pp.es[i].checked && pp.es[i].absent }
+
+// profileValues are companies' profiles as values (state.KnownAbsent).
+type profileValues struct {
+	ids    []string
+	md     []fields
+	absent []bool
+	names  []string
+}
+
+func (pv profileValues) Len() int               { return len(pv.ids) }
+func (pv profileValues) CompanyID(i int) string { return pv.ids[i] }
+func (pv profileValues) Metadata(i int, yield func(string, json.RawMessage) bool) {
+	pv.md[i].yield(pv.names, yield)
+}
+func (pv profileValues) Absent(i int) bool { return pv.absent[i] }
+
+// plus is pv with more's profiles after its own.
+func (pv profileValues) plus(more profileValues) profileValues {
+	return profileValues{ids: append(slices.Clip(pv.ids), more.ids...), md: append(slices.Clip(pv.md), more.md...),
+		absent: append(slices.Clip(pv.absent), more.absent...), names: pv.names}
+}

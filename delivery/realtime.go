@@ -1,0 +1,60 @@
+package delivery
+
+import (
+	"context"
+
+	"github.com/pgpilot/pgpilot/userpilot"
+)
+
+// caller is what a real-time worker, or a delete request's goroutine, may
+// call: Userpilot, the marks of what is being sent, the no-op index. It
+// holds nothing of the dispatcher's: a worker gets the company to send as
+// a value, and answers with its id and the outcome.
+type caller struct {
+	sender   Sender
+	inflight InFlight // nil: nothing is marked
+	index    Index    // nil: no no-op index
+}
+
+// realtimeResult is a real-time call's outcome for one company (the ledger
+// holds its entry in flight: one per company).
+type realtimeResult struct {
+	id  string
+	err error
+}
+
+// work sends each company it is handed on the real-time endpoint and
+// answers on results, until work is closed or ctx ends.
+func (c caller) work(ctx context.Context, work <-chan userpilot.Company, results chan<- realtimeResult) {
+	for co := range work {
+		err := c.identify(ctx, co)
+		select {
+		case results <- realtimeResult{co.CompanyID, err}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// identify sends one company. It is marked before the call and unmarked by
+// the index's write of its outcome: killed in between, the next run knows.
+// The outcome is recorded before the dispatcher hears of it, so a later
+// no-op check never reads an older state.
+func (c caller) identify(ctx context.Context, co userpilot.Company) error {
+	err := c.markSending([]string{co.CompanyID})
+	if err == nil {
+		err = c.sender.IdentifyCompany(ctx, co)
+	}
+	if err == nil && c.index != nil {
+		err = c.index.Record([]userpilot.Company{co})
+	}
+	return err
+}
+
+// markSending durably marks companies as being sent, before the call.
+func (c caller) markSending(ids []string) error {
+	if c.inflight == nil {
+		return nil
+	}
+	return c.inflight.MarkSending(ids)
+}
