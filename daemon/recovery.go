@@ -285,10 +285,13 @@ func (s *session) publicationDropped(ctx context.Context, src *source, cp state.
 	}
 	if haveSlot {
 		if err := replication.DropSlot(ctx, src.sqlConn, slot.Name); err != nil {
-			return err
+			// The start over drops it anyway; until then it holds WAL.
+			s.log.Warn("could not drop the slot, which cannot decode past the publication's DROP: it holds WAL until the start over drops it",
+				"slot", slot.Name, "error", err)
+		} else {
+			s.log.Warn("dropped the slot: it cannot decode past the publication's DROP, and held WAL back for nothing",
+				"slot", slot.Name, "checkpoint", cp.LSN.String())
 		}
-		s.log.Warn("dropped the slot: it cannot decode past the publication's DROP, and held WAL back for nothing",
-			"slot", slot.Name, "checkpoint", cp.LSN.String())
 	}
 	tables := append([]row.Table{src.table}, related.Tables(cfg.Companies)...)
 	quoted := make([]string, len(tables))
