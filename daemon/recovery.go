@@ -178,14 +178,20 @@ type publicationGone struct {
 	name  string
 	slot  string
 	since state.LSN
+	// kept: the slot could not be dropped (it holds WAL until the start
+	// over drops it).
+	kept bool
 	// create is the statement that makes it again.
 	create string
 }
 
 func (e *publicationGone) Error() string {
+	slot := fmt.Sprintf("dropped its slot %q, which could never decode past the DROP", e.slot)
+	if e.kept {
+		slot = fmt.Sprintf("could not drop its slot %q, which can never decode past the DROP and holds WAL until the start over drops it", e.slot)
+	}
 	return fmt.Sprintf("publication %q is gone: it was dropped, so the changes since %s cannot be decoded; "+
-		"pgpilot does not create it again over a DBA's head, and dropped its slot %q, which could never decode past the DROP (nothing is lost)",
-		e.name, e.since, e.slot)
+		"pgpilot does not create it again over a DBA's head, and %s (nothing is lost)", e.name, e.since, slot)
 }
 
 // fix is what to do about it.
@@ -283,8 +289,10 @@ func (s *session) publicationDropped(ctx context.Context, src *source, cp state.
 	if err != nil {
 		return err
 	}
+	kept := false
 	if haveSlot {
 		if err := replication.DropSlot(ctx, src.sqlConn, slot.Name); err != nil {
+			kept = true
 			// The start over drops it anyway; until then it holds WAL.
 			s.log.Warn("could not drop the slot, which cannot decode past the publication's DROP: it holds WAL until the start over drops it",
 				"slot", slot.Name, "error", err)
@@ -298,7 +306,7 @@ func (s *session) publicationDropped(ctx context.Context, src *source, cp state.
 	for i, t := range tables {
 		quoted[i] = t.Quoted()
 	}
-	return &publicationGone{name: cfg.Postgres.Publication, slot: cfg.Postgres.Slot, since: cp.LSN,
+	return &publicationGone{name: cfg.Postgres.Publication, slot: cfg.Postgres.Slot, since: cp.LSN, kept: kept,
 		create: fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{cfg.Postgres.Publication}.Sanitize(), strings.Join(quoted, ", "))}
 }
 
