@@ -164,13 +164,21 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		c.report("snapshots can page "+table.String()+" by a unique key", err)
 	}
 	checkRelated(ctx, conn, cfg, c)
-	checkPublication(ctx, conn, cfg, table, srv, c)
+	st := readState(ctx, conn, cfg)
+	defer st.close()
+	checkPublication(ctx, conn, cfg, table, srv, c, st)
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
 	checkHeadroom(ctx, conn, haveSlot, srv.Provider.Provider, c)
 	switch {
 	case slotErr != nil:
 		c.report("replication slot "+cfg.Postgres.Slot, slotErr)
+	case !haveSlot && st.established() && st.pending == nil:
+		c.report("replication slot "+cfg.Postgres.Slot, fix.With(fmt.Errorf("it is gone, but the checkpoint in %s is at %s: `pgpilot run` refuses, "+
+			"the changes since cannot be streamed from it", cfg.State.Dir, st.cp.LSN),
+			fmt.Sprintf("run `pgpilot recover --config %s`, then `pgpilot run`: %s", cfg.Path, st.plan(true))))
+	case !haveSlot && st.established():
+		c.report(fmt.Sprintf("replication slot %q will be created by `pgpilot run`, starting over", cfg.Postgres.Slot), nil)
 	case !haveSlot:
 		c.report(fmt.Sprintf("replication slot %q will be created by `pgpilot run`", cfg.Postgres.Slot), nil)
 	default:
@@ -184,6 +192,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		c.report(fmt.Sprintf("replication slot %q (active: %t, wal_status: %s, retained WAL: %s)",
 			slot.Name, slot.Active, orDash(slot.WALStatus), retained), slot.Usable(srv.Database))
 	}
+	checkState(cfg, c, st)
 }
 
 // checkTLS reports whether the connection is encrypted, as the server
@@ -276,9 +285,10 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn, p provider.Prov
 
 // checkPublication checks that the publication exists, publishes what
 // pgpilot streams and covers the tables, or that `pgpilot run` can create
-// it. A role that may not create it (least privilege: it owns no table)
-// gets the exact statement for whoever may.
-func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker) {
+// it (on the first setup only), and that it is the one the checkpoint
+// streams through. A role that may not create it (least privilege: it owns
+// no table) gets the exact statement for whoever may.
+func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker, st *stateView) {
 	name := cfg.Postgres.Publication
 	tables := append([]row.Table{table}, related.Tables(cfg.Companies)...)
 	createSQL := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(tables))
@@ -286,6 +296,13 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, 
 	switch {
 	case err != nil:
 		c.report("publication "+name, err)
+	case !havePub && st.established():
+		c.report("publication "+name, fix.With(fmt.Errorf("it is gone: it was dropped after the checkpoint in %s (%s), and pgpilot does not create it again over a DBA's head; "+
+			"`pgpilot run` waits for it, unready", cfg.State.Dir, st.cp.LSN),
+			fmt.Sprintf("create it again, on the primary: %s then `pgpilot run` starts over by itself: %s", createPublicationSQL(cfg), st.plan(true))))
+	case havePub && st.established() && st.cp.Publication != nil && st.cp.Publication.OID != pub.OID:
+		c.warn(fmt.Sprintf("publication %q was dropped and created again since the checkpoint (oid %d, was %d)", name, pub.OID, st.cp.Publication.OID),
+			fmt.Errorf("the slot cannot decode the changes made while it was missing: `pgpilot run` starts over by itself: %s", st.plan(true)))
 	case !havePub && srv.InRecovery:
 		c.report("publication "+name, fmt.Errorf("missing, and a standby cannot create it; run on the primary:\n  %s", createSQL))
 	case !havePub:

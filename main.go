@@ -31,6 +31,7 @@ Usage:
   pgpilot why      COMPANY_ID --config FILE [--json]   where one company stands, and what it waits for
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)
   pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]   the records set aside
+  pgpilot recover  --config FILE [--yes]    start over after the slot, the publication or store.db was lost, keeping what the state directory knows
   pgpilot teardown --config FILE [--yes]    drop the slot (and the publication pgpilot created)
   pgpilot version                  version, commit, Go version and build date (also --version)
 
@@ -49,6 +50,7 @@ var commands = map[string]command{
 	"status":      statusCommand,
 	"why":         whyCommand,
 	"teardown":    teardownCommand,
+	"recover":     recoverCommand,
 	"resync":      resyncCommand,
 	"deadletters": deadlettersCommand,
 	"version":     versionCommand,

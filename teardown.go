@@ -65,6 +65,13 @@ func teardownCommand(ctx context.Context, args []string, stdin io.Reader, stdout
 	if err != nil {
 		return err
 	}
+	if d := owed.Damage; d != nil {
+		fmt.Fprintf(stdout, "%s is damaged (%s): it is set aside like a whole one, with what can still be read of it", d.Path, d.Problem)
+		if d.Held.Unreadable > 0 {
+			fmt.Fprintf(stdout, " (%d of its pages cannot be read: what they held is not in the counts below)", d.Held.Unreadable)
+		}
+		fmt.Fprintln(stdout, ".")
+	}
 	dropPub := havePub && pub.CreatedByPgpilot
 	// Say what is dropped, and only that: a slot already gone (dropped by
 	// hand, or by an earlier teardown) is said to be gone.

@@ -125,6 +125,9 @@ func Run(ctx context.Context, opts Options) error {
 		if ctx.Err() != nil {
 			return nil // stopped while standing by
 		}
+		if errors.Is(err, state.ErrNotWritable) {
+			return fmt.Errorf("%w: %w", ErrConfig, err) // the volume's to fix, before Postgres is touched
+		}
 		return err
 	}
 	defer dir.Close()
@@ -148,6 +151,13 @@ func Run(ctx context.Context, opts Options) error {
 
 	store, err := dir.OpenStore()
 	if err != nil {
+		if errors.Is(err, state.ErrNotWritable) {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		var damage *state.StoreDamage
+		if errors.As(err, &damage) {
+			return StoreDamaged(cfg, damage)
+		}
 		return err
 	}
 	defer store.Close()
@@ -164,6 +174,7 @@ func Run(ctx context.Context, opts Options) error {
 	// A sync that stops must say so: the watch logs an ERROR, sets
 	// pgpilot_stalled and fails /readyz when work is owed and nothing
 	// moves (package liveness).
+	s.watched.faults = faultSource{opts.Metrics}
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	watch := liveness.New(liveness.Options{Sources: s.watched.list, After: cmp.Or(opts.StallAfter, cfg.Delivery.StallAfter),
 		Alarm: opts.Metrics, Logger: opts.Logger.With("subsystem", "liveness")})
@@ -222,8 +233,17 @@ func Run(ctx context.Context, opts Options) error {
 		} else {
 			backoff = min(backoff*2, opts.ReconnectMax)
 		}
-		if isStateDiskProblem(err) {
+		var gone *publicationGone
+		if errors.As(err, &gone) {
+			// Not a failure to back off from: it is looked for again every
+			// few seconds, so the start over follows its creation closely.
+			wait = min(wait, 5*time.Second)
+			s.waitingForPublication(gone)
+		} else if isStateDiskProblem(err) {
 			// Reconnecting to Postgres will not cure this; the operator must.
+			// The next checkpoint written clears the fault.
+			opts.Metrics.SetFault(metrics.FaultStateDirUnwritable, fmt.Sprintf(
+				"cannot write the state directory %s (%v): free space on it or make it writable; nothing is checkpointed until then, and nothing is lost", dir.Path(), err))
 			stateLog.Error("cannot write the state directory: free space on it or make it writable (state.dir); "+
 				"until then nothing is checkpointed or confirmed to Postgres, and nothing is lost",
 				"state_dir", dir.Path(), "error", err, "retry_in", wait.Round(time.Millisecond).String())

@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/pgpilot/pgpilot/liveness"
+	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/snapshot"
 )
 
@@ -15,8 +17,10 @@ import (
 // goroutine.
 type watched struct {
 	sources atomic.Pointer[[]liveness.Source]
-	eng     atomic.Pointer[engine]
-	stage   atomic.Pointer[snapshotLiveness]
+	// faults is set once, before the watch starts.
+	faults liveness.Source
+	eng    atomic.Pointer[engine]
+	stage  atomic.Pointer[snapshotLiveness]
 }
 
 // set renews the list from what is watched now.
@@ -39,10 +43,29 @@ func (w *watched) set(eng *engine, stage *snapshot.Stage) {
 
 // list is what to watch now.
 func (w *watched) list() []liveness.Source {
-	if l := w.sources.Load(); l != nil {
-		return *l
+	var l []liveness.Source
+	if s := w.sources.Load(); s != nil {
+		l = *s
 	}
-	return nil
+	if w.faults != nil {
+		l = append(slices.Clip(l), w.faults)
+	}
+	return l
+}
+
+// faultSource excuses a stall while a fault only an operator can end is
+// set (a dropped publication, an unwritable state directory): /readyz and
+// the fault's own ERROR say what to do, and a stall ERROR beside them would
+// send the operator looking for a bug.
+type faultSource struct{ m *metrics.Metrics }
+
+// Liveness reports the faults set as an excuse (liveness.Source).
+func (f faultSource) Liveness() liveness.Report {
+	r := liveness.Report{Part: "faults", At: time.Now()}
+	if reason := f.m.Faults(); reason != "" {
+		r.Excuse = "a fault only an operator can end: " + reason
+	}
+	return r
 }
 
 // snapshotLiveness reports on a snapshot stage: it owes while a job runs,

@@ -18,6 +18,7 @@ import (
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -66,6 +67,19 @@ type session struct {
 	// a re-sync request both update.
 	mu sync.Mutex
 	cp state.Checkpoint
+
+	// The publication (see recovery.go): pub is the one this session
+	// streams through; pubRefused says the last stream refused it (or saw
+	// it made anew), so the next session starts over; saidPublicationGone
+	// is when its absence was last logged; deletionsFor is the engine and
+	// start over whose deletions that engine was handed.
+	pub                 state.Publication
+	pubRefused          bool
+	saidPublicationGone time.Time
+	deletionsFor        struct {
+		eng *engine
+		id  string
+	}
 }
 
 // start is what setup found: the durable checkpoint, with the snapshot job
@@ -124,6 +138,9 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		s.watched.set(s.eng, nil)
+	}
+	if err := s.handDeletions(ctx, src); err != nil { // a start over's, before the stream's first change
+		return err
 	}
 	streamErr := s.stream(ctx, src, st)
 
@@ -192,8 +209,8 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 	if src.sys, err = pglogrepl.IdentifySystem(ctx, src.rconn); err != nil {
 		return src, fmt.Errorf("identify system: %w", err)
 	}
-	if _, err := replication.EnsurePublication(ctx, src.sqlConn, cfg.Postgres.Publication, src.table, src.srv, related.Tables(cfg.Companies)...); err != nil {
-		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	if err := s.ensurePublication(ctx, src); err != nil {
+		return src, err
 	}
 	return src, nil
 }
@@ -239,6 +256,15 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	// delivery.max_retained_wal the pipeline switches to its outbox.
 	g.Go(func() error {
 		s.monitorRetainedWAL(produceCtx, &eng.retained)
+		return nil
+	})
+	// The publication: dropped or made anew while streaming, it ends the
+	// session (see recovery.go).
+	var pubErr error
+	g.Go(func() error {
+		if pubErr = s.watchPublication(produceCtx); pubErr != nil {
+			stopProducing()
+		}
 		return nil
 	})
 	// Re-sync requests (`pgpilot resync`) and the snapshot's progress, for
@@ -314,6 +340,9 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && relErr != nil && !errors.Is(relErr, context.Canceled)) {
 		streamErr = relErr
 	}
+	if pubErr != nil {
+		streamErr = pubErr
+	}
 	return streamErr
 }
 
@@ -325,6 +354,9 @@ func (s *session) classify(ctx context.Context, streamErr error) error {
 	}
 	if replication.IsSlotActive(streamErr) {
 		s.log.Info("the slot is in use by another process; standing by", "slot", s.cfg.Postgres.Slot)
+	}
+	if replication.IsPublicationMissing(streamErr) || errors.As(streamErr, new(*publicationChanged)) {
+		s.pubRefused = true // the next session starts over (see ensurePublication)
 	}
 	return streamErr
 }
@@ -394,6 +426,9 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 			// A mark of an older job is stale: its Done was checkpointed.
 			if p.Done {
 				cp.Snapshot, finished, last = nil, true, p.Job
+				if p.Job.ID == state.InitialSnapshot {
+					cp.Recovery = nil // a start over's re-read is delivered, its deletions before it
+				}
 				if p.Job.Error != "" {
 					ended := p.Job
 					ended.Ended = time.Now().UTC()
@@ -418,6 +453,7 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 		s.cp = cp
 		s.confirmed.Store(uint64(lsn))
 		s.progress.Store(true)
+		s.opts.Metrics.ClearFault(metrics.FaultStateDirUnwritable) // written: the directory is writable again
 		s.opts.Metrics.Checkpointed(lsn)
 		s.opts.Metrics.SnapshotProgress(snapshotJob(cp.Snapshot))
 		return nil
@@ -493,17 +529,38 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 			"point state.dir at this database's own state directory, or use an empty one to start over with a full re-send"))
 	}
 
+	req, haveReq, err := state.ReadRecovery(s.dir.Path())
+	if err != nil {
+		return start{}, permanent(err)
+	}
 	if haveCP && cp.InitialSync == state.InitialSyncDone {
+		if haveReq && (cp.Recovery == nil || cp.Recovery.ID != req.ID) {
+			return s.startOver(ctx, sqlConn, rconn, cp, slot, haveSlot, req)
+		}
+		if haveReq { // begun already: the request was not removed yet
+			if err := s.dir.TakeRecovery(); err != nil {
+				return start{}, err
+			}
+		}
 		if !haveSlot {
-			return start{}, permanent(fix.With(fmt.Errorf("replication slot %q is gone (dropped by hand or by another tool) but the checkpoint is at %s: "+
-				"changes since then cannot be streamed", slotName, cp.LSN),
-				fmt.Sprintf("run `pgpilot teardown`, remove %s, and run again to re-send every row", s.dir.Path())))
+			return start{}, permanent(s.slotGone(ctx, sqlConn, cp))
 		}
 		if err := slot.Usable(srv.Database); err != nil {
 			return start{}, permanent(err)
 		}
 		if s.eng == nil {
 			s.cp = cp // before the engine runs, nothing else writes it
+		}
+		if cp.Publication == nil || *cp.Publication != s.pub {
+			// Recorded, so that one dropped and made again is told by its
+			// oid (a checkpoint written before it was recorded has none).
+			s.mu.Lock()
+			s.cp.Publication = &s.pub
+			cp = s.cp
+			s.mu.Unlock()
+			if err := s.dir.SaveCheckpoint(cp); err != nil {
+				return start{}, permanent(err)
+			}
 		}
 		if slot.ConfirmedFlush > pglogrepl.LSN(cp.LSN) {
 			return start{}, permanent(fix.With(fmt.Errorf("replication slot %q was confirmed up to %s by someone else, past this checkpoint %s: "+
@@ -526,7 +583,15 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 			return start{}, err
 		}
 	}
-	s.cp = state.Checkpoint{SystemID: sys.SystemID, Database: srv.Database, Slot: slotName, InitialSync: state.InitialSyncInProgress}
+	if haveReq {
+		// A start over asked of a state directory that starts from
+		// scratch anyway (after a teardown): the initial sync is one.
+		if err := s.dir.TakeRecovery(); err != nil {
+			return start{}, err
+		}
+	}
+	pub := s.pub
+	s.cp = state.Checkpoint{SystemID: sys.SystemID, Database: srv.Database, Slot: slotName, InitialSync: state.InitialSyncInProgress, Publication: &pub}
 	if err := s.dir.SaveCheckpoint(s.cp); err != nil {
 		return start{}, permanent(err)
 	}

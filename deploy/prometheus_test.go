@@ -85,7 +85,7 @@ func TestEveryAlertIsTestedFiringAndNotFiring(t *testing.T) {
 		}
 	}
 	rules := readAlerts(t)
-	require.Len(t, rules, 8, "not streaming, nothing delivered, retained WAL, dead letters, backlog, initial sync, stalled, standing by")
+	require.Len(t, rules, 9, "not streaming, nothing delivered, retained WAL, dead letters, backlog, initial sync, stalled, standing by, fault")
 	for _, r := range rules {
 		assert.True(t, firing[r.Alert], "%s has no case where it fires", r.Alert)
 		assert.True(t, quiet[r.Alert], "%s has no case where it must not fire", r.Alert)

@@ -428,7 +428,7 @@ func TestSlotDroppedBehindPgpilotsBackStopsWithRecoverySteps(t *testing.T) {
 	assert.Equal(t, 1, p.wait(t, 60*time.Second))
 	out := p.out.String()
 	assert.Contains(t, out, fmt.Sprintf(`replication slot \"%s\" is gone`, e.slot()))
-	assert.Contains(t, out, "pgpilot teardown")
+	assert.Contains(t, out, "pgpilot recover")
 	assert.Empty(t, e.slotsOfDatabase(), "pgpilot never recreates a slot by itself")
 
 	td := e.pgpilot("teardown", "--config", e.cfgPath, "--yes")
@@ -558,8 +558,8 @@ func TestDamagedOrForeignCheckpointIsRefused(t *testing.T) {
 		{"garbage", raw([]byte("\x00\x01\xfe not json at all\n")), 1, []string{"checkpoint is corrupt", corruptFix}},
 		{"edited by hand", raw([]byte(strings.Replace(string(good), cp.LSN.String(), state.LSN(uint64(cp.LSN)+8).String(), 1))), 1,
 			[]string{"checksum mismatch", corruptFix}},
-		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 3`, `"format": 4`, 1))), 1,
-			[]string{"format 4, this pgpilot reads format 3", corruptFix}},
+		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 4`, `"format": 5`, 1))), 1,
+			[]string{"format 5, this pgpilot reads format 4", corruptFix}},
 		{"another slot", foreign(func(c *state.Checkpoint) { c.Slot = "someone_elses_slot" }), 2,
 			[]string{`belongs to slot \"someone_elses_slot\"`, foreignFix}},
 		{"another database", foreign(func(c *state.Checkpoint) { c.Database = "another_db" }), 2,
@@ -946,7 +946,8 @@ func TestUnwritableStateDirHoldsTheCheckpointAndLosesNothing(t *testing.T) {
 	code, _ := p.stop(t)
 	require.Equal(t, 0, code)
 
-	// Read-only from the start: refused at once, with the directory named.
+	// Read-only from the start: refused at once, as a setup problem (exit
+	// 2), with the directory named.
 	_, err = e.conn.Exec(ctx, `UPDATE companies SET plan = 'while-read-only' WHERE id <= 5`)
 	require.NoError(t, err)
 	unmount := requireMount(t, e.stateDir, "--bind", e.stateDir)
@@ -955,7 +956,7 @@ func TestUnwritableStateDirHoldsTheCheckpointAndLosesNothing(t *testing.T) {
 	}
 	before = e.checkpoint().LSN
 	p = e.run()
-	assert.Equal(t, 1, p.wait(t, 60*time.Second))
+	assert.Equal(t, 2, p.wait(t, 60*time.Second))
 	assert.Contains(t, p.out.String(), "read-only file system")
 	t.Logf("refused at start with: %s", lineWith(p.out.String(), "read-only file system"))
 	assert.Contains(t, p.out.String(), e.stateDir)

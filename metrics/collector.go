@@ -89,6 +89,8 @@ var (
 		"1 while this pgpilot waits for another to release the state directory (an HA standby), else 0.")
 	readyDesc = desc("ready",
 		"1 when /readyz answers 200 (streaming, initial sync done, Userpilot not failing too long), else 0.")
+	faultDesc = desc("fault",
+		"1 while pgpilot is stuck on a fault of this kind that an operator must end (publication_missing, state_dir_unwritable, …), else 0; /readyz and the log's ERROR line say what to do.", "kind")
 	stalledDesc = desc("stalled",
 		"1 while delivery is stalled: work is owed (companies pending, outbox records, snapshot rows, held jobs), nothing has moved for the liveness bound, and nothing outside pgpilot explains it (Userpilot failing, the breaker tripped); else 0.")
 	failingDesc = desc("userpilot_failing_seconds",
@@ -100,7 +102,7 @@ var allDescs = []*prometheus.Desc{changesReadDesc, snapshotRowsDesc, snapDoneDes
 	realtimeLimitDesc, bulkRateDesc, bulkOverheadDesc, bulkJobsLearnedDesc, realtimeRateDesc, backlogETADesc,
 	lagBytesDesc, lagSecondsDesc, checkpointDesc, serverLSNDesc, lastDeliveryDesc, retainedDesc, warningDesc,
 	warnThresholdDesc, modeDesc, outboxCompaniesDesc, outboxBytesDesc, pendingDesc, oldestPendingDesc, streamingDesc,
-	readyDesc, failingDesc, standingByDesc, stalledDesc}
+	readyDesc, failingDesc, standingByDesc, stalledDesc, faultDesc}
 
 // collector reads the figures when Prometheus scrapes, so nothing on the
 // delivery path does extra work for metrics.
@@ -231,6 +233,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(streamingDesc, bit(m.connected))
 	gauge(standingByDesc, bit(m.standingBy != ""))
 	gauge(readyDesc, bit(ready))
+	for _, kind := range m.exportedFaults() {
+		_, set := m.faults[kind]
+		gauge(faultDesc, bit(set), kind)
+	}
 	failing := 0.0
 	if !m.failingSince.IsZero() {
 		failing = now.Sub(m.failingSince).Seconds()

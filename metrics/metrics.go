@@ -143,6 +143,11 @@ type Metrics struct {
 
 	mu sync.Mutex
 
+	// faults are the states an operator must end (see SetFault): kind →
+	// reason; faultKinds every kind ever set, for the gauge.
+	faults     map[string]string
+	faultKinds []string
+
 	// Counters of pipelines that have finished (one per session), so the
 	// process's totals never go back when a session starts over.
 	base      DeliveryCounts
@@ -526,9 +531,10 @@ func (m *Metrics) Sample() {
 	m.sample()
 }
 
-// Ready reports whether pgpilot is doing its job: streaming (connected,
-// the initial sync done) and Userpilot not failing for longer than
-// Options.UnreadyAfter. When not, reason says why in one line.
+// Ready reports whether pgpilot is doing its job: no fault set (see
+// SetFault), streaming (connected, the initial sync done) and Userpilot not
+// failing for longer than Options.UnreadyAfter. When not, reason says why in
+// one line.
 func (m *Metrics) Ready() (ready bool, reason string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -537,6 +543,9 @@ func (m *Metrics) Ready() (ready bool, reason string) {
 	case m.stopped != "":
 		// Before the initial sync's reason: it will not move either.
 		return false, "delivery stopped: " + m.stopped
+	case len(m.faults) > 0:
+		// Before a stall: a fault says why nothing moves, and what to do.
+		return false, "fault: " + m.faultReason()
 	case m.stalled != "":
 		return false, "delivery stalled: nothing moves while work is owed: " + m.stalled
 	case m.standingBy != "":

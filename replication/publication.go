@@ -18,6 +18,9 @@ const publicationComment = "created by pgpilot"
 // Publication is a publication as found in pg_publication.
 type Publication struct {
 	Name string
+	// OID is its pg_publication.oid: a publication dropped and created
+	// again under the same name has another.
+	OID uint32
 	// CreatedByPgpilot is true when the publication carries pgpilot's comment.
 	CreatedByPgpilot bool
 	// Owner is the role that owns it: only it (or a superuser) may drop
@@ -170,9 +173,9 @@ func createPublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 // ReadPublication reads publication name; ok is false when it does not exist.
 func ReadPublication(ctx context.Context, conn *pgx.Conn, name string) (p Publication, ok bool, err error) {
 	var comment *string
-	err = conn.QueryRow(ctx, `SELECT p.pubname, obj_description(p.oid, 'pg_publication'), pg_get_userbyid(p.pubowner)::text
+	err = conn.QueryRow(ctx, `SELECT p.pubname, p.oid, obj_description(p.oid, 'pg_publication'), pg_get_userbyid(p.pubowner)::text
 		FROM pg_publication p WHERE p.pubname = $1`, name).
-		Scan(&p.Name, &comment, &p.Owner)
+		Scan(&p.Name, &p.OID, &comment, &p.Owner)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Publication{}, false, nil
 	}
@@ -181,6 +184,17 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string) (p Public
 	}
 	p.CreatedByPgpilot = comment != nil && *comment == publicationComment
 	return p, true, nil
+}
+
+// IsPublicationMissing reports whether err is the stream saying that the
+// publication it decodes through does not exist (undefined_object): it was
+// dropped. Postgres 15 to 17 read the catalog as it was at each change they
+// decode, so every change after the DROP fails so, even once a publication
+// of that name exists again. (A missing slot is undefined_object too: the
+// message tells them apart.)
+func IsPublicationMissing(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42704" && strings.Contains(pgErr.Message, "publication")
 }
 
 // DropPublication drops publication name.

@@ -67,3 +67,41 @@ func textValues(raw [][]byte) []row.Value {
 	}
 	return vals
 }
+
+// CompaniesWithoutRow returns those of known (sorted, bytewise, as Go
+// sorts strings) that no row of t holds in column, as its text: the
+// companies Userpilot was sent whose row is gone. The table's ids are read
+// once, in the same order (COLLATE "C" is bytewise), and merged with known,
+// so neither side is held in memory whole on the database's side or
+// looked up one by one.
+func CompaniesWithoutRow(ctx context.Context, conn *pgx.Conn, t row.Table, column string, known []string) ([]string, error) {
+	if len(known) == 0 {
+		return nil, nil
+	}
+	col := pgx.Identifier{column}.Sanitize()
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT %s::text COLLATE "C" FROM %s WHERE %s IS NOT NULL ORDER BY 1`, col, t.Quoted(), col))
+	if err != nil {
+		return nil, fmt.Errorf("read the company ids of %s: %w", t, err)
+	}
+	defer rows.Close()
+	var gone []string
+	i := 0
+	for rows.Next() && i < len(known) {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("read the company ids of %s: %w", t, err)
+		}
+		for i < len(known) && known[i] < id {
+			gone = append(gone, known[i])
+			i++
+		}
+		if i < len(known) && known[i] == id {
+			i++
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the company ids of %s: %w", t, err)
+	}
+	return append(gone, known[i:]...), nil
+}

@@ -3,6 +3,7 @@ package replication_test
 import (
 	"context"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -72,4 +73,35 @@ func BenchmarkQueryRows(b *testing.B) {
 	runtime.ReadMemStats(&ms1)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/row")
 	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(b.N*rows), "allocs/row")
+}
+
+// TestCompaniesWithoutRowMergesInByteOrder: the known companies no row
+// holds any more are found, in the order Go sorts strings, whatever order
+// the table's collation would give (the ids "10" and "9", upper and lower
+// case, and multibyte text).
+func TestCompaniesWithoutRowMergesInByteOrder(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `CREATE TABLE companies (id text PRIMARY KEY COLLATE "en_US", name text);
+		INSERT INTO companies VALUES ('10', 'a'), ('9', 'b'), ('B', 'c'), ('a', 'd'), ('é', 'e'), ('z', 'f')`)
+	if err != nil {
+		// Not every machine has that collation: the default one will do.
+		_, err = conn.Exec(ctx, `CREATE TABLE companies (id text PRIMARY KEY, name text);
+			INSERT INTO companies VALUES ('10', 'a'), ('9', 'b'), ('B', 'c'), ('a', 'd'), ('é', 'e'), ('z', 'f')`)
+	}
+	require.NoError(t, err)
+	known := []string{"1", "10", "100", "9", "A", "B", "a", "b", "z", "é", "ü"}
+	require.True(t, slices.IsSorted(known))
+	gone, err := replication.CompaniesWithoutRow(ctx, conn, companies, "id", known)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"1", "100", "A", "b", "ü"}, gone)
+
+	gone, err = replication.CompaniesWithoutRow(ctx, conn, companies, "id", nil)
+	require.NoError(t, err)
+	assert.Empty(t, gone)
+	_, err = conn.Exec(ctx, `DELETE FROM companies`)
+	require.NoError(t, err)
+	gone, err = replication.CompaniesWithoutRow(ctx, conn, companies, "id", known)
+	require.NoError(t, err)
+	assert.Equal(t, known, gone, "no row at all: every known company is gone")
 }

@@ -1,8 +1,11 @@
 package replication_test
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -41,4 +44,16 @@ func TestUsableNamesWhyASlotWasInvalidatedAndWhatToFixFirst(t *testing.T) {
 	}
 	healthy := replication.Slot{Name: "pgpilot", Type: "logical", Plugin: "pgoutput", Database: "app", WALStatus: "reserved"}
 	assert.NoError(t, healthy.Usable("app"))
+}
+
+// TestAMissingPublicationIsToldFromAMissingSlot: both are undefined_object
+// (42704) from START_REPLICATION; only the publication's is a DBA's DROP
+// that a start over cures.
+func TestAMissingPublicationIsToldFromAMissingSlot(t *testing.T) {
+	pub := fmt.Errorf("replication stream: %w", &pgconn.PgError{Code: "42704", Message: `publication "pgpilot" does not exist`})
+	slot := fmt.Errorf("start replication: %w", &pgconn.PgError{Code: "42704", Message: `replication slot "pgpilot" does not exist`})
+	assert.True(t, replication.IsPublicationMissing(pub))
+	assert.False(t, replication.IsPublicationMissing(slot))
+	assert.False(t, replication.IsPublicationMissing(errors.New(`publication "pgpilot" does not exist`)), "by its code, not its words alone")
+	assert.False(t, replication.IsPublicationMissing(nil))
 }

@@ -16,9 +16,9 @@ const CheckpointFile = "checkpoint.json"
 
 // checkpointFormat is bumped whenever the file's meaning changes, so an old
 // binary refuses a newer file instead of misreading it. Format 2 added the
-// snapshot's progress; format 3 the failed re-sync. Older files are read
-// as having none.
-const checkpointFormat = 3
+// snapshot's progress; format 3 the failed re-sync; format 4 the
+// publication and the start over. Older files are read as having none.
+const checkpointFormat = 4
 
 // Initial sync phases recorded in the checkpoint.
 const (
@@ -49,12 +49,29 @@ type Checkpoint struct {
 	// Snapshot is the snapshot (initial sync or re-sync) in progress, as
 	// far as it is delivered; nil when none runs.
 	Snapshot *Snapshot `json:"snapshot,omitempty"`
+	// Publication is the publication the slot decodes through, as it was
+	// when streaming last began: one dropped and created again has another
+	// oid, and the slot cannot decode the changes made in between. Nil in
+	// checkpoints written before it was recorded.
+	Publication *Publication `json:"publication,omitempty"`
+	// Recovery is the start over in progress (see Recovery): its deletions
+	// are owed until its re-read of every row (Snapshot, the initial job)
+	// is delivered.
+	Recovery *Recovery `json:"recovery,omitempty"`
 	// LastFailed is the last re-sync that ended before its last row
 	// (failed at run time, refused when taken, or cancelled), with its
 	// Error and Fix: kept, for status, until another one fails.
 	LastFailed *Snapshot `json:"last_failed,omitempty"`
 	// UpdatedAt is when the checkpoint was written (for status output).
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Publication is a publication as the checkpoint records it.
+type Publication struct {
+	Name string `json:"name"`
+	// OID is pg_publication.oid: a publication dropped and created again
+	// under the same name has another.
+	OID uint32 `json:"oid"`
 }
 
 // InitialSnapshot is the ID of the initial sync's snapshot job.

@@ -30,6 +30,13 @@ type DeadLetter struct {
 
 // AppendDeadLetter durably appends dl to the dead-letter file. The record
 // counts as handled only once this returns, so the checkpoint may pass it.
+//
+// A failed append leaves the file as it was: a volume that fills mid-write
+// takes part of the line, and that part is cut off again, so the record is
+// written whole once there is room (the caller, given the error, keeps the
+// checkpoint before it). Should the cut fail too, the next record starts on
+// a line of its own: a fragment is one line a reader skips, never glued to
+// the record after it.
 func (d *Dir) AppendDeadLetter(dl DeadLetter) error {
 	if dl.Time.IsZero() {
 		dl.Time = time.Now().UTC()
@@ -38,6 +45,7 @@ func (d *Dir) AppendDeadLetter(dl DeadLetter) error {
 	if err != nil {
 		return fmt.Errorf("encode dead letter for company %q: %w", dl.CompanyID, err)
 	}
+	line = append(line, '\n')
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// The file may be removed or rotated between the look at its name and
@@ -49,15 +57,58 @@ func (d *Dir) AppendDeadLetter(dl DeadLetter) error {
 		if err != nil {
 			return err
 		}
-		if _, err := f.Write(append(line, '\n')); err != nil {
-			return fmt.Errorf("write dead letter to %s: %w", f.Name(), err)
-		}
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("fsync dead-letter file %s: %w", f.Name(), err)
+		if err := appendLine(f, line); err != nil {
+			return err
 		}
 		if attempt > 0 || d.named(f) {
 			return nil
 		}
+	}
+}
+
+// appendLine appends line (ending in a newline) to f, opened O_APPEND,
+// durably, or leaves f as it was.
+func appendLine(f *os.File, line []byte) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("append to dead-letter file %s: %w", f.Name(), err)
+	}
+	size := st.Size()
+	data := line
+	if size > 0 {
+		// A fragment an earlier failure could not cut off (or a crash
+		// left) ends without a newline: this record starts a line of its
+		// own.
+		last := make([]byte, 1)
+		if _, err := f.ReadAt(last, size-1); err == nil && last[0] != '\n' {
+			data = append([]byte{'\n'}, line...)
+		}
+	}
+	n, err := f.Write(data)
+	if err == nil {
+		if err = f.Sync(); err != nil {
+			err = fmt.Errorf("fsync dead-letter file %s: %w", f.Name(), err)
+		}
+	} else {
+		err = fmt.Errorf("append to dead-letter file %s: %w", f.Name(), err)
+	}
+	if err != nil {
+		cutBack(f, size, int64(n))
+	}
+	return err
+}
+
+// cutBack removes the n bytes a failed append left after size, when they
+// are still the file's end: `pgpilot deadletters replay` appends from
+// another process without the lock, and a line it appended meanwhile must
+// not be cut (the fragment then stays, a line of its own: see appendLine).
+func cutBack(f *os.File, size, n int64) {
+	st, err := f.Stat()
+	if err != nil || st.Size() != size+n || n == 0 && st.Size() == size {
+		return
+	}
+	if f.Truncate(size) == nil {
+		f.Sync()
 	}
 }
 
@@ -78,7 +129,7 @@ func (d *Dir) deadLetterFile() (*os.File, error) {
 		d.deadLetters.Close()
 		d.deadLetters = nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600) // read: see appendLine
 	if err != nil {
 		return nil, fmt.Errorf("open dead-letter file %s: %w", path, err)
 	}

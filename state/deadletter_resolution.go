@@ -130,18 +130,9 @@ func AppendResolutions(dir string, rs []Resolution) error {
 		return fmt.Errorf("open dead-letter file %s: %w", path, err)
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 0 {
-		// A line torn by a crash must not swallow the first one written here.
-		last := make([]byte, 1)
-		if _, err := f.ReadAt(last, st.Size()-1); err == nil && last[0] != '\n' {
-			data = append([]byte{'\n'}, data...)
-		}
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write to dead-letter file %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync dead-letter file %s: %w", path, err)
+	// Whole lines or nothing, as the daemon's appends (appendLine).
+	if err := appendLine(f, data); err != nil {
+		return err
 	}
 	return f.Close()
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgpilot/pgpilot/internal/failpoint"
+	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
 const lockFile = "lock"
@@ -42,14 +43,16 @@ var ErrLocked = errors.New("state directory is in use by another pgpilot")
 
 // Open creates path (mode 0700: it holds customer data) if needed and takes
 // an exclusive lock on it, held until Close or process exit. The kernel drops
-// a flock when its holder dies, so a kill -9 never leaves a stale lock.
+// a flock when its holder dies, so a kill -9 never leaves a stale lock. A
+// directory this process cannot write (a read-only mount, another user's)
+// is an error wrapping ErrNotWritable, with the fix.
 func Open(path string) (*Dir, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory %s: %w", path, err)
+		return nil, notWritable(path, fmt.Errorf("create state directory %s: %w", path, err))
 	}
 	f, err := os.OpenFile(filepath.Join(path, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open state directory lock %s: %w", path, err)
+		return nil, notWritable(path, fmt.Errorf("open state directory lock %s: %w", path, err))
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := os.ReadFile(f.Name())
@@ -64,7 +67,50 @@ func Open(path string) (*Dir, error) {
 	if err := f.Truncate(0); err == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
+	// The lock file may be writable where the directory is not (made by
+	// another user, or before a chmod): every checkpoint is a new file in
+	// it, so that is tried now, not at the first checkpoint.
+	if err := probeWritable(path); err != nil {
+		f.Close()
+		return nil, notWritable(path, err)
+	}
 	return &Dir{path: path, lock: f}, nil
+}
+
+// ErrNotWritable is wrapped by Open's error when the state directory cannot
+// be written by this process: a setup problem, fixed on the volume.
+var ErrNotWritable = errors.New("state directory not writable")
+
+// probeWritable creates and removes a file in dir, as a checkpoint does.
+func probeWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("write in state directory %s: %w", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("write in state directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// notWritable marks err, when the file system refused a write (read-only,
+// permission), as ErrNotWritable with the fix for what refused it; any
+// other error is returned as it is.
+func notWritable(dir string, err error) error {
+	uid, gid := os.Geteuid(), os.Getegid()
+	switch {
+	case errors.Is(err, syscall.EROFS):
+		return fix.With(fmt.Errorf("%w: %w", ErrNotWritable, err), fmt.Sprintf(
+			"the volume holding state.dir (%s) is mounted read-only: mount it read-write "+
+				"(Kubernetes: no readOnly: true on its volumeMount; docker: no :ro on the -v)", dir))
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fix.With(fmt.Errorf("%w: %w", ErrNotWritable, err), fmt.Sprintf(
+			"make %s and its files writable by the user pgpilot runs as (uid %d, gid %d): `chown -R %d:%d %s` (or `chmod u+rwx` if it is this user's, `chattr -i` if it is immutable), "+
+				"or in Kubernetes set the pod's securityContext.fsGroup: %d so the volume is given to that group", dir, uid, gid, uid, gid, dir, gid))
+	}
+	return err
 }
 
 // OpenWait is Open for a standby instance: while another pgpilot holds the

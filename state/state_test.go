@@ -6,11 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgpilot/pgpilot/internal/fix"
 )
 
 func TestCheckpointRoundTrip(t *testing.T) {
@@ -61,7 +64,7 @@ func TestCorruptCheckpointIsRefusedNotIgnored(t *testing.T) {
 			return []byte(replaceOnce(string(b), `0/2A`, `0/2B`))
 		}, "checksum mismatch"},
 		{"future format", func(b []byte) []byte {
-			return []byte(replaceOnce(string(b), `"format": 3`, `"format": 9`))
+			return []byte(replaceOnce(string(b), `"format": 4`, `"format": 9`))
 		}, "format 9"},
 	}
 	for _, tt := range tests {
@@ -236,4 +239,30 @@ func TestOpenWaitStandsByUntilTheHolderLetsGo(t *testing.T) {
 	defer held.Close()
 	_, err = OpenWait(ctx, dir, func(string) {})
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+// TestUnwritableStateDirectoryIsASetupProblemWithTheFix: a write the file
+// system refuses (read-only, permission, immutable) is ErrNotWritable with
+// the fix for that cause; anything else is passed on as it is.
+func TestUnwritableStateDirectoryIsASetupProblemWithTheFix(t *testing.T) {
+	for _, tt := range []struct {
+		errno syscall.Errno
+		fix   string // "" → not a setup problem
+	}{
+		{syscall.EROFS, "mounted read-only: mount it read-write"},
+		{syscall.EACCES, "securityContext.fsGroup"},
+		{syscall.EPERM, "chattr -i"},
+		{syscall.ENOSPC, ""},
+	} {
+		err := notWritable("/var/lib/pgpilot", fmt.Errorf("open state directory lock /var/lib/pgpilot: %w", tt.errno))
+		if tt.fix == "" {
+			assert.NotErrorIs(t, err, ErrNotWritable, "%v", tt.errno)
+			assert.Empty(t, fix.Of(err))
+			continue
+		}
+		assert.ErrorIs(t, err, ErrNotWritable, "%v", tt.errno)
+		assert.ErrorIs(t, err, tt.errno, "the cause is kept")
+		assert.Contains(t, fix.Of(err), tt.fix, "%v", tt.errno)
+		assert.Contains(t, fix.Of(err), "/var/lib/pgpilot")
+	}
 }

@@ -68,16 +68,21 @@ type Store struct {
 	res    resident // see resident.go
 }
 
-// OpenStore opens (creating) the store in the state directory.
+// OpenStore opens (creating) the store in the state directory. A store
+// file bbolt would crash on (cut short, a page overwritten) is refused
+// with a *StoreDamage, before bbolt maps it.
 func (d *Dir) OpenStore() (*Store, error) {
 	path := filepath.Join(d.path, StoreFile)
+	if err := checkStoreFile(path); err != nil {
+		return nil, err
+	}
 	// A large initial mapping (address space, not memory) spares the
 	// remaps a growing file would need: at each one bbolt copies every node
 	// the open write transaction touched onto the heap, which was most of
 	// an outage's peak memory.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: initialMmap})
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, notWritable(d.path, fmt.Errorf("open %s: %w", path, err))
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{groupsBucket, outboxBucket, jobsBucket, sendingBucket} {
