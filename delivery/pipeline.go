@@ -55,7 +55,8 @@ type DeadLetters interface {
 // (*mapping.Mapper).
 type Mapper interface {
 	// Identify maps a row; a *mapping.RowError means the row cannot be
-	// mapped (it is set aside), any other error a bug.
+	// mapped (it is set aside), any other error a bug (but see Map: an
+	// error with keys held back).
 	Identify(values []row.Value) (userpilot.Company, error)
 	// CompanyID reads only the company id (a DELETE carries no more).
 	CompanyID(values []row.Value) (string, error)
@@ -64,7 +65,8 @@ type Mapper interface {
 	// Map is Identify without a map (the pipeline packs the values): it
 	// sets vals[i] (len(Keys())) to key i's JSON, nil where the row leaves
 	// the key out, appending the JSON to buf, which it returns; vals share
-	// its bytes.
+	// its bytes. An error that is a heldBack (mapping.BadValues) left
+	// only those keys out: the others in vals go out.
 	Map(values []row.Value, buf []byte, vals []json.RawMessage) (companyID string, _ []byte, err error)
 }
 
@@ -735,15 +737,31 @@ func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 		p.rowJSON = buf // a huge row's room is not kept
 	}
 	p.rowVals = vals
-	if err != nil {
+	var held heldBack
+	if err != nil && !errors.As(err, &held) {
 		// A row that cannot become a payload is set aside; the stream goes on.
 		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
 			Reason: "not mapped: " + err.Error(), Payload: userpilot.Company{CompanyID: id}})
+	}
+	if held != nil {
+		// One bad value costs one key: the dead letter names it and its
+		// value, the company's other keys go out.
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
+			Reason: "not mapped: " + err.Error(), Payload: userpilot.Company{CompanyID: id}}); err != nil {
+			return err
+		}
 	}
 	md := p.rowFields(m.nums, vals)
 	clear(vals) // keeps nothing of the row alive
 	p.pend(id, md, false, txn)
 	return nil
+}
+
+// heldBack is a mapping error that left some keys of a row out, not the
+// row (mapping.BadValues).
+type heldBack interface {
+	error
+	HeldBack() []string
 }
 
 // maxRowRoom is the most room for a row's JSON kept for the next row.

@@ -123,6 +123,11 @@ type Companies struct {
 	Where     string
 	WhereLine int
 
+	// KeepRemovedKeys (removed_keys: keep) leaves a key dropped from the
+	// mapping as Userpilot holds it; by default (clear) each company's is
+	// sent once as null, so no orphan property stays behind.
+	KeepRemovedKeys bool
+
 	// File and CompanyIDLine locate the mapping in its file so that Compile's
 	// messages can point at the line to edit. Both are zero for a Companies
 	// built in code.
@@ -130,16 +135,51 @@ type Companies struct {
 	CompanyIDLine int
 }
 
-// Field maps one metadata key to one column.
+// Field maps one metadata key to what it reads: a column, a key inside a
+// json or jsonb column (Path), or an SQL expression on the row (SQL); its
+// value may then be replaced by a label (Values).
 type Field struct {
 	Key    string // metadata key sent to Userpilot
-	Column string // column name, as Postgres spells it
-	Type   Type   // TypeAuto: the column's Postgres type decides
-	Line   int    // line of the key in the file, 0 when built in code
+	Column string // column name, as Postgres spells it; "" when SQL is set
+	// Path, when not nil, reads a key inside the json or jsonb Column: one
+	// object key per element, outermost first (path: company.size is
+	// [company size]; path: [subscribed.quantity] one key holding a dot).
+	Path []string
+	// SQL, when not "", is an expression Postgres evaluates on the row
+	// (the companies row, or a lookup's related row); its result is the
+	// value. Column is then "".
+	SQL string
+	// Type is the JSON type sent: TypeAuto lets the column's Postgres
+	// type decide (the JSON value's own type under Path, the
+	// expression's result type for SQL); with Values, the labels' type.
+	Type Type
+	// Values, when not nil, maps the value's text (as Postgres prints it,
+	// or a JSON scalar's under Path) to the label sent in its place;
+	// Default, when not nil, is the label of a value not in Values
+	// (without it, such a value is a bad value).
+	Values  []Label
+	Default *string
+	// KeepNull (on_null: keep) leaves the key out when its value is
+	// NULL (or null under Path), so Userpilot keeps the value it has;
+	// by default a null is sent and clears it.
+	KeepNull bool
+	Line     int // line of the key in the file, 0 when built in code
 	// PII acknowledges (pii: true) that the column holds personal data and
 	// that sending it to Userpilot is cleared: no warning for it (see
 	// PersonalData).
 	PII bool
+}
+
+// Label is one entry of a Field's values: the value's text and what is
+// sent in its place.
+type Label struct {
+	From, To string
+}
+
+// Derived reports whether f computes its value from the column rather
+// than sending the column's value as it is.
+func (f Field) Derived() bool {
+	return f.Path != nil || f.Values != nil || f.Default != nil || f.SQL != ""
 }
 
 // Type is the JSON type a metadata value is sent as.

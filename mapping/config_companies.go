@@ -3,15 +3,11 @@ package mapping
 import (
 	"fmt"
 	"strings"
-
-	"gopkg.in/yaml.v3"
 )
 
-// The keys of the companies: section (on_delete is read in ondelete.go) and
-// of a metadata entry's {column, type} form.
+// The keys of the companies: section (on_delete is read in ondelete.go).
 var (
-	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata", "related", "where"}
-	fieldKeys     = []string{"column", "type", "pii"}
+	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata", "related", "where", "removed_keys"}
 )
 
 func (p *parser) companies(s section) Companies {
@@ -27,6 +23,7 @@ func (p *parser) companies(s section) Companies {
 		c.CompanyID, c.CompanyIDLine = v.text, v.line
 	}
 	c.Metadata = p.metadata(s)
+	p.removedKeys(s, &c)
 	p.onDelete(s, &c)
 	c.Related = p.related(s)
 	p.where(s, &c)
@@ -115,96 +112,6 @@ func foldASCII(s string) string {
 		}
 	}
 	return string(b)
-}
-
-func (p *parser) metadata(parent section) []Field {
-	const fix = "add metadata: with one key: column line per value to send, e.g. name: name"
-	s, ok := p.section(parent, "metadata", nil, true, fix)
-	if !ok {
-		return nil
-	}
-	if len(s.node.Content) == 0 {
-		p.fail(s.line, s.path, "has no entries", fix)
-		return nil
-	}
-	var fields []Field
-	// Walk the node, not the map, to keep the file's order.
-	for i := 0; i+1 < len(s.node.Content); i += 2 {
-		k := resolve(s.node.Content[i])
-		if e, ok := s.entries[k.Value]; !ok || e.key != k {
-			continue // a duplicate or bad key, already reported
-		}
-		if f, ok := p.field(s, k, resolve(s.node.Content[i+1])); ok {
-			fields = append(fields, f)
-		}
-	}
-	return fields
-}
-
-// field reads one metadata entry: `key: column` or `key: {column, type,
-// pii}`.
-func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
-	key := parent.keyOf(k.Value)
-	if k.Value == "" {
-		p.fail(k.Line, key, "a metadata key must not be empty", "name the key as Userpilot should show it")
-		return Field{}, false
-	}
-	col := plainColumn(k.Value)
-	shape := fmt.Sprintf("write %s: %s or %s: {column: %s, type: number}", k.Value, col, k.Value, col)
-	f := Field{Key: k.Value, Line: k.Line}
-	switch {
-	case v.Kind == yaml.ScalarNode && !(v.Tag == "!!null" && v.Style == 0):
-		c, ok := p.scalarOf(entry{key: k, value: v}, key, shape)
-		if !ok || !p.nonEmpty(c, key, shape) {
-			return f, false
-		}
-		f.Column = c.text
-	case v.Kind == yaml.MappingNode:
-		inner := p.mappingEntries(v, key, k.Line, fieldKeys)
-		c, ok := p.value(inner, "column")
-		if !ok {
-			if _, written := inner.entries["column"]; !written || c.null {
-				p.fail(c.line, inner.keyOf("column"), "missing", shape)
-			}
-			return f, false
-		}
-		if !p.nonEmpty(c, inner.keyOf("column"), shape) {
-			return f, false
-		}
-		f.Column = c.text
-		t, ok := p.value(inner, "type")
-		if !ok {
-			if _, written := inner.entries["type"]; written && !t.null {
-				return f, false // a bad value, already reported
-			}
-		} else if t.text != "" {
-			f.Type = Type(t.text)
-			if !validType(f.Type) {
-				p.fail(t.line, inner.keyOf("type"), t.show()+" is not a type; allowed: string, number, boolean, date (leave type out to let the column's Postgres type decide)", "")
-				return f, false
-			}
-		}
-		if v, ok := p.value(inner, "pii"); ok {
-			// Acknowledges that the column holds personal data and that
-			// sending it to Userpilot was cleared: check and preview stop
-			// warning about it.
-			switch strings.ToLower(strings.TrimSpace(v.text)) {
-			case "true":
-				f.PII = true
-			case "false":
-			default:
-				p.fail(v.line, inner.keyOf("pii"), v.show()+" is not true or false",
-					"write pii: true once sending this personal data to Userpilot is cleared, or leave it out")
-				return f, false
-			}
-		} else if _, written := inner.entries["pii"]; written && !v.null {
-			return f, false // a bad value, already reported
-		}
-	default:
-		p.fail(k.Line, key, "column must be a string ("+shape+")", "")
-		return f, false
-	}
-	return f, true
 }
 
 // plainColumn suggests the metadata key itself as the column in messages,

@@ -161,7 +161,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown key inside a metadata entry",
 			data: minimal + "    seats: {column: seat_count, kind: number}\n",
-			want: []problem{{`p.yaml:10: companies.metadata.seats.kind: unknown key "kind"; allowed: column, type, pii`, ""}},
+			want: []problem{{`p.yaml:10: companies.metadata.seats.kind: unknown key "kind"; allowed: column, path, sql, type, values, default, on_null, pii`, ""}},
 		},
 		{
 			name: "unknown state key",

@@ -61,6 +61,12 @@ func (c converter) appendFastJSON(dst, text []byte) ([]byte, bool) {
 		if c.plainNumber(text) {
 			return append(dst, text...), true
 		}
+	case numberFromText:
+		// A text column (or a JSON string) read as a number: a plain
+		// decimal is its own JSON, digit for digit ("741.00" stays so).
+		if plainDecimal(text) {
+			return append(dst, text...), true
+		}
 	case boolFromBool, boolAsText:
 		if len(text) != 1 || text[0] != 't' && text[0] != 'f' {
 			return dst, false

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/pgpilot/pgpilot/row"
@@ -132,12 +134,18 @@ func FuzzIdentify(f *testing.F) {
 				{{Text: text}, {Null: true}},        // the company id
 			} {
 				out, err := m.Identify(vals)
-				if err != nil {
+				var bad BadValues
+				if err != nil && !errors.As(err, &bad) {
 					var re *RowError
 					if !errors.As(err, &re) {
 						t.Fatalf("%v: not a *RowError: %v", m.Columns()[0], err)
 					}
 					continue
+				}
+				for _, k := range bad.HeldBack() {
+					if _, ok := out.Metadata[k]; ok {
+						t.Fatalf("%s: held back, yet in the payload", k)
+					}
 				}
 				checkIdentify(t, m, out)
 			}
@@ -177,3 +185,80 @@ func checkIdentify(t *testing.T, m *Mapper, out userpilot.Company) {
 		t.Fatalf("payload does not marshal: %v", err)
 	}
 }
+
+// FuzzJSONPath holds the path reader to encoding/json: for any valid JSON
+// document and path, it finds what decoding the document and walking its
+// objects finds (the last of duplicate keys, as json's -> does).
+func FuzzJSONPath(f *testing.F) {
+	for _, s := range []string{`{"a": {"b": 1}}`, `{"a": [1, {"b": 2}]}`, `{"a\u00e9": "x\"y"}`, `{"a": 1, "a": 2}`, ` {"a" : null } `, `[1]`, `"s"`, `{"a": {}}`} {
+		f.Add([]byte(s), "a/b")
+		f.Add([]byte(s), "aé")
+		f.Add([]byte(s), "a")
+	}
+	f.Fuzz(func(t *testing.T, doc []byte, pathText string) {
+		if !json.Valid(doc) || !utf8.Valid(doc) {
+			return // Postgres prints only valid JSON, in UTF-8
+		}
+		path := strings.Split(pathText, "/")
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(doc))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range path {
+			obj, ok := v.(map[string]any)
+			if !ok {
+				v = missing{}
+				break
+			}
+			if v, ok = obj[k]; !ok {
+				v = missing{}
+				break
+			}
+		}
+		kind, raw, err := jsonAt(doc, path, true)
+		if err != nil {
+			t.Fatalf("%q at %q: %v", doc, path, err)
+		}
+		switch want := v.(type) {
+		case missing:
+			if kind != jsonMissing {
+				t.Fatalf("%q at %q: got %s %q, want missing", doc, path, kind, raw)
+			}
+			return
+		case nil:
+			if kind != jsonNull {
+				t.Fatalf("%q at %q: got %s, want null", doc, path, kind)
+			}
+			return
+		case map[string]any:
+			if kind != jsonObject {
+				t.Fatalf("%q at %q: got %s, want an object", doc, path, kind)
+			}
+		case []any:
+			if kind != jsonArray {
+				t.Fatalf("%q at %q: got %s, want an array", doc, path, kind)
+			}
+		case json.Number:
+			if kind != jsonNumber || string(raw) != string(want) {
+				t.Fatalf("%q at %q: got %s %q, want the number %s", doc, path, kind, raw, want)
+			}
+		case bool:
+			if kind != jsonBool || string(raw) != strconv.FormatBool(want) {
+				t.Fatalf("%q at %q: got %s %q, want %t", doc, path, kind, raw, want)
+			}
+		case string:
+			text, err := jsonText(kind, raw)
+			if kind != jsonString || err != nil || string(text) != want {
+				t.Fatalf("%q at %q: got %s %q (%v), want the string %q", doc, path, kind, text, err, want)
+			}
+		}
+		// What it found is the value's own text, valid JSON.
+		if !json.Valid(raw) {
+			t.Fatalf("%q at %q: %q is not JSON", doc, path, raw)
+		}
+	})
+}
+
+type missing struct{}
