@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/jackc/pglogrepl"
 
@@ -97,6 +98,18 @@ func compiler(c mapping.Companies) func(*row.Relation) (delivery.Mapper, error) 
 		m, err := mapping.Compile(c, rel.Table.String(), rel.Columns)
 		if err != nil {
 			return nil, err // not a nil *Mapper in an interface
+		}
+		if k := rel.Keys; k != nil {
+			// A backfill's rows: its keys, and null for those it clears
+			// that the mapping no longer has anywhere (one it has again is
+			// sent as it is now, here or with the related values).
+			var null []string
+			for _, key := range k.Clear {
+				if !slices.Contains(c.Keys(), key) {
+					null = append(null, key)
+				}
+			}
+			return m.Restrict(append(slices.Clone(k.Set), k.Clear...), null), nil
 		}
 		return m, nil
 	}

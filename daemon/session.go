@@ -111,6 +111,9 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.reconcileMapping(st); err != nil {
+		return err
+	}
 	if s.eng == nil {
 		s.confirmed.Store(uint64(st.lsn))
 		m.Checkpointed(st.lsn)
@@ -158,6 +161,15 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 	// fit the table stops pgpilot at once (exit 2); delivery compiles it
 	// for each description of the table it meets.
 	if _, err := mapping.Compile(cfg.Companies, src.table.String(), cols); err != nil {
+		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	// A generated column is never streamed: a key reading it would be
+	// sent by a snapshot and then never again.
+	generated, err := replication.GeneratedColumns(ctx, src.sqlConn, src.table)
+	if err != nil {
+		return src, err
+	}
+	if err := cfg.Companies.Generated(generated); err != nil {
 		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 	}
 	if src.key, err = replication.KeyColumns(ctx, src.sqlConn, src.table); err != nil {

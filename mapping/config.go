@@ -173,7 +173,8 @@ type Field struct {
 // Label is one entry of a Field's values: the value's text and what is
 // sent in its place.
 type Label struct {
-	From, To string
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // Derived reports whether f computes its value from the column rather

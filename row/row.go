@@ -46,6 +46,17 @@ type Relation struct {
 	ID      uint32
 	Table   Table
 	Columns []Column
+	// Keys, when not nil, narrows what a row of this description sets:
+	// the rows of a snapshot job that backfills a mapping change are read
+	// under a description of their own.
+	Keys *KeySet
+}
+
+// KeySet is what a backfill after a mapping change sends of each row:
+// the current values of the keys Set (added or changed), and null for
+// the keys Clear (dropped from the mapping).
+type KeySet struct {
+	Set, Clear []string
 }
 
 // Value is one column's value as Postgres sent it: text in the type's

@@ -149,6 +149,10 @@ type Stage struct {
 	// sent is the running job as far as its chunks were passed on (Run's
 	// goroutine only).
 	sent state.Snapshot
+	// backfillRel describes the rows of the backfill job backfillJob
+	// (Run's goroutine only).
+	backfillRel *row.Relation
+	backfillJob string
 
 	// readConn opens the connection chunks are read on (tests replace it).
 	readConn func(context.Context) (*pgx.Conn, error)
@@ -441,8 +445,11 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		p := queue[0]
 		// A re-sync re-sends what Userpilot is believed to hold: that
 		// belief is what the operator doubts. A resumed initial sync
-		// skips what it delivered before the restart.
-		resend := p.mark.Job.ID != state.InitialSnapshot
+		// skips what it delivered before the restart, and a backfill what
+		// Userpilot holds already (a key defined anew whose value is the
+		// same).
+		resend := p.mark.Job.ID != state.InitialSnapshot && p.mark.Job.Backfill == nil
+		rel := s.relationOf(p.mark.Job)
 		// In pieces, as the stream sends a large transaction: each stage
 		// after this one buffers a few transactions, and a buffer of
 		// whole chunks held 40,000 rows (20 MB) per stage. Only the last
@@ -450,7 +457,7 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		changes := make([]row.Change, 0, min(len(p.Rows), pieceRows))
 		for i, vals := range p.Rows {
 			if vals != nil {
-				changes = append(changes, row.Change{Op: row.Insert, Relation: s.rel, Values: vals})
+				changes = append(changes, row.Change{Op: row.Insert, Relation: rel, Values: vals})
 			}
 			if len(changes) == pieceRows && i < len(p.Rows)-1 {
 				if err := send(ctx, dst, row.Transaction{Kind: row.Chunk, Changes: changes, Resend: resend}); err != nil {
@@ -473,6 +480,21 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		}
 	}
 	return queue, nil
+}
+
+// relationOf describes the rows of job: the table, or, for a backfill,
+// the table narrowed to the backfill's keys (one description per job, so
+// that delivery compiles its mapping once).
+func (s *Stage) relationOf(job state.Snapshot) *row.Relation {
+	if job.Backfill == nil {
+		return s.rel
+	}
+	if s.backfillRel == nil || s.backfillJob != job.ID {
+		s.backfillJob = job.ID
+		s.backfillRel = &row.Relation{Table: s.rel.Table, Columns: s.rel.Columns,
+			Keys: &row.KeySet{Set: job.Backfill.Keys, Clear: job.Backfill.Clear}}
+	}
+	return s.backfillRel
 }
 
 func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) error {
