@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
 )
 
 // checkProbePath is what `check` asks Userpilot, without a key and with
@@ -137,6 +141,13 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		if !c.report("every mapped column exists and maps to a primitive", err) {
 			c.config = true
 		}
+		generated, err := replication.GeneratedColumns(ctx, conn, table)
+		if err == nil {
+			err = cfg.Companies.Generated(generated)
+		}
+		if !c.report("no key reads a generated column (Postgres does not stream them)", err) && errors.As(err, new(mapping.ConfigErrors)) {
+			c.config = true
+		}
 		checkPersonalData(cfg, cols, c)
 		var canSelect bool
 		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c
@@ -161,6 +172,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	}
 	checkRelated(ctx, conn, cfg, c)
 	checkPublication(ctx, conn, cfg, table, srv, c)
+	checkMappingChange(cfg, c)
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
 	checkHeadroom(ctx, conn, haveSlot, c)
@@ -320,8 +332,18 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 	if !related.Configured(cfg.Companies) {
 		return
 	}
+	var what []string
+	if len(cfg.Companies.Related) > 0 {
+		what = append(what, "companies.related")
+	}
+	if cfg.Companies.Where != "" {
+		what = append(what, "companies.where")
+	}
+	if slices.ContainsFunc(cfg.Companies.Metadata, func(f mapping.Field) bool { return f.SQL != "" }) {
+		what = append(what, "the sql: keys")
+	}
 	_, err := related.Compile(ctx, conn, cfg.Companies)
-	if !c.report("companies.related and companies.where fit the tables (Postgres plans every re-read)", err) {
+	if !c.report(strings.Join(what, " and ")+" fit the tables (Postgres plans every re-read)", err) {
 		if errors.As(err, new(mapping.ConfigErrors)) {
 			c.config = true
 		}
@@ -363,6 +385,30 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 				c.warn("personal data", fix.With(errors.New(pd.Problem(cfg.Path)), pd.Fix()))
 			}
 		}
+	}
+}
+
+// checkMappingChange says what `pgpilot run` will backfill: the keys that
+// changed since the mapping recorded in the state directory.
+func checkMappingChange(cfg *mapping.Config, c *checker) {
+	data, ok, err := state.ReadMapping(cfg.State.Dir)
+	var was mapping.Shape
+	switch {
+	case err != nil:
+		c.report("the mapping recorded in state.dir", err)
+	case !ok:
+		c.report("no mapping recorded in state.dir yet: the first sync sends every key", nil)
+	case json.Unmarshal(data, &was) != nil:
+		c.warn("the mapping recorded in state.dir", fix.With(fmt.Errorf("%s cannot be read: `pgpilot run` records this mapping without backfilling what changed",
+			filepath.Join(cfg.State.Dir, state.MappingFile)), "run `pgpilot resync` after `pgpilot run` if the mapping changed"))
+	default:
+		ch := mapping.Compare(was, cfg.Companies.Shape())
+		if ch.None() {
+			c.report("mapping unchanged since the last run", nil)
+			return
+		}
+		c.report("mapping changed since the last run: "+ch.Describe(cfg.Companies)+
+			"; `pgpilot run` backfills this for every company alongside the stream (`pgpilot preview --changes` shows it)", nil)
 	}
 }
 

@@ -25,7 +25,7 @@ const usage = `pgpilot keeps Userpilot company profiles in step with a Postgres 
 Usage:
   pgpilot run      --config FILE   stream changes to Userpilot until SIGTERM/SIGINT
   pgpilot check    --config FILE   preflight: config, Postgres and slot, each problem with its fix
-  pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
+  pgpilot preview  --config FILE [--limit N] [--where SQL] [--changes]   print the payloads rows would become (--changes: what a mapping change backfills)
   pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)
   pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]   the records set aside

@@ -262,15 +262,6 @@ func TestOneBadValueCostsOneKeyAndItsDeadLetterNamesIt(t *testing.T) {
 	assert.Contains(t, dls.Outstanding[0].Reason, `metadata "mrr" (column "custom_attributes", path mrr): cannot read "n/a" as a number`)
 }
 
-// oldMapping is chatwoot.Mapping as it was before the change the backfill
-// tests make: status sent as its number (changed to labels), no size
-// (added), and legacy_plan (removed).
-var oldMapping = strings.NewReplacer(
-	"    status: {column: status, values: {0: active, 1: suspended}, default: unknown}\n", "    status: status\n",
-	"    size: {column: custom_attributes, path: company.size, type: number}\n", "",
-	"    name: name\n", "    name: name\n    legacy_plan: {column: custom_attributes, path: plan_name, type: string}\n",
-).Replace(chatwoot.Mapping)
-
 // TestAMappingChangeIsBackfilledForEveryCompany: started with another
 // mapping, pgpilot says what changed, sends the added and changed keys of
 // every account and null for the removed one, alongside the stream and
@@ -281,7 +272,7 @@ func TestAMappingChangeIsBackfilledForEveryCompany(t *testing.T) {
 	e := newChatwootEnv(t)
 	ctx := context.Background()
 	require.NoError(t, chatwoot.Seed(ctx, e.conn, 500))
-	e.chatwootConfig(oldMapping)
+	e.chatwootConfig(chatwoot.MappingBefore)
 	stop := e.start(ctx, time.Second)
 	e.waitInitialSync()
 	require.Eventually(t, func() bool { return len(e.up.Companies()) == 500 }, 30*time.Second, 20*time.Millisecond)
@@ -377,7 +368,7 @@ func TestABackfillSendsOnlyTheKeysThatChanged(t *testing.T) {
 	e.chatwootConfig(strings.NewReplacer(
 		"        members: count(*)\n", "        members: count(*) filter (where role = 1)\n",
 		`    tier: {sql: "`+chatwoot.TierSQL+`", type: string}`, `    tier: {sql: "'unknown'", type: string}`,
-	).Replace(oldMapping))
+	).Replace(chatwoot.MappingBefore))
 	stop := e.start(ctx, time.Second)
 	e.waitInitialSync()
 	require.Eventually(t, func() bool { return len(e.up.Companies()) == 60 }, 30*time.Second, 20*time.Millisecond)

@@ -215,7 +215,14 @@ func ReplicaIdentityProblem(ctx context.Context, conn *pgx.Conn, t row.Table) (s
 	if err != nil {
 		return "", fmt.Errorf("read replica identity of %s: %w", t, err)
 	}
-	fix := fmt.Sprintf("add a primary key, or run ALTER TABLE %s REPLICA IDENTITY FULL;", t.Quoted())
+	var fix string
+	if ident == "n" || ident == "d" && !hasPK {
+		cheapest, err := IdentityFix(ctx, conn, t, "")
+		if err != nil {
+			return "", err
+		}
+		fix = "add a primary key, or " + cheapest
+	}
 	switch {
 	case ident == "n":
 		return fmt.Sprintf("%s has REPLICA IDENTITY NOTHING: once published, its UPDATEs and DELETEs would fail; %s", t, fix), nil

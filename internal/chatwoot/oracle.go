@@ -41,6 +41,15 @@ const Mapping = `companies:
         open_conversations: count(*) filter (where status = 0)
 `
 
+// MappingBefore is Mapping as it was before a change, for tests of the
+// backfill that follows: status sent as its number (Mapping labels it),
+// no size (added), and legacy_plan (removed: cleared).
+var MappingBefore = strings.NewReplacer(
+	"    status: {column: status, values: {0: active, 1: suspended}, default: unknown}\n", "    status: status\n",
+	"    size: {column: custom_attributes, path: company.size, type: number}\n", "",
+	"    name: name\n", "    name: name\n    legacy_plan: {column: custom_attributes, path: plan_name, type: string}\n",
+).Replace(Mapping)
+
 // TierSQL is Mapping's expression on the account's row.
 const TierSQL = `case when (limits->>'agents')::int > 100 then 'large' else 'small' end`
 
