@@ -3,7 +3,9 @@ package mapping_test
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -86,4 +88,23 @@ func ExampleCompile() {
 	body, _ := json.Marshal(out)
 	fmt.Println(string(body))
 	// Output: {"company_id":"4711","metadata":{"monthly_spend":1234.50,"name":"Globex","signed_up_at":null}}
+}
+
+// The derived keys the example file shows, commented out, are read as
+// written: a copy into a mapping loads.
+func TestExampleDerivedKeysLoad(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "mapping.example.yaml"))
+	require.NoError(t, err)
+	var keys []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "    # ") && strings.Contains(line, ": {") {
+			keys = append(keys, "    "+strings.TrimPrefix(line, "    # "))
+		}
+	}
+	require.Len(t, keys, 6)
+	cfg := "postgres:\n  url: postgres://localhost/app\nuserpilot:\n  api_key: k\ncompanies:\n  table: accounts\n  company_id: id\n  metadata:\n" +
+		strings.Join(keys, "\n") + "\n  removed_keys: clear\n"
+	c, err := mapping.Parse("example.yaml", []byte(cfg), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	assert.Len(t, c.Companies.Metadata, 6)
 }

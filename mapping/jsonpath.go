@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"bytes"
 	"errors"
 	"unicode/utf8"
 )
@@ -118,16 +119,24 @@ func skipSpace(b []byte, i int) int {
 }
 
 // stringEnd returns the index after the string starting at b[i] ('"').
+// A long string (a large document's) is skipped with IndexByte, which
+// reads many bytes at a time.
 func stringEnd(b []byte, i int) (int, bool) {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1, true
+	j := i + 1
+	for {
+		q := bytes.IndexByte(b[j:], '"')
+		if q < 0 {
+			return 0, false
+		}
+		e := bytes.IndexByte(b[j:j+q], '\\')
+		if e < 0 {
+			return j + q + 1, true
+		}
+		j += e + 2 // the escaped character, whatever it is
+		if j > len(b) {
+			return 0, false
 		}
 	}
-	return 0, false
 }
 
 // valueEnd returns the index after the value starting at b[i].
