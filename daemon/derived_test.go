@@ -85,7 +85,8 @@ func (e *env) chatwootWorkload(seed uint64, maxID int) (stop func() int) {
 // aggregates over the tables beside, while a random workload runs before,
 // during and after the initial snapshot and pgpilot is stopped and
 // started again twice: Userpilot ends equal to the oracle computed in SQL,
-// every number with its digits.
+// every number with its digits; and again after a re-sync into a
+// Userpilot that lost everything.
 func TestDerivedKeysFollowEveryChangeThroughSnapshotStreamAndRestarts(t *testing.T) {
 	t.Parallel()
 	e := newChatwootEnv(t)
@@ -101,6 +102,12 @@ func TestDerivedKeysFollowEveryChangeThroughSnapshotStreamAndRestarts(t *testing
 	stop := e.start(ctx, 5*time.Second)
 	time.Sleep(2 * time.Second)
 	t.Logf("%d transactions committed", stopWriting())
+	e.convergeAccounts(90 * time.Second)
+
+	// A re-sync into a Userpilot that lost everything sends it all again.
+	e.up.Wipe()
+	_, err := state.RequestResync(e.cfg.State.Dir, state.Snapshot{})
+	require.NoError(t, err)
 	e.convergeAccounts(90 * time.Second)
 	require.NoError(t, stop())
 }
