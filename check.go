@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/related"
@@ -104,7 +105,7 @@ func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stder
 }
 
 // checkPostgres checks everything `pgpilot run` needs from the database.
-func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
+func checkPostgres(ctx context.Context, cfg *config.Config, c *checker) {
 	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if !c.report("Postgres reachable with the configured credentials", err) {
@@ -198,7 +199,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 // sees it, and warns when postgres.url lets a connection to another machine
 // run in plaintext: pgx's default, sslmode=prefer, falls back to it without
 // a word.
-func checkTLS(ctx context.Context, cfg *mapping.Config, conn *pgx.Conn, c *checker) {
+func checkTLS(ctx context.Context, cfg *config.Config, conn *pgx.Conn, c *checker) {
 	policy, err := replication.ReadTLSPolicy(cfg.Postgres.URL)
 	if err != nil {
 		c.report("TLS settings of postgres.url", err)
@@ -241,7 +242,7 @@ func tlsProblem(p replication.TLSPolicy) error {
 // checkPersonalData warns of each mapped key whose column looks like
 // personal data (by its name or type) and is not acknowledged with
 // pii: true. It blocks nothing: whether to send it is the operator's call.
-func checkPersonalData(cfg *mapping.Config, cols []row.Column, c *checker) {
+func checkPersonalData(cfg *config.Config, cols []row.Column, c *checker) {
 	found := cfg.Companies.PersonalData(cols)
 	if len(found) == 0 {
 		c.report("no mapped column looks like personal data (or each is acknowledged with pii: true)", nil)
@@ -278,7 +279,7 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn) error {
 
 // checkPublication checks that the publication exists and covers the table,
 // or that `pgpilot run` can create it.
-func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker) {
+func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *config.Config, table row.Table, srv replication.Server, c *checker) {
 	name := cfg.Postgres.Publication
 	tables := append([]row.Table{table}, related.Tables(cfg.Companies)...)
 	pub, havePub, err := replication.ReadPublication(ctx, conn, name)
@@ -328,7 +329,7 @@ func quotedTables(tables []row.Table) string {
 // query the daemon will run), each related table's replica identity (a
 // DELETE must say which company its row belonged to), an index for the
 // re-reads, and the privilege to read.
-func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *checker) {
+func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *config.Config, c *checker) {
 	if !related.Configured(cfg.Companies) {
 		return
 	}
@@ -390,7 +391,7 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 
 // checkMappingChange says what `pgpilot run` will backfill: the keys that
 // changed since the mapping recorded in the state directory.
-func checkMappingChange(cfg *mapping.Config, c *checker) {
+func checkMappingChange(cfg *config.Config, c *checker) {
 	data, ok, err := state.ReadMapping(cfg.State.Dir)
 	var was mapping.Shape
 	switch {
@@ -443,7 +444,7 @@ func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, c *checke
 // does not serve Userpilot's paths (a wrong base URL, a proxy, a web site),
 // so its 404 with the key says nothing about the key. The key goes only
 // into the header; no error built here can contain it.
-func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
+func checkUserpilot(ctx context.Context, cfg *config.Config, c *checker) {
 	endpoint := cfg.Userpilot.Endpoint
 	name := "Userpilot at " + endpoint + " reachable and the API key accepted"
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)

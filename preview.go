@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
@@ -125,7 +126,7 @@ type relatedReader struct {
 	m    *mapping.Mapper
 }
 
-func openRelated(ctx context.Context, cfg *mapping.Config) (*relatedReader, error) {
+func openRelated(ctx context.Context, cfg *config.Config) (*relatedReader, error) {
 	r := &relatedReader{}
 	if len(related.Keys(cfg.Companies)) == 0 {
 		return r, nil
@@ -198,7 +199,7 @@ type backfillPlan struct {
 // planBackfill compares the mapping with the one recorded in state.dir
 // and says so on stderr; nil (and nothing more to show) when there is
 // nothing to backfill.
-func planBackfill(cfg *mapping.Config, stderr io.Writer) (*backfillPlan, error) {
+func planBackfill(cfg *config.Config, stderr io.Writer) (*backfillPlan, error) {
 	data, ok, err := state.ReadMapping(cfg.State.Dir)
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/chatwoot"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -46,7 +47,7 @@ func (e *env) chatwootConfig(companies string) {
 	cfg := chatwoot.Config(e.url, e.slot, e.up.URL(), apiKey, e.stateOK)
 	cfg = cfg[:strings.Index(cfg, "companies:\n")] + companies
 	require.NoError(e.t, os.WriteFile(path, []byte(cfg), 0o600))
-	c, err := mapping.Load(path)
+	c, err := config.Load(path)
 	require.NoError(e.t, err)
 	e.cfg = c
 }

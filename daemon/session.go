@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -28,7 +29,7 @@ import (
 // session is one connection's life: it is run again after each failure.
 type session struct {
 	opts   Options
-	cfg    *mapping.Config
+	cfg    *config.Config
 	dir    *state.Dir
 	store  *state.Store
 	sender delivery.Sender
@@ -578,7 +579,7 @@ func estimateRows(ctx context.Context, conn *pgx.Conn, table row.Table) int64 {
 // relatedPlan compiles companies.related and companies.where against the
 // database and checks that each related table streams what its re-reads
 // need: a problem is the operator's to fix (exit 2), with the fix.
-func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) (*related.Plan, error) {
+func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*related.Plan, error) {
 	plan, err := related.Compile(ctx, conn, cfg.Companies)
 	if err != nil {
 		var ces mapping.ConfigErrors

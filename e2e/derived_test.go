@@ -234,4 +234,3 @@ func TestChatwootMappingChangeWithKillNinesEndsEqualToTheOracle(t *testing.T) {
 	t.Logf("%d kill -9s during the backfill (%d runs resumed it), %d transactions committed, %d records applied; %d accounts deleted at some point",
 		kills, resumed, committed.Load(), e.up.Accepted(), len(deleted))
 }
-

@@ -33,11 +33,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/faultproxy"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -674,7 +674,7 @@ func TestHungUserpilotRequestIsAbandonedAndRetried(t *testing.T) {
 	e.dropSlotAtEnd()
 	ctx := context.Background()
 	require.NoError(t, workload.Seed(ctx, e.conn, 30))
-	cfg, err := mapping.Load(e.cfgPath)
+	cfg, err := config.Load(e.cfgPath)
 	require.NoError(t, err)
 	e.up.FailNext(12, userpilottest.Fault{Delay: 5 * time.Minute})
 

@@ -140,12 +140,15 @@ func TestCompileErrors(t *testing.T) {
 // "; fix: ", as one string, so a table of expectations checks both.
 func problemsAndFixes(t *testing.T, err error) []string {
 	t.Helper()
+	var ces ConfigErrors
+	require.True(t, errors.As(err, &ces), "not ConfigErrors: %v", err)
 	var out []string
-	for _, p := range fixedProblems(t, err) {
-		if p.fix != "" {
-			p.msg += "; fix: " + p.fix
+	for _, ce := range ces {
+		msg := ce.Error()
+		if ce.Fix != "" {
+			msg += "; fix: " + ce.Fix
 		}
-		out = append(out, p.msg)
+		out = append(out, msg)
 	}
 	return out
 }

@@ -1,4 +1,4 @@
-package mapping_test
+package config_test
 
 import (
 	"encoding/json"
@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -24,10 +25,10 @@ func TestExampleFileLoadsAndCompiles(t *testing.T) {
 	t.Setenv("USERPILOT_API_KEY", "example-key")
 	path := filepath.Join("..", "mapping.example.yaml")
 
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(t, err)
-	assert.Equal(t, mapping.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
-	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: userpilot.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
+	assert.Equal(t, config.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
+	assert.Equal(t, config.Userpilot{APIKey: "example-key", Endpoint: userpilot.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
 	assert.Equal(t, filepath.Join("..", "pgpilot-state"), cfg.State.Dir)
 	assert.Equal(t, "public", cfg.Companies.Schema)
 	assert.Equal(t, "companies", cfg.Companies.Name)
@@ -104,7 +105,7 @@ func TestExampleDerivedKeysLoad(t *testing.T) {
 	require.Len(t, keys, 6)
 	cfg := "postgres:\n  url: postgres://localhost/app\nuserpilot:\n  api_key: k\ncompanies:\n  table: accounts\n  company_id: id\n  metadata:\n" +
 		strings.Join(keys, "\n") + "\n  removed_keys: clear\n"
-	c, err := mapping.Parse("example.yaml", []byte(cfg), func(string) (string, bool) { return "", false })
+	c, err := config.Parse("example.yaml", []byte(cfg), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
 	assert.Len(t, c.Companies.Metadata, 6)
 }

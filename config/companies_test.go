@@ -1,6 +1,7 @@
-package mapping
+package config
 
 import (
+	"github.com/pgpilot/pgpilot/mapping"
 	"strings"
 	"testing"
 
@@ -33,10 +34,10 @@ func TestPIITrueAcknowledgesAKeyAndAnythingElseIsRefused(t *testing.T) {
 	data := minimal + "    contact: {column: contact_email, pii: true}\n    phone: {column: phone, type: string, pii: false}\n    owner: owner_email\n"
 	cfg, err := Parse("p.yaml", []byte(data), env(baseEnv()))
 	require.NoError(t, err)
-	assert.Equal(t, []Field{
+	assert.Equal(t, []mapping.Field{
 		{Key: "name", Column: "name", Line: 9},
 		{Key: "contact", Column: "contact_email", Line: 10, PII: true},
-		{Key: "phone", Column: "phone", Type: TypeString, Line: 11},
+		{Key: "phone", Column: "phone", Type: mapping.TypeString, Line: 11},
 		{Key: "owner", Column: "owner_email", Line: 12},
 	}, cfg.Companies.Metadata)
 	got := cfg.Companies.PersonalData(nil)
@@ -60,13 +61,13 @@ func TestDerivedFormsAreRead(t *testing.T) {
 `
 	cfg, err := Parse("p.yaml", []byte(data), env(baseEnv()))
 	require.NoError(t, err)
-	assert.Equal(t, []Field{
+	assert.Equal(t, []mapping.Field{
 		{Key: "name", Column: "name", Line: 9},
 		{Key: "plan", Column: "custom_attributes", Path: []string{"plan_name"}, Line: 10},
-		{Key: "size", Column: "custom_attributes", Path: []string{"company", "size"}, Type: TypeNumber, Line: 11},
+		{Key: "size", Column: "custom_attributes", Path: []string{"company", "size"}, Type: mapping.TypeNumber, Line: 11},
 		{Key: "seats_raw", Column: "custom_attributes", Path: []string{"subscribed.quantity"}, Line: 12},
-		{Key: "status", Column: "status", Values: []Label{{"0", "active"}, {"1", "suspended"}}, Default: ptr("unknown"), Line: 13},
-		{Key: "tier", SQL: "case when seats > 100 then 'large' else 'small' end", Type: TypeString, Line: 14},
+		{Key: "status", Column: "status", Values: []mapping.Label{{From: "0", To: "active"}, {From: "1", To: "suspended"}}, Default: ptr("unknown"), Line: 13},
+		{Key: "tier", SQL: "case when seats > 100 then 'large' else 'small' end", Type: mapping.TypeString, Line: 14},
 		{Key: "notes", Column: "notes", KeepNull: true, Line: 15},
 	}, cfg.Companies.Metadata)
 	assert.True(t, cfg.Companies.KeepRemovedKeys)
@@ -117,3 +118,5 @@ func TestDerivedFormsAreRefusedWithTheLineAndTheFix(t *testing.T) {
 	assert.Equal(t, []problem{{`p.yaml:10: companies.removed_keys: "forget" is not a policy`,
 		"write removed_keys: clear (a key dropped from the mapping is sent once as null, the default) or removed_keys: keep (Userpilot keeps its value)"}}, fixedProblems(t, err))
 }
+
+func ptr[T any](v T) *T { return &v }

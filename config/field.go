@@ -1,7 +1,8 @@
-package mapping
+package config
 
 import (
 	"fmt"
+	"github.com/pgpilot/pgpilot/mapping"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -12,7 +13,7 @@ import (
 // fieldKeys are the keys of a metadata entry's {column, ...} form.
 var fieldKeys = []string{"column", "path", "sql", "type", "values", "default", "on_null", "pii"}
 
-func (p *parser) metadata(parent section) []Field {
+func (p *parser) metadata(parent section) []mapping.Field {
 	const fix = "add metadata: with one key: column line per value to send, e.g. name: name"
 	s, ok := p.section(parent, "metadata", nil, true, fix)
 	if !ok {
@@ -22,7 +23,7 @@ func (p *parser) metadata(parent section) []Field {
 		p.fail(s.line, s.path, "has no entries", fix)
 		return nil
 	}
-	var fields []Field
+	var fields []mapping.Field
 	// Walk the node, not the map, to keep the file's order.
 	for i := 0; i+1 < len(s.node.Content); i += 2 {
 		k := resolve(s.node.Content[i])
@@ -38,15 +39,15 @@ func (p *parser) metadata(parent section) []Field {
 
 // field reads one metadata entry: `key: column` or `key: {column, path,
 // sql, type, values, default, on_null, pii}`.
-func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
+func (p *parser) field(parent section, k, v *yaml.Node) (mapping.Field, bool) {
 	key := parent.keyOf(k.Value)
 	if k.Value == "" {
 		p.fail(k.Line, key, "a metadata key must not be empty", "name the key as Userpilot should show it")
-		return Field{}, false
+		return mapping.Field{}, false
 	}
 	col := plainColumn(k.Value)
 	shape := fmt.Sprintf("write %s: %s or %s: {column: %s, type: number}", k.Value, col, k.Value, col)
-	f := Field{Key: k.Value, Line: k.Line}
+	f := mapping.Field{Key: k.Value, Line: k.Line}
 	switch {
 	case v.Kind == yaml.ScalarNode && !(v.Tag == "!!null" && v.Style == 0):
 		c, ok := p.scalarOf(entry{key: k, value: v}, key, shape)
@@ -65,8 +66,8 @@ func (p *parser) field(parent section, k, v *yaml.Node) (Field, bool) {
 
 // fieldForm reads the {column, ...} form of a metadata entry; every
 // problem in it is reported, not only the first.
-func (p *parser) fieldForm(key string, k, v *yaml.Node, shape string) (Field, bool) {
-	f := Field{Key: k.Value, Line: k.Line}
+func (p *parser) fieldForm(key string, k, v *yaml.Node, shape string) (mapping.Field, bool) {
+	f := mapping.Field{Key: k.Value, Line: k.Line}
 	inner := p.mappingEntries(v, key, k.Line, fieldKeys)
 	ok := true
 	// bad is a key written with a value that was reported already.
@@ -102,7 +103,7 @@ func (p *parser) fieldForm(key string, k, v *yaml.Node, shape string) (Field, bo
 	}
 
 	if t, present := p.value(inner, "type"); present && t.text != "" {
-		f.Type = Type(t.text)
+		f.Type = mapping.Type(t.text)
 		if !validType(f.Type) {
 			p.fail(t.line, inner.keyOf("type"), t.show()+" is not a type; allowed: string, number, boolean, date (leave type out to let the column's Postgres type decide)", "")
 			ok = false
@@ -223,7 +224,7 @@ func (p *parser) path(key string, e entry) ([]string, bool) {
 
 // labels reads values: a mapping of a value's text to its label, in the
 // file's order.
-func (p *parser) labels(key string, e entry) ([]Label, bool) {
+func (p *parser) labels(key string, e entry) ([]mapping.Label, bool) {
 	const fix = "write values: {0: active, 1: suspended}: each value as Postgres prints it, then the label to send"
 	if e.value.Kind != yaml.MappingNode {
 		p.fail(e.key.Line, key, "must be a mapping of values to labels, not "+kindName(e.value), fix)
@@ -235,7 +236,7 @@ func (p *parser) labels(key string, e entry) ([]Label, bool) {
 		return nil, false
 	}
 	ok := true
-	labels := []Label{}
+	labels := []mapping.Label{}
 	for i := 0; i+1 < len(e.value.Content); i += 2 {
 		k := resolve(e.value.Content[i])
 		en, known := s.entries[k.Value]
@@ -256,13 +257,13 @@ func (p *parser) labels(key string, e entry) ([]Label, bool) {
 			ok = false
 			continue
 		}
-		labels = append(labels, Label{From: k.Value, To: v.text})
+		labels = append(labels, mapping.Label{From: k.Value, To: v.text})
 	}
 	return labels, ok
 }
 
 // removedKeys reads companies.removed_keys.
-func (p *parser) removedKeys(s section, c *Companies) {
+func (p *parser) removedKeys(s section, c *mapping.Companies) {
 	v, ok := p.value(s, "removed_keys")
 	if !ok {
 		return

@@ -1,7 +1,8 @@
-package mapping
+package config
 
 import (
 	"fmt"
+	"github.com/pgpilot/pgpilot/mapping"
 	"strings"
 )
 
@@ -10,8 +11,8 @@ var (
 	companiesKeys = []string{"table", "company_id", "metadata", "on_delete", "on_delete_metadata", "related", "where", "removed_keys"}
 )
 
-func (p *parser) companies(s section) Companies {
-	c := Companies{File: p.file}
+func (p *parser) companies(s section) mapping.Companies {
+	c := mapping.Companies{File: p.file}
 	if v, ok := p.required(s, "table", "write table: public.companies (the table to mirror)"); ok {
 		schema, name, pr := parseTable(v.text)
 		if pr.msg != "" {
@@ -125,9 +126,9 @@ func plainColumn(key string) string {
 	return key
 }
 
-func validType(t Type) bool {
+func validType(t mapping.Type) bool {
 	switch t {
-	case TypeString, TypeNumber, TypeBoolean, TypeDate:
+	case mapping.TypeString, mapping.TypeNumber, mapping.TypeBoolean, mapping.TypeDate:
 		return true
 	}
 	return false

@@ -1,9 +1,10 @@
-package mapping
+package config
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/pgpilot/pgpilot/mapping"
 	"io"
 	"regexp"
 	"sort"
@@ -19,14 +20,14 @@ type parser struct {
 	literalSecrets []string
 	file           string
 	lookupEnv      func(string) (string, bool)
-	problems       []*ConfigError
+	problems       []*mapping.ConfigError
 	secrets        []string // values that must not appear in any message
 }
 
 // fail records a problem at line under key: msg says what is wrong, fix
 // what to do about it ("" when msg says it all).
 func (p *parser) fail(line int, key, msg, fix string) {
-	p.problems = append(p.problems, &ConfigError{File: p.file, Line: line, Key: key, Msg: msg, Fix: fix})
+	p.problems = append(p.problems, &mapping.ConfigError{File: p.file, Line: line, Key: key, Msg: msg, Fix: fix})
 }
 
 // problem is what is wrong with a value and what to do about it, before the
@@ -40,7 +41,7 @@ func (p *parser) err() error {
 	for _, e := range p.problems {
 		e.Msg, e.Fix = p.redact(e.Msg), p.redact(e.Fix)
 	}
-	return ConfigErrors(p.problems)
+	return mapping.ConfigErrors(p.problems)
 }
 
 // section is a YAML mapping whose keys have been checked.
