@@ -62,13 +62,9 @@ func (e entry) table(p *Plan) string {
 	return e.cfg.Table
 }
 
-// Relation's table name: no real table has an empty schema, so a Relation
-// with this Table is always one Read made.
-var relatedTable = row.Table{Name: "related values"}
-
 // IsRelated reports whether rel describes rows of related values (made by
 // a Plan) rather than rows of a table.
-func IsRelated(rel *row.Relation) bool { return rel != nil && rel.Table == relatedTable }
+func IsRelated(rel *row.Relation) bool { return rel != nil && rel.Kind == row.RelatedValues }
 
 // Mapper compiles the mapping of rows of related values (rel, made by a
 // Plan): the company id in the first column, each key in its own column,
@@ -221,7 +217,7 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 		// Every re-read holds the condition: its error would repeat.
 		return nil, errs
 	}
-	rel := &row.Relation{Table: relatedTable, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
+	rel := &row.Relation{Kind: row.RelatedValues, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
 	types := replication.NewTypeResolver(conn)
 	// The result of a query's values, typed as Postgres plans them.
 	describe := func(sql string, keys []string) (bool, error) {

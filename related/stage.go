@@ -382,7 +382,7 @@ func (s *Stage) relation(keys *row.KeySet) *row.Relation {
 	if !ok {
 		clear(s.narrowed) // a job at a time: the last one's is done with
 		whole := s.plan.Relation()
-		rel = &row.Relation{ID: whole.ID, Table: whole.Table, Columns: whole.Columns, Keys: keys}
+		rel = &row.Relation{ID: whole.ID, Kind: whole.Kind, Table: whole.Table, Columns: whole.Columns, Keys: keys}
 		s.narrowed[keys] = rel
 	}
 	return rel
