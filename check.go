@@ -2,22 +2,27 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/provider"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
 )
 
 // checkProbePath is what `check` asks Userpilot, without a key and with
@@ -102,7 +107,7 @@ func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stder
 }
 
 // checkPostgres checks everything `pgpilot run` needs from the database.
-func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
+func checkPostgres(ctx context.Context, cfg *config.Config, c *checker) {
 	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	route := replication.ProbeRoute(ctx, cfg.Postgres.URL)
 	if route.Pooler != nil {
@@ -147,6 +152,13 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 		if !c.report("every mapped column exists and maps to a primitive", err) {
 			c.config = true
 		}
+		generated, err := replication.GeneratedColumns(ctx, conn, table)
+		if err == nil {
+			err = cfg.Companies.Generated(generated)
+		}
+		if !c.report("no key reads a generated column (Postgres does not stream them)", err) && errors.As(err, new(mapping.ConfigErrors)) {
+			c.config = true
+		}
 		checkPersonalData(cfg, cols, c)
 		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table),
 			replication.ReadRight(ctx, conn, table, user, "so the initial sync cannot read the table"))
@@ -167,6 +179,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 	st := readState(ctx, conn, cfg)
 	defer st.close()
 	checkPublication(ctx, conn, cfg, table, srv, c, st)
+	checkMappingChange(cfg, c)
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
 	checkHeadroom(ctx, conn, haveSlot, srv.Provider.Provider, c)
@@ -199,7 +212,7 @@ func checkPostgres(ctx context.Context, cfg *mapping.Config, c *checker) {
 // sees it, and warns when postgres.url lets a connection to another machine
 // run in plaintext: pgx's default, sslmode=prefer, falls back to it without
 // a word.
-func checkTLS(ctx context.Context, cfg *mapping.Config, conn *pgx.Conn, c *checker) {
+func checkTLS(ctx context.Context, cfg *config.Config, conn *pgx.Conn, c *checker) {
 	policy, err := replication.ReadTLSPolicy(cfg.Postgres.URL)
 	if err != nil {
 		c.report("TLS settings of postgres.url", err)
@@ -242,7 +255,7 @@ func tlsProblem(p replication.TLSPolicy) error {
 // checkPersonalData warns of each mapped key whose column looks like
 // personal data (by its name or type) and is not acknowledged with
 // pii: true. It blocks nothing: whether to send it is the operator's call.
-func checkPersonalData(cfg *mapping.Config, cols []row.Column, c *checker) {
+func checkPersonalData(cfg *config.Config, cols []row.Column, c *checker) {
 	found := cfg.Companies.PersonalData(cols)
 	if len(found) == 0 {
 		c.report("no mapped column looks like personal data (or each is acknowledged with pii: true)", nil)
@@ -288,7 +301,7 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn, p provider.Prov
 // it (on the first setup only), and that it is the one the checkpoint
 // streams through. A role that may not create it (least privilege: it owns
 // no table) gets the exact statement for whoever may.
-func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, table row.Table, srv replication.Server, c *checker, st *stateView) {
+func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *config.Config, table row.Table, srv replication.Server, c *checker, st *stateView) {
 	name := cfg.Postgres.Publication
 	tables := append([]row.Table{table}, related.Tables(cfg.Companies)...)
 	createSQL := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(tables))
@@ -365,16 +378,26 @@ func quotedTables(tables []row.Table) string {
 // query the daemon will run), each related table's replica identity (a
 // DELETE must say which company its row belonged to), an index for the
 // re-reads, and the privilege to read.
-func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *checker) {
+func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *config.Config, c *checker) {
 	if !related.Configured(cfg.Companies) {
 		return
+	}
+	var what []string
+	if len(cfg.Companies.Related) > 0 {
+		what = append(what, "companies.related")
+	}
+	if cfg.Companies.Where != "" {
+		what = append(what, "companies.where")
+	}
+	if slices.ContainsFunc(cfg.Companies.Metadata, func(f mapping.Field) bool { return f.SQL != "" }) {
+		what = append(what, "the sql: keys")
 	}
 	_, err := related.Compile(ctx, conn, cfg.Companies)
 	switch {
 	case errors.As(err, new(*replication.ReadRightError)):
 		// Each table's line below names the rights and the GRANTs.
-		fmt.Fprintln(c.out, "- companies.related and companies.where not checked: the role may not read their tables (see below)")
-	case !c.report("companies.related and companies.where fit the tables (Postgres plans every re-read)", err):
+		fmt.Fprintln(c.out, "- "+strings.Join(what, " and ")+" not checked: the role may not read their tables (see below)")
+	case !c.report(strings.Join(what, " and ")+" fit the tables (Postgres plans every re-read)", err):
 		if errors.As(err, new(mapping.ConfigErrors)) {
 			c.config = true
 		}
@@ -413,6 +436,30 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, c *c
 	}
 }
 
+// checkMappingChange says what `pgpilot run` will backfill: the keys that
+// changed since the mapping recorded in the state directory.
+func checkMappingChange(cfg *config.Config, c *checker) {
+	data, ok, err := state.ReadMapping(cfg.State.Dir)
+	var was mapping.Shape
+	switch {
+	case err != nil:
+		c.report("the mapping recorded in state.dir", err)
+	case !ok:
+		c.report("no mapping recorded in state.dir yet: the first sync sends every key", nil)
+	case json.Unmarshal(data, &was) != nil:
+		c.warn("the mapping recorded in state.dir", fix.With(fmt.Errorf("%s cannot be read: `pgpilot run` records this mapping without backfilling what changed",
+			filepath.Join(cfg.State.Dir, state.MappingFile)), "run `pgpilot resync` after `pgpilot run` if the mapping changed"))
+	default:
+		ch := mapping.Compare(was, cfg.Companies.Shape())
+		if ch.None() {
+			c.report("mapping unchanged since the last run", nil)
+			return
+		}
+		c.report("mapping changed since the last run: "+ch.Describe(cfg.Companies)+
+			"; `pgpilot run` backfills this for every company alongside the stream (`pgpilot preview --changes` shows it)", nil)
+	}
+}
+
 // checkHeadroom checks that a replication slot (unless pgpilot's exists)
 // and a WAL sender are free for `pgpilot run`.
 func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, p provider.Provider, c *checker) {
@@ -445,7 +492,7 @@ func checkHeadroom(ctx context.Context, conn *pgx.Conn, haveSlot bool, p provide
 // does not serve Userpilot's paths (a wrong base URL, a proxy, a web site),
 // so its 404 with the key says nothing about the key. The key goes only
 // into the header; no error built here can contain it.
-func checkUserpilot(ctx context.Context, cfg *mapping.Config, c *checker) {
+func checkUserpilot(ctx context.Context, cfg *config.Config, c *checker) {
 	endpoint := cfg.Userpilot.Endpoint
 	name := "Userpilot at " + endpoint + " reachable and the API key accepted"
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)

@@ -7,8 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -18,7 +18,7 @@ import (
 type stateView struct {
 	ctx  context.Context
 	conn *pgx.Conn
-	cfg  *mapping.Config
+	cfg  *config.Config
 
 	cp      state.Checkpoint
 	haveCP  bool
@@ -34,7 +34,7 @@ type stateView struct {
 
 // readState reads the state directory without changing it: a pgpilot
 // that holds it is left alone.
-func readState(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) *stateView {
+func readState(ctx context.Context, conn *pgx.Conn, cfg *config.Config) *stateView {
 	st := &stateView{ctx: ctx, conn: conn, cfg: cfg, plans: map[bool]string{}}
 	st.cp, st.haveCP, st.cpErr = state.ReadCheckpoint(cfg.State.Dir)
 	if !st.haveCP {
@@ -114,7 +114,7 @@ func (st *stateView) plan(newSlot bool) string {
 // checkState reports what the state directory holds against the database:
 // a checkpoint that cannot be read, a damaged store, a start over asked
 // for (and what it will do).
-func checkState(cfg *mapping.Config, c *checker, st *stateView) {
+func checkState(cfg *config.Config, c *checker, st *stateView) {
 	switch {
 	case st.cpErr != nil:
 		c.report("checkpoint in "+cfg.State.Dir, st.cpErr)

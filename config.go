@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/config"
 )
 
 // commandFlags is the flag set every subcommand starts from.
@@ -22,7 +22,7 @@ func commandFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 // loadConfig parses flags and loads the config; a problem with either is a
 // usageError, found before anything touches Postgres. It prints the
 // config's warnings.
-func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer) (*mapping.Config, error) {
+func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer) (*config.Config, error) {
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
@@ -31,11 +31,11 @@ func loadConfig(fs *flag.FlagSet, path *string, args []string, stderr io.Writer)
 
 // readConfig loads the config file at path (--config) for the command
 // name; a problem is a usageError. It prints the config's warnings.
-func readConfig(name, path string, stderr io.Writer) (*mapping.Config, error) {
+func readConfig(name, path string, stderr io.Writer) (*config.Config, error) {
 	if path == "" {
 		return nil, usageError{errors.New("--config FILE is required (see mapping.example.yaml)")}
 	}
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		// A list of problems prints one a line, each fix under its problem.
 		return nil, usageError{fmt.Errorf("invalid configuration:\n%w", err)}

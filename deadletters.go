@@ -14,8 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -86,7 +86,7 @@ func deadlettersCommand(ctx context.Context, args []string, stdin io.Reader, std
 // dead letter holds customer data (the payload) and Userpilot's answer,
 // never the key; the key is blanked all the same, in case what answered
 // echoed the request.
-func listDeadLetters(cfg *mapping.Config, dls []state.DeadLetter, asJSON bool, stdout io.Writer) error {
+func listDeadLetters(cfg *config.Config, dls []state.DeadLetter, asJSON bool, stdout io.Writer) error {
 	redact := secretsRedactor(cfg)
 	if asJSON {
 		for _, dl := range dls {
@@ -129,7 +129,7 @@ func listDeadLetters(cfg *mapping.Config, dls []state.DeadLetter, asJSON bool, s
 // replayed. A record Userpilot refuses again is set aside again, as a new
 // outstanding dead letter. A crash between the two steps leaves the dead
 // letters outstanding: replaying again only sends the rows again.
-func replayDeadLetters(cfg *mapping.Config, dls []state.DeadLetter, company string, stdout io.Writer) error {
+func replayDeadLetters(cfg *config.Config, dls []state.DeadLetter, company string, stdout io.Writer) error {
 	if len(dls) == 0 {
 		return nothingOutstanding(company)
 	}
@@ -161,7 +161,7 @@ func replayDeadLetters(cfg *mapping.Config, dls []state.DeadLetter, company stri
 }
 
 // dropDeadLetters marks dls dropped, once confirmed.
-func dropDeadLetters(cfg *mapping.Config, dls []state.DeadLetter, company string, yes bool, stdin io.Reader, stdout io.Writer) error {
+func dropDeadLetters(cfg *config.Config, dls []state.DeadLetter, company string, yes bool, stdin io.Reader, stdout io.Writer) error {
 	if len(dls) == 0 {
 		return nothingOutstanding(company)
 	}
@@ -205,7 +205,7 @@ func companiesOf(dls []state.DeadLetter) []string {
 
 // secretsRedactor blanks the API key (and the database URL's password) in
 // what is printed.
-func secretsRedactor(cfg *mapping.Config) *strings.Replacer {
+func secretsRedactor(cfg *config.Config) *strings.Replacer {
 	var pairs []string
 	if k := strings.TrimSpace(cfg.Userpilot.APIKey); k != "" {
 		pairs = append(pairs, k, "[api key]")

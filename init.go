@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
@@ -49,13 +50,13 @@ func initCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 	if *sample < 1 {
 		return usageError{fmt.Errorf("--sample %d: want at least 1 row", *sample)}
 	}
-	companies, err := mapping.ParseTable(*tableArg)
+	companies, err := config.ParseTable(*tableArg)
 	if err != nil {
 		return usageError{fmt.Errorf("--table: %w", err)}
 	}
 	var users *row.Table
 	if *usersArg != "" {
-		u, err := mapping.ParseTable(*usersArg)
+		u, err := config.ParseTable(*usersArg)
 		if err != nil {
 			return usageError{fmt.Errorf("--users-table: %w", err)}
 		}
@@ -185,7 +186,7 @@ func surveyDatabase(ctx context.Context, conn *pgx.Conn, companies row.Table, us
 			}
 		}
 	}
-	pub, exists, err := replication.ReadPublication(ctx, conn, mapping.DefaultPublication)
+	pub, exists, err := replication.ReadPublication(ctx, conn, config.DefaultPublication)
 	if err != nil {
 		return nil, err
 	}
@@ -396,8 +397,8 @@ func (w *starter) write() {
 	w.b.WriteString("\n")
 	w.line(0, "postgres:", "")
 	w.line(2, "url: ${DATABASE_URL}", "the role needs REPLICATION and SELECT on the tables")
-	w.line(2, "slot: "+mapping.DefaultSlot, "created by `pgpilot run`")
-	w.line(2, "publication: "+mapping.DefaultPublication, "")
+	w.line(2, "slot: "+config.DefaultSlot, "created by `pgpilot run`")
+	w.line(2, "publication: "+config.DefaultPublication, "")
 	w.b.WriteString("\n")
 	w.line(0, "userpilot:", "")
 	w.line(2, "api_key: ${USERPILOT_API_KEY}", "")
@@ -418,24 +419,24 @@ func (w *starter) write() {
 func (w *starter) writeDatabaseNeeds() {
 	s := w.s
 	t := s.companies
-	pub := sqlIdent(mapping.DefaultPublication)
+	pub := sqlIdent(config.DefaultPublication)
 	table := sqlName(t.table)
 	w.line(0, "", "What `pgpilot check` will want of the database:")
 	switch {
 	case !s.publication.exists && s.standby:
-		w.bullet(fmt.Sprintf("publication %s: this server is a standby, which cannot create it; run on the primary:", mapping.DefaultPublication))
+		w.bullet(fmt.Sprintf("publication %s: this server is a standby, which cannot create it; run on the primary:", config.DefaultPublication))
 		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, table))
 	case s.publication.exists && s.publication.hasTable:
-		w.bullet(fmt.Sprintf("publication %s exists and publishes %s.", mapping.DefaultPublication, t.table))
+		w.bullet(fmt.Sprintf("publication %s exists and publishes %s.", config.DefaultPublication, t.table))
 	case s.publication.exists:
-		w.bullet(fmt.Sprintf("publication %s exists without %s: unless pgpilot created it, run on the primary:", mapping.DefaultPublication, t.table))
+		w.bullet(fmt.Sprintf("publication %s exists without %s: unless pgpilot created it, run on the primary:", config.DefaultPublication, t.table))
 		w.statement(fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", pub, table))
 	case s.publication.mayCreate:
 		w.bullet(fmt.Sprintf("publication %s: `pgpilot run` creates it (role %s owns %s). To create it yourself, on the primary:",
-			mapping.DefaultPublication, s.user, t.table))
+			config.DefaultPublication, s.user, t.table))
 		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, table))
 	default:
-		w.bullet(fmt.Sprintf("publication %s: role %s may not create it; run on the primary, as the table's owner:", mapping.DefaultPublication, s.user))
+		w.bullet(fmt.Sprintf("publication %s: role %s may not create it; run on the primary, as the table's owner:", config.DefaultPublication, s.user))
 		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, table))
 	}
 	switch {

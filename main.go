@@ -26,7 +26,7 @@ Usage:
   pgpilot init     --table SCHEMA.TABLE [--users-table SCHEMA.TABLE] [--out FILE]   write a starter config from the table (reads $DATABASE_URL)
   pgpilot run      --config FILE   stream changes to Userpilot until SIGTERM/SIGINT
   pgpilot check    --config FILE   preflight: config, Postgres and slot, each problem with its fix
-  pgpilot preview  --config FILE [--limit N] [--where SQL]   print the payloads rows would become
+  pgpilot preview  --config FILE [--limit N] [--where SQL] [--changes]   print the payloads rows would become (--changes: what a mapping change backfills)
   pgpilot status   --config FILE [--json]   checkpoint, slot position, lag and snapshot progress
   pgpilot why      COMPANY_ID --config FILE [--json]   where one company stands, and what it waits for
   pgpilot resync   --config FILE [--company ID | --where SQL | --cancel]   send rows again, alongside the stream (or end the re-syncs)

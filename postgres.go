@@ -5,13 +5,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 )
 
 // openTable connects and reads all columns of the mapped table.
-func openTable(ctx context.Context, cfg *mapping.Config) (*pgx.Conn, row.Table, []row.Column, error) {
+func openTable(ctx context.Context, cfg *config.Config) (*pgx.Conn, row.Table, []row.Column, error) {
 	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	conn, err := replication.ConnectSQL(ctx, cfg.Postgres.URL)
 	if err != nil {

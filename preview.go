@@ -7,14 +7,18 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
+	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -24,9 +28,16 @@ func previewCommand(ctx context.Context, args []string, _ io.Reader, stdout, std
 	fs, path := commandFlags("preview", stderr)
 	limit := fs.Int("limit", 10, "how many rows to read (0: all)")
 	where := fs.String("where", "", "an SQL condition choosing the rows, e.g. \"plan = 'pro'\"")
+	changes := fs.Bool("changes", false, "show what `pgpilot run` will backfill after a mapping change: what changed since the mapping recorded in state.dir, and the payloads of the backfill")
 	cfg, err := loadConfig(fs, path, args, stderr)
 	if err != nil {
 		return err
+	}
+	var plan *backfillPlan
+	if *changes {
+		if plan, err = planBackfill(cfg, stderr); err != nil || plan == nil {
+			return err
+		}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -66,10 +77,13 @@ func previewCommand(ctx context.Context, args []string, _ io.Reader, stdout, std
 	n, bad := 0, 0
 	var batch []userpilot.Company
 	flush := func() error {
-		if err := rel.add(ctx, batch); err != nil {
+		if err := rel.add(ctx, batch, stderr); err != nil {
 			return err
 		}
 		for _, co := range batch {
+			if plan != nil {
+				co = plan.narrow(co)
+			}
 			if err := enc.Encode(co); err != nil {
 				return err
 			}
@@ -80,7 +94,11 @@ func previewCommand(ctx context.Context, args []string, _ io.Reader, stdout, std
 	err = replication.QueryRows(ctx, conn.PgConn(), replication.SelectColumns(table, cols, cond, *limit), func(vals []row.Value) error {
 		n++
 		id, err := m.Identify(vals)
-		if err != nil {
+		var held mapping.BadValues
+		if errors.As(err, &held) {
+			// One bad value costs one key: the others are sent.
+			fmt.Fprintf(stderr, "row %d (company %s): %v\n", n, id.CompanyID, err)
+		} else if err != nil {
 			bad++
 			fmt.Fprintf(stderr, "row %d would be set aside: %v\n", n, err)
 			return nil
@@ -108,16 +126,18 @@ type relatedReader struct {
 	m    *mapping.Mapper
 }
 
-func openRelated(ctx context.Context, cfg *mapping.Config) (*relatedReader, error) {
+func openRelated(ctx context.Context, cfg *config.Config) (*relatedReader, error) {
 	r := &relatedReader{}
-	if len(cfg.Companies.Related) == 0 {
+	if len(related.Keys(cfg.Companies)) == 0 {
 		return r, nil
 	}
 	var err error
 	if r.conn, err = replication.ConnectSQL(ctx, cfg.Postgres.URL); err != nil {
 		return nil, err
 	}
-	if r.plan, err = related.Compile(ctx, r.conn, cfg.Companies); err != nil {
+	// Preview only reads: what the stream alone needs (a FULL replica
+	// identity for companies.where) is check's and run's to ask.
+	if r.plan, err = related.CompileReads(ctx, r.conn, cfg.Companies); err != nil {
 		r.close()
 		if errors.As(err, new(mapping.ConfigErrors)) {
 			return nil, usageError{fmt.Errorf("%s: %w", cfg.Path, err)}
@@ -131,8 +151,9 @@ func openRelated(ctx context.Context, cfg *mapping.Config) (*relatedReader, erro
 	return r, nil
 }
 
-// add reads the related values of cos and merges them into their metadata.
-func (r *relatedReader) add(ctx context.Context, cos []userpilot.Company) error {
+// add reads the related values of cos and merges them into their
+// metadata; a value held back is said on stderr.
+func (r *relatedReader) add(ctx context.Context, cos []userpilot.Company, stderr io.Writer) error {
 	if r.plan == nil || len(cos) == 0 {
 		return nil
 	}
@@ -150,7 +171,10 @@ func (r *relatedReader) add(ctx context.Context, cos []userpilot.Company) error 
 			continue
 		}
 		rc, err := r.m.Identify(v)
-		if err != nil {
+		var held mapping.BadValues
+		if errors.As(err, &held) {
+			fmt.Fprintf(stderr, "company %s: %v\n", co.CompanyID, err)
+		} else if err != nil {
 			return err
 		}
 		for k, val := range rc.Metadata {
@@ -164,4 +188,55 @@ func (r *relatedReader) close() {
 	if r.conn != nil {
 		r.conn.Close(context.Background())
 	}
+}
+
+// backfillPlan is what a backfill after a mapping change sends of each
+// company: the keys that changed, and null for those removed.
+type backfillPlan struct {
+	set, clear []string
+}
+
+// planBackfill compares the mapping with the one recorded in state.dir
+// and says so on stderr; nil (and nothing more to show) when there is
+// nothing to backfill.
+func planBackfill(cfg *config.Config, stderr io.Writer) (*backfillPlan, error) {
+	data, ok, err := state.ReadMapping(cfg.State.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		fmt.Fprintln(stderr, "no mapping is recorded in state.dir: the first sync sends every key; nothing to backfill")
+		return nil, nil
+	}
+	var was mapping.Shape
+	if err := json.Unmarshal(data, &was); err != nil {
+		return nil, fmt.Errorf("read the mapping recorded in %s: %w", cfg.State.Dir, err)
+	}
+	ch := mapping.Compare(was, cfg.Companies.Shape())
+	if ch.None() {
+		fmt.Fprintln(stderr, "the mapping is unchanged since the last run: nothing to backfill")
+		return nil, nil
+	}
+	set, clear := ch.Backfill(cfg.Companies)
+	fmt.Fprintf(stderr, "the mapping changed since the last run: %s\n", ch.Describe(cfg.Companies))
+	if len(set)+len(clear) == 0 {
+		fmt.Fprintln(stderr, "nothing to backfill")
+		return nil, nil
+	}
+	fmt.Fprintln(stderr, "`pgpilot run` backfills every company alongside the stream, sending (as below):", strings.Join(append(slices.Clone(set), clear...), ", "))
+	return &backfillPlan{set: set, clear: clear}, nil
+}
+
+// narrow keeps of co what the backfill sends.
+func (b *backfillPlan) narrow(co userpilot.Company) userpilot.Company {
+	out := userpilot.Company{CompanyID: co.CompanyID, Metadata: userpilot.Metadata{}}
+	for _, k := range b.set {
+		if v, ok := co.Metadata[k]; ok {
+			out.Metadata[k] = v
+		}
+	}
+	for _, k := range b.clear {
+		out.Metadata[k] = userpilot.Null
+	}
+	return out
 }

@@ -13,9 +13,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/fix"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
@@ -140,7 +140,7 @@ type loss struct {
 
 // findLoss looks at the slot and the publication the checkpoint streams
 // from.
-func findLoss(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, cp state.Checkpoint) (loss, error) {
+func findLoss(ctx context.Context, conn *pgx.Conn, cfg *config.Config, cp state.Checkpoint) (loss, error) {
 	var f loss
 	srv, err := replication.ReadServer(ctx, conn)
 	if err != nil {
@@ -183,7 +183,7 @@ func findLoss(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, cp state
 
 // planFor counts what the start over will do: the companies the state
 // directory knows (of the damaged store, as far as it can be read).
-func planFor(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, dir *state.Dir, damage *state.StoreDamage, newSlot bool) (daemon.Plan, error) {
+func planFor(ctx context.Context, conn *pgx.Conn, cfg *config.Config, dir *state.Dir, damage *state.StoreDamage, newSlot bool) (daemon.Plan, error) {
 	var known []string
 	var err error
 	if damage != nil {
@@ -215,12 +215,12 @@ func knownOf(dir *state.Dir) ([]string, error) {
 }
 
 // createPublicationSQL is the statement that makes cfg's publication.
-func createPublicationSQL(cfg *mapping.Config) string {
+func createPublicationSQL(cfg *config.Config) string {
 	return fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{cfg.Postgres.Publication}.Sanitize(), quotedTables(publishedTables(cfg)))
 }
 
 // publishedTables are the tables cfg's publication must publish.
-func publishedTables(cfg *mapping.Config) []row.Table {
+func publishedTables(cfg *config.Config) []row.Table {
 	return append([]row.Table{{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}}, related.Tables(cfg.Companies)...)
 }
 

@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
@@ -71,7 +71,7 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 // checkWhere refuses a condition that is not one SQL condition, or that
 // Postgres refuses in exactly the chunk queries the daemon will run: now,
 // not in the daemon later.
-func checkWhere(ctx context.Context, cfg *mapping.Config, where string) error {
+func checkWhere(ctx context.Context, cfg *config.Config, where string) error {
 	if err := replication.CheckCondition(where); err != nil {
 		return usageError{fix.With(fmt.Errorf("--where %q: %w", where, err),
 			"give one condition, as after WHERE, without comments or semicolons, its parentheses balanced")}

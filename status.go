@@ -107,7 +107,7 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	for _, job := range queue {
 		if r.Snapshot == nil || job.ID != r.Snapshot.ID {
-			r.ResyncQueue = append(r.ResyncQueue, queuedResync{ID: job.ID, Where: job.Where, CompanyID: job.CompanyID})
+			r.ResyncQueue = append(r.ResyncQueue, queuedResync{ID: job.ID, Where: job.Where, CompanyID: job.CompanyID, Backfill: job.Backfill})
 		}
 	}
 	r.ResyncRequested = len(r.ResyncQueue) > 0
@@ -161,7 +161,7 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		if s.Total >= 0 {
 			total = fmt.Sprint(s.Total)
 		}
-		line := fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what(s.CompanyID, s.Where), s.Rows, total, s.Began.Format(time.RFC3339))
+		line := fmt.Sprintf("%s (%s): %d of %s rows delivered, began %s", s.ID, what(*s), s.Rows, total, s.Began.Format(time.RFC3339))
 		if r.SnapshotRate > 0 {
 			line += fmt.Sprintf(", %.0f rows/s", r.SnapshotRate)
 		}
@@ -171,14 +171,14 @@ func statusCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		row("snapshot", line)
 	}
 	for i, q := range r.ResyncQueue {
-		row("re-sync queued", fmt.Sprintf("%d. %s (%s)", i+1, q.ID, what(q.CompanyID, q.Where)))
+		row("re-sync queued", fmt.Sprintf("%d. %s (%s)", i+1, q.ID, what(state.Snapshot{Where: q.Where, CompanyID: q.CompanyID, Backfill: q.Backfill})))
 	}
 	if len(r.CancelRequested) > 0 {
 		row("cancel requested", strings.Join(r.CancelRequested, ", "))
 	}
 	if f := r.LastFailedResync; f != nil {
 		row("re-sync ended early", fmt.Sprintf("%s (%s): ended %s after %d rows delivered: %s",
-			f.ID, what(f.CompanyID, f.Where), f.Ended.Format(time.RFC3339), f.Rows, f.Error))
+			f.ID, what(*f), f.Ended.Format(time.RFC3339), f.Rows, f.Error))
 		row("  fix", f.Fix)
 	}
 	if d := r.Delivery; d != nil {
@@ -259,18 +259,29 @@ func snapshotPace(job *state.Snapshot, asOf time.Time) (rate, eta float64) {
 
 // queuedResync is a re-sync request waiting, as status shows it.
 type queuedResync struct {
-	ID        string `json:"id"`
-	Where     string `json:"where,omitempty"`
-	CompanyID string `json:"company_id,omitempty"`
+	ID        string          `json:"id"`
+	Where     string          `json:"where,omitempty"`
+	CompanyID string          `json:"company_id,omitempty"`
+	Backfill  *state.Backfill `json:"backfill,omitempty"`
 }
 
-// what says which rows a job sends.
-func what(companyID, where string) string {
+// what says which rows a job sends, and what of them.
+func what(job state.Snapshot) string {
 	switch {
-	case companyID != "":
-		return "company " + companyID
-	case where != "":
-		return "where " + where
+	case job.CompanyID != "":
+		return "company " + job.CompanyID
+	case job.Where != "":
+		return "where " + job.Where
+	case job.Backfill != nil:
+		// A backfill after a mapping change.
+		var parts []string
+		if len(job.Backfill.Keys) > 0 {
+			parts = append(parts, "keys "+strings.Join(job.Backfill.Keys, ", "))
+		}
+		if len(job.Backfill.Clear) > 0 {
+			parts = append(parts, "null for "+strings.Join(job.Backfill.Clear, ", "))
+		}
+		return "mapping change, every row: " + strings.Join(parts, "; ")
 	}
 	return "every row"
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
@@ -182,7 +183,7 @@ func stamp(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
 // companiesWithoutRow returns those of ids that no row of the table holds
 // any more: the next run's initial sync sends every row still there, which
 // covers what the outbox owed them, but nothing for these.
-func companiesWithoutRow(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, ids []string) ([]string, error) {
+func companiesWithoutRow(ctx context.Context, conn *pgx.Conn, cfg *config.Config, ids []string) ([]string, error) {
 	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT id FROM unnest($1::text[]) AS owed(id)
 		WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.%s::text = owed.id) ORDER BY id`,

@@ -17,9 +17,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/fix"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -91,7 +91,7 @@ func parseFlagsKeepArgs(fs *flag.FlagSet, args []string) error {
 }
 
 // whereabouts asks the running pgpilot, or reads the state directory.
-func whereabouts(ctx context.Context, cfg *mapping.Config, id string) (daemon.Whereabouts, error) {
+func whereabouts(ctx context.Context, cfg *config.Config, id string) (daemon.Whereabouts, error) {
 	var unreachable string
 	if cfg.HTTP.Listen != "" {
 		w, err := askRunning(ctx, cfg.HTTP.Listen, id)

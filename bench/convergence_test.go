@@ -18,11 +18,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/userpilot"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -101,7 +101,7 @@ func convergeOnce(b *testing.B, pg *pgtest.Server, c convergeCase) {
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	cfg, err := mapping.Load(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -44,10 +44,10 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -426,7 +426,7 @@ type inProcess struct {
 
 func (e *env) startInProcess() *inProcess {
 	e.b.Helper()
-	cfg, err := mapping.Load(e.cfgPath)
+	cfg, err := config.Load(e.cfgPath)
 	if err != nil {
 		e.b.Fatal(err)
 	}

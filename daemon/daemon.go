@@ -20,10 +20,10 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/liveness"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
@@ -33,7 +33,7 @@ import (
 
 // Options configure Run.
 type Options struct {
-	Config *mapping.Config
+	Config *config.Config
 	Logger *slog.Logger
 	// ShutdownGrace is how long, after a stop signal, pending changes may
 	// still be delivered before pgpilot exits without them (they are not

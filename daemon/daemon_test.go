@@ -16,10 +16,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -52,7 +52,7 @@ type env struct {
 	slot    string
 	conn    *pgx.Conn
 	up      *userpilottest.Server
-	cfg     *mapping.Config
+	cfg     *config.Config
 	stateOK string
 	// chunkRows is the snapshot's chunk size: small, so that even a small
 	// table is read in several chunks interleaved with the stream.
@@ -76,10 +76,10 @@ func newEnv(t *testing.T, up userpilottest.Options) *env {
 	return e
 }
 
-func (e *env) config(stateDir string) *mapping.Config {
+func (e *env) config(stateDir string) *config.Config {
 	path := filepath.Join(e.t.TempDir(), "pgpilot.yaml")
 	require.NoError(e.t, os.WriteFile(path, []byte(workload.Config(e.url, e.slot, e.up.URL(), apiKey, stateDir, 2000)), 0o600))
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(e.t, err)
 	return cfg
 }

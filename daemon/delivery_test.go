@@ -13,10 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -24,7 +24,7 @@ import (
 func (e *env) withRate(rate float64) {
 	path := filepath.Join(e.t.TempDir(), "pgpilot.yaml")
 	require.NoError(e.t, os.WriteFile(path, []byte(workload.Config(e.url, e.slot, e.up.URL(), apiKey, e.cfg.State.Dir, rate)), 0o600))
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(e.t, err)
 	e.cfg = cfg
 }

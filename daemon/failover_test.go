@@ -11,10 +11,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
@@ -23,7 +23,7 @@ func TestFailoverSlotIsCreatedOnAPostgres17PrimaryAndRefusedOn15(t *testing.T) {
 	ctx := context.Background()
 	up := userpilottest.NewServer(userpilottest.Options{APIKey: apiKey})
 	defer up.Close()
-	run := func(t *testing.T, srv *pgtest.Server) (*mapping.Config, *pgx.Conn, context.CancelFunc, chan error) {
+	run := func(t *testing.T, srv *pgtest.Server) (*config.Config, *pgx.Conn, context.CancelFunc, chan error) {
 		url := srv.NewDatabaseT(t)
 		conn, err := pgx.Connect(ctx, url)
 		require.NoError(t, err)
@@ -33,7 +33,7 @@ func TestFailoverSlotIsCreatedOnAPostgres17PrimaryAndRefusedOn15(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "pgpilot.yaml")
 		cfg := workload.Config(url, "failover", up.URL(), apiKey, filepath.Join(t.TempDir(), "state"), 100)
 		require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
-		c, err := mapping.Load(path)
+		c, err := config.Load(path)
 		require.NoError(t, err)
 		c.Postgres.FailoverSlot = true
 		runCtx, cancel := context.WithCancel(ctx)

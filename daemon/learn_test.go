@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -24,7 +24,7 @@ func (e *env) withBulkRate(rate, bulk float64) {
 	text = insertLine(text, "  rate_limit:", fmt.Sprintf("  bulk_rate: %g", bulk))
 	path := filepath.Join(e.t.TempDir(), "pgpilot.yaml")
 	require.NoError(e.t, os.WriteFile(path, []byte(text), 0o600))
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(e.t, err)
 	e.cfg = cfg
 }

@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
@@ -17,18 +19,18 @@ import (
 )
 
 // The config file becomes each stage's options here, and only here: the
-// loader (package mapping) has applied every default the stages declare,
+// loader (package config) has applied every default the stages declare,
 // and what Options overrides (tests) wins.
 
 // metricsOptions are the metrics' options from the config.
-func metricsOptions(cfg *mapping.Config, log *slog.Logger) metrics.Options {
+func metricsOptions(cfg *config.Config, log *slog.Logger) metrics.Options {
 	return metrics.Options{Logger: log.With("subsystem", "http"), Slot: cfg.Postgres.Slot,
 		UnreadyAfter: cfg.HTTP.UnreadyAfter, WarnRetainedWAL: cfg.Delivery.WarnRetainedWAL}
 }
 
 // userpilotOptions are the client's options: endpoint, key and budget from
 // the config, the rest from override.
-func userpilotOptions(cfg *mapping.Config, override userpilot.Options, log *slog.Logger) userpilot.Options {
+func userpilotOptions(cfg *config.Config, override userpilot.Options, log *slog.Logger) userpilot.Options {
 	uo := override
 	uo.Endpoint, uo.APIKey, uo.RateLimit = cfg.Userpilot.Endpoint, cfg.Userpilot.APIKey, cfg.Userpilot.RateLimit
 	if uo.Concurrency == 0 {
@@ -104,6 +106,18 @@ func compiler(c mapping.Companies) func(*row.Relation) (delivery.Mapper, error) 
 		m, err := mapping.Compile(c, rel.Table.String(), rel.Columns)
 		if err != nil {
 			return nil, err // not a nil *Mapper in an interface
+		}
+		if k := rel.Keys; k != nil {
+			// A backfill's rows: its keys, and null for those it clears
+			// that the mapping no longer has anywhere (one it has again is
+			// sent as it is now, here or with the related values).
+			var null []string
+			for _, key := range k.Clear {
+				if !slices.Contains(c.Keys(), key) {
+					null = append(null, key)
+				}
+			}
+			return m.Restrict(append(slices.Clone(k.Set), k.Clear...), null), nil
 		}
 		return m, nil
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
@@ -65,7 +66,7 @@ type Plan struct {
 
 // PlanStartOver works out what a start over of cfg's table would do: known
 // are the companies the state directory knows (sorted).
-func PlanStartOver(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config, known []string, newSlot bool) (Plan, error) {
+func PlanStartOver(ctx context.Context, conn *pgx.Conn, cfg *config.Config, known []string, newSlot bool) (Plan, error) {
 	t := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	gone, err := replication.CompaniesWithoutRow(ctx, conn, t, cfg.Companies.CompanyID, known)
 	if err != nil {
@@ -121,7 +122,7 @@ func (p Plan) String() string {
 
 // StoreDamaged is the refusal to run on a damaged store.db: what it held,
 // as far as it can be read, and the way out.
-func StoreDamaged(cfg *mapping.Config, damage *state.StoreDamage) error {
+func StoreDamaged(cfg *config.Config, damage *state.StoreDamage) error {
 	held := "nothing of it can be read"
 	if h := damage.Held; h.Readable {
 		held = fmt.Sprintf("it held the no-op index (%d companies Userpilot holds, as far as it can be read) and the outbox (%d companies owed an update Userpilot has not had)",

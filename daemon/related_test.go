@@ -12,10 +12,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -34,7 +34,7 @@ func newRelatedEnv(t *testing.T) *env {
 func (e *env) relatedConfig() {
 	path := filepath.Join(e.t.TempDir(), "pgpilot.yaml")
 	require.NoError(e.t, os.WriteFile(path, []byte(workload.Config(e.url, e.slot, e.up.URL(), apiKey, filepath.Join(e.t.TempDir(), "state"), 2000)+workload.RelatedMapping), 0o600))
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(e.t, err)
 	e.cfg = cfg
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -29,7 +30,7 @@ import (
 // session is one connection's life: it is run again after each failure.
 type session struct {
 	opts   Options
-	cfg    *mapping.Config
+	cfg    *config.Config
 	dir    *state.Dir
 	store  *state.Store
 	sender delivery.Sender
@@ -130,6 +131,9 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.reconcileMapping(st); err != nil {
+		return err
+	}
 	if s.eng == nil {
 		s.confirmed.Store(uint64(st.lsn))
 		m.Checkpointed(st.lsn)
@@ -181,6 +185,15 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 	// fit the table stops pgpilot at once (exit 2); delivery compiles it
 	// for each description of the table it meets.
 	if _, err := mapping.Compile(cfg.Companies, src.table.String(), cols); err != nil {
+		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	// A generated column is never streamed: a key reading it would be
+	// sent by a snapshot and then never again.
+	generated, err := replication.GeneratedColumns(ctx, src.sqlConn, src.table)
+	if err != nil {
+		return src, err
+	}
+	if err := cfg.Companies.Generated(generated); err != nil {
 		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 	}
 	if src.key, err = replication.KeyColumns(ctx, src.sqlConn, src.table); err != nil {
@@ -640,7 +653,7 @@ func estimateRows(ctx context.Context, conn *pgx.Conn, table row.Table) int64 {
 // relatedPlan compiles companies.related and companies.where against the
 // database and checks that each related table streams what its re-reads
 // need: a problem is the operator's to fix (exit 2), with the fix.
-func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *mapping.Config) (*related.Plan, error) {
+func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*related.Plan, error) {
 	plan, err := related.Compile(ctx, conn, cfg.Companies)
 	if err != nil {
 		var ces mapping.ConfigErrors

@@ -117,8 +117,13 @@ func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table r
 	if err := s.dir.TakeResync(job.ID); err != nil {
 		return err
 	}
-	s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
-		"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
+	if b := job.Backfill; b != nil {
+		s.snapLog.Info("backfill of a mapping change started: sending the keys that changed for every company alongside the stream",
+			"job", job.ID, "keys", b.Keys, "cleared", b.Clear, "rows_estimate", job.Total)
+	} else {
+		s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
+			"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
+	}
 	return stage.Start(ctx, job)
 }
 

@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/delivery"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -83,7 +83,7 @@ var ErrNotRunning = fmt.Errorf("%w: no delivery engine is running in this pgpilo
 // Locate reads where company id stands from the state directory dir: the
 // checkpoint, the dead letters and, when store is not nil, the store. The
 // daemon passes its open store; `pgpilot why` one it opened read-only.
-func Locate(dir string, store *state.Store, cfg *mapping.Config, id string) (Whereabouts, error) {
+func Locate(dir string, store *state.Store, cfg *config.Config, id string) (Whereabouts, error) {
 	w := Whereabouts{CompanyID: id, Source: "state directory"}
 	cp, ok, err := state.ReadCheckpoint(dir)
 	if err != nil {
@@ -114,7 +114,7 @@ func Locate(dir string, store *state.Store, cfg *mapping.Config, id string) (Whe
 
 // metadataKeys are every key the mapping sends, to name the no-op index's
 // fingerprints.
-func metadataKeys(cfg *mapping.Config) []string {
+func metadataKeys(cfg *config.Config) []string {
 	var keys []string
 	for _, f := range cfg.Companies.Metadata {
 		keys = append(keys, f.Key)

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -76,9 +77,9 @@ func (x *encoder) mapperFor(rel *row.Relation) (*mapper, error) {
 	})
 }
 
-// mapRow maps a row into packed fields. A *mapping.RowError (wrapped in
-// the returned error, with the company id when it was read) means the row
-// cannot become a payload; ErrSchema that the mapping no longer fits.
+// mapRow maps a row into packed fields. mapErr says the row, or some of
+// its keys (a heldBack: md holds the others), cannot become a payload;
+// err (ErrSchema) that the mapping no longer fits.
 func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (id string, md fields, mapErr, err error) {
 	m, err := x.mapperFor(rel)
 	if err != nil {
@@ -91,13 +92,23 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (id string, md f
 		x.rowJSON = buf // a huge row's room is not kept
 	}
 	x.rowVals = vals
-	if mapErr != nil {
+	var held heldBack
+	if mapErr != nil && !errors.As(mapErr, &held) {
 		clear(vals)
 		return id, nil, mapErr, nil
 	}
+	// Mapped, or with only some keys held back (one bad value costs one
+	// key): what the row has goes out.
 	md = x.rowFields(m.nums, vals)
 	clear(vals) // keeps nothing of the row alive
-	return id, md, nil, nil
+	return id, md, mapErr, nil
+}
+
+// heldBack is a mapping error that left some keys of a row out, not the
+// row (mapping.BadValues).
+type heldBack interface {
+	error
+	HeldBack() []string
 }
 
 // companyID reads only the company id (a DELETE carries no more).

@@ -55,7 +55,8 @@ type DeadLetters interface {
 // (*mapping.Mapper).
 type Mapper interface {
 	// Identify maps a row; a *mapping.RowError means the row cannot be
-	// mapped (it is set aside), any other error a bug.
+	// mapped (it is set aside), any other error a bug (but see Map: an
+	// error with keys held back).
 	Identify(values []row.Value) (userpilot.Company, error)
 	// CompanyID reads only the company id (a DELETE carries no more).
 	CompanyID(values []row.Value) (string, error)
@@ -64,7 +65,8 @@ type Mapper interface {
 	// Map is Identify without a map (the pipeline packs the values): it
 	// sets vals[i] (len(Keys())) to key i's JSON, nil where the row leaves
 	// the key out, appending the JSON to buf, which it returns; vals share
-	// its bytes.
+	// its bytes. An error that is a heldBack (mapping.BadValues) left
+	// only those keys out: the others in vals go out.
 	Map(values []row.Value, buf []byte, vals []json.RawMessage) (companyID string, _ []byte, err error)
 }
 

@@ -88,9 +88,18 @@ func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 		return err
 	}
 	if mapErr != nil {
-		// A row that cannot become a payload is set aside; the stream goes on.
-		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
-			Reason: "not mapped: " + mapErr.Error(), Payload: userpilot.Company{CompanyID: id}})
+		// A row that cannot become a payload is set aside; the stream goes
+		// on. A row with only some keys held back (one bad value costs one
+		// key) is set aside for those, named with their values, and the
+		// company's other keys go out.
+		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
+			Reason: "not mapped: " + mapErr.Error(), Payload: userpilot.Company{CompanyID: id}}); err != nil {
+			return err
+		}
+		var held heldBack
+		if !errors.As(mapErr, &held) {
+			return nil
+		}
 	}
 	p.pend(id, md, false, txn)
 	return nil

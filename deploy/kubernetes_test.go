@@ -19,7 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/metrics"
 )
 
@@ -177,7 +177,7 @@ func checkPgpilotPod(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1
 	cm, ok := m.configMaps[v.ConfigMap.Name]
 	require.True(t, ok, "ConfigMap %q is defined in %s", v.ConfigMap.Name, m.file)
 	key := strings.TrimPrefix(configPath, strings.TrimSuffix(vm.MountPath, "/")+"/")
-	config, ok := cm.Data[key]
+	text, ok := cm.Data[key]
 	require.True(t, ok, "ConfigMap %s has the key %q that --config names", cm.Name, key)
 
 	// Every ${VAR} it uses is set on the container; the database URL comes
@@ -186,7 +186,7 @@ func checkPgpilotPod(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1
 	for _, e := range c.Env {
 		env[e.Name] = e
 	}
-	refs := envRefs(config)
+	refs := envRefs(text)
 	require.Contains(t, refs, "DATABASE_URL")
 	for _, name := range refs {
 		e, ok := env[name]
@@ -206,7 +206,7 @@ func checkPgpilotPod(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1
 		}
 		return "x", true
 	}
-	cfg, err := mapping.Parse(configPath, []byte(config), lookup)
+	cfg, err := config.Parse(configPath, []byte(text), lookup)
 	require.NoError(t, err, "the ConfigMap's config, as pgpilot reads it")
 
 	// state.dir: a writable mount of this file's PersistentVolumeClaim.
@@ -241,13 +241,13 @@ func checkPgpilotPod(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1
 	require.NoError(t, os.WriteFile(filepath.Join(secretDir, item), []byte("key-from-the-secret\n"), 0o440))
 	cfgDir := t.TempDir()
 	copyPath := filepath.Join(cfgDir, key)
-	require.NoError(t, os.WriteFile(copyPath, []byte(strings.ReplaceAll(config, vm.MountPath, secretDir)), 0o644))
+	require.NoError(t, os.WriteFile(copyPath, []byte(strings.ReplaceAll(text, vm.MountPath, secretDir)), 0o644))
 	for _, name := range refs {
 		val, _ := lookup(name)
 		t.Setenv(name, val)
 	}
-	loaded, err := mapping.Load(copyPath)
-	require.NoError(t, err, "mapping.Load of the ConfigMap's config")
+	loaded, err := config.Load(copyPath)
+	require.NoError(t, err, "config.Load of the ConfigMap's config")
 	assert.Equal(t, "key-from-the-secret", loaded.Userpilot.APIKey)
 	assert.Empty(t, loaded.Warnings)
 

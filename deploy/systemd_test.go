@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgpilot/pgpilot/mapping"
+	"github.com/pgpilot/pgpilot/config"
 )
 
 const (
@@ -113,7 +113,7 @@ func TestSystemdUnitAgreesWithPgpilot(t *testing.T) {
 		[]byte("db.internal:5432:app:pgpilot:password-from-a-credential\n"), 0o400))
 	t.Setenv("CREDENTIALS_DIRECTORY", credDir)
 	t.Setenv("STATE_DIRECTORY", "/var/lib/pgpilot") // StateDirectory=pgpilot
-	cfg, err := mapping.Load(unitConfigFile)
+	cfg, err := config.Load(unitConfigFile)
 	require.NoError(t, err)
 	assert.Empty(t, cfg.Warnings)
 	assert.Equal(t, "/var/lib/pgpilot", cfg.State.Dir)

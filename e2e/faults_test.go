@@ -33,11 +33,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/faultproxy"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
-	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -558,8 +558,8 @@ func TestDamagedOrForeignCheckpointIsRefused(t *testing.T) {
 		{"garbage", raw([]byte("\x00\x01\xfe not json at all\n")), 1, []string{"checkpoint is corrupt", corruptFix}},
 		{"edited by hand", raw([]byte(strings.Replace(string(good), cp.LSN.String(), state.LSN(uint64(cp.LSN)+8).String(), 1))), 1,
 			[]string{"checksum mismatch", corruptFix}},
-		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 4`, `"format": 5`, 1))), 1,
-			[]string{"format 5, this pgpilot reads format 4", corruptFix}},
+		{"from a newer pgpilot", raw([]byte(strings.Replace(string(good), `"format": 5`, `"format": 6`, 1))), 1,
+			[]string{"format 6, this pgpilot reads format 5", corruptFix}},
 		{"another slot", foreign(func(c *state.Checkpoint) { c.Slot = "someone_elses_slot" }), 2,
 			[]string{`belongs to slot \"someone_elses_slot\"`, foreignFix}},
 		{"another database", foreign(func(c *state.Checkpoint) { c.Database = "another_db" }), 2,
@@ -679,7 +679,7 @@ func TestHungUserpilotRequestIsAbandonedAndRetried(t *testing.T) {
 	e.dropSlotAtEnd()
 	ctx := context.Background()
 	require.NoError(t, workload.Seed(ctx, e.conn, 30))
-	cfg, err := mapping.Load(e.cfgPath)
+	cfg, err := config.Load(e.cfgPath)
 	require.NoError(t, err)
 	e.up.FailNext(12, userpilottest.Fault{Delay: 5 * time.Minute})
 

@@ -1,8 +1,6 @@
 package mapping
 
 import (
-	"fmt"
-
 	"github.com/pgpilot/pgpilot/row"
 )
 
@@ -23,15 +21,4 @@ func AutoType(col row.Column) (t Type, ok bool) {
 		return TypeString, true
 	}
 	return TypeAuto, false
-}
-
-// ParseTable reads a table name as companies.table takes it: name or
-// schema.name, the schema public when left out, unquoted parts folded to
-// lower case and double-quoted ones taken as written.
-func ParseTable(s string) (row.Table, error) {
-	schema, name, pr := parseTable(s)
-	if pr.msg != "" {
-		return row.Table{}, fmt.Errorf("table %q %s; %s", s, pr.msg, pr.fix)
-	}
-	return row.Table{Schema: schema, Name: name}, nil
 }

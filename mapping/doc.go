@@ -1,112 +1,13 @@
-// Package mapping loads pgpilot's configuration file and turns rows of the
-// mirrored table into Userpilot identify-company payloads. It is pure: apart
-// from reading the file in Load it does no I/O.
+// Package mapping turns rows of the mirrored table into Userpilot
+// identify-company payloads, as the companies section of the config file
+// (package config loads it) describes: Compile checks the mapping against
+// a table's columns and prepares each key's conversion; a Mapper maps a
+// row by position, allocating nothing on the stream's hot path. It is
+// pure: no I/O.
 //
-// # The configuration file
-//
-// The file has six sections: postgres, userpilot, state, delivery, http
-// and companies; state, delivery and http are optional.
-// docs/configure.md is the reference of every key, default and rule
-// (TestConfigureReferenceMatchesTheLoader holds it to what the parser
-// accepts); mapping.example.yaml at the repository root shows every key
-// with comments. Unknown
-// keys, at any level, are errors that list the allowed keys; a key written
-// twice is an error. Every problem is reported at once, each
-// as FILE:LINE: KEY: what is wrong, with its fix on the line below (a
-// *ConfigError, whose Fix field holds the fix, in a ConfigErrors list, so
-// errors.As finds each).
-//
-// Required: postgres.url, userpilot.api_key, companies.table,
-// companies.company_id and companies.metadata with at least one entry.
-//
-// Defaults:
-//
-//	postgres.slot         pgpilot
-//	postgres.publication  pgpilot
-//	userpilot.endpoint    https://analytex.userpilot.io
-//	userpilot.rate_limit  10 (requests per second)
-//	userpilot.bulk_rate   20 (records per second in bulk jobs, the estimate's start; 0: no bulk path)
-//	delivery.max_retained_wal  256MB (slot's retained WAL before outbox mode; 0: never)
-//	delivery.stall_after       1m (work owed and nothing moving before pgpilot says it is stalled)
-//	delivery.outbox_after      5m (Userpilot failing this long: outbox mode)
-//	delivery.warn_retained_wal 1GB (slot's retained WAL before a warning; 0: never)
-//	http.listen           none (no HTTP server)
-//	http.unready_after    5m (Userpilot failing this long: /readyz answers 503)
-//	state.dir             pgpilot-state
-//
-// # Environment variables
-//
-// ${VAR} anywhere inside a value is replaced by the environment variable VAR;
-// a value may hold several. The replacement happens after the YAML is parsed,
-// so a variable's value can never change the file's structure and line
-// numbers stay right. $${ is a literal ${. An unset variable is an error that
-// names it. A variable set to the empty string counts as "not written" for
-// keys that have a default, and is an error for required keys. Inside the
-// {column: ..., type: ...} form, quote a value that uses a variable
-// ({column: "${COL}"}): YAML reads { and } there as structure.
-//
-// # Secrets
-//
-// The values of postgres.url (which may hold a password) and
-// userpilot.api_key never appear in a message, even when they are invalid.
-// No message echoes a value that came from an environment variable either: it
-// names the variable instead. As a last guard, any message that would contain
-// the URL, its password or the API key has them replaced by [redacted].
-//
-// # Keys
-//
-// postgres.url is a libpq URL (postgres:// or postgresql://) or a key=value
-// connection string. It is checked lightly here (a URL must parse); pgx
-// parses it for real when connecting.
-//
-// postgres.slot must match ^[a-z0-9_]{1,63}$, Postgres's rule for replication
-// slot names. postgres.publication is 1 to 63 bytes without NUL, used exactly
-// as written.
-//
-// userpilot.endpoint is `us` (https://analytex.userpilot.io), `eu`
-// (https://analytex-eu.userpilot.io) or an absolute URL without a path (a
-// trailing slash is dropped). It must be https, because the API key travels
-// in a request header; http is accepted only for loopback hosts (localhost,
-// 127.0.0.0/8, ::1), where test stand-ins run.
-//
-// userpilot.rate_limit is the number of requests per second, greater than 0.
-// Userpilot allows 600 requests per minute per API key, hence the default 10.
-//
-// state.dir, when relative, is resolved against the directory that contains
-// the configuration file, not the working directory: `pgpilot run --config
-// /etc/pgpilot.yaml` finds the same checkpoint wherever it is started. A
-// leading ~ is not expanded (it is an error); write ${HOME}/... instead.
-//
-// http.listen is host:port (host may be empty for every interface, or an
-// IPv6 address in brackets) with a numeric port from 1 to 65535. It serves
-// /metrics (Prometheus), /healthz and /readyz; see package metrics.
-//
-// delivery.warn_retained_wal and delivery.max_retained_wal are sizes as
-// postgresql.conf writes them: a number with an optional unit B, kB, MB, GB
-// or TB (powers of 1024).
-//
-// companies.table is `name` or `schema.name` (schema public when left out).
-// As in SQL, unquoted parts are folded to lower case and double-quoted parts
-// are taken as written: '"My Schema"."Companies"' (quote the whole value in
-// YAML, since it starts with a double quote).
-//
-// companies.company_id names the column whose value is the company's id.
-//
-// companies.metadata maps each Userpilot metadata key to a column, in one of
-// two forms:
-//
-//	name: name                                   # key: column
-//	monthly_spend: {column: spend, type: number} # key: {column, type}
-//	contact: {column: contact_email, pii: true}  # key: {column, type, pii}
-//
-// type is optional; two keys may read the same column.
-//
-// pii: true (default false) acknowledges that the column holds personal
-// data and that sending it to Userpilot is cleared. check and preview warn
-// of every other key whose column looks like personal data (see
-// LooksPersonal and Companies.PersonalData: email, phone, address, birth
-// date, national id, passport, IP address, a person's name; or a domain
-// type named so, or inet). Nothing is refused either way.
+// It also says what a mapping is, for the stages that compare or narrow
+// it: its Shape (each key's definition, recorded after a sync and compared
+// at the next start) and Restrict (the keys a backfill sends).
 //
 // # Types
 //
@@ -171,18 +72,21 @@
 //     out of the payload, so Userpilot keeps the value it has. It is never
 //     sent as null.
 //
-// A value that cannot be converted (text that is not a number, say) makes the
-// row a *RowError naming the key, the column and the reason.
+// A value that cannot be converted (text that is not a number, say) holds
+// back its key (BadValues, naming the key, the column and the reason); the
+// row's other keys are mapped.
 //
-// # Related tables and where
+// # Derived keys
 //
-// companies.related is a list of entries, each a table, its company_id
-// column and either metadata: (a lookup of one row, the first in order_by's
-// order; the same forms and types as companies.metadata) or aggregate:
-// (key: expression, or key: {sql: expression, type: ...}). companies.where
-// is one SQL condition on the companies row. Parse checks each expression,
-// order_by and where lexically (one piece of SQL: no comment, semicolon or
-// unbalanced parenthesis, see internal/sqltext) and that every metadata key
-// has one source across metadata, related entries and on_delete_metadata;
-// package related checks the rest against Postgres.
+// A key may read inside a json or jsonb column (Field.Path): the value at
+// the path is found in the column's text in process, without decoding the
+// document; without type it is sent as the JSON value's own type, a
+// number with the digits Postgres printed; a missing path (or one through
+// a non-object) is null; an object or array is a bad value unless type:
+// string. A key may replace a value by a label (Field.Values, Default),
+// and leave a NULL out rather than send null (KeepNull). An sql: key
+// (Field.SQL) is not read from the row here: package related re-reads it.
+//
+// One bad value costs one key: Map leaves out a key whose value cannot be
+// read as its type and maps the others, returning BadValues.
 package mapping

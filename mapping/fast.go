@@ -61,6 +61,12 @@ func (c converter) appendFastJSON(dst, text []byte) ([]byte, bool) {
 		if c.plainNumber(text) {
 			return append(dst, text...), true
 		}
+	case numberFromText:
+		// A text column (or a JSON string) read as a number: a plain
+		// decimal is its own JSON, digit for digit ("741.00" stays so).
+		if plainDecimal(text) {
+			return append(dst, text...), true
+		}
 	case boolFromBool, boolAsText:
 		if len(text) != 1 || text[0] != 't' && text[0] != 'f' {
 			return dst, false
@@ -80,8 +86,40 @@ func (c converter) appendFastJSON(dst, text []byte) ([]byte, bool) {
 			return append(b, '"'), true
 		}
 		return dst[:n], false
+	case dateFromText:
+		// A text (or a JSON string) read as a date: the forms most sent
+		// are Postgres's own and RFC 3339 in UTC.
+		n := len(dst)
+		for _, oid := range [...]uint32{pgtype.DateOID, pgtype.TimestamptzOID, pgtype.TimestampOID} {
+			if b, ok := appendISOTimestamp(append(dst[:n], '"'), oid, text); ok {
+				return append(b, '"'), true
+			}
+		}
+		if b, ok := appendRFC3339UTC(append(dst[:n], '"'), text); ok {
+			return append(b, '"'), true
+		}
+		return dst[:n], false
 	}
 	return dst, false
+}
+
+// appendRFC3339UTC appends text, RFC 3339 in UTC (2024-03-01T09:30:00Z,
+// 2024-03-01T09:30:00.50Z), as time.Format writes it back (no trailing
+// zeros in the fraction); ok is false for any other form.
+func appendRFC3339UTC(dst, text []byte) ([]byte, bool) {
+	if len(text) < 20 || text[10] != 'T' || text[len(text)-1] != 'Z' {
+		return dst, false
+	}
+	// The same text with Postgres's separator and offset is what
+	// appendISOTimestamp checks and writes.
+	var iso [40]byte
+	if len(text)+2 > len(iso) {
+		return dst, false
+	}
+	n := copy(iso[:], text[:len(text)-1])
+	iso[10] = ' '
+	n += copy(iso[n:], "+00")
+	return appendISOTimestamp(dst, pgtype.TimestamptzOID, iso[:n])
 }
 
 // plainNumber reports whether text, of a numberFromNumber column, is a

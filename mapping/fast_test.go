@@ -29,6 +29,7 @@ func fastConverters(t testing.TB) map[string]converter {
 		{"bool", pgtype.BoolOID, TypeAuto}, {"bool as string", pgtype.BoolOID, TypeString},
 		{"date", pgtype.DateOID, TypeAuto}, {"timestamp", pgtype.TimestampOID, TypeAuto},
 		{"timestamptz", pgtype.TimestamptzOID, TypeAuto}, {"timestamptz as date", pgtype.TimestamptzOID, TypeDate},
+		{"text as number", pgtype.TextOID, TypeNumber}, {"text as date", pgtype.TextOID, TypeDate},
 	} {
 		m, err := Compile(Companies{CompanyID: "id", Metadata: []Field{{Key: "k", Column: "v", Type: c.typ}}}, "t",
 			[]row.Column{{Name: "id", TypeOID: pgtype.TextOID}, {Name: "v", TypeOID: c.oid}})
@@ -129,7 +130,8 @@ func TestFastPathsMatchTheLongWay(t *testing.T) {
 // FuzzFastPaths checks, for any text, that a fast path gives exactly what
 // the long way gives, or leaves the text to it.
 func FuzzFastPaths(f *testing.F) {
-	for _, s := range []string{"0", "-12.500", "t", "2024-02-29", "2024-03-01 09:30:00.5+00", "2024-03-01 09:30:00", "-0.0", "1e3"} {
+	for _, s := range []string{"0", "-12.500", "t", "2024-02-29", "2024-03-01 09:30:00.5+00", "2024-03-01 09:30:00", "-0.0", "1e3",
+		"2024-03-01T09:30:00Z", "2024-03-01T09:30:00.120Z", "741.00"} {
 		f.Add([]byte(s))
 	}
 	convs := fastConverters(f)

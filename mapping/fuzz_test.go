@@ -4,98 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
-
-// Secrets the fuzzer's configurations can reach only through ${VAR}.
-const (
-	fuzzDBPassword = "Zq8-fuzz-pw-Q9x"
-	fuzzAPIKey     = "fuzz-api-key-Xk29Lm"
-	fuzzOther      = "other-secret-Vb71"
-)
-
-func FuzzParse(f *testing.F) {
-	f.Add([]byte(minimal))
-	f.Add([]byte("postgres:\n  url: ${SECRET}\n  slot: ${SECRET}\nuserpilot:\n  api_key: x\n  endpoint: ${USERPILOT_API_KEY}\n"))
-
-	vars := map[string]string{
-		"DATABASE_URL":      "postgres://pgpilot:" + fuzzDBPassword + "@db/app",
-		"USERPILOT_API_KEY": fuzzAPIKey,
-		"SECRET":            fuzzOther,
-		"EMPTY":             "",
-	}
-	lookup := env(vars)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := Parse("fuzz.yaml", data, lookup)
-		if err != nil {
-			if cfg != nil {
-				t.Fatal("Parse returned a config with an error")
-			}
-			for _, secret := range []string{fuzzDBPassword, fuzzAPIKey, fuzzOther} {
-				// A secret written in the file itself may be echoed under
-				// a key that does not hold secrets; one from the
-				// environment never is.
-				if strings.Contains(err.Error(), secret) && !bytes.Contains(data, []byte(secret)) {
-					t.Fatalf("error shows the secret %q:\n%v", secret, err)
-				}
-			}
-			var errs []error
-			if j, ok := err.(interface{ Unwrap() []error }); ok {
-				errs = j.Unwrap()
-			}
-			if len(errs) == 0 {
-				t.Fatalf("error is not a list of problems: %v", err)
-			}
-			for _, e := range errs {
-				var ce *ConfigError
-				if !errors.As(e, &ce) || ce.Line < 1 || ce.File != "fuzz.yaml" {
-					t.Fatalf("problem without file and line: %#v", e)
-				}
-			}
-			return
-		}
-		checkConfig(t, cfg)
-	})
-}
-
-var fuzzSlot = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
-// checkConfig asserts what a successful Parse promises.
-func checkConfig(t *testing.T, cfg *Config) {
-	t.Helper()
-	switch {
-	case cfg.Postgres.URL == "" || cfg.Userpilot.APIKey == "":
-		t.Fatal("a required secret is empty")
-	case !fuzzSlot.MatchString(cfg.Postgres.Slot):
-		t.Fatalf("bad slot %q accepted", cfg.Postgres.Slot)
-	case cfg.Postgres.Publication == "" || len(cfg.Postgres.Publication) > 63:
-		t.Fatalf("bad publication %q accepted", cfg.Postgres.Publication)
-	case !strings.HasPrefix(cfg.Userpilot.Endpoint, "https://") && !strings.HasPrefix(cfg.Userpilot.Endpoint, "http://"):
-		t.Fatalf("bad endpoint %q accepted", cfg.Userpilot.Endpoint)
-	case strings.HasSuffix(cfg.Userpilot.Endpoint, "/"):
-		t.Fatalf("endpoint %q keeps its slash", cfg.Userpilot.Endpoint)
-	case !(cfg.Userpilot.RateLimit > 0):
-		t.Fatalf("rate limit %v accepted", cfg.Userpilot.RateLimit)
-	case cfg.State.Dir == "":
-		t.Fatal("empty state dir")
-	case cfg.Companies.Name == "" || cfg.Companies.Schema == "" || cfg.Companies.CompanyID == "":
-		t.Fatalf("incomplete companies %+v", cfg.Companies)
-	case len(cfg.Companies.Metadata) == 0:
-		t.Fatal("no metadata accepted")
-	}
-	for _, f := range cfg.Companies.Metadata {
-		if f.Key == "" || f.Column == "" || (f.Type != TypeAuto && !validType(f.Type)) || f.Line < 1 {
-			t.Fatalf("bad field accepted: %+v", f)
-		}
-	}
-}
 
 // fuzzOIDs has at least one type of every class.
 var fuzzOIDs = []uint32{
@@ -132,12 +50,18 @@ func FuzzIdentify(f *testing.F) {
 				{{Text: text}, {Null: true}},        // the company id
 			} {
 				out, err := m.Identify(vals)
-				if err != nil {
+				var bad BadValues
+				if err != nil && !errors.As(err, &bad) {
 					var re *RowError
 					if !errors.As(err, &re) {
 						t.Fatalf("%v: not a *RowError: %v", m.Columns()[0], err)
 					}
 					continue
+				}
+				for _, k := range bad.HeldBack() {
+					if _, ok := out.Metadata[k]; ok {
+						t.Fatalf("%s: held back, yet in the payload", k)
+					}
 				}
 				checkIdentify(t, m, out)
 			}
@@ -177,3 +101,80 @@ func checkIdentify(t *testing.T, m *Mapper, out userpilot.Company) {
 		t.Fatalf("payload does not marshal: %v", err)
 	}
 }
+
+// FuzzJSONPath holds the path reader to encoding/json: for any valid JSON
+// document and path, it finds what decoding the document and walking its
+// objects finds (the last of duplicate keys, as json's -> does).
+func FuzzJSONPath(f *testing.F) {
+	for _, s := range []string{`{"a": {"b": 1}}`, `{"a": [1, {"b": 2}]}`, `{"a\u00e9": "x\"y"}`, `{"a": 1, "a": 2}`, ` {"a" : null } `, `[1]`, `"s"`, `{"a": {}}`} {
+		f.Add([]byte(s), "a/b")
+		f.Add([]byte(s), "aé")
+		f.Add([]byte(s), "a")
+	}
+	f.Fuzz(func(t *testing.T, doc []byte, pathText string) {
+		if !json.Valid(doc) || !utf8.Valid(doc) {
+			return // Postgres prints only valid JSON, in UTF-8
+		}
+		path := strings.Split(pathText, "/")
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(doc))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range path {
+			obj, ok := v.(map[string]any)
+			if !ok {
+				v = missing{}
+				break
+			}
+			if v, ok = obj[k]; !ok {
+				v = missing{}
+				break
+			}
+		}
+		kind, raw, err := jsonAt(doc, path, true)
+		if err != nil {
+			t.Fatalf("%q at %q: %v", doc, path, err)
+		}
+		switch want := v.(type) {
+		case missing:
+			if kind != jsonMissing {
+				t.Fatalf("%q at %q: got %s %q, want missing", doc, path, kind, raw)
+			}
+			return
+		case nil:
+			if kind != jsonNull {
+				t.Fatalf("%q at %q: got %s, want null", doc, path, kind)
+			}
+			return
+		case map[string]any:
+			if kind != jsonObject {
+				t.Fatalf("%q at %q: got %s, want an object", doc, path, kind)
+			}
+		case []any:
+			if kind != jsonArray {
+				t.Fatalf("%q at %q: got %s, want an array", doc, path, kind)
+			}
+		case json.Number:
+			if kind != jsonNumber || string(raw) != string(want) {
+				t.Fatalf("%q at %q: got %s %q, want the number %s", doc, path, kind, raw, want)
+			}
+		case bool:
+			if kind != jsonBool || string(raw) != strconv.FormatBool(want) {
+				t.Fatalf("%q at %q: got %s %q, want %t", doc, path, kind, raw, want)
+			}
+		case string:
+			text, err := jsonText(kind, raw)
+			if kind != jsonString || err != nil || string(text) != want {
+				t.Fatalf("%q at %q: got %s %q (%v), want the string %q", doc, path, kind, text, err, want)
+			}
+		}
+		// What it found is the value's own text, valid JSON.
+		if !json.Valid(raw) {
+			t.Fatalf("%q at %q: %q is not JSON", doc, path, raw)
+		}
+	})
+}
+
+type missing struct{}

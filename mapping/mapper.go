@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -40,6 +41,17 @@ type compiledField struct {
 	key    string
 	column int // index into columns
 	converter
+	// path and labels derive the value from the column's text (nil: the
+	// column's value as it is).
+	path   *jsonPath
+	labels *labels
+	// keepNull leaves the key out when its value is null (on_null: keep).
+	keepNull bool
+	// null: a key the mapping dropped, which a backfill sends as null
+	// (Restrict); no column is read.
+	null bool
+	// what names the source in messages: `column "x"`, `column "x", path a.b`.
+	what string
 }
 
 // Compile checks the mapping against the table's columns and prepares the
@@ -70,22 +82,33 @@ func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 	}
 
 	for _, f := range c.Metadata {
+		if f.SQL != "" {
+			continue // evaluated by Postgres (see package related), not read from the row
+		}
 		key := "metadata " + strconv.Quote(f.Key)
 		i, msg := findColumn(columns, f.Column, table)
 		if msg != "" {
 			fail(f.Line, key, "%s", msg)
 			continue
 		}
-		conv, msg := chooseConversion(columns[i], f.Type)
+		cf := compiledField{key: f.Key, column: i, keepNull: f.KeepNull, what: fmt.Sprintf("column %q", f.Column)}
+		if f.Path != nil {
+			cf.what += ", path " + strings.Join(f.Path, ".")
+		}
+		if f.Derived() {
+			cf.path, cf.labels, msg = compileDerived(f, columns[i], types)
+		} else {
+			cf.conv, msg = chooseConversion(columns[i], f.Type)
+		}
 		if msg != "" {
 			fail(f.Line, key, "%s", msg)
 			continue
 		}
-		cv := converter{conv: conv, oid: columns[i].TypeOID, types: types}
-		if t, ok := types.TypeForOID(cv.oid); ok {
-			cv.codec = t.Codec
+		cf.oid, cf.types = columns[i].TypeOID, types
+		if t, ok := types.TypeForOID(cf.oid); ok {
+			cf.codec = t.Codec
 		}
-		m.fields = append(m.fields, compiledField{key: f.Key, column: i, converter: cv})
+		m.fields = append(m.fields, cf)
 	}
 
 	if len(errs) > 0 {
@@ -229,7 +252,8 @@ func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
 	// Every value's JSON goes into one buffer (Map sizes it): one
 	// allocation per row, not one per value.
 	companyID, _, err := m.Map(values, nil, vals)
-	if err != nil {
+	var bad BadValues
+	if err != nil && !errors.As(err, &bad) {
 		// The id, when known, is kept, so the row set aside can be found.
 		return userpilot.Company{CompanyID: companyID}, err
 	}
@@ -239,7 +263,8 @@ func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
 			out.Metadata[m.fields[i].key] = v
 		}
 	}
-	return out, nil
+	// With BadValues, the keys that could be read are mapped still.
+	return out, err
 }
 
 // Keys returns the metadata keys, in the mapping's order: Map's values
@@ -255,10 +280,15 @@ func (m *Mapper) Keys() []string {
 // Map is Identify without a map, for a caller that keeps metadata in a
 // form of its own (delivery packs it): vals (one per key of Keys) gets each
 // key's JSON, or nil where the row leaves the key out (an unchanged TOAST
-// value: Userpilot keeps what it has); userpilot.Null for NULL. The JSON is
+// value, and the keys derived from it: Userpilot keeps what it has; a
+// null under on_null: keep); userpilot.Null for NULL. The JSON is
 // appended to buf, which is returned (grown, so that the caller may reuse
 // it for the next row); vals share its bytes until the caller writes it
 // again. The company id is returned with a *RowError when it is known.
+//
+// One bad value costs one key: a value that cannot be read as its type
+// leaves its key out (nil), the others are mapped, and the error is
+// BadValues, naming each key held back and its value.
 func (m *Mapper) Map(values []row.Value, buf []byte, vals []json.RawMessage) (string, []byte, error) {
 	if len(values) != len(m.columns) {
 		return "", buf, fmt.Errorf("map row: got %d values for %d columns; the table's columns changed: compile the mapping again", len(values), len(m.columns))
@@ -274,30 +304,149 @@ func (m *Mapper) Map(values []row.Value, buf []byte, vals []json.RawMessage) (st
 	// estimate did not leave room for grows the buffer; the slices taken
 	// before keep the old one, which nothing writes again.
 	size := 0
-	for _, f := range m.fields {
-		size += len(values[f.column].Text) + jsonSlack
+	for i := range m.fields {
+		size += m.fields[i].room(values)
 	}
 	buf = slices.Grow(buf, size)
-	for i, f := range m.fields {
+	var bad BadValues
+	for i := range m.fields {
+		f := &m.fields[i]
+		if f.null {
+			vals[i] = userpilot.Null
+			continue
+		}
 		v := values[f.column]
 		switch {
 		case v.Unchanged:
 			// Userpilot merges metadata: leaving the key out keeps the
-			// value it already has, which is the value Postgres kept.
+			// value it already has, which is the value Postgres kept (and
+			// so are the keys derived from it).
 			vals[i] = nil
 			continue
 		case v.Null:
-			vals[i] = userpilot.Null // null clears the value in Userpilot
+			vals[i] = f.nullValue() // null clears the value in Userpilot
 			continue
 		}
 		start := len(buf)
 		var err error
-		buf, err = f.appendJSON(buf, v.Text)
-		if err != nil {
-			clear(vals)
-			return companyID, buf, &RowError{Key: f.key, Column: m.columns[f.column].Name, Reason: err.Error()}
+		buf, err = f.appendValue(buf, v.Text)
+		switch {
+		case err == errNull:
+			buf = buf[:start]
+			vals[i] = f.nullValue()
+		case err != nil:
+			buf = buf[:start]
+			vals[i] = nil
+			bad = append(bad, BadValue{Key: f.key, Source: f.what, Reason: err.Error()})
+		default:
+			vals[i] = json.RawMessage(buf[start:len(buf):len(buf)])
 		}
-		vals[i] = json.RawMessage(buf[start:len(buf):len(buf)])
+	}
+	if bad != nil {
+		return companyID, buf, bad
 	}
 	return companyID, buf, nil
+}
+
+// room is how much of the row's buffer f's JSON is likely to take: a
+// plain value's text and its quotes; a label, or a key inside a JSON
+// document (a fraction of it, not the whole).
+func (f *compiledField) room(values []row.Value) int {
+	switch {
+	case f.null:
+		return 4
+	case f.labels != nil:
+		return f.labels.longest
+	case f.path != nil:
+		return 32
+	}
+	return len(values[f.column].Text) + jsonSlack
+}
+
+func (f *compiledField) nullValue() json.RawMessage {
+	if f.keepNull {
+		return nil // on_null: keep: Userpilot keeps what it has
+	}
+	return userpilot.Null
+}
+
+// appendValue appends the JSON of the column's text as f says; errNull
+// when the value is null (a path that is missing, or leads to null).
+func (f *compiledField) appendValue(dst, text []byte) ([]byte, error) {
+	if f.path == nil && f.labels == nil {
+		return f.appendJSON(dst, text)
+	}
+	if f.path == nil {
+		return f.labels.appendLabel(dst, text)
+	}
+	if f.labels == nil {
+		return f.path.appendPath(dst, text)
+	}
+	kind, raw, err := jsonAt(text, f.path.keys, f.path.lastWins)
+	switch {
+	case err != nil:
+		return dst, fmt.Errorf("%s %w", quoteValue(text), err)
+	case kind == jsonMissing || kind == jsonNull:
+		return dst, errNull
+	case kind == jsonObject || kind == jsonArray:
+		return dst, fmt.Errorf("%s at %s is %s, which values: cannot list; fix: point path at a scalar", quoteValue(raw), f.path.describe(), kind)
+	}
+	scalar, err := jsonText(kind, raw)
+	if err != nil {
+		return dst, fmt.Errorf("%s %w", quoteValue(raw), err)
+	}
+	return f.labels.appendLabel(dst, scalar)
+}
+
+// BadValue is one key of a row whose value cannot be read as its type
+// (a text "n/a" as a number, an object at a path): the key is held back,
+// Userpilot keeps the value it has.
+type BadValue struct {
+	Key    string
+	Source string // what it reads: `column "x"`, `column "x", path a.b`
+	Reason string // names the value
+}
+
+// BadValues is the error of a row mapped without some of its keys: the
+// others were mapped and go out.
+type BadValues []BadValue
+
+// Error names each key held back, what it reads and why, with its value.
+func (bs BadValues) Error() string {
+	var b strings.Builder
+	for i, bv := range bs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "metadata %q (%s): %s", bv.Key, bv.Source, bv.Reason)
+	}
+	b.WriteString(" (held back: the row's other keys are sent)")
+	return b.String()
+}
+
+// HeldBack lists the keys held back.
+func (bs BadValues) HeldBack() []string {
+	keys := make([]string, len(bs))
+	for i, bv := range bs {
+		keys[i] = bv.Key
+	}
+	return keys
+}
+
+// Restrict returns a Mapper that maps only keys (those of m's among them),
+// and sends each of null, a key the mapping no longer has, as null: what
+// a backfill after a mapping change sends. m is unchanged.
+func (m *Mapper) Restrict(keys, null []string) *Mapper {
+	r := &Mapper{columns: m.columns, companyID: m.companyID}
+	for _, f := range m.fields {
+		if slices.Contains(keys, f.key) {
+			r.fields = append(r.fields, f)
+		}
+	}
+	for _, k := range null {
+		if !slices.ContainsFunc(m.fields, func(f compiledField) bool { return f.key == k }) {
+			r.fields = append(r.fields, compiledField{key: k, null: true})
+		}
+	}
+	return r
 }

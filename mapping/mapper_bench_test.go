@@ -1,6 +1,8 @@
 package mapping
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -74,6 +76,54 @@ func BenchmarkConvert(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := f.value(v.Text); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMapPlainAndDerived compares a change's mapping cost (Map, as
+// delivery calls it, into reused room) with plain columns and with
+// derived keys: seven keys each, the derived ones reading Chatwoot-like
+// custom_attributes (five paths, typed and not, nested and dotted), a
+// label of an integer enum, and a plain name. "large" puts the keys after
+// 4 kB of other attributes, which every path walks past.
+func BenchmarkMapPlainAndDerived(b *testing.B) {
+	attrs := `{"mrr": 2178.00, "company": {"size": 42, "name": "Acme"}, "features": {"sla": true}, "plan_name": "enterprise", "subscribed.quantity": 5, "trial_ends": "2026-01-31"}`
+	large := `{"a_padding": "` + strings.Repeat("x", 4096) + `", ` + attrs[1:]
+	cols := []row.Column{
+		{Name: "id", TypeOID: pgtype.Int4OID}, {Name: "name", TypeOID: pgtype.VarcharOID},
+		{Name: "status", TypeOID: pgtype.Int4OID}, {Name: "custom_attributes", TypeOID: pgtype.JSONBOID},
+	}
+	derived, err := Compile(Companies{CompanyID: "id", Metadata: []Field{
+		{Key: "name", Column: "name"},
+		{Key: "plan", Column: "custom_attributes", Path: []string{"plan_name"}},
+		{Key: "mrr", Column: "custom_attributes", Path: []string{"mrr"}, Type: TypeNumber},
+		{Key: "size", Column: "custom_attributes", Path: []string{"company", "size"}},
+		{Key: "seats", Column: "custom_attributes", Path: []string{"subscribed.quantity"}},
+		{Key: "trial_ends", Column: "custom_attributes", Path: []string{"trial_ends"}, Type: TypeDate},
+		{Key: "status", Column: "status", Values: []Label{{"0", "active"}, {"1", "suspended"}}, Default: ptr("unknown")},
+	}}, "public.accounts", cols)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		m    *Mapper
+		row  []row.Value
+	}{
+		{"plain", benchMapper(b), benchRow},
+		{"derived", derived, []row.Value{{Text: []byte("123456")}, {Text: []byte("Account 123456")}, {Text: []byte("1")}, {Text: []byte(attrs)}}},
+		{"derived large", derived, []row.Value{{Text: []byte("123456")}, {Text: []byte("Account 123456")}, {Text: []byte("1")}, {Text: []byte(large)}}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			vals := make([]json.RawMessage, len(bc.m.Keys()))
+			var buf []byte
+			b.ReportAllocs()
+			for b.Loop() {
+				var err error
+				if _, buf, err = bc.m.Map(bc.row, buf[:0], vals); err != nil {
 					b.Fatal(err)
 				}
 			}

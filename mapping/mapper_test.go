@@ -140,12 +140,15 @@ func TestCompileErrors(t *testing.T) {
 // "; fix: ", as one string, so a table of expectations checks both.
 func problemsAndFixes(t *testing.T, err error) []string {
 	t.Helper()
+	var ces ConfigErrors
+	require.True(t, errors.As(err, &ces), "not ConfigErrors: %v", err)
 	var out []string
-	for _, p := range fixedProblems(t, err) {
-		if p.fix != "" {
-			p.msg += "; fix: " + p.fix
+	for _, ce := range ces {
+		msg := ce.Error()
+		if ce.Fix != "" {
+			msg += "; fix: " + ce.Fix
 		}
-		out = append(out, p.msg)
+		out = append(out, msg)
 	}
 	return out
 }
@@ -304,14 +307,18 @@ func TestIdentifyRowErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, err := convert(t, tt.oid, tt.typ, text(tt.in))
-			var re *RowError
-			require.True(t, errors.As(err, &re), "want *RowError, got %v", err)
-			assert.Equal(t, "k", re.Key)
-			assert.Equal(t, "v", re.Column)
+			// One bad value costs one key: the key is held back, named
+			// with its value.
+			var bad BadValues
+			require.True(t, errors.As(err, &bad), "want BadValues, got %v", err)
+			require.Len(t, bad, 1)
+			assert.Equal(t, "k", bad[0].Key)
+			assert.Equal(t, `column "v"`, bad[0].Source)
+			assert.Equal(t, []string{"k"}, bad.HeldBack())
 			if strings.HasSuffix(tt.want, ": ") {
 				assert.True(t, strings.HasPrefix(err.Error(), tt.want), err.Error())
 			} else {
-				assert.Equal(t, tt.want, err.Error())
+				assert.Equal(t, tt.want+" (held back: the row's other keys are sent)", err.Error())
 			}
 		})
 	}

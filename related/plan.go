@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,19 +45,26 @@ type Plan struct {
 	tables map[row.Table][]string
 }
 
+// entry is one query of a re-read: a related entry's (cfg), or the
+// companies row's own sql: keys (row).
 type entry struct {
 	cfg  mapping.Related
+	row  []mapping.Field
 	sql  string
 	keys int // how many values it returns after the company id (its keys)
 }
 
-// Relation's table name: no real table has an empty schema, so a Relation
-// with this Table is always one Read made.
-var relatedTable = row.Table{Name: "related values"}
+// table is what the entry reads, for messages.
+func (e entry) table(p *Plan) string {
+	if e.row != nil {
+		return p.companies.String()
+	}
+	return e.cfg.Table
+}
 
 // IsRelated reports whether rel describes rows of related values (made by
 // a Plan) rather than rows of a table.
-func IsRelated(rel *row.Relation) bool { return rel != nil && rel.Table == relatedTable }
+func IsRelated(rel *row.Relation) bool { return rel != nil && rel.Kind == row.RelatedValues }
 
 // Mapper compiles the mapping of rows of related values (rel, made by a
 // Plan): the company id in the first column, each key in its own column,
@@ -64,25 +72,71 @@ func IsRelated(rel *row.Relation) bool { return rel != nil && rel.Table == relat
 // (as companies.metadata is by the column's type).
 func Mapper(c mapping.Companies, rel *row.Relation) (*mapping.Mapper, error) {
 	mc := mapping.Companies{File: c.File, CompanyID: rel.Columns[0].Name}
+	// Each key is its own column of the re-read, holding what the row's
+	// column (or the expression) gave: a path, labels and on_null apply
+	// to it here, as they do to a companies row's column.
+	value := func(f mapping.Field) mapping.Field {
+		f.Column, f.SQL = f.Key, ""
+		return f
+	}
+	for _, f := range c.Metadata {
+		if f.SQL != "" {
+			mc.Metadata = append(mc.Metadata, value(f))
+		}
+	}
 	for _, r := range c.Related {
 		for _, f := range r.Metadata {
-			mc.Metadata = append(mc.Metadata, mapping.Field{Key: f.Key, Column: f.Key, Type: f.Type, Line: f.Line, PII: f.PII})
+			mc.Metadata = append(mc.Metadata, value(f))
 		}
 		for _, a := range r.Aggregate {
 			mc.Metadata = append(mc.Metadata, mapping.Field{Key: a.Key, Column: a.Key, Type: a.Type, Line: a.Line})
 		}
 	}
-	return mapping.Compile(mc, "the related values", rel.Columns)
+	m, err := mapping.Compile(mc, "the related values", rel.Columns)
+	if err != nil || rel.Keys == nil {
+		return m, err
+	}
+	// A backfill's rows set only its keys (a key it clears is sent as
+	// null by the companies row's mapping, or, when the mapping has it
+	// again, sent as it is now).
+	return m.Restrict(append(slices.Clone(rel.Keys.Set), rel.Keys.Clear...), nil), nil
 }
 
-// Configured reports whether the mapping reads related tables or filters
-// companies: only then is a Plan (and the stage) needed.
-func Configured(c mapping.Companies) bool { return len(c.Related) > 0 || c.Where != "" }
+// Configured reports whether the mapping reads related tables, filters
+// companies or has sql: keys: only then is a Plan (and the stage) needed.
+func Configured(c mapping.Companies) bool {
+	return len(c.Related) > 0 || c.Where != "" || len(rowExpressions(c)) > 0
+}
 
-// Tables lists the related tables of c, each once, in config order.
+// rowExpressions are the sql: keys of the companies row.
+func rowExpressions(c mapping.Companies) []mapping.Field {
+	var out []mapping.Field
+	for _, f := range c.Metadata {
+		if f.SQL != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Keys lists the keys a Plan of c reads, in its Relation's order.
+func Keys(c mapping.Companies) []string {
+	var keys []string
+	for _, f := range rowExpressions(c) {
+		keys = append(keys, f.Key)
+	}
+	for _, r := range c.Related {
+		keys = append(keys, r.Keys()...)
+	}
+	return keys
+}
+
+// Tables lists the related tables of c, each once, in config order; the
+// companies table, which a related entry may read too, is published and
+// streamed anyway, and is not listed.
 func Tables(c mapping.Companies) []row.Table {
 	var out []row.Table
-	seen := map[row.Table]bool{}
+	seen := map[row.Table]bool{{Schema: c.Schema, Name: c.Name}: true}
 	for _, r := range c.Related {
 		t := row.Table{Schema: r.Schema, Name: r.Name}
 		if !seen[t] {
@@ -104,6 +158,17 @@ func Tables(c mapping.Companies) []row.Table {
 // instead: Postgres would refuse every plan with "permission denied",
 // which is not the config's fault.
 func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, error) {
+	return compile(ctx, conn, c, true)
+}
+
+// CompileReads is Compile for a reader of related values that streams
+// nothing (preview): what only the stream needs (REPLICA IDENTITY FULL
+// for companies.where, to judge a row's old version) is not asked.
+func CompileReads(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, error) {
+	return compile(ctx, conn, c, false)
+}
+
+func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams bool) (*Plan, error) {
 	companies := row.Table{Schema: c.Schema, Name: c.Name}
 	cols, err := replication.TableColumns(ctx, conn, companies)
 	if err != nil {
@@ -117,6 +182,13 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 		"so pgpilot cannot read what companies.related and companies.where name"); err != nil {
 		return nil, err
 	}
+	generated, err := replication.GeneratedColumns(ctx, conn, companies)
+	if err != nil {
+		return nil, err
+	}
+	// What the stream carries of a companies row: Postgres leaves the
+	// generated columns out.
+	streamed := slices.DeleteFunc(slices.Clone(cols), func(col row.Column) bool { _, ok := generated[col.Name]; return ok })
 	p := &Plan{companies: companies, idCol: c.CompanyID, where: c.Where, tables: map[row.Table][]string{}}
 	for _, col := range cols {
 		if col.Name == c.CompanyID {
@@ -135,14 +207,18 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 		if err := explain(ctx, conn, fmt.Sprintf("SELECT 1 FROM %s AS %s WHERE (%s)", companies.Quoted(), pgx.Identifier{companies.Name}.Sanitize(), c.Where)); err != nil {
 			fail(c.WhereLine, "companies.where", fmt.Sprintf("%q does not work on %s: %s", c.Where, companies, pgMessage(err)),
 				"write one condition on the companies row, as after WHERE (e.g. where: not is_test)")
-		} else if err := explain(ctx, conn, p.whereSQL(&row.Relation{Table: companies, Columns: cols})); err != nil {
-			fail(c.WhereLine, "companies.where", fmt.Sprintf("%q cannot be judged on a streamed row of %s: %s", c.Where, companies, pgMessage(err)),
-				"write one condition on the companies row's own columns, as after WHERE (e.g. where: not is_test)")
+		} else if err := explain(ctx, conn, p.whereSQL(&row.Relation{Table: companies, Columns: streamed})); err != nil {
+			fix := "write one condition on the companies row's own columns, as after WHERE (e.g. where: not is_test)"
+			if len(generated) > 0 {
+				fix += "; generated columns (" + strings.Join(slices.Sorted(maps.Keys(generated)), ", ") +
+					") are not streamed: write what they compute instead"
+			}
+			fail(c.WhereLine, "companies.where", fmt.Sprintf("%q cannot be judged on a streamed row of %s: %s", c.Where, companies, pgMessage(err)), fix)
 		}
 		if p.fullIdentity, err = replication.ReplicaIdentityFull(ctx, conn, companies); err != nil {
 			return nil, err
 		}
-		if !p.fullIdentity {
+		if !p.fullIdentity && streams {
 			fail(c.WhereLine, "companies.where", fmt.Sprintf("needs REPLICA IDENTITY FULL on %s: to tell a company that stops matching (sent as deleted) "+
 				"from one that never matched (never sent), pgpilot judges the old row too, and Postgres streams it only under FULL", companies),
 				fmt.Sprintf("run on the primary: ALTER TABLE %s REPLICA IDENTITY FULL;", companies.Quoted()))
@@ -152,8 +228,52 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 		// Every re-read holds the condition: its error would repeat.
 		return nil, errs
 	}
-	rel := &row.Relation{Table: relatedTable, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
+	rel := &row.Relation{Kind: row.RelatedValues, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
 	types := replication.NewTypeResolver(conn)
+	// The result of a query's values, typed as Postgres plans them.
+	describe := func(sql string, keys []string) (bool, error) {
+		desc, err := conn.Prepare(ctx, "", sql)
+		if err != nil {
+			return false, nil
+		}
+		for i, key := range keys {
+			fd := desc.Fields[1+i]
+			oid, err := types.Resolve(ctx, fd.DataTypeOID)
+			if err != nil {
+				return false, err
+			}
+			name, err := types.Name(ctx, fd.DataTypeOID, fd.TypeModifier)
+			if err != nil {
+				return false, err
+			}
+			rel.Columns = append(rel.Columns, row.Column{Name: key, TypeOID: oid, TypeName: name})
+		}
+		return true, nil
+	}
+	if exprs := rowExpressions(c); len(exprs) > 0 {
+		// The companies row's sql: keys: re-read on every change of the
+		// row, as a related entry over the companies table is.
+		e := entry{row: exprs, keys: len(exprs), sql: p.rowSQL(exprs)}
+		var keys []string
+		for _, f := range exprs {
+			keys = append(keys, f.Key)
+		}
+		ok, err := describe(e.sql, keys)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			for _, f := range exprs {
+				if err := explain(ctx, conn, p.rowSQL([]mapping.Field{f})); err != nil {
+					fail(f.Line, "companies.metadata."+f.Key, fmt.Sprintf("%q does not work on %s: %s", f.SQL, companies, pgMessage(err)),
+						"write one expression on the companies row's columns, e.g. case when seats > 100 then 'large' else 'small' end")
+				}
+			}
+		} else {
+			p.tables[companies] = append(p.tables[companies], c.CompanyID)
+			p.entries = append(p.entries, e)
+		}
+	}
 	for _, r := range c.Related {
 		t := row.Table{Schema: r.Schema, Name: r.Name}
 		rcols, err := replication.TableColumns(ctx, conn, t)
@@ -217,22 +337,13 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 			e.sql = p.aggregateSQL(t, r.CompanyID, r.Aggregate)
 			e.keys = len(r.Aggregate)
 		}
-		desc, err := conn.Prepare(ctx, "", e.sql)
+		ok, err := describe(e.sql, r.Keys())
 		if err != nil {
-			fail(p.blame(ctx, conn, t, r, err))
-			continue
+			return nil, err
 		}
-		for i := range e.keys {
-			fd := desc.Fields[1+i]
-			oid, err := types.Resolve(ctx, fd.DataTypeOID)
-			if err != nil {
-				return nil, err
-			}
-			name, err := types.Name(ctx, fd.DataTypeOID, fd.TypeModifier)
-			if err != nil {
-				return nil, err
-			}
-			rel.Columns = append(rel.Columns, row.Column{Name: r.Keys()[i], TypeOID: oid, TypeName: name})
+		if !ok {
+			fail(p.blame(ctx, conn, t, r, explain(ctx, conn, e.sql)))
+			continue
 		}
 		p.entries = append(p.entries, e)
 	}
@@ -240,14 +351,20 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 		return nil, errs
 	}
 	p.rel = rel
-	if len(c.Related) > 0 {
+	if len(p.entries) > 0 {
 		// The values must map to primitives: an aggregate's result type is
 		// known only now.
 		if _, err := Mapper(c, rel); err != nil {
 			var ces mapping.ConfigErrors
 			if errors.As(err, &ces) {
+				exprs := rowExpressions(c)
 				for _, ce := range ces {
 					ce.Key = strings.Replace(ce.Key, "metadata ", "companies.related key ", 1)
+					for _, f := range exprs {
+						if ce.Key == "companies.related key "+strconv.Quote(f.Key) {
+							ce.Key = "companies.metadata." + f.Key
+						}
+					}
 					ce.Msg = strings.Replace(ce.Msg, "column ", "the value of ", 1)
 				}
 			}
@@ -262,6 +379,17 @@ func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, e
 func (p *Plan) blame(ctx context.Context, conn *pgx.Conn, t row.Table, r mapping.Related, err error) (int, string, string, string) {
 	msg := fmt.Sprintf("Postgres refuses the re-read of %s: %s", t, pgMessage(err))
 	if r.IsLookup() {
+		for _, f := range r.Metadata {
+			if f.SQL == "" {
+				continue
+			}
+			one := r
+			one.Metadata, one.OrderBy = []mapping.Field{f}, ""
+			if e := explain(ctx, conn, p.lookupSQL(t, one, nil)); e != nil {
+				return f.Line, r.Path() + ".metadata." + f.Key, fmt.Sprintf("%q does not work on %s: %s", f.SQL, t, pgMessage(e)),
+					"write one expression on the columns of " + t.String()
+			}
+		}
 		if r.OrderBy != "" {
 			bare := r
 			bare.OrderBy = ""
@@ -335,7 +463,11 @@ func (p *Plan) lookupSQL(t row.Table, r mapping.Related, key []string) string {
 	var sel, inner []string
 	for i, f := range r.Metadata {
 		name := strconv.Quote("pgpilot " + strconv.Itoa(i))
-		inner = append(inner, ralias+"."+pgx.Identifier{f.Column}.Sanitize()+" AS "+name)
+		if f.SQL != "" {
+			inner = append(inner, "("+f.SQL+") AS "+name)
+		} else {
+			inner = append(inner, ralias+"."+pgx.Identifier{f.Column}.Sanitize()+" AS "+name)
+		}
 		sel = append(sel, "r."+name)
 	}
 	order := r.OrderBy
@@ -373,6 +505,19 @@ func (p *Plan) aggregateSQL(t row.Table, rcid string, aggs []mapping.Aggregate) 
 		p.filter(calias))
 }
 
+// rowSQL evaluates, per company, the sql: keys on its own row (named as
+// the table, so an expression may qualify a column with the table's
+// name). Each expression is parenthesised, as an aggregate is.
+func (p *Plan) rowSQL(exprs []mapping.Field) string {
+	calias, _ := p.aliases(p.companies)
+	var sel []string
+	for i, f := range exprs {
+		sel = append(sel, "("+f.SQL+") AS "+strconv.Quote("pgpilot "+strconv.Itoa(i)))
+	}
+	return fmt.Sprintf(`SELECT %s.%s::text, %s, 1 AS "pgpilot rows" FROM %s AS %s WHERE %s`,
+		calias, pgx.Identifier{p.idCol}.Sanitize(), strings.Join(sel, ", "), p.companies.Quoted(), calias, p.filter(calias))
+}
+
 // Relation describes the rows Read returns.
 func (p *Plan) Relation() *row.Relation { return p.rel }
 
@@ -385,6 +530,17 @@ func (p *Plan) Where() string { return p.where }
 func (p *Plan) CompanyColumns(t row.Table) ([]string, bool) {
 	c, ok := p.tables[t]
 	return c, ok
+}
+
+// reads reports whether the plan reads any key of a backfill's (one it
+// sets, or one it clears that the plan has again).
+func (p *Plan) reads(keys *row.KeySet) bool {
+	for _, k := range p.rel.Columns[1:] {
+		if slices.Contains(keys.Set, k.Name) || slices.Contains(keys.Clear, k.Name) {
+			return true
+		}
+	}
+	return false
 }
 
 // HasRelated reports whether any related entry is configured.
@@ -411,7 +567,7 @@ func (p *Plan) Read(ctx context.Context, q Querier, ids []string) (map[string][]
 	for i, e := range p.entries {
 		rows, err := q.Query(ctx, e.sql, pgx.QueryResultFormats{pgx.TextFormatCode}, ids)
 		if err != nil {
-			return nil, n, fmt.Errorf("re-read %s for %d companies: %w", e.cfg.Table, len(ids), err)
+			return nil, n, fmt.Errorf("re-read %s for %d companies: %w", e.table(p), len(ids), err)
 		}
 		n.Queries++
 		seen := map[string]bool{}
@@ -446,7 +602,7 @@ func (p *Plan) Read(ctx context.Context, q Querier, ids []string) (map[string][]
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, n, fmt.Errorf("re-read %s for %d companies: %w", e.cfg.Table, len(ids), err)
+			return nil, n, fmt.Errorf("re-read %s for %d companies: %w", e.table(p), len(ids), err)
 		}
 		if i > 0 {
 			for id := range out {

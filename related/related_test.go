@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/mapping"
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-const config = `postgres:
+const relatedConfig = `postgres:
   url: postgres://unused
 userpilot:
   api_key: k
@@ -47,7 +48,7 @@ state:
 
 // setup makes the workload's tables, seeded with n companies, and the
 // mapping, with its plan compiled.
-func setup(t *testing.T, n int, cfgText string) (string, *pgx.Conn, *mapping.Config, *related.Plan) {
+func setup(t *testing.T, n int, cfgText string) (string, *pgx.Conn, *config.Config, *related.Plan) {
 	t.Helper()
 	ctx := context.Background()
 	url := pg.NewDatabaseT(t)
@@ -57,7 +58,7 @@ func setup(t *testing.T, n int, cfgText string) (string, *pgx.Conn, *mapping.Con
 	require.NoError(t, workload.Create(ctx, conn))
 	require.NoError(t, workload.CreateRelated(ctx, conn))
 	require.NoError(t, workload.SeedRelated(ctx, conn, n))
-	cfg, err := mapping.Parse("p.yaml", []byte(cfgText), func(string) (string, bool) { return "", false })
+	cfg, err := config.Parse("p.yaml", []byte(cfgText), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
 	plan, err := related.Compile(ctx, conn, cfg.Companies)
 	require.NoError(t, err)
@@ -153,7 +154,7 @@ func receive(t *testing.T, out <-chan row.Transaction) row.Transaction {
 // related entry; the values ride in the last transaction, and every
 // transaction passes on in order, stripped of the users' changes.
 func TestABurstOfInsertsForOneCompanyIsOneAggregateQuery(t *testing.T) {
-	url, conn, _, plan := setup(t, 20, config)
+	url, conn, _, plan := setup(t, 20, relatedConfig)
 	ctx := context.Background()
 	_, err := conn.Exec(ctx, `INSERT INTO users (id, company_id, active) SELECT 100000 + g, 7, true FROM generate_series(1, 10000) g`)
 	require.NoError(t, err)
@@ -191,7 +192,7 @@ func TestABurstOfInsertsForOneCompanyIsOneAggregateQuery(t *testing.T) {
 // TestAUserMovingBetweenCompaniesRereadsBoth: the old row's company (sent
 // under the replica identity) and the new one are both read again.
 func TestAUserMovingBetweenCompaniesRereadsBoth(t *testing.T) {
-	url, conn, _, plan := setup(t, 20, config)
+	url, conn, _, plan := setup(t, 20, relatedConfig)
 	ctx := context.Background()
 	// Company 6 has 6 users (ids 61..66); one moves to company 7 (none, 7 % 7 = 0).
 	_, err := conn.Exec(ctx, `UPDATE users SET company_id = 7 WHERE id = 61`)
@@ -212,7 +213,7 @@ func TestAUserMovingBetweenCompaniesRereadsBoth(t *testing.T) {
 // not yet visible, as under synchronous replication) is not read past: the
 // read waits, and then sees it.
 func TestAReadWaitsUntilItsTransactionIsVisible(t *testing.T) {
-	url, conn, _, plan := setup(t, 20, config)
+	url, conn, _, plan := setup(t, 20, relatedConfig)
 	ctx := context.Background()
 	tx, err := conn.Begin(ctx)
 	require.NoError(t, err)
@@ -240,7 +241,7 @@ func TestAReadWaitsUntilItsTransactionIsVisible(t *testing.T) {
 // dropped while pgpilot streams, is a schema problem (ErrSchema), not
 // something to retry for ever.
 func TestADroppedRelatedColumnStopsTheStage(t *testing.T) {
-	url, conn, _, plan := setup(t, 20, config)
+	url, conn, _, plan := setup(t, 20, relatedConfig)
 	ctx := context.Background()
 	_, err := conn.Exec(ctx, `ALTER TABLE users DROP COLUMN last_login_at`)
 	require.NoError(t, err)
@@ -259,7 +260,7 @@ func TestADroppedRelatedColumnStopsTheStage(t *testing.T) {
 // never matched is dropped, one that starts matching is sent whole, with
 // its related values.
 func TestWhereDecidesWhatACompanyChangeBecomes(t *testing.T) {
-	url, conn, _, plan := setup(t, 20, config)
+	url, conn, _, plan := setup(t, 20, relatedConfig)
 	companies := relation(t, conn, "companies")
 	co := func(id string, test bool) []row.Value {
 		return values(companies, map[string]string{"id": id, "name": "C" + id, "is_test": map[bool]string{true: "t", false: "f"}[test], "updated_at": "2026-01-01 00:00:00+00"})
@@ -295,7 +296,7 @@ func TestWhereDecidesWhatACompanyChangeBecomes(t *testing.T) {
 // can judge is refused when the config is compiled (check, run), with the
 // file's line.
 func TestCompileRefusesWhatCannotRunWithTheLineAndTheFix(t *testing.T) {
-	_, conn, _, _ := setup(t, 5, config)
+	_, conn, _, _ := setup(t, 5, relatedConfig)
 	ctx := context.Background()
 	tests := []struct {
 		name, from, to, want string
@@ -317,9 +318,9 @@ func TestCompileRefusesWhatCannotRunWithTheLineAndTheFix(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			text := strings.Replace(config, tt.from, tt.to, 1)
-			require.NotEqual(t, config, text)
-			cfg, err := mapping.Parse("p.yaml", []byte(text), func(string) (string, bool) { return "", false })
+			text := strings.Replace(relatedConfig, tt.from, tt.to, 1)
+			require.NotEqual(t, relatedConfig, text)
+			cfg, err := config.Parse("p.yaml", []byte(text), func(string) (string, bool) { return "", false })
 			require.NoError(t, err)
 			_, err = related.Compile(ctx, conn, cfg.Companies)
 			var ces mapping.ConfigErrors
@@ -333,7 +334,7 @@ func TestCompileRefusesWhatCannotRunWithTheLineAndTheFix(t *testing.T) {
 	// companies.where needs the old row: REPLICA IDENTITY FULL.
 	_, err := conn.Exec(ctx, `ALTER TABLE companies REPLICA IDENTITY DEFAULT`)
 	require.NoError(t, err)
-	cfg, err := mapping.Parse("p.yaml", []byte(config), func(string) (string, bool) { return "", false })
+	cfg, err := config.Parse("p.yaml", []byte(relatedConfig), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
 	_, err = related.Compile(ctx, conn, cfg.Companies)
 	require.Error(t, err)
@@ -344,7 +345,7 @@ func TestCompileRefusesWhatCannotRunWithTheLineAndTheFix(t *testing.T) {
 // TestADeleteOfACompanyThatNeverMatchedIsNotMirrored: a DELETE alone in its
 // transaction is judged by its old row too.
 func TestADeleteOfACompanyThatNeverMatchedIsNotMirrored(t *testing.T) {
-	url, conn, _, plan := setup(t, 20, config)
+	url, conn, _, plan := setup(t, 20, relatedConfig)
 	companies := relation(t, conn, "companies")
 	in, out, stop, _ := run(t, url, plan, nil)
 	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: []row.Change{{Op: row.Delete, Relation: companies,
@@ -362,7 +363,7 @@ func TestADeleteOfACompanyThatNeverMatchedIsNotMirrored(t *testing.T) {
 // counted for its company and for the company that referred it asks for a
 // read of each.
 func TestTwoEntriesOnOneTableByTwoColumnsAskForBothCompanies(t *testing.T) {
-	text := strings.Replace(config, "  where: not is_test\n", `    - table: public.users
+	text := strings.Replace(relatedConfig, "  where: not is_test\n", `    - table: public.users
       company_id: referrer_id
       aggregate:
         referred: count(*)
@@ -379,7 +380,7 @@ func TestTwoEntriesOnOneTableByTwoColumnsAskForBothCompanies(t *testing.T) {
 	_, err = conn.Exec(ctx, `ALTER TABLE users ADD COLUMN referrer_id bigint; CREATE INDEX ON users (referrer_id);
 		INSERT INTO users (id, company_id, referrer_id) VALUES (9000, 3, 4)`)
 	require.NoError(t, err)
-	cfg, err := mapping.Parse("p.yaml", []byte(text), func(string) (string, bool) { return "", false })
+	cfg, err := config.Parse("p.yaml", []byte(text), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
 	plan, err := related.Compile(ctx, conn, cfg.Companies)
 	require.NoError(t, err)

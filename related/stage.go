@@ -65,8 +65,11 @@ type Stage struct {
 	relCols row.PerRelation[[]int]
 
 	held    []held
-	wanted  map[string]int // company id → index in held of the last transaction asking for it
+	wanted  map[string]want // company id → what the last transaction asking for it wants
 	changes int
+	// narrowed is the related Relation narrowed to a backfill's keys, per
+	// KeySet (one at a time runs).
+	narrowed map[*row.KeySet]*row.Relation
 	// lastRead is when the last read began, lastTook how long it took.
 	lastRead time.Time
 	lastTook time.Duration
@@ -74,6 +77,15 @@ type Stage struct {
 
 type held struct {
 	txn row.Transaction
+}
+
+// want is a company's read: the index in held of the last transaction
+// that asks for it, and the keys it asks for (nil: every related key; a
+// backfill's rows ask for its keys only, unless something else asks for
+// the company too).
+type want struct {
+	txn  int
+	keys *row.KeySet
 }
 
 // New makes a Stage.
@@ -93,7 +105,7 @@ func New(opts Options) *Stage {
 	if opts.Connect == nil {
 		opts.Connect = replication.ConnectSQL
 	}
-	return &Stage{opts: opts, plan: opts.Plan, log: opts.Logger, stats: opts.Stats, wanted: map[string]int{}}
+	return &Stage{opts: opts, plan: opts.Plan, log: opts.Logger, stats: opts.Stats, wanted: map[string]want{}, narrowed: map[*row.KeySet]*row.Relation{}}
 }
 
 // maxHeldChanges bounds what the stage holds while it gathers a read.
@@ -185,26 +197,39 @@ func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) 
 // take strips txn of its related tables' changes, noting the companies
 // they belong to, and notes the companies whose rows it inserts (or moves
 // to another id, or a snapshot chunk carries): those are sent whole, with
-// their related values. It reports whether txn needs a read (of related
-// values, or of companies.where).
+// their related values. A change of a companies row is kept, and asks
+// for a read of the companies whose values it may change when the
+// companies table is read by the plan (sql: keys, or a related entry over
+// it): those must be current on every change of the row. It reports
+// whether txn needs a read (of related values, or of companies.where).
 func (s *Stage) take(txn *row.Transaction) (bool, error) {
 	asks := false
 	idx := len(s.held)
-	want := func(id string) {
-		if id != "" {
-			s.wanted[id] = idx
-			asks = true
+	ask := func(id string, keys *row.KeySet) {
+		if id == "" {
+			return
 		}
+		w, seen := s.wanted[id]
+		switch {
+		case !seen:
+			w.keys = keys
+		case w.keys != keys:
+			w.keys = nil // asked for two things: read everything
+		}
+		w.txn = idx
+		s.wanted[id] = w
+		asks = true
 	}
 	kept := txn.Changes[:0:0]
 	for _, ch := range txn.Changes {
 		t := ch.Relation.Table
-		if cols, ok := s.plan.CompanyColumns(t); ok && t != s.plan.companies {
-			if ch.Op == row.Truncate {
-				s.log.Warn("TRUNCATE of a related table: the related keys of its companies are not re-read; run `pgpilot resync` to send them again",
-					"table", t.String(), "commit_lsn", txn.CommitLSN.String())
-				continue
-			}
+		cols, read := s.plan.CompanyColumns(t)
+		if read && t != s.plan.companies && ch.Op == row.Truncate {
+			s.log.Warn("TRUNCATE of a related table: the related keys of its companies are not re-read; run `pgpilot resync` to send them again",
+				"table", t.String(), "commit_lsn", txn.CommitLSN.String())
+			continue
+		}
+		if read && ch.Op != row.Truncate {
 			at, err := s.relCols.Get(ch.Relation, func(rel *row.Relation) ([]int, error) {
 				var at []int
 				for _, col := range cols {
@@ -220,13 +245,21 @@ func (s *Stage) take(txn *row.Transaction) (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			for _, i := range at {
-				want(textAt(ch.Values, i))
-				if ch.Old != nil {
-					want(textAt(ch.Old, i))
+			// A backfill's row asks only for its keys, and only if the
+			// plan reads any of them.
+			keys := ch.Relation.Keys
+			if keys == nil || s.plan.reads(keys) {
+				for _, i := range at {
+					// A DELETE's values are its old row's (key).
+					ask(textAt(ch.Values, i), keys)
+					if ch.Old != nil {
+						ask(textAt(ch.Old, i), nil)
+					}
 				}
 			}
-			continue
+			if t != s.plan.companies {
+				continue
+			}
 		}
 		kept = append(kept, ch)
 		if t != s.plan.companies || ch.Op == row.Truncate {
@@ -249,13 +282,13 @@ func (s *Stage) take(txn *row.Transaction) (bool, error) {
 		if i < 0 {
 			continue
 		}
-		switch {
-		case ch.Op == row.Insert:
+		switch keys := ch.Relation.Keys; {
+		case ch.Op == row.Insert && (keys == nil || s.plan.reads(keys)):
 			// A new company, or a snapshot's row: sent whole.
-			want(textAt(ch.Values, i))
+			ask(textAt(ch.Values, i), keys)
 		case ch.Op == row.Update && ch.Old != nil && textAt(ch.Old, i) != textAt(ch.Values, i):
 			// A company that took another id is new under it.
-			want(textAt(ch.Values, i))
+			ask(textAt(ch.Values, i), nil)
 		}
 	}
 	txn.Changes = kept
@@ -318,16 +351,15 @@ func (s *Stage) flush(ctx context.Context, dst chan<- row.Transaction) error {
 	s.log.Debug("related values re-read", "transactions", len(s.held), "companies", len(s.wanted), "found", len(vals),
 		"duration", took.Round(time.Microsecond).String())
 	last := make([][]string, len(s.held))
-	for id, i := range s.wanted {
+	for id, w := range s.wanted {
 		if _, ok := vals[id]; ok {
-			last[i] = append(last[i], id)
+			last[w.txn] = append(last[w.txn], id)
 		}
 	}
-	rel := s.plan.Relation()
 	for i, h := range s.held {
 		txn := h.txn
 		for _, id := range last[i] {
-			txn.Changes = append(txn.Changes, row.Change{Op: row.Insert, Relation: rel, Values: vals[id]})
+			txn.Changes = append(txn.Changes, row.Change{Op: row.Insert, Relation: s.relation(s.wanted[id].keys), Values: vals[id]})
 		}
 		if err := send(ctx, dst, txn); err != nil {
 			return err
@@ -338,6 +370,22 @@ func (s *Stage) flush(ctx context.Context, dst chan<- row.Transaction) error {
 	clear(s.wanted)
 	s.changes = 0
 	return nil
+}
+
+// relation describes the rows of related values a read makes: narrowed
+// to a backfill's keys, or whole (keys nil).
+func (s *Stage) relation(keys *row.KeySet) *row.Relation {
+	if keys == nil {
+		return s.plan.Relation()
+	}
+	rel, ok := s.narrowed[keys]
+	if !ok {
+		clear(s.narrowed) // a job at a time: the last one's is done with
+		whole := s.plan.Relation()
+		rel = &row.Relation{ID: whole.ID, Kind: whole.Kind, Table: whole.Table, Columns: whole.Columns, Keys: keys}
+		s.narrowed[keys] = rel
+	}
+	return rel
 }
 
 func isPgError(err error) bool {
@@ -398,8 +446,12 @@ func (s *Stage) read(ctx context.Context) (map[string][]row.Value, error) {
 			if len(started) > 0 && s.plan.HasRelated() {
 				wanted = maps.Clone(s.wanted)
 				for id, i := range started {
-					if j, ok := wanted[id]; !ok || j < i {
-						wanted[id] = i
+					// Started matching: sent whole.
+					if w, ok := wanted[id]; !ok || w.txn <= i {
+						wanted[id] = want{txn: i}
+					} else {
+						w.keys = nil
+						wanted[id] = w
 					}
 				}
 			}

@@ -114,6 +114,35 @@ func TableColumns(ctx context.Context, conn *pgx.Conn, t row.Table) ([]row.Colum
 	return cols, nil
 }
 
+// GeneratedColumns returns t's generated columns, each with its
+// expression. Postgres (before 18, and by default since) leaves them out
+// of what logical replication streams: a mapping that reads one would be
+// sent by a snapshot and never again.
+func GeneratedColumns(ctx context.Context, conn *pgx.Conn, t row.Table) (map[string]string, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname, pg_get_expr(d.adbin, d.adrelid)
+		FROM pg_attribute a
+		JOIN pg_class c ON c.oid = a.attrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''`, t.Schema, t.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read the generated columns of %s: %w", t, err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var name, expr string
+		if err := rows.Scan(&name, &expr); err != nil {
+			return nil, fmt.Errorf("read the generated columns of %s: %w", t, err)
+		}
+		out[name] = expr
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the generated columns of %s: %w", t, err)
+	}
+	return out, nil
+}
+
 // TypeResolver maps a column's type OID to one pgx's type map can decode.
 // Results are cached: a type's nature does not change under a running daemon
 // in a way that matters (ALTER DOMAIN cannot change the base type).
@@ -197,7 +226,14 @@ func ReplicaIdentityProblem(ctx context.Context, conn *pgx.Conn, t row.Table) (s
 	if err != nil {
 		return "", fmt.Errorf("read replica identity of %s: %w", t, err)
 	}
-	fix := fmt.Sprintf("add a primary key, or run ALTER TABLE %s REPLICA IDENTITY FULL;", t.Quoted())
+	var fix string
+	if ident == "n" || ident == "d" && !hasPK {
+		cheapest, err := IdentityFix(ctx, conn, t, "")
+		if err != nil {
+			return "", err
+		}
+		fix = "add a primary key, or " + cheapest
+	}
 	switch {
 	case ident == "n":
 		return fmt.Sprintf("%s has REPLICA IDENTITY NOTHING: once published, its UPDATEs and DELETEs would fail; %s", t, fix), nil

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -39,9 +40,44 @@ func RelatedIdentityProblem(ctx context.Context, conn *pgx.Conn, t row.Table, co
 	if ident == "d" && len(cols) == 0 {
 		what = "no primary key"
 	}
+	fix, err := IdentityFix(ctx, conn, t, column)
+	if err != nil {
+		return "", err
+	}
 	return fmt.Sprintf("%s has %s without %q: a DELETE there, or an UPDATE that moves a row to another company, would not say which company "+
-		"it belonged to, and that company's related keys would stay stale; run on the primary: ALTER TABLE %s REPLICA IDENTITY FULL;",
-		t, what, column, t.Quoted()), nil
+		"it belonged to, and that company's related keys would stay stale; %s", t, what, column, fix), nil
+}
+
+// IdentityFix is the cheapest replica identity that makes every DELETE
+// and UPDATE of t carry column (any key, when column is ""), as the
+// statement to run: REPLICA IDENTITY USING INDEX when a unique index that
+// is neither partial nor on expressions, over NOT NULL columns only,
+// holds column (the old row's key is logged, not the whole old row), else
+// FULL (every column of the old row, in every UPDATE's and DELETE's WAL).
+func IdentityFix(ctx context.Context, conn *pgx.Conn, t row.Table, column string) (string, error) {
+	var index string
+	err := conn.QueryRow(ctx, `
+		SELECT ic.relname
+		FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_class ic ON ic.oid = i.indexrelid
+		WHERE n.nspname = $1 AND c.relname = $2
+		  AND i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+		  AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey::int2[]) AND NOT a.attnotnull)
+		  AND ($3 = '' OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = $3
+		                          AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])))
+		ORDER BY i.indnatts, i.indisprimary DESC, ic.relname
+		LIMIT 1`, t.Schema, t.Name, column).Scan(&index)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Sprintf("run on the primary: ALTER TABLE %s REPLICA IDENTITY FULL;", t.Quoted()), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the indexes of %s: %w", t, err)
+	}
+	return fmt.Sprintf("run on the primary: ALTER TABLE %s REPLICA IDENTITY USING INDEX %s; "+
+		"(the unique index %s holds only NOT NULL columns: an UPDATE or DELETE then logs the old row's key, where FULL logs every column of it)",
+		t.Quoted(), pgx.Identifier{index}.Sanitize(), index), nil
 }
 
 // HasIndexOn reports whether an index of t starts with column, so that

@@ -298,3 +298,43 @@ func TestRelatedIdentityMustCarryTheCompanyID(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, indexed)
 }
+
+// TestIdentityFixSuggestsTheCheapestIdentity: a unique index over NOT NULL
+// columns that holds company_id (not partial, not on expressions, not
+// deferrable; the smallest) is suggested as REPLICA IDENTITY USING INDEX;
+// FULL only when there is none.
+func TestIdentityFixSuggestsTheCheapestIdentity(t *testing.T) {
+	ctx := context.Background()
+	_, conn := connect(t)
+	_, err := conn.Exec(ctx, `
+		CREATE TABLE conv (id serial PRIMARY KEY, account_id int NOT NULL, display_id int NOT NULL, inbox_id int NOT NULL);
+		CREATE UNIQUE INDEX conv_wide ON conv (account_id, display_id, inbox_id);
+		CREATE UNIQUE INDEX conv_narrow ON conv (account_id, display_id);
+		CREATE TABLE nullable (id int PRIMARY KEY, account_id int, k int NOT NULL); CREATE UNIQUE INDEX nullable_i ON nullable (account_id, k);
+		CREATE TABLE partial (id int PRIMARY KEY, account_id int NOT NULL); CREATE UNIQUE INDEX partial_i ON partial (account_id, id) WHERE id > 0;
+		CREATE TABLE expr (id int PRIMARY KEY, account_id int NOT NULL); CREATE UNIQUE INDEX expr_i ON expr (account_id, (id + 1));
+		CREATE TABLE included (id int NOT NULL, account_id int NOT NULL); CREATE UNIQUE INDEX included_i ON included (id) INCLUDE (account_id);
+		CREATE TABLE deferred (account_id int NOT NULL, id int NOT NULL, UNIQUE (account_id, id) DEFERRABLE)`)
+	require.NoError(t, err)
+	for name, want := range map[string]string{
+		"conv":     `ALTER TABLE "public"."conv" REPLICA IDENTITY USING INDEX "conv_narrow";`,
+		"nullable": `ALTER TABLE "public"."nullable" REPLICA IDENTITY FULL;`,
+		"partial":  `ALTER TABLE "public"."partial" REPLICA IDENTITY FULL;`,
+		"expr":     `ALTER TABLE "public"."expr" REPLICA IDENTITY FULL;`,
+		"included": `ALTER TABLE "public"."included" REPLICA IDENTITY FULL;`,
+		"deferred": `ALTER TABLE "public"."deferred" REPLICA IDENTITY FULL;`,
+	} {
+		fix, err := replication.IdentityFix(ctx, conn, row.Table{Schema: "public", Name: name}, "account_id")
+		require.NoError(t, err)
+		assert.Contains(t, fix, "run on the primary: "+want, name)
+		problem, err := replication.RelatedIdentityProblem(ctx, conn, row.Table{Schema: "public", Name: name}, "account_id")
+		require.NoError(t, err)
+		assert.Contains(t, problem, want, name)
+	}
+	// Applied, the suggestion is accepted.
+	_, err = conn.Exec(ctx, `ALTER TABLE conv REPLICA IDENTITY USING INDEX conv_narrow`)
+	require.NoError(t, err)
+	problem, err := replication.RelatedIdentityProblem(ctx, conn, row.Table{Schema: "public", Name: "conv"}, "account_id")
+	require.NoError(t, err)
+	assert.Empty(t, problem)
+}

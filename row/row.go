@@ -43,9 +43,35 @@ type Column struct {
 // Relation value is made whenever Postgres describes the table again, so a
 // consumer can tell a schema change by pointer inequality.
 type Relation struct {
-	ID      uint32
-	Table   Table
+	ID uint32
+	// Kind says what the rows are: a table's, or a company's related
+	// values.
+	Kind    RelationKind
+	Table   Table // the table, for TableRows
 	Columns []Column
+	// Keys, when not nil, narrows what a row of this description sets:
+	// the rows of a snapshot job that backfills a mapping change are read
+	// under a description of their own.
+	Keys *KeySet
+}
+
+// RelationKind is what the rows of a Relation are.
+type RelationKind uint8
+
+const (
+	// TableRows are a table's rows: streamed, or read by a snapshot.
+	TableRows RelationKind = iota
+	// RelatedValues are companies' related values, each row re-read by
+	// the related stage for one company: its id, then one column per
+	// metadata key, named as the key and typed as Postgres planned it.
+	RelatedValues
+)
+
+// KeySet is what a backfill after a mapping change sends of each row:
+// the current values of the keys Set (added or changed), and null for
+// the keys Clear (dropped from the mapping).
+type KeySet struct {
+	Set, Clear []string
 }
 
 // Value is one column's value as Postgres sent it: text in the type's

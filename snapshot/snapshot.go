@@ -149,6 +149,10 @@ type Stage struct {
 	// sent is the running job as far as its chunks were passed on (Run's
 	// goroutine only).
 	sent state.Snapshot
+	// backfillRel describes the rows of the backfill job backfillJob
+	// (Run's goroutine only).
+	backfillRel *row.Relation
+	backfillJob string
 
 	// readConn opens the connection chunks are read on (tests replace it).
 	readConn func(context.Context) (*pgx.Conn, error)
@@ -441,8 +445,11 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		p := queue[0]
 		// A re-sync re-sends what Userpilot is believed to hold: that
 		// belief is what the operator doubts. A resumed initial sync
-		// skips what it delivered before the restart.
-		resend := p.mark.Job.ID != state.InitialSnapshot
+		// skips what it delivered before the restart, and a backfill what
+		// Userpilot holds already (a key defined anew whose value is the
+		// same).
+		resend := p.mark.Job.ID != state.InitialSnapshot && p.mark.Job.Backfill == nil
+		rel := s.relationOf(p.mark.Job)
 		// In pieces, as the stream sends a large transaction: each stage
 		// after this one buffers a few transactions, and a buffer of
 		// whole chunks held 40,000 rows (20 MB) per stage. Each piece
@@ -456,7 +463,7 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		last := -1 // the last row of the piece still in the chunk
 		for i, vals := range p.Rows {
 			if vals != nil {
-				changes = append(changes, row.Change{Op: row.Insert, Relation: s.rel, Values: vals})
+				changes = append(changes, row.Change{Op: row.Insert, Relation: rel, Values: vals})
 				last = i
 			}
 			if len(changes) == pieceRows && i < len(p.Rows)-1 {
@@ -495,6 +502,21 @@ func (s *Stage) pieceMark(p *pending, end, last int) *Progress {
 		job.After[i] = string(p.Rows[last][k].Text)
 	}
 	return &Progress{Job: job}
+}
+
+// relationOf describes the rows of job: the table, or, for a backfill,
+// the table narrowed to the backfill's keys (one description per job, so
+// that delivery compiles its mapping once).
+func (s *Stage) relationOf(job state.Snapshot) *row.Relation {
+	if job.Backfill == nil {
+		return s.rel
+	}
+	if s.backfillRel == nil || s.backfillJob != job.ID {
+		s.backfillJob = job.ID
+		s.backfillRel = &row.Relation{Table: s.rel.Table, Columns: s.rel.Columns,
+			Keys: &row.KeySet{Set: job.Backfill.Keys, Clear: job.Backfill.Clear}}
+	}
+	return s.backfillRel
 }
 
 func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) error {

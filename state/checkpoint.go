@@ -17,8 +17,9 @@ const CheckpointFile = "checkpoint.json"
 // checkpointFormat is bumped whenever the file's meaning changes, so an old
 // binary refuses a newer file instead of misreading it. Format 2 added the
 // snapshot's progress; format 3 the failed re-sync; format 4 the
-// publication and the start over. Older files are read as having none.
-const checkpointFormat = 4
+// publication and the start over; format 5 a snapshot's backfill. Older
+// files are read as having none.
+const checkpointFormat = 5
 
 // Initial sync phases recorded in the checkpoint.
 const (
@@ -95,11 +96,23 @@ type Snapshot struct {
 	Rows  int64     `json:"rows"`
 	Total int64     `json:"total"`
 	Began time.Time `json:"began"`
+	// Backfill, when set, makes the job a backfill after a mapping
+	// change: it sends only some keys of every row.
+	Backfill *Backfill `json:"backfill,omitempty"`
 	// Error says why the job ended before its last row, Fix what to do,
 	// Ended when; set only in Checkpoint.LastFailed.
 	Error string    `json:"error,omitempty"`
 	Fix   string    `json:"fix,omitempty"`
 	Ended time.Time `json:"ended,omitzero"`
+}
+
+// Backfill is what a snapshot job sends of each row after a mapping
+// change: the current values of Keys (added, or defined anew), and null
+// for Clear (keys the mapping dropped, so no orphan property stays in
+// Userpilot). The other keys are left as Userpilot holds them.
+type Backfill struct {
+	Keys  []string `json:"keys,omitempty"`
+	Clear []string `json:"clear,omitempty"`
 }
 
 // envelope is the file: the checkpoint and a checksum of its exact bytes, so

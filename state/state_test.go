@@ -64,7 +64,7 @@ func TestCorruptCheckpointIsRefusedNotIgnored(t *testing.T) {
 			return []byte(replaceOnce(string(b), `0/2A`, `0/2B`))
 		}, "checksum mismatch"},
 		{"future format", func(b []byte) []byte {
-			return []byte(replaceOnce(string(b), `"format": 4`, `"format": 9`))
+			return []byte(replaceOnce(string(b), `"format": 5`, `"format": 9`))
 		}, "format 9"},
 	}
 	for _, tt := range tests {

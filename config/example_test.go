@@ -1,15 +1,18 @@
-package mapping_test
+package config_test
 
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -22,10 +25,10 @@ func TestExampleFileLoadsAndCompiles(t *testing.T) {
 	t.Setenv("USERPILOT_API_KEY", "example-key")
 	path := filepath.Join("..", "mapping.example.yaml")
 
-	cfg, err := mapping.Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(t, err)
-	assert.Equal(t, mapping.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
-	assert.Equal(t, mapping.Userpilot{APIKey: "example-key", Endpoint: userpilot.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
+	assert.Equal(t, config.Postgres{URL: "postgres://pgpilot:secret@localhost:5432/app", Slot: "pgpilot", Publication: "pgpilot"}, cfg.Postgres)
+	assert.Equal(t, config.Userpilot{APIKey: "example-key", Endpoint: userpilot.USEndpoint, RateLimit: 10, BulkRate: 20}, cfg.Userpilot)
 	assert.Equal(t, filepath.Join("..", "pgpilot-state"), cfg.State.Dir)
 	assert.Equal(t, "public", cfg.Companies.Schema)
 	assert.Equal(t, "companies", cfg.Companies.Name)
@@ -86,4 +89,23 @@ func ExampleCompile() {
 	body, _ := json.Marshal(out)
 	fmt.Println(string(body))
 	// Output: {"company_id":"4711","metadata":{"monthly_spend":1234.50,"name":"Globex","signed_up_at":null}}
+}
+
+// The derived keys the example file shows, commented out, are read as
+// written: a copy into a mapping loads.
+func TestExampleDerivedKeysLoad(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "mapping.example.yaml"))
+	require.NoError(t, err)
+	var keys []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "    # ") && strings.Contains(line, ": {") {
+			keys = append(keys, "    "+strings.TrimPrefix(line, "    # "))
+		}
+	}
+	require.Len(t, keys, 6)
+	cfg := "postgres:\n  url: postgres://localhost/app\nuserpilot:\n  api_key: k\ncompanies:\n  table: accounts\n  company_id: id\n  metadata:\n" +
+		strings.Join(keys, "\n") + "\n  removed_keys: clear\n"
+	c, err := config.Parse("example.yaml", []byte(cfg), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	assert.Len(t, c.Companies.Metadata, 6)
 }

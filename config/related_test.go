@@ -1,6 +1,7 @@
-package mapping
+package config
 
 import (
+	"github.com/pgpilot/pgpilot/mapping"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -32,17 +33,17 @@ func TestParseRelatedLookupsAggregatesAndWhere(t *testing.T) {
 	assert.Equal(t, 24, c.WhereLine)
 	require.Len(t, c.Related, 2)
 	sub, users := c.Related[0], c.Related[1]
-	assert.Equal(t, Related{Table: "public.subscriptions", Schema: "public", Name: "subscriptions", CompanyID: "company_id",
-		OrderBy: "updated_at desc, id desc", Metadata: []Field{
-			{Key: "mrr", Column: "mrr", Type: TypeNumber, Line: 16},
+	assert.Equal(t, mapping.Related{Table: "public.subscriptions", Schema: "public", Name: "subscriptions", CompanyID: "company_id",
+		OrderBy: "updated_at desc, id desc", Metadata: []mapping.Field{
+			{Key: "mrr", Column: "mrr", Type: mapping.TypeNumber, Line: 16},
 			{Key: "billing_status", Column: "status", Line: 17},
 		}, Line: 12, TableLine: 12, CompanyIDLine: 13, OrderByLine: 14, Index: 0}, sub)
 	assert.True(t, sub.IsLookup())
 	assert.False(t, users.IsLookup())
-	assert.Equal(t, []Aggregate{
+	assert.Equal(t, []mapping.Aggregate{
 		{Key: "user_count", SQL: "count(*)", Line: 21},
 		{Key: "active_users", SQL: "count(*) filter (where active)", Line: 22},
-		{Key: "last_login_at", SQL: "max(last_login_at)", Type: TypeDate, Line: 23},
+		{Key: "last_login_at", SQL: "max(last_login_at)", Type: mapping.TypeDate, Line: 23},
 	}, users.Aggregate)
 	assert.Equal(t, []string{"user_count", "active_users", "last_login_at"}, users.Keys())
 }

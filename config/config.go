@@ -1,12 +1,12 @@
-package mapping
+package config
 
 import (
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -36,7 +36,7 @@ type Config struct {
 	State     State
 	Delivery  Delivery
 	HTTP      HTTP
-	Companies Companies
+	Companies mapping.Companies
 }
 
 // Postgres says where the source database is and which replication objects
@@ -106,122 +106,6 @@ type State struct {
 	Dir string // relative paths are resolved against the config file's directory; default "pgpilot-state"
 }
 
-// Companies is the mapping of one table's rows to Userpilot company profiles.
-type Companies struct {
-	// OnDelete is the policy for deleted rows: ignore (default), mark or
-	// delete; OnDeleteMetadata is what mark sends (default deleted: true).
-	OnDelete         string
-	OnDeleteMetadata map[string]any
-
-	Table     string  // as written
-	Schema    string  // "public" when the table is unqualified
-	Name      string  // unquoted table name
-	CompanyID string  // column name
-	Metadata  []Field // in file order
-
-	// Related are the lookups and aggregates over other tables' rows that
-	// add metadata keys (companies.related), in file order.
-	Related []Related
-	// Where, when not "", is the SQL condition a companies row must match
-	// to be synced (companies.where); WhereLine is its line.
-	Where     string
-	WhereLine int
-
-	// File and CompanyIDLine locate the mapping in its file so that Compile's
-	// messages can point at the line to edit. Both are zero for a Companies
-	// built in code.
-	File          string
-	CompanyIDLine int
-}
-
-// Field maps one metadata key to one column.
-type Field struct {
-	Key    string // metadata key sent to Userpilot
-	Column string // column name, as Postgres spells it
-	Type   Type   // TypeAuto: the column's Postgres type decides
-	Line   int    // line of the key in the file, 0 when built in code
-	// PII acknowledges (pii: true) that the column holds personal data and
-	// that sending it to Userpilot is cleared: no warning for it (see
-	// PersonalData).
-	PII bool
-}
-
-// Type is the JSON type a metadata value is sent as.
-type Type string
-
-// The types a metadata entry may ask for.
-const (
-	TypeAuto    Type = ""
-	TypeString  Type = "string"
-	TypeNumber  Type = "number"
-	TypeBoolean Type = "boolean"
-	TypeDate    Type = "date"
-)
-
-// ConfigError is one problem in the configuration file, with the line and
-// the dotted key to edit. Msg says what is wrong, Fix what to do about it
-// ("" when Msg says it all). Compile reports its problems as ConfigErrors
-// too, keyed by metadata key.
-type ConfigError struct {
-	File string
-	Line int
-	Key  string
-	Msg  string
-	Fix  string
-}
-
-// Error formats the problem as FILE:LINE: KEY: MSG, leaving out what is
-// unknown. The fix is not part of it: a list of problems (ConfigErrors)
-// prints each fix on a line of its own.
-func (e *ConfigError) Error() string {
-	var b strings.Builder
-	switch {
-	case e.File != "" && e.Line > 0:
-		fmt.Fprintf(&b, "%s:%d: ", e.File, e.Line)
-	case e.File != "":
-		b.WriteString(e.File + ": ")
-	case e.Line > 0:
-		fmt.Fprintf(&b, "line %d: ", e.Line)
-	}
-	if e.Key != "" {
-		b.WriteString(e.Key + ": ")
-	}
-	b.WriteString(e.Msg)
-	return b.String()
-}
-
-// ConfigErrors is every problem found in one configuration file, in line
-// order: what Parse and Load return when the file is bad.
-type ConfigErrors []*ConfigError
-
-// Error prints one problem a line, each followed by its fix, indented, on a
-// line of its own:
-//
-//	p.yaml:3: postgres.slot: "PgPilot-1" is not a valid replication slot name
-//	  fix: use 1 to 63 lower-case letters, digits and underscores, e.g. slot: pgpilot
-func (es ConfigErrors) Error() string {
-	var b strings.Builder
-	for i, e := range es {
-		if i > 0 {
-			b.WriteByte('\n')
-		}
-		b.WriteString(e.Error())
-		if e.Fix != "" {
-			b.WriteString("\n  fix: " + e.Fix)
-		}
-	}
-	return b.String()
-}
-
-// Unwrap returns the problems, so that errors.As finds each *ConfigError.
-func (es ConfigErrors) Unwrap() []error {
-	errs := make([]error, len(es))
-	for i, e := range es {
-		errs[i] = e
-	}
-	return errs
-}
-
 // Load reads and validates the configuration file at path, taking ${VAR}
 // values from the process environment.
 func Load(path string) (*Config, error) {
@@ -235,7 +119,7 @@ func Load(path string) (*Config, error) {
 		return nil, err
 	}
 	if err := readAPIKeyFile(cfg); err != nil {
-		return nil, ConfigErrors{err}
+		return nil, mapping.ConfigErrors{err}
 	}
 	warnLiteralSecrets(cfg)
 	return cfg, nil

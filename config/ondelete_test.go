@@ -1,7 +1,8 @@
-package mapping
+package config
 
 import (
 	"encoding/json"
+	"github.com/pgpilot/pgpilot/mapping"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -15,11 +16,11 @@ func TestOnDeletePolicies(t *testing.T) {
 		md          map[string]any
 		err         problem
 	}{
-		{"default ignore", "", OnDeleteIgnore, nil, problem{}},
-		{"mark with the default metadata", "  on_delete: mark\n", OnDeleteMark, map[string]any{"deleted": true}, problem{}},
+		{"default ignore", "", mapping.OnDeleteIgnore, nil, problem{}},
+		{"mark with the default metadata", "  on_delete: mark\n", mapping.OnDeleteMark, map[string]any{"deleted": true}, problem{}},
 		{"mark with typed metadata", "  on_delete: mark\n  on_delete_metadata:\n    status: churned\n    active: false\n    seats: 0\n    plan: null\n",
-			OnDeleteMark, map[string]any{"status": "churned", "active": false, "seats": json.Number("0"), "plan": nil}, problem{}},
-		{"delete", "  on_delete: delete\n", OnDeleteDelete, nil, problem{}},
+			mapping.OnDeleteMark, map[string]any{"status": "churned", "active": false, "seats": json.Number("0"), "plan": nil}, problem{}},
+		{"delete", "  on_delete: delete\n", mapping.OnDeleteDelete, nil, problem{}},
 		{"unknown policy", "  on_delete: erase\n", "", nil,
 			problem{`p.yaml:10: companies.on_delete: "erase" is not a policy`, `write ignore (log it, the default), mark (send on_delete_metadata) or delete (Userpilot's delete API, a GDPR erasure)`}},
 		{"metadata without mark", "  on_delete_metadata:\n    deleted: true\n", "", nil,

@@ -1,4 +1,4 @@
-package mapping
+package config
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pgpilot/pgpilot/mapping"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -19,7 +21,7 @@ type parser struct {
 	literalSecrets []string
 	file           string
 	lookupEnv      func(string) (string, bool)
-	problems       []*ConfigError
+	problems       []*mapping.ConfigError
 	secrets        []string // values that must not appear in any message
 }
 
@@ -46,7 +48,7 @@ func (p *parser) fail(line int, key, msg, fix string) {
 			}
 		}
 	}
-	p.problems = append(p.problems, &ConfigError{File: p.file, Line: line, Key: key, Msg: msg, Fix: fix})
+	p.problems = append(p.problems, &mapping.ConfigError{File: p.file, Line: line, Key: key, Msg: msg, Fix: fix})
 }
 
 // unsetVariable matches expand's report of an unset variable.
@@ -63,7 +65,7 @@ func (p *parser) err() error {
 	for _, e := range p.problems {
 		e.Msg, e.Fix = p.redact(e.Msg), p.redact(e.Fix)
 	}
-	return ConfigErrors(p.problems)
+	return mapping.ConfigErrors(p.problems)
 }
 
 // section is a YAML mapping whose keys have been checked.

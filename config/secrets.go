@@ -1,8 +1,9 @@
-package mapping
+package config
 
 import (
 	"errors"
 	"fmt"
+	"github.com/pgpilot/pgpilot/mapping"
 	"net/url"
 	"os"
 	"regexp"
@@ -98,7 +99,7 @@ func urlPassword(s string) string {
 
 // readAPIKeyFile reads userpilot.api_key_file, when it is set, into the
 // config's API key.
-func readAPIKeyFile(cfg *Config) *ConfigError {
+func readAPIKeyFile(cfg *Config) *mapping.ConfigError {
 	f := cfg.Userpilot.APIKeyFile
 	if f == "" {
 		return nil
@@ -106,10 +107,10 @@ func readAPIKeyFile(cfg *Config) *ConfigError {
 	key, err := os.ReadFile(f)
 	switch {
 	case err != nil:
-		return &ConfigError{File: cfg.Path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
+		return &mapping.ConfigError{File: cfg.Path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
 			Msg: fmt.Sprintf("cannot read %s (%v)", f, errors.Unwrap(err)), Fix: "point it at the file holding the key"}
 	case strings.TrimSpace(string(key)) == "":
-		return &ConfigError{File: cfg.Path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
+		return &mapping.ConfigError{File: cfg.Path, Line: cfg.Userpilot.APIKeyFileLine, Key: "userpilot.api_key_file",
 			Msg: fmt.Sprintf("%s is empty", f), Fix: "put the Userpilot API key in it"}
 	}
 	// Secret files often end in a newline.

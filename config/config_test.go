@@ -1,7 +1,8 @@
-package mapping
+package config
 
 import (
 	"errors"
+	"github.com/pgpilot/pgpilot/mapping"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,7 +55,7 @@ func fixedProblems(t *testing.T, err error) []problem {
 	}
 	var out []problem
 	for _, e := range errs {
-		var ce *ConfigError
+		var ce *mapping.ConfigError
 		require.True(t, errors.As(e, &ce), "not a *ConfigError: %v", e)
 		out = append(out, problem{ce.Error(), ce.Fix})
 	}
@@ -82,10 +83,10 @@ func TestParseMinimalFileAppliesDefaults(t *testing.T) {
 		State:     State{Dir: filepath.Join("conf", "pgpilot-state")},
 		Delivery:  Delivery{MaxRetainedWAL: 256 << 20, OutboxAfter: 5 * time.Minute, WarnRetainedWAL: 1 << 30, SnapshotChunkRows: 2000, StallAfter: time.Minute},
 		HTTP:      HTTP{UnreadyAfter: 5 * time.Minute},
-		Companies: Companies{
-			OnDelete: OnDeleteIgnore,
+		Companies: mapping.Companies{
+			OnDelete: mapping.OnDeleteIgnore,
 			Table:    "companies", Schema: "public", Name: "companies", CompanyID: "id",
-			Metadata:      []Field{{Key: "name", Column: "name", Line: 9}},
+			Metadata:      []mapping.Field{{Key: "name", Column: "name", Line: 9}},
 			File:          "conf/pgpilot.yaml",
 			CompanyIDLine: 7,
 		},
@@ -124,13 +125,13 @@ companies:
 	assert.Equal(t, "My Schema", cfg.Companies.Schema)
 	assert.Equal(t, "Companies", cfg.Companies.Name)
 	assert.Equal(t, `"My Schema"."Companies"`, cfg.Companies.Table)
-	assert.Equal(t, []Field{
+	assert.Equal(t, []mapping.Field{
 		{Key: "name", Column: "name", Line: 15},
-		{Key: "seats", Column: "seat_count", Type: TypeNumber, Line: 16},
-		{Key: "seats_text", Column: "seat_count", Type: TypeString, Line: 17},
+		{Key: "seats", Column: "seat_count", Type: mapping.TypeNumber, Line: 16},
+		{Key: "seats_text", Column: "seat_count", Type: mapping.TypeString, Line: 17},
 		{Key: "active", Column: "active", Line: 18},
-		{Key: "signed_up", Column: "created", Type: TypeDate, Line: 19},
-		{Key: "flag", Column: "flag", Type: TypeBoolean, Line: 20},
+		{Key: "signed_up", Column: "created", Type: mapping.TypeDate, Line: 19},
+		{Key: "flag", Column: "flag", Type: mapping.TypeBoolean, Line: 20},
 	}, cfg.Companies.Metadata)
 }
 
@@ -161,7 +162,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown key inside a metadata entry",
 			data: minimal + "    seats: {column: seat_count, kind: number}\n",
-			want: []problem{{`p.yaml:10: companies.metadata.seats.kind: unknown key "kind"; allowed: column, type, pii`, ""}},
+			want: []problem{{`p.yaml:10: companies.metadata.seats.kind: unknown key "kind"; allowed: column, path, sql, type, values, default, on_null, pii`, ""}},
 		},
 		{
 			name: "unknown state key",
@@ -442,9 +443,9 @@ func TestParseErrors(t *testing.T) {
 
 func TestConfigErrorsAreFoundWithErrorsAs(t *testing.T) {
 	_, err := Parse("p.yaml", []byte(replaceLine(7, "  company_id: \"\"")), env(baseEnv()))
-	var ce *ConfigError
+	var ce *mapping.ConfigError
 	require.True(t, errors.As(err, &ce))
-	assert.Equal(t, &ConfigError{File: "p.yaml", Line: 7, Key: "companies.company_id", Msg: "is empty", Fix: "write company_id: id (the column holding the company's id)"}, ce)
+	assert.Equal(t, &mapping.ConfigError{File: "p.yaml", Line: 7, Key: "companies.company_id", Msg: "is empty", Fix: "write company_id: id (the column holding the company's id)"}, ce)
 }
 
 func TestConfigErrorsPrintEachFixOnALineOfItsOwn(t *testing.T) {

@@ -1,4 +1,4 @@
-package mapping
+package config
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
@@ -135,7 +136,7 @@ func allowedAt(t *testing.T, p keyPath) (allowed []string, ok bool) {
 	data, err := yaml.Marshal(doc)
 	require.NoError(t, err)
 	_, err = Parse("pgpilot.yaml", data, func(string) (string, bool) { return "", false })
-	var problems ConfigErrors
+	var problems mapping.ConfigErrors
 	if !errors.As(err, &problems) {
 		return nil, false
 	}

@@ -1,7 +1,8 @@
-package mapping
+package config
 
 import (
 	"fmt"
+	"github.com/pgpilot/pgpilot/mapping"
 	"strconv"
 	"strings"
 
@@ -10,62 +11,13 @@ import (
 	"github.com/pgpilot/pgpilot/internal/sqltext"
 )
 
-// Related is one entry of companies.related: rows of another table that
-// belong to a company through CompanyID (its value equals the company's
-// company_id). It is a lookup (Metadata: the columns of the company's first
-// row in OrderBy's order) or an aggregate (Aggregate: SQL aggregate
-// expressions over all of the company's rows), never both.
-type Related struct {
-	Table     string // as written
-	Schema    string
-	Name      string
-	CompanyID string
-	// OrderBy is a lookup's ORDER BY list, as written ("" when the table
-	// holds at most one row per company).
-	OrderBy   string
-	Metadata  []Field
-	Aggregate []Aggregate
-
-	Line, TableLine, CompanyIDLine, OrderByLine int
-	// Index is the entry's place in the list, for messages
-	// (companies.related[Index]).
-	Index int
-}
-
-// Aggregate maps one metadata key to an SQL aggregate expression over the
-// company's related rows (`count(*)`, `max(last_login_at)`).
-type Aggregate struct {
-	Key  string
-	SQL  string
-	Type Type // TypeAuto: the expression's result type decides
-	Line int
-}
-
-// IsLookup reports whether r reads one row's columns (else it aggregates).
-func (r Related) IsLookup() bool { return len(r.Aggregate) == 0 }
-
-// Path is the entry's dotted key, for messages.
-func (r Related) Path() string { return fmt.Sprintf("companies.related[%d]", r.Index) }
-
-// Keys are the metadata keys r sets, in file order.
-func (r Related) Keys() []string {
-	var keys []string
-	for _, f := range r.Metadata {
-		keys = append(keys, f.Key)
-	}
-	for _, a := range r.Aggregate {
-		keys = append(keys, a.Key)
-	}
-	return keys
-}
-
 var (
 	relatedKeys   = []string{"table", "company_id", "order_by", "metadata", "aggregate"}
 	aggregateKeys = []string{"sql", "type"}
 )
 
 // related reads companies.related, a list of lookups and aggregates.
-func (p *parser) related(s section) []Related {
+func (p *parser) related(s section) []mapping.Related {
 	e, ok := s.entries["related"]
 	if !ok || (e.value.Kind == yaml.ScalarNode && e.value.Tag == "!!null") {
 		return nil
@@ -75,7 +27,7 @@ func (p *parser) related(s section) []Related {
 			"write related: and under it one \"- table: public.subscriptions\" entry per table")
 		return nil
 	}
-	var out []Related
+	var out []mapping.Related
 	for i, n := range e.value.Content {
 		n = resolve(n)
 		path := fmt.Sprintf("%s[%d]", s.keyOf("related"), i)
@@ -84,7 +36,7 @@ func (p *parser) related(s section) []Related {
 			continue
 		}
 		es := p.mappingEntries(n, path, n.Line, relatedKeys)
-		r := Related{Index: i, Line: n.Line}
+		r := mapping.Related{Index: i, Line: n.Line}
 		if v, ok := p.required(es, "table", "write table: public.subscriptions (the table whose rows belong to a company)"); ok {
 			schema, name, pr := parseTable(v.text)
 			if pr.msg != "" {
@@ -125,7 +77,7 @@ func (p *parser) related(s section) []Related {
 
 // aggregates reads an aggregate: section: `key: expression` or
 // `key: {sql: expression, type: number}`.
-func (p *parser) aggregates(parent section) []Aggregate {
+func (p *parser) aggregates(parent section) []mapping.Aggregate {
 	const fix = "write one key: expression line per value, e.g. user_count: count(*)"
 	s, ok := p.section(parent, "aggregate", nil, true, fix)
 	if !ok {
@@ -135,7 +87,7 @@ func (p *parser) aggregates(parent section) []Aggregate {
 		p.fail(s.line, s.path, "has no entries", fix)
 		return nil
 	}
-	var out []Aggregate
+	var out []mapping.Aggregate
 	for i := 0; i+1 < len(s.node.Content); i += 2 {
 		k, v := resolve(s.node.Content[i]), resolve(s.node.Content[i+1])
 		if e, ok := s.entries[k.Value]; !ok || e.key != k {
@@ -146,7 +98,7 @@ func (p *parser) aggregates(parent section) []Aggregate {
 			p.fail(k.Line, key, "a metadata key must not be empty", "name the key as Userpilot should show it")
 			continue
 		}
-		a := Aggregate{Key: k.Value, Line: k.Line}
+		a := mapping.Aggregate{Key: k.Value, Line: k.Line}
 		shape := fmt.Sprintf("write %s: count(*) or %s: {sql: count(*), type: number}", k.Value, k.Value)
 		var expr scalar
 		switch v.Kind {
@@ -170,7 +122,7 @@ func (p *parser) aggregates(parent section) []Aggregate {
 			}
 			expr = c
 			if t, ok := p.value(inner, "type"); ok && t.text != "" {
-				a.Type = Type(t.text)
+				a.Type = mapping.Type(t.text)
 				if !validType(a.Type) {
 					p.fail(t.line, inner.keyOf("type"), t.show()+" is not a type; allowed: string, number, boolean, date (leave type out to let the result's type decide)", "")
 					continue
@@ -195,7 +147,7 @@ func (p *parser) aggregates(parent section) []Aggregate {
 }
 
 // where reads companies.where: one SQL condition on the companies row.
-func (p *parser) where(s section, c *Companies) {
+func (p *parser) where(s section, c *mapping.Companies) {
 	v, ok := p.value(s, "where")
 	if !ok || v.text == "" {
 		return
@@ -211,7 +163,7 @@ func (p *parser) where(s section, c *Companies) {
 // uniqueKeys refuses a metadata key set twice: by metadata, by any related
 // entry, or by on_delete_metadata (a key two sources write would flap
 // between their values in Userpilot).
-func (p *parser) uniqueKeys(c *Companies, s section) {
+func (p *parser) uniqueKeys(c *mapping.Companies, s section) {
 	first := map[string]string{}
 	claim := func(key string, line int, where, path string) {
 		if prev, dup := first[key]; dup {
@@ -241,7 +193,7 @@ func (p *parser) uniqueKeys(c *Companies, s section) {
 				claim(k.Value, k.Line, "companies.on_delete_metadata (line "+strconv.Itoa(k.Line)+")", "companies.on_delete_metadata."+k.Value)
 			}
 		}
-	case !written && c.OnDelete == OnDeleteMark:
+	case !written && c.OnDelete == mapping.OnDeleteMark:
 		// The default mark, {deleted: true}, is a key too.
 		line := s.line
 		if e, ok := s.entries["on_delete"]; ok {
