@@ -17,9 +17,9 @@ import (
 )
 
 // TestAFrozenDispatcherIsReportedAsAStall freezes a part of the running
-// binary: the delivery dispatcher blocks for good in its third checkpoint
-// write, during an initial sync that Userpilot's latency keeps going, as a
-// bug would leave it. Nothing is lost, but nothing moves: within
+// binary: the delivery dispatcher blocks for good in a checkpoint write
+// (the fifth, when the initial sync, slowed by Userpilot's pace, still
+// owes thousands of companies), as a bug would leave it. Nothing is lost, but nothing moves: within
 // delivery.stall_after pgpilot must say so, as an ERROR naming what is
 // owed, pgpilot_stalled 1 and /readyz 503. (That a quiet database, with
 // nothing owed, is never taken for a stall is the liveness and delivery
@@ -38,7 +38,7 @@ func TestAFrozenDispatcherIsReportedAsAStall(t *testing.T) {
 	require.NoError(t, workload.Seed(context.Background(), e.conn, 3000))
 	e.up.SetFault(&userpilottest.Fault{Delay: 20 * time.Millisecond, Apply: true, Status: 202})
 
-	p := e.start(bin, []string{fmt.Sprintf("%s=freeze/%s:3", failpoint.EnvVar, failpoint.CheckpointBeforeWrite)},
+	p := e.start(bin, []string{fmt.Sprintf("%s=freeze/%s:5", failpoint.EnvVar, failpoint.CheckpointBeforeWrite)},
 		"run", "--config", e.cfgPath, "--log-level", "debug")
 	require.Eventually(t, func() bool { return strings.Contains(p.out.String(), failpoint.FreezeMarker) },
 		60*time.Second, 50*time.Millisecond, "the dispatcher froze")
