@@ -38,7 +38,7 @@ func (c Companies) PersonalData(cols []row.Column) []PersonalData {
 	}
 	var out []PersonalData
 	for _, f := range c.Metadata {
-		if f.PII || c.Kind == User && f.Membership() {
+		if f.PII {
 			continue
 		}
 		if what := looks(f.Column); what != "" {
