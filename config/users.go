@@ -1,10 +1,6 @@
 package config
 
-import (
-	"fmt"
-
-	"github.com/pgpilot/pgpilot/mapping"
-)
+import "github.com/pgpilot/pgpilot/mapping"
 
 // The keys of the users: section. company_from is listed so that it is
 // refused with its fix rather than as an unknown key.
@@ -64,6 +60,6 @@ func (p *parser) companyFrom(s section) {
 	p.fail(e.key.Line, s.keyOf("company_from"),
 		"a membership table is not supported: Userpilot holds one company per user, and a company picked from several rows of another table "+
 			"would move users whenever a membership elsewhere is added or removed",
-		fmt.Sprintf("map the column that holds each user's primary company (company_id: account_id), adding one to %s if there is none; "+
-			"docs/configure.md (\"One company per user\") shows how", s.path))
+		"map the column that holds each user's primary company (company_id: account_id), adding one to the users table if there is none; "+
+			"docs/configure.md (\"One company per user\") shows how")
 }

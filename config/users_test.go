@@ -152,7 +152,7 @@ func TestUsersSectionProblems(t *testing.T) {
 			name: "a membership table",
 			data: base + "  company_from: {table: account_users, user_id: user_id, company_id: account_id, order_by: created_at}\n",
 			want: []problem{{`p.yaml:9: users.company_from: a membership table is not supported: Userpilot holds one company per user, and a company picked from several rows of another table would move users whenever a membership elsewhere is added or removed`,
-				`map the column that holds each user's primary company (company_id: account_id), adding one to users if there is none; docs/configure.md ("One company per user") shows how`}},
+				`map the column that holds each user's primary company (company_id: account_id), adding one to the users table if there is none; docs/configure.md ("One company per user") shows how`}},
 		},
 		{
 			name: "the membership's reserved key",
