@@ -106,9 +106,10 @@ func checkCommand(ctx context.Context, args []string, _ io.Reader, stdout, stder
 	return nil
 }
 
-// checkPostgres checks everything `pgpilot run` needs from the database.
+// checkPostgres checks everything `pgpilot run` needs from the database:
+// the server, then each section's table (companies, users), then the
+// publication of them all, the slot and the state.
 func checkPostgres(ctx context.Context, cfg *config.Config, c *checker) {
-	table := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
 	route := replication.ProbeRoute(ctx, cfg.Postgres.URL)
 	if route.Pooler != nil {
 		// Whatever else is checked through a pooler is about whichever
@@ -146,40 +147,15 @@ func checkPostgres(ctx context.Context, cfg *config.Config, c *checker) {
 		checkReplicationConnection(srv.Provider.Provider, user, route, c)
 	}
 
-	cols, err := replication.TableColumns(ctx, conn, table)
-	if c.report("table "+table.String()+" exists", err) {
-		_, err := mapping.Compile(cfg.Companies, table.String(), cols)
-		if !c.report("every mapped column exists and maps to a primitive", err) {
-			c.config = true
-		}
-		generated, err := replication.GeneratedColumns(ctx, conn, table)
-		if err == nil {
-			err = cfg.Companies.Generated(generated)
-		}
-		if !c.report("no key reads a generated column (Postgres does not stream them)", err) && errors.As(err, new(mapping.ConfigErrors)) {
-			c.config = true
-		}
-		checkPersonalData(cfg, cols, c)
-		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table),
-			replication.ReadRight(ctx, conn, table, user, "so the initial sync cannot read the table"))
+	for _, e := range cfg.Entities() {
+		checkEntity(ctx, conn, cfg, e, user, srv, c)
 	}
-	if !srv.InRecovery {
-		problem, err := replication.ReplicaIdentityProblem(ctx, conn, table)
-		if err == nil && problem != "" {
-			err = errors.New(problem)
-		}
-		c.report("replica identity lets "+table.String()+" be published", err)
-	}
-	if key, err := replication.KeyColumns(ctx, conn, table); err == nil {
-		c.report(fmt.Sprintf("snapshots page %s by its key (%s)", table, strings.Join(key, ", ")), nil)
-	} else {
-		c.report("snapshots can page "+table.String()+" by a unique key", err)
-	}
-	checkRelated(ctx, conn, cfg, c)
 	st := readState(ctx, conn, cfg)
 	defer st.close()
-	checkPublication(ctx, conn, cfg, table, srv, c, st)
-	checkMappingChange(cfg, c)
+	checkPublication(ctx, conn, cfg, publishedTables(cfg), srv, c, st)
+	if cfg.HasCompanies() {
+		checkMappingChange(cfg, c)
+	}
 
 	slot, haveSlot, slotErr := replication.ReadSlot(ctx, conn, cfg.Postgres.Slot)
 	checkHeadroom(ctx, conn, haveSlot, srv.Provider.Provider, c)
@@ -206,6 +182,49 @@ func checkPostgres(ctx context.Context, cfg *config.Config, c *checker) {
 			slot.Name, slot.Active, orDash(slot.WALStatus), retained), slot.Usable(srv.Database))
 	}
 	checkState(cfg, c, st)
+}
+
+// checkEntity checks one section's table as `pgpilot run` reads it: it
+// exists, the mapping fits it, nothing reads a generated column, personal
+// data is acknowledged, the role may read it, it can be published and
+// paged by a key, and its related tables and where fit. The lines of the
+// users section say so; the companies section's are as they always were.
+func checkEntity(ctx context.Context, conn *pgx.Conn, cfg *config.Config, e mapping.Companies, user string, srv replication.Server, c *checker) {
+	table := row.Table{Schema: e.Schema, Name: e.Name}
+	of := ""
+	if e.Kind != mapping.Company {
+		of = e.Kind.Section() + ": "
+	}
+	cols, err := replication.TableColumns(ctx, conn, table)
+	if c.report("table "+table.String()+" exists", err) {
+		_, err := mapping.Compile(e, table.String(), cols)
+		if !c.report(of+"every mapped column exists and maps to a primitive", err) {
+			c.config = true
+		}
+		generated, err := replication.GeneratedColumns(ctx, conn, table)
+		if err == nil {
+			err = e.Generated(generated)
+		}
+		if !c.report(of+"no key reads a generated column (Postgres does not stream them)", err) && errors.As(err, new(mapping.ConfigErrors)) {
+			c.config = true
+		}
+		checkPersonalData(cfg, e, cols, c)
+		c.report(fmt.Sprintf("role %q may SELECT from %s", user, table),
+			replication.ReadRight(ctx, conn, table, user, "so the initial sync cannot read the table"))
+	}
+	if !srv.InRecovery {
+		problem, err := replication.ReplicaIdentityProblem(ctx, conn, table)
+		if err == nil && problem != "" {
+			err = errors.New(problem)
+		}
+		c.report("replica identity lets "+table.String()+" be published", err)
+	}
+	if key, err := replication.KeyColumns(ctx, conn, table); err == nil {
+		c.report(fmt.Sprintf("snapshots page %s by its key (%s)", table, strings.Join(key, ", ")), nil)
+	} else {
+		c.report("snapshots can page "+table.String()+" by a unique key", err)
+	}
+	checkRelated(ctx, conn, cfg, e, c)
 }
 
 // checkTLS reports whether the connection is encrypted, as the server
@@ -252,13 +271,18 @@ func tlsProblem(p replication.TLSPolicy) error {
 			"sslmode=require encrypts but does not check the server's certificate")
 }
 
-// checkPersonalData warns of each mapped key whose column looks like
+// checkPersonalData warns of each mapped key of e whose column looks like
 // personal data (by its name or type) and is not acknowledged with
 // pii: true. It blocks nothing: whether to send it is the operator's call.
-func checkPersonalData(cfg *config.Config, cols []row.Column, c *checker) {
-	found := cfg.Companies.PersonalData(cols)
+// A users table holds people: its names and emails are named each.
+func checkPersonalData(cfg *config.Config, e mapping.Companies, cols []row.Column, c *checker) {
+	found := e.PersonalData(cols)
 	if len(found) == 0 {
-		c.report("no mapped column looks like personal data (or each is acknowledged with pii: true)", nil)
+		of := ""
+		if e.Kind != mapping.Company {
+			of = e.Kind.Section() + ": "
+		}
+		c.report(of+"no mapped column looks like personal data (or each is acknowledged with pii: true)", nil)
 		return
 	}
 	for _, pd := range found {
@@ -301,9 +325,8 @@ func standbyFeedbackProblem(ctx context.Context, conn *pgx.Conn, p provider.Prov
 // it (on the first setup only), and that it is the one the checkpoint
 // streams through. A role that may not create it (least privilege: it owns
 // no table) gets the exact statement for whoever may.
-func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *config.Config, table row.Table, srv replication.Server, c *checker, st *stateView) {
+func checkPublication(ctx context.Context, conn *pgx.Conn, cfg *config.Config, tables []row.Table, srv replication.Server, c *checker, st *stateView) {
 	name := cfg.Postgres.Publication
-	tables := append([]row.Table{table}, related.Tables(cfg.Companies)...)
 	createSQL := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{name}.Sanitize(), quotedTables(tables))
 	pub, havePub, err := replication.ReadPublication(ctx, conn, name)
 	switch {
@@ -373,26 +396,32 @@ func quotedTables(tables []row.Table) string {
 	return strings.Join(q, ", ")
 }
 
-// checkRelated checks companies.related and companies.where against the
+// checkRelated checks a section's related entries and where (e's:
+// companies.related and companies.where, or users') against the
 // database: the tables, columns and expressions (Postgres plans every
 // query the daemon will run), each related table's replica identity (a
-// DELETE must say which company its row belonged to), an index for the
-// re-reads, and the privilege to read.
-func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *config.Config, c *checker) {
-	if !related.Configured(cfg.Companies) {
+// DELETE must say which company, or user, its row belonged to), an index
+// for the re-reads, and the privilege to read.
+func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *config.Config, e mapping.Companies, c *checker) {
+	if !related.Configured(e) {
 		return
 	}
+	section := e.Kind.Section()
 	var what []string
-	if len(cfg.Companies.Related) > 0 {
-		what = append(what, "companies.related")
+	if len(e.Related) > 0 {
+		what = append(what, section+".related")
 	}
-	if cfg.Companies.Where != "" {
-		what = append(what, "companies.where")
+	if e.Where != "" {
+		what = append(what, section+".where")
 	}
-	if slices.ContainsFunc(cfg.Companies.Metadata, func(f mapping.Field) bool { return f.SQL != "" }) {
-		what = append(what, "the sql: keys")
+	if slices.ContainsFunc(e.Metadata, func(f mapping.Field) bool { return f.SQL != "" }) {
+		if e.Kind == mapping.Company {
+			what = append(what, "the sql: keys")
+		} else {
+			what = append(what, "the sql: keys of "+section)
+		}
 	}
-	_, err := related.Compile(ctx, conn, cfg.Companies)
+	_, err := related.Compile(ctx, conn, e)
 	switch {
 	case errors.As(err, new(*replication.ReadRightError)):
 		// Each table's line below names the rights and the GRANTs.
@@ -404,21 +433,22 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *config.Config, c *ch
 	}
 	var user string
 	_ = conn.QueryRow(ctx, `SELECT current_user`).Scan(&user)
-	for _, r := range cfg.Companies.Related {
+	owner := e.Kind.String()
+	for _, r := range e.Related {
 		t := row.Table{Schema: r.Schema, Name: r.Name}
-		problem, err := replication.RelatedIdentityProblem(ctx, conn, t, r.CompanyID)
+		problem, err := replication.RelatedIdentityProblemOf(ctx, conn, t, r.CompanyID, owner)
 		if err == nil && problem != "" {
 			err = errors.New(problem)
 			c.config = true
 		}
-		c.report(fmt.Sprintf("%s: a DELETE in %s says which company its row belonged to (replica identity)", r.Path(), t), err)
+		c.report(fmt.Sprintf("%s: a DELETE in %s says which %s its row belonged to (replica identity)", r.Path(), t, owner), err)
 		indexed, err := replication.HasIndexOn(ctx, conn, t, r.CompanyID)
 		switch {
 		case err != nil:
 			c.report(fmt.Sprintf("%s: indexes of %s readable", r.Path(), t), err)
 		case !indexed:
 			c.warn(fmt.Sprintf("%s: no index on %s (%s)", r.Path(), t, r.CompanyID), fix.With(
-				fmt.Errorf("each re-read of a company's related values scans the whole table"),
+				fmt.Errorf("each re-read of a %s's related values scans the whole table", owner),
 				fmt.Sprintf("run on the primary: CREATE INDEX CONCURRENTLY ON %s (%s);", t.Quoted(), pgx.Identifier{r.CompanyID}.Sanitize())))
 		default:
 			c.report(fmt.Sprintf("%s: %s is indexed on %s", r.Path(), t, r.CompanyID), nil)
@@ -429,7 +459,7 @@ func checkRelated(ctx context.Context, conn *pgx.Conn, cfg *config.Config, c *ch
 			// A lookup sends a related row's columns: the same warning as
 			// for the companies table's.
 			rcols, _ := replication.TableColumns(ctx, conn, t)
-			for _, pd := range (mapping.Companies{Metadata: r.Metadata}).PersonalData(rcols) {
+			for _, pd := range (mapping.Companies{Kind: e.Kind, Metadata: r.Metadata}).PersonalData(rcols) {
 				c.warn("personal data", fix.With(errors.New(pd.Problem(cfg.Path)), pd.Fix()))
 			}
 		}

@@ -33,7 +33,7 @@ func initCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 	fs := flag.NewFlagSet("pgpilot init", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	tableArg := fs.String("table", "", "the companies table, SCHEMA.TABLE (required)")
-	usersArg := fs.String("users-table", "", "the users table, SCHEMA.TABLE: its users: section is written commented out")
+	usersArg := fs.String("users-table", "", "the users table, SCHEMA.TABLE: a users: section syncs its rows as Userpilot users, each with its company")
 	sample := fs.Int("sample", 200, "rows read for the keys of json columns and the values of integer codes")
 	out := fs.String("out", "", "write the config to FILE (which must not exist) instead of standard output")
 	fs.Usage = func() {
@@ -110,14 +110,16 @@ func initCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 
 // survey is what init read of the database.
 type survey struct {
-	database    string
-	version     int
-	standby     bool
-	user        string
-	companies   tableSurvey
-	users       *tableSurvey
-	related     []foreignKey // tables whose rows reference the companies table
-	publication struct {
+	database  string
+	version   int
+	standby   bool
+	user      string
+	companies tableSurvey
+	users     *tableSurvey
+	related   []foreignKey // tables whose rows reference the companies table
+	// usersRelated are the tables whose rows reference the users table.
+	usersRelated []foreignKey
+	publication  struct {
 		exists, hasTable, mayCreate bool
 	}
 }
@@ -173,6 +175,11 @@ func surveyDatabase(ctx context.Context, conn *pgx.Conn, companies row.Table, us
 			return nil, err
 		}
 		s.users = &u
+		if id := companyIDColumn(u); id != "" {
+			if s.usersRelated, err = referencing(ctx, conn, *users, id); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if id := companyIDColumn(s.companies); id != "" {
 		if s.related, err = referencing(ctx, conn, companies, id); err != nil {
@@ -191,21 +198,33 @@ func surveyDatabase(ctx context.Context, conn *pgx.Conn, companies row.Table, us
 		return nil, err
 	}
 	s.publication.exists = exists
+	tables := s.tables()
 	if exists {
-		missing, err := replication.MissingFromPublication(ctx, conn, pub.Name, []row.Table{companies})
+		missing, err := replication.MissingFromPublication(ctx, conn, pub.Name, tables)
 		if err != nil {
 			return nil, err
 		}
 		s.publication.hasTable = len(missing) == 0
 	} else {
 		err := conn.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'CREATE')
-			AND (SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			     WHERE n.nspname = $1 AND c.relname = $2)`, companies.Schema, companies.Name).Scan(&s.publication.mayCreate)
+			AND (SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])))`,
+			tableSchemas(tables), tableNames(tables)).Scan(&s.publication.mayCreate)
 		if err != nil {
-			return nil, fmt.Errorf("read the privileges on %s: %w", companies, err)
+			return nil, fmt.Errorf("read the privileges on %s: %w", quotedTables(tables), err)
 		}
 	}
 	return s, nil
+}
+
+// tables are the tables the file maps: the companies table, and the users
+// table when there is one.
+func (s *survey) tables() []row.Table {
+	tables := []row.Table{s.companies.table}
+	if s.users != nil && s.users.table != s.companies.table {
+		tables = append(tables, s.users.table)
+	}
+	return tables
 }
 
 // surveyTable reads t's columns (generated ones and enum labels included),
@@ -342,6 +361,7 @@ type starter struct {
 	b    *bytes.Buffer
 	s    *survey
 	keys map[string]bool // metadata keys used, active or offered
+	kind mapping.Entity  // the section being written
 
 	mapped, personal, jsonKeys, codes, generated, structured int
 }
@@ -418,27 +438,41 @@ func (w *starter) write() {
 // statements to run.
 func (w *starter) writeDatabaseNeeds() {
 	s := w.s
-	t := s.companies
 	pub := sqlIdent(config.DefaultPublication)
-	table := sqlName(t.table)
+	var names []string
+	for _, t := range s.tables() {
+		names = append(names, sqlName(t))
+	}
+	tables := strings.Join(names, ", ")
 	w.line(0, "", "What `pgpilot check` will want of the database:")
 	switch {
 	case !s.publication.exists && s.standby:
 		w.bullet(fmt.Sprintf("publication %s: this server is a standby, which cannot create it; run on the primary:", config.DefaultPublication))
-		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, table))
+		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, tables))
 	case s.publication.exists && s.publication.hasTable:
-		w.bullet(fmt.Sprintf("publication %s exists and publishes %s.", config.DefaultPublication, t.table))
+		w.bullet(fmt.Sprintf("publication %s exists and publishes %s.", config.DefaultPublication, tables))
 	case s.publication.exists:
-		w.bullet(fmt.Sprintf("publication %s exists without %s: unless pgpilot created it, run on the primary:", config.DefaultPublication, t.table))
-		w.statement(fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", pub, table))
+		w.bullet(fmt.Sprintf("publication %s exists without %s: unless pgpilot created it, run on the primary (ADD TABLE what it lacks):", config.DefaultPublication, tables))
+		w.statement(fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", pub, tables))
 	case s.publication.mayCreate:
 		w.bullet(fmt.Sprintf("publication %s: `pgpilot run` creates it (role %s owns %s). To create it yourself, on the primary:",
-			config.DefaultPublication, s.user, t.table))
-		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, table))
+			config.DefaultPublication, s.user, tables))
+		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, tables))
 	default:
-		w.bullet(fmt.Sprintf("publication %s: role %s may not create it; run on the primary, as the table's owner:", config.DefaultPublication, s.user))
-		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, table))
+		w.bullet(fmt.Sprintf("publication %s: role %s may not create it; run on the primary, as the tables' owner:", config.DefaultPublication, s.user))
+		w.statement(fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pub, tables))
 	}
+	w.writeIdentityNeeds(s.companies, mapping.Company)
+	if s.users != nil {
+		w.writeIdentityNeeds(*s.users, mapping.User)
+	}
+	w.bullet("wal_level = logical, and a free replication slot and WAL sender (check says which is missing).")
+}
+
+// writeIdentityNeeds says what t's replica identity needs, for the
+// section of kind.
+func (w *starter) writeIdentityNeeds(t tableSurvey, kind mapping.Entity) {
+	table := sqlName(t.table)
 	switch {
 	case len(t.key) == 0:
 		w.bullet(fmt.Sprintf("%s has no primary key: snapshots page by one, and once published its UPDATEs need a replica identity. On the primary:", t.table))
@@ -446,11 +480,10 @@ func (w *starter) writeDatabaseNeeds() {
 	case t.identityProblem != "":
 		w.bullet(t.identityProblem)
 	default:
-		w.bullet(fmt.Sprintf("replica identity: the key (%s) serves. companies.where, or on_delete: mark|delete with a company_id outside the key, need on the primary:",
-			strings.Join(t.key, ", ")))
+		w.bullet(fmt.Sprintf("replica identity of %s: the key (%s) serves. %s.where, or on_delete: mark|delete with a %s outside the key, need on the primary:",
+			t.table, strings.Join(t.key, ", "), kind.Section(), kind.IDKey()))
 		w.statement(fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", table))
 	}
-	w.bullet("wal_level = logical, and a free replication slot and WAL sender (check says which is missing).")
 }
 
 func (w *starter) writeCompanies() {
@@ -472,7 +505,7 @@ func (w *starter) writeCompanies() {
 	if active == 0 {
 		w.comment(4, "No column maps directly: uncomment at least one entry above, or check refuses an empty metadata.")
 	}
-	w.writeRelated()
+	w.writeRelated(mapping.Company, s.companies.table, s.related)
 	w.line(2, "", "on_delete: ignore            ignore | mark | delete (docs/configure.md#deletes-and-truncates)")
 	w.line(2, "", "where: not is_test           only the rows matching this condition are synced (needs REPLICA IDENTITY FULL)")
 }
@@ -488,7 +521,7 @@ func (w *starter) writeMetadata(indent int, t tableSurvey, skip ...string) int {
 		key := w.key(c.Name, "")
 		col := yamlScalar(c.Name)
 		typ, primitive := mapping.AutoType(c.Column)
-		personal := personalData(c)
+		personal := personalData(c, w.kind)
 		switch {
 		case c.generated != "":
 			w.generated++
@@ -561,18 +594,17 @@ func (w *starter) offer(indent int, text, comment string) {
 }
 
 // writeRelated offers a related aggregate per table whose rows reference
-// the companies table.
-func (w *starter) writeRelated() {
-	s := w.s
-	if len(s.related) == 0 {
+// the table of the section of kind (fks).
+func (w *starter) writeRelated(kind mapping.Entity, owner row.Table, fks []foreignKey) {
+	if len(fks) == 0 {
 		return
 	}
 	w.comment(2, fmt.Sprintf("Tables whose rows reference %s, offered as related aggregates (docs/configure.md#related-tables-and-where); each needs what its last line says:",
-		s.companies.table))
+		owner))
 	w.line(2, "# related:", "")
-	for _, fk := range s.related {
-		w.line(2, "#   - table: "+yamlScalar(tableName(fk.table)), fmt.Sprintf("%s.%s references %s", fk.table.Name, fk.column, s.companies.table.Name))
-		w.line(2, "#     company_id: "+yamlScalar(fk.column), "")
+	for _, fk := range fks {
+		w.line(2, "#   - table: "+yamlScalar(tableName(fk.table)), fmt.Sprintf("%s.%s references %s", fk.table.Name, fk.column, owner.Name))
+		w.line(2, "#     "+kind.IDKey()+": "+yamlScalar(fk.column), "")
 		w.line(2, "#     aggregate:", "")
 		w.line(2, fmt.Sprintf("#       %s: count(*)", yamlScalar(w.key(fk.table.Name+"_count", ""))), "")
 		var needs []string
@@ -590,33 +622,53 @@ func (w *starter) writeRelated() {
 	}
 }
 
-// writeUsers writes the users: section commented out: the loader of this
-// pgpilot does not read it yet, and a file it refuses would fail check.
+// writeUsers writes the users: section: the user id, the user's company
+// from the column that references the companies table (commented out,
+// with a note, when none does), the metadata as for companies (a users
+// table's names are a person's: offered with pii: true), and the tables
+// whose rows reference the users table as related offers.
 func (w *starter) writeUsers() {
 	u := w.s.users
-	w.comment(0, fmt.Sprintf("Users from %s: the users: section, for a pgpilot that syncs users. Written commented out: a pgpilot that does not read users: refuses the file with it.", u.table))
-	saved, savedKeys := w.b, w.keys
-	defer func() { w.keys = savedKeys }()
-	w.keys = map[string]bool{} // users' keys are their own
-	var section bytes.Buffer
-	w.b = &section
+	saved, savedKind := w.keys, w.kind
+	defer func() { w.keys, w.kind = saved, savedKind }()
+	w.keys, w.kind = map[string]bool{}, mapping.User // users' keys are their own
 	uid := companyIDColumn(*u)
-	w.line(0, "users:", "")
+	w.line(0, "users:", "Userpilot users, each with its company (docs/configure.md#users)")
 	w.line(2, "table: "+yamlScalar(tableName(u.table)), "")
-	w.line(2, "user_id: "+yamlScalar(orPlaceholder(uid, "id")), "sent as a string")
-	if u.toCompanies != "" {
-		w.line(2, "company_id: "+yamlScalar(u.toCompanies), fmt.Sprintf("references %s: the user's company", w.s.companies.table))
-	} else {
-		w.line(2, "company_id: account_id", fmt.Sprintf("no column of %s references %s: name the one holding the user's company", u.table.Name, w.s.companies.table.Name))
-	}
-	w.line(2, "metadata:", "")
-	w.writeMetadata(4, *u, uid, u.toCompanies)
-	w.b = saved
-	for _, l := range strings.SplitAfter(section.String(), "\n") {
-		if l != "" {
-			w.b.WriteString("# " + l)
+	for _, c := range u.cols {
+		if c.Name == uid {
+			w.line(2, "user_id: "+yamlScalar(uid), idComment(*u, c)+"; sent as a string")
 		}
 	}
+	if uid == "" {
+		w.line(2, "user_id: id", "no single-column key: name the column holding the user's id")
+	}
+	if u.toCompanies != "" {
+		w.line(2, "company_id: "+yamlScalar(u.toCompanies), fmt.Sprintf("references %s: the user's company; NULL: none", w.s.companies.table))
+	} else {
+		w.comment(2, fmt.Sprintf("No column of %s references %s: name the one holding each user's company (a membership table is refused: docs/configure.md#one-company-per-user):",
+			u.table, w.s.companies.table))
+		w.offer(2, "company_id: account_id", "")
+	}
+	// Written aside first: metadata: with no active entry under it would
+	// be an empty section, which check refuses.
+	saveB := w.b
+	var entries bytes.Buffer
+	w.b = &entries
+	active := w.writeMetadata(4, *u, uid, u.toCompanies)
+	w.b = saveB
+	switch {
+	case active > 0:
+		w.line(2, "metadata:", "Userpilot key: column  (the column's type → what Userpilot receives)")
+	case u.toCompanies != "":
+		w.line(2, "# metadata:", "no column maps directly: uncomment entries below with it; without, each user's company is synced alone")
+	default:
+		w.line(2, "metadata:", "no column maps directly: uncomment at least one entry below, or check refuses an empty metadata")
+	}
+	w.b.Write(entries.Bytes())
+	w.writeRelated(mapping.User, u.table, w.s.usersRelated)
+	w.line(2, "", "on_delete: ignore            ignore | mark | delete (DELETE /v1/users, a GDPR erasure)")
+	w.line(2, "", "where: not is_bot            only the users matching this condition are synced (needs REPLICA IDENTITY FULL)")
 }
 
 // summary is what init tells on stderr once the file is written.
@@ -628,7 +680,7 @@ func (w *starter) summary(where string) string {
 		n    int
 		what string
 	}{{w.personal, "personal-data column(s) to confirm"}, {w.jsonKeys, "json key(s)"}, {w.codes, "integer code column(s) to label"},
-		{w.structured, "structured column(s)"}, {len(w.s.related), "related table(s)"}} {
+		{w.structured, "structured column(s)"}, {len(w.s.related) + len(w.s.usersRelated), "related table(s)"}} {
 		if o.n > 0 {
 			offered = append(offered, fmt.Sprintf("%d %s", o.n, o.what))
 		}
@@ -663,10 +715,11 @@ func (w *starter) key(name, prefix string) string {
 
 var nonKey = regexp.MustCompile(`[^A-Za-z0-9_]+`)
 
-// personalData says what personal data a column looks like it holds, by
-// its name or declared type, as check and preview judge it ("" when none).
-func personalData(c surveyColumn) string {
-	probe := mapping.Companies{Metadata: []mapping.Field{{Key: c.Name, Column: c.Name}}}
+// personalData says what personal data a column of a table of kind looks
+// like it holds, by its name or declared type, as check and preview judge
+// it ("" when none).
+func personalData(c surveyColumn, kind mapping.Entity) string {
+	probe := mapping.Companies{Kind: kind, Metadata: []mapping.Field{{Key: c.Name, Column: c.Name}}}
 	found := probe.PersonalData([]row.Column{c.Column})
 	if len(found) == 0 {
 		return ""

@@ -219,9 +219,18 @@ func createPublicationSQL(cfg *config.Config) string {
 	return fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", pgx.Identifier{cfg.Postgres.Publication}.Sanitize(), quotedTables(publishedTables(cfg)))
 }
 
-// publishedTables are the tables cfg's publication must publish.
+// publishedTables are the tables cfg's publication must publish: each
+// section's table and its related tables, each once, companies' first.
 func publishedTables(cfg *config.Config) []row.Table {
-	return append([]row.Table{{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}}, related.Tables(cfg.Companies)...)
+	var tables []row.Table
+	for _, e := range cfg.Entities() {
+		for _, t := range append([]row.Table{{Schema: e.Schema, Name: e.Name}}, related.Tables(e)...) {
+			if !slices.Contains(tables, t) {
+				tables = append(tables, t)
+			}
+		}
+	}
+	return tables
 }
 
 func uniqueSorted(ids []string) []string {

@@ -28,7 +28,7 @@ func (p *parser) companies(s section) mapping.Companies {
 	c.Metadata = p.metadata(s)
 	p.removedKeys(s, &c)
 	p.onDelete(s, &c)
-	c.Related = p.related(s)
+	c.Related = p.related(s, mapping.Company)
 	p.where(s, &c)
 	p.uniqueKeys(&c, s)
 	return c

@@ -36,7 +36,31 @@ type Config struct {
 	State     State
 	Delivery  Delivery
 	HTTP      HTTP
+	// Companies is the companies: section, Users the users: section; a
+	// file has either or both (HasCompanies, HasUsers), and the one left
+	// out is the zero value.
 	Companies mapping.Companies
+	Users     mapping.Users
+}
+
+// HasCompanies reports whether the file has a companies: section.
+func (c *Config) HasCompanies() bool { return c.Companies.Table != "" }
+
+// HasUsers reports whether the file has a users: section.
+func (c *Config) HasUsers() bool { return c.Users.Table != "" }
+
+// Entities are the sections the file syncs, each as the stages take it
+// (a users section through mapping.Users.Entity): companies first, then
+// users.
+func (c *Config) Entities() []mapping.Companies {
+	var out []mapping.Companies
+	if c.HasCompanies() {
+		out = append(out, c.Companies)
+	}
+	if c.HasUsers() {
+		out = append(out, c.Users.Entity())
+	}
+	return out
 }
 
 // Postgres says where the source database is and which replication objects
@@ -139,7 +163,7 @@ func Parse(path string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 }
 
 // topKeys are the file's sections.
-var topKeys = []string{"postgres", "userpilot", "state", "delivery", "http", "companies"}
+var topKeys = []string{"postgres", "userpilot", "state", "delivery", "http", "companies", "users"}
 
 // parse reads the sections in turn, each with its defaults when it is left
 // out; it returns nil when data holds no mapping at all.
@@ -169,8 +193,17 @@ func (p *parser) parse(data []byte) *Config {
 	if s, ok := p.section(top, "http", httpKeys, false, ""); ok {
 		cfg.HTTP = p.http(s)
 	}
-	if s, ok := p.section(top, "companies", companiesKeys, true, "add a companies: section with table, company_id and metadata"); ok {
+	_, hasCompanies := top.entries["companies"]
+	_, hasUsers := top.entries["users"]
+	if !hasCompanies && !hasUsers {
+		p.fail(1, "", "the file has neither a companies: nor a users: section, so there is nothing to sync",
+			"add a companies: section with table, company_id and metadata, a users: section with table, user_id, company_id and metadata, or both")
+	}
+	if s, ok := p.section(top, "companies", companiesKeys, hasCompanies, "add a companies: section with table, company_id and metadata"); ok && hasCompanies {
 		cfg.Companies = p.companies(s)
+	}
+	if s, ok := p.section(top, "users", usersKeys, hasUsers, "add a users: section with table, user_id, company_id and metadata"); ok && hasUsers {
+		cfg.Users = p.users(s)
 	}
 	return cfg
 }

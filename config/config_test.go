@@ -152,7 +152,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			data: minimal + "postgress:\n  url: x\n",
-			want: []problem{{`p.yaml:10: postgress: unknown key "postgress"; allowed: postgres, userpilot, state, delivery, http, companies`, ""}},
+			want: []problem{{`p.yaml:10: postgress: unknown key "postgress"; allowed: postgres, userpilot, state, delivery, http, companies, users`, ""}},
 		},
 		{
 			name: "unknown nested key",
@@ -195,7 +195,8 @@ func TestParseErrors(t *testing.T) {
 			want: []problem{
 				{`p.yaml:1: postgres: missing`, `add a postgres: section with url: ${DATABASE_URL}`},
 				{`p.yaml:1: userpilot: missing`, `add a userpilot: section with api_key: ${USERPILOT_API_KEY}`},
-				{`p.yaml:1: companies: missing`, `add a companies: section with table, company_id and metadata`},
+				{`p.yaml:1: the file has neither a companies: nor a users: section, so there is nothing to sync`,
+					`add a companies: section with table, company_id and metadata, a users: section with table, user_id, company_id and metadata, or both`},
 			},
 		},
 		{

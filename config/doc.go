@@ -3,14 +3,15 @@
 // keeps secrets out of every message, checks each section and applies the
 // defaults the stages declare. It stands above the stages it configures
 // (delivery, snapshot, state, metrics, userpilot): the companies section
-// becomes a mapping.Companies, what package mapping turns rows into
-// payloads with. Apart from reading the file (and userpilot.api_key_file)
+// becomes a mapping.Companies and the users section a mapping.Users, what
+// package mapping turns rows into payloads with. Apart from reading the file (and userpilot.api_key_file)
 // it does no I/O.
 //
 // # The configuration file
 //
-// The file has six sections: postgres, userpilot, state, delivery, http
-// and companies; state, delivery and http are optional.
+// The file has seven sections: postgres, userpilot, state, delivery, http,
+// companies and users; state, delivery and http are optional, and a file
+// has companies, users or both (neither is an error naming both).
 // mapping.example.yaml at the repository root documents every key. Unknown
 // keys, at any level, are errors that list the allowed keys; a key written
 // twice is an error. Every problem is reported at once, each
@@ -18,8 +19,9 @@
 // *ConfigError, whose Fix field holds the fix, in a ConfigErrors list, so
 // errors.As finds each).
 //
-// Required: postgres.url, userpilot.api_key, companies.table,
-// companies.company_id and companies.metadata with at least one entry.
+// Required: postgres.url, userpilot.api_key; in a companies section
+// table, company_id and metadata with at least one entry; in a users
+// section table, user_id, and metadata unless company_id is set.
 //
 // Defaults:
 //
@@ -117,6 +119,17 @@
 // LooksPersonal and Companies.PersonalData: email, phone, address, birth
 // date, national id, passport, IP address, a person's name; or a domain
 // type named so, or inet). Nothing is refused either way.
+//
+// # Users
+//
+// users maps a table of users: user_id names the id column, company_id
+// the column holding the user's company's id (optional; NULL is no
+// company), and the other keys are companies' (metadata in every form,
+// related entries naming their column user_id:, where, on_delete,
+// removed_keys). users.company_from, a many-to-many membership table, is
+// refused with the fix. The metadata key users.company_id
+// (mapping.MembershipKey) is reserved in every section: it is how the
+// stages carry a user's company (see mapping.Users.Entity).
 //
 // # Related tables and where
 //

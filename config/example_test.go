@@ -109,3 +109,43 @@ func TestExampleDerivedKeysLoad(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, c.Companies.Metadata, 6)
 }
+
+// The users section the example file shows, commented out, loads as
+// written once uncommented: beside the companies section, and alone.
+func TestExampleUsersSectionLoads(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "mapping.example.yaml"))
+	require.NoError(t, err)
+	text := string(data)
+	start := strings.Index(text, "\n# users:\n")
+	require.GreaterOrEqual(t, start, 0, "the example has a commented users: section")
+	var section []string
+	for _, line := range strings.Split(text[start+1:], "\n") {
+		if line != "#" && !strings.HasPrefix(line, "# ") {
+			break
+		}
+		section = append(section, strings.TrimPrefix(strings.TrimPrefix(line, "#"), " "))
+	}
+	users := strings.Join(section, "\n") + "\n"
+	lookup := func(name string) (string, bool) {
+		return map[string]string{"DATABASE_URL": "postgres://localhost/app", "USERPILOT_API_KEY": "k"}[name], true
+	}
+
+	both, err := config.Parse("mapping.example.yaml", []byte(text+"\n"+users), lookup)
+	require.NoError(t, err)
+	require.True(t, both.HasCompanies())
+	require.True(t, both.HasUsers())
+	u := both.Users
+	assert.Equal(t, "id", u.UserID)
+	assert.Equal(t, "account_id", u.CompanyID)
+	assert.Len(t, u.Metadata, 5)
+	assert.Len(t, u.Related, 1)
+	assert.Equal(t, "assignee_id", u.Related[0].CompanyID)
+	assert.Equal(t, "not is_bot", u.Where)
+
+	companies := strings.Index(text, "\ncompanies:\n")
+	require.GreaterOrEqual(t, companies, 0)
+	alone, err := config.Parse("mapping.example.yaml", []byte(text[:companies+1]+users), lookup)
+	require.NoError(t, err)
+	assert.False(t, alone.HasCompanies())
+	assert.Equal(t, u.Entity().Shape(), alone.Users.Entity().Shape())
+}

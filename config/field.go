@@ -45,6 +45,9 @@ func (p *parser) field(parent section, k, v *yaml.Node) (mapping.Field, bool) {
 		p.fail(k.Line, key, "a metadata key must not be empty", "name the key as Userpilot should show it")
 		return mapping.Field{}, false
 	}
+	if p.reserved(k, key) {
+		return mapping.Field{}, false
+	}
 	col := plainColumn(k.Value)
 	shape := fmt.Sprintf("write %s: %s or %s: {column: %s, type: number}", k.Value, col, k.Value, col)
 	f := mapping.Field{Key: k.Value, Line: k.Line}
@@ -262,7 +265,7 @@ func (p *parser) labels(key string, e entry) ([]mapping.Label, bool) {
 	return labels, ok
 }
 
-// removedKeys reads companies.removed_keys.
+// removedKeys reads companies.removed_keys (users.removed_keys).
 func (p *parser) removedKeys(s section, c *mapping.Companies) {
 	v, ok := p.value(s, "removed_keys")
 	if !ok {
@@ -276,4 +279,16 @@ func (p *parser) removedKeys(s section, c *mapping.Companies) {
 		p.fail(v.line, s.keyOf("removed_keys"), v.show()+" is not a policy",
 			"write removed_keys: clear (a key dropped from the mapping is sent once as null, the default) or removed_keys: keep (Userpilot keeps its value)")
 	}
+}
+
+// reserved refuses the metadata key k when it is mapping.MembershipKey, the
+// name pgpilot gives a user's company on its way to Userpilot's company
+// field: a key of that name would be sent as the company.
+func (p *parser) reserved(k *yaml.Node, key string) bool {
+	if k.Value != mapping.MembershipKey {
+		return false
+	}
+	p.fail(k.Line, key, fmt.Sprintf("the metadata key %q is reserved: it is how pgpilot carries a user's company", k.Value),
+		"rename the key; a user's company is mapped with users.company_id")
+	return true
 }

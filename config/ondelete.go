@@ -8,7 +8,8 @@ import (
 	"github.com/pgpilot/pgpilot/mapping"
 )
 
-// onDelete reads companies.on_delete and companies.on_delete_metadata.
+// onDelete reads companies.on_delete and companies.on_delete_metadata (or
+// users'; delete is then DELETE /v1/users).
 func (p *parser) onDelete(s section, c *mapping.Companies) {
 	c.OnDelete = mapping.OnDeleteIgnore
 	if v, ok := p.value(s, "on_delete"); ok {
@@ -33,6 +34,9 @@ func (p *parser) onDelete(s section, c *mapping.Companies) {
 	c.OnDeleteMetadata = map[string]any{}
 	for name, e := range md.entries {
 		key := md.keyOf(name)
+		if p.reserved(e.key, key) {
+			continue
+		}
 		if e.value.Kind != yaml.ScalarNode {
 			p.fail(e.key.Line, key, "must be a string, number, boolean or null (Userpilot takes only primitives), not "+kindName(e.value), "")
 			continue

@@ -12,12 +12,19 @@ import (
 )
 
 var (
-	relatedKeys   = []string{"table", "company_id", "order_by", "metadata", "aggregate"}
-	aggregateKeys = []string{"sql", "type"}
+	relatedKeys      = []string{"table", "company_id", "order_by", "metadata", "aggregate"}
+	usersRelatedKeys = []string{"table", "user_id", "order_by", "metadata", "aggregate"}
+	aggregateKeys    = []string{"sql", "type"}
 )
 
-// related reads companies.related, a list of lookups and aggregates.
-func (p *parser) related(s section) []mapping.Related {
+// related reads companies.related (or users.related, kind User: each entry
+// names its column holding the user's id with user_id:), a list of lookups
+// and aggregates.
+func (p *parser) related(s section, kind mapping.Entity) []mapping.Related {
+	keys, idKey, owner := relatedKeys, kind.IDKey(), "a company"
+	if kind == mapping.User {
+		keys, owner = usersRelatedKeys, "a user"
+	}
 	e, ok := s.entries["related"]
 	if !ok || (e.value.Kind == yaml.ScalarNode && e.value.Tag == "!!null") {
 		return nil
@@ -32,19 +39,19 @@ func (p *parser) related(s section) []mapping.Related {
 		n = resolve(n)
 		path := fmt.Sprintf("%s[%d]", s.keyOf("related"), i)
 		if n.Kind != yaml.MappingNode {
-			p.fail(n.Line, path, "must be a mapping (table, company_id, metadata or aggregate), not "+kindName(n), "")
+			p.fail(n.Line, path, "must be a mapping (table, "+idKey+", metadata or aggregate), not "+kindName(n), "")
 			continue
 		}
-		es := p.mappingEntries(n, path, n.Line, relatedKeys)
-		r := mapping.Related{Index: i, Line: n.Line}
-		if v, ok := p.required(es, "table", "write table: public.subscriptions (the table whose rows belong to a company)"); ok {
+		es := p.mappingEntries(n, path, n.Line, keys)
+		r := mapping.Related{Kind: kind, Index: i, Line: n.Line}
+		if v, ok := p.required(es, "table", "write table: public.subscriptions (the table whose rows belong to "+owner+")"); ok {
 			schema, name, pr := parseTable(v.text)
 			if pr.msg != "" {
 				p.fail(v.line, es.keyOf("table"), v.show()+" "+pr.msg, pr.fix)
 			}
 			r.Table, r.Schema, r.Name, r.TableLine = v.text, schema, name, v.line
 		}
-		if v, ok := p.required(es, "company_id", "write company_id: company_id (the column of this table that holds the company's id)"); ok {
+		if v, ok := p.required(es, idKey, fmt.Sprintf("write %s: %s (the column of this table that holds the %s's id)", idKey, idKey, kind)); ok {
 			r.CompanyID, r.CompanyIDLine = v.text, v.line
 		}
 		_, hasMeta := es.entries["metadata"]
@@ -98,6 +105,9 @@ func (p *parser) aggregates(parent section) []mapping.Aggregate {
 			p.fail(k.Line, key, "a metadata key must not be empty", "name the key as Userpilot should show it")
 			continue
 		}
+		if p.reserved(k, key) {
+			continue
+		}
 		a := mapping.Aggregate{Key: k.Value, Line: k.Line}
 		shape := fmt.Sprintf("write %s: count(*) or %s: {sql: count(*), type: number}", k.Value, k.Value)
 		var expr scalar
@@ -146,7 +156,7 @@ func (p *parser) aggregates(parent section) []mapping.Aggregate {
 	return out
 }
 
-// where reads companies.where: one SQL condition on the companies row.
+// where reads companies.where (users.where): one SQL condition on the row.
 func (p *parser) where(s section, c *mapping.Companies) {
 	v, ok := p.value(s, "where")
 	if !ok || v.text == "" {
@@ -173,8 +183,9 @@ func (p *parser) uniqueKeys(c *mapping.Companies, s section) {
 		}
 		first[key] = where
 	}
+	section := c.Kind.Section()
 	for _, f := range c.Metadata {
-		claim(f.Key, f.Line, fmt.Sprintf("companies.metadata (line %d)", f.Line), "companies.metadata."+f.Key)
+		claim(f.Key, f.Line, fmt.Sprintf("%s.metadata (line %d)", section, f.Line), section+".metadata."+f.Key)
 	}
 	for _, r := range c.Related {
 		for _, f := range r.Metadata {
@@ -190,7 +201,7 @@ func (p *parser) uniqueKeys(c *mapping.Companies, s section) {
 		for i := 0; i+1 < len(md.value.Content); i += 2 {
 			k := resolve(md.value.Content[i])
 			if _, ok := c.OnDeleteMetadata[k.Value]; ok {
-				claim(k.Value, k.Line, "companies.on_delete_metadata (line "+strconv.Itoa(k.Line)+")", "companies.on_delete_metadata."+k.Value)
+				claim(k.Value, k.Line, section+".on_delete_metadata (line "+strconv.Itoa(k.Line)+")", section+".on_delete_metadata."+k.Value)
 			}
 		}
 	case !written && c.OnDelete == mapping.OnDeleteMark:
@@ -200,7 +211,7 @@ func (p *parser) uniqueKeys(c *mapping.Companies, s section) {
 			line = e.key.Line
 		}
 		for k := range c.OnDeleteMetadata {
-			claim(k, line, "on_delete: mark's default on_delete_metadata", "companies.on_delete")
+			claim(k, line, "on_delete: mark's default on_delete_metadata", section+".on_delete")
 		}
 	}
 }

@@ -154,15 +154,22 @@ func TestInitWritesAStarterConfigThatCheckAndPreviewAccept(t *testing.T) {
 	} {
 		assert.Contains(t, cfg, want)
 	}
-	// What check will want of the database.
-	assert.Contains(t, cfg, "\n#         CREATE PUBLICATION pgpilot FOR TABLE public.accounts;\n")
+	// What check will want of the database: the publication covers the
+	// users table too.
+	assert.Contains(t, cfg, "\n#         CREATE PUBLICATION pgpilot FOR TABLE public.accounts, public.users;\n")
 	assert.Contains(t, cfg, "\n#         ALTER TABLE public.accounts REPLICA IDENTITY FULL;\n")
-	// The users section, commented out, its company from the foreign key.
-	assert.Contains(t, cfg, "# users:\n#   table: public.users\n#   user_id: id")
-	assert.Regexp(t, `(?m)^#   company_id: account_id\s+# references public.accounts`, cfg)
-	assert.Regexp(t, `(?m)^#     name: name\s+# text → string`, cfg)
-	assert.Regexp(t, `(?m)^#     # email: \{column: email, pii: true\}`, cfg)
-	assert.Regexp(t, `(?m)^#     # current_sign_in_ip: \{column: current_sign_in_ip, pii: true\}\s+# .*an IP address`, cfg)
+	assert.Contains(t, cfg, "\n#         ALTER TABLE public.users REPLICA IDENTITY FULL;\n")
+	// The users section, its company from the foreign key; a users table's
+	// name is a person's, offered with pii: true like its email.
+	assert.Regexp(t, `(?m)^users:\s+# Userpilot users, each with its company`, cfg)
+	assert.Contains(t, cfg, "\n  table: public.users\n  user_id: id ")
+	assert.Regexp(t, `(?m)^  company_id: account_id\s+# references public.accounts: the user's company; NULL: none`, cfg)
+	assert.Regexp(t, `(?m)^    # name: \{column: name, pii: true\}\s+# .*a person's name, by its name`, cfg)
+	assert.Regexp(t, `(?m)^    # email: \{column: email, pii: true\}`, cfg)
+	assert.Regexp(t, `(?m)^    # current_sign_in_ip: \{column: current_sign_in_ip, pii: true\}\s+# .*an IP address`, cfg)
+	assert.Regexp(t, `(?m)^    availability: availability\s+# integer → number`, cfg)
+	// The tables that reference users, offered as users' related entries.
+	assert.Regexp(t, `(?m)^  #   - table: public.account_users\s+# account_users.user_id references users\n  #     user_id: user_id$`, cfg)
 
 	// check passes on the file as written (Userpilot is not init's).
 	code, out = runBinary(t, []string{"DATABASE_URL=" + dbURL, "USERPILOT_API_KEY=" + apiKey},
@@ -171,27 +178,39 @@ func TestInitWritesAStarterConfigThatCheckAndPreviewAccept(t *testing.T) {
 	assert.Contains(t, out, "all checks passed")
 	assert.NotContains(t, out, "! personal data", "no personal column is mapped until the operator says so")
 
-	// preview reads rows through it.
+	// preview reads rows through it: companies, then users with their
+	// company.
 	code, out = runBinary(t, []string{"DATABASE_URL=" + dbURL, "USERPILOT_API_KEY=" + apiKey},
 		"preview", "--config", cfgPath, "--limit", "3")
 	require.Equal(t, 0, code, out)
-	var payloads int
+	var companies, users int
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		var p struct {
 			CompanyID string         `json:"company_id"`
+			UserID    string         `json:"user_id"`
 			Metadata  map[string]any `json:"metadata"`
+			Company   struct {
+				ID string `json:"id"`
+			} `json:"company"`
 		}
 		if json.Unmarshal(sc.Bytes(), &p) != nil {
 			continue
 		}
-		payloads++
+		if p.UserID != "" {
+			users++
+			assert.NotEmpty(t, p.Company.ID, "every user of the schema has its account")
+			assert.Contains(t, p.Metadata, "availability")
+			continue
+		}
+		companies++
 		assert.NotEmpty(t, p.CompanyID)
 		for _, key := range []string{"name", "status", "tier", "created_at"} {
 			assert.Contains(t, p.Metadata, key)
 		}
 	}
-	assert.Equal(t, 3, payloads, out)
+	assert.Equal(t, 3, companies, out)
+	assert.Equal(t, 3, users, out)
 }
 
 // TestInitRefusesWhatItCannotDoNamingTheFix: no DATABASE_URL, no --table,

@@ -6,7 +6,13 @@ import (
 )
 
 // Companies is the mapping of one table's rows to Userpilot company profiles.
+// It is also how every stage takes the users: section (Users.Entity): Kind
+// is then User, CompanyID the user_id column, and the messages name the
+// users section.
 type Companies struct {
+	// Kind is what the rows become: Company (the zero value) or User.
+	Kind Entity
+
 	// OnDelete is the policy for deleted rows: ignore (default), mark or
 	// delete; OnDeleteMetadata is what mark sends (default deleted: true).
 	OnDelete         string

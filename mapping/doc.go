@@ -9,6 +9,15 @@
 // it: its Shape (each key's definition, recorded after a sync and compared
 // at the next start) and Restrict (the keys a backfill sends).
 //
+// # Users
+//
+// The users section (Users) is mapped by the same code: Users.Entity is
+// it as a Companies of Kind User, the user_id column as its id, and the
+// user's company read, as a string, under the reserved key MembershipKey
+// (a NULL or empty company is null: no company). Mapper.IdentifyUser
+// takes the company out of the metadata into userpilot.User; Membership
+// says where Map puts it. Every message names the users section.
+//
 // # Types
 //
 // Userpilot accepts only primitive metadata values: string, number, boolean

@@ -16,7 +16,8 @@ import (
 // RowError says why one row cannot be mapped. It is a problem with the data,
 // not with the mapping: the caller sets the row aside and carries on.
 type RowError struct {
-	Key    string // metadata key; empty for the company_id column
+	Entity Entity // whose id: the company's (zero) or the user's
+	Key    string // metadata key; empty for the id column
 	Column string
 	Reason string
 }
@@ -24,7 +25,7 @@ type RowError struct {
 // Error names the key and column, then the reason.
 func (e *RowError) Error() string {
 	if e.Key == "" {
-		return fmt.Sprintf("company_id (column %q): %s", e.Column, e.Reason)
+		return fmt.Sprintf("%s (column %q): %s", e.Entity.IDKey(), e.Column, e.Reason)
 	}
 	return fmt.Sprintf("metadata %q (column %q): %s", e.Key, e.Column, e.Reason)
 }
@@ -32,9 +33,13 @@ func (e *RowError) Error() string {
 // Mapper turns rows of one table into identify-company payloads. It is immutable
 // after Compile and safe for concurrent use.
 type Mapper struct {
+	kind      Entity
 	columns   []row.Column
-	companyID int // index into columns
+	companyID int // index into columns: the company's id, or the user's
 	fields    []compiledField
+	// membership is the index in fields of the user's company
+	// (MembershipKey), -1 when there is none.
+	membership int
 }
 
 type compiledField struct {
@@ -47,6 +52,9 @@ type compiledField struct {
 	labels *labels
 	// keepNull leaves the key out when its value is null (on_null: keep).
 	keepNull bool
+	// membership: the user's company (MembershipKey), whose empty text
+	// is no company, as NULL is.
+	membership bool
 	// null: a key the mapping dropped, which a backfill sends as null
 	// (Restrict); no column is read.
 	null bool
@@ -60,7 +68,7 @@ type compiledField struct {
 // carrying the file and line from c when it has them.
 func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 	types := pgtype.NewMap()
-	m := &Mapper{columns: append([]row.Column(nil), columns...), companyID: -1}
+	m := &Mapper{kind: c.Kind, columns: append([]row.Column(nil), columns...), companyID: -1, membership: -1}
 	var errs ConfigErrors
 	fail := func(line int, key, format string, args ...any) {
 		// The messages below end in "; fix: …": the fix travels as its
@@ -70,14 +78,14 @@ func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 	}
 
 	if i, msg := findColumn(columns, c.CompanyID, table); msg != "" {
-		fail(c.CompanyIDLine, "company_id", "%s", msg)
+		fail(c.CompanyIDLine, c.Kind.IDKey(), "%s", msg)
 	} else {
 		col := columns[i]
 		switch classOf(col.TypeOID) {
 		case classNumber, classText:
 			m.companyID = i
 		default:
-			fail(c.CompanyIDLine, "company_id", "column %q is %s, which cannot identify a company; fix: choose a column of an integer, numeric, text or uuid type", col.Name, typeName(col))
+			fail(c.CompanyIDLine, c.Kind.IDKey(), "column %q is %s, which cannot identify a %s; fix: choose a column of an integer, numeric, text or uuid type", col.Name, typeName(col), c.Kind)
 		}
 	}
 
@@ -86,14 +94,27 @@ func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 			continue // evaluated by Postgres (see package related), not read from the row
 		}
 		key := "metadata " + strconv.Quote(f.Key)
+		membership := c.Kind == User && f.Membership()
+		if membership {
+			key = MembershipKey
+		}
 		i, msg := findColumn(columns, f.Column, table)
 		if msg != "" {
 			fail(f.Line, key, "%s", msg)
 			continue
 		}
-		cf := compiledField{key: f.Key, column: i, keepNull: f.KeepNull, what: fmt.Sprintf("column %q", f.Column)}
+		cf := compiledField{key: f.Key, column: i, keepNull: f.KeepNull, membership: membership, what: fmt.Sprintf("column %q", f.Column)}
 		if f.Path != nil {
 			cf.what += ", path " + strings.Join(f.Path, ".")
+		}
+		if membership {
+			// The company's id, sent as Userpilot's company, not as
+			// metadata: the same columns identify a company as
+			// companies.company_id may read.
+			if cl := classOf(columns[i].TypeOID); cl != classNumber && cl != classText {
+				fail(f.Line, key, "column %q is %s, which cannot identify a company; fix: choose the column holding the user's company's id (an integer, numeric, text or uuid type, the values of companies.company_id)", f.Column, typeName(columns[i]))
+				continue
+			}
 		}
 		if f.Derived() {
 			cf.path, cf.labels, msg = compileDerived(f, columns[i], types)
@@ -107,6 +128,9 @@ func Compile(c Companies, table string, columns []row.Column) (*Mapper, error) {
 		cf.oid, cf.types = columns[i].TypeOID, types
 		if t, ok := types.TypeForOID(cf.oid); ok {
 			cf.codec = t.Codec
+		}
+		if membership {
+			m.membership = len(m.fields)
 		}
 		m.fields = append(m.fields, cf)
 	}
@@ -223,11 +247,11 @@ func (m *Mapper) CompanyID(values []row.Value) (string, error) {
 	id := values[m.companyID]
 	switch {
 	case id.Unchanged:
-		return "", &RowError{Column: idCol.Name, Reason: "Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column"}
+		return "", &RowError{Entity: m.kind, Column: idCol.Name, Reason: "Postgres did not send the value (an unchanged TOASTed value); fix: ALTER TABLE ... REPLICA IDENTITY FULL, or choose a shorter column"}
 	case id.Null:
-		return "", &RowError{Column: idCol.Name, Reason: "is NULL; every company needs an id (fix: make the column NOT NULL, or choose another column)"}
+		return "", &RowError{Entity: m.kind, Column: idCol.Name, Reason: fmt.Sprintf("is NULL; every %s needs an id (fix: make the column NOT NULL, or choose another column)", m.kind)}
 	case len(id.Text) == 0:
-		return "", &RowError{Column: idCol.Name, Reason: "is empty; every company needs an id (fix: choose a column that always holds one)"}
+		return "", &RowError{Entity: m.kind, Column: idCol.Name, Reason: fmt.Sprintf("is empty; every %s needs an id (fix: choose a column that always holds one)", m.kind)}
 	}
 	return string(id.Text), nil
 }
@@ -266,6 +290,33 @@ func (m *Mapper) Identify(values []row.Value) (userpilot.Company, error) {
 	// With BadValues, the keys that could be read are mapped still.
 	return out, err
 }
+
+// IdentifyUser is Identify for a mapping of users (Users.Entity): the
+// user's company, MembershipKey's value, is taken out of the metadata into
+// CompanyID ("" when the user has none).
+func (m *Mapper) IdentifyUser(values []row.Value) (userpilot.User, error) {
+	co, err := m.Identify(values)
+	u := userpilot.User{UserID: co.CompanyID, Metadata: co.Metadata}
+	if raw, ok := u.Metadata[MembershipKey]; ok {
+		delete(u.Metadata, MembershipKey)
+		u.CompanyID = CompanyOf(raw)
+	}
+	return u, err
+}
+
+// CompanyOf is the company id a MembershipKey value holds (Map's JSON
+// string), "" for none: nil (left out) or null.
+func CompanyOf(v json.RawMessage) string {
+	var id string
+	if len(v) == 0 || json.Unmarshal(v, &id) != nil {
+		return ""
+	}
+	return id
+}
+
+// Membership is the index in Keys (and Map's values) of the user's
+// company, MembershipKey; -1 when the mapping has none.
+func (m *Mapper) Membership() int { return m.membership }
 
 // Keys returns the metadata keys, in the mapping's order: Map's values
 // follow it.
@@ -325,6 +376,10 @@ func (m *Mapper) Map(values []row.Value, buf []byte, vals []json.RawMessage) (st
 			continue
 		case v.Null:
 			vals[i] = f.nullValue() // null clears the value in Userpilot
+			continue
+		}
+		if f.membership && len(v.Text) == 0 {
+			vals[i] = userpilot.Null // no company, as NULL
 			continue
 		}
 		start := len(buf)
@@ -437,9 +492,12 @@ func (bs BadValues) HeldBack() []string {
 // and sends each of null, a key the mapping no longer has, as null: what
 // a backfill after a mapping change sends. m is unchanged.
 func (m *Mapper) Restrict(keys, null []string) *Mapper {
-	r := &Mapper{columns: m.columns, companyID: m.companyID}
+	r := &Mapper{kind: m.kind, columns: m.columns, companyID: m.companyID, membership: -1}
 	for _, f := range m.fields {
 		if slices.Contains(keys, f.key) {
+			if f.membership {
+				r.membership = len(r.fields)
+			}
 			r.fields = append(r.fields, f)
 		}
 	}

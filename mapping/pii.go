@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -23,18 +24,24 @@ type PersonalData struct {
 // like personal data, by its name or by its declared type (a domain such
 // as email, or inet), leaving out keys acknowledged with pii: true. cols
 // are the table's columns, for the types; a column missing from them is
-// judged by its name alone.
+// judged by its name alone. A users mapping's rows are people: a column
+// named name (or display_name, nickname, …) is a person's name there
+// (LooksPersonalInUsers).
 func (c Companies) PersonalData(cols []row.Column) []PersonalData {
 	types := make(map[string]string, len(cols))
 	for _, col := range cols {
 		types[col.Name] = col.TypeName
+	}
+	looks := LooksPersonal
+	if c.Kind == User {
+		looks = LooksPersonalInUsers
 	}
 	var out []PersonalData
 	for _, f := range c.Metadata {
 		if f.PII {
 			continue
 		}
-		if what := LooksPersonal(f.Column); what != "" {
+		if what := looks(f.Column); what != "" {
 			out = append(out, PersonalData{Field: f, What: what, Because: "by its name"})
 			continue
 		}
@@ -121,6 +128,30 @@ func LooksPersonal(column string) string {
 				}
 			}
 		}
+	}
+	return ""
+}
+
+// notPeople are the first words of a name column that, in a users table,
+// names something other than the person (its company's, its role's).
+var notPeople = []string{"company", "account", "org", "organization", "organisation", "team", "workspace",
+	"tenant", "group", "department", "plan", "product", "role", "job", "file", "host", "domain", "app", "project"}
+
+// LooksPersonalInUsers is LooksPersonal for a column of a users table,
+// whose rows are people: there, a name (name, display_name, nickname,
+// full_name) is the person's, unless its first word says whose it is
+// (company_name, role_name).
+func LooksPersonalInUsers(column string) string {
+	if what := LooksPersonal(column); what != "" {
+		return what
+	}
+	words := splitWords(column)
+	if len(words) == 0 || slices.Contains(notPeople, words[0]) {
+		return ""
+	}
+	switch words[len(words)-1] {
+	case "name", "nickname", "displayname", "screenname":
+		return "a person's name"
 	}
 	return ""
 }

@@ -7,7 +7,12 @@ import "fmt"
 // company_id). It is a lookup (Metadata: the columns of the company's first
 // row in OrderBy's order) or an aggregate (Aggregate: SQL aggregate
 // expressions over all of the company's rows), never both.
+//
+// An entry of users.related is the same with Kind User: CompanyID then
+// holds the column with the user's id (user_id: in the file).
 type Related struct {
+	// Kind is the section the entry belongs to: Company or User.
+	Kind      Entity
 	Table     string // as written
 	Schema    string
 	Name      string
@@ -37,7 +42,7 @@ type Aggregate struct {
 func (r Related) IsLookup() bool { return len(r.Aggregate) == 0 }
 
 // Path is the entry's dotted key, for messages.
-func (r Related) Path() string { return fmt.Sprintf("companies.related[%d]", r.Index) }
+func (r Related) Path() string { return fmt.Sprintf("%s.related[%d]", r.Kind.Section(), r.Index) }
 
 // Keys are the metadata keys r sets, in file order.
 func (r Related) Keys() []string {

@@ -18,14 +18,19 @@ type Shape struct {
 	CompanyID string `json:"company_id"`
 	Where     string `json:"where,omitempty"`
 	// Keys maps each metadata key to its definition (JSON), what it reads
-	// and how; line numbers and pii: are not part of it.
+	// and how; line numbers and pii: are not part of it. A users mapping's
+	// company (MembershipKey) is one of them: a change of users.company_id
+	// sends every user's company again.
 	Keys map[string]json.RawMessage `json:"keys"`
+	// Kind is the section the shape is of, for Compare's messages; it is
+	// not recorded (each entity's shape is a file of its own).
+	Kind Entity `json:"-"`
 }
 
 // definition is one key's entry in a Shape.
 type definition struct {
-	// From is where the key's value comes from: "companies" (the row, or
-	// an expression on it), or a related entry ("lookup public.t by c
+	// From is where the key's value comes from: "companies" or "users"
+	// (the row, or an expression on it), or a related entry ("lookup public.t by c
 	// order by …", "aggregate public.t by c").
 	From     string   `json:"from"`
 	Column   string   `json:"column,omitempty"`
@@ -43,7 +48,7 @@ func (f Field) definition(from string) definition {
 
 // Shape is c's shape.
 func (c Companies) Shape() Shape {
-	s := Shape{Table: c.Schema + "." + c.Name, CompanyID: c.CompanyID, Where: c.Where, Keys: map[string]json.RawMessage{}}
+	s := Shape{Table: c.Schema + "." + c.Name, CompanyID: c.CompanyID, Where: c.Where, Keys: map[string]json.RawMessage{}, Kind: c.Kind}
 	put := func(key string, d definition) {
 		b, err := json.Marshal(d)
 		if err != nil {
@@ -52,7 +57,7 @@ func (c Companies) Shape() Shape {
 		s.Keys[key] = b
 	}
 	for _, f := range c.Metadata {
-		put(f.Key, f.definition("companies"))
+		put(f.Key, f.definition(c.Kind.Section()))
 	}
 	for _, r := range c.Related {
 		from := fmt.Sprintf("aggregate %s.%s by %s", r.Schema, r.Name, r.CompanyID)
@@ -70,7 +75,8 @@ func (c Companies) Shape() Shape {
 }
 
 // Keys are every metadata key c sends (companies.metadata's, then each
-// related entry's), in file order.
+// related entry's), in file order; for users, MembershipKey first when
+// the section maps a company.
 func (c Companies) Keys() []string {
 	var keys []string
 	for _, f := range c.Metadata {
@@ -87,7 +93,7 @@ func (c Companies) Keys() []string {
 type Changes struct {
 	Added, Changed, Removed []string
 	// Scope, when not "", says why every key is sent again: the companies
-	// synced are others (another table, id column or companies.where).
+	// (or users) synced are others (another table, id column or where).
 	Scope string
 	// Moved: the companies are others (another table or id column): the
 	// old profiles are not the new ones, and nothing is cleared in them.
@@ -114,13 +120,14 @@ func Compare(old, now Shape) Changes {
 	sort.Strings(ch.Added)
 	sort.Strings(ch.Changed)
 	sort.Strings(ch.Removed)
+	section := now.Kind.Section()
 	switch {
 	case old.Table != now.Table:
-		ch.Scope, ch.Moved = fmt.Sprintf("companies.table changed from %s to %s", old.Table, now.Table), true
+		ch.Scope, ch.Moved = fmt.Sprintf("%s.table changed from %s to %s", section, old.Table, now.Table), true
 	case old.CompanyID != now.CompanyID:
-		ch.Scope, ch.Moved = fmt.Sprintf("companies.company_id changed from %s to %s", old.CompanyID, now.CompanyID), true
+		ch.Scope, ch.Moved = fmt.Sprintf("%s.%s changed from %s to %s", section, now.Kind.IDKey(), old.CompanyID, now.CompanyID), true
 	case old.Where != now.Where:
-		ch.Scope = fmt.Sprintf("companies.where changed from %q to %q", old.Where, now.Where)
+		ch.Scope = fmt.Sprintf("%s.where changed from %q to %q", section, old.Where, now.Where)
 	}
 	return ch
 }
@@ -142,8 +149,8 @@ func (ch Changes) None() bool {
 	return len(ch.Added)+len(ch.Changed)+len(ch.Removed) == 0 && ch.Scope == ""
 }
 
-// Backfill is what a backfill of ch sends, for every company of the
-// mapping now (keys: Keys(), in file order): the current values of set,
+// Backfill is what a backfill of ch sends, for every company (or user) of
+// the mapping now (keys: Keys(), in file order): the current values of set,
 // null for clear. With removed_keys: keep, or when the companies moved,
 // nothing is cleared.
 func (ch Changes) Backfill(now Companies) (set, clear []string) {
@@ -153,7 +160,9 @@ func (ch Changes) Backfill(now Companies) (set, clear []string) {
 		}
 	}
 	if !now.KeepRemovedKeys && !ch.Moved {
-		clear = ch.Removed
+		// A user's company is not metadata: there is no null to clear it
+		// with (Userpilot moves a user only to another company).
+		clear = slices.DeleteFunc(slices.Clone(ch.Removed), func(k string) bool { return k == MembershipKey })
 	}
 	return set, clear
 }
@@ -171,14 +180,19 @@ func (ch Changes) Describe(now Companies) string {
 	}
 	list("added", ch.Added)
 	list("changed", ch.Changed)
+	removed := ch.Removed
+	if slices.Contains(removed, MembershipKey) {
+		parts = append(parts, MembershipKey+" removed (users keep the company Userpilot has)")
+		removed = slices.DeleteFunc(slices.Clone(removed), func(k string) bool { return k == MembershipKey })
+	}
 	switch {
-	case len(ch.Removed) == 0:
+	case len(removed) == 0:
 	case ch.Moved:
-		list("removed (left as they are in the old profiles)", ch.Removed)
+		list("removed (left as they are in the old profiles)", removed)
 	case now.KeepRemovedKeys:
-		list("removed (left as Userpilot holds them: removed_keys: keep)", ch.Removed)
+		list("removed (left as Userpilot holds them: removed_keys: keep)", removed)
 	default:
-		list("removed (sent once as null)", ch.Removed)
+		list("removed (sent once as null)", removed)
 	}
 	return strings.Join(parts, "; ")
 }

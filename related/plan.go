@@ -71,7 +71,7 @@ func IsRelated(rel *row.Relation) bool { return rel != nil && rel.Kind == row.Re
 // typed as the config says or, without a type, by the query's result type
 // (as companies.metadata is by the column's type).
 func Mapper(c mapping.Companies, rel *row.Relation) (*mapping.Mapper, error) {
-	mc := mapping.Companies{File: c.File, CompanyID: rel.Columns[0].Name}
+	mc := mapping.Companies{Kind: c.Kind, File: c.File, CompanyID: rel.Columns[0].Name}
 	// Each key is its own column of the re-read, holding what the row's
 	// column (or the expression) gave: a path, labels and on_null apply
 	// to it here, as they do to a companies row's column.
@@ -156,7 +156,9 @@ func Tables(c mapping.Companies) []row.Table {
 // primitive value. Postgres plans each query (nothing runs). A role that
 // may not read a table gets a *replication.ReadRightError with the GRANTs
 // instead: Postgres would refuse every plan with "permission denied",
-// which is not the config's fault.
+// which is not the config's fault. c may be a users mapping
+// (mapping.Users.Entity): the re-reads are then per user, and the
+// messages name the users section.
 func Compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies) (*Plan, error) {
 	return compile(ctx, conn, c, true)
 }
@@ -178,8 +180,9 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 	if err := conn.QueryRow(ctx, `SELECT current_user::text`).Scan(&role); err != nil {
 		return nil, fmt.Errorf("read the current role: %w", err)
 	}
+	section, noun := c.Kind.Section(), c.Kind.String()
 	if err := replication.ReadRights(ctx, conn, append([]row.Table{companies}, Tables(c)...), role,
-		"so pgpilot cannot read what companies.related and companies.where name"); err != nil {
+		fmt.Sprintf("so pgpilot cannot read what %s.related and %s.where name", section, section)); err != nil {
 		return nil, err
 	}
 	generated, err := replication.GeneratedColumns(ctx, conn, companies)
@@ -196,7 +199,7 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 		}
 	}
 	if p.idType == "" {
-		return nil, mapping.ConfigErrors{{File: c.File, Line: c.CompanyIDLine, Key: "companies.company_id",
+		return nil, mapping.ConfigErrors{{File: c.File, Line: c.CompanyIDLine, Key: section + "." + c.Kind.IDKey(),
 			Msg: fmt.Sprintf("column %q does not exist in %s", c.CompanyID, companies)}}
 	}
 	var errs mapping.ConfigErrors
@@ -205,22 +208,22 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 	}
 	if c.Where != "" {
 		if err := explain(ctx, conn, fmt.Sprintf("SELECT 1 FROM %s AS %s WHERE (%s)", companies.Quoted(), pgx.Identifier{companies.Name}.Sanitize(), c.Where)); err != nil {
-			fail(c.WhereLine, "companies.where", fmt.Sprintf("%q does not work on %s: %s", c.Where, companies, pgMessage(err)),
-				"write one condition on the companies row, as after WHERE (e.g. where: not is_test)")
+			fail(c.WhereLine, section+".where", fmt.Sprintf("%q does not work on %s: %s", c.Where, companies, pgMessage(err)),
+				"write one condition on the "+section+" row, as after WHERE (e.g. where: not is_test)")
 		} else if err := explain(ctx, conn, p.whereSQL(&row.Relation{Table: companies, Columns: streamed})); err != nil {
-			fix := "write one condition on the companies row's own columns, as after WHERE (e.g. where: not is_test)"
+			fix := "write one condition on the " + section + " row's own columns, as after WHERE (e.g. where: not is_test)"
 			if len(generated) > 0 {
 				fix += "; generated columns (" + strings.Join(slices.Sorted(maps.Keys(generated)), ", ") +
 					") are not streamed: write what they compute instead"
 			}
-			fail(c.WhereLine, "companies.where", fmt.Sprintf("%q cannot be judged on a streamed row of %s: %s", c.Where, companies, pgMessage(err)), fix)
+			fail(c.WhereLine, section+".where", fmt.Sprintf("%q cannot be judged on a streamed row of %s: %s", c.Where, companies, pgMessage(err)), fix)
 		}
 		if p.fullIdentity, err = replication.ReplicaIdentityFull(ctx, conn, companies); err != nil {
 			return nil, err
 		}
 		if !p.fullIdentity && streams {
-			fail(c.WhereLine, "companies.where", fmt.Sprintf("needs REPLICA IDENTITY FULL on %s: to tell a company that stops matching (sent as deleted) "+
-				"from one that never matched (never sent), pgpilot judges the old row too, and Postgres streams it only under FULL", companies),
+			fail(c.WhereLine, section+".where", fmt.Sprintf("needs REPLICA IDENTITY FULL on %s: to tell a %s that stops matching (sent as deleted) "+
+				"from one that never matched (never sent), pgpilot judges the old row too, and Postgres streams it only under FULL", companies, noun),
 				fmt.Sprintf("run on the primary: ALTER TABLE %s REPLICA IDENTITY FULL;", companies.Quoted()))
 		}
 	}
@@ -265,8 +268,8 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 		if !ok {
 			for _, f := range exprs {
 				if err := explain(ctx, conn, p.rowSQL([]mapping.Field{f})); err != nil {
-					fail(f.Line, "companies.metadata."+f.Key, fmt.Sprintf("%q does not work on %s: %s", f.SQL, companies, pgMessage(err)),
-						"write one expression on the companies row's columns, e.g. case when seats > 100 then 'large' else 'small' end")
+					fail(f.Line, section+".metadata."+f.Key, fmt.Sprintf("%q does not work on %s: %s", f.SQL, companies, pgMessage(err)),
+						"write one expression on the "+section+" row's columns, e.g. case when seats > 100 then 'large' else 'small' end")
 				}
 			}
 		} else {
@@ -291,8 +294,8 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 			}
 		}
 		if rcid < 0 {
-			fail(r.CompanyIDLine, r.Path()+".company_id", fmt.Sprintf("column %q does not exist in %s (columns: %s)", r.CompanyID, t, columnNames(rcols)),
-				"name the column of "+t.String()+" that holds the company's id")
+			fail(r.CompanyIDLine, r.Path()+"."+r.Kind.IDKey(), fmt.Sprintf("column %q does not exist in %s (columns: %s)", r.CompanyID, t, columnNames(rcols)),
+				"name the column of "+t.String()+" that holds the "+r.Kind.String()+"'s id")
 			continue
 		}
 		if !slices.Contains(p.tables[t], r.CompanyID) {
@@ -302,7 +305,7 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 		if r.IsLookup() {
 			// The columns must exist and map to primitives, as
 			// companies.metadata's do.
-			if _, err := mapping.Compile(mapping.Companies{File: c.File, CompanyID: r.CompanyID, CompanyIDLine: r.CompanyIDLine, Metadata: r.Metadata}, t.String(), rcols); err != nil {
+			if _, err := mapping.Compile(mapping.Companies{Kind: r.Kind, File: c.File, CompanyID: r.CompanyID, CompanyIDLine: r.CompanyIDLine, Metadata: r.Metadata}, t.String(), rcols); err != nil {
 				var ces mapping.ConfigErrors
 				if errors.As(err, &ces) {
 					for _, ce := range ces {
@@ -322,7 +325,7 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 					return nil, err
 				}
 				if !unique {
-					fail(r.Line, r.Path(), fmt.Sprintf("%s may hold several rows per company (no unique index on %q alone), and without order_by which one is sent is left to chance", t, r.CompanyID),
+					fail(r.Line, r.Path(), fmt.Sprintf("%s may hold several rows per %s (no unique index on %q alone), and without order_by which one is sent is left to chance", t, r.Kind, r.CompanyID),
 						"add order_by: the order whose first row wins, e.g. order_by: updated_at desc, id desc (or a unique index on "+r.CompanyID+")")
 					continue
 				}
@@ -359,10 +362,10 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 			if errors.As(err, &ces) {
 				exprs := rowExpressions(c)
 				for _, ce := range ces {
-					ce.Key = strings.Replace(ce.Key, "metadata ", "companies.related key ", 1)
+					ce.Key = strings.Replace(ce.Key, "metadata ", section+".related key ", 1)
 					for _, f := range exprs {
-						if ce.Key == "companies.related key "+strconv.Quote(f.Key) {
-							ce.Key = "companies.metadata." + f.Key
+						if ce.Key == section+".related key "+strconv.Quote(f.Key) {
+							ce.Key = section + ".metadata." + f.Key
 						}
 					}
 					ce.Msg = strings.Replace(ce.Msg, "column ", "the value of ", 1)
@@ -398,7 +401,7 @@ func (p *Plan) blame(ctx context.Context, conn *pgx.Conn, t row.Table, r mapping
 					"write the columns of " + t.String() + " as after ORDER BY, e.g. updated_at desc, id desc"
 			}
 		}
-		return r.Line, r.Path(), msg, "check the table's columns and the company_id column's type (it must compare with companies.company_id)"
+		return r.Line, r.Path(), msg, idFix(r)
 	}
 	for _, a := range r.Aggregate {
 		if e := explain(ctx, conn, p.aggregateSQL(t, r.CompanyID, []mapping.Aggregate{a})); e != nil {
@@ -406,7 +409,14 @@ func (p *Plan) blame(ctx context.Context, conn *pgx.Conn, t row.Table, r mapping
 				"write one aggregate expression over the table's rows, e.g. count(*), max(last_login_at), count(*) filter (where active)"
 		}
 	}
-	return r.Line, r.Path(), msg, "check the table's columns and the company_id column's type (it must compare with companies.company_id)"
+	return r.Line, r.Path(), msg, idFix(r)
+}
+
+// idFix is blame's fix when no part alone is to blame: the id column's
+// type, most likely.
+func idFix(r mapping.Related) string {
+	key := r.Kind.Section() + "." + r.Kind.IDKey()
+	return fmt.Sprintf("check the table's columns and the %s column's type (it must compare with %s)", r.Kind.IDKey(), key)
 }
 
 func explain(ctx context.Context, conn *pgx.Conn, sql string) error {

@@ -20,6 +20,13 @@ import (
 // identity (the primary key under DEFAULT, or the USING INDEX one) that
 // includes column. The fix is an ALTER TABLE, to run on the primary.
 func RelatedIdentityProblem(ctx context.Context, conn *pgx.Conn, t row.Table, column string) (string, error) {
+	return RelatedIdentityProblemOf(ctx, conn, t, column, "company")
+}
+
+// RelatedIdentityProblemOf is RelatedIdentityProblem for the rows of owner
+// ("company", or "user" for a users.related table), which the message
+// names.
+func RelatedIdentityProblemOf(ctx context.Context, conn *pgx.Conn, t row.Table, column, owner string) (string, error) {
 	var ident string
 	var cols []string
 	err := conn.QueryRow(ctx, `
@@ -44,8 +51,8 @@ func RelatedIdentityProblem(ctx context.Context, conn *pgx.Conn, t row.Table, co
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%s has %s without %q: a DELETE there, or an UPDATE that moves a row to another company, would not say which company "+
-		"it belonged to, and that company's related keys would stay stale; %s", t, what, column, fix), nil
+	return fmt.Sprintf("%s has %s without %q: a DELETE there, or an UPDATE that moves a row to another %s, would not say which %s "+
+		"it belonged to, and that %s's related keys would stay stale; %s", t, what, column, owner, owner, owner, fix), nil
 }
 
 // IdentityFix is the cheapest replica identity that makes every DELETE

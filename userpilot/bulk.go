@@ -15,7 +15,8 @@ import (
 	"time"
 )
 
-// MaxBulkRecords is the most companies Userpilot takes in one JSON bulk request.
+// MaxBulkRecords is the most companies (or users) Userpilot takes in one
+// JSON bulk request.
 const MaxBulkRecords = 10_000
 
 // Bulk job statuses, as Userpilot reports them.
@@ -102,14 +103,19 @@ func timestamp(raw json.RawMessage) time.Time {
 	return t
 }
 
-// BulkBody is a bulk identify request's body, {"companies":[…]}, written
-// company by company: each company's JSON is written once, and the same
-// bytes are the request and the state's record of the job. The zero value
-// is an empty body.
+// BulkBody is a bulk identify request's body, {"companies":[…]} or
+// {"users":[…]}, written record by record: each record's JSON is written
+// once, and the same bytes are the request and the state's record of the
+// job. The first record decides which: a body holds companies (Add…) or
+// users (AddUser…), never both (Userpilot takes them at two endpoints).
+// The zero value is an empty body.
 type BulkBody struct {
 	json  []byte // without the closing "]}"
 	n     int
-	empty int // the first record without a company_id, or -1 (n > 0)
+	empty int // the first record without an id, or -1 (n > 0)
+	// users: the body holds users ({"users":[…]}, each with a flat
+	// company_id), set by the first record.
+	users bool
 }
 
 // Add appends co.
@@ -154,15 +160,64 @@ func (b *BulkBody) AddMembersWithin(id string, members []byte, limit int) bool {
 // returns where it began.
 func (b *BulkBody) start(id string) int {
 	mark := len(b.json)
-	if b.n == 0 {
+	switch {
+	case b.n == 0:
 		b.json = append(b.json, `{"companies":[`...)
-		b.empty = -1
-	} else {
+		b.empty, b.users = -1, false
+	case b.users:
+		panic("userpilot: a company added to a bulk body of users")
+	default:
 		b.json = append(b.json, ',')
 	}
 	b.json = appendCompanyStart(b.json, id)
 	return mark
 }
+
+// AddUser appends u.
+func (b *BulkBody) AddUser(u User) { b.AddUserWithin(u, 0) }
+
+// AddUserWithin appends u if the body stays within limit bytes (0: no
+// limit) and reports whether it did; if not, the body is as it was. The
+// user's company is the record's flat company_id, left out when u has
+// none (Userpilot's bulk form takes no null there).
+func (b *BulkBody) AddUserWithin(u User, limit int) bool {
+	mark := b.startUser(u.UserID, u.CompanyID)
+	u.Metadata.sorted(b.addKey)
+	return b.end(u.UserID, mark, limit)
+}
+
+// AddUserMembersWithin is AddMembersWithin for a user: id and company
+// (""; none) and the metadata object's members, written by the caller.
+func (b *BulkBody) AddUserMembersWithin(id, company string, members []byte, limit int) bool {
+	mark := b.startUser(id, company)
+	b.json = append(b.json, members...)
+	return b.end(id, mark, limit)
+}
+
+// startUser is start for a user: {"user_id":…,"company_id":…,"metadata":{.
+func (b *BulkBody) startUser(id, company string) int {
+	mark := len(b.json)
+	switch {
+	case b.n == 0:
+		b.json = append(b.json, `{"users":[`...)
+		b.empty, b.users = -1, true
+	case !b.users:
+		panic("userpilot: a user added to a bulk body of companies")
+	default:
+		b.json = append(b.json, ',')
+	}
+	b.json = append(b.json, `{"user_id":`...)
+	b.json = appendString(b.json, id)
+	if company != "" {
+		b.json = append(b.json, `,"company_id":`...)
+		b.json = appendString(b.json, company)
+	}
+	b.json = append(b.json, `,"metadata":{`...)
+	return mark
+}
+
+// Users reports whether the body holds users (else companies, or nothing).
+func (b *BulkBody) Users() bool { return b.n > 0 && b.users }
 
 // end closes the company start began at mark, or takes it out again when
 // the body would be larger than limit (0: none); it reports which.
@@ -202,7 +257,7 @@ func (b *BulkBody) Release() []byte {
 // Size is the body's length in bytes.
 func (b *BulkBody) Size() int { return max(len(b.json), len(`{"companies":[`)) + len("]}") }
 
-// Len is how many companies it holds.
+// Len is how many records (companies or users) it holds.
 func (b *BulkBody) Len() int { return b.n }
 
 // JSON is the body. It ends the array in room the body has spare (Grow
@@ -214,7 +269,8 @@ func (b *BulkBody) JSON() []byte {
 	return append(b.json, "]}"...)
 }
 
-// AppendCompanies appends the body's member, "companies":[…], to dst.
+// AppendCompanies appends the body's member, "companies":[…] (or
+// "users":[…] for a body of users), to dst.
 func (b *BulkBody) AppendCompanies(dst []byte) []byte {
 	if b.n == 0 {
 		return append(dst, `"companies":[]`...)
@@ -241,10 +297,27 @@ func (c *Client) BulkIdentifyCompanies(ctx context.Context, cos []Company) (Job,
 	return c.BulkIdentify(ctx, body)
 }
 
-// BulkIdentify is BulkIdentifyCompanies for a body already written: the
-// one delivery wrote once, from which the job's record was made too.
+// BulkIdentifyUsers is BulkIdentifyCompanies for users: one job at
+// POST /v1/users/bulk_identify, each user with its company as a flat
+// company_id. Users' and companies' jobs share Userpilot's one job at a
+// time: a job of either kind running makes the other ErrJobRunning.
+func (c *Client) BulkIdentifyUsers(ctx context.Context, users []User) (Job, error) {
+	var body BulkBody
+	for _, u := range users {
+		body.AddUser(u)
+	}
+	return c.BulkIdentify(ctx, body)
+}
+
+// BulkIdentify is BulkIdentifyCompanies (or BulkIdentifyUsers, for a body
+// of users) for a body already written: the one delivery wrote once, from
+// which the job's record was made too.
 func (c *Client) BulkIdentify(ctx context.Context, body BulkBody) (Job, error) {
-	op := fmt.Sprintf("bulk identify %d companies", body.n)
+	what, idKey, path := "companies", "company_id", "/v1/companies/bulk_identify"
+	if body.Users() {
+		what, idKey, path = "users", "user_id", "/v1/users/bulk_identify"
+	}
+	op := fmt.Sprintf("bulk identify %d %s", body.n, what)
 	if body.n == 0 {
 		return Job{}, fmt.Errorf("%s: nothing to send", op)
 	}
@@ -252,13 +325,13 @@ func (c *Client) BulkIdentify(ctx context.Context, body BulkBody) (Job, error) {
 		return Job{}, fmt.Errorf("%s: %w", op, ErrTooLarge)
 	}
 	if body.empty >= 0 {
-		return Job{}, fmt.Errorf("%s: record %d: %w", op, body.empty, &RejectedError{Body: "company_id is empty"})
+		return Job{}, fmt.Errorf("%s: record %d: %w", op, body.empty, &RejectedError{Body: idKey + " is empty"})
 	}
 	resp, err := c.do(ctx, call{
 		op:               op,
-		logAttrs:         []any{"companies", body.n},
+		logAttrs:         []any{what, body.n},
 		method:           http.MethodPost,
-		path:             "/v1/companies/bulk_identify",
+		path:             path,
 		body:             body.JSON(),
 		conflictIsAnswer: true,
 	})

@@ -1,5 +1,6 @@
 // Package userpilot is pgpilot's client for Userpilot's HTTP API: real-time
-// and bulk identify of companies, background job status, with the retries,
+// and bulk identify of companies and users, deletes, background job
+// status, with the retries,
 // rate limiting and back-off that Userpilot's published limits ask for
 // (see docs/design.md, "Userpilot's API"). It knows nothing of Postgres.
 //

@@ -21,22 +21,34 @@ const MaxDeleteIDs = 1000
 // Userpilot's one every 2 seconds; failures are handled as for identify
 // (a *RejectedError means Userpilot refused the request).
 func (c *Client) DeleteCompanies(ctx context.Context, ids []string) error {
-	op := fmt.Sprintf("delete %d companies", len(ids))
+	return c.delete(ctx, "companies", ids)
+}
+
+// DeleteUsers is DeleteCompanies for users (DELETE /v1/users): the same
+// erasure, and the same one request every 2 seconds, shared with deletes
+// of companies (a delete of either kind waits for the last of both).
+func (c *Client) DeleteUsers(ctx context.Context, ids []string) error {
+	return c.delete(ctx, "users", ids)
+}
+
+// delete sends DELETE /v1/{what} with {"{what}": ids}.
+func (c *Client) delete(ctx context.Context, what string, ids []string) error {
+	op := fmt.Sprintf("delete %d %s", len(ids), what)
 	if len(ids) == 0 {
 		return nil
 	}
 	if len(ids) > MaxDeleteIDs {
 		return fmt.Errorf("%s: at most %d per request", op, MaxDeleteIDs)
 	}
-	body, err := encodeJSON(map[string][]string{"companies": ids})
+	body, err := encodeJSON(map[string][]string{what: ids})
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	resp, err := c.do(ctx, call{
 		op:       op,
-		logAttrs: []any{"companies", len(ids)},
+		logAttrs: []any{what, len(ids)},
 		method:   http.MethodDelete,
-		path:     "/v1/companies",
+		path:     "/v1/" + what,
 		body:     body,
 		spacing:  c.deletes,
 	})

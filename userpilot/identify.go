@@ -41,6 +41,34 @@ func (c *Client) IdentifyCompany(ctx context.Context, co Company) error {
 	return nil
 }
 
+// IdentifyUser sends u to Userpilot's real-time identify endpoint
+// (POST /v1/identify), with its company as {"company": {"id": …}}, or
+// without one when u has none. It shares the account's real-time budget
+// and 429 pause with IdentifyCompany, and fails as it does.
+func (c *Client) IdentifyUser(ctx context.Context, u User) error {
+	op := fmt.Sprintf("identify user %q", u.UserID)
+	if u.UserID == "" {
+		return fmt.Errorf("%s: %w", op, &RejectedError{Body: "user_id is empty"})
+	}
+	body := u.AppendJSON(make([]byte, 0, u.JSONSize()))
+	resp, err := c.do(ctx, call{
+		op:       op,
+		logAttrs: []any{"user_id", u.UserID},
+		method:   http.MethodPost,
+		path:     "/v1/identify",
+		body:     body,
+		realTime: true,
+	})
+	if err != nil {
+		return err
+	}
+	if !resp.ok() {
+		return fmt.Errorf("%s: %w", op, rejected(resp))
+	}
+	failpoint.Hit(failpoint.IdentifyUserAccepted, u.UserID)
+	return nil
+}
+
 // encodeJSON marshals v without HTML escaping, so names like "R&D <EU>"
 // travel as written.
 func encodeJSON(v any) ([]byte, error) {

@@ -2,7 +2,8 @@
 // userpilottest as a program, for demos and scripts that cannot reach
 // Userpilot. It prints one line per applied identify to stdout and serves
 // GET /_standin/companies with every profile as JSON (a value cleared with
-// null shows as null); -h says so.
+// null shows as null) and GET /_standin/users with every user, its company
+// and metadata; -h says so.
 package main
 
 import (
@@ -58,11 +59,21 @@ Userpilot: strict about what it accepts, as Userpilot documents it.
 It serves Userpilot's endpoints (each needs "Authorization: Token KEY"):
   POST   /v1/companies/identify          one company (real time, rate limited: 429 beyond -rate-limit)
   POST   /v1/companies/bulk_identify     a bulk job (one at a time per account: 409 while one runs)
+  POST   /v1/identify                    one user, with its company as {"company": {"id": ...}}
+                                         (or company_id inside it; null refused); real time, the
+                                         same budget as companies'
+  POST   /v1/users/bulk_identify         a bulk job of users, each with a flat company_id (the same
+                                         one job at a time as companies')
   GET    /v1/background_jobs/{id}        a bulk job's status
-  DELETE /v1/companies                   a deletion request (one every 2 s)
+  DELETE /v1/companies                   a deletion request (one every 2 s, companies and users)
+  DELETE /v1/users                       a deletion request of users (the same 2 s)
 and, to read what it holds (no key needed):
   GET    /_standin/companies             every profile as JSON: company_id -> metadata; a value
-                                         cleared with null shows as null
+                                         cleared with null shows as null; a company a user named
+                                         before its own identify shows with its id alone: {}
+  GET    /_standin/users                 every user as JSON: user_id -> {"company": id or null,
+                                         "metadata": {...}}
+A user belongs to one company at a time: identified with another, it moves.
 It prints one line per applied identify record to stdout.
 
 Point pgpilot at it with userpilot.endpoint: http://127.0.0.1:8089 (http is
@@ -77,13 +88,7 @@ func run(listen string, opts userpilottest.Options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	standin := userpilottest.NewHandler(opts)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /_standin/companies", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(standin.Companies())
-	})
-	mux.Handle("/", standin)
+	mux := routes(userpilottest.NewHandler(opts))
 
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -109,6 +114,34 @@ func run(listen string, opts userpilottest.Options) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// routes serves the stand-in and its read endpoints.
+func routes(standin *userpilottest.Server) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_standin/companies", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(standin.Companies())
+	})
+	mux.HandleFunc("GET /_standin/users", func(w http.ResponseWriter, _ *http.Request) {
+		type user struct {
+			Company  *string        `json:"company"` // null: none
+			Metadata map[string]any `json:"metadata"`
+		}
+		users := standin.Users()
+		out := make(map[string]user, len(users))
+		for id, u := range users {
+			var company *string
+			if u.Company != "" {
+				company = &u.Company
+			}
+			out[id] = user{Company: company, Metadata: u.Metadata}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+	mux.Handle("/", standin)
+	return mux
 }
 
 // stdoutLogf writes whole lines to stdout (unbuffered, so each appears at

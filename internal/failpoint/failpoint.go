@@ -26,6 +26,9 @@ const (
 	// IdentifyAccepted is right after Userpilot accepted an identify
 	// (subject: the company id), before anything records it.
 	IdentifyAccepted = "identify.accepted"
+	// IdentifyUserAccepted is IdentifyAccepted for a user (subject: the
+	// user id).
+	IdentifyUserAccepted = "identify.user.accepted"
 	// CheckpointBeforeWrite is after delivery, before the checkpoint file
 	// is written (subject: the checkpoint's initial_sync phase).
 	CheckpointBeforeWrite = "checkpoint.before-write"

@@ -88,3 +88,53 @@ func BenchmarkIdentify(b *testing.B) {
 		}
 	}
 }
+
+// appendUserRecord appends a user record as pgpilot's client writes it in
+// a bulk job of users: a flat company_id and a few keys.
+func appendUserRecord(b []byte, id int) []byte {
+	b = append(b, `{"user_id":"`...)
+	b = strconv.AppendInt(b, int64(id), 10)
+	b = append(b, `","company_id":"`...)
+	b = strconv.AppendInt(b, int64(id/10), 10)
+	b = append(b, `","metadata":{"created_at":"2024-01-01T00:00:00Z","email":"user`...)
+	b = strconv.AppendInt(b, int64(id), 10)
+	b = append(b, `@example.com","name":"User `...)
+	b = strconv.AppendInt(b, int64(id), 10)
+	b = append(b, `","open_conversations":`...)
+	b = strconv.AppendInt(b, int64(id%7), 10)
+	b = append(b, `,"role":"agent"`...)
+	return append(b, "}}"...)
+}
+
+// BenchmarkBulkUserRecord is BenchmarkBulkRecord for a bulk job of
+// 10,000 new users, each with its company.
+func BenchmarkBulkUserRecord(b *testing.B) {
+	s := NewHandler(Options{APIKey: "k", BulkRecordsPerSecond: 1e12})
+	const perJob = maxBulkRecords
+	b.ReportAllocs()
+	b.ResetTimer()
+	next := 0
+	var body []byte
+	for done := 0; done < b.N; done += perJob {
+		b.StopTimer()
+		body = append(body[:0], `{"users":[`...)
+		for i := range perJob {
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = appendUserRecord(body, next)
+			next++
+		}
+		body = append(body, `]}`...)
+		req := benchRequest(http.MethodPost, userBulkPath, body)
+		b.StartTimer()
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		if w.Code != http.StatusAccepted {
+			b.Fatalf("bulk answered %d: %s", w.Code, w.Body)
+		}
+		if got := s.AcceptedUsers(); got != next {
+			b.Fatalf("accepted %d users, want %d", got, next)
+		}
+	}
+}

@@ -22,6 +22,7 @@ const (
 type job struct {
 	id        string
 	records   []company
+	users     []userRecord // a job of users (records is then nil)
 	submitted time.Time
 	rps       float64       // records/s, fixed at submission; 0: see Options.BulkRecordsPerSecond
 	overhead  time.Duration // queued this long before the first record is processed
@@ -38,6 +39,9 @@ const orphanJobAfter = time.Second
 
 func (j *job) running() bool { return j.status != jobCompleted && j.status != jobFailed }
 
+// len is how many records the job holds, companies or users.
+func (j *job) len() int { return len(j.records) + len(j.users) }
+
 // advanceJobsLocked moves the running job along to now, applying its records
 // if it has finished.
 func (s *Server) advanceJobsLocked(now time.Time) {
@@ -45,7 +49,7 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 	if j == nil || !j.running() {
 		return
 	}
-	total := len(j.records)
+	total := j.len()
 	done, end := 0, now
 	began := j.submitted.Add(j.overhead) // the first record is processed from here
 	if rps := j.rps; rps > 0 {
@@ -69,7 +73,11 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 		j.status = jobFailed
 		return
 	}
-	s.applyLocked("bulk identify", j.records)
+	if j.users != nil {
+		s.applyUsersLocked("bulk identify", j.users)
+	} else {
+		s.applyLocked("bulk identify", j.records)
+	}
 	j.doneRows = total
 	j.status = jobCompleted
 }
@@ -113,21 +121,21 @@ func (s *Server) submitJob(ex *exchange, body []byte) (int, any, *apiError) {
 			return 0, nil, rejection(status, co.id)
 		}
 	}
+	return s.queueJobLocked(&job{records: cos})
+}
+
+// queueJobLocked queues j as the account's one job, of companies or of
+// users: 409 while a job of either kind runs.
+func (s *Server) queueJobLocked(j *job) (int, any, *apiError) {
 	if s.currentJob != nil && s.currentJob.running() {
 		return 0, nil, &apiError{status: http.StatusConflict, code: "job_running",
 			message: "a bulk job is already running: wait for it to finish",
 			details: map[string]string{"job_id": s.currentJob.id}}
 	}
 	s.jobSeq++
-	j := &job{
-		id:        fmt.Sprintf("bulk:jobs:NX-%d:%s", s.jobSeq, newUUID()),
-		records:   cos,
-		submitted: time.Now(),
-		rps:       s.bulkSpeed,
-		overhead:  s.jobOverhead,
-		fail:      s.failNextJob,
-		status:    jobQueued,
-	}
+	j.id = fmt.Sprintf("bulk:jobs:NX-%d:%s", s.jobSeq, newUUID())
+	j.submitted, j.rps, j.overhead = time.Now(), s.bulkSpeed, s.jobOverhead
+	j.fail, j.status = s.failNextJob, jobQueued
 	s.failNextJob = false
 	s.jobs[j.id] = j
 	s.currentJob = j
@@ -168,7 +176,7 @@ func (s *Server) serveJob(ex *exchange, escaped string) {
 		answer = map[string]any{
 			"job_id":         j.id,
 			"status":         j.status,
-			"total_rows":     len(j.records),
+			"total_rows":     j.len(),
 			"completed_rows": j.doneRows,
 			"elapsed_time":   end.Sub(j.submitted).Seconds(),
 			"start_time":     j.submitted.UTC().Format(time.RFC3339Nano),

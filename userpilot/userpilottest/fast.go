@@ -93,6 +93,94 @@ type reader struct {
 	b     string
 	i     int
 	build bool // decode metadata into maps; else check it and keep its bytes
+	// user: the metadata is a user's, whose reserved keys have rules
+	// (userMetadata); a record that breaks one is left to the strict
+	// decoder, which says so.
+	user bool
+}
+
+// fastUserBulk reads {"users":[record,…]}.
+func fastUserBulk(data []byte) ([]userRecord, bool) { return readUserBulk(data, true) }
+
+// checkUserBulk is fastUserBulk keeping metadata undecoded.
+func checkUserBulk(data []byte) ([]userRecord, bool) { return readUserBulk(data, false) }
+
+func readUserBulk(data []byte, build bool) ([]userRecord, bool) {
+	r := reader{b: string(data), build: build, user: true}
+	if !r.lit(`{"users":[`) {
+		return nil, false
+	}
+	var us []userRecord
+	if !build {
+		us = make([]userRecord, 0, min(maxBulkRecords+1, len(data)/len(`{"user_id":"x"},`)+1))
+	}
+	for {
+		u, ok := r.userRecord()
+		if !ok {
+			return nil, false
+		}
+		us = append(us, u)
+		if len(us) > maxBulkRecords {
+			return nil, false
+		}
+		if r.lit(",") {
+			continue
+		}
+		if !r.lit("]}") || r.i != len(r.b) {
+			return nil, false
+		}
+		return us, true
+	}
+}
+
+// userRecord reads {"user_id":"…","company_id":"…","metadata":{…}}
+// (company_id and metadata optional, in this order, each once).
+func (r *reader) userRecord() (userRecord, bool) {
+	if !r.lit(`{"user_id":`) {
+		return userRecord{}, false
+	}
+	id, ok := r.str()
+	if !ok || len(id) == 0 {
+		return userRecord{}, false
+	}
+	u := userRecord{id: id}
+	if r.lit(`,"company_id":`) {
+		if u.company, ok = r.str(); !ok || len(u.company) == 0 {
+			return userRecord{}, false
+		}
+	}
+	if r.lit("}") {
+		return u, true
+	}
+	if !r.lit(`,"metadata":`) {
+		return userRecord{}, false
+	}
+	start := r.i
+	md, ok := r.metadata()
+	if !ok {
+		return userRecord{}, false
+	}
+	if r.build {
+		u.metadata = md
+	} else {
+		u.raw = r.b[start:r.i]
+	}
+	return u, r.lit("}")
+}
+
+// reservedOK reports whether a user's metadata key k may hold the
+// primitive (kind, text) read for it: Userpilot's reserved user keys
+// (userMetadata's rules; created_at with signed_up_at is metadata's).
+func reservedOK(k string, kind int, text string) bool {
+	switch k {
+	case "name", "email":
+		return kind == kindString || kind == kindNull
+	case "created_at", "signed_up_at":
+		return kind == kindNull || kind == kindString && isoDate(text)
+	case "first_seen_at", "last_seen_at":
+		return false
+	}
+	return true
 }
 
 // lit consumes s if it comes next.
@@ -148,10 +236,16 @@ func (r *reader) metadata() (map[string]any, bool) {
 		return md, true
 	}
 	var seen keySet
+	dates := 0 // created_at and signed_up_at seen, in a user's metadata
 	for {
 		k, ok := r.str()
 		if !ok || !r.lit(":") {
 			return nil, false
+		}
+		if r.user && (k == "created_at" || k == "signed_up_at") {
+			if dates++; dates > 1 {
+				return nil, false
+			}
 		}
 		// A key sent twice: the strict decoder says what it makes of it.
 		if r.build {
@@ -162,7 +256,7 @@ func (r *reader) metadata() (map[string]any, bool) {
 			return nil, false
 		}
 		kind, v, ok := r.primitive()
-		if !ok {
+		if !ok || r.user && !reservedOK(k, kind, v) {
 			return nil, false
 		}
 		if r.build {

@@ -62,3 +62,57 @@ func TestFastDecodeTakesWhatPgpilotSends(t *testing.T) {
 		assert.False(t, ok, s)
 	}
 }
+
+// fastUserSeeds are users' bulk bodies the fast path takes and bodies it
+// must leave to the strict decoder.
+var fastUserSeeds = []string{
+	`{"users":[{"user_id":"1","company_id":"7","metadata":{"name":"Ana","email":"a@b.c","created_at":"2024-03-01T09:30:00Z","seats":3,"gone":null}}]}`,
+	`{"users":[{"user_id":"1"},{"user_id":"2","company_id":"Ünï"},{"user_id":"3","metadata":{}},{"user_id":"4","metadata":{"signed_up_at":"2024-03-01"}}]}`,
+	`{"users":[]}`,
+	`{"users":[{"user_id":""}]}`,
+	`{"users":[{"user_id":"1","company_id":""}]}`,
+	`{"users":[{"user_id":"1","company_id":null}]}`,
+	`{"users":[{"user_id":"1","company_id":{"id":"2"}}]}`,
+	`{"users":[{"user_id":"1","metadata":{"name":3}}]}`,
+	`{"users":[{"user_id":"1","metadata":{"created_at":"yesterday"}}]}`,
+	`{"users":[{"user_id":"1","metadata":{"created_at":"2024-03-01","signed_up_at":"2024-03-01"}}]}`,
+	`{"users":[{"user_id":"1","metadata":{"last_seen_at":null}}]}`,
+	`{"users":[{"company_id":"7","user_id":"1"}]}`,
+	`{"users":[{"user_id":"1","company":{"id":"7"}}]}`,
+}
+
+// FuzzFastUserDecodeMatchesStrict is FuzzFastDecodeMatchesStrict for
+// users' bulk bodies.
+func FuzzFastUserDecodeMatchesStrict(f *testing.F) {
+	for _, s := range fastUserSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if us, ok := fastUserBulk(body); ok {
+			want, e := decodeUserBulk(body)
+			require.Nil(t, e, "the fast path took %q, which the strict decoder refuses", body)
+			assert.Equal(t, want, us, "%q", body)
+		}
+		if us, ok := checkUserBulk(body); ok {
+			built, _ := fastUserBulk(body)
+			require.Len(t, us, len(built))
+			for i, u := range us {
+				assert.Equal(t, built[i].metadata, u.meta(), "%q", body)
+			}
+		}
+	})
+}
+
+// TestFastUserDecodeTakesWhatPgpilotSends: the fast path is the one
+// pgpilot's users' bulk body takes, and leaves every doubtful one to the
+// strict decoder.
+func TestFastUserDecodeTakesWhatPgpilotSends(t *testing.T) {
+	for _, s := range fastUserSeeds[:2] {
+		_, ok := checkUserBulk([]byte(s))
+		assert.True(t, ok, s)
+	}
+	for _, s := range fastUserSeeds[2:] {
+		_, ok := checkUserBulk([]byte(s))
+		assert.False(t, ok, s)
+	}
+}

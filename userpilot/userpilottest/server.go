@@ -2,7 +2,10 @@
 // published API contract (docs/design.md, "Userpilot's API") as strictly as Userpilot's own
 // documentation, for tests and demos that cannot reach Userpilot. It plays
 // the role net/http/httptest plays for net/http: real HTTP over loopback,
-// with profiles you can inspect and faults you can inject.
+// with profiles you can inspect and faults you can inject. It holds
+// companies and users (each user with its one company), which share the
+// account's limits: the real-time budget, one bulk job at a time, one
+// delete request every 2 seconds.
 package userpilottest
 
 import (
@@ -71,6 +74,7 @@ type Request struct {
 	Header     http.Header
 	Status     int // 0 when no answer was given (connection reset, client gave up)
 	CompanyIDs []string
+	UserIDs    []string  // of an identify-user, bulk or delete request of users
 	Time       time.Time // when it arrived
 }
 
@@ -109,9 +113,17 @@ type Server struct {
 	failNextJob      bool
 	bulkSpeed        float64       // records/s of jobs submitted from now on
 	jobOverhead      time.Duration // queueing of jobs submitted from now on
-	lastDelete       time.Time
+	lastDelete       time.Time     // of either kind: one delete request every 2 s per account
 	deleted          []string
 	logLines         []string // emitted by unlock, outside the mutex
+
+	users                map[string]*userProfile
+	appliedUsers         []appliedUserRun
+	appliedUserCount     int
+	identifyUserRequests int
+	userRejects          map[string]int
+	userDeleteRejects    map[string]int
+	deletedUsers         []string
 }
 
 // NewServer starts a stand-in on 127.0.0.1 with a random port. Close it when done.
@@ -126,13 +138,16 @@ func NewServer(opts Options) *Server {
 // nothing.
 func NewHandler(opts Options) *Server {
 	s := &Server{
-		opts:          opts,
-		companies:     map[string]*profile{},
-		rejects:       map[string]int{},
-		deleteRejects: map[string]int{},
-		jobs:          map[string]*job{},
-		bulkSpeed:     opts.BulkRecordsPerSecond,
-		jobOverhead:   opts.JobOverhead,
+		opts:              opts,
+		companies:         map[string]*profile{},
+		rejects:           map[string]int{},
+		deleteRejects:     map[string]int{},
+		userDeleteRejects: map[string]int{},
+		jobs:              map[string]*job{},
+		users:             map[string]*userProfile{},
+		userRejects:       map[string]int{},
+		bulkSpeed:         opts.BulkRecordsPerSecond,
+		jobOverhead:       opts.JobOverhead,
 	}
 	if opts.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
@@ -194,6 +209,7 @@ func (s *Server) Wipe() {
 	s.lock()
 	defer s.unlock()
 	clear(s.companies)
+	clear(s.users)
 	s.indexed = len(s.applied) // what was applied before is gone with them
 }
 
@@ -218,6 +234,7 @@ func (s *Server) Requests() []Request {
 	for i, r := range s.requests {
 		r.Header = r.Header.Clone()
 		r.CompanyIDs = append([]string(nil), r.CompanyIDs...)
+		r.UserIDs = append([]string(nil), r.UserIDs...)
 		out[i] = r
 	}
 	return out
@@ -350,6 +367,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveBulk(ex)
 	case path == deletePath:
 		s.serveDelete(ex)
+	case path == userIdentifyPath:
+		s.serveUserIdentify(ex)
+	case path == userBulkPath:
+		s.serveUserBulk(ex)
+	case path == userDeletePath:
+		s.serveUserDelete(ex)
 	case isJob && jobID != "":
 		s.serveJob(ex, jobID)
 	default:
@@ -622,20 +645,18 @@ func (s *Server) serveDelete(ex *exchange) {
 		ex.fail(e)
 		return
 	}
-	ids, e := decodeDelete(body)
+	ids, e := decodeIDList(body, "companies", "company")
 	ex.rec.CompanyIDs = ids
 	if e != nil {
 		ex.fail(e)
 		return
 	}
 	s.mu.Lock()
-	now := time.Now()
-	if since := now.Sub(s.lastDelete); !s.lastDelete.IsZero() && since < deleteInterval {
+	if e := s.deleteSpacingLocked(time.Now()); e != nil {
 		s.mu.Unlock()
-		ex.fail(s.rateLimited(deleteInterval - since))
+		ex.fail(e)
 		return
 	}
-	s.lastDelete = now
 	for _, id := range ids {
 		if status, ok := s.deleteRejects[id]; ok {
 			s.mu.Unlock()
@@ -646,6 +667,17 @@ func (s *Server) serveDelete(ex *exchange) {
 	s.deleted = append(s.deleted, ids...)
 	s.mu.Unlock()
 	ex.reply(http.StatusAccepted, map[string]string{"message": fmt.Sprintf("%d companies scheduled for deletion", len(ids))})
+}
+
+// deleteSpacingLocked counts a delete request arriving at now against the
+// account's one every 2 seconds (companies' and users' together): a 429
+// when it comes too soon, which still counts.
+func (s *Server) deleteSpacingLocked(now time.Time) *apiError {
+	if since := now.Sub(s.lastDelete); !s.lastDelete.IsZero() && since < deleteInterval {
+		return s.rateLimited(deleteInterval - since)
+	}
+	s.lastDelete = now
+	return nil
 }
 
 // readBody reads the whole body, refusing more than the published 50 MB.

@@ -241,28 +241,6 @@ func strictBulk(data []byte) ([]company, *apiError) {
 	return cos, nil
 }
 
-// decodeDelete validates a delete body: {"companies": ["id", …]}.
-func decodeDelete(data []byte) ([]string, *apiError) {
-	fields, e := decodeObject(data, "body", "companies")
-	if e != nil {
-		return nil, e
-	}
-	v, err := decodeValue(fields["companies"])
-	items, ok := v.([]any)
-	if err != nil || !ok || len(items) == 0 {
-		return nil, invalid("body: companies must be a non-empty JSON array of company ids")
-	}
-	ids := make([]string, 0, len(items))
-	for i, item := range items {
-		id, ok := item.(string)
-		if !ok || id == "" {
-			return ids, invalid(fmt.Sprintf("body: companies[%d] must be a non-empty JSON string", i))
-		}
-		ids = append(ids, id)
-	}
-	return ids, nil
-}
-
 // Metadata encodes plain values as a company's metadata, as the mapping
 // would (for tests that build payloads by hand); it panics on a value that
 // has no JSON form.
