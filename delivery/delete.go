@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -54,15 +55,25 @@ func (d *deleter) collect(l *ledger, now time.Time) {
 func (d *deleter) busy() bool { return d.sending != nil }
 
 // next takes the next delete batch to send: the halves of a refused batch
-// first, else up to MaxDeleteIDs waiting deletions; nil when none waits.
+// first, else up to MaxDeleteIDs waiting deletions of one entity (the
+// oldest's: companies and users go to two endpoints); nil when none waits.
 func (d *deleter) next(now time.Time) []*entry {
 	var batch []*entry
 	switch {
 	case len(d.splits) > 0:
 		batch, d.splits = d.splits[0], d.splits[1:]
 	case len(d.waiting) > 0:
-		batch = d.waiting[:min(len(d.waiting), userpilot.MaxDeleteIDs)]
-		d.waiting = d.waiting[len(batch):]
+		entity, _ := subjectOf(d.waiting[0].id)
+		kept := d.waiting[:0]
+		for _, e := range d.waiting {
+			if ent, _ := subjectOf(e.id); ent == entity && len(batch) < userpilot.MaxDeleteIDs {
+				batch = append(batch, e)
+			} else {
+				kept = append(kept, e)
+			}
+		}
+		clear(d.waiting[len(kept):])
+		d.waiting = kept
 	default:
 		return nil
 	}
@@ -134,36 +145,46 @@ func (d *deleter) split(e *entry) bool {
 // forget drops what is kept of a finished deletion.
 func (d *deleter) forget(e *entry) { delete(d.splitAt, e) }
 
-// deleteCall sends one delete request for ids, marked as being sent before
-// it and forgotten by the no-op index once accepted (a company created
-// again later must be sent in full). It runs on a goroutine of its own.
-func (c caller) deleteCall(ctx context.Context, ids []string) error {
-	err := c.markSending(ids)
+// deleteCall sends one delete request for the companies or users keys name
+// (one entity), marked as being sent before it and forgotten by the no-op
+// index once accepted (one created again later must be sent in full). It
+// runs on a goroutine of its own.
+func (c caller) deleteCall(ctx context.Context, keys []string) error {
+	err := c.markSending(keys)
 	if err == nil {
-		err = c.sender.DeleteCompanies(ctx, ids)
+		entity, _ := subjectOf(keys[0])
+		ids := make([]string, len(keys))
+		for i, k := range keys {
+			_, ids[i] = subjectOf(k)
+		}
+		if entity == mapping.User {
+			err = c.sender.DeleteUsers(ctx, ids)
+		} else {
+			err = c.sender.DeleteCompanies(ctx, ids)
+		}
 	}
 	if err == nil && c.index != nil {
-		err = c.index.Forget(ids)
+		err = c.index.Forget(keys)
 	}
 	return err
 }
 
-// changedKey is the DELETE an UPDATE amounts to for the company it took its
-// row away from: when the company_id changed, the old company's row is gone
-// as surely as after a DELETE. Postgres sends the old key only when the key
-// changed (or the whole old row under REPLICA IDENTITY FULL); when the
-// company_id column is not part of what it sent, the change cannot be seen,
-// as for a DELETE.
+// changedKey is the DELETE an UPDATE amounts to for the company (or user)
+// it took its row away from: when the id changed, the old one's row is
+// gone as surely as after a DELETE. Postgres sends the old key only when
+// the key changed (or the whole old row under REPLICA IDENTITY FULL); when
+// the id column is not part of what it sent, the change cannot be seen, as
+// for a DELETE.
 func (x *encoder) changedKey(ch row.Change) (row.Change, bool, error) {
 	if ch.Old == nil {
 		return row.Change{}, false, nil
 	}
-	oldID, readErr, err := x.companyID(ch.Relation, ch.Old)
+	_, oldID, _, readErr, err := x.idOf(ch.Relation, ch.Old)
 	if err != nil || readErr != nil {
 		return row.Change{}, false, err
 	}
-	if newID, readErr, _ := x.companyID(ch.Relation, ch.Values); readErr != nil || newID == oldID {
-		return row.Change{}, false, nil // a row without a company id is set aside by the row's own mapping
+	if _, newID, _, readErr, _ := x.idOf(ch.Relation, ch.Values); readErr != nil || newID == oldID {
+		return row.Change{}, false, nil // a row without an id is set aside by the row's own mapping
 	}
 	return row.Change{Op: row.Delete, Relation: ch.Relation, Values: ch.Old}, true, nil
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -25,11 +26,13 @@ type encoder struct {
 	mappers row.PerRelation[*mapper]
 	keys    keyTable
 
-	// mark is on_delete: mark's metadata (nil: not that policy); markNums
-	// and markPacked are it numbered and packed once.
-	mark       userpilot.Metadata
-	markNums   []uint32
-	markPacked fields
+	// marks are on_delete: mark's metadata per entity (nil md: not that
+	// policy), numbered and packed once.
+	marks [2]markSet
+	// membership is mapping.MembershipKey's number, once a users mapping
+	// numbered it (a user's company is one of its packed keys).
+	membership    uint32
+	hasMembership bool
 
 	// rowJSON and rowVals are room for one row's values while it is mapped
 	// and packed; memberJSON for one company's members while a bulk body
@@ -52,11 +55,19 @@ const spareFor = 30 * time.Second
 // maxRowRoom is the most room for a row's JSON kept for the next row.
 const maxRowRoom = 64 << 10
 
+// markSet is an entity's on_delete: mark, numbered and packed once.
+type markSet struct {
+	md     userpilot.Metadata
+	nums   []uint32
+	packed fields
+}
+
 // mapper is a Mapper with its keys' numbers in the encoder's keyTable,
 // found once per mapping: a row's values are packed by position.
 type mapper struct {
 	Mapper
-	nums []uint32 // nums[i] is Keys()[i]'s
+	nums   []uint32 // nums[i] is Keys()[i]'s
+	entity mapping.Entity
 }
 
 // mapperFor compiles the mapping against rel's columns whenever Postgres
@@ -73,17 +84,21 @@ func (x *encoder) mapperFor(rel *row.Relation) (*mapper, error) {
 		for i, k := range keys {
 			nums[i] = x.keys.number(k)
 		}
-		return &mapper{Mapper: m, nums: nums}, nil
+		if i := m.Membership(); i >= 0 {
+			x.membership, x.hasMembership = nums[i], true
+		}
+		return &mapper{Mapper: m, nums: nums, entity: m.Entity()}, nil
 	})
 }
 
-// mapRow maps a row into packed fields. mapErr says the row, or some of
-// its keys (a heldBack: md holds the others), cannot become a payload;
-// err (ErrSchema) that the mapping no longer fits.
-func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (id string, md fields, mapErr, err error) {
+// mapRow maps a row into packed fields under its entry's key (keyOf). mapErr
+// says the row, or some of its keys (a heldBack: md holds the others),
+// cannot become a payload (id is then the row's id as read, if any); err
+// (ErrSchema) that the mapping no longer fits.
+func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.Entity, id, key string, md fields, mapErr, err error) {
 	m, err := x.mapperFor(rel)
 	if err != nil {
-		return "", nil, nil, err
+		return 0, "", "", nil, nil, err
 	}
 	// Mapped into room reused from row to row and packed from there.
 	vals := slices.Grow(x.rowVals[:0], len(m.nums))[:len(m.nums)]
@@ -95,13 +110,13 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (id string, md f
 	var held heldBack
 	if mapErr != nil && !errors.As(mapErr, &held) {
 		clear(vals)
-		return id, nil, mapErr, nil
+		return m.entity, id, keyOf(m.entity, id), nil, mapErr, nil
 	}
 	// Mapped, or with only some keys held back (one bad value costs one
 	// key): what the row has goes out.
-	md = x.rowFields(m.nums, vals)
+	md = x.rowFields(m.entity, m.nums, vals)
 	clear(vals) // keeps nothing of the row alive
-	return id, md, mapErr, nil
+	return m.entity, id, keyOf(m.entity, id), md, mapErr, nil
 }
 
 // heldBack is a mapping error that left some keys of a row out, not the
@@ -111,21 +126,22 @@ type heldBack interface {
 	HeldBack() []string
 }
 
-// companyID reads only the company id (a DELETE carries no more).
-func (x *encoder) companyID(rel *row.Relation, values []row.Value) (id string, readErr, err error) {
+// idOf reads only a row's id (a DELETE carries no more), with its entity
+// and key.
+func (x *encoder) idOf(rel *row.Relation, values []row.Value) (entity mapping.Entity, id, key string, readErr, err error) {
 	m, err := x.mapperFor(rel)
 	if err != nil {
-		return "", nil, err
+		return 0, "", "", nil, err
 	}
 	id, readErr = m.CompanyID(values)
-	return id, readErr, nil
+	return m.entity, id, keyOf(m.entity, id), readErr, nil
 }
 
 // rowFields packs a mapped row: vals[i] (nil: left out) is the value of
 // the key numbered nums[i]. With on_delete: mark, the mark's keys the row
 // leaves out are null: a row that exists is not deleted, and that clears a
 // mark a delete left.
-func (x *encoder) rowFields(nums []uint32, vals []json.RawMessage) fields {
+func (x *encoder) rowFields(entity mapping.Entity, nums []uint32, vals []json.RawMessage) fields {
 	var few [24]field // the mapping's keys and the mark's, usually
 	fs := few[:0]
 	for i, v := range vals {
@@ -133,9 +149,9 @@ func (x *encoder) rowFields(nums []uint32, vals []json.RawMessage) fields {
 			fs = append(fs, field{nums[i], v})
 		}
 	}
-	if x.mark != nil {
+	if x.marks[entity].md != nil {
 		row := len(fs)
-		for _, n := range x.markKeys() {
+		for _, n := range x.markKeys(entity) {
 			if !slices.ContainsFunc(fs[:row], func(fl field) bool { return fl.key == n }) {
 				fs = append(fs, field{n, userpilot.Null})
 			}
@@ -144,39 +160,64 @@ func (x *encoder) rowFields(nums []uint32, vals []json.RawMessage) fields {
 	return packFields(fs)
 }
 
-// markKeys numbers the keys of on_delete's mark (once).
-func (x *encoder) markKeys() []uint32 {
-	if x.markNums == nil {
-		x.markNums = make([]uint32, 0, len(x.mark))
-		for k := range x.mark {
-			x.markNums = append(x.markNums, x.keys.number(k))
+// markKeys numbers the keys of entity's on_delete mark (once).
+func (x *encoder) markKeys(entity mapping.Entity) []uint32 {
+	ms := &x.marks[entity]
+	if ms.nums == nil {
+		ms.nums = make([]uint32, 0, len(ms.md))
+		for k := range ms.md {
+			ms.nums = append(ms.nums, x.keys.number(k))
 		}
 	}
-	return x.markNums
+	return ms.nums
 }
 
-// markFields is on_delete's mark, packed (once; fields are never changed
-// in place, so every deleted row's entry may share it).
-func (x *encoder) markFields() fields {
-	if x.markPacked == nil {
-		x.markKeys()
-		x.markPacked = x.keys.pack(x.mark)
+// markFields is entity's on_delete mark, packed (once; fields are never
+// changed in place, so every deleted row's entry may share it).
+func (x *encoder) markFields(entity mapping.Entity) fields {
+	ms := &x.marks[entity]
+	if ms.packed == nil {
+		x.markKeys(entity)
+		ms.packed = x.keys.pack(ms.md)
 	}
-	return x.markPacked
+	return ms.packed
 }
 
-// company is e as Userpilot takes it.
+// company is e under its key with every packed key, as the no-op index
+// and the outbox keep it (a user's company among its keys).
 func (x *encoder) company(e *entry) userpilot.Company {
 	return userpilot.Company{CompanyID: e.id, Metadata: x.keys.unpack(e.md)}
 }
 
-// payload is what a dead letter keeps of an entry: the payload, or
-// nothing for a deletion.
+// call is e as a real-time worker sends it.
+func (x *encoder) call(e *entry) call {
+	rec := x.company(e)
+	entity, id := subjectOf(e.id)
+	c := call{key: e.id, record: rec}
+	if entity == mapping.User {
+		c.user, c.person = true, userPayload(id, rec.Metadata)
+	} else {
+		c.company = rec
+	}
+	return c
+}
+
+// payload is what a dead letter keeps of an entry: what Userpilot would
+// have been sent (nothing for a deletion).
 func (x *encoder) payload(e *entry) any {
 	if e.delete {
 		return nil
 	}
-	return x.company(e)
+	return x.sent(e)
+}
+
+// sent is e as Userpilot takes it: a company, or a user.
+func (x *encoder) sent(e *entry) any {
+	c := x.call(e)
+	if c.user {
+		return c.person
+	}
+	return c.company
 }
 
 // profiles is es for the no-op index, read in place. The entries' fields
@@ -197,10 +238,18 @@ func (x *encoder) profileValues(es []*entry) profileValues {
 	return pv
 }
 
-// addMember writes e into a bulk body, unless it would pass maxBytes.
+// addMember writes e into a bulk body (of companies, or of users: a
+// user's company goes as its record's company_id, not as a key), unless
+// it would pass maxBytes.
 func (x *encoder) addMember(body *userpilot.BulkBody, e *entry, maxBytes int) bool {
-	x.memberJSON = e.md.appendMembers(x.memberJSON[:0], x.keys.members)
-	return body.AddMembersWithin(e.id, x.memberJSON, maxBytes)
+	entity, id := subjectOf(e.id)
+	if entity == mapping.Company {
+		x.memberJSON = e.md.appendMembers(x.memberJSON[:0], x.keys.members)
+		return body.AddMembersWithin(e.id, x.memberJSON, maxBytes)
+	}
+	var company json.RawMessage
+	x.memberJSON = e.md.appendMembersExcept(x.memberJSON[:0], x.keys.members, x.membership, x.hasMembership, &company)
+	return body.AddUserMembersWithin(id, mapping.CompanyOf(company), x.memberJSON, maxBytes)
 }
 
 // takeSpare returns the spare room (nil: none), no longer spare.

@@ -162,6 +162,26 @@ func (f fields) appendMembers(dst []byte, members [][]byte) []byte {
 	return dst
 }
 
+// appendMembersExcept is appendMembers leaving out the key numbered skip
+// (when has), whose value it puts in *value instead: a user's company.
+func (f fields) appendMembersExcept(dst []byte, members [][]byte, skip uint32, has bool, value *json.RawMessage) []byte {
+	first := true
+	for rest := f; len(rest) > 0; {
+		var fl field
+		fl, rest = rest.next()
+		if has && fl.key == skip {
+			*value = fl.val
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = append(append(dst, members[fl.key]...), fl.val...)
+	}
+	return dst
+}
+
 func encodeFields(fs []field) fields {
 	size := 0
 	for _, fl := range fs {

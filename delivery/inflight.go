@@ -2,8 +2,10 @@ package delivery
 
 import (
 	"context"
+	"maps"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -71,7 +73,20 @@ func (lo *leftover) load(src InFlight, l *ledger, keys *keyTable) (jobs []state.
 	}
 	for _, j := range jobs {
 		hj := &heldJob{job: j}
-		for _, co := range j.Companies {
+		records := j.Companies
+		for _, u := range j.Users {
+			// Under the user's key, with its company among its keys, as
+			// the ledger and the no-op index keep it.
+			md := maps.Clone(u.Metadata)
+			if md == nil {
+				md = userpilot.Metadata{}
+			}
+			if u.CompanyID != "" {
+				md[mapping.MembershipKey], _ = userpilot.Encode(u.CompanyID) // a string always encodes
+			}
+			records = append(records, userpilot.Company{CompanyID: keyOf(mapping.User, u.UserID), Metadata: md})
+		}
+		for _, co := range records {
 			if co.Metadata == nil {
 				co.Metadata = userpilot.Metadata{}
 			}
@@ -86,7 +101,7 @@ func (lo *leftover) load(src InFlight, l *ledger, keys *keyTable) (jobs []state.
 		}
 		// The entries hold the job's states, packed: the decoded ones
 		// would be twice that for as long as the job is waited for.
-		hj.records, hj.job.Companies = len(j.Companies), nil
+		hj.records, hj.job.Companies, hj.job.Users = len(records), nil, nil
 		lo.held = append(lo.held, hj)
 	}
 	return jobs, nil

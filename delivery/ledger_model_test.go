@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -76,9 +77,16 @@ var modelRel = &row.Relation{Table: row.Table{Schema: "public", Name: "companies
 	{Name: "id", TypeOID: pgtype.Int8OID}, {Name: "a", TypeOID: pgtype.TextOID}, {Name: "b", TypeOID: pgtype.TextOID}, {Name: "c", TypeOID: pgtype.TextOID},
 }}
 
+// modelUsers is a users table of the same shape: its ids are the
+// companies' (1 to 12), in a key space of their own.
+var modelUsers = &row.Relation{Table: row.Table{Schema: "public", Name: "users"}, Columns: modelRel.Columns}
+
 // versionsMapper maps a row's columns to keys a, b, c as JSON numbers; an
 // unchanged value is left out.
-type versionsMapper struct{}
+type versionsMapper struct{ entity mapping.Entity }
+
+func (v versionsMapper) Entity() mapping.Entity { return v.entity }
+func (versionsMapper) Membership() int          { return -1 }
 
 func (versionsMapper) CompanyID(v []row.Value) (string, error) { return string(v[0].Text), nil }
 func (versionsMapper) Keys() []string                          { return modelKeys }
@@ -98,18 +106,29 @@ func (m versionsMapper) Identify(v []row.Value) (userpilot.Company, error) {
 	panic("not used")
 }
 
+// entityOf is what rel's rows become in the model.
+func (versionsMapper) entityOf(rel *row.Relation) mapping.Entity {
+	if rel == modelUsers {
+		return mapping.User
+	}
+	return mapping.Company
+}
+
 // deadLetters keeps what was set aside.
 type deadLetters struct{ m *model }
 
 func (d deadLetters) AppendDeadLetter(dl state.DeadLetter) error {
-	if co, ok := dl.Payload.(userpilot.Company); ok {
-		d.m.apply(d.m.setAside, co.CompanyID, co.Metadata, false)
+	switch p := dl.Payload.(type) {
+	case userpilot.Company:
+		d.m.apply(d.m.setAside, p.CompanyID, p.Metadata, false)
+	case userpilot.User:
+		d.m.apply(d.m.setAside, keyOf(mapping.User, p.UserID), p.Metadata, false)
 	}
 	return nil
 }
 
-// call is a real-time call or a bulk job on its way.
-type call struct {
+// inflightCall is a real-time call or a bulk job on its way.
+type inflightCall struct {
 	job     uint64 // 0: real time
 	entries []*entry
 	states  []userpilot.Company // what they carry, as sent
@@ -132,7 +151,7 @@ type model struct {
 	// fed is how many of txns the current pipeline has been given.
 	fed      int
 	retained int64
-	calls    []call
+	calls    []inflightCall
 
 	// latest is the newest version of each company's keys, up to each
 	// transaction (latestAt[i] after txns[i]); userpilot what Userpilot
@@ -158,7 +177,12 @@ func newModel(t *testing.T, seed uint64) *model {
 	require.NoError(t, err)
 	t.Cleanup(func() { m.store.Close() })
 	m.opts = Options{
-		Mapping:     func(*row.Relation) (Mapper, error) { return versionsMapper{}, nil },
+		Mapping: func(rel *row.Relation) (Mapper, error) {
+			if rel.Table.Name == "users" {
+				return versionsMapper{mapping.User}, nil
+			}
+			return versionsMapper{}, nil
+		},
 		DeadLetters: deadLetters{m},
 		Outbox:      m.store,
 		Checkpoint: func(lsn pglogrepl.LSN, _ any) error {
@@ -235,7 +259,12 @@ func (m *model) change() {
 	lsn := pglogrepl.LSN(10 * (len(m.txns) + 1))
 	txn := row.Transaction{Kind: row.Commit, CommitLSN: lsn - 1, EndLSN: lsn}
 	for range 1 + m.rnd.IntN(3) {
-		id := strconv.Itoa(1 + m.rnd.IntN(modelCompanies))
+		// A company or a user of the same id: two key spaces.
+		rel, id := modelRel, strconv.Itoa(1+m.rnd.IntN(modelCompanies))
+		if m.rnd.IntN(3) == 0 {
+			rel = modelUsers
+		}
+		key := keyOf(versionsMapper{}.entityOf(rel), id)
 		vals := []row.Value{{Text: []byte(id)}}
 		set := map[string]int{}
 		for _, k := range modelKeys {
@@ -247,12 +276,12 @@ func (m *model) change() {
 			vals = append(vals, row.Value{Text: []byte(strconv.Itoa(m.next))})
 			m.next++
 		}
-		txn.Changes = append(txn.Changes, row.Change{Op: row.Update, Relation: modelRel, Values: vals})
-		if m.latest[id] == nil {
-			m.latest[id] = map[string]int{}
+		txn.Changes = append(txn.Changes, row.Change{Op: row.Update, Relation: rel, Values: vals})
+		if m.latest[key] == nil {
+			m.latest[key] = map[string]int{}
 		}
 		for k, v := range set {
-			m.latest[id][k] = v
+			m.latest[key][k] = v
 		}
 	}
 	m.txns = append(m.txns, txn)
@@ -289,7 +318,7 @@ func (m *model) sendRealtime() {
 	e := l.ready.popFront()
 	co := m.p.enc.company(e)
 	l.send(e, time.Now())
-	m.calls = append(m.calls, call{entries: []*entry{e}, states: []userpilot.Company{co}})
+	m.calls = append(m.calls, inflightCall{entries: []*entry{e}, states: []userpilot.Company{co}})
 	m.note("send %s %v", e.id, co.Metadata)
 }
 
@@ -305,7 +334,7 @@ func (m *model) startJob() {
 	}
 	_ = body
 	n := m.p.jobs.start(batch, time.Now())
-	c := call{job: n, entries: batch}
+	c := inflightCall{job: n, entries: batch}
 	for _, e := range batch {
 		c.states = append(c.states, m.p.enc.company(e))
 	}

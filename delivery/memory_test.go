@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -22,6 +23,8 @@ var keys = []string{"name", "plan", "seats", "monthly_spend", "trial", "created_
 
 func (sevenKeys) CompanyID(v []row.Value) (string, error) { return string(v[0].Text), nil }
 func (sevenKeys) Keys() []string                          { return keys }
+func (sevenKeys) Entity() mapping.Entity                  { return mapping.Company }
+func (sevenKeys) Membership() int                         { return -1 }
 func (sevenKeys) Map(v []row.Value, buf []byte, vals []json.RawMessage) (string, []byte, error) {
 	for i := range keys {
 		start := len(buf)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -34,7 +35,11 @@ func (p *Pipeline) realtimeDone(r realtimeResult) error {
 	case errors.As(r.err, &rej):
 		p.report.rejected++
 		// Set aside, or kept, once the breaker knows which it is.
-		return p.refused(e, rej, "POST /v1/companies/identify", "rejected by Userpilot")
+		path := "POST /v1/companies/identify"
+		if entity, _ := subjectOf(e.id); entity == mapping.User {
+			path = "POST /v1/identify"
+		}
+		return p.refused(e, rej, path, "rejected by Userpilot")
 	default:
 		return fmt.Errorf("deliver company %q: %w", r.id, r.err)
 	}
@@ -130,8 +135,8 @@ func (p *Pipeline) deleteDone(err error) error {
 		return nil
 	case deleteSetAside:
 		e := batch[0]
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id, Status: rej.Status,
-			Reason: "deletion refused by Userpilot", Body: rej.Body}); err != nil {
+		if err := p.deadLetter(subjectLetter(e.id, state.DeadLetter{LSN: state.LSN(e.lsn), Status: rej.Status,
+			Reason: "deletion refused by Userpilot", Body: rej.Body})); err != nil {
 			return err
 		}
 		p.finish(e)
@@ -140,7 +145,11 @@ func (p *Pipeline) deleteDone(err error) error {
 		// One id refused alone (or a 404: no Userpilot there to split
 		// for): the breaker decides whether it is set aside.
 		for _, e := range batch {
-			if err := p.refused(e, rej, "DELETE /v1/companies", "deletion refused by Userpilot"); err != nil {
+			path := "DELETE /v1/companies"
+			if entity, _ := subjectOf(e.id); entity == mapping.User {
+				path = "DELETE /v1/users"
+			}
+			if err := p.refused(e, rej, path, "deletion refused by Userpilot"); err != nil {
 				return err
 			}
 		}
@@ -162,7 +171,7 @@ func (p *Pipeline) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 	if v == holdForVerdict {
 		return nil
 	}
-	dl := state.DeadLetter{LSN: state.LSN(e.lsn), CompanyID: e.id, Status: rej.Status, Reason: reason, Body: rej.Body, Payload: p.enc.payload(e)}
+	dl := subjectLetter(e.id, state.DeadLetter{LSN: state.LSN(e.lsn), Status: rej.Status, Reason: reason, Body: rej.Body, Payload: p.enc.payload(e)})
 	if rej.Status == 0 {
 		dl.Payload = p.enc.company(e)
 	}
@@ -183,8 +192,8 @@ func (p *Pipeline) accepted(sent time.Time) error {
 // again.
 func (p *Pipeline) setAside(hs []refusal) error {
 	for i, h := range hs {
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(h.e.lsn), CompanyID: h.e.id,
-			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: p.enc.payload(h.e)}); err != nil {
+		if err := p.deadLetter(subjectLetter(h.e.id, state.DeadLetter{LSN: state.LSN(h.e.lsn),
+			Status: h.rej.Status, Reason: h.reason, Body: h.rej.Body, Payload: p.enc.payload(h.e)})); err != nil {
 			p.refusals.putBack(hs[i:])
 			return err
 		}
@@ -195,10 +204,23 @@ func (p *Pipeline) setAside(hs []refusal) error {
 
 func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 	if err := p.opts.DeadLetters.AppendDeadLetter(dl); err != nil {
+		if dl.UserID != "" {
+			return fmt.Errorf("set aside user %q: %w", dl.UserID, err)
+		}
 		return fmt.Errorf("set aside company %q: %w", dl.CompanyID, err)
 	}
 	p.stats.DeadLettered.Add(1)
-	p.log.Warn("record set aside in the dead-letter file", "company_id", dl.CompanyID, "status", dl.Status,
+	p.log.Warn("record set aside in the dead-letter file", "company_id", dl.CompanyID, "user_id", dl.UserID, "status", dl.Status,
 		"reason", dl.Reason, "lsn", dl.LSN.String())
 	return nil
+}
+
+// subjectLetter is dl about the company or user key names.
+func subjectLetter(key string, dl state.DeadLetter) state.DeadLetter {
+	if entity, id := subjectOf(key); entity == mapping.User {
+		dl.UserID = id
+	} else {
+		dl.CompanyID = id
+	}
+	return dl
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -21,6 +22,8 @@ type keyMapper struct{ keys []string }
 
 func (m keyMapper) CompanyID(v []row.Value) (string, error) { return string(v[0].Text), nil }
 func (m keyMapper) Keys() []string                          { return m.keys }
+func (keyMapper) Entity() mapping.Entity                    { return mapping.Company }
+func (keyMapper) Membership() int                           { return -1 }
 func (m keyMapper) Map(v []row.Value, buf []byte, vals []json.RawMessage) (string, []byte, error) {
 	for i := range m.keys {
 		switch val := v[i+1]; {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -39,8 +40,11 @@ import (
 // error means "not delivered".
 type Sender interface {
 	IdentifyCompany(ctx context.Context, co userpilot.Company) error
+	IdentifyUser(ctx context.Context, u userpilot.User) error
 	DeleteCompanies(ctx context.Context, ids []string) error
-	// BulkIdentify submits a bulk job of the companies body holds.
+	DeleteUsers(ctx context.Context, ids []string) error
+	// BulkIdentify submits a bulk job of the companies or the users body
+	// holds.
 	BulkIdentify(ctx context.Context, body userpilot.BulkBody) (userpilot.Job, error)
 	BackgroundJob(ctx context.Context, id string) (userpilot.Job, error)
 }
@@ -62,6 +66,10 @@ type Mapper interface {
 	CompanyID(values []row.Value) (string, error)
 	// Keys are the metadata keys Map fills, in its order.
 	Keys() []string
+	// Entity is what the rows become: companies or users. A user's company
+	// is one of its keys (mapping.MembershipKey), at Membership (-1: none).
+	Entity() mapping.Entity
+	Membership() int
 	// Map is Identify without a map (the pipeline packs the values): it
 	// sets vals[i] (len(Keys())) to key i's JSON, nil where the row leaves
 	// the key out, appending the JSON to buf, which it returns; vals share
@@ -165,11 +173,13 @@ type Options struct {
 	// Status receives the mode and outbox figures (for `pgpilot status`).
 	Status func(state.Status)
 
-	// OnDelete is the mapping's policy for deleted rows: "ignore" (or ""),
-	// "mark" (send DeleteMark as metadata) or "delete" (Userpilot's delete
-	// API, a GDPR erasure).
+	// OnDelete is the mapping's policy for deleted companies rows: "ignore"
+	// (or ""), "mark" (send DeleteMark as metadata) or "delete" (Userpilot's
+	// delete API, a GDPR erasure).
 	OnDelete   string
 	DeleteMark userpilot.Metadata
+	// Users is the same for deleted users rows (users.on_delete).
+	Users DeletePolicy
 
 	// Recorder, when set, hears of every transaction taken in.
 	Recorder Recorder
@@ -187,6 +197,21 @@ type Options struct {
 	Retrying func() int
 
 	Logger *slog.Logger
+}
+
+// DeletePolicy is what a deleted row does: "ignore" (or ""), "mark" (send
+// Mark as metadata) or "delete" (Userpilot's delete API).
+type DeletePolicy struct {
+	OnDelete string
+	Mark     userpilot.Metadata
+}
+
+// policy is entity's delete policy.
+func (o Options) policy(entity mapping.Entity) DeletePolicy {
+	if entity == mapping.User {
+		return o.Users
+	}
+	return DeletePolicy{OnDelete: o.OnDelete, Mark: o.DeleteMark}
 }
 
 // Defaults of the delivery settings the config file sets
@@ -326,10 +351,12 @@ func New(opts Options) *Pipeline {
 	p := &Pipeline{opts: opts, log: opts.Logger, deletes: newDeleter(), refusals: refusals{breaker: opts.Breaker},
 		leftover: leftover{doubt: map[string]bool{}}, report: newReport(), where: make(chan whereRequest)}
 	p.enc = &encoder{compile: opts.Mapping}
-	if opts.OnDelete == "mark" {
-		p.enc.mark = opts.DeleteMark
-		if p.enc.mark == nil {
-			p.enc.mark = userpilot.Metadata{}
+	for _, entity := range []mapping.Entity{mapping.Company, mapping.User} {
+		if pol := opts.policy(entity); pol.OnDelete == "mark" {
+			p.enc.marks[entity].md = pol.Mark
+			if pol.Mark == nil {
+				p.enc.marks[entity].md = userpilot.Metadata{}
+			}
 		}
 	}
 	var store Outbox
@@ -347,7 +374,7 @@ func (p *Pipeline) Stats() *Stats { return &p.stats }
 
 // loop is what Run's goroutines talk over.
 type loop struct {
-	work       chan userpilot.Company
+	work       chan call
 	results    chan realtimeResult
 	jobEvents  chan jobEvent
 	deleteDone chan error
@@ -367,7 +394,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	lp := loop{work: make(chan userpilot.Company), results: make(chan realtimeResult, p.opts.Workers),
+	lp := loop{work: make(chan call), results: make(chan realtimeResult, p.opts.Workers),
 		// A job's goroutine says what happens in order on one channel; a
 		// completed job and the next one's first answers may overlap.
 		jobEvents: make(chan jobEvent, 4), deleteDone: make(chan error, 1),
@@ -395,7 +422,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 			// The input paused: a job may be sized, at the loop's top.
 		case txn, ok := <-p.inputC(in):
 			err = p.take(txn, ok)
-		case p.workC(lp.work) <- p.next.co:
+		case p.workC(lp.work) <- p.next.call:
 			p.handedOut()
 		case r := <-lp.results:
 			err = p.realtimeDone(r)
@@ -549,21 +576,21 @@ func (p *Pipeline) inputC(in <-chan row.Transaction) <-chan row.Transaction {
 
 // nextCall is the ready front, unpacked for a real-time worker.
 type nextCall struct {
-	e  *entry
-	md fields // what co was unpacked from
-	co userpilot.Company
+	e    *entry
+	md   fields // what call was unpacked from
+	call call
 }
 
 // workC is work while a real-time worker should take the ready front (then
 // p.next holds it), else nil.
-func (p *Pipeline) workC(work chan userpilot.Company) chan userpilot.Company {
+func (p *Pipeline) workC(work chan call) chan call {
 	l := p.ledger
 	if l.ready.len() == 0 || p.refusals.stopped() || !p.realtimeWanted(time.Now()) {
 		return nil
 	}
 	e := l.ready.front()
 	if p.next.e != e || !sameFields(p.next.md, e.md) {
-		p.next = nextCall{e: e, md: e.md, co: p.enc.company(e)}
+		p.next = nextCall{e: e, md: e.md, call: p.enc.call(e)}
 	}
 	return work
 }

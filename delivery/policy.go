@@ -4,6 +4,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/userpilot"
 )
 
@@ -113,9 +114,13 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	p.log.Debug("bulk job sized", "ready", l.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
 	var batch, keep []*entry
+	// A job is of companies or of users (Userpilot's two bulk endpoints):
+	// the first company or user taken decides, the other's wait.
+	var entity mapping.Entity
 	for len(batch) < k && l.ready.len() > 0 {
 		e := take()
-		if e.realtimeOnly || e.delete {
+		ent, _ := subjectOf(e.id)
+		if e.realtimeOnly || e.delete || (len(batch) > 0 && ent != entity) {
 			keep = append(keep, e)
 			continue
 		}
@@ -132,6 +137,7 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 			break
 		}
 		if len(batch) == 0 {
+			entity = ent
 			// The job's companies come from one mapping: the first one's
 			// size, with a margin, is a fair guess for all. (A body is
 			// the largest object pgpilot makes; with 64 bytes and a

@@ -16,37 +16,41 @@ type caller struct {
 	index    Index    // nil: no no-op index
 }
 
-// realtimeResult is a real-time call's outcome for one company (the ledger
-// holds its entry in flight: one per company).
+// realtimeResult is a real-time call's outcome for one entry key (the
+// ledger holds its entry in flight: one per company or user).
 type realtimeResult struct {
 	id  string
 	err error
 }
 
-// work sends each company it is handed on the real-time endpoint and
-// answers on results, until work is closed or ctx ends.
-func (c caller) work(ctx context.Context, work <-chan userpilot.Company, results chan<- realtimeResult) {
-	for co := range work {
-		err := c.identify(ctx, co)
+// work sends each company or user it is handed on the real-time endpoint
+// and answers on results, until work is closed or ctx ends.
+func (c caller) work(ctx context.Context, work <-chan call, results chan<- realtimeResult) {
+	for cl := range work {
+		err := c.identify(ctx, cl)
 		select {
-		case results <- realtimeResult{co.CompanyID, err}:
+		case results <- realtimeResult{cl.key, err}:
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// identify sends one company. It is marked before the call and unmarked by
-// the index's write of its outcome: killed in between, the next run knows.
-// The outcome is recorded before the dispatcher hears of it, so a later
-// no-op check never reads an older state.
-func (c caller) identify(ctx context.Context, co userpilot.Company) error {
-	err := c.markSending([]string{co.CompanyID})
+// identify sends one company or user. It is marked before the call and
+// unmarked by the index's write of its outcome: killed in between, the next
+// run knows. The outcome is recorded before the dispatcher hears of it, so
+// a later no-op check never reads an older state.
+func (c caller) identify(ctx context.Context, cl call) error {
+	err := c.markSending([]string{cl.key})
 	if err == nil {
-		err = c.sender.IdentifyCompany(ctx, co)
+		if cl.user {
+			err = c.sender.IdentifyUser(ctx, cl.person)
+		} else {
+			err = c.sender.IdentifyCompany(ctx, cl.company)
+		}
 	}
 	if err == nil && c.index != nil {
-		err = c.index.Record([]userpilot.Company{co})
+		err = c.index.Record([]userpilot.Company{cl.record})
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -83,7 +84,7 @@ func (p *Pipeline) add(txn row.Transaction) error {
 }
 
 func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
-	id, md, mapErr, err := p.enc.mapRow(ch.Relation, ch.Values)
+	entity, id, key, md, mapErr, err := p.enc.mapRow(ch.Relation, ch.Values)
 	if err != nil {
 		return err
 	}
@@ -91,9 +92,14 @@ func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 		// A row that cannot become a payload is set aside; the stream goes
 		// on. A row with only some keys held back (one bad value costs one
 		// key) is set aside for those, named with their values, and the
-		// company's other keys go out.
-		if err := p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), CompanyID: id,
-			Reason: "not mapped: " + mapErr.Error(), Payload: userpilot.Company{CompanyID: id}}); err != nil {
+		// company's (or user's) other keys go out.
+		dl := state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "not mapped: " + mapErr.Error()}
+		if entity == mapping.User {
+			dl.UserID, dl.Payload = id, userpilot.User{UserID: id}
+		} else {
+			dl.CompanyID, dl.Payload = id, userpilot.Company{CompanyID: id}
+		}
+		if err := p.deadLetter(dl); err != nil {
 			return err
 		}
 		var held heldBack
@@ -101,40 +107,49 @@ func (p *Pipeline) addRow(txn row.Transaction, ch row.Change) error {
 			return nil
 		}
 	}
-	p.pend(id, md, false, txn)
+	p.pend(key, md, false, txn)
 	return nil
 }
 
-// addDelete applies the on_delete policy to a deleted row. A DELETE carries
-// only the old replica identity, so only the company id is read from it.
+// addDelete applies the entity's on_delete policy to a deleted row. A
+// DELETE carries only the old replica identity, so only the id is read
+// from it.
 func (p *Pipeline) addDelete(txn row.Transaction, ch row.Change) error {
-	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
-		// Deleting in Userpilot is a GDPR erasure, not mirroring: the
-		// default policy is to leave the profile and say so.
-		p.log.Info("row deleted in Postgres; Userpilot profile left as is (on_delete: ignore)",
-			"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
-		return nil
-	}
-	id, readErr, err := p.enc.companyID(ch.Relation, ch.Values)
+	entity, _, key, readErr, err := p.enc.idOf(ch.Relation, ch.Values)
 	if err != nil {
 		return err
 	}
-	if readErr != nil {
-		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + readErr.Error() +
-			"; a DELETE carries only the replica identity: make the company_id column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
-	}
-	if p.opts.OnDelete == "mark" {
-		p.pend(id, p.enc.markFields(), false, txn)
+	pol := p.opts.policy(entity)
+	if pol.OnDelete != "mark" && pol.OnDelete != "delete" {
+		// Deleting in Userpilot is a GDPR erasure, not mirroring: the
+		// default policy is to leave the profile and say so.
+		p.log.Info("row deleted in Postgres; Userpilot profile left as is ("+entity.Section()+".on_delete: ignore)",
+			"table", ch.Relation.Table.String(), "commit_lsn", txn.CommitLSN.String())
 		return nil
 	}
-	p.pend(id, nil, true, txn)
+	if readErr != nil {
+		return p.deadLetter(state.DeadLetter{LSN: state.LSN(txn.CommitLSN), Reason: "deleted row not mapped: " + readErr.Error() +
+			"; a DELETE carries only the replica identity: make the " + entity.IDKey() + " column part of it (the primary key), or ALTER TABLE ... REPLICA IDENTITY FULL"})
+	}
+	if pol.OnDelete == "mark" {
+		p.pend(key, p.enc.markFields(entity), false, txn)
+		return nil
+	}
+	p.pend(key, nil, true, txn)
 	return nil
 }
 
-// addKeyChange applies the on_delete policy to the company an UPDATE took
-// its row away from (encoder.changedKey).
+// addKeyChange applies the on_delete policy to the company (or user) an
+// UPDATE took its row away from (encoder.changedKey).
 func (p *Pipeline) addKeyChange(txn row.Transaction, ch row.Change) error {
-	if p.opts.OnDelete != "mark" && p.opts.OnDelete != "delete" {
+	if ch.Old == nil {
+		return nil
+	}
+	m, err := p.enc.mapperFor(ch.Relation)
+	if err != nil {
+		return err
+	}
+	if pol := p.opts.policy(m.entity); pol.OnDelete != "mark" && pol.OnDelete != "delete" {
 		return nil
 	}
 	del, ok, err := p.enc.changedKey(ch)

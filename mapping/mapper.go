@@ -318,6 +318,9 @@ func CompanyOf(v json.RawMessage) string {
 // company, MembershipKey; -1 when the mapping has none.
 func (m *Mapper) Membership() int { return m.membership }
 
+// Entity is what the mapped rows become: companies or users.
+func (m *Mapper) Entity() Entity { return m.kind }
+
 // Keys returns the metadata keys, in the mapping's order: Map's values
 // follow it.
 func (m *Mapper) Keys() []string {

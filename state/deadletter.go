@@ -19,6 +19,8 @@ type DeadLetter struct {
 	Time      time.Time `json:"time"`
 	LSN       LSN       `json:"lsn"`
 	CompanyID string    `json:"company_id,omitempty"`
+	// UserID is set instead of CompanyID for a user's record.
+	UserID string `json:"user_id,omitempty"`
 	// Status is Userpilot's HTTP status, or 0 when the row never left
 	// pgpilot (it could not be mapped).
 	Status int    `json:"status"`

@@ -43,6 +43,32 @@ type Job struct {
 	ID        string              `json:"id"` // Userpilot's job id; "" until the submission was answered
 	Began     time.Time           `json:"began"`
 	Companies []userpilot.Company `json:"companies"`
+	// Users are a users' job's records (a job holds companies or users,
+	// as Userpilot's two bulk endpoints do).
+	Users []userpilot.User `json:"-"`
+}
+
+// UnmarshalJSON reads a job's record: its body, whose records are
+// companies or users (a users' body names each one's company flat, as
+// company_id).
+func (j *Job) UnmarshalJSON(b []byte) error {
+	type plain Job
+	var v struct {
+		plain
+		Users []struct {
+			UserID    string             `json:"user_id"`
+			CompanyID string             `json:"company_id"`
+			Metadata  userpilot.Metadata `json:"metadata"`
+		} `json:"users"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*j = Job(v.plain)
+	for _, u := range v.Users {
+		j.Users = append(j.Users, userpilot.User{UserID: u.UserID, CompanyID: u.CompanyID, Metadata: u.Metadata})
+	}
+	return nil
 }
 
 // A job is up to three keys: its number (8 bytes) → where its body is
