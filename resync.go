@@ -125,7 +125,7 @@ func cancelResyncs(dir string, stdout io.Writer) error {
 	for _, job := range queue {
 		ids = append(ids, job.ID)
 	}
-	if job := cp.Snapshot; job != nil && job.ID != state.InitialSnapshot && !slices.Contains(ids, job.ID) {
+	if job := cp.Snapshot; job != nil && !job.Initial() && !slices.Contains(ids, job.ID) {
 		ids = append(ids, job.ID)
 	}
 	if len(ids) == 0 {

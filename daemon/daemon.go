@@ -207,7 +207,7 @@ func Run(ctx context.Context, opts Options) error {
 			pipeErr := s.eng.err
 			s.eng.stop(0)
 			s.eng = nil
-			s.watched.set(nil, nil)
+			s.watched.set(nil)
 			if errors.Is(pipeErr, delivery.ErrSchema) {
 				return fmt.Errorf("%w: %w", ErrConfig, pipeErr)
 			}

@@ -24,19 +24,14 @@ type watched struct {
 }
 
 // set renews the list from what is watched now.
-func (w *watched) set(eng *engine, stage *snapshot.Stage) {
+func (w *watched) set(eng *engine, stages ...*snapshot.Stage) {
 	w.eng.Store(eng)
-	var st *snapshotLiveness
-	if stage != nil {
-		st = &snapshotLiveness{stage: stage}
-	}
-	w.stage.Store(st)
 	var list []liveness.Source
 	if eng != nil {
 		list = append(list, eng.pipe)
 	}
-	if st != nil {
-		list = append(list, st)
+	for _, st := range stages {
+		list = append(list, &snapshotLiveness{stage: st})
 	}
 	w.sources.Store(&list)
 }

@@ -21,6 +21,11 @@ import (
 // st is where the session starts: an initial sync that delivered nothing
 // yet sends every key of this mapping, so nothing is backfilled.
 func (s *session) reconcileMapping(st start) error {
+	if !s.cfg.HasCompanies() {
+		// The users' mapping is not recorded: a change of it is not
+		// backfilled (`pgpilot resync --users` sends every user again).
+		return nil
+	}
 	now := s.cfg.Companies.Shape()
 	data, err := json.MarshalIndent(now, "", "  ")
 	if err != nil {
@@ -31,7 +36,7 @@ func (s *session) reconcileMapping(st start) error {
 	if err != nil {
 		return err
 	}
-	fresh := st.job != nil && st.job.ID == state.InitialSnapshot && st.job.After == nil
+	fresh := st.job != nil && st.job.ID == state.InitialSnapshot && !st.job.Users && st.job.After == nil
 	var was mapping.Shape
 	switch {
 	case fresh:

@@ -42,13 +42,13 @@ func userpilotOptions(cfg *config.Config, override userpilot.Options, log *slog.
 	return uo
 }
 
-// snapshotOptions are the snapshot stage's: what it reads (src), where the
-// stream starts, and the pipeline's backlog it waits for.
-func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func() int64) snapshot.Options {
+// snapshotOptions are a section's snapshot stage's: what it reads (es),
+// where the stream starts, and the pipeline's backlog it waits for.
+func (s *session) snapshotOptions(src *source, es *entitySource, start pglogrepl.LSN, backlog func() int64) snapshot.Options {
 	cfg := s.cfg
-	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: src.table, Columns: src.readCols, Key: src.key, Identity: src.identity,
-		CompanyID: cfg.Companies.CompanyID, Where: cfg.Companies.Where, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
-		Backlog: backlog, Logger: s.snapLog}
+	return snapshot.Options{URL: cfg.Postgres.URL, Start: start, Table: es.table, Columns: es.readCols, Key: es.key, Identity: es.identity,
+		CompanyID: es.spec.CompanyID, Where: es.spec.Where, ChunkRows: cmp.Or(s.opts.SnapshotChunkRows, cfg.Delivery.SnapshotChunkRows),
+		Backlog: backlog, Logger: s.snapLog.With("table", es.table.String())}
 }
 
 // deliveryOptions are the pipeline's: the tuning the config sets (and
@@ -57,7 +57,7 @@ func (s *session) snapshotOptions(src *source, start pglogrepl.LSN, backlog func
 func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() int64) (delivery.Options, error) {
 	cfg := s.cfg
 	do := s.opts.Delivery
-	do.Mapping = compiler(cfg.Companies)
+	do.Mapping = compiler(cfg)
 	do.Sender, do.DeadLetters, do.Index, do.InFlight, do.Estimates = s.sender, s.dir, s.where.recent.wrap(s.store), s.store, s.store
 	if l, ok := s.sender.(realtimeLimiter); ok {
 		do.RealtimeLimit = l.RealtimeLimit
@@ -74,6 +74,14 @@ func (s *session) deliveryOptions(checkpointed pglogrepl.LSN, retained func() in
 	// bulk_rate: 0 in the file turns the bulk path off.
 	do.BulkRate, do.NoBulk = cfg.Userpilot.BulkRate, cfg.Userpilot.BulkRate == 0
 	do.OnDelete = cfg.Companies.OnDelete
+	if cfg.HasUsers() {
+		do.Users.OnDelete = cfg.Users.OnDelete
+		mark, err := userpilot.MetadataOf(cfg.Users.OnDeleteMetadata)
+		if err != nil {
+			return do, permanent(fmt.Errorf("%w: users.on_delete_metadata: %w", ErrConfig, err))
+		}
+		do.Users.Mark = mark
+	}
 	if do.Breaker == nil {
 		do.Breaker = s.breaker
 	}
@@ -92,10 +100,15 @@ type realtimeLimiter interface{ RealtimeLimit() float64 }
 // (*userpilot.Client): delivery then waits on Userpilot, not on itself.
 type retrier interface{ Retrying() int }
 
-// compiler compiles the mapping for a description of the table, or of
-// the related values the related stage reads.
-func compiler(c mapping.Companies) func(*row.Relation) (delivery.Mapper, error) {
+// compiler compiles the mapping for a description of a table, or of the
+// related values a related stage reads: the companies section's or the
+// users section's, by the table.
+func compiler(cfg *config.Config) func(*row.Relation) (delivery.Mapper, error) {
 	return func(rel *row.Relation) (delivery.Mapper, error) {
+		c, ok := sectionOf(cfg, rel.Table)
+		if !ok {
+			return nil, fmt.Errorf("changes of %s reached delivery, which maps %s only", rel.Table, tableNames(entityTables(cfg)))
+		}
 		if related.IsRelated(rel) {
 			m, err := related.Mapper(c, rel)
 			if err != nil {
@@ -123,8 +136,28 @@ func compiler(c mapping.Companies) func(*row.Relation) (delivery.Mapper, error) 
 	}
 }
 
-// relatedOptions are the related stage's: the plan the session compiled,
-// and the counters that outlive sessions.
-func (s *session) relatedOptions(plan *related.Plan) related.Options {
-	return related.Options{URL: s.cfg.Postgres.URL, Plan: plan, Stats: s.relStats, Logger: s.base.With("subsystem", "related")}
+// sectionOf is the section (as the stages take it) whose table t is.
+func sectionOf(cfg *config.Config, t row.Table) (mapping.Companies, bool) {
+	for _, c := range cfg.Entities() {
+		if (row.Table{Schema: c.Schema, Name: c.Name}) == t {
+			return c, true
+		}
+	}
+	return mapping.Companies{}, false
+}
+
+// entityTables are the sections' tables, companies first.
+func entityTables(cfg *config.Config) []row.Table {
+	var out []row.Table
+	for _, c := range cfg.Entities() {
+		out = append(out, row.Table{Schema: c.Schema, Name: c.Name})
+	}
+	return out
+}
+
+// relatedOptions are a related stage's: the plan the session compiled,
+// the tables later stages need (keep), and the counters that outlive
+// sessions.
+func (s *session) relatedOptions(plan *related.Plan, keep []row.Table) related.Options {
+	return related.Options{URL: s.cfg.Postgres.URL, Plan: plan, Keep: keep, Stats: s.relStats, Logger: s.base.With("subsystem", "related")}
 }

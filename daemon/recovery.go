@@ -32,10 +32,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/config"
+	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
 	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
-	"github.com/pgpilot/pgpilot/related"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
@@ -67,13 +67,26 @@ type Plan struct {
 // PlanStartOver works out what a start over of cfg's table would do: known
 // are the companies the state directory knows (sorted).
 func PlanStartOver(ctx context.Context, conn *pgx.Conn, cfg *config.Config, known []string, newSlot bool) (Plan, error) {
-	t := row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}
-	gone, err := replication.CompaniesWithoutRow(ctx, conn, t, cfg.Companies.CompanyID, known)
+	spec := cfg.Entities()[0]
+	t := row.Table{Schema: spec.Schema, Name: spec.Name}
+	gone, err := replication.CompaniesWithoutRow(ctx, conn, t, spec.CompanyID, knownOf(spec.Kind, known))
 	if err != nil {
 		return Plan{}, err
 	}
-	return Plan{Table: t, Slot: cfg.Postgres.Slot, NewSlot: newSlot, Rows: estimateRows(ctx, conn, t), Known: len(known),
-		Gone: gone, OnDelete: cfg.Companies.OnDelete}, nil
+	return Plan{Table: t, Slot: cfg.Postgres.Slot, NewSlot: newSlot, Rows: estimateRows(ctx, conn, t), Known: len(knownOf(spec.Kind, known)),
+		Gone: gone, OnDelete: spec.OnDelete}, nil
+}
+
+// knownOf are the ids of entity among the state directory's known keys
+// (delivery.KeyOf: users' keys are in a space of their own), in order.
+func knownOf(entity mapping.Entity, keys []string) []string {
+	var ids []string
+	for _, k := range keys {
+		if e, id := delivery.SubjectOf(k); e == entity {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // String tells the plan in a few sentences: what is sent again, what
@@ -237,13 +250,14 @@ func (s *session) ensurePublication(ctx context.Context, src *source) error {
 	case !have && established:
 		return s.publicationDropped(ctx, src, cp)
 	case !have:
-		created, err := replication.EnsurePublication(ctx, src.sqlConn, name, src.table, src.srv, related.Tables(cfg.Companies)...)
+		first, rest := src.tables()
+		created, err := replication.EnsurePublication(ctx, src.sqlConn, name, first, src.srv, rest...)
 		if err != nil {
 			return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 		}
 		if created {
 			s.log.Info("created the publication (first setup: pgpilot never creates it again by itself; if it is dropped, pgpilot waits for it)",
-				"publication", name, "tables", tableNames(append([]row.Table{src.table}, related.Tables(cfg.Companies)...)))
+				"publication", name, "tables", tableNames(append([]row.Table{first}, rest...)))
 		}
 		if pub, _, err = replication.ReadPublication(ctx, src.sqlConn, name); err != nil {
 			return err
@@ -266,7 +280,8 @@ func (s *session) ensurePublication(ctx context.Context, src *source) error {
 		// Tables added to the config are added to pgpilot's own
 		// publication; an operator's is not altered (the error says what
 		// to run).
-		if _, err := replication.EnsurePublication(ctx, src.sqlConn, name, src.table, src.srv, related.Tables(cfg.Companies)...); err != nil {
+		first, rest := src.tables()
+		if _, err := replication.EnsurePublication(ctx, src.sqlConn, name, first, src.srv, rest...); err != nil {
 			return permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 		}
 	}
@@ -302,7 +317,8 @@ func (s *session) publicationDropped(ctx context.Context, src *source, cp state.
 				"slot", slot.Name, "checkpoint", cp.LSN.String())
 		}
 	}
-	tables := append([]row.Table{src.table}, related.Tables(cfg.Companies)...)
+	first, rest := src.tables()
+	tables := append([]row.Table{first}, rest...)
 	quoted := make([]string, len(tables))
 	for i, t := range tables {
 		quoted[i] = t.Quoted()
@@ -337,7 +353,7 @@ func (s *session) startOver(ctx context.Context, sqlConn *pgx.Conn, rconn *pgcon
 			s.log.Warn("delivery stopped before starting over; the start over sends it again", "error", err)
 		}
 		s.eng = nil
-		s.watched.set(nil, nil)
+		s.watched.set(nil)
 		s.mu.Lock()
 		cp = s.cp
 		s.mu.Unlock()
@@ -355,7 +371,7 @@ func (s *session) startOver(ctx context.Context, sqlConn *pgx.Conn, rconn *pgcon
 		}
 		cp.LSN = state.LSN(created.ConsistentPoint)
 	}
-	job := &state.Snapshot{ID: state.InitialSnapshot, Total: estimateRows(ctx, sqlConn, s.table()), Began: time.Now().UTC()}
+	job := s.initialJob(ctx, sqlConn)
 	cp.InitialSync, cp.Snapshot, cp.Recovery = state.InitialSyncDone, job, &req
 	cp.Publication = &s.pub
 	if err := s.dir.SaveCheckpoint(cp); err != nil {
@@ -388,26 +404,39 @@ func (s *session) handDeletions(ctx context.Context, src *source) error {
 	if err != nil {
 		return err
 	}
-	gone, err := replication.CompaniesWithoutRow(ctx, src.sqlConn, src.table, s.cfg.Companies.CompanyID, known)
+	s.deletionsFor.eng, s.deletionsFor.id = s.eng, rec.ID
+	for _, es := range src.ents {
+		if err := s.handDeletionsOf(ctx, src, es, knownOf(es.spec.Kind, known)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handDeletionsOf hands delivery the deletions of one section's known
+// companies (or users) that have no row left.
+func (s *session) handDeletionsOf(ctx context.Context, src *source, es *entitySource, known []string) error {
+	spec := es.spec
+	gone, err := replication.CompaniesWithoutRow(ctx, src.sqlConn, es.table, spec.CompanyID, known)
 	if err != nil {
 		return err
 	}
-	s.deletionsFor.eng, s.deletionsFor.id = s.eng, rec.ID
-	if len(gone) == 0 || s.cfg.Companies.OnDelete == mapping.OnDeleteIgnore {
-		s.log.Info("start over: companies Userpilot holds with no row left", "companies", len(gone), "known", len(known),
-			"on_delete", s.cfg.Companies.OnDelete)
+	what := spec.Kind.Section()
+	if len(gone) == 0 || spec.OnDelete == mapping.OnDeleteIgnore {
+		s.log.Info("start over: "+what+" Userpilot holds with no row left", what, len(gone), "known", len(known),
+			"on_delete", spec.OnDelete)
 		return nil
 	}
 	idCol := -1
-	for i, c := range src.readCols {
-		if c.Name == s.cfg.Companies.CompanyID {
+	for i, c := range es.readCols {
+		if c.Name == spec.CompanyID {
 			idCol = i
 		}
 	}
 	if idCol < 0 {
-		return fmt.Errorf("start over: the company id column %q is not read", s.cfg.Companies.CompanyID)
+		return fmt.Errorf("start over: the %s column %q is not read", spec.Kind.IDKey(), spec.CompanyID)
 	}
-	rel := &row.Relation{Table: src.table, Columns: src.readCols}
+	rel := &row.Relation{Table: es.table, Columns: es.readCols}
 	changes := make([]row.Change, 0, min(len(gone), deletionPiece))
 	send := func() error {
 		// A chunk: rows as read now, positioned before the stream's first
@@ -422,7 +451,7 @@ func (s *session) handDeletions(ctx context.Context, src *source) error {
 		return nil
 	}
 	for _, id := range gone {
-		vals := make([]row.Value, len(src.readCols))
+		vals := make([]row.Value, len(es.readCols))
 		for i := range vals {
 			vals[i].Null = true
 		}
@@ -439,8 +468,8 @@ func (s *session) handDeletions(ctx context.Context, src *source) error {
 			return err
 		}
 	}
-	s.log.Warn("start over: companies Userpilot holds have no row left; treating them as deleted", "companies", len(gone),
-		"known", len(known), "on_delete", s.cfg.Companies.OnDelete, "first", gone[:min(10, len(gone))])
+	s.log.Warn("start over: "+what+" Userpilot holds have no row left; treating them as deleted", what, len(gone),
+		"known", len(known), "on_delete", spec.OnDelete, "first", gone[:min(10, len(gone))])
 	return nil
 }
 

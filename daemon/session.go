@@ -91,20 +91,59 @@ type start struct {
 }
 
 // source is what a session found in Postgres before streaming: the
-// connections, the server, and the table as the mapping and the snapshot
-// read it.
+// connections, the server, and each section's table as the mapping and the
+// snapshot read it.
 type source struct {
-	sqlConn  *pgx.Conn
-	rconn    *pgconn.PgConn
-	srv      replication.Server
-	sys      pglogrepl.IdentifySystemResult
+	sqlConn *pgx.Conn
+	rconn   *pgconn.PgConn
+	srv     replication.Server
+	sys     pglogrepl.IdentifySystemResult
+	// ents are the sections' tables, companies first (cfg.Entities).
+	ents []*entitySource
+}
+
+// entitySource is one section's table as a session found it.
+type entitySource struct {
+	spec     mapping.Companies // the section as the stages take it (users: mapping.Users.Entity)
 	table    row.Table
 	key      []string     // the columns a snapshot pages by
 	identity []string     // the replica identity index's columns, when not the key (nil: the key)
 	readCols []row.Column // what a snapshot reads: the mapped columns, the key and the identity
-	// plan is companies.related and companies.where compiled against the
-	// database (nil: neither is configured).
+	// plan is the section's related entries, where and sql: keys compiled
+	// against the database (nil: none is configured).
 	plan *related.Plan
+	// stage is this session's snapshot stage of the table.
+	stage *snapshot.Stage
+}
+
+// users reports whether es is the users section's.
+func (es *entitySource) users() bool { return es.spec.Kind == mapping.User }
+
+// entityFor is the section a snapshot job reads.
+func (src *source) entityFor(job state.Snapshot) *entitySource {
+	for _, es := range src.ents {
+		if es.users() == job.Users {
+			return es
+		}
+	}
+	return src.ents[0]
+}
+
+// tables are the tables the publication must hold and the stream passes
+// on: the first section's, then the others and every related table.
+func (src *source) tables() (row.Table, []row.Table) {
+	first := src.ents[0].table
+	var rest []row.Table
+	seen := map[row.Table]bool{first: true}
+	for _, es := range src.ents {
+		for _, t := range append([]row.Table{es.table}, related.Tables(es.spec)...) {
+			if !seen[t] {
+				seen[t] = true
+				rest = append(rest, t)
+			}
+		}
+	}
+	return first, rest
 }
 
 func (src *source) close() {
@@ -141,7 +180,7 @@ func (s *session) run(ctx context.Context) error {
 		if s.eng, err = s.startEngine(ctx, st.lsn); err != nil {
 			return err
 		}
-		s.watched.set(s.eng, nil)
+		s.watched.set(s.eng)
 	}
 	if err := s.handDeletions(ctx, src); err != nil { // a start over's, before the stream's first change
 		return err
@@ -163,7 +202,7 @@ func (s *session) run(ctx context.Context) error {
 // and the publication. A problem the operator must fix is permanent.
 func (s *session) connect(ctx context.Context) (*source, error) {
 	cfg := s.cfg
-	src := &source{table: row.Table{Schema: cfg.Companies.Schema, Name: cfg.Companies.Name}}
+	src := &source{}
 	var err error
 	if src.sqlConn, err = replication.ConnectSQL(ctx, cfg.Postgres.URL); err != nil {
 		return src, err
@@ -174,47 +213,12 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 	if err := src.srv.CheckServer(); err != nil {
 		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
 	}
-	cols, err := replication.TableColumns(ctx, src.sqlConn, src.table)
-	if err != nil {
-		if errors.Is(err, replication.ErrTableMissing) {
-			return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-		}
-		return src, err
-	}
-	// Checked here, before anything streams, so a mapping that does not
-	// fit the table stops pgpilot at once (exit 2); delivery compiles it
-	// for each description of the table it meets.
-	if _, err := mapping.Compile(cfg.Companies, src.table.String(), cols); err != nil {
-		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-	}
-	// A generated column is never streamed: a key reading it would be
-	// sent by a snapshot and then never again.
-	generated, err := replication.GeneratedColumns(ctx, src.sqlConn, src.table)
-	if err != nil {
-		return src, err
-	}
-	if err := cfg.Companies.Generated(generated); err != nil {
-		return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-	}
-	if src.key, err = replication.KeyColumns(ctx, src.sqlConn, src.table); err != nil {
-		if errors.Is(err, replication.ErrNoKey) {
-			return src, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
-		}
-		return src, err
-	}
-	if src.identity, err = replication.IdentityColumns(ctx, src.sqlConn, src.table); err != nil {
-		return src, err
-	}
-	src.readCols = replication.PickColumns(cols, append(append(cfg.Companies.Columns(), src.key...), src.identity...))
-	if related.Configured(cfg.Companies) {
-		if src.plan, err = s.relatedPlan(ctx, src.sqlConn, cfg); err != nil {
+	for _, spec := range cfg.Entities() {
+		es, err := s.connectEntity(ctx, src.sqlConn, spec)
+		if err != nil {
 			return src, err
 		}
-		if cfg.Companies.Where != "" {
-			// companies.where may read any column: the related stage
-			// judges a snapshot's rows by it too.
-			src.readCols = cols
-		}
+		src.ents = append(src.ents, es)
 	}
 	if src.rconn, err = replication.ConnectReplication(ctx, cfg.Postgres.URL); err != nil {
 		return src, err
@@ -228,6 +232,56 @@ func (s *session) connect(ctx context.Context) (*source, error) {
 	return src, nil
 }
 
+// connectEntity checks one section's table: it exists, the mapping fits
+// its columns, no key reads a generated column, it has a key to page by;
+// and it compiles the section's related entries.
+func (s *session) connectEntity(ctx context.Context, conn *pgx.Conn, spec mapping.Companies) (*entitySource, error) {
+	es := &entitySource{spec: spec, table: row.Table{Schema: spec.Schema, Name: spec.Name}}
+	cols, err := replication.TableColumns(ctx, conn, es.table)
+	if err != nil {
+		if errors.Is(err, replication.ErrTableMissing) {
+			return nil, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return nil, err
+	}
+	// Checked here, before anything streams, so a mapping that does not
+	// fit the table stops pgpilot at once (exit 2); delivery compiles it
+	// for each description of the table it meets.
+	if _, err := mapping.Compile(spec, es.table.String(), cols); err != nil {
+		return nil, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	// A generated column is never streamed: a key reading it would be
+	// sent by a snapshot and then never again.
+	generated, err := replication.GeneratedColumns(ctx, conn, es.table)
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.Generated(generated); err != nil {
+		return nil, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+	}
+	if es.key, err = replication.KeyColumns(ctx, conn, es.table); err != nil {
+		if errors.Is(err, replication.ErrNoKey) {
+			return nil, permanent(fmt.Errorf("%w: %w", ErrConfig, err))
+		}
+		return nil, err
+	}
+	if es.identity, err = replication.IdentityColumns(ctx, conn, es.table); err != nil {
+		return nil, err
+	}
+	es.readCols = replication.PickColumns(cols, append(append(spec.Columns(), es.key...), es.identity...))
+	if related.Configured(spec) {
+		if es.plan, err = s.relatedPlan(ctx, conn, spec); err != nil {
+			return nil, err
+		}
+		if spec.Where != "" {
+			// where may read any column: the related stage judges a
+			// snapshot's rows by it too.
+			es.readCols = cols
+		}
+	}
+	return es, nil
+}
+
 // stream runs the session's stages, each owned by one errgroup, until the
 // stream ends: the stream (Postgres in) → the snapshot stage (chunks put in
 // their place) → the delivery engine, which outlives the session, with the
@@ -239,16 +293,22 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	eng := s.eng
 	produceCtx, stopProducing := context.WithCancel(ctx)
 	defer stopProducing()
-	// The stage reads no further while the pipeline holds a backlog.
-	stage, err := snapshot.New(s.snapshotOptions(src, st.lsn, func() int64 { return eng.pipe.Stats().Pending.Load() }))
-	if err != nil {
-		return err
+	// A snapshot stage per section's table; each reads no further while
+	// the pipeline holds a backlog.
+	var stages []*snapshot.Stage
+	for _, es := range src.ents {
+		stage, err := snapshot.New(s.snapshotOptions(src, es, st.lsn, func() int64 { return eng.pipe.Stats().Pending.Load() }))
+		if err != nil {
+			return err
+		}
+		es.stage = stage
+		stages = append(stages, stage)
 	}
-	s.watched.set(eng, stage)
-	defer s.watched.set(eng, nil)
+	s.watched.set(eng, stages...)
+	defer s.watched.set(eng)
 	s.dropStartedRequest(st.job)
 	if st.job != nil {
-		if err := stage.Start(ctx, *st.job); err != nil {
+		if err := src.entityFor(*st.job).stage.Start(ctx, *st.job); err != nil {
 			return err
 		}
 	}
@@ -285,58 +345,87 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	resyncCtx, stopResync := context.WithCancel(produceCtx)
 	defer stopResync()
 	g.Go(func() error {
-		s.watchSnapshots(resyncCtx, stage, src.table)
+		s.watchSnapshots(resyncCtx, src)
 		return nil
 	})
 	// Transactions (and pieces of large ones, 250 changes each) wait here
 	// and in the engine's input: a few, so that memory is not a queue.
 	in := make(chan row.Transaction, inputDepth)
-	// The snapshot's stage puts its chunks between the stream's
-	// transactions (see package snapshot), into the engine.
-	var stageErr, relErr error
+	// The snapshot stages put their chunks between the stream's
+	// transactions (see package snapshot), then the related stages put in
+	// each section's related values (see package related), into the
+	// engine: in → snapshot stages → related stages → engine.
+	var stageErrs, relErrs []error
+	var mu sync.Mutex
+	keep := func(err *[]error, e error) {
+		mu.Lock()
+		*err = append(*err, e)
+		mu.Unlock()
+	}
+	var plans []*entitySource
+	for _, es := range src.ents {
+		if es.plan != nil {
+			plans = append(plans, es)
+		}
+	}
+	// Built from the engine back: each stage's output is the next's input.
 	out := eng.in
-	if src.plan != nil {
-		// The related stage re-reads the companies the stream's changes
-		// to related tables (and the snapshot's rows) ask for, between the
-		// snapshot's stage and delivery (see package related).
+	for i := len(plans) - 1; i >= 0; i-- {
+		es, dst := plans[i], out
 		relIn := make(chan row.Transaction, 16)
-		rstage := related.New(s.relatedOptions(src.plan))
+		rstage := related.New(s.relatedOptions(es.plan, keepFor(src, plans[i+1:])))
 		g.Go(func() error {
-			relErr = rstage.Run(produceCtx, relIn, eng.in)
-			if relErr != nil && produceCtx.Err() == nil {
+			err := rstage.Run(produceCtx, relIn, dst)
+			if dst != eng.in {
+				close(dst)
+			}
+			if err != nil && produceCtx.Err() == nil {
+				keep(&relErrs, err)
 				stopProducing()
 			}
 			return nil
 		})
 		out = relIn
-		defer func() {
+	}
+	defer func() {
+		for _, relErr := range relErrs {
 			if errors.Is(relErr, related.ErrSchema) {
 				streamErr = permanent(fmt.Errorf("%w: %w", ErrConfig, relErr))
 			}
-		}()
+		}
+	}()
+	for i := len(stages) - 1; i >= 0; i-- {
+		stage, dst := stages[i], out
+		stIn := in
+		if i > 0 {
+			stIn = make(chan row.Transaction, inputDepth)
+		}
+		g.Go(func() error {
+			err := stage.Run(produceCtx, stIn, dst)
+			if dst != eng.in {
+				close(dst)
+			}
+			if err != nil && produceCtx.Err() == nil {
+				keep(&stageErrs, err)
+				stopProducing() // the snapshot failed: stop reading too, and start over
+			}
+			return nil
+		})
+		out = stIn
 	}
-	g.Go(func() error {
-		stageErr = stage.Run(produceCtx, in, out)
-		if out != eng.in {
-			close(out)
-		}
-		if stageErr != nil && produceCtx.Err() == nil {
-			stopProducing() // the snapshot failed: stop reading too, and start over
-		}
-		return nil
-	})
 
 	s.opts.Metrics.Streaming()
+	first, rest := src.tables()
 	streamErr = replication.Stream(produceCtx, src.rconn, replication.StreamOptions{
 		Slot:           cfg.Postgres.Slot,
 		Publication:    cfg.Postgres.Publication,
-		Table:          src.table,
-		Related:        related.Tables(cfg.Companies),
+		Table:          first,
+		Related:        rest,
 		Start:          st.lsn,
 		Confirmed:      func() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) },
 		Types:          replication.NewTypeResolver(src.sqlConn),
 		StatusInterval: src.srv.StatusInterval(),
-		WantPosition:   stage.WantPosition,
+		WantPosition:   wantPosition(stages),
 		Logger:         s.log,
 	}, in)
 	// The shutdown order: the re-sync watcher first (it uses the SQL
@@ -347,16 +436,48 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 	stopProducing()
 	close(in)
 	g.Wait()
-	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
-		streamErr = stageErr
+	for _, stageErr := range stageErrs {
+		if streamErr == nil || (errors.Is(streamErr, context.Canceled) && stageErr != nil && !errors.Is(stageErr, context.Canceled)) {
+			streamErr = stageErr
+		}
 	}
-	if streamErr == nil || (errors.Is(streamErr, context.Canceled) && relErr != nil && !errors.Is(relErr, context.Canceled)) {
-		streamErr = relErr
+	for _, relErr := range relErrs {
+		if streamErr == nil || (errors.Is(streamErr, context.Canceled) && relErr != nil && !errors.Is(relErr, context.Canceled)) {
+			streamErr = relErr
+		}
 	}
 	if pubErr != nil {
 		streamErr = pubErr
 	}
 	return streamErr
+}
+
+// keepFor are the tables a related stage must leave in the transactions for
+// the stages after it: every section's table, and the tables those later
+// stages read.
+func keepFor(src *source, later []*entitySource) []row.Table {
+	var out []row.Table
+	for _, es := range src.ents {
+		out = append(out, es.table)
+	}
+	for _, es := range later {
+		out = append(out, related.Tables(es.spec)...)
+	}
+	return out
+}
+
+// wantPosition is the oldest position a stage's front chunk waits for the
+// stream to pass (0: none waits), for the stream to ask for.
+func wantPosition(stages []*snapshot.Stage) func() pglogrepl.LSN {
+	return func() pglogrepl.LSN {
+		var want pglogrepl.LSN
+		for _, st := range stages {
+			if w := st.WantPosition(); w != 0 && (want == 0 || w < want) {
+				want = w
+			}
+		}
+		return want
+	}
 }
 
 // classify says what a session's end means for the stream: a clean stop,
@@ -441,6 +562,9 @@ func (s *session) checkpointer() func(pglogrepl.LSN, any) error {
 				cp.Snapshot, finished, last = nil, true, p.Job
 				if p.Job.ID == state.InitialSnapshot {
 					cp.Recovery = nil // a start over's re-read is delivered, its deletions before it
+				}
+				if p.Job.Initial() && p.Job.Users && p.Job.Error == "" {
+					cp.UsersSynced = true
 				}
 				if p.Job.Error != "" {
 					ended := p.Job
@@ -624,7 +748,7 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	// From here the slot is ours and streams from its consistent point;
 	// the table's rows are sent alongside, chunk by chunk, by a snapshot
 	// job the checkpoint carries until it is done.
-	job := &state.Snapshot{ID: state.InitialSnapshot, Total: estimateRows(ctx, sqlConn, s.table()), Began: time.Now().UTC()}
+	job := s.initialJob(ctx, sqlConn)
 	cp = s.cp
 	cp.LSN, cp.InitialSync, cp.Snapshot = state.LSN(created.ConsistentPoint), state.InitialSyncDone, job
 	if err := s.dir.SaveCheckpoint(cp); err != nil {
@@ -636,8 +760,13 @@ func (s *session) prepare(ctx context.Context, sqlConn *pgx.Conn, rconn *pgconn.
 	return start{lsn: created.ConsistentPoint, job: job}, nil
 }
 
-func (s *session) table() row.Table {
-	return row.Table{Schema: s.cfg.Companies.Schema, Name: s.cfg.Companies.Name}
+// initialJob is the initial sync of the first section's table (the
+// companies', or a users-only sync's users'); the users' follows the
+// companies' (usersInitialSync).
+func (s *session) initialJob(ctx context.Context, conn *pgx.Conn) *state.Snapshot {
+	spec := s.cfg.Entities()[0]
+	return &state.Snapshot{ID: state.InitialSnapshot, Users: spec.Kind == mapping.User,
+		Total: estimateRows(ctx, conn, row.Table{Schema: spec.Schema, Name: spec.Name}), Began: time.Now().UTC()}
 }
 
 // estimateRows is the planner's estimate of table's row count, for the
@@ -650,11 +779,12 @@ func estimateRows(ctx context.Context, conn *pgx.Conn, table row.Table) int64 {
 	return int64(n)
 }
 
-// relatedPlan compiles companies.related and companies.where against the
-// database and checks that each related table streams what its re-reads
-// need: a problem is the operator's to fix (exit 2), with the fix.
-func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*related.Plan, error) {
-	plan, err := related.Compile(ctx, conn, cfg.Companies)
+// relatedPlan compiles a section's related entries, where and sql: keys
+// against the database and checks that each related table streams what
+// its re-reads need: a problem is the operator's to fix (exit 2), with the
+// fix.
+func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, spec mapping.Companies) (*related.Plan, error) {
+	plan, err := related.Compile(ctx, conn, spec)
 	if err != nil {
 		var ces mapping.ConfigErrors
 		if errors.As(err, &ces) {
@@ -662,9 +792,9 @@ func (s *session) relatedPlan(ctx context.Context, conn *pgx.Conn, cfg *config.C
 		}
 		return nil, err
 	}
-	for _, r := range cfg.Companies.Related {
+	for _, r := range spec.Related {
 		t := row.Table{Schema: r.Schema, Name: r.Name}
-		problem, err := replication.RelatedIdentityProblem(ctx, conn, t, r.CompanyID)
+		problem, err := replication.RelatedIdentityProblemOf(ctx, conn, t, r.CompanyID, spec.Kind.String())
 		if err != nil {
 			return nil, err
 		}

@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgpilot/pgpilot/replication"
-	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
 )
@@ -22,12 +21,20 @@ const progressLogEvery = 5 * time.Second
 // watchSnapshots starts the re-syncs `pgpilot resync` asks for (one at a
 // time, once no snapshot runs) and reports a running snapshot's progress,
 // until ctx is done.
-func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, table row.Table) {
+func (s *session) watchSnapshots(ctx context.Context, src *source) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var rate rateMeter
 	var lastLog, lastPoll time.Time
 	var lastJob string
+	busy := func() bool {
+		for _, es := range src.ents {
+			if es.stage.Busy() {
+				return true
+			}
+		}
+		return false
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -41,11 +48,15 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 		if time.Since(lastPoll) >= time.Second {
 			lastPoll = time.Now()
 			// Cancels first: a request they name is never started.
+			stage := src.ents[0].stage
+			if job != nil {
+				stage = src.entityFor(*job).stage
+			}
 			if err := s.applyCancels(ctx, stage, job); err != nil {
 				s.snapLog.Error("re-sync cancel not applied", "error", err)
 			}
-			if job == nil && !stage.Busy() {
-				if err := s.takeResync(ctx, stage, table); err != nil {
+			if job == nil && !busy() {
+				if err := s.takeResync(ctx, src); err != nil {
 					s.snapLog.Error("re-sync request not started", "error", err)
 				}
 				continue
@@ -58,7 +69,7 @@ func (s *session) watchSnapshots(ctx context.Context, stage *snapshot.Stage, tab
 			lastJob, rate = job.ID, rateMeter{}
 		}
 		rate.add(time.Now(), job.Rows)
-		p := progressOf(*job, stage.RowsRead(), rate.perSecond(), s.capacity())
+		p := progressOf(*job, src.entityFor(*job).stage.RowsRead(), rate.perSecond(), s.capacity())
 		if s.opts.Progress != nil {
 			fmt.Fprintf(s.opts.Progress, "\r%s", p.bar())
 		}
@@ -85,19 +96,28 @@ func (s *session) capacity() float64 {
 // checkpointed first, then that request's file removed, so that a crash
 // in between resumes the job and drops the request (see dropStartedRequest),
 // never loses it; a request queued meanwhile is another file and waits.
-func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table row.Table) error {
+func (s *session) takeResync(ctx context.Context, src *source) error {
 	job, ok, err := s.dir.PendingResync()
 	if err != nil {
 		// A file that cannot be read: say so, and take the others.
 		s.snapLog.Error("a re-sync request cannot be read", "error", err)
 	}
 	if !ok {
-		return nil
+		// Nothing asked for: the users' initial sync, if it is owed (it
+		// follows the companies', and starts when a users section is
+		// added to a sync that runs already).
+		if job, ok = s.usersInitialSync(src); !ok {
+			return nil
+		}
+	} else if job.Users && !s.cfg.HasUsers() {
+		s.snapLog.Error("a re-sync of users was asked for, but the config has no users section: dropped", "job", job.ID)
+		return s.dir.TakeResync(job.ID)
 	}
+	es := src.entityFor(job)
 	job.After, job.Rows, job.Began = nil, 0, time.Now().UTC()
 	// The condition as chunks will run it: a request written by an older
 	// pgpilot, or a table changed since, may no longer fit.
-	if err := s.checkJob(ctx, stage, job); err != nil {
+	if err := s.checkJob(ctx, es.stage, job); err != nil {
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) && !errors.Is(err, replication.ErrCondition) {
 			return err // Postgres unreachable: try again at the next poll
@@ -110,21 +130,44 @@ func (s *session) takeResync(ctx context.Context, stage *snapshot.Stage, table r
 		}
 		return s.dir.TakeResync(job.ID)
 	}
-	job.Total = s.countRows(ctx, table, job)
+	job.Total = s.countRows(ctx, es, job)
 	if err := s.beginJob(job); err != nil {
 		return err
 	}
-	if err := s.dir.TakeResync(job.ID); err != nil {
-		return err
+	if job.ID != state.InitialUsersSnapshot {
+		if err := s.dir.TakeResync(job.ID); err != nil {
+			return err
+		}
 	}
-	if b := job.Backfill; b != nil {
+	switch b := job.Backfill; {
+	case job.ID == state.InitialUsersSnapshot:
+		s.snapLog.Info("the users' initial sync started: sending the users table's rows alongside the stream", "job", job.ID,
+			"table", es.table.String(), "rows_estimate", job.Total)
+	case b != nil:
 		s.snapLog.Info("backfill of a mapping change started: sending the keys that changed for every company alongside the stream",
 			"job", job.ID, "keys", b.Keys, "cleared", b.Clear, "rows_estimate", job.Total)
-	} else {
-		s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID,
-			"where", job.Where, "company_id", job.CompanyID, "rows_estimate", job.Total)
+	default:
+		s.snapLog.Info("re-sync started: sending rows again alongside the stream", "job", job.ID, "users", job.Users,
+			"where", job.Where, "id", job.CompanyID, "rows_estimate", job.Total)
 	}
-	return stage.Start(ctx, job)
+	return es.stage.Start(ctx, job)
+}
+
+// usersInitialSync is the users' initial sync, when it is owed: the file
+// has a users section beside its companies (a users-only sync's initial
+// sync is the first), and the checkpoint does not say the users table was
+// sent once.
+func (s *session) usersInitialSync(src *source) (state.Snapshot, bool) {
+	if !s.cfg.HasUsers() || !s.cfg.HasCompanies() {
+		return state.Snapshot{}, false
+	}
+	s.mu.Lock()
+	done := s.cp.UsersSynced || s.cp.InitialSync != state.InitialSyncDone
+	s.mu.Unlock()
+	if done {
+		return state.Snapshot{}, false
+	}
+	return state.Snapshot{ID: state.InitialUsersSnapshot, Users: true}, true
 }
 
 // checkJob has Postgres plan the job's chunk queries.
@@ -181,7 +224,7 @@ func (s *session) applyCancels(ctx context.Context, stage *snapshot.Stage, job *
 // runs: pgpilot stopped between checkpointing the job and removing its
 // request, and the job resumes from the checkpoint.
 func (s *session) dropStartedRequest(job *state.Snapshot) {
-	if job == nil || job.ID == state.InitialSnapshot {
+	if job == nil || job.Initial() {
 		return
 	}
 	if err := s.dir.TakeResync(job.ID); err != nil {
@@ -191,13 +234,14 @@ func (s *session) dropStartedRequest(job *state.Snapshot) {
 
 // countRows estimates how many rows a job will read: the planner's estimate
 // for the whole table, a count (bounded in time) for a subset; -1: unknown.
-func (s *session) countRows(ctx context.Context, table row.Table, job state.Snapshot) int64 {
+func (s *session) countRows(ctx context.Context, es *entitySource, job state.Snapshot) int64 {
+	table := es.table
 	conn, err := replication.ConnectSQL(ctx, s.cfg.Postgres.URL)
 	if err != nil {
 		return -1
 	}
 	defer conn.Close(context.Background())
-	where, args := snapshot.Filter(job, s.cfg.Companies.CompanyID)
+	where, args := snapshot.Filter(job, es.spec.CompanyID)
 	if where == "" {
 		return estimateRows(ctx, conn, table)
 	}

@@ -16,21 +16,26 @@ import (
 // keeps something per company keeps it per user alike.
 const userPrefix = "\x00u:"
 
-// keyOf is the key of entity's id.
-func keyOf(entity mapping.Entity, id string) string {
+// KeyOf is the key of entity's id: what the state directory's records
+// (the no-op index, the outbox, the in-flight marks and jobs) are keyed by.
+func KeyOf(entity mapping.Entity, id string) string {
 	if entity == mapping.User {
 		return userPrefix + id
 	}
 	return id
 }
 
-// subjectOf is what key is about: the entity and its id.
-func subjectOf(key string) (mapping.Entity, string) {
+// SubjectOf is what a key of the state directory's records is about: the
+// entity and its id.
+func SubjectOf(key string) (mapping.Entity, string) {
 	if id, ok := strings.CutPrefix(key, userPrefix); ok {
 		return mapping.User, id
 	}
 	return mapping.Company, key
 }
+
+func keyOf(entity mapping.Entity, id string) string { return KeyOf(entity, id) }
+func subjectOf(key string) (mapping.Entity, string) { return SubjectOf(key) }
 
 // call is one real-time identify, as a worker sends it: a company or a
 // user, and what the no-op index records once it is accepted (under the

@@ -231,7 +231,9 @@ func compile(ctx context.Context, conn *pgx.Conn, c mapping.Companies, streams b
 		// Every re-read holds the condition: its error would repeat.
 		return nil, errs
 	}
-	rel := &row.Relation{Kind: row.RelatedValues, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
+	// The values' Relation names the entity's table, so that delivery
+	// knows whose values they are (a users' plan beside a companies').
+	rel := &row.Relation{Kind: row.RelatedValues, Table: companies, Columns: []row.Column{{Name: "", TypeOID: 25, TypeName: "text"}}}
 	types := replication.NewTypeResolver(conn)
 	// The result of a query's values, typed as Postgres plans them.
 	describe := func(sql string, keys []string) (bool, error) {

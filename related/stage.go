@@ -43,8 +43,13 @@ type Options struct {
 	Window time.Duration
 	// MaxCompanies bounds one read (and what the stage holds): 0 → 10,000.
 	MaxCompanies int
-	Stats        *Stats
-	Logger       *slog.Logger
+	// Keep are tables whose changes stay in the transactions although the
+	// plan reads them: another stage after this one needs them too (the
+	// other entity's table, or a table related to both companies and
+	// users).
+	Keep   []row.Table
+	Stats  *Stats
+	Logger *slog.Logger
 	// Connect, if set, replaces replication.ConnectSQL (tests).
 	Connect func(ctx context.Context, url string) (*pgx.Conn, error)
 }
@@ -222,12 +227,19 @@ func (s *Stage) take(txn *row.Transaction) (bool, error) {
 	}
 	kept := txn.Changes[:0:0]
 	for _, ch := range txn.Changes {
+		if IsRelated(ch.Relation) {
+			// Another stage's values (the other entity's): they pass.
+			kept = append(kept, ch)
+			continue
+		}
 		t := ch.Relation.Table
 		cols, read := s.plan.CompanyColumns(t)
 		if read && t != s.plan.companies && ch.Op == row.Truncate {
 			s.log.Warn("TRUNCATE of a related table: the related keys of its companies are not re-read; run `pgpilot resync` to send them again",
 				"table", t.String(), "commit_lsn", txn.CommitLSN.String())
-			continue
+			if !slices.Contains(s.opts.Keep, t) {
+				continue
+			}
 		}
 		if read && ch.Op != row.Truncate {
 			at, err := s.relCols.Get(ch.Relation, func(rel *row.Relation) ([]int, error) {
@@ -257,7 +269,7 @@ func (s *Stage) take(txn *row.Transaction) (bool, error) {
 					}
 				}
 			}
-			if t != s.plan.companies {
+			if t != s.plan.companies && !slices.Contains(s.opts.Keep, t) {
 				continue
 			}
 		}

@@ -448,7 +448,7 @@ func (s *Stage) emitDue(ctx context.Context, queue []*pending, dst chan<- row.Tr
 		// skips what it delivered before the restart, and a backfill what
 		// Userpilot holds already (a key defined anew whose value is the
 		// same).
-		resend := p.mark.Job.ID != state.InitialSnapshot && p.mark.Job.Backfill == nil
+		resend := !p.mark.Job.Initial() && p.mark.Job.Backfill == nil
 		rel := s.relationOf(p.mark.Job)
 		// In pieces, as the stream sends a large transaction: each stage
 		// after this one buffers a few transactions, and a buffer of
@@ -692,7 +692,7 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if job.ID != state.InitialSnapshot && conditionFails(err) {
+			if !job.Initial() && conditionFails(err) {
 				failed := job
 				failed.Error, failed.Fix = err.Error(), conditionFix(failed, err)
 				return &jobError{job: failed}

@@ -50,6 +50,10 @@ type Checkpoint struct {
 	// Snapshot is the snapshot (initial sync or re-sync) in progress, as
 	// far as it is delivered; nil when none runs.
 	Snapshot *Snapshot `json:"snapshot,omitempty"`
+	// UsersSynced says the users table's rows were all sent once (the
+	// users' initial sync, which runs after the companies'): a users
+	// section added to a running sync starts one.
+	UsersSynced bool `json:"users_synced,omitempty"`
 	// Publication is the publication the slot decodes through, as it was
 	// when streaming last began: one dropped and created again has another
 	// oid, and the slot cannot decode the changes made in between. Nil in
@@ -75,8 +79,17 @@ type Publication struct {
 	OID uint32 `json:"oid"`
 }
 
+// InitialUsersSnapshot is the job ID of the users' initial sync, when it
+// follows the companies' (a users-only sync's is InitialSnapshot).
+const InitialUsersSnapshot = "initial-users"
+
 // InitialSnapshot is the ID of the initial sync's snapshot job.
 const InitialSnapshot = "initial"
+
+// Initial reports whether a job is an initial sync (the companies' or the
+// users'): it sends what the no-op index does not hold yet, not every row
+// again, and it is not a re-sync to cancel.
+func (s Snapshot) Initial() bool { return s.ID == InitialSnapshot || s.ID == InitialUsersSnapshot }
 
 // Snapshot is a snapshot job's delivered progress: every row up to After,
 // in key order, is delivered, and a restart reads on from there.
@@ -88,6 +101,9 @@ type Snapshot struct {
 	// one company. Both empty: every row.
 	Where     string `json:"where,omitempty"`
 	CompanyID string `json:"company_id,omitempty"`
+	// Users makes it a job of the users table (users:), CompanyID then
+	// one user's id; false: the companies table.
+	Users bool `json:"users,omitempty"`
 	// After is the key of the last row delivered (text, one per key
 	// column); nil: none yet.
 	After []string `json:"after,omitempty"`
