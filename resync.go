@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/snapshot"
 	"github.com/pgpilot/pgpilot/state"
@@ -26,16 +27,33 @@ import (
 func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("resync", stderr)
 	company := fs.String("company", "", "re-send this company only (its company_id)")
+	users := fs.Bool("users", false, "re-send the users table's rows (users:) instead of the companies'")
+	user := fs.String("user", "", "re-send this user only (its user_id)")
 	where := fs.String("where", "", "re-send the rows this SQL condition selects, e.g. \"plan = 'pro'\"")
 	cancel := fs.Bool("cancel", false, "end the running re-sync and every queued one")
 	cfg, err := loadConfig(fs, path, args, stderr)
 	if err != nil {
 		return err
 	}
-	if *company != "" && *where != "" {
-		return usageError{errors.New("give --company or --where, not both")}
+	if *user != "" {
+		*users = true
 	}
-	if *cancel && (*company != "" || *where != "") {
+	id := *company
+	if *users {
+		if *company != "" {
+			return usageError{errors.New("--company names a company: give --user ID for a user")}
+		}
+		if !cfg.HasUsers() {
+			return usageError{fix.With(errors.New("--users: the config has no users section"), "add a users: section (docs/configure.md), or re-sync companies")}
+		}
+		id = *user
+	} else if !cfg.HasCompanies() {
+		return usageError{fix.With(errors.New("the config has no companies section"), "give --users (or --user ID) to re-sync users")}
+	}
+	if id != "" && *where != "" {
+		return usageError{errors.New("give --company (--user) or --where, not both")}
+	}
+	if *cancel && (id != "" || *where != "" || *users) {
 		return usageError{errors.New("--cancel ends re-syncs: give it alone")}
 	}
 	if _, ok, err := state.ReadCheckpoint(cfg.State.Dir); err != nil || !ok {
@@ -47,21 +65,28 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if *cancel {
 		return cancelResyncs(cfg.State.Dir, stdout)
 	}
+	spec := cfg.Companies
+	if *users {
+		spec = cfg.Users.Entity()
+	}
 	if *where != "" {
-		if err := checkWhere(ctx, cfg, *where); err != nil {
+		if err := checkWhere(ctx, cfg, spec, *where); err != nil {
 			return err
 		}
 	}
-	job, err := state.RequestResync(cfg.State.Dir, state.Snapshot{Where: *where, CompanyID: *company})
+	job, err := state.RequestResync(cfg.State.Dir, state.Snapshot{Where: *where, CompanyID: id, Users: *users})
 	if err != nil {
 		return err
 	}
 	what := "every row"
 	switch {
-	case *company != "":
-		what = fmt.Sprintf("company %q", *company)
+	case id != "":
+		what = fmt.Sprintf("%s %q", spec.Kind, id)
 	case *where != "":
 		what = fmt.Sprintf("the rows where %s", *where)
+	}
+	if *users {
+		what += " of the users table"
 	}
 	fmt.Fprintf(stdout, "re-sync %s of %s requested. The running pgpilot starts it within a second, once no other snapshot runs "+
 		"and the requests queued before it have run (or the next `pgpilot run` does); `pgpilot status` shows the queue and its progress.\n", job.ID, what)
@@ -71,14 +96,14 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 // checkWhere refuses a condition that is not one SQL condition, or that
 // Postgres refuses in exactly the chunk queries the daemon will run: now,
 // not in the daemon later.
-func checkWhere(ctx context.Context, cfg *config.Config, where string) error {
+func checkWhere(ctx context.Context, cfg *config.Config, spec mapping.Companies, where string) error {
 	if err := replication.CheckCondition(where); err != nil {
 		return usageError{fix.With(fmt.Errorf("--where %q: %w", where, err),
 			"give one condition, as after WHERE, without comments or semicolons, its parentheses balanced")}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, table, cols, err := openTable(ctx, cfg)
+	conn, table, cols, err := openEntity(ctx, cfg, spec)
 	if err != nil {
 		return err
 	}
@@ -91,14 +116,14 @@ func checkWhere(ctx context.Context, cfg *config.Config, where string) error {
 	if err != nil {
 		return err
 	}
-	readCols := replication.PickColumns(cols, append(append(cfg.Companies.Columns(), key...), identity...))
-	if cfg.Companies.Where != "" {
+	readCols := replication.PickColumns(cols, append(append(spec.Columns(), key...), identity...))
+	if spec.Where != "" {
 		readCols = cols // as the daemon reads them (companies.where may read any column)
 	}
 	// companies.where holds for a re-sync too: the chunk queries planned
 	// are the daemon's.
-	stage, err := snapshot.New(snapshot.Options{Table: table, Key: key, Identity: identity, CompanyID: cfg.Companies.CompanyID,
-		Where: cfg.Companies.Where, Columns: readCols})
+	stage, err := snapshot.New(snapshot.Options{Table: table, Key: key, Identity: identity, CompanyID: spec.CompanyID,
+		Where: spec.Where, Columns: readCols})
 	if err != nil {
 		return err
 	}
