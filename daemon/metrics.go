@@ -62,7 +62,8 @@ func deliveryCounts(s *delivery.Stats) func() metrics.DeliveryCounts {
 	return func() metrics.DeliveryCounts {
 		return metrics.DeliveryCounts{Changes: s.Changes.Load(), Coalesced: s.Coalesced.Load(), Skipped: s.Skipped.Load(),
 			Realtime: s.Realtime.Load(), Bulk: s.Bulk.Load(), BulkJobs: s.BulkJobs.Load(), DeadLettered: s.DeadLettered.Load(),
-			Pending: s.Pending.Load()}
+			Pending: s.Pending.Load(), UserSkipped: s.Users.Skipped.Load(), UserRealtime: s.Users.Realtime.Load(),
+			UserBulk: s.Users.Bulk.Load(), UserDeadLettered: s.Users.DeadLettered.Load()}
 	}
 }
 

@@ -28,6 +28,9 @@ func (p *Pipeline) realtimeDone(r realtimeResult) error {
 		now := time.Now()
 		p.sizing.realtimeSent(now, p.ledger.ready.len() > 0)
 		p.stats.Realtime.Add(1)
+		if entity, _ := subjectOf(e.id); entity == mapping.User {
+			p.stats.Users.Realtime.Add(1)
+		}
 		p.progress = now
 		p.report.realtime++
 		p.finish(e)
@@ -89,6 +92,9 @@ func (p *Pipeline) bulkEnded(sj *slotJob, ev jobEnded) error {
 	}
 	p.progress = time.Now()
 	p.stats.Bulk.Add(int64(len(sj.entries)))
+	if entity, _ := subjectOf(sj.entries[0].id); entity == mapping.User {
+		p.stats.Users.Bulk.Add(int64(len(sj.entries))) // a job is of one entity
+	}
 	p.stats.BulkJobs.Add(1)
 	p.report.flush(p, "bulk", len(sj.entries), ev.took)
 	return p.accepted(sj.entries[0].sentAt)
@@ -210,6 +216,9 @@ func (p *Pipeline) deadLetter(dl state.DeadLetter) error {
 		return fmt.Errorf("set aside company %q: %w", dl.CompanyID, err)
 	}
 	p.stats.DeadLettered.Add(1)
+	if dl.UserID != "" {
+		p.stats.Users.DeadLettered.Add(1)
+	}
 	p.log.Warn("record set aside in the dead-letter file", "company_id", dl.CompanyID, "user_id", dl.UserID, "status", dl.Status,
 		"reason", dl.Reason, "lsn", dl.LSN.String())
 	return nil

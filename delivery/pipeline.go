@@ -241,9 +241,18 @@ type Stats struct {
 	// Changes read; Coalesced merged into a pending state instead of making
 	// a call; Skipped no-ops; Delivered per path; DeadLettered set aside.
 	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered, Deletes, Truncates atomic.Int64
-	// Pending is how many companies are undelivered now; InMemory how
-	// many of them memory holds (the rest are only in the outbox).
+	// Pending is how many companies (and users) are undelivered now;
+	// InMemory how many of them memory holds (the rest are only in the
+	// outbox).
 	Pending, InMemory atomic.Int64
+	// Users counts, of the above, what was of users (metrics label them
+	// entity="user", the rest entity="company").
+	Users UserStats
+}
+
+// UserStats are the counters of Stats that were of users.
+type UserStats struct {
+	Skipped, Realtime, Bulk, DeadLettered atomic.Int64
 }
 
 // Pipeline delivers transactions. Use New.
@@ -698,6 +707,9 @@ func (p *Pipeline) lookUp(es []*entry) error {
 func (p *Pipeline) skip(e *entry) {
 	p.ledger.send(e, time.Time{})
 	p.stats.Skipped.Add(1)
+	if entity, _ := subjectOf(e.id); entity == mapping.User {
+		p.stats.Users.Skipped.Add(1)
+	}
 	p.report.skipped++
 	p.finish(e)
 }

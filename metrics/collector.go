@@ -30,13 +30,13 @@ var (
 	snapActiveDesc = desc("snapshot_in_progress",
 		"1 while a snapshot (initial sync or re-sync) runs, else 0.")
 	deliveredDesc = desc("records_delivered_total",
-		"Company records Userpilot accepted, by path (realtime, bulk).", "path")
+		"Records Userpilot accepted, by path (realtime, bulk) and entity (company, user).", "path", "entity")
 	coalescedDesc = desc("changes_coalesced_total",
 		"Changes merged into a company's pending state instead of making a call of their own.")
 	skippedDesc = desc("records_skipped_total",
-		"Company records finished without a call: Userpilot already held these values (no-op).")
+		"Records finished without a call: Userpilot already held these values (no-op), by entity (company, user).", "entity")
 	deadLetteredDesc = desc("records_dead_lettered_total",
-		"Records set aside in the dead-letter file (rows that cannot be mapped, records Userpilot refused).")
+		"Records set aside in the dead-letter file (rows that cannot be mapped, records Userpilot refused), by entity (company, user).", "entity")
 	bulkJobsDesc = desc("bulk_jobs_completed_total",
 		"Bulk identify jobs that completed.")
 	requestsDesc = desc("userpilot_requests_total",
@@ -155,11 +155,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	p := m.base.plus(m.counts())
-	counter(deliveredDesc, p.Realtime, "realtime")
-	counter(deliveredDesc, p.Bulk, "bulk")
+	counter(deliveredDesc, p.Realtime-p.UserRealtime, "realtime", "company")
+	counter(deliveredDesc, p.Bulk-p.UserBulk, "bulk", "company")
+	counter(deliveredDesc, p.UserRealtime, "realtime", "user")
+	counter(deliveredDesc, p.UserBulk, "bulk", "user")
 	counter(coalescedDesc, p.Coalesced)
-	counter(skippedDesc, p.Skipped)
-	counter(deadLetteredDesc, p.DeadLettered)
+	counter(skippedDesc, p.Skipped-p.UserSkipped, "company")
+	counter(skippedDesc, p.UserSkipped, "user")
+	counter(deadLetteredDesc, p.DeadLettered-p.UserDeadLettered, "company")
+	counter(deadLetteredDesc, p.UserDeadLettered, "user")
 	counter(bulkJobsDesc, p.BulkJobs)
 
 	if m.client != nil {

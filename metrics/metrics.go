@@ -99,7 +99,10 @@ type Estimates struct {
 // DeliveryCounts is what one delivery engine has counted since it started.
 type DeliveryCounts struct {
 	Changes, Coalesced, Skipped, Realtime, Bulk, BulkJobs, DeadLettered int64
-	Pending                                                             int64 // companies undelivered now
+	Pending                                                             int64 // companies (and users) undelivered now
+	// Users are, of Skipped, Realtime, Bulk and DeadLettered, those of
+	// users (labelled entity="user"; the rest entity="company").
+	UserSkipped, UserRealtime, UserBulk, UserDeadLettered int64
 }
 
 // SnapshotJob is the running snapshot job, as checkpointed.
@@ -215,7 +218,8 @@ func (m *Metrics) counts() DeliveryCounts {
 func (a DeliveryCounts) plus(b DeliveryCounts) DeliveryCounts {
 	return DeliveryCounts{Changes: a.Changes + b.Changes, Coalesced: a.Coalesced + b.Coalesced, Skipped: a.Skipped + b.Skipped,
 		Realtime: a.Realtime + b.Realtime, Bulk: a.Bulk + b.Bulk, BulkJobs: a.BulkJobs + b.BulkJobs,
-		DeadLettered: a.DeadLettered + b.DeadLettered}
+		DeadLettered: a.DeadLettered + b.DeadLettered, UserSkipped: a.UserSkipped + b.UserSkipped,
+		UserRealtime: a.UserRealtime + b.UserRealtime, UserBulk: a.UserBulk + b.UserBulk, UserDeadLettered: a.UserDeadLettered + b.UserDeadLettered}
 }
 
 // New makes a Metrics with its own registry, holding pgpilot's collector
