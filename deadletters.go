@@ -19,7 +19,7 @@ import (
 	"github.com/pgpilot/pgpilot/state"
 )
 
-const deadlettersUsage = `usage: pgpilot deadletters list|replay|drop --config FILE [--company ID] [--all]
+const deadlettersUsage = `usage: pgpilot deadletters list|replay|drop --config FILE [--company ID | --user ID] [--all]
   list     the outstanding dead letters (a table, or --json for JSON lines)
   replay   re-send the companies' current rows through the running pgpilot (a re-sync), and mark their dead letters replayed
   drop     mark the dead letters dropped (asks first; --yes does not)`
@@ -39,7 +39,8 @@ func deadlettersCommand(ctx context.Context, args []string, stdin io.Reader, std
 	action := args[0]
 	fs, path := commandFlags("deadletters "+action, stderr)
 	company := fs.String("company", "", "only this company's dead letters (its company_id)")
-	all := fs.Bool("all", false, "every outstanding dead letter (replay and drop need it or --company)")
+	user := fs.String("user", "", "only this user's dead letters (its user_id)")
+	all := fs.Bool("all", false, "every outstanding dead letter (replay and drop need it, --company or --user)")
 	var asJSON, yes *bool
 	switch action {
 	case "list":
@@ -54,11 +55,11 @@ func deadlettersCommand(ctx context.Context, args []string, stdin io.Reader, std
 	if err != nil {
 		return err
 	}
-	if *company != "" && *all {
-		return usageError{errors.New("give --company or --all, not both")}
+	if btoi(*company != "")+btoi(*user != "")+btoi(*all) > 1 {
+		return usageError{errors.New("give one of --company, --user or --all")}
 	}
-	if action != "list" && *company == "" && !*all {
-		return usageError{fmt.Errorf("say which dead letters to %s: --company ID, or --all", action)}
+	if action != "list" && *company == "" && *user == "" && !*all {
+		return usageError{fmt.Errorf("say which dead letters to %s: --company ID, --user ID, or --all", action)}
 	}
 	dls, err := state.ReadDeadLetters(cfg.State.Dir)
 	if err != nil {
@@ -69,17 +70,31 @@ func deadlettersCommand(ctx context.Context, args []string, stdin io.Reader, std
 			dls.Unreadable, cfg.State.Dir, state.DeadLetterFile)
 	}
 	chosen := dls.Outstanding
-	if *company != "" {
-		chosen = slices.DeleteFunc(slices.Clone(chosen), func(dl state.DeadLetter) bool { return dl.CompanyID != *company })
+	switch {
+	case *company != "":
+		chosen = slices.DeleteFunc(slices.Clone(chosen), func(dl state.DeadLetter) bool { return dl.UserID != "" || dl.CompanyID != *company })
+	case *user != "":
+		chosen = slices.DeleteFunc(slices.Clone(chosen), func(dl state.DeadLetter) bool { return dl.UserID != *user })
+	}
+	who := *company
+	if *user != "" {
+		who = "user " + *user
 	}
 	switch action {
 	case "list":
 		return listDeadLetters(cfg, chosen, *asJSON, stdout)
 	case "replay":
-		return replayDeadLetters(cfg, chosen, *company, stdout)
+		return replayDeadLetters(cfg, chosen, who, stdout)
 	default:
-		return dropDeadLetters(cfg, chosen, *company, *yes, stdin, stdout)
+		return dropDeadLetters(cfg, chosen, who, *yes, stdin, stdout)
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // listDeadLetters prints dls: a table, or JSON lines with the payload. A
@@ -106,7 +121,10 @@ func listDeadLetters(cfg *config.Config, dls []state.DeadLetter, asJSON bool, st
 	fmt.Fprintln(tw, "TIME\tLSN\tCOMPANY\tSTATUS\tREASON")
 	for _, dl := range dls {
 		id := dl.CompanyID
-		if id == "" {
+		switch {
+		case dl.UserID != "":
+			id = "user " + dl.UserID
+		case id == "":
 			id = "(none)"
 		}
 		reason := dl.Reason
@@ -129,31 +147,45 @@ func listDeadLetters(cfg *config.Config, dls []state.DeadLetter, asJSON bool, st
 // replayed. A record Userpilot refuses again is set aside again, as a new
 // outstanding dead letter. A crash between the two steps leaves the dead
 // letters outstanding: replaying again only sends the rows again.
-func replayDeadLetters(cfg *config.Config, dls []state.DeadLetter, company string, stdout io.Writer) error {
+func replayDeadLetters(cfg *config.Config, dls []state.DeadLetter, who string, stdout io.Writer) error {
 	if len(dls) == 0 {
-		return nothingOutstanding(company)
+		return nothingOutstanding(who)
 	}
-	ids := companiesOf(dls)
+	ids, users := companiesOf(dls), usersOf(dls)
 	noID := len(ids) > 0 && ids[0] == ""
 	if noID {
 		ids = ids[1:]
 	}
-	if len(ids) == 0 {
-		return fix.With(errors.New("these dead letters have no company id (the row had none), so there is no row to send again"),
-			"give the rows a company id, then drop these dead letters: pgpilot deadletters drop --all")
+	if len(ids) == 0 && len(users) == 0 {
+		return fix.With(errors.New("these dead letters have no company or user id (the row had none), so there is no row to send again"),
+			"give the rows an id, then drop these dead letters: pgpilot deadletters drop --all")
 	}
-	if err := requestCompanyResync(cfg.State.Dir, cfg.Companies.CompanyID, ids); err != nil {
-		return err
+	var rs []state.Resolution
+	if len(ids) > 0 {
+		if err := requestCompanyResync(cfg.State.Dir, cfg.Companies.CompanyID, ids, false); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			rs = append(rs, state.Resolution{Op: state.Replayed, CompanyID: id})
+		}
 	}
-	rs := make([]state.Resolution, len(ids))
-	for i, id := range ids {
-		rs[i] = state.Resolution{Op: state.Replayed, CompanyID: id}
+	if len(users) > 0 {
+		if !cfg.HasUsers() {
+			return fix.With(errors.New("these dead letters are of users, and the config has no users section"),
+				"add the users section back, or drop them: pgpilot deadletters drop --all")
+		}
+		if err := requestCompanyResync(cfg.State.Dir, cfg.Users.UserID, users, true); err != nil {
+			return err
+		}
+		for _, id := range users {
+			rs = append(rs, state.Resolution{Op: state.Replayed, UserID: id})
+		}
 	}
 	if err := state.AppendResolutions(cfg.State.Dir, rs); err != nil {
 		return fmt.Errorf("re-sync requested, but the dead letters are not marked replayed: %w", err)
 	}
-	fmt.Fprintf(stdout, "replay of %d company(ies) requested: the running pgpilot (or the next `pgpilot run`) sends their current rows "+
-		"within a second, once no other snapshot runs; `pgpilot status` shows it. A record refused again is set aside again.\n", len(ids))
+	fmt.Fprintf(stdout, "replay of %d company(ies) and %d user(s) requested: the running pgpilot (or the next `pgpilot run`) sends their current rows "+
+		"within a second, once no other snapshot runs; `pgpilot status` shows it. A record refused again is set aside again.\n", len(ids), len(users))
 	if noID {
 		fmt.Fprintln(stdout, "dead letters without a company id were left: there is no row to send again (drop them with --all once fixed)")
 	}
@@ -165,9 +197,9 @@ func dropDeadLetters(cfg *config.Config, dls []state.DeadLetter, company string,
 	if len(dls) == 0 {
 		return nothingOutstanding(company)
 	}
-	ids := companiesOf(dls)
-	fmt.Fprintf(stdout, "This drops %d dead letter(s) of %d company(ies): they are not sent again, and `status` stops counting them "+
-		"(the file keeps them, marked dropped).\n", len(dls), len(ids))
+	ids, users := companiesOf(dls), usersOf(dls)
+	fmt.Fprintf(stdout, "This drops %d dead letter(s) of %d company(ies) and %d user(s): they are not sent again, and `status` stops counting them "+
+		"(the file keeps them, marked dropped).\n", len(dls), len(ids), len(users))
 	if !yes {
 		fmt.Fprint(stdout, "Drop them? [y/N] ")
 		answer, _ := bufio.NewReader(stdin).ReadString('\n')
@@ -175,9 +207,12 @@ func dropDeadLetters(cfg *config.Config, dls []state.DeadLetter, company string,
 			return errors.New("not confirmed; nothing dropped")
 		}
 	}
-	rs := make([]state.Resolution, len(ids))
-	for i, id := range ids {
-		rs[i] = state.Resolution{Op: state.Dropped, CompanyID: id}
+	var rs []state.Resolution
+	for _, id := range ids {
+		rs = append(rs, state.Resolution{Op: state.Dropped, CompanyID: id})
+	}
+	for _, id := range users {
+		rs = append(rs, state.Resolution{Op: state.Dropped, UserID: id})
 	}
 	if err := state.AppendResolutions(cfg.State.Dir, rs); err != nil {
 		return err
@@ -186,18 +221,33 @@ func dropDeadLetters(cfg *config.Config, dls []state.DeadLetter, company string,
 	return nil
 }
 
-func nothingOutstanding(company string) error {
-	if company != "" {
-		return fmt.Errorf("company %q has no outstanding dead letter (`pgpilot deadletters list` shows them)", company)
+func nothingOutstanding(who string) error {
+	if who != "" {
+		return fmt.Errorf("%q has no outstanding dead letter (`pgpilot deadletters list` shows them)", who)
 	}
 	return errors.New("no outstanding dead letters")
 }
 
-// companiesOf is the distinct company ids of dls, sorted ("" first).
+// companiesOf is the distinct company ids of dls' companies' dead letters,
+// sorted ("" first: rows without an id).
 func companiesOf(dls []state.DeadLetter) []string {
 	var ids []string
 	for _, dl := range dls {
-		ids = append(ids, dl.CompanyID)
+		if dl.UserID == "" {
+			ids = append(ids, dl.CompanyID)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// usersOf is the distinct user ids of dls' users' dead letters, sorted.
+func usersOf(dls []state.DeadLetter) []string {
+	var ids []string
+	for _, dl := range dls {
+		if dl.UserID != "" {
+			ids = append(ids, dl.UserID)
+		}
 	}
 	slices.Sort(ids)
 	return slices.Compact(ids)

@@ -11,7 +11,7 @@ import (
 
 func TestReplayOfSeveralCompaniesIsOneResyncSelectingThemAsText(t *testing.T) {
 	dir := t.TempDir()
-	require.NoError(t, requestCompanyResync(dir, "Id", []string{"7", `O'Brien\`}))
+	require.NoError(t, requestCompanyResync(dir, "Id", []string{"7", `O'Brien\`}, false))
 	jobs, err := state.QueuedResyncs(dir)
 	require.NoError(t, err)
 	require.Len(t, jobs, 1, "one request for all of them")
@@ -19,7 +19,7 @@ func TestReplayOfSeveralCompaniesIsOneResyncSelectingThemAsText(t *testing.T) {
 	assert.Empty(t, jobs[0].CompanyID)
 
 	one := t.TempDir()
-	require.NoError(t, requestCompanyResync(one, "id", []string{"7"}))
+	require.NoError(t, requestCompanyResync(one, "id", []string{"7"}, false))
 	jobs, err = state.QueuedResyncs(one)
 	require.NoError(t, err)
 	require.Len(t, jobs, 1)

@@ -51,7 +51,10 @@ func resyncCommand(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return usageError{fix.With(errors.New("the config has no companies section"), "give --users (or --user ID) to re-sync users")}
 	}
 	if id != "" && *where != "" {
-		return usageError{errors.New("give --company (--user) or --where, not both")}
+		if *users {
+			return usageError{errors.New("give --user or --where, not both")}
+		}
+		return usageError{errors.New("give --company or --where, not both")}
 	}
 	if *cancel && (id != "" || *where != "" || *users) {
 		return usageError{errors.New("--cancel ends re-syncs: give it alone")}
@@ -173,8 +176,8 @@ func cancelResyncs(dir string, stdout io.Writer) error {
 // rows again, as `pgpilot resync --company` does: one request, selecting
 // them by the company id column (compared as text, as the daemon does for
 // one company). It is the one way other commands queue a re-sync.
-func requestCompanyResync(stateDir, companyIDColumn string, ids []string) error {
-	job := state.Snapshot{}
+func requestCompanyResync(stateDir, companyIDColumn string, ids []string, users bool) error {
+	job := state.Snapshot{Users: users}
 	if len(ids) == 1 {
 		job.CompanyID = ids[0]
 	} else {

@@ -26,12 +26,23 @@ const (
 )
 
 // Resolution is appended to the dead-letter file to resolve every dead
-// letter of CompanyID written before it. CompanyID "" resolves the dead
-// letters that have none (rows with a NULL or empty company id).
+// letter of CompanyID (or, with UserID set, of that user) written before
+// it. Both "" resolves the dead letters that have neither (rows with a NULL
+// or empty id).
 type Resolution struct {
 	Time      time.Time `json:"time"`
 	Op        string    `json:"op"`
 	CompanyID string    `json:"company_id"`
+	UserID    string    `json:"user_id,omitempty"`
+}
+
+// subjectKey is whom a dead letter (or a resolution) is about: a company's
+// id, or a user's behind a NUL byte no id holds.
+func subjectKey(companyID, userID string) string {
+	if userID != "" {
+		return "\x00u:" + userID
+	}
+	return companyID
 }
 
 // record is one line of the file: a DeadLetter, or, with Op set, a
@@ -68,7 +79,7 @@ func ReadDeadLetters(dir string) (DeadLetters, error) {
 	defer f.Close()
 	var all []DeadLetter
 	var resolved []bool
-	open := map[string][]int{} // company id → its outstanding dead letters
+	open := map[string][]int{} // company (or user) → its outstanding dead letters
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
 	for sc.Scan() {
@@ -80,17 +91,18 @@ func ReadDeadLetters(dir string) (DeadLetters, error) {
 			out.Unreadable++
 			continue
 		}
+		key := subjectKey(r.CompanyID, r.UserID)
 		if r.Op == "" {
-			open[r.CompanyID] = append(open[r.CompanyID], len(all))
+			open[key] = append(open[key], len(all))
 			all = append(all, r.DeadLetter)
 			resolved = append(resolved, false)
 			continue
 		}
-		for _, i := range open[r.CompanyID] {
+		for _, i := range open[key] {
 			resolved[i] = true
 			out.Resolved++
 		}
-		delete(open, r.CompanyID)
+		delete(open, key)
 	}
 	if err := sc.Err(); err != nil {
 		return out, fmt.Errorf("read dead-letter file %s: %w", path, err)
