@@ -19,7 +19,9 @@ import (
 
 	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
+	"github.com/pgpilot/pgpilot/delivery"
 	"github.com/pgpilot/pgpilot/internal/fix"
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/state"
 )
 
@@ -30,8 +32,9 @@ import (
 func whyCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs, path := commandFlags("why", stderr)
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	user := fs.Bool("user", false, "the id is a user's (users:), not a company's")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: pgpilot why COMPANY_ID --config FILE [--json]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: pgpilot why COMPANY_ID --config FILE [--json]\n       pgpilot why --user USER_ID --config FILE [--json]\n\n"+
 			"Where the company stands between Postgres and Userpilot: pending, in a bulk job, in the outbox,\n"+
 			"dead-lettered or delivered, and what it waits for. Asks the running pgpilot over http.listen,\n"+
 			"or reads the state directory when none runs.\n\n")
@@ -48,7 +51,14 @@ func whyCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr 
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
-	w, err := whereabouts(ctx, cfg, id)
+	key := id
+	if *user {
+		if !cfg.HasUsers() {
+			return usageError{fix.With(errors.New("--user: the config has no users section"), "name a company, or add a users: section")}
+		}
+		key = delivery.KeyOf(mapping.User, id)
+	}
+	w, err := whereabouts(ctx, cfg, key)
 	if err != nil {
 		return err
 	}
@@ -144,6 +154,9 @@ func askRunning(ctx context.Context, listen, id string) (daemon.Whereabouts, err
 		host = "127.0.0.1" // every interface: this machine's is one
 	}
 	u := url.URL{Scheme: "http", Host: net.JoinHostPort(host, port), Path: "/why/" + id}
+	if entity, uid := delivery.SubjectOf(id); entity == mapping.User {
+		u.Path, u.RawQuery = "/why/"+uid, "user=1"
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
@@ -182,7 +195,11 @@ func holder(dir string) string {
 // detail.
 func printWhereabouts(out io.Writer, w daemon.Whereabouts) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "company\t%s\n", w.CompanyID)
+	if w.UserID != "" {
+		fmt.Fprintf(tw, "user\t%s\n", w.UserID)
+	} else {
+		fmt.Fprintf(tw, "company\t%s\n", w.CompanyID)
+	}
 	fmt.Fprintf(tw, "state\t%s\n", w.State)
 	fmt.Fprintf(tw, "waiting for\t%s\n", w.WaitingFor)
 	if c := w.LastChange; c != nil {

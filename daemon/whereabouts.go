@@ -9,6 +9,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/metrics"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot"
@@ -19,7 +20,9 @@ import (
 // (GET /why/{company}), with what its pipeline holds in memory; with none
 // running, `why` reads the state directory itself (Locate).
 type Whereabouts struct {
-	CompanyID string `json:"company_id"`
+	CompanyID string `json:"company_id,omitempty"`
+	// UserID is set instead of CompanyID for a user (why --user).
+	UserID string `json:"user_id,omitempty"`
 	// Source is "running pgpilot" (asked over http.listen) or "state
 	// directory" (read with no pgpilot running, or none answering).
 	Source string `json:"source"`
@@ -83,8 +86,14 @@ var ErrNotRunning = fmt.Errorf("%w: no delivery engine is running in this pgpilo
 // Locate reads where company id stands from the state directory dir: the
 // checkpoint, the dead letters and, when store is not nil, the store. The
 // daemon passes its open store; `pgpilot why` one it opened read-only.
-func Locate(dir string, store *state.Store, cfg *config.Config, id string) (Whereabouts, error) {
+// key is the company's id, or a user's key (delivery.KeyOf): the state
+// directory's records are keyed so.
+func Locate(dir string, store *state.Store, cfg *config.Config, key string) (Whereabouts, error) {
+	entity, id := delivery.SubjectOf(key)
 	w := Whereabouts{CompanyID: id, Source: "state directory"}
+	if entity == mapping.User {
+		w.CompanyID, w.UserID = "", id
+	}
 	cp, ok, err := state.ReadCheckpoint(dir)
 	if err != nil {
 		return w, err
@@ -97,12 +106,12 @@ func Locate(dir string, store *state.Store, cfg *config.Config, id string) (Wher
 		return w, err
 	}
 	for _, dl := range dls.Outstanding {
-		if dl.CompanyID == id {
+		if (entity == mapping.User && dl.UserID == id) || (entity == mapping.Company && dl.UserID == "" && dl.CompanyID == id) {
 			w.DeadLetters = append(w.DeadLetters, DeadLetterOf{Time: dl.Time, LSN: dl.LSN.String(), Status: dl.Status, Reason: dl.Reason})
 		}
 	}
 	if store != nil {
-		rec, err := store.Company(id, metadataKeys(cfg))
+		rec, err := store.Company(key, metadataKeys(cfg, entity))
 		if err != nil {
 			return w, err
 		}
@@ -114,12 +123,16 @@ func Locate(dir string, store *state.Store, cfg *config.Config, id string) (Wher
 
 // metadataKeys are every key the mapping sends, to name the no-op index's
 // fingerprints.
-func metadataKeys(cfg *config.Config) []string {
+func metadataKeys(cfg *config.Config, entity mapping.Entity) []string {
+	c := cfg.Companies
+	if entity == mapping.User {
+		c = cfg.Users.Entity()
+	}
 	var keys []string
-	for _, f := range cfg.Companies.Metadata {
+	for _, f := range c.Metadata {
 		keys = append(keys, f.Key)
 	}
-	for _, r := range cfg.Companies.Related {
+	for _, r := range c.Related {
 		for _, f := range r.Metadata {
 			keys = append(keys, f.Key)
 		}
@@ -127,13 +140,21 @@ func metadataKeys(cfg *config.Config) []string {
 			keys = append(keys, a.Key)
 		}
 	}
-	for k := range cfg.Companies.OnDeleteMetadata {
+	for k := range c.OnDeleteMetadata {
 		keys = append(keys, k)
 	}
-	if cfg.Companies.OnDelete == "mark" && len(cfg.Companies.OnDeleteMetadata) == 0 {
+	if c.OnDelete == "mark" && len(c.OnDeleteMetadata) == 0 {
 		keys = append(keys, "deleted")
 	}
 	return keys
+}
+
+// flag is the command-line flag naming w's company or user.
+func (w Whereabouts) flag() string {
+	if w.UserID != "" {
+		return "--user " + w.UserID
+	}
+	return "--company " + w.CompanyID
 }
 
 // decide sets State, WaitingFor and LastChange from what is known, the
@@ -228,7 +249,7 @@ func (w *Whereabouts) decide() {
 		dl := w.DeadLetters[len(w.DeadLetters)-1]
 		w.State = "dead_lettered"
 		w.LastChange = &Change{LSN: dl.LSN}
-		w.WaitingFor = fmt.Sprintf("you: fix the cause, then `pgpilot deadletters replay --company %s` sends its current row (or `drop`)", w.CompanyID)
+		w.WaitingFor = fmt.Sprintf("you: fix the cause, then `pgpilot deadletters replay %s` sends its current row (or `drop`)", w.flag())
 	case st != nil && st.Indexed:
 		w.State = "delivered"
 		w.WaitingFor = "nothing: Userpilot holds the values the no-op index records; a change to a mapped column sends them again"
@@ -246,7 +267,7 @@ func (w *Whereabouts) decide() {
 		w.Notes = append(w.Notes, "an earlier run may have sent it without seeing the end: its next state is sent whatever the no-op index says")
 	}
 	if len(w.DeadLetters) > 0 && w.State != "dead_lettered" {
-		w.Notes = append(w.Notes, fmt.Sprintf("%d outstanding dead letter(s) from before: `pgpilot deadletters list --company %s`", len(w.DeadLetters), w.CompanyID))
+		w.Notes = append(w.Notes, fmt.Sprintf("%d outstanding dead letter(s) from before: `pgpilot deadletters list %s`", len(w.DeadLetters), w.flag()))
 	}
 }
 
@@ -269,7 +290,10 @@ type whereabouts struct {
 func (wh *whereabouts) attach(p *delivery.Pipeline) { wh.pipe.Store(p) }
 
 // why is the handler of GET /why/{company}.
-func (s *session) why(ctx context.Context, id string) (any, error) {
+func (s *session) why(ctx context.Context, id string, user bool) (any, error) {
+	if user {
+		id = delivery.KeyOf(mapping.User, id)
+	}
 	p := s.where.pipe.Load()
 	if p == nil {
 		return nil, ErrNotRunning

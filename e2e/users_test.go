@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
@@ -171,4 +173,14 @@ func TestAUsersOnlySyncSendsUsersAndTheirCompany(t *testing.T) {
 	assert.Equal(t, "7", u.Company)
 	code, _ := p.stop(t)
 	assert.Equal(t, 0, code)
+
+	// `why --user` reads the users' key space of the state directory: user
+	// 3 is delivered, with its company among the keys its index holds.
+	code, out := e.cli("", "why", "--user", "3", "--config", e.cfgPath, "--json")
+	require.Equal(t, 0, code, out)
+	var w daemon.Whereabouts
+	require.NoError(t, json.Unmarshal([]byte(out), &w), out)
+	assert.Equal(t, "3", w.UserID)
+	assert.Empty(t, w.CompanyID)
+	assert.Equal(t, "delivered", w.State, out)
 }

@@ -8,10 +8,11 @@ import (
 	"net/http"
 )
 
-// WhyFunc says where one company stands (for `pgpilot why`): a value
+// WhyFunc says where one company (or, with user, one user) stands (for
+// `pgpilot why`): a value
 // encoded as JSON, or an error. The daemon sets it; this package knows
 // nothing of what it returns.
-type WhyFunc func(ctx context.Context, companyID string) (any, error)
+type WhyFunc func(ctx context.Context, id string, user bool) (any, error)
 
 // ErrWhyUnavailable is what a WhyFunc returns when it cannot answer yet
 // (no delivery engine runs: starting, or standing by): 503.
@@ -33,7 +34,7 @@ func (m *Metrics) serveWhy(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this pgpilot does not answer `why` yet (starting, or standing by)", http.StatusServiceUnavailable)
 		return
 	}
-	v, err := (*f)(r.Context(), r.PathValue("company"))
+	v, err := (*f)(r.Context(), r.PathValue("company"), r.URL.Query().Get("user") != "")
 	if err != nil {
 		status := http.StatusInternalServerError
 		if errors.Is(err, ErrWhyUnavailable) {
