@@ -21,32 +21,50 @@ import (
 // st is where the session starts: an initial sync that delivered nothing
 // yet sends every key of this mapping, so nothing is backfilled.
 func (s *session) reconcileMapping(st start) error {
-	if !s.cfg.HasCompanies() {
-		// The users' mapping is not recorded: a change of it is not
-		// backfilled (`pgpilot resync --users` sends every user again).
-		return nil
+	for _, spec := range s.cfg.Entities() {
+		if err := s.reconcileSection(st, spec); err != nil {
+			return err
+		}
 	}
-	now := s.cfg.Companies.Shape()
+	return nil
+}
+
+// reconcileSection compares one section's mapping with the one recorded
+// for it (the users' in a file of their own) and queues its backfill.
+func (s *session) reconcileSection(st start, spec mapping.Companies) error {
+	users := spec.Kind == mapping.User
+	file, noun := state.MappingFile, "company"
+	if users {
+		file, noun = state.UsersMappingFile, "user"
+	}
+	now := spec.Shape()
 	data, err := json.MarshalIndent(now, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode the mapping's shape: %w", err)
 	}
 	data = append(data, '\n')
-	old, ok, err := state.ReadMapping(s.dir.Path())
+	old, ok, err := state.ReadMappingFile(s.dir.Path(), file)
 	if err != nil {
 		return err
 	}
-	fresh := st.job != nil && st.job.ID == state.InitialSnapshot && !st.job.Users && st.job.After == nil
+	// The section's initial sync, not begun, sends every key of this
+	// mapping: nothing to backfill.
+	fresh := st.job != nil && st.job.Initial() && st.job.Users == users && st.job.After == nil
+	if users {
+		s.mu.Lock()
+		fresh = fresh || (s.cp.InitialSync == state.InitialSyncDone && !s.cp.UsersSynced)
+		s.mu.Unlock()
+	}
 	var was mapping.Shape
 	switch {
 	case fresh:
 		// The initial sync sends every key as this mapping defines it.
 	case !ok:
-		s.log.Info("recording the mapping in the state directory: a later change to it is backfilled for every company",
-			"file", state.MappingFile)
+		s.log.Info("recording the mapping in the state directory: a later change to it is backfilled for every "+noun,
+			"file", file)
 	case json.Unmarshal(old, &was) != nil:
 		s.log.Warn("the recorded mapping cannot be read; recording this one (run `pgpilot resync` if the mapping changed meanwhile)",
-			"file", state.MappingFile)
+			"file", file)
 	default:
 		ch := mapping.Compare(was, now)
 		if ch.None() {
@@ -55,17 +73,17 @@ func (s *session) reconcileMapping(st start) error {
 			}
 			break // the same mapping, written otherwise: recorded again
 		}
-		set, clear := ch.Backfill(s.cfg.Companies)
+		set, clear := ch.Backfill(spec)
 		if len(set)+len(clear) == 0 {
-			s.log.Info("the mapping changed since the last run; nothing to send", "changes", ch.Describe(s.cfg.Companies))
+			s.log.Info("the mapping changed since the last run; nothing to send", "changes", ch.Describe(spec))
 			break
 		}
-		job, err := state.RequestResync(s.dir.Path(), state.Snapshot{Backfill: &state.Backfill{Keys: set, Clear: clear}})
+		job, err := state.RequestResync(s.dir.Path(), state.Snapshot{Users: users, Backfill: &state.Backfill{Keys: set, Clear: clear}})
 		if err != nil {
 			return err
 		}
-		s.log.Info("the mapping changed since the last run; backfilling the keys that changed for every company, alongside the stream",
-			"changes", ch.Describe(s.cfg.Companies), "job", job.ID, "keys", set, "cleared", clear)
+		s.log.Info("the mapping changed since the last run; backfilling the keys that changed for every "+noun+", alongside the stream",
+			"changes", ch.Describe(spec), "job", job.ID, "keys", set, "cleared", clear)
 	}
-	return s.dir.SaveMapping(data)
+	return s.dir.SaveMappingFile(file, data)
 }

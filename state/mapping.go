@@ -15,10 +15,19 @@ import (
 // queues it again: a backfill sent twice sends the same values.
 const MappingFile = "mapping.json"
 
+// UsersMappingFile is MappingFile of the users section.
+const UsersMappingFile = "mapping-users.json"
+
 // ReadMapping reads the recorded mapping; ok is false when none is. It
 // takes no lock, so check and preview can read a running daemon's.
 func ReadMapping(dir string) (data []byte, ok bool, err error) {
-	data, err = os.ReadFile(filepath.Join(dir, MappingFile))
+	return ReadMappingFile(dir, MappingFile)
+}
+
+// ReadMappingFile reads the mapping recorded in file (MappingFile or
+// UsersMappingFile).
+func ReadMappingFile(dir, file string) (data []byte, ok bool, err error) {
+	data, err = os.ReadFile(filepath.Join(dir, file))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -30,5 +39,10 @@ func ReadMapping(dir string) (data []byte, ok bool, err error) {
 
 // SaveMapping durably records the mapping's shape.
 func (d *Dir) SaveMapping(data []byte) error {
-	return WriteFileAtomic(d.path, MappingFile, data, 0o600)
+	return d.SaveMappingFile(MappingFile, data)
+}
+
+// SaveMappingFile durably records a section's mapping in file.
+func (d *Dir) SaveMappingFile(file string, data []byte) error {
+	return WriteFileAtomic(d.path, file, data, 0o600)
 }
