@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/config"
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/pgtest"
 	"github.com/pgpilot/pgpilot/internal/workload"
@@ -150,6 +152,44 @@ func TestPointedAtStandby(t *testing.T) {
 			require.NoError(t, err)
 		}
 		e.converge(90 * time.Second)
+		require.NoError(t, stop())
+	})
+
+	// Users beside companies, read from the standby while the primary is
+	// written: users made, moved between companies, deleted and made bots;
+	// tickets counted per user.
+	t.Run("UsersAndCompaniesFromTheStandby", func(t *testing.T) {
+		e := standbyEnv(t, primary, standby, false)
+		ctx := context.Background()
+		require.NoError(t, workload.CreateUsers(ctx, e.conn))
+		_, err := e.conn.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{e.slot}.Sanitize()+" FOR TABLE public.companies, public.users, public.tickets")
+		require.NoError(t, err)
+		require.NoError(t, workload.Seed(ctx, e.conn, 100))
+		require.NoError(t, workload.SeedUsers(ctx, e.conn, 300, 100))
+		require.NoError(t, standby.WaitReplayed(ctx))
+		path := filepath.Join(t.TempDir(), "pgpilot.yaml")
+		require.NoError(t, os.WriteFile(path, []byte(workload.Config(e.url, e.slot, e.up.URL(), apiKey, filepath.Join(t.TempDir(), "state"), 2000)+
+			workload.UsersMapping), 0o600))
+		e.cfg, err = config.Load(path)
+		require.NoError(t, err)
+		stop := e.start(ctx, 5*time.Second)
+		rng := rand.New(rand.NewPCG(17, 4))
+		for range 150 {
+			if rng.IntN(3) == 0 {
+				_, err = workload.Step(ctx, e.conn, rng, 100)
+			} else {
+				_, err = workload.UsersStep(ctx, e.conn, rng, 320, 100)
+			}
+			require.NoError(t, err)
+		}
+		e.converge(90 * time.Second)
+		require.NoError(t, workload.WaitUsersConverged(ctx, e.conn, func() map[string]workload.UserProfile {
+			out := map[string]workload.UserProfile{}
+			for id, u := range e.up.Users() {
+				out[id] = workload.UserProfile{Company: u.Company, Metadata: u.Metadata}
+			}
+			return out
+		}, 90*time.Second))
 		require.NoError(t, stop())
 	})
 
