@@ -184,8 +184,15 @@ func replayDeadLetters(cfg *config.Config, dls []state.DeadLetter, who string, s
 	if err := state.AppendResolutions(cfg.State.Dir, rs); err != nil {
 		return fmt.Errorf("re-sync requested, but the dead letters are not marked replayed: %w", err)
 	}
-	fmt.Fprintf(stdout, "replay of %d company(ies) and %d user(s) requested: the running pgpilot (or the next `pgpilot run`) sends their current rows "+
-		"within a second, once no other snapshot runs; `pgpilot status` shows it. A record refused again is set aside again.\n", len(ids), len(users))
+	what := fmt.Sprintf("%d company(ies)", len(ids))
+	switch {
+	case len(users) > 0 && len(ids) > 0:
+		what += fmt.Sprintf(" and %d user(s)", len(users))
+	case len(users) > 0:
+		what = fmt.Sprintf("%d user(s)", len(users))
+	}
+	fmt.Fprintf(stdout, "replay of %s requested: the running pgpilot (or the next `pgpilot run`) sends their current rows "+
+		"within a second, once no other snapshot runs; `pgpilot status` shows it. A record refused again is set aside again.\n", what)
 	if noID {
 		fmt.Fprintln(stdout, "dead letters without a company id were left: there is no row to send again (drop them with --all once fixed)")
 	}

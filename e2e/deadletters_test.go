@@ -157,8 +157,8 @@ func TestDeadLettersCommandRefusesBadInputNamingTheFix(t *testing.T) {
 	}{
 		{[]string{"deadletters"}, 2, "list|replay|drop"},
 		{[]string{"deadletters", "purge", "--config", e.cfgPath}, 2, `unknown action "purge"`},
-		{[]string{"deadletters", "replay", "--config", e.cfgPath}, 2, "--company ID, or --all"},
-		{[]string{"deadletters", "drop", "--config", e.cfgPath, "--all", "--company", "1"}, 2, "--company or --all, not both"},
+		{[]string{"deadletters", "replay", "--config", e.cfgPath}, 2, "--company ID, --user ID, or --all"},
+		{[]string{"deadletters", "drop", "--config", e.cfgPath, "--all", "--company", "1"}, 2, "give one of --company, --user or --all"},
 		{[]string{"deadletters", "list"}, 2, "--config FILE is required"},
 		{[]string{"deadletters", "replay", "--config", e.cfgPath, "--company", "42"}, 1, "no outstanding dead letter"},
 		{[]string{"deadletters", "list", "--config", e.cfgPath}, 0, "no outstanding dead letters"},
