@@ -292,6 +292,36 @@ func TestWhereDecidesWhatACompanyChangeBecomes(t *testing.T) {
 	assert.EqualValues(t, 1, stats.Stopped.Load())
 }
 
+// TestWhereJudgesMoreRowsThanOneQueryTakes: a transaction of 5,001
+// company updates is judged a few thousand rows per query, and each row
+// keeps its own verdict across the queries' boundaries.
+func TestWhereJudgesMoreRowsThanOneQueryTakes(t *testing.T) {
+	url, conn, _, plan := setup(t, 5, relatedConfig)
+	companies := relation(t, conn, "companies")
+	var changes []row.Change
+	var want []string
+	for i := 1; i <= 5001; i++ {
+		id := strconv.Itoa(i)
+		test := map[bool]string{true: "t", false: "f"}[i%3 == 0 || i%1000 == 7]
+		vals := values(companies, map[string]string{"id": id, "name": "C" + id, "is_test": test, "updated_at": "2026-01-01 00:00:00+00"})
+		changes = append(changes, row.Change{Op: row.Update, Relation: companies, Values: vals, Old: vals})
+		if test == "f" {
+			want = append(want, id)
+		}
+	}
+	in, out, stop, _ := run(t, url, plan, &related.Stats{})
+	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: changes}
+	txn := receive(t, out)
+	require.NoError(t, stop())
+	var got []string
+	for _, ch := range txn.Changes {
+		if ch.Relation == companies {
+			got = append(got, string(ch.Values[0].Text))
+		}
+	}
+	assert.Equal(t, want, got, "companies that match companies.where, in order, and only they")
+}
+
 // TestCompileRefusesWhatCannotRunWithTheLineAndTheFix: what only Postgres
 // can judge is refused when the config is compiled (check, run), with the
 // file's line.

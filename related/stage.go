@@ -113,8 +113,13 @@ func New(opts Options) *Stage {
 	return &Stage{opts: opts, plan: opts.Plan, log: opts.Logger, stats: opts.Stats, wanted: map[string]want{}, narrowed: map[*row.KeySet]*row.Relation{}}
 }
 
-// maxHeldChanges bounds what the stage holds while it gathers a read.
-const maxHeldChanges = 50_000
+// maxHeldChanges bounds what the stage holds while it gathers a read: the
+// rows themselves (with FULL replica identity, old and new), which wait in
+// memory until the read. Ten thousand is a read's worth of companies
+// (MaxCompanies) and a few megabytes; five times that, a burst of
+// changes to users with a where held 12 MB of rows and 13 MB of query
+// arguments.
+const maxHeldChanges = 10_000
 
 // Run passes src on to dst, in order, until src is closed or ctx is done.
 // A transaction that asks for no re-read passes at once when nothing is

@@ -37,9 +37,22 @@ func (p *Plan) whereSQL(rel *row.Relation) string {
 // TOASTed one) is NULL here: the stage fills it from the old row first.
 func (p *Plan) matches(ctx context.Context, q Querier, rel *row.Relation, rows [][]row.Value) ([]bool, error) {
 	out := make([]bool, len(rows))
-	if len(rows) == 0 {
-		return out, nil
+	// A few thousand rows per query: the arguments of one are encoded
+	// whole, and the connection keeps the buffer they took.
+	for lo := 0; lo < len(rows); lo += whereRowsPerQuery {
+		hi := min(lo+whereRowsPerQuery, len(rows))
+		if err := p.matchesInto(ctx, q, rel, rows[lo:hi], out[lo:hi]); err != nil {
+			return nil, err
+		}
 	}
+	return out, nil
+}
+
+// whereRowsPerQuery bounds the rows one companies.where query judges.
+const whereRowsPerQuery = 2000
+
+// matchesInto judges rows (at most whereRowsPerQuery) into out.
+func (p *Plan) matchesInto(ctx context.Context, q Querier, rel *row.Relation, rows [][]row.Value, out []bool) error {
 	ords := make([]int32, len(rows))
 	cols := make([][]*string, len(rel.Columns))
 	for j := range cols {
@@ -60,20 +73,20 @@ func (p *Plan) matches(ctx context.Context, q Querier, rel *row.Relation, rows [
 	}
 	res, err := q.Query(ctx, p.whereSQL(rel), args...)
 	if err != nil {
-		return nil, fmt.Errorf("evaluate companies.where on %d rows: %w", len(rows), err)
+		return fmt.Errorf("evaluate companies.where on %d rows: %w", len(rows), err)
 	}
 	defer res.Close()
 	for res.Next() {
 		var o int32
 		if err := res.Scan(&o); err != nil {
-			return nil, err
+			return err
 		}
 		if o >= 0 && int(o) < len(out) {
 			out[o] = true
 		}
 	}
 	if err := res.Err(); err != nil {
-		return nil, fmt.Errorf("evaluate companies.where on %d rows: %w", len(rows), err)
+		return fmt.Errorf("evaluate companies.where on %d rows: %w", len(rows), err)
 	}
-	return out, nil
+	return nil
 }
