@@ -6,7 +6,8 @@ package bench
 //
 //	go test -run '^$' -bench 'CatchUp$|Snapshot|Latency$' -benchtime 1x -count 3 -timeout 2h ./bench/
 //
-// PGPILOT_BENCH_ROWS scales the row count (default 200000; 1000000 for the
+// PGPILOT_BENCH_ARGS adds flags to the binary's run (--log-level debug),
+// PGPILOT_BENCH_LOGDIR keeps its logs. PGPILOT_BENCH_ROWS scales the row count (default 200000; 1000000 for the
 // full-size figures). PGPILOT_BENCH_LATENCY_SECONDS sets how long each
 // latency rate runs (default 15). PGPILOT_BENCH_GOMEMLIMIT, if set, is
 // given to the pgpilot binary as GOMEMLIMIT. Each measurement first waits
@@ -150,6 +151,7 @@ type env struct {
 	dir      string
 	cfgPath  string
 	stateDir string
+	users    bool // the config has a users section beside the companies
 }
 
 // Delivery paths a benchmark's config allows.
@@ -225,20 +227,27 @@ const insertSQL = `INSERT INTO companies (id, name, plan, seats, monthly_spend, 
 // last may be shorter), all server-side so the writer costs no round trips,
 // and returns the WAL position after the last commit.
 func (e *env) writeRows(n, perTxn int) pglogrepl.LSN {
+	return e.writeRowsOf(insertSQL, 0, n, perTxn)
+}
+
+// writeRowsOf is writeRows with another insert (a template of two SQL
+// expressions, the first and last id, like insertSQL) and ids after off:
+// off+1..off+n.
+func (e *env) writeRowsOf(template string, off, n, perTxn int) pglogrepl.LSN {
 	e.b.Helper()
 	ctx := context.Background()
 	var err error
 	if perTxn >= n {
-		_, err = e.conn.Exec(ctx, fmt.Sprintf(insertSQL, "1", strconv.Itoa(n)))
+		_, err = e.conn.Exec(ctx, fmt.Sprintf(template, strconv.Itoa(off+1), strconv.Itoa(off+n)))
 	} else {
 		// COMMIT inside DO: one transaction per batch, no client round trips.
 		_, err = e.conn.Exec(ctx, fmt.Sprintf(`DO $$
 			BEGIN
 				FOR b IN 0..%d LOOP
-					`+insertSQL+`;
+					`+template+`;
 					COMMIT;
 				END LOOP;
-			END $$`, (n-1)/perTxn, fmt.Sprintf("b * %d + 1", perTxn), fmt.Sprintf("least((b + 1) * %d, %d)", perTxn, n)))
+			END $$`, (n-1)/perTxn, fmt.Sprintf("b * %d + %d", perTxn, off+1), fmt.Sprintf("least((b + 1) * %d, %d) + %d", perTxn, n, off)))
 	}
 	if err != nil {
 		e.b.Fatalf("write %d rows in transactions of %d: %v", n, perTxn, err)
@@ -273,9 +282,12 @@ func (e *env) checkpointLSN() pglogrepl.LSN {
 // the slot exists, with the job still on it: a benchmark that stopped
 // pgpilot then had its next start snapshot the rows it wrote meanwhile,
 // each row then mapped twice, once from a chunk and once from the stream.)
+//
+// With users beside the companies, the users' initial sync follows the
+// companies': done when the checkpoint says the users were sent too.
 func (e *env) initialSyncDone() bool {
 	cp, ok, err := state.ReadCheckpoint(e.stateDir)
-	return err == nil && ok && cp.InitialSync == state.InitialSyncDone && cp.Snapshot == nil
+	return err == nil && ok && cp.InitialSync == state.InitialSyncDone && cp.Snapshot == nil && (!e.users || cp.UsersSynced)
 }
 
 // waitFor polls cond every few milliseconds and returns when it held.
@@ -318,8 +330,14 @@ func (e *env) startPgpilot() *proc {
 	if err != nil {
 		e.b.Fatal(err)
 	}
-	cmd := exec.Command(pgpilotBinary(e.b), "run", "--config", e.cfgPath)
+	// PGPILOT_BENCH_ARGS adds flags to `pgpilot run` (--log-level debug).
+	args := append([]string{"run", "--config", e.cfgPath}, strings.Fields(os.Getenv("PGPILOT_BENCH_ARGS"))...)
+	cmd := exec.Command(pgpilotBinary(e.b), args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// A benchmark killed (its -timeout) takes its pgpilot with it: an
+	// orphan would go on reading its slot and taking the cores the next
+	// measurement counts on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if limit := os.Getenv("PGPILOT_BENCH_GOMEMLIMIT"); limit != "" {
 		// For pgpilot only: the benchmark and its stand-in keep theirs.
 		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+limit)
@@ -463,10 +481,7 @@ func (e *env) initialSync(rows int) {
 	e.waitFor("initial rows delivered", 10*time.Minute, func() bool { return e.up.Accepted() >= rows })
 	// Stopped before the snapshot job's end is checkpointed, the next run
 	// would read the table again beside whatever it measures.
-	e.waitFor("snapshot job ended", 10*time.Minute, func() bool {
-		cp, ok, err := state.ReadCheckpoint(e.stateDir)
-		return err == nil && ok && cp.Snapshot == nil
-	})
+	e.waitFor("snapshot job ended", 10*time.Minute, e.initialSyncDone)
 	p.stop()
 }
 

@@ -73,10 +73,16 @@ func (s *Server) advanceJobsLocked(now time.Time) {
 		j.status = jobFailed
 		return
 	}
+	before := s.lastApplied
 	if j.users != nil {
 		s.applyUsersLocked("bulk identify", j.users)
 	} else {
 		s.applyLocked("bulk identify", j.records)
+	}
+	// When Userpilot finished it, however late someone looked.
+	s.lastApplied = before
+	if end.After(before) {
+		s.lastApplied = end
 	}
 	j.doneRows = total
 	j.status = jobCompleted

@@ -103,6 +103,7 @@ type Server struct {
 	indexed          int       // runs of applied whose records are in companies
 	profiles         []profile // where the next new profiles are taken from
 	identifyRequests int
+	lastApplied      time.Time // when the last record of either kind was applied
 	faults           faults
 	rejects          map[string]int
 	deleteRejects    map[string]int
@@ -265,6 +266,15 @@ func (s *Server) Accepted() int {
 	s.lock()
 	defer s.unlock()
 	return s.accepted
+}
+
+// LastApplied is when the last record, a company's or a user's, was
+// applied (zero before the first): once the stand-in equals the table, the
+// time it got there, however late a test looks.
+func (s *Server) LastApplied() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastApplied
 }
 
 // IdentifyRequests counts real-time identify requests received, whatever
@@ -573,6 +583,9 @@ func (s *Server) applyLocked(kind string, cos []company) {
 	s.applied = append(s.applied, appliedRun{kind: kind, records: cos})
 	s.appliedCount += len(cos)
 	s.accepted += len(cos)
+	if len(cos) > 0 {
+		s.lastApplied = time.Now()
+	}
 	if s.opts.Logf != nil {
 		for _, co := range cos {
 			md := co.meta()

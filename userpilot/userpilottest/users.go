@@ -230,6 +230,9 @@ func (s *Server) applyUsersLocked(kind string, us []userRecord) {
 	}
 	s.appliedUsers = append(s.appliedUsers, appliedUserRun{kind: kind, records: us})
 	s.appliedUserCount += len(us)
+	if len(us) > 0 {
+		s.lastApplied = time.Now()
+	}
 	for i := range us {
 		r := &us[i]
 		u := s.users[r.id]
