@@ -3,6 +3,7 @@ package delivery_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -275,4 +276,45 @@ func TestRecordingACompletedJobIsNotAnOutage(t *testing.T) {
 	for _, st := range h.statuses {
 		assert.NotEqual(t, state.ModeOutbox, st.Mode, "outbox mode while a completed job was recorded: %s", st.Reason)
 	}
+}
+
+// A backlog larger than memory, delivered at Userpilot's pace: once the
+// window has held the input back for ReadAheadAfter without a window's
+// worth of changes going in, the rest is read ahead into the outbox, where
+// a company's later changes merge. Each company then goes out about once,
+// not once per change, and the checkpoint reaches the last change while
+// most of it is still owed (the slot's WAL is freed).
+func TestABacklogLargerThanMemoryIsReadAheadAndMerged(t *testing.T) {
+	const window, companies, rounds = 20, 200, 3
+	h := newHarness(t, setup{rate: 50, delivery: delivery.Options{MaxPending: window, Workers: 1, ReadAheadAfter: 300 * time.Millisecond}})
+	var txns []row.Transaction
+	lsn := pglogrepl.LSN(0)
+	for round := range rounds {
+		for id := 1; id <= companies; id++ {
+			lsn += 10
+			txns = append(txns, txn(lsn, update(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil)))
+		}
+	}
+	require.NoError(t, h.run(context.Background(), txns...))
+
+	for id := 1; id <= companies; id++ {
+		got, _ := h.up.Company(fmt.Sprint(id))
+		require.Equal(t, fmt.Sprintf("plan-%d", rounds-1), got["plan"], "company %d ends at its last change", id)
+	}
+	// Held back in memory, every change would go out: 600 calls. Read
+	// ahead, the companies sent before it started go twice, the rest once.
+	assert.Less(t, h.up.IdentifyRequests(), companies+companies/2,
+		"a company's later changes merged into what was owed (%d calls for %d companies × %d changes)", h.up.IdentifyRequests(), companies, rounds)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var readAhead bool
+	for _, st := range h.statuses {
+		readAhead = readAhead || (st.Mode == state.ModeOutbox && strings.Contains(st.Reason, "outgrew memory"))
+	}
+	assert.True(t, readAhead, "outbox mode, for the backlog that outgrew memory")
+	early := false
+	for i, cp := range h.checkpoints {
+		early = early || (cp == lsn && h.acceptedAt[i] < companies)
+	}
+	assert.True(t, early, "the checkpoint reached the last change while most companies were still owed")
 }

@@ -170,6 +170,11 @@ type Options struct {
 	// OutboxAfter is how long Userpilot may accept nothing while changes
 	// wait before outbox mode starts; 0 → DefaultOutboxAfter.
 	OutboxAfter time.Duration
+	// ReadAheadAfter is how long the memory window may hold the input
+	// back, full with transactions waiting and fewer changes than it holds
+	// taken in meanwhile, before outbox mode starts (see backlog.go);
+	// 0 → DefaultReadAheadAfter.
+	ReadAheadAfter time.Duration
 	// Status receives the mode and outbox figures (for `pgpilot status`).
 	Status func(state.Status)
 
@@ -223,6 +228,9 @@ const (
 	// DefaultOutboxAfter is how long Userpilot may accept nothing while
 	// changes wait before outbox mode starts.
 	DefaultOutboxAfter = 5 * time.Minute
+	// DefaultReadAheadAfter is how long a backlog may hold the input back
+	// before it is read ahead into the outbox.
+	DefaultReadAheadAfter = 15 * time.Second
 	// DefaultMaxPendingBytes is the memory window's byte bound: 5 MB is
 	// about 14,000 companies of seven keys (BenchmarkPendingCompanyBytes),
 	// a full bulk job in flight and a part of the next one. (At 6 MB the
@@ -303,6 +311,10 @@ type Pipeline struct {
 	// progress is when Userpilot last accepted something, or when changes
 	// started waiting after an idle spell (for outbox_after).
 	progress time.Time
+	// backlog watches whether the window holds the input back for long;
+	// waiting says whether transactions wait in the input.
+	backlog  backlog
+	waiting  func() bool
 	statusAt time.Time
 	report   *report
 	// asked and answers are room for a look-up in the no-op index.
@@ -351,6 +363,9 @@ func New(opts Options) *Pipeline {
 	if opts.OutboxAfter <= 0 {
 		opts.OutboxAfter = DefaultOutboxAfter
 	}
+	if opts.ReadAheadAfter <= 0 {
+		opts.ReadAheadAfter = DefaultReadAheadAfter
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -398,6 +413,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 	// What is read, and the log's report, are this Run's.
 	p.in, p.report = input{}, newReport()
 	p.progress = time.Now()
+	p.backlog, p.waiting = backlog{}, func() bool { return len(in) > 0 }
 	if err := p.load(); err != nil {
 		return err
 	}

@@ -56,12 +56,20 @@ func (p *Pipeline) updateMode(now time.Time) {
 	if p.opts.RetainedWAL != nil {
 		retained = p.opts.RetainedWAL()
 	}
+	heldBack := p.backlog.observe(now, p.holdsInputBack(), p.stats.Changes.Load(), p.ledger.order.len())
 	before := p.outbox.mode
 	p.outbox.updateMode(p.ledger, modeSignals{now: now, retained: retained, maxRetained: p.opts.MaxRetainedWAL,
-		lastProgress: last, outboxAfter: p.opts.OutboxAfter, owed: p.ledger.undelivered > 0})
+		lastProgress: last, outboxAfter: p.opts.OutboxAfter, owed: p.ledger.undelivered > 0,
+		heldBack: heldBack, readAheadAfter: p.opts.ReadAheadAfter, window: p.ledger.order.len()})
 	if p.outbox.mode != before {
 		p.reportStatus(true)
 	}
+}
+
+// holdsInputBack says whether the window keeps the input from being read:
+// full in hold mode, with transactions waiting in the input.
+func (p *Pipeline) holdsInputBack() bool {
+	return !p.in.closed && p.ledger.full() && p.outbox.mode != ModeOutbox && p.waiting != nil && p.waiting()
 }
 
 // checkpoint writes what the ledger says is due: everything received (all:
