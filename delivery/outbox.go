@@ -354,9 +354,9 @@ type modeSignals struct {
 	outboxAfter  time.Duration
 	// owed: something undelivered is in memory.
 	owed bool
-	// heldBack is how long the window has held the input back without
-	// turning over (backlog.observe), window how many it holds; past
-	// readAheadAfter, the rest of the backlog is read ahead.
+	// heldBack is how long the window has held, or will hold, the input
+	// back without turning over (backlog.observe), window how many it
+	// holds; past readAheadAfter, the rest of the backlog is read ahead.
 	heldBack, readAheadAfter time.Duration
 	window                   int
 }
@@ -377,9 +377,9 @@ func (o *outbox) updateMode(l *ledger, s modeSignals) {
 			reason = fmt.Sprintf("Userpilot has accepted nothing for %s (delivery.outbox_after)", idle.Round(time.Second))
 		}
 		if reason == "" && s.heldBack > s.readAheadAfter {
-			reason = fmt.Sprintf("the backlog outgrew memory: for %s the window of %d companies and users was full with changes waiting behind it, "+
-				"and fewer than that went in; the rest is read ahead, where later changes merge into what is owed and the slot's WAL is freed",
-				s.heldBack.Round(time.Second), s.window)
+			reason = fmt.Sprintf("the backlog outgrew memory: the %d companies and users in memory, with more changes coming in behind them, "+
+				"hold the input back for %s at the pace measured of Userpilot; the rest is read ahead, where later changes merge into what is owed and the slot's WAL is freed",
+				s.window, s.heldBack.Round(time.Second))
 		}
 		if reason == "" {
 			return

@@ -318,3 +318,50 @@ func TestABacklogLargerThanMemoryIsReadAheadAndMerged(t *testing.T) {
 	}
 	assert.True(t, early, "the checkpoint reached the last change while most companies were still owed")
 }
+
+// While a backlog larger than memory is read ahead, a bulk job waits for
+// the input to pause: sized from the window as it filled, a job would carry
+// states that the changes behind it replace, and those companies would go
+// again. Each company changes three times, in order; the window holds a
+// fifth of them, and Userpilot's measured pace makes the window take longer
+// than ReadAheadAfter to deliver.
+func TestABulkJobWaitsForTheReadAheadAndCarriesTheLastStates(t *testing.T) {
+	const window, companies, rounds = 60, 300, 3
+	h := newHarness(t, setup{rate: 20,
+		standin:  userpilottest.Options{BulkRecordsPerSecond: 100, JobOverhead: 50 * time.Millisecond},
+		delivery: delivery.Options{MaxPending: window, Workers: 1, BulkRate: 100, MinBulk: 10, ReadAheadAfter: 300 * time.Millisecond}})
+	// A first company, alone, so that the bulk path is measured before the
+	// backlog comes.
+	var txns []row.Transaction
+	lsn := pglogrepl.LSN(10)
+	for id := 1; id <= 20; id++ {
+		lsn += 10
+		txns = append(txns, txn(lsn, update(fmt.Sprint(-id), "warm-up", nil)))
+	}
+	require.NoError(t, h.run(context.Background(), txns...))
+	txns = txns[:0]
+	for round := range rounds {
+		for id := 1; id <= companies; id++ {
+			lsn += 10
+			txns = append(txns, txn(lsn, update(fmt.Sprint(id), fmt.Sprintf("plan-%d", round), nil)))
+		}
+	}
+	require.NoError(t, h.run(context.Background(), txns...))
+
+	stale, bulk := 0, 0
+	for _, a := range h.up.Applied() {
+		if a.Kind != "bulk identify" || strings.HasPrefix(a.CompanyID, "-") {
+			continue
+		}
+		bulk++
+		if a.Metadata["plan"] != fmt.Sprintf("plan-%d", rounds-1) {
+			stale++
+		}
+	}
+	for id := 1; id <= companies; id++ {
+		got, _ := h.up.Company(fmt.Sprint(id))
+		require.Equal(t, fmt.Sprintf("plan-%d", rounds-1), got["plan"], "company %d ends at its last change", id)
+	}
+	require.Positive(t, bulk, "the backlog went in bulk jobs too")
+	assert.LessOrEqual(t, stale, window/2, "bulk jobs carried %d states that later changes replaced (of %d bulk records)", stale, bulk)
+}

@@ -70,19 +70,27 @@ func (p *Pipeline) realtimeWanted(now time.Time) bool {
 func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error) {
 	l := p.ledger
 	rt := p.sizing.realtimeRate(p.realtimeBudget())
-	k := bulkShare(l.ready.len(), rt, p.est.rate, p.est.overhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
+	// The backlog: what is ready, and in outbox mode what is owed on disk
+	// behind it (refilled into memory as memory drains).
+	backlog := l.ready.len()
+	if p.outbox.mode == ModeOutbox {
+		backlog += p.outbox.owed()
+	}
+	k := bulkShare(backlog, rt, p.est.rate, p.est.overhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
 	if !p.est.learned() {
 		// Nothing measured: a small job first, to learn what the bulk
 		// path does before a large one is sized from a guess.
-		k = probeSize(l.ready.len(), rt, k, p.opts.MinBulk)
+		k = probeSize(backlog, rt, k, p.opts.MinBulk)
 	}
 	alone := p.bulkAlone(now)
 	if alone && l.ready.len() >= p.opts.MinBulk {
 		// No real-time path to share with: as much as a job takes.
 		k = min(l.ready.len(), userpilot.MaxBulkRecords)
 	}
-	if l.full() && !alone {
-		// Reading is held back at the memory bound: the backlog goes on in
+	if l.full() && !alone && p.outbox.mode != ModeOutbox {
+		// Reading is held back at the memory bound (in outbox mode it is
+		// not: the window fills past it with merges while the rest is
+		// read ahead, and bulkShare sizes the job): the backlog goes on in
 		// the slot past what is in memory. Sized for a backlog without
 		// end, a job is full while bulk is the faster path (or nothing is
 		// measured yet); when the real-time path is faster, the job takes
@@ -111,8 +119,9 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	if err := p.lookUp(peek(k)); err != nil { // one read for the job
 		return nil, body, err
 	}
-	p.log.Debug("bulk job sized", "ready", l.ready.len(), "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
-		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k)
+	p.log.Debug("bulk job sized", "ready", l.ready.len(), "backlog", backlog, "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
+		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k,
+		"window", l.order.len(), "window_bytes", l.windowBytes, "full", l.full(), "alone", alone)
 	var batch, keep []*entry
 	// A job is of companies or of users (Userpilot's two bulk endpoints):
 	// the first company or user taken decides, the other's wait.

@@ -40,10 +40,20 @@ func (p *Pipeline) take(txn row.Transaction, ok bool) error {
 // bulkTime says whether to consider a bulk job now: the burst has been
 // read (input quiet, or closed), or waiting would not make it better (the
 // backlog fills a whole job, or memory is half full and reading has to go
-// on).
+// on), unless the rest of a backlog is being read ahead (backlog.go).
 func (p *Pipeline) bulkTime(now time.Time, merged bool) bool {
 	l := p.ledger
-	if ok, _ := p.in.paused(now, merged); ok {
+	paused, _ := p.in.paused(now, merged)
+	if p.readAheadDue(now) {
+		// See backlog.go: wait for the read-ahead to pause: something
+		// read since it began, then the input quiet and nothing waiting in
+		// it. (Quiet alone is not enough: before the read-ahead the window
+		// held the input back, and the outbox's first write holds the
+		// dispatcher while transactions queue.)
+		quiet := now.Sub(p.in.last) >= readAheadQuiet
+		return quiet && !p.waiting() && p.outbox.mode == ModeOutbox && p.in.last.After(p.backlog.readAhead)
+	}
+	if paused {
 		return true
 	}
 	return l.ready.len() >= userpilot.MaxBulkRecords || l.order.len() >= p.opts.MaxPending/2 || l.windowBytes >= p.opts.MaxPendingBytes/2

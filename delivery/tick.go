@@ -56,14 +56,59 @@ func (p *Pipeline) updateMode(now time.Time) {
 	if p.opts.RetainedWAL != nil {
 		retained = p.opts.RetainedWAL()
 	}
-	heldBack := p.backlog.observe(now, p.holdsInputBack(), p.stats.Changes.Load(), p.ledger.order.len())
+	var drain time.Duration
+	if p.backlogOutgrows(now) {
+		drain = p.drainTime()
+	}
+	heldBack := p.backlog.observe(now, p.holdsInputBack() || drain > 0, p.stats.Changes.Load(), p.ledger.order.len(), drain)
 	before := p.outbox.mode
 	p.outbox.updateMode(p.ledger, modeSignals{now: now, retained: retained, maxRetained: p.opts.MaxRetainedWAL,
 		lastProgress: last, outboxAfter: p.opts.OutboxAfter, owed: p.ledger.undelivered > 0,
 		heldBack: heldBack, readAheadAfter: p.opts.ReadAheadAfter, window: p.ledger.order.len()})
 	if p.outbox.mode != before {
 		p.reportStatus(true)
+		if p.outbox.mode == ModeOutbox && heldBack > p.opts.ReadAheadAfter {
+			p.backlog.readAhead = now
+		}
 	}
+	if p.outbox.mode != ModeOutbox {
+		p.backlog.readAhead = time.Time{}
+	}
+}
+
+// drainTime is how long the window takes to deliver at the pace measured
+// of Userpilot (0: not measured yet).
+func (p *Pipeline) drainTime() time.Duration {
+	var bulk float64
+	if p.est.learned() && !p.opts.NoBulk {
+		bulk = p.est.rate
+	}
+	return drainTime(p.ledger.order.len(), p.sizing.realtimeRate(p.realtimeBudget()), bulk)
+}
+
+// backlogOutgrows says whether, at now, the backlog is outgrowing memory by
+// the pace measured of Userpilot: in hold mode, the window half full or
+// more while changes still come in, and what it holds takes longer than
+// ReadAheadAfter to deliver. (Sized at once, a bulk job would carry states
+// that changes behind the window replace.)
+func (p *Pipeline) backlogOutgrows(now time.Time) bool {
+	l := p.ledger
+	if p.outbox.store == nil || p.outbox.mode == ModeOutbox || p.in.closed {
+		return false
+	}
+	if l.order.len() < p.opts.MaxPending/2 && l.windowBytes < p.opts.MaxPendingBytes/2 {
+		return false
+	}
+	if now.Sub(p.in.last) >= readAheadQuiet && (p.waiting == nil || !p.waiting()) {
+		return false // the burst was read: it fits
+	}
+	return p.drainTime() > p.opts.ReadAheadAfter
+}
+
+// readAheadDue says whether the backlog is read ahead, or is about to be:
+// a bulk job sized now would carry states the read-ahead replaces.
+func (p *Pipeline) readAheadDue(now time.Time) bool {
+	return p.backlog.readingAhead(now, p.opts.ReadAheadAfter) || p.backlogOutgrows(now)
 }
 
 // holdsInputBack says whether the window keeps the input from being read:
