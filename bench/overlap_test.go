@@ -113,10 +113,20 @@ func overlapOnce(b *testing.B, n int) {
 	e.up.AnswerAll(0)
 	b.StartTimer()
 	back := time.Now()
-	e.waitFor("Userpilot equal to the table", 30*time.Minute, e.userpilotHoldsTable)
+	// A stall is reported with its figures, not only as a timeout.
+	deadline := back.Add(time.Duration(envInt("PGPILOT_BENCH_CONVERGE_MINUTES", 10)) * time.Minute)
+	equal := e.userpilotHoldsTable()
+	for ; !equal && time.Now().Before(deadline); equal = e.userpilotHoldsTable() {
+	}
 	converged := time.Since(back)
 	b.StopTimer()
 	maxLag, maxUnconfirmed := lag()
+	if !equal {
+		st, _, _ := state.ReadStatus(e.stateDir)
+		b.Errorf("Userpilot not equal to the table %s after it came back; pgpilot's status: %+v; peak anonymous memory %.0f MB",
+			converged.Round(time.Second), st, float64(p.peakAnon.Load())/(1<<20))
+		return
+	}
 	u := p.stop()
 
 	report(b, converged.Seconds(), "converge_s")
