@@ -99,7 +99,12 @@ func (x *Store) trimBy(dropMapped func(), every time.Duration) {
 		// what is still resident: readers go on while the pages are let
 		// go (a scan, a job's look-ups), and counting what they brought
 		// back as the program's own made the slack 20 MB of the store.
+		// (smaps is read only then: it costs a hundred times what statm
+		// does.)
 		after, _ := residentFileBytes()
+		if after <= x.res.base.Load() {
+			return
+		}
 		if store, ok := x.storeResident(); ok {
 			after -= store
 		}
