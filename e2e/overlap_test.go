@@ -98,7 +98,16 @@ func TestModesOverlapping(t *testing.T) {
 		// was owed.
 		back := e.up.Accepted()
 		var written []pglogrepl.LSN
+		// A drain that stops (an outbox never refilled into memory) is a
+		// stall to report, not a loop until the test's timeout: the whole
+		// test takes about a minute.
+		drainBy := time.Now().Add(drainWithin)
 		for first, a := true, n-slice; first || e.up.Accepted() < back+n; a -= slice {
+			if time.Now().After(drainBy) {
+				t.Logf("Userpilot took %d of the %d companies owed within %s", e.up.Accepted()-back, n, drainWithin)
+				e.stalled(p)
+				t.FailNow()
+			}
 			if a < 0 {
 				first, pass, a = false, pass+1, n-slice
 			}
@@ -134,6 +143,10 @@ func TestModesOverlapping(t *testing.T) {
 	code, _ := p.stop(t)
 	assert.Equal(t, 0, code)
 }
+
+// drainWithin bounds how long Userpilot may take, once back, to have
+// taken as many companies as were owed.
+const drainWithin = 3 * time.Minute
 
 // runAt is run at the given log level.
 func (e *env) runAt(level string) *proc {
