@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgpilot/pgpilot/daemon"
 	"github.com/pgpilot/pgpilot/internal/fix"
+	_ "github.com/pgpilot/pgpilot/internal/heapprofile" // heap profiles at peaks, in builds with -tags heapprofile only
 )
 
 // Exit codes, as the README and docs/operate.md promise them.

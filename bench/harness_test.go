@@ -112,7 +112,12 @@ func pgpilotBinary(b *testing.B) string {
 			return
 		}
 		shared.binDir, shared.binary = dir, filepath.Join(dir, "pgpilot")
-		out, err := exec.Command("go", "build", "-o", shared.binary, "github.com/pgpilot/pgpilot").CombinedOutput()
+		args := []string{"build", "-o", shared.binary}
+		if os.Getenv("PGPILOT_BENCH_HEAPPROFILE") != "" {
+			// Heap profiles at each new peak (internal/heapprofile).
+			args = append(args, "-tags", "heapprofile")
+		}
+		out, err := exec.Command("go", append(args, "github.com/pgpilot/pgpilot")...).CombinedOutput()
 		if err != nil {
 			shared.binErr = fmt.Errorf("build pgpilot: %w\n%s", err, out)
 		}

@@ -294,7 +294,8 @@ func (o *outbox) loadRecords(l *ledger, from owedFrom, ids []string, sizes map[s
 // refill loads, while the window has room, the companies owed only on
 // disk, oldest first.
 func (o *outbox) refill(l *ledger, from owedFrom) error {
-	room := l.maxPending - l.order.len()
+	// Room by count and by bytes: an entry holds at least entryOverhead.
+	room := min(l.maxPending-l.order.len(), int((l.maxBytes-l.windowBytes)/entryOverhead))
 	if o.store == nil || o.diskOnly == 0 || room <= 0 {
 		return nil
 	}
@@ -323,7 +324,19 @@ func (o *outbox) refill(l *ledger, from owedFrom) error {
 	for i, s := range *oldest {
 		ids[i], sizes[s.CompanyID] = s.CompanyID, s.Size
 	}
-	return o.loadRecords(l, from, ids, sizes)
+	// A part at a time, until the window's bytes are full too: loaded by
+	// count alone, 25,000 companies of a few hundred bytes were twice the
+	// maxBytes the window is bounded by (and, with a TOASTed value of a
+	// few kB in some, more).
+	for part := range slices.Chunk(ids, persistBatch) {
+		if l.windowBytes >= l.maxBytes {
+			break
+		}
+		if err := o.loadRecords(l, from, part, sizes); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // byAge is a max-heap of outbox records by age: the youngest on top, so

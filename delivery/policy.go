@@ -116,8 +116,15 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	if alone {
 		take, peek, putBack = l.ready.popFront, l.ready.first, l.ready.pushFront
 	}
-	if err := p.lookUp(peek(k)); err != nil { // one read for the job
+	candidates := peek(k)
+	if err := p.lookUp(candidates); err != nil { // one read for the job
 		return nil, body, err
+	}
+	// What the candidates hold, packed: with each one's JSON around its
+	// values (the first one's, below), about the body they make.
+	packed := 0
+	for _, e := range candidates {
+		packed += len(e.id) + len(e.md)
 	}
 	p.log.Debug("bulk job sized", "ready", l.ready.len(), "backlog", backlog, "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k,
@@ -147,11 +154,16 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 		}
 		if len(batch) == 0 {
 			entity = ent
-			// The job's companies come from one mapping: the first one's
-			// size, with a margin, is a fair guess for all. (A body is
-			// the largest object pgpilot makes; with 64 bytes and a
-			// quarter more, two jobs' bodies held 1.5 MB of spare room.)
-			body.Grow(min(maxBulkBytes, (body.Size()+16)*k*9/8))
+			// The job's companies come from one mapping: each one's JSON
+			// is its packed values with about the first one's framing
+			// (key names, quotes, braces) around them; sized with a
+			// margin. (A body is the largest object pgpilot makes; with
+			// 64 bytes and a quarter more, two jobs' bodies held 1.5 MB
+			// of spare room.) Not the first one's size times k: a first
+			// company with a TOASTed value of 9 kB made a 40 MB body for
+			// 3 MB of companies, kept as the next job's room.
+			frame := max(0, body.Size()-len(e.id)-len(e.md))
+			body.Grow(min(maxBulkBytes, (packed+frame*len(candidates))*9/8))
 		}
 		batch = append(batch, e)
 	}

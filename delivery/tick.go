@@ -29,8 +29,9 @@ func (p *Pipeline) tick() error {
 	if err := p.outbox.persist(p.ledger); err != nil {
 		return err
 	}
-	p.updateMode(now)                                // the write may have emptied the outbox
-	if p.ledger.order.len() <= p.opts.MaxPending/2 { // (<=: a window of one is refilled too)
+	p.updateMode(now) // the write may have emptied the outbox
+	// Below half of both bounds (<=: a window of one is refilled too).
+	if l := p.ledger; l.order.len() <= l.maxPending/2 && l.windowBytes <= l.maxBytes/2 {
 		if err := p.outbox.refill(p.ledger, p.owedFrom()); err != nil {
 			return err
 		}

@@ -320,7 +320,8 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 			s.want.Store(uint64(queue[0].High))
 		}
 		var arrCh <-chan arrival
-		if len(queue) < maxPending && (s.opts.Backlog == nil || s.opts.Backlog() < s.opts.MaxBacklog) {
+		backlogged := s.opts.Backlog != nil && s.opts.Backlog() >= s.opts.MaxBacklog
+		if len(queue) < maxPending && !backlogged {
 			arrCh = arrivals
 		}
 		select {
@@ -402,8 +403,14 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 			// starting now, whose first snapshot may not yet see what the
 			// stream just passed (a commit is decoded before it is visible);
 			// a chunk that misses one is read again.
+			//
+			// Nor while the pipeline's backlog holds chunks back: no chunk
+			// arrives then, however long (a Userpilot outage during the
+			// initial sync: minutes), and 20,000 changes kept for it were
+			// a fifth of the heap. The chunk read before the wait may then
+			// find one of them let go, and is read again.
 			s.recent.bound = recentIdle
-			if running != nil || reading || len(queue) > 0 {
+			if (running != nil || reading || len(queue) > 0) && !backlogged {
 				s.recent.bound = recentChanges
 			}
 			var err error

@@ -83,7 +83,7 @@ func (x *Store) writeOutbox(put []OutboxRecord, remove []string) error {
 		}
 		return nil
 	})
-	x.trim() // its pages were read through the map
+	x.trimAfter(len(put) + len(remove)) // its pages were read through the map
 	if err != nil {
 		return fmt.Errorf("write outbox: %w", err)
 	}
@@ -123,7 +123,11 @@ type OutboxEntry struct {
 // in memory: a start reads what is owed without loading it whole.
 func (x *Store) ScanOutbox(fn func(OutboxEntry) error) error {
 	err := x.db.View(func(tx *bolt.Tx) error {
+		n := 0
 		return tx.Bucket(outboxBucket).ForEach(func(k, v []byte) error {
+			if n++; n%trimEvery == 0 {
+				x.trimIn(tx)
+			}
 			since, err := recordSince(v)
 			if err != nil {
 				return fmt.Errorf("outbox record of company %q: %w", k, err)
@@ -142,7 +146,10 @@ func (x *Store) ReadOutbox(ids []string) ([]OutboxRecord, error) {
 	out := make([]OutboxRecord, 0, len(ids))
 	err := x.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(outboxBucket)
-		for _, id := range ids {
+		for n, id := range ids {
+			if n%trimEvery == trimEvery-1 {
+				x.trimIn(tx)
+			}
 			v := b.Get([]byte(id))
 			if v == nil {
 				continue
@@ -156,6 +163,7 @@ func (x *Store) ReadOutbox(ids []string) ([]OutboxRecord, error) {
 		}
 		return nil
 	})
+	x.trim() // its pages were read through the map: a refill reads a part after another
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
@@ -217,6 +225,9 @@ func (x *Store) mergeOutbox(merges []OutboxMerge) ([]Merged, error) {
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(outboxBucket)
 		for i, m := range merges {
+			if i%trimEvery == trimEvery-1 {
+				x.trimIn(tx) // merges are spread over the outbox
+			}
 			id := []byte(m.Record.CompanyID)
 			r := m.Record
 			if v := b.Get(id); v != nil {
@@ -249,7 +260,7 @@ func (x *Store) mergeOutbox(merges []OutboxMerge) ([]Merged, error) {
 		}
 		return nil
 	})
-	x.trim()
+	x.trimAfter(len(merges))
 	if err != nil {
 		return nil, fmt.Errorf("write outbox: %w", err)
 	}

@@ -3,6 +3,8 @@ package state
 import (
 	"sync/atomic"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // The store is read through bbolt's memory map, so every page a read or a
@@ -54,20 +56,59 @@ func (x *Store) trimResident(stop <-chan struct{}) {
 }
 
 // trim drops the store's mapped pages if more than the slack of them is
-// resident.
-func (x *Store) trim() {
+// resident. It looks at most every 5 ms (it is called after every write).
+func (x *Store) trim() { x.trimBy(x.dropMapped, 5*time.Millisecond) }
+
+// trimAfter is trim after a write of n records: without waiting for the
+// 5 ms since the last look when the write was large (a part of the outbox,
+// a job's profiles), whose pages were read all over the store. Merging a
+// flood of changes into a 200,000-company outbox, writes a millisecond
+// apart made 20 MB of the store resident between two looks.
+func (x *Store) trimAfter(n int) {
+	if n >= trimEvery {
+		x.trimBy(x.dropMapped, 0)
+		return
+	}
+	x.trim()
+}
+
+// trimIn is trim from inside a long read transaction (a scan of the whole
+// outbox, a job's look-ups in the index), every trimEvery records read:
+// the pages it has read go as it reads on, not only once it ends. A scan
+// of a 200,000-company outbox, or a job's 10,000 look-ups spread over the
+// index, made 30-40 MB of the store resident between two trims.
+func (x *Store) trimIn(tx *bolt.Tx) { x.trimBy(func() { x.dropMappedIn(tx) }, 0) }
+
+// trimEvery is how many records a long read transaction reads between two
+// looks at the resident set: a look (reading /proc/self/statm) costs what
+// reading a few records does, and 256 pages are a megabyte.
+const trimEvery = 256
+
+func (x *Store) trimBy(dropMapped func(), every time.Duration) {
 	if !x.res.ok {
 		return
 	}
 	now := time.Now().UnixNano()
-	if last := x.res.checked.Load(); now-last < int64(5*time.Millisecond) || !x.res.checked.CompareAndSwap(last, now) {
+	if last := x.res.checked.Load(); now-last < int64(every) || !x.res.checked.CompareAndSwap(last, now) {
 		return
 	}
 	if size, _ := residentFileBytes(); size > x.res.base.Load()+residentSlack {
-		x.dropMapped()
-		// Whatever is still resident is not the store's (more of the
-		// program's own text, say): measured from there on.
-		if after, _ := residentFileBytes(); after > x.res.base.Load() {
+		dropMapped()
+		// Whatever is still resident and not the store's is the program's
+		// own (more of its text, say): measured from there on. Not all of
+		// what is still resident: readers go on while the pages are let
+		// go (a scan, a job's look-ups), and counting what they brought
+		// back as the program's own made the slack 20 MB of the store.
+		// (smaps is read only then: it costs a hundred times what statm
+		// does.)
+		after, _ := residentFileBytes()
+		if after <= x.res.base.Load() {
+			return
+		}
+		if store, ok := x.storeResident(); ok {
+			after -= store
+		}
+		if after > x.res.base.Load() {
 			x.res.base.Store(after)
 		}
 	}

@@ -31,13 +31,58 @@ func residentFileBytes() (int64, bool) {
 // transaction: bbolt remaps only with none open, so the range is the map.
 func (x *Store) dropMapped() {
 	_ = x.db.View(func(tx *bolt.Tx) error {
-		data := x.db.Info().Data
-		size := uintptr(tx.Size())
-		if data == 0 || size == 0 {
-			return nil
-		}
-		// Advice only: a failure costs memory, never data.
-		_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, data, size, syscall.MADV_DONTNEED)
+		x.dropMappedIn(tx)
 		return nil
 	})
+}
+
+// dropMappedIn is dropMapped inside a read transaction of the caller's.
+func (x *Store) dropMappedIn(tx *bolt.Tx) {
+	data := x.db.Info().Data
+	size := uintptr(tx.Size())
+	if data == 0 || size == 0 {
+		return
+	}
+	// Advice only: a failure costs memory, never data.
+	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, data, size, syscall.MADV_DONTNEED)
+}
+
+// storeResident is how much of the store's map is resident in this
+// process: its mapping's Rss in /proc/self/smaps (read only when the
+// pages were let go, to tell the program's own file pages from them).
+func (x *Store) storeResident() (int64, bool) {
+	data := x.db.Info().Data
+	if data == 0 {
+		return 0, false
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return 0, false
+	}
+	start := []byte(strconv.FormatUint(uint64(data), 16) + "-")
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if !bytes.HasPrefix(line, start) {
+			continue
+		}
+		// The mapping's fields follow, Rss among the first.
+		for len(b) > 0 {
+			line = b
+			if i := bytes.IndexByte(b, '\n'); i >= 0 {
+				line, b = b[:i], b[i+1:]
+			} else {
+				b = nil
+			}
+			if rest, ok := bytes.CutPrefix(line, []byte("Rss:")); ok {
+				kb, err := strconv.ParseInt(string(bytes.TrimSpace(bytes.TrimSuffix(bytes.TrimSpace(rest), []byte("kB")))), 10, 64)
+				return kb << 10, err == nil
+			}
+		}
+	}
+	return 0, false
 }

@@ -222,7 +222,10 @@ func (x *Store) UnchangedProfiles(ps Profiles, same, absent []bool) error {
 		r := groupReader{c: tx.Bucket(groupsBucket).Cursor()}
 		var h holdsCheck // one for all: its yield is made once
 		yield := h.holds
-		for _, i := range order {
+		for n, i := range order {
+			if n%trimEvery == trimEvery-1 {
+				x.trimIn(tx) // a job's look-ups read pages all over the index
+			}
 			h.rec, h.same, h.n = r.get([]byte(ps.CompanyID(i))), true, 0
 			if absent != nil {
 				absent[i] = !readable(h.rec)
@@ -385,7 +388,10 @@ func (x *Store) record(ps Profiles, order []int) error {
 		add := s.add
 		var buf []byte
 		known, _ := ps.(KnownAbsent)
-		for _, i := range order {
+		for n, i := range order {
+			if n%trimEvery == trimEvery-1 {
+				x.trimIn(tx) // a job's companies are spread over the index
+			}
 			s.keys = s.keys[:0]
 			ps.Metadata(i, add)
 			id := ps.CompanyID(i)
@@ -436,7 +442,7 @@ func (x *Store) record(ps Profiles, order []int) error {
 		clear(s.keys) // keeps no value alive
 		return w.flush()
 	})
-	x.trim() // its pages were read through the map
+	x.trimAfter(len(order)) // its pages were read through the map
 	if err != nil {
 		return fmt.Errorf("write no-op index: %w", err)
 	}

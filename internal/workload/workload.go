@@ -89,6 +89,35 @@ func Seed(ctx context.Context, conn *pgx.Conn, n int) error {
 	return nil
 }
 
+// SeedWithNotes is Seed with every every-th company (every 50: 2 %)
+// holding a notes value of 8,960 bytes, stored out of line (TOASTed): an
+// update that leaves notes alone streams without it, so only a snapshot
+// (or the first insert) carries it.
+func SeedWithNotes(ctx context.Context, conn *pgx.Conn, n, every int) error {
+	if err := Seed(ctx, conn, n); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `UPDATE companies SET notes = repeat(md5(id::text), 280) WHERE id % $1 = 0`, every); err != nil {
+		return fmt.Errorf("notes of every %dth company: %w", every, err)
+	}
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE companies`); err != nil {
+		return fmt.Errorf("vacuum companies: %w", err)
+	}
+	return nil
+}
+
+// UpdateSlice changes seats and plan (neither notes nor the key) of the
+// companies with ids in (after, after+n], in one transaction; pass varies
+// the plan from one pass over the table to the next.
+func UpdateSlice(ctx context.Context, conn *pgx.Conn, after, n, pass int) error {
+	_, err := conn.Exec(ctx, `UPDATE companies SET seats = seats + 1, plan = (ARRAY['free','pro','enterprise'])[1 + (seats + $3) % 3]
+		WHERE id > $1 AND id <= $1 + $2`, after, n, pass)
+	if err != nil {
+		return fmt.Errorf("update companies (%d, %d]: %w", after, after+n, err)
+	}
+	return nil
+}
+
 var names = []string{"Globex", "Initech", "Umbrella", "Hooli", "Stark Industries", "Wayne Enterprises",
 	"Ünïcødé GmbH", "株式会社テスト", "Emoji 🚀 Ltd", "O'Brien & Sons", `Quote "Co"`, "Tab\tNewline\nCo"}
 
