@@ -173,6 +173,20 @@ const (
 // that high is its business: it sizes bulk jobs from what each path
 // achieves, not from the budget alone. Without bulk (bulk_rate 0) every
 // company is one real-time call.
+// setDelivery writes settings of the config file's delivery: section
+// (each "key: value") into the environment's config.
+func (e *env) setDelivery(settings ...string) {
+	e.b.Helper()
+	cfg, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	section := "delivery:\n  " + strings.Join(settings, "\n  ") + "\ncompanies:\n"
+	if err := os.WriteFile(e.cfgPath, []byte(strings.Replace(string(cfg), "companies:\n", section, 1)), 0o600); err != nil {
+		e.b.Fatal(err)
+	}
+}
+
 func newEnv(b *testing.B, bulk bool) *env {
 	b.Helper()
 	ctx := context.Background()

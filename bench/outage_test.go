@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,8 +14,7 @@ import (
 	"github.com/pgpilot/pgpilot/state"
 )
 
-// BenchmarkOutage is what a long Userpilot outage costs pgpilot, as issue
-// 13 tests it: with Userpilot answering 503 to every request (outbox mode after
+// BenchmarkOutage is what a long Userpilot outage costs pgpilot: with Userpilot answering 503 to every request (outbox mode after
 // 1 s, max_retained_wal 32 MB), N companies are inserted (PGPILOT_BENCH_ROWS,
 // default 200,000, in 100-row transactions) until pgpilot owes them all
 // durably; then pgpilot is killed (kill -9) and started again with that
@@ -38,14 +36,7 @@ func outageOnce(b *testing.B, n int) {
 	b.StopTimer()
 	ctx := context.Background()
 	e := newEnv(b, bulkAllowed)
-	cfg, err := os.ReadFile(e.cfgPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	withOutbox := strings.Replace(string(cfg), "companies:\n", "delivery:\n  outbox_after: 1s\n  max_retained_wal: 32MB\ncompanies:\n", 1)
-	if err := os.WriteFile(e.cfgPath, []byte(withOutbox), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	e.setDelivery("outbox_after: 1s", "max_retained_wal: 32MB")
 	e.initialSync(0)
 	// Down on every path (SetFault alone fails only real-time calls: bulk
 	// jobs went through).

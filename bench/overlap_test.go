@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -53,14 +52,7 @@ func overlapOnce(b *testing.B, n int) {
 	b.StopTimer()
 	ctx := context.Background()
 	e := newEnv(b, bulkAllowed)
-	cfg, err := os.ReadFile(e.cfgPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfgText := strings.Replace(string(cfg), "companies:\n", "delivery:\n  max_retained_wal: 64MB\ncompanies:\n", 1)
-	if err := os.WriteFile(e.cfgPath, []byte(cfgText), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	e.setDelivery("max_retained_wal: 64MB")
 	if err := workload.SeedWithNotes(ctx, e.conn, n, 50); err != nil {
 		b.Fatal(err)
 	}
