@@ -10,6 +10,7 @@ import (
 	"github.com/pgpilot/pgpilot/internal/heapprofile"
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/state"
+	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
 )
 
 // BenchmarkOverlap is delivery's modes overlapping, as an operator met
@@ -44,17 +45,40 @@ import (
 func BenchmarkOverlap(b *testing.B) {
 	n := benchRows()
 	for range b.N {
-		overlapOnce(b, n)
+		overlapOnce(b, n, 0)
 	}
 }
 
-func overlapOnce(b *testing.B, n int) {
+// BenchmarkOverlapWithUsers is the same scenario with users beside the
+// companies: 20,000 companies and 200,000 users (the workload's users
+// mapping: where, an enum label, a related count over tickets), every user
+// moved to another company and renamed in each pass, in slices between the
+// companies'. Userpilot must end equal to both tables.
+//
+//	go test -run '^$' -bench 'OverlapWithUsers$' -benchtime 1x -count 3 -timeout 2h ./bench/
+func BenchmarkOverlapWithUsers(b *testing.B) {
+	for range b.N {
+		overlapOnce(b, 20_000, 200_000)
+	}
+}
+
+func overlapOnce(b *testing.B, n, users int) {
 	b.StopTimer()
 	ctx := context.Background()
-	e := newEnv(b, bulkAllowed)
+	var e *env
+	if users > 0 {
+		e = newUsersEnv(b, userpilottest.Options{APIKey: benchAPIKey, BulkRecordsPerSecond: standInBulkRate}, "100000", "1000000", workload.UsersMapping)
+	} else {
+		e = newEnv(b, bulkAllowed)
+	}
 	e.setDelivery("max_retained_wal: 64MB")
 	if err := workload.SeedWithNotes(ctx, e.conn, n, 50); err != nil {
 		b.Fatal(err)
+	}
+	if users > 0 {
+		if err := workload.SeedUsers(ctx, e.conn, users, n); err != nil {
+			b.Fatal(err)
+		}
 	}
 	lag := e.watchSlotLag()
 
@@ -96,7 +120,8 @@ func overlapOnce(b *testing.B, n int) {
 	// that the second one still streams in when Userpilot comes back, as in
 	// the scenario: its 400 MB of WAL took pgpilot longer than the outage.
 	const slice = 5000
-	slices := (n + slice - 1) / slice
+	companySlices := (n + slice - 1) / slice
+	slices := companySlices + (users+slice-1)/slice // a pass
 	spread := time.Duration(envInt("PGPILOT_BENCH_WRITE_SECONDS", 40)) * time.Second
 	for i := range 2 * slices {
 		time.Sleep(time.Until(outageBegan.Add(spread * time.Duration(i) / time.Duration(2*slices))))
@@ -111,7 +136,12 @@ func overlapOnce(b *testing.B, n int) {
 			}
 			e.reconnect()
 		}
-		if err := workload.UpdateSlice(ctx, e.conn, a, slice, pass); err != nil {
+		if a < companySlices*slice {
+			if err := workload.UpdateSlice(ctx, e.conn, a, slice, pass); err != nil {
+				b.Fatal(err)
+			}
+		} else if _, err := e.conn.Exec(ctx, `UPDATE users SET company_id = 1 + (id + $3) % $4, name = name || '.'
+			WHERE id > $1 AND id <= $1 + $2`, a-companySlices*slice, slice, pass+1, n); err != nil {
 			b.Fatal(err)
 		}
 		endOutage()
@@ -124,6 +154,9 @@ func overlapOnce(b *testing.B, n int) {
 	deadline := back.Add(time.Duration(envInt("PGPILOT_BENCH_CONVERGE_MINUTES", 10)) * time.Minute)
 	equal := e.userpilotHoldsTable()
 	for ; !equal && time.Now().Before(deadline); equal = e.userpilotHoldsTable() {
+	}
+	if equal && users > 0 {
+		equal = e.userpilotHoldsUsers(time.Until(deadline)) == nil
 	}
 	converged := time.Since(back)
 	b.StopTimer()
@@ -154,8 +187,8 @@ func overlapOnce(b *testing.B, n int) {
 	report(b, float64(u.peakFile)/(1<<20), "peak_file_MB")
 	report(b, float64(maxLag)/(1<<20), "slot_retained_max_MB")
 	report(b, float64(maxUnconfirmed)/(1<<20), "slot_unconfirmed_max_MB")
-	b.Logf("%d companies, outage of %s, writes until %s: equal to the table %s after Userpilot came back and the writes ended; pgpilot peaked at %.0f MB anonymous, %.0f MB RSS; the slot retained at most %.1f MB of WAL (%.1f MB not yet confirmed)",
-		n, outage.Round(time.Millisecond), written.Sub(outageBegan).Round(time.Millisecond), converged.Round(time.Millisecond), float64(u.peakAnon)/(1<<20), float64(u.peakRSS)/(1<<20),
+	b.Logf("%d companies, %d users, outage of %s, writes until %s: equal to the table %s after Userpilot came back and the writes ended; pgpilot peaked at %.0f MB anonymous, %.0f MB RSS; the slot retained at most %.1f MB of WAL (%.1f MB not yet confirmed)",
+		n, users, outage.Round(time.Millisecond), written.Sub(outageBegan).Round(time.Millisecond), converged.Round(time.Millisecond), float64(u.peakAnon)/(1<<20), float64(u.peakRSS)/(1<<20),
 		float64(maxLag)/(1<<20), float64(maxUnconfirmed)/(1<<20))
 }
 
@@ -196,4 +229,16 @@ func (e *env) userpilotHoldsTable() bool {
 		return false
 	}
 	return true
+}
+
+// userpilotHoldsUsers waits, at most for timeout, until Userpilot holds
+// every user as the table maps it, with its company (computed in SQL).
+func (e *env) userpilotHoldsUsers(timeout time.Duration) error {
+	return workload.WaitUsersConverged(context.Background(), e.conn, func() map[string]workload.UserProfile {
+		out := map[string]workload.UserProfile{}
+		for id, u := range e.up.Users() {
+			out[id] = workload.UserProfile{Company: u.Company, Metadata: u.Metadata}
+		}
+		return out
+	}, timeout)
 }

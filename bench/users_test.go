@@ -223,13 +223,7 @@ func (e *env) waitUsersConverged(start time.Time, companies, users int) time.Dur
 	if err := workload.WaitConverged(ctx, e.conn, e.up.Companies, 30*time.Minute); err != nil {
 		e.b.Fatal(err)
 	}
-	if err := workload.WaitUsersConverged(ctx, e.conn, func() map[string]workload.UserProfile {
-		out := map[string]workload.UserProfile{}
-		for id, u := range e.up.Users() {
-			out[id] = workload.UserProfile{Company: u.Company, Metadata: u.Metadata}
-		}
-		return out
-	}, 30*time.Minute); err != nil {
+	if err := e.userpilotHoldsUsers(30 * time.Minute); err != nil {
 		e.b.Fatal(err)
 	}
 	return e.up.LastApplied().Sub(start)
