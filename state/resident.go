@@ -80,9 +80,13 @@ func (x *Store) trimAfter(n int) {
 func (x *Store) trimIn(tx *bolt.Tx) { x.trimBy(func() { x.dropMappedIn(tx) }, 0) }
 
 // trimEvery is how many records a long read transaction reads between two
-// looks at the resident set: a look (reading /proc/self/statm) costs what
-// reading a few records does, and 256 pages are a megabyte.
-const trimEvery = 256
+// looks at the resident set (a look is a pread of /proc/self/statm, what
+// reading a record or two costs). Not the megabyte 256 records' pages
+// would be: the kernel maps up to 16 pages around each page a read of the
+// map faults in (fault-around; MADV_RANDOM does not stop it), so a record
+// read where no other was makes 64 kB resident, and 256 reads spread over
+// the store made 16 MB resident between two looks.
+const trimEvery = 16
 
 func (x *Store) trimBy(dropMapped func(), every time.Duration) {
 	if !x.res.ok {
