@@ -65,25 +65,19 @@ func (x *Store) WriteOutbox(put []OutboxRecord, remove []string) error {
 const outboxWriteBatch = 500
 
 func (x *Store) writeOutbox(put []OutboxRecord, remove []string) error {
-	err := x.db.Update(func(tx *bolt.Tx) error {
+	// Removals first, then puts, as one write (or more: writeInParts).
+	err := x.writeInParts(len(remove)+len(put), func(tx *bolt.Tx, i int) error {
 		b := tx.Bucket(outboxBucket)
-		for _, id := range remove {
-			if err := b.Delete([]byte(id)); err != nil {
-				return err
-			}
+		if i < len(remove) {
+			return b.Delete([]byte(remove[i]))
 		}
-		for _, r := range put {
-			v, err := json.Marshal(r)
-			if err != nil {
-				return fmt.Errorf("encode outbox record of company %q: %w", r.CompanyID, err)
-			}
-			if err := b.Put([]byte(r.CompanyID), v); err != nil {
-				return err
-			}
+		r := put[i-len(remove)]
+		v, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode outbox record of company %q: %w", r.CompanyID, err)
 		}
-		return nil
+		return b.Put([]byte(r.CompanyID), v)
 	})
-	x.trimAfter(len(put) + len(remove)) // its pages were read through the map
 	if err != nil {
 		return fmt.Errorf("write outbox: %w", err)
 	}
@@ -222,45 +216,40 @@ func (x *Store) mergeSorted(merges []OutboxMerge) ([]Merged, error) {
 
 func (x *Store) mergeOutbox(merges []OutboxMerge) ([]Merged, error) {
 	sizes := make([]Merged, len(merges))
-	err := x.db.Update(func(tx *bolt.Tx) error {
+	err := x.writeInParts(len(merges), func(tx *bolt.Tx, i int) error {
 		b := tx.Bucket(outboxBucket)
-		for i, m := range merges {
-			if i%trimEvery == trimEvery-1 {
-				x.trimIn(tx) // merges are spread over the outbox
+		m := merges[i]
+		id := []byte(m.Record.CompanyID)
+		r := m.Record
+		if v := b.Get(id); v != nil {
+			sizes[i].Was = len(id) + len(v)
+			var old OutboxRecord
+			if err := json.Unmarshal(v, &old); err != nil {
+				return fmt.Errorf("outbox record of company %q: %w", id, err)
 			}
-			id := []byte(m.Record.CompanyID)
-			r := m.Record
-			if v := b.Get(id); v != nil {
-				sizes[i].Was = len(id) + len(v)
-				var old OutboxRecord
-				if err := json.Unmarshal(v, &old); err != nil {
-					return fmt.Errorf("outbox record of company %q: %w", id, err)
-				}
-				// Merged over what is owed already, newer keys winning, unless
-				// the newer state supersedes it whole, or the company was
-				// created again after the deletion it owes (it exists, with
-				// only what the newer changes say).
-				if !m.Replace && !(old.Delete && !r.Delete) {
-					r.Metadata = mergeInto(old.Metadata, r.Metadata)
-				}
-				r.LSN = max(r.LSN, old.LSN)
-				r.Resend = r.Resend || old.Resend
-				if !old.Since.IsZero() && (r.Since.IsZero() || old.Since.Before(r.Since)) {
-					r.Since = old.Since
-				}
+			// Merged over what is owed already, newer keys winning, unless
+			// the newer state supersedes it whole, or the company was
+			// created again after the deletion it owes (it exists, with
+			// only what the newer changes say).
+			if !m.Replace && !(old.Delete && !r.Delete) {
+				r.Metadata = mergeInto(old.Metadata, r.Metadata)
 			}
-			v, err := json.Marshal(r)
-			if err != nil {
-				return fmt.Errorf("encode outbox record of company %q: %w", id, err)
+			r.LSN = max(r.LSN, old.LSN)
+			r.Resend = r.Resend || old.Resend
+			if !old.Since.IsZero() && (r.Since.IsZero() || old.Since.Before(r.Since)) {
+				r.Since = old.Since
 			}
-			if err := b.Put(id, v); err != nil {
-				return err
-			}
-			sizes[i].Size = len(id) + len(v)
 		}
+		v, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode outbox record of company %q: %w", id, err)
+		}
+		if err := b.Put(id, v); err != nil {
+			return err
+		}
+		sizes[i].Size = len(id) + len(v)
 		return nil
 	})
-	x.trimAfter(len(merges))
 	if err != nil {
 		return nil, fmt.Errorf("write outbox: %w", err)
 	}

@@ -80,9 +80,65 @@ func (x *Store) trimAfter(n int) {
 func (x *Store) trimIn(tx *bolt.Tx) { x.trimBy(func() { x.dropMappedIn(tx) }, 0) }
 
 // trimEvery is how many records a long read transaction reads between two
-// looks at the resident set: a look (reading /proc/self/statm) costs what
-// reading a few records does, and 256 pages are a megabyte.
-const trimEvery = 256
+// looks at the resident set (a look is a pread of /proc/self/statm, what
+// reading a record or two costs). Not the megabyte 256 records' pages
+// would be: the kernel maps up to 16 pages around each page a read of the
+// map faults in (fault-around; MADV_RANDOM does not stop it), so a record
+// read where no other was makes 64 kB resident, and 256 reads spread over
+// the store made 16 MB resident between two looks.
+const trimEvery = 16
+
+// residentBudget is how much of the store (beyond the slack) a write
+// transaction may make resident before it ends, the rest of the write
+// going in the next one.
+const residentBudget = 4 << 20
+
+// overBudget reports whether more than the budget of the store is
+// resident.
+func (x *Store) overBudget() bool {
+	if !x.res.ok {
+		return false
+	}
+	size, _ := residentFileBytes()
+	return size > x.res.base.Load()+residentSlack+residentBudget
+}
+
+// writeInParts calls put for records 0 to n-1 in as many write
+// transactions as the budget needs. A write cannot let its pages go as it
+// goes, as a read does: its commit reads again every page it changed
+// (bbolt copies a changed node's records from the map), so what it reads
+// stays resident until it commits. With fault-around that is 64 kB per
+// record spread over the store: a write of 500 such records (what an
+// outage's tick writes to the outbox) made 30 MB of it resident at once,
+// pgpilot's peak RSS. So a write ends, and commits, once the store's pages
+// pass the budget, and goes on in the next transaction; a write of
+// neighbours (a part of the outbox written in key order) stays one.
+func (x *Store) writeInParts(n int, put func(tx *bolt.Tx, i int) error) error {
+	for i := 0; i < n; {
+		start, cut := i, false
+		err := x.db.Update(func(tx *bolt.Tx) error {
+			for i = start; i < n; i++ {
+				if i > start && (i-start)%trimEvery == 0 && x.overBudget() {
+					cut = true
+					return nil
+				}
+				if err := put(tx, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if cut {
+			x.trimBy(x.dropMapped, 0)
+		} else {
+			x.trimAfter(i - start) // its pages were read through the map
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func (x *Store) trimBy(dropMapped func(), every time.Duration) {
 	if !x.res.ok {

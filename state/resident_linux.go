@@ -4,19 +4,39 @@ import (
 	"bytes"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
 )
 
+// statm is /proc/self/statm, opened once: read again from its start
+// (pread) it is made anew, and a look costs one system call, not an open,
+// a read and a close (0.6 µs rather than 5.6): writes and long reads look
+// every few records.
+var statm struct {
+	once sync.Once
+	f    *os.File
+	fd   int
+}
+
 // residentFileBytes is how much of mapped files is resident in this
 // process: statm's "shared" pages (RssFile and RssShmem).
 func residentFileBytes() (int64, bool) {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
+	statm.once.Do(func() {
+		if f, err := os.Open("/proc/self/statm"); err == nil {
+			statm.f, statm.fd = f, int(f.Fd())
+		}
+	})
+	if statm.f == nil {
 		return 0, false
 	}
-	f := bytes.Fields(b)
+	var buf [128]byte
+	n, err := syscall.Pread(statm.fd, buf[:], 0)
+	if err != nil || n <= 0 {
+		return 0, false
+	}
+	f := bytes.Fields(buf[:n])
 	if len(f) < 3 {
 		return 0, false
 	}
