@@ -18,39 +18,59 @@ import (
 // oldest ready companies (nothing else moves the checkpoint).
 func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
 	now := time.Now()
+	// job is a running job: sized sized ago, accepted by Userpilot
+	// accepted ago, and said by Userpilot to be still running answered
+	// ago (zero: no job).
+	type job struct{ sized, accepted, answered time.Duration }
 	tests := []struct {
 		name     string
 		ready    int
-		realtime float64 // achieved, calls/s
+		realtime float64 // the workers' pace at the time a call takes, calls/s
 		bulk     bulkEstimate
-		jobAge   time.Duration // of the running job; 0: none runs
-		wantRT   bool          // a real-time worker takes the front
+		job      job
+		wantRT   bool // a real-time worker takes the front
 	}{
-		{"Userpilot's published speeds: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: time.Second, jobs: 3}, 0, true},
-		{"bulk 19 times faster: both paths", 1000, 100, bulkEstimate{rate: 1900, jobs: 3}, 0, true},
-		{"bulk 20 times faster: bulk alone", 1000, 100, bulkEstimate{rate: 2000, jobs: 3}, 0, false},
-		{"nothing measured: both paths", 1000, 100, bulkEstimate{rate: 1e6}, 0, true},
-		{"too few for a job: real time", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, 0, true},
-		{"a job runs as expected: bulk alone", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, time.Second, false},
-		{"the job is overdue: real time takes up the work", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, time.Minute, true},
+		{"Userpilot's published speeds: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: time.Second, jobs: 3}, job{}, true},
+		{"bulk 19 times faster: both paths", 1000, 100, bulkEstimate{rate: 1900, jobs: 3}, job{}, true},
+		{"bulk 20 times faster: bulk alone", 1000, 100, bulkEstimate{rate: 2000, jobs: 3}, job{}, false},
+		{"nothing measured, the configured start as fast as Userpilot publishes: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: 10 * time.Second}, job{}, true},
+		{"nothing measured, the configured start far the faster: bulk alone, a probe first", 1000, 100, bulkEstimate{rate: 1e6, overhead: 10 * time.Second}, job{}, false},
+		{"too few for a job: real time", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{}, true},
+		{"a job runs as expected: bulk alone", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{time.Second, time.Second, 0}, false},
+		{"Userpilot says the job still runs long after it accepted it: real time takes up the work", 1000, 100,
+			bulkEstimate{rate: 1e6, jobs: 3}, job{time.Minute, time.Minute, 0}, true},
+		{"sized long ago, but Userpilot accepted it just now (pgpilot was slow to send it): bulk alone", 1000, 100,
+			bulkEstimate{rate: 1e6, jobs: 3}, job{time.Minute, 10 * time.Millisecond, 0}, false},
+		{"not yet accepted, sized long ago: real time takes up the work", 1000, 100,
+			bulkEstimate{rate: 1e6, jobs: 3}, job{sized: time.Minute}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := New(Options{RealtimeRate: 100_000, MinBulk: 100, PollInterval: 2 * time.Second,
 				Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
 			addCompanies(t, p, tt.ready)
-			p.est, p.sizing.realtime = tt.bulk, tt.realtime
-			if tt.jobAge > 0 {
-				p.jobs.state, p.jobs.slot = JobRunning, &slotJob{started: now.Add(-tt.jobAge), records: 10_000}
+			p.est = tt.bulk
+			p.sizing.called(time.Duration(float64(p.opts.Workers) / tt.realtime * float64(time.Second)))
+			if tt.job.sized > 0 {
+				p.jobs.start(nil, now.Add(-tt.job.sized))
+				p.jobs.slot.records = 10_000
+				if tt.job.accepted > 0 {
+					p.jobs.heard(jobAnswered{n: p.jobs.last, at: now.Add(-tt.job.accepted)})
+					p.jobs.heard(jobAnswered{n: p.jobs.last, at: now.Add(-tt.job.answered)})
+				}
 			}
 			assert.Equal(t, tt.wantRT, p.realtimeWanted(now))
-			if tt.jobAge > 0 {
+			if tt.job.sized > 0 {
 				return
 			}
 			batch, _, err := p.takeBulk(now)
 			require.NoError(t, err)
 			if !tt.wantRT {
-				require.Len(t, batch, tt.ready, "no real-time share is kept back")
+				want := tt.ready
+				if !tt.bulk.learned() {
+					want = tt.ready / probeShare
+				}
+				require.Len(t, batch, want, "no real-time share is kept back (but for a probe's)")
 				assert.Equal(t, "1", batch[0].id, "the oldest first")
 			}
 		})

@@ -24,8 +24,8 @@ type Learned struct {
 	BulkOverhead time.Duration
 	BulkJobs     int
 	// RealtimeRate is the real-time throughput bulk jobs are sized
-	// against (requests/s): the client's current limit, or what the path
-	// achieved while busy if that is less.
+	// against (requests/s): the client's current limit, or what the
+	// workers clear at the time a call takes if that is less.
 	RealtimeRate float64
 }
 
@@ -63,7 +63,7 @@ func (p *Pipeline) Learned() Learned { return p.learned.get() }
 // publish copies the dispatcher's estimates to the view.
 func (p *Pipeline) publish() {
 	l := Learned{BulkRate: p.est.rate, BulkOverhead: p.est.overhead, BulkJobs: p.est.jobs,
-		RealtimeRate: p.sizing.realtimeRate(p.realtimeBudget())}
+		RealtimeRate: p.realtimeRate()}
 	if p.opts.NoBulk {
 		l.BulkRate, l.BulkOverhead = 0, 0
 	}

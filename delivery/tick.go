@@ -84,7 +84,7 @@ func (p *Pipeline) drainTime() time.Duration {
 	if p.est.learned() && !p.opts.NoBulk {
 		bulk = p.est.rate
 	}
-	return drainTime(p.ledger.order.len(), p.sizing.realtimeRate(p.realtimeBudget()), bulk)
+	return drainTime(p.ledger.order.len(), p.realtimeRate(), bulk)
 }
 
 // backlogOutgrows says whether, at now, the backlog is outgrowing memory by
