@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -177,38 +178,74 @@ type groupWriter struct {
 	// bbolt's slices are not to be trusted once the bucket changes.
 	orig  []byte
 	dirty bool
-	// buf holds copies of what was read and what is written: Put keeps a
-	// reference until the commit, so nothing in it is ever overwritten.
-	buf []byte
+	// room holds copies of what was read and what is written: Put keeps a
+	// reference until the commit, so nothing in it is handed out twice
+	// within a write.
+	room *writeRoom
 }
 
-func newGroupWriter(b *bolt.Bucket) *groupWriter {
+func newGroupWriter(b *bolt.Bucket, room *writeRoom) *groupWriter {
 	// Pages filled to 90% before they split, not bbolt's half: companies
 	// are mostly added in order (a catch-up of new rows, ids ascending
 	// within each write), and a page split in half stays half empty, so
 	// the index was twice the pages to write and map. (A page that grows
 	// later splits as any does.)
 	b.FillPercent = groupFill
-	return &groupWriter{b: b, r: groupReader{c: b.Cursor()}}
+	return &groupWriter{b: b, r: groupReader{c: b.Cursor()}, room: room}
 }
 
-// hold appends p to the writer's buffer and returns the copy.
+// hold appends p to the writer's room and returns the copy.
 func (w *groupWriter) hold(p []byte) []byte {
 	return append(w.reserve(len(p)), p...)
 }
 
-// reserve returns room for n bytes from the writer's buffer, empty, never
-// to be handed out again. The buffer starts at a group's size or two and
-// doubles up to 32 kB: a real-time call's write of one company needs a
-// few kB, and a first block of 32 kB for each was most of what the
-// real-time path allocated.
-func (w *groupWriter) reserve(n int) []byte {
-	if cap(w.buf)-len(w.buf) < n {
-		w.buf = make([]byte, 0, max(n, min(32<<10, max(4<<10, 2*cap(w.buf)))))
+// reserve returns room for n bytes, empty, never handed out again within
+// the write.
+func (w *groupWriter) reserve(n int) []byte { return w.room.reserve(n) }
+
+// writeRoom is where one write of the index keeps what it hands bbolt's
+// Put (values must stay unchanged until the commit): blocks of
+// writeBlock, taken from a pool and given back once the write is
+// committed or rolled back, when bbolt holds nothing of them any more. A
+// block made for each write, and never used again, was a sixth of what a
+// catch-up allocated, each one cleared as it was made.
+type writeRoom struct {
+	blocks []*[]byte
+	cur    []byte
+}
+
+// writeBlock is a block of room: a bulk job's write of 10,000 companies
+// takes about 60.
+const writeBlock = 32 << 10
+
+var writeBlocks = sync.Pool{New: func() any {
+	b := make([]byte, 0, writeBlock)
+	return &b
+}}
+
+// reserve returns room for n bytes, empty, never handed out again until
+// release.
+func (r *writeRoom) reserve(n int) []byte {
+	if cap(r.cur)-len(r.cur) < n {
+		if n > writeBlock/4 {
+			return make([]byte, 0, n) // a large value: a block of its own
+		}
+		b := writeBlocks.Get().(*[]byte)
+		r.blocks = append(r.blocks, b)
+		r.cur = (*b)[:0]
 	}
-	start := len(w.buf)
-	w.buf = w.buf[:start+n]
-	return w.buf[start : start : start+n]
+	start := len(r.cur)
+	r.cur = r.cur[:start+n]
+	return r.cur[start : start : start+n]
+}
+
+// release gives the blocks back: the write they served is over
+// (committed or rolled back), and bbolt holds nothing of them.
+func (r *writeRoom) release() {
+	for _, b := range r.blocks {
+		writeBlocks.Put(b)
+	}
+	*r = writeRoom{}
 }
 
 // at makes the group whose range holds id the one being changed.
@@ -319,13 +356,14 @@ const migrateBatch = 10_000
 func migrateRecords(db *bolt.DB) error {
 	for {
 		done := false
+		var room writeRoom
 		err := db.Update(func(tx *bolt.Tx) error {
 			old := tx.Bucket(deliveredBucket)
 			if old == nil {
 				done = true
 				return nil
 			}
-			w := newGroupWriter(tx.Bucket(groupsBucket))
+			w := newGroupWriter(tx.Bucket(groupsBucket), &room)
 			var moved [][]byte
 			c := old.Cursor()
 			for k, v := c.First(); k != nil && len(moved) < migrateBatch; k, v = c.Next() {
@@ -355,6 +393,7 @@ func migrateRecords(db *bolt.DB) error {
 			}
 			return nil
 		})
+		room.release()
 		if err != nil {
 			return fmt.Errorf("move the no-op index's records into groups: %w", err)
 		}

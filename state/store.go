@@ -375,18 +375,18 @@ func (x *Store) record(ps Profiles, order []int) error {
 	if len(order) >= batchAlone {
 		write = x.db.Update
 	}
+	var room writeRoom
+	defer room.release() // after the write: committed, or rolled back
 	err := write(func(tx *bolt.Tx) error {
-		w, sending := newGroupWriter(tx.Bucket(groupsBucket)), tx.Bucket(sendingBucket)
+		w, sending := newGroupWriter(tx.Bucket(groupsBucket), &room), tx.Bucket(sendingBucket)
 		// Nothing is marked on the bulk path: an empty bucket needs no
 		// deletes looked up.
 		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
-		// What Put is given must stay unchanged until the commit: one
-		// buffer, never reused, sized for the profiles as sent (a record
-		// that keeps older keys may need a block more). A batch may run
+		// What Put is given must stay unchanged until the commit: each
+		// record is written in room of the write's own. A batch may run
 		// more than once (bbolt's Batch retries a failed one alone).
 		var s sentKeys
 		add := s.add
-		var buf []byte
 		known, _ := ps.(KnownAbsent)
 		for n, i := range order {
 			if n%trimEvery == trimEvery-1 {
@@ -411,14 +411,9 @@ func (x *Store) record(ps Profiles, order []int) error {
 					old = nil
 				}
 			}
-			need := 1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12)
-			if cap(buf)-len(buf) < need {
-				// Sized for the rest of the write as this profile is.
-				buf = make([]byte, 0, max(need, min((1+12*len(s.keys))*len(order), 64<<10)))
-			}
-			start := len(buf)
+			// Sized for the keys sent and those the record keeps.
+			buf := w.reserve(1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12))
 			version := byte(recordXXH)
-			kept := len(buf) + 1
 			buf = append(buf, version)
 			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
@@ -427,15 +422,15 @@ func (x *Store) record(ps Profiles, order []int) error {
 					buf = append(buf, old[j:j+12]...)
 				}
 			}
-			if len(buf) > kept {
+			if len(buf) > 1 {
 				version = old[0]
-				buf[start] = version
+				buf[0] = version
 			}
 			for _, k := range s.keys {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
 				buf = binary.BigEndian.AppendUint64(buf, valueHash(version, k.key, k.value))
 			}
-			if err := w.put([]byte(id), buf[start:len(buf):len(buf)]); err != nil {
+			if err := w.put([]byte(id), buf); err != nil {
 				return err
 			}
 		}
@@ -486,8 +481,10 @@ func (x *Store) Forget(ids []string) error {
 		return nil
 	}
 	ids = slices.Sorted(slices.Values(ids)) // the groups are read in key order
+	var room writeRoom
+	defer room.release()
 	err := x.db.Batch(func(tx *bolt.Tx) error {
-		w, sending := newGroupWriter(tx.Bucket(groupsBucket)), tx.Bucket(sendingBucket)
+		w, sending := newGroupWriter(tx.Bucket(groupsBucket), &room), tx.Bucket(sendingBucket)
 		for _, id := range ids {
 			if err := w.delete([]byte(id)); err != nil {
 				return err
