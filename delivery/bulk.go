@@ -180,6 +180,7 @@ func (r jobRunner) run(ctx context.Context, job bulkJob, events chan<- jobEvent)
 			return
 		}
 		if status == userpilot.JobCompleted {
+			completed := time.Now()
 			// Recorded here rather than by the dispatcher, as the real-time
 			// workers do: writing 10,000 profiles to the index would stall
 			// reading and the real-time path meanwhile. The next job need
@@ -197,6 +198,10 @@ func (r jobRunner) run(ctx context.Context, job bulkJob, events chan<- jobEvent)
 				end(jobBroken, err)
 				return
 			}
+			// Where a job's time goes (the window waits for all of it).
+			r.log.Debug("bulk job done", "records", obs.records, "recorded_before_submission", obs.submitted.Sub(start).Round(time.Millisecond),
+				"submission", obs.upload().Round(time.Millisecond), "completed_after", completed.Sub(obs.answered).Round(time.Millisecond),
+				"index_write", time.Since(completed).Round(time.Millisecond))
 			end(jobApplied, nil)
 			return
 		}

@@ -128,6 +128,14 @@ func (f fields) each(fn func(field)) {
 
 // next is f's first field, and the fields after it.
 func (f fields) next() (field, fields) {
+	if len(f) >= 2 && f[0] < 0x80 && f[1] < 0x80 {
+		// A key number and a length of one byte each: a mapping's few
+		// keys, and most values. Read three times a change (the body, the
+		// index, its look-up), the general case was a fifth of the
+		// dispatcher's own work.
+		size := 2 + int(f[1])
+		return field{uint32(f[0]), f[2:size:size]}, f[size:]
+	}
 	key, n := binary.Uvarint(f)
 	f = f[n:]
 	size, n := binary.Uvarint(f)
@@ -189,8 +197,12 @@ func encodeFields(fs []field) fields {
 	}
 	b := make(fields, 0, size)
 	for _, fl := range fs {
-		b = binary.AppendUvarint(b, uint64(fl.key))
-		b = binary.AppendUvarint(b, uint64(len(fl.val)))
+		if fl.key < 0x80 && len(fl.val) < 0x80 {
+			b = append(b, byte(fl.key), byte(len(fl.val)))
+		} else {
+			b = binary.AppendUvarint(b, uint64(fl.key))
+			b = binary.AppendUvarint(b, uint64(len(fl.val)))
+		}
 		b = append(b, fl.val...)
 	}
 	return b

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -15,6 +16,15 @@ func md(kv ...string) userpilot.Metadata {
 		m[kv[i]] = json.RawMessage(kv[i+1])
 	}
 	return m
+}
+
+// manyKeys are n key names, k0 to k(n-1).
+func manyKeys(n int) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = "k" + strconv.Itoa(i)
+	}
+	return ks
 }
 
 func TestPackedFieldsMergeKeyByKeyNewerWinning(t *testing.T) {
@@ -31,6 +41,8 @@ func TestPackedFieldsMergeKeyByKeyNewerWinning(t *testing.T) {
 		{"a key left out keeps its value", md("a", "1", "b", "2", "c", "3"), md("b", "20"), md("a", "1", "b", "20", "c", "3"), nil},
 		{"keys numbered out of order", md("z", "1", "a", `"x"`), md("m", "null", "a", `"y"`), md("z", "1", "a", `"y"`, "m", "null"), []string{"m", "z", "a"}},
 		{"long values", md("notes", `"`+string(make([]byte, 300))+`"`), md("n", "1"), md("notes", `"`+string(make([]byte, 300))+`"`, "n", "1"), nil},
+		{"key numbers past one byte, short values and long", md("k150", "1", "k5", `"`+string(make([]byte, 200))+`"`), md("k199", "2", "k5", "3"),
+			md("k150", "1", "k5", "3", "k199", "2"), manyKeys(200)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
