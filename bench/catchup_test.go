@@ -128,6 +128,7 @@ func catchUpOnce(b *testing.B, n, perTxn int, loaded bool) {
 	// pg_recvlogical; pgpilot's CPU per change against it.
 	report(b, perChange(u.cpu), "cpu_us/change")
 	report(b, perChange(u.sys), "sys_us/change")
+	report(b, float64(u.wrote)/float64(n), "written_bytes/change") // files and sockets
 	report(b, perChange(recvWalsender+recvCPU), "decoder_us/change")
 	report(b, perChange(u.cpu)/perChange(recvWalsender+recvCPU), "cpu_ratio")
 	report(b, perChange(walsender), "pgpilot_walsender_us/change")

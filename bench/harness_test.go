@@ -457,6 +457,7 @@ func (e *env) startBinary(wrap []string) *proc {
 type usage struct {
 	cpu      time.Duration // user + system, from the kernel's accounting of the child
 	sys      time.Duration // of which system (the kernel's work for it: syscalls, faults)
+	wrote    int64         // bytes it wrote (files and sockets), until the stop
 	peakRSS  int64         // bytes: VmHWM just before the stop
 	peakAnon int64         // bytes: the largest RssAnon sampled
 	peakFile int64         // bytes: the largest RssFile sampled
@@ -469,6 +470,7 @@ type usage struct {
 func (p *proc) stop() usage {
 	p.b.Helper()
 	hwm := p.peakRSS()
+	wrote, _ := procIO(p.cmd.Process.Pid, "wchar:")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		p.b.Fatal(err)
 	}
@@ -481,13 +483,27 @@ func (p *proc) stop() usage {
 		out, _ := os.ReadFile(p.log)
 		p.b.Fatalf("pgpilot exited %d:\n%s", code, tail(string(out), 4000))
 	}
-	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), sys: p.cmd.ProcessState.SystemTime(), peakRSS: hwm, peakAnon: p.peakAnon.Load(), peakFile: p.peakFile.Load()}
+	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), sys: p.cmd.ProcessState.SystemTime(), wrote: wrote, peakRSS: hwm, peakAnon: p.peakAnon.Load(), peakFile: p.peakFile.Load()}
 }
 
 // peakRSS reads VmHWM, the peak resident set, from /proc.
 func (p *proc) peakRSS() int64 {
 	kb, _ := procStatusKB(p.cmd.Process.Pid, "VmHWM:")
 	return kb * 1024
+}
+
+// procIO reads a field of /proc/PID/io (bytes).
+func procIO(pid int, field string) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			return strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not in /proc/%d/io", field, pid)
 }
 
 func procStatusKB(pid int, field string) (int64, error) {
