@@ -170,3 +170,41 @@ func TestTheNextJobsBodyIsWrittenInTheLastOnesRoom(t *testing.T) {
 	p.enc.expireSpare(time.Now().Add(spareFor))
 	assert.Nil(t, p.enc.spare, "let go when none came")
 }
+
+// idAt is job records that note when the job's id was written.
+type idAt struct {
+	InFlight
+	at time.Time
+}
+
+func (r *idAt) BeginBulkJob(userpilot.BulkBody) (uint64, error) { return 1, nil }
+func (r *idAt) EndJob(uint64) error                             { return nil }
+func (r *idAt) JobSubmitted(uint64, string) error {
+	r.at = time.Now()
+	return nil
+}
+
+// A job's submission is timed by Userpilot's answer, not by pgpilot's
+// write of its id after it: that write is pgpilot's own time, and in the
+// submission it would make every job's overhead look longer.
+func TestASubmissionIsTimedByUserpilotsAnswer(t *testing.T) {
+	p := New(Options{MinBulk: 1, Sender: doneSender{}, Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
+	addCompanies(t, p, 10)
+	p.est = bulkEstimate{rate: 1e6, jobs: 1}
+	batch, body, err := p.takeBulk(time.Now())
+	require.NoError(t, err)
+	records := &idAt{}
+	events := make(chan jobEvent, 8)
+	r := jobRunner{sender: doneSender{}, inflight: records, poll: time.Second, log: p.log}
+	r.run(context.Background(), bulkJob{n: 1, body: body, profiles: p.enc.profileValues(batch), est: p.est}, events)
+	close(events)
+	var obs jobObservation
+	for ev := range events {
+		if c, ok := ev.(jobCompleted); ok {
+			obs = c.obs
+		}
+	}
+	require.False(t, records.at.IsZero(), "the id was written")
+	require.False(t, obs.answered.IsZero(), "the job completed")
+	assert.False(t, obs.answered.After(records.at), "answered %s, the id written from %s on", obs.answered.Format(time.StampMicro), records.at.Format(time.StampMicro))
+}

@@ -24,6 +24,9 @@ func (p *Pipeline) tick() error {
 		return err
 	}
 	p.enc.expireSpare(now)
+	if err := p.keepEstimate(now, false); err != nil {
+		return err
+	}
 	p.ledger.watermark()
 	p.updateMode(now)
 	if err := p.outbox.persist(p.ledger); err != nil {
