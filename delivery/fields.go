@@ -190,6 +190,40 @@ func (f fields) appendMembersExcept(dst []byte, members [][]byte, skip uint32, h
 	return dst
 }
 
+// packInOrder packs vals[i] (nil: left out) as key nums[i], nums
+// ascending: what packFields makes of them, without sorting or a list of
+// fields (the mapping's keys are numbered in its order: a row is packed as
+// it comes).
+func packInOrder(nums []uint32, vals []json.RawMessage) fields {
+	size := 0
+	for i, v := range vals {
+		if v != nil {
+			size += uvarintLen(uint64(nums[i])) + uvarintLen(uint64(len(v))) + len(v)
+		}
+	}
+	if size == 0 {
+		return nil
+	}
+	b := make(fields, 0, size)
+	for i, v := range vals {
+		if v != nil {
+			b = appendField(b, nums[i], v)
+		}
+	}
+	return b
+}
+
+// appendField appends one key's number, length and value.
+func appendField(b fields, key uint32, val []byte) fields {
+	if key < 0x80 && len(val) < 0x80 {
+		b = append(b, byte(key), byte(len(val)))
+	} else {
+		b = binary.AppendUvarint(b, uint64(key))
+		b = binary.AppendUvarint(b, uint64(len(val)))
+	}
+	return append(b, val...)
+}
+
 func encodeFields(fs []field) fields {
 	size := 0
 	for _, fl := range fs {
@@ -197,13 +231,7 @@ func encodeFields(fs []field) fields {
 	}
 	b := make(fields, 0, size)
 	for _, fl := range fs {
-		if fl.key < 0x80 && len(fl.val) < 0x80 {
-			b = append(b, byte(fl.key), byte(len(fl.val)))
-		} else {
-			b = binary.AppendUvarint(b, uint64(fl.key))
-			b = binary.AppendUvarint(b, uint64(len(fl.val)))
-		}
-		b = append(b, fl.val...)
+		b = appendField(b, fl.key, fl.val)
 	}
 	return b
 }

@@ -86,3 +86,29 @@ func TestPackFieldsIsPackOfTheMap(t *testing.T) {
 		})
 	}
 }
+
+// A row whose keys are numbered in the mapping's order is packed as it
+// comes: to the bytes packFields makes of it.
+func TestARowInOrderPacksAsPackFieldsWould(t *testing.T) {
+	long := json.RawMessage(`"` + string(make([]byte, 200)) + `"`)
+	for _, tt := range []struct {
+		name string
+		nums []uint32
+		vals []json.RawMessage
+	}{
+		{"none", nil, nil},
+		{"all left out", []uint32{0, 1}, []json.RawMessage{nil, nil}},
+		{"some", []uint32{0, 1, 2, 5}, []json.RawMessage{[]byte(`"a"`), nil, []byte("null"), []byte("12.5")}},
+		{"long values, key numbers past a byte", []uint32{3, 127, 128, 300}, []json.RawMessage{long, []byte("1"), long, []byte("true")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var fs []field
+			for i, v := range tt.vals {
+				if v != nil {
+					fs = append(fs, field{tt.nums[i], v})
+				}
+			}
+			assert.Equal(t, packFields(fs), packInOrder(tt.nums, tt.vals))
+		})
+	}
+}

@@ -137,12 +137,27 @@ func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
 // valueHash is the value's part of fingerprint.
 func valueHash(v byte, key string, value json.RawMessage) uint64 {
 	var buf [256]byte
-	b := append(append(append(buf[:0], key...), 0), value...)
+	return hashOf(v, append(append(append(buf[:0], key...), 0), value...))
+}
+
+// hashOf is the fingerprint of key, NUL, value (b), as a record of
+// version v makes it.
+func hashOf(v byte, b []byte) uint64 {
 	if v == recordXXH {
 		return xxhash.Sum64(b)
 	}
 	vh := sha256.Sum256(b)
 	return binary.BigEndian.Uint64(vh[:8])
+}
+
+// hasher makes values' fingerprints (valueHash) in room of its own, kept
+// from one to the next: made anew on the stack, the room was cleared for
+// every key of every company.
+type hasher struct{ scratch []byte }
+
+func (h *hasher) value(v byte, key string, value json.RawMessage) uint64 {
+	h.scratch = append(append(append(h.scratch[:0], key...), 0), value...)
+	return hashOf(v, h.scratch)
 }
 
 // keyHash is a key's fingerprint, computed once per key.
@@ -253,10 +268,11 @@ type holdsCheck struct {
 	same bool
 	n    int // the company's keys seen so far
 	last lastKeys
+	hash hasher
 }
 
 func (h *holdsCheck) holds(k string, v json.RawMessage) bool {
-	kh, vh := h.last.hash(h.n, k), valueHash(h.rec[0], k, v)
+	kh, vh := h.last.hash(h.n, k), h.hash.value(h.rec[0], k, v)
 	h.n++
 	got, ok := lookup(h.rec, kh)
 	h.same = ok && got == vh
@@ -331,6 +347,7 @@ type sent struct {
 type sentKeys struct {
 	keys []sent
 	last lastKeys
+	hash hasher
 }
 
 func (s *sentKeys) add(k string, v json.RawMessage) bool {
@@ -428,7 +445,7 @@ func (x *Store) record(ps Profiles, order []int) error {
 			}
 			for _, k := range s.keys {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
-				buf = binary.BigEndian.AppendUint64(buf, valueHash(version, k.key, k.value))
+				buf = binary.BigEndian.AppendUint64(buf, s.hash.value(version, k.key, k.value))
 			}
 			if err := w.put([]byte(id), buf); err != nil {
 				return err
