@@ -236,7 +236,11 @@ func encodeFields(fs []field) fields {
 	return b
 }
 
-// mergeFields returns older with newer's keys over it.
+// mergeFields returns older with newer's keys over it. Both are sorted by
+// key number: they are walked side by side, once to size the result and
+// once to write it, without a list of the fields of each (two lists and a
+// third for the result were most of what a burst of updates allocated for
+// each change merged).
 func mergeFields(older, newer fields) fields {
 	switch {
 	case len(newer) == 0:
@@ -244,21 +248,39 @@ func mergeFields(older, newer fields) fields {
 	case len(older) == 0:
 		return newer
 	}
-	var a, b []field
-	older.each(func(fl field) { a = append(a, fl) })
-	newer.each(func(fl field) { b = append(b, fl) })
-	out := make([]field, 0, len(a)+len(b))
-	for len(a) > 0 || len(b) > 0 {
-		switch {
-		case len(b) == 0 || (len(a) > 0 && a[0].key < b[0].key):
-			out, a = append(out, a[0]), a[1:]
-		case len(a) == 0 || b[0].key < a[0].key:
-			out, b = append(out, b[0]), b[1:]
-		default: // the same key: the newer value
-			out, a, b = append(out, b[0]), a[1:], b[1:]
+	size := 0
+	merged(older, newer, func(key uint32, val []byte) {
+		size += uvarintLen(uint64(key)) + uvarintLen(uint64(len(val))) + len(val)
+	})
+	out := make(fields, 0, size)
+	merged(older, newer, func(key uint32, val []byte) { out = appendField(out, key, val) })
+	return out
+}
+
+// merged calls fn with each field of older and newer (both not empty) in
+// key order, newer's value for a key both hold.
+func merged(older, newer fields, fn func(key uint32, val []byte)) {
+	fa, a := older.next()
+	fb, b := newer.next()
+	haveA, haveB := true, true
+	for haveA || haveB {
+		takeA, takeB := haveA && (!haveB || fa.key <= fb.key), haveB && (!haveA || fb.key <= fa.key)
+		if takeB {
+			fn(fb.key, fb.val)
+		} else {
+			fn(fa.key, fa.val)
+		}
+		if takeA {
+			if haveA = len(a) > 0; haveA {
+				fa, a = a.next()
+			}
+		}
+		if takeB {
+			if haveB = len(b) > 0; haveB {
+				fb, b = b.next()
+			}
 		}
 	}
-	return encodeFields(out)
 }
 
 func uvarintLen(x uint64) int {

@@ -2,10 +2,14 @@ package delivery
 
 import (
 	"encoding/json"
+	"maps"
+	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -110,5 +114,39 @@ func TestARowInOrderPacksAsPackFieldsWould(t *testing.T) {
 			}
 			assert.Equal(t, packFields(fs), packInOrder(tt.nums, tt.vals))
 		})
+	}
+}
+
+// Merged fields are what merging the maps packs to, byte for byte, and
+// take no more room than they hold (an entry's size counts its room).
+func TestMergedFieldsAreTheMergedMapPacked(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var keys keyTable
+	names := manyKeys(150)
+	for _, k := range names {
+		keys.number(k)
+	}
+	random := func() userpilot.Metadata {
+		m := userpilot.Metadata{}
+		for range rng.IntN(8) {
+			v := json.RawMessage(strconv.Itoa(rng.IntN(1000)))
+			if rng.IntN(4) == 0 {
+				v = json.RawMessage(`"` + strings.Repeat("x", rng.IntN(300)) + `"`)
+			}
+			m[names[rng.IntN(len(names))]] = v
+		}
+		return m
+	}
+	for range 2000 {
+		older, newer := random(), random()
+		want := userpilot.Metadata{}
+		maps.Copy(want, older)
+		maps.Copy(want, newer)
+		got := mergeFields(keys.pack(older), keys.pack(newer))
+		require.Equal(t, want, keys.unpack(got))
+		if len(want) > 0 {
+			require.Equal(t, keys.pack(want), got)
+			require.Equal(t, len(got), cap(got), "no room beyond what it holds")
+		}
 	}
 }
