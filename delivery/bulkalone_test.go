@@ -208,3 +208,27 @@ func TestASubmissionIsTimedByUserpilotsAnswer(t *testing.T) {
 	require.False(t, obs.answered.IsZero(), "the job completed")
 	assert.False(t, obs.answered.After(records.at), "answered %s, the id written from %s on", obs.answered.Format(time.StampMicro), records.at.Format(time.StampMicro))
 }
+
+// While a completed job's profiles are written to the index, the next job
+// goes if it is worth its overhead (half a full job), or if reading is
+// held back at the memory bound; never a third beside two.
+func TestTheNextJobGoesWhileTheLastOneIsRecorded(t *testing.T) {
+	var j jobs
+	assert.True(t, j.nextNow(100, false, 100), "nothing being recorded")
+	j.recording = []*slotJob{{}}
+	for _, tt := range []struct {
+		ready int
+		full  bool
+		want  bool
+	}{
+		{userpilot.MaxBulkRecords, false, true},
+		{userpilot.MaxBulkRecords / 2, false, true},
+		{userpilot.MaxBulkRecords/2 - 1, false, false},
+		{100, true, true},
+		{99, true, false},
+	} {
+		assert.Equal(t, tt.want, j.nextNow(tt.ready, tt.full, 100), "%d ready, full %v", tt.ready, tt.full)
+	}
+	j.recording = append(j.recording, &slotJob{})
+	assert.False(t, j.nextNow(userpilot.MaxBulkRecords, true, 100), "two being recorded")
+}
