@@ -20,6 +20,20 @@ package bench
 // (PGPILOT_BENCH_HEAPPROFILE=FILE makes CatchUpInProcess write a heap
 // profile halfway through the drain, when the backlog in memory is largest.)
 //
+// On a shared machine timings move with the neighbours; instruction counts
+// and profiles of the binary do not: PGPILOT_BENCH_WRAP runs the measured
+// binary under another program, e.g.
+//
+//	PGPILOT_BENCH_ROWS=100000 PGPILOT_BENCH_CHILD_ENV=GODEBUG=asyncpreemptoff=1 \
+//	PGPILOT_BENCH_WRAP="valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/tmp/cg.%p" \
+//	go test -run '^$' -bench 'CatchUp$/batch100' -benchtime 1x ./bench/
+//	PGPILOT_BENCH_WRAP="perf record -e cpu-clock -g -o /tmp/perf.data --" go test …
+//
+// (cg_annotate and perf report read them). PGPILOT_BENCH_ARGS="--log-level debug"
+// logs how each bulk job was sized and where its time went.
+// BenchmarkCatchUpBusy is the catch-up run several times beside a
+// process keeping a core busy, a line per run (see catchup_test.go).
+//
 // Nothing here runs in the ordinary test suite: there are no Test
 // functions, and Postgres starts only when a benchmark asks for it.
 
