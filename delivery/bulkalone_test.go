@@ -36,6 +36,8 @@ func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
 		{"nothing measured, the configured start as fast as Userpilot publishes: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: 10 * time.Second}, job{}, true},
 		{"nothing measured, the configured start far the faster: bulk alone, a probe first", 1000, 100, bulkEstimate{rate: 1e6, overhead: 10 * time.Second}, job{}, false},
 		{"too few for a job: real time", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{}, true},
+		{"too few for a job, but a job runs: they wait for the next", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{time.Second, time.Second, 0}, false},
+		{"too few for a job, a job runs, bulk not far the faster: real time", 99, 100, bulkEstimate{rate: 1000, jobs: 3}, job{time.Second, time.Second, 0}, true},
 		{"a job runs as expected: bulk alone", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{time.Second, time.Second, 0}, false},
 		{"Userpilot says the job still runs long after it accepted it: real time takes up the work", 1000, 100,
 			bulkEstimate{rate: 1e6, jobs: 3}, job{time.Minute, time.Minute, 0}, true},

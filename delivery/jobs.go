@@ -82,6 +82,9 @@ type slotJob struct {
 // busy reports whether Userpilot's slot holds a job of pgpilot's.
 func (j *jobs) busy() bool { return j.state != JobIdle }
 
+// active reports whether a job is in the slot or being recorded.
+func (j *jobs) active() bool { return j.busy() || len(j.recording) > 0 }
+
 // start puts a new job of entries in the slot.
 func (j *jobs) start(entries []*entry, now time.Time) uint64 {
 	j.last++
