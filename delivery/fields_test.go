@@ -150,3 +150,23 @@ func TestMergedFieldsAreTheMergedMapPacked(t *testing.T) {
 		}
 	}
 }
+
+// A key number or a value length of one byte is written without the
+// varint loop: at the edge of a byte (127, 128), packed fields still read
+// back as what was packed, in a row packed as it comes and in a merge.
+func TestFieldsAtTheEdgeOfAByteReadBack(t *testing.T) {
+	var keys keyTable
+	names := manyKeys(130)
+	for _, k := range names {
+		keys.number(k)
+	}
+	str := func(n int) string { return `"` + strings.Repeat("x", n-2) + `"` } // n bytes of JSON
+	want := md("k126", str(127), "k127", str(128), "k128", str(129), "k129", str(128))
+	assert.Equal(t, want, keys.unpack(keys.pack(want)))
+	nums := []uint32{126, 127, 128, 129}
+	vals := []json.RawMessage{json.RawMessage(str(127)), json.RawMessage(str(128)), json.RawMessage(str(129)), json.RawMessage(str(128))}
+	assert.Equal(t, want, keys.unpack(packInOrder(nums, vals)))
+	older := md("k127", str(129), "k0", str(128))
+	merged := mergeFields(keys.pack(older), keys.pack(want))
+	assert.Equal(t, md("k0", str(128), "k126", str(127), "k127", str(128), "k128", str(129), "k129", str(128)), keys.unpack(merged))
+}
