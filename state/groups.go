@@ -238,10 +238,8 @@ type writeRoom struct {
 // takes about 60.
 const writeBlock = 32 << 10
 
-var writeBlocks = sync.Pool{New: func() any {
-	b := make([]byte, 0, writeBlock)
-	return &b
-}}
+// writeBlocks holds blocks of writeBlock (*[]byte) between writes.
+var writeBlocks sync.Pool
 
 // reserve returns room for n bytes, empty, never handed out again until
 // release.
@@ -250,20 +248,36 @@ func (r *writeRoom) reserve(n int) []byte {
 		if n > writeBlock/4 {
 			return make([]byte, 0, n) // a large value: a block of its own
 		}
-		b := writeBlocks.Get().(*[]byte)
-		r.blocks = append(r.blocks, b)
-		r.cur = (*b)[:0]
+		r.cur = r.next(n)
 	}
 	start := len(r.cur)
 	r.cur = r.cur[:start+n]
 	return r.cur[start : start : start+n]
 }
 
-// release gives the blocks back: the write they served is over
-// (committed or rolled back), and bbolt holds nothing of them.
+// next is the write's next block, for at least n bytes: one from the
+// pool, or, with none there, one made twice the last (4 kB first, up to
+// writeBlock). A real-time call's write of one company needs a few kB;
+// a first block of 32 kB for each, whenever the pool is empty (a
+// collection empties it), was most of what the real-time path allocated.
+func (r *writeRoom) next(n int) []byte {
+	if b, ok := writeBlocks.Get().(*[]byte); ok {
+		r.blocks = append(r.blocks, b)
+		return (*b)[:0]
+	}
+	b := make([]byte, 0, min(writeBlock, max(n, 4<<10, 2*cap(r.cur))))
+	r.blocks = append(r.blocks, &b)
+	return b
+}
+
+// release gives the blocks back: the write they served is over. Only
+// whole blocks are kept: a small one would be handed to a bulk job's
+// write as if it were one.
 func (r *writeRoom) release() {
 	for _, b := range r.blocks {
-		writeBlocks.Put(b)
+		if cap(*b) == writeBlock {
+			writeBlocks.Put(b)
+		}
 	}
 	*r = writeRoom{}
 }
