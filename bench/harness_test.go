@@ -20,6 +20,20 @@ package bench
 // (PGPILOT_BENCH_HEAPPROFILE=FILE makes CatchUpInProcess write a heap
 // profile halfway through the drain, when the backlog in memory is largest.)
 //
+// On a shared machine timings move with the neighbours; instruction counts
+// and profiles of the binary do not: PGPILOT_BENCH_WRAP runs the measured
+// binary under another program, e.g.
+//
+//	PGPILOT_BENCH_ROWS=100000 PGPILOT_BENCH_CHILD_ENV=GODEBUG=asyncpreemptoff=1 \
+//	PGPILOT_BENCH_WRAP="valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/tmp/cg.%p" \
+//	go test -run '^$' -bench 'CatchUp$/batch100' -benchtime 1x ./bench/
+//	PGPILOT_BENCH_WRAP="perf record -e cpu-clock -g -o /tmp/perf.data --" go test …
+//
+// (cg_annotate and perf report read them). PGPILOT_BENCH_ARGS="--log-level debug"
+// logs how each bulk job was sized and where its time went.
+// BenchmarkCatchUpBusy is the catch-up run several times beside a
+// process keeping a core busy, a line per run (see catchup_test.go).
+//
 // Nothing here runs in the ordinary test suite: there are no Test
 // functions, and Postgres starts only when a benchmark asks for it.
 
@@ -32,6 +46,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -56,6 +71,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	printMedians(os.Stdout)
+	printRuns(os.Stdout)
 	shared.stop()
 	os.Exit(code)
 }
@@ -157,6 +173,17 @@ type env struct {
 	cfgPath  string
 	stateDir string
 	users    bool // the config has a users section beside the companies
+	// count, when set, is the stand-in pgpilot sends to instead of up
+	// (newCountingEnv).
+	count *counter
+}
+
+// accepted is how many companies the stand-in pgpilot sends to holds.
+func (e *env) accepted() int {
+	if e.count != nil {
+		return e.count.Accepted()
+	}
+	return e.up.Accepted()
 }
 
 // Delivery paths a benchmark's config allows.
@@ -189,6 +216,19 @@ func (e *env) setDelivery(settings ...string) {
 
 func newEnv(b *testing.B, bulk bool) *env {
 	b.Helper()
+	return newEnvWith(b, bulk, false)
+}
+
+// newCountingEnv is newEnv (bulk allowed) with pgpilot sending to a stand-in
+// that only counts what it receives (counter): its own work is not charged
+// to pgpilot's time.
+func newCountingEnv(b *testing.B) *env {
+	b.Helper()
+	return newEnvWith(b, bulkAllowed, true)
+}
+
+func newEnvWith(b *testing.B, bulk, counting bool) *env {
+	b.Helper()
 	ctx := context.Background()
 	pg := benchPG(b)
 	url := pg.NewDatabaseT(b)
@@ -210,7 +250,12 @@ func newEnv(b *testing.B, bulk bool) *env {
 		cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state")}
 	e.db = url[strings.LastIndex(url, "/")+1:]
 	e.db = e.db[:strings.Index(e.db, "?")]
-	cfg := workload.Config(url, e.slot, up.URL(), benchAPIKey, e.stateDir, 100_000)
+	endpoint := up.URL()
+	if counting {
+		e.count = newCounter(benchAPIKey, standInBulkRate)
+		endpoint = e.count.URL()
+	}
+	cfg := workload.Config(url, e.slot, endpoint, benchAPIKey, e.stateDir, 100_000)
 	bulkRate := "0"
 	if bulk {
 		bulkRate = "1000000"
@@ -228,6 +273,9 @@ func newEnv(b *testing.B, bulk bool) *env {
 func (e *env) close() {
 	ctx := context.Background()
 	e.up.Close()
+	if e.count != nil {
+		e.count.Close()
+	}
 	_, _ = e.conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 		WHERE database = current_database() AND NOT active`)
 	e.conn.Close(ctx)
@@ -328,6 +376,8 @@ type proc struct {
 	cmd  *exec.Cmd
 	log  string
 	done chan struct{}
+	// wrapped: run under PGPILOT_BENCH_WRAP, whose exit status is its own
+	wrapped bool
 	// peakAnon is the largest RssAnon seen (bytes), sampled every 50ms:
 	// VmHWM also counts the pages of the no-op index that bbolt maps,
 	// which the kernel can drop at will; the Go heap and runtime cannot be.
@@ -337,9 +387,20 @@ type proc struct {
 	peakFile atomic.Int64
 }
 
-// startPgpilot runs `pgpilot run` on e's config; its log goes to a file
-// shown if the benchmark fails.
+// startPgpilot runs `pgpilot run` on e's config, the run a benchmark
+// measures; its log goes to a file shown if the benchmark fails.
 func (e *env) startPgpilot() *proc {
+	e.b.Helper()
+	return e.startBinary(strings.Fields(os.Getenv("PGPILOT_BENCH_WRAP")))
+}
+
+// startBinary runs `pgpilot run` under wrap (none: nil). PGPILOT_BENCH_WRAP
+// wraps the runs benchmarks measure, e.g. "valgrind --tool=cachegrind
+// --cache-sim=no --cachegrind-out-file=/tmp/cg.%p" or "perf record -g -o
+// /tmp/perf.data --": instruction counts and profiles are repeatable where
+// a shared machine's timings are not. (CPU and memory figures are then the
+// wrapper's.)
+func (e *env) startBinary(wrap []string) *proc {
 	e.b.Helper()
 	// PGPILOT_BENCH_LOGDIR keeps the logs (e.g. with
 	// PGPILOT_BENCH_CHILD_ENV=GODEBUG=gctrace=1, to see the heap at each
@@ -349,9 +410,11 @@ func (e *env) startPgpilot() *proc {
 	if err != nil {
 		e.b.Fatal(err)
 	}
-	// PGPILOT_BENCH_ARGS adds flags to `pgpilot run` (--log-level debug).
-	args := append([]string{"run", "--config", e.cfgPath}, strings.Fields(os.Getenv("PGPILOT_BENCH_ARGS"))...)
-	cmd := exec.Command(pgpilotBinary(e.b), args...)
+	// PGPILOT_BENCH_ARGS adds flags to `pgpilot run` (--log-level debug:
+	// how each bulk job was sized).
+	args := append([]string{pgpilotBinary(e.b), "run", "--config", e.cfgPath}, strings.Fields(os.Getenv("PGPILOT_BENCH_ARGS"))...)
+	args = append(wrap, args...)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// A benchmark killed (its -timeout) takes its pgpilot with it: an
 	// orphan would go on reading its slot and taking the cores the next
@@ -370,7 +433,7 @@ func (e *env) startPgpilot() *proc {
 	if err := cmd.Start(); err != nil {
 		e.b.Fatal(err)
 	}
-	p := &proc{b: e.b, cmd: cmd, log: logPath, done: make(chan struct{})}
+	p := &proc{b: e.b, cmd: cmd, log: logPath, done: make(chan struct{}), wrapped: len(wrap) > 0}
 	go func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
@@ -407,6 +470,8 @@ func (e *env) startPgpilot() *proc {
 // usage is what a process cost.
 type usage struct {
 	cpu      time.Duration // user + system, from the kernel's accounting of the child
+	sys      time.Duration // of which system (the kernel's work for it: syscalls, faults)
+	wrote    int64         // bytes it wrote (files and sockets), until the stop
 	peakRSS  int64         // bytes: VmHWM just before the stop
 	peakAnon int64         // bytes: the largest RssAnon sampled
 	peakFile int64         // bytes: the largest RssFile sampled
@@ -419,6 +484,7 @@ type usage struct {
 func (p *proc) stop() usage {
 	p.b.Helper()
 	hwm := p.peakRSS()
+	wrote, _ := procIO(p.cmd.Process.Pid, "wchar:")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		p.b.Fatal(err)
 	}
@@ -427,17 +493,31 @@ func (p *proc) stop() usage {
 	case <-time.After(60 * time.Second):
 		p.b.Fatal("pgpilot did not exit within 60s of SIGTERM")
 	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 && !p.wrapped {
 		out, _ := os.ReadFile(p.log)
 		p.b.Fatalf("pgpilot exited %d:\n%s", code, tail(string(out), 4000))
 	}
-	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), peakRSS: hwm, peakAnon: p.peakAnon.Load(), peakFile: p.peakFile.Load()}
+	return usage{cpu: p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), sys: p.cmd.ProcessState.SystemTime(), wrote: wrote, peakRSS: hwm, peakAnon: p.peakAnon.Load(), peakFile: p.peakFile.Load()}
 }
 
 // peakRSS reads VmHWM, the peak resident set, from /proc.
 func (p *proc) peakRSS() int64 {
 	kb, _ := procStatusKB(p.cmd.Process.Pid, "VmHWM:")
 	return kb * 1024
+}
+
+// procIO reads a field of /proc/PID/io (bytes).
+func procIO(pid int, field string) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			return strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not in /proc/%d/io", field, pid)
 }
 
 func procStatusKB(pid int, field string) (int64, error) {
@@ -495,9 +575,9 @@ func (ip *inProcess) stop() {
 // from then on the slot holds everything written.
 func (e *env) initialSync(rows int) {
 	e.b.Helper()
-	p := e.startPgpilot()
+	p := e.startBinary(nil)
 	e.waitFor("initial sync", 10*time.Minute, e.initialSyncDone)
-	e.waitFor("initial rows delivered", 10*time.Minute, func() bool { return e.up.Accepted() >= rows })
+	e.waitFor("initial rows delivered", 10*time.Minute, func() bool { return e.accepted() >= rows })
 	// Stopped before the snapshot job's end is checkpointed, the next run
 	// would read the table again beside whatever it measures.
 	e.waitFor("snapshot job ended", 10*time.Minute, e.initialSyncDone)
@@ -545,6 +625,54 @@ func printMedians(w io.Writer) {
 			vals := slices.Clone(medians.runs[name][unit])
 			sort.Float64s(vals)
 			fmt.Fprintf(w, "    %-22s %12s   (%s–%s, %d runs)\n", unit, num(median(vals)), num(vals[0]), num(vals[len(vals)-1]), len(vals))
+		}
+	}
+}
+
+// perRun are the benchmarks whose every run is a line of a table (the goal
+// is every run, not the median), with the columns shown.
+var perRun = map[string][]string{
+	"BenchmarkCatchUpBusy": {"ratio", "cpu_us/change", "decoder_us/change", "cpu_ratio", "realtime_calls", "bulk_jobs", "peak_MB", "others_cores"},
+}
+
+// printRuns prints perRun's tables: one line per run, then the min, the
+// median and the max of each column.
+func printRuns(w io.Writer) {
+	medians.mu.Lock()
+	defer medians.mu.Unlock()
+	for _, name := range medians.order {
+		cols, ok := perRun[strings.TrimSuffix(name, "-"+strconv.Itoa(runtime.GOMAXPROCS(0)))]
+		if !ok {
+			continue
+		}
+		runs := medians.runs[name]
+		fmt.Fprintf(w, "\n%s, run by run:\n| run |", name)
+		for _, c := range cols {
+			fmt.Fprintf(w, " %s |", c)
+		}
+		fmt.Fprint(w, "\n| --- |"+strings.Repeat(" --- |", len(cols))+"\n")
+		for i := range len(runs[cols[0]]) {
+			fmt.Fprintf(w, "| %d |", i+1)
+			for _, c := range cols {
+				if i < len(runs[c]) {
+					fmt.Fprintf(w, " %s |", num(runs[c][i]))
+				} else {
+					fmt.Fprint(w, " – |")
+				}
+			}
+			fmt.Fprintln(w)
+		}
+		for _, row := range []struct {
+			what string
+			pick func([]float64) float64
+		}{{"min", func(v []float64) float64 { return v[0] }}, {"median", median}, {"max", func(v []float64) float64 { return v[len(v)-1] }}} {
+			fmt.Fprintf(w, "| %s |", row.what)
+			for _, c := range cols {
+				vals := slices.Clone(runs[c])
+				sort.Float64s(vals)
+				fmt.Fprintf(w, " %s |", num(row.pick(vals)))
+			}
+			fmt.Fprintln(w)
 		}
 	}
 }

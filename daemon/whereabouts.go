@@ -325,45 +325,51 @@ func (s *session) why(ctx context.Context, id string, user bool) (any, error) {
 const recentSize = 8192
 
 // recentDeliveries remembers the last recentSize deliveries: company,
-// when, which path.
+// when, which path. It is a ring and nothing else: noting a delivery is
+// one slot written (a map of the companies cost a fifth of a catch-up's
+// index writes, for a question asked by hand), and a question scans the
+// ring from the newest.
 type recentDeliveries struct {
 	mu   sync.Mutex
-	at   map[string]recent
 	ring []ringSlot
 	next int
-	seq  uint64
-}
-
-type recent struct {
-	d   Delivered
-	seq uint64
 }
 
 type ringSlot struct {
-	id  string
-	seq uint64
+	id   string
+	at   int64 // Unix nanoseconds
+	bulk bool
 }
 
-func (r *recentDeliveries) add(id, path string, at time.Time) {
+func (r *recentDeliveries) add(id string, bulk bool, at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.at == nil {
-		r.at, r.ring = map[string]recent{}, make([]ringSlot, recentSize)
+	r.put(id, bulk, at.UnixNano())
+}
+
+// put writes one slot; the caller holds mu.
+func (r *recentDeliveries) put(id string, bulk bool, at int64) {
+	if r.ring == nil {
+		r.ring = make([]ringSlot, recentSize)
 	}
-	if old := r.ring[r.next]; old.id != "" && r.at[old.id].seq == old.seq {
-		delete(r.at, old.id) // forgotten, unless delivered again since
-	}
-	r.seq++
-	r.at[id] = recent{Delivered{At: at, Path: path}, r.seq}
-	r.ring[r.next] = ringSlot{id, r.seq}
+	r.ring[r.next] = ringSlot{id, at, bulk}
 	r.next = (r.next + 1) % recentSize
 }
 
 func (r *recentDeliveries) get(id string) (Delivered, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, ok := r.at[id]
-	return d.d, ok
+	for i := range len(r.ring) {
+		s := r.ring[(r.next-1-i+2*recentSize)%recentSize]
+		if s.id == id && s.at != 0 {
+			path := "realtime"
+			if s.bulk {
+				path = "bulk"
+			}
+			return Delivered{At: time.Unix(0, s.at).UTC(), Path: path}, true
+		}
+	}
+	return Delivered{}, false
 }
 
 // wrap is index, noting each delivery it records: Record is the real-time
@@ -381,9 +387,9 @@ func (x recordingIndex) Record(cos []userpilot.Company) error {
 	if err := x.Index.Record(cos); err != nil {
 		return err
 	}
-	now := time.Now().UTC()
+	now := time.Now()
 	for _, co := range cos {
-		x.r.add(co.CompanyID, "realtime", now)
+		x.r.add(co.CompanyID, false, now)
 	}
 	return nil
 }
@@ -392,9 +398,13 @@ func (x recordingIndex) RecordProfiles(ps state.Profiles) error {
 	if err := x.Index.RecordProfiles(ps); err != nil {
 		return err
 	}
-	now := time.Now().UTC()
-	for i := range ps.Len() {
-		x.r.add(ps.CompanyID(i), "bulk", now)
+	// Only the last recentSize are kept: a job's first companies would be
+	// written over by its last.
+	at := time.Now().UnixNano()
+	x.r.mu.Lock()
+	defer x.r.mu.Unlock()
+	for i := max(0, ps.Len()-recentSize); i < ps.Len(); i++ {
+		x.r.put(ps.CompanyID(i), true, at)
 	}
 	return nil
 }

@@ -18,39 +18,61 @@ import (
 // oldest ready companies (nothing else moves the checkpoint).
 func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
 	now := time.Now()
+	// job is a running job: sized sized ago, accepted by Userpilot
+	// accepted ago, and said by Userpilot to be still running answered
+	// ago (zero: no job).
+	type job struct{ sized, accepted, answered time.Duration }
 	tests := []struct {
 		name     string
 		ready    int
-		realtime float64 // achieved, calls/s
+		realtime float64 // the workers' pace at the time a call takes, calls/s
 		bulk     bulkEstimate
-		jobAge   time.Duration // of the running job; 0: none runs
-		wantRT   bool          // a real-time worker takes the front
+		job      job
+		wantRT   bool // a real-time worker takes the front
 	}{
-		{"Userpilot's published speeds: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: time.Second, jobs: 3}, 0, true},
-		{"bulk 19 times faster: both paths", 1000, 100, bulkEstimate{rate: 1900, jobs: 3}, 0, true},
-		{"bulk 20 times faster: bulk alone", 1000, 100, bulkEstimate{rate: 2000, jobs: 3}, 0, false},
-		{"nothing measured: both paths", 1000, 100, bulkEstimate{rate: 1e6}, 0, true},
-		{"too few for a job: real time", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, 0, true},
-		{"a job runs as expected: bulk alone", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, time.Second, false},
-		{"the job is overdue: real time takes up the work", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, time.Minute, true},
+		{"Userpilot's published speeds: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: time.Second, jobs: 3}, job{}, true},
+		{"bulk 19 times faster: both paths", 1000, 100, bulkEstimate{rate: 1900, jobs: 3}, job{}, true},
+		{"bulk 20 times faster: bulk alone", 1000, 100, bulkEstimate{rate: 2000, jobs: 3}, job{}, false},
+		{"nothing measured, the configured start as fast as Userpilot publishes: both paths", 1000, 10, bulkEstimate{rate: 20, overhead: 10 * time.Second}, job{}, true},
+		{"nothing measured, the configured start far the faster: bulk alone, a probe first", 1000, 100, bulkEstimate{rate: 1e6, overhead: 10 * time.Second}, job{}, false},
+		{"too few for a job: real time", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{}, true},
+		{"too few for a job, but a job runs: they wait for the next", 99, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{time.Second, time.Second, 0}, false},
+		{"too few for a job, a job runs, bulk not far the faster: real time", 99, 100, bulkEstimate{rate: 1000, jobs: 3}, job{time.Second, time.Second, 0}, true},
+		{"a job runs as expected: bulk alone", 1000, 100, bulkEstimate{rate: 1e6, jobs: 3}, job{time.Second, time.Second, 0}, false},
+		{"Userpilot says the job still runs long after it accepted it: real time takes up the work", 1000, 100,
+			bulkEstimate{rate: 1e6, jobs: 3}, job{time.Minute, time.Minute, 0}, true},
+		{"sized long ago, but Userpilot accepted it just now (pgpilot was slow to send it): bulk alone", 1000, 100,
+			bulkEstimate{rate: 1e6, jobs: 3}, job{time.Minute, 10 * time.Millisecond, 0}, false},
+		{"not yet accepted, sized long ago: real time takes up the work", 1000, 100,
+			bulkEstimate{rate: 1e6, jobs: 3}, job{sized: time.Minute}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := New(Options{RealtimeRate: 100_000, MinBulk: 100, PollInterval: 2 * time.Second,
 				Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
 			addCompanies(t, p, tt.ready)
-			p.est, p.sizing.realtime = tt.bulk, tt.realtime
-			if tt.jobAge > 0 {
-				p.jobs.state, p.jobs.slot = JobRunning, &slotJob{started: now.Add(-tt.jobAge), records: 10_000}
+			p.est = tt.bulk
+			p.sizing.called(time.Duration(float64(p.opts.Workers) / tt.realtime * float64(time.Second)))
+			if tt.job.sized > 0 {
+				p.jobs.start(nil, now.Add(-tt.job.sized))
+				p.jobs.slot.records = 10_000
+				if tt.job.accepted > 0 {
+					p.jobs.heard(jobAnswered{n: p.jobs.last, at: now.Add(-tt.job.accepted)})
+					p.jobs.heard(jobAnswered{n: p.jobs.last, at: now.Add(-tt.job.answered)})
+				}
 			}
 			assert.Equal(t, tt.wantRT, p.realtimeWanted(now))
-			if tt.jobAge > 0 {
+			if tt.job.sized > 0 {
 				return
 			}
 			batch, _, err := p.takeBulk(now)
 			require.NoError(t, err)
 			if !tt.wantRT {
-				require.Len(t, batch, tt.ready, "no real-time share is kept back")
+				want := tt.ready
+				if !tt.bulk.learned() {
+					want = tt.ready / probeShare
+				}
+				require.Len(t, batch, want, "no real-time share is kept back (but for a probe's)")
 				assert.Equal(t, "1", batch[0].id, "the oldest first")
 			}
 		})
@@ -149,4 +171,66 @@ func TestTheNextJobsBodyIsWrittenInTheLastOnesRoom(t *testing.T) {
 	assert.NotNil(t, p.enc.spare, "kept while a job may come")
 	p.enc.expireSpare(time.Now().Add(spareFor))
 	assert.Nil(t, p.enc.spare, "let go when none came")
+}
+
+// idAt is job records that note when the job's id was written.
+type idAt struct {
+	InFlight
+	at time.Time
+}
+
+func (r *idAt) BeginBulkJob(userpilot.BulkBody) (uint64, error) { return 1, nil }
+func (r *idAt) EndJob(uint64) error                             { return nil }
+func (r *idAt) JobSubmitted(uint64, string) error {
+	r.at = time.Now()
+	return nil
+}
+
+// A job's submission is timed by Userpilot's answer, not by pgpilot's
+// write of its id after it: that write is pgpilot's own time, and in the
+// submission it would make every job's overhead look longer.
+func TestASubmissionIsTimedByUserpilotsAnswer(t *testing.T) {
+	p := New(Options{MinBulk: 1, Sender: doneSender{}, Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
+	addCompanies(t, p, 10)
+	p.est = bulkEstimate{rate: 1e6, jobs: 1}
+	batch, body, err := p.takeBulk(time.Now())
+	require.NoError(t, err)
+	records := &idAt{}
+	events := make(chan jobEvent, 8)
+	r := jobRunner{sender: doneSender{}, inflight: records, poll: time.Second, log: p.log}
+	r.run(context.Background(), bulkJob{n: 1, body: body, profiles: p.enc.profileValues(batch), est: p.est}, events)
+	close(events)
+	var obs jobObservation
+	for ev := range events {
+		if c, ok := ev.(jobCompleted); ok {
+			obs = c.obs
+		}
+	}
+	require.False(t, records.at.IsZero(), "the id was written")
+	require.False(t, obs.answered.IsZero(), "the job completed")
+	assert.False(t, obs.answered.After(records.at), "answered %s, the id written from %s on", obs.answered.Format(time.StampMicro), records.at.Format(time.StampMicro))
+}
+
+// While a completed job's profiles are written to the index, the next job
+// goes if it is worth its overhead (half a full job), or if reading is
+// held back at the memory bound; never a third beside two.
+func TestTheNextJobGoesWhileTheLastOneIsRecorded(t *testing.T) {
+	var j jobs
+	assert.True(t, j.nextNow(100, false, 100), "nothing being recorded")
+	j.recording = []*slotJob{{}}
+	for _, tt := range []struct {
+		ready int
+		full  bool
+		want  bool
+	}{
+		{userpilot.MaxBulkRecords, false, true},
+		{userpilot.MaxBulkRecords / 2, false, true},
+		{userpilot.MaxBulkRecords/2 - 1, false, false},
+		{100, true, true},
+		{99, true, false},
+	} {
+		assert.Equal(t, tt.want, j.nextNow(tt.ready, tt.full, 100), "%d ready, full %v", tt.ready, tt.full)
+	}
+	j.recording = append(j.recording, &slotJob{})
+	assert.False(t, j.nextNow(userpilot.MaxBulkRecords, true, 100), "two being recorded")
 }

@@ -68,6 +68,11 @@ type mapper struct {
 	Mapper
 	nums   []uint32 // nums[i] is Keys()[i]'s
 	entity mapping.Entity
+	// ascending: nums only grow (a mapping's keys numbered in its own
+	// order, none twice): a row's values are packed as they come. A
+	// second section's mapping whose keys the first numbered already may
+	// not be.
+	ascending bool
 }
 
 // mapperFor compiles the mapping against rel's columns whenever Postgres
@@ -87,7 +92,11 @@ func (x *encoder) mapperFor(rel *row.Relation) (*mapper, error) {
 		if i := m.Membership(); i >= 0 {
 			x.membership, x.hasMembership = nums[i], true
 		}
-		return &mapper{Mapper: m, nums: nums, entity: m.Entity()}, nil
+		ascending := true
+		for i := 1; i < len(nums); i++ {
+			ascending = ascending && nums[i] > nums[i-1]
+		}
+		return &mapper{Mapper: m, nums: nums, entity: m.Entity(), ascending: ascending}, nil
 	})
 }
 
@@ -114,7 +123,11 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 	}
 	// Mapped, or with only some keys held back (one bad value costs one
 	// key): what the row has goes out.
-	md = x.rowFields(m.entity, m.nums, vals)
+	if m.ascending && x.marks[m.entity].md == nil {
+		md = packInOrder(m.nums, vals)
+	} else {
+		md = x.rowFields(m.entity, m.nums, vals)
+	}
 	clear(vals) // keeps nothing of the row alive
 	return m.entity, id, keyOf(m.entity, id), md, mapErr, nil
 }

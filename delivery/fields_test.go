@@ -2,9 +2,14 @@ package delivery
 
 import (
 	"encoding/json"
+	"maps"
+	"math/rand/v2"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -15,6 +20,15 @@ func md(kv ...string) userpilot.Metadata {
 		m[kv[i]] = json.RawMessage(kv[i+1])
 	}
 	return m
+}
+
+// manyKeys are n key names, k0 to k(n-1).
+func manyKeys(n int) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = "k" + strconv.Itoa(i)
+	}
+	return ks
 }
 
 func TestPackedFieldsMergeKeyByKeyNewerWinning(t *testing.T) {
@@ -31,6 +45,8 @@ func TestPackedFieldsMergeKeyByKeyNewerWinning(t *testing.T) {
 		{"a key left out keeps its value", md("a", "1", "b", "2", "c", "3"), md("b", "20"), md("a", "1", "b", "20", "c", "3"), nil},
 		{"keys numbered out of order", md("z", "1", "a", `"x"`), md("m", "null", "a", `"y"`), md("z", "1", "a", `"y"`, "m", "null"), []string{"m", "z", "a"}},
 		{"long values", md("notes", `"`+string(make([]byte, 300))+`"`), md("n", "1"), md("notes", `"`+string(make([]byte, 300))+`"`, "n", "1"), nil},
+		{"key numbers past one byte, short values and long", md("k150", "1", "k5", `"`+string(make([]byte, 200))+`"`), md("k199", "2", "k5", "3"),
+			md("k150", "1", "k5", "3", "k199", "2"), manyKeys(200)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,4 +89,84 @@ func TestPackFieldsIsPackOfTheMap(t *testing.T) {
 			assert.Equal(t, keys.pack(tt.want), packed, "the bytes the map packs to")
 		})
 	}
+}
+
+// A row whose keys are numbered in the mapping's order is packed as it
+// comes: to the bytes packFields makes of it.
+func TestARowInOrderPacksAsPackFieldsWould(t *testing.T) {
+	long := json.RawMessage(`"` + string(make([]byte, 200)) + `"`)
+	for _, tt := range []struct {
+		name string
+		nums []uint32
+		vals []json.RawMessage
+	}{
+		{"none", nil, nil},
+		{"all left out", []uint32{0, 1}, []json.RawMessage{nil, nil}},
+		{"some", []uint32{0, 1, 2, 5}, []json.RawMessage{[]byte(`"a"`), nil, []byte("null"), []byte("12.5")}},
+		{"long values, key numbers past a byte", []uint32{3, 127, 128, 300}, []json.RawMessage{long, []byte("1"), long, []byte("true")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var fs []field
+			for i, v := range tt.vals {
+				if v != nil {
+					fs = append(fs, field{tt.nums[i], v})
+				}
+			}
+			assert.Equal(t, packFields(fs), packInOrder(tt.nums, tt.vals))
+		})
+	}
+}
+
+// Merged fields are what merging the maps packs to, byte for byte, and
+// take no more room than they hold (an entry's size counts its room).
+func TestMergedFieldsAreTheMergedMapPacked(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var keys keyTable
+	names := manyKeys(150)
+	for _, k := range names {
+		keys.number(k)
+	}
+	random := func() userpilot.Metadata {
+		m := userpilot.Metadata{}
+		for range rng.IntN(8) {
+			v := json.RawMessage(strconv.Itoa(rng.IntN(1000)))
+			if rng.IntN(4) == 0 {
+				v = json.RawMessage(`"` + strings.Repeat("x", rng.IntN(300)) + `"`)
+			}
+			m[names[rng.IntN(len(names))]] = v
+		}
+		return m
+	}
+	for range 2000 {
+		older, newer := random(), random()
+		want := userpilot.Metadata{}
+		maps.Copy(want, older)
+		maps.Copy(want, newer)
+		got := mergeFields(keys.pack(older), keys.pack(newer))
+		require.Equal(t, want, keys.unpack(got))
+		if len(want) > 0 {
+			require.Equal(t, keys.pack(want), got)
+			require.Equal(t, len(got), cap(got), "no room beyond what it holds")
+		}
+	}
+}
+
+// A key number or a value length of one byte is written without the
+// varint loop: at the edge of a byte (127, 128), packed fields still read
+// back as what was packed, in a row packed as it comes and in a merge.
+func TestFieldsAtTheEdgeOfAByteReadBack(t *testing.T) {
+	var keys keyTable
+	names := manyKeys(130)
+	for _, k := range names {
+		keys.number(k)
+	}
+	str := func(n int) string { return `"` + strings.Repeat("x", n-2) + `"` } // n bytes of JSON
+	want := md("k126", str(127), "k127", str(128), "k128", str(129), "k129", str(128))
+	assert.Equal(t, want, keys.unpack(keys.pack(want)))
+	nums := []uint32{126, 127, 128, 129}
+	vals := []json.RawMessage{json.RawMessage(str(127)), json.RawMessage(str(128)), json.RawMessage(str(129)), json.RawMessage(str(128))}
+	assert.Equal(t, want, keys.unpack(packInOrder(nums, vals)))
+	older := md("k127", str(129), "k0", str(128))
+	merged := mergeFields(keys.pack(older), keys.pack(want))
+	assert.Equal(t, md("k0", str(128), "k126", str(127), "k127", str(128), "k128", str(129), "k129", str(128)), keys.unpack(merged))
 }

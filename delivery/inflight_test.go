@@ -112,8 +112,10 @@ func TestABulkJobWhoseAnswerWasLostHoldsItsCompaniesPastTheEstimate(t *testing.T
 // Every job the pipeline submits is recorded before it is, and forgotten
 // once its end is seen.
 func TestABulkJobIsRecordedUntilItsEndIsSeen(t *testing.T) {
+	// (Told that bulk is far the faster, the first job is a probe of at
+	// least MinBulk.)
 	h := newHarness(t, setup{standin: userpilottest.Options{BulkRecordsPerSecond: 200},
-		delivery: delivery.Options{BulkRate: 1_000_000_000, MinBulk: 10, BulkOverhead: 100 * time.Microsecond, PollInterval: 10 * time.Millisecond}})
+		delivery: delivery.Options{BulkRate: 1_000_000_000, MinBulk: 150, BulkOverhead: 100 * time.Microsecond, PollInterval: 10 * time.Millisecond}})
 	in, done := h.feed(context.Background())
 	var changes = make([]row.Change, 0, 300)
 	for i := range 300 {

@@ -65,8 +65,9 @@ type jobs struct {
 	// index: their companies stay in flight until then (a look-up must
 	// not read the state before the job).
 	recording []*slotJob
-	// answered is when Userpilot last answered for the job in its slot.
-	answered time.Time
+	// answered is when Userpilot last answered for the job in its slot;
+	// accepted when it answered the job's submission.
+	answered, accepted time.Time
 }
 
 // slotJob is a job the dispatcher started, with what it carries.
@@ -81,11 +82,14 @@ type slotJob struct {
 // busy reports whether Userpilot's slot holds a job of pgpilot's.
 func (j *jobs) busy() bool { return j.state != JobIdle }
 
+// active reports whether a job is in the slot or being recorded.
+func (j *jobs) active() bool { return j.busy() || len(j.recording) > 0 }
+
 // start puts a new job of entries in the slot.
 func (j *jobs) start(entries []*entry, now time.Time) uint64 {
 	j.last++
 	j.slot = &slotJob{n: j.last, entries: entries, started: now, records: len(entries)}
-	j.state, j.answered = JobSubmitting, time.Time{}
+	j.state, j.answered, j.accepted = JobSubmitting, time.Time{}, time.Time{}
 	return j.last
 }
 
@@ -93,7 +97,7 @@ func (j *jobs) start(entries []*entry, now time.Time) uint64 {
 func (j *jobs) resume(hj *heldJob, now time.Time) uint64 {
 	j.last++
 	j.slot = &slotJob{n: j.last, entries: hj.entries, started: now, records: hj.records, held: hj}
-	j.state, j.answered = JobResuming, time.Time{}
+	j.state, j.answered, j.accepted = JobResuming, time.Time{}, time.Time{}
 	return j.last
 }
 
@@ -104,7 +108,7 @@ func (j *jobs) heard(ev jobAnswered) {
 	}
 	j.answered = ev.at
 	if j.state == JobSubmitting {
-		j.state = JobRunning
+		j.state, j.accepted = JobRunning, ev.at
 	}
 }
 
@@ -136,27 +140,43 @@ func (j *jobs) ended(n uint64) *slotJob {
 }
 
 // nextNow says whether a job may be sized while the last one's profiles
-// are still written to the index: a full one, or, when the window is full,
-// what is ready (at least minBulk). The companies being recorded hold their
-// place in the window meanwhile, so a job sized then may be small, and
-// each job costs its overhead however few it carries; but with the window
-// full nothing more is read until the write ends, and waiting for it left
-// Userpilot's job slot idle for the write's length at every job. Only one
-// job is recorded beside a running one.
+// are still written to the index: one of at least half a full job, or,
+// when the window is full, what is ready (at least minBulk). The companies
+// being recorded hold their place in the window meanwhile, so a job sized
+// then may be small, and each job costs its overhead however few it
+// carries; but waiting for the write left Userpilot's job slot idle for
+// the write's length at every job: against a fast Userpilot, 10-20 ms of
+// every 40 ms job cycle of a catch-up (jobs of half the window, each
+// waiting for the last one's write). Only one job is recorded beside a
+// running one.
 func (j *jobs) nextNow(ready int, full bool, minBulk int) bool {
 	switch len(j.recording) {
 	case 0:
 		return true
 	case 1:
-		return ready >= userpilot.MaxBulkRecords || full && ready >= minBulk
+		return ready >= userpilot.MaxBulkRecords/2 || full && ready >= minBulk
 	}
 	return false
 }
 
 // overdue reports whether the job in the slot has taken longer than the
 // slack after which it is judged late: twice the estimate, plus a poll.
+// Once Userpilot accepted it, that is judged from Userpilot's answers: it
+// said the job still runs longer than the slack after it accepted it. From
+// when it was sized, pgpilot's own work (the body's write, the upload) and
+// delays on a busy machine counted against Userpilot, and an overdue job
+// hands the backlog back to the real-time path. Before the submission is
+// answered (or for a job from before a restart) the clock counts from when
+// it was sized or resumed.
 func (j *jobs) overdue(now time.Time, est bulkEstimate, poll time.Duration) bool {
-	return j.slot != nil && now.Sub(j.slot.started) > 2*est.expected(j.slot.records)+poll
+	if j.slot == nil {
+		return false
+	}
+	slack := 2*est.expected(j.slot.records) + poll
+	if j.state == JobRunning {
+		return j.answered.Sub(j.accepted) > slack
+	}
+	return now.Sub(j.slot.started) > slack
 }
 
 // patience is how long the job in the slot may go without pgpilot seeing

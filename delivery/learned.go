@@ -24,8 +24,8 @@ type Learned struct {
 	BulkOverhead time.Duration
 	BulkJobs     int
 	// RealtimeRate is the real-time throughput bulk jobs are sized
-	// against (requests/s): the client's current limit, or what the path
-	// achieved while busy if that is less.
+	// against (requests/s): the client's current limit, or what the
+	// workers clear at the time a call takes if that is less.
 	RealtimeRate float64
 }
 
@@ -63,7 +63,7 @@ func (p *Pipeline) Learned() Learned { return p.learned.get() }
 // publish copies the dispatcher's estimates to the view.
 func (p *Pipeline) publish() {
 	l := Learned{BulkRate: p.est.rate, BulkOverhead: p.est.overhead, BulkJobs: p.est.jobs,
-		RealtimeRate: p.sizing.realtimeRate(p.realtimeBudget())}
+		RealtimeRate: p.realtimeRate()}
 	if p.opts.NoBulk {
 		l.BulkRate, l.BulkOverhead = 0, 0
 	}
@@ -115,13 +115,29 @@ func (p *Pipeline) learnJob(o jobObservation) error {
 			"records_per_second", round(p.est.rate), "job_overhead", p.est.overhead.Round(time.Millisecond),
 			"configured_bulk_rate", before.rate)
 	}
-	if p.opts.Estimates == nil {
+	p.estChanged = true
+	return p.keepEstimate(time.Now(), !before.learned())
+}
+
+// keepEstimateEvery is how often a changed estimate is written to the
+// store. The first measurement is written at once, and the last when
+// delivery stops. Written after every job, it was a write of the store
+// (and its fsyncs) on the dispatcher's own path at every job: a few ms
+// each in a catch-up that runs a job every few tens of ms. Killed, a run
+// loses at most this much of what it learned.
+const keepEstimateEvery = 10 * time.Second
+
+// keepEstimate writes the estimate to the store if it changed since it
+// was last written, and now is the time (or force).
+func (p *Pipeline) keepEstimate(now time.Time, force bool) error {
+	if p.opts.Estimates == nil || !p.estChanged || (!force && now.Sub(p.estKeptAt) < keepEstimateEvery) {
 		return nil
 	}
 	if err := p.opts.Estimates.SaveBulkEstimate(state.BulkEstimate{RecordsPerSecond: p.est.rate, Overhead: p.est.overhead,
-		Jobs: p.est.jobs, StartedFrom: p.est.startedFrom, At: time.Now().UTC()}); err != nil {
+		Jobs: p.est.jobs, StartedFrom: p.est.startedFrom, At: now.UTC()}); err != nil {
 		return fmt.Errorf("keep the bulk estimate: %w", err)
 	}
+	p.estChanged, p.estKeptAt = false, now
 	return nil
 }
 

@@ -23,10 +23,13 @@ func (p *Pipeline) realtimeDone(r realtimeResult) error {
 	}
 	e := c.inflight
 	var rej *userpilot.RejectedError
+	answered := errors.As(r.err, &rej)
+	if r.err == nil || answered {
+		p.sizing.called(r.took)
+	}
 	switch {
 	case r.err == nil:
 		now := time.Now()
-		p.sizing.realtimeSent(now, p.ledger.ready.len() > 0)
 		p.stats.Realtime.Add(1)
 		if entity, _ := subjectOf(e.id); entity == mapping.User {
 			p.stats.Users.Realtime.Add(1)
@@ -35,7 +38,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult) error {
 		p.report.realtime++
 		p.finish(e)
 		return p.accepted(e.sentAt)
-	case errors.As(r.err, &rej):
+	case answered:
 		p.report.rejected++
 		// Set aside, or kept, once the breaker knows which it is.
 		path := "POST /v1/companies/identify"

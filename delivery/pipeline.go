@@ -304,6 +304,10 @@ type Pipeline struct {
 	// for other goroutines.
 	est     bulkEstimate
 	learned learnedView
+	// estChanged: est changed since it was last written to the store (at
+	// estKeptAt).
+	estChanged bool
+	estKeptAt  time.Time
 
 	// takenAt is when the transaction being added was taken in: the clock
 	// read once for its changes.
@@ -426,6 +430,12 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan row.Transaction) error {
 		tick: time.NewTicker(p.opts.Tick), quiet: time.NewTimer(time.Hour)}
 	defer lp.tick.Stop()
 	defer lp.quiet.Stop()
+	defer func() {
+		// What was learned since the last write of the estimate.
+		if err := p.keepEstimate(time.Now(), true); err != nil {
+			p.log.Warn("the bulk estimate could not be kept; the next start measures again", "error", err)
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait() // no goroutine outlives Run
 	defer cancel()

@@ -39,26 +39,44 @@ func bulkShare(n int, rt, bulk float64, overhead time.Duration, minBulk, maxReco
 const bulkAloneRatio = 20
 
 // bulkAlone reports whether the ready backlog is left to bulk jobs: the bulk
-// path is measured as far the faster (bulkAloneRatio), and the job it runs,
-// if any, is not overdue (then the real-time path takes up the work again
-// until a job ends as expected).
+// path is far the faster (bulkAloneRatio), and the job it runs, if any, is
+// not overdue (then the real-time path takes up the work again until a job
+// ends as expected). Until a job is measured the bulk path is what the
+// operator said (bulk_rate), and the first job is a probe (takeBulk): a
+// start far from the truth costs the real-time path's work until the probe
+// ends or is overdue, once (what is measured is kept across restarts).
+// Waiting for the measurement instead, the real-time path sent one call
+// each for the whole start of a catch-up, as long as that took on a busy
+// machine.
 func (p *Pipeline) bulkAlone(now time.Time) bool {
-	if p.opts.NoBulk || !p.est.learned() {
+	if p.opts.NoBulk {
 		return false
 	}
-	if p.sizing.realtimeRate(p.realtimeBudget())*bulkAloneRatio > p.est.rate {
+	if p.realtimeRate()*bulkAloneRatio > p.est.rate {
 		return false
 	}
 	return !p.jobs.overdue(now, p.est, p.opts.PollInterval)
 }
 
+// realtimeRate is the real-time pace bulk jobs are sized against.
+func (p *Pipeline) realtimeRate() float64 {
+	return p.sizing.realtimeRate(p.realtimeBudget(), p.opts.Workers)
+}
+
 // realtimeWanted says whether a real-time worker should take the ready
-// front now: always for what a job cannot take (a record a job refused), or
-// while too few are ready for a job; otherwise unless they are left to bulk
-// jobs.
+// front now: always for what a job cannot take (a record a job refused);
+// unless the backlog is left to bulk jobs; and then only while too few are
+// ready for a job and no job runs or is being recorded. While one is, the
+// next job is moments away (bulk alone is the far faster path, and the
+// job is not overdue) and takes them: in a catch-up of one-row
+// transactions the real-time path took the first few of each job's worth
+// as they came, 1,700 calls for 200,000 rows.
 func (p *Pipeline) realtimeWanted(now time.Time) bool {
 	r := &p.ledger.ready
-	return r.front().realtimeOnly || r.len() < p.opts.MinBulk || !p.bulkAlone(now)
+	if r.front().realtimeOnly || !p.bulkAlone(now) {
+		return true
+	}
+	return r.len() < p.opts.MinBulk && !p.jobs.active()
 }
 
 // takeBulk chooses the companies for a bulk job (the newest ready ones: the
@@ -69,7 +87,7 @@ func (p *Pipeline) realtimeWanted(now time.Time) bool {
 // what is recorded and sent.
 func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error) {
 	l := p.ledger
-	rt := p.sizing.realtimeRate(p.realtimeBudget())
+	rt := p.realtimeRate()
 	// The backlog: what is ready, and in outbox mode what is owed on disk
 	// behind it (refilled into memory as memory drains).
 	backlog := l.ready.len()
@@ -77,13 +95,18 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 		backlog += p.outbox.owed()
 	}
 	k := bulkShare(backlog, rt, p.est.rate, p.est.overhead, p.opts.MinBulk, userpilot.MaxBulkRecords)
-	if !p.est.learned() {
+	alone := p.bulkAlone(now)
+	switch {
+	case !p.est.learned() && alone && l.ready.len() >= p.opts.MinBulk:
+		// Nothing measured, and no real-time path to share with: a probe
+		// all the same (a tenth, at least a job's worth), so that a start
+		// far from the truth is found out on a small job.
+		k = min(l.ready.len(), max(p.opts.MinBulk, backlog/probeShare))
+	case !p.est.learned():
 		// Nothing measured: a small job first, to learn what the bulk
 		// path does before a large one is sized from a guess.
 		k = probeSize(backlog, rt, k, p.opts.MinBulk)
-	}
-	alone := p.bulkAlone(now)
-	if alone && l.ready.len() >= p.opts.MinBulk {
+	case alone && l.ready.len() >= p.opts.MinBulk:
 		// No real-time path to share with: as much as a job takes.
 		k = min(l.ready.len(), userpilot.MaxBulkRecords)
 	}
@@ -176,75 +199,54 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	return batch, body, nil
 }
 
-// The real-time path's throughput is measured over realtimeWindow of busy
-// time in which it made realtimeWindowCalls calls: the time makes a fast
-// path's pace (a local stand-in: thousands a second) known within a
-// backlog of a few hundred companies; the count keeps a slow path's
-// (Userpilot's published 10 a second) from being judged on two calls.
-// Until it is known, the budget stands for the pace and bulk cannot take
-// a backlog alone: at 250 ms a catch-up made 660-980 real-time calls
-// before it could, at about 100 µs of pgpilot's CPU each against 4 µs a
-// change in a job (a tenth of the 200k-row catch-up's CPU); at 100 ms,
-// 320-384.
-const (
-	realtimeWindow      = 100 * time.Millisecond
-	realtimeWindowCalls = 10
-)
+// The real-time path's pace is what one call takes, not what the
+// dispatcher saw go by. Each worker times its own call, from taking the
+// company to having its outcome durable: the mark, Userpilot's answer (and
+// the client's wait for the budget), the index write. With Workers calls in
+// flight the path clears Workers/callTime companies a second, or the
+// budget, whichever is less. Counted as the companies the dispatcher sees
+// delivered over busy time, the pace would measure the dispatcher's own
+// scheduling delays on a busy machine, and a catch-up's split would swing
+// with the load (hundreds to thousands of real-time calls). A call's
+// time does not depend on how soon the dispatcher hears of it; what makes
+// it long (Userpilot's answer, the two durable writes, which bbolt's Batch
+// holds up to 10 ms for others to share) is what limits the path. Against
+// a local stand-in with an unlimited budget that is a few hundred calls a
+// second, not the 100,000 the budget says: taken at its word, the budget
+// would send a tenth of every backlog one call each.
+//
+// callWeight is the weight of each call in the smoothed call time: a
+// change of pace is followed within a few dozen calls, one slow call (a
+// retry) moves it only part of the way.
+const callWeight = 1.0 / 16
 
-// sizing is what bulkShare is fed besides the configured rates: what the
-// real-time path and bulk jobs have actually achieved. The configured
-// rate_limit is a budget, not a speed: set high (a generous account, a
-// local stand-in) it would make the real-time path look able to clear any
-// backlog at once, and every company would go out as its own call even
-// where a job of 10,000 drains it many times faster.
+// sizing is what bulkShare is fed besides the bulk estimate: what a
+// real-time call takes.
 type sizing struct {
-	// The busy stretch under way (zero start: the path is idle), and the
-	// earlier stretches of the window: their time and their calls.
-	stretchStart time.Time
-	stretchSent  int
-	busyTime     time.Duration
-	busySent     int
-	realtime     float64 // companies/s the real-time path achieved while busy; 0: not measured yet
+	callTime time.Duration // smoothed; 0: no call yet
 }
 
-// realtimeSent counts one real-time delivery. busy says whether more were
-// ready to go: only while the path never runs dry is its pace its
-// capacity, so the time it sits idle is left out. The busy stretches add
-// up: beside bulk jobs, which take what is ready, the path runs dry at
-// every job, and a window that started over at each idle moment was never
-// filled in a catch-up of 200,000 rows (the budget, 100,000/s, stood for
-// the path's speed there, and jobs left it a share it took 2,500/s of).
-func (s *sizing) realtimeSent(now time.Time, busy bool) {
-	if s.stretchStart.IsZero() {
-		// The first delivery of a stretch only starts its clock.
-		if busy {
-			s.stretchStart, s.stretchSent = now, 0
-		}
+// called notes one real-time call that Userpilot answered (accepted or
+// refused), and the time it took.
+func (s *sizing) called(took time.Duration) {
+	if took <= 0 {
 		return
 	}
-	s.stretchSent++
-	d, n := s.busyTime+now.Sub(s.stretchStart), s.busySent+s.stretchSent
-	switch {
-	case d >= realtimeWindow && n >= realtimeWindowCalls:
-		s.realtime = float64(n) / d.Seconds()
-		s.busyTime, s.busySent = 0, 0
-		s.stretchStart, s.stretchSent = now, 0
-		if !busy {
-			s.stretchStart = time.Time{}
-		}
-	case !busy:
-		s.busyTime, s.busySent = d, n
-		s.stretchStart = time.Time{}
+	if s.callTime == 0 {
+		s.callTime = took
+		return
 	}
+	s.callTime = time.Duration((1-callWeight)*float64(s.callTime) + callWeight*float64(took))
 }
 
-// realtimeRate is the real-time throughput to plan with: the budget, or
-// what the path achieved if that was less.
-func (s *sizing) realtimeRate(budget float64) float64 {
-	if s.realtime > 0 && s.realtime < budget {
-		return s.realtime
+// realtimeRate is the real-time pace to plan with: the budget, or what
+// workers calls in flight clear at the measured call time if that is
+// less. Until a call is measured, the budget.
+func (s *sizing) realtimeRate(budget float64, workers int) float64 {
+	if s.callTime <= 0 {
+		return budget
 	}
-	return budget
+	return min(budget, float64(workers)/s.callTime.Seconds())
 }
 
 // The bulk path is measured, not assumed: Userpilot publishes 1,200 to

@@ -8,61 +8,35 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// sendEvery counts n real-time deliveries every gap from start, busy or not.
-func sendEvery(s *sizing, start time.Time, n int, gap time.Duration, busy bool) time.Time {
+// callsOf notes n real-time calls of took each.
+func callsOf(s *sizing, n int, took time.Duration) {
 	for range n {
-		start = start.Add(gap)
-		s.realtimeSent(start, busy)
+		s.called(took)
 	}
-	return start
 }
 
-func TestBusyRealtimePaceBelowTheBudgetIsWhatIsPlannedWith(t *testing.T) {
+func TestTheRealtimePaceIsTheWorkersOverTheTimeACallTakes(t *testing.T) {
 	var s sizing
-	assert.Equal(t, 100_000.0, s.realtimeRate(100_000), "nothing measured yet: the budget")
-	sendEvery(&s, time.Unix(0, 0), 1500, time.Millisecond, true) // 1,000/s for 1.5s
-	assert.InDelta(t, 1000, s.realtimeRate(100_000), 1, "a budget of 100,000/s but 1,000/s achieved")
-	assert.Equal(t, 10.0, s.realtimeRate(10), "achieving more than the budget does not raise it")
+	assert.Equal(t, 100_000.0, s.realtimeRate(100_000, 8), "nothing measured yet: the budget")
+	callsOf(&s, 1, 8*time.Millisecond)
+	assert.InDelta(t, 1000, s.realtimeRate(100_000, 8), 1, "known from the first call: 8 in flight, 8 ms each")
+	assert.InDelta(t, 500, s.realtimeRate(100_000, 4), 1, "4 in flight")
+	assert.Equal(t, 10.0, s.realtimeRate(10, 8), "calls quicker than the budget do not raise it")
 }
 
-func TestAnIdleRealtimePathIsNotMeasured(t *testing.T) {
+// The pace is what a call takes, whenever its outcome is heard: there is
+// no clock in it, so a dispatcher that hears of calls late (a busy
+// machine) or a path that sits idle between calls measures the same pace.
+func TestTheRealtimePaceFollowsTheCallsTimeNotAnyOnesClock(t *testing.T) {
 	var s sizing
-	at := time.Unix(0, 0)
-	for range 5 { // one delivery every 300ms with nothing else ready: 3/s, not a pace
-		at = at.Add(300 * time.Millisecond)
-		s.realtimeSent(at, false)
-	}
-	assert.Equal(t, 10.0, s.realtimeRate(10))
-}
-
-func TestTheRealtimePaceLeavesOutTheTimeThePathSatIdle(t *testing.T) {
-	var s sizing
-	// 1,000/s for 60% of the window, idle for a second, 1,000/s again as
-	// long: 1,000/s, not the 230/s it would be with the idle second.
-	calls := int(realtimeWindow/time.Millisecond) * 6 / 10
-	at := sendEvery(&s, time.Unix(0, 0), calls, time.Millisecond, true)
-	s.realtimeSent(at.Add(time.Millisecond), false)
-	assert.Equal(t, 100_000.0, s.realtimeRate(100_000), "%s of busy time: not measured yet", realtimeWindow*6/10)
-	sendEvery(&s, at.Add(time.Second), calls, time.Millisecond, true)
-	assert.InDelta(t, 1000, s.realtimeRate(100_000), 15)
-}
-
-func TestAFewCallsDoNotMeasureTheRealtimePath(t *testing.T) {
-	var s sizing
-	// Busy for four windows, but one call a window: too few to be a pace.
-	at := sendEvery(&s, time.Unix(0, 0), 4, realtimeWindow, true)
-	assert.Equal(t, 100.0, s.realtimeRate(100), "%d calls in %s", 4, 4*realtimeWindow)
-	// Enough calls, each a window apart: measured (one a window).
-	sendEvery(&s, at, realtimeWindowCalls, realtimeWindow, true)
-	assert.InDelta(t, float64(time.Second/realtimeWindow), s.realtimeRate(100), 0.01)
-}
-
-func TestABusyWindowMeasuresTheRealtimePath(t *testing.T) {
-	var s sizing
-	// 4,000 calls a second, busy for 300 ms: a catch-up's start (1,200
-	// companies), which must not wait a whole second to be measured.
-	sendEvery(&s, time.Unix(0, 0), 1200, 250*time.Microsecond, true)
-	assert.InDelta(t, 4000, s.realtimeRate(100_000), 20)
+	callsOf(&s, 100, 2*time.Millisecond)
+	assert.InDelta(t, 4000, s.realtimeRate(100_000, 8), 1)
+	s.called(200 * time.Millisecond) // one call retried once
+	assert.Greater(t, s.realtimeRate(100_000, 8), 500.0, "one slow call moves the pace only part of the way")
+	callsOf(&s, 100, 20*time.Millisecond)
+	assert.InDelta(t, 400, s.realtimeRate(100_000, 8), 5, "a lasting change is followed")
+	s.called(0)
+	assert.InDelta(t, 400, s.realtimeRate(100_000, 8), 5, "a call of no time says nothing")
 }
 
 // job is a synthetic bulk job on a stand-in of a given speed and
@@ -167,16 +141,17 @@ func TestABacklogGoesToBulkOnceTheRealtimePathProvesSlowerThanItsBudget(t *testi
 	var s sizing
 	est := bulkEstimate{rate: 1_000_000, overhead: 10 * time.Second, jobs: 1}
 	share := func() int {
-		return bulkShare(n, s.realtimeRate(100_000), est.rate, est.overhead, 100, 10_000)
+		return bulkShare(n, s.realtimeRate(100_000, 8), est.rate, est.overhead, 100, 10_000)
 	}
 	assert.Zero(t, share(), "taken at its word, a budget of 100,000/s clears the backlog before a job could")
-	sendEvery(&s, time.Unix(0, 0), 5000, 250*time.Microsecond, true) // 4,000/s achieved
+	callsOf(&s, 1, 2*time.Millisecond) // 8 in flight: 4,000/s
 	assert.Equal(t, 10_000, share(), "4,000/s for the 10s a job is assumed to cost clears 40,000 of 60,000: a whole job")
 
-	// Userpilot's published figures: 10 calls/s achieved, 20 records/s in bulk.
+	// Userpilot's published figures: a budget of 10 calls/s, calls of
+	// about 100 ms: the budget is what limits.
 	var real sizing
-	sendEvery(&real, time.Unix(0, 0), 20, 100*time.Millisecond, true)
-	assert.Equal(t, 10, int(real.realtimeRate(10)))
+	callsOf(&real, 20, 100*time.Millisecond)
+	assert.Equal(t, 10, int(real.realtimeRate(10, 8)))
 }
 
 func TestWithNothingMeasuredASmallJobIsSentEarly(t *testing.T) {

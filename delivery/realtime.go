@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"time"
 
 	"github.com/pgpilot/pgpilot/userpilot"
 )
@@ -17,19 +18,23 @@ type caller struct {
 }
 
 // realtimeResult is a real-time call's outcome for one entry key (the
-// ledger holds its entry in flight: one per company or user).
+// ledger holds its entry in flight: one per company or user), and how long
+// the call took the worker, from taking the entry to having its outcome
+// durable (the real-time path's pace is made of it: sizing).
 type realtimeResult struct {
-	id  string
-	err error
+	id   string
+	err  error
+	took time.Duration
 }
 
 // work sends each company or user it is handed on the real-time endpoint
 // and answers on results, until work is closed or ctx ends.
 func (c caller) work(ctx context.Context, work <-chan call, results chan<- realtimeResult) {
 	for cl := range work {
+		began := time.Now()
 		err := c.identify(ctx, cl)
 		select {
-		case results <- realtimeResult{cl.key, err}:
+		case results <- realtimeResult{cl.key, err, time.Since(began)}:
 		case <-ctx.Done():
 			return
 		}

@@ -24,6 +24,9 @@ func (p *Pipeline) tick() error {
 		return err
 	}
 	p.enc.expireSpare(now)
+	if err := p.keepEstimate(now, false); err != nil {
+		return err
+	}
 	p.ledger.watermark()
 	p.updateMode(now)
 	if err := p.outbox.persist(p.ledger); err != nil {
@@ -84,7 +87,7 @@ func (p *Pipeline) drainTime() time.Duration {
 	if p.est.learned() && !p.opts.NoBulk {
 		bulk = p.est.rate
 	}
-	return drainTime(p.ledger.order.len(), p.sizing.realtimeRate(p.realtimeBudget()), bulk)
+	return drainTime(p.ledger.order.len(), p.realtimeRate(), bulk)
 }
 
 // backlogOutgrows says whether, at now, the backlog is outgrowing memory by

@@ -868,6 +868,10 @@ type recent struct {
 	txns    []kept // oldest first
 	changes int    // changes held
 	bound   int    // changes kept at most (0: recentChanges)
+	// held is the first of txns whose changes are still held: they are
+	// let go oldest first, and a scan from the start went over a thousand
+	// let go already at every transaction.
+	held int
 }
 
 type kept struct {
@@ -899,10 +903,11 @@ func (r *recent) add(txn row.Transaction) {
 	if len(r.txns) > recentTxns {
 		r.changes -= len(r.txns[0].changes)
 		r.txns = r.txns[1:]
+		r.held = max(0, r.held-1)
 	}
-	for i := 0; r.changes > bound; i++ {
-		r.changes -= len(r.txns[i].changes)
-		r.txns[i].changes, r.txns[i].lost = nil, true
+	for ; r.changes > bound; r.held++ {
+		r.changes -= len(r.txns[r.held].changes)
+		r.txns[r.held].changes, r.txns[r.held].lost = nil, true
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -109,6 +110,9 @@ type groupReader struct {
 	key, next []byte
 	entries   []groupEntry
 	err       error // the first unreadable group met
+	// at is where the last id asked for was (or would go) in entries:
+	// ids come in ascending order, so the next is at or after it.
+	at int
 }
 
 // covers reports whether id falls in the loaded group's range.
@@ -118,7 +122,7 @@ func (r *groupReader) covers(id []byte) bool {
 
 // load positions the reader on the group whose range holds id.
 func (r *groupReader) load(id []byte) {
-	r.loaded, r.entries = true, r.entries[:0]
+	r.loaded, r.entries, r.at = true, r.entries[:0], -1
 	k, v := r.c.Seek(id)
 	if k != nil && bytes.Equal(k, id) {
 		r.key = k
@@ -161,9 +165,26 @@ func (r *groupReader) get(id []byte) []byte {
 	return nil
 }
 
-// find is where id is, or would go, in the loaded entries.
+// find is where id is, or would go, in the loaded entries. Ids come in
+// ascending order: from where the last one was, the next is usually the
+// entry after it (or the end, for a company new at the end of a group),
+// one comparison where a search from the whole group took four (a search
+// per company was a tenth of an index write).
 func (r *groupReader) find(id []byte) (int, bool) {
-	return slices.BinarySearchFunc(r.entries, id, func(e groupEntry, id []byte) int { return bytes.Compare(e.id, id) })
+	i := r.at
+	if i < 0 || i > len(r.entries) || (i > 0 && bytes.Compare(r.entries[i-1].id, id) >= 0) {
+		i, ok := slices.BinarySearchFunc(r.entries, id, func(e groupEntry, id []byte) int { return bytes.Compare(e.id, id) })
+		r.at = i
+		return i, ok
+	}
+	for ; i < len(r.entries); i++ {
+		if c := bytes.Compare(r.entries[i].id, id); c >= 0 {
+			r.at = i
+			return i, c == 0
+		}
+	}
+	r.at = i
+	return i, false
 }
 
 // groupWriter changes records, ids in ascending order, a group at a time:
@@ -177,38 +198,88 @@ type groupWriter struct {
 	// bbolt's slices are not to be trusted once the bucket changes.
 	orig  []byte
 	dirty bool
-	// buf holds copies of what was read and what is written: Put keeps a
-	// reference until the commit, so nothing in it is ever overwritten.
-	buf []byte
+	// room holds copies of what was read and what is written: Put keeps a
+	// reference until the commit, so nothing in it is handed out twice
+	// within a write.
+	room *writeRoom
 }
 
-func newGroupWriter(b *bolt.Bucket) *groupWriter {
+func newGroupWriter(b *bolt.Bucket, room *writeRoom) *groupWriter {
 	// Pages filled to 90% before they split, not bbolt's half: companies
 	// are mostly added in order (a catch-up of new rows, ids ascending
 	// within each write), and a page split in half stays half empty, so
 	// the index was twice the pages to write and map. (A page that grows
 	// later splits as any does.)
 	b.FillPercent = groupFill
-	return &groupWriter{b: b, r: groupReader{c: b.Cursor()}}
+	return &groupWriter{b: b, r: groupReader{c: b.Cursor()}, room: room}
 }
 
-// hold appends p to the writer's buffer and returns the copy.
+// hold appends p to the writer's room and returns the copy.
 func (w *groupWriter) hold(p []byte) []byte {
 	return append(w.reserve(len(p)), p...)
 }
 
-// reserve returns room for n bytes from the writer's buffer, empty, never
-// to be handed out again. The buffer starts at a group's size or two and
-// doubles up to 32 kB: a real-time call's write of one company needs a
-// few kB, and a first block of 32 kB for each was most of what the
-// real-time path allocated.
-func (w *groupWriter) reserve(n int) []byte {
-	if cap(w.buf)-len(w.buf) < n {
-		w.buf = make([]byte, 0, max(n, min(32<<10, max(4<<10, 2*cap(w.buf)))))
+// reserve returns room for n bytes, empty, never handed out again within
+// the write.
+func (w *groupWriter) reserve(n int) []byte { return w.room.reserve(n) }
+
+// writeRoom is where one write of the index keeps what it hands bbolt's
+// Put (values must stay unchanged until the commit): blocks of
+// writeBlock, taken from a pool and given back once the write is
+// committed or rolled back, when bbolt holds nothing of them any more. A
+// block made for each write, and never used again, was a sixth of what a
+// catch-up allocated, each one cleared as it was made.
+type writeRoom struct {
+	blocks []*[]byte
+	cur    []byte
+}
+
+// writeBlock is a block of room: a bulk job's write of 10,000 companies
+// takes about 60.
+const writeBlock = 32 << 10
+
+// writeBlocks holds blocks of writeBlock (*[]byte) between writes.
+var writeBlocks sync.Pool
+
+// reserve returns room for n bytes, empty, never handed out again until
+// release.
+func (r *writeRoom) reserve(n int) []byte {
+	if cap(r.cur)-len(r.cur) < n {
+		if n > writeBlock/4 {
+			return make([]byte, 0, n) // a large value: a block of its own
+		}
+		r.cur = r.next(n)
 	}
-	start := len(w.buf)
-	w.buf = w.buf[:start+n]
-	return w.buf[start : start : start+n]
+	start := len(r.cur)
+	r.cur = r.cur[:start+n]
+	return r.cur[start : start : start+n]
+}
+
+// next is the write's next block, for at least n bytes: one from the
+// pool, or, with none there, one made twice the last (4 kB first, up to
+// writeBlock). A real-time call's write of one company needs a few kB;
+// a first block of 32 kB for each, whenever the pool is empty (a
+// collection empties it), was most of what the real-time path allocated.
+func (r *writeRoom) next(n int) []byte {
+	if b, ok := writeBlocks.Get().(*[]byte); ok {
+		r.blocks = append(r.blocks, b)
+		return (*b)[:0]
+	}
+	b := make([]byte, 0, min(writeBlock, max(n, 4<<10, 2*cap(r.cur))))
+	r.blocks = append(r.blocks, &b)
+	return b
+}
+
+// release gives the blocks back: the write they served is over. Only
+// whole blocks are kept: a small one would be handed to a bulk job's
+// write as if it were one.
+func (r *writeRoom) release() {
+	for _, b := range r.blocks {
+		if cap(*b) == writeBlock {
+			writeBlocks.Put(b)
+		}
+	}
+	*r = writeRoom{}
 }
 
 // at makes the group whose range holds id the one being changed.
@@ -319,13 +390,14 @@ const migrateBatch = 10_000
 func migrateRecords(db *bolt.DB) error {
 	for {
 		done := false
+		var room writeRoom
 		err := db.Update(func(tx *bolt.Tx) error {
 			old := tx.Bucket(deliveredBucket)
 			if old == nil {
 				done = true
 				return nil
 			}
-			w := newGroupWriter(tx.Bucket(groupsBucket))
+			w := newGroupWriter(tx.Bucket(groupsBucket), &room)
 			var moved [][]byte
 			c := old.Cursor()
 			for k, v := c.First(); k != nil && len(moved) < migrateBatch; k, v = c.Next() {
@@ -355,6 +427,7 @@ func migrateRecords(db *bolt.DB) error {
 			}
 			return nil
 		})
+		room.release()
 		if err != nil {
 			return fmt.Errorf("move the no-op index's records into groups: %w", err)
 		}

@@ -233,3 +233,24 @@ func TestCompaniesRecordedInOrderFillTheIndexsPages(t *testing.T) {
 	}))
 	assert.Greater(t, float64(used)/float64(leafBytes), 0.7, "%d bytes of leaf pages hold %d", leafBytes, used)
 }
+
+// find goes on from where the last id was (ids come in ascending order),
+// and is right for an id asked out of order all the same.
+func TestFindInAGroupIsRightInAnyOrder(t *testing.T) {
+	r := groupReader{loaded: true, at: -1}
+	for _, id := range []string{"b", "d", "f", "h"} {
+		r.entries = append(r.entries, groupEntry{id: []byte(id), rec: []byte{recordXXH}})
+	}
+	for _, tt := range []struct {
+		id   string
+		want int
+		ok   bool
+	}{
+		{"a", 0, false}, {"b", 0, true}, {"c", 1, false}, {"d", 1, true}, {"g", 3, false}, {"h", 3, true}, {"i", 4, false},
+		{"b", 0, true}, {"e", 2, false}, {"a", 0, false}, {"h", 3, true}, {"f", 2, true}, {"d", 1, true},
+	} {
+		i, ok := r.find([]byte(tt.id))
+		assert.Equal(t, tt.want, i, tt.id)
+		assert.Equal(t, tt.ok, ok, tt.id)
+	}
+}

@@ -137,12 +137,27 @@ func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
 // valueHash is the value's part of fingerprint.
 func valueHash(v byte, key string, value json.RawMessage) uint64 {
 	var buf [256]byte
-	b := append(append(append(buf[:0], key...), 0), value...)
+	return hashOf(v, append(append(append(buf[:0], key...), 0), value...))
+}
+
+// hashOf is the fingerprint of key, NUL, value (b), as a record of
+// version v makes it.
+func hashOf(v byte, b []byte) uint64 {
 	if v == recordXXH {
 		return xxhash.Sum64(b)
 	}
 	vh := sha256.Sum256(b)
 	return binary.BigEndian.Uint64(vh[:8])
+}
+
+// hasher makes values' fingerprints (valueHash) in room of its own, kept
+// from one to the next: made anew on the stack, the room was cleared for
+// every key of every company.
+type hasher struct{ scratch []byte }
+
+func (h *hasher) value(v byte, key string, value json.RawMessage) uint64 {
+	h.scratch = append(append(append(h.scratch[:0], key...), 0), value...)
+	return hashOf(v, h.scratch)
 }
 
 // keyHash is a key's fingerprint, computed once per key.
@@ -253,10 +268,11 @@ type holdsCheck struct {
 	same bool
 	n    int // the company's keys seen so far
 	last lastKeys
+	hash hasher
 }
 
 func (h *holdsCheck) holds(k string, v json.RawMessage) bool {
-	kh, vh := h.last.hash(h.n, k), valueHash(h.rec[0], k, v)
+	kh, vh := h.last.hash(h.n, k), h.hash.value(h.rec[0], k, v)
 	h.n++
 	got, ok := lookup(h.rec, kh)
 	h.same = ok && got == vh
@@ -331,6 +347,7 @@ type sent struct {
 type sentKeys struct {
 	keys []sent
 	last lastKeys
+	hash hasher
 }
 
 func (s *sentKeys) add(k string, v json.RawMessage) bool {
@@ -375,18 +392,18 @@ func (x *Store) record(ps Profiles, order []int) error {
 	if len(order) >= batchAlone {
 		write = x.db.Update
 	}
+	var room writeRoom
+	defer room.release() // after the write: committed, or rolled back
 	err := write(func(tx *bolt.Tx) error {
-		w, sending := newGroupWriter(tx.Bucket(groupsBucket)), tx.Bucket(sendingBucket)
+		w, sending := newGroupWriter(tx.Bucket(groupsBucket), &room), tx.Bucket(sendingBucket)
 		// Nothing is marked on the bulk path: an empty bucket needs no
 		// deletes looked up.
 		marked := func() bool { k, _ := sending.Cursor().First(); return k != nil }()
-		// What Put is given must stay unchanged until the commit: one
-		// buffer, never reused, sized for the profiles as sent (a record
-		// that keeps older keys may need a block more). A batch may run
+		// What Put is given must stay unchanged until the commit: each
+		// record is written in room of the write's own. A batch may run
 		// more than once (bbolt's Batch retries a failed one alone).
 		var s sentKeys
 		add := s.add
-		var buf []byte
 		known, _ := ps.(KnownAbsent)
 		for n, i := range order {
 			if n%trimEvery == trimEvery-1 {
@@ -411,14 +428,9 @@ func (x *Store) record(ps Profiles, order []int) error {
 					old = nil
 				}
 			}
-			need := 1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12)
-			if cap(buf)-len(buf) < need {
-				// Sized for the rest of the write as this profile is.
-				buf = make([]byte, 0, max(need, min((1+12*len(s.keys))*len(order), 64<<10)))
-			}
-			start := len(buf)
+			// Sized for the keys sent and those the record keeps.
+			buf := w.reserve(1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12))
 			version := byte(recordXXH)
-			kept := len(buf) + 1
 			buf = append(buf, version)
 			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
@@ -427,15 +439,15 @@ func (x *Store) record(ps Profiles, order []int) error {
 					buf = append(buf, old[j:j+12]...)
 				}
 			}
-			if len(buf) > kept {
+			if len(buf) > 1 {
 				version = old[0]
-				buf[start] = version
+				buf[0] = version
 			}
 			for _, k := range s.keys {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
-				buf = binary.BigEndian.AppendUint64(buf, valueHash(version, k.key, k.value))
+				buf = binary.BigEndian.AppendUint64(buf, s.hash.value(version, k.key, k.value))
 			}
-			if err := w.put([]byte(id), buf[start:len(buf):len(buf)]); err != nil {
+			if err := w.put([]byte(id), buf); err != nil {
 				return err
 			}
 		}
@@ -486,8 +498,10 @@ func (x *Store) Forget(ids []string) error {
 		return nil
 	}
 	ids = slices.Sorted(slices.Values(ids)) // the groups are read in key order
+	var room writeRoom
+	defer room.release()
 	err := x.db.Batch(func(tx *bolt.Tx) error {
-		w, sending := newGroupWriter(tx.Bucket(groupsBucket)), tx.Bucket(sendingBucket)
+		w, sending := newGroupWriter(tx.Bucket(groupsBucket), &room), tx.Bucket(sendingBucket)
 		for _, id := range ids {
 			if err := w.delete([]byte(id)); err != nil {
 				return err

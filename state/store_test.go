@@ -513,7 +513,7 @@ func openStore(t *testing.T) *Store {
 func putRecord(t *testing.T, x *Store, id string, rec []byte) {
 	t.Helper()
 	require.NoError(t, x.db.Update(func(tx *bolt.Tx) error {
-		w := newGroupWriter(tx.Bucket(groupsBucket))
+		w := newGroupWriter(tx.Bucket(groupsBucket), &writeRoom{})
 		if err := w.put([]byte(id), rec); err != nil {
 			return err
 		}
