@@ -277,6 +277,10 @@ func (l *ledger) setDone(e *entry) {
 	}
 }
 
+// chunksOwed says whether rows of a snapshot (the initial sync, a
+// re-sync, a backfill) are owed in memory: a piece's mark waits for them.
+func (l *ledger) chunksOwed() bool { return len(l.marks) > 0 }
+
 // watermark is the newest position with nothing undelivered before it. It
 // drops the done entries at the front of the order, and takes the marks
 // they held back.

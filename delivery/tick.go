@@ -90,14 +90,15 @@ func (p *Pipeline) drainTime() time.Duration {
 	return drainTime(p.ledger.order.len(), p.realtimeRate(), bulk)
 }
 
-// backlogOutgrows says whether, at now, the backlog is outgrowing memory by
-// the pace measured of Userpilot: in hold mode, the window half full or
-// more while changes still come in, and what it holds takes longer than
-// ReadAheadAfter to deliver. (Sized at once, a bulk job would carry states
+// backlogOutgrows says whether, at now, the stream's backlog is outgrowing
+// memory by the pace measured of Userpilot: in hold mode, no snapshot rows
+// owed (see holdsInputBack), the window half full or more while changes
+// still come in, and what it holds takes longer than ReadAheadAfter to
+// deliver. (Sized at once, a bulk job would carry states
 // that changes behind the window replace.)
 func (p *Pipeline) backlogOutgrows(now time.Time) bool {
 	l := p.ledger
-	if p.outbox.store == nil || p.outbox.mode == ModeOutbox || p.in.closed {
+	if p.outbox.store == nil || p.outbox.mode == ModeOutbox || p.in.closed || l.chunksOwed() {
 		return false
 	}
 	if l.order.len() < p.opts.MaxPending/2 && l.windowBytes < p.opts.MaxPendingBytes/2 {
@@ -115,10 +116,14 @@ func (p *Pipeline) readAheadDue(now time.Time) bool {
 	return p.backlog.readingAhead(now, p.opts.ReadAheadAfter) || p.backlogOutgrows(now)
 }
 
-// holdsInputBack says whether the window keeps the input from being read:
-// full in hold mode, with transactions waiting in the input.
+// holdsInputBack says whether the window keeps the stream's changes from
+// being read: full in hold mode, with transactions waiting in the input.
+// Not while a snapshot's rows are owed in memory: the snapshot reads its
+// chunks only as delivery drains them (its own backlog), so its rows are
+// never a backlog to read ahead, and the stream's changes behind them wait
+// only as long as those rows take.
 func (p *Pipeline) holdsInputBack() bool {
-	return !p.in.closed && p.ledger.full() && p.outbox.mode != ModeOutbox && p.waiting != nil && p.waiting()
+	return !p.in.closed && p.ledger.full() && p.outbox.mode != ModeOutbox && !p.ledger.chunksOwed() && p.waiting != nil && p.waiting()
 }
 
 // checkpoint writes what the ledger says is due: everything received (all:
