@@ -321,49 +321,54 @@ func (s *session) why(ctx context.Context, id string, user bool) (any, error) {
 }
 
 // recentSize is how many deliveries the daemon remembers for `why`: a
-// bounded memory, about 100 bytes each.
+// bounded memory, 32 bytes each beside the id (which the delivery made).
 const recentSize = 8192
 
-// recentDeliveries remembers the last recentSize deliveries: company,
-// when, which path.
+// recentDeliveries remembers the last recentSize deliveries: company (or
+// user), when, which path. A ring and nothing more: `why` looks through it
+// from the newest, 8,192 comparisons at most, once per question; a map
+// beside it, for a look-up nobody makes between questions, was 170 bytes
+// a delivery (the map's room and the entries deleted from it).
 type recentDeliveries struct {
 	mu   sync.Mutex
-	at   map[string]recent
 	ring []ringSlot
 	next int
-	seq  uint64
-}
-
-type recent struct {
-	d   Delivered
-	seq uint64
 }
 
 type ringSlot struct {
-	id  string
-	seq uint64
+	id   string
+	at   int64 // Unix nanoseconds
+	bulk bool
 }
 
-func (r *recentDeliveries) add(id, path string, at time.Time) {
+func (r *recentDeliveries) add(id string, bulk bool, at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.at == nil {
-		r.at, r.ring = map[string]recent{}, make([]ringSlot, recentSize)
+	if r.ring == nil {
+		r.ring = make([]ringSlot, recentSize)
 	}
-	if old := r.ring[r.next]; old.id != "" && r.at[old.id].seq == old.seq {
-		delete(r.at, old.id) // forgotten, unless delivered again since
-	}
-	r.seq++
-	r.at[id] = recent{Delivered{At: at, Path: path}, r.seq}
-	r.ring[r.next] = ringSlot{id, r.seq}
+	r.ring[r.next] = ringSlot{id, at.UnixNano(), bulk}
 	r.next = (r.next + 1) % recentSize
 }
 
+// get is id's newest delivery among those remembered.
 func (r *recentDeliveries) get(id string) (Delivered, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, ok := r.at[id]
-	return d.d, ok
+	for n := range len(r.ring) {
+		sl := r.ring[(r.next-1-n+2*len(r.ring))%len(r.ring)]
+		if sl.id == "" {
+			break // never filled: nothing older
+		}
+		if sl.id == id {
+			d := Delivered{At: time.Unix(0, sl.at).UTC(), Path: "realtime"}
+			if sl.bulk {
+				d.Path = "bulk"
+			}
+			return d, true
+		}
+	}
+	return Delivered{}, false
 }
 
 // wrap is index, noting each delivery it records: Record is the real-time
@@ -383,7 +388,7 @@ func (x recordingIndex) Record(cos []userpilot.Company) error {
 	}
 	now := time.Now().UTC()
 	for _, co := range cos {
-		x.r.add(co.CompanyID, "realtime", now)
+		x.r.add(co.CompanyID, false, now)
 	}
 	return nil
 }
@@ -394,7 +399,7 @@ func (x recordingIndex) RecordProfiles(ps state.Profiles) error {
 	}
 	now := time.Now().UTC()
 	for i := range ps.Len() {
-		x.r.add(ps.CompanyID(i), "bulk", now)
+		x.r.add(ps.CompanyID(i), true, now)
 	}
 	return nil
 }
