@@ -293,7 +293,7 @@ func TestWhereDecidesWhatACompanyChangeBecomes(t *testing.T) {
 }
 
 // TestWhereJudgesMoreRowsThanOneQueryTakes: a transaction of 5,001
-// company updates is judged a few thousand rows per query, and each row
+// company updates is judged a few hundred rows per query, and each row
 // keeps its own verdict across the queries' boundaries.
 func TestWhereJudgesMoreRowsThanOneQueryTakes(t *testing.T) {
 	url, conn, _, plan := setup(t, 5, relatedConfig)
