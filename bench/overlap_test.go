@@ -41,7 +41,8 @@ import (
 //
 // PGPILOT_BENCH_HEAPPROFILE=PREFIX builds pgpilot with -tags heapprofile:
 // the restarted pgpilot writes PREFIX-N.pprof at each new peak of its live
-// heap (go tool pprof -sample_index=inuse_space PREFIX-N.pprof).
+// heap and PREFIX-N-next.pprof after the next collection, which holds the
+// peak's heap (go tool pprof -sample_index=inuse_space PREFIX-N-next.pprof).
 func BenchmarkOverlap(b *testing.B) {
 	n := benchRows()
 	for range b.N {

@@ -293,7 +293,7 @@ func TestWhereDecidesWhatACompanyChangeBecomes(t *testing.T) {
 }
 
 // TestWhereJudgesMoreRowsThanOneQueryTakes: a transaction of 5,001
-// company updates is judged a few thousand rows per query, and each row
+// company updates is judged a few hundred rows per query, and each row
 // keeps its own verdict across the queries' boundaries.
 func TestWhereJudgesMoreRowsThanOneQueryTakes(t *testing.T) {
 	url, conn, _, plan := setup(t, 5, relatedConfig)
@@ -320,6 +320,30 @@ func TestWhereJudgesMoreRowsThanOneQueryTakes(t *testing.T) {
 		}
 	}
 	assert.Equal(t, want, got, "companies that match companies.where, in order, and only they")
+}
+
+// TestARereadHoldsAtMostAFewMegabytesOfRows: forty transactions, each an
+// update of a company whose row (old and new, as REPLICA IDENTITY FULL
+// sends them) is 200 kB, all waiting at once: the stage reads before it
+// holds all 8 MB of them, not only once it holds ten thousand changes,
+// and passes every one on, in order.
+func TestARereadHoldsAtMostAFewMegabytesOfRows(t *testing.T) {
+	url, conn, _, plan := setup(t, 50, relatedConfig)
+	companies := relation(t, conn, "companies")
+	name := strings.Repeat("n", 100<<10)
+	var pre []row.Transaction
+	for i := 1; i <= 40; i++ {
+		vals := values(companies, map[string]string{"id": strconv.Itoa(i), "name": name, "is_test": "f", "updated_at": "2026-01-01 00:00:00+00"})
+		pre = append(pre, row.Transaction{Kind: row.Commit, EndLSN: pglogrepl.LSN(i), Changes: []row.Change{{Op: row.Update, Relation: companies, Values: vals, Old: vals}}})
+	}
+	var stats related.Stats
+	_, out, stop, _ := run(t, url, plan, &stats, pre...)
+	for i := 1; i <= 40; i++ {
+		txn := receive(t, out)
+		require.EqualValues(t, i, txn.EndLSN, "every transaction passes on, in order")
+	}
+	require.NoError(t, stop())
+	assert.GreaterOrEqual(t, stats.Reads.Load(), int64(4), "8 MB of rows waiting: read a couple of megabytes at a time")
 }
 
 // TestCompileRefusesWhatCannotRunWithTheLineAndTheFix: what only Postgres

@@ -72,6 +72,7 @@ type Stage struct {
 	held    []held
 	wanted  map[string]want // company id → what the last transaction asking for it wants
 	changes int
+	bytes   int // what the held changes' rows take (rowBytes)
 	// narrowed is the related Relation narrowed to a backfill's keys, per
 	// KeySet (one at a time runs).
 	narrowed map[*row.KeySet]*row.Relation
@@ -120,6 +121,27 @@ func New(opts Options) *Stage {
 // changes to users with a where held 12 MB of rows and 13 MB of query
 // arguments.
 const maxHeldChanges = 10_000
+
+// maxHeldBytes bounds the same by what the rows take (rowBytes): ten
+// thousand updates of users under REPLICA IDENTITY FULL, old row and new,
+// are 7 MB, and their read (the where's verdicts and arguments) as much
+// again, while delivery, backlogged, holds the stage up. Two megabytes is
+// still thousands of such changes a read, and ten thousand small ones.
+const maxHeldBytes = 2 << 20
+
+// rowBytes is what a change held for a read takes in memory: the change
+// (64 bytes on 64-bit platforms), its values (32 each) and their text, its
+// old row's too.
+func rowBytes(ch row.Change) int {
+	n := 64 + 32*(len(ch.Values)+len(ch.Old))
+	for _, v := range ch.Values {
+		n += len(v.Text)
+	}
+	for _, v := range ch.Old {
+		n += len(v.Text)
+	}
+	return n
+}
 
 // Run passes src on to dst, in order, until src is closed or ctx is done.
 // A transaction that asks for no re-read passes at once when nothing is
@@ -187,7 +209,10 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 		}
 		s.held = append(s.held, held{txn: txn})
 		s.changes += len(txn.Changes)
-		if len(s.wanted) >= s.opts.MaxCompanies || s.changes >= maxHeldChanges || len(s.held) >= maxHeldChanges {
+		for _, ch := range txn.Changes {
+			s.bytes += rowBytes(ch)
+		}
+		if len(s.wanted) >= s.opts.MaxCompanies || s.changes >= maxHeldChanges || s.bytes >= maxHeldBytes || len(s.held) >= maxHeldChanges {
 			if err := s.flush(ctx, dst); err != nil {
 				return err
 			}
@@ -385,7 +410,7 @@ func (s *Stage) flush(ctx context.Context, dst chan<- row.Transaction) error {
 	}
 	s.held = s.held[:0]
 	clear(s.wanted)
-	s.changes = 0
+	s.changes, s.bytes = 0, 0
 	return nil
 }
 

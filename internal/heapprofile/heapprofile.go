@@ -6,5 +6,7 @@
 package heapprofile
 
 // EnvVar names the profiles' path prefix: PREFIX-N.pprof, N counting the
-// peaks.
+// peaks, written at the peak, and PREFIX-N-next.pprof after the next
+// collection (a heap profile lags one behind: the -next one holds the
+// peak's heap).
 const EnvVar = "PGPILOT_HEAPPROFILE"
