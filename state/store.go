@@ -378,11 +378,25 @@ func (l *lastKeys) hash(n int, k string) uint32 {
 	return kh
 }
 
-// record writes the profiles of ps at order (in key order).
+// record writes the profiles of ps at order (in key order), in as many
+// writes as the store's resident pages need (see writeInParts: a bulk
+// job's 10,000 companies spread over the index made its pages resident
+// until the commit, the overlap's peaks of RSS).
 func (x *Store) record(ps Profiles, order []int) error {
-	if len(order) == 0 {
-		return nil
+	for len(order) > 0 {
+		done, err := x.recordPart(ps, order)
+		if err != nil {
+			return err
+		}
+		order = order[done:]
 	}
+	return nil
+}
+
+// recordPart writes the profiles of ps at order, or the first of them
+// until the store's pages pass the budget (a write of its own only), and
+// says how many it wrote.
+func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 	// A real-time call's outcome (one company) shares a write with the
 	// others' (bbolt's Batch waits up to 10 ms for them to join); a bulk
 	// job's part is a write of its own, with nothing worth waiting for:
@@ -394,6 +408,7 @@ func (x *Store) record(ps Profiles, order []int) error {
 	}
 	var room writeRoom
 	defer room.release() // after the write: committed, or rolled back
+	done := 0
 	err := write(func(tx *bolt.Tx) error {
 		w, sending := newGroupWriter(tx.Bucket(groupsBucket), &room), tx.Bucket(sendingBucket)
 		// Nothing is marked on the bulk path: an empty bucket needs no
@@ -405,9 +420,11 @@ func (x *Store) record(ps Profiles, order []int) error {
 		var s sentKeys
 		add := s.add
 		known, _ := ps.(KnownAbsent)
+		done = len(order)
 		for n, i := range order {
-			if n%trimEvery == trimEvery-1 {
-				x.trimIn(tx) // a job's companies are spread over the index
+			if n > 0 && n%trimEvery == 0 && len(order) >= batchAlone && x.overBudget() {
+				done = n // the rest in the next write, once these pages are let go
+				break
 			}
 			s.keys = s.keys[:0]
 			ps.Metadata(i, add)
@@ -454,11 +471,15 @@ func (x *Store) record(ps Profiles, order []int) error {
 		clear(s.keys) // keeps no value alive
 		return w.flush()
 	})
-	x.trimAfter(len(order)) // its pages were read through the map
-	if err != nil {
-		return fmt.Errorf("write no-op index: %w", err)
+	if done < len(order) {
+		x.trimBy(x.dropMapped, 0)
+	} else {
+		x.trimAfter(done) // its pages were read through the map
 	}
-	return nil
+	if err != nil {
+		return 0, fmt.Errorf("write no-op index: %w", err)
+	}
+	return done, nil
 }
 
 // keyOrder is the order of xs by company id; two of one company (none is
