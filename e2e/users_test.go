@@ -134,7 +134,8 @@ func TestUsersAndCompaniesThroughKillsAnOutageAndTheInitialSyncEndEqualToTheTabl
 	}
 	require.Eventually(t, func() bool { return strings.Contains(p.out.String(), `delivery mode: outbox`) }, 30*time.Second, 50*time.Millisecond)
 	e.up.SetFault(&userpilottest.Fault{Delay: 10 * time.Millisecond, Apply: true, Status: 202}) // back, slowly
-	for range 2 { // while the outbox drains
+	// Killed twice while the outbox drains.
+	for range 2 {
 		time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond)
 		p.kill9()
 		p = e.run()
