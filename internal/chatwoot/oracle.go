@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgpilot/pgpilot/internal/workload"
 )
 
 // Mapping is the companies section an operator of Chatwoot writes: every
@@ -212,27 +213,11 @@ func Diff(want, got map[string]map[string]any) []string {
 // WaitConverged polls until profiles() equals Expected, or returns the
 // first differences once timeout passes.
 func WaitConverged(ctx context.Context, conn *pgx.Conn, profiles func() map[string]map[string]any, timeout time.Duration) error {
-	var diff []string
-	deadline := time.Now().Add(timeout)
-	for {
+	return workload.WaitNoDiff(ctx, timeout, "the accounts", 12, func() ([]string, error) {
 		want, err := Expected(ctx, conn)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if diff = Diff(want, profiles()); len(diff) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if len(diff) > 12 {
-		diff = append(diff[:12], fmt.Sprintf("… and %d more", len(diff)-12))
-	}
-	return fmt.Errorf("Userpilot did not converge to the accounts within %s:\n%s", timeout, strings.Join(diff, "\n"))
+		return Diff(want, profiles()), nil
+	})
 }

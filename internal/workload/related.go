@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -195,12 +194,10 @@ func RelatedExpected(ctx context.Context, conn *pgx.Conn) (map[string]map[string
 // profile Userpilot holds for a company not expected must be marked
 // deleted (on_delete: mark).
 func WaitRelatedConverged(ctx context.Context, conn *pgx.Conn, profiles Profiles, timeout time.Duration) error {
-	var diff []string
-	deadline := time.Now().Add(timeout)
-	for {
+	return WaitNoDiff(ctx, timeout, "the tables", 10, func() ([]string, error) {
 		want, err := RelatedExpected(ctx, conn)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		got := profiles()
 		for id, md := range got {
@@ -210,20 +207,6 @@ func WaitRelatedConverged(ctx context.Context, conn *pgx.Conn, profiles Profiles
 				delete(got, id)
 			}
 		}
-		if diff = Diff(want, got); len(diff) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if len(diff) > 10 {
-		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
-	}
-	return fmt.Errorf("Userpilot did not converge to the tables within %s:\n%s", timeout, strings.Join(diff, "\n"))
+		return Diff(want, got), nil
+	})
 }

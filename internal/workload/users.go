@@ -228,27 +228,11 @@ func UsersDiff(want map[string]ExpectedUser, got map[string]UserProfile) []strin
 // WaitUsersConverged polls until users() equals UsersExpected, or returns
 // an error listing the first differences when timeout passes.
 func WaitUsersConverged(ctx context.Context, conn *pgx.Conn, users func() map[string]UserProfile, timeout time.Duration) error {
-	var diff []string
-	deadline := time.Now().Add(timeout)
-	for {
+	return WaitNoDiff(ctx, timeout, "the users table", 10, func() ([]string, error) {
 		want, err := UsersExpected(ctx, conn)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if diff = UsersDiff(want, users()); len(diff) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if len(diff) > 10 {
-		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
-	}
-	return fmt.Errorf("Userpilot's users did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
+		return UsersDiff(want, users()), nil
+	})
 }

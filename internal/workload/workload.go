@@ -290,14 +290,27 @@ type Profiles func() map[string]map[string]any
 // WaitConverged polls until profiles equal Expected(conn), or returns an
 // error listing the first differences when timeout passes.
 func WaitConverged(ctx context.Context, conn *pgx.Conn, profiles Profiles, timeout time.Duration) error {
-	var diff []string
-	deadline := time.Now().Add(timeout)
-	for {
+	return WaitNoDiff(ctx, timeout, "the table", 10, func() ([]string, error) {
 		want, err := Expected(ctx, conn)
 		if err != nil {
+			return nil, err
+		}
+		return Diff(want, profiles()), nil
+	})
+}
+
+// WaitNoDiff polls diff every 100 ms until it finds no difference between
+// Userpilot and what (the table, the tables, the users table…), or returns
+// an error listing the first show differences once timeout passes.
+func WaitNoDiff(ctx context.Context, timeout time.Duration, what string, show int, diff func() ([]string, error)) error {
+	var d []string
+	deadline := time.Now().Add(timeout)
+	for {
+		var err error
+		if d, err = diff(); err != nil {
 			return err
 		}
-		if diff = Diff(want, profiles()); len(diff) == 0 {
+		if len(d) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -309,10 +322,10 @@ func WaitConverged(ctx context.Context, conn *pgx.Conn, profiles Profiles, timeo
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if len(diff) > 10 {
-		diff = append(diff[:10], fmt.Sprintf("… and %d more", len(diff)-10))
+	if len(d) > show {
+		d = append(d[:show], fmt.Sprintf("… and %d more", len(d)-show))
 	}
-	return fmt.Errorf("Userpilot did not converge to the table within %s:\n%s", timeout, strings.Join(diff, "\n"))
+	return fmt.Errorf("Userpilot did not converge to %s within %s:\n%s", what, timeout, strings.Join(d, "\n"))
 }
 
 // SlotName derives a cluster-unique replication slot name from a test
