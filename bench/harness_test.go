@@ -229,6 +229,35 @@ func newCountingEnv(b *testing.B) *env {
 
 func newEnvWith(b *testing.B, bulk, counting bool) *env {
 	b.Helper()
+	// Unlimited, with a speed: a job of 10,000 records is done 10 ms after
+	// its submission, polled or not, and says when it ended. (A stand-in
+	// without a speed completes a job at its first poll, so the job lasted
+	// as long as pgpilot chose to wait, and the estimate learned from it
+	// was whatever pgpilot started with.)
+	up := userpilottest.NewServer(userpilottest.Options{APIKey: benchAPIKey, BulkRecordsPerSecond: standInBulkRate})
+	e := newDatabaseEnv(b, up)
+	endpoint := up.URL()
+	if counting {
+		e.count = newCounter(benchAPIKey, standInBulkRate)
+		endpoint = e.count.URL()
+	}
+	cfg := workload.Config(e.url, e.slot, endpoint, benchAPIKey, e.stateDir, 100_000)
+	bulkRate := "0"
+	if bulk {
+		bulkRate = "1000000"
+	}
+	cfg = strings.Replace(cfg, "  rate_limit: 100000\n", "  rate_limit: 100000\n  bulk_rate: "+bulkRate+"\n", 1)
+	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return e
+}
+
+// newDatabaseEnv makes a database of its own on the benchmarks' server
+// with the workload's tables, beside the stand-in up, and drops it at
+// the end; the config is the caller's to write.
+func newDatabaseEnv(b *testing.B, up *userpilottest.Server) *env {
+	b.Helper()
 	ctx := context.Background()
 	pg := benchPG(b)
 	url := pg.NewDatabaseT(b)
@@ -239,31 +268,11 @@ func newEnvWith(b *testing.B, bulk, counting bool) *env {
 	if err := workload.Create(ctx, conn); err != nil {
 		b.Fatal(err)
 	}
-	// Unlimited, with a speed: a job of 10,000 records is done 10 ms after
-	// its submission, polled or not, and says when it ended. (A stand-in
-	// without a speed completes a job at its first poll, so the job lasted
-	// as long as pgpilot chose to wait, and the estimate learned from it
-	// was whatever pgpilot started with.)
-	up := userpilottest.NewServer(userpilottest.Options{APIKey: benchAPIKey, BulkRecordsPerSecond: standInBulkRate})
 	dir := b.TempDir()
 	e := &env{b: b, pg: pg, url: url, conn: conn, up: up, slot: workload.SlotName(url), dir: dir,
 		cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state")}
 	e.db = url[strings.LastIndex(url, "/")+1:]
 	e.db = e.db[:strings.Index(e.db, "?")]
-	endpoint := up.URL()
-	if counting {
-		e.count = newCounter(benchAPIKey, standInBulkRate)
-		endpoint = e.count.URL()
-	}
-	cfg := workload.Config(url, e.slot, endpoint, benchAPIKey, e.stateDir, 100_000)
-	bulkRate := "0"
-	if bulk {
-		bulkRate = "1000000"
-	}
-	cfg = strings.Replace(cfg, "  rate_limit: 100000\n", "  rate_limit: 100000\n  bulk_rate: "+bulkRate+"\n", 1)
-	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
-		b.Fatal(err)
-	}
 	b.Cleanup(e.close)
 	return e
 }

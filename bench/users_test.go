@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pgpilot/pgpilot/internal/workload"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
@@ -176,26 +174,12 @@ func usersOnce(b *testing.B, c usersCase) {
 // given, bulk_rate only if given, users as the users section.
 func newUsersEnv(b *testing.B, opts userpilottest.Options, rateLimit, bulkRate, users string) *env {
 	b.Helper()
-	ctx := context.Background()
-	pg := benchPG(b)
-	url := pg.NewDatabaseT(b)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
+	e := newDatabaseEnv(b, userpilottest.NewServer(opts))
+	e.users = true
+	if err := workload.CreateUsers(context.Background(), e.conn); err != nil {
 		b.Fatal(err)
 	}
-	if err := workload.Create(ctx, conn); err != nil {
-		b.Fatal(err)
-	}
-	if err := workload.CreateUsers(ctx, conn); err != nil {
-		b.Fatal(err)
-	}
-	up := userpilottest.NewServer(opts)
-	dir := b.TempDir()
-	e := &env{b: b, pg: pg, url: url, conn: conn, up: up, slot: workload.SlotName(url), dir: dir,
-		cfgPath: filepath.Join(dir, "pgpilot.yaml"), stateDir: filepath.Join(dir, "state"), users: true}
-	e.db = url[strings.LastIndex(url, "/")+1:]
-	e.db = e.db[:strings.Index(e.db, "?")]
-	cfg := workload.Config(url, e.slot, up.URL(), benchAPIKey, e.stateDir, 1)
+	cfg := workload.Config(e.url, e.slot, e.up.URL(), benchAPIKey, e.stateDir, 1)
 	limits := "  rate_limit: " + rateLimit + "\n"
 	if bulkRate != "" {
 		limits += "  bulk_rate: " + bulkRate + "\n"
@@ -204,7 +188,6 @@ func newUsersEnv(b *testing.B, opts userpilottest.Options, rateLimit, bulkRate, 
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(e.close)
 	return e
 }
 
