@@ -322,6 +322,48 @@ func TestWhereJudgesMoreRowsThanOneQueryTakes(t *testing.T) {
 	assert.Equal(t, want, got, "companies that match companies.where, in order, and only they")
 }
 
+// TestWhereReadsEveryValueAsPostgresWould: the values a where judges
+// reach Postgres as they are, whatever they hold (quotes, backslashes,
+// braces, commas, spaces, the word NULL, nothing at all) and a NULL stays
+// NULL: each company's verdict is the one the table's own query gives.
+func TestWhereReadsEveryValueAsPostgresWould(t *testing.T) {
+	cfgText := strings.Replace(relatedConfig, "where: not is_test", `where: name like 'keep%' or name is null`, 1)
+	require.NotEqual(t, relatedConfig, cfgText)
+	url, conn, _, plan := setup(t, 20, cfgText)
+	companies := relation(t, conn, "companies")
+	names := []string{`keep "quoted"`, `keep \ back\`, `keep {brace},comma`, `keep NULL`, `NULL`, ``, `keep `, ` keep`,
+		`drop "keep"`, `keep\"`, `{"keep"}`, `keep ünïcode ✓`, `keep '`, "keep\ttab"}
+	var changes []row.Change
+	var want []string
+	for i, name := range names {
+		id := strconv.Itoa(i + 1)
+		vals := values(companies, map[string]string{"id": id, "name": name, "is_test": "f", "updated_at": "2026-01-01 00:00:00+00"})
+		changes = append(changes, row.Change{Op: row.Insert, Relation: companies, Values: vals})
+		var match bool
+		require.NoError(t, conn.QueryRow(context.Background(), `SELECT $1::text LIKE 'keep%'`, name).Scan(&match))
+		if match {
+			want = append(want, id)
+		}
+	}
+	// And one whose name is NULL: it matches by "is null".
+	id := strconv.Itoa(len(names) + 1)
+	changes = append(changes, row.Change{Op: row.Insert, Relation: companies,
+		Values: values(companies, map[string]string{"id": id, "is_test": "f", "updated_at": "2026-01-01 00:00:00+00"})})
+	want = append(want, id)
+	in, out, stop, _ := run(t, url, plan, &related.Stats{})
+	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: changes}
+	txn := receive(t, out)
+	require.NoError(t, stop())
+	var got []string
+	for _, ch := range txn.Changes {
+		if ch.Relation == companies {
+			got = append(got, string(ch.Values[0].Text))
+		}
+	}
+	assert.Equal(t, want, got)
+	assert.Len(t, want, 10, "the names the test is about: most kept, some not")
+}
+
 // TestARereadHoldsAtMostAFewMegabytesOfRows: forty transactions, each an
 // update of a company whose row (old and new, as REPLICA IDENTITY FULL
 // sends them) is 200 kB, all waiting at once: the stage reads before it
