@@ -48,6 +48,7 @@
 package snapshot
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -435,11 +436,13 @@ func (s *Stage) pass(ctx context.Context, txn row.Transaction, queue []*pending,
 	for _, p := range queue {
 		s.takeOut(p, txn)
 	}
+	// Before it goes: the stages after this one may fill its values in.
+	kept := s.forRecent(txn)
 	if err := send(ctx, dst, txn); err != nil {
 		return queue, err
 	}
-	if len(txn.Changes) > 0 {
-		s.recent.add(txn)
+	if len(kept.Changes) > 0 {
+		s.recent.add(kept)
 	}
 	if txn.EndLSN != 0 {
 		queue, err = s.emitDue(ctx, queue, dst, func(h pglogrepl.LSN) bool { return h <= txn.EndLSN })
@@ -593,6 +596,95 @@ func (s *Stage) takeOut(p *pending, txn row.Transaction) {
 			}
 		}
 	}
+}
+
+// forRecent is what the recent transactions keep of txn: its changes to
+// the stage's table, the only ones a chunk takes out (takeOut). They are
+// kept as they came while they are all of the transaction's changes and
+// carry no old row; otherwise they are copied out of the stream's blocks,
+// without an old row whose key is the new one's: users' updates under
+// REPLICA IDENTITY FULL, interleaved with companies', kept every block of
+// the stream they touched, old rows included, and 20,000 of them were the
+// largest part of the heap while an initial sync of users ran beside
+// them.
+func (s *Stage) forRecent(txn row.Transaction) row.Transaction {
+	out := row.Transaction{Kind: txn.Kind, Xid: txn.Xid}
+	own, old := 0, false
+	for _, ch := range txn.Changes {
+		if ch.Relation.Table == s.opts.Table {
+			own++
+			old = old || ch.Old != nil
+		}
+	}
+	switch {
+	case own == 0:
+		return out
+	case own == len(txn.Changes) && !old:
+		out.Changes = txn.Changes
+		return out
+	}
+	out.Changes = make([]row.Change, 0, own)
+	var c valueCopier
+	for _, ch := range txn.Changes {
+		if ch.Relation.Table != s.opts.Table {
+			continue
+		}
+		if m, ok := s.mapFor(ch.Relation); ch.Old != nil && ok && sameKey(ch.Old, ch.Values, m.key) {
+			ch.Old = nil
+		}
+		c.size(ch.Values)
+		c.size(ch.Old)
+		out.Changes = append(out.Changes, ch)
+	}
+	for i := range out.Changes {
+		ch := &out.Changes[i]
+		ch.Values, ch.Old = c.copy(ch.Values), c.copy(ch.Old)
+	}
+	return out
+}
+
+// valueCopier copies rows into two allocations, sized first (size), then
+// filled (copy).
+type valueCopier struct {
+	nvals, ntext int
+	vals         []row.Value
+	text         []byte
+}
+
+func (c *valueCopier) size(vals []row.Value) {
+	c.nvals += len(vals)
+	for _, v := range vals {
+		c.ntext += len(v.Text)
+	}
+}
+
+func (c *valueCopier) copy(vals []row.Value) []row.Value {
+	if vals == nil {
+		return nil
+	}
+	if c.vals == nil {
+		c.vals, c.text = make([]row.Value, 0, c.nvals), make([]byte, 0, c.ntext)
+	}
+	i := len(c.vals)
+	for _, v := range vals {
+		if v.Text != nil {
+			j := len(c.text)
+			c.text = append(c.text, v.Text...)
+			v.Text = c.text[j:len(c.text):len(c.text)]
+		}
+		c.vals = append(c.vals, v)
+	}
+	return c.vals[i:len(c.vals):len(c.vals)]
+}
+
+// sameKey reports whether rows a and b hold the same key (columns key).
+func sameKey(a, b []row.Value, key []int) bool {
+	for _, i := range key {
+		if i >= len(a) || i >= len(b) || a[i].Null != b[i].Null || a[i].Unchanged != b[i].Unchanged || !bytes.Equal(a[i].Text, b[i].Text) {
+			return false
+		}
+	}
+	return true
 }
 
 // mapFor finds the key and the columns of a streamed description of the

@@ -212,6 +212,44 @@ func TestTransactionPassedBeforeTheChunkArrivedButUnseenByItWins(t *testing.T) {
 	assert.Equal(t, pglogrepl.LSN(55), next(t, dst).EndLSN, "then the marker past H")
 }
 
+// TestAnUnseenTransactionMixingTablesIsKeptByWhatItChangesInTheTable: the
+// same race with a transaction that also changes another table and
+// carries old rows (REPLICA IDENTITY FULL): what the stage keeps of it is
+// its changes to the table, copied, so that neither what the stages after
+// it do to the values nor the other table's changes matter; an update that
+// moved a row to another key still takes the old key's row out.
+func TestAnUnseenTransactionMixingTablesIsKeptByWhatItChangesInTheTable(t *testing.T) {
+	sc := &script{chunks: []replication.Chunk{{
+		Rows:     [][]row.Value{values(1, "a", "x"), values(2, "b", "x"), values(3, "c", "x")},
+		Snapshot: replication.Snapshot{Xmin: 140, Xmax: 150},
+		High:     50,
+	}}}
+	src, dst, st := run(t, sc, 10)
+	other := &row.Relation{ID: 2, Table: row.Table{Schema: "public", Name: "users"}, Columns: cols}
+	moved := change(row.Update, values(7, "a-moved", "x"))
+	moved.Old = values(1, "a", "x")
+	renamed := change(row.Update, values(2, "b-new", "x"))
+	renamed.Old = values(2, "b", "x")
+	txn := row.Transaction{Xid: 150, EndLSN: 45, Changes: []row.Change{
+		{Op: row.Update, Relation: other, Values: values(2, "user", "x"), Old: values(2, "user", "x")},
+		moved, renamed,
+	}}
+	src <- txn
+	passed := next(t, dst)
+	// A stage after this one fills values in, in place.
+	for _, ch := range passed.Changes {
+		for _, v := range ch.Values {
+			copy(v.Text, "zzzzzzzzzz")
+		}
+	}
+	st.Start(context.Background(), state.Snapshot{ID: state.InitialSnapshot})
+	waitWant(t, st, 50)
+	src <- row.Transaction{EndLSN: 55}
+	chunk := next(t, dst)
+	assert.Equal(t, []string{"2=b-new/x", "3=c/x"}, rows(chunk),
+		"row 1 moved to key 7 after the chunk's snapshot: gone from it; row 2 takes the newer value")
+}
+
 func TestSnapshotSees(t *testing.T) {
 	snap := replication.Snapshot{Xmin: 100, Xmax: 110, Xip: []uint64{103, 105}}
 	wrapped := replication.Snapshot{Xmin: 1<<32 - 5, Xmax: 1<<32 + 5, Xip: []uint64{1<<32 + 2}}
