@@ -39,6 +39,12 @@ type engine struct {
 // inputDepth is how many transactions each stage's input holds.
 const inputDepth = 8
 
+// inFlightBytes bounds the bytes of streamed changes between the stream
+// and delivery, whatever the stages' inputs hold (see row.Budget): 4 MB
+// is some 10,000 changes of a narrow table, 5,000 of users' updates under
+// REPLICA IDENTITY FULL, and a related stage's read of 2 MB.
+const inFlightBytes = 4 << 20
+
 func (s *session) startEngine(ctx context.Context, checkpointed pglogrepl.LSN) (*engine, error) {
 	e := &engine{in: make(chan row.Transaction, inputDepth), done: make(chan struct{})}
 	do, err := s.deliveryOptions(checkpointed, e.retained.Load)

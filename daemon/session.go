@@ -426,6 +426,7 @@ func (s *session) stream(ctx context.Context, src *source, st start) (streamErr 
 		Types:          replication.NewTypeResolver(src.sqlConn),
 		StatusInterval: src.srv.StatusInterval(),
 		WantPosition:   wantPosition(stages),
+		Budget:         row.NewBudget(inFlightBytes),
 		Logger:         s.log,
 	}, in)
 	// The shutdown order: the re-sync watcher first (it uses the SQL

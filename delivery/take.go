@@ -20,6 +20,8 @@ func (p *Pipeline) take(txn row.Transaction, ok bool) error {
 		p.in.closed = true
 		return nil
 	}
+	// Taken in: the stream may hand on as much again (row.Budget).
+	defer txn.Charge.Release()
 	coalesced := p.stats.Coalesced.Load()
 	if err := p.add(txn); err != nil {
 		if errors.Is(err, ErrSchema) {

@@ -72,7 +72,7 @@ type Stage struct {
 	held    []held
 	wanted  map[string]want // company id → what the last transaction asking for it wants
 	changes int
-	bytes   int // what the held changes' rows take (rowBytes)
+	bytes   int // what the held changes' rows take (row.Change.Bytes)
 	// narrowed is the related Relation narrowed to a backfill's keys, per
 	// KeySet (one at a time runs).
 	narrowed map[*row.KeySet]*row.Relation
@@ -122,26 +122,12 @@ func New(opts Options) *Stage {
 // arguments.
 const maxHeldChanges = 10_000
 
-// maxHeldBytes bounds the same by what the rows take (rowBytes): ten
+// maxHeldBytes bounds the same by what the rows take (row.Change.Bytes): ten
 // thousand updates of users under REPLICA IDENTITY FULL, old row and new,
 // are 7 MB, and their read (the where's verdicts and arguments) as much
 // again, while delivery, backlogged, holds the stage up. Two megabytes is
 // still thousands of such changes a read, and ten thousand small ones.
 const maxHeldBytes = 2 << 20
-
-// rowBytes is what a change held for a read takes in memory: the change
-// (64 bytes on 64-bit platforms), its values (32 each) and their text, its
-// old row's too.
-func rowBytes(ch row.Change) int {
-	n := 64 + 32*(len(ch.Values)+len(ch.Old))
-	for _, v := range ch.Values {
-		n += len(v.Text)
-	}
-	for _, v := range ch.Old {
-		n += len(v.Text)
-	}
-	return n
-}
 
 // Run passes src on to dst, in order, until src is closed or ctx is done.
 // A transaction that asks for no re-read passes at once when nothing is
@@ -210,7 +196,7 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 		s.held = append(s.held, held{txn: txn})
 		s.changes += len(txn.Changes)
 		for _, ch := range txn.Changes {
-			s.bytes += rowBytes(ch)
+			s.bytes += ch.Bytes()
 		}
 		if len(s.wanted) >= s.opts.MaxCompanies || s.changes >= maxHeldChanges || s.bytes >= maxHeldBytes || len(s.held) >= maxHeldChanges {
 			if err := s.flush(ctx, dst); err != nil {

@@ -55,7 +55,11 @@ type StreamOptions struct {
 	// until then it answers every keepalive at once, so that the walsender
 	// reports its position again as soon as it moves.
 	WantPosition func() pglogrepl.LSN
-	Logger       *slog.Logger
+	// Budget, if set, bounds the bytes of the changes handed on and not
+	// yet taken in by delivery: each transaction (or piece) carries its
+	// charge, which delivery releases.
+	Budget *row.Budget
+	Logger *slog.Logger
 }
 
 // receiveWake is the longest a receive waits before the loop looks at its
@@ -121,6 +125,9 @@ type streamer struct {
 	known, offered pglogrepl.LSN
 	live           liveness
 	arena          arena // where the values of rows read are copied
+	// curBytes is what the changes of cur not yet sent on take (see
+	// row.Budget).
+	curBytes int64
 }
 
 func (s *streamer) loop(ctx context.Context) error {
@@ -272,7 +279,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		}
 		s.relations[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
-		s.cur, s.curPieces = &row.Transaction{Kind: row.Commit, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, false
+		s.cur, s.curPieces, s.curBytes = &row.Transaction{Kind: row.Commit, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, false, 0
 		// FinalLSN is where the commit record starts. A checkpoint is the
 		// end of a commit record or a record boundary, so the transaction
 		// was delivered before exactly when its commit starts before the
@@ -327,7 +334,9 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 		// transaction of 100 rows allocated 2.5 times its changes.
 		s.cur.Changes = make([]row.Change, 0, min(max(s.lastChanges, 1), s.opts.ChunkChanges))
 	}
-	s.cur.Changes = append(s.cur.Changes, r.change(rel))
+	ch := r.change(rel)
+	s.cur.Changes = append(s.cur.Changes, ch)
+	s.curBytes += int64(ch.Bytes())
 	if len(s.cur.Changes) >= s.opts.ChunkChanges {
 		// Send the piece on: a large transaction never sits whole in memory.
 		if err := s.emit(ctx, row.Transaction{Kind: row.Piece, CommitLSN: s.cur.CommitLSN, CommitTime: s.cur.CommitTime, Xid: s.cur.Xid, Changes: s.cur.Changes}); err != nil {
@@ -335,29 +344,64 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 		}
 		// The next piece fills as this one did: sized at once, not grown.
 		s.cur.Changes = make([]row.Change, 0, s.opts.ChunkChanges)
-		s.curPieces = true
+		s.curPieces, s.curBytes = true, 0
 	}
 	return nil
 }
 
 // emit hands txn to the consumer, keeping the connection alive while the
-// consumer is busy.
+// consumer is busy: first the bytes of its changes from the budget, then
+// a place in the channel.
 func (s *streamer) emit(ctx context.Context, txn row.Transaction) error {
+	var tick *time.Ticker
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
+	wait := func(ready <-chan struct{}) error {
+		if tick == nil {
+			tick = time.NewTicker(min(time.Second, s.opts.StatusInterval))
+		}
+		select {
+		case <-ready:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			return s.maybeSendStatus(ctx, time.Now(), false)
+		}
+	}
+	if len(txn.Changes) > 0 {
+		for {
+			charge, ok := s.opts.Budget.TryTake(s.curBytes)
+			if ok {
+				txn.Charge = charge
+				break
+			}
+			if err := wait(s.opts.Budget.Freed()); err != nil {
+				return err
+			}
+		}
+	}
 	select {
 	case s.out <- txn: // the usual case, without a ticker
 		return nil
 	default:
 	}
-	tick := time.NewTicker(min(time.Second, s.opts.StatusInterval))
-	defer tick.Stop()
+	if tick == nil {
+		tick = time.NewTicker(min(time.Second, s.opts.StatusInterval))
+	}
 	for {
 		select {
 		case s.out <- txn:
 			return nil
 		case <-ctx.Done():
+			txn.Charge.Release()
 			return ctx.Err()
 		case <-tick.C:
 			if err := s.maybeSendStatus(ctx, time.Now(), false); err != nil {
+				txn.Charge.Release()
 				return err
 			}
 		}

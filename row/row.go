@@ -177,4 +177,7 @@ type Transaction struct {
 	// Transaction and everything before it is delivered: a snapshot chunk
 	// records its progress so.
 	Mark any
+	// Charge is what the stream took from its Budget for the changes; the
+	// consumer that takes them in releases it.
+	Charge Charge
 }
