@@ -87,6 +87,10 @@ type ChunkQuery struct {
 	Args  []any
 	After []row.Value
 	Limit int
+	// Taken, if set, is told the chunk's snapshot as soon as it is taken,
+	// before its rows are read: whoever keeps streamed transactions for a
+	// chunk that may not see them can let go of those it does see.
+	Taken func(Snapshot)
 }
 
 // Chunk is what ReadChunk read.
@@ -115,6 +119,9 @@ func ReadChunk(ctx context.Context, conn *pgx.Conn, q ChunkQuery) (Chunk, error)
 		var err error
 		if c.Snapshot, err = ParseSnapshot(snap); err != nil {
 			return err
+		}
+		if q.Taken != nil {
+			q.Taken(c.Snapshot)
 		}
 		sql, args := chunkSQL(q)
 		// Text results: the types' output functions, as pgoutput sends.

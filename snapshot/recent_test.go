@@ -2,10 +2,12 @@ package snapshot
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgpilot/pgpilot/replication"
 	"github.com/pgpilot/pgpilot/row"
 )
 
@@ -55,5 +57,42 @@ func TestRecentKeepsTheNewestChangesWithinItsBound(t *testing.T) {
 					i, j, r.txns[j].lost, len(r.txns[j].changes), model[j].lost, len(model[j].changes))
 			}
 		}
+	}
+}
+
+// A snapshot a chunk is read in lets go of exactly the kept transactions
+// it sees, lost or not; the others stay as they were, in order, and the
+// count of changes held follows.
+func TestRecentForgetsWhatASnapshotSees(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var r recent
+	r.bound = 50
+	for i := range 200 {
+		r.add(row.Transaction{Xid: uint32(1000 + i), Changes: make([]row.Change, rng.IntN(4))})
+	}
+	before := slices.Clone(r.txns)
+	require.True(t, before[0].lost, "the oldest were let go for the bound")
+	snap := replication.Snapshot{Xmin: 1100, Xmax: 1150, Xip: []uint64{1120, 1121, 1149}}
+	r.forget(snap)
+	var want []kept
+	changes := 0
+	for _, k := range before {
+		if !snap.Sees(k.xid) {
+			want = append(want, k)
+			changes += len(k.changes)
+		}
+	}
+	require.Equal(t, len(want), len(r.txns))
+	for i := range want {
+		require.Equal(t, want[i].xid, r.txns[i].xid)
+		require.Equal(t, want[i].lost, r.txns[i].lost)
+		require.Len(t, r.txns[i].changes, len(want[i].changes))
+	}
+	require.Equal(t, changes, r.changes)
+	require.Equal(t, 3+50, len(r.txns), "1120, 1121, 1149 and all from 1150 on")
+	// Adding goes on within the bound.
+	for i := range 100 {
+		r.add(row.Transaction{Xid: uint32(1200 + i), Changes: make([]row.Change, 2)})
+		require.LessOrEqual(t, r.changes, 50)
 	}
 }

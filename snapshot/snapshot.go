@@ -138,6 +138,9 @@ type Stage struct {
 	want    atomic.Uint64 // the front chunk's H, for the stream
 	start   chan state.Snapshot
 	cancels chan string
+	// taken is the snapshot of the chunk being read, the newest only (see
+	// recent.forget).
+	taken chan replication.Snapshot
 
 	mu     sync.Mutex
 	read   int64 // rows read by the current job
@@ -179,6 +182,7 @@ func New(opts Options) (*Stage, error) {
 		opts.MaxBacklog = 20_000
 	}
 	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1), cancels: make(chan string),
+		taken: make(chan replication.Snapshot, 1),
 		rel: &row.Relation{Table: opts.Table, Columns: opts.Columns}}
 	s.readConn = func(ctx context.Context) (*pgx.Conn, error) { return replication.ConnectSQL(ctx, opts.URL) }
 	for _, k := range opts.Key {
@@ -329,6 +333,8 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-recheck.C:
+		case snap := <-s.taken:
+			s.recent.forget(snap)
 		case job := <-s.start:
 			if reading {
 				return fmt.Errorf("snapshot: job %s started while another runs", job.ID)
@@ -598,6 +604,20 @@ func (s *Stage) takeOut(p *pending, txn row.Transaction) {
 	}
 }
 
+// took hands the snapshot a chunk is read in to Run (the reader's
+// goroutine), replacing one Run has not taken yet: a newer snapshot sees
+// all an older one saw.
+func (s *Stage) took(snap replication.Snapshot) {
+	select {
+	case <-s.taken:
+	default:
+	}
+	select {
+	case s.taken <- snap:
+	default:
+	}
+}
+
 // forRecent is what the recent transactions keep of txn: its changes to
 // the stage's table, the only ones a chunk takes out (takeOut). They are
 // kept as they came while they are all of the transaction's changes and
@@ -756,6 +776,7 @@ func (s *Stage) readJob(ctx context.Context, job state.Snapshot, arrivals chan<-
 		}
 	}()
 	q := s.query(job)
+	q.Taken = s.took
 	if job.After != nil {
 		s.log.Info("resuming the snapshot where it stopped", "job", job.ID, "rows_done", job.Rows)
 	}
@@ -1000,6 +1021,30 @@ func (r *recent) add(txn row.Transaction) {
 	for ; r.changes > bound; r.held++ {
 		r.changes -= len(r.txns[r.held].changes)
 		r.txns[r.held].changes, r.txns[r.held].lost = nil, true
+	}
+}
+
+// forget lets go of the transactions snap sees: the chunk read in it
+// needs none of them, nor does any read after it (a later snapshot sees
+// what an earlier one saw). What stays is what was passed on after the
+// snapshot was taken, as long as a chunk takes to read, not a fixed count
+// of the newest changes (20,000 of them, kept for as long as a job ran,
+// were a fifth of the heap in an overlap).
+func (r *recent) forget(snap replication.Snapshot) {
+	kept := r.txns[:0]
+	r.changes = 0
+	for _, t := range r.txns {
+		if snap.Sees(t.xid) {
+			continue
+		}
+		kept = append(kept, t)
+		r.changes += len(t.changes)
+	}
+	clear(r.txns[len(kept):])
+	r.txns = kept
+	r.held = 0
+	for r.held < len(r.txns) && r.txns[r.held].lost {
+		r.held++
 	}
 }
 

@@ -76,6 +76,9 @@ func (s *script) read(ctx context.Context, _ *pgx.Conn, q replication.ChunkQuery
 	}
 	c := s.chunks[s.reads]
 	s.reads++
+	if q.Taken != nil {
+		q.Taken(c.Snapshot)
+	}
 	return c, nil
 }
 
