@@ -28,6 +28,9 @@ import (
 //     period), so its next state is sent, never skipped as unchanged.
 type InFlight interface {
 	BeginBulkJob(body userpilot.BulkBody) (key uint64, err error)
+	// JobBody reads a recorded job's body again (as BeginBulkJob was
+	// given it): a submitted job's goroutine lets go of its own.
+	JobBody(key uint64) ([]byte, error)
 	JobSubmitted(key uint64, id string) error
 	EndJob(key uint64) error
 	Jobs() ([]state.Job, error)

@@ -331,6 +331,31 @@ func TestBulkConflictStormAndFailedJobLoseNothing(t *testing.T) {
 	assert.GreaterOrEqual(t, h.pipe.Stats().BulkJobs.Load(), int64(1))
 }
 
+// TestAFailedJobIsSubmittedAgainFromItsRecord: a job's goroutine lets go
+// of the body once Userpilot took the job; when the job fails, the body is
+// read back from the job's record and the same records go again in a job,
+// not one by one.
+func TestAFailedJobIsSubmittedAgainFromItsRecord(t *testing.T) {
+	h := newHarness(t, bulkSetup)
+	h.up.FailNextJob()
+	require.NoError(t, h.run(context.Background(), backlog(900, 600, "enterprise")))
+	require.Len(t, h.up.Companies(), 600)
+	var accepted, refused int
+	for _, r := range h.up.Requests() {
+		if r.Path != "/v1/companies/bulk_identify" {
+			continue
+		}
+		if r.Status/100 == 2 {
+			accepted++
+		} else {
+			refused++
+		}
+	}
+	assert.Zero(t, refused, "every submission was a well-formed body")
+	assert.GreaterOrEqual(t, accepted, 2, "the failed job, then the same records again in a job")
+	assert.Less(t, h.up.IdentifyRequests(), 100, "not sent one by one")
+}
+
 func TestRejectedBulkFallsBackToRealtimeAndSetsAsideOnlyTheBadRecord(t *testing.T) {
 	s := bulkSetup
 	s.rate = 500 // the fallback sends the job's records one by one

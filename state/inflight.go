@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -267,6 +268,36 @@ func (x *Store) JobSubmitted(key uint64, id string) error {
 		return fmt.Errorf("record bulk job %s: %w", id, err)
 	}
 	return nil
+}
+
+// JobBody reads again the body of a job on record, as BeginBulkJob wrote
+// it: a job that failed at Userpilot is submitted again from it.
+func (x *Store) JobBody(key uint64) ([]byte, error) {
+	var ref bodyRef
+	var inline []byte
+	err := x.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(jobsBucket).Get(jobKey(key))
+		if v == nil {
+			return fmt.Errorf("bulk job %d is not on record", key)
+		}
+		r, ok, err := decodeBodyRef(v)
+		if !ok {
+			inline = bytes.Clone(v) // an earlier release's record: the body itself
+		}
+		ref = r
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read bulk job %d's body: %w", key, err)
+	}
+	if inline != nil {
+		return inline, nil
+	}
+	b, err := x.readBody(ref)
+	if err != nil {
+		return nil, fmt.Errorf("read bulk job %d's body: %w", key, err)
+	}
+	return b, nil
 }
 
 // EndJob forgets a job whose end pgpilot has seen (completed, failed,

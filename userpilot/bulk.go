@@ -1,6 +1,7 @@
 package userpilot
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -252,6 +253,24 @@ func (b *BulkBody) Release() []byte {
 	room := b.json
 	*b = BulkBody{}
 	return room
+}
+
+// Forget lets go of the body's bytes and keeps what it is (how many
+// records, of which kind): a body submitted is on record beside the store,
+// and its job runs at Userpilot for seconds or minutes without needing it
+// unless it fails and is submitted again (Recall).
+func (b *BulkBody) Forget() { b.json = nil }
+
+// Forgotten reports whether the body's bytes were let go (Forget).
+func (b *BulkBody) Forgotten() bool { return b.n > 0 && b.json == nil }
+
+// Recall gives a forgotten body its bytes back, as JSON returned them.
+func (b *BulkBody) Recall(data []byte) error {
+	if !bytes.HasSuffix(data, []byte("]}")) {
+		return fmt.Errorf("recall a bulk body of %d records: %d bytes that do not end one", b.n, len(data))
+	}
+	b.json = data[: len(data)-2 : len(data)]
+	return nil
 }
 
 // Size is the body's length in bytes.
