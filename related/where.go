@@ -62,11 +62,20 @@ const whereRowsPerQuery = 500
 // again, and the judging of users' updates was a third of what the
 // overlap with users allocated.
 func (p *Plan) matchesInto(ctx context.Context, q Querier, rel *row.Relation, rows [][]row.Value, out []bool) error {
+	// One buffer for every column's literal, sized once: the columns are
+	// slices of it (pgx writes a []byte as text), not a string each.
+	size := 0
+	for _, r := range rows {
+		for _, v := range r {
+			size += len(v.Text) + 8
+		}
+	}
+	buf := make([]byte, 0, size+len(rel.Columns)*(2+5*len(rows)))
 	args := make([]any, len(rel.Columns))
-	var buf []byte
 	for j := range rel.Columns {
-		buf = appendArray(buf[:0], rows, j)
-		args[j] = string(buf)
+		start := len(buf)
+		buf = appendArray(buf, rows, j)
+		args[j] = buf[start:len(buf):len(buf)]
 	}
 	res, err := q.Query(ctx, p.whereSQL(rel), args...)
 	if err != nil {
