@@ -313,12 +313,7 @@ func TestWhereJudgesMoreRowsThanOneQueryTakes(t *testing.T) {
 	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: changes}
 	txn := receive(t, out)
 	require.NoError(t, stop())
-	var got []string
-	for _, ch := range txn.Changes {
-		if ch.Relation == companies {
-			got = append(got, string(ch.Values[0].Text))
-		}
-	}
+	got := idsOf(txn, companies)
 	assert.Equal(t, want, got, "companies that match companies.where, in order, and only they")
 }
 
@@ -354,12 +349,7 @@ func TestWhereReadsEveryValueAsPostgresWould(t *testing.T) {
 	in <- row.Transaction{Kind: row.Commit, EndLSN: 10, Changes: changes}
 	txn := receive(t, out)
 	require.NoError(t, stop())
-	var got []string
-	for _, ch := range txn.Changes {
-		if ch.Relation == companies {
-			got = append(got, string(ch.Values[0].Text))
-		}
-	}
+	got := idsOf(txn, companies)
 	assert.Equal(t, want, got)
 	assert.Len(t, want, 10, "the names the test is about: most kept, some not")
 }
@@ -488,4 +478,15 @@ func TestTwoEntriesOnOneTableByTwoColumnsAskForBothCompanies(t *testing.T) {
 	require.NoError(t, stop())
 	assert.Equal(t, "4", relatedValues(txn, "3")["user_count"], "three seeded users and the new one")
 	assert.Equal(t, "1", relatedValues(txn, "4")["referred"], "the referrer's count")
+}
+
+// idsOf is the ids (first column) of txn's changes of rel, in order.
+func idsOf(txn row.Transaction, rel *row.Relation) []string {
+	var ids []string
+	for _, ch := range txn.Changes {
+		if ch.Relation == rel {
+			ids = append(ids, string(ch.Values[0].Text))
+		}
+	}
+	return ids
 }
