@@ -116,8 +116,7 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 		x.rowJSON = buf // a huge row's room is not kept
 	}
 	x.rowVals = vals
-	var held heldBack
-	if mapErr != nil && !errors.As(mapErr, &held) {
+	if mapErr != nil && !keysHeldBack(mapErr) {
 		clear(vals)
 		return m.entity, id, keyOf(m.entity, id), nil, mapErr, nil
 	}
@@ -137,6 +136,14 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 type heldBack interface {
 	error
 	HeldBack() []string
+}
+
+// keysHeldBack reports whether err is a heldBack. A function of its own:
+// the target errors.As writes through is on the heap, and declared in
+// mapRow it was allocated for every row mapped, error or not.
+func keysHeldBack(err error) bool {
+	var held heldBack
+	return errors.As(err, &held)
 }
 
 // idOf reads only a row's id (a DELETE carries no more), with its entity
