@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/pgpilot/pgpilot/row"
@@ -164,8 +165,11 @@ type arena struct {
 }
 
 const (
-	arenaText   = 32 << 10
-	arenaValues = 1024
+	arenaText = 32 << 10
+	// arenaValues is as many values as fit in just under 32 kB: a block
+	// of memory holding pointers over 32,760 bytes is a large object, a
+	// span of its own taken under the heap's lock (1,024 values were).
+	arenaValues = (32<<10 - 8) / int(unsafe.Sizeof(row.Value{}))
 )
 
 // values returns n zero values.

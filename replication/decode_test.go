@@ -18,7 +18,7 @@ import (
 )
 
 // seed reads a two-message entry of the fuzz seed corpus.
-func seed(t *testing.T, name string) (relation, row []byte) {
+func seed(t testing.TB, name string) (relation, row []byte) {
 	t.Helper()
 	f, err := os.Open(filepath.Join("testdata", "fuzz", "FuzzDecodeToPayload", name))
 	require.NoError(t, err)
@@ -170,4 +170,37 @@ func TestATransactionsChangesAreSizedAsTheLastOnes(t *testing.T) {
 	// transactions.
 	assert.LessOrEqual(t, allocs, 5.2, "the changes were grown")
 	assert.Equal(t, 100, cap(last.Changes))
+}
+
+// Rows are kept or dropped by their relation's table, and each keeps the
+// description of its relation Postgres sent last: the stream remembers the
+// relation of the last row it kept, but a new description (the table
+// altered) and a row of another relation are each looked up again.
+func TestRowsTakeTheirRelationsLatestDescription(t *testing.T) {
+	table := row.Table{Schema: "public", Name: "companies"}
+	other := row.Table{Schema: "public", Name: "audit"}
+	out := make(chan row.Transaction, 1)
+	s := &streamer{opts: StreamOptions{Table: table, ChunkChanges: 250}, out: out, relations: map[uint32]*row.Relation{}}
+	first, audit, second := &row.Relation{ID: 7, Table: table}, &row.Relation{ID: 8, Table: other}, &row.Relation{ID: 7, Table: table}
+	s.describe(7, first)
+	s.describe(8, audit)
+	insert := func(rel byte) []byte { return []byte{'I', 0, 0, 0, rel, 'N', 0, 1, 't', 0, 0, 0, 1, '1'} }
+	begin := []byte{'B', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9}
+	commit := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64([]byte{'C', 0}, 100), 110)
+	commit = binary.BigEndian.AppendUint64(commit, 0)
+	ctx := context.Background()
+	for _, m := range [][]byte{begin, insert(7), insert(8), insert(7)} {
+		require.NoError(t, s.handleMessage(ctx, m))
+	}
+	s.describe(7, second) // ALTER TABLE: Postgres describes the table anew
+	for _, m := range [][]byte{insert(7), insert(8), commit} {
+		require.NoError(t, s.handleMessage(ctx, m))
+	}
+	got := <-out
+	var rels []*row.Relation
+	for _, ch := range got.Changes {
+		rels = append(rels, ch.Relation)
+	}
+	assert.Equal(t, []*row.Relation{first, first, second}, rels, "the audit table's rows are dropped, and a row after the new description has it")
+	assert.Same(t, second, rels[2])
 }

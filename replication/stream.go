@@ -107,6 +107,12 @@ type streamer struct {
 	opts      StreamOptions
 	out       chan<- row.Transaction
 	relations map[uint32]*row.Relation
+	// kept is the relation the last row kept was of, and keptID its id:
+	// most rows are of the table the last one was, and looking it up and
+	// comparing its name with the tables wanted was a fifth of the
+	// stream's own work on a row. A new description of it forgets it.
+	kept   *row.Relation
+	keptID uint32
 
 	cur          *row.Transaction // the open transaction, nil between transactions
 	curPieces    bool             // pieces of cur were sent on already (a large transaction)
@@ -270,7 +276,7 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		if err != nil {
 			return err
 		}
-		s.relations[m.RelationID] = rel
+		s.describe(m.RelationID, rel)
 	case *pglogrepl.BeginMessage:
 		s.cur, s.curPieces = &row.Transaction{Kind: row.Commit, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, false
 		// FinalLSN is where the commit record starts. A checkpoint is the
@@ -308,6 +314,12 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	return nil
 }
 
+// describe takes rel as relation id's description from now on.
+func (s *streamer) describe(id uint32, rel *row.Relation) {
+	s.relations[id] = rel
+	s.kept = nil
+}
+
 func (s *streamer) add(ctx context.Context, r rowMessage) error {
 	if s.cur == nil {
 		return fmt.Errorf("replication stream: %s outside a transaction", r.op)
@@ -315,12 +327,16 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 	if s.skipping {
 		return nil
 	}
-	rel, ok := s.relations[r.relation]
-	if !ok {
-		return fmt.Errorf("replication stream: %s on relation %d before its description", r.op, r.relation)
-	}
-	if rel.Table != s.opts.Table && !slices.Contains(s.opts.Related, rel.Table) {
-		return nil
+	rel := s.kept
+	if rel == nil || s.keptID != r.relation {
+		var ok bool
+		if rel, ok = s.relations[r.relation]; !ok {
+			return fmt.Errorf("replication stream: %s on relation %d before its description", r.op, r.relation)
+		}
+		if rel.Table != s.opts.Table && !slices.Contains(s.opts.Related, rel.Table) {
+			return nil
+		}
+		s.kept, s.keptID = rel, r.relation
 	}
 	if s.cur.Changes == nil {
 		// Sized as the last transaction was: grown from nothing, a
