@@ -137,6 +137,7 @@ func (s *streamer) loop(ctx context.Context) error {
 	// a registration and a channel for every message of the stream. A stop
 	// moves the deadline to now, so it is heard at once.
 	netConn := s.conn.Conn()
+	defer linger(netConn)()
 	var wake sync.Mutex
 	returned := false
 	stopWaking := context.AfterFunc(ctx, func() {
