@@ -264,8 +264,10 @@ func (x *encoder) profileValues(es []*entry) profileValues {
 func (x *encoder) addMember(body *userpilot.BulkBody, e *entry, maxBytes int) bool {
 	entity, id := subjectOf(e.id)
 	if entity == mapping.Company {
-		x.memberJSON = e.md.appendMembers(x.memberJSON[:0], x.keys.members)
-		return body.AddMembersWithin(e.id, x.memberJSON, maxBytes)
+		// Written into the body itself: copied there from room of its
+		// own, each company's metadata was written twice.
+		members := x.keys.members
+		return body.AppendMembersWithin(e.id, func(dst []byte) []byte { return e.md.appendMembers(dst, members) }, maxBytes)
 	}
 	var company json.RawMessage
 	x.memberJSON = e.md.appendMembersExcept(x.memberJSON[:0], x.keys.members, x.membership, x.hasMembership, &company)
