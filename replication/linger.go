@@ -2,6 +2,7 @@ package replication
 
 import (
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,8 +23,10 @@ const lingerFor = time.Millisecond
 // pgconn (and above TLS): see lingerFor.
 type lingerConn struct {
 	net.Conn
-	on      bool // the stream runs; set and read by the goroutine that reads
-	drained bool // the last read found less than it had room for
+	// on: the stream runs; drained: the last read found less than it
+	// had room for. Atomic: pgconn reads on a goroutine of its own while
+	// a write of the stream's is slow.
+	on, drained atomic.Bool
 	// wait waits d (time.Sleep; tests count instead).
 	wait func(d time.Duration)
 }
@@ -33,11 +36,11 @@ func newLingerConn(c net.Conn) *lingerConn {
 }
 
 func (c *lingerConn) Read(p []byte) (int, error) {
-	if c.on && c.drained {
+	if c.on.Load() && c.drained.Load() {
 		c.wait(lingerFor)
 	}
 	n, err := c.Conn.Read(p)
-	c.drained = n < len(p)
+	c.drained.Store(n < len(p))
 	return n, err
 }
 
@@ -48,6 +51,7 @@ func linger(conn net.Conn) (off func()) {
 	if !ok {
 		return func() {}
 	}
-	lc.on, lc.drained = true, false
-	return func() { lc.on = false }
+	lc.drained.Store(false)
+	lc.on.Store(true)
+	return func() { lc.on.Store(false) }
 }
