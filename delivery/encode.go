@@ -112,12 +112,17 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 	// Mapped into room reused from row to row and packed from there.
 	vals := slices.Grow(x.rowVals[:0], len(m.nums))[:len(m.nums)]
 	id, buf, mapErr := m.Map(values, x.rowJSON[:0], vals)
+	// vals point into buf until the next row writes every one of them
+	// again: they are cleared only when buf is a huge row's room, which
+	// is not kept (clearing them at every row, with the collector's write
+	// barriers, was a tenth of mapping a row).
 	if cap(buf) <= maxRowRoom {
-		x.rowJSON = buf // a huge row's room is not kept
+		x.rowJSON = buf
+	} else {
+		defer clear(vals)
 	}
 	x.rowVals = vals
 	if mapErr != nil && !keysHeldBack(mapErr) {
-		clear(vals)
 		return m.entity, id, keyOf(m.entity, id), nil, mapErr, nil
 	}
 	// Mapped, or with only some keys held back (one bad value costs one
@@ -127,7 +132,6 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 	} else {
 		md = x.rowFields(m.entity, m.nums, vals)
 	}
-	clear(vals) // keeps nothing of the row alive
 	return m.entity, id, keyOf(m.entity, id), md, mapErr, nil
 }
 
