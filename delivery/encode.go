@@ -112,13 +112,17 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 	// Mapped into room reused from row to row and packed from there.
 	vals := slices.Grow(x.rowVals[:0], len(m.nums))[:len(m.nums)]
 	id, buf, mapErr := m.Map(values, x.rowJSON[:0], vals)
+	// vals point into buf until the next row writes every one of them
+	// again: they are cleared only when buf is a huge row's room, which
+	// is not kept (clearing them at every row, with the collector's write
+	// barriers, was a tenth of mapping a row).
 	if cap(buf) <= maxRowRoom {
-		x.rowJSON = buf // a huge row's room is not kept
+		x.rowJSON = buf
+	} else {
+		defer clear(vals)
 	}
 	x.rowVals = vals
-	var held heldBack
-	if mapErr != nil && !errors.As(mapErr, &held) {
-		clear(vals)
+	if mapErr != nil && !keysHeldBack(mapErr) {
 		return m.entity, id, keyOf(m.entity, id), nil, mapErr, nil
 	}
 	// Mapped, or with only some keys held back (one bad value costs one
@@ -128,7 +132,6 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 	} else {
 		md = x.rowFields(m.entity, m.nums, vals)
 	}
-	clear(vals) // keeps nothing of the row alive
 	return m.entity, id, keyOf(m.entity, id), md, mapErr, nil
 }
 
@@ -137,6 +140,14 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 type heldBack interface {
 	error
 	HeldBack() []string
+}
+
+// keysHeldBack reports whether err is a heldBack. A function of its own:
+// the target errors.As writes through is on the heap, and declared in
+// mapRow it was allocated for every row mapped, error or not.
+func keysHeldBack(err error) bool {
+	var held heldBack
+	return errors.As(err, &held)
 }
 
 // idOf reads only a row's id (a DELETE carries no more), with its entity
@@ -257,8 +268,10 @@ func (x *encoder) profileValues(es []*entry) profileValues {
 func (x *encoder) addMember(body *userpilot.BulkBody, e *entry, maxBytes int) bool {
 	entity, id := subjectOf(e.id)
 	if entity == mapping.Company {
-		x.memberJSON = e.md.appendMembers(x.memberJSON[:0], x.keys.members)
-		return body.AddMembersWithin(e.id, x.memberJSON, maxBytes)
+		// Written into the body itself: copied there from room of its
+		// own, each company's metadata was written twice.
+		members := x.keys.members
+		return body.AppendMembersWithin(e.id, func(dst []byte) []byte { return e.md.appendMembers(dst, members) }, maxBytes)
 	}
 	var company json.RawMessage
 	x.memberJSON = e.md.appendMembersExcept(x.memberJSON[:0], x.keys.members, x.membership, x.hasMembership, &company)

@@ -307,6 +307,12 @@ func (m *Mapper) IdentifyUser(values []row.Value) (userpilot.User, error) {
 // CompanyOf is the company id a MembershipKey value holds (Map's JSON
 // string), "" for none: nil (left out) or null.
 func CompanyOf(v json.RawMessage) string {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' && plainASCII(v[1:len(v)-1]) {
+		// The usual id, read in place (the string is its text): with
+		// json.Unmarshal its target was on the heap for every user of
+		// a bulk body.
+		return string(v[1 : len(v)-1])
+	}
 	var id string
 	if len(v) == 0 || json.Unmarshal(v, &id) != nil {
 		return ""

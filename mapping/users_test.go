@@ -237,3 +237,25 @@ func TestPersonalDataInAUsersTable(t *testing.T) {
 	assert.Equal(t, "", LooksPersonalInUsers("role_name"))
 	assert.Equal(t, "an email address", LooksPersonalInUsers("email"))
 }
+
+// A user's company read back from its JSON is what json.Unmarshal reads,
+// whatever the bytes; a plain id costs its string only (a bulk body of
+// users reads one per user).
+func FuzzCompanyOfIsUnmarshal(f *testing.F) {
+	for _, s := range []string{`"42"`, `"acme-7"`, `null`, ``, `"a\"b"`, `"ünï"`, `"<&>"`, `"`, `42`, `"tab	"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		var want string
+		if len(v) == 0 || json.Unmarshal(v, &want) != nil {
+			want = ""
+		}
+		assert.Equal(t, want, CompanyOf(v))
+	})
+}
+
+func TestCompanyOfAPlainIDCostsItsStringOnly(t *testing.T) {
+	v := json.RawMessage(`"company-4711"`)
+	assert.Equal(t, "company-4711", CompanyOf(v))
+	assert.LessOrEqual(t, testing.AllocsPerRun(100, func() { _ = CompanyOf(v) }), 1.0)
+}

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"net"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -31,6 +32,10 @@ func ConnectReplication(ctx context.Context, url string) (*pgconn.PgConn, error)
 		cfg.RuntimeParams[k] = v
 	}
 	cfg.RuntimeParams["replication"] = "database"
+	// The stream's reads linger (see lingerFor); above TLS, if any.
+	cfg.AfterNetConnect = func(_ context.Context, _ *pgconn.Config, conn net.Conn) (net.Conn, error) {
+		return newLingerConn(conn), nil
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to Postgres in replication mode: %w", err)

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
+	"unsafe"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/pgpilot/pgpilot/row"
@@ -39,6 +41,40 @@ func decodeMessage(data []byte) (m pglogrepl.Message, err error) {
 		return nil, fmt.Errorf("decode pgoutput message: %w", err)
 	}
 	return m, nil
+}
+
+// decodeBegin reads a Begin message as pglogrepl does (the final LSN, the
+// commit time, the xid), into a value rather than an object of its own.
+func decodeBegin(data []byte) (pglogrepl.BeginMessage, error) {
+	var m pglogrepl.BeginMessage
+	if len(data) < 21 {
+		return m, fmt.Errorf("decode pgoutput message: malformed 'B' message of %d bytes: want 21", len(data))
+	}
+	m.FinalLSN = pglogrepl.LSN(binary.BigEndian.Uint64(data[1:]))
+	m.CommitTime = pgTime(data[9:])
+	m.Xid = binary.BigEndian.Uint32(data[17:])
+	return m, nil
+}
+
+// decodeCommit reads a Commit message as pglogrepl does (the flags, the
+// commit's LSN, the transaction's end, the commit time).
+func decodeCommit(data []byte) (pglogrepl.CommitMessage, error) {
+	var m pglogrepl.CommitMessage
+	if len(data) < 26 {
+		return m, fmt.Errorf("decode pgoutput message: malformed 'C' message of %d bytes: want 26", len(data))
+	}
+	m.Flags = data[1]
+	m.CommitLSN = pglogrepl.LSN(binary.BigEndian.Uint64(data[2:]))
+	m.TransactionEndLSN = pglogrepl.LSN(binary.BigEndian.Uint64(data[10:]))
+	m.CommitTime = pgTime(data[18:])
+	return m, nil
+}
+
+// pgTime is a Postgres timestamp (microseconds since 2000-01-01 UTC), as
+// pglogrepl reads one.
+func pgTime(b []byte) time.Time {
+	const unixToY2K = 946_684_800 * 1_000_000 // microseconds
+	return time.Unix(0, (unixToY2K+int64(binary.BigEndian.Uint64(b)))*1000)
 }
 
 // checkFraming checks that the relation count of a Truncate message fits
@@ -164,8 +200,11 @@ type arena struct {
 }
 
 const (
-	arenaText   = 32 << 10
-	arenaValues = 1024
+	arenaText = 32 << 10
+	// arenaValues is as many values as fit in just under 32 kB: a block
+	// of memory holding pointers over 32,760 bytes is a large object, a
+	// span of its own taken under the heap's lock (1,024 values were).
+	arenaValues = (32<<10 - 8) / int(unsafe.Sizeof(row.Value{}))
 )
 
 // values returns n zero values.

@@ -111,10 +111,17 @@ type streamer struct {
 	opts      StreamOptions
 	out       chan<- row.Transaction
 	relations map[uint32]*row.Relation
+	// kept is the relation the last row kept was of, and keptID its id:
+	// most rows are of the table the last one was, so a row costs no map
+	// look-up and no comparison of its table's names with the tables
+	// wanted. A new description of a relation forgets it.
+	kept   *row.Relation
+	keptID uint32
 
-	cur          *row.Transaction // the open transaction, nil between transactions
-	curPieces    bool             // pieces of cur were sent on already (a large transaction)
-	skipping     bool             // the open transaction was delivered before (resent after a restart)
+	cur          row.Transaction // the open transaction, when open
+	open         bool            // a transaction is open (a value, not a pointer: no allocation per transaction)
+	curPieces    bool            // pieces of cur were sent on already (a large transaction)
+	skipping     bool            // the open transaction was delivered before (resent after a restart)
 	lastEmitted  pglogrepl.LSN
 	lastChanges  int // how many changes the last transaction emitted had (its last piece's, if in pieces)
 	lastMarker   time.Time
@@ -137,6 +144,7 @@ func (s *streamer) loop(ctx context.Context) error {
 	// a registration and a channel for every message of the stream. A stop
 	// moves the deadline to now, so it is heard at once.
 	netConn := s.conn.Conn()
+	defer linger(netConn)()
 	var wake sync.Mutex
 	returned := false
 	stopWaking := context.AfterFunc(ctx, func() {
@@ -239,7 +247,7 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 		}
 		// Between transactions, everything up to the server's position
 		// has been sent to us: offer it, so an idle table lets WAL go.
-		if s.cur == nil {
+		if !s.open {
 			s.known = max(s.known, ka.ServerWALEnd)
 			s.offerMarker(ka.ServerWALEnd)
 		}
@@ -258,7 +266,7 @@ func (s *streamer) handleCopyData(ctx context.Context, data []byte) error {
 
 func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	if isRow(data) {
-		if s.cur != nil && s.skipping {
+		if s.open && s.skipping {
 			return nil // delivered before: not even decoded
 		}
 		r, err := decodeRow(data, &s.arena)
@@ -266,6 +274,24 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 			return err
 		}
 		return s.add(ctx, r)
+	}
+	// Begin and Commit come with every transaction: read in place, as
+	// rows are, rather than by pglogrepl (a message object and a decoder
+	// each).
+	switch data[0] {
+	case 'B':
+		m, err := decodeBegin(data)
+		if err != nil {
+			return err
+		}
+		s.begin(&m)
+		return nil
+	case 'C':
+		m, err := decodeCommit(data)
+		if err != nil {
+			return err
+		}
+		return s.commit(ctx, &m)
 	}
 	m, err := decodeMessage(data)
 	if err != nil {
@@ -277,14 +303,9 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 		if err != nil {
 			return err
 		}
-		s.relations[m.RelationID] = rel
+		s.describe(m.RelationID, rel)
 	case *pglogrepl.BeginMessage:
-		s.cur, s.curPieces, s.curBytes = &row.Transaction{Kind: row.Commit, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, false, 0
-		// FinalLSN is where the commit record starts. A checkpoint is the
-		// end of a commit record or a record boundary, so the transaction
-		// was delivered before exactly when its commit starts before the
-		// checkpoint: drop it without holding its changes.
-		s.skipping = m.FinalLSN < s.opts.Start
+		s.begin(m)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if err := s.add(ctx, rowMessage{op: row.Truncate, relation: id}); err != nil {
@@ -292,42 +313,68 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 			}
 		}
 	case *pglogrepl.CommitMessage:
-		if s.cur == nil {
-			return fmt.Errorf("replication stream: commit at %s without begin", m.CommitLSN)
-		}
-		txn := *s.cur
-		s.cur = nil
-		txn.CommitLSN, txn.EndLSN, txn.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
-		s.known = max(s.known, txn.EndLSN)
-		if s.skipping || txn.EndLSN <= s.opts.Start {
-			// Delivered before the restart; the server may send it again.
-			return nil
-		}
-		if len(txn.Changes) == 0 && !s.curPieces {
-			s.offerMarker(txn.EndLSN)
-			return nil
-		}
-		if err := s.emit(ctx, txn); err != nil {
-			return err
-		}
-		s.lastEmitted, s.lastChanges = txn.EndLSN, len(txn.Changes)
+		return s.commit(ctx, m)
 	}
 	return nil
 }
 
+// begin opens the transaction m begins.
+func (s *streamer) begin(m *pglogrepl.BeginMessage) {
+	s.cur, s.open, s.curPieces, s.curBytes = row.Transaction{Kind: row.Commit, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, true, false, 0
+	// FinalLSN is where the commit record starts. A checkpoint is the
+	// end of a commit record or a record boundary, so the transaction
+	// was delivered before exactly when its commit starts before the
+	// checkpoint: drop it without holding its changes.
+	s.skipping = m.FinalLSN < s.opts.Start
+}
+
+// commit closes the open transaction and hands it on.
+func (s *streamer) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
+	if !s.open {
+		return fmt.Errorf("replication stream: commit at %s without begin", m.CommitLSN)
+	}
+	txn := s.cur
+	s.cur, s.open = row.Transaction{}, false
+	txn.CommitLSN, txn.EndLSN, txn.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+	s.known = max(s.known, txn.EndLSN)
+	if s.skipping || txn.EndLSN <= s.opts.Start {
+		// Delivered before the restart; the server may send it again.
+		return nil
+	}
+	if len(txn.Changes) == 0 && !s.curPieces {
+		s.offerMarker(txn.EndLSN)
+		return nil
+	}
+	if err := s.emit(ctx, txn); err != nil {
+		return err
+	}
+	s.lastEmitted, s.lastChanges = txn.EndLSN, len(txn.Changes)
+	return nil
+}
+
+// describe takes rel as relation id's description from now on.
+func (s *streamer) describe(id uint32, rel *row.Relation) {
+	s.relations[id] = rel
+	s.kept = nil
+}
+
 func (s *streamer) add(ctx context.Context, r rowMessage) error {
-	if s.cur == nil {
+	if !s.open {
 		return fmt.Errorf("replication stream: %s outside a transaction", r.op)
 	}
 	if s.skipping {
 		return nil
 	}
-	rel, ok := s.relations[r.relation]
-	if !ok {
-		return fmt.Errorf("replication stream: %s on relation %d before its description", r.op, r.relation)
-	}
-	if rel.Table != s.opts.Table && !slices.Contains(s.opts.Related, rel.Table) {
-		return nil
+	rel := s.kept
+	if rel == nil || s.keptID != r.relation {
+		var ok bool
+		if rel, ok = s.relations[r.relation]; !ok {
+			return fmt.Errorf("replication stream: %s on relation %d before its description", r.op, r.relation)
+		}
+		if rel.Table != s.opts.Table && !slices.Contains(s.opts.Related, rel.Table) {
+			return nil
+		}
+		s.kept, s.keptID = rel, r.relation
 	}
 	if s.cur.Changes == nil {
 		// Sized as the last transaction was: grown from nothing, a
@@ -350,8 +397,9 @@ func (s *streamer) add(ctx context.Context, r rowMessage) error {
 }
 
 // emit hands txn to the consumer, keeping the connection alive while the
-// consumer is busy: first the bytes of its changes from the budget, then
-// a place in the channel.
+// consumer is busy: first the bytes of its changes from the budget (txn's
+// changes are the open transaction's sent on: curBytes), then a place in
+// the channel.
 func (s *streamer) emit(ctx context.Context, txn row.Transaction) error {
 	var tick *time.Ticker
 	defer func() {
@@ -435,7 +483,7 @@ func (s *streamer) wanting() bool {
 // when the consumer waits for it; unlike offerMarker it waits for the
 // consumer to take it.
 func (s *streamer) offerWanted(ctx context.Context) error {
-	if s.opts.WantPosition == nil || s.cur != nil {
+	if s.opts.WantPosition == nil || s.open {
 		return nil
 	}
 	want := s.opts.WantPosition()

@@ -183,7 +183,7 @@ func New(opts Options) (*Stage, error) {
 	}
 	s := &Stage{opts: opts, log: opts.Logger, start: make(chan state.Snapshot, 1), cancels: make(chan string),
 		taken: make(chan replication.Snapshot, 1),
-		rel: &row.Relation{Table: opts.Table, Columns: opts.Columns}}
+		rel:   &row.Relation{Table: opts.Table, Columns: opts.Columns}}
 	s.readConn = func(ctx context.Context) (*pgx.Conn, error) { return replication.ConnectSQL(ctx, opts.URL) }
 	for _, k := range opts.Key {
 		i := columnIndex(opts.Columns, k)
@@ -265,7 +265,11 @@ func (s *Stage) RowsRead() int64 {
 // pending is a chunk waiting for the stream to pass its High position.
 type pending struct {
 	replication.Chunk
-	index map[string]int // replica identity → row; a row taken out is nil
+	// index maps a row's replica identity to its place in Rows (a row
+	// taken out is nil); nil until a streamed change of the table needs
+	// it: most chunks of an initial sync meet none, and indexing every
+	// row was a fortieth of what a row cost.
+	index map[string]int
 	mark  *Progress
 }
 
@@ -382,7 +386,7 @@ func (s *Stage) Run(ctx context.Context, src <-chan row.Transaction, dst chan<- 
 				return err
 			}
 		case a := <-arrCh:
-			p := s.index(a)
+			p := pendingOf(a)
 			// Passed on before the chunk got here, yet not seen by it: the
 			// chunk may hold rows older than these.
 			unseen, complete := s.recent.unseen(a.chunk.Snapshot)
@@ -544,13 +548,23 @@ func send(ctx context.Context, dst chan<- row.Transaction, txn row.Transaction) 
 	}
 }
 
-// index makes an arrived chunk a pending one.
-func (s *Stage) index(a arrival) *pending {
-	p := &pending{Chunk: a.chunk, mark: a.mark, index: make(map[string]int, len(a.chunk.Rows))}
-	for i, row := range p.Rows {
-		p.index[keyOf(row, s.ident)] = i
+// pendingOf makes an arrived chunk a pending one (indexed when a
+// streamed change needs it: indexed).
+func pendingOf(a arrival) *pending {
+	return &pending{Chunk: a.chunk, mark: a.mark}
+}
+
+// indexed is p's index, made on first use from the rows p still holds.
+func (s *Stage) indexed(p *pending) map[string]int {
+	if p.index == nil {
+		p.index = make(map[string]int, len(p.Rows))
+		for i, row := range p.Rows {
+			if row != nil {
+				p.index[keyOf(row, s.ident)] = i
+			}
+		}
 	}
-	return p
+	return p.index
 }
 
 // takeOut brings p's rows up to what txn streams anew: a streamed change
@@ -578,16 +592,17 @@ func (s *Stage) takeOut(p *pending, txn row.Transaction) {
 		if !ok {
 			continue
 		}
+		index := s.indexed(p)
 		key := keyOf(ch.Values, m.key)
 		if ch.Old != nil {
 			// An UPDATE that changed the key: the old row is gone.
 			if old := keyOf(ch.Old, m.key); old != key {
-				if i, ok := p.index[old]; ok {
+				if i, ok := index[old]; ok {
 					p.Rows[i] = nil
 				}
 			}
 		}
-		i, ok := p.index[key]
+		i, ok := index[key]
 		if !ok || p.Rows[i] == nil {
 			continue
 		}

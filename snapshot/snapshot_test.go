@@ -364,3 +364,25 @@ func TestAChunkGoesOnInPiecesEachMarkingItsProgress(t *testing.T) {
 	}
 	assert.Equal(t, []int{pieceRows, pieceRows, 7}, sizes)
 }
+
+// A waiting chunk is indexed by its rows' keys only once a streamed change
+// of its table comes: most chunks of an initial sync meet none, and each
+// of their rows cost a key and a map entry for nothing. Rows a TRUNCATE
+// took out before are not indexed; the others take the streamed values.
+func TestAChunkIsIndexedWhenAChangeOfItsTableComesNotBefore(t *testing.T) {
+	st, err := New(Options{Table: table, Columns: cols, Key: []string{"id"}})
+	require.NoError(t, err)
+	p := pendingOf(arrival{chunk: replication.Chunk{Rows: [][]row.Value{values(1, "a", "x"), values(2, "b", "x")}}})
+	other := &row.Relation{ID: 2, Table: row.Table{Schema: "public", Name: "subscriptions"}, Columns: cols}
+	st.takeOut(p, row.Transaction{Changes: []row.Change{{Op: row.Update, Relation: other, Values: values(1, "s", "s")}}})
+	assert.Nil(t, p.index, "a change of another table indexed the chunk")
+
+	st.takeOut(p, row.Transaction{Changes: []row.Change{change(row.Update, values(2, "b2", "y"))}})
+	assert.Equal(t, map[string]int{"1": 0, "2": 1}, p.index)
+	assert.Equal(t, []string{"1=a/x", "2=b2/y"}, rows(row.Transaction{Changes: []row.Change{{Values: p.Rows[0]}, {Values: p.Rows[1]}}}))
+
+	truncated := pendingOf(arrival{chunk: replication.Chunk{Rows: [][]row.Value{values(1, "a", "x")}}})
+	st.takeOut(truncated, row.Transaction{Changes: []row.Change{{Op: row.Truncate, Relation: streamRel}, change(row.Insert, values(1, "new", "y"))}})
+	assert.Equal(t, [][]row.Value{nil}, truncated.Rows, "the row the TRUNCATE took out stays out")
+	assert.Empty(t, truncated.index)
+}

@@ -157,6 +157,15 @@ func (b *BulkBody) AddMembersWithin(id string, members []byte, limit int) bool {
 	return b.end(id, mark, limit)
 }
 
+// AppendMembersWithin is AddMembersWithin with the members written by
+// appendMembers straight into the body (it appends them to its argument
+// and returns the result), rather than into a buffer first and copied.
+func (b *BulkBody) AppendMembersWithin(id string, appendMembers func(dst []byte) []byte, limit int) bool {
+	mark := b.start(id)
+	b.json = appendMembers(b.json)
+	return b.end(id, mark, limit)
+}
+
 // start writes a company's beginning, up to its metadata's members, and
 // returns where it began.
 func (b *BulkBody) start(id string) int {

@@ -85,8 +85,9 @@ func TestBulkBodyIsTheCompaniesAsJSON(t *testing.T) {
 
 // TestAddSeqWithinIsAddWithinFromASequence: a company added from a
 // sequence of its keys (AddSeqWithin), or from its metadata's members
-// written by the caller with MetadataKey (AddMembersWithin, as delivery
-// writes its packed metadata), is the company AddWithin writes from a
+// written by the caller with MetadataKey (AddMembersWithin, or into the
+// body, AppendMembersWithin, as delivery writes its packed metadata), is
+// the company AddWithin writes from a
 // map: byte for byte when the keys come sorted, the same JSON in the order
 // they come otherwise; the limit and an empty company_id are met the same
 // way.
@@ -114,6 +115,17 @@ func TestAddSeqWithinIsAddWithinFromASequence(t *testing.T) {
 				members = append(append(members, userpilot.MetadataKey(kv.k)...), kv.v...)
 			}
 			return b.AddMembersWithin(id, members, limit)
+		}},
+		{"AppendMembersWithin", func(b *userpilot.BulkBody, id string, kvs []kv, limit int) bool {
+			return b.AppendMembersWithin(id, func(dst []byte) []byte {
+				for i, kv := range kvs {
+					if i > 0 {
+						dst = append(dst, ',')
+					}
+					dst = append(append(dst, userpilot.MetadataKey(kv.k)...), kv.v...)
+				}
+				return dst
+			}, limit)
 		}},
 	}
 	tests := []struct {
