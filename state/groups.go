@@ -113,6 +113,23 @@ type groupReader struct {
 	// at is where the last id asked for was (or would go) in entries:
 	// ids come in ascending order, so the next is at or after it.
 	at int
+	// loads counts the groups loaded: only a load reads pages of the
+	// store (a look at the resident set is due every trimEvery of them,
+	// not every trimEvery ids: see dueLook).
+	loads int
+}
+
+// dueLook reports whether trimEvery groups were loaded since the last
+// look at the resident set, and if so counts the next from here. Ids
+// that share a group read no page more: in a catch-up a group holds ten
+// of a job's companies, and a look every 16 of them was a tenth of the
+// index's write.
+func (r *groupReader) dueLook(next *int) bool {
+	if r.loads < *next {
+		return false
+	}
+	*next = r.loads + trimEvery
+	return true
 }
 
 // covers reports whether id falls in the loaded group's range.
@@ -123,6 +140,7 @@ func (r *groupReader) covers(id []byte) bool {
 // load positions the reader on the group whose range holds id.
 func (r *groupReader) load(id []byte) {
 	r.loaded, r.entries, r.at = true, r.entries[:0], -1
+	r.loads++
 	k, v := r.c.Seek(id)
 	if k != nil && bytes.Equal(k, id) {
 		r.key = k

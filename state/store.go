@@ -237,11 +237,14 @@ func (x *Store) UnchangedProfiles(ps Profiles, same, absent []bool) error {
 		r := groupReader{c: tx.Bucket(groupsBucket).Cursor()}
 		var h holdsCheck // one for all: its yield is made once
 		yield := h.holds
-		for n, i := range order {
-			if n%trimEvery == trimEvery-1 {
+		var id []byte // each id in turn: the reader keeps none
+		look := trimEvery
+		for _, i := range order {
+			if r.dueLook(&look) {
 				x.trimIn(tx) // a job's look-ups read pages all over the index
 			}
-			h.rec, h.same, h.n = r.get([]byte(ps.CompanyID(i))), true, 0
+			id = append(id[:0], ps.CompanyID(i)...)
+			h.rec, h.same, h.n = r.get(id), true, 0
 			if absent != nil {
 				absent[i] = !readable(h.rec)
 			}
@@ -419,26 +422,31 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 		// more than once (bbolt's Batch retries a failed one alone).
 		var s sentKeys
 		add := s.add
+		var id []byte
 		known, _ := ps.(KnownAbsent)
 		done = len(order)
+		look := trimEvery
 		for n, i := range order {
-			if n > 0 && n%trimEvery == 0 && len(order) >= batchAlone && x.overBudget() {
+			if n > 0 && len(order) >= batchAlone && w.r.dueLook(&look) && x.overBudget() {
 				done = n // the rest in the next write, once these pages are let go
 				break
 			}
 			s.keys = s.keys[:0]
 			ps.Metadata(i, add)
-			id := ps.CompanyID(i)
+			// The id in room reused from company to company: the writer
+			// copies what it keeps, and bbolt keeps no key it is given to
+			// look up or delete.
+			id = append(id[:0], ps.CompanyID(i)...)
 			// The send's outcome is seen: no longer in doubt.
 			if marked {
-				if err := sending.Delete([]byte(id)); err != nil {
+				if err := sending.Delete(id); err != nil {
 					return err
 				}
 			}
 			var old []byte
 			if known == nil || !known.Absent(i) {
 				var err error
-				if old, err = w.get([]byte(id)); err != nil {
+				if old, err = w.get(id); err != nil {
 					return err
 				}
 				if !readable(old) {
@@ -464,7 +472,7 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
 				buf = binary.BigEndian.AppendUint64(buf, s.hash.value(version, k.key, k.value))
 			}
-			if err := w.put([]byte(id), buf); err != nil {
+			if err := w.put(id, buf); err != nil {
 				return err
 			}
 		}
