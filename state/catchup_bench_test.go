@@ -90,18 +90,23 @@ func BenchmarkIndexCatchUp(b *testing.B) {
 	b.ReportMetric(cpu/float64(b.N)/float64(n), "cpu_ns/company")
 }
 
-// BenchmarkFingerprint is a value's fingerprint as a record is written.
+// BenchmarkFingerprint is a company's fingerprints as a record of each
+// version written is made.
 func BenchmarkFingerprint(b *testing.B) {
 	keys := []string{"name", "plan", "seats", "monthly_spend", "trial", "created_at", "notes"}
 	vals := []json.RawMessage{json.RawMessage(`"Company 123456"`), json.RawMessage(`"pro"`), json.RawMessage(`123`),
 		json.RawMessage(`1234.5600000000`), json.RawMessage(`true`), json.RawMessage(`"2024-01-01T00:00:00Z"`), json.RawMessage(`null`)}
-	var h hasher
-	var sum uint64
-	b.ReportAllocs()
-	for range b.N {
-		for k, key := range keys {
-			sum += h.value(recordXXH, key, vals[k])
-		}
+	for _, v := range []byte{recordXXH, recordValue} {
+		b.Run(fmt.Sprintf("version%d", v), func(b *testing.B) {
+			var h hasher
+			var sum uint64
+			b.ReportAllocs()
+			for range b.N {
+				for k, key := range keys {
+					sum += h.value(v, key, vals[k])
+				}
+			}
+			_ = sum
+		})
 	}
-	_ = sum
 }

@@ -36,9 +36,16 @@ const (
 	// read, and written only where an update leaves keys of such a record
 	// out (their fingerprints cannot be made again without the values).
 	recordSHA256 = 1
-	// recordXXH: xxHash64, written for every other record. A record is
-	// made at every delivery, and SHA-256 was a third of that.
+	// recordXXH: xxHash64 of key, NUL, value. A record is made at every
+	// delivery, and SHA-256 was a third of that. Still read, and written
+	// only where an update leaves keys of such a record out.
 	recordXXH = 2
+	// recordValue: xxHash64 of the value alone, written for every other
+	// record. The key's own fingerprint beside it says whose value it is;
+	// hashing key and value together needed them copied into one run of
+	// bytes first, and reading that run just written cost the hash three
+	// times what hashing the value where it lies does.
+	recordValue = 3
 )
 
 // Store is pgpilot's embedded database (bbolt: crash-safe, one file): the
@@ -53,8 +60,9 @@ const (
 // and must still be comparable.
 //
 // It only ever holds states that were accepted; a lost write just means one
-// redundant send later. A value's fingerprint is 64 bits of a hash of key
-// and value (xxHash64; SHA-256 in records written before it): a false
+// redundant send later. A value's fingerprint is 64 bits of a hash of the
+// value, beside its key's fingerprint (xxHash64; in records written before,
+// of key and value, by xxHash64 or SHA-256): a false
 // "unchanged" needs a collision on the same company and key, about one in
 // 2^64 for values not made to collide, and only the table's own writers
 // could make them.
@@ -131,17 +139,12 @@ var keyHashes sync.Map // string → uint32
 // were always made of), as a record of version v makes it.
 func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
 	kh, _ := keyHash(key)
-	return kh, valueHash(v, key, value)
-}
-
-// valueHash is the value's part of fingerprint.
-func valueHash(v byte, key string, value json.RawMessage) uint64 {
-	var buf [256]byte
-	return hashOf(v, append(append(append(buf[:0], key...), 0), value...))
+	var h hasher
+	return kh, h.value(v, key, value)
 }
 
 // hashOf is the fingerprint of key, NUL, value (b), as a record of
-// version v makes it.
+// version v (recordSHA256 or recordXXH) makes it.
 func hashOf(v byte, b []byte) uint64 {
 	if v == recordXXH {
 		return xxhash.Sum64(b)
@@ -150,12 +153,17 @@ func hashOf(v byte, b []byte) uint64 {
 	return binary.BigEndian.Uint64(vh[:8])
 }
 
-// hasher makes values' fingerprints (valueHash) in room of its own, kept
-// from one to the next: made anew on the stack, the room was cleared for
-// every key of every company.
+// hasher makes values' fingerprints, those of the older versions in room
+// of its own, kept from one to the next: made anew on the stack, the room
+// was cleared for every key of every company.
 type hasher struct{ scratch []byte }
 
+// value is the fingerprint of key's value as a record of version v makes
+// it.
 func (h *hasher) value(v byte, key string, value json.RawMessage) uint64 {
+	if v == recordValue {
+		return xxhash.Sum64(value)
+	}
 	h.scratch = append(append(append(h.scratch[:0], key...), 0), value...)
 	return hashOf(v, h.scratch)
 }
@@ -286,7 +294,7 @@ func (h *holdsCheck) holds(k string, v json.RawMessage) bool {
 // (4) and its value's (8). A company has a handful of keys: a scan of the
 // record is quicker than building a map of it.
 func readable(rec []byte) bool {
-	return len(rec) >= 1 && (rec[0] == recordSHA256 || rec[0] == recordXXH) && (len(rec)-1)%12 == 0
+	return len(rec) >= 1 && (rec[0] == recordSHA256 || rec[0] == recordXXH || rec[0] == recordValue) && (len(rec)-1)%12 == 0
 }
 
 func lookup(rec []byte, kh uint32) (uint64, bool) {
@@ -455,7 +463,7 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 			}
 			// Sized for the keys sent and those the record keeps.
 			buf := w.reserve(1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12))
-			version := byte(recordXXH)
+			version := byte(recordValue)
 			buf = append(buf, version)
 			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
