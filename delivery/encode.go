@@ -116,8 +116,7 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 		x.rowJSON = buf // a huge row's room is not kept
 	}
 	x.rowVals = vals
-	var held heldBack
-	if mapErr != nil && !errors.As(mapErr, &held) {
+	if mapErr != nil && !isHeldBack(mapErr) {
 		clear(vals)
 		return m.entity, id, keyOf(m.entity, id), nil, mapErr, nil
 	}
@@ -137,6 +136,14 @@ func (x *encoder) mapRow(rel *row.Relation, values []row.Value) (entity mapping.
 type heldBack interface {
 	error
 	HeldBack() []string
+}
+
+// isHeldBack reports whether err is a heldBack. In a function of its own:
+// the target errors.As is given escapes to the heap, and declared in
+// mapRow it was made for every row, an error or not.
+func isHeldBack(err error) bool {
+	var held heldBack
+	return errors.As(err, &held)
 }
 
 // idOf reads only a row's id (a DELETE carries no more), with its entity
