@@ -346,23 +346,27 @@ const recordBatch = userpilot.MaxBulkRecords
 // its transaction.
 const batchAlone = 64
 
-// sent is one key a profile sends, with the key's fingerprint.
+// sent is one key a profile sends: the key's fingerprint and its
+// value's.
 type sent struct {
-	key   string
-	kh    uint32
-	value json.RawMessage
+	kh uint32
+	vh uint64
 }
 
-// sentKeys gathers a profile's keys, in room reused from one profile to
-// the next.
+// sentKeys gathers a profile's keys with their values' fingerprints, made
+// as a record of version makes them, in room reused from one profile to
+// the next. Fingerprints, not the keys and values: nothing in the room
+// points into the heap, so filling it costs no write barriers, and a
+// value is hashed while it is at hand.
 type sentKeys struct {
-	keys []sent
-	last lastKeys
-	hash hasher
+	keys    []sent
+	version byte
+	last    lastKeys
+	hash    hasher
 }
 
 func (s *sentKeys) add(k string, v json.RawMessage) bool {
-	s.keys = append(s.keys, sent{k, s.last.hash(len(s.keys), k), v})
+	s.keys = append(s.keys, sent{s.last.hash(len(s.keys), k), s.hash.value(s.version, k, v)})
 	return true
 }
 
@@ -439,7 +443,7 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 				done = n // the rest in the next write, once these pages are let go
 				break
 			}
-			s.keys = s.keys[:0]
+			s.keys, s.version = s.keys[:0], recordValue
 			ps.Metadata(i, add)
 			// The id in room reused from company to company: the writer
 			// copies what it keeps, and bbolt keeps no key it is given to
@@ -463,8 +467,7 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 			}
 			// Sized for the keys sent and those the record keeps.
 			buf := w.reserve(1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12))
-			version := byte(recordValue)
-			buf = append(buf, version)
+			buf = append(buf, recordValue)
 			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
 				kh := binary.BigEndian.Uint32(old[j:])
@@ -472,19 +475,22 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 					buf = append(buf, old[j:j+12]...)
 				}
 			}
-			if len(buf) > 1 {
-				version = old[0]
-				buf[0] = version
+			if len(buf) > 1 && old[0] != recordValue {
+				// Kept keys of an older version: the values sent are
+				// fingerprinted again as it makes them (a record made
+				// before, an update leaving keys of it out: rare).
+				buf[0] = old[0]
+				s.keys, s.version = s.keys[:0], old[0]
+				ps.Metadata(i, add)
 			}
 			for _, k := range s.keys {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
-				buf = binary.BigEndian.AppendUint64(buf, s.hash.value(version, k.key, k.value))
+				buf = binary.BigEndian.AppendUint64(buf, k.vh)
 			}
 			if err := w.put(id, buf); err != nil {
 				return err
 			}
 		}
-		clear(s.keys) // keeps no value alive
 		return w.flush()
 	})
 	if done < len(order) {
