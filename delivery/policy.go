@@ -152,7 +152,9 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	p.log.Debug("bulk job sized", "ready", l.ready.len(), "backlog", backlog, "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k,
 		"window", l.order.len(), "window_bytes", l.windowBytes, "full", l.full(), "alone", alone)
-	var batch, keep []*entry
+	// Sized once: grown from nothing, a job's list was copied a dozen
+	// times over.
+	batch, keep := make([]*entry, 0, min(k, l.ready.len())), []*entry(nil)
 	// A job is of companies or of users (Userpilot's two bulk endpoints):
 	// the first company or user taken decides, the other's wait.
 	var entity mapping.Entity
