@@ -78,12 +78,17 @@ func (q *queue) last(n int) []*entry  { return q.items[len(q.items)-min(n, q.len
 
 // pushFront puts e first. Without room before the head it makes as much
 // room again as the queue holds, so a run of pushes to the front (a refused
-// job's records going back) costs amortised O(1) each.
+// job's records going back) costs amortised O(1) each. The new array is
+// sized by what the queue holds, not by the old one's capacity: a
+// compaction keeps that capacity, and a job's worth taken from the front
+// and put back at every sizing (records only the real-time path may send,
+// ahead of a backlog left to bulk jobs) added the old capacity to the new
+// one each time, until the array was gigabytes.
 func (q *queue) pushFront(e *entry) {
 	if q.head == 0 {
 		n := len(q.items)
 		room := max(16, n)
-		items := make([]*entry, room+n, room+max(cap(q.items), 16))
+		items := make([]*entry, room+n, room+max(n, 16))
 		copy(items[room:], q.items)
 		q.items, q.head = items, room
 	}
