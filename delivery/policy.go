@@ -99,9 +99,9 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	switch {
 	case !p.est.learned() && alone && l.ready.len() >= p.opts.MinBulk:
 		// Nothing measured, and no real-time path to share with: a probe
-		// all the same (a tenth, at least a job's worth), so that a start
-		// far from the truth is found out on a small job.
-		k = min(l.ready.len(), max(p.opts.MinBulk, backlog/probeShare))
+		// all the same (a tenth, at least MinBulk, at most a job), so that
+		// a start far from the truth is found out on a small job.
+		k = min(l.ready.len(), max(p.opts.MinBulk, backlog/probeShare), userpilot.MaxBulkRecords)
 	case !p.est.learned():
 		// Nothing measured: a small job first, to learn what the bulk
 		// path does before a large one is sized from a guess.
