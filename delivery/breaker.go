@@ -167,7 +167,7 @@ func (r *refusals) refused(e *entry, rej *userpilot.RejectedError, path, reason 
 		// Never sent (it cannot be encoded): the record's fault alone.
 		return setAsideNow, ""
 	}
-	if !r.stopped() && !e.sentAt.After(r.vouched) {
+	if !r.stopped() && !e.sentAt.time().After(r.vouched) {
 		// A call sent after this one was accepted: Userpilot was working
 		// after this one left, so this is a bad record.
 		return setAsideNow, ""
@@ -205,7 +205,7 @@ func (r *refusals) accepted(sent time.Time) []refusal {
 	if sent.After(r.vouched) {
 		r.vouched = sent
 	}
-	out := r.take(func(h refusal) bool { return !h.e.sentAt.After(sent) })
+	out := r.take(func(h refusal) bool { return !h.e.sentAt.time().After(sent) })
 	// The streak is the refusals since, in the order they came.
 	r.streak = streak{}
 	for _, h := range r.held {

@@ -79,6 +79,24 @@ func TestABacklogIsLeftToBulkJobsOnlyWhileBulkIsFarTheFaster(t *testing.T) {
 	}
 }
 
+// A probe (nothing measured yet, bulk alone) takes a tenth of the
+// backlog, and never more than a job holds: a probe of 14,179 companies
+// (a tenth of a backlog gone to the outbox on a slow start) was refused
+// as too large, and its companies went out one call each.
+func TestAProbeOfALargeBacklogIsAtMostAJob(t *testing.T) {
+	const ready = 12 * userpilot.MaxBulkRecords
+	p := New(Options{RealtimeRate: 100_000, MinBulk: 100, MaxPending: 2 * ready, MaxPendingBytes: 1 << 40, PollInterval: 2 * time.Second,
+		Mapping: func(*row.Relation) (Mapper, error) { return sevenKeys{}, nil }})
+	addCompanies(t, p, ready)
+	p.est = bulkEstimate{rate: 1e6, overhead: 10 * time.Second}
+	p.sizing.called(time.Duration(float64(p.opts.Workers) / 100 * float64(time.Second)))
+	require.False(t, p.realtimeWanted(time.Now()), "bulk alone")
+	batch, body, err := p.takeBulk(time.Now())
+	require.NoError(t, err)
+	assert.Equal(t, userpilot.MaxBulkRecords, len(batch), "a tenth of the backlog, at most a job")
+	assert.Equal(t, len(batch), body.Len())
+}
+
 // doneSender completes every job at once.
 type doneSender struct{ Sender }
 

@@ -78,7 +78,7 @@ func (d *deleter) next(now time.Time) []*entry {
 		return nil
 	}
 	for _, e := range batch {
-		e.sentAt = now // collected earlier, sent now
+		e.sentAt = momentOf(now) // collected earlier, sent now
 	}
 	d.sending = batch
 	return batch

@@ -142,7 +142,7 @@ func (l *ledger) pend(id string, c *company, md fields, del, resend bool, lsn pg
 		l.watch.changed(id, c)
 		return true
 	}
-	e := &entry{id: id, co: c, md: md, safe: l.received, seq: l.seq, lsn: lsn, changes: 1, since: at, delete: del, resend: resend}
+	e := &entry{id: id, co: c, md: md, safe: l.received, seq: l.seq, lsn: lsn, changes: 1, since: momentOf(at), delete: del, resend: resend}
 	l.seq++
 	c.waiting = e
 	l.watch.changed(id, c)
@@ -156,7 +156,7 @@ func (l *ledger) pend(id string, c *company, md fields, del, resend bool, lsn pg
 // owe puts a state owed from before (an outbox record) in memory as what
 // company id owes next, behind whatever it has in flight.
 func (l *ledger) owe(id string, c *company, md fields, del, resend bool, lsn, safe pglogrepl.LSN, since time.Time) {
-	e := &entry{id: id, co: c, md: md, safe: safe, lsn: lsn, changes: 1, since: since, delete: del, resend: resend}
+	e := &entry{id: id, co: c, md: md, safe: safe, lsn: lsn, changes: 1, since: momentOf(since), delete: del, resend: resend}
 	c.waiting = e
 	l.enqueue(e)
 	if c.inflight == nil {
@@ -215,7 +215,7 @@ func (l *ledger) send(e *entry, at time.Time) {
 	c := e.co
 	c.inflight, c.waiting = e, nil
 	l.inflight++
-	e.sentAt = at
+	e.sentAt = momentOf(at)
 }
 
 // finish marks e done (delivered, skipped or set aside) and lets its

@@ -460,8 +460,8 @@ func (o *outbox) persist(l *ledger) error {
 			maps.Copy(r.Metadata, o.keys.unpack(e.md))
 			r.Resend = r.Resend || e.resend
 			r.LSN = max(r.LSN, state.LSN(e.lsn))
-			if r.Since.IsZero() || e.since.Before(r.Since) {
-				r.Since = e.since
+			if since := e.since.time(); r.Since.IsZero() || since.Before(r.Since) {
+				r.Since = since
 			}
 		}
 		if put = append(put, r); len(put) == persistBatch {

@@ -37,7 +37,7 @@ func (p *Pipeline) realtimeDone(r realtimeResult) error {
 		p.progress = now
 		p.report.realtime++
 		p.finish(e)
-		return p.accepted(e.sentAt)
+		return p.accepted(e.sentAt.time())
 	case answered:
 		p.report.rejected++
 		// Set aside, or kept, once the breaker knows which it is.
@@ -100,7 +100,7 @@ func (p *Pipeline) bulkEnded(sj *slotJob, ev jobEnded) error {
 	}
 	p.stats.BulkJobs.Add(1)
 	p.report.flush(p, "bulk", len(sj.entries), ev.took)
-	return p.accepted(sj.entries[0].sentAt)
+	return p.accepted(sj.entries[0].sentAt.time())
 }
 
 // heldEnded lets a held job's companies go: their newer states (from the
@@ -137,7 +137,7 @@ func (p *Pipeline) deleteDone(err error) error {
 		for _, e := range batch {
 			p.finish(e)
 		}
-		return p.accepted(batch[0].sentAt)
+		return p.accepted(batch[0].sentAt.time())
 	case deleteSplit:
 		p.log.Info("deletion batch refused by Userpilot; sending it again in halves to find the refused id",
 			"companies", len(batch), "status", rej.Status)

@@ -99,9 +99,9 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	switch {
 	case !p.est.learned() && alone && l.ready.len() >= p.opts.MinBulk:
 		// Nothing measured, and no real-time path to share with: a probe
-		// all the same (a tenth, at least a job's worth), so that a start
-		// far from the truth is found out on a small job.
-		k = min(l.ready.len(), max(p.opts.MinBulk, backlog/probeShare))
+		// all the same (a tenth, at least MinBulk, at most a job), so that
+		// a start far from the truth is found out on a small job.
+		k = min(l.ready.len(), max(p.opts.MinBulk, backlog/probeShare), userpilot.MaxBulkRecords)
 	case !p.est.learned():
 		// Nothing measured: a small job first, to learn what the bulk
 		// path does before a large one is sized from a guess.
@@ -152,7 +152,9 @@ func (p *Pipeline) takeBulk(now time.Time) ([]*entry, userpilot.BulkBody, error)
 	p.log.Debug("bulk job sized", "ready", l.ready.len(), "backlog", backlog, "realtime_rate", round(rt), "bulk_rate", round(p.est.rate),
 		"job_overhead", p.est.overhead.Round(time.Millisecond), "measured", p.est.learned(), "records", k,
 		"window", l.order.len(), "window_bytes", l.windowBytes, "full", l.full(), "alone", alone)
-	var batch, keep []*entry
+	// Sized once: grown from nothing, a job's list was copied a dozen
+	// times over.
+	batch, keep := make([]*entry, 0, min(k, l.ready.len())), []*entry(nil)
 	// A job is of companies or of users (Userpilot's two bulk endpoints):
 	// the first company or user taken decides, the other's wait.
 	var entity mapping.Entity

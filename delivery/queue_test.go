@@ -54,6 +54,31 @@ func TestQueueKeepsOrderAtBothEnds(t *testing.T) {
 	}
 }
 
+// Entries taken from the front and put back, over and over (a backlog
+// left to bulk jobs behind records only the real-time path may send: each
+// job's sizing takes them and puts them back), keep the queue's array the
+// size of what it holds: it grew by the old array's capacity at each turn,
+// to gigabytes.
+func TestTakingFromTheFrontAndPuttingBackKeepsTheQueueSmall(t *testing.T) {
+	var q queue
+	const n = 14_000
+	for range n {
+		q.push(&entry{})
+	}
+	keep := make([]*entry, 0, n)
+	for range 200 {
+		keep = keep[:0]
+		for q.len() > 0 {
+			keep = append(keep, q.popFront())
+		}
+		for i := len(keep) - 1; i >= 0; i-- {
+			q.pushFront(keep[i])
+		}
+	}
+	require.Equal(t, n, q.len())
+	assert.LessOrEqual(t, cap(q.items), 4*n, "the queue's array, for %d entries", n)
+}
+
 // A queue that stays about the same length (entries made as others leave:
 // the order and the ready queue in a catch-up) allocates nothing once
 // warm: compacting it is done in place.

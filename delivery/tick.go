@@ -151,7 +151,7 @@ func (p *Pipeline) reportStatus(force bool) {
 	st := state.Status{Mode: p.outbox.mode.String(), Reason: p.outbox.reason, OutboxCompanies: p.outbox.companies,
 		OutboxBytes: p.outbox.bytes, Pending: p.pending(), Stopped: p.opts.Breaker.Reason()}
 	if p.ledger.order.len() > 0 {
-		st.OldestPending = p.ledger.order.front().since
+		st.OldestPending = p.ledger.order.front().since.time()
 	}
 	p.learnedStatus(&st)
 	p.opts.Status(st)

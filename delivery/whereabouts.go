@@ -126,7 +126,7 @@ func (p *Pipeline) answerWhere(q whereRequest) {
 }
 
 func owedOf(e *entry) Owed {
-	o := Owed{Since: e.since, Changes: e.changes, SentAt: e.sentAt, Delete: e.delete, Resend: e.resend}
+	o := Owed{Since: e.since.time(), Changes: e.changes, SentAt: e.sentAt.time(), Delete: e.delete, Resend: e.resend}
 	if e.lsn != 0 {
 		o.LSN = pglogrepl.LSN(e.lsn).String()
 	}

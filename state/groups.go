@@ -113,6 +113,23 @@ type groupReader struct {
 	// at is where the last id asked for was (or would go) in entries:
 	// ids come in ascending order, so the next is at or after it.
 	at int
+	// loads counts the groups loaded: only a load reads pages of the
+	// store (a look at the resident set is due every trimEvery of them,
+	// not every trimEvery ids: see dueLook).
+	loads int
+}
+
+// dueLook reports whether trimEvery groups were loaded since the last
+// look at the resident set, and if so counts the next from here. Ids
+// that share a group read no page more: in a catch-up a group holds ten
+// of a job's companies, and a look every 16 of them was a tenth of the
+// index's write.
+func (r *groupReader) dueLook(next *int) bool {
+	if r.loads < *next {
+		return false
+	}
+	*next = r.loads + trimEvery
+	return true
 }
 
 // covers reports whether id falls in the loaded group's range.
@@ -123,6 +140,7 @@ func (r *groupReader) covers(id []byte) bool {
 // load positions the reader on the group whose range holds id.
 func (r *groupReader) load(id []byte) {
 	r.loaded, r.entries, r.at = true, r.entries[:0], -1
+	r.loads++
 	k, v := r.c.Seek(id)
 	if k != nil && bytes.Equal(k, id) {
 		r.key = k
@@ -209,6 +227,31 @@ type groupWriter struct {
 	// what a write held until its commit: a bulk job of 10,000 users,
 	// spread over an index of 200,000, changes most of its groups.
 	scratch []byte
+	// added are the companies new to the group being changed, in id
+	// order, merged into its entries once (mergeAdded) rather than
+	// inserted one by one: a catch-up's job adds ten or so to each group
+	// it touches, and each insertion moved the entries after it (a tenth
+	// of the index's write). merged is the room the merge writes into.
+	added, merged []groupEntry
+}
+
+// mergeAdded merges the companies added into the group's entries.
+func (w *groupWriter) mergeAdded() {
+	if len(w.added) == 0 {
+		return
+	}
+	es, out := w.r.entries, w.merged[:0]
+	for _, a := range w.added {
+		for len(es) > 0 && bytes.Compare(es[0].id, a.id) < 0 {
+			out = append(out, es[0])
+			es = es[1:]
+		}
+		out = append(out, a)
+	}
+	out = append(out, es...)
+	clear(w.added)
+	w.merged, w.r.entries, w.added = w.r.entries[:0], out, w.added[:0]
+	w.r.at = -1 // where the next id goes is to be found again
 }
 
 func newGroupWriter(b *bolt.Bucket, room *writeRoom) *groupWriter {
@@ -332,6 +375,9 @@ func (w *groupWriter) get(id []byte) ([]byte, error) {
 	if i, ok := w.r.find(id); ok {
 		return w.r.entries[i].rec, nil
 	}
+	if n := len(w.added); n > 0 && bytes.Equal(w.added[n-1].id, id) {
+		return w.added[n-1].rec, nil // put twice in one write
+	}
 	return nil, nil
 }
 
@@ -341,10 +387,18 @@ func (w *groupWriter) put(id, rec []byte) error {
 		return err
 	}
 	i, ok := w.r.find(id)
-	if ok {
+	switch n := len(w.added); {
+	case ok:
 		w.r.entries[i].rec = rec
-	} else {
+	case n > 0 && bytes.Equal(w.added[n-1].id, id):
+		w.added[n-1].rec = rec // put twice in one write: the later wins
+	case n > 0 && bytes.Compare(w.added[n-1].id, id) > 0:
+		// Not in id order (no caller does that): in place.
+		w.mergeAdded()
+		i, _ = w.r.find(id)
 		w.r.entries = slices.Insert(w.r.entries, i, groupEntry{w.copyOf(id), rec})
+	default:
+		w.added = append(w.added, groupEntry{w.copyOf(id), rec})
 	}
 	w.dirty = true
 	return nil
@@ -355,6 +409,7 @@ func (w *groupWriter) delete(id []byte) error {
 	if err := w.at(id); err != nil {
 		return err
 	}
+	w.mergeAdded()
 	if i, ok := w.r.find(id); ok {
 		w.r.entries = slices.Delete(w.r.entries, i, i+1)
 		w.dirty = true
@@ -369,6 +424,7 @@ func (w *groupWriter) flush() error {
 	if !w.dirty {
 		return nil
 	}
+	w.mergeAdded()
 	w.dirty, w.r.loaded = false, false
 	es := w.r.entries
 	if w.orig != nil && (len(es) == 0 || !bytes.Equal(es[0].id, w.orig)) {

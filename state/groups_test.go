@@ -53,7 +53,7 @@ func TestTheIndexsGroupsHoldWhatARecordPerCompanyWould(t *testing.T) {
 	want := func(id string) []string {
 		var fps []string
 		for k, v := range model[id] {
-			kh, vh := fingerprint(recordXXH, k, v)
+			kh, vh := fingerprint(recordValue, k, v)
 			fps = append(fps, string(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(nil, kh), vh)))
 		}
 		slices.Sort(fps)

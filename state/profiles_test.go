@@ -71,8 +71,21 @@ func records(t *testing.T, x *Store) map[string]string {
 	return out
 }
 
-// xxhRecord is the record a profile of these keys makes in an index that
-// knew nothing of the company, computed here from the format.
+// newRecord is the record a profile of these keys makes in an index that
+// knew nothing of the company, computed here from the format: the key's
+// fingerprint, then xxHash64 of the value.
+func newRecord(kv ...string) []byte {
+	rec := []byte{recordValue}
+	for i := 0; i < len(kv); i += 2 {
+		kh := sha256.Sum256([]byte(kv[i]))
+		rec = binary.BigEndian.AppendUint32(rec, binary.BigEndian.Uint32(kh[:4]))
+		rec = binary.BigEndian.AppendUint64(rec, xxhash.Sum64([]byte(kv[i+1])))
+	}
+	return rec
+}
+
+// xxhRecord is a record of version 2, as releases before wrote them:
+// xxHash64 of key, NUL, value.
 func xxhRecord(kv ...string) []byte {
 	rec := []byte{recordXXH}
 	for i := 0; i < len(kv); i += 2 {
@@ -116,7 +129,7 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 			record:  []pairs{{profile("1", "name", `"Globex"`, "seats", "42", "trial", "null")}},
 			ask:     pairs{profile("1", "seats", "42", "name", `"Globex"`, "trial", "null"), profile("1", "trial", "false"), profile("2", "name", `"Globex"`)},
 			want:    []bool{true, false, false},
-			wantRec: map[string][]byte{"1": xxhRecord("name", `"Globex"`, "seats", "42", "trial", "null")},
+			wantRec: map[string][]byte{"1": newRecord("name", `"Globex"`, "seats", "42", "trial", "null")},
 		},
 		{
 			name: "keys left out keep their values",
@@ -126,7 +139,7 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 			},
 			ask:     pairs{profile("1", "name", `"Globex"`, "notes", `"long"`, "seats", "2"), profile("1", "seats", "1"), profile("1", "notes", `"long"`)},
 			want:    []bool{true, false, true},
-			wantRec: map[string][]byte{"1": xxhRecord("name", `"Globex"`, "notes", `"long"`, "seats", "2")},
+			wantRec: map[string][]byte{"1": newRecord("name", `"Globex"`, "notes", `"long"`, "seats", "2")},
 		},
 		{
 			name:   "nulls",
@@ -140,7 +153,15 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 			record:  []pairs{{profile("1", "plan", `"free"`), profile("2", "plan", `"free"`)}},
 			ask:     pairs{profile("1", "plan", `"free"`, "seats", "3"), profile("2", "plan", `"free"`), profile("1", "plan", `"pro"`)},
 			want:    []bool{true, true, false},
-			wantRec: map[string][]byte{"1": shaRecord("seats", "3", "plan", `"free"`), "2": xxhRecord("plan", `"free"`)},
+			wantRec: map[string][]byte{"1": shaRecord("seats", "3", "plan", `"free"`), "2": newRecord("plan", `"free"`)},
+		},
+		{
+			name:    "a record of version 2 keeps its fingerprints where keys are left out",
+			stored:  map[string][]byte{"1": xxhRecord("plan", `"pro"`, "seats", "3"), "2": xxhRecord("plan", `"pro"`)},
+			record:  []pairs{{profile("1", "plan", `"free"`), profile("2", "plan", `"free"`)}},
+			ask:     pairs{profile("1", "plan", `"free"`, "seats", "3"), profile("2", "plan", `"free"`), profile("1", "plan", `"pro"`), profile("1", "seats", "4")},
+			want:    []bool{true, true, false, false},
+			wantRec: map[string][]byte{"1": xxhRecord("seats", "3", "plan", `"free"`), "2": newRecord("plan", `"free"`)},
 		},
 		{
 			name:    "an unreadable record holds nothing and is written anew",
@@ -148,14 +169,14 @@ func TestProfilesAreReadAsTheirMaps(t *testing.T) {
 			record:  []pairs{{profile("2", "plan", `"pro"`)}},
 			ask:     pairs{profile("1", "plan", `"pro"`), profile("2", "plan", `"pro"`)},
 			want:    []bool{false, true},
-			wantRec: map[string][]byte{"1": {9, 1, 2}, "2": xxhRecord("plan", `"pro"`)},
+			wantRec: map[string][]byte{"1": {9, 1, 2}, "2": newRecord("plan", `"pro"`)},
 		},
 		{
 			name:    "one company twice in one call: the later wins",
 			record:  []pairs{{profile("1", "plan", `"pro"`), profile("0", "x", "1"), profile("1", "plan", `"free"`)}},
 			ask:     pairs{profile("1", "plan", `"free"`), profile("1", "plan", `"pro"`)},
 			want:    []bool{true, false},
-			wantRec: map[string][]byte{"1": xxhRecord("plan", `"free"`)},
+			wantRec: map[string][]byte{"1": newRecord("plan", `"free"`)},
 		},
 		{
 			name:   "more companies than one write takes, out of order",

@@ -35,7 +35,20 @@ type resident struct {
 	// checked is when the resident set was last read (Unix ns): writes
 	// look at it at most every few milliseconds, not once per call.
 	checked atomic.Int64
+	// measured is when the store's own share was last read from smaps
+	// (Unix ns): see trimBy.
+	measured atomic.Int64
 }
+
+// measureEvery is how often, at most, the store's own share of the
+// resident set is read (smaps) to tell the program's file pages from the
+// store's. Each read costs what hundreds of looks at statm do: in a
+// catch-up, whose look-ups let the store's pages go every few records
+// while a job's write read others back meanwhile, reading it at every
+// drop was a tenth of pgpilot's CPU. Until the next read, the program's
+// own pages are taken to be what they were: the store's pages are then
+// only let go sooner, never kept longer.
+const measureEvery = time.Second
 
 // trimResident lets the store's mapped pages go whenever they pass the
 // slack, until stop is closed.
@@ -161,6 +174,9 @@ func (x *Store) trimBy(dropMapped func(), every time.Duration) {
 		// does.)
 		after, _ := residentFileBytes()
 		if after <= x.res.base.Load() {
+			return
+		}
+		if last := x.res.measured.Load(); now-last < int64(measureEvery) || !x.res.measured.CompareAndSwap(last, now) {
 			return
 		}
 		if store, ok := x.storeResident(); ok {

@@ -37,15 +37,33 @@ func residentFileBytes() (int64, bool) {
 	if err != nil || n <= 0 {
 		return 0, false
 	}
-	f := bytes.Fields(buf[:n])
-	if len(f) < 3 {
-		return 0, false
-	}
-	pages, err := strconv.ParseInt(string(f[2]), 10, 64)
-	if err != nil {
+	pages, ok := statmShared(buf[:n])
+	if !ok {
 		return 0, false
 	}
 	return pages * int64(os.Getpagesize()), true
+}
+
+// statmShared is statm's third field, the shared pages, read in place:
+// looked at every few records, a list of the fields and a string of one
+// made each look allocate.
+func statmShared(b []byte) (int64, bool) {
+	for range 2 {
+		i := bytes.IndexByte(b, ' ')
+		if i < 0 {
+			return 0, false
+		}
+		b = b[i+1:]
+	}
+	var pages int64
+	digits := 0
+	for ; digits < len(b) && b[digits] >= '0' && b[digits] <= '9'; digits++ {
+		pages = pages*10 + int64(b[digits]-'0')
+	}
+	if digits == 0 || digits > 18 {
+		return 0, false
+	}
+	return pages, true
 }
 
 // dropMapped drops the store's mapped pages from the process. In a read

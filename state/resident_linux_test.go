@@ -156,3 +156,33 @@ func TestASpreadIndexWriteKeepsLittleOfTheStoreResident(t *testing.T) {
 	t.Logf("peak resident set grew %.1f MB for %d companies", float64(grew)/(1<<20), len(spread))
 	assert.Less(t, grew, int64(12<<20), "peak resident set grew %d MB for %d companies", grew>>20, len(spread))
 }
+
+// statmShared reads the shared pages, statm's third field, as the list of
+// fields did.
+func TestStatmShared(t *testing.T) {
+	tests := []struct {
+		statm string
+		want  int64
+		ok    bool
+	}{
+		{"765 437 409 5 0 123 0\n", 409, true},
+		{"12345678 2345678 345678 5 0 123 0", 345678, true},
+		{"1 2 0 0 0 0 0\n", 0, true},
+		{"1 2\n", 0, false},
+		{"1 2 x 0\n", 0, false},
+		{"", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := statmShared([]byte(tt.statm))
+		assert.Equal(t, tt.ok, ok, "%q", tt.statm)
+		assert.Equal(t, tt.want, got, "%q", tt.statm)
+	}
+	b, err := os.ReadFile("/proc/self/statm")
+	require.NoError(t, err)
+	f := strings.Fields(string(b))
+	want, err := strconv.ParseInt(f[2], 10, 64)
+	require.NoError(t, err)
+	got, ok := statmShared(b)
+	assert.True(t, ok)
+	assert.InDelta(t, want, got, 64, "this process's statm") // it moves between the two reads
+}

@@ -36,9 +36,16 @@ const (
 	// read, and written only where an update leaves keys of such a record
 	// out (their fingerprints cannot be made again without the values).
 	recordSHA256 = 1
-	// recordXXH: xxHash64, written for every other record. A record is
-	// made at every delivery, and SHA-256 was a third of that.
+	// recordXXH: xxHash64 of key, NUL, value. A record is made at every
+	// delivery, and SHA-256 was a third of that. Still read, and written
+	// only where an update leaves keys of such a record out.
 	recordXXH = 2
+	// recordValue: xxHash64 of the value alone, written for every other
+	// record. The key's own fingerprint beside it says whose value it is;
+	// hashing key and value together needed them copied into one run of
+	// bytes first, and reading that run just written cost the hash three
+	// times what hashing the value where it lies does.
+	recordValue = 3
 )
 
 // Store is pgpilot's embedded database (bbolt: crash-safe, one file): the
@@ -53,8 +60,9 @@ const (
 // and must still be comparable.
 //
 // It only ever holds states that were accepted; a lost write just means one
-// redundant send later. A value's fingerprint is 64 bits of a hash of key
-// and value (xxHash64; SHA-256 in records written before it): a false
+// redundant send later. A value's fingerprint is 64 bits of a hash of the
+// value, beside its key's fingerprint (xxHash64; in records written before,
+// of key and value, by xxHash64 or SHA-256): a false
 // "unchanged" needs a collision on the same company and key, about one in
 // 2^64 for values not made to collide, and only the table's own writers
 // could make them.
@@ -131,17 +139,12 @@ var keyHashes sync.Map // string → uint32
 // were always made of), as a record of version v makes it.
 func fingerprint(v byte, key string, value json.RawMessage) (uint32, uint64) {
 	kh, _ := keyHash(key)
-	return kh, valueHash(v, key, value)
-}
-
-// valueHash is the value's part of fingerprint.
-func valueHash(v byte, key string, value json.RawMessage) uint64 {
-	var buf [256]byte
-	return hashOf(v, append(append(append(buf[:0], key...), 0), value...))
+	var h hasher
+	return kh, h.value(v, key, value)
 }
 
 // hashOf is the fingerprint of key, NUL, value (b), as a record of
-// version v makes it.
+// version v (recordSHA256 or recordXXH) makes it.
 func hashOf(v byte, b []byte) uint64 {
 	if v == recordXXH {
 		return xxhash.Sum64(b)
@@ -150,12 +153,17 @@ func hashOf(v byte, b []byte) uint64 {
 	return binary.BigEndian.Uint64(vh[:8])
 }
 
-// hasher makes values' fingerprints (valueHash) in room of its own, kept
-// from one to the next: made anew on the stack, the room was cleared for
-// every key of every company.
+// hasher makes values' fingerprints, those of the older versions in room
+// of its own, kept from one to the next: made anew on the stack, the room
+// was cleared for every key of every company.
 type hasher struct{ scratch []byte }
 
+// value is the fingerprint of key's value as a record of version v makes
+// it.
 func (h *hasher) value(v byte, key string, value json.RawMessage) uint64 {
+	if v == recordValue {
+		return xxhash.Sum64(value)
+	}
 	h.scratch = append(append(append(h.scratch[:0], key...), 0), value...)
 	return hashOf(v, h.scratch)
 }
@@ -237,11 +245,14 @@ func (x *Store) UnchangedProfiles(ps Profiles, same, absent []bool) error {
 		r := groupReader{c: tx.Bucket(groupsBucket).Cursor()}
 		var h holdsCheck // one for all: its yield is made once
 		yield := h.holds
-		for n, i := range order {
-			if n%trimEvery == trimEvery-1 {
+		var id []byte // each id in turn: the reader keeps none
+		look := trimEvery
+		for _, i := range order {
+			if r.dueLook(&look) {
 				x.trimIn(tx) // a job's look-ups read pages all over the index
 			}
-			h.rec, h.same, h.n = r.get([]byte(ps.CompanyID(i))), true, 0
+			id = append(id[:0], ps.CompanyID(i)...)
+			h.rec, h.same, h.n = r.get(id), true, 0
 			if absent != nil {
 				absent[i] = !readable(h.rec)
 			}
@@ -283,7 +294,7 @@ func (h *holdsCheck) holds(k string, v json.RawMessage) bool {
 // (4) and its value's (8). A company has a handful of keys: a scan of the
 // record is quicker than building a map of it.
 func readable(rec []byte) bool {
-	return len(rec) >= 1 && (rec[0] == recordSHA256 || rec[0] == recordXXH) && (len(rec)-1)%12 == 0
+	return len(rec) >= 1 && (rec[0] == recordSHA256 || rec[0] == recordXXH || rec[0] == recordValue) && (len(rec)-1)%12 == 0
 }
 
 func lookup(rec []byte, kh uint32) (uint64, bool) {
@@ -335,23 +346,27 @@ const recordBatch = userpilot.MaxBulkRecords
 // its transaction.
 const batchAlone = 64
 
-// sent is one key a profile sends, with the key's fingerprint.
+// sent is one key a profile sends: the key's fingerprint and its
+// value's.
 type sent struct {
-	key   string
-	kh    uint32
-	value json.RawMessage
+	kh uint32
+	vh uint64
 }
 
-// sentKeys gathers a profile's keys, in room reused from one profile to
-// the next.
+// sentKeys gathers a profile's keys with their values' fingerprints, made
+// as a record of version makes them, in room reused from one profile to
+// the next. Fingerprints, not the keys and values: nothing in the room
+// points into the heap, so filling it costs no write barriers, and a
+// value is hashed while it is at hand.
 type sentKeys struct {
-	keys []sent
-	last lastKeys
-	hash hasher
+	keys    []sent
+	version byte
+	last    lastKeys
+	hash    hasher
 }
 
 func (s *sentKeys) add(k string, v json.RawMessage) bool {
-	s.keys = append(s.keys, sent{k, s.last.hash(len(s.keys), k), v})
+	s.keys = append(s.keys, sent{s.last.hash(len(s.keys), k), s.hash.value(s.version, k, v)})
 	return true
 }
 
@@ -419,26 +434,31 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 		// more than once (bbolt's Batch retries a failed one alone).
 		var s sentKeys
 		add := s.add
+		var id []byte
 		known, _ := ps.(KnownAbsent)
 		done = len(order)
+		look := trimEvery
 		for n, i := range order {
-			if n > 0 && n%trimEvery == 0 && len(order) >= batchAlone && x.overBudget() {
+			if n > 0 && len(order) >= batchAlone && w.r.dueLook(&look) && x.overBudget() {
 				done = n // the rest in the next write, once these pages are let go
 				break
 			}
-			s.keys = s.keys[:0]
+			s.keys, s.version = s.keys[:0], recordValue
 			ps.Metadata(i, add)
-			id := ps.CompanyID(i)
+			// The id in room reused from company to company: the writer
+			// copies what it keeps, and bbolt keeps no key it is given to
+			// look up or delete.
+			id = append(id[:0], ps.CompanyID(i)...)
 			// The send's outcome is seen: no longer in doubt.
 			if marked {
-				if err := sending.Delete([]byte(id)); err != nil {
+				if err := sending.Delete(id); err != nil {
 					return err
 				}
 			}
 			var old []byte
 			if known == nil || !known.Absent(i) {
 				var err error
-				if old, err = w.get([]byte(id)); err != nil {
+				if old, err = w.get(id); err != nil {
 					return err
 				}
 				if !readable(old) {
@@ -447,8 +467,7 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 			}
 			// Sized for the keys sent and those the record keeps.
 			buf := w.reserve(1 + 12*(len(s.keys)+(len(old)-min(len(old), 1))/12))
-			version := byte(recordXXH)
-			buf = append(buf, version)
+			buf = append(buf, recordValue)
 			// Keys not sent keep what they had, in the record's version.
 			for j := 1; j+12 <= len(old); j += 12 {
 				kh := binary.BigEndian.Uint32(old[j:])
@@ -456,19 +475,22 @@ func (x *Store) recordPart(ps Profiles, order []int) (int, error) {
 					buf = append(buf, old[j:j+12]...)
 				}
 			}
-			if len(buf) > 1 {
-				version = old[0]
-				buf[0] = version
+			if len(buf) > 1 && old[0] != recordValue {
+				// Kept keys of an older version: the values sent are
+				// fingerprinted again as it makes them (a record made
+				// before, an update leaving keys of it out: rare).
+				buf[0] = old[0]
+				s.keys, s.version = s.keys[:0], old[0]
+				ps.Metadata(i, add)
 			}
 			for _, k := range s.keys {
 				buf = binary.BigEndian.AppendUint32(buf, k.kh)
-				buf = binary.BigEndian.AppendUint64(buf, s.hash.value(version, k.key, k.value))
+				buf = binary.BigEndian.AppendUint64(buf, k.vh)
 			}
-			if err := w.put([]byte(id), buf); err != nil {
+			if err := w.put(id, buf); err != nil {
 				return err
 			}
 		}
-		clear(s.keys) // keeps no value alive
 		return w.flush()
 	})
 	if done < len(order) {
