@@ -319,6 +319,31 @@ func TestABacklogLargerThanMemoryIsReadAheadAndMerged(t *testing.T) {
 	assert.True(t, early, "the checkpoint reached the last change while most companies were still owed")
 }
 
+// A catch-up that fills the window at once, on a slow real-time path with
+// bulk jobs allowed but none measured yet, is not read ahead: until a job
+// is measured the bulk path's pace is the configured bulk_rate, and the
+// first real-time calls alone make the window look like far more than
+// ReadAheadAfter's work.
+func TestACatchUpIsNotReadAheadByTheFirstRealTimeCallsAlone(t *testing.T) {
+	const window, companies = 200, 2000
+	h := newHarness(t, setup{rate: 20,
+		standin:  userpilottest.Options{BulkRecordsPerSecond: 100_000},
+		delivery: delivery.Options{MaxPending: window, BulkRate: 1000, MinBulk: 10, ReadAheadAfter: 300 * time.Millisecond}})
+	var txns []row.Transaction
+	for id := 1; id <= companies; id++ {
+		txns = append(txns, txn(pglogrepl.LSN(10*id), update(fmt.Sprint(id), "pro", nil)))
+	}
+	require.NoError(t, h.run(context.Background(), txns...))
+	require.Len(t, h.up.Companies(), companies)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, st := range h.statuses {
+		require.False(t, st.Mode == state.ModeOutbox && strings.Contains(st.Reason, "outgrew memory"),
+			"read ahead by the real-time path's pace alone: %+v", st)
+	}
+	assert.Positive(t, h.pipe.Stats().BulkJobs.Load())
+}
+
 // While a backlog larger than memory is read ahead, a bulk job waits for
 // the input to pause: sized from the window as it filled, a job would carry
 // states that the changes behind it replace, and those companies would go
