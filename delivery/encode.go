@@ -29,8 +29,8 @@ type encoder struct {
 	// marks are on_delete: mark's metadata per entity (nil md: not that
 	// policy), numbered and packed once.
 	marks [2]markSet
-	// membership is mapping.MembershipKey's number, once a users mapping
-	// numbered it (a user's company is one of its packed keys).
+	// membership is mapping.MembershipKey's number (a user's company is
+	// one of its packed keys); see newEncoder.
 	membership    uint32
 	hasMembership bool
 
@@ -47,6 +47,18 @@ type encoder struct {
 	// and not for long: held idle, it would be megabytes for nothing.
 	spare   []byte
 	spareAt time.Time
+}
+
+// newEncoder is an encoder for the mappings compile compiles. A user's
+// company (mapping.MembershipKey, which no section may map as a key) is
+// numbered from the start, not when a users mapping is first compiled: after
+// a restart, a bulk job can be sized from users owed in the outbox before
+// the stream or a snapshot brings a users row, and their company must go as
+// each record's company_id, not as a metadata key.
+func newEncoder(compile func(*row.Relation) (Mapper, error)) *encoder {
+	x := &encoder{compile: compile}
+	x.membership, x.hasMembership = x.keys.number(mapping.MembershipKey), true
+	return x
 }
 
 // spareFor is how long a spare room is kept without a job to take it.

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgpilot/pgpilot/delivery"
+	"github.com/pgpilot/pgpilot/mapping"
 	"github.com/pgpilot/pgpilot/row"
 	"github.com/pgpilot/pgpilot/state"
 	"github.com/pgpilot/pgpilot/userpilot/userpilottest"
@@ -389,4 +390,43 @@ func TestABulkJobWaitsForTheReadAheadAndCarriesTheLastStates(t *testing.T) {
 	}
 	require.Positive(t, bulk, "the backlog went in bulk jobs too")
 	assert.LessOrEqual(t, stale, window/2, "bulk jobs carried %d states that later changes replaced (of %d bulk records)", stale, bulk)
+}
+
+// A user owed in the outbox carries its company under
+// mapping.MembershipKey. After a restart, a bulk job can be sized from the
+// outbox before any row of the users table is mapped in the new process
+// (the stream has not brought one yet): the job must still send the
+// company as each record's company_id, never as a metadata key named
+// users.company_id (Userpilot would keep that key on every such user, and
+// the job would not set their company).
+func TestAUserOwedInTheOutboxGoesInBulkWithItsCompanyAfterARestart(t *testing.T) {
+	// A slow real-time path, so that what the outbox owes goes in jobs.
+	h := newHarness(t, setup{rate: 10, delivery: delivery.Options{BulkRate: 1000, MinBulk: 10}})
+	const users = 300
+	var recs []state.OutboxRecord
+	for i := 1; i <= users; i++ {
+		recs = append(recs, state.OutboxRecord{CompanyID: delivery.KeyOf(mapping.User, fmt.Sprint(i)), LSN: 50,
+			Metadata: userpilottest.Metadata(map[string]any{mapping.MembershipKey: fmt.Sprint(i % 7), "name": fmt.Sprint("user ", i)})})
+	}
+	require.NoError(t, h.store.WriteOutbox(recs, nil))
+	require.NoError(t, h.run(context.Background()))
+
+	var bulk int
+	var asKey []string
+	for _, a := range h.up.AppliedUsers() {
+		if a.Kind == "bulk identify" {
+			bulk++
+		}
+		if _, ok := a.Metadata[mapping.MembershipKey]; ok {
+			asKey = append(asKey, fmt.Sprintf("user %s (%s, company %q)", a.UserID, a.Kind, a.Company))
+		}
+	}
+	require.Positive(t, bulk, "some users went in a bulk job")
+	assert.Empty(t, asKey[:min(len(asKey), 5)], "%d users sent with their company as a metadata key", len(asKey))
+	for i := 1; i <= users; i++ {
+		u, ok := h.up.User(fmt.Sprint(i))
+		require.True(t, ok, "user %d", i)
+		assert.Equal(t, fmt.Sprint(i%7), u.Company, "user %d's company", i)
+		assert.Equal(t, fmt.Sprint("user ", i), u.Metadata["name"])
+	}
 }

@@ -378,7 +378,7 @@ func New(opts Options) *Pipeline {
 	}
 	p := &Pipeline{opts: opts, log: opts.Logger, deletes: newDeleter(), refusals: refusals{breaker: opts.Breaker},
 		leftover: leftover{doubt: map[string]bool{}}, report: newReport(), where: make(chan whereRequest)}
-	p.enc = &encoder{compile: opts.Mapping}
+	p.enc = newEncoder(opts.Mapping)
 	for _, entity := range []mapping.Entity{mapping.Company, mapping.User} {
 		if pol := opts.policy(entity); pol.OnDelete == "mark" {
 			p.enc.marks[entity].md = pol.Mark

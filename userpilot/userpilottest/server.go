@@ -110,6 +110,7 @@ type Server struct {
 	answerAll        int // every request, whatever its path, gets this status: not Userpilot answering
 	jobs             map[string]*job
 	currentJob       *job // the latest job: one runs at a time per account
+	submitting       int  // bulk identify requests being received
 	jobSeq           int
 	failNextJob      bool
 	bulkSpeed        float64       // records/s of jobs submitted from now on
@@ -277,6 +278,32 @@ func (s *Server) LastApplied() time.Time {
 	return s.lastApplied
 }
 
+// JobState is what the stand-in knows of the account's bulk job at one
+// moment.
+type JobState struct {
+	// Submitting says a bulk identify request (of companies or of users)
+	// is being received: its submitter does not know the job's id yet.
+	Submitting bool
+	// Running says a job is queued or processing, Submitted when it was
+	// submitted, and Polled whether its status was asked for since (its
+	// submitter knows its id).
+	Running   bool
+	Submitted time.Time
+	Polled    bool
+}
+
+// Job is the account's bulk job now (one runs at a time, of companies or
+// of users).
+func (s *Server) Job() JobState {
+	s.lock()
+	defer s.unlock()
+	st := JobState{Submitting: s.submitting > 0}
+	if j := s.currentJob; j != nil && j.running() {
+		st.Running, st.Submitted, st.Polled = true, j.submitted, j.polled
+	}
+	return st
+}
+
 // IdentifyRequests counts real-time identify requests received, whatever
 // they were answered.
 func (s *Server) IdentifyRequests() int {
@@ -343,6 +370,19 @@ func (s *Server) AnswerAll(status int) {
 	s.answerAll = status
 }
 
+// receiving counts a bulk identify request as being received until the
+// function it returns is called.
+func (s *Server) receiving() func() {
+	s.mu.Lock()
+	s.submitting++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		s.submitting--
+		s.mu.Unlock()
+	}
+}
+
 // ServeHTTP answers Userpilot's API routes; anything else is 404.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &Request{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Time: time.Now()}
@@ -374,12 +414,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == identifyPath:
 		s.serveIdentify(ex)
 	case path == bulkPath:
+		defer s.receiving()()
 		s.serveBulk(ex)
 	case path == deletePath:
 		s.serveDelete(ex)
 	case path == userIdentifyPath:
 		s.serveUserIdentify(ex)
 	case path == userBulkPath:
+		defer s.receiving()()
 		s.serveUserBulk(ex)
 	case path == userDeletePath:
 		s.serveUserDelete(ex)
