@@ -273,31 +273,37 @@ func (x *Store) JobSubmitted(key uint64, id string) error {
 // JobBody reads again the body of a job on record, as BeginBulkJob wrote
 // it: a job that failed at Userpilot is submitted again from it.
 func (x *Store) JobBody(key uint64) ([]byte, error) {
-	var ref bodyRef
-	var inline []byte
+	var body []byte
 	err := x.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(jobsBucket).Get(jobKey(key))
 		if v == nil {
 			return fmt.Errorf("bulk job %d is not on record", key)
 		}
-		r, ok, err := decodeBodyRef(v)
-		if !ok {
-			inline = bytes.Clone(v) // an earlier release's record: the body itself
+		b, inline, err := x.bodyOf(v)
+		if inline {
+			b = bytes.Clone(b) // the store's page: valid only in this transaction
 		}
-		ref = r
+		body = b
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read bulk job %d's body: %w", key, err)
 	}
-	if inline != nil {
-		return inline, nil
+	return body, nil
+}
+
+// bodyOf is the body a job number's value records: read from its body
+// file, or (inline) the value itself, an earlier release's record.
+func (x *Store) bodyOf(v []byte) (body []byte, inline bool, err error) {
+	ref, ok, err := decodeBodyRef(v)
+	switch {
+	case err != nil:
+		return nil, false, err
+	case !ok:
+		return v, true, nil
 	}
-	b, err := x.readBody(ref)
-	if err != nil {
-		return nil, fmt.Errorf("read bulk job %d's body: %w", key, err)
-	}
-	return b, nil
+	body, err = x.readBody(ref)
+	return body, false, err
 }
 
 // EndJob forgets a job whose end pgpilot has seen (completed, failed,
@@ -341,12 +347,9 @@ func (x *Store) Jobs() ([]Job, error) {
 				}
 				return nil
 			}
-			if ref, ok, err := decodeBodyRef(v); err != nil {
+			v, _, err := x.bodyOf(v)
+			if err != nil {
 				return fmt.Errorf("job %x: %w", k, err)
-			} else if ok {
-				if v, err = x.readBody(ref); err != nil {
-					return fmt.Errorf("job %x: %w", k, err)
-				}
 			}
 			var j Job
 			if err := json.Unmarshal(v, &j); err != nil {
