@@ -304,16 +304,12 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 			return err
 		}
 		s.describe(m.RelationID, rel)
-	case *pglogrepl.BeginMessage:
-		s.begin(m)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if err := s.add(ctx, rowMessage{op: row.Truncate, relation: id}); err != nil {
 				return err
 			}
 		}
-	case *pglogrepl.CommitMessage:
-		return s.commit(ctx, m)
 	}
 	return nil
 }
