@@ -277,16 +277,17 @@ func (s *streamer) handleMessage(ctx context.Context, data []byte) error {
 	}
 	// Begin and Commit come with every transaction: read in place, as
 	// rows are, rather than by pglogrepl (a message object and a decoder
-	// each).
-	switch data[0] {
-	case 'B':
+	// each). An empty message goes on to decodeMessage, which says so.
+	switch {
+	case len(data) == 0:
+	case data[0] == 'B':
 		m, err := decodeBegin(data)
 		if err != nil {
 			return err
 		}
 		s.begin(&m)
 		return nil
-	case 'C':
+	case data[0] == 'C':
 		m, err := decodeCommit(data)
 		if err != nil {
 			return err
